@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod conformance;
+mod error;
+mod postgres;
+mod process;
+mod redis;
+
+pub use error::{Error, Result};
+pub use postgres::{Postgres, PostgresBuilder};
+pub use process::{free_port, random_secret};
+pub use redis::{Redis, RedisBuilder};

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Every check wirewarden has: formatting, lints, the whole test suite against real servers,
+# documentation, a short run of every fuzz target, and the dependency policy.
+# On a fresh machine it first installs what is missing. Exits non-zero on any failure.
+#
+#   WIREWARDEN_FUZZ_SECONDS   seconds per fuzz target (default 15)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/setup.sh
+
+FUZZ_SECONDS=${WIREWARDEN_FUZZ_SECONDS:-15}
+started=$(date +%s)
+
+step "checking the machine"
+ensure_system_packages
+ensure_cargo_tool cargo-fuzz 0.13.2
+ensure_cargo_tool cargo-deny 0.20.2
+ensure_python_packages scripts/requirements-test.txt
+ensure_npm_packages crates/wirewarden-testkit/oidc
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, property, integration against real servers, doctests)"
+cargo test --workspace --locked
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "fuzz smoke: every target for ${FUZZ_SECONDS}s"
+(
+  cd fuzz
+  rm -f target/.rustc_info.json  # a cached failed compiler probe breaks later builds
+  cargo fuzz build -s none
+  scratch=$(mktemp -d)
+  trap 'rm -rf "$scratch"' EXIT
+  for target in $(cargo fuzz list); do
+    echo "--- $target"
+    mkdir -p "$scratch/$target" "corpus/$target"
+    # New inputs go to the scratch directory; the committed seed corpus stays as it is.
+    log="$scratch/$target.log"
+    if ! cargo fuzz run -s none "$target" "$scratch/$target" "corpus/$target" -- \
+      -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+      tail -n 60 "$log"
+      echo "fuzz target $target failed"
+      exit 1
+    fi
+    grep -E '^stat::number_of_executed_units' "$log" || tail -n 3 "$log"
+  done
+)
+
+step "cargo deny check bans licenses sources"
+cargo deny --log-level error check bans licenses sources
+
+echo
+echo "all checks passed in $(( $(date +%s) - started ))s"

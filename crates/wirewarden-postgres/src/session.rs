@@ -1,0 +1,681 @@
+//! Proxy session tracking: an IO-free state machine fed with every frontend and backend
+//! message of one connection, in the order each side sent them.
+//!
+//! It models what the server does with the client's pipeline: each frontend message that
+//! expects an answer is queued, and each backend message is matched against the head of
+//! the queue. An ErrorResponse in the extended protocol drops everything up to the next
+//! Sync (the server discards those messages), frontend messages that arrive while the
+//! server is discarding are not queued, and Sync/Flush sent during COPY FROM STDIN are
+//! ignored as the server ignores them. From this it knows, for every DataRow, which
+//! RowDescription applies — with the result formats chosen in Bind — so a masker knows the
+//! column's table OID, column number, type and format.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use subtle::ConstantTimeEq;
+
+use crate::backend::{Authentication, BackendMessage, TransactionStatus};
+use crate::error::{Direction, Error, Result};
+use crate::frontend::{AuthContext, CancelRequest, FrontendMessage, ObjectType, ProtocolVersion};
+use crate::rows::RowDescription;
+
+/// A prepared statement known to the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// Query text from Parse.
+    pub query: Bytes,
+    /// Parameter types: from ParameterDescription once described, else as given in Parse.
+    pub param_types: Vec<u32>,
+    /// Result shape from a Describe: `Some(None)` means NoData, `None` means not described.
+    pub row_description: Option<Option<Arc<RowDescription>>>,
+}
+
+/// A portal known to the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Portal {
+    /// Statement it was bound from.
+    pub statement: Bytes,
+    /// Result format codes from Bind.
+    pub result_formats: Vec<i16>,
+    /// Result shape with the Bind formats applied: `Some(None)` means no rows, `None`
+    /// means not known (the statement was never described).
+    pub row_description: Option<Option<Arc<RowDescription>>>,
+}
+
+/// What the connection is doing with COPY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyState {
+    /// No COPY in progress.
+    None,
+    /// COPY FROM STDIN: the client sends CopyData.
+    In,
+    /// COPY TO STDOUT: the server sends CopyData.
+    Out,
+    /// Both directions (replication).
+    Both,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pending {
+    Query,
+    FunctionCall,
+    Parse {
+        name: Bytes,
+        query: Bytes,
+        param_types: Vec<u32>,
+    },
+    Bind {
+        portal: Bytes,
+        statement: Bytes,
+        result_formats: Vec<i16>,
+    },
+    DescribeStatement {
+        name: Bytes,
+        params: Option<Vec<u32>>,
+    },
+    DescribePortal {
+        name: Bytes,
+    },
+    Execute {
+        portal: Bytes,
+    },
+    Close {
+        kind: ObjectType,
+        name: Bytes,
+    },
+    Sync,
+}
+
+impl Pending {
+    fn name(&self) -> &'static str {
+        match self {
+            Pending::Query => "simple query",
+            Pending::FunctionCall => "function call",
+            Pending::Parse { .. } => "parse",
+            Pending::Bind { .. } => "bind",
+            Pending::DescribeStatement { .. } => "describe statement",
+            Pending::DescribePortal { .. } => "describe portal",
+            Pending::Execute { .. } => "execute",
+            Pending::Close { .. } => "close",
+            Pending::Sync => "sync",
+        }
+    }
+}
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Before or during StartupMessage and authentication.
+    Startup,
+    /// After AuthenticationOk, before the first ReadyForQuery.
+    Initializing,
+    /// Normal operation.
+    Ready,
+    /// Terminate sent or a fatal error received.
+    Closed,
+}
+
+/// The process id and secret key a CancelRequest must present.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    /// Backend process id.
+    pub process_id: i32,
+    /// Secret key (4 bytes in protocol 3.0, up to 256 in 3.2).
+    pub secret_key: Bytes,
+}
+
+impl std::fmt::Debug for BackendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendKey")
+            .field("process_id", &self.process_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackendKey {
+    /// The BackendKeyData message announcing this key.
+    pub fn to_message(&self) -> BackendMessage {
+        BackendMessage::BackendKeyData {
+            process_id: self.process_id,
+            secret_key: self.secret_key.clone(),
+        }
+    }
+
+    /// The CancelRequest presenting this key.
+    pub fn to_cancel_request(&self) -> FrontendMessage {
+        FrontendMessage::CancelRequest(CancelRequest {
+            process_id: self.process_id,
+            secret_key: self.secret_key.clone(),
+        })
+    }
+}
+
+/// State of one proxied connection.
+#[derive(Debug)]
+pub struct Session {
+    phase: Phase,
+    version: ProtocolVersion,
+    startup_parameters: Vec<(Bytes, Bytes)>,
+    transaction: TransactionStatus,
+    parameters: HashMap<Bytes, Bytes>,
+    backend_key: Option<BackendKey>,
+    auth_context: AuthContext,
+    statements: HashMap<Bytes, Statement>,
+    portals: HashMap<Bytes, Portal>,
+    pending: VecDeque<Pending>,
+    discarding: bool,
+    copy: CopyState,
+    client_copying: bool,
+    current: Option<Arc<RowDescription>>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new()
+    }
+}
+
+fn unexpected(tag: Option<u8>, state: &'static str) -> Error {
+    Error::UnexpectedMessage {
+        direction: Direction::Backend,
+        tag: char::from(tag.unwrap_or(0)),
+        state,
+    }
+}
+
+impl Session {
+    /// A session for a new connection.
+    pub fn new() -> Session {
+        Session {
+            phase: Phase::Startup,
+            version: ProtocolVersion::V3_0,
+            startup_parameters: Vec::new(),
+            transaction: TransactionStatus::Idle,
+            parameters: HashMap::new(),
+            backend_key: None,
+            auth_context: AuthContext::Unknown,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            pending: VecDeque::new(),
+            discarding: false,
+            copy: CopyState::None,
+            client_copying: false,
+            current: None,
+        }
+    }
+
+    /// Where the connection is.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The protocol version in use (the client's request, lowered by
+    /// NegotiateProtocolVersion).
+    pub fn protocol_version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    /// The StartupMessage parameters.
+    pub fn startup_parameters(&self) -> &[(Bytes, Bytes)] {
+        &self.startup_parameters
+    }
+
+    /// Transaction status from the last ReadyForQuery.
+    pub fn transaction_status(&self) -> TransactionStatus {
+        self.transaction
+    }
+
+    /// Current value of a server parameter (ParameterStatus).
+    pub fn parameter(&self, name: &str) -> Option<&Bytes> {
+        self.parameters.get(name.as_bytes())
+    }
+
+    /// The upstream's BackendKeyData.
+    pub fn backend_key(&self) -> Option<&BackendKey> {
+        self.backend_key.as_ref()
+    }
+
+    /// How the client's next `p` message must be read.
+    pub fn auth_context(&self) -> AuthContext {
+        self.auth_context
+    }
+
+    /// A prepared statement by name (empty for the unnamed one).
+    pub fn statement(&self, name: &[u8]) -> Option<&Statement> {
+        self.statements.get(name)
+    }
+
+    /// A portal by name (empty for the unnamed one).
+    pub fn portal(&self, name: &[u8]) -> Option<&Portal> {
+        self.portals.get(name)
+    }
+
+    /// COPY state.
+    pub fn copy_state(&self) -> CopyState {
+        self.copy
+    }
+
+    /// Whether every request sent has been answered (nothing in flight).
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.copy == CopyState::None
+    }
+
+    /// Number of frontend requests still waiting for their answers.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether the server is discarding messages until the next Sync after an error.
+    pub fn is_discarding(&self) -> bool {
+        self.discarding
+    }
+
+    /// The RowDescription that applies to DataRows arriving now: the last one of the
+    /// current simple query, or the executing portal's (with Bind formats applied). `None`
+    /// when not known — a masker must then fail closed.
+    pub fn row_description(&self) -> Option<&Arc<RowDescription>> {
+        match self.pending.front() {
+            Some(Pending::Query) => self.current.as_ref(),
+            Some(Pending::Execute { portal }) => self
+                .portals
+                .get(portal)
+                .and_then(|p| p.row_description.as_ref())
+                .and_then(Option::as_ref),
+            _ => None,
+        }
+    }
+
+    // === frontend ===
+
+    /// Feeds one message sent by the client.
+    pub fn on_frontend(&mut self, msg: &FrontendMessage) -> Result<()> {
+        if self.client_copying {
+            match msg {
+                FrontendMessage::CopyData(_) => return Ok(()),
+                FrontendMessage::CopyDone | FrontendMessage::CopyFail(_) => {
+                    self.client_copying = false;
+                    return Ok(());
+                }
+                // The server ignores these during COPY FROM STDIN.
+                FrontendMessage::Sync | FrontendMessage::Flush => return Ok(()),
+                // Anything else aborts the COPY with an error on the server side.
+                _ => self.client_copying = false,
+            }
+        }
+        let p = match msg {
+            FrontendMessage::Startup(s) => {
+                self.version = s.version;
+                self.startup_parameters = s.parameters.clone();
+                return Ok(());
+            }
+            FrontendMessage::Terminate => {
+                self.phase = Phase::Closed;
+                return Ok(());
+            }
+            FrontendMessage::Query(_) => Pending::Query,
+            FrontendMessage::FunctionCall(_) => Pending::FunctionCall,
+            FrontendMessage::Sync => Pending::Sync,
+            FrontendMessage::Parse(p) => Pending::Parse {
+                name: p.name.clone(),
+                query: p.query.clone(),
+                param_types: p.param_types.clone(),
+            },
+            FrontendMessage::Bind(b) => Pending::Bind {
+                portal: b.portal.clone(),
+                statement: b.statement.clone(),
+                result_formats: b.result_formats.clone(),
+            },
+            FrontendMessage::Describe {
+                kind: ObjectType::Statement,
+                name,
+            } => Pending::DescribeStatement {
+                name: name.clone(),
+                params: None,
+            },
+            FrontendMessage::Describe {
+                kind: ObjectType::Portal,
+                name,
+            } => Pending::DescribePortal { name: name.clone() },
+            FrontendMessage::Execute { portal, .. } => Pending::Execute {
+                portal: portal.clone(),
+            },
+            FrontendMessage::Close { kind, name } => Pending::Close {
+                kind: *kind,
+                name: name.clone(),
+            },
+            _ => return Ok(()),
+        };
+        if self.discarding {
+            if p == Pending::Sync {
+                self.discarding = false;
+            } else {
+                return Ok(());
+            }
+        }
+        self.pending.push_back(p);
+        Ok(())
+    }
+
+    // === backend ===
+
+    /// Feeds one message sent by the server. Fails if the server's answer does not fit
+    /// what the client asked for.
+    pub fn on_backend(&mut self, msg: &BackendMessage) -> Result<()> {
+        let tag = msg.tag();
+        match msg {
+            BackendMessage::NoticeResponse(_) | BackendMessage::NotificationResponse { .. } => {}
+            BackendMessage::ParameterStatus { name, value } => {
+                self.parameters.insert(name.clone(), value.clone());
+            }
+            BackendMessage::SslResponse(_) | BackendMessage::GssEncResponse(_) => {}
+            BackendMessage::NegotiateProtocolVersion { newest_minor, .. } => {
+                self.version.minor = u16::try_from(*newest_minor)
+                    .unwrap_or(u16::MAX)
+                    .min(self.version.minor);
+            }
+            BackendMessage::Authentication(a) => {
+                if self.phase != Phase::Startup {
+                    return Err(unexpected(tag, "authenticated"));
+                }
+                self.auth_context = crate::auth::auth_context_after(a);
+                if *a == Authentication::Ok {
+                    self.phase = Phase::Initializing;
+                }
+            }
+            BackendMessage::BackendKeyData {
+                process_id,
+                secret_key,
+            } => {
+                self.backend_key = Some(BackendKey {
+                    process_id: *process_id,
+                    secret_key: secret_key.clone(),
+                });
+            }
+            BackendMessage::ReadyForQuery(status) => self.ready(*status, tag)?,
+            BackendMessage::ErrorResponse(e) => self.error(e.severity())?,
+            BackendMessage::ParseComplete => match self.pop(tag, "parse")? {
+                Pending::Parse {
+                    name,
+                    query,
+                    param_types,
+                } => {
+                    self.statements.insert(
+                        name,
+                        Statement {
+                            query,
+                            param_types,
+                            row_description: None,
+                        },
+                    );
+                }
+                _ => return Err(unexpected(tag, "not parsing")),
+            },
+            BackendMessage::BindComplete => match self.pop(tag, "bind")? {
+                Pending::Bind {
+                    portal,
+                    statement,
+                    result_formats,
+                } => {
+                    let row_description = match self.statements.get(&statement) {
+                        Some(Statement {
+                            row_description: Some(Some(rd)),
+                            ..
+                        }) => Some(Some(Arc::new(rd.with_formats(&result_formats)?))),
+                        Some(Statement {
+                            row_description: Some(None),
+                            ..
+                        }) => Some(None),
+                        _ => None,
+                    };
+                    self.portals.insert(
+                        portal,
+                        Portal {
+                            statement,
+                            result_formats,
+                            row_description,
+                        },
+                    );
+                }
+                _ => return Err(unexpected(tag, "not binding")),
+            },
+            BackendMessage::CloseComplete => match self.pop(tag, "close")? {
+                Pending::Close {
+                    kind: ObjectType::Statement,
+                    name,
+                } => {
+                    self.statements.remove(&name);
+                }
+                Pending::Close {
+                    kind: ObjectType::Portal,
+                    name,
+                } => {
+                    self.portals.remove(&name);
+                }
+                _ => return Err(unexpected(tag, "not closing")),
+            },
+            BackendMessage::ParameterDescription(types) => match self.pending.front_mut() {
+                Some(Pending::DescribeStatement { params, .. }) if params.is_none() => {
+                    *params = Some(types.clone());
+                }
+                _ => return Err(unexpected(tag, "not describing a statement")),
+            },
+            BackendMessage::RowDescription(rd) => self.row_description_received(Some(rd), tag)?,
+            BackendMessage::NoData => self.row_description_received(None, tag)?,
+            BackendMessage::DataRow(_) => match self.pending.front() {
+                Some(Pending::Query | Pending::Execute { .. }) if self.copy == CopyState::None => {}
+                _ => return Err(unexpected(tag, "no query running")),
+            },
+            BackendMessage::CommandComplete(_)
+            | BackendMessage::EmptyQueryResponse
+            | BackendMessage::PortalSuspended => {
+                self.copy = CopyState::None;
+                self.client_copying = false;
+                match self.pending.front() {
+                    Some(Pending::Query) => self.current = None,
+                    Some(Pending::Execute { .. }) => {
+                        self.pending.pop_front();
+                    }
+                    _ => return Err(unexpected(tag, "no query running")),
+                }
+            }
+            BackendMessage::CopyInResponse(_)
+            | BackendMessage::CopyOutResponse(_)
+            | BackendMessage::CopyBothResponse(_) => {
+                if !matches!(
+                    self.pending.front(),
+                    Some(Pending::Query | Pending::Execute { .. })
+                ) {
+                    return Err(unexpected(tag, "no query running"));
+                }
+                self.copy = match msg {
+                    BackendMessage::CopyInResponse(_) => CopyState::In,
+                    BackendMessage::CopyOutResponse(_) => CopyState::Out,
+                    _ => CopyState::Both,
+                };
+                if self.copy != CopyState::Out {
+                    self.client_copying = true;
+                    // Sync and Flush the client pipelined behind the COPY reach the server
+                    // while it is in copy-in mode, and it ignores them.
+                    let head = self.pending.pop_front();
+                    while matches!(self.pending.front(), Some(Pending::Sync)) {
+                        self.pending.pop_front();
+                    }
+                    if let Some(h) = head {
+                        self.pending.push_front(h);
+                    }
+                }
+            }
+            BackendMessage::CopyData(_) | BackendMessage::CopyDone => {
+                if !matches!(self.copy, CopyState::Out | CopyState::Both) {
+                    return Err(unexpected(tag, "not copying out"));
+                }
+            }
+            BackendMessage::FunctionCallResponse(_) => match self.pending.front() {
+                Some(Pending::FunctionCall) => {}
+                _ => return Err(unexpected(tag, "no function call")),
+            },
+        }
+        Ok(())
+    }
+
+    fn pop(&mut self, tag: Option<u8>, state: &'static str) -> Result<Pending> {
+        self.pending.pop_front().ok_or(unexpected(tag, state))
+    }
+
+    fn ready(&mut self, status: TransactionStatus, tag: Option<u8>) -> Result<()> {
+        match self.phase {
+            Phase::Initializing => self.phase = Phase::Ready,
+            Phase::Ready => match self.pending.pop_front() {
+                Some(Pending::Query) => {
+                    // A simple Query destroys the unnamed statement and portal.
+                    self.statements.remove(&Bytes::new());
+                    self.portals.remove(&Bytes::new());
+                    self.current = None;
+                }
+                Some(Pending::Sync | Pending::FunctionCall) => {}
+                Some(p) => return Err(unexpected(tag, p.name())),
+                None => return Err(unexpected(tag, "nothing pending")),
+            },
+            Phase::Startup | Phase::Closed => return Err(unexpected(tag, "not started")),
+        }
+        self.copy = CopyState::None;
+        self.client_copying = false;
+        self.transaction = status;
+        if status == TransactionStatus::Idle {
+            // Portals (other than holdable cursors, which are SQL-level) end with the
+            // transaction.
+            self.portals.clear();
+        }
+        Ok(())
+    }
+
+    fn error(&mut self, severity: Option<&str>) -> Result<()> {
+        self.copy = CopyState::None;
+        self.client_copying = false;
+        if matches!(severity, Some("FATAL" | "PANIC")) {
+            self.phase = Phase::Closed;
+            self.pending.clear();
+            return Ok(());
+        }
+        match self.pending.front() {
+            // The rest of the query string is skipped; ReadyForQuery follows.
+            Some(Pending::Query | Pending::FunctionCall) => self.current = None,
+            // Extended protocol: the server discards everything up to Sync.
+            Some(_) => {
+                while let Some(p) = self.pending.front() {
+                    if *p == Pending::Sync {
+                        return Ok(());
+                    }
+                    self.pending.pop_front();
+                }
+                self.discarding = true;
+            }
+            // An error outside any request (startup failure, shutdown notice).
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn row_description_received(
+        &mut self,
+        rd: Option<&RowDescription>,
+        tag: Option<u8>,
+    ) -> Result<()> {
+        match self.pending.front() {
+            Some(Pending::Query) if rd.is_some() => {
+                self.current = rd.map(|r| Arc::new(r.clone()));
+            }
+            Some(Pending::DescribeStatement {
+                params: Some(_), ..
+            }) => {
+                let Some(Pending::DescribeStatement { name, params }) = self.pending.pop_front()
+                else {
+                    return Err(unexpected(tag, "describe"));
+                };
+                if let Some(s) = self.statements.get_mut(&name) {
+                    s.row_description = Some(rd.map(|r| Arc::new(r.clone())));
+                    if let Some(p) = params {
+                        s.param_types = p;
+                    }
+                }
+            }
+            Some(Pending::DescribePortal { .. }) => {
+                let Some(Pending::DescribePortal { name }) = self.pending.pop_front() else {
+                    return Err(unexpected(tag, "describe"));
+                };
+                if let Some(p) = self.portals.get_mut(&name) {
+                    p.row_description = Some(rd.map(|r| Arc::new(r.clone())));
+                }
+            }
+            _ => return Err(unexpected(tag, "not describing")),
+        }
+        Ok(())
+    }
+}
+
+// === cancel keys ===
+
+/// Issues the gateway's own cancel keys and maps them back to the upstream's, so the
+/// client never learns the upstream's key and a CancelRequest can be checked before it is
+/// forwarded.
+#[derive(Debug, Default)]
+pub struct CancelKeys {
+    map: HashMap<i32, (Bytes, BackendKey)>,
+}
+
+impl CancelKeys {
+    /// An empty map.
+    pub fn new() -> CancelKeys {
+        CancelKeys::default()
+    }
+
+    /// Issues a fresh key standing for `upstream`, with a secret of the same length
+    /// (4 bytes for protocol 3.0, up to 256 for 3.2).
+    pub fn issue(&mut self, upstream: BackendKey) -> Result<BackendKey> {
+        let len = upstream.secret_key.len().clamp(4, 256);
+        let mut key = vec![0u8; len];
+        loop {
+            let mut pid = [0u8; 4];
+            getrandom::fill(&mut pid).map_err(|_| Error::AuthenticationProtocol {
+                reason: "no randomness available",
+            })?;
+            getrandom::fill(&mut key).map_err(|_| Error::AuthenticationProtocol {
+                reason: "no randomness available",
+            })?;
+            // Positive ids, like real process ids.
+            let pid = i32::from_be_bytes(pid) & i32::MAX;
+            if pid != 0 && !self.map.contains_key(&pid) {
+                let secret = Bytes::from(key);
+                self.map.insert(pid, (secret.clone(), upstream));
+                return Ok(BackendKey {
+                    process_id: pid,
+                    secret_key: secret,
+                });
+            }
+        }
+    }
+
+    /// The upstream key for a client's CancelRequest, if it presents a key this map
+    /// issued (compared in constant time).
+    pub fn resolve(&self, req: &CancelRequest) -> Option<&BackendKey> {
+        let (secret, upstream) = self.map.get(&req.process_id)?;
+        bool::from(secret.as_ref().ct_eq(req.secret_key.as_ref())).then_some(upstream)
+    }
+
+    /// Forgets a key when its connection ends.
+    pub fn remove(&mut self, process_id: i32) {
+        self.map.remove(&process_id);
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are no live keys.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

@@ -1,0 +1,833 @@
+//! The default sink: hash-chained, append-only segment files in a directory.
+//!
+//! Appenders encode their event, then take a short lock to get the next sequence number,
+//! compute the chain hash and add the frame to a shared pending buffer. One writer thread
+//! owns the files: it takes the whole pending buffer, writes it with one `write`, and in
+//! `fsync` mode calls `fdatasync` once for the batch — every append waiting on a record in
+//! that batch is released by the same sync (group commit). While it syncs, new appends
+//! collect in the buffer for the next batch. A failed write or sync poisons the sink: the
+//! writer stops, waiting appenders get an error, and every later append fails. A sync is
+//! never retried (after a failed `fsync` the kernel may have dropped the dirty pages, so a
+//! retry that succeeds proves nothing).
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use wirewarden_core::{AuditEvent, BoxError, Timestamp};
+
+use crate::codec::encode_event;
+use crate::format::{
+    CHECKPOINT_FILE, ChainKey, Checkpoint, CheckpointSigner, DEFAULT_MAX_RECORD_BYTES, Hash, LogId,
+    SegmentHeader, encode_checkpoint_entry, encode_event_frame, encode_seal_frame, event_frame_len,
+    genesis, record_hash, segment_path,
+};
+use crate::sink::{Appended, AuditSink, Durability};
+use crate::verify::{VerifyKeys, verify_dir};
+use crate::{Error, Result};
+
+// === IoHook ===
+
+/// The file operations the sink performs, so tests can inject failures and slow disks.
+///
+/// The default methods do the real thing. An implementation may fail, delay, or write
+/// part of `buf` and then fail, to simulate a full disk or a failing device.
+pub trait IoHook: fmt::Debug + Send + Sync {
+    /// Writes all of `buf` to `file` (a segment, the checkpoint file).
+    ///
+    /// # Errors
+    /// The I/O error, which poisons the sink.
+    fn write(&self, file: &mut File, path: &Path, buf: &[u8]) -> io::Result<()> {
+        let _ = path;
+        file.write_all(buf)
+    }
+
+    /// Makes `file` (a file or a directory) durable with `fdatasync`.
+    ///
+    /// # Errors
+    /// The I/O error, which poisons the sink.
+    fn sync(&self, file: &File, path: &Path) -> io::Result<()> {
+        let _ = path;
+        file.sync_data()
+    }
+}
+
+/// The real file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdIo;
+
+impl IoHook for StdIo {}
+
+// === Config ===
+
+/// Builds a [`FileSink`].
+#[derive(Debug, Clone)]
+pub struct FileSinkBuilder {
+    dir: PathBuf,
+    key: ChainKey,
+    signer: CheckpointSigner,
+    durability: Durability,
+    segment_max_bytes: u64,
+    checkpoint_interval: Duration,
+    max_record_bytes: u32,
+    max_pending_bytes: usize,
+    io: Arc<dyn IoHook>,
+}
+
+impl FileSinkBuilder {
+    /// `fsync` (the default) or `buffered`.
+    #[must_use]
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Rotate to a new segment once the current one reaches this size (default 64 MiB).
+    #[must_use]
+    pub fn segment_max_bytes(mut self, bytes: u64) -> Self {
+        self.segment_max_bytes = bytes.max(1);
+        self
+    }
+
+    /// Write a signed checkpoint at least this often, also while idle (default 60 s).
+    #[must_use]
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The largest record accepted (default 16 MiB); larger events are refused.
+    #[must_use]
+    pub fn max_record_bytes(mut self, bytes: u32) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+
+    /// In buffered mode, appends wait for the writer once this much is pending (default
+    /// 8 MiB), so a slow disk slows appenders instead of growing memory without bound.
+    #[must_use]
+    pub fn max_pending_bytes(mut self, bytes: usize) -> Self {
+        self.max_pending_bytes = bytes;
+        self
+    }
+
+    /// Replaces the file operations (for fault injection in tests).
+    #[must_use]
+    pub fn io_hook(mut self, io: Arc<dyn IoHook>) -> Self {
+        self.io = io;
+        self
+    }
+
+    /// Opens the log in the directory, creating it if empty.
+    ///
+    /// An existing log is verified first; the sink refuses to extend a damaged one. A torn
+    /// last record (a crash mid-append) that no checkpoint covers is cut off.
+    ///
+    /// # Errors
+    /// [`Error::Damaged`] for a log that fails verification, [`Error::Io`] for file system
+    /// errors, [`Error::Config`] when the log was written under another chain key id.
+    pub fn open(self) -> Result<FileSink> {
+        FileSink::open(self)
+    }
+}
+
+// === Shared state ===
+
+#[derive(Debug)]
+struct State {
+    next_seq: u64,
+    head: Hash,
+    pending: Vec<u8>,
+    poisoned: Option<String>,
+    closing: bool,
+    sync_upto: u64,
+    checkpoint_now: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    written: u64,
+    durable: u64,
+    checkpoints: u64,
+    poisoned: Option<Arc<str>>,
+    stopped: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    work: Condvar,
+    progress: watch::Sender<Progress>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the chain half-updated in a way that
+        // matters: the writer stops and the sink is then poisoned below.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn poison(&self, reason: String) {
+        let mut st = self.lock();
+        if st.poisoned.is_none() {
+            st.poisoned = Some(reason.clone());
+        }
+        st.pending.clear();
+        drop(st);
+        self.progress.send_modify(|p| {
+            if p.poisoned.is_none() {
+                p.poisoned = Some(reason.into());
+            }
+            p.stopped = true;
+        });
+    }
+}
+
+// === FileSink ===
+
+/// The default [`AuditSink`]: hash-chained segment files with signed checkpoints.
+///
+/// See the crate documentation for the format and `docs` for the threat model.
+pub struct FileSink {
+    shared: Arc<Shared>,
+    durability: Durability,
+    dir: PathBuf,
+    key: ChainKey,
+    log_id: LogId,
+    genesis: Hash,
+    max_record_bytes: u32,
+    max_pending_bytes: usize,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for FileSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileSink")
+            .field("dir", &self.dir)
+            .field("log_id", &self.log_id)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileSink {
+    /// Starts building a sink writing to `dir`, chaining with `key` and signing checkpoints
+    /// with `signer`.
+    #[must_use]
+    pub fn builder(
+        dir: impl Into<PathBuf>,
+        key: ChainKey,
+        signer: CheckpointSigner,
+    ) -> FileSinkBuilder {
+        FileSinkBuilder {
+            dir: dir.into(),
+            key,
+            signer,
+            durability: Durability::Fsync,
+            segment_max_bytes: 64 << 20,
+            checkpoint_interval: Duration::from_secs(60),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_pending_bytes: 8 << 20,
+            io: Arc::new(StdIo),
+        }
+    }
+
+    /// The log's id.
+    #[must_use]
+    pub fn log_id(&self) -> LogId {
+        self.log_id
+    }
+
+    /// The log directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether an earlier failure has poisoned the sink.
+    #[must_use]
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.lock().poisoned.is_some()
+    }
+
+    /// Asks the writer for a signed checkpoint now and waits until it is written.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] or [`Error::Closed`].
+    pub async fn checkpoint(&self) -> Result<()> {
+        let before = self.shared.progress.borrow().checkpoints;
+        {
+            let mut st = self.shared.lock();
+            self.check_usable(&st)?;
+            st.checkpoint_now = true;
+        }
+        self.shared.work.notify_one();
+        self.wait(|p| p.checkpoints > before).await
+    }
+
+    /// Stops accepting events, writes what is pending, a final checkpoint, and stops the
+    /// writer.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if the sink had failed.
+    pub async fn close(&self) -> Result<()> {
+        {
+            let mut st = self.shared.lock();
+            st.closing = true;
+        }
+        self.shared.work.notify_one();
+        let mut rx = self.shared.progress.subscribe();
+        let p = rx
+            .wait_for(|p| p.stopped)
+            .await
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        self.join_writer();
+        match p.poisoned {
+            Some(reason) => Err(Error::Poisoned {
+                reason: reason.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn join_writer(&self) {
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    fn check_usable(&self, st: &State) -> Result<()> {
+        if let Some(reason) = &st.poisoned {
+            return Err(Error::Poisoned {
+                reason: reason.clone(),
+            });
+        }
+        if st.closing {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Appends `event`; the typed version of [`AuditSink::append`].
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] after an earlier failure or when this record's write or sync
+    /// failed, [`Error::Closed`] after [`close`](Self::close), [`Error::TooLarge`] for an
+    /// event over the record limit, [`Error::Unsupported`] for an event this version cannot
+    /// encode.
+    pub async fn append_event(&self, event: &AuditEvent) -> Result<u64> {
+        let bytes = encode_event(event)?;
+        let frame_len = event_frame_len(bytes.len());
+        if frame_len.saturating_sub(4) > self.max_record_bytes as usize {
+            return Err(Error::TooLarge {
+                what: "audit record",
+                len: frame_len as u64,
+                limit: u64::from(self.max_record_bytes),
+            });
+        }
+        let (seq, pending) = {
+            let mut st = self.shared.lock();
+            self.check_usable(&st)?;
+            let seq = st.next_seq;
+            let prev = st.head;
+            let hash = record_hash(&self.key, self.log_id, &self.genesis, seq, &prev, &bytes);
+            encode_event_frame(&mut st.pending, self.log_id, seq, &prev, &bytes, &hash);
+            st.head = hash;
+            st.next_seq = seq.checked_add(1).ok_or(Error::InvalidValue {
+                what: "sequence number",
+                reason: "exhausted",
+            })?;
+            (seq, st.pending.len())
+        };
+        self.shared.work.notify_one();
+        match self.durability {
+            Durability::Fsync => self.wait(|p| p.durable > seq).await?,
+            _ => {
+                if pending > self.max_pending_bytes {
+                    self.wait(|p| p.written > seq).await?;
+                }
+            }
+        }
+        Ok(seq)
+    }
+
+    async fn wait(&self, done: impl Fn(&Progress) -> bool) -> Result<()> {
+        let mut rx = self.shared.progress.subscribe();
+        let p = rx
+            .wait_for(|p| done(p) || p.poisoned.is_some() || p.stopped)
+            .await
+            .map(|p| p.clone())
+            .map_err(|_| Error::Closed)?;
+        if done(&p) {
+            return Ok(());
+        }
+        match p.poisoned {
+            Some(reason) => Err(Error::Poisoned {
+                reason: reason.to_string(),
+            }),
+            None => Err(Error::Closed),
+        }
+    }
+
+    pub(crate) async fn flush_inner(&self) -> Result<()> {
+        let upto = {
+            let mut st = self.shared.lock();
+            if let Some(reason) = &st.poisoned {
+                return Err(Error::Poisoned {
+                    reason: reason.clone(),
+                });
+            }
+            st.sync_upto = st.sync_upto.max(st.next_seq);
+            st.next_seq
+        };
+        self.shared.work.notify_one();
+        self.wait(|p| p.durable >= upto).await
+    }
+
+    fn open(b: FileSinkBuilder) -> Result<Self> {
+        std::fs::create_dir_all(&b.dir).map_err(|e| Error::io("create", &b.dir, e))?;
+        let keys = VerifyKeys {
+            chain: b.key.clone(),
+            checkpoint: b.signer.public(),
+        };
+        let report = verify_dir(&b.dir, &keys)?;
+        if let Some(d) = &report.damage {
+            return Err(Error::Damaged {
+                dir: b.dir.clone(),
+                detail: d.to_string(),
+            });
+        }
+        let tail = report.tail.clone();
+        let (log_id, next_seq, head, seg_index, seg_file, seg_len) = match tail.last_segment {
+            None => {
+                let log_id = LogId::generate()?;
+                let g = genesis(&b.key, log_id);
+                let (file, len) = create_segment(&b, log_id, 0, 0, g)?;
+                (log_id, 0, g, 0, file, len)
+            }
+            Some(last) => {
+                let log_id = tail.log_id.ok_or_else(|| Error::Config {
+                    reason: "verified log has no id".into(),
+                })?;
+                let path = segment_path(&b.dir, last);
+                if !tail.last_header_complete {
+                    // A crash while the segment was being created: nothing in it yet.
+                    std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                    let (file, len) = create_segment(&b, log_id, last, tail.next_seq, tail.head)?;
+                    (log_id, tail.next_seq, tail.head, last, file, len)
+                } else if tail.last_segment_sealed {
+                    let next = last.checked_add(1).ok_or(Error::InvalidValue {
+                        what: "segment index",
+                        reason: "exhausted",
+                    })?;
+                    let (file, len) = create_segment(&b, log_id, next, tail.next_seq, tail.head)?;
+                    (log_id, tail.next_seq, tail.head, next, file, len)
+                } else {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| Error::io("open", &path, e))?;
+                    if report.torn_tail.is_some() {
+                        file.set_len(tail.last_segment_valid_len)
+                            .map_err(|e| Error::io("truncate torn record", &path, e))?;
+                        b.io.sync(&file, &path)
+                            .map_err(|e| Error::io("fdatasync", &path, e))?;
+                    }
+                    let mut file = file;
+                    file.seek(SeekFrom::Start(tail.last_segment_valid_len))
+                        .map_err(|e| Error::io("seek", &path, e))?;
+                    (
+                        log_id,
+                        tail.next_seq,
+                        tail.head,
+                        last,
+                        file,
+                        tail.last_segment_valid_len,
+                    )
+                }
+            }
+        };
+        let ck_path = b.dir.join(CHECKPOINT_FILE);
+        let ck_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ck_path)
+            .map_err(|e| Error::io("open", &ck_path, e))?;
+        if tail.checkpoint_torn {
+            ck_file
+                .set_len(tail.checkpoint_valid_len)
+                .map_err(|e| Error::io("truncate torn checkpoint", &ck_path, e))?;
+        }
+        let g = genesis(&b.key, log_id);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                next_seq,
+                head,
+                pending: Vec::new(),
+                poisoned: None,
+                closing: false,
+                sync_upto: 0,
+                checkpoint_now: false,
+            }),
+            work: Condvar::new(),
+            progress: watch::Sender::new(Progress {
+                written: next_seq,
+                durable: next_seq,
+                checkpoints: 0,
+                poisoned: None,
+                stopped: false,
+            }),
+        });
+        let writer = SegmentWriter {
+            dir: b.dir.clone(),
+            signer: b.signer.clone(),
+            key: b.key.clone(),
+            log_id,
+            genesis: g,
+            durability: b.durability,
+            segment_max_bytes: b.segment_max_bytes,
+            checkpoint_interval: b.checkpoint_interval,
+            io: Arc::clone(&b.io),
+            seg_index,
+            seg_path: segment_path(&b.dir, seg_index),
+            seg_file,
+            seg_len,
+            written: next_seq,
+            written_head: head,
+            synced: next_seq,
+            last_checkpoint: Instant::now(),
+            ck_path,
+            ck_file,
+        };
+        let thread_shared = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("wirewarden-audit-writer".into())
+            .spawn(move || writer.run(&thread_shared))
+            .map_err(|e| Error::io("spawn writer thread for", &b.dir, e))?;
+        Ok(Self {
+            shared,
+            durability: b.durability,
+            dir: b.dir,
+            key: b.key,
+            log_id,
+            genesis: g,
+            max_record_bytes: b.max_record_bytes,
+            max_pending_bytes: b.max_pending_bytes,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        {
+            let mut st = self.shared.lock();
+            st.closing = true;
+        }
+        self.shared.work.notify_one();
+        self.join_writer();
+    }
+}
+
+#[async_trait]
+impl AuditSink for FileSink {
+    async fn append(&self, event: &AuditEvent) -> Result<Appended, BoxError> {
+        Ok(Appended::at(self.append_event(event).await?))
+    }
+
+    async fn flush(&self) -> Result<(), BoxError> {
+        Ok(self.flush_inner().await?)
+    }
+
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+}
+
+fn create_segment(
+    b: &FileSinkBuilder,
+    log_id: LogId,
+    index: u64,
+    first_seq: u64,
+    prev: Hash,
+) -> Result<(File, u64)> {
+    let path = segment_path(&b.dir, index);
+    let header = SegmentHeader::new(
+        &b.key,
+        log_id,
+        index,
+        first_seq,
+        prev,
+        Timestamp::now().unix_nanos(),
+    )
+    .encode();
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| Error::io("create", &path, e))?;
+    b.io.write(&mut file, &path, &header)
+        .map_err(|e| Error::io("write", &path, e))?;
+    b.io.sync(&file, &path)
+        .map_err(|e| Error::io("fdatasync", &path, e))?;
+    sync_dir(&*b.io, &b.dir)?;
+    Ok((file, header.len() as u64))
+}
+
+fn sync_dir(io: &dyn IoHook, dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
+    io.sync(&d, dir).map_err(|e| Error::io("fsync", dir, e))
+}
+
+// === The writer thread ===
+
+struct SegmentWriter {
+    dir: PathBuf,
+    signer: CheckpointSigner,
+    key: ChainKey,
+    log_id: LogId,
+    genesis: Hash,
+    durability: Durability,
+    segment_max_bytes: u64,
+    checkpoint_interval: Duration,
+    io: Arc<dyn IoHook>,
+    seg_index: u64,
+    seg_path: PathBuf,
+    seg_file: File,
+    seg_len: u64,
+    written: u64,
+    written_head: Hash,
+    synced: u64,
+    last_checkpoint: Instant,
+    ck_path: PathBuf,
+    ck_file: File,
+}
+
+struct Batch {
+    bytes: Vec<u8>,
+    end_seq: u64,
+    end_head: Hash,
+    sync_upto: u64,
+    checkpoint_now: bool,
+    closing: bool,
+}
+
+impl SegmentWriter {
+    fn run(mut self, shared: &Shared) {
+        let mut spare = Vec::new();
+        loop {
+            let batch = {
+                let mut st = shared.lock();
+                loop {
+                    if !st.pending.is_empty()
+                        || st.closing
+                        || st.checkpoint_now
+                        || st.sync_upto > self.synced
+                    {
+                        break;
+                    }
+                    let left = self
+                        .checkpoint_interval
+                        .saturating_sub(self.last_checkpoint.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    st = shared
+                        .work
+                        .wait_timeout(st, left)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+                if st.poisoned.is_some() {
+                    return;
+                }
+                let bytes = std::mem::replace(&mut st.pending, std::mem::take(&mut spare));
+                let b = Batch {
+                    bytes,
+                    end_seq: st.next_seq,
+                    end_head: st.head,
+                    sync_upto: st.sync_upto,
+                    checkpoint_now: std::mem::take(&mut st.checkpoint_now),
+                    closing: st.closing,
+                };
+                drop(st);
+                b
+            };
+            let closing = batch.closing;
+            match self.step(batch, shared) {
+                Ok(mut buf) => {
+                    buf.clear();
+                    spare = buf;
+                }
+                Err(e) => {
+                    shared.poison(e.to_string());
+                    return;
+                }
+            }
+            if closing {
+                shared.progress.send_modify(|p| p.stopped = true);
+                return;
+            }
+        }
+    }
+
+    fn step(&mut self, batch: Batch, shared: &Shared) -> Result<Vec<u8>> {
+        // Rotation happens when the next batch arrives, so the last segment is never left
+        // empty and a seal always comes before a segment's successor exists.
+        let rotated = !batch.bytes.is_empty() && self.seg_len >= self.segment_max_bytes;
+        if rotated {
+            self.rotate()?;
+        }
+        if !batch.bytes.is_empty() {
+            self.io
+                .write(&mut self.seg_file, &self.seg_path, &batch.bytes)
+                .map_err(|e| Error::io("write", &self.seg_path, e))?;
+            self.seg_len = self.seg_len.saturating_add(batch.bytes.len() as u64);
+            self.written = batch.end_seq;
+            self.written_head = batch.end_head;
+            let durable = if self.durability == Durability::Fsync {
+                self.sync_segment()?;
+                Some(self.synced)
+            } else {
+                None
+            };
+            let written = self.written;
+            shared.progress.send_modify(|p| {
+                p.written = written;
+                if let Some(d) = durable {
+                    p.durable = d;
+                }
+            });
+        }
+        if batch.sync_upto > self.synced {
+            self.sync_segment()?;
+            let d = self.synced;
+            shared.progress.send_modify(|p| p.durable = d);
+        }
+        let due = batch.checkpoint_now
+            || batch.closing
+            || self.last_checkpoint.elapsed() >= self.checkpoint_interval;
+        let wrote_checkpoint = if rotated && !batch.checkpoint_now && !batch.closing {
+            true
+        } else if due {
+            self.checkpoint()?;
+            true
+        } else {
+            false
+        };
+        if wrote_checkpoint {
+            let d = self.synced;
+            shared.progress.send_modify(|p| {
+                p.durable = d;
+                p.checkpoints = p.checkpoints.saturating_add(1);
+            });
+        }
+        Ok(batch.bytes)
+    }
+
+    fn sync_segment(&mut self) -> Result<()> {
+        if self.synced < self.written || self.durability == Durability::Fsync {
+            self.io
+                .sync(&self.seg_file, &self.seg_path)
+                .map_err(|e| Error::io("fdatasync", &self.seg_path, e))?;
+        }
+        self.synced = self.written;
+        Ok(())
+    }
+
+    fn sign(&self) -> Checkpoint {
+        Checkpoint::sign(
+            &self.signer,
+            self.log_id,
+            self.genesis,
+            self.written,
+            self.written_head,
+            self.seg_index,
+            Timestamp::now().unix_nanos(),
+        )
+    }
+
+    fn append_checkpoint_entry(&mut self, c: &Checkpoint) -> Result<()> {
+        self.io
+            .write(
+                &mut self.ck_file,
+                &self.ck_path,
+                &encode_checkpoint_entry(c),
+            )
+            .map_err(|e| Error::io("write", &self.ck_path, e))?;
+        self.io
+            .sync(&self.ck_file, &self.ck_path)
+            .map_err(|e| Error::io("fdatasync", &self.ck_path, e))
+    }
+
+    /// A checkpoint covers only records that are already on disk.
+    fn checkpoint(&mut self) -> Result<()> {
+        if self.synced < self.written {
+            self.sync_segment()?;
+        }
+        let c = self.sign();
+        self.append_checkpoint_entry(&c)?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Seals the current segment with a checkpoint and starts the next one, whose header
+    /// carries the last hash of this one.
+    fn rotate(&mut self) -> Result<()> {
+        let c = self.sign();
+        self.io
+            .write(&mut self.seg_file, &self.seg_path, &encode_seal_frame(&c))
+            .map_err(|e| Error::io("write", &self.seg_path, e))?;
+        self.io
+            .sync(&self.seg_file, &self.seg_path)
+            .map_err(|e| Error::io("fdatasync", &self.seg_path, e))?;
+        self.synced = self.written;
+        self.append_checkpoint_entry(&c)?;
+        self.last_checkpoint = Instant::now();
+        let next = self.seg_index.checked_add(1).ok_or(Error::InvalidValue {
+            what: "segment index",
+            reason: "exhausted",
+        })?;
+        let path = segment_path(&self.dir, next);
+        let header = SegmentHeader::new(
+            &self.key,
+            self.log_id,
+            next,
+            self.written,
+            self.written_head,
+            Timestamp::now().unix_nanos(),
+        )
+        .encode();
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        self.io
+            .write(&mut file, &path, &header)
+            .map_err(|e| Error::io("write", &path, e))?;
+        self.io
+            .sync(&file, &path)
+            .map_err(|e| Error::io("fdatasync", &path, e))?;
+        sync_dir(&*self.io, &self.dir)?;
+        self.seg_index = next;
+        self.seg_path = path;
+        self.seg_file = file;
+        self.seg_len = header.len() as u64;
+        Ok(())
+    }
+}

@@ -1,0 +1,30 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod codec;
+mod error;
+mod file;
+mod format;
+mod read;
+mod sink;
+mod verify;
+
+#[cfg(test)]
+mod tamper_tests;
+
+#[doc(hidden)]
+pub mod testing;
+
+pub use codec::{EVENT_ENCODING_VERSION, decode_event, encode_event};
+pub use error::{Error, Result};
+pub use file::{FileSink, FileSinkBuilder, IoHook, StdIo};
+pub use format::{
+    CHECKPOINT_FILE, ChainKey, Checkpoint, CheckpointKey, CheckpointSigner, FORMAT_VERSION, Hash,
+    LogId, SegmentHeader, hash_hex, segment_file_name,
+};
+pub use read::{Entry, LogReader, read_log};
+pub use sink::{Appended, AuditSink, Durability};
+pub use verify::{
+    Damage, DamageKind, Report, TornTail, VerifyKeys, VerifyOptions, verify_dir, verify_dir_with,
+};
+pub use wirewarden_core;

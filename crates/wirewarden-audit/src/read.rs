@@ -1,0 +1,214 @@
+//! Reading a log back in order, once or following it while it grows.
+//!
+//! The reader checks every record it returns (log id, keyed hash, sequence number, link to
+//! the previous record, seals) so replay and export never show an event the chain does not
+//! vouch for. An incomplete last record is treated as not written yet.
+
+use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use wirewarden_core::AuditEvent;
+
+use crate::codec::decode_event;
+use crate::format::{
+    DEFAULT_MAX_RECORD_BYTES, Frame, FrameRead, Hash, LogId, SegmentHeader, genesis, read_frame,
+    segment_path,
+};
+use crate::verify::VerifyKeys;
+use crate::{Error, Result};
+
+/// One event read back with its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its position in the log.
+    pub seq: u64,
+    /// The event.
+    pub event: AuditEvent,
+}
+
+/// Reads a log's events in order; call [`poll`](Self::poll) again to get what was appended
+/// since.
+#[derive(Debug)]
+pub struct LogReader {
+    dir: PathBuf,
+    keys: VerifyKeys,
+    log_id: Option<LogId>,
+    genesis: Hash,
+    segment: u64,
+    offset: u64,
+    header_read: bool,
+    sealed: bool,
+    next_seq: u64,
+    head: Hash,
+}
+
+impl LogReader {
+    /// A reader at the start of the log in `dir`.
+    #[must_use]
+    pub fn new(dir: impl Into<PathBuf>, keys: VerifyKeys) -> Self {
+        Self {
+            dir: dir.into(),
+            keys,
+            log_id: None,
+            genesis: [0; 32],
+            segment: 0,
+            offset: 0,
+            header_read: false,
+            sealed: false,
+            next_seq: 0,
+            head: [0; 32],
+        }
+    }
+
+    /// The sequence number of the next event to be read.
+    #[must_use]
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    fn damaged(&self, detail: String) -> Error {
+        Error::Damaged {
+            dir: self.dir.clone(),
+            detail: format!(
+                "segment {} at sequence number {}: {detail}",
+                self.segment, self.next_seq
+            ),
+        }
+    }
+
+    /// Every complete event appended since the last call (all of them the first time).
+    ///
+    /// # Errors
+    /// [`Error::Damaged`] when a record does not verify, [`Error::Io`] for read errors.
+    pub fn poll(&mut self) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        loop {
+            if self.sealed {
+                let next = segment_path(&self.dir, self.segment.saturating_add(1));
+                if !next.exists() {
+                    return Ok(out);
+                }
+                self.segment = self.segment.saturating_add(1);
+                self.offset = 0;
+                self.header_read = false;
+                self.sealed = false;
+            }
+            let path = segment_path(&self.dir, self.segment);
+            let Some(data) = read_from(&path, self.offset)? else {
+                return Ok(out);
+            };
+            let mut pos = 0usize;
+            if !self.header_read {
+                let (h, len) = match SegmentHeader::decode(&data) {
+                    Ok(h) => h,
+                    Err(Error::Truncated { .. }) => return Ok(out),
+                    Err(e) => return Err(self.damaged(format!("segment header: {e}"))),
+                };
+                self.check_header(&h)?;
+                self.header_read = true;
+                pos = len;
+            }
+            while let Some(rest) = data.get(pos..).filter(|r| !r.is_empty()) {
+                match read_frame(rest, DEFAULT_MAX_RECORD_BYTES) {
+                    FrameRead::Complete(Frame::Event(rec), n) => {
+                        if Some(rec.log_id) != self.log_id
+                            || rec.seq != self.next_seq
+                            || rec.prev != self.head
+                            || !rec.hash_is_valid(&self.keys.chain, &self.genesis)
+                        {
+                            return Err(self.damaged("record does not verify".into()));
+                        }
+                        let event = decode_event(rec.event)
+                            .map_err(|e| self.damaged(format!("event does not decode: {e}")))?;
+                        out.push(Entry {
+                            seq: rec.seq,
+                            event,
+                        });
+                        self.head = rec.hash;
+                        self.next_seq = self.next_seq.saturating_add(1);
+                        pos = pos.saturating_add(n);
+                    }
+                    FrameRead::Complete(Frame::Seal(c), n) => {
+                        if !c.verify(&self.keys.checkpoint)
+                            || c.seq != self.next_seq
+                            || c.head != self.head
+                        {
+                            return Err(self.damaged("segment seal does not verify".into()));
+                        }
+                        self.sealed = true;
+                        pos = pos.saturating_add(n);
+                        break;
+                    }
+                    FrameRead::Incomplete => break,
+                    FrameRead::Unframed(e) | FrameRead::Invalid(e) => {
+                        if rest.iter().all(|b| *b == 0) {
+                            break;
+                        }
+                        return Err(self.damaged(format!("unreadable record: {e}")));
+                    }
+                }
+            }
+            self.offset = self.offset.saturating_add(pos as u64);
+            if !self.sealed {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn check_header(&mut self, h: &SegmentHeader) -> Result<()> {
+        match self.log_id {
+            None => {
+                if h.key_id != self.keys.chain.id() {
+                    return Err(Error::Config {
+                        reason: format!(
+                            "the log was written with chain key {:?}, the reader holds {:?}",
+                            h.key_id,
+                            self.keys.chain.id()
+                        ),
+                    });
+                }
+                self.log_id = Some(h.log_id);
+                self.genesis = genesis(&self.keys.chain, h.log_id);
+                self.head = self.genesis;
+            }
+            Some(id) if id != h.log_id => {
+                return Err(self.damaged("segment of another log".into()));
+            }
+            Some(_) => {}
+        }
+        if h.compute_mac(&self.keys.chain) != h.mac
+            || h.index != self.segment
+            || h.first_seq != self.next_seq
+            || h.prev_hash != self.head
+        {
+            return Err(self.damaged("segment header does not verify".into()));
+        }
+        Ok(())
+    }
+}
+
+fn read_from(path: &Path, offset: u64) -> Result<Option<Vec<u8>>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|e| Error::io("seek", path, e))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(Some(buf))
+}
+
+/// Reads every event of the log in `dir`, in order, after checking each record.
+///
+/// Use [`verify_dir`](crate::verify_dir) for the full check (checkpoints, cuts); this reads
+/// what the chain vouches for.
+///
+/// # Errors
+/// As [`LogReader::poll`].
+pub fn read_log(dir: &Path, keys: &VerifyKeys) -> Result<Vec<Entry>> {
+    LogReader::new(dir, keys.clone()).poll()
+}

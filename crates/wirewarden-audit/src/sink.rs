@@ -1,0 +1,117 @@
+//! The `AuditSink` extension trait and its contract.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use wirewarden_core::{AuditEvent, BoxError};
+
+/// What a successful [`AuditSink::append`] guarantees about the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `append` returns `Ok` only once the event is on stable storage (after `fdatasync`, or a
+    /// committed database transaction). The pipeline relies on this to write an intent
+    /// record before it forwards a command.
+    Fsync,
+    /// `append` returns `Ok` once the event is accepted and ordered; it reaches storage (or
+    /// the remote end) later, and a crash may lose the most recent events. `flush` waits for
+    /// everything appended so far.
+    Buffered,
+}
+
+impl Durability {
+    /// `fsync` or `buffered`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fsync => "fsync",
+            Self::Buffered => "buffered",
+        }
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "fsync" | "durable" => Ok(Self::Fsync),
+            "buffered" => Ok(Self::Buffered),
+            _ => Err(crate::Error::Config {
+                reason: format!("unknown durability {s:?} (fsync or buffered)"),
+            }),
+        }
+    }
+}
+
+/// What a sink tells the caller about an appended event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Appended {
+    /// The event's position in the sink's total order, when the sink assigns one.
+    pub seq: Option<u64>,
+}
+
+impl Appended {
+    /// An append at position `seq`.
+    #[must_use]
+    pub fn at(seq: u64) -> Self {
+        Self { seq: Some(seq) }
+    }
+
+    /// An append whose position the sink does not report.
+    #[must_use]
+    pub fn unordered() -> Self {
+        Self { seq: None }
+    }
+}
+
+/// Where the gateway records [`AuditEvent`]s.
+///
+/// # Contract
+///
+/// Implementations must uphold all of these; `wirewarden_testkit::conformance::audit`
+/// checks them.
+///
+/// * **One total order.** Every event a sink accepts gets one position in a single order that
+///   all readers of the trail see. If `append(a)` returned before `append(b)` was called, `a`
+///   comes before `b`. Concurrent appends are ordered in some order, and never interleaved
+///   or lost.
+/// * **Exactly once in the trail per successful append** (a sink that delivers elsewhere may
+///   deliver a second copy with the same [`AuditEvent::id`], which receivers use to
+///   de-duplicate; the trail itself must not show it twice).
+/// * **Durability.** When [`durability`](Self::durability) is [`Durability::Fsync`], `Ok`
+///   from `append` means the event is on stable storage and will survive a crash of this
+///   process and of the machine. When it is [`Durability::Buffered`], `Ok` means the event
+///   is accepted and ordered, and `Ok` from a later [`flush`](Self::flush) means it, and
+///   every event appended before the flush was called, is stored.
+/// * **Fail closed.** An `Err` means the event may not be recorded; the pipeline refuses
+///   the command. A sink that has lost the ability to record (a failed write or sync) must
+///   keep failing: it must not report success for later events whose predecessors it could
+///   not store.
+#[async_trait]
+pub trait AuditSink: fmt::Debug + Send + Sync {
+    /// Records `event`. See the trait's contract for what `Ok` means.
+    async fn append(&self, event: &AuditEvent) -> Result<Appended, BoxError>;
+
+    /// Waits until every event appended before this call is stored (or delivered).
+    async fn flush(&self) -> Result<(), BoxError>;
+
+    /// What a successful `append` guarantees.
+    fn durability(&self) -> Durability;
+}
+
+#[async_trait]
+impl<S: AuditSink + ?Sized> AuditSink for std::sync::Arc<S> {
+    async fn append(&self, event: &AuditEvent) -> Result<Appended, BoxError> {
+        (**self).append(event).await
+    }
+
+    async fn flush(&self) -> Result<(), BoxError> {
+        (**self).flush().await
+    }
+
+    fn durability(&self) -> Durability {
+        (**self).durability()
+    }
+}

@@ -1,0 +1,219 @@
+//! Client certificates mapped to principals by subject CN or SAN.
+//!
+//! The TLS layer verifies the chain (rustls' `WebPkiClientVerifier` with the gateway's client
+//! CA); this provider only maps the verified leaf to an identity, and refuses a leaf outside
+//! its validity window at [`AuthContext::now`] in case the two clocks disagree. Rules are
+//! tried in order; the first rule with a matching name wins, and the matched name becomes
+//! the subject. No rule matching is [`Error::Unmapped`], never a default identity.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use wirewarden_core::{AuthMethod, BoxError, Principal, Timestamp};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::{AuthContext, Credential, Error, IdentityProvider, Result};
+
+/// Leaf certificates larger than this are refused before parsing.
+const MAX_CERT_LEN: usize = 64 * 1024;
+
+/// Which name in the certificate a rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CertField {
+    /// The subject's common name(s).
+    CommonName,
+    /// A DNS subject alternative name.
+    SanDns,
+    /// A URI subject alternative name (SPIFFE IDs: `spiffe://trust-domain/path`).
+    SanUri,
+    /// An email (RFC 822) subject alternative name.
+    SanEmail,
+}
+
+/// One mapping rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertRule {
+    /// The name to look at.
+    pub field: CertField,
+    /// The value to match: exact, or a prefix when it ends in `*`
+    /// (`spiffe://prod.example/agents/*`). Matching is case-sensitive except for DNS names
+    /// and email domains, which are compared in lowercase.
+    pub pattern: String,
+    /// Groups of the principal.
+    #[serde(default)]
+    pub groups: BTreeSet<String>,
+    /// Attributes of the principal.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl CertRule {
+    fn matches(&self, value: &str) -> bool {
+        let fold = matches!(self.field, CertField::SanDns | CertField::SanEmail);
+        let (value, pattern) = if fold {
+            (
+                value.to_ascii_lowercase(),
+                self.pattern.to_ascii_lowercase(),
+            )
+        } else {
+            (value.to_owned(), self.pattern.clone())
+        };
+        match pattern.strip_suffix('*') {
+            Some(prefix) => value.starts_with(prefix) && value.len() > prefix.len(),
+            None => value == pattern,
+        }
+    }
+}
+
+/// Configuration of [`ClientCertificates`], as it appears in TOML:
+///
+/// ```toml
+/// [[rules]]
+/// field = "san_uri"
+/// pattern = "spiffe://prod.example/agents/*"
+/// groups = ["agents"]
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertConfig {
+    /// The rules, tried in order.
+    pub rules: Vec<CertRule>,
+}
+
+/// An [`IdentityProvider`] for verified TLS client certificates.
+#[derive(Debug, Clone)]
+pub struct ClientCertificates {
+    rules: Vec<CertRule>,
+}
+
+impl ClientCertificates {
+    /// Builds the provider.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if a pattern is empty or is a bare `*`.
+    pub fn new(config: ClientCertConfig) -> Result<Self> {
+        for r in &config.rules {
+            if r.pattern.is_empty() || r.pattern == "*" {
+                return Err(Error::config(format!(
+                    "certificate rule pattern {:?} would match anything",
+                    r.pattern
+                )));
+            }
+        }
+        Ok(Self {
+            rules: config.rules,
+        })
+    }
+
+    /// Builds the provider from TOML ([`ClientCertConfig`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the TOML does not parse or [`ClientCertificates::new`] refuses it.
+    pub fn from_toml(toml: &str) -> Result<Self> {
+        let config: ClientCertConfig =
+            toml::from_str(toml).map_err(|e| Error::config(e.to_string()))?;
+        Self::new(config)
+    }
+
+    /// Maps the leaf certificate `der` at `now`.
+    ///
+    /// # Errors
+    /// [`Error::Missing`] for an empty certificate, [`Error::Malformed`] if it does not
+    /// parse, [`Error::Expired`]/[`Error::NotYetValid`] outside its validity,
+    /// [`Error::Unmapped`] if no rule matches.
+    pub fn verify(&self, der: &[u8], now: Timestamp) -> Result<Principal> {
+        if der.is_empty() {
+            return Err(Error::Missing);
+        }
+        if der.len() > MAX_CERT_LEN {
+            return Err(Error::malformed("certificate too large"));
+        }
+        let (rest, cert) = X509Certificate::from_der(der)
+            .map_err(|_| Error::malformed("not a DER X.509 certificate"))?;
+        if !rest.is_empty() {
+            return Err(Error::malformed("trailing bytes after the certificate"));
+        }
+        let validity = cert.validity();
+        let not_before = Timestamp::from_unix_secs(validity.not_before.timestamp())
+            .ok_or_else(|| Error::malformed("notBefore out of range"))?;
+        let not_after = Timestamp::from_unix_secs(validity.not_after.timestamp())
+            .ok_or_else(|| Error::malformed("notAfter out of range"))?;
+        if now < not_before {
+            return Err(Error::NotYetValid { not_before });
+        }
+        if now > not_after {
+            return Err(Error::Expired {
+                expired_at: not_after,
+            });
+        }
+        let mut names: Vec<(CertField, &str)> = Vec::new();
+        for cn in cert.subject().iter_common_name() {
+            let cn = cn
+                .as_str()
+                .map_err(|_| Error::malformed("common name is not a string"))?;
+            names.push((CertField::CommonName, cn));
+        }
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|_| Error::malformed("invalid subjectAltName extension"))?;
+        if let Some(san) = san {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => names.push((CertField::SanDns, d)),
+                    GeneralName::URI(u) => names.push((CertField::SanUri, u)),
+                    GeneralName::RFC822Name(e) => names.push((CertField::SanEmail, e)),
+                    _ => {}
+                }
+            }
+        }
+        let (rule, subject) = self
+            .rules
+            .iter()
+            .find_map(|r| {
+                names
+                    .iter()
+                    .find(|(f, v)| *f == r.field && r.matches(v))
+                    .map(|(_, v)| (r, *v))
+            })
+            .ok_or(Error::Unmapped)?;
+        let fingerprint: String = Sha256::digest(der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut principal = Principal::new(subject, AuthMethod::ClientCertificate { fingerprint })
+            .map_err(|e| Error::malformed(e.to_string()))?;
+        principal.groups.clone_from(&rule.groups);
+        principal.attributes.clone_from(&rule.attributes);
+        principal.authenticated_at = now;
+        principal.expires_at = Some(not_after);
+        Ok(principal)
+    }
+}
+
+#[async_trait]
+impl IdentityProvider for ClientCertificates {
+    async fn authenticate(
+        &self,
+        credential: &Credential,
+        context: &AuthContext,
+    ) -> std::result::Result<Principal, BoxError> {
+        let Credential::ClientCertificate(chain) = credential else {
+            return Err(Error::Unsupported {
+                kind: credential.kind(),
+            }
+            .into());
+        };
+        let leaf = chain.first().ok_or(Error::Missing)?;
+        Ok(self.verify(leaf, context.now())?)
+    }
+
+    fn accepts(&self, credential: &Credential) -> bool {
+        matches!(credential, Credential::ClientCertificate(_))
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod conformance;
 mod error;
+pub mod oidc;
 mod postgres;
 mod process;
 mod redis;

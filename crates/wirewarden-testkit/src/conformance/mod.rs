@@ -4,3 +4,5 @@
 //! `GrantStore` calls the matching suite from an integration test with their implementation;
 //! the suites check the behaviour the pipeline relies on (ordering, fail-closed errors,
 //! expiry), not just that calls return.
+
+pub mod identity;

@@ -1,0 +1,546 @@
+//! Profiles: which detectors run, which fields are masked whatever they hold, and how each
+//! entity is replaced. Masking entry points live here.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use wirewarden_core::MaskedCounts;
+
+use crate::custom::CustomDetector;
+use crate::detect::{Detector, DetectorSet, Finding, Kind, Scanner};
+use crate::json;
+use crate::rules::{Field, PathElem, Selector};
+use crate::strategy::{Canon, MaskKey, Span, Strategy, ValueType, mask_span, mask_whole};
+use crate::{Error, Result};
+
+/// Bounds on what the masker agrees to process. A value beyond them is an error (and so a
+/// refusal), never passed through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Longest value, in bytes.
+    pub max_value_len: usize,
+    /// Deepest nesting of arrays and objects in one JSON document.
+    pub max_json_depth: usize,
+    /// How many levels of JSON inside JSON strings are unpacked.
+    pub max_nested_json: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_value_len: 64 << 20,
+            max_json_depth: 64,
+            max_nested_json: 4,
+        }
+    }
+}
+
+/// A field rule: values from `selector` are masked as `entity` with `strategy`, whatever
+/// they contain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldRule {
+    /// Which values.
+    pub selector: Selector,
+    /// How they are replaced.
+    pub strategy: Strategy,
+    /// The entity name reported in masked counts.
+    pub entity: String,
+}
+
+impl FieldRule {
+    /// A rule whose entity name is derived from the selector (`column:*ssn*`).
+    #[must_use]
+    pub fn new(selector: Selector, strategy: Strategy) -> Self {
+        let entity = selector.entity();
+        Self {
+            selector,
+            strategy,
+            entity,
+        }
+    }
+}
+
+/// A masking profile: detectors, field rules, strategies and limits. Cheap to share
+/// (`Arc<Profile>`); masking takes `&self`.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    name: String,
+    scanner: Scanner,
+    custom: Vec<CustomDetector>,
+    strategies: HashMap<String, Strategy>,
+    default_strategy: Strategy,
+    rules: Vec<FieldRule>,
+    has_json_rules: bool,
+    json_in_text: bool,
+    key: Option<Arc<MaskKey>>,
+    limits: Limits,
+}
+
+/// Builds a [`Profile`].
+#[derive(Debug, Clone)]
+pub struct ProfileBuilder {
+    name: String,
+    detectors: DetectorSet,
+    ssn_unformatted: bool,
+    custom: Vec<CustomDetector>,
+    strategies: HashMap<String, Strategy>,
+    default_strategy: Strategy,
+    rules: Vec<FieldRule>,
+    json_in_text: bool,
+    key: Option<Arc<MaskKey>>,
+    limits: Limits,
+}
+
+impl ProfileBuilder {
+    /// Which built-in detectors run (all of them unless set).
+    #[must_use]
+    pub fn detectors(mut self, set: DetectorSet) -> Self {
+        self.detectors = set;
+        self
+    }
+
+    /// Also treat nine bare digits with a valid SSN structure as an SSN (off by default:
+    /// too many order numbers look like that).
+    #[must_use]
+    pub fn ssn_unformatted(mut self, on: bool) -> Self {
+        self.ssn_unformatted = on;
+        self
+    }
+
+    /// Adds a user-defined detector.
+    #[must_use]
+    pub fn custom(mut self, d: CustomDetector) -> Self {
+        self.custom.push(d);
+        self
+    }
+
+    /// How values of `entity` (a detector name, a custom detector name) are replaced.
+    #[must_use]
+    pub fn strategy(mut self, entity: impl Into<String>, s: Strategy) -> Self {
+        self.strategies.insert(entity.into(), s);
+        self
+    }
+
+    /// How entities without their own strategy are replaced (redaction unless set).
+    #[must_use]
+    pub fn default_strategy(mut self, s: Strategy) -> Self {
+        self.default_strategy = s;
+        self
+    }
+
+    /// Adds a field rule.
+    #[must_use]
+    pub fn rule(mut self, rule: FieldRule) -> Self {
+        self.rules.push(rule);
+        self
+    }
+
+    /// Whether text values that hold a JSON document are masked as JSON (on by default).
+    #[must_use]
+    pub fn json_in_text(mut self, on: bool) -> Self {
+        self.json_in_text = on;
+        self
+    }
+
+    /// The key for tokenization, hashing and format-preserving replacement.
+    #[must_use]
+    pub fn key(mut self, key: MaskKey) -> Self {
+        self.key = Some(Arc::new(key));
+        self
+    }
+
+    pub(crate) fn key_if_unset(mut self, key: Option<&Arc<MaskKey>>) -> Self {
+        if self.key.is_none() {
+            self.key = key.cloned();
+        }
+        self
+    }
+
+    /// Processing limits.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Builds the profile.
+    ///
+    /// # Errors
+    /// [`Error::MissingKey`] if a strategy needs a key and none was given; [`Error::Config`]
+    /// if two custom detectors share a name or a strategy names an unknown entity.
+    pub fn build(self) -> Result<Profile> {
+        let all_strategies = self
+            .strategies
+            .values()
+            .chain(std::iter::once(&self.default_strategy))
+            .chain(self.rules.iter().map(|r| &r.strategy));
+        for s in all_strategies {
+            if s.needs_key() && self.key.is_none() {
+                return Err(Error::MissingKey { strategy: s.name() });
+            }
+        }
+        for (i, c) in self.custom.iter().enumerate() {
+            if Detector::from_name(c.name()).is_some()
+                || self.custom.iter().skip(i + 1).any(|d| d.name() == c.name())
+            {
+                return Err(Error::config(
+                    format!("custom detector {}", c.name()),
+                    "name already used",
+                ));
+            }
+        }
+        for entity in self.strategies.keys() {
+            let known = Detector::from_name(entity).is_some()
+                || self.custom.iter().any(|c| c.name() == entity);
+            if !known {
+                return Err(Error::config(
+                    format!("strategy for {entity:?}"),
+                    "no detector of that name",
+                ));
+            }
+        }
+        let has_json_rules = self
+            .rules
+            .iter()
+            .any(|r| matches!(r.selector, Selector::JsonPath(_)));
+        Ok(Profile {
+            name: self.name,
+            scanner: Scanner {
+                set: self.detectors,
+                ssn_unformatted: self.ssn_unformatted,
+            },
+            custom: self.custom,
+            strategies: self.strategies,
+            default_strategy: self.default_strategy,
+            rules: self.rules,
+            has_json_rules,
+            json_in_text: self.json_in_text,
+            key: self.key,
+            limits: self.limits,
+        })
+    }
+}
+
+impl Profile {
+    /// A builder for a profile named `name`: every built-in detector, redaction.
+    #[must_use]
+    pub fn builder(name: impl Into<String>) -> ProfileBuilder {
+        ProfileBuilder {
+            name: name.into(),
+            detectors: DetectorSet::all(),
+            ssn_unformatted: false,
+            custom: Vec::new(),
+            strategies: HashMap::new(),
+            default_strategy: Strategy::redact(),
+            rules: Vec::new(),
+            json_in_text: true,
+            key: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// The profile's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The limits it enforces.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Masks free text (a message, a Redis reply, a body). Returns `None` when a Null
+    /// strategy applies, the input itself (borrowed, uncopied) when nothing matched.
+    ///
+    /// # Errors
+    /// See [`Error`]: a value that cannot be processed must be refused by the caller.
+    pub fn mask_text<'a>(
+        &self,
+        field: &Field<'_>,
+        text: Cow<'a, str>,
+        counts: &mut MaskedCounts,
+    ) -> Result<Option<Cow<'a, str>>> {
+        let out = self.mask_value(field, ValueType::Text, bytes_of(text), counts)?;
+        // Text in, text out: every path below produces UTF-8 for text values.
+        out.map(|v| match v {
+            Cow::Borrowed(b) => {
+                std::str::from_utf8(b)
+                    .map(Cow::Borrowed)
+                    .map_err(|e| Error::InvalidUtf8 {
+                        offset: e.valid_up_to(),
+                    })
+            }
+            Cow::Owned(b) => String::from_utf8(b)
+                .map(Cow::Owned)
+                .map_err(|e| Error::InvalidUtf8 {
+                    offset: e.utf8_error().valid_up_to(),
+                }),
+        })
+        .transpose()
+    }
+
+    /// Masks one value from `field` that must stay a valid `ty`. Returns `None` for NULL,
+    /// the input itself (uncopied) when nothing matched.
+    ///
+    /// # Errors
+    /// See [`Error`]: a value that cannot be processed must be refused by the caller.
+    pub fn mask_value<'a>(
+        &self,
+        field: &Field<'_>,
+        ty: ValueType,
+        value: Cow<'a, [u8]>,
+        counts: &mut MaskedCounts,
+    ) -> Result<Option<Cow<'a, [u8]>>> {
+        if value.len() > self.limits.max_value_len {
+            return Err(Error::ValueTooLarge {
+                len: value.len(),
+                limit: self.limits.max_value_len,
+            });
+        }
+        if let Some(rule) = self.rules.iter().find(|r| r.selector.matches_field(field)) {
+            counts.add(&rule.entity, 1);
+            let out = mask_whole(&rule.strategy, self.key(), &rule.entity, ty, &value)?;
+            return Ok(out.map(Cow::Owned));
+        }
+        match ty {
+            ValueType::Text => {
+                let text = std::str::from_utf8(&value).map_err(|e| Error::InvalidUtf8 {
+                    offset: e.valid_up_to(),
+                })?;
+                match self.text(text, 0, counts)? {
+                    Edit::Unchanged => Ok(Some(value)),
+                    Edit::Changed(s) => Ok(Some(Cow::Owned(s.into_bytes()))),
+                    Edit::Null => Ok(None),
+                }
+            }
+            ValueType::Bytes => match self.spans(&value, counts)? {
+                Edit::Unchanged => Ok(Some(value)),
+                Edit::Changed(b) => Ok(Some(Cow::Owned(b))),
+                Edit::Null => Ok(None),
+            },
+            ValueType::Json => {
+                let text = std::str::from_utf8(&value).map_err(|e| Error::InvalidUtf8 {
+                    offset: e.valid_up_to(),
+                })?;
+                match json::mask(self, text, 0, counts)? {
+                    Edit::Unchanged => Ok(Some(value)),
+                    Edit::Changed(s) => Ok(Some(Cow::Owned(s.into_bytes()))),
+                    Edit::Null => Ok(None),
+                }
+            }
+            _ => {
+                let findings = self.find(&value);
+                let Some(first) = findings.first() else {
+                    return Ok(Some(value));
+                };
+                for f in &findings {
+                    counts.add(self.entity(f.kind), 1);
+                }
+                let entity = self.entity(first.kind);
+                let strategy = self.strategy_for(entity);
+                let out = mask_whole(strategy, self.key(), entity, ty, &value)?;
+                Ok(out.map(Cow::Owned))
+            }
+        }
+    }
+
+    /// Masks a JSON document: by JSON-path rules and by content, re-serialised as valid
+    /// JSON. Returns the input (uncopied) when nothing matched, `None` for NULL.
+    ///
+    /// # Errors
+    /// [`Error::InvalidJson`], [`Error::JsonTooDeep`] and the others of [`Error`].
+    pub fn mask_json<'a>(
+        &self,
+        field: &Field<'_>,
+        json: Cow<'a, str>,
+        counts: &mut MaskedCounts,
+    ) -> Result<Option<Cow<'a, str>>> {
+        if json.len() > self.limits.max_value_len {
+            return Err(Error::ValueTooLarge {
+                len: json.len(),
+                limit: self.limits.max_value_len,
+            });
+        }
+        if let Some(rule) = self.rules.iter().find(|r| r.selector.matches_field(field)) {
+            counts.add(&rule.entity, 1);
+            let out = mask_whole(
+                &rule.strategy,
+                self.key(),
+                &rule.entity,
+                ValueType::Json,
+                json.as_bytes(),
+            )?;
+            return Ok(out.map(|b| Cow::Owned(String::from_utf8_lossy(&b).into_owned())));
+        }
+        Ok(match json::mask(self, &json, 0, counts)? {
+            Edit::Unchanged => Some(json),
+            Edit::Changed(s) => Some(Cow::Owned(s)),
+            Edit::Null => None,
+        })
+    }
+
+    pub(crate) fn key(&self) -> Option<&MaskKey> {
+        self.key.as_deref()
+    }
+
+    pub(crate) fn has_json_rules(&self) -> bool {
+        self.has_json_rules
+    }
+
+    /// The JSON-path rule for a value at `path`, if any.
+    pub(crate) fn json_rule(&self, path: &[PathElem<'_>]) -> Option<&FieldRule> {
+        self.rules.iter().find(|r| match &r.selector {
+            Selector::JsonPath(p) => p.matches(path),
+            _ => false,
+        })
+    }
+
+    pub(crate) fn entity(&self, kind: Kind) -> &str {
+        match kind {
+            Kind::Builtin(d) => d.name(),
+            Kind::Custom(i) => self.custom.get(i).map_or("custom", CustomDetector::name),
+        }
+    }
+
+    pub(crate) fn strategy_for(&self, entity: &str) -> &Strategy {
+        self.strategies
+            .get(entity)
+            .unwrap_or(&self.default_strategy)
+    }
+
+    /// Every finding in `bytes`, in order, without overlaps.
+    pub(crate) fn find(&self, bytes: &[u8]) -> Vec<Finding> {
+        let mut out = Vec::new();
+        self.scanner.scan(bytes, &mut out);
+        if !self.custom.is_empty() {
+            let builtin = out.len();
+            for (i, c) in self.custom.iter().enumerate() {
+                c.scan(i, bytes, &mut out);
+            }
+            if out.len() > builtin {
+                out.sort_by_key(|f| (f.start, std::cmp::Reverse(f.end)));
+                let mut end = 0;
+                out.retain(|f| {
+                    let keep = f.start >= end;
+                    if keep {
+                        end = f.end;
+                    }
+                    keep
+                });
+            }
+        }
+        out
+    }
+
+    /// Masks text that may hold JSON; `nested` counts JSON levels already unpacked.
+    pub(crate) fn text(
+        &self,
+        text: &str,
+        nested: usize,
+        counts: &mut MaskedCounts,
+    ) -> Result<Edit> {
+        if self.json_in_text && looks_like_json(text) {
+            if nested >= self.limits.max_nested_json {
+                return Err(Error::JsonTooDeep {
+                    limit: self.limits.max_nested_json,
+                });
+            }
+            // Count into a scratch map: if the text is not JSON after all, the text pass
+            // below does the counting.
+            let mut scratch = MaskedCounts::new();
+            match json::mask(self, text, nested + 1, &mut scratch) {
+                Ok(e) => {
+                    counts.merge(&scratch);
+                    return Ok(e);
+                }
+                Err(Error::InvalidJson { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.spans(text.as_bytes(), counts)?.into_text()
+    }
+
+    /// Replaces every finding in `bytes` by its strategy's output; the bytes between findings
+    /// are kept exactly.
+    pub(crate) fn spans(&self, bytes: &[u8], counts: &mut MaskedCounts) -> Result<Edit<Vec<u8>>> {
+        let findings = self.find(bytes);
+        if findings.is_empty() {
+            return Ok(Edit::Unchanged);
+        }
+        let mut out = Vec::with_capacity(bytes.len() + 16);
+        let mut repl = String::new();
+        let mut last = 0;
+        for f in &findings {
+            out.extend_from_slice(bytes.get(last..f.start).unwrap_or_default());
+            let entity = self.entity(f.kind);
+            counts.add(entity, 1);
+            let span = String::from_utf8_lossy(bytes.get(f.start..f.end).unwrap_or_default());
+            let strategy = self.strategy_for(entity);
+            repl.clear();
+            if mask_span(
+                strategy,
+                self.key(),
+                entity,
+                canon(f.kind),
+                &span,
+                &mut repl,
+            )? == Span::Null
+            {
+                return Ok(Edit::Null);
+            }
+            out.extend_from_slice(repl.as_bytes());
+            last = f.end;
+        }
+        out.extend_from_slice(bytes.get(last..).unwrap_or_default());
+        Ok(Edit::Changed(out))
+    }
+}
+
+/// The outcome of masking a piece of text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Edit<T = String> {
+    Unchanged,
+    Changed(T),
+    Null,
+}
+
+impl Edit<Vec<u8>> {
+    /// Text in, text out: findings start and end on character boundaries and replacements
+    /// are strings, so this only fails on a bug; it is an error rather than a panic.
+    fn into_text(self) -> Result<Edit> {
+        Ok(match self {
+            Self::Unchanged => Edit::Unchanged,
+            Self::Null => Edit::Null,
+            Self::Changed(b) => {
+                Edit::Changed(String::from_utf8(b).map_err(|e| Error::InvalidUtf8 {
+                    offset: e.utf8_error().valid_up_to(),
+                })?)
+            }
+        })
+    }
+}
+
+fn bytes_of(text: Cow<'_, str>) -> Cow<'_, [u8]> {
+    match text {
+        Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+        Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+    }
+}
+
+fn canon(kind: Kind) -> Canon {
+    match kind {
+        Kind::Builtin(Detector::CardNumber | Detector::Ssn | Detector::Phone) => Canon::Digits,
+        Kind::Builtin(Detector::Email | Detector::Iban) => Canon::Folded,
+        _ => Canon::Raw,
+    }
+}
+
+fn looks_like_json(text: &str) -> bool {
+    let t = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    (t.starts_with('{') && t.ends_with('}')) || (t.starts_with('[') && t.ends_with(']'))
+}

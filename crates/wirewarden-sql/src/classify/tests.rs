@@ -1,0 +1,583 @@
+use super::*;
+
+fn one(sql: &str) -> Statement {
+    let a = Classifier::new().classify(sql);
+    assert_eq!(a.statements.len(), 1, "{sql}: {a:#?}");
+    a.statements.into_iter().next().unwrap()
+}
+
+fn class(sql: &str) -> CommandClass {
+    Classifier::new().classify(sql).class()
+}
+
+fn verb(sql: &str) -> String {
+    one(sql).verb
+}
+
+fn reads(sql: &str) -> Vec<String> {
+    one(sql).reads().map(str::to_owned).collect()
+}
+
+fn writes(sql: &str) -> Vec<String> {
+    one(sql).writes().map(str::to_owned).collect()
+}
+
+fn functions(sql: &str) -> Vec<String> {
+    one(sql).functions().map(str::to_owned).collect()
+}
+
+#[test]
+fn selects_read_their_relations() {
+    let s = one(
+        "SELECT a.id, b.x FROM public.accounts a JOIN \"Orders\" b ON a.id = b.aid, c WHERE a.x > 1",
+    );
+    assert_eq!(s.class, Read);
+    assert_eq!(s.verb, "SELECT");
+    assert_eq!(
+        s.reads().collect::<Vec<_>>(),
+        vec!["public.accounts", "\"Orders\"", "c"]
+    );
+    assert_eq!(reads("sElEcT * fRoM Users"), vec!["users"]);
+    assert_eq!(reads("SELECT * FROM \"users\""), vec!["users"]);
+    assert_eq!(reads("TABLE secrets"), vec!["secrets"]);
+    assert_eq!(
+        reads("SELECT * FROM ONLY t1, LATERAL (SELECT * FROM t2) x, t3 * AS z"),
+        vec!["t1", "t2", "t3"]
+    );
+    assert_eq!(
+        reads("SELECT * FROM (a JOIN b USING (id)) LEFT JOIN c ON true"),
+        vec!["a", "b", "c"]
+    );
+    assert_eq!(
+        reads("SELECT 1 WHERE EXISTS (SELECT 1 FROM hidden)"),
+        vec!["hidden"]
+    );
+    assert_eq!(
+        reads("(SELECT * FROM a) UNION (SELECT * FROM b)"),
+        vec!["a", "b"]
+    );
+    assert_eq!(class("VALUES (1), (2)"), Read);
+    assert_eq!(class("SELECT 1"), Read);
+}
+
+#[test]
+fn keywords_in_odd_places_do_not_hide_tables() {
+    assert_eq!(reads("SELECT extract(year FROM d) FROM t"), vec!["t"]);
+    assert_eq!(reads("SELECT a IS DISTINCT FROM b FROM t"), vec!["t"]);
+    assert_eq!(reads("SELECT substring(x FROM 2 FOR 3) FROM t"), vec!["t"]);
+    // Identifiers that look like keywords when quoted are identifiers.
+    assert_eq!(
+        reads("SELECT * FROM \"select\", \"from\""),
+        vec!["select", "from"]
+    );
+    // A comment between keyword and name changes nothing.
+    assert_eq!(reads("SELECT * FROM/* x */secrets--\n"), vec!["secrets"]);
+}
+
+#[test]
+fn comments_cannot_hide_statements() {
+    let a = Classifier::new().classify("SELECT 1 /* ; */; -- comment\nDROP TABLE users");
+    assert_eq!(a.statements.len(), 2);
+    assert_eq!(a.class(), Schema);
+    assert_eq!(a.statements[1].verb, "DROP TABLE");
+    let a = Classifier::new().classify("SELECT '/*'; DELETE FROM t; SELECT '*/'");
+    assert_eq!(a.statements.len(), 3);
+    assert_eq!(a.class(), Write);
+    // Nested comments: the DELETE is still inside the comment.
+    assert_eq!(class("SELECT 1 /* a /* b */ ; DELETE FROM t; */"), Read);
+}
+
+#[test]
+fn dml_targets_are_written() {
+    let s = one("INSERT INTO audit.log (a) SELECT x FROM src");
+    assert_eq!((s.class, s.verb.as_str()), (Write, "INSERT"));
+    assert_eq!(s.writes().collect::<Vec<_>>(), vec!["audit.log"]);
+    assert_eq!(s.reads().collect::<Vec<_>>(), vec!["src"]);
+    assert_eq!(
+        writes("UPDATE ONLY t SET a = 1 FROM u WHERE t.id = u.id"),
+        vec!["t"]
+    );
+    assert_eq!(
+        reads("UPDATE t SET a = 1 FROM u WHERE t.id = u.id"),
+        vec!["u"]
+    );
+    let s = one("DELETE FROM t USING u, v WHERE t.id = u.id RETURNING *");
+    assert_eq!(s.writes().collect::<Vec<_>>(), vec!["t"]);
+    assert_eq!(s.reads().collect::<Vec<_>>(), vec!["u", "v"]);
+    let s = one(
+        "MERGE INTO tgt t USING src s ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = s.v, w = 1 WHEN NOT MATCHED THEN INSERT VALUES (s.id)",
+    );
+    assert_eq!((s.class, s.verb.as_str()), (Write, "MERGE"));
+    assert_eq!(s.writes().collect::<Vec<_>>(), vec!["tgt"]);
+    assert_eq!(s.reads().collect::<Vec<_>>(), vec!["src"]);
+    assert_eq!(
+        class("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 2"),
+        Write
+    );
+}
+
+#[test]
+fn ctes_with_dml_are_writes() {
+    let s = one("WITH gone AS (DELETE FROM orders WHERE old RETURNING *) SELECT * FROM gone");
+    assert_eq!(s.class, Write);
+    assert_eq!(s.verb, "SELECT");
+    assert_eq!(s.writes().collect::<Vec<_>>(), vec!["orders"]);
+    // `gone` is the CTE, not a table.
+    assert!(s.reads().all(|r| r != "gone"));
+    let s = one("WITH x AS (SELECT * FROM a) INSERT INTO b SELECT * FROM x");
+    assert_eq!((s.class, s.verb.as_str()), (Write, "INSERT"));
+    assert_eq!(s.reads().collect::<Vec<_>>(), vec!["a"]);
+    // Scoping: `secrets` in the first body is the real table (the CTE comes later).
+    let s =
+        one("WITH x AS (SELECT * FROM secrets), secrets AS (SELECT 1) SELECT * FROM x, secrets");
+    assert_eq!(s.reads().collect::<Vec<_>>(), vec!["secrets"]);
+    // A schema-qualified name is never a CTE.
+    assert_eq!(
+        reads("WITH t AS (SELECT 1) SELECT * FROM public.t, t"),
+        vec!["public.t"]
+    );
+    let s = one(
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SEARCH DEPTH FIRST BY n SET o SELECT * FROM r",
+    );
+    assert_eq!(s.class, Read);
+    assert_eq!(s.reads().count(), 0);
+    // Nested WITH inside a subquery.
+    assert_eq!(
+        class("SELECT * FROM (WITH d AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM d) s"),
+        Unknown.min(Write)
+    );
+}
+
+#[test]
+fn select_into_and_create_table_as_define_tables() {
+    let s = one("SELECT * INTO TEMP copy FROM secrets");
+    assert_eq!((s.class, s.verb.as_str()), (Schema, "SELECT INTO"));
+    assert_eq!(s.writes().collect::<Vec<_>>(), vec!["copy"]);
+    assert_eq!(s.reads().collect::<Vec<_>>(), vec!["secrets"]);
+    let s = one("CREATE TABLE c AS SELECT * FROM secrets");
+    assert_eq!((s.class, s.verb.as_str()), (Schema, "CREATE TABLE AS"));
+    assert_eq!(s.reads().collect::<Vec<_>>(), vec!["secrets"]);
+    assert_eq!(s.writes().collect::<Vec<_>>(), vec!["c"]);
+    // INSERT INTO is not SELECT INTO.
+    assert_eq!(verb("INSERT INTO t SELECT 1"), "INSERT");
+}
+
+#[test]
+fn locking_selects_are_writes() {
+    let s = one("SELECT * FROM t WHERE id = 1 FOR UPDATE");
+    assert_eq!((s.class, s.verb.as_str()), (Write, "SELECT FOR UPDATE"));
+    assert_eq!(
+        class("SELECT * FROM t FOR NO KEY UPDATE SKIP LOCKED"),
+        Write
+    );
+    assert_eq!(class("SELECT * FROM t FOR KEY SHARE"), Write);
+    assert_eq!(class("SELECT substring('abc' FROM 1 FOR 2)"), Read);
+}
+
+#[test]
+fn dangerous_functions_raise_the_class() {
+    assert_eq!(class("SELECT pg_read_file('/etc/passwd')"), Admin);
+    assert_eq!(
+        functions("SELECT pg_read_file('/etc/passwd')"),
+        vec!["pg_read_file"]
+    );
+    assert_eq!(
+        class("select PG_CATALOG.PG_READ_FILE('/etc/passwd')"),
+        Admin
+    );
+    assert_eq!(
+        class("SELECT \"pg_read_file\" /* x */ ('/etc/passwd')"),
+        Admin
+    );
+    assert_eq!(
+        class(r#"SELECT U&"pg_read_fil\0065"('/etc/passwd')"#),
+        Admin
+    );
+    assert_eq!(class("SELECT * FROM pg_ls_dir('.')"), Admin);
+    assert_eq!(
+        class("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"),
+        Admin
+    );
+    assert_eq!(
+        class("SELECT query_to_xml('DELETE FROM t RETURNING 1', true, true, '')"),
+        Code
+    );
+    assert_eq!(
+        class("SELECT * FROM dblink('host=x', 'select 1') AS t(a int)"),
+        Code
+    );
+    assert_eq!(class("SELECT lo_import('/etc/passwd')"), Admin);
+    assert_eq!(class("SELECT lo_export(123, '/tmp/x')"), Admin);
+    assert_eq!(class("SELECT lo_put(1, 0, 'x')"), Write);
+    assert_eq!(class("SELECT lo_get(1)"), Read);
+    assert_eq!(class("SELECT nextval('s')"), Write);
+    assert_eq!(class("SELECT coalesce(pg_reload_conf(), true)"), Admin);
+    assert_eq!(
+        class("SELECT x FROM t WHERE y IN (SELECT pg_read_file('f'))"),
+        Admin
+    );
+    // set_config is as risky as the setting it changes.
+    assert_eq!(
+        class("SELECT set_config('role', 'admin', false)"),
+        Privilege
+    );
+    assert_eq!(
+        class("SELECT set_config('application_name', 'x', false)"),
+        Session.max_risk(Read)
+    );
+    assert_eq!(class("SELECT set_config($1, 'x', false)"), Unknown);
+    // A column named like a function is not a call; a cast is not a call.
+    assert_eq!(class("SELECT pg_read_file FROM t"), Read);
+    assert_eq!(functions("SELECT x::numeric(10, 2), now()"), vec!["now"]);
+}
+
+#[test]
+fn session_and_transaction_statements() {
+    for (sql, v) in [
+        ("BEGIN", "BEGIN"),
+        ("begin isolation level serializable", "BEGIN"),
+        ("START TRANSACTION READ ONLY", "START TRANSACTION"),
+        ("COMMIT", "COMMIT"),
+        ("END", "COMMIT"),
+        ("ABORT", "ROLLBACK"),
+        ("ROLLBACK TO SAVEPOINT s", "ROLLBACK"),
+        ("SAVEPOINT s", "SAVEPOINT"),
+        ("RELEASE SAVEPOINT s", "RELEASE"),
+        ("SET application_name = 'x'", "SET"),
+        ("SET LOCAL statement_timeout TO 1000", "SET"),
+        ("SET TIME ZONE 'UTC'", "SET"),
+        (
+            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "SET TRANSACTION",
+        ),
+        ("SHOW work_mem", "SHOW"),
+        ("RESET statement_timeout", "RESET"),
+        ("UNLISTEN *", "UNLISTEN"),
+        ("DEALLOCATE ALL", "DEALLOCATE ALL"),
+        ("DISCARD PLANS", "DISCARD PLANS"),
+    ] {
+        let s = one(sql);
+        assert_eq!((s.class, s.verb.as_str()), (Session, v), "{sql}");
+    }
+    assert_eq!(class("COMMIT PREPARED 'x'"), Write);
+}
+
+#[test]
+fn security_relevant_settings() {
+    assert_eq!(
+        (class("SET ROLE admin"), verb("SET ROLE admin").as_str()),
+        (Privilege, "SET ROLE")
+    );
+    assert_eq!(class("set local role none"), Privilege);
+    assert_eq!(class("SET role = 'admin'"), Privilege);
+    assert_eq!(
+        verb("SET SESSION AUTHORIZATION postgres"),
+        "SET SESSION AUTHORIZATION"
+    );
+    assert_eq!(class("SET SESSION AUTHORIZATION postgres"), Privilege);
+    assert_eq!(class("RESET ROLE"), Privilege);
+    assert_eq!(class("RESET SESSION AUTHORIZATION"), Privilege);
+    assert_eq!(class("RESET ALL"), Privilege);
+    assert_eq!(class("DISCARD ALL"), Privilege);
+    assert_eq!(class("SET search_path TO evil, public"), Privilege);
+    assert_eq!(class("SET SCHEMA 'evil'"), Privilege);
+    assert_eq!(class("SET app.tenant_id = '42'"), Privilege);
+    assert_eq!(class("SET session_replication_role = replica"), Admin);
+    assert_eq!(class("SET log_statement = 'none'"), Admin);
+    assert_eq!(class("SET session_preload_libraries = 'x'"), Code);
+    assert_eq!(class("SET no_such_setting = 1"), Unknown);
+    let s = one("SET ROLE admin");
+    assert!(
+        s.objects
+            .contains(&ObjectRef::new(ObjectKind::Role, "admin", Access::Define))
+    );
+}
+
+#[test]
+fn privilege_statements() {
+    for sql in [
+        "GRANT SELECT ON secrets TO agent",
+        "REVOKE ALL ON TABLE t FROM PUBLIC",
+        "GRANT admin TO agent",
+        "CREATE ROLE x LOGIN SUPERUSER",
+        "CREATE USER x PASSWORD 'p'",
+        "ALTER ROLE agent SUPERUSER",
+        "ALTER USER agent SET search_path = x",
+        "DROP ROLE x",
+        "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO x",
+        "ALTER TABLE t OWNER TO x",
+        "ALTER TABLE t DISABLE ROW LEVEL SECURITY",
+        "CREATE POLICY p ON t USING (true)",
+        "REASSIGN OWNED BY a TO b",
+        "DROP OWNED BY a",
+        "SECURITY LABEL ON TABLE t IS 'x'",
+    ] {
+        assert_eq!(class(sql), Privilege, "{sql}");
+    }
+    let s = one("GRANT SELECT, UPDATE ON TABLE a, b TO agent, \"Ops\"");
+    assert_eq!(s.verb, "GRANT");
+    let roles: Vec<_> = s
+        .objects
+        .iter()
+        .filter(|o| o.kind == ObjectKind::Role)
+        .map(|o| o.name.as_str())
+        .collect();
+    assert_eq!(roles, vec!["agent", "\"Ops\""]);
+}
+
+#[test]
+fn schema_admin_and_code() {
+    for (sql, c, v) in [
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, n varchar(10) REFERENCES other(id))",
+            Schema,
+            "CREATE TABLE",
+        ),
+        (
+            "CREATE UNIQUE INDEX CONCURRENTLY i ON t (lower(x))",
+            Schema,
+            "CREATE INDEX",
+        ),
+        (
+            "CREATE OR REPLACE VIEW v AS SELECT * FROM secrets",
+            Schema,
+            "CREATE VIEW",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW m AS SELECT * FROM s",
+            Schema,
+            "CREATE MATERIALIZED VIEW",
+        ),
+        ("ALTER TABLE t ADD COLUMN c int", Schema, "ALTER TABLE"),
+        ("DROP TABLE IF EXISTS a, b CASCADE", Schema, "DROP TABLE"),
+        ("DROP FUNCTION f(int)", Schema, "DROP FUNCTION"),
+        ("CREATE SCHEMA s", Schema, "CREATE SCHEMA"),
+        ("COMMENT ON TABLE t IS 'x'", Schema, "COMMENT"),
+        ("ALTER SYSTEM SET work_mem = '1GB'", Admin, "ALTER SYSTEM"),
+        ("VACUUM FULL t", Admin, "VACUUM"),
+        ("ANALYZE t", Admin, "ANALYZE"),
+        ("CHECKPOINT", Admin, "CHECKPOINT"),
+        ("LOAD 'auto_explain'", Admin, "LOAD"),
+        ("CREATE EXTENSION dblink", Admin, "CREATE EXTENSION"),
+        ("CREATE DATABASE d", Admin, "CREATE DATABASE"),
+        (
+            "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1 $$ LANGUAGE sql",
+            Code,
+            "CREATE FUNCTION",
+        ),
+        (
+            "CREATE OR REPLACE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC DELETE FROM t; END",
+            Code,
+            "CREATE PROCEDURE",
+        ),
+        ("DO $$ BEGIN PERFORM 1; END $$", Code, "DO"),
+        ("CALL p(1)", Code, "CALL"),
+        (
+            "CREATE RULE r AS ON SELECT TO t DO INSTEAD SELECT 1",
+            Code,
+            "CREATE RULE",
+        ),
+        ("TRUNCATE TABLE a, b", Write, "TRUNCATE TABLE"),
+        ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", Write, "LOCK TABLE"),
+        (
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY m",
+            Write,
+            "REFRESH MATERIALIZED VIEW",
+        ),
+        ("NOTIFY jobs, 'x'", Write, "NOTIFY"),
+        ("LISTEN jobs", Read, "LISTEN"),
+    ] {
+        let s = one(sql);
+        assert_eq!((s.class, s.verb.as_str()), (c, v), "{sql}");
+    }
+    assert_eq!(
+        reads("CREATE VIEW v AS SELECT * FROM secrets"),
+        vec!["secrets"]
+    );
+    assert_eq!(
+        functions("CREATE TABLE t (n int REFERENCES other(id))"),
+        Vec::<String>::new()
+    );
+    // A default or index expression runs: dangerous calls count there too.
+    assert_eq!(
+        class("ALTER TABLE t ADD COLUMN c text DEFAULT pg_read_file('/etc/passwd')"),
+        Admin
+    );
+    assert_eq!(class("CREATE INDEX ON t ((pg_read_file('x')))"), Admin);
+    let s = one("LISTEN \"Jobs\"");
+    assert_eq!(
+        s.objects,
+        vec![ObjectRef::new(ObjectKind::Channel, "Jobs", Access::Read)]
+    );
+}
+
+#[test]
+fn copy_direction_and_targets() {
+    let s = one("COPY t (a, b) FROM STDIN WITH (FORMAT csv)");
+    assert_eq!((s.class, s.verb.as_str()), (Write, "COPY"));
+    assert_eq!(s.writes().collect::<Vec<_>>(), vec!["t"]);
+    let s = one("COPY secrets TO STDOUT");
+    assert_eq!(s.class, Read);
+    assert_eq!(s.reads().collect::<Vec<_>>(), vec!["secrets"]);
+    assert_eq!(class("COPY (SELECT * FROM s) TO STDOUT"), Read);
+    assert_eq!(class("COPY (DELETE FROM s RETURNING *) TO STDOUT"), Write);
+    assert_eq!(class("COPY t FROM '/etc/passwd'"), Admin);
+    assert_eq!(class("COPY t TO PROGRAM 'curl evil'"), Code);
+    assert_eq!(class("copy t from program 'id'"), Code);
+    assert_eq!(class("COPY t"), Unknown);
+}
+
+#[test]
+fn explain_runs_only_with_analyze() {
+    let s = one("EXPLAIN DELETE FROM t");
+    assert_eq!((s.class, s.verb.as_str()), (Read, "EXPLAIN"));
+    assert_eq!(class("EXPLAIN ANALYZE DELETE FROM t"), Write);
+    assert_eq!(
+        class("EXPLAIN (ANALYZE, BUFFERS) UPDATE t SET a = 1"),
+        Write
+    );
+    assert_eq!(class("EXPLAIN (ANALYZE false) UPDATE t SET a = 1"), Read);
+    assert_eq!(
+        class("EXPLAIN ANALYSE VERBOSE SELECT pg_read_file('x')"),
+        Admin
+    );
+    assert_eq!(class("EXPLAIN frobnicate"), Unknown);
+}
+
+#[test]
+fn prepared_statements_are_tracked() {
+    let mut cl = Classifier::new();
+    let a = cl.classify("PREPARE del(int) AS DELETE FROM t WHERE id = $1");
+    assert_eq!(a.class(), Session);
+    assert_eq!(a.statements[0].verb, "PREPARE");
+    // Not yet recorded: EXECUTE is unknown.
+    assert_eq!(cl.classify("EXECUTE del(1)").class(), Unknown);
+    cl.record(&a);
+    let e = cl.classify("EXECUTE del(1)");
+    assert_eq!(
+        (e.class(), e.statements[0].verb.as_str()),
+        (Write, "DELETE")
+    );
+    assert_eq!(e.statements[0].writes().collect::<Vec<_>>(), vec!["t"]);
+    // Parameters can still call functions.
+    assert_eq!(
+        cl.classify("EXECUTE del(pg_terminate_backend(1))").class(),
+        Admin
+    );
+    cl.record(&cl.classify("DEALLOCATE PREPARE del"));
+    assert_eq!(cl.classify("EXECUTE del(1)").class(), Unknown);
+    cl.register_prepared(
+        "S1",
+        Prepared {
+            class: Read,
+            verb: "SELECT".into(),
+            objects: vec![],
+        },
+    );
+    assert_eq!(
+        cl.classify("EXECUTE S1").class(),
+        Unknown,
+        "names are case-folded: s1 is not S1"
+    );
+    assert_eq!(cl.classify("EXECUTE \"S1\"").class(), Read);
+    cl.record(&cl.classify("DEALLOCATE ALL"));
+    assert!(cl.prepared("S1").is_none());
+}
+
+#[test]
+fn multi_statement_text_takes_the_riskiest_part() {
+    let sql = "SELECT 1; UPDATE t SET a = 1; GRANT x TO y; SELECT $$;$$";
+    let a = Classifier::new().classify(sql);
+    assert_eq!(a.statements.len(), 4);
+    assert_eq!(a.class(), Privilege);
+    let cmd = a.to_command(sql);
+    assert_eq!((cmd.class, cmd.verb.as_str()), (Privilege, "GRANT"));
+    assert_eq!(a.statements[3].to_command(sql).text, "SELECT $$;$$");
+    let empty = Classifier::new().classify(" -- nothing ");
+    assert!(empty.statements.is_empty());
+    assert_eq!(empty.to_command(" -- nothing ").verb, "EMPTY");
+}
+
+#[test]
+fn anything_not_understood_is_unknown() {
+    for sql in [
+        "FROBNICATE everything",
+        "SELECT (1",
+        "SELECT 1)",
+        "INSERT t VALUES (1)",
+        "WITH x AS SELECT 1",
+        "CREATE WIDGET w",
+        "ALTER THING x",
+        "EXECUTE never_prepared",
+        "$1",
+        "SELECT 'unterminated",
+        "SELECT 1 /* unterminated",
+        "SELECT $tag$ unterminated",
+        "SELECT 123abc",
+    ] {
+        let a = Classifier::new().classify(sql);
+        assert_eq!(a.class(), Unknown, "{sql}");
+        assert!(!a.to_command(sql).verb.is_empty());
+    }
+    let a = Classifier::new().classify("SELECT 1; SELECT 'oops");
+    assert!(matches!(a.error, Some(Error::Unterminated { .. })));
+    assert_eq!(a.statements[0].error, a.error);
+    assert_eq!(
+        Classifier::new().classify_bytes(b"SELECT \xff").class(),
+        Unknown
+    );
+}
+
+#[test]
+fn escape_string_tricks() {
+    // E'\'' is one string: the DROP after it is inside the string.
+    assert_eq!(class(r"SELECT E'\'; DROP TABLE t; --'"), Read);
+    // Without E, the backslash is literal: the DROP is a statement.
+    let a = Classifier::new().classify(r"SELECT '\'; DROP TABLE t; --'");
+    assert_eq!(a.class(), Schema, "the trailing quote is in a comment");
+    let a = Classifier::new().classify("SELECT '\\'; DROP TABLE t; --");
+    assert_eq!(a.class(), Schema);
+    assert_eq!(a.statements.len(), 2);
+}
+
+#[test]
+fn standard_conforming_strings_is_followed() {
+    let sql = r"SELECT 'a\'; DROP TABLE t; --'";
+    let mut cl = Classifier::with_options(LexOptions {
+        standard_conforming_strings: false,
+        ..LexOptions::default()
+    });
+    assert_eq!(cl.classify(sql).class(), Read);
+    // After a change the server has not confirmed, both readings count.
+    cl.record(&cl.classify("SET standard_conforming_strings = on"));
+    assert_eq!(cl.standard_conforming_strings(), None);
+    assert_eq!(cl.classify(sql).class(), Unknown);
+    assert_eq!(cl.classify("SELECT 1; DELETE FROM t").class(), Write);
+    cl.set_standard_conforming_strings(true);
+    assert_eq!(cl.classify(sql).class(), Schema);
+    assert_eq!(
+        cl.classify(r"SELECT 'a\'; DROP TABLE t; --").class(),
+        Schema
+    );
+}
+
+#[test]
+fn commands_carry_objects_and_digest() {
+    let sql = "SELECT lo_get(1) FROM Docs";
+    let a = Classifier::new().classify(sql);
+    let cmd = a.statements[0].to_command(sql);
+    assert_eq!(cmd.protocol, Protocol::Postgres);
+    assert_eq!(cmd.verb, "SELECT");
+    assert_eq!(cmd.text, sql);
+    assert_eq!(
+        cmd.objects,
+        vec![
+            ObjectRef::new(ObjectKind::Function, "lo_get", Access::Execute),
+            ObjectRef::new(ObjectKind::Relation, "docs", Access::Read),
+        ]
+    );
+    assert_eq!(
+        cmd.digest,
+        wirewarden_core::CommandDigest::compute(Protocol::Postgres, sql.as_bytes(), [])
+    );
+}

@@ -629,6 +629,11 @@ impl Scanner {
             if in_streamed.is_some() && !matches!(tok, Token::End) {
                 self.count_element(limits)?;
             }
+            let attr_before = self.attr_pending;
+            if !matches!(tok, Token::End | Token::Aggregate { kind: b'|', .. }) {
+                // The next value has started: it is the one the attribute describes.
+                self.attr_pending = false;
+            }
             let done = match tok {
                 Token::Line { .. }
                 | Token::Integer(_)
@@ -692,7 +697,7 @@ impl Scanner {
                             offset: at,
                         });
                     };
-                    if self.attr_pending {
+                    if attr_before {
                         return Err(Error::Unexpected {
                             what: "end of stream after an attribute",
                             offset: at,
@@ -767,6 +772,7 @@ mod tests {
             b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n",
             b"$?\r\n;2\r\nab\r\n;1\r\nc\r\n;0\r\n",
             b"*?\r\n:1\r\n*?\r\n.\r\n.\r\n",
+            b"*?\r\n|1\r\n+k\r\n+v\r\n*?\r\n.\r\n.\r\n",
             b"%?\r\n+a\r\n:1\r\n.\r\n",
             b"*1\r\n|1\r\n+a\r\n+b\r\n:5\r\n",
             b"|0\r\n:5\r\n",

@@ -1,12 +1,17 @@
 //! Client certificates mapped to principals by subject CN or SAN.
 //!
-//! The TLS layer verifies the chain (rustls' `WebPkiClientVerifier` with the gateway's client
-//! CA); this provider only maps the verified leaf to an identity, and refuses a leaf outside
-//! its validity window at [`AuthContext::now`] in case the two clocks disagree. Rules are
+//! Normally the TLS layer verifies the chain (rustls' `WebPkiClientVerifier` with the
+//! gateway's client CA) and this provider maps the verified leaf to an identity, refusing a
+//! leaf outside its validity window at [`AuthContext::now`] in case the two clocks disagree.
+//! Given trust anchors ([`ClientCertificates::with_trust_anchors_pem`]) it also verifies the
+//! chain itself, for certificates that arrive some other way (a forwarding proxy). Rules are
 //! tried in order; the first rule with a matching name wins, and the matched name becomes
 //! the subject. No rule matching is [`Error::Unmapped`], never a default identity.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -86,10 +91,20 @@ pub struct ClientCertConfig {
     pub rules: Vec<CertRule>,
 }
 
-/// An [`IdentityProvider`] for verified TLS client certificates.
-#[derive(Debug, Clone)]
+/// An [`IdentityProvider`] for TLS client certificates.
+#[derive(Clone)]
 pub struct ClientCertificates {
     rules: Vec<CertRule>,
+    verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+impl fmt::Debug for ClientCertificates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCertificates")
+            .field("rules", &self.rules)
+            .field("verifies_chain", &self.verifier.is_some())
+            .finish()
+    }
 }
 
 impl ClientCertificates {
@@ -108,7 +123,61 @@ impl ClientCertificates {
         }
         Ok(Self {
             rules: config.rules,
+            verifier: None,
         })
+    }
+
+    /// Also verifies each presented chain (leaf first, then intermediates) against the CA
+    /// certificates in `pem`, at [`AuthContext::now`], before mapping it.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the PEM holds no usable CA certificate.
+    pub fn with_trust_anchors_pem(mut self, pem: &[u8]) -> Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        let mut reader = pem;
+        for cert in rustls_pemfile::certs(&mut reader) {
+            let cert = cert.map_err(|e| Error::config(format!("reading CA PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::config(format!("CA certificate refused: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(Error::config("the CA PEM holds no certificate"));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| Error::config(format!("client certificate verifier: {e}")))?;
+        self.verifier = Some(verifier);
+        Ok(self)
+    }
+
+    /// Verifies a whole chain (when trust anchors are set) and maps its leaf at `now`.
+    ///
+    /// # Errors
+    /// As [`ClientCertificates::verify`], and [`Error::Untrusted`] if the chain does not
+    /// lead to a trust anchor.
+    pub fn verify_chain(&self, chain: &[Vec<u8>], now: Timestamp) -> Result<Principal> {
+        let leaf = chain.first().ok_or(Error::Missing)?;
+        let principal = self.verify(leaf, now)?;
+        if let Some(verifier) = &self.verifier {
+            let secs = u64::try_from(now.unix_secs())
+                .map_err(|_| Error::untrusted("the time is before 1970"))?;
+            let intermediates: Vec<_> = chain
+                .iter()
+                .skip(1)
+                .map(|c| rustls::pki_types::CertificateDer::from(c.as_slice()))
+                .collect();
+            verifier
+                .verify_client_cert(
+                    &rustls::pki_types::CertificateDer::from(leaf.as_slice()),
+                    &intermediates,
+                    rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(secs)),
+                )
+                .map_err(|e| Error::untrusted(e.to_string()))?;
+        }
+        Ok(principal)
     }
 
     /// Builds the provider from TOML ([`ClientCertConfig`]).
@@ -140,14 +209,24 @@ impl ClientCertificates {
             return Err(Error::malformed("trailing bytes after the certificate"));
         }
         let validity = cert.validity();
-        let not_before = Timestamp::from_unix_secs(validity.not_before.timestamp())
-            .ok_or_else(|| Error::malformed("notBefore out of range"))?;
-        let not_after = Timestamp::from_unix_secs(validity.not_after.timestamp())
-            .ok_or_else(|| Error::malformed("notAfter out of range"))?;
-        if now < not_before {
+        // Timestamps cover 1677–2262; certificates may say 9999-12-31 ("no well-defined
+        // expiration", RFC 5280 4.1.2.5), which we read as no expiry.
+        let not_before = Timestamp::from_unix_secs(validity.not_before.timestamp());
+        let not_after = Timestamp::from_unix_secs(validity.not_after.timestamp());
+        if validity.not_after.timestamp() < 0 && not_after.is_none() {
+            return Err(Error::malformed("notAfter out of range"));
+        }
+        if let Some(not_before) = not_before
+            && now < not_before
+        {
             return Err(Error::NotYetValid { not_before });
         }
-        if now > not_after {
+        if not_before.is_none() && validity.not_before.timestamp() > 0 {
+            return Err(Error::malformed("notBefore out of range"));
+        }
+        if let Some(not_after) = not_after
+            && now > not_after
+        {
             return Err(Error::Expired {
                 expired_at: not_after,
             });
@@ -191,7 +270,7 @@ impl ClientCertificates {
         principal.groups.clone_from(&rule.groups);
         principal.attributes.clone_from(&rule.attributes);
         principal.authenticated_at = now;
-        principal.expires_at = Some(not_after);
+        principal.expires_at = not_after;
         Ok(principal)
     }
 }
@@ -209,8 +288,7 @@ impl IdentityProvider for ClientCertificates {
             }
             .into());
         };
-        let leaf = chain.first().ok_or(Error::Missing)?;
-        Ok(self.verify(leaf, context.now())?)
+        Ok(self.verify_chain(chain, context.now())?)
     }
 
     fn accepts(&self, credential: &Credential) -> bool {

@@ -92,6 +92,12 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A client certificate chain that does not lead to a trusted CA.
+    #[error("untrusted client certificate: {reason}")]
+    Untrusted {
+        /// What the verifier said.
+        reason: String,
+    },
     /// A client certificate that no mapping rule matched.
     #[error("no mapping rule matches the client certificate")]
     Unmapped,
@@ -134,6 +140,7 @@ impl Error {
             Self::InvalidClaim { .. } => "invalid_claim",
             Self::UnknownKey { .. } => "unknown_key",
             Self::KeySetUnavailable { .. } => "key_set_unavailable",
+            Self::Untrusted { .. } => "untrusted",
             Self::Unmapped => "unmapped",
             Self::Rejected { .. } => "rejected",
             Self::Config { .. } => "config",
@@ -142,6 +149,12 @@ impl Error {
 
     pub(crate) fn malformed(reason: impl Into<String>) -> Self {
         Self::Malformed {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn untrusted(reason: impl Into<String>) -> Self {
+        Self::Untrusted {
             reason: reason.into(),
         }
     }

@@ -1,0 +1,222 @@
+//! Telling humans that a command waits for them: the [`Notifier`] trait and a webhook
+//! notifier that posts Slack-compatible JSON (`{"text": …, "blocks": […]}`), which Slack
+//! incoming webhooks, Mattermost and most chat bridges accept.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Request;
+use hyper::header::{CONTENT_TYPE, USER_AGENT};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use wirewarden_core::BoxError;
+
+use crate::review::{Review, ReviewState};
+
+/// Something to tell reviewers.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Notification<'a> {
+    /// A command is held and waits for approval.
+    Requested(&'a Review),
+    /// A review was approved or denied.
+    Resolved(&'a Review),
+}
+
+/// Sends review notifications somewhere humans look.
+#[async_trait]
+pub trait Notifier: fmt::Debug + Send + Sync {
+    /// Sends one notification.
+    ///
+    /// # Errors
+    /// Whatever the transport reports.
+    async fn notify(&self, notification: &Notification<'_>) -> Result<(), BoxError>;
+}
+
+/// Errors of the webhook notifier.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebhookError {
+    /// The URL is not an `http://` URL with a host.
+    #[error("webhook URL {url:?} is not supported: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The endpoint answered with a non-success status.
+    #[error("webhook answered {status}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The endpoint did not answer in time.
+    #[error("webhook did not answer within {timeout:?}")]
+    Timeout {
+        /// The limit.
+        timeout: Duration,
+    },
+}
+
+/// Posts Slack-compatible JSON to a webhook URL with hyper.
+///
+/// Only `http://` URLs are supported (a local relay or sidecar that forwards to the chat
+/// service over TLS); `https://` is refused at construction rather than sent in clear.
+#[derive(Debug, Clone)]
+pub struct WebhookNotifier {
+    uri: hyper::Uri,
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+/// The most response body read from the endpoint (only to finish the exchange cleanly).
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// The most characters of command text put into a message.
+const MAX_COMMAND_TEXT: usize = 1_500;
+
+impl WebhookNotifier {
+    /// A notifier posting to `url`, with a 10-second timeout.
+    ///
+    /// # Errors
+    /// [`WebhookError::BadUrl`] unless `url` is an `http://` URL with a host.
+    pub fn new(url: &str) -> Result<Self, WebhookError> {
+        let bad = |reason| WebhookError::BadUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let uri: hyper::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad("only http:// is supported"));
+        }
+        if uri.host().is_none() {
+            return Err(bad("no host"));
+        }
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Ok(Self {
+            uri,
+            client,
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Sets the timeout for one post.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn post(&self, body: Vec<u8>) -> Result<(), BoxError> {
+        let req = Request::post(self.uri.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(
+                USER_AGENT,
+                concat!("wirewarden-review/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(Bytes::from(body)))?;
+        let exchange = async {
+            let res = self.client.request(req).await?;
+            let status = res.status();
+            // Drain (a bounded amount of) the body so the connection can be reused.
+            let _ = Limited::new(res.into_body(), MAX_RESPONSE).collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(Box::new(WebhookError::Status {
+                    status: status.as_u16(),
+                }) as BoxError)
+            }
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| WebhookError::Timeout {
+                timeout: self.timeout,
+            })?
+    }
+}
+
+#[async_trait]
+impl Notifier for WebhookNotifier {
+    async fn notify(&self, notification: &Notification<'_>) -> Result<(), BoxError> {
+        let body = serde_json::to_vec(&slack_message(notification))?;
+        self.post(body).await
+    }
+}
+
+/// Escapes the three characters Slack's mrkdwn treats as control characters.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn truncated(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", s.get(..i).unwrap_or_default()),
+        None => s.to_owned(),
+    }
+}
+
+/// The Slack-compatible message for a notification: a plain `text` fallback and `blocks`.
+#[must_use]
+pub fn slack_message(notification: &Notification<'_>) -> Value {
+    match notification {
+        Notification::Requested(r) => {
+            let who = escape(&r.binding.requester);
+            let target = escape(&r.binding.target.to_string());
+            let groups = if r.requirement.reviewer_groups.is_empty() {
+                "any reviewer".to_owned()
+            } else {
+                escape(&r.requirement.reviewer_groups.join(", "))
+            };
+            let code = escape(&truncated(&r.command_text, MAX_COMMAND_TEXT)).replace("```", "'''");
+            let text = format!(
+                "Review requested: {who} wants to run a {} command on {target} (review {}).",
+                r.class, r.id
+            );
+            json!({
+                "text": text,
+                "blocks": [
+                    {"type": "header", "text": {"type": "plain_text", "text": "Review requested"}},
+                    {"type": "section", "text": {"type": "mrkdwn",
+                        "text": format!("*{who}* wants to run on *{target}*:\n```{code}```")}},
+                    {"type": "section", "fields": [
+                        {"type": "mrkdwn", "text": format!("*Why*\n{}", escape(&r.reason))},
+                        {"type": "mrkdwn", "text": format!("*Rule*\n{}", escape(r.rule.as_str()))},
+                        {"type": "mrkdwn", "text": format!("*Approvals needed*\n{} from {groups}", r.requirement.min_approvals)},
+                        {"type": "mrkdwn", "text": format!("*Expires*\n{}", r.expires_at)},
+                    ]},
+                    {"type": "context", "elements": [
+                        {"type": "mrkdwn", "text": format!("review `{}` · command digest `{}`", r.id, r.binding.digest)},
+                    ]},
+                ],
+            })
+        }
+        Notification::Resolved(r) => {
+            let (verdict, detail) = match &r.state {
+                ReviewState::Approved { scope, .. } => (
+                    "approved",
+                    format!("by {} for {scope}", escape(&r.approvers().join(", "))),
+                ),
+                ReviewState::Denied { by, reason } => {
+                    ("denied", format!("by {}: {}", escape(by), escape(reason)))
+                }
+                _ => ("closed", String::new()),
+            };
+            let text = format!("Review {} {verdict} {detail}", r.id);
+            json!({
+                "text": text,
+                "blocks": [
+                    {"type": "section", "text": {"type": "mrkdwn", "text": format!("Review `{}` *{verdict}* {detail}", r.id)}},
+                ],
+            })
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The conformance suites against the in-memory stores, and the review workflow end to end:
+//! policy says review, a reviewer approves with a grant, the grant lets later commands
+//! through until it expires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wirewarden_core::{
+    AuditEventKind, AuthMethod, Command, CommandClass, CommandId, Decision, Principal, Protocol,
+    ReviewOutcome, Target, Timestamp,
+};
+use wirewarden_policy::{
+    DecidedBy, GrantStore, MemoryGrantStore, PolicyEngine, Request, RuleEngine,
+};
+use wirewarden_review::{
+    ApprovalScope, Error, MemoryReviewStore, ReviewStore, Reviewer, Reviews, Status,
+};
+use wirewarden_testkit::conformance::review::{review_store, review_store_shared};
+
+#[tokio::test]
+async fn memory_review_store_passes_the_review_suite() {
+    review_store(&MemoryReviewStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_review_store_passes_the_shared_suite() {
+    let store = MemoryReviewStore::new();
+    review_store_shared(&store, &store).await;
+}
+
+fn agent() -> Principal {
+    Principal::new(
+        "agent-7",
+        AuthMethod::External {
+            mechanism: "test".into(),
+        },
+    )
+    .unwrap()
+    .with_group("agents")
+}
+
+#[tokio::test]
+async fn approval_with_a_grant_lets_later_commands_through_until_it_expires() {
+    let engine = RuleEngine::from_toml(
+        r#"
+[[rule]]
+id = "writes-need-review"
+targets = ["crm"]
+max_class = "write"
+action = "review"
+reviewers = ["dba"]
+min_approvals = 2
+timeout = "10m"
+"#,
+    )
+    .unwrap();
+    let grants = Arc::new(MemoryGrantStore::new());
+    let reviews = Reviews::new(Arc::new(MemoryReviewStore::new()), grants.clone());
+    let crm = Target::new("crm", Protocol::Postgres).unwrap();
+    let update = Command::new(
+        Protocol::Postgres,
+        "UPDATE",
+        CommandClass::Write,
+        "UPDATE t SET a = 1",
+    )
+    .unwrap();
+    let now = Timestamp::now();
+
+    let eval = engine.evaluate(&Request::new(&agent(), &crm, &update, now));
+    let Decision::Review {
+        rule,
+        reason,
+        requirement,
+    } = eval.decision
+    else {
+        panic!("{eval:?}")
+    };
+    let held = reviews
+        .request(
+            &agent(),
+            &crm,
+            &update,
+            CommandId::new(),
+            rule,
+            &reason,
+            requirement,
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(held.notify_error.is_none());
+    match &held.event.kind {
+        AuditEventKind::ReviewRequested {
+            review_id,
+            digest,
+            requester,
+            ..
+        } => {
+            assert_eq!(*review_id, held.review.id);
+            assert_eq!(*digest, update.digest);
+            assert_eq!(requester, "agent-7");
+        }
+        other => panic!("{other:?}"),
+    }
+    let id = held.review.id;
+
+    let alice = Reviewer::new("alice").with_group("dba");
+    let bob = Reviewer::new("bob").with_group("dba");
+    let first = reviews
+        .approve(
+            id,
+            &alice,
+            ApprovalScope::grant(Duration::from_secs(1_800)),
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(
+        first.events.is_empty(),
+        "one of two approvals resolves nothing"
+    );
+    assert!(first.grant.is_none());
+    let second = reviews
+        .approve(
+            id,
+            &bob,
+            ApprovalScope::grant(Duration::from_secs(1_800)),
+            now,
+        )
+        .await
+        .unwrap();
+    let names: Vec<_> = second.events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(names, ["review_resolved", "grant_issued"]);
+    match &second.events[0].kind {
+        AuditEventKind::ReviewResolved {
+            outcome, approvers, ..
+        } => {
+            assert_eq!(*outcome, ReviewOutcome::Approved);
+            assert_eq!(approvers, &["alice", "bob"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let grant = second.grant.unwrap();
+    assert_eq!(grant.subject, "agent-7");
+    assert_eq!(grant.scope.max_class, CommandClass::Write);
+    assert_eq!(grant.issued_by, "alice,bob");
+
+    // The held command is released once.
+    reviews
+        .release(id, &agent(), &crm, &update, now)
+        .await
+        .unwrap();
+    assert!(matches!(
+        reviews.release(id, &agent(), &crm, &update, now).await,
+        Err(Error::NotPending {
+            status: Status::Consumed,
+            ..
+        })
+    ));
+
+    // Later writes go through under the grant, until it expires.
+    let other_update = Command::new(
+        Protocol::Postgres,
+        "UPDATE",
+        CommandClass::Write,
+        "UPDATE t SET a = 2",
+    )
+    .unwrap();
+    let later = now.checked_add(Duration::from_secs(600)).unwrap();
+    let active = grants.active("agent-7", "crm", later).await.unwrap();
+    let eval =
+        engine.evaluate(&Request::new(&agent(), &crm, &other_update, later).with_grants(&active));
+    assert!(matches!(eval.decided_by, DecidedBy::Grant { grant: g, .. } if g == grant.id));
+    let expired_at = now.checked_add(Duration::from_secs(1_800)).unwrap();
+    let eval = engine
+        .evaluate(&Request::new(&agent(), &crm, &other_update, expired_at).with_grants(&active));
+    assert_eq!(eval.decision.outcome(), "review");
+    let swept = grants.sweep_expired(expired_at).await.unwrap();
+    assert_eq!(swept.len(), 1);
+}
+
+#[tokio::test]
+async fn waiting_times_out_and_reports_expiry() {
+    let reviews = Reviews::new(
+        Arc::new(MemoryReviewStore::new()),
+        Arc::new(MemoryGrantStore::new()),
+    );
+    let crm = Target::new("crm", Protocol::Postgres).unwrap();
+    let update = Command::new(
+        Protocol::Postgres,
+        "UPDATE",
+        CommandClass::Write,
+        "UPDATE t SET a = 1",
+    )
+    .unwrap();
+    let held = reviews
+        .request(
+            &agent(),
+            &crm,
+            &update,
+            CommandId::new(),
+            wirewarden_core::RuleId::new("r"),
+            "why",
+            wirewarden_core::ReviewRequirement::one_of("dba", Duration::from_millis(300)),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    // Waiting longer than the review's own timeout returns when the review expires.
+    let (review, event) = reviews
+        .wait(held.review.id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(review.status(Timestamp::now()), Status::Expired);
+    match event.map(|e| e.kind) {
+        Some(AuditEventKind::ReviewResolved {
+            outcome: ReviewOutcome::Expired,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    let late = reviews
+        .approve(
+            held.review.id,
+            &Reviewer::new("alice").with_group("dba"),
+            ApprovalScope::Once,
+            Timestamp::now(),
+        )
+        .await;
+    assert!(matches!(late, Err(Error::Expired { .. })), "{late:?}");
+}
+
+#[tokio::test]
+async fn denial_is_audited_with_the_reviewer() {
+    let store: Arc<dyn ReviewStore> = Arc::new(MemoryReviewStore::new());
+    let reviews = Reviews::new(store, Arc::new(MemoryGrantStore::new()));
+    let crm = Target::new("crm", Protocol::Postgres).unwrap();
+    let drop_cmd = Command::new(
+        Protocol::Postgres,
+        "DROP TABLE",
+        CommandClass::Schema,
+        "DROP TABLE t",
+    )
+    .unwrap();
+    let now = Timestamp::now();
+    let held = reviews
+        .request(
+            &agent(),
+            &crm,
+            &drop_cmd,
+            CommandId::new(),
+            wirewarden_core::RuleId::new("r"),
+            "why",
+            wirewarden_core::ReviewRequirement::one_of("dba", Duration::from_secs(60)),
+            now,
+        )
+        .await
+        .unwrap();
+    let res = reviews
+        .deny(
+            held.review.id,
+            &Reviewer::new("carol").with_group("dba"),
+            "no drops on Thursdays",
+            now,
+        )
+        .await
+        .unwrap();
+    match &res.events[0].kind {
+        AuditEventKind::ReviewResolved {
+            outcome, denied_by, ..
+        } => {
+            assert_eq!(*outcome, ReviewOutcome::Denied);
+            assert_eq!(denied_by.as_deref(), Some("carol"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (review, event) = reviews
+        .wait(held.review.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(review.status(now), Status::Denied);
+    assert!(event.is_none());
+}

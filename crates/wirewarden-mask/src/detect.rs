@@ -772,13 +772,15 @@ impl Scanner {
         }
         loop {
             let Some(cand) = bytes.get(s..e) else { return };
+            // At least one decimal digit: "ab::cd" and "::a" are rarely addresses in text.
             let ok = cand.iter().filter(|b| **b == b':').count() >= 2
-                && cand.iter().any(u8::is_ascii_hexdigit)
+                && cand.iter().any(u8::is_ascii_digit)
+                && !continues_numeric(bytes, e)
                 && std::str::from_utf8(cand)
                     .ok()
                     .is_some_and(|c| Ipv6Addr::from_str(c).is_ok());
-            let after = byte(bytes, e);
-            if ok && !(after.is_ascii_alphanumeric() || after == b'_') {
+            let after = char_at(bytes, e).map_or(' ', |(c, _)| c);
+            if ok && !(after.is_alphanumeric() || after == '_') {
                 st.push(s, e, Detector::IpAddress);
                 return;
             }
@@ -871,14 +873,14 @@ impl Scanner {
                 .flatten()
                 .map(|e| (seq.start[s], e, Detector::IpAddress))
                 .or_else(|| {
-                    let at = plus.filter(|_| s == 0 && set.contains(Detector::Phone))?;
-                    seq.e164(s).map(|e| (at, e, Detector::Phone))
-                })
-                .or_else(|| {
                     set.contains(Detector::CardNumber)
                         .then(|| seq.card(s))
                         .flatten()
                         .map(|e| (seq.start[s], e, Detector::CardNumber))
+                })
+                .or_else(|| {
+                    let at = plus.filter(|_| s == 0 && set.contains(Detector::Phone))?;
+                    seq.e164(s).map(|e| (at, e, Detector::Phone))
                 })
                 .or_else(|| {
                     set.contains(Detector::Ssn)
@@ -901,6 +903,22 @@ impl Scanner {
             }
         }
     }
+}
+
+/// Whether separators and then a digit follow `i`: the digits before `i` belong to a longer
+/// sequence (a card after `::`), which the numeric detectors must see whole.
+fn continues_numeric(bytes: &[u8], from: usize) -> bool {
+    let mut i = from;
+    let mut visible = 0;
+    while let Some((c, l)) = char_at(bytes, i) {
+        if is_ignorable(c) || (visible < 3 && is_digit_separator(c)) {
+            visible += usize::from(!is_ignorable(c));
+            i += l;
+        } else {
+            break;
+        }
+    }
+    i > from && digit_at(bytes, i).is_some()
 }
 
 /// The `+` (ASCII or fullwidth) that starts an E.164 number just before `p`.

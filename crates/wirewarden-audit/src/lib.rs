@@ -3,9 +3,11 @@
 
 mod codec;
 mod error;
+mod export;
 mod file;
 mod format;
 mod read;
+mod replay;
 mod sink;
 mod verify;
 
@@ -17,12 +19,14 @@ pub mod testing;
 
 pub use codec::{EVENT_ENCODING_VERSION, decode_event, encode_event};
 pub use error::{Error, Result};
+pub use export::{OCSF_VERSION, OcsfExporter, to_json_line};
 pub use file::{FileSink, FileSinkBuilder, IoHook, StdIo};
 pub use format::{
     CHECKPOINT_FILE, ChainKey, Checkpoint, CheckpointKey, CheckpointSigner, FORMAT_VERSION, Hash,
     LogId, SegmentHeader, hash_hex, segment_file_name,
 };
 pub use read::{Entry, LogReader, read_log};
+pub use replay::Transcript;
 pub use sink::{Appended, AuditSink, Durability};
 pub use verify::{
     Damage, DamageKind, Report, TornTail, VerifyKeys, VerifyOptions, verify_dir, verify_dir_with,

@@ -1556,9 +1556,14 @@ fn copy(toks: &[Token<'_>], out: &mut Out) {
 }
 
 fn grant(toks: &[Token<'_>], first: &str, out: &mut Out) {
-    out.verb(first.to_ascii_uppercase());
     out.raise(Privilege);
     let on = find_kw_depth0(toks, 1, "on");
+    // Without ON it grants membership in a role: the server's tag is `GRANT ROLE`.
+    out.verb(if on.is_some() {
+        first.to_ascii_uppercase()
+    } else {
+        format!("{} ROLE", first.to_ascii_uppercase())
+    });
     let to_kw = if first == "grant" { "to" } else { "from" };
     if let Some(on) = on {
         let j = on.saturating_add(1);
@@ -1664,8 +1669,14 @@ fn match_object_type(
         })
 }
 
+/// The verb the server reports as the command tag: `CREATE USER` and `CREATE GROUP` are
+/// `CREATE ROLE`.
 fn verb_of(prefix: &str, words: &[&str]) -> String {
     let mut v = prefix.to_owned();
+    let words = match words {
+        ["user"] | ["group"] => &["role"],
+        w => w,
+    };
     for w in words {
         v.push(' ');
         v.push_str(&w.to_ascii_uppercase());

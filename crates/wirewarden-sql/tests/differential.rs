@@ -1,0 +1,458 @@
+//! The real server as the oracle: a corpus of statements, ordinary and adversarial, is sent
+//! to PostgreSQL 15 (started by wirewarden-testkit) with the simple query protocol, and the
+//! CommandComplete tags it reports must match our split (one tag per statement) and our verbs.
+//! Texts the server rejects while lexing must be `Unknown` for us, with a lexer error.
+//!
+//! The client is a few lines over std's TcpStream and postgres-protocol (tokio-postgres does not
+//! expose command tags).
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::frontend;
+use wirewarden_sql::{Classifier, CommandClass, LexOptions};
+use wirewarden_testkit::Postgres;
+
+/// What the server answered to one simple query.
+#[derive(Debug, Default)]
+struct Reply {
+    tags: Vec<String>,
+    /// SQLSTATE of the ErrorResponse, if any.
+    error: Option<(String, String)>,
+    empty: bool,
+}
+
+struct Client {
+    sock: TcpStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    fn connect(pg: &Postgres) -> Self {
+        let sock = TcpStream::connect(pg.addr()).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut c = Self {
+            sock,
+            buf: BytesMut::new(),
+        };
+        let mut out = BytesMut::new();
+        frontend::startup_message(
+            [("user", pg.superuser()), ("database", pg.database())],
+            &mut out,
+        )
+        .unwrap();
+        c.send(&out);
+        let mut scram = ScramSha256::new(
+            pg.superuser_password().as_bytes(),
+            ChannelBinding::unsupported(),
+        );
+        loop {
+            let (tag, mut body) = c.message();
+            match tag {
+                b'R' => {
+                    let code = body.get_i32();
+                    let mut out = BytesMut::new();
+                    match code {
+                        0 => {}
+                        10 => {
+                            frontend::sasl_initial_response(
+                                SCRAM_SHA_256,
+                                scram.message(),
+                                &mut out,
+                            )
+                            .unwrap();
+                            c.send(&out);
+                        }
+                        11 => {
+                            scram.update(&body).expect("scram continue");
+                            frontend::sasl_response(scram.message(), &mut out).unwrap();
+                            c.send(&out);
+                        }
+                        12 => scram.finish(&body).expect("scram final"),
+                        other => panic!("unexpected authentication request {other}"),
+                    }
+                }
+                b'E' => panic!("login failed: {:?}", error_fields(&body)),
+                b'Z' => return c,
+                _ => {}
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).expect("write");
+    }
+
+    fn message(&mut self) -> (u8, BytesMut) {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() > len {
+                    let tag = self.buf[0];
+                    let mut frame = self.buf.split_to(len + 1);
+                    frame.advance(5);
+                    return (tag, frame);
+                }
+            }
+            let mut chunk = [0u8; 16384];
+            let n = self.sock.read(&mut chunk).expect("read");
+            assert!(n > 0, "server closed the connection");
+            self.buf.put_slice(&chunk[..n]);
+        }
+    }
+
+    fn simple_query(&mut self, sql: &str) -> Reply {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).unwrap();
+        self.send(&out);
+        let mut reply = Reply::default();
+        loop {
+            let (tag, body) = self.message();
+            match tag {
+                b'C' => reply.tags.push(cstr(&body)),
+                b'E' => reply.error = Some(error_fields(&body)),
+                b'I' => reply.empty = true,
+                b'G' => {
+                    // COPY FROM STDIN: send no data.
+                    let mut out = BytesMut::new();
+                    frontend::copy_done(&mut out);
+                    self.send(&out);
+                }
+                b'Z' => return reply,
+                _ => {}
+            }
+        }
+    }
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// (SQLSTATE, message) of an ErrorResponse body.
+fn error_fields(mut b: &[u8]) -> (String, String) {
+    let (mut code, mut msg) = (String::new(), String::new());
+    while let Some((&t, rest)) = b.split_first() {
+        if t == 0 {
+            break;
+        }
+        let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
+        let v = String::from_utf8_lossy(&rest[..end]).into_owned();
+        match t {
+            b'C' => code = v,
+            b'M' => msg = v,
+            _ => {}
+        }
+        b = rest.get(end + 1..).unwrap_or(&[]);
+    }
+    (code, msg)
+}
+
+/// The command tag the server reports for a verb of ours, without row counts.
+fn expected_tag(verb: &str) -> &str {
+    match verb {
+        "SELECT INTO" | "CREATE TABLE AS" | "SELECT FOR UPDATE" | "CREATE MATERIALIZED VIEW" => {
+            "SELECT"
+        }
+        "SET ROLE" | "SET SESSION AUTHORIZATION" | "SET TRANSACTION" => "SET",
+        "RESET ROLE" | "RESET SESSION AUTHORIZATION" | "RESET ALL" => "RESET",
+        v => v,
+    }
+}
+
+fn tag_words(tag: &str) -> String {
+    tag.split(' ')
+        .filter(|w| !w.chars().all(|c| c.is_ascii_digit()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+const FIXTURE: &str = "
+CREATE TABLE t (id int PRIMARY KEY, v text);
+CREATE TABLE u (id int, w text);
+CREATE TABLE secrets (id int, s text);
+CREATE TABLE orders (id int, old bool);
+CREATE TABLE \"Mixed Case\" (id int);
+CREATE TABLE \"select\" (id int);
+CREATE SEQUENCE seq;
+CREATE ROLE reader NOLOGIN;
+CREATE FUNCTION f(x int) RETURNS int LANGUAGE sql AS $$ SELECT x + 1 $$;
+CREATE PROCEDURE p(x int) LANGUAGE sql AS $$ INSERT INTO u VALUES (x, 'p') $$;
+INSERT INTO t VALUES (1, 'a'), (2, 'b;c'), (3, $$d'e$$);
+INSERT INTO secrets VALUES (1, 'pw');
+";
+
+/// Texts the server accepts; each runs on the same connection, in order.
+const CORPUS: &[&str] = &[
+    // Ordinary reads.
+    "SELECT 1",
+    "SELECT * FROM t",
+    "select id, v from public.t where id > 1 order by id limit 2",
+    "SELECT t.id, u.w FROM t JOIN u ON t.id = u.id",
+    "SELECT * FROM t LEFT JOIN LATERAL (SELECT * FROM u WHERE u.id = t.id) x ON true",
+    "VALUES (1, 'a'), (2, 'b')",
+    "TABLE t",
+    "(SELECT 1) UNION (SELECT 2)",
+    "SELECT count(*) FROM t GROUP BY v HAVING count(*) > 0",
+    "SELECT extract(year FROM now()), substring('abc' FROM 2 FOR 1)",
+    "SELECT * FROM generate_series(1, 3) g",
+    "SELECT * FROM \"Mixed Case\", \"select\"",
+    "WITH x AS (SELECT * FROM t) SELECT * FROM x",
+    "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r",
+    "SELECT f(1), nextval('seq')",
+    "SELECT * FROM t WHERE id = 1 FOR UPDATE",
+    "SELECT * FROM t FOR SHARE SKIP LOCKED",
+    "SELECT 1 FROM t WHERE EXISTS (SELECT 1 FROM secrets)",
+    // Adversarial lexing: everything below is one statement per `;` the server sees.
+    "SELECT ';' AS semi; SELECT '--' AS dashes",
+    "SELECT 'it''s; fine'",
+    "SELECT E'\\'; SELECT 1; --'",
+    "SELECT E'a\\\\'; SELECT 2",
+    "SELECT '\\'; SELECT 3",
+    "SELECT $$ ; $$, $tag$ $$ ; $tag$",
+    "SELECT $a$ $b$ ; $a$",
+    "SELECT 1 /* ; /* nested ; */ still a comment ; */ ; SELECT 2",
+    "SELECT 1 -- ; trailing\n; SELECT 2",
+    "sElEcT/**/1",
+    "SELECT\t1\r\n;\u{c}SELECT 2",
+    "SELECT \"a;b\" FROM (SELECT 1 AS \"a;b\") s",
+    "SELECT U&'d\\0061t\\+000061', U&\"d!0061t!0061\" UESCAPE '!' FROM (SELECT 1 AS data) s",
+    "SELECT B'1010', X'1F', N'nat'",
+    "SELECT 'a'\n'b' AS continued",
+    "SELECT 'a' -- comment between\n'b'",
+    "SELECT E'x'\n'\\' ; SELECT 9 ; '",
+    "SELECT 1 AS \"SELECT\", 2 AS \"from\"",
+    "SELECT 1::int, 2.5::numeric(10, 2), '3'::text, .5, 1e3, 1.5E-2",
+    "SELECT 1 +-2, 5 <> 6, 7 != 8, 2 *-3, 4 <=-1, 5>=-+1",
+    "SELECT (ARRAY[1, 2])[1:1], (ARRAY[1, 2])[2]",
+    "SELECT 'a' || 'b'; SELECT 1; SELECT 2;;;",
+    "SELECT $q$ it's \"quoted\" $q$",
+    "SELECT 1 /***/ ; SELECT /**/ 2",
+    "SELECT 1 AS x$y, 2 AS a$$",
+    // Writes.
+    "INSERT INTO u VALUES (1, 'x')",
+    "INSERT INTO u (id, w) SELECT id, v FROM t",
+    "INSERT INTO t VALUES (4, 'z') ON CONFLICT (id) DO UPDATE SET v = excluded.v",
+    "UPDATE u SET w = 'y' WHERE id = 1",
+    "UPDATE u SET w = t.v FROM t WHERE u.id = t.id",
+    "DELETE FROM u WHERE id = 1",
+    "DELETE FROM u USING t WHERE u.id = t.id RETURNING u.*",
+    "WITH gone AS (DELETE FROM orders WHERE old RETURNING *) SELECT * FROM gone",
+    "WITH ins AS (INSERT INTO u VALUES (9, 'cte') RETURNING *) INSERT INTO orders SELECT id, false FROM ins",
+    "MERGE INTO u USING t ON u.id = t.id WHEN MATCHED THEN UPDATE SET w = t.v WHEN NOT MATCHED THEN INSERT VALUES (t.id, t.v)",
+    "SELECT * INTO TEMP copied FROM t",
+    "CREATE TABLE copied2 AS SELECT * FROM t",
+    "CREATE MATERIALIZED VIEW mv AS SELECT * FROM t",
+    "REFRESH MATERIALIZED VIEW mv",
+    "TRUNCATE TABLE copied2",
+    "COPY t TO STDOUT",
+    "COPY (SELECT * FROM t) TO STDOUT WITH (FORMAT csv)",
+    "COPY u FROM STDIN",
+    "CALL p(5)",
+    "DO $$ BEGIN PERFORM 1; END $$",
+    "DO $do$ BEGIN RAISE NOTICE '%', ';'; END $do$",
+    // Transactions and session.
+    "BEGIN; SELECT 1; COMMIT",
+    "BEGIN ISOLATION LEVEL REPEATABLE READ; SAVEPOINT s1; RELEASE SAVEPOINT s1; ROLLBACK",
+    "START TRANSACTION READ ONLY; END",
+    "BEGIN; SAVEPOINT a; ROLLBACK TO SAVEPOINT a; ABORT",
+    "BEGIN; LOCK TABLE u IN SHARE MODE; COMMIT",
+    "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; COMMIT",
+    "BEGIN; SET CONSTRAINTS ALL DEFERRED; COMMIT",
+    "BEGIN; DECLARE c CURSOR FOR SELECT * FROM t; FETCH 1 FROM c; MOVE NEXT IN c; CLOSE c; COMMIT",
+    "SET application_name = 'differential'",
+    "SET LOCAL statement_timeout = 1000",
+    "SET TIME ZONE 'UTC'",
+    "SET search_path TO public",
+    "SHOW work_mem",
+    "RESET statement_timeout",
+    "SET ROLE reader; RESET ROLE",
+    "SET SESSION AUTHORIZATION reader; RESET SESSION AUTHORIZATION",
+    "RESET ALL",
+    "SELECT set_config('application_name', 'x', false)",
+    "PREPARE q1(int) AS SELECT * FROM t WHERE id = $1",
+    "EXECUTE q1(1)",
+    "PREPARE q2 AS DELETE FROM u WHERE id = 42",
+    "EXECUTE q2",
+    "DEALLOCATE q1",
+    "DEALLOCATE PREPARE q2",
+    "DEALLOCATE ALL",
+    "LISTEN jobs",
+    "NOTIFY jobs, 'payload; with semicolon'",
+    "SELECT pg_notify('jobs', 'x')",
+    "UNLISTEN *",
+    "DISCARD PLANS",
+    "DISCARD ALL",
+    "EXPLAIN SELECT * FROM t",
+    "EXPLAIN ANALYZE SELECT * FROM t",
+    "EXPLAIN (ANALYZE, BUFFERS OFF) DELETE FROM u WHERE id = 9",
+    // Schema, privileges, administration, code.
+    "CREATE TABLE d1 (id int PRIMARY KEY, n varchar(10), t_id int REFERENCES t(id))",
+    "CREATE INDEX d1_n ON d1 (lower(n))",
+    "CREATE UNIQUE INDEX IF NOT EXISTS d1_n2 ON d1 USING btree (n)",
+    "ALTER TABLE d1 ADD COLUMN extra int DEFAULT 0",
+    "CREATE VIEW v1 AS SELECT * FROM secrets",
+    "CREATE OR REPLACE VIEW v1 AS SELECT * FROM secrets",
+    "CREATE SCHEMA s1",
+    "CREATE TYPE mood AS ENUM ('sad', 'ok')",
+    "CREATE DOMAIN posint AS int CHECK (VALUE > 0)",
+    "CREATE SEQUENCE IF NOT EXISTS s1.seq2",
+    "COMMENT ON TABLE d1 IS 'a; table'",
+    "CREATE FUNCTION g() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END",
+    "CREATE OR REPLACE FUNCTION h(x int) RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT CASE WHEN x > 0 THEN 1 ELSE 2 END; END; SELECT h(1)",
+    "CREATE PROCEDURE p2() LANGUAGE sql BEGIN ATOMIC INSERT INTO u VALUES (7, 'p2'); DELETE FROM u WHERE id = 7; END",
+    "CREATE FUNCTION plf() RETURNS trigger LANGUAGE plpgsql AS $body$ BEGIN RETURN NEW; END; $body$",
+    "CREATE TRIGGER trg BEFORE INSERT ON d1 FOR EACH ROW EXECUTE FUNCTION plf()",
+    "CREATE RULE r1 AS ON UPDATE TO d1 DO ALSO NOTIFY d1_changed",
+    "ALTER TABLE d1 ENABLE ROW LEVEL SECURITY",
+    "CREATE POLICY pol ON d1 USING (true)",
+    "GRANT SELECT ON t TO reader",
+    "REVOKE SELECT ON TABLE t FROM reader",
+    "CREATE ROLE r2 NOLOGIN",
+    "CREATE USER r3 NOLOGIN",
+    "GRANT reader TO r2",
+    "REVOKE reader FROM r2",
+    "ALTER ROLE r2 NOSUPERUSER",
+    "ALTER USER r3 SET work_mem = '8MB'",
+    "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO reader",
+    "ALTER TABLE t OWNER TO CURRENT_USER",
+    "DROP POLICY pol ON d1",
+    "DROP RULE r1 ON d1",
+    "DROP TRIGGER trg ON d1",
+    "DROP VIEW v1",
+    "DROP TABLE d1, copied2",
+    "DROP FUNCTION g()",
+    "DROP ROLE r2, r3",
+    "VACUUM u",
+    "ANALYZE u",
+    "VACUUM (ANALYZE) t",
+    "CHECKPOINT",
+    "ALTER SYSTEM SET work_mem = '4MB'",
+    "ALTER SYSTEM RESET work_mem",
+    "CLUSTER",
+    "REINDEX TABLE u",
+    "SELECT pg_read_file('postgresql.conf', 0, 10)",
+    "SELECT lo_unlink(lo_from_bytea(0, 'x'))",
+    "SELECT query_to_xml('SELECT 1', true, true, '')",
+    "SELECT pg_reload_conf()",
+    "DROP MATERIALIZED VIEW mv",
+    "DROP SCHEMA s1 CASCADE",
+];
+
+/// Texts the server rejects while lexing.
+const REJECTED: &[&str] = &[
+    "SELECT 'unterminated",
+    "SELECT 1; SELECT 'unterminated",
+    "SELECT E'\\'",
+    "SELECT 1 /* unterminated /* nested */",
+    "SELECT $a$ unterminated",
+    "SELECT $a$ x $b$",
+    "SELECT \"unterminated",
+    "SELECT \"\"",
+    "SELECT 123abc",
+    "SELECT 1e",
+    "SELECT $1abc",
+    "SELECT U&\"\\zzzz\"",
+    "SELECT U&'x' UESCAPE '+'",
+];
+
+#[test]
+fn server_agrees_with_splitting_and_verbs() {
+    let pg = Postgres::builder().start().expect("postgres starts");
+    let mut client = Client::connect(&pg);
+    let fixture = client.simple_query(FIXTURE);
+    assert!(fixture.error.is_none(), "fixture: {:?}", fixture.error);
+
+    let mut classifier = Classifier::new();
+    let mut statements = 0usize;
+    let mut failures = Vec::new();
+    for sql in CORPUS {
+        let analysis = classifier.classify(sql);
+        if analysis.error.is_some() {
+            failures.push(format!("we fail to lex {sql:?}: {:?}", analysis.error));
+        }
+        let reply = client.simple_query(sql);
+        if reply.error.is_some() {
+            failures.push(format!("server rejected {sql:?}: {:?}", reply.error));
+        }
+        let ours: Vec<&str> = analysis
+            .statements
+            .iter()
+            .map(|s| expected_tag(&s.verb))
+            .collect();
+        let theirs: Vec<String> = reply.tags.iter().map(|t| tag_words(t)).collect();
+        if ours != theirs {
+            failures.push(format!("{sql:?}: ours {ours:?}, server {theirs:?}"));
+        }
+        for s in &analysis.statements {
+            if s.class == CommandClass::Unknown {
+                failures.push(format!("{sql:?}: unknown {s:?}"));
+            }
+        }
+        statements += analysis.statements.len();
+        classifier.record(&analysis);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} disagreements:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(statements >= 150, "corpus has {statements} statements");
+}
+
+#[test]
+fn texts_the_server_cannot_lex_are_unknown() {
+    let pg = Postgres::builder().start().expect("postgres starts");
+    let mut client = Client::connect(&pg);
+    for sql in REJECTED {
+        let reply = client.simple_query(sql);
+        let (code, msg) = reply
+            .error
+            .unwrap_or_else(|| panic!("server accepted {sql:?}"));
+        assert_eq!(code, "42601", "{sql:?}: {msg}");
+        assert!(
+            reply.tags.is_empty(),
+            "nothing runs when the text does not parse: {sql:?}"
+        );
+        let analysis = Classifier::new().classify(sql);
+        assert_eq!(analysis.class(), CommandClass::Unknown, "{sql:?}");
+        assert!(
+            analysis.error.is_some(),
+            "{sql:?}: we should fail to lex, the server did ({msg})"
+        );
+    }
+}
+
+#[test]
+fn standard_conforming_strings_off_matches_the_server() {
+    let pg = Postgres::builder().start().expect("postgres starts");
+    let mut client = Client::connect(&pg);
+    let r = client
+        .simple_query("SET standard_conforming_strings = off; SET escape_string_warning = off");
+    assert!(r.error.is_none());
+    let classifier = Classifier::with_options(LexOptions {
+        standard_conforming_strings: false,
+        ..LexOptions::default()
+    });
+    for sql in [
+        "SELECT 'a\\'; SELECT 1; --'",
+        "SELECT 'a\\\\'; SELECT 2",
+        "SELECT N'x\\'y'; SELECT 3",
+        "SELECT 'a'\n'\\' ; SELECT 4 ; '",
+    ] {
+        let analysis = classifier.classify(sql);
+        let reply = client.simple_query(sql);
+        assert!(reply.error.is_none(), "{sql:?}: {:?}", reply.error);
+        assert_eq!(analysis.statements.len(), reply.tags.len(), "{sql:?}");
+    }
+    // Unicode strings are refused by both.
+    assert!(client.simple_query("SELECT U&'x'").error.is_some());
+    assert!(classifier.classify("SELECT U&'x'").error.is_some());
+}

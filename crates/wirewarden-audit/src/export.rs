@@ -33,6 +33,33 @@ pub fn to_json_line(event: &AuditEvent) -> Result<String, serde_json::Error> {
     serde_json::to_string(event)
 }
 
+/// How a streaming sink renders events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExportFormat {
+    /// The native events as JSON (the core types' serde form).
+    Jsonl,
+    /// OCSF 1.7 events; native events without an OCSF class are skipped.
+    Ocsf,
+}
+
+impl ExportFormat {
+    /// `event` as a JSON value in this format, or `None` when the format skips it.
+    ///
+    /// # Errors
+    /// A serialization error (not expected for core types).
+    pub fn render(
+        self,
+        exporter: &mut OcsfExporter,
+        event: &AuditEvent,
+    ) -> Result<Option<Value>, serde_json::Error> {
+        match self {
+            Self::Jsonl => serde_json::to_value(event).map(Some),
+            Self::Ocsf => Ok(exporter.export(event)),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct SessionInfo {
     principal: Principal,

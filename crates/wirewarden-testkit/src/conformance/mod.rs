@@ -5,6 +5,7 @@
 //! the suites check the behaviour the pipeline relies on (ordering, fail-closed errors,
 //! expiry), not just that calls return.
 
+pub mod audit;
 pub mod grants;
 pub mod identity;
 pub mod policy;

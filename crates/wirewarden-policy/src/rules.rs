@@ -528,6 +528,21 @@ impl RuleEngine {
         self.rules.iter().map(|r| &r.id)
     }
 
+    /// Whether the rule `id` names class `unknown` explicitly (for the fuzz target's check
+    /// that nothing else ever allows an unknown command).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn rule_names_unknown(&self, id: &RuleId) -> bool {
+        self.rules.iter().any(|r| {
+            &r.id == id
+                && matches!(
+                    r.class,
+                    ClassMatch::Exact(CommandClass::Unknown)
+                        | ClassMatch::AtMost(CommandClass::Unknown)
+                )
+        })
+    }
+
     /// The number of budgets configured.
     #[must_use]
     pub fn budget_count(&self) -> usize {

@@ -477,3 +477,135 @@ impl Review {
                 .is_some_and(|a| a.approver == reviewer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use wirewarden_core::Protocol;
+
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_unix_secs(secs).unwrap()
+    }
+
+    fn review(min: u32) -> Review {
+        Review::new(
+            CommandId::new(),
+            Binding {
+                digest: CommandDigest::compute(Protocol::Redis, b"FLUSHALL", []),
+                requester: "agent".into(),
+                target: Target::new("cache", Protocol::Redis).unwrap(),
+            },
+            "FLUSHALL",
+            CommandClass::Admin,
+            RuleId::new("r"),
+            "why",
+            ReviewRequirement {
+                reviewer_groups: vec![],
+                min_approvals: min,
+                timeout: Duration::from_secs(60),
+            },
+            at(1_000),
+        )
+        .unwrap()
+        .with_approval_ttl(Duration::from_secs(10))
+    }
+
+    fn approve(who: &str, scope: ApprovalScope) -> Operation {
+        Operation::Approve {
+            reviewer: Reviewer::new(who),
+            scope,
+        }
+    }
+
+    #[test]
+    fn narrowest_scope() {
+        let g = |s| ApprovalScope::Grant { secs: s };
+        assert_eq!(g(60).narrowest(g(30)), g(30));
+        assert_eq!(g(60).narrowest(ApprovalScope::Once), ApprovalScope::Once);
+        assert_eq!(ApprovalScope::Once.narrowest(g(1)), ApprovalScope::Once);
+        assert_eq!(g(90).to_string(), "a grant for 2 minutes");
+    }
+
+    #[test]
+    fn status_follows_time() {
+        let mut r = review(1);
+        assert_eq!(r.status(at(1_059)), Status::Pending);
+        assert_eq!(r.status(at(1_060)), Status::Expired);
+        r.apply(&approve("alice", ApprovalScope::Once), at(1_050))
+            .unwrap();
+        assert!(r.completed_by("alice"));
+        // The approval outlives the review's own deadline by its TTL, then expires.
+        assert_eq!(r.status(at(1_059)), Status::Approved);
+        assert_eq!(r.status(at(1_060)), Status::Expired);
+    }
+
+    #[test]
+    fn rejected_operations_leave_the_review_unchanged() {
+        let mut r = review(2);
+        let before = r.clone();
+        assert!(matches!(
+            r.apply(&approve("agent", ApprovalScope::Once), at(1_001)),
+            Err(Error::SelfReview { .. })
+        ));
+        assert!(matches!(
+            r.apply(
+                &approve("alice", ApprovalScope::Grant { secs: 0 }),
+                at(1_001)
+            ),
+            Err(Error::InvalidScope { .. })
+        ));
+        assert!(matches!(
+            r.apply(
+                &approve("alice", ApprovalScope::Grant { secs: 86_401 }),
+                at(1_001)
+            ),
+            Err(Error::InvalidScope { .. })
+        ));
+        assert!(matches!(
+            r.apply(
+                &Operation::Consume {
+                    binding: r.binding.clone()
+                },
+                at(1_001)
+            ),
+            Err(Error::NotPending { .. })
+        ));
+        assert_eq!(r, before);
+        r.apply(&approve("alice", ApprovalScope::Once), at(1_001))
+            .unwrap();
+        assert!(!r.completed_by("alice"), "one of two approvals");
+        r.apply(&approve("bob", ApprovalScope::Once), at(1_002))
+            .unwrap();
+        assert!(r.completed_by("bob"));
+        assert!(!r.completed_by("alice"));
+    }
+
+    #[test]
+    fn invalid_requests() {
+        let b = review(1).binding;
+        let req = |min, secs| ReviewRequirement {
+            reviewer_groups: vec![],
+            min_approvals: min,
+            timeout: Duration::from_secs(secs),
+        };
+        let make = |requirement| {
+            Review::new(
+                CommandId::new(),
+                b.clone(),
+                "x",
+                CommandClass::Write,
+                RuleId::new("r"),
+                "why",
+                requirement,
+                at(0),
+            )
+        };
+        assert!(matches!(
+            make(req(0, 60)),
+            Err(Error::InvalidRequest { .. })
+        ));
+        assert!(matches!(make(req(1, 0)), Err(Error::InvalidRequest { .. })));
+        assert!(make(req(1, 60)).is_ok());
+    }
+}

@@ -214,8 +214,11 @@ impl Reviews {
     }
 
     /// Waits for a decision for at most `timeout` (in addition to the review's own expiry).
-    /// Returns the review and, if it expired or the wait gave up, the `ReviewResolved` event
-    /// (outcome `expired`) that the waiting side records.
+    ///
+    /// If nobody decided in time, the review is closed in the store (so a late approval
+    /// cannot release a command that is no longer held) and the `ReviewResolved` event with
+    /// outcome `expired` is returned for the waiting side to record. A decision that lands
+    /// while the wait gives up wins: the decided review is returned.
     ///
     /// # Errors
     /// The store's errors.
@@ -225,13 +228,27 @@ impl Reviews {
         timeout: Duration,
     ) -> Result<(Review, Option<AuditEvent>)> {
         let review = self.store.wait(id, timeout).await?;
-        let event = match review.status(Timestamp::now()) {
-            Status::Expired | Status::Pending => {
-                Some(resolved_event(&review, ReviewOutcome::Expired))
+        let now = Timestamp::now();
+        match review.status(now) {
+            Status::Pending => match self.store.apply(id, &Operation::Cancel, now).await {
+                Ok(closed) => {
+                    let event = resolved_event(&closed, ReviewOutcome::Expired);
+                    Ok((closed, Some(event)))
+                }
+                Err(Error::NotPending { .. } | Error::Expired { .. }) => {
+                    let latest = self.store.get(id).await?.ok_or(Error::NotFound { id })?;
+                    let event = (latest.status(Timestamp::now()) == Status::Expired)
+                        .then(|| resolved_event(&latest, ReviewOutcome::Expired));
+                    Ok((latest, event))
+                }
+                Err(e) => Err(e),
+            },
+            Status::Expired => {
+                let event = resolved_event(&review, ReviewOutcome::Expired);
+                Ok((review, Some(event)))
             }
-            _ => None,
-        };
-        Ok((review, event))
+            _ => Ok((review, None)),
+        }
     }
 
     /// Releases the held command: checks that it is the exact command, requester and target

@@ -231,6 +231,66 @@ async fn waiting_times_out_and_reports_expiry() {
 }
 
 #[tokio::test]
+async fn a_waiter_that_gives_up_closes_the_review() {
+    let reviews = Reviews::new(
+        Arc::new(MemoryReviewStore::new()),
+        Arc::new(MemoryGrantStore::new()),
+    );
+    let crm = Target::new("crm", Protocol::Postgres).unwrap();
+    let update = Command::new(
+        Protocol::Postgres,
+        "UPDATE",
+        CommandClass::Write,
+        "UPDATE t SET a = 1",
+    )
+    .unwrap();
+    let held = reviews
+        .request(
+            &agent(),
+            &crm,
+            &update,
+            CommandId::new(),
+            wirewarden_core::RuleId::new("r"),
+            "why",
+            wirewarden_core::ReviewRequirement::one_of("dba", Duration::from_secs(600)),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let (review, event) = reviews
+        .wait(held.review.id, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(review.status(Timestamp::now()), Status::Cancelled);
+    assert!(matches!(
+        event.map(|e| e.kind),
+        Some(AuditEventKind::ReviewResolved {
+            outcome: ReviewOutcome::Expired,
+            ..
+        })
+    ));
+    // A late approval cannot release a command that is no longer held.
+    let late = reviews
+        .approve(
+            held.review.id,
+            &Reviewer::new("alice").with_group("dba"),
+            ApprovalScope::Once,
+            Timestamp::now(),
+        )
+        .await;
+    assert!(
+        matches!(
+            late,
+            Err(Error::NotPending {
+                status: Status::Cancelled,
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+}
+
+#[tokio::test]
 async fn denial_is_audited_with_the_reviewer() {
     let store: Arc<dyn ReviewStore> = Arc::new(MemoryReviewStore::new());
     let reviews = Reviews::new(store, Arc::new(MemoryGrantStore::new()));

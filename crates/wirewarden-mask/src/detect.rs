@@ -1,7 +1,7 @@
 //! Built-in detectors and the scanner that finds them in one pass.
 //!
 //! The scanner skips clean text eight bytes at a time: a SWAR test flags the few bytes that can
-//! start or reveal an entity (ASCII digits and `-./:`, `@`, `A`, `B`, `b`, `_`, and every
+//! start or reveal an entity (ASCII digits and `-./:`, `@`, `A`, `B`, `_`, and every
 //! non-ASCII byte). Only there does it look closer, and only candidates reach the validators
 //! (Luhn, SSN area/group/serial rules, IBAN mod 97, IP address parsing, NANP/E.164 shapes,
 //! secret prefixes with their lengths). Non-ASCII bytes take a careful path that decodes the
@@ -410,12 +410,12 @@ const fn eq(x: u64, b: u8) -> u64 {
 
 #[inline(always)]
 const fn trigger_mask(x: u64) -> u64 {
-    between(x, 0x2C, 0x3B) | between(x, 0x3F, 0x43) | eq(x, b'_') | eq(x, b'b') | (x & H)
+    between(x, 0x2C, 0x3B) | between(x, 0x3F, 0x43) | eq(x, b'_') | (x & H)
 }
 
 #[inline(always)]
 const fn is_trigger(b: u8) -> bool {
-    matches!(b, b'-'..=b':' | b'@'..=b'B' | b'_' | b'b') || b >= 0x80
+    matches!(b, b'-'..=b':' | b'@'..=b'B' | b'_') || b >= 0x80
 }
 
 /// The first byte at or after `i` that may start or reveal an entity.
@@ -495,22 +495,24 @@ impl Scanner {
             token_checked: 0,
             out,
         };
+        // Built on the first digit only, then reused: clean text pays nothing for it.
+        let mut seq: Option<Seq> = None;
         let mut i = 0;
         while let Some(p) = next_trigger(bytes, i) {
-            let next = self.at(bytes, p, &mut st);
+            let next = self.at(bytes, p, &mut st, &mut seq);
             i = next.max(p + 1).max(st.floor);
         }
     }
 
     /// Looks at the trigger byte `p`; returns where to continue.
-    fn at(&self, bytes: &[u8], p: usize, st: &mut State<'_>) -> usize {
+    fn at(&self, bytes: &[u8], p: usize, st: &mut State<'_>, seq: &mut Option<Seq>) -> usize {
         let b = byte(bytes, p);
         if b >= 0x80 {
             let Some((c, len)) = char_at(bytes, p) else {
                 return p + 1;
             };
             if digit_value(c).is_some() {
-                return self.numeric(bytes, p, st);
+                return self.numeric(bytes, p, st, seq);
             }
             if c == '＠' && self.set.contains(Detector::Email) {
                 self.email(bytes, p, len, st);
@@ -524,7 +526,7 @@ impl Scanner {
             return st.floor;
         }
         match b {
-            b'0'..=b'9' => self.numeric(bytes, p, st),
+            b'0'..=b'9' => self.numeric(bytes, p, st, seq),
             b'@' => {
                 if self.set.contains(Detector::Email) {
                     self.email(bytes, p, 1, st);
@@ -555,7 +557,7 @@ impl Scanner {
                 }
                 p + 1
             }
-            b'B' | b'b' => {
+            b'B' => {
                 if self.set.contains(Detector::BearerToken) {
                     self.bearer(bytes, p, st);
                 }
@@ -574,6 +576,17 @@ impl Scanner {
         }
         let te = p + count_while(bytes, p, is_token_byte);
         st.token_checked = te;
+        // "bearer <token>" in any case; "Bearer" itself is found from its `B`.
+        if set_has(self.set, Detector::BearerToken) && bearer_before(bytes, ts, st.floor) {
+            let n = count_while(bytes, ts, |b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+            });
+            let pad = count_while(bytes, ts + n, |b| b == b'=');
+            if n >= 8 {
+                st.push(ts, ts + n + pad, Detector::BearerToken);
+                return true;
+            }
+        }
         let set = self.set;
         let alnum_run = |from: usize| count_while(bytes, from, |b| b.is_ascii_alphanumeric());
         let word_end = |e: usize| !byte(bytes, e).is_ascii_alphanumeric();
@@ -829,7 +842,7 @@ impl Scanner {
     }
 
     /// Digit sequences: cards, SSNs, phones, IPv4 (and IBANs that end in the digits at `p`).
-    fn numeric(&self, bytes: &[u8], p: usize, st: &mut State<'_>) -> usize {
+    fn numeric(&self, bytes: &[u8], p: usize, st: &mut State<'_>, seq: &mut Option<Seq>) -> usize {
         if !self.set.any_numeric() {
             return p + 1;
         }
@@ -839,16 +852,17 @@ impl Scanner {
             st.push(p - 2, end, Detector::Iban);
             return end;
         }
+        let seq = seq.get_or_insert_with(Seq::empty);
         let mut start = p;
         loop {
-            let seq = Seq::parse(bytes, start);
+            seq.parse(bytes, start);
             let plus = if start == p {
                 plus_before(bytes, p, st.floor)
             } else {
                 None
             };
             let limit = if seq.truncated { HALF } else { seq.n };
-            self.windows(&seq, plus, limit, st);
+            self.windows(seq, plus, limit, st);
             if !seq.truncated {
                 return seq.end_all.max(p + 1);
             }
@@ -919,6 +933,24 @@ fn continues_numeric(bytes: &[u8], from: usize) -> bool {
         }
     }
     i > from && digit_at(bytes, i).is_some()
+}
+
+fn set_has(set: DetectorSet, d: Detector) -> bool {
+    set.contains(d)
+}
+
+/// Whether `bearer` and blanks end just before `ts`.
+fn bearer_before(bytes: &[u8], ts: usize, floor: usize) -> bool {
+    let mut j = ts;
+    while j > floor && matches!(byte(bytes, j - 1), b' ' | b'\t') {
+        j -= 1;
+    }
+    j < ts
+        && j >= floor + 6
+        && bytes
+            .get(j - 6..j)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"bearer"))
+        && (j == 6 || !byte(bytes, j - 7).is_ascii_alphanumeric())
 }
 
 /// The `+` (ASCII or fullwidth) that starts an E.164 number just before `p`.
@@ -997,8 +1029,8 @@ fn digit_at(bytes: &[u8], i: usize) -> Option<(u8, usize, bool)> {
 }
 
 impl Seq {
-    fn parse(bytes: &[u8], p: usize) -> Self {
-        let mut s = Self {
+    fn empty() -> Self {
+        Self {
             n: 0,
             start: [0; MAX_GROUPS],
             end: [0; MAX_GROUPS],
@@ -1007,8 +1039,17 @@ impl Seq {
             sep: [Sep::default(); MAX_GROUPS],
             digits: [[0; MAX_GROUP_DIGITS]; MAX_GROUPS],
             truncated: false,
-            end_all: p,
-        };
+            end_all: 0,
+        }
+    }
+
+    /// Parses the sequence at `p` into `self` (earlier contents are overwritten as needed:
+    /// only groups `..n` and digits `..len[k]` are ever read).
+    fn parse(&mut self, bytes: &[u8], p: usize) {
+        let s = self;
+        s.n = 0;
+        s.truncated = false;
+        s.end_all = p;
         let mut i = p;
         let mut sep = Sep::default();
         while s.n < MAX_GROUPS {
@@ -1056,7 +1097,6 @@ impl Seq {
             i = j;
         }
         s.end_all = i;
-        s
     }
 
     fn end_of(&self, last: usize) -> usize {

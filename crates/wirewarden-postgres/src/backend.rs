@@ -644,7 +644,7 @@ fn decode_tagged(tag: u8, body: Bytes, limits: &Limits) -> Result<BackendMessage
             let mut r = Reader::new(body, "ReadyForQuery");
             let b = r.u8("status")?;
             r.finish()?;
-            let s = TransactionStatus::from_byte(b).ok_or(Error::InvalidField {
+            let s = TransactionStatus::from_byte(b).ok_or_else(|| Error::InvalidField {
                 message: "ReadyForQuery",
                 field: "status",
                 value: b.into(),

@@ -521,7 +521,9 @@ impl Session {
     }
 
     fn pop(&mut self, tag: Option<u8>, state: &'static str) -> Result<Pending> {
-        self.pending.pop_front().ok_or(unexpected(tag, state))
+        self.pending
+            .pop_front()
+            .ok_or_else(|| unexpected(tag, state))
     }
 
     fn ready(&mut self, status: TransactionStatus, tag: Option<u8>) -> Result<()> {
@@ -677,5 +679,424 @@ impl CancelKeys {
     /// Whether there are no live keys.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{CopyResponse, ErrorFields};
+    use crate::frontend::{Bind, Parse, StartupMessage};
+    use crate::rows::{DataRow, FieldDescription};
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn ready() -> Session {
+        let mut s = Session::new();
+        s.on_frontend(&FrontendMessage::Startup(StartupMessage {
+            version: ProtocolVersion::V3_0,
+            parameters: vec![(b("user"), b("u"))],
+        }))
+        .unwrap();
+        s.on_backend(&BackendMessage::Authentication(Authentication::Ok))
+            .unwrap();
+        s.on_backend(&BackendMessage::BackendKeyData {
+            process_id: 7,
+            secret_key: b("abcd"),
+        })
+        .unwrap();
+        s.on_backend(&BackendMessage::ReadyForQuery(TransactionStatus::Idle))
+            .unwrap();
+        assert_eq!(s.phase(), Phase::Ready);
+        s
+    }
+
+    fn rd(types: &[u32]) -> RowDescription {
+        RowDescription::new(
+            types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| FieldDescription {
+                    name: b(&format!("c{i}")),
+                    table_oid: 99,
+                    column_id: i16::try_from(i + 1).unwrap(),
+                    type_oid: *t,
+                    type_size: -1,
+                    type_modifier: -1,
+                    format: 0,
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn row() -> BackendMessage {
+        BackendMessage::DataRow(DataRow::new([Some(&b"1"[..])]).unwrap())
+    }
+
+    fn err() -> BackendMessage {
+        BackendMessage::ErrorResponse(ErrorFields::new("ERROR", "22012", "division by zero"))
+    }
+
+    fn parse(name: &str) -> FrontendMessage {
+        FrontendMessage::Parse(Parse {
+            name: b(name),
+            query: b("SELECT 1"),
+            param_types: vec![],
+        })
+    }
+
+    fn bind(portal: &str, stmt: &str, formats: Vec<i16>) -> FrontendMessage {
+        FrontendMessage::Bind(Bind {
+            portal: b(portal),
+            statement: b(stmt),
+            param_formats: vec![],
+            params: vec![],
+            result_formats: formats,
+        })
+    }
+
+    fn execute(portal: &str, max_rows: i32) -> FrontendMessage {
+        FrontendMessage::Execute {
+            portal: b(portal),
+            max_rows,
+        }
+    }
+
+    fn feed_front(s: &mut Session, msgs: &[FrontendMessage]) {
+        for m in msgs {
+            s.on_frontend(m).unwrap();
+        }
+    }
+
+    fn feed_back(s: &mut Session, msgs: &[BackendMessage]) {
+        for m in msgs {
+            s.on_backend(m).unwrap();
+        }
+    }
+
+    #[test]
+    fn simple_query_with_two_result_sets() {
+        let mut s = ready();
+        assert_eq!(s.backend_key().unwrap().process_id, 7);
+        s.on_frontend(&FrontendMessage::Query(b("SELECT 1; SELECT 1, 2")))
+            .unwrap();
+        s.on_backend(&BackendMessage::RowDescription(rd(&[23])))
+            .unwrap();
+        s.on_backend(&row()).unwrap();
+        assert_eq!(s.row_description().unwrap().len(), 1);
+        s.on_backend(&BackendMessage::CommandComplete(b("SELECT 1")))
+            .unwrap();
+        assert!(s.row_description().is_none());
+        s.on_backend(&BackendMessage::RowDescription(rd(&[23, 25])))
+            .unwrap();
+        assert_eq!(s.row_description().unwrap().len(), 2);
+        feed_back(&mut s, &[BackendMessage::CommandComplete(b("SELECT 0"))]);
+        s.on_backend(&BackendMessage::ReadyForQuery(
+            TransactionStatus::InTransaction,
+        ))
+        .unwrap();
+        assert_eq!(s.transaction_status(), TransactionStatus::InTransaction);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn described_statement_gives_rows_their_bind_formats() {
+        let mut s = ready();
+        feed_front(
+            &mut s,
+            &[
+                parse("s1"),
+                FrontendMessage::Describe {
+                    kind: ObjectType::Statement,
+                    name: b("s1"),
+                },
+                bind("", "s1", vec![1]),
+                execute("", 0),
+                FrontendMessage::Sync,
+            ],
+        );
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::ParseComplete,
+                BackendMessage::ParameterDescription(vec![23]),
+                BackendMessage::RowDescription(rd(&[23, 25])),
+                BackendMessage::BindComplete,
+            ],
+        );
+        assert_eq!(s.statement(b"s1").unwrap().param_types, vec![23]);
+        s.on_backend(&row()).unwrap();
+        let d = s.row_description().unwrap();
+        assert!(d.fields().iter().all(|f| f.format == 1));
+        assert_eq!(d.fields()[1].type_oid, 25);
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::CommandComplete(b("SELECT 1")),
+                BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+            ],
+        );
+        assert!(s.is_idle());
+        // The portal ended with the transaction; the named statement lives on.
+        assert!(s.portal(b"").is_none());
+        assert!(s.statement(b"s1").is_some());
+    }
+
+    #[test]
+    fn error_discards_until_sync_exactly_as_the_server() {
+        let mut s = ready();
+        // Two pipelined batches; the first fails at Bind.
+        feed_front(
+            &mut s,
+            &[
+                parse("a"),
+                bind("", "a", vec![]),
+                execute("", 0),
+                FrontendMessage::Sync,
+                parse("b"),
+                bind("", "b", vec![]),
+                FrontendMessage::Describe {
+                    kind: ObjectType::Portal,
+                    name: b(""),
+                },
+                execute("", 0),
+                FrontendMessage::Sync,
+            ],
+        );
+        assert_eq!(s.in_flight(), 9);
+        feed_back(&mut s, &[BackendMessage::ParseComplete, err()]);
+        // Bind and Execute of the first batch are gone; its Sync remains.
+        assert_eq!(s.in_flight(), 6);
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+                BackendMessage::ParseComplete,
+                BackendMessage::BindComplete,
+                BackendMessage::RowDescription(rd(&[23])),
+                row(),
+            ],
+        );
+        assert_eq!(s.row_description().unwrap().fields()[0].type_oid, 23);
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::CommandComplete(b("SELECT 1")),
+                BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+            ],
+        );
+        assert!(s.is_idle());
+        assert!(s.statement(b"a").is_some() && s.statement(b"b").is_some());
+    }
+
+    #[test]
+    fn messages_sent_while_the_server_discards_are_not_expected() {
+        let mut s = ready();
+        feed_front(&mut s, &[parse("x"), FrontendMessage::Flush]);
+        s.on_backend(&err()).unwrap();
+        assert!(s.is_discarding());
+        // The client, not yet knowing, goes on; the server drops these until Sync.
+        feed_front(
+            &mut s,
+            &[bind("", "x", vec![]), execute("", 0), FrontendMessage::Sync],
+        );
+        assert!(!s.is_discarding());
+        assert_eq!(s.in_flight(), 1);
+        s.on_backend(&BackendMessage::ReadyForQuery(TransactionStatus::Idle))
+            .unwrap();
+        assert!(s.is_idle());
+        // An answer nobody asked for is a protocol violation.
+        assert!(s.on_backend(&BackendMessage::ParseComplete).is_err());
+        assert!(s.on_backend(&BackendMessage::BindComplete).is_err());
+        assert!(s.on_backend(&row()).is_err());
+    }
+
+    #[test]
+    fn portal_suspended_and_resumed() {
+        let mut s = ready();
+        feed_front(
+            &mut s,
+            &[
+                FrontendMessage::Query(b("BEGIN")),
+                parse(""),
+                FrontendMessage::Describe {
+                    kind: ObjectType::Statement,
+                    name: b(""),
+                },
+                bind("p", "", vec![]),
+                execute("p", 1),
+                FrontendMessage::Sync,
+            ],
+        );
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::CommandComplete(b("BEGIN")),
+                BackendMessage::ReadyForQuery(TransactionStatus::InTransaction),
+                BackendMessage::ParseComplete,
+                BackendMessage::ParameterDescription(vec![]),
+                BackendMessage::RowDescription(rd(&[20])),
+                BackendMessage::BindComplete,
+                row(),
+                BackendMessage::PortalSuspended,
+                BackendMessage::ReadyForQuery(TransactionStatus::InTransaction),
+            ],
+        );
+        assert!(
+            s.portal(b"p").is_some(),
+            "the portal survives inside the transaction"
+        );
+        feed_front(&mut s, &[execute("p", 1), FrontendMessage::Sync]);
+        s.on_backend(&row()).unwrap();
+        assert_eq!(s.row_description().unwrap().fields()[0].type_oid, 20);
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::CommandComplete(b("SELECT 1")),
+                BackendMessage::ReadyForQuery(TransactionStatus::InTransaction),
+            ],
+        );
+        feed_front(
+            &mut s,
+            &[
+                FrontendMessage::Close {
+                    kind: ObjectType::Portal,
+                    name: b("p"),
+                },
+                FrontendMessage::Sync,
+            ],
+        );
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::CloseComplete,
+                BackendMessage::ReadyForQuery(TransactionStatus::InTransaction),
+            ],
+        );
+        assert!(s.portal(b"p").is_none());
+    }
+
+    #[test]
+    fn copy_in_over_extended_protocol_ignores_the_early_sync() {
+        let mut s = ready();
+        feed_front(
+            &mut s,
+            &[
+                parse(""),
+                bind("", "", vec![]),
+                execute("", 0),
+                FrontendMessage::Sync,
+            ],
+        );
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::ParseComplete,
+                BackendMessage::BindComplete,
+                BackendMessage::CopyInResponse(CopyResponse {
+                    format: 0,
+                    column_formats: vec![0],
+                }),
+            ],
+        );
+        assert_eq!(s.copy_state(), CopyState::In);
+        // libpq sends another Sync after CopyDone in extended mode; the first was ignored.
+        feed_front(
+            &mut s,
+            &[
+                FrontendMessage::CopyData(b("1\n")),
+                FrontendMessage::CopyDone,
+                FrontendMessage::Sync,
+            ],
+        );
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::CommandComplete(b("COPY 1")),
+                BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+            ],
+        );
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn copy_out_and_async_messages_at_any_time() {
+        let mut s = ready();
+        s.on_frontend(&FrontendMessage::Query(b("COPY t TO STDOUT")))
+            .unwrap();
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::CopyOutResponse(CopyResponse {
+                    format: 0,
+                    column_formats: vec![0],
+                }),
+                BackendMessage::NoticeResponse(ErrorFields::new("NOTICE", "00000", "hi")),
+                BackendMessage::CopyData(b("1\n")),
+                BackendMessage::ParameterStatus {
+                    name: b("TimeZone"),
+                    value: b("UTC"),
+                },
+                BackendMessage::NotificationResponse {
+                    process_id: 1,
+                    channel: b("c"),
+                    payload: b("p"),
+                },
+                BackendMessage::CopyDone,
+                BackendMessage::CommandComplete(b("COPY 1")),
+                BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+            ],
+        );
+        assert_eq!(s.parameter("TimeZone").map(|v| &v[..]), Some(&b"UTC"[..]));
+        assert!(s.is_idle());
+        assert!(s.on_backend(&BackendMessage::CopyData(b("x"))).is_err());
+    }
+
+    #[test]
+    fn fatal_error_closes() {
+        let mut s = ready();
+        s.on_frontend(&FrontendMessage::Query(b("SELECT 1")))
+            .unwrap();
+        s.on_backend(&BackendMessage::ErrorResponse(ErrorFields::new(
+            "FATAL", "57P01", "bye",
+        )))
+        .unwrap();
+        assert_eq!(s.phase(), Phase::Closed);
+    }
+
+    #[test]
+    fn cancel_keys_map_and_check() {
+        let mut keys = CancelKeys::new();
+        let upstream = BackendKey {
+            process_id: 4242,
+            secret_key: b("k3y!"),
+        };
+        let ours = keys.issue(upstream.clone()).unwrap();
+        assert_ne!(ours.secret_key, upstream.secret_key);
+        assert_eq!(ours.secret_key.len(), 4);
+        let req = CancelRequest {
+            process_id: ours.process_id,
+            secret_key: ours.secret_key.clone(),
+        };
+        assert_eq!(keys.resolve(&req), Some(&upstream));
+        let forged = CancelRequest {
+            process_id: ours.process_id,
+            secret_key: b("xxxx"),
+        };
+        assert_eq!(keys.resolve(&forged), None);
+        // Protocol 3.2 keys keep their length.
+        let long = keys
+            .issue(BackendKey {
+                process_id: 1,
+                secret_key: Bytes::from(vec![9u8; 32]),
+            })
+            .unwrap();
+        assert_eq!(long.secret_key.len(), 32);
+        keys.remove(ours.process_id);
+        assert_eq!(keys.resolve(&req), None);
+        assert_eq!(keys.len(), 1);
     }
 }

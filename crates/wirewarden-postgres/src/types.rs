@@ -424,6 +424,24 @@ pub fn encode_replacement(
     dst: &mut BytesMut,
 ) -> Result<()> {
     let ty = Type::from_oid(type_oid).ok_or(Error::UnsupportedType { type_oid })?;
+    // Text-like values are written as they are, without building a `Value`: this runs
+    // once per masked cell.
+    match ty {
+        Type::Text | Type::Varchar | Type::Bpchar | Type::Json | Type::Jsonb => {
+            if replacement.contains('\0') {
+                return Err(invalid(ty, format, "contains NUL"));
+            }
+            if matches!(ty, Type::Json | Type::Jsonb) && !json_is_valid(replacement.as_bytes()) {
+                return Err(invalid(ty, format, "not valid JSON"));
+            }
+            if ty == Type::Jsonb && format == Format::Binary {
+                dst.put_u8(1);
+            }
+            dst.put_slice(replacement.as_bytes());
+            return Ok(());
+        }
+        _ => {}
+    }
     let v = Value::parse_text(ty, replacement)?;
     let start = dst.len();
     let r = v.encode(format, dst);

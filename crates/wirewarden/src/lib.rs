@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod error;
+mod pipeline;
+pub mod postgres;
+pub mod tls;
+
+pub use error::{Error, Result};
+pub use pipeline::{Decided, NoAuditSink, Pipeline, PipelineBuilder};
+pub use {
+    wirewarden_audit as audit, wirewarden_core as core, wirewarden_identity as identity,
+    wirewarden_mask as mask, wirewarden_policy as policy, wirewarden_review as review,
+};

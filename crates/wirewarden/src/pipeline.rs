@@ -1,0 +1,241 @@
+//! The pipeline: the parts every proxy session consults — who is asking (identity), may
+//! they (policy, grants, review), what may they see (masking), and what is recorded (audit).
+//!
+//! A [`Pipeline`] is built once and shared by every session (`Arc<Pipeline>`). The builder
+//! is type-state: [`PipelineBuilder::build`] exists only once an audit sink was given, so a
+//! pipeline that records nothing does not compile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wirewarden_audit::AuditSink;
+use wirewarden_core::{AuditEvent, BoxError, Command, Principal, Target, Timestamp};
+use wirewarden_identity::{AuthContext, Credential, IdentityProvider};
+use wirewarden_mask::{Engine as MaskEngine, Profile};
+use wirewarden_policy::{Evaluation, Grant, GrantStore, MemoryGrantStore, PolicyEngine, Request};
+use wirewarden_review::{MemoryReviewStore, Reviews};
+
+use crate::{Error, Result};
+
+/// Marks a [`PipelineBuilder`] that has no audit sink yet; it has no `build` method.
+#[derive(Debug, Clone, Copy)]
+pub struct NoAuditSink;
+
+/// Builds a [`Pipeline`]. Identity and policy are given up front; the audit sink must be
+/// given before [`build`](PipelineBuilder::build) becomes available.
+#[derive(Debug)]
+pub struct PipelineBuilder<A> {
+    identity: Arc<dyn IdentityProvider>,
+    policy: Arc<dyn PolicyEngine>,
+    grants: Option<Arc<dyn GrantStore>>,
+    reviews: Option<Reviews>,
+    masks: Option<Arc<MaskEngine>>,
+    max_review_wait: Duration,
+    audit: A,
+}
+
+impl<A> PipelineBuilder<A> {
+    /// The store of just-in-time grants (default: in memory).
+    #[must_use]
+    pub fn grants(mut self, grants: Arc<dyn GrantStore>) -> Self {
+        self.grants = Some(grants);
+        self
+    }
+
+    /// The review workflow (default: an in-memory store issuing into the grant store).
+    #[must_use]
+    pub fn reviews(mut self, reviews: Reviews) -> Self {
+        self.reviews = Some(reviews);
+        self
+    }
+
+    /// The mask profiles (default: one profile running every detector, redacting).
+    #[must_use]
+    pub fn masking(mut self, engine: Arc<MaskEngine>) -> Self {
+        self.masks = Some(engine);
+        self
+    }
+
+    /// The longest a held command waits for review, whatever a rule says (default 1 hour).
+    #[must_use]
+    pub fn max_review_wait(mut self, wait: Duration) -> Self {
+        self.max_review_wait = wait;
+        self
+    }
+
+    /// The audit sink. Required: without it there is no `build`.
+    pub fn audit(self, sink: Arc<dyn AuditSink>) -> PipelineBuilder<Arc<dyn AuditSink>> {
+        PipelineBuilder {
+            identity: self.identity,
+            policy: self.policy,
+            grants: self.grants,
+            reviews: self.reviews,
+            masks: self.masks,
+            max_review_wait: self.max_review_wait,
+            audit: sink,
+        }
+    }
+}
+
+impl PipelineBuilder<Arc<dyn AuditSink>> {
+    /// Builds the pipeline.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the default mask engine cannot be built.
+    pub fn build(self) -> Result<Pipeline> {
+        let grants = self
+            .grants
+            .unwrap_or_else(|| Arc::new(MemoryGrantStore::default()));
+        let reviews = self.reviews.unwrap_or_else(|| {
+            Reviews::new(Arc::new(MemoryReviewStore::default()), grants.clone())
+        });
+        let masks = match self.masks {
+            Some(m) => m,
+            None => Arc::new(
+                MaskEngine::builder()
+                    .build()
+                    .map_err(|e| Error::Config(e.to_string()))?,
+            ),
+        };
+        Ok(Pipeline {
+            identity: self.identity,
+            policy: self.policy,
+            grants,
+            reviews,
+            masks,
+            audit: self.audit,
+            max_review_wait: self.max_review_wait,
+        })
+    }
+}
+
+/// Identity, policy, grants, review, masking and audit, shared by every session.
+#[derive(Debug)]
+pub struct Pipeline {
+    identity: Arc<dyn IdentityProvider>,
+    policy: Arc<dyn PolicyEngine>,
+    grants: Arc<dyn GrantStore>,
+    reviews: Reviews,
+    masks: Arc<MaskEngine>,
+    audit: Arc<dyn AuditSink>,
+    max_review_wait: Duration,
+}
+
+/// A policy evaluation and the grants it saw.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// The evaluation.
+    pub evaluation: Evaluation,
+    /// The active grants of the principal on the target at decision time.
+    pub grants: Vec<Grant>,
+}
+
+impl Pipeline {
+    /// A builder with the two parts no pipeline can do without.
+    pub fn builder(
+        identity: Arc<dyn IdentityProvider>,
+        policy: Arc<dyn PolicyEngine>,
+    ) -> PipelineBuilder<NoAuditSink> {
+        PipelineBuilder {
+            identity,
+            policy,
+            grants: None,
+            reviews: None,
+            masks: None,
+            max_review_wait: Duration::from_secs(3600),
+            audit: NoAuditSink,
+        }
+    }
+
+    /// Verifies a credential. Never returns a principal for a credential that does not
+    /// prove one.
+    ///
+    /// # Errors
+    /// The identity provider's error.
+    pub async fn authenticate(
+        &self,
+        credential: &Credential,
+        context: &AuthContext,
+    ) -> std::result::Result<Principal, BoxError> {
+        self.identity.authenticate(credential, context).await
+    }
+
+    /// Decides on `command` for `principal` at `now`, taking the principal's active grants
+    /// into account. A grant store that cannot be read counts as no grants (grants only
+    /// widen what rules allow, so failing to read them fails closed).
+    pub async fn decide(
+        &self,
+        principal: &Principal,
+        target: &Target,
+        command: &Command,
+        now: Timestamp,
+    ) -> Decided {
+        let grants = self
+            .grants
+            .active(&principal.subject, &target.name, now)
+            .await
+            .unwrap_or_default();
+        let request = Request::new(principal, target, command, now).with_grants(&grants);
+        let evaluation = self.policy.evaluate(&request);
+        Decided { evaluation, grants }
+    }
+
+    /// Records an event. In durable mode, `Ok` means it is on disk.
+    ///
+    /// # Errors
+    /// [`Error::Audit`]: the caller must refuse whatever the event was recording the intent
+    /// of.
+    pub async fn record(&self, event: &AuditEvent) -> Result<()> {
+        self.audit
+            .append(event)
+            .await
+            .map(|_| ())
+            .map_err(Error::Audit)
+    }
+
+    /// The audit sink.
+    #[must_use]
+    pub fn audit_sink(&self) -> &Arc<dyn AuditSink> {
+        &self.audit
+    }
+
+    /// The mask profile for a session of `principal` on `target`, or the one a decision
+    /// named.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if a decision names a profile that does not exist: the caller must
+    /// refuse rather than send values unmasked.
+    pub fn mask_profile(
+        &self,
+        target: &Target,
+        principal: &Principal,
+        named: Option<&str>,
+    ) -> Result<Arc<Profile>> {
+        match named {
+            Some(name) => self
+                .masks
+                .profile(name)
+                .cloned()
+                .map_err(|e| Error::Config(e.to_string())),
+            None => Ok(self.masks.select(target, principal).clone()),
+        }
+    }
+
+    /// The review workflow.
+    #[must_use]
+    pub fn reviews(&self) -> &Reviews {
+        &self.reviews
+    }
+
+    /// The grant store.
+    #[must_use]
+    pub fn grants(&self) -> &Arc<dyn GrantStore> {
+        &self.grants
+    }
+
+    /// The longest any command is held for review.
+    #[must_use]
+    pub fn max_review_wait(&self) -> Duration {
+        self.max_review_wait
+    }
+}

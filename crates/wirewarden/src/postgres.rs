@@ -1,0 +1,1682 @@
+//! The PostgreSQL proxy: an embedder accepts a connection and hands the stream to
+//! [`PostgresProxy::serve`]; from then on every statement is tied to the client's identity,
+//! decided by policy, masked on the way back, and recorded.
+//!
+//! # A session
+//!
+//! 1. **Startup.** `SSLRequest` is answered `S` and TLS is terminated with rustls when the
+//!    target has a certificate (bytes sent in plaintext after the request are refused), `N`
+//!    otherwise; `GSSENCRequest` is answered `N`; a `CancelRequest` is resolved through the
+//!    gateway-issued key map; replication startups are refused.
+//! 2. **Client authentication.** A user with a SCRAM verifier configured logs in with
+//!    SCRAM-SHA-256 (or `-PLUS` over TLS) against the verifier; anyone else sends a token or
+//!    JWT as the password, which is only accepted over TLS unless the target explicitly
+//!    allows plaintext, and is verified by the pipeline's identity provider.
+//! 3. **Upstream login** with the credential only the gateway holds.
+//! 4. **Relay.** Each simple `Query` and each extended-protocol `Parse` is classified and
+//!    decided. A denied statement is replaced, on the way upstream, by a statement that
+//!    cannot parse; the upstream then fails it, discards until `Sync` and reports its
+//!    transaction state exactly as it would for any failed statement, and the gateway
+//!    rewrites the error into the denial. The session stays usable and the client's view of
+//!    the transaction never diverges from the server's.
+
+mod catalog;
+mod outbound;
+mod upstream;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Mutex;
+use wirewarden_core::{
+    AuditEvent, AuditEventKind, AuthMethod, Command, CommandId, Decision, Direction, MaskedCounts,
+    Principal, SessionEndReason, SessionId, Target, Timestamp,
+};
+use wirewarden_identity::{AuthContext as IdentityContext, Credential};
+use wirewarden_mask::Profile;
+use wirewarden_postgres::auth::{CleartextServer, ScramServer, ScramVerifier};
+use wirewarden_postgres::{
+    Authentication, BackendKey, BackendMessage, CancelKeys, ErrorFields, Frame, FrontendDecoder,
+    FrontendMessage, Limits, RowRewriter, Session,
+};
+use wirewarden_sql::Classifier;
+
+use self::catalog::Catalog;
+use self::outbound::{ColumnPlan, Unmaskable};
+use self::upstream::BoxIo;
+use crate::{Error, Pipeline, Result};
+
+/// How the gateway reaches and logs in to the upstream server.
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// `host:port`.
+    pub addr: String,
+    /// The role the gateway logs in as.
+    pub user: String,
+    /// Its password (used for SCRAM-SHA-256; never sent to or seen by clients).
+    pub password: Secret,
+    /// The database.
+    pub database: String,
+    /// TLS to the upstream, if wanted.
+    pub tls: Option<UpstreamTls>,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS settings for the upstream connection.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// The rustls client configuration (trusted roots).
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name the server certificate must carry.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+/// A secret string that never appears in `Debug` output.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    #[must_use]
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// A client that logs in with SCRAM against a verifier the gateway holds.
+#[derive(Debug, Clone)]
+pub struct ScramUser {
+    /// The stored verifier (`SCRAM-SHA-256$…`); no plaintext password at rest.
+    pub verifier: ScramVerifier,
+    /// The principal's subject (defaults to the user name when empty).
+    pub subject: String,
+    /// Its groups.
+    pub groups: Vec<String>,
+}
+
+/// TLS towards clients: the rustls configuration and the `tls-server-end-point` channel
+/// binding data of its certificate (for SCRAM-SHA-256-PLUS).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The rustls server configuration.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The hash of the leaf certificate, as SCRAM channel binding uses it.
+    pub channel_binding: Option<Vec<u8>>,
+}
+
+impl ServerTls {
+    /// TLS with this certificate chain (leaf first) and key.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] if the key does not match the certificate or the chain is empty.
+    pub fn new(
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<Self> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Error::Tls("empty certificate chain".into()))?;
+        let channel_binding = wirewarden_postgres::auth::tls_server_end_point(leaf.as_ref()).ok();
+        let config = crate::tls::server_config(chain, key)?;
+        Ok(Self {
+            config,
+            channel_binding,
+        })
+    }
+}
+
+/// One PostgreSQL target of the gateway.
+#[derive(Debug, Clone)]
+pub struct PostgresTarget {
+    /// The target as policy and audit name it.
+    pub target: Target,
+    /// The upstream.
+    pub upstream: UpstreamConfig,
+    /// The certificate clients see; `None` answers `N` to SSLRequest.
+    pub tls: Option<ServerTls>,
+    /// Refuse clients that do not use TLS (default when `tls` is set).
+    pub require_tls: bool,
+    /// Accept a token as a cleartext password without TLS. Only for loopback tests.
+    pub allow_plaintext_password: bool,
+    /// Users that log in with SCRAM against a stored verifier, by user name.
+    pub scram_users: std::collections::BTreeMap<String, ScramUser>,
+    /// Decoder limits for both directions.
+    pub limits: Limits,
+    /// Cap on how much of each response the session recording keeps, in bytes.
+    pub record_limit: usize,
+}
+
+impl PostgresTarget {
+    /// A target with default limits and no TLS.
+    #[must_use]
+    pub fn new(target: Target, upstream: UpstreamConfig) -> Self {
+        Self {
+            target,
+            upstream,
+            tls: None,
+            require_tls: false,
+            allow_plaintext_password: false,
+            scram_users: Default::default(),
+            limits: Limits::default(),
+            record_limit: 16 * 1024,
+        }
+    }
+}
+
+/// Serves PostgreSQL clients for one target.
+#[derive(Debug, Clone)]
+pub struct PostgresProxy {
+    pipeline: Arc<Pipeline>,
+    config: Arc<PostgresTarget>,
+    cancel: Arc<StdMutex<CancelKeys>>,
+    catalog: Arc<Catalog>,
+}
+
+// === startup ===
+
+/// What the startup phase produced.
+struct Started {
+    client: BoxIo,
+    buf: BytesMut,
+    decoder: FrontendDecoder,
+    startup: wirewarden_postgres::StartupMessage,
+    tls: bool,
+    tls_binding: Option<Vec<u8>>,
+}
+
+enum StartupOutcome {
+    Session(Box<Started>),
+    Cancelled,
+}
+
+fn fatal(code: &str, message: impl Into<String>) -> BackendMessage {
+    BackendMessage::ErrorResponse(ErrorFields::new("FATAL", code, message))
+}
+
+async fn send(io: &mut (impl AsyncWrite + Unpin), msgs: &[BackendMessage]) -> Result<()> {
+    let mut out = BytesMut::new();
+    for m in msgs {
+        m.encode(&mut out)?;
+    }
+    io.write_all(&out).await.map_err(Error::client_io)?;
+    io.flush().await.map_err(Error::client_io)
+}
+
+async fn read_frontend(
+    io: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    decoder: &mut FrontendDecoder,
+) -> Result<Option<(Frame, FrontendMessage)>> {
+    loop {
+        if let Some(x) = decoder.decode(buf)? {
+            return Ok(Some(x));
+        }
+        buf.reserve(16 * 1024);
+        if io.read_buf(buf).await.map_err(Error::client_io)? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Startup parameters passed on to the upstream; everything else (`options`, `role`,
+/// `replication`, …) is dropped so a client cannot change how the gateway's role runs.
+const FORWARDED_PARAMETERS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+];
+
+impl PostgresProxy {
+    /// A proxy for `config`, deciding through `pipeline`.
+    #[must_use]
+    pub fn new(pipeline: Arc<Pipeline>, config: PostgresTarget) -> Self {
+        let catalog = Arc::new(Catalog::new(config.upstream.clone(), config.limits));
+        Self {
+            pipeline,
+            config: Arc::new(config),
+            cancel: Default::default(),
+            catalog,
+        }
+    }
+
+    /// The target this proxy serves.
+    #[must_use]
+    pub fn target(&self) -> &Target {
+        &self.config.target
+    }
+
+    /// Accepts connections from `listener` until it fails, serving each on its own task.
+    ///
+    /// # Errors
+    /// When accepting fails.
+    pub async fn listen(self, listener: tokio::net::TcpListener) -> Result<()> {
+        loop {
+            let (stream, peer) = listener.accept().await.map_err(Error::client_io)?;
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                let _ = proxy.serve(stream, Some(peer)).await;
+            });
+        }
+    }
+
+    /// Serves one client connection to completion.
+    ///
+    /// # Errors
+    /// Protocol, I/O, authentication and audit failures; the client has been sent a
+    /// protocol-native error where the protocol allowed one.
+    pub async fn serve<S>(&self, stream: S, peer: Option<SocketAddr>) -> Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let started = match self.startup(Box::new(stream)).await? {
+            StartupOutcome::Cancelled => return Ok(()),
+            StartupOutcome::Session(s) => *s,
+        };
+        self.session(started, peer).await
+    }
+
+    async fn startup(&self, mut client: BoxIo) -> Result<StartupOutcome> {
+        let limits = self.config.limits;
+        let mut decoder = FrontendDecoder::new(limits);
+        let mut buf = BytesMut::with_capacity(8192);
+        let mut tls = false;
+        let mut tls_binding = None;
+        loop {
+            let Some((_, msg)) = read_frontend(&mut client, &mut buf, &mut decoder).await? else {
+                return Err(Error::Closed("client"));
+            };
+            match msg {
+                FrontendMessage::SslRequest if !tls => {
+                    let Some(config) = self.config.tls.as_ref().map(|t| t.config.clone()) else {
+                        client.write_all(b"N").await.map_err(Error::client_io)?;
+                        continue;
+                    };
+                    if !buf.is_empty() {
+                        // Bytes pipelined after SSLRequest would be read as if they had come
+                        // over TLS (CVE-2021-23214): refuse them.
+                        return Err(Error::Tls("client sent plaintext after SSLRequest".into()));
+                    }
+                    client.write_all(b"S").await.map_err(Error::client_io)?;
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    let stream = acceptor
+                        .accept(client)
+                        .await
+                        .map_err(|e| Error::Tls(e.to_string()))?;
+                    tls_binding = self
+                        .config
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.channel_binding.clone());
+                    client = Box::new(stream);
+                    tls = true;
+                    decoder = FrontendDecoder::new(limits);
+                }
+                FrontendMessage::GssEncRequest => {
+                    client.write_all(b"N").await.map_err(Error::client_io)?;
+                }
+                FrontendMessage::CancelRequest(req) => {
+                    let upstream = self
+                        .cancel
+                        .lock()
+                        .ok()
+                        .and_then(|k| k.resolve(&req).cloned());
+                    if let Some(key) = upstream {
+                        let _ = upstream::cancel(
+                            &self.config.upstream,
+                            &limits,
+                            key.process_id,
+                            key.secret_key,
+                        )
+                        .await;
+                    }
+                    return Ok(StartupOutcome::Cancelled);
+                }
+                FrontendMessage::Startup(startup) => {
+                    if startup
+                        .parameter("replication")
+                        .is_some_and(|v| v.as_ref() != b"false" && v.as_ref() != b"0")
+                    {
+                        send(
+                            &mut client,
+                            &[fatal(
+                                "0A000",
+                                "replication connections are not allowed through wirewarden",
+                            )],
+                        )
+                        .await?;
+                        return Err(Error::Authentication("replication startup refused".into()));
+                    }
+                    if self.config.require_tls && !tls {
+                        send(
+                            &mut client,
+                            &[fatal("28000", "wirewarden requires TLS (sslmode=require)")],
+                        )
+                        .await?;
+                        return Err(Error::Authentication("client did not use TLS".into()));
+                    }
+                    if let Some(enc) = startup.parameter("client_encoding")
+                        && !matches!(
+                            enc.to_ascii_uppercase().as_slice(),
+                            b"UTF8" | b"UTF-8" | b"UNICODE"
+                        )
+                    {
+                        send(
+                            &mut client,
+                            &[fatal("22023", "wirewarden requires client_encoding UTF8")],
+                        )
+                        .await?;
+                        return Err(Error::Authentication("non-UTF8 client encoding".into()));
+                    }
+                    return Ok(StartupOutcome::Session(Box::new(Started {
+                        client,
+                        buf,
+                        decoder,
+                        startup,
+                        tls,
+                        tls_binding,
+                    })));
+                }
+                _ => {
+                    send(&mut client, &[fatal("08P01", "expected a startup message")]).await?;
+                    return Err(Error::Closed("client"));
+                }
+            }
+        }
+    }
+
+    /// Authenticates the client; on failure it has been told and the attempt audited.
+    async fn authenticate(&self, s: &mut Started, peer: Option<SocketAddr>) -> Result<Principal> {
+        let user = s.startup.user().unwrap_or_default().to_owned();
+        let fail = |reason: String, method: &str| {
+            AuditEvent::new(
+                None,
+                AuditEventKind::AuthenticationFailed {
+                    target: self.config.target.clone(),
+                    client_addr: peer.map(|p| p.to_string()),
+                    user: Some(user.clone()),
+                    method: method.to_owned(),
+                    reason,
+                },
+            )
+        };
+        if let Some(scram) = self.config.scram_users.get(&user) {
+            let mut server = ScramServer::new(scram.verifier.clone(), s.tls_binding.clone());
+            send(&mut s.client, &[server.start()]).await?;
+            s.decoder.set_auth_context(server.auth_context());
+            loop {
+                let Some((_, msg)) =
+                    read_frontend(&mut s.client, &mut s.buf, &mut s.decoder).await?
+                else {
+                    return Err(Error::Closed("client"));
+                };
+                match server.on_response(&msg) {
+                    Ok(reply) => {
+                        s.decoder.set_auth_context(server.auth_context());
+                        if server.is_authenticated() {
+                            send(&mut s.client, &[reply]).await?;
+                            let subject = if scram.subject.is_empty() {
+                                user.clone()
+                            } else {
+                                scram.subject.clone()
+                            };
+                            let mut p = Principal::new(
+                                subject,
+                                AuthMethod::Scram {
+                                    mechanism: "SCRAM-SHA-256".into(),
+                                },
+                            )
+                            .map_err(|e| Error::Authentication(e.to_string()))?;
+                            for g in &scram.groups {
+                                p = p.with_group(g.clone());
+                            }
+                            return Ok(p);
+                        }
+                        send(&mut s.client, &[reply]).await?;
+                    }
+                    Err(e) => {
+                        let _ = self.pipeline.record(&fail(e.to_string(), "scram")).await;
+                        send(
+                            &mut s.client,
+                            &[fatal(
+                                "28P01",
+                                format!("password authentication failed for user \"{user}\""),
+                            )],
+                        )
+                        .await?;
+                        return Err(Error::Authentication(e.to_string()));
+                    }
+                }
+            }
+        }
+        if !s.tls && !self.config.allow_plaintext_password {
+            let _ = self
+                .pipeline
+                .record(&fail("token sent without TLS".into(), "token"))
+                .await;
+            send(
+                &mut s.client,
+                &[fatal(
+                    "28000",
+                    "wirewarden accepts tokens only over TLS (sslmode=require)",
+                )],
+            )
+            .await?;
+            return Err(Error::Authentication("token without TLS".into()));
+        }
+        let mut server = CleartextServer::new();
+        send(&mut s.client, &[server.start()]).await?;
+        s.decoder.set_auth_context(server.auth_context());
+        let Some((_, msg)) = read_frontend(&mut s.client, &mut s.buf, &mut s.decoder).await? else {
+            return Err(Error::Closed("client"));
+        };
+        let password = server.on_response(&msg)?;
+        let password = String::from_utf8(password.to_vec())
+            .map_err(|_| Error::Authentication("password is not UTF-8".into()))?;
+        let credential = Credential::password(Some(&user), password);
+        let mut ctx = IdentityContext::new().with_target(self.config.target.name.clone());
+        if let Some(p) = peer {
+            ctx = ctx.with_client_addr(p);
+        }
+        match self.pipeline.authenticate(&credential, &ctx).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let reason = e.to_string();
+                let _ = self.pipeline.record(&fail(reason.clone(), "token")).await;
+                send(
+                    &mut s.client,
+                    &[fatal(
+                        "28P01",
+                        format!("password authentication failed for user \"{user}\""),
+                    )],
+                )
+                .await?;
+                Err(Error::Authentication(reason))
+            }
+        }
+    }
+
+    async fn session(&self, mut s: Started, peer: Option<SocketAddr>) -> Result<()> {
+        let principal = self.authenticate(&mut s, peer).await?;
+        let target = self.config.target.clone();
+        let extra: Vec<(Bytes, Bytes)> = s
+            .startup
+            .parameters
+            .iter()
+            .filter(|(k, _)| {
+                FORWARDED_PARAMETERS
+                    .iter()
+                    .any(|p| p.as_bytes() == k.as_ref())
+            })
+            .cloned()
+            .collect();
+        let application = s
+            .startup
+            .parameter("application_name")
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        if let Some(db) = s.startup.database()
+            && !db.is_empty()
+            && db != self.config.upstream.database
+            && target.database.as_deref().is_none_or(|t| t != db)
+            && db != s.startup.user().unwrap_or_default()
+        {
+            send(
+                &mut s.client,
+                &[fatal(
+                    "3D000",
+                    format!("database \"{db}\" is not served by this target"),
+                )],
+            )
+            .await?;
+            return Err(Error::Config(format!("unknown database {db}")));
+        }
+        let up = match upstream::connect(&self.config.upstream, &self.config.limits, &extra).await {
+            Ok(up) => up,
+            Err(e) => {
+                send(
+                    &mut s.client,
+                    &[fatal(
+                        "08006",
+                        "wirewarden could not reach the upstream server",
+                    )],
+                )
+                .await?;
+                return Err(e);
+            }
+        };
+        let profile = match self.pipeline.mask_profile(&target, &principal, None) {
+            Ok(p) => p,
+            Err(e) => {
+                send(
+                    &mut s.client,
+                    &[fatal("XX000", "wirewarden mask profile unavailable")],
+                )
+                .await?;
+                return Err(e);
+            }
+        };
+        let session_id = SessionId::new();
+        let started_event = AuditEvent::new(
+            Some(session_id),
+            AuditEventKind::SessionStarted {
+                principal: principal.clone(),
+                target: target.clone(),
+                client_addr: peer.map(|p| p.to_string()),
+                application,
+                tls: s.tls,
+            },
+        );
+        if let Err(e) = self.pipeline.record(&started_event).await {
+            send(
+                &mut s.client,
+                &[fatal("58000", "wirewarden audit trail unavailable")],
+            )
+            .await?;
+            return Err(e);
+        }
+
+        // Finish the client's login: AuthenticationOk, the upstream's (masked) parameters,
+        // a gateway-issued cancel key, ReadyForQuery.
+        let mut hello = vec![BackendMessage::Authentication(Authentication::Ok)];
+        let mut counts = MaskedCounts::new();
+        for (name, value) in &up.parameters {
+            let value = match outbound::mask_bytes_as_text(&profile, value, &mut counts) {
+                Ok(Some(m)) => Bytes::from(m),
+                Ok(None) => value.clone(),
+                Err(_) => Bytes::new(),
+            };
+            hello.push(BackendMessage::ParameterStatus {
+                name: name.clone(),
+                value,
+            });
+        }
+        let mut issued = None;
+        if let Some((pid, secret)) = up.key.clone()
+            && let Ok(mut keys) = self.cancel.lock()
+            && let Ok(key) = keys.issue(BackendKey {
+                process_id: pid,
+                secret_key: secret,
+            })
+        {
+            hello.push(key.to_message());
+            issued = Some(key.process_id);
+        }
+        hello.push(BackendMessage::ReadyForQuery(up.status));
+        send(&mut s.client, &hello).await?;
+
+        // The tracker mirrors the upstream connection: it has seen the login complete.
+        let mut tracker = Session::new();
+        tracker.on_frontend(&FrontendMessage::Startup(s.startup.clone()))?;
+        tracker.on_backend(&BackendMessage::Authentication(Authentication::Ok))?;
+        tracker.on_backend(&BackendMessage::ReadyForQuery(up.status))?;
+        let shared = Arc::new(Shared {
+            session: StdMutex::new(tracker),
+            queue: StdMutex::new(VecDeque::new()),
+            token: poison_token(),
+            commands: AtomicU64::new(0),
+        });
+        let relay = Relay {
+            proxy: self.clone(),
+            principal: Arc::new(principal),
+            target,
+            session_id,
+            profile,
+            shared,
+            started: Instant::now(),
+        };
+        let outcome = relay.run(s.client, s.buf, s.decoder, up).await;
+        if let (Some(pid), Ok(mut keys)) = (issued, self.cancel.lock()) {
+            keys.remove(pid);
+        }
+        outcome
+    }
+}
+
+/// A random token that marks the statement a denial is replaced with.
+fn poison_token() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+// === relay ===
+
+/// What is pending upstream, in the order the responses will come.
+#[derive(Debug)]
+enum Item {
+    /// A forwarded command; completed at its CommandComplete (Execute) or at the
+    /// ReadyForQuery (simple query).
+    Command(Pending),
+    /// A denied statement, replaced by one that fails to parse.
+    Refused { message: String, code: &'static str },
+    /// A Sync or simple Query: the next ReadyForQuery closes everything before it.
+    Boundary,
+}
+
+#[derive(Debug)]
+struct Pending {
+    id: CommandId,
+    simple: bool,
+    profile: Arc<Profile>,
+    started: Instant,
+    rows: u64,
+    bytes: u64,
+    masked: MaskedCounts,
+    error: Option<String>,
+    recording: String,
+    recording_truncated: bool,
+    withheld: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    session: StdMutex<Session>,
+    queue: StdMutex<VecDeque<Item>>,
+    token: String,
+    commands: AtomicU64,
+}
+
+struct Relay {
+    proxy: PostgresProxy,
+    principal: Arc<Principal>,
+    target: Target,
+    session_id: SessionId,
+    profile: Arc<Profile>,
+    shared: Arc<Shared>,
+    started: Instant,
+}
+
+type ClientWriter = Arc<Mutex<WriteHalf<BoxIo>>>;
+
+/// The decision for one statement, after review if there was one.
+enum Verdict {
+    Forward(Arc<Profile>, CommandId),
+    Refuse { message: String, code: &'static str },
+}
+
+impl Relay {
+    async fn run(
+        self,
+        client: BoxIo,
+        buf: BytesMut,
+        decoder: FrontendDecoder,
+        up: upstream::Upstream,
+    ) -> Result<()> {
+        let (client_r, client_w) = tokio::io::split(client);
+        let (up_r, up_w) = tokio::io::split(up.io);
+        let client_w: ClientWriter = Arc::new(Mutex::new(client_w));
+        let relay = Arc::new(self);
+        let down = {
+            let relay = relay.clone();
+            let client_w = client_w.clone();
+            tokio::spawn(async move { relay.downstream(up_r, up.buf, up.decoder, client_w).await })
+        };
+        let commands = relay
+            .clone()
+            .upstream_loop(client_r, buf, decoder, up_w, client_w)
+            .await;
+        let reason = match &commands {
+            Ok(()) => SessionEndReason::ClientClosed,
+            Err(e) => SessionEndReason::Error {
+                message: e.to_string(),
+            },
+        };
+        // Let the responses to what was sent drain before closing, then stop reading.
+        let abort = down.abort_handle();
+        let down = tokio::time::timeout(Duration::from_secs(5), down).await;
+        abort.abort();
+        let reason = match (&commands, down) {
+            (Ok(()), Ok(Ok(Err(Error::Closed("upstream"))))) => SessionEndReason::ClientClosed,
+            (Ok(()), Ok(Ok(Err(e)))) => SessionEndReason::Error {
+                message: e.to_string(),
+            },
+            _ => reason,
+        };
+        let end = AuditEvent::new(
+            Some(relay.session_id),
+            AuditEventKind::SessionEnded {
+                reason,
+                commands: relay.shared.commands.load(Ordering::Relaxed),
+                duration_us: u64::try_from(relay.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            },
+        );
+        let _ = relay.proxy.pipeline.record(&end).await;
+        let _ = relay.proxy.pipeline.audit_sink().flush().await;
+        commands
+    }
+}
+
+impl Relay {
+    fn poison_sql(&self) -> Bytes {
+        // An identifier alone is a syntax error (42601) in every context, so the upstream
+        // fails the statement without running anything.
+        Bytes::from(format!("wirewarden_refused_{}", self.shared.token))
+    }
+
+    fn push(&self, items: impl IntoIterator<Item = Item>) {
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.extend(items);
+        }
+    }
+
+    fn track_frontend(&self, msg: &FrontendMessage) -> Result<()> {
+        match self.shared.session.lock() {
+            Ok(mut s) => s.on_frontend(msg).map_err(Error::from),
+            Err(_) => Err(Error::Config("session state poisoned".into())),
+        }
+    }
+
+    fn pending(&self, id: CommandId, simple: bool, profile: Arc<Profile>) -> Item {
+        Item::Command(Pending {
+            id,
+            simple,
+            profile,
+            started: Instant::now(),
+            rows: 0,
+            bytes: 0,
+            masked: MaskedCounts::new(),
+            error: None,
+            recording: String::new(),
+            recording_truncated: false,
+            withheld: false,
+        })
+    }
+
+    /// Client → upstream: decide on every statement, forward what is allowed.
+    async fn upstream_loop(
+        self: Arc<Self>,
+        mut client: ReadHalf<BoxIo>,
+        mut buf: BytesMut,
+        mut decoder: FrontendDecoder,
+        mut up: WriteHalf<BoxIo>,
+        client_w: ClientWriter,
+    ) -> Result<()> {
+        let mut classifier = Classifier::new();
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        // Prepared statement → (profile, command id); portal → statement.
+        let mut statements: std::collections::HashMap<Bytes, (Arc<Profile>, CommandId)> =
+            Default::default();
+        let mut portals: std::collections::HashMap<Bytes, Bytes> = Default::default();
+        loop {
+            let (frame, msg) = match decoder.decode(&mut buf) {
+                Ok(Some(x)) => x,
+                Ok(None) => {
+                    if !out.is_empty() {
+                        up.write_all(&out).await.map_err(Error::upstream_io)?;
+                        out.clear();
+                    }
+                    buf.reserve(64 * 1024);
+                    if client.read_buf(&mut buf).await.map_err(Error::client_io)? == 0 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    let event = AuditEvent::new(
+                        Some(self.session_id),
+                        AuditEventKind::ProtocolError {
+                            direction: Direction::FromClient,
+                            error: e.to_string(),
+                        },
+                    );
+                    let _ = self.proxy.pipeline.record(&event).await;
+                    let reply = e.to_error_response();
+                    let mut w = client_w.lock().await;
+                    let _ = send(&mut *w, &[reply]).await;
+                    return Err(e.into());
+                }
+            };
+            match &msg {
+                FrontendMessage::Query(sql) => {
+                    // Earlier pipelined messages go first: a decision may wait.
+                    if !out.is_empty() {
+                        up.write_all(&out).await.map_err(Error::upstream_io)?;
+                        out.clear();
+                    }
+                    match self.decide(&mut classifier, sql, &client_w).await {
+                        Verdict::Forward(profile, id) => {
+                            self.push([self.pending(id, true, profile), Item::Boundary]);
+                            self.track_frontend(&msg)?;
+                            out.extend_from_slice(frame.as_bytes());
+                        }
+                        Verdict::Refuse { message, code } => {
+                            self.push([Item::Refused { message, code }, Item::Boundary]);
+                            let q = FrontendMessage::Query(self.poison_sql());
+                            self.track_frontend(&q)?;
+                            q.encode(&mut out)?;
+                        }
+                    }
+                }
+                FrontendMessage::Parse(p) => {
+                    if !out.is_empty() {
+                        up.write_all(&out).await.map_err(Error::upstream_io)?;
+                        out.clear();
+                    }
+                    match self.decide(&mut classifier, &p.query, &client_w).await {
+                        Verdict::Forward(profile, id) => {
+                            statements.insert(p.name.clone(), (profile, id));
+                            self.track_frontend(&msg)?;
+                            out.extend_from_slice(frame.as_bytes());
+                        }
+                        Verdict::Refuse { message, code } => {
+                            statements.remove(&p.name);
+                            self.push([Item::Refused { message, code }]);
+                            let mut poisoned = p.clone();
+                            poisoned.query = self.poison_sql();
+                            poisoned.param_types.clear();
+                            let m = FrontendMessage::Parse(poisoned);
+                            self.track_frontend(&m)?;
+                            m.encode(&mut out)?;
+                        }
+                    }
+                }
+                FrontendMessage::Bind(b) => {
+                    portals.insert(b.portal.clone(), b.statement.clone());
+                    self.track_frontend(&msg)?;
+                    out.extend_from_slice(frame.as_bytes());
+                }
+                FrontendMessage::Execute { portal, .. } => {
+                    let (profile, id) = portals
+                        .get(portal)
+                        .and_then(|s| statements.get(s))
+                        .cloned()
+                        .unwrap_or_else(|| (self.profile.clone(), CommandId::new()));
+                    self.push([self.pending(id, false, profile)]);
+                    self.track_frontend(&msg)?;
+                    out.extend_from_slice(frame.as_bytes());
+                }
+                FrontendMessage::Sync => {
+                    self.push([Item::Boundary]);
+                    self.track_frontend(&msg)?;
+                    out.extend_from_slice(frame.as_bytes());
+                }
+                FrontendMessage::FunctionCall(_) => {
+                    // The fast-path function call bypasses SQL and so every rule: refused,
+                    // answered like any failed call (ErrorResponse, then ReadyForQuery).
+                    if !out.is_empty() {
+                        up.write_all(&out).await.map_err(Error::upstream_io)?;
+                        out.clear();
+                    }
+                    self.push([
+                        Item::Refused {
+                            message:
+                                "wirewarden: the fast-path function call interface is not allowed"
+                                    .into(),
+                            code: "0A000",
+                        },
+                        Item::Boundary,
+                    ]);
+                    let q = FrontendMessage::Query(self.poison_sql());
+                    self.track_frontend(&q)?;
+                    q.encode(&mut out)?;
+                }
+                FrontendMessage::Terminate => {
+                    out.extend_from_slice(frame.as_bytes());
+                    up.write_all(&out).await.map_err(Error::upstream_io)?;
+                    let _ = up.shutdown().await;
+                    return Ok(());
+                }
+                FrontendMessage::Close { .. }
+                | FrontendMessage::Describe { .. }
+                | FrontendMessage::Flush
+                | FrontendMessage::CopyData(_)
+                | FrontendMessage::CopyDone
+                | FrontendMessage::CopyFail(_) => {
+                    self.track_frontend(&msg)?;
+                    out.extend_from_slice(frame.as_bytes());
+                }
+                _ => {
+                    let reply = BackendMessage::ErrorResponse(ErrorFields::new(
+                        "FATAL",
+                        "08P01",
+                        "unexpected message after startup",
+                    ));
+                    let mut w = client_w.lock().await;
+                    let _ = send(&mut *w, &[reply]).await;
+                    return Err(Error::Closed("client"));
+                }
+            }
+        }
+    }
+
+    /// Classifies, decides, audits the intent, and holds for review when policy says so.
+    async fn decide(
+        &self,
+        classifier: &mut Classifier,
+        sql: &[u8],
+        client_w: &ClientWriter,
+    ) -> Verdict {
+        self.shared.commands.fetch_add(1, Ordering::Relaxed);
+        let now = Timestamp::now();
+        let text = String::from_utf8_lossy(sql);
+        let analysis = classifier.classify_bytes(sql);
+        let mut command = analysis.to_command(&text);
+        if command.verb.is_empty() {
+            command.verb = "UNKNOWN".into();
+        }
+        let command_id = CommandId::new();
+        let decision = if self.principal.is_expired_at(now) {
+            Decision::Deny {
+                rule: wirewarden_core::RuleId::new("credential-expired"),
+                reason: "the credential of this session has expired".into(),
+            }
+        } else {
+            let decided = self
+                .proxy
+                .pipeline
+                .decide(&self.principal, &self.target, &command, now)
+                .await;
+            let event = AuditEvent::new(
+                Some(self.session_id),
+                AuditEventKind::CommandDecided {
+                    command_id,
+                    subject: self.principal.subject.clone(),
+                    command: command.clone(),
+                    decision: decided.evaluation.decision.clone(),
+                    policy_version: decided.evaluation.policy_version.to_string(),
+                },
+            );
+            // The intent is recorded (and, in durable mode, on disk) before anything is
+            // forwarded; if it cannot be, the statement is refused.
+            if self.proxy.pipeline.record(&event).await.is_err() {
+                return Verdict::Refuse {
+                    message: "wirewarden: the audit trail is unavailable, statement refused".into(),
+                    code: "58000",
+                };
+            }
+            decided.evaluation.decision
+        };
+        match decision {
+            Decision::Allow { mask_profile, .. } => {
+                match self.proxy.pipeline.mask_profile(&self.target, &self.principal, mask_profile.as_deref()) {
+                    Ok(profile) => {
+                        classifier.record(&analysis);
+                        Verdict::Forward(profile, command_id)
+                    }
+                    Err(_) => Verdict::Refuse {
+                        message: "wirewarden: the mask profile for this statement is missing, statement refused".into(),
+                        code: "58000",
+                    },
+                }
+            }
+            Decision::Deny { rule, reason } => Verdict::Refuse {
+                message: format!("wirewarden: {reason} (rule {rule})"),
+                code: "42501",
+            },
+            Decision::Review {
+                rule,
+                reason,
+                requirement,
+            } => {
+                let verdict = self
+                    .review(&command, command_id, rule, &reason, requirement, client_w)
+                    .await;
+                if matches!(verdict, Verdict::Forward(..)) {
+                    classifier.record(&analysis);
+                }
+                verdict
+            }
+            _ => Verdict::Refuse {
+                message: "wirewarden: unsupported decision".into(),
+                code: "42501",
+            },
+        }
+    }
+
+    async fn review(
+        &self,
+        command: &Command,
+        command_id: CommandId,
+        rule: wirewarden_core::RuleId,
+        reason: &str,
+        requirement: wirewarden_core::ReviewRequirement,
+        client_w: &ClientWriter,
+    ) -> Verdict {
+        let pipeline = &self.proxy.pipeline;
+        let reviews = pipeline.reviews();
+        let timeout = requirement.timeout.min(pipeline.max_review_wait());
+        let requested = match reviews
+            .request(
+                &self.principal,
+                &self.target,
+                command,
+                command_id,
+                rule,
+                reason,
+                requirement,
+                Timestamp::now(),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Verdict::Refuse {
+                    message: format!(
+                        "wirewarden: statement needs review but review is unavailable: {e}"
+                    ),
+                    code: "42501",
+                };
+            }
+        };
+        let mut event = requested.event;
+        event.session = Some(self.session_id);
+        if pipeline.record(&event).await.is_err() {
+            return Verdict::Refuse {
+                message: "wirewarden: the audit trail is unavailable, statement refused".into(),
+                code: "58000",
+            };
+        }
+        let id = requested.review.id;
+        let notice = BackendMessage::NoticeResponse(ErrorFields::new(
+            "NOTICE",
+            "01000",
+            format!(
+                "wirewarden: statement held for review {id} ({reason}); waiting up to {}s for approval",
+                timeout.as_secs()
+            ),
+        ));
+        {
+            let mut w = client_w.lock().await;
+            let _ = send(&mut *w, &[notice]).await;
+        }
+        let review = match reviews.wait(id, timeout).await {
+            Ok((review, event)) => {
+                if let Some(mut e) = event {
+                    e.session = Some(self.session_id);
+                    let _ = pipeline.record(&e).await;
+                }
+                review
+            }
+            Err(e) => {
+                return Verdict::Refuse {
+                    message: format!("wirewarden: review {id} failed: {e}"),
+                    code: "42501",
+                };
+            }
+        };
+        use wirewarden_review::Status;
+        match review.status(Timestamp::now()) {
+            Status::Approved => {
+                match reviews
+                    .release(id, &self.principal, &self.target, command, Timestamp::now())
+                    .await
+                {
+                    Ok(_) => Verdict::Forward(self.profile.clone(), command_id),
+                    Err(e) => Verdict::Refuse {
+                        message: format!("wirewarden: approval of review {id} cannot be used: {e}"),
+                        code: "42501",
+                    },
+                }
+            }
+            Status::Denied => Verdict::Refuse {
+                message: format!("wirewarden: review {id} was denied"),
+                code: "42501",
+            },
+            _ => Verdict::Refuse {
+                message: format!("wirewarden: review {id} was not approved in time"),
+                code: "57014",
+            },
+        }
+    }
+
+    /// Upstream → client: mask everything, correlate responses, record outcomes.
+    async fn downstream(
+        self: Arc<Self>,
+        mut up: ReadHalf<BoxIo>,
+        mut buf: BytesMut,
+        mut decoder: wirewarden_postgres::BackendDecoder,
+        client_w: ClientWriter,
+    ) -> Result<()> {
+        let mut st = Downstream::default();
+        loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some((frame, msg))) => self.on_backend(&mut st, frame, msg).await?,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let event = AuditEvent::new(
+                            Some(self.session_id),
+                            AuditEventKind::ProtocolError {
+                                direction: Direction::FromUpstream,
+                                error: e.to_string(),
+                            },
+                        );
+                        let _ = self.proxy.pipeline.record(&event).await;
+                        let mut w = client_w.lock().await;
+                        let _ = w.write_all(&st.out).await;
+                        let _ = send(
+                            &mut *w,
+                            &[fatal(
+                                "08P01",
+                                "wirewarden: the upstream sent an invalid message",
+                            )],
+                        )
+                        .await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            if !st.out.is_empty() {
+                let mut w = client_w.lock().await;
+                w.write_all(&st.out).await.map_err(Error::client_io)?;
+                w.flush().await.map_err(Error::client_io)?;
+                st.out.clear();
+            }
+            for done in std::mem::take(&mut st.completed) {
+                self.record_completion(done).await;
+            }
+            buf.reserve(64 * 1024);
+            if up.read_buf(&mut buf).await.map_err(Error::upstream_io)? == 0 {
+                return Err(Error::Closed("upstream"));
+            }
+        }
+    }
+
+    async fn record_completion(&self, p: Pending) {
+        let duration_us = u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let completed = AuditEvent::new(
+            Some(self.session_id),
+            AuditEventKind::CommandCompleted {
+                command_id: p.id,
+                rows: p.rows,
+                bytes: p.bytes,
+                masked: p.masked,
+                duration_us,
+                error: p.error,
+            },
+        );
+        let _ = self.proxy.pipeline.record(&completed).await;
+        if !p.recording.is_empty() {
+            let transcript = AuditEvent::new(
+                Some(self.session_id),
+                AuditEventKind::Transcript {
+                    command_id: Some(p.id),
+                    direction: Direction::FromUpstream,
+                    elapsed_us: u64::try_from(self.started.elapsed().as_micros())
+                        .unwrap_or(u64::MAX),
+                    text: p.recording,
+                    truncated: p.recording_truncated,
+                },
+            );
+            let _ = self.proxy.pipeline.record(&transcript).await;
+        }
+    }
+
+    fn front_command<'q>(&self, q: &'q mut VecDeque<Item>) -> Option<&'q mut Pending> {
+        match q.front_mut() {
+            Some(Item::Command(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    async fn on_backend(
+        &self,
+        st: &mut Downstream,
+        frame: Frame,
+        msg: BackendMessage,
+    ) -> Result<()> {
+        {
+            let mut session = self
+                .shared
+                .session
+                .lock()
+                .map_err(|_| Error::Config("session state poisoned".into()))?;
+            session.on_backend(&msg)?;
+        }
+        let limit = self.proxy.config.record_limit;
+        match msg {
+            BackendMessage::RowDescription(rd) => {
+                let oids: Vec<u32> = rd.fields().iter().map(|f| f.table_oid).collect();
+                // Unresolvable names leave the columns to content masking only.
+                let _ = self.proxy.catalog.resolve(&oids).await;
+                st.plans = None;
+                if st.discarding {
+                    return Ok(());
+                }
+                if let Ok(mut q) = self.shared.queue.lock()
+                    && let Some(p) = self.front_command(&mut q)
+                {
+                    let names: Vec<String> = rd
+                        .fields()
+                        .iter()
+                        .map(|f| String::from_utf8_lossy(&f.name).into_owned())
+                        .collect();
+                    record(p, limit, &names.join(" | "));
+                }
+                st.out.extend_from_slice(frame.as_bytes());
+            }
+            BackendMessage::DataRow(row) => {
+                if st.discarding {
+                    return Ok(());
+                }
+                let rd = self
+                    .shared
+                    .session
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.row_description().cloned());
+                if let Some(rd) = &rd {
+                    let stale = st
+                        .plans
+                        .as_ref()
+                        .is_none_or(|(prev, _)| !Arc::ptr_eq(prev, rd));
+                    if stale {
+                        st.plans =
+                            Some((rd.clone(), outbound::plan(rd.fields(), &self.proxy.catalog)));
+                    }
+                } else {
+                    st.plans = None;
+                }
+                let mut q = self
+                    .shared
+                    .queue
+                    .lock()
+                    .map_err(|_| Error::Config("queue poisoned".into()))?;
+                let mut fallback = None;
+                let pending = match self.front_command(&mut q) {
+                    Some(p) => p,
+                    None => fallback.insert(Pending {
+                        id: CommandId::new(),
+                        simple: true,
+                        profile: self.profile.clone(),
+                        started: Instant::now(),
+                        rows: 0,
+                        bytes: 0,
+                        masked: MaskedCounts::new(),
+                        error: None,
+                        recording: String::new(),
+                        recording_truncated: false,
+                        withheld: false,
+                    }),
+                };
+                let start = st.out.len();
+                let plans = st.plans.as_ref().map(|(_, p)| p.as_slice());
+                match outbound::mask_row(
+                    &pending.profile,
+                    plans,
+                    &row,
+                    &mut st.rewriter,
+                    &mut st.out,
+                    &mut pending.masked,
+                ) {
+                    Ok(false) => st.out.extend_from_slice(frame.as_bytes()),
+                    Ok(true) => {}
+                    Err(Unmaskable(why)) => {
+                        st.out.truncate(start);
+                        withhold(st, pending, &why)?;
+                        return Ok(());
+                    }
+                }
+                pending.rows += 1;
+                pending.bytes += (st.out.len() - start) as u64;
+                if pending.recording.len() < limit {
+                    let line = render_row(
+                        st.out.get(start..).unwrap_or_default(),
+                        plans,
+                        &self.proxy.config.limits,
+                    );
+                    record(pending, limit, &line);
+                } else {
+                    pending.recording_truncated = true;
+                }
+            }
+            BackendMessage::CopyOutResponse(ref c) => {
+                st.copy_binary = c.format != 0;
+                if !st.discarding {
+                    st.out.extend_from_slice(frame.as_bytes());
+                }
+            }
+            BackendMessage::CopyData(data) => {
+                if st.discarding {
+                    return Ok(());
+                }
+                let mut q = self
+                    .shared
+                    .queue
+                    .lock()
+                    .map_err(|_| Error::Config("queue poisoned".into()))?;
+                let Some(pending) = self.front_command(&mut q) else {
+                    // COPY data with no statement behind it: withhold.
+                    st.discarding = true;
+                    return Ok(());
+                };
+                match outbound::mask_copy_data(
+                    &pending.profile,
+                    &data,
+                    st.copy_binary,
+                    &mut pending.masked,
+                ) {
+                    Ok(None) => st.out.extend_from_slice(frame.as_bytes()),
+                    Ok(Some(masked)) => {
+                        BackendMessage::CopyData(Bytes::from(masked)).encode(&mut st.out)?
+                    }
+                    Err(Unmaskable(why)) => {
+                        withhold(st, pending, &why)?;
+                        return Ok(());
+                    }
+                }
+                pending.rows += 1;
+                pending.bytes += data.len() as u64;
+                if pending.recording.len() < limit {
+                    let line = String::from_utf8_lossy(&data).trim_end().to_owned();
+                    record(pending, limit, &line);
+                }
+            }
+            BackendMessage::CommandComplete(_)
+            | BackendMessage::EmptyQueryResponse
+            | BackendMessage::PortalSuspended => {
+                if st.discarding {
+                    return Ok(());
+                }
+                st.out.extend_from_slice(frame.as_bytes());
+                let mut q = self
+                    .shared
+                    .queue
+                    .lock()
+                    .map_err(|_| Error::Config("queue poisoned".into()))?;
+                if matches!(q.front(), Some(Item::Command(p)) if !p.simple)
+                    && let Some(Item::Command(p)) = q.pop_front()
+                {
+                    st.completed.push(p);
+                }
+            }
+            BackendMessage::ErrorResponse(fields) => {
+                if st.discarding {
+                    return Ok(());
+                }
+                let ours = fields
+                    .message()
+                    .is_some_and(|m| m.contains(self.shared.token.as_str()));
+                let mut q = self
+                    .shared
+                    .queue
+                    .lock()
+                    .map_err(|_| Error::Config("queue poisoned".into()))?;
+                if ours {
+                    // The denied statement's placeholder failed: close what came before it
+                    // in this batch (not executed), then report the denial instead.
+                    while let Some(item) = q.pop_front() {
+                        match item {
+                            Item::Refused { message, code } => {
+                                BackendMessage::ErrorResponse(ErrorFields::new(
+                                    "ERROR", code, message,
+                                ))
+                                .encode(&mut st.out)?;
+                                break;
+                            }
+                            Item::Command(mut p) => {
+                                p.error.get_or_insert_with(|| "not executed".into());
+                                st.completed.push(p);
+                            }
+                            Item::Boundary => {}
+                        }
+                    }
+                    return Ok(());
+                }
+                let masked = {
+                    let profile = self
+                        .front_command(&mut q)
+                        .map_or_else(|| self.profile.clone(), |p| p.profile.clone());
+                    let mut counts = MaskedCounts::new();
+                    let m = outbound::mask_error_fields(&profile, &fields, &mut counts);
+                    if let Some(p) = self.front_command(&mut q) {
+                        p.masked.merge(&counts);
+                    }
+                    m
+                };
+                let shown = match masked {
+                    Ok(Some(f)) => {
+                        BackendMessage::ErrorResponse(f.clone()).encode(&mut st.out)?;
+                        f
+                    }
+                    Ok(None) => {
+                        st.out.extend_from_slice(frame.as_bytes());
+                        fields
+                    }
+                    Err(_) => {
+                        let f = ErrorFields::new(
+                            "ERROR",
+                            fields.code().unwrap_or("XX000"),
+                            "wirewarden: error details withheld",
+                        );
+                        BackendMessage::ErrorResponse(f.clone()).encode(&mut st.out)?;
+                        f
+                    }
+                };
+                let text = upstream::describe(&shown);
+                if let Some(p) = self.front_command(&mut q) {
+                    p.error.get_or_insert(text);
+                    if !p.simple
+                        && let Some(Item::Command(p)) = q.pop_front()
+                    {
+                        st.completed.push(p);
+                    }
+                }
+            }
+            BackendMessage::ReadyForQuery(_) => {
+                st.discarding = false;
+                st.plans = None;
+                let mut q = self
+                    .shared
+                    .queue
+                    .lock()
+                    .map_err(|_| Error::Config("queue poisoned".into()))?;
+                while let Some(item) = q.pop_front() {
+                    match item {
+                        Item::Boundary => break,
+                        Item::Command(mut p) => {
+                            if !p.simple {
+                                p.error.get_or_insert_with(|| {
+                                    "not executed: an earlier message failed".into()
+                                });
+                            }
+                            st.completed.push(p);
+                        }
+                        Item::Refused { .. } => {}
+                    }
+                }
+                st.out.extend_from_slice(frame.as_bytes());
+            }
+            BackendMessage::NoticeResponse(fields) => {
+                let mut counts = MaskedCounts::new();
+                match outbound::mask_error_fields(&self.profile, &fields, &mut counts) {
+                    Ok(None) => st.out.extend_from_slice(frame.as_bytes()),
+                    Ok(Some(f)) => BackendMessage::NoticeResponse(f).encode(&mut st.out)?,
+                    Err(_) => {} // a notice we cannot mask is dropped
+                }
+            }
+            BackendMessage::NotificationResponse {
+                process_id,
+                channel,
+                payload,
+            } => {
+                let mut counts = MaskedCounts::new();
+                match outbound::mask_bytes_as_text(&self.profile, &payload, &mut counts) {
+                    Ok(None) => st.out.extend_from_slice(frame.as_bytes()),
+                    Ok(Some(m)) => BackendMessage::NotificationResponse {
+                        process_id,
+                        channel,
+                        payload: Bytes::from(m),
+                    }
+                    .encode(&mut st.out)?,
+                    Err(_) => BackendMessage::NotificationResponse {
+                        process_id,
+                        channel,
+                        payload: Bytes::new(),
+                    }
+                    .encode(&mut st.out)?,
+                }
+            }
+            BackendMessage::ParameterStatus { name, value } => {
+                if name.as_ref() == b"client_encoding"
+                    && !matches!(value.to_ascii_uppercase().as_slice(), b"UTF8" | b"UNICODE")
+                {
+                    // Masking reads text as UTF-8; another encoding would let values through
+                    // unread.
+                    BackendMessage::ErrorResponse(ErrorFields::new(
+                        "FATAL",
+                        "22023",
+                        "wirewarden requires client_encoding UTF8",
+                    ))
+                    .encode(&mut st.out)?;
+                    return Err(Error::Config(
+                        "client_encoding changed away from UTF8".into(),
+                    ));
+                }
+                let mut counts = MaskedCounts::new();
+                match outbound::mask_bytes_as_text(&self.profile, &value, &mut counts) {
+                    Ok(None) => st.out.extend_from_slice(frame.as_bytes()),
+                    Ok(Some(m)) => BackendMessage::ParameterStatus {
+                        name,
+                        value: Bytes::from(m),
+                    }
+                    .encode(&mut st.out)?,
+                    Err(_) => BackendMessage::ParameterStatus {
+                        name,
+                        value: Bytes::new(),
+                    }
+                    .encode(&mut st.out)?,
+                }
+            }
+            BackendMessage::CopyBothResponse(_) => {
+                // Only replication uses COPY BOTH, and replication is refused at startup.
+                return Err(Error::Config("unexpected CopyBothResponse".into()));
+            }
+            BackendMessage::BackendKeyData { .. } | BackendMessage::Authentication(_) => {
+                return Err(Error::Config("unexpected login message mid-session".into()));
+            }
+            _ => {
+                if !st.discarding {
+                    st.out.extend_from_slice(frame.as_bytes());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The upstream → client side's own state.
+#[derive(Debug, Default)]
+struct Downstream {
+    out: BytesMut,
+    rewriter: RowRewriter,
+    plans: Option<(Arc<wirewarden_postgres::RowDescription>, Vec<ColumnPlan>)>,
+    copy_binary: bool,
+    /// A result was withheld: drop everything until ReadyForQuery.
+    discarding: bool,
+    completed: Vec<Pending>,
+}
+
+/// Replaces the rest of a result with an error, because a value could not be masked.
+fn withhold(st: &mut Downstream, pending: &mut Pending, why: &str) -> Result<()> {
+    pending.withheld = true;
+    pending.error = Some(format!("result withheld: {why}"));
+    st.discarding = true;
+    BackendMessage::ErrorResponse(ErrorFields::new(
+        "ERROR",
+        "XX000",
+        "wirewarden: the result was withheld because a value could not be masked",
+    ))
+    .encode(&mut st.out)?;
+    Ok(())
+}
+
+fn record(p: &mut Pending, limit: usize, line: &str) {
+    if p.recording.len() + line.len() + 1 > limit {
+        p.recording_truncated = true;
+        return;
+    }
+    p.recording.push_str(line);
+    p.recording.push('\n');
+}
+
+/// A readable rendering of a DataRow frame as the client received it.
+fn render_row(frame: &[u8], plans: Option<&[ColumnPlan]>, limits: &Limits) -> String {
+    let body = Bytes::copy_from_slice(frame.get(5..).unwrap_or_default());
+    let Ok(row) = wirewarden_postgres::DataRow::parse(body, limits) else {
+        return "<row>".into();
+    };
+    let mut cells = Vec::with_capacity(row.len());
+    for (i, cell) in row.cells().enumerate() {
+        let plan = plans.and_then(|p| p.get(i));
+        cells.push(match (cell, plan) {
+            (None, _) => "NULL".to_owned(),
+            (Some(raw), Some(plan)) if plan.format == wirewarden_postgres::Format::Binary => plan
+                .pg_type
+                .and_then(|t| {
+                    wirewarden_postgres::types::Value::decode(
+                        t,
+                        wirewarden_postgres::Format::Binary,
+                        raw,
+                    )
+                    .ok()
+                })
+                .map_or_else(|| format!("<{} bytes>", raw.len()), |v| v.to_text()),
+            (Some(raw), _) => String::from_utf8_lossy(raw).into_owned(),
+        });
+    }
+    cells.join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poison_tokens_are_random_hex() {
+        let a = poison_token();
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, poison_token());
+    }
+
+    #[test]
+    fn recording_stops_at_the_limit() {
+        let mut p = Pending {
+            id: CommandId::new(),
+            simple: true,
+            profile: Arc::new(Profile::builder("t").build().unwrap()),
+            started: Instant::now(),
+            rows: 0,
+            bytes: 0,
+            masked: MaskedCounts::new(),
+            error: None,
+            recording: String::new(),
+            recording_truncated: false,
+            withheld: false,
+        };
+        record(&mut p, 10, "12345");
+        record(&mut p, 10, "67890");
+        assert_eq!(p.recording, "12345\n");
+        assert!(p.recording_truncated);
+    }
+}

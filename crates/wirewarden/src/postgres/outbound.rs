@@ -1,0 +1,331 @@
+//! Masking of everything that flows from the upstream to the client: DataRows (text and
+//! binary formats, by source column and by content), COPY data, error and notice fields,
+//! notification payloads and parameter values.
+//!
+//! Every function here either returns the frame unchanged (the caller forwards the original
+//! bytes), a re-encoded frame, or an error — never a value it could not inspect.
+
+use std::borrow::Cow;
+
+use bytes::BytesMut;
+use wirewarden_core::MaskedCounts;
+use wirewarden_mask::{Field, Profile, ValueType};
+use wirewarden_postgres::types::{Type, Value, encode_replacement};
+use wirewarden_postgres::{CellEdit, DataRow, ErrorFields, FieldDescription, Format, RowRewriter};
+
+use super::catalog::Catalog;
+
+/// A column's masking plan, computed once per RowDescription.
+#[derive(Debug, Clone)]
+pub(crate) struct ColumnPlan {
+    pub(crate) table: Option<String>,
+    pub(crate) column: String,
+    pub(crate) type_oid: u32,
+    pub(crate) format: Format,
+    pub(crate) value_type: ValueType,
+    pub(crate) pg_type: Option<Type>,
+}
+
+/// The mask value type for a PostgreSQL type.
+pub(crate) fn value_type(ty: Option<Type>) -> ValueType {
+    match ty {
+        Some(Type::Bool) => ValueType::Boolean,
+        Some(Type::Int2 | Type::Int4 | Type::Int8) => ValueType::Integer,
+        Some(Type::Float4 | Type::Float8 | Type::Numeric) => ValueType::Numeric,
+        Some(Type::Uuid) => ValueType::Uuid,
+        Some(Type::Date) => ValueType::Date,
+        Some(Type::Timestamp | Type::TimestampTz) => ValueType::Timestamp,
+        Some(Type::Json | Type::Jsonb) => ValueType::Json,
+        Some(Type::Bytea) => ValueType::Bytes,
+        Some(Type::Text | Type::Varchar | Type::Bpchar) => ValueType::Text,
+        // time, arrays, composites, enums, domains …: text we can read but whose grammar we
+        // do not write; a changed value becomes NULL (see `mask_cell`).
+        _ => ValueType::Text,
+    }
+}
+
+/// Builds the plan for each field, resolving real table and column names.
+pub(crate) fn plan(fields: &[FieldDescription], catalog: &Catalog) -> Vec<ColumnPlan> {
+    fields
+        .iter()
+        .map(|f| {
+            let (table, column) = match catalog.get(f.table_oid) {
+                Some(t) if f.table_oid != 0 => (
+                    (!t.name.is_empty()).then(|| t.name.clone()),
+                    t.columns
+                        .get(&f.column_id)
+                        .cloned()
+                        .unwrap_or_else(|| String::from_utf8_lossy(&f.name).into_owned()),
+                ),
+                _ => (None, String::from_utf8_lossy(&f.name).into_owned()),
+            };
+            let pg_type = Type::from_oid(f.type_oid);
+            ColumnPlan {
+                table,
+                column,
+                type_oid: f.type_oid,
+                format: f.format().unwrap_or(Format::Text),
+                value_type: value_type(pg_type),
+                pg_type,
+            }
+        })
+        .collect()
+}
+
+/// Why a value could not be masked.
+#[derive(Debug)]
+pub(crate) struct Unmaskable(pub(crate) String);
+
+/// What to write for one cell.
+enum CellOut {
+    Keep,
+    Null,
+    Text(String),
+}
+
+fn mask_cell(
+    profile: &Profile,
+    plan: &ColumnPlan,
+    raw: &[u8],
+    counts: &mut MaskedCounts,
+) -> Result<CellOut, Unmaskable> {
+    let field = Field::Column {
+        table: plan.table.as_deref(),
+        column: &plan.column,
+    };
+    let err = |e: &dyn std::fmt::Display| Unmaskable(format!("column {}: {e}", plan.column));
+    // The value as text: text format is text already; binary values of known types are
+    // decoded; anything else is inspected as raw bytes.
+    let text: Cow<'_, str> = match (plan.format, plan.pg_type) {
+        (Format::Text, _) => match std::str::from_utf8(raw) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(e) => return Err(err(&e)),
+        },
+        (Format::Binary, Some(Type::Bytea)) => {
+            let out = profile
+                .mask_value(&field, ValueType::Bytes, Cow::Borrowed(raw), counts)
+                .map_err(|e| err(&e))?;
+            return Ok(match out {
+                None => CellOut::Null,
+                Some(Cow::Borrowed(_)) => CellOut::Keep,
+                // A changed binary bytea is written back as-is (any bytes are valid).
+                Some(Cow::Owned(b)) => CellOut::Text(String::from_utf8_lossy(&b).into_owned()),
+            });
+        }
+        (Format::Binary, Some(ty)) => match Value::decode(ty, Format::Binary, raw) {
+            Ok(v) => Cow::Owned(v.to_text()),
+            Err(e) => return Err(err(&e)),
+        },
+        (Format::Binary, None) => {
+            // A binary type we do not decode: scan its bytes; any finding withholds it.
+            let out = profile
+                .mask_value(&field, ValueType::Opaque, Cow::Borrowed(raw), counts)
+                .map_err(|e| err(&e))?;
+            return Ok(match out {
+                Some(Cow::Borrowed(_)) => CellOut::Keep,
+                _ => CellOut::Null,
+            });
+        }
+    };
+    let vt = if plan.value_type == ValueType::Bytes {
+        ValueType::Text
+    } else {
+        plan.value_type
+    };
+    let out = profile
+        .mask_value(&field, vt, Cow::Borrowed(text.as_bytes()), counts)
+        .map_err(|e| err(&e))?;
+    Ok(match out {
+        None => CellOut::Null,
+        Some(Cow::Borrowed(_)) if matches!(text, Cow::Borrowed(_)) => CellOut::Keep,
+        Some(v) => {
+            let s = String::from_utf8(v.into_owned()).map_err(|e| err(&e))?;
+            if s == *text {
+                CellOut::Keep
+            } else {
+                CellOut::Text(s)
+            }
+        }
+    })
+}
+
+/// Masks one DataRow. Returns `None` when nothing changed (forward the original bytes), or
+/// the re-encoded frame appended to `out`.
+pub(crate) fn mask_row(
+    profile: &Profile,
+    plans: Option<&[ColumnPlan]>,
+    row: &DataRow,
+    rewriter: &mut RowRewriter,
+    out: &mut BytesMut,
+    counts: &mut MaskedCounts,
+) -> Result<bool, Unmaskable> {
+    let fallback;
+    let plans = match plans {
+        Some(p) if p.len() == row.len() => p,
+        _ => {
+            // The shape is unknown: every cell is inspected as text by content only, and
+            // anything that is not text is withheld.
+            fallback = vec![
+                ColumnPlan {
+                    table: None,
+                    column: String::new(),
+                    type_oid: 0,
+                    format: Format::Text,
+                    value_type: ValueType::Text,
+                    pg_type: None,
+                };
+                row.len()
+            ];
+            &fallback
+        }
+    };
+    let mut edits: Vec<CellOut> = Vec::new();
+    let mut any = false;
+    for (i, cell) in row.cells().enumerate() {
+        let edit = match (cell, plans.get(i)) {
+            (Some(raw), Some(plan)) => mask_cell(profile, plan, raw, counts)?,
+            _ => CellOut::Keep,
+        };
+        any |= !matches!(edit, CellOut::Keep);
+        edits.push(edit);
+    }
+    if !any {
+        return Ok(false);
+    }
+    let mut failure = None;
+    rewriter
+        .rewrite_into(row, out, |i, _, scratch| match edits.get(i) {
+            Some(CellOut::Null) => CellEdit::Null,
+            Some(CellOut::Text(s)) => {
+                let Some(plan) = plans.get(i) else {
+                    return CellEdit::Null;
+                };
+                match (plan.format, plan.pg_type) {
+                    (_, Some(Type::Bytea)) if plan.format == Format::Binary => {
+                        scratch.extend_from_slice(s.as_bytes());
+                        CellEdit::Replace
+                    }
+                    (Format::Text, Some(Type::Text | Type::Varchar | Type::Bpchar) | None)
+                        if plan.value_type == ValueType::Text && plan.pg_type.is_some() =>
+                    {
+                        scratch.extend_from_slice(s.as_bytes());
+                        CellEdit::Replace
+                    }
+                    (format, Some(_)) => {
+                        if encode_replacement(plan.type_oid, format, s, scratch).is_ok() {
+                            CellEdit::Replace
+                        } else {
+                            // Not a valid value of the column's type: NULL, never the original.
+                            scratch.clear();
+                            CellEdit::Null
+                        }
+                    }
+                    // A type whose grammar we do not write: withhold the value.
+                    (_, None) => CellEdit::Null,
+                }
+            }
+            _ => CellEdit::Keep,
+        })
+        .map_err(|e| {
+            failure = Some(e.to_string());
+            Unmaskable(format!("re-encoding a row: {e}"))
+        })?;
+    Ok(true)
+}
+
+/// Masks the text fields of an ErrorResponse or NoticeResponse. `None` when unchanged.
+pub(crate) fn mask_error_fields(
+    profile: &Profile,
+    fields: &ErrorFields,
+    counts: &mut MaskedCounts,
+) -> Result<Option<ErrorFields>, Unmaskable> {
+    let mut changed = false;
+    let mut out = Vec::with_capacity(fields.fields.len());
+    for (code, value) in &fields.fields {
+        // Severity and SQLSTATE are fixed vocabularies, not data.
+        if matches!(code, b'S' | b'V' | b'C') {
+            out.push((*code, value.clone()));
+            continue;
+        }
+        match mask_bytes_as_text(profile, value, counts)? {
+            Some(masked) => {
+                changed = true;
+                out.push((*code, bytes::Bytes::from(masked)));
+            }
+            None => out.push((*code, value.clone())),
+        }
+    }
+    Ok(changed.then_some(ErrorFields { fields: out }))
+}
+
+/// Masks free text by content. `None` when unchanged; a NULL strategy yields an empty
+/// string (messages cannot be NULL).
+pub(crate) fn mask_bytes_as_text(
+    profile: &Profile,
+    value: &[u8],
+    counts: &mut MaskedCounts,
+) -> Result<Option<String>, Unmaskable> {
+    let text =
+        std::str::from_utf8(value).map_err(|e| Unmaskable(format!("text is not UTF-8: {e}")))?;
+    match profile.mask_text(&Field::Unknown, Cow::Borrowed(text), counts) {
+        Ok(Some(Cow::Borrowed(_))) => Ok(None),
+        Ok(Some(Cow::Owned(s))) => Ok(Some(s)),
+        Ok(None) => Ok(Some(String::new())),
+        Err(e) => Err(Unmaskable(e.to_string())),
+    }
+}
+
+/// Masks one COPY data message (a line of text-format COPY, or a chunk of binary COPY).
+pub(crate) fn mask_copy_data(
+    profile: &Profile,
+    data: &[u8],
+    binary: bool,
+    counts: &mut MaskedCounts,
+) -> Result<Option<Vec<u8>>, Unmaskable> {
+    if binary {
+        // Binary COPY is a framed stream we do not rewrite: scan it, and withhold it if
+        // anything is found.
+        let out = profile
+            .mask_value(
+                &Field::Unknown,
+                ValueType::Bytes,
+                Cow::Borrowed(data),
+                counts,
+            )
+            .map_err(|e| Unmaskable(e.to_string()))?;
+        return match out {
+            Some(Cow::Borrowed(_)) => Ok(None),
+            _ => Err(Unmaskable(
+                "binary COPY data contains values that must be masked".into(),
+            )),
+        };
+    }
+    // Text COPY: one line, fields separated by tabs. Each field is masked on its own so
+    // a finding can never swallow a delimiter.
+    let (line, newline) = match data.strip_suffix(b"\n") {
+        Some(l) => (l, true),
+        None => (data, false),
+    };
+    let mut out = Vec::with_capacity(data.len());
+    let mut changed = false;
+    for (i, field) in line.split(|b| *b == b'\t').enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        match mask_bytes_as_text(profile, field, counts)? {
+            Some(masked) => {
+                changed = true;
+                out.extend(
+                    masked
+                        .bytes()
+                        .map(|b| if matches!(b, b'\t' | b'\n') { b'*' } else { b }),
+                );
+            }
+            None => out.extend_from_slice(field),
+        }
+    }
+    if newline {
+        out.push(b'\n');
+    }
+    Ok(changed.then_some(out))
+}

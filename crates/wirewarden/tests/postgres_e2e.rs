@@ -1,0 +1,475 @@
+//! End to end: real clients (psql, psycopg) through the PostgreSQL proxy to a real server.
+//!
+//! Each test starts its own PostgreSQL (wirewarden-testkit), its own audit directory and its
+//! own proxy on a loopback port, so they run in parallel.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wirewarden::Pipeline;
+use wirewarden::audit::{
+    ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log, verify_dir,
+};
+use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
+use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
+use wirewarden::policy::RuleEngine;
+use wirewarden::postgres::{PostgresProxy, PostgresTarget, Secret, ServerTls, UpstreamConfig};
+use wirewarden::review::{ApprovalScope, Reviewer};
+use wirewarden_testkit::Postgres;
+
+const SEED: &str = "
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text, ssn text, card text, balance numeric);
+INSERT INTO customers VALUES
+  (1, 'Ada Lovelace', 'ada@example.com', '123-45-6789', '4111 1111 1111 1111', 10.5),
+  (2, 'Alan Turing', 'alan@example.org', '234-56-7890', '5500-0000-0000-0004', 20);
+CREATE TABLE notes (id serial PRIMARY KEY, body text);
+";
+
+const POLICY: &str = r#"
+[[rule]]
+id = "no-ddl"
+class = "schema"
+action = "deny"
+reason = "schema changes go through migrations"
+
+[[rule]]
+id = "analysts-read"
+groups = ["analysts"]
+max_class = "read"
+action = "allow"
+
+[[rule]]
+id = "writes-need-a-dba"
+groups = ["analysts"]
+max_class = "write"
+action = "review"
+reviewers = ["dba"]
+timeout = "20s"
+"#;
+
+struct Gateway {
+    pg: Postgres,
+    addr: SocketAddr,
+    pipeline: Arc<Pipeline>,
+    audit_dir: tempfile::TempDir,
+    keys: VerifyKeys,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+fn tokens() -> StaticTokens {
+    let token = |id: &str, secret: &str, subject: &str, groups: &[&str]| StaticToken {
+        id: id.into(),
+        hash: TokenHash::of(secret, None),
+        subject: subject.into(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        attributes: Default::default(),
+        expires_at: None,
+    };
+    StaticTokens::new(StaticTokensConfig {
+        hash_key: None,
+        tokens: vec![token("analyst", "tok-analyst", "analyst-1", &["analysts"])],
+    })
+    .unwrap()
+}
+
+async fn gateway(tls: Option<ServerTls>) -> Gateway {
+    let pg = tokio::task::spawn_blocking(|| Postgres::builder().seed_sql(SEED).start().unwrap())
+        .await
+        .unwrap();
+    let audit_dir = tempfile::tempdir().unwrap();
+    let chain = ChainKey::generate("k1").unwrap();
+    let signer = CheckpointSigner::generate().unwrap();
+    let keys = VerifyKeys {
+        chain: chain.clone(),
+        checkpoint: signer.public(),
+    };
+    let sink = FileSink::builder(audit_dir.path(), chain, signer)
+        .durability(Durability::Fsync)
+        .open()
+        .unwrap();
+    let pipeline = Arc::new(
+        Pipeline::builder(
+            Arc::new(tokens()),
+            Arc::new(RuleEngine::from_toml(POLICY).unwrap()),
+        )
+        .audit(Arc::new(sink))
+        .build()
+        .unwrap(),
+    );
+    let upstream = UpstreamConfig {
+        addr: pg.addr().to_string(),
+        user: pg.user().to_owned(),
+        password: Secret::new(pg.password()),
+        database: pg.database().to_owned(),
+        tls: None,
+    };
+    let mut target = PostgresTarget::new(Target::new("crm", Protocol::Postgres).unwrap(), upstream);
+    target.allow_plaintext_password = tls.is_none();
+    target.require_tls = tls.is_some();
+    target.tls = tls;
+    let proxy = PostgresProxy::new(pipeline.clone(), target);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = proxy.listen(listener).await;
+    });
+    Gateway {
+        pg,
+        addr,
+        pipeline,
+        audit_dir,
+        keys,
+        _task: task,
+    }
+}
+
+/// psql through the gateway; `sql` are separate `-c` commands in one session.
+async fn psql(addr: SocketAddr, token: &str, sslmode: &str, sql: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new("psql");
+    cmd.args([
+        "-X",
+        "-A",
+        "-t",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &addr.port().to_string(),
+        "-U",
+        "analyst",
+        "-d",
+        "app",
+    ])
+    .env("PGPASSWORD", token)
+    .env("PGSSLMODE", sslmode)
+    .env("PGCONNECT_TIMEOUT", "10");
+    for s in sql {
+        cmd.args(["-c", s]);
+    }
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("psql finished")
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn events(dir: &Path, keys: &VerifyKeys) -> Vec<AuditEventKind> {
+    read_log(dir, keys)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect()
+}
+
+fn assert_verifies(g: &Gateway) {
+    let report = verify_dir(g.audit_dir.path(), &g.keys).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_select_is_masked_and_audited() {
+    let g = gateway(None).await;
+    let out = psql(
+        g.addr,
+        "tok-analyst",
+        "disable",
+        &["SELECT name, email, ssn, card, balance FROM customers ORDER BY id"],
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("Ada Lovelace"), "{stdout}");
+    for secret in [
+        "123-45-6789",
+        "234-56-7890",
+        "4111 1111 1111 1111",
+        "5500-0000-0000-0004",
+        "ada@example.com",
+    ] {
+        assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");
+    }
+    assert!(stdout.contains("10.5"), "numeric untouched: {stdout}");
+    // Directly, the values are there: the gateway did the masking.
+    assert!(
+        g.pg.psql("SELECT ssn FROM customers WHERE id = 1")
+            .unwrap()
+            .contains("123-45-6789")
+    );
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let kinds = events(g.audit_dir.path(), &g.keys);
+    assert!(kinds.iter().any(|k| matches!(k, AuditEventKind::SessionStarted { principal, .. } if principal.subject == "analyst-1")));
+    let completed = kinds.iter().find_map(|k| match k {
+        AuditEventKind::CommandCompleted { rows, masked, .. } if *rows == 2 => Some(masked.clone()),
+        _ => None,
+    });
+    let masked = completed.expect("a completion with 2 rows");
+    assert!(masked.total() >= 6, "{masked:?}");
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, AuditEventKind::SessionEnded { .. }))
+    );
+    assert!(kinds.iter().any(|k| matches!(k, AuditEventKind::Transcript { text, .. } if text.contains("Ada Lovelace") && !text.contains("123-45-6789"))));
+    assert_verifies(&g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_drop_keeps_the_session_usable() {
+    let g = gateway(None).await;
+    let out = psql(
+        g.addr,
+        "tok-analyst",
+        "disable",
+        &[
+            "DROP TABLE customers",
+            "SELECT count(*) FROM customers",
+            "BEGIN",
+            "DROP TABLE notes",
+            "SELECT 1",
+            "ROLLBACK",
+            "SELECT 'still here'",
+        ],
+    )
+    .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        stderr.contains("schema changes go through migrations"),
+        "{stderr}"
+    );
+    assert!(stdout.lines().any(|l| l == "2"), "{stdout}");
+    // Inside a transaction, a denial aborts it exactly as a failed statement would.
+    assert!(
+        stderr.contains("current transaction is aborted"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("still here"), "{stdout}");
+    assert_eq!(
+        g.pg.psql("SELECT count(*) FROM customers").unwrap().trim(),
+        "2",
+        "table still exists"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let denied = events(g.audit_dir.path(), &g.keys).into_iter().filter(|k| {
+        matches!(k, AuditEventKind::CommandDecided { decision: Decision::Deny { .. }, command, .. } if command.verb == "DROP TABLE")
+    });
+    assert_eq!(denied.count(), 2);
+    assert_verifies(&g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_token_is_refused_and_audited() {
+    let g = gateway(None).await;
+    let out = psql(g.addr, "not-a-token", "disable", &["SELECT 1"]).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("password authentication failed"),
+        "{}",
+        text(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let kinds = events(g.audit_dir.path(), &g.keys);
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, AuditEventKind::AuthenticationFailed { .. }))
+    );
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| matches!(k, AuditEventKind::SessionStarted { .. }))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_never_sees_the_upstream_credential() {
+    let g = gateway(None).await;
+    // The agent's own password is not the database's: a direct login with the token fails.
+    let direct = Command::new("psql")
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &g.pg.port().to_string(),
+            "-U",
+            "analyst",
+            "-d",
+            "app",
+            "-c",
+            "select 1",
+        ])
+        .env("PGPASSWORD", "tok-analyst")
+        .output()
+        .unwrap();
+    assert!(!direct.status.success());
+    let out = psql(g.addr, "tok-analyst", "disable", &["SELECT current_user"]).await;
+    assert_eq!(text(&out.stdout).trim(), g.pg.user());
+}
+
+fn self_signed() -> (ServerTls, PathBuf, tempfile::TempDir) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let chain = vec![cert.cert.der().clone()];
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    (ServerTls::new(chain, key).unwrap(), ca, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_terminated_and_required() {
+    let (tls, _ca, _dir) = self_signed();
+    let g = gateway(Some(tls)).await;
+    let out = psql(
+        g.addr,
+        "tok-analyst",
+        "require",
+        &["SELECT ssn FROM customers WHERE id = 1", "SHOW ssl"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("123-45-6789"),
+        "{}",
+        text(&out.stdout)
+    );
+    let plain = psql(g.addr, "tok-analyst", "disable", &["SELECT 1"]).await;
+    assert!(!plain.status.success());
+    assert!(
+        text(&plain.stderr).contains("requires TLS"),
+        "{}",
+        text(&plain.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        events(g.audit_dir.path(), &g.keys)
+            .iter()
+            .any(|k| matches!(k, AuditEventKind::SessionStarted { tls: true, .. }))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_extended_protocol_text_binary_and_denial() {
+    let g = gateway(None).await;
+    let script = format!(
+        r#"
+import psycopg
+conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
+cur = conn.cursor()
+cur.execute("SELECT id, ssn, email FROM customers WHERE id = %s", (1,))
+print("text", cur.fetchone())
+cur.execute("SELECT id, ssn, balance FROM customers WHERE id = %s", (2,), binary=True)
+print("binary", cur.fetchone())
+cur.execute("SELECT ssn FROM customers ORDER BY id", prepare=True)
+cur.execute("SELECT ssn FROM customers ORDER BY id", prepare=True)
+print("prepared", cur.fetchall())
+try:
+    cur.execute("DROP TABLE customers")
+    print("dropped?!")
+except psycopg.errors.InsufficientPrivilege as e:
+    print("denied", e.sqlstate)
+cur.execute("SELECT count(*) FROM customers")
+print("after", cur.fetchone()[0])
+with cur.copy("COPY customers (id, ssn, card) TO STDOUT") as copy:
+    print("copy", b"".join(bytes(b) for b in copy).decode())
+"#,
+        port = g.addr.port()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("text (1,"), "{stdout}");
+    assert!(stdout.contains("binary (2,"), "{stdout}");
+    assert!(stdout.contains("denied 42501"), "{stdout}");
+    assert!(stdout.contains("after 2"), "{stdout}");
+    assert!(stdout.contains("copy 1\t"), "{stdout}");
+    for secret in [
+        "123-45-6789",
+        "234-56-7890",
+        "4111 1111 1111 1111",
+        "5500-0000-0000-0004",
+        "ada@example.com",
+    ] {
+        assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_verifies(&g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_held_for_review_and_runs_once_approved() {
+    let g = gateway(None).await;
+    let addr = g.addr;
+    let client = tokio::spawn(async move {
+        psql(
+            addr,
+            "tok-analyst",
+            "disable",
+            &[
+                "INSERT INTO notes (body) VALUES ('approved write')",
+                "SELECT body FROM notes",
+            ],
+        )
+        .await
+    });
+    // A reviewer approves the pending review.
+    let reviews = g.pipeline.reviews().clone();
+    let pending = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let p = reviews.store().pending(Timestamp::now()).await.unwrap();
+            if let Some(r) = p.into_iter().next() {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a review was requested");
+    assert!(
+        pending.command_text.contains("approved write"),
+        "{:?}",
+        pending.command_text
+    );
+    // The requester cannot approve their own command.
+    assert!(
+        reviews
+            .approve(
+                pending.id,
+                &Reviewer::new("analyst-1").with_group("dba"),
+                ApprovalScope::Once,
+                Timestamp::now()
+            )
+            .await
+            .is_err()
+    );
+    reviews
+        .approve(
+            pending.id,
+            &Reviewer::new("dba-1").with_group("dba"),
+            ApprovalScope::Once,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let out = client.await.unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stderr.contains("held for review"), "{stderr}");
+    assert!(stdout.contains("approved write"), "{stdout}\n{stderr}");
+    assert_eq!(g.pg.psql("SELECT count(*) FROM notes").unwrap().trim(), "1");
+}

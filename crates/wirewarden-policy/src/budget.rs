@@ -120,18 +120,31 @@ impl BudgetStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Usage {
     window: i64,
     rows: u64,
     bytes: u64,
 }
 
+impl Usage {
+    /// Nothing used, in no window.
+    const NONE: Self = Self {
+        window: i64::MIN,
+        rows: 0,
+        bytes: 0,
+    };
+}
+
+/// Usage per subject, then per target name, then per budget (indexed like the
+/// definitions). Nested maps so that a lookup borrows the names instead of allocating a key.
+type UsageTable = HashMap<String, HashMap<String, Vec<Usage>>>;
+
 /// The budgets of a policy and their usage counters.
 #[derive(Debug, Default)]
 pub struct Budgets {
     defs: Vec<BudgetDef>,
-    usage: Mutex<HashMap<(usize, String, String), Usage>>,
+    usage: Mutex<UsageTable>,
 }
 
 impl Budgets {
@@ -152,7 +165,7 @@ impl Budgets {
         self.defs.is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(usize, String, String), Usage>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, UsageTable> {
         // Counters are plain integers updated in one step: a poisoned lock holds valid data.
         self.usage.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -169,22 +182,25 @@ impl Budgets {
 
     fn status(
         &self,
-        usage: &HashMap<(usize, String, String), Usage>,
+        usage: &UsageTable,
         principal: &Principal,
         target: &Target,
         now: Timestamp,
     ) -> BudgetStatus {
         let mut remaining = Vec::new();
+        let counters = usage
+            .get(&principal.subject)
+            .and_then(|t| t.get(&target.name));
         for (i, def) in self.defs.iter().enumerate() {
             if !def.applies(principal, target) {
                 continue;
             }
             let (window, resets_at) = def.window(now);
-            let used = usage
-                .get(&(i, principal.subject.clone(), target.name.clone()))
+            let used = counters
+                .and_then(|c| c.get(i))
                 .filter(|u| u.window == window)
                 .copied()
-                .unwrap_or_default();
+                .unwrap_or(Usage::NONE);
             for (resource, used) in [(Resource::Rows, used.rows), (Resource::Bytes, used.bytes)] {
                 if let Some(limit) = def.limit(resource)
                     && used >= limit
@@ -223,17 +239,36 @@ impl Budgets {
         bytes: u64,
         now: Timestamp,
     ) -> BudgetStatus {
+        if !self.defs.iter().any(|d| d.applies(principal, target)) {
+            return BudgetStatus::Unbudgeted;
+        }
         let mut usage = self.lock();
-        let mut any = false;
-        for (i, def) in self.defs.iter().enumerate() {
+        if usage.len() > PRUNE_AT {
+            let defs = &self.defs;
+            // Drop subjects and targets with nothing counted in a current window.
+            usage.retain(|_, targets| {
+                targets.retain(|_, counters| {
+                    counters
+                        .iter()
+                        .zip(defs)
+                        .any(|(u, d)| d.window(now).0 == u.window)
+                });
+                !targets.is_empty()
+            });
+        }
+        let n = self.defs.len();
+        // Charging happens once per completed command, so the two key copies are cheap
+        // next to the command itself; evaluation (the hot path) only borrows.
+        let counters = usage
+            .entry(principal.subject.clone())
+            .or_default()
+            .entry(target.name.clone())
+            .or_insert_with(|| vec![Usage::NONE; n]);
+        for (def, entry) in self.defs.iter().zip(counters.iter_mut()) {
             if !def.applies(principal, target) {
                 continue;
             }
-            any = true;
             let (window, _) = def.window(now);
-            let entry = usage
-                .entry((i, principal.subject.clone(), target.name.clone()))
-                .or_default();
             if entry.window != window {
                 *entry = Usage {
                     window,
@@ -243,13 +278,6 @@ impl Budgets {
             }
             entry.rows = entry.rows.saturating_add(rows);
             entry.bytes = entry.bytes.saturating_add(bytes);
-        }
-        if !any {
-            return BudgetStatus::Unbudgeted;
-        }
-        if usage.len() > PRUNE_AT {
-            let defs = &self.defs;
-            usage.retain(|(i, _, _), u| defs.get(*i).is_some_and(|d| d.window(now).0 == u.window));
         }
         self.status(&usage, principal, target, now)
     }

@@ -7,6 +7,7 @@ mod grant;
 mod rules;
 mod window;
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -189,6 +190,32 @@ pub enum DecidedBy {
     CredentialExpired,
 }
 
+impl fmt::Display for DecidedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rule {
+                id,
+                position: Some(p),
+            } => write!(f, "rule {id} (#{})", p.saturating_add(1)),
+            Self::Rule { id, position: None } => write!(f, "rule {id}"),
+            Self::Default => f.write_str("the default deny"),
+            Self::Grant {
+                grant,
+                over: Some(rule),
+            } => write!(f, "grant {grant} over rule {rule}"),
+            Self::Grant { grant, over: None } => {
+                write!(f, "grant {grant} over the default deny")
+            }
+            Self::Budget(ex) => write!(
+                f,
+                "budget {} ({:?}: {} of {} until {})",
+                ex.budget, ex.resource, ex.used, ex.limit, ex.resets_at
+            ),
+            Self::CredentialExpired => f.write_str("an expired credential"),
+        }
+    }
+}
+
 /// The result of an evaluation: the decision, what decided it and why, and the policy
 /// version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,8 +226,10 @@ pub struct Evaluation {
     pub policy_version: PolicyVersion,
     /// What decided.
     pub decided_by: DecidedBy,
-    /// A sentence for humans: which rule, grant or budget, and why.
-    pub explanation: String,
+    /// A sentence for humans on why `decided_by` decided (the rule, grant or budget itself
+    /// is named by `decided_by`, whose `Display` gives the details). Borrowed for the common
+    /// outcomes so that an evaluation allocates little.
+    pub explanation: Cow<'static, str>,
 }
 
 /// Decides on commands. Evaluation is synchronous and CPU-only: no I/O and no clock reads

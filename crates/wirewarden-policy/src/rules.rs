@@ -1,6 +1,7 @@
 //! The declarative rule engine: rules loaded from TOML, evaluated first match wins, default
 //! deny, widened by just-in-time grants and capped by exfiltration budgets.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -216,8 +217,16 @@ impl Rule {
         if !self.class.matches(c.class) {
             return false;
         }
-        if !self.verbs.is_empty() && !any_glob(&self.verbs, &c.verb.to_ascii_uppercase()) {
-            return false;
+        if !self.verbs.is_empty() {
+            // Codecs give verbs in uppercase; fold only when one did not.
+            let verb = if c.verb.bytes().any(|b| b.is_ascii_lowercase()) {
+                Cow::Owned(c.verb.to_ascii_uppercase())
+            } else {
+                Cow::Borrowed(c.verb.as_str())
+            };
+            if !any_glob(&self.verbs, &verb) {
+                return false;
+            }
         }
         let widens = matches!(self.outcome, Outcome::Allow { .. });
         for (kind, globs) in &self.objects {
@@ -553,7 +562,7 @@ impl RuleEngine {
         &self,
         decision: Decision,
         decided_by: DecidedBy,
-        explanation: String,
+        explanation: Cow<'static, str>,
     ) -> Evaluation {
         Evaluation {
             decision,
@@ -574,10 +583,7 @@ impl PolicyEngine for RuleEngine {
                     reason: "the credential has expired".into(),
                 },
                 DecidedBy::CredentialExpired,
-                format!(
-                    "principal {} expired before {}",
-                    req.principal.subject, req.now
-                ),
+                Cow::Borrowed("the credential had expired at the evaluation time"),
             );
         }
 
@@ -590,16 +596,12 @@ impl PolicyEngine for RuleEngine {
                     id: rule.id.clone(),
                     position: Some(index),
                 },
-                format!(
-                    "rule {} (#{}) is the first that matches",
-                    rule.id,
-                    index + 1
-                ),
+                Cow::Borrowed("the first rule that matches decides"),
             ),
             None => (
                 Decision::default_deny(),
                 DecidedBy::Default,
-                "no rule matches; the default is deny".to_owned(),
+                Cow::Borrowed("no rule matches; the default is deny"),
             ),
         };
 
@@ -620,9 +622,8 @@ impl PolicyEngine for RuleEngine {
                 DecidedBy::Rule { id, .. } => Some(id.clone()),
                 _ => None,
             };
-            explanation = format!(
-                "{explanation}; grant {} ({} until {}) covers the command",
-                grant.id, grant.scope, grant.expires_at
+            explanation = Cow::Borrowed(
+                "an active grant covers a command the rules hold for review or deny by default",
             );
             decision = Decision::Allow {
                 rule: RuleId::new(format!("grant:{}", grant.id)),
@@ -651,14 +652,13 @@ impl PolicyEngine for RuleEngine {
                 ex.limit,
                 ex.resets_at
             );
-            explanation = format!("{explanation}; {reason}");
             return self.evaluation(
                 Decision::Deny {
                     rule: RuleId::new(format!("budget:{}", ex.budget)),
-                    reason,
+                    reason: reason.clone(),
                 },
                 DecidedBy::Budget(ex),
-                explanation,
+                Cow::Owned(reason),
             );
         }
 

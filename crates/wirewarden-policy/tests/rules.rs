@@ -128,7 +128,8 @@ fn first_match_wins_in_file_order() {
             position: Some(0)
         }
     );
-    assert!(ev.explanation.contains("no-hr"), "{}", ev.explanation);
+    assert_eq!(ev.decided_by.to_string(), "rule no-hr (#1)");
+    assert!(!ev.explanation.is_empty());
 
     let c = sql("SELECT", CommandClass::Read, &["public.customers"]);
     let ev = eval(&e, &agent(), &crm(), &c, thursday_10());

@@ -27,7 +27,7 @@ impl OfficeHours {
         Self { group, version }
     }
 
-    fn eval(&self, decision: Decision, why: &str) -> Evaluation {
+    fn eval(&self, decision: Decision, why: &'static str) -> Evaluation {
         Evaluation {
             decided_by: DecidedBy::Rule {
                 id: decision.rule().clone(),
@@ -35,7 +35,7 @@ impl OfficeHours {
             },
             decision,
             policy_version: self.version.clone(),
-            explanation: why.to_owned(),
+            explanation: why.into(),
         }
     }
 }

@@ -33,8 +33,54 @@ pub use read::{Entry, LogReader, read_log};
 pub use replay::Transcript;
 pub use sink::{Appended, AuditSink, Durability};
 pub use stdout::{StdoutSink, WriterSink};
+pub use tokio_postgres;
 pub use verify::{
     Damage, DamageKind, Report, TornTail, VerifyKeys, VerifyOptions, verify_dir, verify_dir_with,
 };
 pub use webhook::{WebhookConfig, WebhookSink};
 pub use wirewarden_core;
+
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Entry points for the cargo-fuzz targets in `fuzz/`. Not part of the public API.
+
+    use crate::format::{
+        DEFAULT_MAX_RECORD_BYTES, Frame, FrameRead, SegmentHeader, encode_event_frame,
+        encode_seal_frame, read_checkpoint_entries, read_frame,
+    };
+    use crate::{decode_event, encode_event};
+
+    /// Decodes `data` as a segment file (header, then record frames), as one event and as a
+    /// checkpoint file. Whatever decodes must encode back to exactly the same bytes: the
+    /// encoding is canonical, so a verifier can re-derive what it hashes.
+    pub fn decode_segment(data: &[u8]) {
+        if let Ok(event) = decode_event(data) {
+            assert_eq!(encode_event(&event).ok().as_deref(), Some(data));
+        }
+        let _ = read_checkpoint_entries(data);
+        let Ok((header, len)) = SegmentHeader::decode(data) else {
+            return;
+        };
+        assert_eq!(Some(header.encode().as_slice()), data.get(..len));
+        let mut rest = data.get(len..).unwrap_or_default();
+        while let FrameRead::Complete(frame, n) = read_frame(rest, DEFAULT_MAX_RECORD_BYTES) {
+            let original = rest.get(..n);
+            match frame {
+                Frame::Event(rec) => {
+                    let mut again = Vec::new();
+                    encode_event_frame(
+                        &mut again, rec.log_id, rec.seq, &rec.prev, rec.event, &rec.hash,
+                    );
+                    assert_eq!(Some(again.as_slice()), original);
+                    if let Ok(event) = decode_event(rec.event) {
+                        assert_eq!(encode_event(&event).ok().as_deref(), Some(rec.event));
+                    }
+                }
+                Frame::Seal(c) => {
+                    assert_eq!(Some(encode_seal_frame(&c).as_slice()), original);
+                }
+            }
+            rest = rest.get(n..).unwrap_or_default();
+        }
+    }
+}

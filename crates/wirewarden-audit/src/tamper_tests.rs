@@ -430,3 +430,38 @@ fn buffered_mode_is_poisoned_too() {
         Durability::Buffered,
     );
 }
+
+#[test]
+fn checkpoints_are_written_periodically_also_while_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ChainKey::new("k", [1; 32]).unwrap();
+    let signer = CheckpointSigner::from_seed([2; 32]);
+    let keys = VerifyKeys {
+        chain: key.clone(),
+        checkpoint: signer.public(),
+    };
+    rt().block_on(async {
+        let sink = FileSink::builder(dir.path(), key, signer)
+            .checkpoint_interval(std::time::Duration::from_millis(20))
+            .open()
+            .unwrap();
+        sink.append_event(&numbered_event(SessionId::new(), 0))
+            .await
+            .unwrap();
+        // Nothing more is appended; checkpoints keep coming.
+        let mut seen = 0;
+        for _ in 0..500 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            seen = verify_dir(dir.path(), &keys).unwrap().checkpoints;
+            if seen >= 3 {
+                break;
+            }
+        }
+        assert!(seen >= 3, "only {seen} checkpoints while idle");
+        sink.checkpoint().await.unwrap();
+        sink.close().await.unwrap();
+    });
+    let r = verify_dir(dir.path(), &keys).unwrap();
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.last_checkpoint.map(|c| c.seq), Some(1));
+}

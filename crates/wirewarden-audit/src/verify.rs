@@ -375,7 +375,7 @@ impl Walk<'_> {
         self.report.tail.last_segment_valid_len = 0;
         let (header, header_len) = match SegmentHeader::decode(data) {
             Ok(h) => h,
-            Err(Error::Truncated { .. }) if is_last && data.len() < 200 => {
+            Err(Error::Truncated { .. }) if is_last => {
                 // A crash while the segment was being created.
                 self.torn = Some(TornTail {
                     segment: index,

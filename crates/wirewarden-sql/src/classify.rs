@@ -344,7 +344,7 @@ impl Classifier {
             out.raise(Unknown);
             return out;
         }
-        classify_statement(self, toks, &mut out);
+        classify_statement(self, toks, &mut out, 0);
         if out.verb.is_none() {
             out.verb(first_word(toks));
         }
@@ -471,11 +471,52 @@ fn first_word(toks: &[Token<'_>]) -> String {
     }
 }
 
+/// A keyword folded to lowercase without allocating. Words longer than any keyword are
+/// kept as an empty string, which matches no keyword.
+#[derive(Debug, Clone, Copy, Default)]
+struct Kw {
+    buf: [u8; 24],
+    len: usize,
+}
+
+impl Kw {
+    fn new(text: &str) -> Self {
+        let mut k = Self::default();
+        if text.len() <= k.buf.len() && text.is_ascii() {
+            for (d, s) in k.buf.iter_mut().zip(text.bytes()) {
+                *d = s.to_ascii_lowercase();
+            }
+            k.len = text.len();
+        }
+        k
+    }
+
+    fn as_str(&self) -> &str {
+        self.buf
+            .get(..self.len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+}
+
+impl std::ops::Deref for Kw {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq<&str> for Kw {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// The lowercase keyword at `i`, if that token is an unquoted identifier.
-fn kw(toks: &[Token<'_>], i: usize) -> Option<String> {
+fn kw(toks: &[Token<'_>], i: usize) -> Option<Kw> {
     toks.get(i)
         .filter(|t| t.kind == TokenKind::Ident)
-        .map(|t| t.text.to_ascii_lowercase())
+        .map(|t| Kw::new(t.text))
 }
 
 fn is_kw(toks: &[Token<'_>], i: usize, w: &str) -> bool {
@@ -518,6 +559,20 @@ fn render_part(s: &str) -> String {
     } else {
         format!("\"{}\"", s.replace('"', "\"\""))
     }
+}
+
+/// The index after a possibly qualified name at `i`, without building it.
+fn name_end(toks: &[Token<'_>], i: usize) -> Option<usize> {
+    if !toks.get(i)?.is_name() {
+        return None;
+    }
+    let mut j = i.checked_add(1)?;
+    while kind_at(toks, j) == Some(TokenKind::Dot)
+        && toks.get(j.checked_add(1)?).is_some_and(Token::is_name)
+    {
+        j = j.checked_add(2)?;
+    }
+    Some(j)
 }
 
 /// A possibly qualified name at `i`: its rendered form, its last part unrendered, and the
@@ -675,6 +730,9 @@ fn scan_functions(toks: &[Token<'_>], out: &mut Out) {
                             | "of"
                     )
                 });
+            // A dangerous name is a call even where a declaration could stand.
+            let declared =
+                declared && tables::function_class(&last, &name).is_none() && last != "set_config";
             if kind_at(toks, j) == Some(TokenKind::LParen) && !bare_kw && !declared {
                 function_call(toks, name, &last, j, out);
             }
@@ -975,23 +1033,21 @@ fn scan_query(
                     i = i.saturating_add(1);
                     continue;
                 }
-                let (name, last, j) = qualified_name(toks, i)?;
+                let j = name_end(toks, i)?;
                 let is_call = kind_at(toks, j) == Some(TokenKind::LParen);
                 let bare_kw = t.kind == TokenKind::Ident
-                    && !name.contains('.')
-                    && tables::is_non_function_keyword(&last);
-                if top.expect_item && !bare_kw {
-                    if is_call {
-                        function_call(toks, name, &last, j, out);
-                    } else {
-                        relation_at(toks, i, Access::Read, scope, out)?;
-                    }
+                    && j == i.saturating_add(1)
+                    && word.as_deref().is_some_and(tables::is_non_function_keyword);
+                if bare_kw {
                     set_top(&mut stack, top.from, false);
                     i = j;
                     continue;
                 }
-                if is_call && !bare_kw {
+                if is_call {
+                    let (name, last, _) = qualified_name(toks, i)?;
                     function_call(toks, name, &last, j, out);
+                } else if top.expect_item {
+                    relation_at(toks, i, Access::Read, scope, out)?;
                 }
                 set_top(&mut stack, top.from, false);
                 i = j;
@@ -1076,7 +1132,15 @@ fn find_for_locking(toks: &[Token<'_>]) -> bool {
     })
 }
 
-fn classify_statement(cl: &Classifier, toks: &[Token<'_>], out: &mut Out) {
+/// Statements nest only through EXPLAIN, PREPARE and CREATE TABLE AS EXECUTE; the server
+/// allows a few levels, anything deeper is not understood.
+const MAX_STATEMENT_NESTING: usize = 4;
+
+fn classify_statement(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth: usize) {
+    if depth > MAX_STATEMENT_NESTING {
+        out.raise(Unknown);
+        return;
+    }
     let Some(first) = kw(toks, 0) else {
         if kind_at(toks, 0) == Some(TokenKind::LParen) {
             query_statement(toks, out);
@@ -1105,7 +1169,7 @@ fn classify_statement(cl: &Classifier, toks: &[Token<'_>], out: &mut Out) {
                 out.obj(ObjectKind::Setting, name, Access::Read);
             }
         }
-        "explain" => explain(cl, toks, out),
+        "explain" => explain(cl, toks, out, depth),
         "copy" => copy(toks, out),
         "do" => {
             out.verb("DO");
@@ -1216,7 +1280,7 @@ fn classify_statement(cl: &Classifier, toks: &[Token<'_>], out: &mut Out) {
             });
             out.raise(Session);
         }
-        "prepare" => prepare(cl, toks, out),
+        "prepare" => prepare(cl, toks, out, depth),
         "execute" => {
             out.verb("EXECUTE");
             let name = toks.get(1).and_then(Token::ident);
@@ -1244,7 +1308,7 @@ fn classify_statement(cl: &Classifier, toks: &[Token<'_>], out: &mut Out) {
             }
             out.raise(Session);
         }
-        "create" => create(cl, toks, out),
+        "create" => create(cl, toks, out, depth),
         "alter" => alter(toks, out),
         "drop" => drop_statement(toks, out),
         "import" => {
@@ -1434,7 +1498,7 @@ fn reset_statement(toks: &[Token<'_>], out: &mut Out) {
     }
 }
 
-fn explain(cl: &Classifier, toks: &[Token<'_>], out: &mut Out) {
+fn explain(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth: usize) {
     out.verb("EXPLAIN");
     let mut i = 1usize;
     let mut analyze = false;
@@ -1470,7 +1534,12 @@ fn explain(cl: &Classifier, toks: &[Token<'_>], out: &mut Out) {
         }
     }
     let mut inner = Out::default();
-    classify_statement(cl, toks.get(i..).unwrap_or(&[]), &mut inner);
+    classify_statement(
+        cl,
+        toks.get(i..).unwrap_or(&[]),
+        &mut inner,
+        depth.saturating_add(1),
+    );
     let inner_class = inner.class;
     let class = if inner_class == Unknown {
         Unknown
@@ -1598,7 +1667,7 @@ fn grant(toks: &[Token<'_>], first: &str, out: &mut Out) {
     }
 }
 
-fn prepare(cl: &Classifier, toks: &[Token<'_>], out: &mut Out) {
+fn prepare(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth: usize) {
     out.verb("PREPARE");
     out.raise(Session);
     let Some(name) = toks.get(1).and_then(Token::ident) else {
@@ -1611,7 +1680,7 @@ fn prepare(cl: &Classifier, toks: &[Token<'_>], out: &mut Out) {
     };
     let body = toks.get(as_at.saturating_add(1)..).unwrap_or(&[]);
     let mut inner = Out::default();
-    classify_statement(cl, body, &mut inner);
+    classify_statement(cl, body, &mut inner, depth.saturating_add(1));
     if inner.verb.is_none() {
         inner.verb(first_word(body));
     }
@@ -1694,7 +1763,7 @@ fn name_kind(k: NameKind) -> Option<ObjectKind> {
     }
 }
 
-fn create(cl: &Classifier, toks: &[Token<'_>], out: &mut Out) {
+fn create(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth: usize) {
     let Some((after, words, class, nk)) = object_type(toks, 1) else {
         out.raise(Unknown);
         return;
@@ -1724,7 +1793,7 @@ fn create(cl: &Classifier, toks: &[Token<'_>], out: &mut Out) {
                 let body = toks.get(as_at.saturating_add(1)..).unwrap_or(&[]);
                 if is_kw(body, 0, "execute") {
                     let mut inner = Out::default();
-                    classify_statement(cl, body, &mut inner);
+                    classify_statement(cl, body, &mut inner, depth.saturating_add(1));
                     out.raise(inner.class);
                     out.objects.extend(inner.objects);
                 } else {

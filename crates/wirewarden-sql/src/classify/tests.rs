@@ -581,3 +581,30 @@ fn commands_carry_objects_and_digest() {
         wirewarden_core::CommandDigest::compute(Protocol::Postgres, sql.as_bytes(), [])
     );
 }
+
+#[test]
+fn deep_nesting_is_bounded_not_a_stack_overflow() {
+    let explain = "EXPLAIN ".repeat(10_000) + "SELECT 1";
+    assert_eq!(class(&explain), Unknown);
+    let prepare = "PREPARE p AS ".repeat(10_000) + "SELECT 1";
+    assert_eq!(class(&prepare), Unknown);
+    // Subqueries as deep as the lexer allows (255 levels) still classify.
+    let deep = "SELECT * FROM (".repeat(255) + "SELECT * FROM secrets" + &") s".repeat(255);
+    let s = one(&deep);
+    assert_eq!(s.class, Read);
+    assert_eq!(s.reads().collect::<Vec<_>>(), vec!["secrets"]);
+    let too_deep = "SELECT ".to_owned() + &"(".repeat(300) + "1" + &")".repeat(300);
+    assert!(matches!(
+        Classifier::new().classify(&too_deep).error,
+        Some(Error::NestingTooDeep { .. })
+    ));
+}
+
+#[test]
+fn declarations_never_hide_dangerous_calls() {
+    assert_eq!(
+        class("COPY t FROM STDIN WHERE v LIKE pg_read_file('/etc/passwd')"),
+        Admin
+    );
+    assert_eq!(class("EXECUTE nope(1) "), Unknown);
+}

@@ -47,7 +47,7 @@ pub enum FrameKind {
 
 impl FrameKind {
     fn of(header: &[u8]) -> Self {
-        let null = header.get(1..3) == Some(b"-1");
+        let null = header.get(1..5) == Some(b"-1\r\n");
         match header.first() {
             Some(b'+') => Self::SimpleString,
             Some(b'-') => Self::SimpleError,
@@ -208,7 +208,8 @@ impl Frame {
             })?;
         let (count, streamed) = match tok {
             Token::Aggregate { count, .. } => (count, false),
-            _ => (0, true),
+            Token::StreamedAggregate { .. } => (0, true),
+            _ => return Ok(None),
         };
         let mut out = Vec::with_capacity(count.min(1024) as usize);
         loop {
@@ -549,6 +550,16 @@ mod tests {
         );
         let back = requests(r.raw()).unwrap();
         assert_eq!(back, vec![r]);
+    }
+
+    #[test]
+    fn non_canonical_null_is_not_a_null() {
+        // Found by fuzzing: `*-01` once passed as a null array but not as an array.
+        let mut d = ReplyDecoder::default();
+        let mut buf = BytesMut::from(&b"*0\r\n*-01\r\n"[..]);
+        let f = d.decode(&mut buf, RespVersion::Resp2).unwrap().unwrap();
+        assert_eq!(f.elements().unwrap(), Some(vec![]));
+        assert!(d.decode(&mut buf, RespVersion::Resp2).is_err());
     }
 
     #[test]

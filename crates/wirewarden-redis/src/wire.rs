@@ -168,7 +168,11 @@ pub(crate) fn parse_i64(s: &[u8]) -> Option<i64> {
         Some((b'-', rest)) => (true, rest),
         _ => (false, s),
     };
-    if digits.is_empty() || digits.len() > 20 {
+    // Canonical form only, like the server's string2ll: no leading zeros, no "-0".
+    if digits.is_empty()
+        || digits.len() > 20
+        || (digits.first() == Some(&b'0') && (neg || digits.len() > 1))
+    {
         return None;
     }
     let mut v: i64 = 0;
@@ -588,6 +592,12 @@ impl Scanner {
                         });
                     }
                     (_, Token::Blob { kind: b'$', .. }) => {}
+                    (_, Token::NullBulk) => {
+                        return Err(Error::InvalidValue {
+                            what: "bulk length",
+                            offset: at,
+                        });
+                    }
                     (_, _) => {
                         return Err(Error::ExpectedBulk {
                             got: buf.get(at).copied().unwrap_or(0),
@@ -881,6 +891,9 @@ mod tests {
             b"*?\r\n|1\r\n+a\r\n+b\r\n.\r\n",
             b"_x\r\n",
             b":99999999999999999999\r\n",
+            b":01\r\n",
+            b"*-01\r\n",
+            b"$-0\r\n",
             b"*123456789012345678901234567890\r\n",
         ] {
             assert!(scan3(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));

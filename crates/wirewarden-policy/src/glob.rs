@@ -31,6 +31,11 @@ impl Glob {
     }
 }
 
+/// Whether `name` matches the glob `pattern`, without compiling it first.
+pub(crate) fn matches(pattern: &str, name: &str) -> bool {
+    glob_match(pattern.as_bytes(), name.as_bytes())
+}
+
 /// Byte-wise glob matching. Patterns and names are UTF-8, and `?` is used for single ASCII
 /// characters in practice; matching bytes keeps the algorithm free of index arithmetic on
 /// char boundaries.

@@ -20,7 +20,7 @@ use wirewarden_core::{
     Timestamp,
 };
 
-use crate::glob::Glob;
+use crate::glob;
 
 /// Errors from grants and grant stores.
 #[derive(Debug, thiserror::Error)]
@@ -109,11 +109,7 @@ impl GrantScope {
                     ObjectKind::Relation | ObjectKind::Key | ObjectKind::Path
                 )
             })
-            .all(|o| {
-                self.objects
-                    .iter()
-                    .any(|g| Glob::new(g.as_str()).matches(&o.name))
-            })
+            .all(|o| self.objects.iter().any(|g| glob::matches(g, &o.name)))
     }
 }
 

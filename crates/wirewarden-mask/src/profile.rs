@@ -70,8 +70,10 @@ pub struct Profile {
     name: String,
     scanner: Scanner,
     custom: Vec<CustomDetector>,
-    strategies: HashMap<String, Strategy>,
-    default_strategy: Strategy,
+    /// The strategy of each built-in detector (indexed by `Detector as usize`) and of each
+    /// custom detector, resolved once so that masking does no lookups by name.
+    builtin_strategies: Vec<Strategy>,
+    custom_strategies: Vec<Strategy>,
     rules: Vec<FieldRule>,
     has_json_rules: bool,
     json_in_text: bool,
@@ -206,6 +208,14 @@ impl ProfileBuilder {
             .rules
             .iter()
             .any(|r| matches!(r.selector, Selector::JsonPath(_)));
+        let resolve = |name: &str| {
+            self.strategies
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| self.default_strategy.clone())
+        };
+        let builtin_strategies = Detector::ALL.iter().map(|d| resolve(d.name())).collect();
+        let custom_strategies = self.custom.iter().map(|c| resolve(c.name())).collect();
         Ok(Profile {
             name: self.name,
             scanner: Scanner {
@@ -213,8 +223,8 @@ impl ProfileBuilder {
                 ssn_unformatted: self.ssn_unformatted,
             },
             custom: self.custom,
-            strategies: self.strategies,
-            default_strategy: self.default_strategy,
+            builtin_strategies,
+            custom_strategies,
             rules: self.rules,
             has_json_rules,
             json_in_text: self.json_in_text,
@@ -342,7 +352,7 @@ impl Profile {
                     counts.add(self.entity(f.kind), 1);
                 }
                 let entity = self.entity(first.kind);
-                let strategy = self.strategy_for(entity);
+                let strategy = self.strategy_of(first.kind);
                 let out = mask_whole(strategy, self.key(), entity, ty, &value)?;
                 Ok(out.map(Cow::Owned))
             }
@@ -407,10 +417,14 @@ impl Profile {
         }
     }
 
-    pub(crate) fn strategy_for(&self, entity: &str) -> &Strategy {
-        self.strategies
-            .get(entity)
-            .unwrap_or(&self.default_strategy)
+    pub(crate) fn strategy_of(&self, kind: Kind) -> &Strategy {
+        let s = match kind {
+            Kind::Builtin(d) => self.builtin_strategies.get(d as usize),
+            Kind::Custom(i) => self.custom_strategies.get(i),
+        };
+        // Both tables are built from the same lists the kinds index; redaction is the safe
+        // answer should that ever not hold.
+        s.unwrap_or(&REDACT)
     }
 
     /// Every finding in `bytes`, in order, without overlaps.
@@ -475,13 +489,32 @@ impl Profile {
         let mut out = Vec::with_capacity(bytes.len() + 16);
         let mut repl = String::new();
         let mut last = 0;
+        // Counted locally and added once: one map update per entity, not per finding.
+        let mut builtin = [0u64; Detector::ALL.len()];
+        let mut custom = vec![0u64; self.custom.len()];
+        let mut null = false;
         for f in &findings {
             out.extend_from_slice(bytes.get(last..f.start).unwrap_or_default());
+            match f.kind {
+                Kind::Builtin(d) => {
+                    if let Some(n) = builtin.get_mut(d as usize) {
+                        *n += 1;
+                    }
+                }
+                Kind::Custom(i) => {
+                    if let Some(n) = custom.get_mut(i) {
+                        *n += 1;
+                    }
+                }
+            }
+            let raw = bytes.get(f.start..f.end).unwrap_or_default();
+            let span = match std::str::from_utf8(raw) {
+                Ok(s) => Cow::Borrowed(s),
+                Err(_) => String::from_utf8_lossy(raw),
+            };
             let entity = self.entity(f.kind);
-            counts.add(entity, 1);
-            let span = String::from_utf8_lossy(bytes.get(f.start..f.end).unwrap_or_default());
-            let strategy = self.strategy_for(entity);
             repl.clear();
+            let strategy = self.strategy_of(f.kind);
             if mask_span(
                 strategy,
                 self.key(),
@@ -491,15 +524,27 @@ impl Profile {
                 &mut repl,
             )? == Span::Null
             {
-                return Ok(Edit::Null);
+                null = true;
+                break;
             }
             out.extend_from_slice(repl.as_bytes());
             last = f.end;
+        }
+        for (d, n) in Detector::ALL.iter().zip(builtin) {
+            counts.add(d.name(), n);
+        }
+        for (c, n) in self.custom.iter().zip(custom) {
+            counts.add(c.name(), n);
+        }
+        if null {
+            return Ok(Edit::Null);
         }
         out.extend_from_slice(bytes.get(last..).unwrap_or_default());
         Ok(Edit::Changed(out))
     }
 }
+
+static REDACT: Strategy = Strategy::Redact { text: None };
 
 /// The outcome of masking a piece of text.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -280,34 +280,71 @@ pub(crate) enum Canon {
 }
 
 fn keyed(key: &[u8; 32], entity: &str, canon: Canon, value: &[u8]) -> blake3::Hasher {
+    /// Canonical bytes are gathered here and hashed in few calls: tiny updates are slow.
+    struct Buffered {
+        h: blake3::Hasher,
+        buf: [u8; 128],
+        n: usize,
+    }
+    impl Buffered {
+        fn push(&mut self, bytes: &[u8]) {
+            if self.n + bytes.len() > self.buf.len() {
+                self.h.update(self.buf.get(..self.n).unwrap_or_default());
+                self.n = 0;
+            }
+            match self.buf.get_mut(self.n..self.n + bytes.len()) {
+                Some(slot) => {
+                    slot.copy_from_slice(bytes);
+                    self.n += bytes.len();
+                }
+                None => {
+                    self.h.update(bytes);
+                }
+            }
+        }
+        fn finish(mut self) -> blake3::Hasher {
+            self.h.update(self.buf.get(..self.n).unwrap_or_default());
+            self.h
+        }
+    }
     let mut h = blake3::Hasher::new_keyed(key);
     h.update(&(entity.len() as u64).to_le_bytes());
     h.update(entity.as_bytes());
+    let mut b = Buffered {
+        h,
+        buf: [0; 128],
+        n: 0,
+    };
     match (canon, std::str::from_utf8(value)) {
         (Canon::Digits, Ok(s)) => {
             for c in s.chars() {
                 if let Some(d) = digit_value(c) {
-                    h.update(&[d]);
+                    b.push(&[d]);
                 }
             }
         }
         (Canon::Folded, Ok(s)) => {
-            for c in s.chars().filter(|c| !is_ignorable(*c)) {
+            for c in s.chars() {
+                if c.is_ascii() {
+                    b.push(&[c.to_ascii_lowercase() as u8]);
+                    continue;
+                }
+                if is_ignorable(c) {
+                    continue;
+                }
                 let mut buf = [0u8; 4];
                 let c = match digit_value(c) {
                     Some(d) => char::from(b'0' + d),
                     None => c,
                 };
                 for l in c.to_lowercase() {
-                    h.update(l.encode_utf8(&mut buf).as_bytes());
+                    b.push(l.encode_utf8(&mut buf).as_bytes());
                 }
             }
         }
-        _ => {
-            h.update(value);
-        }
+        _ => b.push(value),
     }
-    h
+    b.finish()
 }
 
 fn need_key<'k>(key: Option<&'k MaskKey>, s: &Strategy) -> Result<&'k MaskKey> {
@@ -321,8 +358,10 @@ fn token(key: &MaskKey, entity: &str, canon: Canon, value: &[u8]) -> [u8; 32] {
 }
 
 fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        let _ = write!(out, "{b:02x}");
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xF)]));
     }
 }
 

@@ -2,11 +2,13 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod metrics;
 mod pipeline;
 pub mod postgres;
 pub mod tls;
 
 pub use error::{Error, Result};
+pub use metrics::Metrics;
 pub use pipeline::{Decided, NoAuditSink, Pipeline, PipelineBuilder};
 pub use {
     wirewarden_audit as audit, wirewarden_core as core, wirewarden_identity as identity,

@@ -15,7 +15,7 @@ use wirewarden_mask::{Engine as MaskEngine, Profile};
 use wirewarden_policy::{Evaluation, Grant, GrantStore, MemoryGrantStore, PolicyEngine, Request};
 use wirewarden_review::{MemoryReviewStore, Reviews};
 
-use crate::{Error, Result};
+use crate::{Error, Metrics, Result};
 
 /// Marks a [`PipelineBuilder`] that has no audit sink yet; it has no `build` method.
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +105,7 @@ impl PipelineBuilder<Arc<dyn AuditSink>> {
             masks,
             audit: self.audit,
             max_review_wait: self.max_review_wait,
+            metrics: Metrics::default(),
         })
     }
 }
@@ -119,6 +120,7 @@ pub struct Pipeline {
     masks: Arc<MaskEngine>,
     audit: Arc<dyn AuditSink>,
     max_review_wait: Duration,
+    metrics: Metrics,
 }
 
 /// A policy evaluation and the grants it saw.
@@ -231,6 +233,12 @@ impl Pipeline {
     #[must_use]
     pub fn grants(&self) -> &Arc<dyn GrantStore> {
         &self.grants
+    }
+
+    /// The process-wide counters.
+    #[must_use]
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The longest any command is held for review.

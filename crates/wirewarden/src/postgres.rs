@@ -49,7 +49,7 @@ use wirewarden_sql::Classifier;
 use self::catalog::Catalog;
 use self::outbound::{ColumnPlan, Unmaskable};
 use self::upstream::BoxIo;
-use crate::{Error, Pipeline, Result};
+use crate::{Error, Metrics, Pipeline, Result};
 
 /// How the gateway reaches and logs in to the upstream server.
 #[derive(Clone)]
@@ -419,6 +419,7 @@ impl PostgresProxy {
     async fn authenticate(&self, s: &mut Started, peer: Option<SocketAddr>) -> Result<Principal> {
         let user = s.startup.user().unwrap_or_default().to_owned();
         let fail = |reason: String, method: &str| {
+            Metrics::add(&self.pipeline.metrics().auth_failures, 1);
             AuditEvent::new(
                 None,
                 AuditEventKind::AuthenticationFailed {
@@ -654,7 +655,11 @@ impl PostgresProxy {
             shared,
             started: Instant::now(),
         };
+        let metrics = self.pipeline.metrics();
+        Metrics::add(&metrics.sessions_started, 1);
+        metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
         let outcome = relay.run(s.client, s.buf, s.decoder, up).await;
+        metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
         if let (Some(pid), Ok(mut keys)) = (issued, self.cancel.lock()) {
             keys.remove(pid);
         }
@@ -1016,6 +1021,12 @@ impl Relay {
             }
             decided.evaluation.decision
         };
+        let metrics = self.proxy.pipeline.metrics();
+        match &decision {
+            Decision::Allow { .. } => Metrics::add(&metrics.commands_allowed, 1),
+            Decision::Review { .. } => Metrics::add(&metrics.commands_reviewed, 1),
+            _ => Metrics::add(&metrics.commands_denied, 1),
+        }
         match decision {
             Decision::Allow { mask_profile, .. } => {
                 match self.proxy.pipeline.mask_profile(&self.target, &self.principal, mask_profile.as_deref()) {
@@ -1203,6 +1214,12 @@ impl Relay {
     }
 
     async fn record_completion(&self, p: Pending) {
+        let metrics = self.proxy.pipeline.metrics();
+        Metrics::add(&metrics.rows, p.rows);
+        Metrics::add(&metrics.values_masked, p.masked.total());
+        if p.withheld {
+            Metrics::add(&metrics.results_withheld, 1);
+        }
         let duration_us = u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let completed = AuditEvent::new(
             Some(self.session_id),

@@ -1,0 +1,389 @@
+//! The gateway's TOML configuration, and turning it into a running pipeline's parts.
+//!
+//! Every error names the file, and TOML syntax and type errors also the line and column.
+//! Secrets are never written in the file itself: each is read from an environment variable
+//! (`*_env`) or a file (`*_file`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use wirewarden::audit::{
+    ChainKey, CheckpointKey, CheckpointSigner, Durability, FileSink, VerifyKeys,
+};
+use wirewarden::core::{Protocol, Target};
+use wirewarden::identity::{Chain, IdentityProvider, JwtConfig, JwtProvider, StaticTokens};
+use wirewarden::mask::Engine as MaskEngine;
+use wirewarden::policy::RuleEngine;
+use wirewarden::postgres::{
+    PostgresTarget, ScramUser, Secret, ServerTls, UpstreamConfig, UpstreamTls,
+};
+
+/// A configuration problem, with where it was found.
+#[derive(Debug)]
+pub(crate) struct ConfigError(pub(crate) String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+fn err(file: &Path, what: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{}: {what}", file.display()))
+}
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) admin: AdminConfig,
+    pub(crate) identity: IdentityConfig,
+    pub(crate) policy: FileRef,
+    #[serde(default)]
+    pub(crate) masking: Option<FileRef>,
+    pub(crate) audit: AuditConfig,
+    #[serde(default)]
+    pub(crate) review: ReviewConfig,
+    #[serde(rename = "target", default)]
+    pub(crate) targets: Vec<TargetConfig>,
+    /// The directory relative paths are resolved against (the config file's).
+    #[serde(skip)]
+    pub(crate) base: PathBuf,
+    #[serde(skip)]
+    pub(crate) path: PathBuf,
+}
+
+/// A secret read from the environment or a file.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SecretRef {
+    pub(crate) env: Option<String>,
+    pub(crate) file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminConfig {
+    pub(crate) listen: SocketAddr,
+    /// The admin API's bearer token.
+    pub(crate) token: SecretRef,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IdentityConfig {
+    /// Static tokens (`[[tokens]]` entries with blake3 hashes).
+    pub(crate) tokens_file: Option<PathBuf>,
+    /// JWT access tokens from an OIDC provider.
+    pub(crate) jwt: Option<JwtConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileRef {
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DurabilityConfig {
+    Fsync,
+    Buffered,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditConfig {
+    pub(crate) dir: PathBuf,
+    #[serde(default = "default_durability")]
+    pub(crate) durability: DurabilityConfig,
+    /// File holding `<key-id> <64 hex>`: the keyed-hash chain key.
+    pub(crate) chain_key_file: PathBuf,
+    /// File holding the 64-hex Ed25519 seed that signs checkpoints.
+    pub(crate) signing_key_file: PathBuf,
+}
+
+fn default_durability() -> DurabilityConfig {
+    DurabilityConfig::Fsync
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReviewConfig {
+    /// The longest a command is held, in seconds (default 3600).
+    pub(crate) max_wait_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TargetConfig {
+    pub(crate) name: String,
+    pub(crate) protocol: String,
+    pub(crate) listen: SocketAddr,
+    pub(crate) upstream: String,
+    pub(crate) database: String,
+    pub(crate) user: String,
+    pub(crate) password: SecretRef,
+    #[serde(default)]
+    pub(crate) upstream_tls: Option<UpstreamTlsConfig>,
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) allow_plaintext_password: bool,
+    /// Users that log in with SCRAM against a stored verifier.
+    #[serde(default)]
+    pub(crate) scram_users: BTreeMap<String, ScramUserConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamTlsConfig {
+    pub(crate) ca_file: PathBuf,
+    pub(crate) server_name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScramUserConfig {
+    pub(crate) verifier: String,
+    #[serde(default)]
+    pub(crate) subject: String,
+    #[serde(default)]
+    pub(crate) groups: Vec<String>,
+}
+
+impl Config {
+    /// Reads and parses a configuration file.
+    pub(crate) fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| err(path, e))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| err(path, e))?;
+        config.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.path = path.to_path_buf();
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<()> {
+        let mut names = std::collections::BTreeSet::new();
+        for t in &self.targets {
+            if !names.insert(&t.name) {
+                return Err(self.error(format!("target {:?} is defined twice", t.name)));
+            }
+            if t.protocol != "postgres" {
+                return Err(self.error(format!(
+                    "target {:?}: protocol {:?} is not served by this gateway yet (supported: postgres)",
+                    t.name, t.protocol
+                )));
+            }
+            if t.tls_cert.is_some() != t.tls_key.is_some() {
+                return Err(self.error(format!(
+                    "target {:?}: tls_cert and tls_key go together",
+                    t.name
+                )));
+            }
+        }
+        if self.identity.tokens_file.is_none() && self.identity.jwt.is_none() {
+            return Err(self.error("[identity] needs tokens_file, [identity.jwt], or both"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn error(&self, what: impl std::fmt::Display) -> ConfigError {
+        err(&self.path, what)
+    }
+
+    /// A path from the file, relative to the file's directory.
+    pub(crate) fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    pub(crate) fn secret(&self, what: &str, r: &SecretRef) -> Result<String> {
+        match (&r.env, &r.file) {
+            (Some(var), None) => std::env::var(var)
+                .map_err(|_| self.error(format!("{what}: environment variable {var} is not set"))),
+            (None, Some(f)) => {
+                let p = self.resolve(f);
+                std::fs::read_to_string(&p)
+                    .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+                    .map_err(|e| self.error(format!("{what}: {}: {e}", p.display())))
+            }
+            _ => Err(self.error(format!("{what}: give exactly one of env or file"))),
+        }
+    }
+
+    fn read(&self, what: &str, p: &Path) -> Result<String> {
+        let p = self.resolve(p);
+        std::fs::read_to_string(&p).map_err(|e| self.error(format!("{what}: {}: {e}", p.display())))
+    }
+
+    pub(crate) fn identity(&self) -> Result<Arc<dyn IdentityProvider>> {
+        let mut chain = Chain::new();
+        if let Some(f) = &self.identity.tokens_file {
+            let text = self.read("identity.tokens_file", f)?;
+            let tokens = StaticTokens::from_toml(&text).map_err(|e| err(&self.resolve(f), e))?;
+            chain = chain.with(Arc::new(tokens));
+        }
+        if let Some(jwt) = &self.identity.jwt {
+            let provider = JwtProvider::new(jwt.clone())
+                .map_err(|e| self.error(format!("identity.jwt: {e}")))?;
+            chain = chain.with(Arc::new(provider));
+        }
+        Ok(Arc::new(chain))
+    }
+
+    pub(crate) fn policy(&self) -> Result<Arc<RuleEngine>> {
+        let text = self.read("policy.file", &self.policy.file)?;
+        RuleEngine::from_toml(&text)
+            .map(Arc::new)
+            .map_err(|e| err(&self.resolve(&self.policy.file), e))
+    }
+
+    pub(crate) fn masking(&self) -> Result<Option<Arc<MaskEngine>>> {
+        let Some(m) = &self.masking else {
+            return Ok(None);
+        };
+        let text = self.read("masking.file", &m.file)?;
+        MaskEngine::from_toml(&text)
+            .map(|e| Some(Arc::new(e)))
+            .map_err(|e| err(&self.resolve(&m.file), e))
+    }
+
+    pub(crate) fn audit_keys(&self) -> Result<(ChainKey, CheckpointSigner)> {
+        let chain_text = self.read("audit.chain_key_file", &self.audit.chain_key_file)?;
+        let mut parts = chain_text.split_whitespace();
+        let (Some(id), Some(hex), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(self.error("audit.chain_key_file must hold `<key-id> <64 hex digits>`"));
+        };
+        let chain = ChainKey::from_hex(id, hex)
+            .map_err(|e| self.error(format!("audit.chain_key_file: {e}")))?;
+        let seed = self.read("audit.signing_key_file", &self.audit.signing_key_file)?;
+        let signer = CheckpointSigner::from_hex(seed.trim())
+            .map_err(|e| self.error(format!("audit.signing_key_file: {e}")))?;
+        Ok((chain, signer))
+    }
+
+    pub(crate) fn verify_keys(&self) -> Result<VerifyKeys> {
+        let (chain, signer) = self.audit_keys()?;
+        let checkpoint: CheckpointKey = signer.public();
+        Ok(VerifyKeys { chain, checkpoint })
+    }
+
+    pub(crate) fn audit_dir(&self) -> PathBuf {
+        self.resolve(&self.audit.dir)
+    }
+
+    pub(crate) fn audit_sink(&self) -> Result<FileSink> {
+        let (chain, signer) = self.audit_keys()?;
+        let durability = match self.audit.durability {
+            DurabilityConfig::Fsync => Durability::Fsync,
+            DurabilityConfig::Buffered => Durability::Buffered,
+        };
+        let dir = self.audit_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| self.error(format!("audit.dir {}: {e}", dir.display())))?;
+        FileSink::builder(dir, chain, signer)
+            .durability(durability)
+            .open()
+            .map_err(|e| self.error(format!("audit: {e}")))
+    }
+
+    pub(crate) fn postgres_target(&self, t: &TargetConfig) -> Result<PostgresTarget> {
+        let what = format!("target {:?}", t.name);
+        let password = self.secret(&format!("{what} password"), &t.password)?;
+        let upstream_tls = match &t.upstream_tls {
+            None => None,
+            Some(u) => {
+                let roots = wirewarden::tls::load_certs(&self.resolve(&u.ca_file))
+                    .map_err(|e| self.error(format!("{what}: {e}")))?;
+                Some(UpstreamTls {
+                    config: wirewarden::tls::client_config(&roots)
+                        .map_err(|e| self.error(format!("{what}: {e}")))?,
+                    server_name: wirewarden::tls::server_name(&u.server_name)
+                        .map_err(|e| self.error(format!("{what}: {e}")))?,
+                })
+            }
+        };
+        let upstream = UpstreamConfig {
+            addr: t.upstream.clone(),
+            user: t.user.clone(),
+            password: Secret::new(password),
+            database: t.database.clone(),
+            tls: upstream_tls,
+        };
+        let target = Target::new(t.name.clone(), Protocol::Postgres)
+            .map_err(|e| self.error(format!("{what}: {e}")))?
+            .with_database(t.database.clone());
+        let mut pt = PostgresTarget::new(target, upstream);
+        if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
+            let chain = wirewarden::tls::load_certs(&self.resolve(cert))
+                .map_err(|e| self.error(format!("{what}: {e}")))?;
+            let key_pem = std::fs::read(self.resolve(key))
+                .map_err(|e| self.error(format!("{what}: tls_key: {e}")))?;
+            let key = wirewarden::tls::key_from_pem(&key_pem)
+                .map_err(|e| self.error(format!("{what}: {e}")))?;
+            pt.tls =
+                Some(ServerTls::new(chain, key).map_err(|e| self.error(format!("{what}: {e}")))?);
+            pt.require_tls = true;
+        }
+        pt.allow_plaintext_password = t.allow_plaintext_password;
+        for (user, s) in &t.scram_users {
+            let verifier = s
+                .verifier
+                .parse()
+                .map_err(|e| self.error(format!("{what}: scram user {user:?}: {e}")))?;
+            pt.scram_users.insert(
+                user.clone(),
+                ScramUser {
+                    verifier,
+                    subject: s.subject.clone(),
+                    groups: s.groups.clone(),
+                },
+            );
+        }
+        Ok(pt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syntax_errors_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gateway.toml");
+        std::fs::write(
+            &p,
+            "[admin]\nlisten = \"127.0.0.1:1\"\ntoken = { env = \"X\" }\n\n[identity\n",
+        )
+        .unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("gateway.toml"), "{e}");
+        assert!(e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.toml");
+        std::fs::write(
+            &p,
+            "[admin]\nlisten = \"127.0.0.1:1\"\ntoken = { env = \"X\" }\nport = 3\n",
+        )
+        .unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("unknown field `port`"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+    }
+}

@@ -1,0 +1,478 @@
+//! The gateway binary end to end: a configuration on disk, `serve` in front of a real
+//! PostgreSQL, psql through it, reviews approved with the CLI, the admin API, and the audit
+//! subcommands afterwards.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use wirewarden_testkit::{Postgres, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wirewarden-gateway");
+
+const SEED: &str = "
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text, ssn text, card text);
+INSERT INTO customers VALUES
+  (1, 'Ada Lovelace', 'ada@example.com', '123-45-6789', '4111 1111 1111 1111'),
+  (2, 'Alan Turing', 'alan@example.org', '234-56-7890', '5500 0000 0000 0004');
+CREATE TABLE notes (id serial PRIMARY KEY, body text);
+";
+
+const POLICY: &str = r#"
+[[rule]]
+id = "no-ddl"
+class = "schema"
+action = "deny"
+reason = "schema changes go through migrations"
+
+[[rule]]
+id = "analysts-read"
+groups = ["analysts"]
+max_class = "read"
+action = "allow"
+mask_profile = "analyst"
+
+[[rule]]
+id = "writes-need-a-dba"
+groups = ["analysts"]
+max_class = "write"
+action = "review"
+reviewers = ["dba"]
+timeout = "30s"
+"#;
+
+const MASKING: &str = r#"
+default_profile = "analyst"
+
+[[profile]]
+name = "analyst"
+strategies = { card_number = { kind = "partial", keep_last = 4 } }
+rules = [{ column = "customers.name", strategy = "tokenize" }]
+"#;
+
+struct Gateway {
+    child: Child,
+    dir: tempfile::TempDir,
+    pg_port: u16,
+    admin_port: u16,
+    _pg: Postgres,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(self.dir.path().join("gateway.toml"))
+            .args(args)
+            .env("ADMIN_TOKEN", "admin-secret")
+            .env("CRM_PASSWORD", "unused-by-cli")
+            .output()
+            .unwrap()
+    }
+
+    fn psql(&self, token: &str, sql: &[&str]) -> Output {
+        let mut cmd = Command::new("psql");
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.pg_port.to_string(),
+            "-U",
+            "analyst",
+            "-d",
+            "app",
+        ])
+        .env("PGPASSWORD", token)
+        .env("PGSSLMODE", "disable")
+        .env("PGCONNECT_TIMEOUT", "10");
+        for s in sql {
+            cmd.args(["-c", s]);
+        }
+        cmd.output().unwrap()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn hex32() -> String {
+    wirewarden_testkit::random_secret() + &wirewarden_testkit::random_secret()
+}
+
+fn wait_port(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start() -> Gateway {
+    let pg = Postgres::builder().seed_sql(SEED).start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let p = |name: &str| -> PathBuf { root.join(name) };
+    std::fs::write(p("policy.toml"), POLICY).unwrap();
+    std::fs::write(
+        p("masking.toml"),
+        format!("key = \"{}\"\n{MASKING}", hex32()),
+    )
+    .unwrap();
+    std::fs::write(p("chain.key"), format!("k1 {}\n", hex32())).unwrap();
+    std::fs::write(p("signing.key"), format!("{}\n", hex32())).unwrap();
+    // The token file: written by `token issue`, as an operator would.
+    std::fs::write(p("tokens.toml"), "").unwrap();
+    let (pg_port, admin_port) = (free_port().unwrap(), free_port().unwrap());
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token = {{ env = "ADMIN_TOKEN" }}
+
+[identity]
+tokens_file = "tokens.toml"
+
+[policy]
+file = "policy.toml"
+
+[masking]
+file = "masking.toml"
+
+[audit]
+dir = "audit"
+durability = "fsync"
+chain_key_file = "chain.key"
+signing_key_file = "signing.key"
+
+[[target]]
+name = "crm"
+protocol = "postgres"
+listen = "127.0.0.1:{pg_port}"
+upstream = "{upstream}"
+database = "{db}"
+user = "{user}"
+password = {{ env = "CRM_PASSWORD" }}
+allow_plaintext_password = true
+"#,
+        upstream = pg.addr(),
+        db = pg.database(),
+        user = pg.user(),
+    );
+    std::fs::write(p("gateway.toml"), config).unwrap();
+    let mut g = Gateway {
+        child: Command::new("true").spawn().unwrap(),
+        dir,
+        pg_port,
+        admin_port,
+        _pg: pg,
+    };
+    let issued = g.cli(&[
+        "token",
+        "issue",
+        "--id",
+        "analyst",
+        "--subject",
+        "analyst-1",
+        "--group",
+        "analysts",
+    ]);
+    assert!(issued.status.success(), "{}", text(&issued.stderr));
+    let out = text(&issued.stdout);
+    let token = out
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let entry: String = out.lines().skip(1).collect::<Vec<_>>().join("\n");
+    std::fs::write(p("tokens.toml"), entry + "\n").unwrap();
+    std::fs::write(p("token"), &token).unwrap();
+    let _ = g.child.wait();
+    g.child = Command::new(BIN)
+        .arg("--config")
+        .arg(p("gateway.toml"))
+        .arg("serve")
+        .env("ADMIN_TOKEN", "admin-secret")
+        .env("CRM_PASSWORD", g._pg.password())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_port(pg_port);
+    wait_port(admin_port);
+    g
+}
+
+fn token(g: &Gateway) -> String {
+    std::fs::read_to_string(g.dir.path().join("token")).unwrap()
+}
+
+#[test]
+fn the_gateway_end_to_end() {
+    let g = start();
+    let tok = token(&g);
+
+    // A masked SELECT: content detectors and the column rule.
+    let out = g.psql(
+        &tok,
+        &["SELECT name, email, ssn, card FROM customers ORDER BY id"],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for secret in [
+        "Ada Lovelace",
+        "ada@example.com",
+        "123-45-6789",
+        "4111 1111 1111 1111",
+    ] {
+        assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");
+    }
+    assert!(
+        stdout.contains("1111"),
+        "partial card keeps the last four: {stdout}"
+    );
+
+    // A denied DROP, and the same session goes on.
+    let out = g.psql(
+        &tok,
+        &["DROP TABLE customers", "SELECT count(*) FROM customers"],
+    );
+    assert!(
+        text(&out.stderr).contains("schema changes go through migrations"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout).trim(), "2");
+
+    // A wrong token is refused.
+    let out = g.psql("wrong-token", &["SELECT 1"]);
+    assert!(!out.status.success());
+
+    // A write is held for review and approved from the CLI.
+    let tok2 = tok.clone();
+    let port = g.pg_port;
+    let writer = std::thread::spawn(move || {
+        Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "analyst",
+                "-d",
+                "app",
+            ])
+            .args([
+                "-c",
+                "INSERT INTO notes (body) VALUES ('reviewed')",
+                "-c",
+                "SELECT count(*) FROM notes",
+            ])
+            .env("PGPASSWORD", tok2)
+            .env("PGSSLMODE", "disable")
+            .output()
+            .unwrap()
+    });
+    let start = Instant::now();
+    let id = loop {
+        let list = g.cli(&["review", "list"]);
+        assert!(list.status.success(), "{}", text(&list.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        if let Some(id) = v["reviews"].get(0).and_then(|r| r["id"].as_str()) {
+            break id.to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no review appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let self_approval = g.cli(&[
+        "review",
+        "approve",
+        &id,
+        "--as",
+        "analyst-1",
+        "--group",
+        "dba",
+    ]);
+    assert!(!self_approval.status.success(), "self-approval must fail");
+    let approve = g.cli(&["review", "approve", &id, "--as", "dba-1", "--group", "dba"]);
+    assert!(approve.status.success(), "{}", text(&approve.stdout));
+    let out = writer.join().unwrap();
+    assert!(
+        text(&out.stderr).contains("held for review"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout).trim().lines().last(),
+        Some("1"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The admin API: metrics behind the admin token.
+    let metrics = http_get(g.admin_port, "/metrics", Some("admin-secret"));
+    assert!(
+        metrics.contains("wirewarden_commands_denied_total 1"),
+        "{metrics}"
+    );
+    assert!(http_get(g.admin_port, "/metrics", Some("nope")).starts_with("HTTP/1.1 401"));
+    assert!(http_get(g.admin_port, "/healthz", None).contains("ok"));
+
+    // Grants through the CLI.
+    let grant = g.cli(&[
+        "grant",
+        "issue",
+        "--subject",
+        "analyst-1",
+        "--target",
+        "crm",
+        "--class",
+        "write",
+        "--minutes",
+        "5",
+        "--as",
+        "dba-1",
+    ]);
+    assert!(grant.status.success(), "{}", text(&grant.stdout));
+    let out = g.psql(&tok, &["INSERT INTO notes (body) VALUES ('granted')"]);
+    assert!(
+        out.status.success() && !text(&out.stderr).contains("held"),
+        "{}",
+        text(&out.stderr)
+    );
+    let list = g.cli(&["grant", "list", "--subject", "analyst-1", "--target", "crm"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let gid = v["grants"][0]["id"].as_str().unwrap().to_owned();
+    assert!(
+        g.cli(&["grant", "revoke", &gid, "--as", "dba-1"])
+            .status
+            .success()
+    );
+
+    // Graceful shutdown, then the audit trail verifies and replays.
+    let _ = Command::new("kill")
+        .args(["-TERM", &g.child.id().to_string()])
+        .status();
+    let mut g = g;
+    let status = wait_exit(&mut g.child);
+    assert!(status.success(), "{status:?}");
+    let verify = g.cli(&["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        text(&verify.stdout),
+        text(&verify.stderr)
+    );
+    let export = g.cli(&["audit", "export", "--format", "jsonl"]);
+    let events: Vec<serde_json::Value> = text(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let session = events
+        .iter()
+        .find(|e| e["type"] == "session_started")
+        .and_then(|e| e["session"].as_str())
+        .unwrap()
+        .to_owned();
+    assert!(events.iter().any(|e| e["type"] == "grant_issued"));
+    assert!(events.iter().any(|e| e["type"] == "review_resolved"));
+    let replay = g.cli(&["audit", "replay", &session]);
+    let transcript = text(&replay.stdout);
+    assert!(
+        transcript.contains("SELECT (read): allow by rule analysts-read"),
+        "{transcript}"
+    );
+    assert!(transcript.contains("**** **** **** 1111"), "{transcript}");
+    assert!(!transcript.contains("123-45-6789"), "{transcript}");
+    let ocsf = g.cli(&["audit", "export", "--format", "ocsf"]);
+    assert!(
+        text(&ocsf.stdout)
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
+    assert!(text(&ocsf.stdout).contains("\"class_uid\":6005"));
+}
+
+#[test]
+fn configuration_errors_name_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        "[admin]\nlisten = \"127.0.0.1:1\"\ntoken = { env = \"T\" }\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("gateway.toml") && err.contains("line 4") && err.contains("bogus"),
+        "{err}"
+    );
+    let missing = Command::new(BIN)
+        .arg("--config")
+        .arg(Path::new("/nonexistent/g.toml"))
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(text(&missing.stderr).contains("/nonexistent/g.toml"));
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "gateway did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn http_get(port: u16, path: &str, token: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}

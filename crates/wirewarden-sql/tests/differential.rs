@@ -20,6 +20,8 @@ use wirewarden_testkit::Postgres;
 #[derive(Debug, Default)]
 struct Reply {
     tags: Vec<String>,
+    /// First column of every DataRow (`None` for NULL).
+    rows: Vec<Option<String>>,
     /// SQLSTATE of the ErrorResponse, if any.
     error: Option<(String, String)>,
     empty: bool,
@@ -115,6 +117,7 @@ impl Client {
             let (tag, body) = self.message();
             match tag {
                 b'C' => reply.tags.push(cstr(&body)),
+                b'D' => reply.rows.push(first_cell(&body)),
                 b'E' => reply.error = Some(error_fields(&body)),
                 b'I' => reply.empty = true,
                 b'G' => {
@@ -128,6 +131,13 @@ impl Client {
             }
         }
     }
+}
+
+/// The first cell of a DataRow body.
+fn first_cell(b: &[u8]) -> Option<String> {
+    let len = i32::from_be_bytes(b.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    Some(String::from_utf8_lossy(b.get(6..6 + len)?).into_owned())
 }
 
 fn cstr(b: &[u8]) -> String {
@@ -456,3 +466,66 @@ fn standard_conforming_strings_off_matches_the_server() {
     assert!(client.simple_query("SELECT U&'x'").error.is_some());
     assert!(classifier.classify("SELECT U&'x'").error.is_some());
 }
+
+/// A statement classified `Read` or `Session` must not write: run inside a transaction, it
+/// must leave no transaction id assigned (every write, row lock and DDL assigns one).
+#[test]
+fn reads_do_not_write() {
+    let pg = Postgres::builder().start().expect("postgres starts");
+    let mut client = Client::connect(&pg);
+    let fixture = client.simple_query(FIXTURE);
+    assert!(fixture.error.is_none(), "fixture: {:?}", fixture.error);
+    let classifier = Classifier::new();
+    let mut checked = 0usize;
+    let mut failures = Vec::new();
+    for sql in CORPUS.iter().chain(READS) {
+        let a = classifier.classify(sql);
+        let [s] = a.statements.as_slice() else {
+            continue;
+        };
+        let transaction_control = matches!(
+            s.verb.as_str(),
+            "BEGIN" | "START TRANSACTION" | "COMMIT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE"
+        );
+        if s.class > CommandClass::Read || transaction_control {
+            continue;
+        }
+        let reply = client.simple_query(&format!(
+            "BEGIN; {sql}; SELECT pg_current_xact_id_if_assigned()::text; ROLLBACK"
+        ));
+        if reply.error.is_some() {
+            // Statements that cannot run in a transaction block, or need state from the
+            // corpus order (prepared statements, cursors); the main test covers them.
+            client.simple_query("ROLLBACK");
+            continue;
+        }
+        checked += 1;
+        if reply.rows.last() != Some(&None) {
+            failures.push(format!(
+                "{sql:?} is {} but wrote: xid {:?}",
+                s.class,
+                reply.rows.last()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 60, "only {checked} statements checked");
+}
+
+/// More reads that look like they might write.
+const READS: &[&str] = &[
+    "SELECT * FROM t WHERE v = 'DELETE FROM t'",
+    "SELECT $$ INSERT INTO u VALUES (1) $$",
+    "SELECT 1 /* ; DROP TABLE t; */",
+    "SELECT \"delete\" FROM (SELECT 1 AS \"delete\") s",
+    "WITH update AS (SELECT 1 AS x) SELECT * FROM update",
+    "SELECT * FROM t WHERE id IN (SELECT id FROM u WHERE w LIKE '%;%')",
+    "EXPLAIN DELETE FROM t",
+    "EXPLAIN (ANALYZE false) UPDATE t SET v = 'x'",
+    "SELECT E'\\\\'; ",
+    "VALUES ('INSERT'), ('UPDATE')",
+    "SELECT lo_get(0) WHERE false",
+    "TABLE secrets",
+    "SELECT current_setting('search_path')",
+    "SHOW search_path",
+];

@@ -9,6 +9,7 @@ mod window;
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use wirewarden_core::{Command, Decision, GrantId, Principal, RuleId, Target, Timestamp};
@@ -82,27 +83,26 @@ pub enum Error {
 }
 
 /// The version of a policy: a hash of its canonical form, recorded with every decision so
-/// an auditor can tell which rule set decided.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct PolicyVersion(String);
+/// an auditor can tell which rule set decided. Cheap to clone (shared text).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyVersion(Arc<str>);
 
 impl PolicyVersion {
     /// A version named by the engine itself (a custom engine's release, a git commit).
     #[must_use]
     pub fn new(version: impl Into<String>) -> Self {
-        Self(version.into())
+        Self(Arc::from(version.into()))
     }
 
     /// The blake3 hash of `canonical`, keyed by `context`, in lowercase hex.
     #[must_use]
     pub fn hash_of(context: &str, canonical: &[u8]) -> Self {
-        Self(
+        Self::new(
             blake3::Hasher::new_derive_key(context)
                 .update(canonical)
                 .finalize()
                 .to_hex()
-                .to_string(),
+                .as_str(),
         )
     }
 
@@ -110,6 +110,18 @@ impl PolicyVersion {
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for PolicyVersion {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PolicyVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
     }
 }
 
@@ -242,7 +254,7 @@ pub trait PolicyEngine: fmt::Debug + Send + Sync {
     fn evaluate(&self, request: &Request<'_>) -> Evaluation;
 }
 
-impl<T: PolicyEngine + ?Sized> PolicyEngine for std::sync::Arc<T> {
+impl<T: PolicyEngine + ?Sized> PolicyEngine for Arc<T> {
     fn evaluate(&self, request: &Request<'_>) -> Evaluation {
         (**self).evaluate(request)
     }

@@ -252,6 +252,13 @@ impl FileSink {
         &self.dir
     }
 
+    /// Bytes of records accepted but not yet handed to the writer thread (for tests).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn pending_bytes(&self) -> usize {
+        self.shared.lock().pending.len()
+    }
+
     /// Whether an earlier failure has poisoned the sink.
     #[must_use]
     pub fn is_poisoned(&self) -> bool {

@@ -467,6 +467,7 @@ pub struct ScramServer {
     verifier: ScramVerifier,
     channel_binding: Option<Vec<u8>>,
     state: ServerState,
+    mechanism: Option<&'static str>,
 }
 
 impl ScramServer {
@@ -478,6 +479,7 @@ impl ScramServer {
             verifier,
             channel_binding,
             state: ServerState::Start,
+            mechanism: None,
         }
     }
 
@@ -497,6 +499,11 @@ impl ScramServer {
             ServerState::Start => AuthContext::SaslInitial,
             _ => AuthContext::Sasl,
         }
+    }
+
+    /// The mechanism the client chose, once it has sent its initial response.
+    pub fn mechanism(&self) -> Option<&'static str> {
+        self.mechanism
     }
 
     /// Whether the client has been authenticated.
@@ -544,6 +551,11 @@ impl ScramServer {
                 });
             }
         };
+        self.mechanism = Some(if plus {
+            SCRAM_SHA_256_PLUS
+        } else {
+            SCRAM_SHA_256
+        });
         let s =
             std::str::from_utf8(data).map_err(|_| proto("client-first-message is not UTF-8"))?;
         // gs2-header: cbind-flag "," [authzid] ","

@@ -57,6 +57,31 @@ struct Shared {
     auth_failures: AtomicUsize,
     cancels_forwarded: AtomicUsize,
     upstream_keys: Mutex<Vec<i32>>,
+    mechanisms: Mutex<Vec<String>>,
+    tls: Option<Tls>,
+}
+
+struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    binding: Vec<u8>,
+}
+
+fn tls() -> Tls {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.clone()], key)
+    .unwrap();
+    Tls {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        binding: wirewarden_postgres::auth::tls_server_end_point(&cert).unwrap(),
+    }
 }
 
 struct Relay {
@@ -66,6 +91,14 @@ struct Relay {
 
 impl Relay {
     async fn start(pg: &wirewarden_testkit::Postgres, auth: ClientAuth) -> Relay {
+        Relay::start_with(pg, auth, None).await
+    }
+
+    async fn start_with(
+        pg: &wirewarden_testkit::Postgres,
+        auth: ClientAuth,
+        tls: Option<Tls>,
+    ) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -83,6 +116,8 @@ impl Relay {
             auth_failures: AtomicUsize::new(0),
             cancels_forwarded: AtomicUsize::new(0),
             upstream_keys: Mutex::new(Vec::new()),
+            mechanisms: Mutex::new(Vec::new()),
+            tls,
         });
         let s = shared.clone();
         tokio::spawn(async move {
@@ -157,12 +192,49 @@ async fn connection(mut client: TcpStream, s: &Shared) -> Result<(), Error> {
     let limits = s.limits;
     let mut cbuf = BytesMut::with_capacity(64 * 1024);
     let mut fdec = FrontendDecoder::new(limits);
-
-    // Startup phase: refuse TLS and GSS, route cancels, take the StartupMessage.
-    let startup: StartupMessage = loop {
+    client.set_nodelay(true)?;
+    if let Some(tls) = &s.tls {
+        // Peek at the first packet: an SSLRequest upgrades the connection.
         let Some(frame) = read_frame(&mut client, &mut cbuf, |b| fdec.decode_frame(b)).await?
         else {
             return Ok(());
+        };
+        if frame.to_frontend(AuthContext::Unknown, &limits)? == FrontendMessage::SslRequest {
+            send(&mut client, &[BackendMessage::SslResponse(true)]).await?;
+            if !cbuf.is_empty() {
+                return Err(Error::AuthenticationProtocol {
+                    reason: "data after SSLRequest",
+                });
+            }
+            let stream = tls.acceptor.accept(client).await?;
+            return serve(stream, fdec, cbuf, None, Some(tls.binding.clone()), s).await;
+        }
+        return serve(client, fdec, cbuf, Some(frame), None, s).await;
+    }
+    serve(client, fdec, cbuf, None, None, s).await
+}
+
+async fn serve<S>(
+    mut client: S,
+    mut fdec: FrontendDecoder,
+    mut cbuf: BytesMut,
+    mut first: Option<Frame>,
+    binding: Option<Vec<u8>>,
+    s: &Shared,
+) -> Result<(), Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let limits = s.limits;
+
+    // Startup phase: refuse TLS and GSS, route cancels, take the StartupMessage.
+    let startup: StartupMessage = loop {
+        let frame = match first.take() {
+            Some(f) => f,
+            None => match read_frame(&mut client, &mut cbuf, |b| fdec.decode_frame(b)).await? {
+                Some(f) => f,
+                None => return Ok(()),
+            },
         };
         match frame.to_frontend(AuthContext::Unknown, &limits)? {
             FrontendMessage::SslRequest => {
@@ -195,7 +267,7 @@ async fn connection(mut client: TcpStream, s: &Shared) -> Result<(), Error> {
     // Authenticate the client ourselves.
     let authenticated = match &s.auth {
         ClientAuth::Scram(v) => {
-            let mut srv = ScramServer::new(v.clone(), None);
+            let mut srv = ScramServer::new(v.clone(), binding.clone());
             send(&mut client, &[srv.start()]).await?;
             let mut ok = false;
             for _ in 0..2 {
@@ -214,6 +286,12 @@ async fn connection(mut client: TcpStream, s: &Shared) -> Result<(), Error> {
                     }
                 }
                 ok = srv.is_authenticated();
+            }
+            if ok {
+                s.mechanisms
+                    .lock()
+                    .unwrap()
+                    .push(srv.mechanism().unwrap_or_default().to_owned());
             }
             ok
         }
@@ -246,7 +324,6 @@ async fn connection(mut client: TcpStream, s: &Shared) -> Result<(), Error> {
     // Log in upstream with the relay's own credential.
     let mut up = TcpStream::connect(s.upstream).await?;
     up.set_nodelay(true)?;
-    client.set_nodelay(true)?;
     let mut parameters = vec![
         (Bytes::from_static(b"user"), Bytes::from(s.user.clone())),
         (
@@ -315,7 +392,7 @@ async fn connection(mut client: TcpStream, s: &Shared) -> Result<(), Error> {
     send(&mut client, &greeting).await?;
 
     // Relay both directions, frame by frame, tracking the session.
-    let (mut cr, mut cw) = client.into_split();
+    let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = up.into_split();
     let sess = session.clone();
     let to_upstream = async move {
@@ -423,8 +500,18 @@ fn scram() -> ClientAuth {
 }
 
 fn psql(port: u16, password: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    psql_with(port, "sslmode=prefer", password, args, stdin)
+}
+
+fn psql_with(
+    port: u16,
+    opts: &str,
+    password: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
     use std::io::Write;
-    let conn = format!("host=127.0.0.1 port={port} user={CLIENT_USER} dbname=app sslmode=prefer");
+    let conn = format!("host=127.0.0.1 port={port} user={CLIENT_USER} dbname=app {opts}");
     let mut cmd = Process::new("/usr/bin/psql");
     cmd.arg(conn)
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
@@ -723,4 +810,44 @@ with psycopg.connect(host="127.0.0.1", port={port}, user="{CLIENT_USER}", passwo
         )
     );
     assert_eq!(relay.finish().await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_with_scram_sha_256_plus_over_tls() {
+    let pg = server();
+    let relay = Relay::start_with(&pg, scram(), Some(tls())).await;
+    let port = relay.port();
+    // libpq insists on channel binding, so only SCRAM-SHA-256-PLUS bound to the relay's
+    // certificate can succeed.
+    let (ok, out, err) = blocking(move || {
+        psql_with(
+            port,
+            "sslmode=require channel_binding=require",
+            CLIENT_PASSWORD,
+            &["-c", "SELECT ssn FROM people WHERE id = 9"],
+            None,
+        )
+    })
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("{MASK}\n"));
+    let (ok, _, err) = blocking(move || {
+        psql_with(
+            port,
+            "sslmode=require channel_binding=require",
+            "wrong",
+            &["-c", "SELECT 1"],
+            None,
+        )
+    })
+    .await;
+    assert!(
+        !ok && err.contains("password authentication failed"),
+        "{err}"
+    );
+    assert_eq!(relay.finish().await, Vec::<String>::new());
+    assert_eq!(
+        *relay.shared.mechanisms.lock().unwrap(),
+        vec!["SCRAM-SHA-256-PLUS".to_owned()]
+    );
 }

@@ -33,7 +33,9 @@ fn now_or_never<F: Future>(f: F) -> F::Output {
 fn static_tokens(c: &mut Criterion) {
     let mut g = c.benchmark_group("static_token_verify");
     for n in [1usize, 100, 1_000] {
-        let tokens: Vec<String> = (0..n).map(|i| format!("ww_bench_token_{i:06}_xxxxxxxxxxxxxxxx")).collect();
+        let tokens: Vec<String> = (0..n)
+            .map(|i| format!("ww_bench_token_{i:06}_xxxxxxxxxxxxxxxx"))
+            .collect();
         let toml: String = tokens
             .iter()
             .enumerate()
@@ -58,8 +60,11 @@ fn jwt(c: &mut Criterion) {
     let der = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).unwrap();
     let set = serde_json::from_str(JWKS).unwrap();
     let cache = JwksCache::new(ISSUER, KeySource::Static(set), JwksOptions::default()).unwrap();
-    let p = JwtProvider::with_keys(JwtConfig::new(ISSUER, &["https://crm.bench"]), Arc::new(cache))
-        .unwrap();
+    let p = JwtProvider::with_keys(
+        JwtConfig::new(ISSUER, &["https://crm.bench"]),
+        Arc::new(cache),
+    )
+    .unwrap();
     let now = Timestamp::now();
     let claims = serde_json::json!({
         "iss": ISSUER, "aud": "https://crm.bench", "sub": "agent-7", "client_id": "agent-7",
@@ -68,15 +73,33 @@ fn jwt(c: &mut Criterion) {
     });
     let mut g = c.benchmark_group("jwt_verify");
     for (name, alg, kid, key) in [
-        ("es256", Algorithm::ES256, "ec-1", EncodingKey::from_ec_der(&der(ES256_PKCS8))),
-        ("eddsa", Algorithm::EdDSA, "ed-1", EncodingKey::from_ed_der(&der(EDDSA_PKCS8))),
-        ("rs256", Algorithm::RS256, "rsa-1", EncodingKey::from_rsa_der(&der(RS256_PKCS1))),
+        (
+            "es256",
+            Algorithm::ES256,
+            "ec-1",
+            EncodingKey::from_ec_der(&der(ES256_PKCS8)),
+        ),
+        (
+            "eddsa",
+            Algorithm::EdDSA,
+            "ed-1",
+            EncodingKey::from_ed_der(&der(EDDSA_PKCS8)),
+        ),
+        (
+            "rs256",
+            Algorithm::RS256,
+            "rsa-1",
+            EncodingKey::from_rsa_der(&der(RS256_PKCS1)),
+        ),
     ] {
         let mut h = Header::new(alg);
         h.kid = Some(kid.into());
         h.typ = Some("at+jwt".into());
         let token = encode(&h, &claims, &key).unwrap();
-        assert_eq!(now_or_never(p.verify(&token, now)).unwrap().subject, "agent-7");
+        assert_eq!(
+            now_or_never(p.verify(&token, now)).unwrap().subject,
+            "agent-7"
+        );
         g.bench_function(name, |b| {
             b.iter(|| now_or_never(p.verify(black_box(&token), now)).unwrap())
         });

@@ -465,3 +465,61 @@ fn checkpoints_are_written_periodically_also_while_idle() {
     assert!(r.is_ok(), "{r}");
     assert_eq!(r.last_checkpoint.map(|c| c.seq), Some(1));
 }
+
+fn checkpoint_file(f: &Fixture) -> PathBuf {
+    f.dir.path().join(crate::CHECKPOINT_FILE)
+}
+
+#[test]
+fn a_cut_of_log_and_checkpoint_file_is_caught_by_a_checkpoint_kept_elsewhere() {
+    let f = fixture();
+    let trusted = f.verify().last_checkpoint.unwrap();
+    assert_eq!(trusted.seq, EVENTS);
+    // Cut the last three records and every checkpoint that mentions them.
+    let last = (0..).find(|s| !f.path(s + 1).exists()).unwrap();
+    let (data, fr) = frames(&f.path(last));
+    let (off, _, seq) = fr[fr.len() - 3];
+    fs::write(f.path(last), &data[..off]).unwrap();
+    let cps = fs::read(checkpoint_file(&f)).unwrap();
+    let (entries, _) = crate::format::read_checkpoint_entries(&cps).unwrap();
+    let keep = entries.iter().filter(|c| c.seq <= seq.unwrap()).count();
+    fs::write(
+        checkpoint_file(&f),
+        &cps[..keep * crate::format::checkpoint_entry_len()],
+    )
+    .unwrap();
+    assert!(
+        f.verify().is_ok(),
+        "undetectable without an outside checkpoint"
+    );
+    let mut opts = crate::VerifyOptions::default();
+    opts.trusted_checkpoint = Some(trusted);
+    let r = crate::verify_dir_with(f.dir.path(), &f.keys(), &opts).unwrap();
+    assert_damage(&r, DamageKind::CutFromTail, seq.unwrap());
+}
+
+#[test]
+fn forged_and_foreign_checkpoints() {
+    let f = fixture();
+    let mut cps = fs::read(checkpoint_file(&f)).unwrap();
+    // Claim more records than were signed: the signature no longer matches.
+    let n = cps.len();
+    let entry = crate::format::checkpoint_entry_len();
+    let seq_at = n - entry + 4 + 16 + 32;
+    cps[seq_at] = cps[seq_at].wrapping_add(5);
+    fs::write(checkpoint_file(&f), &cps).unwrap();
+    assert_damage(&f.verify(), DamageKind::Modified, EVENTS);
+    // A validly signed checkpoint of another log.
+    let other = tempfile::tempdir().unwrap();
+    write_log(&f.key, &f.signer, other.path(), 5);
+    let foreign = fs::read(other.path().join(crate::CHECKPOINT_FILE)).unwrap();
+    let mut mixed = cps[..n - entry].to_vec();
+    mixed.extend_from_slice(&foreign[..entry]);
+    fs::write(checkpoint_file(&f), &mixed).unwrap();
+    let r = f.verify();
+    assert_eq!(
+        r.damage.as_ref().map(|d| d.kind),
+        Some(DamageKind::Spliced),
+        "{r}"
+    );
+}

@@ -8,7 +8,6 @@ mod service;
 mod store;
 
 use wirewarden_core::{BoxError, ReviewId};
-use wirewarden_policy::GrantError;
 
 pub use notify::{Notification, Notifier, WebhookError, WebhookNotifier, slack_message};
 pub use review::{
@@ -94,9 +93,6 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
-    /// Issuing the grant of an approval failed.
-    #[error(transparent)]
-    Grant(GrantError),
     /// The backing store failed.
     #[error("review store: {0}")]
     Store(#[source] BoxError),

@@ -40,6 +40,10 @@ pub struct Resolution {
     pub events: Vec<AuditEvent>,
     /// The grant issued by this approval, if any.
     pub grant: Option<Grant>,
+    /// Set if the approval asked for a grant and issuing it failed. The review stays
+    /// approved (the held command can still be released once); the grant is missing, and
+    /// the caller should say so to the approver.
+    pub grant_error: Option<wirewarden_policy::GrantError>,
 }
 
 /// The review workflow: a store, the grant store that approvals with
@@ -143,8 +147,9 @@ impl Reviews {
     /// grant if the (narrowest) scope is a grant.
     ///
     /// # Errors
-    /// The errors of [`Review::apply`], [`Error::Grant`] if issuing the grant failed (the
-    /// review stays approved), or the store's errors.
+    /// The errors of [`Review::apply`] or the store's errors. A failure to issue the grant
+    /// is reported in [`Resolution::grant_error`], not as an error: the approval itself
+    /// was recorded and its audit event must not be lost.
     pub async fn approve(
         &self,
         id: ReviewId,
@@ -159,6 +164,7 @@ impl Reviews {
         let review = self.store.apply(id, &op, now).await?;
         let mut events = Vec::new();
         let mut grant = None;
+        let mut grant_error = None;
         if review.completed_by(&reviewer.subject) {
             events.push(resolved_event(&review, ReviewOutcome::Approved));
             if let ReviewState::Approved {
@@ -166,18 +172,27 @@ impl Reviews {
                 ..
             } = review.state
             {
-                let g = Grant::new(
+                let issued = match Grant::new(
                     review.binding.requester.clone(),
                     review.binding.target.name.clone(),
                     GrantScope::up_to(review.class),
                     now,
                     Duration::from_secs(secs),
                     review.approvers().join(","),
-                )
-                .map_err(Error::Grant)?
-                .with_reason(format!("review {}", review.id));
-                events.push(self.grants.issue(g.clone()).await.map_err(Error::Grant)?);
-                grant = Some(g);
+                ) {
+                    Ok(g) => {
+                        let g = g.with_reason(format!("review {}", review.id));
+                        self.grants.issue(g.clone()).await.map(|event| (g, event))
+                    }
+                    Err(e) => Err(e),
+                };
+                match issued {
+                    Ok((g, event)) => {
+                        events.push(event);
+                        grant = Some(g);
+                    }
+                    Err(e) => grant_error = Some(e),
+                }
             }
             self.notify_resolved(&review).await;
         }
@@ -185,6 +200,7 @@ impl Reviews {
             review,
             events,
             grant,
+            grant_error,
         })
     }
 
@@ -210,6 +226,7 @@ impl Reviews {
             review,
             events,
             grant: None,
+            grant_error: None,
         })
     }
 

@@ -10,7 +10,7 @@ use wirewarden_core::{
     ReviewOutcome, Target, Timestamp,
 };
 use wirewarden_policy::{
-    DecidedBy, GrantStore, MemoryGrantStore, PolicyEngine, Request, RuleEngine,
+    DecidedBy, GrantError, GrantStore, MemoryGrantStore, PolicyEngine, Request, RuleEngine,
 };
 use wirewarden_review::{
     ApprovalScope, Error, MemoryReviewStore, ReviewStore, Reviewer, Reviews, Status,
@@ -340,4 +340,90 @@ async fn denial_is_audited_with_the_reviewer() {
         .unwrap();
     assert_eq!(review.status(now), Status::Denied);
     assert!(event.is_none());
+}
+
+/// A grant store whose backend is down.
+#[derive(Debug)]
+struct Unavailable;
+
+#[async_trait::async_trait]
+impl GrantStore for Unavailable {
+    async fn issue(
+        &self,
+        _: wirewarden_policy::Grant,
+    ) -> Result<wirewarden_core::AuditEvent, GrantError> {
+        Err(GrantError::Store("grant database unavailable".into()))
+    }
+    async fn get(
+        &self,
+        _: wirewarden_core::GrantId,
+    ) -> Result<Option<wirewarden_policy::Grant>, GrantError> {
+        Err(GrantError::Store("grant database unavailable".into()))
+    }
+    async fn active(
+        &self,
+        _: &str,
+        _: &str,
+        _: Timestamp,
+    ) -> Result<Vec<wirewarden_policy::Grant>, GrantError> {
+        Err(GrantError::Store("grant database unavailable".into()))
+    }
+    async fn revoke(
+        &self,
+        _: wirewarden_core::GrantId,
+        _: &str,
+        _: Timestamp,
+    ) -> Result<wirewarden_core::AuditEvent, GrantError> {
+        Err(GrantError::Store("grant database unavailable".into()))
+    }
+    async fn sweep_expired(
+        &self,
+        _: Timestamp,
+    ) -> Result<Vec<wirewarden_core::AuditEvent>, GrantError> {
+        Err(GrantError::Store("grant database unavailable".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_failed_grant_keeps_the_approval_and_its_audit_event() {
+    let reviews = Reviews::new(Arc::new(MemoryReviewStore::new()), Arc::new(Unavailable));
+    let crm = Target::new("crm", Protocol::Postgres).unwrap();
+    let update = Command::new(
+        Protocol::Postgres,
+        "UPDATE",
+        CommandClass::Write,
+        "UPDATE t SET a = 1",
+    )
+    .unwrap();
+    let now = Timestamp::now();
+    let held = reviews
+        .request(
+            &agent(),
+            &crm,
+            &update,
+            CommandId::new(),
+            wirewarden_core::RuleId::new("r"),
+            "why",
+            wirewarden_core::ReviewRequirement::one_of("dba", Duration::from_secs(60)),
+            now,
+        )
+        .await
+        .unwrap();
+    let res = reviews
+        .approve(
+            held.review.id,
+            &Reviewer::new("alice").with_group("dba"),
+            ApprovalScope::grant(Duration::from_secs(60)),
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(res.grant_error, Some(GrantError::Store(_))));
+    assert!(res.grant.is_none());
+    let names: Vec<_> = res.events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(names, ["review_resolved"]);
+    reviews
+        .release(held.review.id, &agent(), &crm, &update, now)
+        .await
+        .unwrap();
 }

@@ -492,8 +492,7 @@ fn a_cut_of_log_and_checkpoint_file_is_caught_by_a_checkpoint_kept_elsewhere() {
         f.verify().is_ok(),
         "undetectable without an outside checkpoint"
     );
-    let mut opts = crate::VerifyOptions::default();
-    opts.trusted_checkpoint = Some(trusted);
+    let opts = crate::VerifyOptions::default().with_trusted_checkpoint(trusted);
     let r = crate::verify_dir_with(f.dir.path(), &f.keys(), &opts).unwrap();
     assert_damage(&r, DamageKind::CutFromTail, seq.unwrap());
 }

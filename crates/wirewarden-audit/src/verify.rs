@@ -46,6 +46,22 @@ pub struct VerifyOptions {
     pub trusted_checkpoint: Option<Checkpoint>,
 }
 
+impl VerifyOptions {
+    /// Also check the log against `checkpoint`, kept outside the log directory.
+    #[must_use]
+    pub fn with_trusted_checkpoint(mut self, checkpoint: Checkpoint) -> Self {
+        self.trusted_checkpoint = Some(checkpoint);
+        self
+    }
+
+    /// Accept record frames up to `bytes`.
+    #[must_use]
+    pub fn with_max_record_bytes(mut self, bytes: u32) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+}
+
 impl Default for VerifyOptions {
     fn default() -> Self {
         Self {

@@ -290,3 +290,41 @@ fn replay_follows_a_live_log_until_the_session_ends() {
     );
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn verify_with_a_checkpoint_kept_outside_the_log() {
+    let keys = Keys::new();
+    let log = tempfile::tempdir().unwrap();
+    write(&keys, log.path(), &sample_events());
+    let out = keys.cmd("verify", log.path()).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let saved = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("checkpoint "))
+        .unwrap()
+        .to_owned();
+    // Cut the last record and the whole checkpoint file.
+    let seg = log.path().join(wirewarden_audit::segment_file_name(0));
+    let data = std::fs::read(&seg).unwrap();
+    let mut reader = wirewarden_audit::LogReader::new(log.path(), keys.verify_keys());
+    let all = reader.poll().unwrap();
+    let last_len = wirewarden_audit::encode_event(&all.last().unwrap().event)
+        .unwrap()
+        .len()
+        + 97;
+    std::fs::write(&seg, &data[..data.len() - last_len]).unwrap();
+    std::fs::remove_file(log.path().join(wirewarden_audit::CHECKPOINT_FILE)).unwrap();
+    let out = keys.cmd("verify", log.path()).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = keys
+        .cmd("verify", log.path())
+        .args(["--trusted-checkpoint", &saved])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout.starts_with("DAMAGED: cut_from_tail at sequence number 13"),
+        "{stdout}"
+    );
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use wirewarden_audit::{
-    ChainKey, CheckpointKey, CheckpointSigner, Durability, FileSink, LogReader, OcsfExporter,
-    Transcript, VerifyKeys, to_json_line, verify_dir,
+    ChainKey, Checkpoint, CheckpointKey, CheckpointSigner, Durability, FileSink, LogReader,
+    OcsfExporter, Transcript, VerifyKeys, VerifyOptions, to_json_line, verify_dir, verify_dir_with,
 };
 use wirewarden_core::{AuditEvent, BoxError, SessionId};
 
@@ -53,6 +53,10 @@ enum Cmd {
     Verify {
         #[command(flatten)]
         keys: KeyArgs,
+        /// A checkpoint printed by an earlier `verify` and kept outside the log directory
+        /// (hex, or a file holding it); catches a cut of the log and its checkpoint file.
+        #[arg(long)]
+        trusted_checkpoint: Option<String>,
     },
     /// Print a readable transcript of one session.
     Replay {
@@ -152,10 +156,25 @@ fn verified(args: &KeyArgs, k: &VerifyKeys) -> Result<(), BoxError> {
 
 fn run(cli: Cli) -> Result<ExitCode, BoxError> {
     match cli.command {
-        Cmd::Verify { keys: args } => {
+        Cmd::Verify {
+            keys: args,
+            trusted_checkpoint,
+        } => {
             let k = keys(&args)?;
-            let report = verify_dir(&args.dir, &k)?;
+            let mut opts = VerifyOptions::default();
+            if let Some(t) = trusted_checkpoint {
+                let text = if Path::new(&t).exists() {
+                    read_trimmed(Path::new(&t))?
+                } else {
+                    t
+                };
+                opts = opts.with_trusted_checkpoint(Checkpoint::from_hex(&text)?);
+            }
+            let report = verify_dir_with(&args.dir, &k, &opts)?;
             out(&report.to_string())?;
+            if let (true, Some(c)) = (report.is_ok(), &report.last_checkpoint) {
+                out(&format!("checkpoint {}", c.to_hex()))?;
+            }
             Ok(if report.is_ok() {
                 ExitCode::SUCCESS
             } else {

@@ -89,6 +89,10 @@ impl CertRule {
 pub struct ClientCertConfig {
     /// The rules, tried in order.
     pub rules: Vec<CertRule>,
+    /// A PEM file of CA certificates; when set, every presented chain is verified against
+    /// them ([`ClientCertificates::with_trust_anchors_pem`]).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// An [`IdentityProvider`] for TLS client certificates.
@@ -111,7 +115,8 @@ impl ClientCertificates {
     /// Builds the provider.
     ///
     /// # Errors
-    /// [`Error::Config`] if a pattern is empty or is a bare `*`.
+    /// [`Error::Config`] if a pattern is empty or is a bare `*`, or the CA file is unreadable
+    /// or holds no certificate.
     pub fn new(config: ClientCertConfig) -> Result<Self> {
         for r in &config.rules {
             if r.pattern.is_empty() || r.pattern == "*" {
@@ -121,10 +126,18 @@ impl ClientCertificates {
                 )));
             }
         }
-        Ok(Self {
+        let provider = Self {
             rules: config.rules,
             verifier: None,
-        })
+        };
+        match &config.ca_file {
+            None => Ok(provider),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| Error::config(format!("reading {}: {e}", path.display())))?;
+                provider.with_trust_anchors_pem(&pem)
+            }
+        }
     }
 
     /// Also verifies each presented chain (leaf first, then intermediates) against the CA

@@ -46,6 +46,9 @@ pub struct JwtConfig {
     /// The JWKS URL; without it, OpenID discovery from the issuer.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// A PEM file of the CA certificates trusted for `https` JWKS and discovery URLs.
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Allowed clock skew for `exp`, `nbf` and `iat`, at most [`MAX_LEEWAY`].
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
@@ -130,6 +133,7 @@ impl JwtConfig {
             issuer: issuer.into(),
             audiences: audiences.iter().map(|&a| a.to_owned()).collect(),
             jwks_url: None,
+            tls_ca_file: None,
             leeway_secs: default_leeway(),
             algorithms: default_algorithms(),
             accepted_types: default_types(),
@@ -204,18 +208,24 @@ fn b64(part: &str, what: &str, limit: usize) -> Result<Vec<u8>> {
 
 impl JwtProvider {
     /// A provider that fetches keys from `config.jwks_url`, or by discovery from the issuer.
-    /// `https` URLs need [`JwtProvider::with_keys`] and a cache built with TLS roots.
+    /// `https` URLs need `config.tls_ca_file` (or [`JwtProvider::with_keys`] and a cache
+    /// built with [`TlsRoots`](crate::TlsRoots)).
     ///
     /// # Errors
-    /// [`Error::Config`] for an invalid configuration.
+    /// [`Error::Config`] for an invalid configuration or an unreadable CA file.
     pub fn new(config: JwtConfig) -> Result<Self> {
         let source = match &config.jwks_url {
             Some(u) => KeySource::Url(u.clone()),
             None => KeySource::Discovery,
         };
-        let options = JwksOptions::default()
+        let mut options = JwksOptions::default()
             .min_refresh_interval(Duration::from_secs(config.min_refresh_interval_secs))
             .max_age(Duration::from_secs(config.max_key_age_secs));
+        if let Some(path) = &config.tls_ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::config(format!("reading {}: {e}", path.display())))?;
+            options = options.tls(crate::TlsRoots::from_pem(&pem)?);
+        }
         let keys = JwksCache::new(config.issuer.clone(), source, options)?;
         Self::with_keys(config, Arc::new(keys))
     }

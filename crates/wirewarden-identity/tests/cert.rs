@@ -223,6 +223,21 @@ async fn chains_are_verified_against_trust_anchors_when_configured() {
         .unwrap_err();
     assert_eq!(wirewarden_identity::error_code(&err), "untrusted");
     assert!(provider().with_trust_anchors_pem(b"not pem").is_err());
+
+    // The same from configuration: a CA file named in TOML.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("clients-ca.pem");
+    std::fs::write(&ca_file, ca1.pem()).unwrap();
+    let p = ClientCertificates::from_toml(&format!("ca_file = \"{}\"\n{RULES}", ca_file.display()))
+        .unwrap();
+    let stranger = leaf(&ca2, Some("legacy-a"), vec![], Some((2020, 2200)));
+    assert!(p.verify_chain(&[good], Timestamp::now()).is_ok());
+    assert_eq!(
+        p.verify_chain(&[stranger], Timestamp::now())
+            .unwrap_err()
+            .code(),
+        "untrusted"
+    );
 }
 
 #[test]

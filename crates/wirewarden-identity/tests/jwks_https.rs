@@ -85,6 +85,26 @@ async fn jwks_over_https_with_the_configured_ca_only() {
         .unwrap();
     assert_eq!(principal.subject, "a");
 
+    // The same from configuration: a CA file named in TOML.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("idp-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let cfg = JwtConfig::from_toml(&format!(
+        "issuer = \"{ISSUER}\"\naudiences = [\"{}\"]\njwks_url = \"{url}\"\ntls_ca_file = \"{}\"\n",
+        keys::AUDIENCE,
+        ca_file.display()
+    ))
+    .unwrap();
+    let p = JwtProvider::new(cfg.clone()).unwrap();
+    assert!(
+        p.verify(&key.sign(&claims("a")), Timestamp::now())
+            .await
+            .is_ok()
+    );
+    let mut missing = cfg;
+    missing.tls_ca_file = Some(dir.path().join("absent.pem"));
+    assert_eq!(JwtProvider::new(missing).unwrap_err().code(), "config");
+
     // Another CA's roots: the TLS handshake fails, so no keys, so no identity.
     let untrusted = TlsRoots::from_pem(ca_pem_of_another().as_bytes()).unwrap();
     let cache = JwksCache::new(

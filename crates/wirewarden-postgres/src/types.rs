@@ -578,11 +578,15 @@ const NUMERIC_MAX_DSCALE: i64 = 16_383;
 
 impl Numeric {
     fn special(kind: u16) -> Numeric {
+        // The server's numeric_send reports dscale 32 for the infinities (an artefact of
+        // reading the scale bits of the special header); match it so that our encoding is
+        // byte for byte the server's. numeric_recv ignores it.
+        let dscale = if kind == NUMERIC_NAN { 0 } else { 32 };
         Numeric {
             special: Some(kind),
             negative: false,
             weight: 0,
-            dscale: 0,
+            dscale,
             digits: Vec::new(),
         }
     }

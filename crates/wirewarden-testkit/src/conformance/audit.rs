@@ -31,7 +31,10 @@ where
 
     // 1. Every kind, one after the other.
     for event in sample_events() {
-        let a = sink.append(&event).await.expect("append of a valid event failed");
+        let a = sink
+            .append(&event)
+            .await
+            .expect("append of a valid event failed");
         if let Some(seq) = a.seq {
             assert!(
                 last_seq.is_none_or(|l| seq > l),
@@ -121,7 +124,11 @@ where
 
 fn only_ours(trail: &[AuditEvent], appended: &[AuditEvent]) -> Vec<AuditEvent> {
     let ids: std::collections::HashSet<EventId> = appended.iter().map(|e| e.id).collect();
-    trail.iter().filter(|e| ids.contains(&e.id)).cloned().collect()
+    trail
+        .iter()
+        .filter(|e| ids.contains(&e.id))
+        .cloned()
+        .collect()
 }
 
 fn ours_ids(trail: &[AuditEvent], ids: &[EventId]) -> Vec<EventId> {

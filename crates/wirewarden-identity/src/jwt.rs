@@ -491,7 +491,9 @@ impl JwtProvider {
             principal.attributes.insert(attr.clone(), value);
         }
         principal.authenticated_at = now;
-        principal.expires_at = Some(ts(exp));
+        // The instant after which this provider itself refuses the token: a principal it
+        // returns is never already expired for the pipeline's own checks.
+        principal.expires_at = Some(ts(exp.saturating_add(self.leeway_secs)));
         Ok(principal)
     }
 

@@ -154,7 +154,10 @@ async fn hostile_tokens_are_refused_with_the_right_reason() {
         Err(Error::Expired { .. })
     ));
     c["exp"] = json!(now - 5);
-    assert!(verify(&p, &ec.sign(&c)).await.is_ok());
+    let inside = verify(&p, &ec.sign(&c)).await.unwrap();
+    // The principal lives until exp plus the leeway, not a moment less or more.
+    assert_eq!(inside.expires_at.map(|t| t.unix_secs()), Some(now - 5 + 30));
+    assert!(!inside.is_expired_at(Timestamp::now()));
     // Without exp.
     c.as_object_mut().unwrap().remove("exp");
     assert!(matches!(

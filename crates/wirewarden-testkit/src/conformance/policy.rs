@@ -1,6 +1,6 @@
 //! Conformance suite for `PolicyEngine` implementations.
 //!
-//! ```ignore
+//! ```text
 //! use wirewarden_testkit::conformance::policy::{policy_engine, Expect, PolicyCase};
 //! policy_engine(&my_engine, &[PolicyCase::new("reads in office hours", p, t, c, now, Expect::Allow), …]);
 //! ```

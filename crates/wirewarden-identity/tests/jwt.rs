@@ -366,6 +366,48 @@ async fn an_unreachable_key_set_fails_closed() {
 }
 
 #[tokio::test]
+async fn a_silent_or_oversized_key_set_is_bounded() {
+    // A server that accepts and never answers: the fetch deadline ends the wait.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let cache = JwksCache::new(
+        ISSUER,
+        KeySource::Url(format!("http://{addr}/jwks")),
+        JwksOptions::default().fetch_timeout(Duration::from_millis(200)),
+    )
+    .unwrap();
+    let p = JwtProvider::with_keys(config(), Arc::new(cache)).unwrap();
+    let e = verify(&p, &TestKey::ec("ec-1").sign(&claims("a")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::KeySetUnavailable { reason } if reason.contains("timed out")),
+        "{e:?}"
+    );
+    hold.abort();
+
+    // A key set larger than the limit is not read to the end.
+    let ec = TestKey::ec("ec-1");
+    let mut set = jwks(&[&ec]);
+    set["padding"] = json!("x".repeat(4096));
+    let server = JwksServer::start(set).await;
+    let mut options = JwksOptions::default();
+    options.max_document_size = 1024;
+    let p = provider_for(&server, options);
+    let e = verify(&p, &ec.sign(&claims("a"))).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::KeySetUnavailable { reason } if reason.contains("limit")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
 async fn unusable_keys_in_the_set_are_ignored() {
     let ec = TestKey::ec("ec-1");
     let mut set = jwks(&[&ec]);

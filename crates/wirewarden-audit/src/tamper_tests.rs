@@ -522,3 +522,18 @@ fn forged_and_foreign_checkpoints() {
         "{r}"
     );
 }
+
+#[test]
+fn duplicated_and_swapped_segment_files() {
+    let f = fixture();
+    let last = (0..).find(|s| !f.path(s + 1).exists()).unwrap();
+    fs::copy(f.path(1), f.path(last + 1)).unwrap();
+    assert_damage(&f.verify(), DamageKind::Duplicated, EVENTS);
+    let g = fixture();
+    let (_, fr1) = frames(&g.path(1));
+    let tmp = g.dir.path().join("swap");
+    fs::rename(g.path(1), &tmp).unwrap();
+    fs::rename(g.path(2), g.path(1)).unwrap();
+    fs::rename(&tmp, g.path(2)).unwrap();
+    assert_damage(&g.verify(), DamageKind::Reordered, fr1[0].2.unwrap());
+}

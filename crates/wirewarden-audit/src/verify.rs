@@ -450,6 +450,18 @@ impl Walk<'_> {
             );
             return Ok(Flow::Stop);
         }
+        if header.index != index && header.first_seq < seq {
+            self.damage(
+                seq,
+                DamageKind::Duplicated,
+                seg,
+                format!(
+                    "file of segment {index} is a copy of segment {}",
+                    header.index
+                ),
+            );
+            return Ok(Flow::Stop);
+        }
         if header.index != index {
             self.damage(
                 seq,
@@ -642,12 +654,25 @@ impl Walk<'_> {
         self.report.tail.last_segment_sealed = sealed;
         if !is_last && !sealed {
             let seq = self.expected();
-            self.damage(
-                seq,
-                DamageKind::Deleted,
-                seg,
-                "segment is not sealed: records were cut from its end".into(),
-            );
+            // An unsealed segment followed by a copy of an earlier one: the copy is the
+            // damage, not a cut.
+            let next = later.first().and_then(|p| std::fs::read(p).ok());
+            let copy = next
+                .as_deref()
+                .and_then(|d| SegmentHeader::decode(d).ok())
+                .is_some_and(|(h, _)| h.first_seq < seq && h.index <= index);
+            let (kind, detail) = if copy {
+                (
+                    DamageKind::Duplicated,
+                    "the next segment file is a copy of an earlier segment",
+                )
+            } else {
+                (
+                    DamageKind::Deleted,
+                    "segment is not sealed: records were cut from its end",
+                )
+            };
+            self.damage(seq, kind, seg, detail.into());
             return Ok(Flow::Stop);
         }
         Ok(Flow::Continue)

@@ -734,8 +734,14 @@ impl Scanner {
     }
 
     fn email(&self, bytes: &[u8], at: usize, at_len: usize, st: &mut State<'_>) {
-        let local_char =
-            |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b) || b >= 0x80;
+        let local_char = |b: u8| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'..=b'\'' | b'*' | b'+' | b'/' | b'=' | b'?' | b'^'..=b'`' | b'{'..=b'~' | b'.' | b'-'
+                )
+                || b >= 0x80
+        };
         let mut ls = at;
         while ls > st.floor && at - ls < 64 && local_char(byte(bytes, ls - 1)) {
             ls -= 1;
@@ -862,7 +868,10 @@ impl Scanner {
                 None
             };
             let limit = if seq.truncated { HALF } else { seq.n };
-            self.windows(seq, plus, limit, st);
+            // Every entity needs four groups (IPv4) or eight digits (the shortest phone).
+            if seq.n >= 4 || seq.total >= 8 {
+                self.windows(seq, plus, limit, st);
+            }
             if !seq.truncated {
                 return seq.end_all.max(p + 1);
             }
@@ -1014,6 +1023,8 @@ struct Seq {
     truncated: bool,
     /// End of the last group's digits.
     end_all: usize,
+    /// Digits in all groups.
+    total: usize,
 }
 
 fn digit_at(bytes: &[u8], i: usize) -> Option<(u8, usize, bool)> {
@@ -1040,6 +1051,7 @@ impl Seq {
             digits: [[0; MAX_GROUP_DIGITS]; MAX_GROUPS],
             truncated: false,
             end_all: 0,
+            total: 0,
         }
     }
 
@@ -1048,6 +1060,7 @@ impl Seq {
     fn parse(&mut self, bytes: &[u8], p: usize) {
         let s = self;
         s.n = 0;
+        s.total = 0;
         s.truncated = false;
         s.end_all = p;
         let mut i = p;
@@ -1058,6 +1071,14 @@ impl Seq {
             s.sep[k] = sep;
             let mut len = 0usize;
             let mut exotic = false;
+            // ASCII digits first: the common case needs no decoding.
+            while let Some(b) = bytes.get(i).filter(|b| b.is_ascii_digit()) {
+                if let Some(slot) = s.digits[k].get_mut(len) {
+                    *slot = b - b'0';
+                }
+                len += 1;
+                i += 1;
+            }
             while let Some((v, l, ex)) = digit_at(bytes, i) {
                 if let Some(slot) = s.digits[k].get_mut(len) {
                     *slot = v;
@@ -1070,10 +1091,28 @@ impl Seq {
             s.end[k] = i;
             s.exotic_digits[k] = exotic;
             s.n += 1;
+            s.total += len;
             // The separators up to the next digit, if any.
             let mut j = i;
             sep = Sep::default();
-            while let Some((c, l)) = char_at(bytes, j) {
+            loop {
+                let (c, l) = match bytes.get(j) {
+                    Some(&b) if b < 0x80 => {
+                        if sep.visible < 3 && matches!(b, b' ' | b'-' | b'.' | b'(' | b')') {
+                            if sep.visible == 0 {
+                                sep.first = char::from(b);
+                            }
+                            sep.visible += 1;
+                            j += 1;
+                            continue;
+                        }
+                        break;
+                    }
+                    _ => match char_at(bytes, j) {
+                        Some(x) => x,
+                        None => break,
+                    },
+                };
                 if is_ignorable(c) {
                     sep.exotic = true;
                 } else if sep.visible < 3 && is_digit_separator(c) {

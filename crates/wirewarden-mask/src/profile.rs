@@ -486,7 +486,7 @@ impl Profile {
         if findings.is_empty() {
             return Ok(Edit::Unchanged);
         }
-        let mut out = Vec::with_capacity(bytes.len() + 16);
+        let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 4 + 16);
         let mut repl = String::new();
         let mut last = 0;
         // Counted locally and added once: one map update per entity, not per finding.

@@ -291,3 +291,70 @@ impl Budgets {
             .map(|d| Duration::from_secs(d.window_secs))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use wirewarden_core::{AuthMethod, Protocol};
+
+    use super::*;
+
+    fn def() -> BudgetDef {
+        BudgetDef {
+            id: "b".into(),
+            subjects: vec![],
+            groups: vec![],
+            targets: vec![],
+            max_rows: Some(10),
+            max_bytes: None,
+            window_secs: 60,
+        }
+    }
+
+    fn principal(subject: &str) -> Principal {
+        Principal::new(
+            subject,
+            AuthMethod::External {
+                mechanism: "t".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn counters_of_past_windows_are_pruned() {
+        let budgets = Budgets::new(vec![def()]);
+        let target = Target::new("crm", Protocol::Redis).unwrap();
+        let t0 = Timestamp::from_unix_secs(600).unwrap();
+        for i in 0..=PRUNE_AT {
+            budgets.charge(&principal(&format!("s{i}")), &target, 1, 0, t0);
+        }
+        assert_eq!(budgets.lock().len(), PRUNE_AT + 1);
+        let t1 = Timestamp::from_unix_secs(660).unwrap();
+        let status = budgets.charge(&principal("fresh"), &target, 11, 0, t1);
+        assert!(matches!(
+            status,
+            BudgetStatus::Exhausted(Exhaustion { used: 11, .. })
+        ));
+        assert_eq!(
+            budgets.lock().len(),
+            1,
+            "only the current window's counter is kept"
+        );
+        // Earlier subjects start afresh in the new window.
+        assert!(budgets.check(&principal("s0"), &target, t1).allows_more());
+    }
+
+    #[test]
+    fn windows_are_fixed_and_aligned_to_the_epoch() {
+        let budgets = Budgets::new(vec![def()]);
+        let target = Target::new("crm", Protocol::Redis).unwrap();
+        let p = principal("a");
+        let at = |s| Timestamp::from_unix_secs(s).unwrap();
+        assert!(!budgets.charge(&p, &target, 10, 0, at(659)).allows_more());
+        match budgets.check(&p, &target, at(659)) {
+            BudgetStatus::Exhausted(ex) => assert_eq!(ex.resets_at, at(660)),
+            other => panic!("{other:?}"),
+        }
+        assert!(budgets.check(&p, &target, at(660)).allows_more());
+    }
+}

@@ -622,3 +622,46 @@ const FUZZ_JWKS: &str = r#"{"keys":[
  {"kty":"OKP","crv":"Ed25519","kid":"ed-1","alg":"EdDSA","use":"sig",
   "x":"A6RIDWDTwAdT4t0oAB1-dRPBeeyc6qYcFmSUaSAYSVY"}
 ]}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_shape() {
+        assert!(looks_like_jwt("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"));
+        for not in [
+            "",
+            "eyJ.eyJ",
+            "eyJ.eyJ.",
+            "eyJ..sig",
+            "eyJ.eyJ.s.t",
+            "ww_static_token",
+            "abc.def.ghi",
+            "eyJ a.b.c",
+            "eyJ+/.b.c",
+        ] {
+            assert!(!looks_like_jwt(not), "{not:?}");
+        }
+    }
+
+    #[test]
+    fn claims_by_name_then_by_path() {
+        let claims: Map<String, Value> = serde_json::from_str(
+            r#"{"a.b": 1, "a": {"b": 2, "c": {"d": "x"}}, "https://x.test/groups": ["g"]}"#,
+        )
+        .unwrap();
+        assert_eq!(lookup(&claims, "a.b"), Some(&Value::from(1)));
+        assert_eq!(lookup(&claims, "a.c.d"), Some(&Value::from("x")));
+        assert_eq!(lookup(&claims, "a.c.e"), None);
+        assert_eq!(lookup(&claims, "a.b.c"), None);
+        assert!(lookup(&claims, "https://x.test/groups").is_some());
+    }
+
+    #[test]
+    fn numeric_dates_clamp() {
+        assert_eq!(ts(i64::MAX), ts(9_000_000_000));
+        assert_eq!(ts(i64::MIN), ts(-9_000_000_000));
+        assert_eq!(ts(10).unix_secs(), 10);
+    }
+}

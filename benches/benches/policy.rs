@@ -19,7 +19,7 @@ const TEAMS: [&str; 12] = [
     "security", "product",
 ];
 
-/// About 40 rules: 4 guardrails, then per team an allow for reads of its schema in office
+/// 30 rules: 4 guardrails, then per team an allow for reads of its schema in office
 /// hours and a review rule for its writes, then catch-alls.
 fn rule_set() -> String {
     let mut s = String::from(
@@ -165,7 +165,7 @@ fn evaluate(c: &mut Criterion) {
     });
     g.finish();
 
-    c.bench_function("policy_load_40_rules", |b| {
+    c.bench_function("policy_load_30_rules", |b| {
         let text = rule_set();
         b.iter(|| RuleEngine::from_toml(black_box(&text)).unwrap())
     });

@@ -196,6 +196,9 @@ pub struct PostgresProxy {
     pipeline: Arc<Pipeline>,
     config: Arc<PostgresTarget>,
     cancel: Arc<StdMutex<CancelKeys>>,
+    /// Upstream process id → the id this gateway issued for it, so notifications name the
+    /// sending session by its gateway id and never reveal upstream process ids.
+    pids: Arc<StdMutex<std::collections::HashMap<i32, i32>>>,
     catalog: Arc<Catalog>,
 }
 
@@ -265,6 +268,7 @@ impl PostgresProxy {
             pipeline,
             config: Arc::new(config),
             cancel: Default::default(),
+            pids: Default::default(),
             catalog,
         }
     }
@@ -386,10 +390,7 @@ impl PostgresProxy {
                         return Err(Error::Authentication("client did not use TLS".into()));
                     }
                     if let Some(enc) = startup.parameter("client_encoding")
-                        && !matches!(
-                            enc.to_ascii_uppercase().as_slice(),
-                            b"UTF8" | b"UTF-8" | b"UNICODE"
-                        )
+                        && !is_utf8_encoding(enc)
                     {
                         send(
                             &mut client,
@@ -622,6 +623,7 @@ impl PostgresProxy {
             });
         }
         let mut issued = None;
+        let up_key = up.key.clone();
         if let Some((pid, secret)) = up.key.clone()
             && let Ok(mut keys) = self.cancel.lock()
             && let Ok(key) = keys.issue(BackendKey {
@@ -631,6 +633,9 @@ impl PostgresProxy {
         {
             hello.push(key.to_message());
             issued = Some(key.process_id);
+            if let Ok(mut pids) = self.pids.lock() {
+                pids.insert(pid, key.process_id);
+            }
         }
         hello.push(BackendMessage::ReadyForQuery(up.status));
         send(&mut s.client, &hello).await?;
@@ -663,8 +668,22 @@ impl PostgresProxy {
         if let (Some(pid), Ok(mut keys)) = (issued, self.cancel.lock()) {
             keys.remove(pid);
         }
+        if let (Some((pid, _)), Ok(mut pids)) = (&up_key, self.pids.lock()) {
+            pids.remove(pid);
+        }
         outcome
     }
+}
+
+/// Whether an encoding name means UTF-8, as the server reads it (case, quotes, `-` and `_`
+/// are ignored: drivers send `UTF8`, `utf-8`, `'utf-8'`).
+fn is_utf8_encoding(name: &[u8]) -> bool {
+    let norm: Vec<u8> = name
+        .iter()
+        .filter(|b| !matches!(b, b'\'' | b'"' | b'-' | b'_' | b' '))
+        .map(u8::to_ascii_uppercase)
+        .collect();
+    matches!(norm.as_slice(), b"UTF8" | b"UNICODE")
 }
 
 /// A random token that marks the statement a denial is replaced with.
@@ -1538,26 +1557,29 @@ impl Relay {
                 payload,
             } => {
                 let mut counts = MaskedCounts::new();
-                match outbound::mask_bytes_as_text(&self.profile, &payload, &mut counts) {
-                    Ok(None) => st.out.extend_from_slice(frame.as_bytes()),
-                    Ok(Some(m)) => BackendMessage::NotificationResponse {
-                        process_id,
-                        channel,
-                        payload: Bytes::from(m),
-                    }
-                    .encode(&mut st.out)?,
-                    Err(_) => BackendMessage::NotificationResponse {
-                        process_id,
-                        channel,
-                        payload: Bytes::new(),
-                    }
-                    .encode(&mut st.out)?,
+                // The sender as this gateway named it; 0 for a session of another gateway.
+                let process_id = self
+                    .proxy
+                    .pids
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.get(&process_id).copied())
+                    .unwrap_or(0);
+                let payload =
+                    match outbound::mask_bytes_as_text(&self.profile, &payload, &mut counts) {
+                        Ok(None) => payload,
+                        Ok(Some(m)) => Bytes::from(m),
+                        Err(_) => Bytes::new(),
+                    };
+                BackendMessage::NotificationResponse {
+                    process_id,
+                    channel,
+                    payload,
                 }
+                .encode(&mut st.out)?;
             }
             BackendMessage::ParameterStatus { name, value } => {
-                if name.as_ref() == b"client_encoding"
-                    && !matches!(value.to_ascii_uppercase().as_slice(), b"UTF8" | b"UNICODE")
-                {
+                if name.as_ref() == b"client_encoding" && !is_utf8_encoding(&value) {
                     // Masking reads text as UTF-8; another encoding would let values through
                     // unread.
                     BackendMessage::ErrorResponse(ErrorFields::new(
@@ -1668,6 +1690,16 @@ fn render_row(frame: &[u8], plans: Option<&[ColumnPlan]>, limits: &Limits) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utf8_encoding_names() {
+        for ok in [&b"UTF8"[..], b"utf-8", b"'utf-8'", b"Unicode", b"utf_8"] {
+            assert!(is_utf8_encoding(ok), "{ok:?}");
+        }
+        for bad in [&b"LATIN1"[..], b"SQL_ASCII", b"", b"UTF16"] {
+            assert!(!is_utf8_encoding(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn poison_tokens_are_random_hex() {

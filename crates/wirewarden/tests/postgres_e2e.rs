@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use wirewarden::Pipeline;
 use wirewarden::audit::{
-    ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log, verify_dir,
+    AuditSink, ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log, verify_dir,
 };
 use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
-use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
+use wirewarden::identity::{
+    IdentityProvider, StaticToken, StaticTokens, StaticTokensConfig, TokenHash,
+};
 use wirewarden::policy::RuleEngine;
 use wirewarden::postgres::{PostgresProxy, PostgresTarget, Secret, ServerTls, UpstreamConfig};
 use wirewarden::review::{ApprovalScope, Reviewer};
@@ -39,6 +41,12 @@ reason = "schema changes go through migrations"
 id = "analysts-read"
 groups = ["analysts"]
 max_class = "read"
+action = "allow"
+
+[[rule]]
+id = "analysts-notify"
+groups = ["analysts"]
+verbs = ["NOTIFY", "LISTEN"]
 action = "allow"
 
 [[rule]]
@@ -76,6 +84,14 @@ fn tokens() -> StaticTokens {
 }
 
 async fn gateway(tls: Option<ServerTls>) -> Gateway {
+    gateway_with(tls, Arc::new(tokens()), |sink| sink).await
+}
+
+async fn gateway_with(
+    tls: Option<ServerTls>,
+    identity: Arc<dyn IdentityProvider>,
+    wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
+) -> Gateway {
     let pg = tokio::task::spawn_blocking(|| Postgres::builder().seed_sql(SEED).start().unwrap())
         .await
         .unwrap();
@@ -91,13 +107,10 @@ async fn gateway(tls: Option<ServerTls>) -> Gateway {
         .open()
         .unwrap();
     let pipeline = Arc::new(
-        Pipeline::builder(
-            Arc::new(tokens()),
-            Arc::new(RuleEngine::from_toml(POLICY).unwrap()),
-        )
-        .audit(Arc::new(sink))
-        .build()
-        .unwrap(),
+        Pipeline::builder(identity, Arc::new(RuleEngine::from_toml(POLICY).unwrap()))
+            .audit(wrap(Arc::new(sink)))
+            .build()
+            .unwrap(),
     );
     let upstream = UpstreamConfig {
         addr: pg.addr().to_string(),
@@ -472,4 +485,292 @@ async fn a_write_is_held_for_review_and_runs_once_approved() {
     assert!(stderr.contains("held for review"), "{stderr}");
     assert!(stdout.contains("approved write"), "{stdout}\n{stderr}");
     assert_eq!(g.pg.psql("SELECT count(*) FROM notes").unwrap().trim(), "1");
+}
+
+async fn python(script: &str) -> Output {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output(),
+    )
+    .await
+    .expect("python finished")
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_binary_protocol_throughout() {
+    let g = gateway(None).await;
+    let script = format!(
+        r#"
+import asyncio, asyncpg
+async def main():
+    conn = await asyncpg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", database="app", ssl=False)
+    rows = await conn.fetch("SELECT id, name, ssn, card, balance FROM customers WHERE id = ANY($1::int[]) ORDER BY id", [1, 2])
+    for r in rows:
+        print("row", r["id"], r["name"], r["ssn"], r["card"], r["balance"])
+    stmt = await conn.prepare("SELECT email FROM customers WHERE id = $1")
+    print("prepared", await stmt.fetchval(1), await stmt.fetchval(2))
+    try:
+        await conn.execute("DROP TABLE customers")
+    except asyncpg.exceptions.InsufficientPrivilegeError as e:
+        print("denied", e.sqlstate)
+    print("after", await conn.fetchval("SELECT count(*) FROM customers"))
+    await conn.close()
+asyncio.run(main())
+"#,
+        port = g.addr.port()
+    );
+    let out = python(&script).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("row 1 Ada Lovelace"), "{stdout}");
+    assert!(stdout.contains("denied 42501"), "{stdout}");
+    assert!(stdout.contains("after 2"), "{stdout}");
+    assert!(
+        stdout.contains("10.5"),
+        "numeric survives binary re-encoding: {stdout}"
+    );
+    for secret in [
+        "123-45-6789",
+        "234-56-7890",
+        "4111 1111 1111 1111",
+        "5500-0000-0000-0004",
+        "ada@example.com",
+        "alan@example.org",
+    ] {
+        assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_statements_fail_closed() {
+    let g = gateway(None).await;
+    // Not SQL the classifier understands: denied by the default rule before the server sees it.
+    let out = psql(
+        g.addr,
+        "tok-analyst",
+        "disable",
+        &["FROBNICATE customers", "SELECT 'alive'"],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("no policy rule allows"), "{stderr}");
+    assert!(text(&out.stdout).contains("alive"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(events(g.audit_dir.path(), &g.keys).iter().any(|k| matches!(
+        k,
+        AuditEventKind::CommandDecided { command, decision: Decision::Deny { .. }, .. } if command.class == wirewarden::core::CommandClass::Unknown
+    )));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_notifications_and_copy_are_masked() {
+    let g = gateway(None).await;
+    let out = psql(
+        g.addr,
+        "tok-analyst",
+        "disable",
+        &[
+            "SELECT '123-45-6789'::int",
+            "LISTEN alerts",
+            "NOTIFY alerts, 'card 4111 1111 1111 1111 declined'",
+            "SELECT 1",
+        ],
+    )
+    .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        stderr.contains("invalid input syntax for type integer"),
+        "{stderr}"
+    );
+    // psql echoes the client's own query text after `LINE 1:`; everything from the server
+    // is masked.
+    let all: String = format!("{stdout}{stderr}")
+        .lines()
+        .filter(|l| !l.starts_with("LINE 1:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        all.contains("Asynchronous notification \"alerts\""),
+        "{all}"
+    );
+    assert!(!all.contains("123-45-6789"), "{all}");
+    assert!(!all.contains("4111 1111 1111 1111"), "{all}");
+    // The sender is named by the gateway's process id, never the upstream's.
+    let upstream_pids = g.pg.psql("SELECT pid FROM pg_stat_activity").unwrap();
+    for pid in upstream_pids.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            !all.contains(&format!("process with PID {}.", pid.trim())),
+            "{all}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_that_cannot_be_masked_is_withheld() {
+    let g = gateway(None).await;
+    let deep = format!(
+        "SELECT ('{}' || '\"123-45-6789\"' || '{}')::json",
+        "[".repeat(2000),
+        "]".repeat(2000)
+    );
+    let out = psql(g.addr, "tok-analyst", "disable", &[&deep, "SELECT 'next'"]).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stderr.contains("withheld"), "{stderr}");
+    assert!(!stdout.contains("123-45-6789"));
+    assert!(stdout.contains("next"), "{stdout}");
+}
+
+/// A sink that refuses intents: the pipeline must refuse the statements.
+#[derive(Debug)]
+struct RefuseIntents(Arc<dyn AuditSink>);
+
+#[async_trait::async_trait]
+impl AuditSink for RefuseIntents {
+    async fn append(
+        &self,
+        event: &wirewarden::core::AuditEvent,
+    ) -> Result<wirewarden::audit::Appended, wirewarden::core::BoxError> {
+        if matches!(event.kind, AuditEventKind::CommandDecided { .. }) {
+            return Err("disk full".into());
+        }
+        self.0.append(event).await
+    }
+    async fn flush(&self) -> Result<(), wirewarden::core::BoxError> {
+        self.0.flush().await
+    }
+    fn durability(&self) -> Durability {
+        Durability::Fsync
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_that_cannot_be_recorded_refuses_the_statement() {
+    let g = gateway_with(None, Arc::new(tokens()), |s| Arc::new(RefuseIntents(s))).await;
+    let out = psql(
+        g.addr,
+        "tok-analyst",
+        "disable",
+        &["SELECT ssn FROM customers", "SELECT 'x'"],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("audit trail is unavailable"), "{stderr}");
+    assert!(
+        !text(&out.stdout).contains('x'),
+        "nothing runs without its intent on record"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_use_gateway_issued_keys() {
+    let g = gateway(None).await;
+    let script = format!(
+        r#"
+import psycopg, threading, time
+conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
+print("pid", conn.info.backend_pid)
+threading.Timer(0.5, conn.cancel).start()
+t = time.time()
+try:
+    conn.execute("SELECT pg_sleep(20)")
+    print("not cancelled")
+except psycopg.errors.QueryCanceled:
+    print("cancelled after", round(time.time() - t))
+print("then", conn.execute("SELECT 1").fetchone()[0])
+"#,
+        port = g.addr.port()
+    );
+    let out = python(&script).await;
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("cancelled after 0") || stdout.contains("cancelled after 1"),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("then 1"), "{stdout}");
+    // The client saw the gateway's key, not the server's process id.
+    let pid: i64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let backends = g.pg.psql("SELECT pid FROM pg_stat_activity").unwrap();
+    assert!(
+        !backends.lines().any(|l| l.trim() == pid.to_string()),
+        "upstream pid leaked: {pid}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_from_a_real_provider_and_wrong_audience() {
+    use wirewarden::identity::{Chain, JwtConfig, JwtProvider};
+    use wirewarden_testkit::oidc::OidcProvider;
+    let idp = tokio::task::spawn_blocking(|| {
+        OidcProvider::builder()
+            .client("agent-7", "agent-secret", &["analysts"])
+            .resource("https://crm.wirewarden.test", "ES256", "read")
+            .resource("https://billing.wirewarden.test", "ES256", "read")
+            .start()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let mut config = JwtConfig::new(idp.issuer(), &["https://crm.wirewarden.test"]);
+    config.jwks_url = Some(idp.jwks_url());
+    let identity = Chain::new()
+        .with(Arc::new(tokens()))
+        .with(Arc::new(JwtProvider::new(config).unwrap()));
+    let g = gateway_with(None, Arc::new(identity), |s| s).await;
+    // The provider stays up: the gateway fetches its keys on the first token.
+    let (good, wrong, _idp) = tokio::task::spawn_blocking(move || {
+        (
+            idp.access_token("agent-7", "https://crm.wirewarden.test", "read")
+                .unwrap(),
+            idp.access_token("agent-7", "https://billing.wirewarden.test", "read")
+                .unwrap(),
+            idp,
+        )
+    })
+    .await
+    .unwrap();
+    let ok = psql(
+        g.addr,
+        &good,
+        "disable",
+        &["SELECT count(*) FROM customers"],
+    )
+    .await;
+    if !ok.status.success() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let why: Vec<String> = events(g.audit_dir.path(), &g.keys)
+            .into_iter()
+            .filter_map(|k| match k {
+                AuditEventKind::AuthenticationFailed { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect();
+        panic!("{} {why:?}", text(&ok.stderr));
+    }
+    assert_eq!(text(&ok.stdout).trim(), "2");
+    let refused = psql(g.addr, &wrong, "disable", &["SELECT 1"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("password authentication failed"),
+        "{}",
+        text(&refused.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let kinds = events(g.audit_dir.path(), &g.keys);
+    assert!(kinds.iter().any(|k| matches!(k, AuditEventKind::SessionStarted { principal, .. } if matches!(principal.auth, wirewarden::core::AuthMethod::Jwt { .. }))));
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, AuditEventKind::AuthenticationFailed { .. }))
+    );
 }

@@ -394,6 +394,16 @@ impl Profile {
         })
     }
 
+    /// The entities in `value` and where they are (byte ranges), without masking anything:
+    /// for dry runs and reports. Field rules do not apply here.
+    #[must_use]
+    pub fn detect(&self, value: &[u8]) -> Vec<(std::ops::Range<usize>, &str)> {
+        self.find(value)
+            .into_iter()
+            .map(|f| (f.start..f.end, self.entity(f.kind)))
+            .collect()
+    }
+
     pub(crate) fn key(&self) -> Option<&MaskKey> {
         self.key.as_deref()
     }
@@ -476,12 +486,23 @@ impl Profile {
                 Err(e) => return Err(e),
             }
         }
-        self.spans(text.as_bytes(), counts)?.into_text()
+        self.spans_in(text.as_bytes(), Some(text), counts)?
+            .into_text()
     }
 
     /// Replaces every finding in `bytes` by its strategy's output; the bytes between findings
     /// are kept exactly.
     pub(crate) fn spans(&self, bytes: &[u8], counts: &mut MaskedCounts) -> Result<Edit<Vec<u8>>> {
+        self.spans_in(bytes, None, counts)
+    }
+
+    /// [`Self::spans`], given `bytes` as text when the caller already validated it.
+    fn spans_in(
+        &self,
+        bytes: &[u8],
+        text: Option<&str>,
+        counts: &mut MaskedCounts,
+    ) -> Result<Edit<Vec<u8>>> {
         let findings = self.find(bytes);
         if findings.is_empty() {
             return Ok(Edit::Unchanged);
@@ -508,9 +529,9 @@ impl Profile {
                 }
             }
             let raw = bytes.get(f.start..f.end).unwrap_or_default();
-            let span = match std::str::from_utf8(raw) {
-                Ok(s) => Cow::Borrowed(s),
-                Err(_) => String::from_utf8_lossy(raw),
+            let span = match text.and_then(|t| t.get(f.start..f.end)) {
+                Some(s) => Cow::Borrowed(s),
+                None => String::from_utf8_lossy(raw),
             };
             let entity = self.entity(f.kind);
             repl.clear();

@@ -594,6 +594,15 @@ groups = ["support"]
 }
 
 #[test]
+fn detection_without_masking() {
+    let p = profile();
+    let text = "a 4111 1111 1111 1111 b bob@example.com";
+    let found = p.detect(text.as_bytes());
+    assert_eq!(found, vec![(2..21, "card_number"), (24..39, "email")]);
+    assert!(p.detect(b"nothing").is_empty());
+}
+
+#[test]
 fn secrets_in_headers_and_bodies() {
     let p = profile();
     let (out, c) = text(

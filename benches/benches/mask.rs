@@ -1,0 +1,181 @@
+//! The masking engine runs on every value that leaves a database. Side by side with a
+//! `regex::RegexSet` of equivalent patterns on the same corpora: clean text (prose with a few
+//! numbers, nothing to mask) and PII-dense text (every line holds several entities).
+//!
+//! The RegexSet only answers "which patterns occur somewhere"; the engine also validates
+//! (Luhn, SSN rules, mod 97, address parsing), locates and replaces every value, so the
+//! comparison favours the baseline. `engine_detect_only` validates and locates without
+//! replacing. Times are the benchmark thread's on-CPU time (see `cpu_time`).
+
+use std::borrow::Cow;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use regex::RegexSet;
+use wirewarden_mask::{Field, MaskKey, MaskedCounts, Profile, Strategy};
+
+const WORDS: &[&str] = &[
+    "the", "agent", "asked", "for", "a", "summary", "of", "recent", "orders", "and", "the",
+    "database", "returned", "rows", "with", "customer", "names", "shipping", "notes", "about",
+    "delivery", "windows", "warehouse", "status", "pending", "review", "by", "support", "team",
+    "before", "Friday", "Berlin", "London", "refund", "approved", "escalated", "ticket", "closed",
+    "invoice", "sent", "to", "billing", "contact", "requested", "callback", "after", "lunch",
+];
+
+/// About 1 MiB of prose: sentences, punctuation and the odd small number or date.
+fn clean_corpus() -> String {
+    let mut s = String::with_capacity(1 << 20);
+    let mut x: u32 = 12345;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let mut n = 0usize;
+    while s.len() < 1 << 20 {
+        let w = WORDS[next() as usize % WORDS.len()];
+        s.push_str(w);
+        n += 1;
+        match next() % 40 {
+            0 => s.push_str(". "),
+            1 => s.push_str(", "),
+            2 => {
+                s.push_str(" ");
+                s.push_str(&(next() % 100).to_string());
+                s.push(' ');
+            }
+            3 if n % 7 == 0 => s.push_str(" on 2024-05-01 "),
+            _ => s.push(' '),
+        }
+    }
+    s
+}
+
+/// About 1 MiB of lines that each hold a card, an SSN, an email, a phone, an IP address and
+/// often a secret.
+fn dense_corpus() -> String {
+    let cards = [
+        "4111 1111 1111 1111",
+        "5555-5555-5555-4444",
+        "378282246310005",
+        "6011 1111 1111 1117",
+    ];
+    let mut s = String::with_capacity(1 << 20);
+    let mut i = 0usize;
+    while s.len() < 1 << 20 {
+        let ssn = format!("{:03}-{:02}-{:04}", 100 + i % 500, 10 + i % 80, 1000 + i % 8000);
+        s.push_str(&format!(
+            "customer {i}: card {}, ssn {ssn}, mail user{i}@example.com, phone +1 415 555 {:04}, ip 10.{}.{}.{}",
+            cards[i % cards.len()],
+            i % 10000,
+            i % 256,
+            (i / 256) % 256,
+            i % 200
+        ));
+        match i % 3 {
+            0 => s.push_str(", key AKIAIOSFODNN7EXAMPLE"),
+            1 => s.push_str(", token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789"),
+            _ => s.push_str(", iban DE89 3704 0044 0532 0130 00"),
+        }
+        s.push('\n');
+        i += 1;
+    }
+    s
+}
+
+/// The same entities as the engine's built-in detectors, as regular expressions.
+fn regex_set() -> RegexSet {
+    RegexSet::new([
+        r"\b(?:\d[ -]?){12,18}\d\b",
+        r"\b\d{3}[- ]\d{2}[- ]\d{4}\b",
+        r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+        r"\+\d[\d ().-]{6,18}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b",
+        r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
+        r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b",
+        r"(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}|::[0-9A-Fa-f]{1,4}",
+        r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[A-Z0-9]{16}\b",
+        r"(?i)(?:aws_secret_access_key|secretaccesskey)\W{1,8}[A-Za-z0-9/+]{40}",
+        r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*",
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,})",
+        r"\bxox[baprse]-[A-Za-z0-9-]{10,}",
+        r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{10,}",
+        r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{8,}=*",
+    ])
+    .expect("patterns compile")
+}
+
+/// Time this thread has spent on a CPU, from `/proc/thread-self/schedstat` (nanoseconds).
+/// The bench machine is shared: wall time would count the time other builds hold the core.
+fn on_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// Runs `f` `iters` times; returns the on-CPU time (wall time where that is unavailable).
+fn cpu_time(iters: u64, mut f: impl FnMut()) -> Duration {
+    let (c0, w0) = (on_cpu(), Instant::now());
+    for _ in 0..iters {
+        f();
+    }
+    match (c0, on_cpu()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => w0.elapsed(),
+    }
+}
+
+fn mask(c: &mut Criterion) {
+    let profile = Profile::builder("bench")
+        .key(MaskKey::new([5; 32]))
+        .strategy("card_number", Strategy::keep_last(4))
+        .strategy("email", Strategy::Tokenize)
+        .build()
+        .expect("profile builds");
+    let set = regex_set();
+    for (name, corpus) in [("clean_text", clean_corpus()), ("pii_dense", dense_corpus())] {
+        // Sanity: the clean corpus has nothing to mask, the dense one plenty.
+        let mut counts = MaskedCounts::new();
+        let out = profile
+            .mask_text(&Field::Unknown, Cow::Borrowed(corpus.as_str()), &mut counts)
+            .expect("masks");
+        assert_eq!(matches!(out, Some(Cow::Borrowed(_))), name == "clean_text");
+
+        let mut g = c.benchmark_group(format!("mask/{name}"));
+        g.throughput(Throughput::Bytes(corpus.len() as u64));
+        g.sample_size(20).measurement_time(Duration::from_secs(4));
+        g.bench_function("engine", |b| {
+            b.iter_custom(|iters| {
+                cpu_time(iters, || {
+                    let mut counts = MaskedCounts::new();
+                    let out = profile.mask_text(
+                        &Field::Unknown,
+                        Cow::Borrowed(black_box(corpus.as_str())),
+                        &mut counts,
+                    );
+                    black_box((out.map(|o| o.map(|s| s.len())), counts.total()));
+                })
+            })
+        });
+        g.bench_function("engine_detect_only", |b| {
+            b.iter_custom(|iters| {
+                cpu_time(iters, || {
+                    black_box(profile.detect(black_box(corpus.as_bytes())).len());
+                })
+            })
+        });
+        g.bench_function("regex_set", |b| {
+            b.iter_custom(|iters| {
+                cpu_time(iters, || {
+                    black_box(set.matches(black_box(corpus.as_str())).matched_any());
+                })
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, mask);
+criterion_main!(benches);

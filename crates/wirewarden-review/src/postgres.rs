@@ -222,7 +222,10 @@ impl PgReviewStore {
         self
     }
 
-    /// Deletes reviews that were decided or expired before `before`; returns how many.
+    /// Deletes reviews whose decision deadline (`expires_at`) is before `before`, whatever
+    /// their state, and returns how many. Pass a time at least the approval TTL in the past,
+    /// so that no approval that could still be used is removed; the audit trail keeps the
+    /// history.
     ///
     /// # Errors
     /// [`Error::Store`].

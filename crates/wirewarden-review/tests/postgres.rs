@@ -37,7 +37,23 @@ async fn store(pg: &Postgres) -> PgReviewStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_review_store_passes_the_review_suite() {
     let pg = start_pg();
-    review_store(&store(&pg).await).await;
+    let store = store(&pg).await;
+    review_store(&store).await;
+    // Housekeeping: nothing was due an hour ago; a day later everything is.
+    let hour_ago = Timestamp::now()
+        .checked_sub(Duration::from_secs(3_600))
+        .unwrap();
+    assert_eq!(store.purge(hour_ago).await.unwrap(), 0);
+    let tomorrow = Timestamp::now()
+        .checked_add(Duration::from_secs(86_400))
+        .unwrap();
+    assert!(store.purge(tomorrow).await.unwrap() > 5);
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM wirewarden_reviews")
+            .unwrap()
+            .trim(),
+        "0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1343,6 +1343,17 @@ fn transaction(toks: &[Token<'_>], first: &str, out: &mut Out) {
     };
     out.verb(verb);
     out.raise(Session);
+    read_write_mode(toks, out);
+}
+
+/// `READ WRITE` transaction modes undo a read-only default the gateway may have set.
+fn read_write_mode(toks: &[Token<'_>], out: &mut Out) {
+    if toks
+        .windows(2)
+        .any(|w| matches!(w, [a, b] if a.is_kw("read") && b.is_kw("write")))
+    {
+        out.raise(Privilege);
+    }
 }
 
 /// A setting name at `i` (possibly `a.b`), lowercased as the server folds it.
@@ -1405,6 +1416,7 @@ fn set_statement(toks: &[Token<'_>], out: &mut Out) {
         "transaction" | "characteristics" => {
             out.verb("SET TRANSACTION");
             out.raise(Session);
+            read_write_mode(toks, out);
             // `SET TRANSACTION SNAPSHOT` imports another session's snapshot: still a session
             // property.
         }

@@ -208,8 +208,9 @@ impl Token<'_> {
                 let body = self.text.get(start..self.text.len().checked_sub(1)?)?;
                 if kind == StringKind::Escape {
                     decode_escape_string(body)
-                } else if body.replace("''", "").contains('\'') {
-                    // A continuation line: not worth decoding.
+                } else if body.replace("''", "").contains('\'') || body.contains('\\') {
+                    // A continuation line, or (for N'…' with standard_conforming_strings
+                    // off) backslashes that may be escapes: not decoded.
                     None
                 } else {
                     Some(undouble(body, '\''))

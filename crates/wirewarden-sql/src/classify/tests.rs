@@ -608,3 +608,19 @@ fn declarations_never_hide_dangerous_calls() {
     );
     assert_eq!(class("EXECUTE nope(1) "), Unknown);
 }
+
+#[test]
+fn read_write_transaction_modes_are_privilege() {
+    assert_eq!(class("BEGIN READ WRITE"), Privilege);
+    assert_eq!(
+        class("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE"),
+        Privilege
+    );
+    assert_eq!(
+        class("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"),
+        Privilege
+    );
+    assert_eq!(class("SET TRANSACTION READ WRITE"), Privilege);
+    assert_eq!(class("BEGIN READ ONLY"), Session);
+    assert_eq!(class("SET default_transaction_read_only = off"), Privilege);
+}

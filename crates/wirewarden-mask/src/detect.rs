@@ -574,6 +574,11 @@ impl Scanner {
         while ts > st.floor && is_token_byte(byte(bytes, ts - 1)) {
             ts -= 1;
         }
+        // Every secret prefix and key name starts with a letter: a token that starts with a
+        // digit can only be a bearer credential. Numbers are common; skip the rest for them.
+        if ts == p && byte(bytes, p).is_ascii_digit() && !bearer_before(bytes, ts, st.floor) {
+            return false;
+        }
         let te = p + count_while(bytes, p, is_token_byte);
         st.token_checked = te;
         // "bearer <token>" in any case; "Bearer" itself is found from its `B`.

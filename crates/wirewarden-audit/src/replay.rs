@@ -146,6 +146,13 @@ impl Transcript {
                     _ => s.push_str("(decision of a newer kind)"),
                 }
                 let _ = write!(s, " [policy {policy_version}]");
+                // The statement itself, as the client sent it: what an auditor replays.
+                let pad = " ".repeat(14);
+                let _ = write!(
+                    s,
+                    "\n{pad}client> {}",
+                    indent(&command.text, &format!("{pad}        "))
+                );
             }
             AuditEventKind::CommandCompleted {
                 rows,

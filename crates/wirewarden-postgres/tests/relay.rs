@@ -142,7 +142,9 @@ impl Relay {
         self.addr.port()
     }
 
-    /// Waits until every connection has ended, then returns the errors the relay saw.
+    /// Waits until every connection has ended, then returns the errors the relay saw,
+    /// including DataRows whose shape the session could not tell (which a masker would
+    /// have to refuse).
     async fn finish(&self) -> Vec<String> {
         for _ in 0..500 {
             if self.shared.active.load(Ordering::SeqCst) == 0 {
@@ -150,7 +152,12 @@ impl Relay {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.shared.errors.lock().unwrap().clone()
+        let mut errors = self.shared.errors.lock().unwrap().clone();
+        let unknown = self.shared.unknown_shape_rows.load(Ordering::SeqCst);
+        if unknown > 0 {
+            errors.push(format!("{unknown} rows without a known RowDescription"));
+        }
+        errors
     }
 }
 
@@ -760,7 +767,6 @@ async fn extended_protocol_pipelining_copy_cancel_notify() {
     drop(client);
     assert_eq!(relay.finish().await, Vec::<String>::new());
     assert_eq!(relay.shared.cancels_forwarded.load(Ordering::SeqCst), 1);
-    assert_eq!(relay.shared.unknown_shape_rows.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,10 @@ use wirewarden_redis::{
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Event {
+    /// A request the server will answer.
     Request(String),
+    /// A request the server will not answer (`CLIENT REPLY OFF|SKIP`).
+    NoReply(String),
     Reply {
         verb: String,
         queued: bool,
@@ -72,8 +75,12 @@ async fn relay_one(client: TcpStream, upstream: SocketAddr, log: Log) {
                     match requests.decode(&mut cbuf) {
                         Ok(Some(req)) => {
                             let c = classify(req.args());
-                            conn.events.push(Event::Request(c.command.verb.clone()));
-                            session.on_request(req.args(), c.command.verb);
+                            let verb = c.command.verb;
+                            if session.on_request(req.args(), verb.clone()) {
+                                conn.events.push(Event::Request(verb));
+                            } else {
+                                conn.events.push(Event::NoReply(verb));
+                            }
                             out.extend_from_slice(req.raw());
                         }
                         Ok(None) => break,
@@ -460,4 +467,85 @@ async fn hostile_client_gets_a_protocol_error() {
             "nothing hostile reaches the server"
         );
     }
+}
+
+/// Reads from `s` until the bytes received end with `end`.
+async fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.ends_with(end) {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("reply within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_client_reply_hello_and_monitor_through_the_relay() {
+    let redis = wirewarden_testkit::Redis::builder().start().unwrap();
+    let (relay, log) = start_relay(redis.addr()).await;
+
+    // One pipeline, written at once: replies switched off and on, a transaction aborted at
+    // queue time, a switch to RESP3 and a RESP3 map.
+    let mut s = TcpStream::connect(relay).await.unwrap();
+    let pipeline = format!(
+        "AUTH {} {}\r\nCLIENT REPLY OFF\r\nSET a 1\r\nCLIENT REPLY ON\r\nMULTI\r\nSET a 2\r\n\
+         NOSUCH x\r\nEXEC\r\nGET a\r\nHELLO 3\r\nHSET h f v\r\nHGETALL h\r\nPING\r\n",
+        redis.user(),
+        redis.password()
+    );
+    s.write_all(pipeline.as_bytes()).await.unwrap();
+    let got = read_until(&mut s, b"+PONG\r\n").await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("EXECABORT"), "{text}");
+    assert!(
+        text.contains("%1\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+        "RESP3 map: {text}"
+    );
+    drop(s);
+    let conns = finished(&log, 1).await;
+    let conn = &conns[0];
+    check_bytes_and_order(conn);
+    assert_eq!(conn.final_version, Some(RespVersion::Resp3));
+    assert!(conn.events.contains(&Event::Exec {
+        results: vec![],
+        aborted: true
+    }));
+    // `SET a 1` under CLIENT REPLY OFF got no reply, and GET saw its value.
+    assert!(text.contains("$1\r\n1\r\n"), "{text}");
+    let silent: Vec<&Event> = conn
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::NoReply(_)))
+        .collect();
+    assert_eq!(
+        silent,
+        [
+            &Event::NoReply("CLIENT REPLY".into()),
+            &Event::NoReply("SET".into())
+        ]
+    );
+
+    // MONITOR: the stream of executed commands is out of band.
+    let mut m = TcpStream::connect(relay).await.unwrap();
+    m.write_all(format!("AUTH {} {}\r\nMONITOR\r\n", redis.user(), redis.password()).as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut m, b"+OK\r\n+OK\r\n").await;
+    redis.cli(&["SET", "watched-by-monitor", "1"]).unwrap();
+    read_until(&mut m, b"\"watched-by-monitor\" \"1\"\r\n").await;
+    drop(m);
+    let conns = finished(&log, 1).await;
+    check_bytes_and_order(&conns[0]);
+    assert!(
+        conns[0]
+            .events
+            .contains(&Event::OutOfBand(OutOfBand::Monitor)),
+        "{:?}",
+        conns[0].events
+    );
 }

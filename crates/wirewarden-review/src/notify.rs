@@ -3,17 +3,21 @@
 //! incoming webhooks, Mattermost and most chat bridges accept.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
-use hyper::header::{CONTENT_TYPE, USER_AGENT};
+use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use wirewarden_core::BoxError;
 
 use crate::review::{Review, ReviewState};
@@ -42,11 +46,10 @@ pub trait Notifier: fmt::Debug + Send + Sync {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WebhookError {
-    /// The URL is not an `http://` URL with a host.
-    #[error("webhook URL {url:?} is not supported: {reason}")]
+    /// The URL is not an `http://` or `https://` URL with a host (the URL itself is not
+    /// repeated: its path is the webhook's secret).
+    #[error("webhook URL is not usable: {reason}")]
     BadUrl {
-        /// The URL.
-        url: String,
         /// Why.
         reason: &'static str,
     },
@@ -66,13 +69,28 @@ pub enum WebhookError {
 
 /// Posts Slack-compatible JSON to a webhook URL with hyper.
 ///
-/// Only `http://` URLs are supported (a local relay or sidecar that forwards to the chat
-/// service over TLS); `https://` is refused at construction rather than sent in clear.
-#[derive(Debug, Clone)]
+/// `http://` URLs go through a pooled hyper-util client ([`WebhookNotifier::new`]);
+/// `https://` URLs need the caller's rustls client configuration (its trusted roots and
+/// crypto provider, [`WebhookNotifier::with_tls`]) and open one TLS connection per message,
+/// which is plenty for review notifications. An `https` URL is never sent in clear.
+#[derive(Clone)]
 pub struct WebhookNotifier {
     uri: hyper::Uri,
     client: Client<HttpConnector, Full<Bytes>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
+}
+
+impl fmt::Debug for WebhookNotifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL path of a chat webhook is its secret: show only scheme and host.
+        f.debug_struct("WebhookNotifier")
+            .field("scheme", &self.uri.scheme_str())
+            .field("host", &self.uri.host())
+            .field("tls", &self.tls.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The most response body read from the endpoint (only to finish the exchange cleanly).
@@ -82,18 +100,34 @@ const MAX_RESPONSE: usize = 64 * 1024;
 const MAX_COMMAND_TEXT: usize = 1_500;
 
 impl WebhookNotifier {
-    /// A notifier posting to `url`, with a 10-second timeout.
+    /// A notifier posting to an `http://` `url`, with a 10-second timeout.
     ///
     /// # Errors
-    /// [`WebhookError::BadUrl`] unless `url` is an `http://` URL with a host.
+    /// [`WebhookError::BadUrl`] unless `url` is an `http://` URL with a host (an `https://`
+    /// URL needs [`WebhookNotifier::with_tls`]).
     pub fn new(url: &str) -> Result<Self, WebhookError> {
-        let bad = |reason| WebhookError::BadUrl {
-            url: url.to_owned(),
-            reason,
-        };
+        Self::build(url, None)
+    }
+
+    /// A notifier posting to an `http://` or `https://` `url`; `https` connections are
+    /// verified with `tls` (its roots decide which servers are trusted).
+    ///
+    /// # Errors
+    /// [`WebhookError::BadUrl`] unless `url` is an `http://` or `https://` URL with a host.
+    pub fn with_tls(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<Self, WebhookError> {
+        Self::build(url, Some(tls))
+    }
+
+    fn build(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Self, WebhookError> {
+        // Never echo the URL itself into errors or logs: its path is the webhook's secret.
+        let bad = |reason| WebhookError::BadUrl { reason };
         let uri: hyper::Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad("only http:// is supported"));
+        match (uri.scheme_str(), &tls) {
+            (Some("http"), _) | (Some("https"), Some(_)) => {}
+            (Some("https"), None) => {
+                return Err(bad("https:// needs WebhookNotifier::with_tls"));
+            }
+            _ => return Err(bad("only http:// and https:// are supported")),
         }
         if uri.host().is_none() {
             return Err(bad("no host"));
@@ -102,8 +136,45 @@ impl WebhookNotifier {
         Ok(Self {
             uri,
             client,
+            tls,
             timeout: Duration::from_secs(10),
         })
+    }
+
+    /// Sends `req` over a new TLS connection to the URL's host.
+    async fn send_tls(
+        &self,
+        mut req: Request<Full<Bytes>>,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, BoxError> {
+        let host = self.uri.host().ok_or("no host")?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = self.uri.port_u16().unwrap_or(443);
+        let server_name = ServerName::try_from(host.to_owned())?;
+        let tcp = TcpStream::connect((host, port)).await?;
+        let stream = TlsConnector::from(Arc::clone(tls))
+            .connect(server_name, tcp)
+            .await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        // On a bare connection the request line carries only the path, and Host is ours to set.
+        let path = self
+            .uri
+            .path_and_query()
+            .map_or("/", hyper::http::uri::PathAndQuery::as_str)
+            .parse()?;
+        let authority = self
+            .uri
+            .authority()
+            .ok_or("no authority")?
+            .as_str()
+            .parse()?;
+        *req.uri_mut() = path;
+        req.headers_mut().insert(HOST, authority);
+        Ok(sender.send_request(req).await?)
     }
 
     /// Sets the timeout for one post.
@@ -122,7 +193,10 @@ impl WebhookNotifier {
             )
             .body(Full::new(Bytes::from(body)))?;
         let exchange = async {
-            let res = self.client.request(req).await?;
+            let res = match (&self.tls, self.uri.scheme_str()) {
+                (Some(tls), Some("https")) => self.send_tls(req, tls).await?,
+                _ => self.client.request(req).await?,
+            };
             let status = res.status();
             // Drain (a bounded amount of) the body so the connection can be reused.
             let _ = Limited::new(res.into_body(), MAX_RESPONSE).collect().await;

@@ -218,3 +218,153 @@ async fn failures_are_reported_not_hidden() {
         );
     }
 }
+
+/// Serves HTTPS on loopback with a fresh self-signed certificate for `localhost`; returns
+/// the URL and the certificate to trust.
+async fn serve_tls() -> (
+    String,
+    rustls::pki_types::CertificateDer<'static>,
+    mpsc::UnboundedReceiver<Received>,
+) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let method = req.method().to_string();
+                        let content_type = req
+                            .headers()
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        let host = req.headers().get("host").cloned();
+                        let path = req.uri().path().to_owned();
+                        let bytes = req.into_body().collect().await.unwrap().to_bytes();
+                        let mut body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                        body["_seen"] = serde_json::json!({
+                            "host": host.and_then(|h| h.to_str().ok().map(str::to_owned)),
+                            "path": path,
+                        });
+                        let _ = tx.send(Received {
+                            method,
+                            content_type,
+                            body,
+                        });
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (
+        format!("https://localhost:{port}/services/T0/B0/secret"),
+        cert,
+        rx,
+    )
+}
+
+fn client_config(
+    trusted: Option<rustls::pki_types::CertificateDer<'static>>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(cert) = trusted {
+        roots.add(cert).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+#[tokio::test]
+async fn posts_over_https_to_a_trusted_server_only() {
+    let (url, cert, mut rx) = serve_tls().await;
+    let store = MemoryReviewStore::new();
+    let (agent, crm, cmd) = held();
+    let reviews = Reviews::new(Arc::new(store), Arc::new(MemoryGrantStore::new()));
+    let requested = reviews
+        .request(
+            &agent,
+            &crm,
+            &cmd,
+            CommandId::new(),
+            RuleId::new("r"),
+            "why",
+            ReviewRequirement::one_of("dba", Duration::from_secs(300)),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let note = Notification::Requested(&requested.review);
+
+    // https without a TLS configuration is refused up front, never sent in clear.
+    assert!(matches!(
+        WebhookNotifier::new(&url),
+        Err(WebhookError::BadUrl { .. })
+    ));
+
+    let trusted = WebhookNotifier::with_tls(&url, client_config(Some(cert))).unwrap();
+    assert!(
+        !format!("{trusted:?}").contains("secret"),
+        "Debug leaks the webhook path"
+    );
+    trusted.notify(&note).await.unwrap();
+    let got = rx.recv().await.unwrap();
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.content_type, "application/json");
+    assert!(
+        got.body["text"]
+            .as_str()
+            .unwrap()
+            .contains("Review requested")
+    );
+    assert_eq!(got.body["_seen"]["path"], "/services/T0/B0/secret");
+    assert!(
+        got.body["_seen"]["host"]
+            .as_str()
+            .unwrap()
+            .starts_with("localhost:"),
+        "{:?}",
+        got.body["_seen"]
+    );
+
+    // A server the configuration does not trust gets nothing.
+    let untrusted = WebhookNotifier::with_tls(&url, client_config(None)).unwrap();
+    assert!(untrusted.notify(&note).await.is_err());
+    assert!(
+        rx.try_recv().is_err(),
+        "an untrusted server received the message"
+    );
+}

@@ -6,7 +6,10 @@ command) is read with COMMAND INFO and COMMAND DOCS from a server this script st
 on a private Unix socket, so the result depends on nothing but the redis-server binary:
 
     python3 crates/wirewarden-redis/tools/gen_command_table.py [--redis-server PATH]
-    cargo fmt -p wirewarden-redis
+    python3 crates/wirewarden-redis/tools/gen_command_table.py --check   # CI: is it current?
+
+The output is formatted with rustfmt, so a regenerated table is byte-identical to the checked-in
+one when the server has not changed.
 
 Needs only the Python standard library. The RESP2 replies are parsed by the small reader
 below; no client library is involved.
@@ -181,6 +184,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
     ap.add_argument("--output", default=OUT)
+    ap.add_argument("--check", action="store_true",
+                    help="compare with the checked-in table instead of writing it")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="ww-cmdtable-")
@@ -229,9 +234,22 @@ def main():
     for info in sorted(infos, key=lambda i: i[0]):
         lines.extend(command(info, docs, 4))
     lines.append("];")
-    with open(args.output, "w") as f:
+    target = args.output
+    if args.check:
+        fd, target = tempfile.mkstemp(suffix=".rs")
+        os.close(fd)
+    with open(target, "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("wrote %d commands from redis %s to %s" % (len(infos), version, args.output))
+    subprocess.run(["rustfmt", "--edition", "2024", target], check=True)
+    if args.check:
+        with open(target) as a, open(args.output) as b:
+            same = a.read() == b.read()
+        os.unlink(target)
+        if not same:
+            sys.exit("%s is not what redis %s generates: rerun this script" % (args.output, version))
+        print("%s is current for redis %s (%d commands)" % (args.output, version, len(infos)))
+        return
+    print("wrote %d commands from redis %s to %s" % (len(infos), version, target))
 
 
 if __name__ == "__main__":

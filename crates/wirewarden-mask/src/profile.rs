@@ -22,9 +22,9 @@ use crate::{Error, Result};
 pub struct Limits {
     /// Longest value, in bytes.
     pub max_value_len: usize,
-    /// Deepest nesting of arrays and objects in one JSON document.
+    /// Deepest nesting of arrays and objects in one JSON document (at most 256).
     pub max_json_depth: usize,
-    /// How many levels of JSON inside JSON strings are unpacked.
+    /// How many levels of JSON inside JSON strings are unpacked (at most 16).
     pub max_nested_json: usize,
 }
 
@@ -183,6 +183,14 @@ impl ProfileBuilder {
             if s.needs_key() && self.key.is_none() {
                 return Err(Error::MissingKey { strategy: s.name() });
             }
+        }
+        // The JSON walker recurses once per level: keep the worst case well inside a thread's
+        // stack whatever the configuration says.
+        if self.limits.max_json_depth > 256 || self.limits.max_nested_json > 16 {
+            return Err(Error::config(
+                "limits",
+                "max_json_depth is at most 256 and max_nested_json at most 16",
+            ));
         }
         for (i, c) in self.custom.iter().enumerate() {
             if Detector::from_name(c.name()).is_some()

@@ -414,6 +414,11 @@ fn what_cannot_be_processed_is_an_error() {
         .unwrap();
     let e = small.mask_text(&Field::Unknown, Cow::Borrowed("12345"), &mut c);
     assert_eq!(e, Err(Error::ValueTooLarge { len: 5, limit: 4 }));
+    let huge = Limits {
+        max_json_depth: 100_000,
+        ..Limits::default()
+    };
+    assert!(Profile::builder("h").limits(huge).build().is_err());
 }
 
 #[test]

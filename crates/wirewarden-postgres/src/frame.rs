@@ -104,8 +104,37 @@ impl Frame {
     }
 }
 
+/// The exact length (length word included) of the messages whose size is fixed, so a
+/// hostile peer cannot make us buffer a "Sync" of a gigabyte before the body check.
+fn fixed_len(direction: Direction, tag: u8) -> Option<usize> {
+    match (direction, tag) {
+        (Direction::Frontend, b'S' | b'H' | b'X' | b'c') => Some(4),
+        (Direction::Backend, b'1' | b'2' | b'3' | b'n' | b's' | b'I' | b'c') => Some(4),
+        (Direction::Backend, b'Z') => Some(5),
+        _ => None,
+    }
+}
+
+/// The limit for one message type: the small limit for those the server itself reads with
+/// its small limit, else the direction's limit.
+fn limit_for(direction: Direction, tag: u8, limits: &Limits) -> usize {
+    let small = match direction {
+        Direction::Frontend => matches!(tag, b'C' | b'D' | b'E' | b'f'),
+        Direction::Backend => matches!(tag, b'S' | b'K'),
+    };
+    match direction {
+        _ if small => limits.max_small_message_len,
+        Direction::Frontend => limits.max_frontend_message_len,
+        Direction::Backend => limits.max_backend_message_len,
+    }
+}
+
 /// Reads a tagged frame from `src` if a whole one is there.
-fn tagged_frame(src: &mut BytesMut, direction: Direction, limit: usize) -> Result<Option<Frame>> {
+fn tagged_frame(
+    src: &mut BytesMut,
+    direction: Direction,
+    limits: &Limits,
+) -> Result<Option<Frame>> {
     let (Some(&tag), Some(len)) = (src.first(), src.get(1..5)) else {
         return Ok(None);
     };
@@ -121,6 +150,14 @@ fn tagged_frame(src: &mut BytesMut, direction: Direction, limit: usize) -> Resul
         });
     }
     let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if fixed_len(direction, tag).is_some_and(|fixed| len != fixed) {
+        return Err(Error::InvalidField {
+            message: "message header",
+            field: "length",
+            value: i64::try_from(len).unwrap_or(i64::MAX),
+        });
+    }
+    let limit = limit_for(direction, tag, limits);
     if len > limit {
         return Err(Error::MessageTooLarge {
             direction,
@@ -196,11 +233,7 @@ impl FrontendDecoder {
     /// Takes one whole frame off `src`, or returns `None` if more bytes are needed.
     pub fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>> {
         if !self.startup {
-            return tagged_frame(
-                src,
-                Direction::Frontend,
-                self.limits.max_frontend_message_len,
-            );
+            return tagged_frame(src, Direction::Frontend, &self.limits);
         }
         let Some(len) = src.get(0..4) else {
             return Ok(None);
@@ -292,7 +325,7 @@ impl BackendDecoder {
             }
             self.single_byte = None;
         }
-        tagged_frame(src, Direction::Backend, self.limits.max_backend_message_len)
+        tagged_frame(src, Direction::Backend, &self.limits)
     }
 
     /// Takes one whole frame off `src` and parses it.

@@ -12,6 +12,10 @@ pub struct Limits {
     pub max_frontend_message_len: usize,
     /// Largest backend message, counting its length word (not its type byte).
     pub max_backend_message_len: usize,
+    /// Largest message of the kinds the server reads with its small limit of 10 000 bytes
+    /// (Close, Describe, Execute, CopyFail from the client), and of the small backend
+    /// messages (ParameterStatus, BackendKeyData).
+    pub max_small_message_len: usize,
     /// Largest untagged startup-phase packet (the server's own limit is 10 000).
     pub max_startup_packet_len: usize,
     /// Most `name=value` pairs in a StartupMessage.
@@ -35,6 +39,7 @@ impl Limits {
     pub const DEFAULT: Limits = Limits {
         max_frontend_message_len: 64 * 1024 * 1024,
         max_backend_message_len: 1024 * 1024 * 1024,
+        max_small_message_len: 10_000,
         max_startup_packet_len: 10_000,
         max_startup_parameters: 64,
         max_columns: 1664,

@@ -365,3 +365,33 @@ fn limits_are_checked_before_reserving() {
     e.to_error_response().encode(&mut out).unwrap();
     assert_eq!(out.first(), Some(&b'E'));
 }
+
+#[test]
+fn fixed_and_small_messages_are_bounded_by_their_header() {
+    let limits = Limits::default();
+    // A "Sync" declaring 100 MB is refused at the header, nothing buffered.
+    let mut b = BytesMut::from(&[b'S', 0x06, 0, 0, 0][..]);
+    assert!(
+        FrontendDecoder::established(limits)
+            .decode_frame(&mut b)
+            .is_err()
+    );
+    let mut b = BytesMut::from(&[b'Z', 0, 0, 0, 6][..]);
+    assert!(BackendDecoder::new(limits).decode_frame(&mut b).is_err());
+    // Describe and BackendKeyData use the server's small limit.
+    let mut b = BytesMut::from(&[b'D', 0, 0, 0x27, 0x11][..]);
+    let e = FrontendDecoder::established(limits)
+        .decode_frame(&mut b)
+        .unwrap_err();
+    assert_eq!(e.sqlstate(), "54000");
+    let mut b = BytesMut::from(&[b'K', 0, 1, 0, 0][..]);
+    assert!(BackendDecoder::new(limits).decode_frame(&mut b).is_err());
+    // A large Query is fine.
+    let mut b = BytesMut::from(&[b'Q', 0, 1, 0, 0][..]);
+    assert!(
+        FrontendDecoder::established(limits)
+            .decode_frame(&mut b)
+            .unwrap()
+            .is_none()
+    );
+}

@@ -602,6 +602,16 @@ impl Session {
                         s.param_types = p;
                     }
                 }
+                // Portals bound from this statement before it was described learn their
+                // shape now, with their own result formats.
+                for p in self.portals.values_mut() {
+                    if p.statement == name && p.row_description.is_none() {
+                        p.row_description = Some(match rd {
+                            Some(r) => Some(Arc::new(r.with_formats(&p.result_formats)?)),
+                            None => None,
+                        });
+                    }
+                }
             }
             Some(Pending::DescribePortal { .. }) => {
                 let Some(Pending::DescribePortal { name }) = self.pending.pop_front() else {
@@ -912,6 +922,62 @@ mod tests {
         assert!(s.on_backend(&BackendMessage::ParseComplete).is_err());
         assert!(s.on_backend(&BackendMessage::BindComplete).is_err());
         assert!(s.on_backend(&row()).is_err());
+    }
+
+    #[test]
+    fn describing_the_statement_after_bind_still_gives_the_shape() {
+        let mut s = ready();
+        feed_front(
+            &mut s,
+            &[
+                parse("q"),
+                bind("", "q", vec![1]),
+                FrontendMessage::Describe {
+                    kind: ObjectType::Statement,
+                    name: b("q"),
+                },
+                execute("", 0),
+                FrontendMessage::Sync,
+            ],
+        );
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::ParseComplete,
+                BackendMessage::BindComplete,
+                BackendMessage::ParameterDescription(vec![]),
+                BackendMessage::RowDescription(rd(&[25])),
+                row(),
+            ],
+        );
+        let d = s.row_description().unwrap();
+        assert_eq!((d.fields()[0].type_oid, d.fields()[0].format), (25, 1));
+    }
+
+    #[test]
+    fn execute_without_any_describe_has_no_known_shape() {
+        let mut s = ready();
+        feed_front(
+            &mut s,
+            &[
+                parse(""),
+                bind("", "", vec![]),
+                execute("", 0),
+                FrontendMessage::Sync,
+            ],
+        );
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::ParseComplete,
+                BackendMessage::BindComplete,
+                row(),
+            ],
+        );
+        assert!(
+            s.row_description().is_none(),
+            "a masker must fail closed here"
+        );
     }
 
     #[test]

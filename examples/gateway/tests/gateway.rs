@@ -476,3 +476,62 @@ fn http_get(port: u16, path: &str, token: Option<&str>) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+#[test]
+fn the_offline_agent_is_tied_to_its_steps_in_the_audit_trail() {
+    let g = start();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agents/agent.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([
+            "--pg-port",
+            &g.pg_port.to_string(),
+            "--pg-database",
+            "app",
+            "--sslmode",
+            "disable",
+        ])
+        .args(["--pg-token", &token(&g)])
+        .env("OPENAI_AGENTS_DISABLE_TRACING", "1")
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("error 42501"),
+        "the DROP was refused: {stdout}"
+    );
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    let run = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    let export = g.cli(&["audit", "export", "--format", "jsonl"]);
+    let events: Vec<serde_json::Value> = text(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Each tool call opened its own session, named by the run and the tool-call id.
+    for call in ["call_lookup", "call_cleanup"] {
+        let app = format!("agent run={run} call={call}");
+        let session = events
+            .iter()
+            .find(|e| e["type"] == "session_started" && e["application"] == app.as_str())
+            .unwrap_or_else(|| panic!("no session for {app}"))["session"]
+            .clone();
+        let decided = events
+            .iter()
+            .find(|e| e["type"] == "command_decided" && e["session"] == session)
+            .unwrap();
+        let expected = if call == "call_cleanup" {
+            "deny"
+        } else {
+            "allow"
+        };
+        assert_eq!(decided["decision"]["outcome"], expected, "{decided}");
+    }
+}

@@ -5,6 +5,7 @@ mod error;
 mod metrics;
 mod pipeline;
 pub mod postgres;
+pub mod redis;
 pub mod tls;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1586 @@
+//! The Redis proxy: an embedder accepts a connection and hands the stream to
+//! [`RedisProxy::serve`]; from then on every command is tied to the client's identity,
+//! decided by policy, masked on the way back, and recorded.
+//!
+//! # A session
+//!
+//! 1. **TLS** (optional): Redis TLS starts with the first byte, so a target with a server
+//!    configuration terminates TLS before anything else.
+//! 2. **Client authentication.** Until the client authenticates, only `AUTH`, `HELLO … AUTH`
+//!    and `QUIT` are accepted; everything else is answered `-NOAUTH`, as the server does. The
+//!    token or JWT in the password slot is verified by the pipeline's identity provider; a
+//!    wrong one gets `-WRONGPASS` and an `AuthenticationFailed` audit event.
+//! 3. **Upstream login** with `AUTH` and the credential only the gateway holds. The client's
+//!    `HELLO` goes upstream without its `AUTH` part, so RESP3 is negotiated end to end.
+//! 4. **Relay.** Every command — each one of a pipeline and each one queued in `MULTI` — is
+//!    classified, refused if it carries a refused [`Risk`], decided by policy, and its intent
+//!    recorded before it is forwarded. A denied command is answered, in order, with
+//!    `-ERR wirewarden: <reason> (rule <id>)`, and the connection stays usable; a command
+//!    denied inside `MULTI` makes the `EXEC` answer `-EXECABORT` (the gateway sends `DISCARD`
+//!    upstream), exactly as the server treats a command rejected at queue time. A command
+//!    held for review waits for the replies already due, then for the reviewers.
+//! 5. **Replies** are correlated with their commands ([`wirewarden_redis::Session`]), masked
+//!    (by the command's key and by content; each `EXEC` element with its own command's key;
+//!    push frames and pub/sub messages by content) and recorded: `CommandCompleted` with
+//!    elements, bytes, masked counts and duration, and a capped `Transcript` of the masked
+//!    reply. A reply that cannot be masked is replaced by an error reply.
+
+mod mask;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use wirewarden_core::{
+    AuditEvent, AuditEventKind, Command, CommandId, Decision, Direction, MaskedCounts, ObjectKind,
+    Principal, RuleId, SessionEndReason, SessionId, Target, Timestamp,
+};
+use wirewarden_identity::{AuthContext, Credential};
+use wirewarden_mask::Profile;
+use wirewarden_redis::{
+    Correlated, Frame, ReplyDecoder, Request, RequestDecoder, RespVersion, Session, Value, classify,
+};
+pub use wirewarden_redis::{Limits, Risk};
+
+use self::mask::{Keys, Unmaskable};
+use crate::postgres::{Secret, UpstreamTls};
+use crate::{Error, Metrics, Pipeline, Result};
+
+/// Policy rules (TOML, for [`RuleEngine::from_toml`](wirewarden_policy::RuleEngine)) that
+/// deny what an agent should never run through the gateway: scripting and functions, server
+/// administration (`CONFIG`, `DEBUG`, `MODULE`, `MONITOR`, `SHUTDOWN`, replication, `ACL`,
+/// `CLIENT KILL`…), commands that enumerate or wipe the keyspace, serialized values masking
+/// cannot see into (`DUMP`, `RESTORE`, `MIGRATE`), `SORT` (its `BY`/`GET` options read keys
+/// it does not name) and commands nobody classified. Put your own `allow` rules after these:
+/// the first matching rule decides.
+pub const DEFAULT_REDIS_POLICY: &str = r#"
+[[rule]]
+id = "redis-no-scripting"
+protocols = ["redis"]
+class = "code"
+action = "deny"
+reason = "scripts and functions run code the gateway cannot inspect"
+
+[[rule]]
+id = "redis-no-admin"
+protocols = ["redis"]
+class = "admin"
+action = "deny"
+reason = "server administration is not allowed through the gateway"
+
+[[rule]]
+id = "redis-no-privilege"
+protocols = ["redis"]
+class = "privilege"
+action = "deny"
+reason = "users and credentials are managed outside the gateway"
+
+[[rule]]
+id = "redis-no-server-wide"
+protocols = ["redis"]
+verbs = [
+  "EVAL*", "EVALSHA*", "FCALL*", "SCRIPT *", "FUNCTION *",
+  "MONITOR", "CONFIG *", "DEBUG", "MODULE *", "SHUTDOWN", "FAILOVER", "SYNC", "PSYNC",
+  "REPLICAOF", "SLAVEOF", "REPLCONF", "MIGRATE", "DUMP", "RESTORE", "RESTORE-ASKING",
+  "KEYS", "SCAN", "RANDOMKEY", "FLUSHALL", "FLUSHDB", "SWAPDB", "SORT", "SORT_RO",
+  "CLIENT KILL", "CLIENT LIST", "CLIENT PAUSE", "CLIENT UNPAUSE", "CLIENT REPLY",
+  "CLIENT TRACKING", "CLIENT NO-EVICT", "CLIENT NO-TOUCH", "OBJECT *", "MEMORY *",
+  "LATENCY *", "SLOWLOG *", "ACL *", "CLUSTER *", "BGSAVE", "BGREWRITEAOF", "SAVE",
+  "LASTSAVE", "INFO", "WAIT", "WAITAOF", "PFDEBUG", "PFSELFTEST", "SELECT", "MOVE", "COPY",
+]
+action = "deny"
+reason = "the command reaches beyond the keys it names or changes the server"
+
+[[rule]]
+id = "redis-no-unknown"
+protocols = ["redis"]
+class = "unknown"
+action = "deny"
+reason = "the command is not understood"
+"#;
+
+/// The risks refused by default before policy is asked: scripting, undeclared keys, the
+/// whole server, serialized values and remote transfers. Policy may be written without
+/// knowing about them; these commands never reach it.
+pub const DEFAULT_REFUSED_RISKS: Risk = Risk::of(&[
+    Risk::SCRIPTING,
+    Risk::UNDECLARED_KEYS,
+    Risk::WHOLE_SERVER,
+    Risk::SERIALIZED,
+    Risk::REMOTE,
+]);
+
+/// How the gateway reaches and logs in to the upstream Redis server.
+#[derive(Clone)]
+pub struct RedisUpstream {
+    /// `host:port`.
+    pub addr: String,
+    /// The ACL user the gateway logs in as (`None`: `AUTH <password>` for `requirepass`).
+    pub user: Option<String>,
+    /// Its password; never sent to or seen by clients.
+    pub password: Secret,
+    /// TLS to the upstream, if wanted.
+    pub tls: Option<UpstreamTls>,
+}
+
+impl std::fmt::Debug for RedisUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisUpstream")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One Redis target of the gateway.
+#[derive(Debug, Clone)]
+pub struct RedisTarget {
+    /// The target as policy and audit name it.
+    pub target: Target,
+    /// The upstream.
+    pub upstream: RedisUpstream,
+    /// TLS towards clients (from the first byte), if set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Decoder limits for both directions.
+    pub limits: Limits,
+    /// Commands carrying any of these risks are denied before policy is asked (rule id
+    /// `redis-risk`). Default: [`DEFAULT_REFUSED_RISKS`].
+    pub refused_risks: Risk,
+    /// Cap on how much of each reply the session recording keeps, in bytes.
+    pub record_limit: usize,
+    /// Failed `AUTH` attempts after which the connection is closed.
+    pub max_auth_failures: u32,
+}
+
+impl RedisTarget {
+    /// A target with default limits, the default refused risks and no TLS.
+    #[must_use]
+    pub fn new(target: Target, upstream: RedisUpstream) -> Self {
+        Self {
+            target,
+            upstream,
+            tls: None,
+            limits: Limits::default(),
+            refused_risks: DEFAULT_REFUSED_RISKS,
+            record_limit: 16 * 1024,
+            max_auth_failures: 3,
+        }
+    }
+}
+
+/// Serves Redis clients for one target.
+#[derive(Debug, Clone)]
+pub struct RedisProxy {
+    pipeline: Arc<Pipeline>,
+    config: Arc<RedisTarget>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type BoxIo = Box<dyn Io>;
+
+fn protocol_error(peer: &'static str, e: wirewarden_redis::Error) -> Error {
+    Error::Io {
+        peer,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    }
+}
+
+fn error_reply(message: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(message.len() + 3);
+    out.put_u8(b'-');
+    for b in message.bytes() {
+        out.put_u8(if matches!(b, b'\r' | b'\n') { b' ' } else { b });
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+fn lower(b: &[u8]) -> Vec<u8> {
+    b.to_ascii_lowercase()
+}
+
+/// What an `AUTH` or `HELLO` carries.
+struct Login {
+    user: Option<String>,
+    password: String,
+    /// For `HELLO`: the command to send upstream without its `AUTH` part.
+    hello: Option<Vec<Bytes>>,
+}
+
+enum Parsed {
+    Login(Login),
+    /// A `HELLO` without `AUTH`: forward as is.
+    PlainHello,
+    Invalid(&'static str),
+}
+
+fn parse_login(args: &[Bytes]) -> Parsed {
+    let name = lower(args.first().map(|a| &a[..]).unwrap_or_default());
+    let text = |b: &Bytes| String::from_utf8(b.to_vec()).ok();
+    if name == b"auth" {
+        return match args {
+            [_, pass] => text(pass).map_or(
+                Parsed::Invalid("-WRONGPASS invalid username-password pair or user is disabled."),
+                |password| {
+                    Parsed::Login(Login {
+                        user: None,
+                        password,
+                        hello: None,
+                    })
+                },
+            ),
+            [_, user, pass] => match (text(user), text(pass)) {
+                (Some(u), Some(password)) => Parsed::Login(Login {
+                    user: Some(u),
+                    password,
+                    hello: None,
+                }),
+                _ => Parsed::Invalid(
+                    "-WRONGPASS invalid username-password pair or user is disabled.",
+                ),
+            },
+            _ => Parsed::Invalid("-ERR wrong number of arguments for 'auth' command"),
+        };
+    }
+    // HELLO [protover [AUTH username password] [SETNAME clientname]]
+    let mut forward = vec![Bytes::from_static(b"HELLO")];
+    let mut login = None;
+    let mut i = 1;
+    if let Some(v) = args.get(1) {
+        if !matches!(&v[..], b"2" | b"3") {
+            return Parsed::Invalid("-NOPROTO unsupported protocol version");
+        }
+        forward.push(v.clone());
+        i = 2;
+    }
+    while let Some(a) = args.get(i) {
+        let opt = lower(a);
+        match (&opt[..], args.get(i + 1), args.get(i + 2)) {
+            (b"auth", Some(u), Some(p)) => {
+                let (Some(user), Some(password)) = (text(u), text(p)) else {
+                    return Parsed::Invalid(
+                        "-WRONGPASS invalid username-password pair or user is disabled.",
+                    );
+                };
+                login = Some((user, password));
+                i += 3;
+            }
+            (b"setname", Some(n), _) => {
+                forward.push(a.clone());
+                forward.push(n.clone());
+                i += 2;
+            }
+            _ => return Parsed::Invalid("-ERR Syntax error in HELLO option"),
+        }
+    }
+    match login {
+        Some((user, password)) => Parsed::Login(Login {
+            user: Some(user),
+            password,
+            hello: Some(forward),
+        }),
+        None => Parsed::PlainHello,
+    }
+}
+
+const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
+const HELLO_NOAUTH: &str = "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
+const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+
+struct Client {
+    io: BoxIo,
+    buf: BytesMut,
+    decoder: RequestDecoder,
+    tls: bool,
+}
+
+impl Client {
+    async fn next(&mut self) -> Result<Option<Request>> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(r)) => return Ok(Some(r)),
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = self.io.write_all(&e.to_reply()).await;
+                    return Err(protocol_error("client", e));
+                }
+            }
+            self.buf.reserve(16 * 1024);
+            if self
+                .io
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(Error::client_io)?
+                == 0
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.io.write_all(bytes).await.map_err(Error::client_io)?;
+        self.io.flush().await.map_err(Error::client_io)
+    }
+}
+
+impl RedisProxy {
+    /// A proxy for `config`, deciding through `pipeline`.
+    #[must_use]
+    pub fn new(pipeline: Arc<Pipeline>, config: RedisTarget) -> Self {
+        Self {
+            pipeline,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The target this proxy serves.
+    #[must_use]
+    pub fn target(&self) -> &Target {
+        &self.config.target
+    }
+
+    /// Accepts connections from `listener` until it fails, serving each on its own task.
+    ///
+    /// # Errors
+    /// When accepting fails.
+    pub async fn listen(self, listener: tokio::net::TcpListener) -> Result<()> {
+        loop {
+            let (stream, peer) = listener.accept().await.map_err(Error::client_io)?;
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                let _ = proxy.serve(stream, Some(peer)).await;
+            });
+        }
+    }
+
+    /// Serves one client connection to completion.
+    ///
+    /// # Errors
+    /// Protocol, I/O, authentication and audit failures; the client has been sent an error
+    /// reply where the protocol allowed one.
+    pub async fn serve<S>(&self, stream: S, peer: Option<SocketAddr>) -> Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (io, tls): (BoxIo, bool) = match &self.config.tls {
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                let s = acceptor
+                    .accept(stream)
+                    .await
+                    .map_err(|e| Error::Tls(e.to_string()))?;
+                (Box::new(s), true)
+            }
+            None => (Box::new(stream), false),
+        };
+        let mut client = Client {
+            io,
+            buf: BytesMut::with_capacity(16 * 1024),
+            decoder: RequestDecoder::new(self.config.limits),
+            tls,
+        };
+        let Some((principal, hello)) = self.login(&mut client, peer).await? else {
+            return Ok(());
+        };
+        self.session(client, peer, principal, hello).await
+    }
+
+    fn auth_failed(
+        &self,
+        peer: Option<SocketAddr>,
+        user: Option<&str>,
+        reason: String,
+    ) -> AuditEvent {
+        Metrics::add(&self.pipeline.metrics().auth_failures, 1);
+        AuditEvent::new(
+            None,
+            AuditEventKind::AuthenticationFailed {
+                target: self.config.target.clone(),
+                client_addr: peer.map(|p| p.to_string()),
+                user: user.map(str::to_owned),
+                method: "token".into(),
+                reason,
+            },
+        )
+    }
+
+    async fn verify(
+        &self,
+        login: &Login,
+        peer: Option<SocketAddr>,
+    ) -> std::result::Result<Principal, String> {
+        let credential = Credential::password(login.user.as_deref(), login.password.clone());
+        let mut ctx = AuthContext::new().with_target(self.config.target.name.clone());
+        if let Some(p) = peer {
+            ctx = ctx.with_client_addr(p);
+        }
+        match self.pipeline.authenticate(&credential, &ctx).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let reason = e.to_string();
+                let _ = self
+                    .pipeline
+                    .record(&self.auth_failed(peer, login.user.as_deref(), reason.clone()))
+                    .await;
+                Err(reason)
+            }
+        }
+    }
+
+    /// Until the client proves an identity. `None`: the client left.
+    async fn login(
+        &self,
+        client: &mut Client,
+        peer: Option<SocketAddr>,
+    ) -> Result<Option<(Principal, Option<Vec<Bytes>>)>> {
+        let mut failures = 0u32;
+        loop {
+            let Some(req) = client.next().await? else {
+                return Ok(None);
+            };
+            let name = lower(req.name());
+            match &name[..] {
+                b"quit" => {
+                    client.send(b"+OK\r\n").await?;
+                    return Ok(None);
+                }
+                b"auth" | b"hello" => match parse_login(req.args()) {
+                    Parsed::Login(login) => match self.verify(&login, peer).await {
+                        Ok(p) => return Ok(Some((p, login.hello))),
+                        Err(reason) => {
+                            failures += 1;
+                            client.send(WRONGPASS).await?;
+                            if failures >= self.config.max_auth_failures {
+                                return Err(Error::Authentication(reason));
+                            }
+                        }
+                    },
+                    Parsed::PlainHello => {
+                        client.send(&error_reply(&HELLO_NOAUTH[1..])).await?;
+                    }
+                    Parsed::Invalid(reply) => {
+                        client.send(&error_reply(&reply[1..])).await?;
+                    }
+                },
+                _ => client.send(NOAUTH).await?,
+            }
+        }
+    }
+
+    async fn connect_upstream(&self) -> Result<(BoxIo, BytesMut)> {
+        let up = &self.config.upstream;
+        let tcp = tokio::net::TcpStream::connect(&up.addr)
+            .await
+            .map_err(Error::upstream_io)?;
+        let _ = tcp.set_nodelay(true);
+        let mut io: BoxIo = match &up.tls {
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                Box::new(
+                    connector
+                        .connect(tls.server_name.clone(), tcp)
+                        .await
+                        .map_err(|e| Error::Tls(e.to_string()))?,
+                )
+            }
+            None => Box::new(tcp),
+        };
+        let mut auth = BytesMut::new();
+        match &up.user {
+            Some(u) => wirewarden_redis::encode_args(
+                &[
+                    b"AUTH".as_slice(),
+                    u.as_bytes(),
+                    up.password.expose().as_bytes(),
+                ],
+                &mut auth,
+            ),
+            None => wirewarden_redis::encode_args(
+                &[b"AUTH".as_slice(), up.password.expose().as_bytes()],
+                &mut auth,
+            ),
+        }
+        io.write_all(&auth).await.map_err(Error::upstream_io)?;
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut decoder = ReplyDecoder::new(self.config.limits);
+        loop {
+            if let Some(f) = decoder
+                .decode(&mut buf, RespVersion::Resp2)
+                .map_err(|e| protocol_error("upstream", e))?
+            {
+                if f.simple_text() == Some(b"OK") {
+                    return Ok((io, buf));
+                }
+                let why = f
+                    .error_text()
+                    .map(|t| String::from_utf8_lossy(&t).into_owned())
+                    .unwrap_or_else(|| "unexpected reply to AUTH".into());
+                return Err(Error::UpstreamLogin(why));
+            }
+            if io.read_buf(&mut buf).await.map_err(Error::upstream_io)? == 0 {
+                return Err(Error::Closed("upstream"));
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        mut client: Client,
+        peer: Option<SocketAddr>,
+        principal: Principal,
+        hello: Option<Vec<Bytes>>,
+    ) -> Result<()> {
+        let target = self.config.target.clone();
+        let (up, up_buf) = match self.connect_upstream().await {
+            Ok(x) => x,
+            Err(e) => {
+                client
+                    .send(b"-ERR wirewarden could not reach the upstream server\r\n")
+                    .await?;
+                return Err(e);
+            }
+        };
+        let profile = match self.pipeline.mask_profile(&target, &principal, None) {
+            Ok(p) => p,
+            Err(e) => {
+                client
+                    .send(b"-ERR wirewarden mask profile unavailable\r\n")
+                    .await?;
+                return Err(e);
+            }
+        };
+        let session_id = SessionId::new();
+        let started = AuditEvent::new(
+            Some(session_id),
+            AuditEventKind::SessionStarted {
+                principal: principal.clone(),
+                target: target.clone(),
+                client_addr: peer.map(|p| p.to_string()),
+                application: None,
+                tls: client.tls,
+            },
+        );
+        if let Err(e) = self.pipeline.record(&started).await {
+            client
+                .send(b"-ERR wirewarden audit trail unavailable\r\n")
+                .await?;
+            return Err(e);
+        }
+        let metrics = self.pipeline.metrics();
+        Metrics::add(&metrics.sessions_started, 1);
+        metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
+        let mut relay = Relay {
+            proxy: self,
+            principal,
+            target,
+            session_id,
+            profile,
+            started: Instant::now(),
+            session: Session::new(),
+            replies: ReplyDecoder::new(self.config.limits),
+            slots: VecDeque::new(),
+            pending: HashMap::new(),
+            queued: Vec::new(),
+            next_tag: 0,
+            commands: 0,
+            client_multi: false,
+            quit: false,
+            multi_poisoned: false,
+            to_client: BytesMut::with_capacity(64 * 1024),
+            to_upstream: BytesMut::with_capacity(64 * 1024),
+            completed: Vec::new(),
+            client,
+            up,
+            up_buf,
+        };
+        let first = match hello {
+            // The HELLO that authenticated goes upstream (without AUTH) as a command.
+            Some(args) => relay.on_request(Request::from_args(args)).await,
+            None => {
+                relay.to_client.extend_from_slice(b"+OK\r\n");
+                Ok(())
+            }
+        };
+        let outcome = match first {
+            Ok(()) => relay.run().await,
+            Err(e) => Err(e),
+        };
+        metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        let reason = match &outcome {
+            Ok(r) => r.clone(),
+            Err(e) => SessionEndReason::Error {
+                message: e.to_string(),
+            },
+        };
+        let end = AuditEvent::new(
+            Some(session_id),
+            AuditEventKind::SessionEnded {
+                reason,
+                commands: relay.commands,
+                duration_us: micros(relay.started),
+            },
+        );
+        let _ = self.pipeline.record(&end).await;
+        let _ = self.pipeline.audit_sink().flush().await;
+        outcome.map(|_| ())
+    }
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+// === relay ===
+
+/// What the client is owed, in order.
+#[derive(Debug)]
+enum Slot {
+    /// The reply (or replies) of a forwarded command; `rewrite` replaces its reply.
+    Upstream { tag: u64, rewrite: Option<Bytes> },
+    /// A reply the gateway gives itself (a denial).
+    Local(Bytes),
+}
+
+/// A forwarded command until its outcome is recorded.
+#[derive(Debug)]
+struct Pending {
+    id: CommandId,
+    keys: Keys,
+    profile: Arc<Profile>,
+    started: Instant,
+    elements: u64,
+    bytes: u64,
+    masked: MaskedCounts,
+    error: Option<String>,
+    recording: String,
+    truncated: bool,
+    /// `DISCARD`, `RESET` or a failed `EXEC`: what was queued does not run.
+    drops_queue: bool,
+}
+
+enum Verdict {
+    Forward(Arc<Profile>, CommandId),
+    Refuse(String),
+}
+
+struct Relay<'p> {
+    proxy: &'p RedisProxy,
+    principal: Principal,
+    target: Target,
+    session_id: SessionId,
+    profile: Arc<Profile>,
+    started: Instant,
+    session: Session<u64>,
+    replies: ReplyDecoder,
+    slots: VecDeque<Slot>,
+    pending: HashMap<u64, Pending>,
+    /// Tags of commands the server queued in the open transaction.
+    queued: Vec<u64>,
+    next_tag: u64,
+    commands: u64,
+    /// A `MULTI` was forwarded and no `EXEC`/`DISCARD`/`RESET` since.
+    client_multi: bool,
+    /// The client sent `QUIT`.
+    quit: bool,
+    /// A command of the open transaction was denied: `EXEC` must fail.
+    multi_poisoned: bool,
+    to_client: BytesMut,
+    to_upstream: BytesMut,
+    completed: Vec<Pending>,
+    client: Client,
+    up: BoxIo,
+    up_buf: BytesMut,
+}
+
+impl Relay<'_> {
+    fn pipeline(&self) -> &Pipeline {
+        &self.proxy.pipeline
+    }
+
+    async fn run(&mut self) -> Result<SessionEndReason> {
+        let limit = self.proxy.config.limits;
+        let mut client_buf = std::mem::take(&mut self.client.buf);
+        let mut decoder = std::mem::replace(&mut self.client.decoder, RequestDecoder::new(limit));
+        let mut client_open = true;
+        loop {
+            // Every complete request, in order.
+            if client_open {
+                loop {
+                    match decoder.decode(&mut client_buf) {
+                        Ok(Some(req)) => self.on_request(req).await?,
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.protocol_event(Direction::FromClient, &e).await;
+                            self.push_local(e.to_reply());
+                            self.flush().await?;
+                            return Err(protocol_error("client", e));
+                        }
+                    }
+                }
+            }
+            // Replies already read.
+            self.on_upstream_bytes().await?;
+            self.flush().await?;
+            if !client_open && self.slots.is_empty() {
+                return Ok(SessionEndReason::ClientClosed);
+            }
+            client_buf.reserve(16 * 1024);
+            self.up_buf.reserve(64 * 1024);
+            tokio::select! {
+                n = self.client.io.read_buf(&mut client_buf), if client_open => {
+                    if n.map_err(Error::client_io)? == 0 {
+                        client_open = false;
+                        if self.slots.is_empty() {
+                            return Ok(SessionEndReason::ClientClosed);
+                        }
+                    }
+                }
+                n = self.up.read_buf(&mut self.up_buf) => {
+                    if n.map_err(Error::upstream_io)? == 0 {
+                        self.on_upstream_bytes().await?;
+                        self.flush().await?;
+                        // After QUIT the server closes: that is the client leaving.
+                        return Ok(if client_open && !self.quit {
+                            SessionEndReason::UpstreamClosed
+                        } else {
+                            SessionEndReason::ClientClosed
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if !self.to_upstream.is_empty() {
+            self.up
+                .write_all(&self.to_upstream)
+                .await
+                .map_err(Error::upstream_io)?;
+            self.up.flush().await.map_err(Error::upstream_io)?;
+            self.to_upstream.clear();
+        }
+        if !self.to_client.is_empty() {
+            self.client.send(&self.to_client).await?;
+            self.to_client.clear();
+        }
+        for p in std::mem::take(&mut self.completed) {
+            self.record_completion(p).await;
+        }
+        Ok(())
+    }
+
+    /// Sends what is due and waits until every reply owed to the client has been sent, so
+    /// a command held for review does not hold back the replies of earlier ones.
+    async fn drain(&mut self) -> Result<()> {
+        loop {
+            self.on_upstream_bytes().await?;
+            self.flush().await?;
+            if !self
+                .slots
+                .iter()
+                .any(|s| matches!(s, Slot::Upstream { .. }))
+            {
+                return Ok(());
+            }
+            self.up_buf.reserve(64 * 1024);
+            if self
+                .up
+                .read_buf(&mut self.up_buf)
+                .await
+                .map_err(Error::upstream_io)?
+                == 0
+            {
+                return Err(Error::Closed("upstream"));
+            }
+        }
+    }
+
+    fn push_local(&mut self, reply: Bytes) {
+        if self.slots.is_empty() {
+            self.to_client.extend_from_slice(&reply);
+        } else {
+            self.slots.push_back(Slot::Local(reply));
+        }
+    }
+
+    fn refuse(&mut self, message: &str) {
+        if self.client_multi {
+            self.multi_poisoned = true;
+        }
+        self.push_local(error_reply(&format!("ERR {message}")));
+    }
+
+    async fn protocol_event(&mut self, direction: Direction, e: &wirewarden_redis::Error) {
+        Metrics::add(&self.pipeline().metrics().protocol_errors, 1);
+        let event = AuditEvent::new(
+            Some(self.session_id),
+            AuditEventKind::ProtocolError {
+                direction,
+                error: e.to_string(),
+            },
+        );
+        let _ = self.pipeline().record(&event).await;
+    }
+
+    // === requests ===
+
+    async fn on_request(&mut self, req: Request) -> Result<()> {
+        self.commands += 1;
+        let name = lower(req.name());
+        let mut req = req;
+        match &name[..] {
+            b"auth" => {
+                // Re-authentication: only as the same identity; never forwarded.
+                let reply = self.reauth(req.args()).await;
+                self.push_local(reply);
+                return Ok(());
+            }
+            b"hello" => match parse_login(req.args()) {
+                Parsed::Login(login) => {
+                    let reply = self
+                        .reauth_login(&Login {
+                            user: login.user.clone(),
+                            password: login.password.clone(),
+                            hello: None,
+                        })
+                        .await;
+                    if reply.first() == Some(&b'-') {
+                        self.push_local(reply);
+                        return Ok(());
+                    }
+                    req = Request::from_args(login.hello.unwrap_or_default());
+                }
+                Parsed::Invalid(reply) => {
+                    self.push_local(error_reply(&reply[1..]));
+                    return Ok(());
+                }
+                Parsed::PlainHello => {}
+            },
+            b"quit" => self.quit = true,
+            _ => {}
+        }
+        let classified = classify(req.args());
+        let command = classified.command;
+        let command_id = CommandId::new();
+        let verdict = if name == b"client"
+            && req
+                .args()
+                .get(1)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"reply"))
+        {
+            // Replies the gateway does not see cannot be correlated or masked.
+            self.decided(
+                &command,
+                command_id,
+                Decision::Deny {
+                    rule: RuleId::new("redis-client-reply"),
+                    reason: "CLIENT REPLY is not allowed through the gateway".into(),
+                },
+                "builtin".into(),
+            )
+            .await
+        } else if self.proxy.config.refused_risks.intersects(classified.risk) {
+            self.decided(
+                &command,
+                command_id,
+                Decision::Deny {
+                    rule: RuleId::new("redis-risk"),
+                    reason: format!(
+                        "{} is refused ({})",
+                        command.verb,
+                        classified.risk.names().collect::<Vec<_>>().join(", ")
+                    ),
+                },
+                "builtin".into(),
+            )
+            .await
+        } else {
+            self.decide(&command, command_id).await?
+        };
+        match verdict {
+            Verdict::Refuse(message) => self.refuse(&message),
+            Verdict::Forward(profile, id) => {
+                let poisoned_exec = name == b"exec" && self.client_multi && self.multi_poisoned;
+                let tag = self.next_tag;
+                self.next_tag += 1;
+                let (forward, rewrite) = if poisoned_exec {
+                    // The server must drop the transaction too: DISCARD, answered as the
+                    // server answers an EXEC after a command rejected at queue time.
+                    (
+                        Request::from_args([Bytes::from_static(b"DISCARD")]),
+                        Some(Bytes::from_static(
+                            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+                        )),
+                    )
+                } else {
+                    (req, None)
+                };
+                match &name[..] {
+                    b"multi" => {
+                        self.client_multi = true;
+                        self.multi_poisoned = false;
+                    }
+                    b"exec" | b"discard" | b"reset" => {
+                        self.client_multi = false;
+                        self.multi_poisoned = false;
+                    }
+                    _ => {}
+                }
+                let keys = keys_of(&command, &name);
+                let drops_queue = matches!(&name[..], b"exec" | b"discard" | b"reset");
+                let expects = self.session.on_request(forward.args(), tag);
+                self.to_upstream.extend_from_slice(forward.raw());
+                let mut p = Pending {
+                    id,
+                    keys,
+                    profile,
+                    started: Instant::now(),
+                    elements: 0,
+                    bytes: 0,
+                    masked: MaskedCounts::new(),
+                    error: None,
+                    recording: String::new(),
+                    truncated: false,
+                    drops_queue,
+                };
+                if poisoned_exec {
+                    p.error = Some("EXECABORT: a queued command was denied".into());
+                }
+                if expects {
+                    self.pending.insert(tag, p);
+                    self.slots.push_back(Slot::Upstream { tag, rewrite });
+                } else {
+                    self.completed.push(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reauth(&mut self, args: &[Bytes]) -> Bytes {
+        match parse_login(args) {
+            Parsed::Login(login) => self.reauth_login(&login).await,
+            Parsed::Invalid(r) => error_reply(&r[1..]),
+            Parsed::PlainHello => Bytes::from_static(WRONGPASS),
+        }
+    }
+
+    async fn reauth_login(&mut self, login: &Login) -> Bytes {
+        match self.proxy.verify(login, None).await {
+            Ok(p) if p.subject == self.principal.subject => Bytes::from_static(b"+OK\r\n"),
+            Ok(_) => error_reply(
+                "ERR wirewarden: a session keeps the identity it authenticated with; reconnect to change it",
+            ),
+            Err(_) => Bytes::from_static(WRONGPASS),
+        }
+    }
+
+    /// Records a decision the proxy took itself.
+    async fn decided(
+        &mut self,
+        command: &Command,
+        command_id: CommandId,
+        decision: Decision,
+        policy_version: String,
+    ) -> Verdict {
+        let event = AuditEvent::new(
+            Some(self.session_id),
+            AuditEventKind::CommandDecided {
+                command_id,
+                subject: self.principal.subject.clone(),
+                command: command.clone(),
+                decision: decision.clone(),
+                policy_version,
+            },
+        );
+        let _ = self.pipeline().record(&event).await;
+        Metrics::add(&self.pipeline().metrics().commands_denied, 1);
+        match decision {
+            Decision::Deny { rule, reason } => {
+                Verdict::Refuse(format!("wirewarden: {reason} (rule {rule})"))
+            }
+            _ => Verdict::Refuse("wirewarden: refused".into()),
+        }
+    }
+
+    async fn decide(&mut self, command: &Command, command_id: CommandId) -> Result<Verdict> {
+        let now = Timestamp::now();
+        let decision = if self.principal.is_expired_at(now) {
+            Decision::Deny {
+                rule: RuleId::new("credential-expired"),
+                reason: "the credential of this session has expired".into(),
+            }
+        } else {
+            let decided = self
+                .pipeline()
+                .decide(&self.principal, &self.target, command, now)
+                .await;
+            let event = AuditEvent::new(
+                Some(self.session_id),
+                AuditEventKind::CommandDecided {
+                    command_id,
+                    subject: self.principal.subject.clone(),
+                    command: command.clone(),
+                    decision: decided.evaluation.decision.clone(),
+                    policy_version: decided.evaluation.policy_version.to_string(),
+                },
+            );
+            // The intent is on record before anything is forwarded, or nothing is.
+            if self.pipeline().record(&event).await.is_err() {
+                Metrics::add(&self.pipeline().metrics().commands_denied, 1);
+                return Ok(Verdict::Refuse(
+                    "wirewarden: the audit trail is unavailable, command refused".into(),
+                ));
+            }
+            decided.evaluation.decision
+        };
+        let metrics = self.pipeline().metrics();
+        match &decision {
+            Decision::Allow { .. } => Metrics::add(&metrics.commands_allowed, 1),
+            Decision::Review { .. } => Metrics::add(&metrics.commands_reviewed, 1),
+            _ => Metrics::add(&metrics.commands_denied, 1),
+        }
+        Ok(match decision {
+            Decision::Allow { mask_profile, .. } => match self.pipeline().mask_profile(
+                &self.target,
+                &self.principal,
+                mask_profile.as_deref(),
+            ) {
+                Ok(profile) => Verdict::Forward(profile, command_id),
+                Err(_) => Verdict::Refuse(
+                    "wirewarden: the mask profile for this command is missing, command refused"
+                        .into(),
+                ),
+            },
+            Decision::Deny { rule, reason } => {
+                Verdict::Refuse(format!("wirewarden: {reason} (rule {rule})"))
+            }
+            Decision::Review {
+                rule,
+                reason,
+                requirement,
+            } => {
+                // Replies already owed go out before the hold.
+                self.drain().await?;
+                self.review(command, command_id, rule, &reason, requirement)
+                    .await
+            }
+            _ => Verdict::Refuse("wirewarden: unsupported decision".into()),
+        })
+    }
+
+    async fn review(
+        &mut self,
+        command: &Command,
+        command_id: CommandId,
+        rule: RuleId,
+        reason: &str,
+        requirement: wirewarden_core::ReviewRequirement,
+    ) -> Verdict {
+        let pipeline = &self.proxy.pipeline;
+        let reviews = pipeline.reviews();
+        let timeout = requirement.timeout.min(pipeline.max_review_wait());
+        let requested = match reviews
+            .request(
+                &self.principal,
+                &self.target,
+                command,
+                command_id,
+                rule,
+                reason,
+                requirement,
+                Timestamp::now(),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Verdict::Refuse(format!(
+                    "wirewarden: command needs review but review is unavailable: {e}"
+                ));
+            }
+        };
+        let mut event = requested.event;
+        event.session = Some(self.session_id);
+        if pipeline.record(&event).await.is_err() {
+            return Verdict::Refuse(
+                "wirewarden: the audit trail is unavailable, command refused".into(),
+            );
+        }
+        let id = requested.review.id;
+        let review = match reviews.wait(id, timeout).await {
+            Ok((review, event)) => {
+                if let Some(mut e) = event {
+                    e.session = Some(self.session_id);
+                    let _ = pipeline.record(&e).await;
+                }
+                review
+            }
+            Err(e) => return Verdict::Refuse(format!("wirewarden: review {id} failed: {e}")),
+        };
+        use wirewarden_review::Status;
+        match review.status(Timestamp::now()) {
+            Status::Approved => match reviews
+                .release(id, &self.principal, &self.target, command, Timestamp::now())
+                .await
+            {
+                Ok(_) => Verdict::Forward(self.profile.clone(), command_id),
+                Err(e) => Verdict::Refuse(format!(
+                    "wirewarden: approval of review {id} cannot be used: {e}"
+                )),
+            },
+            Status::Denied => Verdict::Refuse(format!("wirewarden: review {id} was denied")),
+            _ => Verdict::Refuse(format!(
+                "wirewarden: review {id} was not approved within {}s",
+                timeout.as_secs()
+            )),
+        }
+    }
+
+    // === replies ===
+
+    async fn on_upstream_bytes(&mut self) -> Result<()> {
+        loop {
+            let version = self.session.reply_version();
+            let frame = match self.replies.decode(&mut self.up_buf, version) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.protocol_event(Direction::FromUpstream, &e).await;
+                    self.to_client.extend_from_slice(
+                        b"-ERR wirewarden: the upstream sent an invalid reply\r\n",
+                    );
+                    return Err(protocol_error("upstream", e));
+                }
+            };
+            let corr = self
+                .session
+                .on_reply(&frame)
+                .map_err(|e| protocol_error("upstream", e))?;
+            match corr {
+                Correlated::Reply {
+                    tag,
+                    queued,
+                    complete,
+                } => self.on_reply(tag, &frame, version, queued, complete)?,
+                Correlated::Exec {
+                    tag,
+                    results,
+                    aborted,
+                } => self.on_exec(tag, &frame, version, &results, aborted)?,
+                Correlated::OutOfBand(_) => {
+                    let profile = self.profile.clone();
+                    let mut counts = MaskedCounts::new();
+                    match self.masked(&profile, &Keys::None, &frame, version, &mut counts) {
+                        Ok((bytes, _)) => self.to_client.extend_from_slice(&bytes),
+                        // A message that cannot be masked is dropped: an error here would
+                        // be read as the reply to a command.
+                        Err(_) => Metrics::add(&self.pipeline().metrics().results_withheld, 1),
+                    }
+                    Metrics::add(&self.pipeline().metrics().values_masked, counts.total());
+                }
+                _ => {
+                    let e = wirewarden_redis::Error::Unexpected {
+                        what: "reply nothing was waiting for",
+                        offset: 0,
+                    };
+                    self.protocol_event(Direction::FromUpstream, &e).await;
+                    return Err(protocol_error("upstream", e));
+                }
+            }
+        }
+    }
+
+    /// The bytes to send for `frame` masked with `keys`, and its value.
+    fn masked(
+        &self,
+        profile: &Profile,
+        keys: &Keys,
+        frame: &Frame,
+        version: RespVersion,
+        counts: &mut MaskedCounts,
+    ) -> std::result::Result<(Bytes, Value), Unmaskable> {
+        let v = frame.value().map_err(|e| Unmaskable(e.to_string()))?;
+        match mask::value(profile, keys, &v, version, counts)? {
+            None => Ok((frame.raw().clone(), v)),
+            Some(m) => Ok((m.to_bytes(), m)),
+        }
+    }
+
+    fn front_is(&self, tag: u64) -> Result<()> {
+        match self.slots.front() {
+            Some(Slot::Upstream { tag: t, .. }) if *t == tag => Ok(()),
+            _ => Err(protocol_error(
+                "upstream",
+                wirewarden_redis::Error::Unexpected {
+                    what: "reply out of order",
+                    offset: 0,
+                },
+            )),
+        }
+    }
+
+    /// Pops the front slot and sends the local replies behind it.
+    fn complete_front(&mut self) {
+        self.slots.pop_front();
+        while let Some(Slot::Local(_)) = self.slots.front() {
+            if let Some(Slot::Local(b)) = self.slots.pop_front() {
+                self.to_client.extend_from_slice(&b);
+            }
+        }
+    }
+
+    fn drop_queue(&mut self, why: &str) {
+        for t in std::mem::take(&mut self.queued) {
+            if let Some(mut p) = self.pending.remove(&t) {
+                p.error.get_or_insert_with(|| why.to_owned());
+                self.completed.push(p);
+            }
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        tag: u64,
+        frame: &Frame,
+        version: RespVersion,
+        queued: bool,
+        complete: bool,
+    ) -> Result<()> {
+        self.front_is(tag)?;
+        let rewrite = match self.slots.front() {
+            Some(Slot::Upstream { rewrite, .. }) => rewrite.clone(),
+            _ => None,
+        };
+        if queued {
+            // `+QUEUED`: the result comes with EXEC.
+            self.to_client.extend_from_slice(frame.raw());
+            self.queued.push(tag);
+            self.complete_front();
+            return Ok(());
+        }
+        let limit = self.proxy.config.record_limit;
+        let Some(mut p) = self.pending.remove(&tag) else {
+            self.to_client.extend_from_slice(frame.raw());
+            if complete {
+                self.complete_front();
+            }
+            return Ok(());
+        };
+        if let Some(bytes) = rewrite {
+            self.to_client.extend_from_slice(&bytes);
+            p.bytes += bytes.len() as u64;
+        } else {
+            let profile = p.profile.clone();
+            match self.masked(&profile, &p.keys, frame, version, &mut p.masked) {
+                Ok((bytes, v)) => {
+                    self.to_client.extend_from_slice(&bytes);
+                    p.bytes += bytes.len() as u64;
+                    p.elements += mask::elements(&v);
+                    if v.is_error() {
+                        p.error = Some(render_error(&v));
+                    }
+                    record(&mut p, &v, limit);
+                }
+                Err(Unmaskable(why)) => {
+                    let reply =
+                        error_reply("ERR wirewarden: reply withheld, a value could not be masked");
+                    self.to_client.extend_from_slice(&reply);
+                    p.error = Some(format!("withheld: {why}"));
+                    Metrics::add(&self.pipeline().metrics().results_withheld, 1);
+                }
+            }
+        }
+        if p.drops_queue {
+            // DISCARD, RESET, or EXEC without a transaction: nothing queued will run.
+            self.drop_queue("transaction discarded");
+        }
+        if complete {
+            self.completed.push(p);
+            self.complete_front();
+        } else {
+            self.pending.insert(tag, p);
+        }
+        Ok(())
+    }
+
+    fn on_exec(
+        &mut self,
+        tag: u64,
+        frame: &Frame,
+        version: RespVersion,
+        results: &[u64],
+        aborted: bool,
+    ) -> Result<()> {
+        self.front_is(tag)?;
+        let limit = self.proxy.config.record_limit;
+        self.queued.retain(|t| !results.contains(t));
+        if aborted {
+            self.drop_queue("transaction aborted");
+            let _ = self.on_reply(tag, frame, version, false, true);
+            return Ok(());
+        }
+        let elements = frame
+            .elements()
+            .map_err(|e| protocol_error("upstream", e))?
+            .unwrap_or_default();
+        let mut out: Vec<Bytes> = Vec::with_capacity(elements.len());
+        let mut changed = false;
+        for (i, raw) in elements.iter().enumerate() {
+            let t = results.get(i).copied();
+            let mut p = t.and_then(|t| self.pending.remove(&t));
+            let (profile, keys) = match &p {
+                Some(p) => (p.profile.clone(), p.keys.clone()),
+                None => (self.profile.clone(), Keys::None),
+            };
+            let mut counts = MaskedCounts::new();
+            let el = Value::decode(raw, version, &Limits::default())
+                .ok()
+                .flatten()
+                .map(|(v, _)| v);
+            let result = match &el {
+                Some(v) => mask::value(&profile, &keys, v, version, &mut counts)
+                    .map(|m| m.map_or((raw.clone(), v.clone()), |m| (m.to_bytes(), m))),
+                None => Err(Unmaskable("element does not decode".into())),
+            };
+            let bytes = match result {
+                Ok((bytes, v)) => {
+                    if let Some(p) = p.as_mut() {
+                        p.elements += mask::elements(&v);
+                        if v.is_error() {
+                            p.error = Some(render_error(&v));
+                        }
+                        record(p, &v, limit);
+                    }
+                    bytes
+                }
+                Err(Unmaskable(why)) => {
+                    Metrics::add(&self.pipeline().metrics().results_withheld, 1);
+                    if let Some(p) = p.as_mut() {
+                        p.error = Some(format!("withheld: {why}"));
+                    }
+                    error_reply("ERR wirewarden: reply withheld, a value could not be masked")
+                }
+            };
+            if bytes != *raw {
+                changed = true;
+            }
+            if let Some(mut p) = p {
+                p.bytes += bytes.len() as u64;
+                p.masked.merge(&counts);
+                self.completed.push(p);
+            }
+            out.push(bytes);
+        }
+        let mut reply = BytesMut::new();
+        if changed {
+            reply.extend_from_slice(format!("*{}\r\n", out.len()).as_bytes());
+            for b in &out {
+                reply.extend_from_slice(b);
+            }
+        } else {
+            reply.extend_from_slice(frame.raw());
+        }
+        self.to_client.extend_from_slice(&reply);
+        if let Some(mut p) = self.pending.remove(&tag) {
+            p.elements += out.len() as u64;
+            p.bytes += reply.len() as u64;
+            self.completed.push(p);
+        }
+        self.drop_queue("not executed");
+        self.complete_front();
+        Ok(())
+    }
+
+    async fn record_completion(&mut self, p: Pending) {
+        let metrics = self.pipeline().metrics();
+        Metrics::add(&metrics.rows, p.elements);
+        Metrics::add(&metrics.values_masked, p.masked.total());
+        let completed = AuditEvent::new(
+            Some(self.session_id),
+            AuditEventKind::CommandCompleted {
+                command_id: p.id,
+                rows: p.elements,
+                bytes: p.bytes,
+                masked: p.masked,
+                duration_us: micros(p.started),
+                error: p.error,
+            },
+        );
+        let _ = self.pipeline().record(&completed).await;
+        if !p.recording.is_empty() {
+            let transcript = AuditEvent::new(
+                Some(self.session_id),
+                AuditEventKind::Transcript {
+                    command_id: Some(p.id),
+                    direction: Direction::FromUpstream,
+                    elapsed_us: micros(self.started),
+                    text: p.recording,
+                    truncated: p.truncated,
+                },
+            );
+            let _ = self.pipeline().record(&transcript).await;
+        }
+    }
+}
+
+fn render_error(v: &Value) -> String {
+    let mut s = String::new();
+    mask::render(v, &mut s, 512);
+    s
+}
+
+fn record(p: &mut Pending, v: &Value, limit: usize) {
+    if p.recording.len() >= limit {
+        p.truncated = true;
+        return;
+    }
+    if !p.recording.is_empty() {
+        p.recording.push('\n');
+    }
+    let room = limit.saturating_sub(p.recording.len());
+    let mut s = String::new();
+    if mask::render(v, &mut s, room) {
+        p.truncated = true;
+    }
+    p.recording.push_str(&s);
+}
+
+/// The key the values of a reply belong to: the one key of a single-key command, each key of
+/// `MGET`, or none.
+fn keys_of(command: &Command, name: &[u8]) -> Keys {
+    let keys: Vec<&str> = command
+        .objects_of(ObjectKind::Key)
+        .map(|o| o.name.as_str())
+        .collect();
+    match (&keys[..], name) {
+        ([one], _) => Keys::One(Bytes::copy_from_slice(one.as_bytes())),
+        (many, b"mget") if !many.is_empty() => Keys::PerElement(
+            many.iter()
+                .map(|k| Bytes::copy_from_slice(k.as_bytes()))
+                .collect(),
+        ),
+        _ => Keys::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wirewarden_core::{AuthMethod, Protocol};
+    use wirewarden_policy::{PolicyEngine, Request as PolicyRequest, RuleEngine};
+    use wirewarden_redis::COMMANDS;
+
+    fn args_for(spec: &wirewarden_redis::CommandSpec, container: Option<&str>) -> Vec<Bytes> {
+        let mut args: Vec<Bytes> = Vec::new();
+        match container {
+            Some(c) => {
+                args.push(Bytes::copy_from_slice(c.as_bytes()));
+                let sub = spec.name.rsplit('|').next().unwrap_or_default();
+                args.push(Bytes::copy_from_slice(sub.as_bytes()));
+            }
+            None => args.push(Bytes::copy_from_slice(spec.name.as_bytes())),
+        }
+        let want = usize::try_from(spec.arity.unsigned_abs()).unwrap_or(2);
+        while args.len() < want {
+            args.push(Bytes::from_static(b"k"));
+        }
+        args
+    }
+
+    #[test]
+    fn default_policy_denies_every_risky_command() {
+        let engine = RuleEngine::from_toml(&format!(
+            "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents\"\nmax_class = \"write\"\naction = \"allow\"\n"
+        ))
+        .unwrap();
+        let agent = Principal::new(
+            "a",
+            AuthMethod::External {
+                mechanism: "t".into(),
+            },
+        )
+        .unwrap();
+        let target = Target::new("cache", Protocol::Redis).unwrap();
+        let now = Timestamp::now();
+        let risky = Risk::of(&[
+            Risk::SCRIPTING,
+            Risk::ADMIN,
+            Risk::DANGEROUS,
+            Risk::UNDECLARED_KEYS,
+            Risk::WHOLE_KEYSPACE,
+            Risk::WHOLE_SERVER,
+            Risk::SERIALIZED,
+            Risk::REMOTE,
+        ]);
+        let mut checked = 0;
+        for top in COMMANDS {
+            let mut specs: Vec<(Option<&str>, &wirewarden_redis::CommandSpec)> = vec![(None, top)];
+            specs.extend(top.subcommands.iter().map(|s| (Some(top.name), s)));
+            for (container, spec) in specs {
+                if container.is_none() && !spec.subcommands.is_empty() {
+                    continue;
+                }
+                let c = classify(&args_for(spec, container));
+                if !c.risk.intersects(risky) {
+                    continue;
+                }
+                checked += 1;
+                let d = engine
+                    .evaluate(&PolicyRequest::new(&agent, &target, &c.command, now))
+                    .decision;
+                assert!(
+                    !d.is_allow(),
+                    "{} ({:?}) is allowed by the default policy",
+                    c.command.verb,
+                    c.risk
+                );
+            }
+        }
+        assert!(checked > 50, "{checked}");
+        for ok in ["GET k", "SET k v", "HGETALL k", "PING", "MULTI", "EXEC"] {
+            let args: Vec<Bytes> = ok
+                .split(' ')
+                .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+                .collect();
+            let c = classify(&args);
+            let d = engine
+                .evaluate(&PolicyRequest::new(&agent, &target, &c.command, now))
+                .decision;
+            assert!(d.is_allow(), "{ok}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn logins_are_parsed_like_the_server() {
+        let a = |s: &str| -> Vec<Bytes> {
+            s.split(' ')
+                .map(|x| Bytes::copy_from_slice(x.as_bytes()))
+                .collect()
+        };
+        let Parsed::Login(l) = parse_login(&a("AUTH tok")) else {
+            panic!()
+        };
+        assert_eq!((l.user, l.password.as_str()), (None, "tok"));
+        let Parsed::Login(l) = parse_login(&a("HELLO 3 AUTH u tok SETNAME me")) else {
+            panic!()
+        };
+        assert_eq!(l.user.as_deref(), Some("u"));
+        assert_eq!(l.hello.unwrap(), a("HELLO 3 SETNAME me"));
+        assert!(matches!(parse_login(&a("HELLO 3")), Parsed::PlainHello));
+        assert!(matches!(
+            parse_login(&a("HELLO 4 AUTH u p")),
+            Parsed::Invalid(_)
+        ));
+        assert!(matches!(parse_login(&a("AUTH a b c")), Parsed::Invalid(_)));
+    }
+}

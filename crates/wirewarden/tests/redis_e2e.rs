@@ -1,0 +1,391 @@
+//! End to end: real clients (redis-cli, redis-py in RESP2 and RESP3) through the Redis proxy
+//! to a real redis-server.
+//!
+//! Each test starts its own redis-server (wirewarden-testkit), its own audit directory and
+//! its own proxy on a loopback port, so they run in parallel.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wirewarden::Pipeline;
+use wirewarden::audit::{
+    ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log, verify_dir,
+};
+use wirewarden::core::{AuditEventKind, Decision, Protocol, Target};
+use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
+use wirewarden::mask::{Engine, FieldRule, Profile, Selector, Strategy};
+use wirewarden::policy::RuleEngine;
+use wirewarden::postgres::Secret;
+use wirewarden::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
+use wirewarden_testkit::Redis;
+
+const CARD: &str = "4111 1111 1111 1111";
+const SSN: &str = "123-45-6789";
+const API_KEY: &str = "hunter2-not-a-pattern";
+
+struct Gateway {
+    _redis: Redis,
+    addr: SocketAddr,
+    audit_dir: tempfile::TempDir,
+    keys: VerifyKeys,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+fn tokens() -> StaticTokens {
+    let token = |id: &str, secret: &str, subject: &str, groups: &[&str]| StaticToken {
+        id: id.into(),
+        hash: TokenHash::of(secret, None),
+        subject: subject.into(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        attributes: Default::default(),
+        expires_at: None,
+    };
+    StaticTokens::new(StaticTokensConfig {
+        hash_key: None,
+        tokens: vec![
+            token("agent", "tok-agent", "agent-1", &["agents"]),
+            token("other", "tok-other", "agent-2", &["agents"]),
+        ],
+    })
+    .unwrap()
+}
+
+async fn gateway() -> Gateway {
+    let redis = tokio::task::spawn_blocking(|| {
+        let r = Redis::builder().start().unwrap();
+        r.cli(&["SET", "card", &format!("card {CARD} on file")])
+            .unwrap();
+        r.cli(&["SET", "ssn", &format!("ssn {SSN}")]).unwrap();
+        r.cli(&["SET", "secret:api", API_KEY]).unwrap();
+        r.cli(&["SET", "plain", "hello"]).unwrap();
+        r.cli(&["HSET", "customer:1", "name", "Ada", "card", CARD])
+            .unwrap();
+        r
+    })
+    .await
+    .unwrap();
+    let audit_dir = tempfile::tempdir().unwrap();
+    let chain = ChainKey::generate("k1").unwrap();
+    let signer = CheckpointSigner::generate().unwrap();
+    let keys = VerifyKeys {
+        chain: chain.clone(),
+        checkpoint: signer.public(),
+    };
+    let sink = FileSink::builder(audit_dir.path(), chain, signer)
+        .durability(Durability::Fsync)
+        .open()
+        .unwrap();
+    let policy = format!(
+        "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n"
+    );
+    let masks = Engine::builder()
+        .profile(Profile::builder("cache").rule(FieldRule::new(
+            Selector::redis_key("secret:*"),
+            Strategy::redact(),
+        )))
+        .default_profile("cache")
+        .build()
+        .unwrap();
+    let pipeline = Arc::new(
+        Pipeline::builder(
+            Arc::new(tokens()),
+            Arc::new(RuleEngine::from_toml(&policy).unwrap()),
+        )
+        .masking(Arc::new(masks))
+        .audit(Arc::new(sink))
+        .build()
+        .unwrap(),
+    );
+    let upstream = RedisUpstream {
+        addr: redis.addr().to_string(),
+        user: Some(redis.user().to_owned()),
+        password: Secret::new(redis.password()),
+        tls: None,
+    };
+    let target = RedisTarget::new(Target::new("cache", Protocol::Redis).unwrap(), upstream);
+    let proxy = RedisProxy::new(pipeline, target);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = proxy.listen(listener).await;
+    });
+    Gateway {
+        _redis: redis,
+        addr,
+        audit_dir,
+        keys,
+        _task: task,
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// redis-cli through the gateway, commands read from stdin (one session).
+async fn cli(addr: SocketAddr, extra: &[&str], stdin: &str) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new("redis-cli");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &addr.port().to_string(),
+        "--no-auth-warning",
+    ])
+    .args(extra)
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("redis-cli finished")
+        .unwrap()
+}
+
+/// A redis-py script; `PORT` and `PROTO` are set in its environment, `r` is a connected
+/// client with the agent's token.
+async fn python(addr: SocketAddr, protocol: u8, body: &str) -> Output {
+    let script = format!(
+        "import os, redis\nr = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), username='agent', password='tok-agent', protocol=int(os.environ['PROTO']), decode_responses=True, socket_timeout=20)\n{body}\nprint('DONE')\n"
+    );
+    let cmd = tokio::process::Command::new("python3")
+        .args(["-c", &script])
+        .env("PORT", addr.port().to_string())
+        .env("PROTO", protocol.to_string())
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), cmd)
+        .await
+        .expect("python finished")
+        .unwrap()
+}
+
+fn events(dir: &Path, keys: &VerifyKeys) -> Vec<AuditEventKind> {
+    read_log(dir, keys)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect()
+}
+
+fn assert_verifies(g: &Gateway) {
+    let report = verify_dir(g.audit_dir.path(), &g.keys).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_masks_denies_in_order_and_audits() {
+    let g = gateway().await;
+    let out = cli(
+        g.addr,
+        &["-a", "tok-agent"],
+        "GET card\nCONFIG GET maxmemory\nGET ssn\nEVAL \"return 1\" 0\nGET secret:api\nFLUSHALL\nGET plain\nDBSIZE\n",
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // redis-cli prints an empty line after each error.
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 8, "{stdout}");
+    assert!(
+        lines[0].starts_with("card ") && lines[0].contains("on file"),
+        "{stdout}"
+    );
+    assert!(!lines[0].contains(CARD), "{stdout}");
+    assert!(
+        lines[1].starts_with("ERR wirewarden: ") && lines[1].contains("(rule redis-"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("ssn ") && !lines[2].contains(SSN),
+        "{stdout}"
+    );
+    assert!(lines[3].starts_with("ERR wirewarden: "), "{stdout}");
+    assert!(!lines[4].contains(API_KEY), "{stdout}");
+    assert!(lines[5].contains("rule redis-no-admin"), "{stdout}");
+    assert_eq!(lines[6], "hello");
+    // FLUSHALL was refused: the keys are still there.
+    assert!(lines[7].parse::<u64>().unwrap() >= 5, "{stdout}");
+
+    // A wrong token is refused, and so is everything before authentication.
+    let out = cli(g.addr, &["-a", "wrong"], "GET plain\n").await;
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(all.contains("WRONGPASS") || all.contains("NOAUTH"), "{all}");
+    assert!(!all.contains("hello"), "{all}");
+    let out = cli(g.addr, &[], "GET plain\nPING\n").await;
+    let all = text(&out.stdout);
+    assert_eq!(all.matches("NOAUTH").count(), 2, "{all}");
+
+    // `--user`/`--pass` (AUTH user token) and RESP3 through `-3` (HELLO 3).
+    let out = cli(
+        g.addr,
+        &["--user", "agent", "--pass", "tok-agent", "-3"],
+        "HGETALL customer:1\n",
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Ada"), "{stdout}");
+    assert!(!stdout.contains(CARD), "{stdout}");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_verifies(&g);
+    let ev = events(g.audit_dir.path(), &g.keys);
+    assert!(ev.iter().any(|e| matches!(e, AuditEventKind::SessionStarted { principal, .. } if principal.subject == "agent-1")));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, AuditEventKind::AuthenticationFailed { .. }))
+    );
+    let denied: Vec<&str> = ev
+        .iter()
+        .filter_map(|e| match e {
+            AuditEventKind::CommandDecided {
+                command,
+                decision: Decision::Deny { .. },
+                ..
+            } => Some(command.verb.as_str()),
+            _ => None,
+        })
+        .collect();
+    for verb in ["CONFIG GET", "EVAL", "FLUSHALL"] {
+        assert!(denied.contains(&verb), "{denied:?}");
+    }
+    let masked: u64 = ev
+        .iter()
+        .filter_map(|e| match e {
+            AuditEventKind::CommandCompleted { masked, .. } => Some(masked.total()),
+            _ => None,
+        })
+        .sum();
+    assert!(masked >= 4, "{masked}");
+    let transcripts: Vec<&String> = ev
+        .iter()
+        .filter_map(|e| match e {
+            AuditEventKind::Transcript { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert!(transcripts.iter().any(|t| t.contains("hello")));
+    assert!(
+        transcripts
+            .iter()
+            .all(|t| !t.contains(CARD) && !t.contains(SSN) && !t.contains(API_KEY))
+    );
+    assert!(
+        ev.iter()
+            .filter(|e| matches!(e, AuditEventKind::SessionEnded { .. }))
+            .count()
+            >= 2
+    );
+}
+
+const PY_SESSION: &str = r#"
+CARD = '4111 1111 1111 1111'
+v = r.get('card')
+assert v.startswith('card ') and CARD not in v, v
+assert '123-45-6789' not in r.get('ssn')
+assert r.get('secret:api') != 'hunter2-not-a-pattern'
+h = r.hgetall('customer:1')
+assert h['name'] == 'Ada' and h['card'] != CARD, h
+assert r.mget('plain', 'secret:api')[0] == 'hello'
+assert r.mget('plain', 'secret:api')[1] != 'hunter2-not-a-pattern'
+
+# A pipeline mixing allowed and denied commands: replies stay in order.
+p = r.pipeline(transaction=False)
+p.set('k1', 'v1')
+p.config_get('maxmemory')
+p.get('k1')
+p.eval('return 1', 0)
+p.get('card')
+p.flushall()
+p.incr('n')
+res = p.execute(raise_on_error=False)
+assert res[0] is True, res
+assert isinstance(res[1], redis.ResponseError) and 'wirewarden' in str(res[1]), res
+assert res[2] == 'v1', res
+assert isinstance(res[3], redis.ResponseError), res
+assert CARD not in res[4], res
+assert isinstance(res[5], redis.ResponseError), res
+assert res[6] == 1, res
+
+# MULTI/EXEC: each element masked with its own command's key.
+p = r.pipeline(transaction=True)
+p.get('card')
+p.get('secret:api')
+p.get('plain')
+p.hgetall('customer:1')
+res = p.execute()
+assert CARD not in res[0] and res[1] != 'hunter2-not-a-pattern' and res[2] == 'hello', res
+assert res[3]['card'] != CARD, res
+
+# A denied command inside MULTI aborts the transaction, as the server would.
+p = r.pipeline(transaction=True)
+p.set('tx', '1')
+p.config_get('maxmemory')
+try:
+    p.execute()
+    raise SystemExit('EXEC should have failed')
+except redis.exceptions.ExecAbortError:
+    pass
+except redis.ResponseError as e:
+    assert 'wirewarden' in str(e) or 'EXECABORT' in str(e), e
+assert r.get('tx') is None
+assert r.ping()
+
+# Pub/sub: messages are masked too.
+ps = r.pubsub()
+ps.subscribe('news')
+m = ps.get_message(timeout=5)
+assert m and m['type'] == 'subscribe', m
+pub = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), password='tok-other', protocol=int(os.environ['PROTO']), decode_responses=True)
+assert pub.publish('news', 'paid with ' + CARD) == 1
+m = ps.get_message(timeout=5)
+assert m and m['type'] == 'message' and m['data'].startswith('paid with ') and CARD not in m['data'], m
+ps.close()
+
+# The connection survived everything above.
+assert r.get('plain') == 'hello'
+
+# A wrong token.
+try:
+    redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), username='agent', password='nope', protocol=int(os.environ['PROTO'])).ping()
+    raise SystemExit('wrong token accepted')
+except redis.AuthenticationError:
+    pass
+"#;
+
+async fn redis_py(protocol: u8) {
+    let g = gateway().await;
+    let out = python(g.addr, protocol, PY_SESSION).await;
+    assert!(
+        text(&out.stdout).contains("DONE"),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_verifies(&g);
+    let ev = events(g.audit_dir.path(), &g.keys);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, AuditEventKind::AuthenticationFailed { .. }))
+    );
+    let exec_done = ev.iter().any(|e| matches!(e, AuditEventKind::CommandCompleted { error: Some(err), .. } if err.contains("EXECABORT")));
+    assert!(exec_done);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_resp2() {
+    redis_py(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_resp3() {
+    redis_py(3).await;
+}

@@ -3,12 +3,12 @@
 # documentation, a short run of every fuzz target, and the dependency policy.
 # On a fresh machine it first installs what is missing. Exits non-zero on any failure.
 #
-#   WIREWARDEN_FUZZ_SECONDS   seconds per fuzz target (default 15)
+#   WIREWARDEN_FUZZ_SECONDS   seconds per fuzz target (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/setup.sh
 
-FUZZ_SECONDS=${WIREWARDEN_FUZZ_SECONDS:-15}
+FUZZ_SECONDS=${WIREWARDEN_FUZZ_SECONDS:-10}
 started=$(date +%s)
 
 step "checking the machine"
@@ -22,10 +22,13 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 step "cargo clippy (all targets, warnings are errors)"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "cargo test (unit, property, integration against real servers, doctests)"
-cargo test --workspace
+cargo test --workspace --all-features
+
+step "the generated Redis command table matches a real redis-server"
+python3 crates/wirewarden-redis/tools/gen_command_table.py --check
 
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet

@@ -37,12 +37,14 @@
 #   wide-1000         benches/proxy/wide.sql: 1,000 rows of six columns per query, every row
 #                     with an e-mail address the gateway's masker detects and tokenizes
 #
-# Settings (environment): ROUNDS (4), SECS per cell (4), CLIENTS (8), THREADS (2), SCALE of
+# Settings (environment): ROUNDS (5), SECS per cell (3), CLIENTS (8), THREADS (2), SCALE of
 # pgbench -i (2), PATHS and WORKLOADS (space-separated subsets of the names above),
 # WRITE_DOCS (1; 0 leaves docs/performance.md alone), GATEWAY_BIN (skip the build and use this
 # binary), PROFILE (0; 1 also records a perf cpu-clock profile of the gateway for every
 # workload after the comparison, into PROFILE_OUT, default /tmp/proxy-bench-profile), KEEP_RAW
-# (a path to copy the raw results table to).
+# (a path to copy the raw results table to), HOLD (1: start everything, write the ports,
+# passwords and PIDs to HOLD_ENV, default /tmp/proxy-bench-hold.env, and wait until
+# interrupted, for profiling by hand).
 
 set -euo pipefail
 
@@ -50,8 +52,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE=$ROOT/benches/proxy
 DOC=$ROOT/docs/performance.md
 
-ROUNDS=${ROUNDS:-4}
-SECS=${SECS:-4}
+ROUNDS=${ROUNDS:-5}
+SECS=${SECS:-3}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
 SCALE=${SCALE:-2}
@@ -62,6 +64,8 @@ PROFILE=${PROFILE:-0}
 PROFILE_OUT=${PROFILE_OUT:-/tmp/proxy-bench-profile}
 GATEWAY_BIN=${GATEWAY_BIN:-}
 KEEP_RAW=${KEEP_RAW:-}
+HOLD=${HOLD:-0}
+HOLD_ENV=${HOLD_ENV:-/tmp/proxy-bench-hold.env}
 
 log() { printf '[proxy-bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -432,26 +436,30 @@ run_cell() {
 # --- the profile (PROFILE=1) -----------------------------------------------------------------
 
 profile_gateway() {
-    local path=gateway pid=${PROC[gateway]:-}
-    [ -n "$pid" ] || return 0
     if ! perf record -e cpu-clock -o /dev/null -- true >/dev/null 2>&1; then
         log "perf record does not work here; no profile"
         return 0
     fi
     mkdir -p "$PROFILE_OUT"
-    local workload
-    for workload in $WORKLOADS; do
-        log "profiling the gateway on $workload"
-        perf record -q -e cpu-clock -F 1999 -p "$pid" -o "$PROFILE_OUT/$workload.data" \
-            >/dev/null 2>&1 &
-        local perf_pid=$!
-        sleep 0.5
-        run_cell profile "$workload" "$path"
-        kill -INT "$perf_pid" 2>/dev/null || true
-        wait "$perf_pid" 2>/dev/null || true
-        perf report -i "$PROFILE_OUT/$workload.data" --no-children --sort dso,symbol \
-            --percent-limit 0.5 --stdio 2>/dev/null >"$PROFILE_OUT/$workload.txt" || true
-        log "  → $PROFILE_OUT/$workload.txt"
+    local path workload pid
+    for path in gateway gateway-buffered; do
+        pid=${PROC[$path]:-}
+        [ -n "$pid" ] || continue
+        for workload in $WORKLOADS; do
+            log "profiling $path on $workload"
+            # cpu-clock: a software timer, so it works in VMs without hardware counters.
+            perf record -q -e cpu-clock -F 1999 -p "$pid" -o "$PROFILE_OUT/$path-$workload.data" \
+                >/dev/null 2>&1 &
+            local perf_pid=$!
+            sleep 0.5
+            run_cell profile "$workload" "$path"
+            kill -INT "$perf_pid" 2>/dev/null || true
+            wait "$perf_pid" 2>/dev/null || true
+            perf report -i "$PROFILE_OUT/$path-$workload.data" --no-children \
+                --sort symbol --percent-limit 0.3 --stdio 2>/dev/null \
+                >"$PROFILE_OUT/$path-$workload.txt" || true
+            log "  -> $PROFILE_OUT/$path-$workload.txt"
+        done
     done
 }
 
@@ -487,6 +495,24 @@ main() {
     done
     local paths=($PATHS) workloads=($WORKLOADS)
     log "listening: $(for p in "${paths[@]}"; do printf '%s=%s ' "$p" "${PORT[$p]}"; done)"
+
+    if [ "$HOLD" = 1 ]; then
+        # Everything is up: leave it running for profiling by hand until interrupted.
+        {
+            for p in "${paths[@]}"; do
+                local v=${p//-/_}
+                printf 'PORT_%s=%s\nPASS_%s=%q\nPID_%s=%s\n' "$v" "${PORT[$p]}" "$v" \
+                    "${PASS[$p]}" "$v" "${PROC[$p]:-}"
+            done
+            printf 'PGBIN=%q\nWIDE_SQL=%q\nWORK=%q\n' "$PGBIN" "$HERE/wide.sql" "$WORK"
+        } >"$HOLD_ENV"
+        log "holding; the ports, passwords and PIDs are in $HOLD_ENV; stop with Ctrl-C or SIGTERM"
+        while :; do
+            sleep 3600 &
+            STARTED+=("$! TERM")
+            wait "$!" || true
+        done
+    fi
 
     local load_start rustc_start
     load_start=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -1,4 +1,5 @@
 -- The table behind the wide-result workload (pgbench -i creates the -S tables).
+SET client_min_messages = warning;
 DROP TABLE IF EXISTS wide;
 CREATE TABLE wide (
     id int PRIMARY KEY,

@@ -1391,10 +1391,7 @@ fn set_statement(toks: &[Token<'_>], out: &mut Out) {
                 j
             };
             out.obj(ObjectKind::Setting, "role".to_owned(), Access::Write);
-            if let Some(r) = toks
-                .get(j)
-                .and_then(|t| t.ident().or_else(|| t.string_value()))
-            {
+            if let Some(r) = role_at(toks, j) {
                 out.obj(ObjectKind::Role, r, Access::Define);
             }
         }
@@ -1406,10 +1403,7 @@ fn set_statement(toks: &[Token<'_>], out: &mut Out) {
                 "session_authorization".to_owned(),
                 Access::Write,
             );
-            if let Some(r) = toks
-                .get(i.saturating_add(1))
-                .and_then(|t| t.ident().or_else(|| t.string_value()))
-            {
+            if let Some(r) = role_at(toks, i.saturating_add(1)) {
                 out.obj(ObjectKind::Role, r, Access::Define);
             }
         }
@@ -1466,6 +1460,15 @@ fn set_statement(toks: &[Token<'_>], out: &mut Out) {
             None => out.raise(Unknown),
         },
     }
+}
+
+/// The role named at `i` (identifier or string), but not `DEFAULT` or `NONE`.
+fn role_at(toks: &[Token<'_>], i: usize) -> Option<String> {
+    if is_kw(toks, i, "default") || is_kw(toks, i, "none") {
+        return None;
+    }
+    toks.get(i)
+        .and_then(|t| t.ident().or_else(|| t.string_value()))
 }
 
 /// `name =` or `name TO` at `i`: the generic SET form.

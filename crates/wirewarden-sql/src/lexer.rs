@@ -757,8 +757,14 @@ pub fn tokenize<'a>(sql: &'a str, opts: &LexOptions) -> Result<Vec<Token<'a>>> {
     } else {
         QuoteMode::Backslash
     };
-    while !rest.is_empty() {
-        match trivia(limits.max_depth)(rest) {
+    while let Some(&b0) = rest.as_bytes().first() {
+        // Only these bytes can start whitespace or a comment: skip the attempt otherwise.
+        let maybe_trivia = matches!(b0, b' ' | b'\t' | b'\n' | b'\r' | 0x0c | b'-' | b'/');
+        match if maybe_trivia {
+            trivia(limits.max_depth)(rest)
+        } else {
+            Err(nom::Err::Error(LexFail::NoMatch))
+        } {
             Ok((r, _)) => {
                 rest = r;
                 continue;

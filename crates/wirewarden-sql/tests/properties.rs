@@ -156,3 +156,36 @@ proptest! {
         prop_assert!(cl.classify(&sql).class() >= sure);
     }
 }
+
+/// Removes every occurrence of the patterns, including ones that removal creates.
+fn strip(s: &str, pats: &[&str]) -> String {
+    let mut s = s.to_owned();
+    while let Some(p) = pats.iter().find(|p| s.contains(**p)) {
+        s = s.replace(p, "");
+    }
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever a string, a dollar quote, a quoted identifier or a comment holds, it stays
+    /// inside: one statement, classified by what is outside.
+    #[test]
+    fn quoted_text_never_leaks(payload in sql_like()) {
+        let cl = Classifier::new();
+        let literal = format!("SELECT '{}'", payload.replace('\'', "''"));
+        let dollar = format!("SELECT $q${}$q$", strip(&payload, &["$q$"]));
+        let ident = format!("SELECT 1 AS \"{}x\"", payload.replace('"', "\"\""));
+        let comment = format!("SELECT 1 /* {} */", strip(&payload, &["/*", "*/"]));
+        for sql in [literal, dollar, ident, comment] {
+            if sql.contains('\0') {
+                continue;
+            }
+            let a = cl.classify(&sql);
+            prop_assert!(a.error.is_none(), "{:?}: {:?}", sql, a.error);
+            prop_assert_eq!(a.statements.len(), 1, "{:?}", sql);
+            prop_assert_eq!(a.class(), CommandClass::Read, "{:?}", sql);
+        }
+    }
+}

@@ -14,12 +14,13 @@ use wirewarden::Pipeline;
 use wirewarden::audit::{
     ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log, verify_dir,
 };
-use wirewarden::core::{AuditEventKind, Decision, Protocol, Target};
+use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
 use wirewarden::mask::{Engine, FieldRule, Profile, Selector, Strategy};
 use wirewarden::policy::RuleEngine;
 use wirewarden::postgres::Secret;
 use wirewarden::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
+use wirewarden::review::{ApprovalScope, Reviewer};
 use wirewarden_testkit::Redis;
 
 const CARD: &str = "4111 1111 1111 1111";
@@ -29,6 +30,7 @@ const API_KEY: &str = "hunter2-not-a-pattern";
 struct Gateway {
     _redis: Redis,
     addr: SocketAddr,
+    pipeline: Arc<Pipeline>,
     audit_dir: tempfile::TempDir,
     keys: VerifyKeys,
     _task: tokio::task::JoinHandle<()>,
@@ -54,6 +56,10 @@ fn tokens() -> StaticTokens {
 }
 
 async fn gateway() -> Gateway {
+    gateway_with(None).await
+}
+
+async fn gateway_with(tls: Option<Arc<rustls::ServerConfig>>) -> Gateway {
     let redis = tokio::task::spawn_blocking(|| {
         let r = Redis::builder().start().unwrap();
         r.cli(&["SET", "card", &format!("card {CARD} on file")])
@@ -79,7 +85,7 @@ async fn gateway() -> Gateway {
         .open()
         .unwrap();
     let policy = format!(
-        "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n"
+        "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"deletes-need-ops\"\nverbs = [\"DEL\"]\naction = \"review\"\nreviewers = [\"ops\"]\ntimeout = \"20s\"\n\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n"
     );
     let masks = Engine::builder()
         .profile(Profile::builder("cache").rule(FieldRule::new(
@@ -105,8 +111,9 @@ async fn gateway() -> Gateway {
         password: Secret::new(redis.password()),
         tls: None,
     };
-    let target = RedisTarget::new(Target::new("cache", Protocol::Redis).unwrap(), upstream);
-    let proxy = RedisProxy::new(pipeline, target);
+    let mut target = RedisTarget::new(Target::new("cache", Protocol::Redis).unwrap(), upstream);
+    target.tls = tls;
+    let proxy = RedisProxy::new(pipeline.clone(), target);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -115,6 +122,7 @@ async fn gateway() -> Gateway {
     Gateway {
         _redis: redis,
         addr,
+        pipeline,
         audit_dir,
         keys,
         _task: task,
@@ -388,4 +396,116 @@ async fn redis_py_resp2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py_resp3() {
     redis_py(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_is_held_for_review_and_runs_once_approved() {
+    let g = gateway().await;
+    let addr = g.addr;
+    let client = tokio::spawn(async move {
+        python(
+            addr,
+            2,
+            "assert r.get('plain') == 'hello'\nassert r.delete('plain') == 1\nassert r.get('plain') is None",
+        )
+        .await
+    });
+    let reviews = g.pipeline.reviews().clone();
+    let pending = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let p = reviews.store().pending(Timestamp::now()).await.unwrap();
+            if let Some(r) = p.into_iter().next() {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a review was requested");
+    assert!(
+        pending.command_text.contains("DEL plain"),
+        "{:?}",
+        pending.command_text
+    );
+    reviews
+        .approve(
+            pending.id,
+            &Reviewer::new("ops-1").with_group("ops"),
+            ApprovalScope::Once,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let out = client.await.unwrap();
+    assert!(
+        text(&out.stdout).contains("DONE"),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_verifies(&g);
+    let ev = events(g.audit_dir.path(), &g.keys);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, AuditEventKind::ReviewRequested { .. }))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_terminated_from_the_first_byte() {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let chain = vec![cert.cert.der().clone()];
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let tls = wirewarden::tls::server_config(chain, key).unwrap();
+    let g = gateway_with(Some(tls)).await;
+    let script = format!(
+        "import os, redis\nr = redis.Redis(host='127.0.0.1', port={}, password='tok-agent', ssl=True, ssl_ca_certs='{}', ssl_check_hostname=False, decode_responses=True)\nv = r.get('card')\nassert v.startswith('card ') and '{CARD}' not in v, v\nprint('DONE')\n",
+        g.addr.port(),
+        ca.display()
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .args(["-c", &script])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        text(&out.stdout).contains("DONE"),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // Plaintext is refused.
+    let out = cli(g.addr, &["-a", "tok-agent"], "GET plain\n").await;
+    assert!(!text(&out.stdout).contains("hello"));
+    let ev = events(g.audit_dir.path(), &g.keys);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, AuditEventKind::SessionStarted { tls: true, .. }))
+    );
+}
+
+/// Hostile bytes get the server's protocol error, not a crash, and other sessions go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_a_protocol_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = gateway().await;
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"AUTH tok-agent\r\n*1\r\n+GET\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    let got = text(&got);
+    assert!(got.starts_with("+OK\r\n-ERR Protocol error"), "{got}");
+    let out = cli(g.addr, &["-a", "tok-agent"], "GET plain\n").await;
+    assert_eq!(text(&out.stdout).trim(), "hello");
 }

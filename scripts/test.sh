@@ -55,6 +55,16 @@ step "fuzz smoke: every target for ${FUZZ_SECONDS}s"
   done
 )
 
+step "scripts/demo.sh (the README's main command) runs clean"
+demo_log=$(mktemp)
+if ! bash scripts/demo.sh >"$demo_log" 2>&1; then
+  tail -n 80 "$demo_log"
+  echo "scripts/demo.sh failed"
+  exit 1
+fi
+grep -E '^OK: ' "$demo_log"
+rm -f "$demo_log"
+
 step "cargo deny check bans licenses sources"
 cargo deny --log-level error check bans licenses sources
 

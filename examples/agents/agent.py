@@ -94,8 +94,10 @@ def scripted_model():
     ]
     if ARGS.redis_port is not None:
         steps.append([function_call("read_cache", {"key": "session:1001"}, call_id="call_cache")])
-    steps.append([assistant_message("I looked up the first customers (sensitive fields arrive masked), "
-                                    "the gateway refused to drop the table, and I read the cached session.")])
+    summary = "I looked up the first customers (sensitive fields arrive masked) and the gateway refused to drop the table"
+    if ARGS.redis_port is not None:
+        summary += "; I also read the cached session"
+    steps.append([assistant_message(summary + ".")])
     return ScriptedModel(steps)
 
 

@@ -752,7 +752,29 @@ async fn extended_protocol_pipelining_copy_cancel_notify() {
     let (sleeper, _) = connect(&relay).await;
     let token = sleeper.cancel_token();
     let task = tokio::spawn(async move { sleeper.batch_execute("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Cancel only once the server is really running the query, however slow the machine.
+    let superuser = pg.superuser_url();
+    let (watch, _) = tokio_postgres::connect(&superuser, tokio_postgres::NoTls)
+        .await
+        .map(|(c, conn)| {
+            tokio::spawn(conn);
+            (c, ())
+        })
+        .unwrap();
+    for _ in 0..200 {
+        let n: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let r = tokio::time::timeout(Duration::from_secs(10), task)
         .await

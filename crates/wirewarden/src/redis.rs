@@ -713,7 +713,7 @@ impl Relay<'_> {
         loop {
             // Every complete request, in order.
             if client_open {
-                loop {
+                while !self.quit {
                     match decoder.decode(&mut client_buf) {
                         Ok(Some(req)) => self.on_request(req).await?,
                         Ok(None) => break,
@@ -729,13 +729,14 @@ impl Relay<'_> {
             // Replies already read.
             self.on_upstream_bytes().await?;
             self.flush().await?;
-            if !client_open && self.slots.is_empty() {
+            if (!client_open || self.quit) && self.slots.is_empty() {
+                let _ = self.up.shutdown().await;
                 return Ok(SessionEndReason::ClientClosed);
             }
             client_buf.reserve(16 * 1024);
             self.up_buf.reserve(64 * 1024);
             tokio::select! {
-                n = self.client.io.read_buf(&mut client_buf), if client_open => {
+                n = self.client.io.read_buf(&mut client_buf), if client_open && !self.quit => {
                     if n.map_err(Error::client_io)? == 0 {
                         client_open = false;
                         if self.slots.is_empty() {
@@ -865,25 +866,44 @@ impl Relay<'_> {
                 }
                 Parsed::PlainHello => {}
             },
-            b"quit" => self.quit = true,
+            b"quit" => {
+                // Answered here once every earlier reply is out; the session then ends.
+                self.quit = true;
+                self.push_local(Bytes::from_static(b"+OK\r\n"));
+                return Ok(());
+            }
             _ => {}
         }
         let classified = classify(req.args());
         let command = classified.command;
         let command_id = CommandId::new();
-        let verdict = if name == b"client"
+        let builtin = if name == b"client"
             && req
                 .args()
                 .get(1)
                 .is_some_and(|a| a.eq_ignore_ascii_case(b"reply"))
         {
             // Replies the gateway does not see cannot be correlated or masked.
+            Some((
+                "redis-client-reply",
+                "CLIENT REPLY is not allowed through the gateway",
+            ))
+        } else if name == b"reset" {
+            // RESET would log the upstream connection out of the gateway's own user.
+            Some((
+                "redis-reset",
+                "RESET is not allowed through the gateway; reconnect instead",
+            ))
+        } else {
+            None
+        };
+        let verdict = if let Some((rule, reason)) = builtin {
             self.decided(
                 &command,
                 command_id,
                 Decision::Deny {
-                    rule: RuleId::new("redis-client-reply"),
-                    reason: "CLIENT REPLY is not allowed through the gateway".into(),
+                    rule: RuleId::new(rule),
+                    reason: reason.into(),
                 },
                 "builtin".into(),
             )

@@ -508,4 +508,19 @@ async fn malformed_requests_get_a_protocol_error() {
     assert!(got.starts_with("+OK\r\n-ERR Protocol error"), "{got}");
     let out = cli(g.addr, &["-a", "tok-agent"], "GET plain\n").await;
     assert_eq!(text(&out.stdout).trim(), "hello");
+
+    // RESET would log the gateway out upstream: refused. QUIT is answered after the replies
+    // before it, and nothing after it runs.
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"AUTH tok-agent\r\nRESET\r\nGET plain\r\nQUIT\r\nDEL plain\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    let got = text(&got);
+    assert!(got.starts_with("+OK\r\n-ERR wirewarden: RESET"), "{got}");
+    assert!(
+        got.ends_with("(rule redis-reset)\r\n$5\r\nhello\r\n+OK\r\n"),
+        "{got}"
+    );
 }

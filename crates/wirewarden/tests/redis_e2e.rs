@@ -295,6 +295,8 @@ async fn redis_cli_masks_denies_in_order_and_audits() {
 
 const PY_SESSION: &str = r#"
 CARD = '4111 1111 1111 1111'
+# An agent names its step; the name is in the audit trail with the session's commands.
+assert r.client_setname('run-42:call-7')
 v = r.get('card')
 assert v.startswith('card ') and CARD not in v, v
 assert '123-45-6789' not in r.get('ssn')
@@ -384,6 +386,9 @@ async fn redis_py(protocol: u8) {
         ev.iter()
             .any(|e| matches!(e, AuditEventKind::AuthenticationFailed { .. }))
     );
+    assert!(ev.iter().any(|e| matches!(e,
+        AuditEventKind::CommandDecided { command, decision: Decision::Allow { .. }, .. }
+            if command.verb == "CLIENT SETNAME" && command.text.contains("run-42:call-7"))));
     let exec_done = ev.iter().any(|e| matches!(e, AuditEventKind::CommandCompleted { error: Some(err), .. } if err.contains("EXECABORT")));
     assert!(exec_done);
 }

@@ -464,9 +464,11 @@ fn balanced(toks: &[Token<'_>]) -> bool {
     depth == 0
 }
 
+/// The first word as the verb of a statement not understood; a word longer than any SQL
+/// keyword (a hostile client's megabyte identifier) is not copied into audit records.
 fn first_word(toks: &[Token<'_>]) -> String {
     match toks.first() {
-        Some(t) if t.kind == TokenKind::Ident => t.text.to_ascii_uppercase(),
+        Some(t) if t.kind == TokenKind::Ident && t.text.len() <= 32 => t.text.to_ascii_uppercase(),
         _ => "UNKNOWN".to_owned(),
     }
 }

@@ -624,3 +624,11 @@ fn read_write_transaction_modes_are_privilege() {
     assert_eq!(class("BEGIN READ ONLY"), Session);
     assert_eq!(class("SET default_transaction_read_only = off"), Privilege);
 }
+
+#[test]
+fn verbs_of_unknown_statements_are_bounded() {
+    assert_eq!(verb("FROBNICATE t"), "FROBNICATE");
+    let long = "x".repeat(10_000);
+    assert_eq!(verb(&long), "UNKNOWN");
+    assert_eq!(verb("'just a string'"), "UNKNOWN");
+}

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use wirewarden::Pipeline;
 use wirewarden::audit::{
-    ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log, verify_dir,
+    AuditSink, ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log, verify_dir,
 };
 use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
-use wirewarden::mask::{Engine, FieldRule, Profile, Selector, Strategy};
+use wirewarden::mask::{Engine, FieldRule, Limits as MaskLimits, Profile, Selector, Strategy};
 use wirewarden::policy::RuleEngine;
 use wirewarden::postgres::Secret;
 use wirewarden::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
@@ -56,10 +56,13 @@ fn tokens() -> StaticTokens {
 }
 
 async fn gateway() -> Gateway {
-    gateway_with(None).await
+    gateway_with(None, |sink| sink).await
 }
 
-async fn gateway_with(tls: Option<Arc<rustls::ServerConfig>>) -> Gateway {
+async fn gateway_with(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
+) -> Gateway {
     let redis = tokio::task::spawn_blocking(|| {
         let r = Redis::builder().start().unwrap();
         r.cli(&["SET", "card", &format!("card {CARD} on file")])
@@ -67,6 +70,9 @@ async fn gateway_with(tls: Option<Arc<rustls::ServerConfig>>) -> Gateway {
         r.cli(&["SET", "ssn", &format!("ssn {SSN}")]).unwrap();
         r.cli(&["SET", "secret:api", API_KEY]).unwrap();
         r.cli(&["SET", "plain", "hello"]).unwrap();
+        // Longer than the profile agrees to process.
+        r.cli(&["SET", "big", &format!("{SSN} {}", "x".repeat(2000))])
+            .unwrap();
         r.cli(&["HSET", "customer:1", "name", "Ada", "card", CARD])
             .unwrap();
         r
@@ -88,10 +94,17 @@ async fn gateway_with(tls: Option<Arc<rustls::ServerConfig>>) -> Gateway {
         "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"deletes-need-ops\"\nverbs = [\"DEL\"]\naction = \"review\"\nreviewers = [\"ops\"]\ntimeout = \"20s\"\n\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n"
     );
     let masks = Engine::builder()
-        .profile(Profile::builder("cache").rule(FieldRule::new(
-            Selector::redis_key("secret:*"),
-            Strategy::redact(),
-        )))
+        .profile(
+            Profile::builder("cache")
+                .limits(MaskLimits {
+                    max_value_len: 1024,
+                    ..Default::default()
+                })
+                .rule(FieldRule::new(
+                    Selector::redis_key("secret:*"),
+                    Strategy::redact(),
+                )),
+        )
         .default_profile("cache")
         .build()
         .unwrap();
@@ -101,7 +114,7 @@ async fn gateway_with(tls: Option<Arc<rustls::ServerConfig>>) -> Gateway {
             Arc::new(RuleEngine::from_toml(&policy).unwrap()),
         )
         .masking(Arc::new(masks))
-        .audit(Arc::new(sink))
+        .audit(wrap(Arc::new(sink)))
         .build()
         .unwrap(),
     );
@@ -194,14 +207,14 @@ async fn redis_cli_masks_denies_in_order_and_audits() {
     let out = cli(
         g.addr,
         &["-a", "tok-agent"],
-        "GET card\nCONFIG GET maxmemory\nGET ssn\nEVAL \"return 1\" 0\nGET secret:api\nFLUSHALL\nGET plain\nDBSIZE\n",
+        "GET card\nCONFIG GET maxmemory\nGET ssn\nEVAL \"return 1\" 0\nGET secret:api\nFLUSHALL\nGET plain\nDBSIZE\nGET big\nGET plain\n",
     )
     .await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // redis-cli prints an empty line after each error.
     let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
-    assert_eq!(lines.len(), 8, "{stdout}");
+    assert_eq!(lines.len(), 10, "{stdout}");
     assert!(
         lines[0].starts_with("card ") && lines[0].contains("on file"),
         "{stdout}"
@@ -221,6 +234,9 @@ async fn redis_cli_masks_denies_in_order_and_audits() {
     assert_eq!(lines[6], "hello");
     // FLUSHALL was refused: the keys are still there.
     assert!(lines[7].parse::<u64>().unwrap() >= 5, "{stdout}");
+    // A value the masker refuses to process is withheld, never sent in clear.
+    assert!(lines[8].contains("reply withheld"), "{stdout}");
+    assert_eq!(lines[9], "hello");
 
     // A wrong token is refused, and so is everything before authentication.
     let out = cli(g.addr, &["-a", "wrong"], "GET plain\n").await;
@@ -467,7 +483,7 @@ async fn tls_is_terminated_from_the_first_byte() {
     let chain = vec![cert.cert.der().clone()];
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
     let tls = wirewarden::tls::server_config(chain, key).unwrap();
-    let g = gateway_with(Some(tls)).await;
+    let g = gateway_with(Some(tls), |sink| sink).await;
     let script = format!(
         "import os, redis\nr = redis.Redis(host='127.0.0.1', port={}, password='tok-agent', ssl=True, ssl_ca_certs='{}', ssl_check_hostname=False, decode_responses=True)\nv = r.get('card')\nassert v.startswith('card ') and '{CARD}' not in v, v\nprint('DONE')\n",
         g.addr.port(),
@@ -528,4 +544,48 @@ async fn malformed_requests_get_a_protocol_error() {
         got.ends_with("(rule redis-reset)\r\n$5\r\nhello\r\n+OK\r\n"),
         "{got}"
     );
+}
+
+/// A sink that refuses intents: the proxy must refuse the commands.
+#[derive(Debug)]
+struct RefuseIntents(Arc<dyn AuditSink>);
+
+#[async_trait::async_trait]
+impl AuditSink for RefuseIntents {
+    async fn append(
+        &self,
+        event: &wirewarden::core::AuditEvent,
+    ) -> Result<wirewarden::audit::Appended, wirewarden::core::BoxError> {
+        if matches!(event.kind, AuditEventKind::CommandDecided { .. }) {
+            return Err("disk full".into());
+        }
+        self.0.append(event).await
+    }
+    async fn flush(&self) -> Result<(), wirewarden::core::BoxError> {
+        self.0.flush().await
+    }
+    fn durability(&self) -> Durability {
+        Durability::Fsync
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_intent_cannot_be_recorded_is_refused() {
+    let g = gateway_with(None, |s| Arc::new(RefuseIntents(s))).await;
+    let out = cli(
+        g.addr,
+        &["-a", "tok-agent"],
+        "SET plain changed\nGET plain\n",
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        stdout.matches("audit trail is unavailable").count(),
+        2,
+        "{stdout}"
+    );
+    let direct = tokio::task::spawn_blocking(move || g._redis.cli(&["GET", "plain"]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(direct.trim(), "hello");
 }

@@ -12,7 +12,9 @@ use wirewarden_audit::AuditSink;
 use wirewarden_core::{AuditEvent, BoxError, Command, Principal, Target, Timestamp};
 use wirewarden_identity::{AuthContext, Credential, IdentityProvider};
 use wirewarden_mask::{Engine as MaskEngine, Profile};
-use wirewarden_policy::{Evaluation, Grant, GrantStore, MemoryGrantStore, PolicyEngine, Request};
+use wirewarden_policy::{
+    Budgets, Evaluation, Grant, GrantStore, MemoryGrantStore, PolicyEngine, Request,
+};
 use wirewarden_review::{MemoryReviewStore, Reviews};
 
 use crate::{Error, Metrics, Result};
@@ -30,6 +32,7 @@ pub struct PipelineBuilder<A> {
     grants: Option<Arc<dyn GrantStore>>,
     reviews: Option<Reviews>,
     masks: Option<Arc<MaskEngine>>,
+    budgets: Option<Arc<Budgets>>,
     max_review_wait: Duration,
     audit: A,
 }
@@ -56,6 +59,15 @@ impl<A> PipelineBuilder<A> {
         self
     }
 
+    /// Exfiltration budgets to charge with what each command returned (for the rule engine:
+    /// `RuleEngine::budgets_handle()`; the engine consults the same counters when it
+    /// decides).
+    #[must_use]
+    pub fn budgets(mut self, budgets: Arc<Budgets>) -> Self {
+        self.budgets = Some(budgets);
+        self
+    }
+
     /// The longest a held command waits for review, whatever a rule says (default 1 hour).
     #[must_use]
     pub fn max_review_wait(mut self, wait: Duration) -> Self {
@@ -71,6 +83,7 @@ impl<A> PipelineBuilder<A> {
             grants: self.grants,
             reviews: self.reviews,
             masks: self.masks,
+            budgets: self.budgets,
             max_review_wait: self.max_review_wait,
             audit: sink,
         }
@@ -104,6 +117,7 @@ impl PipelineBuilder<Arc<dyn AuditSink>> {
             reviews,
             masks,
             audit: self.audit,
+            budgets: self.budgets,
             max_review_wait: self.max_review_wait,
             metrics: Metrics::default(),
         })
@@ -119,6 +133,7 @@ pub struct Pipeline {
     reviews: Reviews,
     masks: Arc<MaskEngine>,
     audit: Arc<dyn AuditSink>,
+    budgets: Option<Arc<Budgets>>,
     max_review_wait: Duration,
     metrics: Metrics,
 }
@@ -144,6 +159,7 @@ impl Pipeline {
             grants: None,
             reviews: None,
             masks: None,
+            budgets: None,
             max_review_wait: Duration::from_secs(3600),
             audit: NoAuditSink,
         }
@@ -233,6 +249,13 @@ impl Pipeline {
     #[must_use]
     pub fn grants(&self) -> &Arc<dyn GrantStore> {
         &self.grants
+    }
+
+    /// Charges what a completed command returned to the exfiltration budgets, if any.
+    pub fn charge(&self, principal: &Principal, target: &Target, rows: u64, bytes: u64) {
+        if let Some(b) = &self.budgets {
+            b.charge(principal, target, rows, bytes, Timestamp::now());
+        }
     }
 
     /// The process-wide counters.

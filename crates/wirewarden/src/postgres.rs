@@ -651,7 +651,10 @@ impl PostgresProxy {
             token: poison_token(),
             commands: AtomicU64::new(0),
         });
+        let (outcomes, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(outcome_writer(self.pipeline.clone(), rx));
         let relay = Relay {
+            outcomes,
             proxy: self.clone(),
             principal: Arc::new(principal),
             target,
@@ -730,7 +733,29 @@ struct Shared {
     commands: AtomicU64,
 }
 
+/// What the session's audit writer task is sent.
+enum Outcome {
+    Event(Box<AuditEvent>),
+    /// Acknowledged once every event sent before it has been appended.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Appends a session's outcome events in order, off the relay's path.
+async fn outcome_writer(pipeline: Arc<Pipeline>, mut rx: tokio::sync::mpsc::Receiver<Outcome>) {
+    while let Some(item) = rx.recv().await {
+        match item {
+            Outcome::Event(e) => {
+                let _ = pipeline.record(&e).await;
+            }
+            Outcome::Flush(ack) => {
+                let _ = ack.send(());
+            }
+        }
+    }
+}
+
 struct Relay {
+    outcomes: tokio::sync::mpsc::Sender<Outcome>,
     proxy: PostgresProxy,
     principal: Arc<Principal>,
     target: Target,
@@ -794,7 +819,11 @@ impl Relay {
                 duration_us: u64::try_from(relay.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             },
         );
-        let _ = relay.proxy.pipeline.record(&end).await;
+        let _ = relay.outcomes.send(Outcome::Event(Box::new(end))).await;
+        let (ack, done) = tokio::sync::oneshot::channel();
+        if relay.outcomes.send(Outcome::Flush(ack)).await.is_ok() {
+            let _ = done.await;
+        }
         let _ = relay.proxy.pipeline.audit_sink().flush().await;
         commands
     }
@@ -1216,6 +1245,13 @@ impl Relay {
                     }
                 }
             }
+            // Budgets are charged before the client sees the result, so its next command is
+            // decided against the updated counters.
+            for p in &st.completed {
+                self.proxy
+                    .pipeline
+                    .charge(&self.principal, &self.target, p.rows, p.bytes);
+            }
             if !st.out.is_empty() {
                 let mut w = client_w.lock().await;
                 w.write_all(&st.out).await.map_err(Error::client_io)?;
@@ -1251,7 +1287,12 @@ impl Relay {
                 error: p.error,
             },
         );
-        let _ = self.proxy.pipeline.record(&completed).await;
+        // Outcomes need not be on disk before the next response is relayed (only intents
+        // must precede forwarding): they go to the session's audit writer, in order.
+        let _ = self
+            .outcomes
+            .send(Outcome::Event(Box::new(completed)))
+            .await;
         if !p.recording.is_empty() {
             let transcript = AuditEvent::new(
                 Some(self.session_id),
@@ -1264,7 +1305,10 @@ impl Relay {
                     truncated: p.recording_truncated,
                 },
             );
-            let _ = self.proxy.pipeline.record(&transcript).await;
+            let _ = self
+                .outcomes
+                .send(Outcome::Event(Box::new(transcript)))
+                .await;
         }
     }
 
@@ -1325,7 +1369,7 @@ impl Relay {
                     let stale = st
                         .plans
                         .as_ref()
-                        .is_none_or(|(prev, _)| !Arc::ptr_eq(prev, rd));
+                        .is_none_or(|(prev, _)| !Arc::ptr_eq(prev, rd) && prev.body() != rd.body());
                     if stale {
                         st.plans =
                             Some((rd.clone(), outbound::plan(rd.fields(), &self.proxy.catalog)));
@@ -1375,7 +1419,7 @@ impl Relay {
                 }
                 pending.rows += 1;
                 pending.bytes += (st.out.len() - start) as u64;
-                if pending.recording.len() < limit {
+                if !pending.recording_truncated {
                     let line = render_row(
                         st.out.get(start..).unwrap_or_default(),
                         plans,
@@ -1651,7 +1695,11 @@ fn withhold(st: &mut Downstream, pending: &mut Pending, why: &str) -> Result<()>
 }
 
 fn record(p: &mut Pending, limit: usize, line: &str) {
+    if p.recording_truncated {
+        return;
+    }
     if p.recording.len() + line.len() + 1 > limit {
+        // Full: nothing more is rendered for this command.
         p.recording_truncated = true;
         return;
     }

@@ -31,7 +31,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -155,6 +155,8 @@ pub struct RedisTarget {
     pub record_limit: usize,
     /// Failed `AUTH` attempts after which the connection is closed.
     pub max_auth_failures: u32,
+    /// How long a connection may stay open without authenticating.
+    pub login_timeout: Duration,
 }
 
 impl RedisTarget {
@@ -169,6 +171,7 @@ impl RedisTarget {
             refused_risks: DEFAULT_REFUSED_RISKS,
             record_limit: 16 * 1024,
             max_auth_failures: 3,
+            login_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -387,7 +390,11 @@ impl RedisProxy {
             decoder: RequestDecoder::new(self.config.limits),
             tls,
         };
-        let Some((principal, hello)) = self.login(&mut client, peer).await? else {
+        let login = tokio::time::timeout(self.config.login_timeout, self.login(&mut client, peer));
+        let Some((principal, hello)) = login
+            .await
+            .map_err(|_| Error::Authentication("no AUTH within the login timeout".into()))??
+        else {
             return Ok(());
         };
         self.session(client, peer, principal, hello).await

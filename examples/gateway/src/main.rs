@@ -250,7 +250,9 @@ async fn run(cli: Cli) -> Result<ExitCode, BoxError> {
 
 async fn serve(config: Config) -> Result<ExitCode, BoxError> {
     let admin_token = Arc::new(config.secret("admin.token", &config.admin.token)?);
-    let mut builder = Pipeline::builder(config.identity()?, config.policy()?);
+    let policy = config.policy()?;
+    let mut builder =
+        Pipeline::builder(config.identity()?, policy.clone()).budgets(policy.budgets_handle());
     if let Some(m) = config.masking()? {
         builder = builder.masking(m);
     }

@@ -14,7 +14,7 @@
 //!   should restrict the [`ObjectKind::Function`] objects it allows.
 //! - Calls to known dangerous functions raise the class (see `tables.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use wirewarden_core::{Access, Command, CommandClass, ObjectKind, ObjectRef, Protocol};
@@ -80,9 +80,8 @@ impl Statement {
             text,
         )
         .unwrap_or_else(|_| unknown_command(text));
-        for o in &self.objects {
-            cmd.push_object(o.clone());
-        }
+        // Already free of duplicates.
+        cmd.objects.clone_from(&self.objects);
         cmd
     }
 }
@@ -182,9 +181,12 @@ impl Analysis {
             .map_or("EMPTY", |s| verb_or_unknown(&s.verb));
         let mut cmd = Command::new(Protocol::Postgres, verb, class, sql)
             .unwrap_or_else(|_| unknown_command(sql));
+        let mut seen = HashSet::new();
         for s in &self.statements {
             for o in &s.objects {
-                cmd.push_object(o.clone());
+                if seen.insert(o) {
+                    cmd.objects.push(o.clone());
+                }
             }
         }
         cmd
@@ -416,8 +418,14 @@ struct Out {
     class: CommandClass,
     verb: Option<String>,
     objects: Vec<ObjectRef>,
+    /// The same objects, to keep the list free of duplicates in constant time.
+    seen: HashSet<ObjectRef>,
     prepared: Option<PreparedEffect>,
 }
+
+/// A statement naming more distinct objects than this is not understood: the list would
+/// grow with hostile input, and no application statement needs it.
+pub(crate) const MAX_OBJECTS: usize = 1024;
 
 impl Default for Out {
     fn default() -> Self {
@@ -425,6 +433,7 @@ impl Default for Out {
             class: Session,
             verb: None,
             objects: Vec::new(),
+            seen: HashSet::new(),
             prepared: None,
         }
     }
@@ -440,9 +449,20 @@ impl Out {
         }
     }
     fn obj(&mut self, kind: ObjectKind, name: String, access: Access) {
-        let o = ObjectRef::new(kind, name, access);
-        if !self.objects.contains(&o) {
+        self.push(ObjectRef::new(kind, name, access));
+    }
+    fn push(&mut self, o: ObjectRef) {
+        if self.seen.len() >= MAX_OBJECTS {
+            self.raise(Unknown);
+            return;
+        }
+        if self.seen.insert(o.clone()) {
             self.objects.push(o);
+        }
+    }
+    fn extend(&mut self, objects: impl IntoIterator<Item = ObjectRef>) {
+        for o in objects {
+            self.push(o);
         }
     }
 }
@@ -1261,7 +1281,7 @@ fn classify_statement(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth:
                     let mut inner = Out::default();
                     query_statement(toks.get(f.saturating_add(1)..).unwrap_or(&[]), &mut inner);
                     out.raise(inner.class.max_risk(Read));
-                    out.objects.extend(inner.objects);
+                    out.extend(inner.objects);
                 }
                 None => out.raise(Unknown),
             }
@@ -1290,7 +1310,7 @@ fn classify_statement(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth:
                 Some(p) => {
                     out.raise(p.class);
                     out.verb = Some(p.verb.clone());
-                    out.objects.extend(p.objects.iter().cloned());
+                    out.extend(p.objects.iter().cloned());
                 }
                 None => out.raise(Unknown),
             }
@@ -1570,7 +1590,7 @@ fn explain(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth: usize) {
         Read.max_risk(calls.class)
     };
     out.raise(class);
-    out.objects.extend(inner.objects);
+    out.extend(inner.objects);
 }
 
 fn copy(toks: &[Token<'_>], out: &mut Out) {
@@ -1619,7 +1639,7 @@ fn copy(toks: &[Token<'_>], out: &mut Out) {
         return;
     }
     out.raise(inner.class);
-    out.objects.extend(inner.objects);
+    out.extend(inner.objects);
     if let Some(t) = table {
         if from {
             out.raise(Write);
@@ -1812,7 +1832,7 @@ fn create(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth: usize) {
                     let mut inner = Out::default();
                     classify_statement(cl, body, &mut inner, depth.saturating_add(1));
                     out.raise(inner.class);
-                    out.objects.extend(inner.objects);
+                    out.extend(inner.objects);
                 } else {
                     let mut inner = Out::default();
                     match analyze_query(body, &scope, &mut inner) {
@@ -1823,7 +1843,7 @@ fn create(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth: usize) {
                             } else {
                                 out.raise(fn_only_class(body));
                             }
-                            out.objects.extend(inner.objects);
+                            out.extend(inner.objects);
                         }
                         None => out.raise(Unknown),
                     }

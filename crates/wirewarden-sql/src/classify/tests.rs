@@ -632,3 +632,17 @@ fn verbs_of_unknown_statements_are_bounded() {
     assert_eq!(verb(&long), "UNKNOWN");
     assert_eq!(verb("'just a string'"), "UNKNOWN");
 }
+
+#[test]
+fn object_lists_are_bounded() {
+    let calls: Vec<String> = (0..2000).map(|i| format!("f{i}()")).collect();
+    let sql = format!("SELECT {}", calls.join(", "));
+    let s = one(&sql);
+    assert_eq!(s.class, Unknown);
+    assert_eq!(s.objects.len(), MAX_OBJECTS);
+    let fine: Vec<String> = (0..500).map(|i| format!("f{i}()")).collect();
+    let sql = format!("SELECT {}; SELECT {}", fine.join(", "), fine.join(", "));
+    let a = Classifier::new().classify(&sql);
+    assert_eq!(a.class(), Read);
+    assert_eq!(a.to_command(&sql).objects.len(), 500);
+}

@@ -56,11 +56,11 @@ fn tokens() -> StaticTokens {
 }
 
 async fn gateway() -> Gateway {
-    gateway_with(None, |sink| sink).await
+    gateway_with(|_| {}, |sink| sink).await
 }
 
 async fn gateway_with(
-    tls: Option<Arc<rustls::ServerConfig>>,
+    configure: impl FnOnce(&mut RedisTarget),
     wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
 ) -> Gateway {
     let redis = tokio::task::spawn_blocking(|| {
@@ -125,7 +125,7 @@ async fn gateway_with(
         tls: None,
     };
     let mut target = RedisTarget::new(Target::new("cache", Protocol::Redis).unwrap(), upstream);
-    target.tls = tls;
+    configure(&mut target);
     let proxy = RedisProxy::new(pipeline.clone(), target);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -483,7 +483,7 @@ async fn tls_is_terminated_from_the_first_byte() {
     let chain = vec![cert.cert.der().clone()];
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
     let tls = wirewarden::tls::server_config(chain, key).unwrap();
-    let g = gateway_with(Some(tls), |sink| sink).await;
+    let g = gateway_with(|t| t.tls = Some(tls), |sink| sink).await;
     let script = format!(
         "import os, redis\nr = redis.Redis(host='127.0.0.1', port={}, password='tok-agent', ssl=True, ssl_ca_certs='{}', ssl_check_hostname=False, decode_responses=True)\nv = r.get('card')\nassert v.startswith('card ') and '{CARD}' not in v, v\nprint('DONE')\n",
         g.addr.port(),
@@ -571,7 +571,7 @@ impl AuditSink for RefuseIntents {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_intent_cannot_be_recorded_is_refused() {
-    let g = gateway_with(None, |s| Arc::new(RefuseIntents(s))).await;
+    let g = gateway_with(|_| {}, |s| Arc::new(RefuseIntents(s))).await;
     let out = cli(
         g.addr,
         &["-a", "tok-agent"],
@@ -588,4 +588,19 @@ async fn a_command_whose_intent_cannot_be_recorded_is_refused() {
         .await
         .unwrap();
     assert_eq!(direct.trim(), "hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_authenticates_is_disconnected() {
+    use tokio::io::AsyncReadExt;
+    let g = gateway_with(
+        |t| t.login_timeout = Duration::from_millis(300),
+        |sink| sink,
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the gateway closed the idle connection");
+    assert!(got.is_empty());
 }

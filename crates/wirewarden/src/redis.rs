@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wirewarden_core::{
-    AuditEvent, AuditEventKind, Command, CommandId, Decision, Direction, MaskedCounts, ObjectKind,
-    Principal, RuleId, SessionEndReason, SessionId, Target, Timestamp,
+    AuditEvent, AuditEventKind, Command, CommandClass, CommandId, Decision, Direction,
+    MaskedCounts, ObjectKind, Principal, RuleId, SessionEndReason, SessionId, Target, Timestamp,
 };
 use wirewarden_identity::{AuthContext, Credential};
 use wirewarden_mask::Profile;
@@ -671,6 +671,8 @@ struct Pending {
     truncated: bool,
     /// `DISCARD`, `RESET` or a failed `EXEC`: what was queued does not run.
     drops_queue: bool,
+    /// Whether what it returns counts against exfiltration budgets.
+    charged: bool,
 }
 
 enum Verdict {
@@ -775,6 +777,14 @@ impl Relay<'_> {
                 .map_err(Error::upstream_io)?;
             self.up.flush().await.map_err(Error::upstream_io)?;
             self.to_upstream.clear();
+        }
+        // Budgets are charged before the client sees the result, so its next command is
+        // decided against the updated counters.
+        // Session housekeeping (`COMMAND DOCS`, `HELLO`, `PING`) carries no keyspace data.
+        for p in self.completed.iter().filter(|p| p.charged) {
+            self.proxy
+                .pipeline
+                .charge(&self.principal, &self.target, p.elements, p.bytes);
         }
         if !self.to_client.is_empty() {
             self.client.send(&self.to_client).await?;
@@ -978,6 +988,7 @@ impl Relay<'_> {
                     recording: String::new(),
                     truncated: false,
                     drops_queue,
+                    charged: command.class != CommandClass::Session,
                 };
                 if poisoned_exec {
                     p.error = Some("EXECABORT: a queued command was denied".into());

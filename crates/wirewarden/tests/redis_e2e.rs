@@ -50,6 +50,7 @@ fn tokens() -> StaticTokens {
         tokens: vec![
             token("agent", "tok-agent", "agent-1", &["agents"]),
             token("other", "tok-other", "agent-2", &["agents"]),
+            token("budget", "tok-budget", "agent-3", &["agents", "budgeted"]),
         ],
     })
     .unwrap()
@@ -70,6 +71,7 @@ async fn gateway_with(
         r.cli(&["SET", "ssn", &format!("ssn {SSN}")]).unwrap();
         r.cli(&["SET", "secret:api", API_KEY]).unwrap();
         r.cli(&["SET", "plain", "hello"]).unwrap();
+        r.cli(&["RPUSH", "list", "a", "b"]).unwrap();
         // Longer than the profile agrees to process.
         r.cli(&["SET", "big", &format!("{SSN} {}", "x".repeat(2000))])
             .unwrap();
@@ -91,7 +93,7 @@ async fn gateway_with(
         .open()
         .unwrap();
     let policy = format!(
-        "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"deletes-need-ops\"\nverbs = [\"DEL\"]\naction = \"review\"\nreviewers = [\"ops\"]\ntimeout = \"20s\"\n\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n"
+        "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"deletes-need-ops\"\nverbs = [\"DEL\"]\naction = \"review\"\nreviewers = [\"ops\"]\ntimeout = \"20s\"\n\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n\n[[budget]]\nid = \"elements\"\ngroups = [\"budgeted\"]\nmax_rows = 3\nwindow = \"1h\"\n"
     );
     let masks = Engine::builder()
         .profile(
@@ -108,15 +110,14 @@ async fn gateway_with(
         .default_profile("cache")
         .build()
         .unwrap();
+    let engine = Arc::new(RuleEngine::from_toml(&policy).unwrap());
     let pipeline = Arc::new(
-        Pipeline::builder(
-            Arc::new(tokens()),
-            Arc::new(RuleEngine::from_toml(&policy).unwrap()),
-        )
-        .masking(Arc::new(masks))
-        .audit(wrap(Arc::new(sink)))
-        .build()
-        .unwrap(),
+        Pipeline::builder(Arc::new(tokens()), engine.clone())
+            .budgets(engine.budgets_handle())
+            .masking(Arc::new(masks))
+            .audit(wrap(Arc::new(sink)))
+            .build()
+            .unwrap(),
     );
     let upstream = RedisUpstream {
         addr: redis.addr().to_string(),
@@ -603,4 +604,21 @@ async fn a_client_that_never_authenticates_is_disconnected() {
     let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got)).await;
     assert!(read.is_ok(), "the gateway closed the idle connection");
     assert!(got.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exfiltration_budget_stops_the_next_read() {
+    let g = gateway().await;
+    let out = cli(
+        g.addr,
+        &["-a", "tok-budget"],
+        "LRANGE list 0 -1\nLRANGE list 0 -1\nLRANGE list 0 -1\n",
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
+    // 2 elements, then 2 more (4 > 3: the command that crosses completes), then refused.
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_eq!(&lines[..4], ["a", "b", "a", "b"], "{stdout}");
+    assert!(lines[4].contains("budget"), "{stdout}");
 }

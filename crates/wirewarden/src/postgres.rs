@@ -1399,6 +1399,16 @@ impl Relay {
                         withheld: false,
                     }),
                 };
+                if rd.is_none() {
+                    // Rows whose shape was never described cannot be checked against column
+                    // rules: fail closed rather than mask by content alone.
+                    withhold(
+                        st,
+                        pending,
+                        "the shape of the result is unknown (no Describe)",
+                    )?;
+                    return Ok(());
+                }
                 let start = st.out.len();
                 let plans = st.plans.as_ref().map(|(_, p)| p.as_slice());
                 match outbound::mask_row(

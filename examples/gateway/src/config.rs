@@ -20,6 +20,7 @@ use wirewarden::policy::RuleEngine;
 use wirewarden::postgres::{
     PostgresTarget, ScramUser, Secret, ServerTls, UpstreamConfig, UpstreamTls,
 };
+use wirewarden::redis::{RedisTarget, RedisUpstream};
 
 /// A configuration problem, with where it was found.
 #[derive(Debug)]
@@ -45,7 +46,7 @@ fn err(file: &Path, what: impl std::fmt::Display) -> ConfigError {
 pub(crate) struct Config {
     pub(crate) admin: AdminConfig,
     pub(crate) identity: IdentityConfig,
-    pub(crate) policy: FileRef,
+    pub(crate) policy: PolicyConfig,
     #[serde(default)]
     pub(crate) masking: Option<FileRef>,
     pub(crate) audit: AuditConfig,
@@ -91,6 +92,20 @@ pub(crate) struct FileRef {
     pub(crate) file: PathBuf,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PolicyConfig {
+    pub(crate) file: PathBuf,
+    /// Put the built-in Redis deny rules (scripting, admin, keyspace-wide commands) before
+    /// the file's rules. Default: true.
+    #[serde(default = "yes")]
+    pub(crate) redis_defaults: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum DurabilityConfig {
@@ -128,8 +143,12 @@ pub(crate) struct TargetConfig {
     pub(crate) protocol: String,
     pub(crate) listen: SocketAddr,
     pub(crate) upstream: String,
-    pub(crate) database: String,
-    pub(crate) user: String,
+    /// The PostgreSQL database (required for `postgres` targets).
+    #[serde(default)]
+    pub(crate) database: Option<String>,
+    /// The upstream login (for Redis: the ACL user; absent for `requirepass`).
+    #[serde(default)]
+    pub(crate) user: Option<String>,
     pub(crate) password: SecretRef,
     #[serde(default)]
     pub(crate) upstream_tls: Option<UpstreamTlsConfig>,
@@ -176,11 +195,20 @@ impl Config {
             if !names.insert(&t.name) {
                 return Err(self.error(format!("target {:?} is defined twice", t.name)));
             }
-            if t.protocol != "postgres" {
-                return Err(self.error(format!(
-                    "target {:?}: protocol {:?} is not served by this gateway yet (supported: postgres)",
-                    t.name, t.protocol
-                )));
+            match t.protocol.as_str() {
+                "postgres" if t.database.is_none() || t.user.is_none() => {
+                    return Err(self.error(format!(
+                        "target {:?}: a postgres target needs database and user",
+                        t.name
+                    )));
+                }
+                "postgres" | "redis" => {}
+                other => {
+                    return Err(self.error(format!(
+                        "target {:?}: protocol {other:?} is not served by this gateway (supported: postgres, redis)",
+                        t.name
+                    )));
+                }
             }
             if t.tls_cert.is_some() != t.tls_key.is_some() {
                 return Err(self.error(format!(
@@ -243,7 +271,10 @@ impl Config {
     }
 
     pub(crate) fn policy(&self) -> Result<Arc<RuleEngine>> {
-        let text = self.read("policy.file", &self.policy.file)?;
+        let mut text = self.read("policy.file", &self.policy.file)?;
+        if self.policy.redis_defaults {
+            text = format!("{}\n{text}", wirewarden::redis::DEFAULT_REDIS_POLICY);
+        }
         RuleEngine::from_toml(&text)
             .map(Arc::new)
             .map_err(|e| err(&self.resolve(&self.policy.file), e))
@@ -314,16 +345,17 @@ impl Config {
                 })
             }
         };
+        let database = t.database.clone().unwrap_or_default();
         let upstream = UpstreamConfig {
             addr: t.upstream.clone(),
-            user: t.user.clone(),
+            user: t.user.clone().unwrap_or_default(),
             password: Secret::new(password),
-            database: t.database.clone(),
+            database: database.clone(),
             tls: upstream_tls,
         };
         let target = Target::new(t.name.clone(), Protocol::Postgres)
             .map_err(|e| self.error(format!("{what}: {e}")))?
-            .with_database(t.database.clone());
+            .with_database(database);
         let mut pt = PostgresTarget::new(target, upstream);
         if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
             let chain = wirewarden::tls::load_certs(&self.resolve(cert))
@@ -352,6 +384,35 @@ impl Config {
             );
         }
         Ok(pt)
+    }
+}
+
+impl Config {
+    pub(crate) fn redis_target(&self, t: &TargetConfig) -> Result<RedisTarget> {
+        let what = format!("target {:?}", t.name);
+        let password = self.secret(&format!("{what} password"), &t.password)?;
+        let upstream = RedisUpstream {
+            addr: t.upstream.clone(),
+            user: t.user.clone(),
+            password: Secret::new(password),
+            tls: None,
+        };
+        let target = Target::new(t.name.clone(), Protocol::Redis)
+            .map_err(|e| self.error(format!("{what}: {e}")))?;
+        let mut rt = RedisTarget::new(target, upstream);
+        if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
+            let chain = wirewarden::tls::load_certs(&self.resolve(cert))
+                .map_err(|e| self.error(format!("{what}: {e}")))?;
+            let key_pem = std::fs::read(self.resolve(key))
+                .map_err(|e| self.error(format!("{what}: tls_key: {e}")))?;
+            let key = wirewarden::tls::key_from_pem(&key_pem)
+                .map_err(|e| self.error(format!("{what}: {e}")))?;
+            rt.tls = Some(
+                wirewarden::tls::server_config(chain, key)
+                    .map_err(|e| self.error(format!("{what}: {e}")))?,
+            );
+        }
+        Ok(rt)
     }
 }
 

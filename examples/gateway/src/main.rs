@@ -19,6 +19,7 @@ use wirewarden::audit::{LogReader, OcsfExporter, Transcript, to_json_line, verif
 use wirewarden::core::{CommandClass, SessionId};
 use wirewarden::identity::StaticTokens;
 use wirewarden::postgres::PostgresProxy;
+use wirewarden::redis::RedisProxy;
 
 use crate::config::Config;
 
@@ -263,22 +264,32 @@ async fn serve(config: Config) -> Result<ExitCode, BoxError> {
 
     let mut tasks = Vec::new();
     for t in &config.targets {
-        let target = config.postgres_target(t)?;
         let listener = tokio::net::TcpListener::bind(t.listen)
             .await
             .map_err(|e| config.error(format!("target {:?}: listen {}: {e}", t.name, t.listen)))?;
         eprintln!(
-            "wirewarden-gateway: target {} (postgres) on {} -> {}",
+            "wirewarden-gateway: target {} ({}) on {} -> {}",
             t.name,
+            t.protocol,
             listener.local_addr()?,
             t.upstream
         );
-        let proxy = PostgresProxy::new(pipeline.clone(), target);
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = proxy.listen(listener).await {
-                eprintln!("wirewarden-gateway: listener stopped: {e}");
-            }
-        }));
+        let task = if t.protocol == "redis" {
+            let proxy = RedisProxy::new(pipeline.clone(), config.redis_target(t)?);
+            tokio::spawn(async move {
+                if let Err(e) = proxy.listen(listener).await {
+                    eprintln!("wirewarden-gateway: listener stopped: {e}");
+                }
+            })
+        } else {
+            let proxy = PostgresProxy::new(pipeline.clone(), config.postgres_target(t)?);
+            tokio::spawn(async move {
+                if let Err(e) = proxy.listen(listener).await {
+                    eprintln!("wirewarden-gateway: listener stopped: {e}");
+                }
+            })
+        };
+        tasks.push(task);
     }
     let admin = tokio::net::TcpListener::bind(config.admin.listen)
         .await

@@ -54,13 +54,33 @@ INSERT INTO customers VALUES
 CREATE TABLE notes (id serial PRIMARY KEY, customer int REFERENCES customers, body text);
 SQL
 
+step "starting a throwaway Redis with cached sessions"
+REDIS_PORT=$(free_port)
+REDIS_UPSTREAM_PASSWORD=$(secret)
+mkdir -p "$work/redis"
+cat >"$work/redis/redis.conf" <<CONF
+bind 127.0.0.1
+port $REDIS_PORT
+save ""
+appendonly no
+dir $work/redis
+user default on >$(secret) ~* &* +@all
+user wirewarden on >$REDIS_UPSTREAM_PASSWORD ~* &* +@all
+CONF
+redis-server "$work/redis/redis.conf" >"$work/redis/log" 2>&1 &
+REDIS_PID=$!
+redis_admin() { redis-cli -p "$REDIS_PORT" --user wirewarden --pass "$REDIS_UPSTREAM_PASSWORD" --no-auth-warning "$@"; }
+for _ in $(seq 100); do redis_admin PING >/dev/null 2>&1 && break; sleep 0.1; done
+redis_admin SET session:1001 '{"customer": 1, "email": "ada@example.com", "card": "4111 1111 1111 1111", "cart": 3}' >/dev/null
+redis_admin SET session:1002 '{"customer": 2, "email": "alan@example.org", "card": "5500 0000 0000 0004", "cart": 1}' >/dev/null
+
 step "writing the gateway's configuration"
 cfg="$work/gw"
 mkdir -p "$cfg"
 printf 'k1 %s\n' "$(secret)" >"$cfg/chain.key"
 secret >"$cfg/signing.key"
 : >"$cfg/tokens.toml"
-GW_PORT=$(free_port) ADMIN_PORT=$(free_port)
+GW_PORT=$(free_port) GW_REDIS_PORT=$(free_port) ADMIN_PORT=$(free_port)
 cat >"$cfg/gateway.toml" <<TOML
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
@@ -90,6 +110,14 @@ database = "crm"
 user = "wirewarden"
 password = { env = "CRM_PASSWORD" }
 allow_plaintext_password = true   # loopback demo only: real deployments set tls_cert/tls_key
+
+[[target]]
+name = "sessions"
+protocol = "redis"
+listen = "127.0.0.1:$GW_REDIS_PORT"
+upstream = "127.0.0.1:$REDIS_PORT"
+user = "wirewarden"
+password = { env = "REDIS_PASSWORD" }
 TOML
 cat >"$cfg/policy.toml" <<'TOML'
 [[rule]]
@@ -121,7 +149,7 @@ default_profile = "support"
 name = "support"
 strategies = { card_number = { kind = "partial", keep_last = 4 }, email = "tokenize" }
 TOML
-export WIREWARDEN_ADMIN_TOKEN=$(secret) CRM_PASSWORD="$UPSTREAM_PASSWORD"
+export WIREWARDEN_ADMIN_TOKEN=$(secret) CRM_PASSWORD="$UPSTREAM_PASSWORD" REDIS_PASSWORD="$REDIS_UPSTREAM_PASSWORD"
 issued=$("$GW" -c "$cfg/gateway.toml" token issue --id support-agent --subject support-agent --group support)
 AGENT_TOKEN=$(printf '%s\n' "$issued" | head -n 1 | awk '{print $NF}')
 printf '%s\n' "$issued" | tail -n +2 >"$cfg/tokens.toml"
@@ -130,7 +158,9 @@ note "issued a token for support-agent; tokens.toml stores only its hash"
 step "starting the gateway"
 "$GW" -c "$cfg/gateway.toml" serve 2>"$work/gateway.log" &
 GW_PID=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$GW_PORT") 2>/dev/null && break; sleep 0.1; done
+for port in "$GW_PORT" "$GW_REDIS_PORT" "$ADMIN_PORT"; do
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
 agent_psql() { PGPASSWORD="$AGENT_TOKEN" PGSSLMODE=disable psql -X -h 127.0.0.1 -p "$GW_PORT" -U support-agent -d crm "$@"; }
 
 say "1. The agent reads customers through the gateway. It logs in with its own token; the"
@@ -159,11 +189,21 @@ run "$GW" -c "$cfg/gateway.toml" review approve "$review" --as dba-alice --group
 wait "$writer" || true
 cat "$work/held.out"
 
-say "4. An AI agent built with the OpenAI Agents SDK (offline, scripted model) uses the same"
-say "   gateway. Each tool call tells the gateway its run and tool-call id."
-run python3 examples/agents/agent.py --pg-port "$GW_PORT" --pg-database crm --sslmode disable --pg-token "$AGENT_TOKEN"
+agent_redis() { redis-cli -p "$GW_REDIS_PORT" --user support-agent --pass "$AGENT_TOKEN" --no-auth-warning "$@"; }
+say "4. The agent reads a cached session from Redis through the gateway: masked too. Commands"
+say "   that reach beyond the keys they name, or administer the server, are refused in order."
+run agent_redis GET session:1001
+run agent_redis CONFIG GET maxmemory || true
+run agent_redis KEYS '*' || true
+note "directly, for comparison:"
+redis_admin GET session:1001
 
-say "5. The audit trail: every session, decision and outcome, hash-chained and signed."
+say "5. An AI agent built with the OpenAI Agents SDK (offline, scripted model) uses the same"
+say "   gateway for both. Each tool call tells the gateway its run and tool-call id."
+run python3 examples/agents/agent.py --pg-port "$GW_PORT" --pg-database crm --sslmode disable \
+  --pg-token "$AGENT_TOKEN" --redis-port "$GW_REDIS_PORT" --redis-token "$AGENT_TOKEN"
+
+say "6. The audit trail: every session, decision and outcome, hash-chained and signed."
 run "$GW" -c "$cfg/gateway.toml" audit verify
 session=$("$GW" -c "$cfg/gateway.toml" audit export --format jsonl | python3 -c '
 import json, sys

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod listen;
 mod metrics;
 mod pipeline;
 pub mod postgres;

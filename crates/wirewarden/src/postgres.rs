@@ -279,19 +279,19 @@ impl PostgresProxy {
         &self.config.target
     }
 
-    /// Accepts connections from `listener` until it fails, serving each on its own task.
+    /// Accepts connections from `listener`, serving each on its own task. Accept errors are
+    /// retried after a short pause; the loop runs until the task is dropped.
     ///
     /// # Errors
-    /// When accepting fails.
+    /// None today; the `Result` leaves room for listeners that can fail for good.
     pub async fn listen(self, listener: tokio::net::TcpListener) -> Result<()> {
-        loop {
-            let (stream, peer) = listener.accept().await.map_err(Error::client_io)?;
-            let _ = stream.set_nodelay(true);
+        crate::listen::accept_loop(listener, move |stream, peer| {
             let proxy = self.clone();
-            tokio::spawn(async move {
+            async move {
                 let _ = proxy.serve(stream, Some(peer)).await;
-            });
-        }
+            }
+        })
+        .await
     }
 
     /// Serves one client connection to completion.

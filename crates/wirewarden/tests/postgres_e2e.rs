@@ -92,6 +92,15 @@ async fn gateway_with(
     identity: Arc<dyn IdentityProvider>,
     wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
 ) -> Gateway {
+    gateway_with_policy(tls, identity, wrap, POLICY).await
+}
+
+async fn gateway_with_policy(
+    tls: Option<ServerTls>,
+    identity: Arc<dyn IdentityProvider>,
+    wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
+    policy: &str,
+) -> Gateway {
     let pg = tokio::task::spawn_blocking(|| Postgres::builder().seed_sql(SEED).start().unwrap())
         .await
         .unwrap();
@@ -106,8 +115,10 @@ async fn gateway_with(
         .durability(Durability::Fsync)
         .open()
         .unwrap();
+    let engine = Arc::new(RuleEngine::from_toml(policy).unwrap());
     let pipeline = Arc::new(
-        Pipeline::builder(identity, Arc::new(RuleEngine::from_toml(POLICY).unwrap()))
+        Pipeline::builder(identity, engine.clone())
+            .budgets(engine.budgets_handle())
             .audit(wrap(Arc::new(sink)))
             .build()
             .unwrap(),
@@ -777,40 +788,11 @@ async fn jwt_from_a_real_provider_and_wrong_audience() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exfiltration_budget_stops_the_next_read() {
-    let pg = tokio::task::spawn_blocking(|| Postgres::builder().seed_sql(SEED).start().unwrap())
-        .await
-        .unwrap();
     let policy = format!(
         "{POLICY}\n[[budget]]\nid = \"rows\"\ngroups = [\"analysts\"]\nmax_rows = 3\nwindow = \"1h\"\n"
     );
-    let engine = Arc::new(RuleEngine::from_toml(&policy).unwrap());
-    let audit_dir = tempfile::tempdir().unwrap();
-    let sink = FileSink::builder(
-        audit_dir.path(),
-        ChainKey::generate("k1").unwrap(),
-        CheckpointSigner::generate().unwrap(),
-    )
-    .open()
-    .unwrap();
-    let pipeline = Arc::new(
-        Pipeline::builder(Arc::new(tokens()), engine.clone())
-            .budgets(engine.budgets_handle())
-            .audit(Arc::new(sink))
-            .build()
-            .unwrap(),
-    );
-    let upstream = UpstreamConfig {
-        addr: pg.addr().to_string(),
-        user: pg.user().to_owned(),
-        password: Secret::new(pg.password()),
-        database: pg.database().to_owned(),
-        tls: None,
-    };
-    let mut target = PostgresTarget::new(Target::new("crm", Protocol::Postgres).unwrap(), upstream);
-    target.allow_plaintext_password = true;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(PostgresProxy::new(pipeline, target).listen(listener));
+    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, &policy).await;
+    let addr = g.addr;
     let out = psql(
         addr,
         "tok-analyst",

@@ -3,6 +3,8 @@
 //! Each test starts its own PostgreSQL (wirewarden-testkit), its own audit directory and its
 //! own proxy on a loopback port, so they run in parallel.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -635,32 +637,12 @@ async fn a_value_that_cannot_be_masked_is_withheld() {
     assert!(stdout.contains("next"), "{stdout}");
 }
 
-/// A sink that refuses intents: the pipeline must refuse the statements.
-#[derive(Debug)]
-struct RefuseIntents(Arc<dyn AuditSink>);
-
-#[async_trait::async_trait]
-impl AuditSink for RefuseIntents {
-    async fn append(
-        &self,
-        event: &wirewarden::core::AuditEvent,
-    ) -> Result<wirewarden::audit::Appended, wirewarden::core::BoxError> {
-        if matches!(event.kind, AuditEventKind::CommandDecided { .. }) {
-            return Err("disk full".into());
-        }
-        self.0.append(event).await
-    }
-    async fn flush(&self) -> Result<(), wirewarden::core::BoxError> {
-        self.0.flush().await
-    }
-    fn durability(&self) -> Durability {
-        Durability::Fsync
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intent_that_cannot_be_recorded_refuses_the_statement() {
-    let g = gateway_with(None, Arc::new(tokens()), |s| Arc::new(RefuseIntents(s))).await;
+    let g = gateway_with(None, Arc::new(tokens()), |s| {
+        Arc::new(support::RefuseIntents(s))
+    })
+    .await;
     let out = psql(
         g.addr,
         "tok-analyst",

@@ -4,6 +4,8 @@
 //! Each test starts its own redis-server (wirewarden-testkit), its own audit directory and
 //! its own proxy on a loopback port, so they run in parallel.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
@@ -547,32 +549,9 @@ async fn malformed_requests_get_a_protocol_error() {
     );
 }
 
-/// A sink that refuses intents: the proxy must refuse the commands.
-#[derive(Debug)]
-struct RefuseIntents(Arc<dyn AuditSink>);
-
-#[async_trait::async_trait]
-impl AuditSink for RefuseIntents {
-    async fn append(
-        &self,
-        event: &wirewarden::core::AuditEvent,
-    ) -> Result<wirewarden::audit::Appended, wirewarden::core::BoxError> {
-        if matches!(event.kind, AuditEventKind::CommandDecided { .. }) {
-            return Err("disk full".into());
-        }
-        self.0.append(event).await
-    }
-    async fn flush(&self) -> Result<(), wirewarden::core::BoxError> {
-        self.0.flush().await
-    }
-    fn durability(&self) -> Durability {
-        Durability::Fsync
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_intent_cannot_be_recorded_is_refused() {
-    let g = gateway_with(|_| {}, |s| Arc::new(RefuseIntents(s))).await;
+    let g = gateway_with(|_| {}, |s| Arc::new(support::RefuseIntents(s))).await;
     let out = cli(
         g.addr,
         &["-a", "tok-agent"],

@@ -586,9 +586,9 @@ async fn psql_through_relay_with_scram() {
         !ok && err.contains("password authentication failed"),
         "{err}"
     );
-    assert_eq!(relay.shared.auth_failures.load(Ordering::SeqCst), 1);
-
+    // The session counts the failure after its reply is written, so wait for it to end.
     assert_eq!(relay.finish().await, Vec::<String>::new());
+    assert_eq!(relay.shared.auth_failures.load(Ordering::SeqCst), 1);
     assert_eq!(relay.shared.masked.load(Ordering::SeqCst), 2);
     // The upstream saw the relay's own user, not the client's credential.
     assert_eq!(pg.psql("SELECT count(*) FROM sink").unwrap().trim(), "2");

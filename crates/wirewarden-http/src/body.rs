@@ -1,0 +1,1 @@
+//! Response body masking: see the crate documentation.

@@ -1,0 +1,1 @@
+//! Content codings (gzip, deflate, brotli) with size and ratio caps.

@@ -1,0 +1,1 @@
+//! The inspection layer: strict checks, route → command, the gate, masked responses.

@@ -1,0 +1,1 @@
+//! Strict request checks against request smuggling; hop-by-hop header removal.

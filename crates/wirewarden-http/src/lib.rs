@@ -25,6 +25,6 @@ mod rejection;
 pub mod route;
 pub mod strict;
 
-pub use gate::{Admission, Forward, Gate, Outcome, Verdict};
+pub use gate::{Admission, Forward, Gate, OnComplete, Outcome, Verdict};
 pub use rejection::Rejection;
 

@@ -23,8 +23,12 @@ mod gate;
 pub mod inspect;
 mod rejection;
 pub mod route;
+pub mod server;
 pub mod strict;
+pub mod upstream;
 
 pub use gate::{Admission, Forward, Gate, OnComplete, Outcome, Verdict};
 pub use rejection::Rejection;
 
+#[doc(hidden)]
+pub mod fuzzing;

@@ -1,0 +1,1 @@
+//! Entry points for the fuzz targets (not part of the stable API).

@@ -1,0 +1,1 @@
+//! The upstream client: one origin, pooled connections, never reused after a protocol error.

@@ -45,10 +45,9 @@ async fn desync_server(
                     heads.lock().unwrap().push(head);
                     let reply = if first {
                         first = false;
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
-                             HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
-                        )
+                        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
+                         HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+                            .to_owned()
                     } else {
                         let body = format!("conn-{n}");
                         format!(

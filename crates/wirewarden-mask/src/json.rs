@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use wirewarden_core::MaskedCounts;
 
-use crate::profile::{Edit, Profile};
+use crate::profile::{Edit, FieldRule, Profile};
 use crate::rules::PathElem;
 use crate::strategy::{ValueType, json_string, mask_whole};
 use crate::{Error, Result};
@@ -48,6 +48,79 @@ pub(crate) fn mask(
     out.push_str(text.get(last..).unwrap_or_default());
     Ok(Edit::Changed(out))
 }
+
+// === per-value masking, shared with the streaming masker ===
+//
+// Each returns the JSON text that replaces the token, or `None` when the token stays as it
+// is; both maskers call these so that a document masked whole and the same document masked
+// chunk by chunk come out byte for byte the same.
+
+/// A member name, by content only: never unpacked as JSON, and never `null` (a member name
+/// cannot be).
+pub(crate) fn mask_member_name(
+    p: &Profile,
+    s: &str,
+    counts: &mut MaskedCounts,
+) -> Result<Option<String>> {
+    Ok(match p.spans(s.as_bytes(), counts)? {
+        Edit::Unchanged => None,
+        Edit::Null => Some(json_string("[REDACTED]")),
+        Edit::Changed(b) => Some(json_string(&String::from_utf8_lossy(&b))),
+    })
+}
+
+/// A string value (decoded), by content; JSON inside it is unpacked up to the profile's
+/// limit, `nested` counting the levels around it.
+pub(crate) fn mask_string(
+    p: &Profile,
+    s: &str,
+    nested: usize,
+    counts: &mut MaskedCounts,
+) -> Result<Option<String>> {
+    Ok(match p.text(s, nested, counts)? {
+        Edit::Unchanged => None,
+        Edit::Null => Some("null".to_owned()),
+        Edit::Changed(m) => Some(json_string(&m)),
+    })
+}
+
+/// A number token (its raw text), by content: a card number can be written as a number.
+/// A masked number becomes a string, since its masked form is rarely a number.
+pub(crate) fn mask_number(
+    p: &Profile,
+    raw: &[u8],
+    counts: &mut MaskedCounts,
+) -> Result<Option<String>> {
+    Ok(match p.spans(raw, counts)? {
+        Edit::Unchanged => None,
+        Edit::Null => Some("null".to_owned()),
+        Edit::Changed(m) => Some(json_string(&String::from_utf8_lossy(&m))),
+    })
+}
+
+/// A value that the JSON-path rule `rule` masks as a whole: `content` is the decoded text of
+/// a string, the raw text of anything else (an object or array included).
+pub(crate) fn mask_ruled(
+    p: &Profile,
+    rule: &FieldRule,
+    content: &[u8],
+    counts: &mut MaskedCounts,
+) -> Result<String> {
+    counts.add(&rule.entity, 1);
+    let out = mask_whole(
+        &rule.strategy,
+        p.key(),
+        &rule.entity,
+        ValueType::Text,
+        content,
+    )?;
+    Ok(match out {
+        None => "null".to_owned(),
+        Some(b) => json_string(&String::from_utf8_lossy(&b)),
+    })
+}
+
+// === impl Walker ===
 
 struct Walker<'t, 'p, 'c> {
     p: &'p Profile,
@@ -107,18 +180,7 @@ impl<'t> Walker<'t, '_, '_> {
                 Some(c) => Cow::Borrowed(c.as_ref()),
                 None => String::from_utf8_lossy(self.b.get(start..self.i).unwrap_or_default()),
             };
-            self.counts.add(&rule.entity, 1);
-            let out = mask_whole(
-                &rule.strategy,
-                self.p.key(),
-                &rule.entity,
-                ValueType::Text,
-                raw.as_bytes(),
-            )?;
-            let repl = match out {
-                None => "null".to_owned(),
-                Some(b) => json_string(&String::from_utf8_lossy(&b)),
-            };
+            let repl = mask_ruled(self.p, &rule, raw.as_bytes(), self.counts)?;
             self.edits.push((start, self.i, repl));
         }
         Ok(())
@@ -201,14 +263,8 @@ impl<'t> Walker<'t, '_, '_> {
                 self.number()?;
                 if self.suppress == 0 {
                     let raw = self.b.get(start..self.i).unwrap_or_default();
-                    match self.p.spans(raw, self.counts)? {
-                        Edit::Unchanged => {}
-                        Edit::Null => self.edits.push((start, self.i, "null".to_owned())),
-                        Edit::Changed(m) => self.edits.push((
-                            start,
-                            self.i,
-                            json_string(&String::from_utf8_lossy(&m)),
-                        )),
+                    if let Some(m) = mask_number(self.p, raw, self.counts)? {
+                        self.edits.push((start, self.i, m));
                     }
                 }
                 Ok(None)
@@ -228,20 +284,13 @@ impl<'t> Walker<'t, '_, '_> {
 
     /// Masks the decoded string `s` (the token `start..end`) by content.
     fn content(&mut self, start: usize, end: usize, s: &str, key: bool) -> Result<()> {
-        let edit = if key {
-            self.p.spans(s.as_bytes(), self.counts).map(|e| match e {
-                Edit::Unchanged => Edit::Unchanged,
-                // A member name cannot be null.
-                Edit::Null => Edit::Changed("[REDACTED]".to_owned()),
-                Edit::Changed(b) => Edit::Changed(String::from_utf8_lossy(&b).into_owned()),
-            })?
+        let repl = if key {
+            mask_member_name(self.p, s, self.counts)?
         } else {
-            self.p.text(s, self.nested, self.counts)?
+            mask_string(self.p, s, self.nested, self.counts)?
         };
-        match edit {
-            Edit::Unchanged => {}
-            Edit::Null => self.edits.push((start, end, "null".to_owned())),
-            Edit::Changed(m) => self.edits.push((start, end, json_string(&m))),
+        if let Some(m) = repl {
+            self.edits.push((start, end, m));
         }
         Ok(())
     }

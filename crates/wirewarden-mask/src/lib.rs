@@ -9,6 +9,7 @@ mod json;
 mod profile;
 mod rules;
 mod strategy;
+mod stream;
 mod unicode;
 
 pub use custom::{CustomDetector, Pattern, Validator};
@@ -18,6 +19,7 @@ pub use error::{Error, Result};
 pub use profile::{FieldRule, Limits, Profile, ProfileBuilder};
 pub use rules::{Field, Glob, JsonPath, Selector};
 pub use strategy::{MaskKey, Strategy, ValueType};
+pub use stream::JsonStream;
 pub use wirewarden_core::MaskedCounts;
 
 #[doc(hidden)]

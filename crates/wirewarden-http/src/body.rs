@@ -1,1 +1,976 @@
-//! Response body masking: see the crate documentation.
+//! Response masking for masked routes: the request is prepared so that the upstream can only
+//! answer in a form this module can mask ([`prepare_request`]), the response head is masked
+//! and checked ([`mask_response_head`]), and the body is masked while it streams
+//! ([`BodyMasker`], [`MaskedBody`]).
+//!
+//! Nothing passes unmasked because of its shape. A body is decoded whatever its content
+//! coding (gzip, deflate, brotli, under size and ratio caps), masked by its media type, and
+//! re-encoded in the same coding; a coding, media type or charset this module cannot mask is
+//! refused with `502 unmaskable_response` before anything is sent, and so are partial
+//! content, protocol upgrades and tunnels. Failures after the head was sent (invalid JSON, a
+//! decompression bomb, a text body over its limit) end the body with an error: the client
+//! sees a truncated or reset response, never clear data.
+//!
+//! | media type | masking |
+//! |---|---|
+//! | `application/json`, `application/*+json` | streaming, one document ([`JsonStream::new`]) |
+//! | `application/x-ndjson`, `application/ndjson`, `application/jsonl`, `application/x-jsonlines` | streaming, a sequence of documents ([`JsonStream::sequence`]) |
+//! | `text/*`, `application/xml`, `application/*+xml`, `application/x-www-form-urlencoded`, `application/javascript` | buffered whole up to [`BodyLimits::max_text_body`], then [`Profile::mask_text`] |
+//! | anything else, or no `Content-Type` on a response with a body | refused |
+//!
+//! JSON must be UTF-8 (RFC 8259), so a JSON type with another charset is refused. Text is
+//! masked as UTF-8 unless it declares `iso-8859-1`, `latin1` or `windows-1252`, which are
+//! masked as bytes (their digits, `@` and letters are ASCII); any other charset is refused,
+//! since a detector would not recognise its digits (UTF-16, say).
+//!
+//! Trailers are masked like headers. `application/json-seq` (RFC 7464) is refused: its
+//! record separators are not JSON whitespace.
+
+use std::borrow::Cow;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use wirewarden_core::{BoxError, MaskedCounts};
+use wirewarden_mask::{Field, JsonStream, Profile, ValueType};
+
+use crate::Rejection;
+use crate::encoding::{Coding, CodingError, DecodeLimits, Decoder, Encoder};
+
+/// Limits on masking one response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Most bytes a compressed body may decode to.
+    pub max_decoded_bytes: u64,
+    /// Most decoded bytes per compressed byte, once `ratio_floor` bytes were decoded.
+    pub max_ratio: u64,
+    /// Decoded size below which the ratio is not checked.
+    pub ratio_floor: u64,
+    /// Largest text body (`text/*`, XML, forms, JavaScript), which is masked whole.
+    pub max_text_body: usize,
+}
+
+impl Default for BodyLimits {
+    /// 256 MiB decoded, a ratio of 100 after the first MiB, text bodies up to 8 MiB.
+    fn default() -> Self {
+        let d = DecodeLimits::default();
+        Self {
+            max_decoded_bytes: d.max_decoded_bytes,
+            max_ratio: d.max_ratio,
+            ratio_floor: d.ratio_floor,
+            max_text_body: 8 << 20,
+        }
+    }
+}
+
+impl BodyLimits {
+    fn decode(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_decoded_bytes: self.max_decoded_bytes,
+            max_ratio: self.max_ratio,
+            ratio_floor: self.ratio_floor,
+        }
+    }
+}
+
+/// Why a body stopped. Whatever was sent before it was masked; the rest never leaves.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The body could not be decoded (corrupt, truncated, a decompression bomb) or
+    /// re-encoded.
+    #[error(transparent)]
+    Coding(#[from] CodingError),
+    /// The masker refused the content (invalid JSON, invalid UTF-8, a value too large …).
+    #[error("body cannot be masked: {0}")]
+    Mask(#[from] wirewarden_mask::Error),
+    /// A text body, which is masked whole, is larger than allowed.
+    #[error("text body exceeds {limit} bytes")]
+    TextTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The upstream body failed.
+    #[error("upstream body failed: {0}")]
+    Upstream(#[source] BoxError),
+    /// The masker was used after it failed or finished.
+    #[error("body masker used after its end")]
+    Finished,
+}
+
+/// How a body ended, handed to the `done` callback of [`MaskedBody`] and [`CountingBody`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BodyReport {
+    /// Body bytes received from the upstream (as sent, before decoding).
+    pub bytes_in: u64,
+    /// Body bytes passed on to the client (as sent, after re-encoding).
+    pub bytes_out: u64,
+    /// What masking replaced in the body, by entity (header masking is counted by
+    /// [`mask_response_head`]).
+    pub masked: MaskedCounts,
+    /// Why the body did not end normally: an error, or the body being dropped before its
+    /// end (the client went away).
+    pub error: Option<String>,
+}
+
+// === request ===
+
+/// Prepares a request to a masked route.
+///
+/// Range requests are refused with `400 range_not_supported`: a part of a representation
+/// cannot be masked (a card number may straddle the boundary, a compressed body cannot be
+/// decoded from the middle), and answering the full body instead would surprise a client
+/// that asked for a part. 400 rather than 416, because download tools read 416 as "you
+/// already have all of it". `If-Range` is refused with it, as it only means something with
+/// `Range`.
+///
+/// `Accept-Encoding` is narrowed to the codings this module decodes and re-encodes and that
+/// the client accepts ([`narrow_accept_encoding`](crate::encoding::narrow_accept_encoding)),
+/// so the coding the upstream picks is one both sides handle.
+///
+/// # Errors
+/// The rejection to send when the request carries `Range` or `If-Range`.
+pub fn prepare_request(parts: &mut http::request::Parts) -> Result<(), Rejection> {
+    let h = &mut parts.headers;
+    if h.contains_key(header::RANGE) || h.contains_key(header::IF_RANGE) {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "range_not_supported",
+            "range requests are not supported on a masked route",
+        ));
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in h.get_all(header::ACCEPT_ENCODING) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    let client = HeaderValue::from_bytes(&joined).ok();
+    let narrowed = crate::encoding::narrow_accept_encoding(client.as_ref());
+    h.insert(header::ACCEPT_ENCODING, narrowed);
+    Ok(())
+}
+
+// === response head ===
+
+/// Headers that describe the exact bytes of the upstream's body, which masking changes.
+const BODY_DIGESTS: [&str; 5] = [
+    "content-length",
+    "content-md5",
+    "digest",
+    "content-digest",
+    "repr-digest",
+];
+
+/// Headers whose values are framing this module reads and checks, never free text.
+const STRUCTURAL: [HeaderName; 3] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+];
+
+fn unmaskable(message: impl Into<String>) -> Rejection {
+    Rejection::new(StatusCode::BAD_GATEWAY, "unmaskable_response", message)
+}
+
+/// Prepares the response of a masked route.
+///
+/// Header values are masked in place by `profile` (field rules for
+/// [`Field::Header`]`(name)`, then content); a value that cannot be masked, or whose masked
+/// form is not a valid header value, is removed. `Content-Type` is masked by content only,
+/// so that a rule on all headers does not make the body unreadable; `Content-Length`,
+/// `Content-Encoding` and `Transfer-Encoding` are checked instead of masked. Counts go to
+/// `counts`.
+///
+/// As the body may change, `Content-Length`, `Content-MD5`, `Digest`, `Content-Digest`,
+/// `Repr-Digest` and `Accept-Ranges` are removed and a strong `ETag` is made weak (the
+/// masked body is semantically, not byte for byte, the upstream's). This is done for
+/// responses without a body too, so that `HEAD` and `304` agree with `GET`.
+///
+/// Returns the body masker, or `None` when the response has no body: `HEAD`, `1xx`, `204`,
+/// `304`, or `Content-Length: 0`.
+///
+/// # Errors
+/// `502 unmaskable_response` for `206 Partial Content`, `101 Switching Protocols` and a
+/// successful `CONNECT` (what follows is not an HTTP body), a content coding that is unknown
+/// or stacked, and a media type or charset this module cannot mask (see the module
+/// documentation), including a response with a body and no `Content-Type`.
+pub fn mask_response_head(
+    profile: &Arc<Profile>,
+    method: &Method,
+    parts: &mut http::response::Parts,
+    limits: &BodyLimits,
+    counts: &mut MaskedCounts,
+) -> Result<Option<BodyMasker>, Rejection> {
+    let status = parts.status;
+    if status == StatusCode::PARTIAL_CONTENT {
+        return Err(unmaskable("partial content cannot be masked"));
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS
+        || (method == Method::CONNECT && status.is_success())
+    {
+        return Err(unmaskable("a protocol switch or tunnel cannot be masked"));
+    }
+    let headers = &mut parts.headers;
+    let declared_empty = declared_length(headers) == Some(0);
+    mask_headers(profile, headers, counts);
+    for name in BODY_DIGESTS {
+        headers.remove(name);
+    }
+    headers.remove(header::ACCEPT_RANGES);
+    weaken_etag(headers);
+
+    let no_body = method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if no_body {
+        return Ok(None);
+    }
+    if declared_empty {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        return Ok(None);
+    }
+    let coding = Coding::from_headers(headers).map_err(|e| unmaskable(e.to_string()))?;
+    let shape = shape_of(headers)?;
+    Ok(Some(BodyMasker::new(
+        Arc::clone(profile),
+        coding,
+        shape,
+        limits,
+    )))
+}
+
+/// The `Content-Length` when there is exactly one and it is a number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let v = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    v.to_str().ok()?.trim().parse().ok()
+}
+
+fn weaken_etag(headers: &mut HeaderMap) {
+    let Some(tag) = headers.get(header::ETAG) else {
+        return;
+    };
+    let b = tag.as_bytes();
+    if b.starts_with(b"W/") {
+        return;
+    }
+    let mut weak = Vec::with_capacity(b.len() + 2);
+    weak.extend_from_slice(b"W/");
+    weak.extend_from_slice(b);
+    match HeaderValue::from_bytes(&weak) {
+        Ok(v) => {
+            headers.insert(header::ETAG, v);
+        }
+        Err(_) => {
+            headers.remove(header::ETAG);
+        }
+    }
+}
+
+/// Masks every header value in `headers` with `profile`, in place: field rules for
+/// [`Field::Header`]`(name)`, then detectors. A value that cannot be masked, that a strategy
+/// turns into NULL, or whose masked form is not a valid header value is removed.
+/// `Content-Type` is masked by content only; `Content-Length`, `Content-Encoding` and
+/// `Transfer-Encoding` are left alone (they are framing, checked elsewhere). Used for
+/// response headers and trailers.
+pub fn mask_headers(profile: &Profile, headers: &mut HeaderMap, counts: &mut MaskedCounts) {
+    // Decide first, rebuild only if something changed: the clean path copies nothing.
+    let mut edits: Vec<Option<Option<HeaderValue>>> = Vec::with_capacity(headers.len());
+    let mut changed = false;
+    for (name, value) in headers.iter() {
+        let edit = mask_header(profile, name, value, counts);
+        changed |= edit.is_some();
+        edits.push(edit);
+    }
+    if !changed {
+        return;
+    }
+    let old = std::mem::take(headers);
+    headers.reserve(old.len());
+    for ((name, value), edit) in old.iter().zip(edits) {
+        match edit {
+            None => {
+                headers.append(name.clone(), value.clone());
+            }
+            Some(Some(v)) => {
+                headers.append(name.clone(), v);
+            }
+            Some(None) => {}
+        }
+    }
+}
+
+/// `None`: keep; `Some(None)`: remove; `Some(Some(v))`: replace.
+fn mask_header(
+    profile: &Profile,
+    name: &HeaderName,
+    value: &HeaderValue,
+    counts: &mut MaskedCounts,
+) -> Option<Option<HeaderValue>> {
+    if STRUCTURAL.contains(name) {
+        return None;
+    }
+    let field = if name == header::CONTENT_TYPE {
+        Field::Unknown
+    } else {
+        Field::Header(name.as_str())
+    };
+    let raw = value.as_bytes();
+    let ty = if std::str::from_utf8(raw).is_ok() {
+        ValueType::Text
+    } else {
+        ValueType::Bytes
+    };
+    match profile.mask_value(&field, ty, Cow::Borrowed(raw), counts) {
+        Ok(Some(Cow::Borrowed(_))) => None,
+        Ok(Some(Cow::Owned(v))) => Some(HeaderValue::from_bytes(&v).ok().map(|mut h| {
+            h.set_sensitive(value.is_sensitive());
+            h
+        })),
+        Ok(None) | Err(_) => Some(None),
+    }
+}
+
+/// What a body holds, as far as masking is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// One JSON document.
+    Json,
+    /// A sequence of JSON documents.
+    JsonLines,
+    /// Text, masked whole; `utf8` false for a single-byte ASCII-compatible charset.
+    Text { utf8: bool },
+}
+
+fn shape_of(headers: &HeaderMap) -> Result<Shape, Rejection> {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(unmaskable(
+            "a response body without exactly one Content-Type cannot be masked",
+        ));
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| unmaskable("Content-Type is not visible ASCII"))?;
+    let mut params = text.split(';');
+    let essence = params
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let mut charset: Option<String> = None;
+    for p in params {
+        if let Some((k, v)) = p.split_once('=')
+            && k.trim().eq_ignore_ascii_case("charset")
+        {
+            charset = Some(v.trim().trim_matches('"').to_ascii_lowercase());
+        }
+    }
+    let refuse = || {
+        unmaskable(format!(
+            "content type {:?} cannot be masked",
+            crate::encoding::echo(&essence)
+        ))
+    };
+    let json_charset = |shape| match charset.as_deref() {
+        None | Some("utf-8" | "utf8") => Ok(shape),
+        Some(_) => Err(unmaskable(
+            "JSON in a charset other than UTF-8 cannot be masked",
+        )),
+    };
+    let (top, sub) = essence.split_once('/').ok_or_else(refuse)?;
+    match (top, sub) {
+        ("application", "json") => json_charset(Shape::Json),
+        ("application", s) if s.ends_with("+json") => json_charset(Shape::Json),
+        ("application", "x-ndjson" | "ndjson" | "jsonl" | "x-jsonlines" | "jsonlines") => {
+            json_charset(Shape::JsonLines)
+        }
+        ("text", _)
+        | (
+            "application",
+            "xml" | "x-www-form-urlencoded" | "javascript" | "x-javascript" | "ecmascript",
+        ) => text_charset(charset.as_deref()),
+        ("application", s) if s.ends_with("+xml") => text_charset(charset.as_deref()),
+        _ => Err(refuse()),
+    }
+}
+
+fn text_charset(charset: Option<&str>) -> Result<Shape, Rejection> {
+    match charset {
+        None | Some("utf-8" | "utf8" | "us-ascii" | "ascii") => Ok(Shape::Text { utf8: true }),
+        Some("iso-8859-1" | "latin1" | "iso_8859-1" | "windows-1252" | "cp1252") => {
+            Ok(Shape::Text { utf8: false })
+        }
+        Some(_) => Err(unmaskable(
+            "text in a charset other than UTF-8, ASCII or Latin-1 cannot be masked",
+        )),
+    }
+}
+
+// === body masker ===
+
+enum Content {
+    Json(Box<JsonStream>),
+    Text { buf: Vec<u8>, utf8: bool },
+}
+
+/// Masks one response body: decode → mask → re-encode, in the coding the upstream used (the
+/// client accepts it: [`prepare_request`] narrowed `Accept-Encoding`). Synchronous and
+/// IO-free; [`MaskedBody`] drives it from a stream of frames.
+///
+/// After an error every call fails: a body is never resumed past something that could not
+/// be masked.
+pub struct BodyMasker {
+    profile: Arc<Profile>,
+    decoder: Decoder,
+    encoder: Encoder,
+    content: Content,
+    max_text_body: usize,
+    decoded: Vec<u8>,
+    masked: Vec<u8>,
+    saw_input: bool,
+    saw_decoded: bool,
+    open: bool,
+}
+
+impl std::fmt::Debug for BodyMasker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyMasker")
+            .field("profile", &self.profile.name())
+            .field("coding", &self.decoder.coding())
+            .field(
+                "content",
+                &match &self.content {
+                    Content::Json(_) => "json",
+                    Content::Text { .. } => "text",
+                },
+            )
+            .field("open", &self.open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BodyMasker {
+    fn new(profile: Arc<Profile>, coding: Coding, shape: Shape, limits: &BodyLimits) -> Self {
+        let content = match shape {
+            Shape::Json => Content::Json(Box::new(JsonStream::new(Arc::clone(&profile)))),
+            Shape::JsonLines => Content::Json(Box::new(JsonStream::sequence(Arc::clone(&profile)))),
+            Shape::Text { utf8 } => Content::Text {
+                buf: Vec::new(),
+                utf8,
+            },
+        };
+        Self {
+            profile,
+            decoder: Decoder::new(coding, limits.decode()),
+            encoder: Encoder::new(coding),
+            content,
+            max_text_body: limits.max_text_body,
+            decoded: Vec::new(),
+            masked: Vec::new(),
+            saw_input: false,
+            saw_decoded: false,
+            open: true,
+        }
+    }
+
+    /// The content coding of the body, in and out.
+    #[must_use]
+    pub fn coding(&self) -> Coding {
+        self.decoder.coding()
+    }
+
+    /// Masks the next chunk of the upstream's body; returns what can be sent now (often
+    /// empty while a text body is buffered or a token is split across chunks).
+    ///
+    /// # Errors
+    /// See [`BodyError`]; the masker is unusable afterwards.
+    pub fn push(&mut self, chunk: &[u8], counts: &mut MaskedCounts) -> Result<Bytes, BodyError> {
+        if !self.open {
+            return Err(BodyError::Finished);
+        }
+        let r = self.step(chunk, false, counts);
+        if r.is_err() {
+            self.open = false;
+        }
+        r
+    }
+
+    /// Ends the body; returns its last bytes (the rest of a text body, the encoder's
+    /// trailer).
+    ///
+    /// # Errors
+    /// See [`BodyError`], for example a truncated stream or an incomplete JSON document.
+    pub fn finish(&mut self, counts: &mut MaskedCounts) -> Result<Bytes, BodyError> {
+        if !self.open {
+            return Err(BodyError::Finished);
+        }
+        self.open = false;
+        self.step(&[], true, counts)
+    }
+
+    /// Masks trailer fields like header fields ([`mask_headers`]).
+    pub fn mask_trailers(&self, trailers: &mut HeaderMap, counts: &mut MaskedCounts) {
+        mask_headers(&self.profile, trailers, counts);
+    }
+
+    fn step(
+        &mut self,
+        chunk: &[u8],
+        last: bool,
+        counts: &mut MaskedCounts,
+    ) -> Result<Bytes, BodyError> {
+        self.saw_input |= !chunk.is_empty();
+        self.decoded.clear();
+        self.masked.clear();
+        self.decoder.push(chunk, &mut self.decoded)?;
+        if last {
+            self.decoder.finish(&mut self.decoded)?;
+        }
+        self.saw_decoded |= !self.decoded.is_empty();
+        match &mut self.content {
+            Content::Json(stream) => {
+                stream.push(&self.decoded, &mut self.masked, counts)?;
+                // An empty body holds nothing to leak; it stays empty rather than failing
+                // as "no JSON document".
+                if last && self.saw_decoded {
+                    stream.finish(&mut self.masked, counts)?;
+                }
+            }
+            Content::Text { buf, utf8 } => {
+                if buf.len().saturating_add(self.decoded.len()) > self.max_text_body {
+                    return Err(BodyError::TextTooLarge {
+                        limit: self.max_text_body,
+                    });
+                }
+                buf.extend_from_slice(&self.decoded);
+                if last {
+                    let ty = if *utf8 {
+                        ValueType::Text
+                    } else {
+                        ValueType::Bytes
+                    };
+                    let whole = std::mem::take(buf);
+                    if let Some(m) = self.profile.mask_value(
+                        &Field::Unknown,
+                        ty,
+                        Cow::Borrowed(&whole),
+                        counts,
+                    )? {
+                        self.masked.extend_from_slice(&m);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        self.encoder.push(&self.masked, &mut out)?;
+        // An empty upstream body stays empty; any other gets a complete stream.
+        if last && self.saw_input {
+            self.encoder.finish(&mut out)?;
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+// === bodies ===
+
+type Done = Box<dyn FnOnce(BodyReport) + Send + 'static>;
+
+/// Calls `done` exactly once: when the body ends, fails, or is dropped before either.
+struct Reporter {
+    // A mutex only so that bodies holding it are `Sync`; it is taken once.
+    done: Mutex<Option<Done>>,
+    report: BodyReport,
+}
+
+impl Reporter {
+    fn new(done: impl FnOnce(BodyReport) + Send + 'static) -> Self {
+        Self {
+            done: Mutex::new(Some(Box::new(done))),
+            report: BodyReport::default(),
+        }
+    }
+
+    fn end(&mut self, error: Option<String>) {
+        let done = self
+            .done
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(done) = done {
+            let mut report = std::mem::take(&mut self.report);
+            report.error = error;
+            done(report);
+        }
+    }
+
+    fn ended(&mut self) -> bool {
+        self.done
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.end(Some("response body dropped before its end".to_owned()));
+    }
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Streaming,
+    Ended,
+}
+
+pin_project! {
+    /// A response body masked while it streams: each data frame from the upstream goes
+    /// through the [`BodyMasker`]; trailers are masked like headers and sent after the last
+    /// data. An error (from the upstream or from masking) ends the body with that error.
+    /// `done` is called exactly once, with the report, when the body ends, fails or is
+    /// dropped.
+    pub struct MaskedBody<B> {
+        #[pin]
+        inner: B,
+        masker: BodyMasker,
+        reporter: Reporter,
+        trailers: Option<HeaderMap>,
+        phase: Phase,
+    }
+}
+
+impl<B> std::fmt::Debug for MaskedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MaskedBody")
+            .field("masker", &self.masker)
+            .field("reporter", &self.reporter)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> MaskedBody<B> {
+    /// Masks `inner` with `masker`; `done` receives the report.
+    pub fn new(
+        inner: B,
+        masker: BodyMasker,
+        done: impl FnOnce(BodyReport) + Send + 'static,
+    ) -> Self {
+        Self {
+            inner,
+            masker,
+            reporter: Reporter::new(done),
+            trailers: None,
+            phase: Phase::Streaming,
+        }
+    }
+}
+
+impl<B> Body for MaskedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut this = self.project();
+        loop {
+            if *this.phase == Phase::Ended {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let frame = match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    *this.phase = Phase::Ended;
+                    let e = BodyError::Upstream(e.into());
+                    this.reporter.end(Some(e.to_string()));
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => match end(this.masker, this.reporter, this.phase) {
+                    Some(r) => return Poll::Ready(Some(r)),
+                    None => continue,
+                },
+            };
+            let frame = match frame.into_data() {
+                Ok(data) => {
+                    let report = &mut this.reporter.report;
+                    report.bytes_in = report.bytes_in.saturating_add(data.len() as u64);
+                    match this.masker.push(&data, &mut report.masked) {
+                        Ok(out) if out.is_empty() => continue,
+                        Ok(out) => {
+                            report.bytes_out = report.bytes_out.saturating_add(out.len() as u64);
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                        Err(e) => {
+                            *this.phase = Phase::Ended;
+                            this.reporter.end(Some(e.to_string()));
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
+                Err(frame) => frame,
+            };
+            if let Ok(mut trailers) = frame.into_trailers() {
+                this.masker
+                    .mask_trailers(&mut trailers, &mut this.reporter.report.masked);
+                match end(this.masker, this.reporter, this.phase) {
+                    // The last data goes first; the trailers follow on the next poll.
+                    Some(Ok(data)) => {
+                        *this.trailers = Some(trailers);
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    None => return Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                }
+            }
+            // Frames of other kinds carry nothing for the client of a masked route.
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.phase == Phase::Ended && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// The upstream body ended: finish masking and report. Returns the last data frame, the
+/// error, or — when nothing is left — the trailers or the end.
+fn end(
+    masker: &mut BodyMasker,
+    reporter: &mut Reporter,
+    phase: &mut Phase,
+) -> Option<Result<Frame<Bytes>, BodyError>> {
+    *phase = Phase::Ended;
+    match masker.finish(&mut reporter.report.masked) {
+        Ok(out) => {
+            let report = &mut reporter.report;
+            report.bytes_out = report.bytes_out.saturating_add(out.len() as u64);
+            reporter.end(None);
+            if out.is_empty() {
+                None
+            } else {
+                Some(Ok(Frame::data(out)))
+            }
+        }
+        Err(e) => {
+            reporter.end(Some(e.to_string()));
+            Some(Err(e))
+        }
+    }
+}
+
+pin_project! {
+    /// A body passed through untouched (an unmasked route), with the same reporting as
+    /// [`MaskedBody`]: `done` is called exactly once with the bytes that went through.
+    pub struct CountingBody<B: Body> {
+        #[pin]
+        inner: B,
+        reporter: Reporter,
+    }
+
+    impl<B: Body> PinnedDrop for CountingBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // A body that is at its end when dropped unpolled (an empty body, a HEAD
+            // response) ended normally.
+            if !this.reporter.ended() && this.inner.is_end_stream() {
+                this.reporter.end(None);
+            }
+        }
+    }
+}
+
+impl<B: Body> std::fmt::Debug for CountingBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountingBody")
+            .field("reporter", &self.reporter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> CountingBody<B> {
+    /// Passes `inner` through; `done` receives the report.
+    pub fn new(inner: B, done: impl FnOnce(BodyReport) + Send + 'static) -> Self {
+        Self {
+            inner,
+            reporter: Reporter::new(done),
+        }
+    }
+}
+
+impl<B> Body for CountingBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    let report = &mut this.reporter.report;
+                    report.bytes_in = report.bytes_in.saturating_add(n);
+                    report.bytes_out = report.bytes_out.saturating_add(n);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                let e = BodyError::Upstream(e.into());
+                this.reporter.end(Some(e.to_string()));
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                this.reporter.end(None);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn shape(ct: &str) -> Option<Shape> {
+        shape_of(&headers(&[("content-type", ct)])).ok()
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(shape("application/json"), Some(Shape::Json));
+        assert_eq!(
+            shape(" Application/Problem+JSON ;charset=UTF-8"),
+            Some(Shape::Json)
+        );
+        assert_eq!(
+            shape("application/json; charset=\"utf-8\""),
+            Some(Shape::Json)
+        );
+        assert_eq!(shape("application/json; charset=iso-8859-1"), None);
+        assert_eq!(shape("application/x-ndjson"), Some(Shape::JsonLines));
+        assert_eq!(shape("text/plain"), Some(Shape::Text { utf8: true }));
+        assert_eq!(
+            shape("text/plain; charset=latin1"),
+            Some(Shape::Text { utf8: false })
+        );
+        assert_eq!(shape("text/plain; charset=utf-7"), None);
+        assert_eq!(
+            shape("application/soap+xml"),
+            Some(Shape::Text { utf8: true })
+        );
+        assert_eq!(shape("application/octet-stream"), None);
+        assert_eq!(shape("application/jsonx"), None);
+        assert_eq!(shape("json"), None);
+        assert_eq!(shape(""), None);
+    }
+
+    #[test]
+    fn refusals_do_not_echo_what_could_be_data() {
+        let msg = |ct: &str| {
+            shape_of(&headers(&[("content-type", ct)]))
+                .unwrap_err()
+                .message
+        };
+        assert!(msg("image/png").contains("\"image/png\""));
+        let m = msg("application/4111111111111111");
+        assert!(!m.contains("4111"), "{m}");
+        let m = msg("x/alice@example.com");
+        assert!(!m.contains("alice"), "{m}");
+    }
+
+    #[test]
+    fn etags() {
+        let mut h = headers(&[("etag", "\"v1\"")]);
+        weaken_etag(&mut h);
+        assert_eq!(h["etag"], "W/\"v1\"");
+        weaken_etag(&mut h);
+        assert_eq!(h["etag"], "W/\"v1\"");
+    }
+
+    #[test]
+    fn content_length() {
+        assert_eq!(
+            declared_length(&headers(&[("content-length", "0")])),
+            Some(0)
+        );
+        assert_eq!(
+            declared_length(&headers(&[("content-length", "12")])),
+            Some(12)
+        );
+        assert_eq!(declared_length(&headers(&[("content-length", "x")])), None);
+        assert_eq!(
+            declared_length(&headers(&[
+                ("content-length", "0"),
+                ("content-length", "0")
+            ])),
+            None
+        );
+        assert_eq!(declared_length(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn clean_headers_are_not_rebuilt() {
+        let p = Profile::builder("t").build().unwrap();
+        let mut h = headers(&[("x-a", "1"), ("x-b", "two"), ("x-a", "3")]);
+        let before = h.clone();
+        let mut counts = MaskedCounts::new();
+        mask_headers(&p, &mut h, &mut counts);
+        assert_eq!(h, before);
+        assert!(counts.is_empty());
+    }
+}

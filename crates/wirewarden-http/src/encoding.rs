@@ -85,7 +85,7 @@ impl Coding {
                     }
                     None => {
                         return Err(CodingError::Unsupported {
-                            coding: printable_token(token),
+                            coding: echo(token),
                         });
                     }
                 }
@@ -112,14 +112,20 @@ impl fmt::Display for Coding {
     }
 }
 
-/// A token from the upstream, shortened and restricted to token characters so that it can go
-/// into an error message without carrying anything else.
-fn printable_token(token: &str) -> String {
-    token
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(*c))
-        .take(32)
-        .collect()
+/// Upstream text that may go into an error message, and from there to the client: only when
+/// it is short and made of letters and a few punctuation characters (no digits, no `@`), so
+/// that it cannot carry a card number, an email address or a key.
+pub(crate) fn echo(text: &str) -> String {
+    let safe = text.len() <= 64
+        && !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || "-+./_".contains(c));
+    if safe {
+        text.to_owned()
+    } else {
+        "(not shown)".to_owned()
+    }
 }
 
 /// Why a body could not be decoded or encoded. Every variant means the body must not reach
@@ -130,7 +136,7 @@ pub enum CodingError {
     /// `Content-Encoding` names a coding this crate cannot decode.
     #[error("unsupported content coding {coding:?}")]
     Unsupported {
-        /// The coding, as far as it is printable.
+        /// The coding, or `(not shown)` when it could carry data.
         coding: String,
     },
     /// More than one content coding was applied.

@@ -1,1 +1,148 @@
 //! Entry points for the fuzz targets (not part of the stable API).
+
+use std::sync::{Arc, OnceLock};
+
+use http::{Method, Response, StatusCode};
+use wirewarden_core::MaskedCounts;
+use wirewarden_mask::{MaskKey, Profile, Strategy};
+
+use crate::body::{BodyLimits, mask_response_head};
+use crate::encoding::{Coding, DecodeLimits, Decoder, Encoder};
+
+const CODINGS: [Coding; 4] = [
+    Coding::Identity,
+    Coding::Gzip,
+    Coding::Deflate,
+    Coding::Brotli,
+];
+
+const TYPES: [&str; 4] = [
+    "application/json",
+    "application/x-ndjson",
+    "text/plain; charset=utf-8",
+    "text/csv; charset=iso-8859-1",
+];
+
+fn profile() -> &'static Arc<Profile> {
+    static PROFILE: OnceLock<Arc<Profile>> = OnceLock::new();
+    PROFILE.get_or_init(|| {
+        Arc::new(
+            Profile::builder("fuzz")
+                .key(MaskKey::new([7; 32]))
+                .strategy("email", Strategy::Tokenize)
+                .strategy("ssn", Strategy::keep_last(4))
+                .build()
+                .expect("static profile builds"),
+        )
+    })
+}
+
+/// Masks a response body built from `data`. The first byte picks the coding (low two bits)
+/// and whether the rest is taken as already encoded (bit 2: a hostile stream) or as the
+/// plain body to encode first; the second byte picks the media type; the third seeds the
+/// chunk sizes. Asserts that nothing panics, that an accepted body's output decodes, and
+/// that no card number found in the plain input appears in the output.
+pub fn body(data: &[u8]) {
+    let [a, b, seed, rest @ ..] = data else {
+        return;
+    };
+    let coding = CODINGS[usize::from(a & 3)];
+    let pre_encoded = a & 4 != 0;
+    let content_type = TYPES[usize::from(b & 3)];
+    let limits = BodyLimits {
+        max_decoded_bytes: 4 << 20,
+        max_ratio: 100,
+        ratio_floor: 64 << 10,
+        max_text_body: 1 << 20,
+    };
+
+    let wire = if pre_encoded {
+        rest.to_vec()
+    } else {
+        let mut e = Encoder::new(coding);
+        let mut wire = Vec::new();
+        if !rest.is_empty() {
+            e.push(rest, &mut wire).expect("encoding to memory");
+            e.finish(&mut wire).expect("encoding to memory");
+        }
+        wire
+    };
+
+    let (mut parts, ()) = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .header("content-encoding", coding.as_str())
+        .body(())
+        .expect("static response head")
+        .into_parts();
+    let mut counts = MaskedCounts::new();
+    let Ok(Some(mut masker)) =
+        mask_response_head(profile(), &Method::GET, &mut parts, &limits, &mut counts)
+    else {
+        panic!("a maskable response head was refused");
+    };
+
+    let mut out = Vec::new();
+    let mut x = u64::from(*seed) | 0x100;
+    let mut left = wire.as_slice();
+    let mut ok = true;
+    while !left.is_empty() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = usize::try_from(x % 256).unwrap_or(0).saturating_add(1);
+        let (chunk, tail) = left.split_at(n.min(left.len()));
+        left = tail;
+        match masker.push(chunk, &mut counts) {
+            Ok(b) => out.extend_from_slice(&b),
+            Err(_) => {
+                ok = false;
+                break;
+            }
+        }
+    }
+    if ok {
+        match masker.finish(&mut counts) {
+            Ok(b) => out.extend_from_slice(&b),
+            Err(_) => ok = false,
+        }
+    }
+    let big = DecodeLimits {
+        max_decoded_bytes: u64::MAX,
+        max_ratio: u64::MAX,
+        ratio_floor: 0,
+    };
+    // Whatever went out, complete or not, must be masked: decode as much as there is.
+    let mut plain_out = Vec::new();
+    let mut d = Decoder::new(coding, big);
+    let decoded = d.push(&out, &mut plain_out);
+    if ok {
+        decoded.expect("the masked body decodes");
+        d.finish(&mut plain_out)
+            .expect("the masked body is complete");
+    }
+
+    let plain_in = if pre_encoded {
+        let mut p = Vec::new();
+        let mut d = Decoder::new(coding, big);
+        if d.push(rest, &mut p).is_err() {
+            // Only what decoded before the error can have reached the output.
+        }
+        p
+    } else {
+        rest.to_vec()
+    };
+    for (range, entity) in profile().detect(&plain_in) {
+        if entity != "card_number" {
+            continue;
+        }
+        let Some(card) = plain_in.get(range) else {
+            continue;
+        };
+        assert!(
+            !plain_out.windows(card.len()).any(|w| w == card),
+            "card number {:?} went out in clear",
+            String::from_utf8_lossy(card)
+        );
+    }
+}

@@ -1,0 +1,1104 @@
+//! Response masking end to end: bodies compressed by independent encoders (flate2, brotli at
+//! high quality), cut into random chunks, masked, and decoded by independent decoders; bombs,
+//! truncation and unmaskable responses; the streaming body over real frame streams.
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use proptest::prelude::*;
+use wirewarden_http::body::{
+    BodyError, BodyLimits, BodyMasker, BodyReport, CountingBody, MaskedBody, mask_response_head,
+    prepare_request,
+};
+use wirewarden_http::encoding::{Coding, CodingError};
+use wirewarden_mask::{FieldRule, MaskedCounts, Profile, Selector, Strategy as Mask};
+
+const CARD: &str = "4111 1111 1111 1111";
+const CARD_DIGITS: &str = "4111111111111111";
+const EMAIL: &str = "alice.smith@example.com";
+const SSN: &str = "123-45-6789";
+
+fn profile() -> Arc<Profile> {
+    Arc::new(
+        Profile::builder("http")
+            .rule(FieldRule::new(
+                Selector::json_path("$..password").unwrap(),
+                Mask::redact(),
+            ))
+            .rule(FieldRule::new(
+                Selector::header("x-secret-*"),
+                Mask::redact(),
+            ))
+            .build()
+            .unwrap(),
+    )
+}
+
+const CODINGS: [Coding; 4] = [
+    Coding::Identity,
+    Coding::Gzip,
+    Coding::Deflate,
+    Coding::Brotli,
+];
+
+/// Compresses with the reference encoders, at their default (not our fast) settings.
+fn compress(coding: Coding, data: &[u8]) -> Vec<u8> {
+    match coding {
+        Coding::Identity => data.to_vec(),
+        Coding::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        Coding::Deflate => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        Coding::Brotli => {
+            let mut out = Vec::new();
+            {
+                let mut w = brotli::CompressorWriter::new(&mut out, 4096, 9, 22);
+                w.write_all(data).unwrap();
+            }
+            out
+        }
+    }
+}
+
+/// Decompresses with the reference decoders.
+fn decompress(coding: Coding, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match coding {
+        Coding::Identity => out.extend_from_slice(data),
+        Coding::Gzip => {
+            flate2::read::MultiGzDecoder::new(data)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        Coding::Deflate => {
+            flate2::read::ZlibDecoder::new(data)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        Coding::Brotli => {
+            brotli::Decompressor::new(data, 4096)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+    }
+    out
+}
+
+/// A response head for a masked route.
+fn head(status: StatusCode, headers: &[(&str, &str)]) -> http::response::Parts {
+    let mut b = Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+fn masker_for(coding: Coding, content_type: &str) -> BodyMasker {
+    let mut parts = head(
+        StatusCode::OK,
+        &[
+            ("content-type", content_type),
+            ("content-encoding", coding.as_str()),
+        ],
+    );
+    mask_response_head(
+        &profile(),
+        &Method::GET,
+        &mut parts,
+        &BodyLimits::default(),
+        &mut MaskedCounts::new(),
+    )
+    .unwrap()
+    .expect("a body masker")
+}
+
+/// Deterministic chunk sizes from `seed`, between 1 and `max`.
+fn chunks(data: &[u8], seed: u64, max: usize) -> Vec<&[u8]> {
+    let mut x = seed | 1;
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = (x as usize % max + 1).min(rest.len());
+        let (a, b) = rest.split_at(n);
+        out.push(a);
+        rest = b;
+    }
+    out
+}
+
+fn run(masker: &mut BodyMasker, pieces: &[&[u8]]) -> Result<(Vec<u8>, MaskedCounts), BodyError> {
+    let mut counts = MaskedCounts::new();
+    let mut out = Vec::new();
+    for p in pieces {
+        out.extend_from_slice(&masker.push(p, &mut counts)?);
+    }
+    out.extend_from_slice(&masker.finish(&mut counts)?);
+    Ok((out, counts))
+}
+
+fn api_document(rows: usize) -> String {
+    let mut s = String::from("{\"data\":[");
+    for i in 0..rows {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            "{{\"id\":{i},\"name\":\"customer number {i}\",\"card\":\"{CARD}\",\
+             \"contact\":{{\"email\":\"{EMAIL}\",\"note\":\"ssn {SSN} on file\"}},\
+             \"password\":\"hunter{i}\",\"active\":true}}"
+        ));
+    }
+    s.push_str("],\"next\":null}");
+    s
+}
+
+fn assert_clean(text: &str) {
+    for pii in [CARD, CARD_DIGITS, EMAIL, SSN, "hunter"] {
+        assert!(!text.contains(pii), "{pii} survived masking");
+    }
+}
+
+#[test]
+fn every_coding_round_trips_with_masking() {
+    let doc = api_document(400);
+    for coding in CODINGS {
+        let wire = compress(coding, doc.as_bytes());
+        for (seed, max) in [(1, 1), (2, 17), (3, 4096), (4, 1 << 20)] {
+            let mut m = masker_for(coding, "application/json; charset=utf-8");
+            let (out, counts) = run(&mut m, &chunks(&wire, seed, max)).unwrap();
+            let plain = String::from_utf8(decompress(coding, &out)).unwrap();
+            assert_clean(&plain);
+            let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
+            let rows = v["data"].as_array().unwrap();
+            assert_eq!(rows.len(), 400);
+            for (i, row) in rows.iter().enumerate() {
+                assert_eq!(row["id"], i);
+                assert_eq!(row["name"], format!("customer number {i}"));
+                assert_eq!(row["active"], true);
+                assert_eq!(row["password"], "[REDACTED]");
+            }
+            assert_eq!(v["next"], serde_json::Value::Null);
+            assert_eq!(counts.0["card_number"], 400, "{coding}");
+            assert_eq!(counts.0["email"], 400);
+            assert_eq!(counts.0["ssn"], 400);
+            assert_eq!(counts.0["json_path:$..password"], 400);
+        }
+    }
+}
+
+#[test]
+fn json_lines_stream_line_by_line() {
+    let mut m = masker_for(Coding::Identity, "application/x-ndjson");
+    let mut counts = MaskedCounts::new();
+    let mut wire = Vec::new();
+    for i in 0..20 {
+        let line = format!("{{\"i\":{i},\"email\":\"{EMAIL}\"}}\n");
+        let out = m.push(line.as_bytes(), &mut counts).unwrap();
+        // Each line comes out as soon as it is complete.
+        assert_eq!(out, format!("{{\"i\":{i},\"email\":\"[REDACTED]\"}}\n"));
+        wire.extend_from_slice(&out);
+    }
+    wire.extend_from_slice(&m.finish(&mut counts).unwrap());
+    let text = String::from_utf8(wire).unwrap();
+    assert_eq!(text.lines().count(), 20);
+    assert_clean(&text);
+    assert_eq!(counts.0["email"], 20);
+    // Compressed NDJSON in random chunks.
+    for coding in [Coding::Gzip, Coding::Deflate, Coding::Brotli] {
+        let lines: String = (0..50)
+            .map(|i| format!("{{\"i\":{i},\"card\":\"{CARD}\"}}\n"))
+            .collect();
+        let wire = compress(coding, lines.as_bytes());
+        let mut m = masker_for(coding, "application/jsonl");
+        let (out, counts) = run(&mut m, &chunks(&wire, 9, 64)).unwrap();
+        let plain = String::from_utf8(decompress(coding, &out)).unwrap();
+        assert_eq!(plain.lines().count(), 50);
+        assert_clean(&plain);
+        assert_eq!(counts.0["card_number"], 50);
+    }
+}
+
+#[test]
+fn output_is_live_under_compression() {
+    for coding in [Coding::Gzip, Coding::Deflate, Coding::Brotli] {
+        let mut upstream = wirewarden_http::encoding::Encoder::new(coding);
+        let mut m = masker_for(coding, "application/x-ndjson");
+        let mut client = wirewarden_http::encoding::Decoder::new(coding, Default::default());
+        let mut counts = MaskedCounts::new();
+        for i in 0..5 {
+            let line = format!("{{\"i\":{i},\"email\":\"{EMAIL}\"}}\n");
+            let mut wire = Vec::new();
+            upstream.push(line.as_bytes(), &mut wire).unwrap();
+            let out = m.push(&wire, &mut counts).unwrap();
+            let mut seen = Vec::new();
+            client.push(&out, &mut seen).unwrap();
+            let seen = String::from_utf8(seen).unwrap();
+            assert_eq!(seen, format!("{{\"i\":{i},\"email\":\"[REDACTED]\"}}\n"));
+        }
+    }
+}
+
+#[test]
+fn text_bodies_are_masked_whole() {
+    let body = format!("Dear customer,\nyour card {CARD} and ssn {SSN}; write to {EMAIL}.\n");
+    for (ct, coding) in [
+        ("text/plain", Coding::Gzip),
+        ("text/html; charset=UTF-8", Coding::Brotli),
+        ("application/xml", Coding::Identity),
+        ("text/csv; charset=iso-8859-1", Coding::Deflate),
+    ] {
+        let wire = compress(coding, body.as_bytes());
+        let mut m = masker_for(coding, ct);
+        let (out, counts) = run(&mut m, &chunks(&wire, 5, 7)).unwrap();
+        let plain = String::from_utf8(decompress(coding, &out)).unwrap();
+        assert_clean(&plain);
+        assert!(
+            plain.starts_with("Dear customer,\nyour card "),
+            "{ct}: {plain}"
+        );
+        assert_eq!(counts.total(), 3, "{ct}");
+    }
+}
+
+#[test]
+fn text_body_over_its_limit_fails() {
+    let mut parts = head(StatusCode::OK, &[("content-type", "text/plain")]);
+    let limits = BodyLimits {
+        max_text_body: 1000,
+        ..BodyLimits::default()
+    };
+    let mut m = mask_response_head(
+        &profile(),
+        &Method::GET,
+        &mut parts,
+        &limits,
+        &mut MaskedCounts::new(),
+    )
+    .unwrap()
+    .unwrap();
+    let mut counts = MaskedCounts::new();
+    assert!(m.push(&[b'a'; 600], &mut counts).unwrap().is_empty());
+    assert!(matches!(
+        m.push(&[b'a'; 600], &mut counts),
+        Err(BodyError::TextTooLarge { limit: 1000 })
+    ));
+    assert!(matches!(m.finish(&mut counts), Err(BodyError::Finished)));
+}
+
+#[test]
+fn invalid_utf8_text_is_not_passed_through() {
+    let mut m = masker_for(Coding::Identity, "text/plain; charset=utf-8");
+    let mut counts = MaskedCounts::new();
+    assert!(
+        m.push(b"card 4111 1111 \xff 1111 1111", &mut counts)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(m.finish(&mut counts), Err(BodyError::Mask(_))));
+}
+
+/// 100 MiB of JSON (`[0,0,0,…]`) as a multi-member gzip of about 100 KiB.
+fn json_bomb() -> Vec<u8> {
+    let zeros = "0,".repeat(512 << 10);
+    let member = compress(Coding::Gzip, zeros.as_bytes());
+    let mut wire = compress(Coding::Gzip, b"[");
+    for _ in 0..100 {
+        wire.extend_from_slice(&member);
+    }
+    wire.extend(compress(Coding::Gzip, b"0]"));
+    wire
+}
+
+#[test]
+fn a_gzip_bomb_fails_before_it_is_buffered() {
+    let wire = json_bomb();
+    assert!(wire.len() < 200 << 10);
+    let mut m = masker_for(Coding::Gzip, "application/json");
+    let mut counts = MaskedCounts::new();
+    let mut fed = 0usize;
+    let mut sent = 0usize;
+    let err = loop {
+        let Some(c) = wire.get(fed..(fed + 4096).min(wire.len())) else {
+            panic!("the bomb went through");
+        };
+        fed += c.len();
+        match m.push(c, &mut counts) {
+            Ok(out) => sent += out.len(),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(
+            err,
+            BodyError::Coding(CodingError::Ratio { limit: 100, .. })
+        ),
+        "{err:?}"
+    );
+    // The ratio trips just past the 1 MiB floor: a few KiB of the input, nowhere near
+    // 100 MiB decoded.
+    assert!(fed < 16 << 10, "fed {fed}");
+    assert!(sent < 64 << 10, "sent {sent}");
+    assert!(matches!(m.push(b"", &mut counts), Err(BodyError::Finished)));
+}
+
+#[test]
+fn the_size_cap_holds_without_a_ratio_cap() {
+    let wire = json_bomb();
+    let mut parts = head(
+        StatusCode::OK,
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+    );
+    let limits = BodyLimits {
+        max_decoded_bytes: 4 << 20,
+        max_ratio: u64::MAX,
+        ..BodyLimits::default()
+    };
+    let mut m = mask_response_head(
+        &profile(),
+        &Method::GET,
+        &mut parts,
+        &limits,
+        &mut MaskedCounts::new(),
+    )
+    .unwrap()
+    .unwrap();
+    let mut counts = MaskedCounts::new();
+    let mut sent = 0usize;
+    let mut err = None;
+    for c in wire.chunks(1024) {
+        match m.push(c, &mut counts) {
+            Ok(out) => sent += out.len(),
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(matches!(
+        err,
+        Some(BodyError::Coding(CodingError::TooLarge { limit })) if limit == 4 << 20
+    ));
+    assert!(sent <= 4 << 20);
+}
+
+#[test]
+fn ratio_cap_is_configurable() {
+    let doc: String = std::iter::once("[".to_owned())
+        .chain((0..80_000).map(|i| format!("{{\"id\":{i},\"state\":\"active\"}},")))
+        .chain(std::iter::once("0]".to_owned()))
+        .collect();
+    let wire = compress(Coding::Gzip, doc.as_bytes());
+    let ratio = (doc.len() / wire.len()) as u64;
+    assert!(
+        doc.len() > 2 << 20 && (4..100).contains(&ratio),
+        "ratio {ratio}"
+    );
+    let mut parts = head(
+        StatusCode::OK,
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+    );
+    let limits = BodyLimits {
+        max_ratio: ratio / 2,
+        ..BodyLimits::default()
+    };
+    let mut m = mask_response_head(
+        &profile(),
+        &Method::GET,
+        &mut parts,
+        &limits,
+        &mut MaskedCounts::new(),
+    )
+    .unwrap()
+    .unwrap();
+    let r = run(&mut m, &chunks(&wire, 3, 2048));
+    assert!(
+        matches!(r, Err(BodyError::Coding(CodingError::Ratio { limit, .. })) if limit == ratio / 2),
+        "{r:?}"
+    );
+    // The default cap (100) lets the same body through.
+    let mut m = masker_for(Coding::Gzip, "application/json");
+    let (out, _) = run(&mut m, &chunks(&wire, 3, 2048)).unwrap();
+    assert_eq!(decompress(Coding::Gzip, &out), doc.as_bytes());
+}
+
+#[test]
+fn truncated_bodies_fail_at_the_end() {
+    let doc = api_document(20);
+    for coding in [Coding::Gzip, Coding::Deflate, Coding::Brotli] {
+        let wire = compress(coding, doc.as_bytes());
+        let cut = &wire[..wire.len() - 3];
+        let mut m = masker_for(coding, "application/json");
+        let mut counts = MaskedCounts::new();
+        let mut out = Vec::new();
+        for c in cut.chunks(100) {
+            out.extend_from_slice(&m.push(c, &mut counts).unwrap());
+        }
+        let err = m.finish(&mut counts).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BodyError::Coding(CodingError::Truncated { .. } | CodingError::Corrupt { .. })
+            ),
+            "{coding}: {err:?}"
+        );
+        // What went out before the error was masked.
+        let mut partial = Vec::new();
+        let mut d = wirewarden_http::encoding::Decoder::new(coding, Default::default());
+        d.push(&out, &mut partial).unwrap();
+        assert_clean(&String::from_utf8_lossy(&partial));
+    }
+    // A JSON document cut short, without compression.
+    let mut m = masker_for(Coding::Identity, "application/json");
+    let r = run(&mut m, &[&doc.as_bytes()[..doc.len() - 2]]);
+    assert!(matches!(r, Err(BodyError::Mask(_))));
+}
+
+#[test]
+fn empty_bodies_stay_empty() {
+    for coding in CODINGS {
+        for ct in ["application/json", "text/plain", "application/x-ndjson"] {
+            let mut m = masker_for(coding, ct);
+            let (out, counts) = run(&mut m, &[]).unwrap();
+            assert!(out.is_empty(), "{coding} {ct}");
+            assert!(counts.is_empty());
+        }
+    }
+    // gzip of nothing: a complete (empty) gzip stream comes back.
+    let mut m = masker_for(Coding::Gzip, "application/json");
+    let (out, _) = run(&mut m, &[&compress(Coding::Gzip, b"")]).unwrap();
+    assert!(!out.is_empty());
+    assert!(decompress(Coding::Gzip, &out).is_empty());
+}
+
+fn refusal(status: StatusCode, method: Method, headers: &[(&str, &str)]) -> Option<String> {
+    let mut parts = head(status, headers);
+    match mask_response_head(
+        &profile(),
+        &method,
+        &mut parts,
+        &BodyLimits::default(),
+        &mut MaskedCounts::new(),
+    ) {
+        Ok(_) => None,
+        Err(r) => {
+            assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+            assert_eq!(r.code, "unmaskable_response");
+            Some(r.message)
+        }
+    }
+}
+
+#[test]
+fn unmaskable_responses_are_refused() {
+    let json = ("content-type", "application/json");
+    let cases: &[(&[(&str, &str)], StatusCode)] = &[
+        (&[json, ("content-encoding", "zstd")], StatusCode::OK),
+        (&[json, ("content-encoding", "compress")], StatusCode::OK),
+        (&[json, ("content-encoding", "gzip, br")], StatusCode::OK),
+        (
+            &[
+                json,
+                ("content-encoding", "gzip"),
+                ("content-encoding", "gzip"),
+            ],
+            StatusCode::OK,
+        ),
+        (
+            &[("content-type", "application/octet-stream")],
+            StatusCode::OK,
+        ),
+        (&[("content-type", "image/png")], StatusCode::OK),
+        (
+            &[("content-type", "multipart/form-data; boundary=x")],
+            StatusCode::OK,
+        ),
+        (&[("content-type", "application/json-seq")], StatusCode::OK),
+        (
+            &[("content-type", "application/json; charset=utf-16")],
+            StatusCode::OK,
+        ),
+        (
+            &[("content-type", "text/plain; charset=utf-16le")],
+            StatusCode::OK,
+        ),
+        (&[("content-type", "nonsense")], StatusCode::OK),
+        (&[], StatusCode::OK),
+        (
+            &[
+                ("content-type", "text/plain"),
+                ("content-type", "application/json"),
+            ],
+            StatusCode::OK,
+        ),
+        (
+            &[json, ("content-range", "bytes 0-9/100")],
+            StatusCode::PARTIAL_CONTENT,
+        ),
+        (&[("upgrade", "websocket")], StatusCode::SWITCHING_PROTOCOLS),
+    ];
+    for (headers, status) in cases {
+        assert!(
+            refusal(*status, Method::GET, headers).is_some(),
+            "{status} {headers:?} was not refused"
+        );
+    }
+    assert!(refusal(StatusCode::OK, Method::CONNECT, &[]).is_some());
+    // The message names the problem, not the body.
+    let m = refusal(
+        StatusCode::OK,
+        Method::GET,
+        &[("content-type", "image/png")],
+    )
+    .unwrap();
+    assert!(m.contains("image/png"), "{m}");
+}
+
+#[test]
+fn maskable_types_are_accepted() {
+    for ct in [
+        "application/json",
+        "Application/JSON; charset=\"UTF-8\"",
+        "application/problem+json",
+        "application/vnd.api+json",
+        "application/x-ndjson",
+        "application/jsonl",
+        "text/plain",
+        "text/event-stream",
+        "application/xml",
+        "application/atom+xml",
+        "application/x-www-form-urlencoded",
+        "application/javascript",
+        "text/html; charset=windows-1252",
+    ] {
+        assert!(
+            refusal(StatusCode::OK, Method::GET, &[("content-type", ct)]).is_none(),
+            "{ct} refused"
+        );
+    }
+    for coding in ["gzip", "x-gzip", "deflate", "br", "identity", "GZIP"] {
+        assert!(
+            refusal(
+                StatusCode::OK,
+                Method::GET,
+                &[
+                    ("content-type", "application/json"),
+                    ("content-encoding", coding)
+                ]
+            )
+            .is_none(),
+            "{coding} refused"
+        );
+    }
+}
+
+#[test]
+fn responses_without_a_body_get_no_masker() {
+    let p = profile();
+    let json = [
+        ("content-type", "application/json"),
+        ("content-length", "120"),
+    ];
+    for (method, status) in [
+        (Method::HEAD, StatusCode::OK),
+        (Method::GET, StatusCode::NO_CONTENT),
+        (Method::GET, StatusCode::NOT_MODIFIED),
+        (Method::GET, StatusCode::CONTINUE),
+    ] {
+        let mut parts = head(status, &json);
+        let m = mask_response_head(
+            &p,
+            &method,
+            &mut parts,
+            &BodyLimits::default(),
+            &mut MaskedCounts::new(),
+        )
+        .unwrap();
+        assert!(m.is_none(), "{method} {status}");
+        assert!(parts.headers.get(header::CONTENT_LENGTH).is_none());
+    }
+    // Content-Length: 0 with any type (even one that would be refused) has nothing to mask.
+    let mut parts = head(
+        StatusCode::CREATED,
+        &[
+            ("content-type", "application/octet-stream"),
+            ("content-length", "0"),
+        ],
+    );
+    let m = mask_response_head(
+        &p,
+        &Method::POST,
+        &mut parts,
+        &BodyLimits::default(),
+        &mut MaskedCounts::new(),
+    )
+    .unwrap();
+    assert!(m.is_none());
+    assert_eq!(parts.headers[header::CONTENT_LENGTH], "0");
+    // HEAD is answered even for a type whose body would be refused.
+    assert!(
+        refusal(
+            StatusCode::OK,
+            Method::HEAD,
+            &[("content-type", "image/png")]
+        )
+        .is_none()
+    );
+}
+
+#[test]
+fn headers_are_masked_and_body_validators_removed() {
+    let mut parts = head(
+        StatusCode::OK,
+        &[
+            ("content-type", "application/json"),
+            ("content-length", "1234"),
+            ("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ=="),
+            (
+                "digest",
+                "sha-256=X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=",
+            ),
+            (
+                "content-digest",
+                "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
+            ),
+            ("accept-ranges", "bytes"),
+            ("etag", "\"abc123\""),
+            ("x-customer-email", EMAIL),
+            ("x-note", "card on file 4111-1111-1111-1111, thanks"),
+            ("x-secret-token", "opaque-value"),
+            ("x-secret-other", "more"),
+            ("x-request-id", "r-42"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "id=7; Path=/; x alice.smith@example.com"),
+        ],
+    );
+    let mut counts = MaskedCounts::new();
+    let m = mask_response_head(
+        &profile(),
+        &Method::GET,
+        &mut parts,
+        &BodyLimits::default(),
+        &mut counts,
+    )
+    .unwrap();
+    assert!(m.is_some());
+    let h = &parts.headers;
+    for gone in [
+        "content-length",
+        "content-md5",
+        "digest",
+        "content-digest",
+        "accept-ranges",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} kept");
+    }
+    assert_eq!(h["etag"], "W/\"abc123\"");
+    assert_eq!(h["x-customer-email"], "[REDACTED]");
+    assert_eq!(h["x-note"], "card on file [REDACTED], thanks");
+    assert_eq!(h["x-secret-token"], "[REDACTED]");
+    assert_eq!(h["x-secret-other"], "[REDACTED]");
+    assert_eq!(h["x-request-id"], "r-42");
+    assert_eq!(h["content-type"], "application/json");
+    let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "id=7; Path=/; x [REDACTED]"]);
+    assert_eq!(counts.0["email"], 2);
+    assert_eq!(counts.0["card_number"], 1);
+    assert_eq!(counts.0["header:x-secret-*"], 2);
+}
+
+#[test]
+fn a_header_that_masks_to_null_is_removed() {
+    let p = Arc::new(
+        Profile::builder("null")
+            .strategy("email", Mask::Null)
+            .build()
+            .unwrap(),
+    );
+    let mut parts = head(
+        StatusCode::NO_CONTENT,
+        &[
+            ("x-owner", EMAIL),
+            ("x-keep", "plain"),
+            ("etag", "W/\"weak\""),
+        ],
+    );
+    let m = mask_response_head(
+        &p,
+        &Method::DELETE,
+        &mut parts,
+        &BodyLimits::default(),
+        &mut MaskedCounts::new(),
+    )
+    .unwrap();
+    assert!(m.is_none());
+    assert!(parts.headers.get("x-owner").is_none());
+    assert_eq!(parts.headers["x-keep"], "plain");
+    assert_eq!(parts.headers["etag"], "W/\"weak\"");
+}
+
+#[test]
+fn range_requests_are_refused_and_accept_encoding_narrowed() {
+    for (name, value) in [("range", "bytes=0-99"), ("if-range", "\"abc\"")] {
+        let (mut parts, ()) = Request::get("/x")
+            .header(name, value)
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = prepare_request(&mut parts).unwrap_err();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.code, "range_not_supported");
+    }
+    let (mut parts, ()) = Request::get("/x")
+        .header("accept-encoding", "zstd, br;q=0.9")
+        .header("accept-encoding", "gzip")
+        .body(())
+        .unwrap()
+        .into_parts();
+    prepare_request(&mut parts).unwrap();
+    let ae: Vec<_> = parts.headers.get_all("accept-encoding").iter().collect();
+    assert_eq!(ae, ["gzip, br;q=0.900"]);
+    let (mut parts, ()) = Request::get("/x").body(()).unwrap().into_parts();
+    prepare_request(&mut parts).unwrap();
+    assert_eq!(parts.headers["accept-encoding"], "identity");
+}
+
+// === streaming bodies ===
+
+type Reports = Arc<Mutex<Vec<BodyReport>>>;
+
+fn recorder() -> (Reports, impl FnOnce(BodyReport) + Send + 'static) {
+    let reports: Reports = Arc::default();
+    let r = Arc::clone(&reports);
+    (reports, move |report| r.lock().unwrap().push(report))
+}
+
+type Frames = Vec<Result<Frame<Bytes>, std::io::Error>>;
+
+type FrameStream = StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
+>;
+
+fn stream_body(frames: Frames) -> FrameStream {
+    StreamBody::new(futures_util::stream::iter(frames))
+}
+
+#[tokio::test]
+async fn masked_body_over_many_frames() {
+    let doc = api_document(300);
+    for coding in CODINGS {
+        let wire = compress(coding, doc.as_bytes());
+        let mut frames: Frames = chunks(&wire, 11, 64)
+            .into_iter()
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let mut trailers = HeaderMap::new();
+        trailers.insert(
+            "x-summary",
+            HeaderValue::from_static("sent to alice.smith@example.com"),
+        );
+        frames.push(Ok(Frame::trailers(trailers)));
+        let (reports, done) = recorder();
+        let body = MaskedBody::new(
+            stream_body(frames),
+            masker_for(coding, "application/json"),
+            done,
+        );
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["x-summary"], "sent to [REDACTED]");
+        let out = collected.to_bytes();
+        let plain = String::from_utf8(decompress(coding, &out)).unwrap();
+        assert_clean(&plain);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&plain).unwrap()["data"][299]["id"],
+            299
+        );
+        let reports = reports.lock().unwrap();
+        assert_eq!(reports.len(), 1, "done called once");
+        let r = &reports[0];
+        assert_eq!(r.error, None);
+        assert_eq!(r.bytes_in, wire.len() as u64);
+        assert_eq!(r.bytes_out, out.len() as u64);
+        assert_eq!(r.masked.0["card_number"], 300);
+        assert_eq!(
+            r.masked.0["email"], 301,
+            "300 in the body, one in the trailers"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failure_mid_stream_ends_the_body_with_an_error() {
+    let frames: Frames = vec![
+        Ok(Frame::data(Bytes::from(format!(
+            "[{{\"card\":\"{CARD}\"}},"
+        )))),
+        Ok(Frame::data(Bytes::from_static(b"{\"ok\":tru"))),
+        Ok(Frame::data(Bytes::from_static(
+            b"X}, {\"email\":\"alice.smith@example.com\"}]",
+        ))),
+    ];
+    let (reports, done) = recorder();
+    let mut body = MaskedBody::new(
+        stream_body(frames),
+        masker_for(Coding::Identity, "application/json"),
+        done,
+    );
+    let mut sent = Vec::new();
+    let err = loop {
+        match body.frame().await {
+            Some(Ok(f)) => sent.extend_from_slice(f.data_ref().unwrap()),
+            Some(Err(e)) => break e,
+            None => panic!("the body ended normally"),
+        }
+    };
+    assert!(matches!(err, BodyError::Mask(_)), "{err:?}");
+    assert!(body.frame().await.is_none());
+    let sent = String::from_utf8(sent).unwrap();
+    assert_clean(&sent);
+    assert!(!sent.contains("alice"));
+    drop(body);
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].error.as_deref().unwrap().contains("JSON"));
+}
+
+#[tokio::test]
+async fn an_upstream_error_is_reported() {
+    let frames: Frames = vec![
+        Ok(Frame::data(Bytes::from_static(b"[1,"))),
+        Err(std::io::Error::other("connection reset")),
+    ];
+    let (reports, done) = recorder();
+    let body = MaskedBody::new(
+        stream_body(frames),
+        masker_for(Coding::Identity, "application/json"),
+        done,
+    );
+    let err = body.collect().await.unwrap_err();
+    assert!(matches!(err, BodyError::Upstream(_)));
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1);
+    assert!(
+        reports[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("connection reset")
+    );
+    assert_eq!(reports[0].bytes_in, 3);
+}
+
+#[tokio::test]
+async fn done_is_called_exactly_once_even_on_drop() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let frames = || -> Frames {
+        (0..10)
+            .map(|i| {
+                Ok(Frame::data(Bytes::from(if i == 0 {
+                    "[".to_owned()
+                } else {
+                    format!("{i},")
+                })))
+            })
+            .collect()
+    };
+    // Dropped after two frames.
+    let (reports, done) = recorder();
+    let c = Arc::clone(&calls);
+    let mut body = MaskedBody::new(
+        stream_body(frames()),
+        masker_for(Coding::Identity, "application/json"),
+        move |r| {
+            c.fetch_add(1, Ordering::SeqCst);
+            done(r);
+        },
+    );
+    body.frame().await.unwrap().unwrap();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let r = reports.lock().unwrap()[0].clone();
+    assert!(r.error.unwrap().contains("dropped"));
+    assert_eq!(r.bytes_in, 3);
+
+    // Dropped unpolled.
+    let (reports, done) = recorder();
+    drop(MaskedBody::new(
+        stream_body(frames()),
+        masker_for(Coding::Identity, "application/json"),
+        done,
+    ));
+    assert_eq!(reports.lock().unwrap().len(), 1);
+
+    // Run to its end (an error, since `[1,2,…,9,` is not a document), then dropped.
+    let (reports, done) = recorder();
+    let c = Arc::clone(&calls);
+    let body = MaskedBody::new(
+        stream_body(frames()),
+        masker_for(Coding::Identity, "application/json"),
+        move |r| {
+            c.fetch_add(1, Ordering::SeqCst);
+            done(r);
+        },
+    );
+    assert!(body.collect().await.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(reports.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn counting_body_passes_frames_through() {
+    let frames: Frames = vec![
+        Ok(Frame::data(Bytes::from_static(b"card 4111 1111 1111 1111"))),
+        Ok(Frame::data(Bytes::from_static(b" unmasked route"))),
+    ];
+    let (reports, done) = recorder();
+    let out = CountingBody::new(stream_body(frames), done)
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&out[..], b"card 4111 1111 1111 1111 unmasked route");
+    {
+        let reports = reports.lock().unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].bytes_in, 39);
+        assert_eq!(reports[0].bytes_out, 39);
+        assert_eq!(reports[0].error, None);
+    }
+
+    // An empty body dropped unpolled ended normally; a started one dropped did not.
+    let (reports, done) = recorder();
+    drop(CountingBody::new(
+        http_body_util::Empty::<Bytes>::new(),
+        done,
+    ));
+    assert_eq!(reports.lock().unwrap()[0].error, None);
+    let (reports, done) = recorder();
+    let mut body = CountingBody::new(
+        stream_body(vec![
+            Ok(Frame::data(Bytes::from_static(b"a"))),
+            Ok(Frame::data(Bytes::from_static(b"b"))),
+        ]),
+        done,
+    );
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    let r = reports.lock().unwrap();
+    assert_eq!(r.len(), 1);
+    assert!(r[0].error.is_some());
+}
+
+// === property ===
+
+fn luhn(body: &[u8]) -> u8 {
+    let sum: u32 = body
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = u32::from(*d);
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    ((10 - sum % 10) % 10) as u8
+}
+
+fn card_number() -> impl Strategy<Value = String> {
+    proptest::collection::vec(0u8..10, 14).prop_map(|mut d| {
+        d.insert(0, 4);
+        let check = luhn(&d);
+        d.push(check);
+        d.iter().map(|x| char::from(b'0' + x)).collect()
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Pii {
+    Card(String),
+    Email(String),
+}
+
+fn pii() -> impl Strategy<Value = Pii> {
+    prop_oneof![
+        card_number().prop_map(Pii::Card),
+        "[a-z]{1,10}\\.[a-z]{1,10}@[a-z]{2,10}\\.(com|org|net)".prop_map(Pii::Email),
+    ]
+}
+
+fn json_with(pii: Vec<Pii>, filler: Vec<String>) -> (String, Vec<String>) {
+    let mut secrets = Vec::new();
+    let mut s = String::from("{\"items\":[");
+    for (i, p) in pii.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let f = filler
+            .get(i % filler.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        match p {
+            Pii::Card(c) => {
+                s.push_str(&format!("{{\"n\":{i},\"note\":\"{f} pay with {c} ok\"}}"));
+                secrets.push(c.clone());
+            }
+            Pii::Email(e) => {
+                s.push_str(&format!("{{\"n\":{i},\"to\":[\"{e}\"],\"x\":\"{f}\"}}"));
+                secrets.push(e.clone());
+            }
+        }
+    }
+    s.push_str("]}");
+    (s, secrets)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn no_pii_survives_any_coding_or_chunking(
+        pii in proptest::collection::vec(pii(), 1..20),
+        filler in proptest::collection::vec("[a-zA-Z ]{0,30}", 1..5),
+        coding in proptest::sample::select(CODINGS.to_vec()),
+        seed in any::<u64>(),
+        max in 1usize..600,
+    ) {
+        let (doc, secrets) = json_with(pii, filler);
+        let wire = compress(coding, doc.as_bytes());
+        let mut m = masker_for(coding, "application/json");
+        let (out, counts) = run(&mut m, &chunks(&wire, seed, max)).unwrap();
+        let plain = String::from_utf8(decompress(coding, &out)).unwrap();
+        for s in &secrets {
+            prop_assert!(!plain.contains(s.as_str()), "{} survived in {}", s, plain);
+        }
+        prop_assert_eq!(counts.total(), secrets.len() as u64);
+        let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
+        prop_assert_eq!(v["items"].as_array().unwrap().len(), secrets.len());
+    }
+}

@@ -592,4 +592,24 @@ mod tests {
         assert!(Route::new(None, "/a;b").is_err());
         assert!(Route::new(None, "/a/").is_ok());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn accepted_paths_have_nothing_an_upstream_could_normalise(
+            path in "/[a-zA-Z0-9%./\\\\;:@!$&'()*+,=~_-]{0,40}",
+        ) {
+            let Ok(uri) = path.parse::<Uri>() else { return Ok(()); };
+            if let Ok((cmd, m)) = table().command(&Method::GET, &uri) {
+                let p = uri.path();
+                let lower = p.to_ascii_lowercase();
+                proptest::prop_assert!(!p.contains("//") && !p.contains(';') && !p.contains('\\'));
+                proptest::prop_assert!(!lower.contains("%2e") && !lower.contains("%2f") && !lower.contains("%5c"));
+                proptest::prop_assert!(p.split('/').all(|seg| seg != "." && seg != ".."));
+                proptest::prop_assert_eq!(cmd.text, format!("GET {}", uri.path_and_query().unwrap().as_str()));
+                if let Some(m) = m {
+                    proptest::prop_assert!(m.params.iter().all(|(_, v)| !v.split('/').any(|s| s == ".." || s == ".")));
+                }
+            }
+        }
+    }
 }

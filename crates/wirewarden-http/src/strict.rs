@@ -1029,4 +1029,53 @@ mod tests {
             );
         }
     }
+
+    fn verdicts(s: &mut Http1Scanner) -> Vec<Result<(), &'static str>> {
+        std::iter::from_fn(|| s.verdicts.pop_front())
+            .map(|v| v.map_err(|r| r.code))
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_in_any_split_give_the_same_verdicts(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            split in 0usize..512,
+        ) {
+            let mut whole = Http1Scanner::new(&Limits::default());
+            let r1 = whole.feed(&data).map_err(|r| r.code);
+            let (a, b) = data.split_at(split.min(data.len()));
+            let mut parts = Http1Scanner::new(&Limits::default());
+            let r2 = parts.feed(a).and_then(|()| parts.feed(b)).map_err(|r| r.code);
+            proptest::prop_assert_eq!(r1, r2);
+            proptest::prop_assert_eq!(verdicts(&mut whole), verdicts(&mut parts));
+        }
+
+        #[test]
+        fn well_framed_pipelines_are_followed(
+            bodies in proptest::collection::vec(
+                (proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), proptest::prelude::any::<bool>()),
+                1..6,
+            ),
+        ) {
+            let mut raw = Vec::new();
+            for (body, chunked) in &bodies {
+                if *chunked {
+                    raw.extend_from_slice(b"POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+                    for piece in body.chunks(7) {
+                        raw.extend_from_slice(format!("{:X}\r\n", piece.len()).as_bytes());
+                        raw.extend_from_slice(piece);
+                        raw.extend_from_slice(b"\r\n");
+                    }
+                    raw.extend_from_slice(b"0\r\n\r\n");
+                } else {
+                    raw.extend_from_slice(format!("POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+                    raw.extend_from_slice(body);
+                }
+            }
+            let mut s = Http1Scanner::new(&Limits::default());
+            proptest::prop_assert!(s.feed(&raw).is_ok());
+            proptest::prop_assert_eq!(verdicts(&mut s), vec![Ok(()); bodies.len()]);
+        }
+    }
 }

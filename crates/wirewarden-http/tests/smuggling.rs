@@ -227,9 +227,7 @@ fn cases() -> Vec<(&'static str, String, By)> {
         ),
         (
             "absolute-form target naming another host",
-            format!(
-                "GET http://internal.example/public/a HTTP/1.1\r\nHost: up\r\n{a}\r\n"
-            ),
+            format!("GET http://internal.example/public/a HTTP/1.1\r\nHost: up\r\n{a}\r\n"),
             By::Us("request_smuggling"),
         ),
         (

@@ -89,7 +89,8 @@ impl Route {
             method,
             template: template.to_owned(),
             class: None,
-            masked: false,
+            // Fail closed: a route's responses are masked unless it says otherwise.
+            masked: true,
             segments,
         })
     }
@@ -101,7 +102,8 @@ impl Route {
         self
     }
 
-    /// Marks the route's responses for masking.
+    /// Whether the route's responses are masked (the default); `false` for a route whose
+    /// responses may leave as the upstream wrote them.
     #[must_use]
     pub fn masked(mut self, masked: bool) -> Self {
         self.masked = masked;

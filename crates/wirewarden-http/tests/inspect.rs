@@ -368,3 +368,71 @@ async fn masked_route_masks_the_json_body() {
     assert_eq!(o.bytes_out, body.len() as u64);
     assert!(o.masked.total() >= 2, "{:?}", o.masked);
 }
+
+#[tokio::test]
+async fn a_request_under_review_is_held_until_released() {
+    let upstream = start_upstream().await;
+    let gate = TestGate::default();
+    let front = start_front(upstream.addr, gate.clone(), Limits::default()).await;
+
+    let req = Request::post(format!("http://{front}/review/payouts"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::from_static(b"amount=100")))
+        .unwrap();
+    let pending = tokio::spawn(send(false, req));
+    gate.held.notified().await;
+    assert!(
+        upstream.take().is_empty(),
+        "nothing is forwarded while the review is pending"
+    );
+    gate.release.notify_one();
+    let (status, _, body) = pending.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "ok POST /review/payouts 10");
+    let seen = upstream.take();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, "amount=100");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_body_gets_one_outcome_with_the_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let upstream = start_upstream().await;
+    let gate = TestGate::default();
+    let front = start_front(upstream.addr, gate.clone(), Limits::default()).await;
+
+    let mut s = tokio::net::TcpStream::connect(front).await.unwrap();
+    let req =
+        format!("GET /public/stream HTTP/1.1\r\nHost: up\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("first chunk") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the first chunk");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    drop(s);
+
+    eventually(|| !gate.outcomes.lock().unwrap().is_empty()).await;
+    // Another request's outcome arriving proves no second report for the first is pending.
+    let req = get(front, "/public/after")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(false, req).await.0, StatusCode::OK);
+    eventually(|| gate.outcomes.lock().unwrap().len() >= 2).await;
+
+    let outcomes = gate.outcomes.lock().unwrap().clone();
+    let first: Vec<_> = outcomes
+        .iter()
+        .filter(|(t, _)| t == "GET /public/stream")
+        .map(|(_, o)| o)
+        .collect();
+    assert_eq!(first.len(), 1, "exactly once");
+    assert_eq!(first[0].status, Some(StatusCode::OK));
+    assert_eq!(first[0].bytes_out, "first chunk".len() as u64);
+    assert!(first[0].error.is_some(), "{:?}", first[0]);
+}

@@ -87,7 +87,20 @@ pub async fn start_upstream() -> Recorder {
                             headers: parts.headers,
                             body: body.clone(),
                         });
-                        let resp = if target.starts_with("/customers/") {
+                        let resp = if target.starts_with("/public/stream") {
+                            // One chunk, then nothing more: the body never ends.
+                            let first = futures_util::stream::iter([Ok::<_, Infallible>(
+                                http_body::Frame::data(Bytes::from_static(b"first chunk")),
+                            )]);
+                            let body =
+                                http_body_util::StreamBody::new(futures_util::StreamExt::chain(
+                                    first,
+                                    futures_util::stream::pending(),
+                                ));
+                            return Ok::<_, Infallible>(Response::new(
+                                http_body_util::combinators::UnsyncBoxBody::new(body),
+                            ));
+                        } else if target.starts_with("/customers/") {
                             Response::builder()
                                 .header("content-type", "application/json")
                                 .body(Full::new(Bytes::from_static(CUSTOMER_JSON.as_bytes())))
@@ -101,7 +114,10 @@ pub async fn start_upstream() -> Recorder {
                                     body.len()
                                 ))))
                         };
-                        Ok::<_, Infallible>(resp.unwrap())
+                        Ok::<_, Infallible>(
+                            resp.unwrap()
+                                .map(|b| http_body_util::combinators::UnsyncBoxBody::new(b)),
+                        )
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -123,13 +139,17 @@ pub struct Admitted {
     pub peer: Option<SocketAddr>,
 }
 
-/// Allows requests with [`TOKEN`], denies `/admin/…`, injects the upstream credential,
+/// Allows requests with [`TOKEN`], denies `/admin/…`, holds `/review/…` until released, injects the upstream credential,
 /// masks routes marked masked with `profile`, records admissions and outcomes.
 #[derive(Clone, Default)]
 pub struct TestGate {
     pub admitted: Arc<Mutex<Vec<Admitted>>>,
     pub outcomes: Arc<Mutex<Vec<(String, Outcome)>>>,
     pub profile: Option<Arc<Profile>>,
+    /// Notified when a `/review/…` request is being held.
+    pub held: Arc<tokio::sync::Notify>,
+    /// Releases a held request.
+    pub release: Arc<tokio::sync::Notify>,
 }
 
 #[async_trait]
@@ -155,6 +175,11 @@ impl Gate for TestGate {
                 "denied",
                 "rule \"no-admin\" denies this request",
             ));
+        }
+        if a.route.is_some_and(|r| r.template.starts_with("/review/")) {
+            // A review: the request waits here until someone approves.
+            self.held.notify_one();
+            self.release.notified().await;
         }
         let mask = match a.route {
             Some(r) if r.masked => self.profile.clone(),
@@ -183,6 +208,7 @@ pub fn routes() -> Routes {
         .route(Route::new(None, "/customers/{id}/orders/{order}").unwrap())
         .route(Route::new(None, "/admin/{*rest}").unwrap())
         .route(Route::new(None, "/public/{*rest}").unwrap())
+        .route(Route::new(None, "/review/{*rest}").unwrap())
 }
 
 /// The inspection layer over an [`Upstream`] to `upstream`, served by `serve_connection`.

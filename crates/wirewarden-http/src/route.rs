@@ -470,7 +470,11 @@ mod tests {
                     .unwrap()
                     .masked(true),
             )
-            .route(Route::new(None, "/customers/{id}/orders/{order}").unwrap())
+            .route(
+                Route::new(None, "/customers/{id}/orders/{order}")
+                    .unwrap()
+                    .masked(false),
+            )
             .route(
                 Route::new(Some(Method::POST), "/search")
                     .unwrap()

@@ -15,6 +15,7 @@
 //! |---|---|
 //! | `application/json`, `application/*+json` | streaming, one document ([`JsonStream::new`]) |
 //! | `application/x-ndjson`, `application/ndjson`, `application/jsonl`, `application/x-jsonlines` | streaming, a sequence of documents ([`JsonStream::sequence`]) |
+//! | `text/event-stream` | event by event: the data lines of each event joined and masked together, other lines one by one |
 //! | `text/*`, `application/xml`, `application/*+xml`, `application/x-www-form-urlencoded`, `application/javascript` | buffered whole up to [`BodyLimits::max_text_body`], then [`Profile::mask_text`] |
 //! | anything else, or no `Content-Type` on a response with a body | refused |
 //!
@@ -352,6 +353,8 @@ enum Shape {
     JsonLines,
     /// Text, masked whole; `utf8` false for a single-byte ASCII-compatible charset.
     Text { utf8: bool },
+    /// Server-sent events, masked event by event.
+    Events,
 }
 
 fn shape_of(headers: &HeaderMap) -> Result<Shape, Rejection> {
@@ -397,6 +400,13 @@ fn shape_of(headers: &HeaderMap) -> Result<Shape, Rejection> {
         ("application", "x-ndjson" | "ndjson" | "jsonl" | "x-jsonlines" | "jsonlines") => {
             json_charset(Shape::JsonLines)
         }
+        ("text", "event-stream") => match charset.as_deref() {
+            // The format is UTF-8 whatever the header says (WHATWG HTML, 9.2.5).
+            None | Some("utf-8" | "utf8") => Ok(Shape::Events),
+            Some(_) => Err(unmaskable(
+                "event streams in a charset other than UTF-8 cannot be masked",
+            )),
+        },
         ("text", _)
         | (
             "application",
@@ -423,7 +433,14 @@ fn text_charset(charset: Option<&str>) -> Result<Shape, Rejection> {
 
 enum Content {
     Json(Box<JsonStream>),
-    Text { buf: Vec<u8>, utf8: bool },
+    Text {
+        buf: Vec<u8>,
+        utf8: bool,
+    },
+    /// Decoded bytes after the last complete event.
+    Events {
+        buf: Vec<u8>,
+    },
 }
 
 /// Masks one response body: decode → mask → re-encode, in the coding the upstream used (the
@@ -455,6 +472,7 @@ impl std::fmt::Debug for BodyMasker {
                 &match &self.content {
                     Content::Json(_) => "json",
                     Content::Text { .. } => "text",
+                    Content::Events { .. } => "events",
                 },
             )
             .field("open", &self.open)
@@ -471,6 +489,7 @@ impl BodyMasker {
                 buf: Vec::new(),
                 utf8,
             },
+            Shape::Events => Content::Events { buf: Vec::new() },
         };
         Self {
             profile,
@@ -573,6 +592,23 @@ impl BodyMasker {
                     }
                 }
             }
+            Content::Events { buf } => {
+                buf.extend_from_slice(&self.decoded);
+                let end = if last {
+                    buf.len()
+                } else {
+                    complete_events(buf)
+                };
+                if buf.len().saturating_sub(end) > self.max_text_body {
+                    return Err(BodyError::TextTooLarge {
+                        limit: self.max_text_body,
+                    });
+                }
+                if end > 0 {
+                    let events: Vec<u8> = buf.drain(..end).collect();
+                    mask_events(&self.profile, &events, &mut self.masked, counts)?;
+                }
+            }
         }
         let mut out = Vec::new();
         self.encoder.push(&self.masked, &mut out)?;
@@ -582,6 +618,130 @@ impl BodyMasker {
         }
         Ok(Bytes::from(out))
     }
+}
+
+// === server-sent events ===
+
+/// The length of the complete events at the start of `buf`, through the blank line that ends
+/// the last of them; 0 when there is none yet. Lines end in CRLF, LF or CR; a CR at the very
+/// end waits for the next byte, which may be its LF.
+fn complete_events(buf: &[u8]) -> usize {
+    let mut end = 0;
+    let mut line_start = 0;
+    let mut i = 0;
+    while let Some(&b) = buf.get(i) {
+        if b != b'\n' && b != b'\r' {
+            i += 1;
+            continue;
+        }
+        let len = match (b, buf.get(i + 1)) {
+            (b'\r', Some(b'\n')) => 2,
+            (b'\r', None) => break,
+            _ => 1,
+        };
+        let blank = i == line_start;
+        i += len;
+        line_start = i;
+        if blank {
+            end = i;
+        }
+    }
+    end
+}
+
+/// Masks complete events (or, at the end of the body, whatever is left). Each event's data
+/// lines are joined as a client joins them and masked together, so a value (a JSON document,
+/// a card number) split over several `data:` lines is seen whole; every other line (`event`,
+/// `id`, comments) is masked on its own. Lines are written back with LF endings.
+fn mask_events(
+    profile: &Profile,
+    events: &[u8],
+    out: &mut Vec<u8>,
+    counts: &mut MaskedCounts,
+) -> Result<(), BodyError> {
+    let text = std::str::from_utf8(events).map_err(|e| {
+        BodyError::Mask(wirewarden_mask::Error::InvalidUtf8 {
+            offset: e.valid_up_to(),
+        })
+    })?;
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let cut = rest.find(['\r', '\n']).unwrap_or(rest.len());
+        let (line, tail) = rest.split_at(cut);
+        lines.push(line);
+        rest = tail
+            .strip_prefix("\r\n")
+            .or_else(|| tail.strip_prefix('\r'))
+            .or_else(|| tail.strip_prefix('\n'))
+            .unwrap_or(tail);
+    }
+    let mut event: Vec<&str> = Vec::new();
+    for line in lines {
+        if line.is_empty() {
+            mask_event(profile, &event, out, counts)?;
+            out.push(b'\n');
+            event.clear();
+        } else {
+            event.push(line);
+        }
+    }
+    mask_event(profile, &event, out, counts)
+}
+
+fn mask_event(
+    profile: &Profile,
+    lines: &[&str],
+    out: &mut Vec<u8>,
+    counts: &mut MaskedCounts,
+) -> Result<(), BodyError> {
+    let data_of = |line: &str| -> Option<String> {
+        let value = line.strip_prefix("data")?;
+        if value.is_empty() {
+            return Some(String::new());
+        }
+        let value = value.strip_prefix(':')?;
+        Some(value.strip_prefix(' ').unwrap_or(value).to_owned())
+    };
+    let data: Vec<String> = lines.iter().filter_map(|l| data_of(l)).collect();
+    let mut data_written = false;
+    for line in lines {
+        if data_of(line).is_some() {
+            if data_written {
+                continue;
+            }
+            data_written = true;
+            let joined = data.join("\n");
+            let masked = profile.mask_value(
+                &Field::Unknown,
+                ValueType::Text,
+                Cow::Borrowed(joined.as_bytes()),
+                counts,
+            )?;
+            let masked = masked.unwrap_or_default();
+            let masked = String::from_utf8_lossy(&masked);
+            for part in masked.split(['\r', '\n']) {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(part.as_bytes());
+                out.push(b'\n');
+            }
+        } else {
+            let masked = profile.mask_value(
+                &Field::Unknown,
+                ValueType::Text,
+                Cow::Borrowed(line.as_bytes()),
+                counts,
+            )?;
+            let masked = masked.unwrap_or_default();
+            // A replacement never holds a line break; should one appear, it must not start
+            // a field of its own.
+            for b in masked.iter() {
+                out.push(if *b == b'\r' || *b == b'\n' { b' ' } else { *b });
+            }
+            out.push(b'\n');
+        }
+    }
+    Ok(())
 }
 
 // === bodies ===
@@ -931,6 +1091,41 @@ mod tests {
         assert!(!m.contains("4111"), "{m}");
         let m = msg("x/alice@example.com");
         assert!(!m.contains("alice"), "{m}");
+    }
+
+    #[test]
+    fn event_boundaries() {
+        assert_eq!(complete_events(b""), 0);
+        assert_eq!(complete_events(b"data: a\n"), 0);
+        assert_eq!(complete_events(b"data: a\n\n"), 9);
+        assert_eq!(complete_events(b"data: a\n\ndata: b\n"), 9);
+        assert_eq!(complete_events(b"data: a\r\n\r\nx"), 11);
+        assert_eq!(complete_events(b"data: a\r\rx"), 9);
+        // A CR at the end may be the start of CRLF: wait.
+        assert_eq!(complete_events(b"data: a\r\n\r"), 0);
+        assert_eq!(complete_events(b"\n"), 1);
+    }
+
+    #[test]
+    fn events_are_masked_with_their_data_joined() {
+        let p = Profile::builder("t").build().unwrap();
+        let mut out = Vec::new();
+        let mut counts = MaskedCounts::new();
+        mask_events(
+            &p,
+            b"id: 7\r\ndata:alice@example.com\r\ndata\rdata:  x\n\n",
+            &mut out,
+            &mut counts,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id: 7\ndata: [REDACTED]\ndata: \ndata:  x\n\n"
+        );
+        assert_eq!(counts.0["email"], 1);
+        let mut out = Vec::new();
+        assert!(mask_events(&p, b"data: \xff\n\n", &mut out, &mut counts).is_err());
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -275,6 +275,88 @@ fn text_bodies_are_masked_whole() {
 }
 
 #[test]
+fn event_streams_are_masked_event_by_event() {
+    let mut m = masker_for(Coding::Identity, "text/event-stream");
+    let mut counts = MaskedCounts::new();
+    // An event cut in the middle of a JSON string waits for its blank line.
+    let out = m
+        .push(
+            b"event: update\r\nid: 1\r\ndata: {\"email\":\"alice.smith@",
+            &mut counts,
+        )
+        .unwrap();
+    assert!(out.is_empty());
+    let out = m
+        .push(
+            b"example.com\",\r\ndata: \"password\":\"hunter2\"}\r\n\r\n\
+              data: pay with 4111 1111 1111 1111\n\n: note for alice.smith@example.com\n",
+            &mut counts,
+        )
+        .unwrap();
+    // The two data lines are one JSON document to the client: masked as one, key rules
+    // included.
+    assert_eq!(
+        std::str::from_utf8(&out).unwrap(),
+        "event: update\nid: 1\ndata: {\"email\":\"[REDACTED]\",\ndata: \"password\":\"[REDACTED]\"}\n\n\
+         data: pay with [REDACTED]\n\n"
+    );
+    // The rest (no blank line yet) comes out at the end.
+    let out = m.finish(&mut counts).unwrap();
+    assert_eq!(&out[..], b": note for [REDACTED]\n");
+    assert_eq!(counts.0["email"], 2);
+    assert_eq!(counts.0["card_number"], 1);
+    assert_eq!(counts.0["json_path:$..password"], 1);
+}
+
+#[test]
+fn event_streams_stay_live_under_gzip() {
+    let mut upstream = wirewarden_http::encoding::Encoder::new(Coding::Gzip);
+    let mut m = masker_for(Coding::Gzip, "text/event-stream; charset=utf-8");
+    let mut client = wirewarden_http::encoding::Decoder::new(Coding::Gzip, Default::default());
+    let mut counts = MaskedCounts::new();
+    for i in 0..5 {
+        let event = format!("data: {{\"n\":{i},\"to\":\"{EMAIL}\"}}\n\n");
+        let mut wire = Vec::new();
+        upstream.push(event.as_bytes(), &mut wire).unwrap();
+        let mut seen = Vec::new();
+        client
+            .push(&m.push(&wire, &mut counts).unwrap(), &mut seen)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(seen).unwrap(),
+            format!("data: {{\"n\":{i},\"to\":\"[REDACTED]\"}}\n\n")
+        );
+    }
+}
+
+#[test]
+fn an_endless_event_is_cut_at_the_text_limit() {
+    let mut parts = head(StatusCode::OK, &[("content-type", "text/event-stream")]);
+    let limits = BodyLimits {
+        max_text_body: 4096,
+        ..BodyLimits::default()
+    };
+    let mut m = mask_response_head(
+        &profile(),
+        &Method::GET,
+        &mut parts,
+        &limits,
+        &mut MaskedCounts::new(),
+    )
+    .unwrap()
+    .unwrap();
+    let mut counts = MaskedCounts::new();
+    let mut err = None;
+    for _ in 0..10 {
+        if let Err(e) = m.push(&[b'x'; 1000], &mut counts) {
+            err = Some(e);
+            break;
+        }
+    }
+    assert!(matches!(err, Some(BodyError::TextTooLarge { limit: 4096 })));
+}
+
+#[test]
 fn text_body_over_its_limit_fails() {
     let mut parts = head(StatusCode::OK, &[("content-type", "text/plain")]);
     let limits = BodyLimits {

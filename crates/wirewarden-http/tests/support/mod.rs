@@ -116,7 +116,7 @@ pub async fn start_upstream() -> Recorder {
                         };
                         Ok::<_, Infallible>(
                             resp.unwrap()
-                                .map(|b| http_body_util::combinators::UnsyncBoxBody::new(b)),
+                                .map(http_body_util::combinators::UnsyncBoxBody::new),
                         )
                     }
                 });

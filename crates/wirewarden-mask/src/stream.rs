@@ -468,8 +468,10 @@ impl JsonStream {
                 }
                 Expect::Lit { lit, n } => {
                     if lit.get(n) != Some(&b) {
-                        let at = self.tok_offset.saturating_sub(self.offset);
-                        return Err(self.err(at, "invalid literal"));
+                        return Err(Error::InvalidJson {
+                            offset: self.tok_offset,
+                            reason: "invalid literal",
+                        });
                     }
                     i += 1;
                     if n + 1 == lit.len() {

@@ -672,6 +672,41 @@ fn nesting_is_bounded_like_the_whole_document_masker() {
 }
 
 #[test]
+fn json_in_strings_is_unpacked_to_the_limit() {
+    let p = plain_profile();
+    let limit = p.limits().max_nested_json;
+    let mut doc = r#"{"ssn": "078-05-1120"}"#.to_owned();
+    for _ in 0..limit {
+        doc = format!("[{}]", serde_json::to_string(&doc).unwrap());
+    }
+    let (want, want_counts) = whole(&p, &doc);
+    let (got, counts) = streamed(
+        JsonStream::new(Arc::clone(&p)),
+        doc.as_bytes(),
+        &[7, 19, 40],
+    );
+    assert_eq!(got.unwrap(), want.unwrap());
+    assert_eq!(counts, want_counts);
+    assert_eq!(counts.0["ssn"], 1);
+    // One level more is refused by both, never passed through.
+    let deeper = format!("[{}]", serde_json::to_string(&doc).unwrap());
+    let limit_err = Error::JsonTooDeep { limit };
+    assert_eq!(whole(&p, &deeper).0, Err(limit_err.clone()));
+    let (got, _) = streamed(JsonStream::new(p), deeper.as_bytes(), &[3, 50]);
+    assert_eq!(got, Err(limit_err));
+}
+
+#[test]
+fn literal_errors_point_at_the_literal() {
+    let mut s = JsonStream::new(plain_profile());
+    let mut out = Vec::new();
+    let mut c = MaskedCounts::new();
+    s.push(b"[tr", &mut out, &mut c).unwrap();
+    let e = s.push(b"ux]", &mut out, &mut c).unwrap_err();
+    assert!(matches!(e, Error::InvalidJson { offset: 1, .. }), "{e:?}");
+}
+
+#[test]
 fn truncated_and_trailing_input_are_errors_and_poison() {
     let p = plain_profile();
     for bad in [

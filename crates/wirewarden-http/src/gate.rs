@@ -152,11 +152,24 @@ pub enum Verdict {
 pub trait Gate: Send + Sync + 'static {
     /// Decides on one request.
     async fn admit(&self, admission: Admission<'_>) -> Verdict;
+
+    /// Told about a request the inspection layer refused before it could ask
+    /// [`admit`](Self::admit): a request-smuggling shape, an ambiguous path, a malformed or
+    /// non-Bearer `Authorization` header. `rejection` is what the client was answered. The
+    /// default records nothing; an auditing gate records it (such refusals are how probing
+    /// shows up in the trail).
+    async fn refused(&self, rejection: &Rejection, peer: Option<SocketAddr>) {
+        let _ = (rejection, peer);
+    }
 }
 
 #[async_trait]
 impl<G: Gate + ?Sized> Gate for Arc<G> {
     async fn admit(&self, admission: Admission<'_>) -> Verdict {
         (**self).admit(admission).await
+    }
+
+    async fn refused(&self, rejection: &Rejection, peer: Option<SocketAddr>) {
+        (**self).refused(rejection, peer).await;
     }
 }

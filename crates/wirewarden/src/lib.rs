@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 mod listen;
 mod metrics;
 mod pipeline;

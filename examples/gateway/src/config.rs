@@ -13,7 +13,8 @@ use serde::Deserialize;
 use wirewarden::audit::{
     ChainKey, CheckpointKey, CheckpointSigner, Durability, FileSink, VerifyKeys,
 };
-use wirewarden::core::{Protocol, Target};
+use wirewarden::core::{CommandClass, Protocol, Target};
+use wirewarden::http::{HttpTarget, Route, Routes};
 use wirewarden::identity::{Chain, IdentityProvider, JwtConfig, JwtProvider, StaticTokens};
 use wirewarden::mask::Engine as MaskEngine;
 use wirewarden::policy::RuleEngine;
@@ -100,6 +101,10 @@ pub(crate) struct PolicyConfig {
     /// the file's rules. Default: true.
     #[serde(default = "yes")]
     pub(crate) redis_defaults: bool,
+    /// Put the built-in HTTP deny rule (requests no route describes) before the file's
+    /// rules. Default: true.
+    #[serde(default = "yes")]
+    pub(crate) http_defaults: bool,
 }
 
 fn yes() -> bool {
@@ -159,6 +164,34 @@ pub(crate) struct TargetConfig {
     /// Users that log in with SCRAM against a stored verifier.
     #[serde(default)]
     pub(crate) scram_users: BTreeMap<String, ScramUserConfig>,
+    /// HTTP: the header that carries the gateway's credential upstream (default
+    /// `authorization`).
+    #[serde(default)]
+    pub(crate) credential_header: Option<String>,
+    /// HTTP: the scheme written before the credential (default `Bearer` in
+    /// `Authorization`, nothing in any other header).
+    #[serde(default)]
+    pub(crate) credential_scheme: Option<String>,
+    /// HTTP: the routes of the upstream's API, in matching order.
+    #[serde(default, rename = "route")]
+    pub(crate) routes: Vec<RouteConfig>,
+}
+
+/// One route of an HTTP target.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteConfig {
+    /// The method (any when absent).
+    #[serde(default)]
+    pub(crate) method: Option<String>,
+    /// The path template: `/customers/{id}`, `/files/{*rest}`.
+    pub(crate) path: String,
+    /// The class policy sees (default: from the method).
+    #[serde(default)]
+    pub(crate) class: Option<CommandClass>,
+    /// Mask the response (default true).
+    #[serde(default = "yes")]
+    pub(crate) masked: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,10 +235,10 @@ impl Config {
                         t.name
                     )));
                 }
-                "postgres" | "redis" => {}
+                "postgres" | "redis" | "http" => {}
                 other => {
                     return Err(self.error(format!(
-                        "target {:?}: protocol {other:?} is not served by this gateway (supported: postgres, redis)",
+                        "target {:?}: protocol {other:?} is not served by this gateway (supported: postgres, redis, http)",
                         t.name
                     )));
                 }
@@ -274,6 +307,9 @@ impl Config {
         let mut text = self.read("policy.file", &self.policy.file)?;
         if self.policy.redis_defaults {
             text = format!("{}\n{text}", wirewarden::redis::DEFAULT_REDIS_POLICY);
+        }
+        if self.policy.http_defaults {
+            text = format!("{}\n{text}", wirewarden::http::DEFAULT_HTTP_POLICY);
         }
         RuleEngine::from_toml(&text)
             .map(Arc::new)
@@ -413,6 +449,67 @@ impl Config {
             );
         }
         Ok(rt)
+    }
+}
+
+impl Config {
+    pub(crate) fn http_target(&self, t: &TargetConfig) -> Result<HttpTarget> {
+        let what = format!("target {:?}", t.name);
+        let secret = self.secret(&format!("{what} password"), &t.password)?;
+        let header_name = t.credential_header.as_deref().unwrap_or("authorization");
+        let header = http::HeaderName::from_bytes(header_name.as_bytes())
+            .map_err(|e| self.error(format!("{what}: credential_header: {e}")))?;
+        let scheme = match &t.credential_scheme {
+            Some(s) => s.clone(),
+            None if header == http::header::AUTHORIZATION => "Bearer".to_owned(),
+            None => String::new(),
+        };
+        let value = if scheme.is_empty() {
+            secret
+        } else {
+            format!("{scheme} {secret}")
+        };
+        let value = http::HeaderValue::from_str(&value).map_err(|_| {
+            self.error(format!(
+                "{what}: the credential is not a valid header value"
+            ))
+        })?;
+        let mut routes = Routes::new();
+        for (i, r) in t.routes.iter().enumerate() {
+            let method = match &r.method {
+                None => None,
+                Some(m) if m == "*" => None,
+                Some(m) => Some(
+                    http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .map_err(|e| self.error(format!("{what}: route {i}: method: {e}")))?,
+                ),
+            };
+            let mut route = Route::new(method, &r.path)
+                .map_err(|e| self.error(format!("{what}: route {i}: {e}")))?
+                .masked(r.masked);
+            if let Some(c) = r.class {
+                route = route.class(c);
+            }
+            routes = routes.route(route);
+        }
+        let target = Target::new(t.name.clone(), Protocol::Http)
+            .map_err(|e| self.error(format!("{what}: {e}")))?;
+        let mut ht = HttpTarget::new(target, t.upstream.clone())
+            .routes(routes)
+            .credential(header, value);
+        if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
+            let chain = wirewarden::tls::load_certs(&self.resolve(cert))
+                .map_err(|e| self.error(format!("{what}: {e}")))?;
+            let key_pem = std::fs::read(self.resolve(key))
+                .map_err(|e| self.error(format!("{what}: tls_key: {e}")))?;
+            let key = wirewarden::tls::key_from_pem(&key_pem)
+                .map_err(|e| self.error(format!("{what}: {e}")))?;
+            ht.tls = Some(
+                wirewarden::tls::server_config(chain, key)
+                    .map_err(|e| self.error(format!("{what}: {e}")))?,
+            );
+        }
+        Ok(ht)
     }
 }
 

@@ -17,6 +17,7 @@ use serde_json::json;
 use wirewarden::Pipeline;
 use wirewarden::audit::{LogReader, OcsfExporter, Transcript, to_json_line, verify_dir};
 use wirewarden::core::{CommandClass, SessionId};
+use wirewarden::http::HttpProxy;
 use wirewarden::identity::StaticTokens;
 use wirewarden::postgres::PostgresProxy;
 use wirewarden::redis::RedisProxy;
@@ -274,7 +275,14 @@ async fn serve(config: Config) -> Result<ExitCode, BoxError> {
             listener.local_addr()?,
             t.upstream
         );
-        let task = if t.protocol == "redis" {
+        let task = if t.protocol == "http" {
+            let proxy = HttpProxy::new(pipeline.clone(), config.http_target(t)?)?;
+            tokio::spawn(async move {
+                if let Err(e) = proxy.listen(listener).await {
+                    eprintln!("wirewarden-gateway: listener stopped: {e}");
+                }
+            })
+        } else if t.protocol == "redis" {
             let proxy = RedisProxy::new(pipeline.clone(), config.redis_target(t)?);
             tokio::spawn(async move {
                 if let Err(e) = proxy.listen(listener).await {

@@ -1,0 +1,413 @@
+//! The [`Gate`] of one client connection: identity, policy, review and audit for each
+//! request, with one audit session per identity seen on the connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue, StatusCode};
+use tokio::sync::Mutex;
+use wirewarden_core::{
+    AuditEvent, AuditEventKind, CommandId, Decision, Direction, Principal, RuleId,
+    SessionEndReason, SessionId, Target, Timestamp,
+};
+use wirewarden_http::{Admission, Forward, Gate, Outcome, Rejection, Verdict};
+use wirewarden_identity::{AuthContext, Credential};
+
+use crate::{Metrics, Pipeline};
+
+/// One identity's session on a connection.
+#[derive(Debug, Clone)]
+struct Session {
+    id: SessionId,
+    principal: Principal,
+    started: Instant,
+}
+
+/// The gate for one client connection.
+#[derive(Debug)]
+pub(crate) struct ConnectionGate {
+    pipeline: Arc<Pipeline>,
+    target: Target,
+    inject: Arc<Vec<(HeaderName, HeaderValue)>>,
+    peer: Option<SocketAddr>,
+    tls: bool,
+    /// Sessions by the blake3 digest of the bearer token that opened them (the token itself
+    /// is never kept).
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    commands: std::sync::atomic::AtomicU64,
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+fn denied(message: impl Into<String>) -> Verdict {
+    Verdict::Reject(Rejection::new(StatusCode::FORBIDDEN, "denied", message))
+}
+
+fn unavailable(code: &'static str, message: impl Into<String>) -> Verdict {
+    Verdict::Reject(Rejection::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        code,
+        message,
+    ))
+}
+
+fn unauthenticated(message: impl Into<String>) -> Verdict {
+    Verdict::Reject(Rejection::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+        message,
+    ))
+}
+
+impl ConnectionGate {
+    pub(crate) fn new(
+        pipeline: Arc<Pipeline>,
+        target: Target,
+        inject: Arc<Vec<(HeaderName, HeaderValue)>>,
+        peer: Option<SocketAddr>,
+        tls: bool,
+    ) -> Self {
+        Self {
+            pipeline,
+            target,
+            inject,
+            peer,
+            tls,
+            sessions: Mutex::new(HashMap::new()),
+            commands: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    async fn auth_failed(&self, reason: String) {
+        Metrics::add(&self.pipeline.metrics().auth_failures, 1);
+        let event = AuditEvent::new(
+            None,
+            AuditEventKind::AuthenticationFailed {
+                target: self.target.clone(),
+                client_addr: self.peer.map(|p| p.to_string()),
+                user: None,
+                method: "bearer".into(),
+                reason,
+            },
+        );
+        let _ = self.pipeline.record(&event).await;
+    }
+
+    /// The session of the identity `token` proves, opening (and recording) it on first use.
+    async fn session(&self, token: &str, user_agent: Option<&str>) -> Result<Session, Verdict> {
+        let key = *blake3::hash(token.as_bytes()).as_bytes();
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(&key) {
+            return Ok(s.clone());
+        }
+        let mut ctx = AuthContext::new().with_target(self.target.name.clone());
+        if let Some(p) = self.peer {
+            ctx = ctx.with_client_addr(p);
+        }
+        let principal = match self
+            .pipeline
+            .authenticate(&Credential::bearer(token), &ctx)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = e.to_string();
+                self.auth_failed(reason.clone()).await;
+                return Err(unauthenticated(format!(
+                    "the bearer token was not accepted: {reason}"
+                )));
+            }
+        };
+        let session = Session {
+            id: SessionId::new(),
+            principal,
+            started: Instant::now(),
+        };
+        let started = AuditEvent::new(
+            Some(session.id),
+            AuditEventKind::SessionStarted {
+                principal: session.principal.clone(),
+                target: self.target.clone(),
+                client_addr: self.peer.map(|p| p.to_string()),
+                application: user_agent.map(str::to_owned),
+                tls: self.tls,
+            },
+        );
+        if self.pipeline.record(&started).await.is_err() {
+            return Err(unavailable(
+                "audit_unavailable",
+                "the audit trail is unavailable, request refused",
+            ));
+        }
+        let metrics = self.pipeline.metrics();
+        Metrics::add(&metrics.sessions_started, 1);
+        metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
+        sessions.insert(key, session.clone());
+        Ok(session)
+    }
+
+    /// Records the end of every session the connection opened.
+    pub(crate) async fn close(&self, reason: SessionEndReason) {
+        let sessions = std::mem::take(&mut *self.sessions.lock().await);
+        let commands = self.commands.load(Ordering::Relaxed);
+        for (_, s) in sessions {
+            self.pipeline
+                .metrics()
+                .sessions_active
+                .fetch_sub(1, Ordering::Relaxed);
+            let end = AuditEvent::new(
+                Some(s.id),
+                AuditEventKind::SessionEnded {
+                    reason: reason.clone(),
+                    commands,
+                    duration_us: micros(s.started),
+                },
+            );
+            let _ = self.pipeline.record(&end).await;
+        }
+        let _ = self.pipeline.audit_sink().flush().await;
+    }
+
+    /// Holds a request for review; `Ok(())` once it is approved and released.
+    async fn review(
+        &self,
+        session: &Session,
+        command: &wirewarden_core::Command,
+        command_id: CommandId,
+        rule: RuleId,
+        reason: &str,
+        requirement: wirewarden_core::ReviewRequirement,
+    ) -> Result<(), Verdict> {
+        let pipeline = &self.pipeline;
+        let reviews = pipeline.reviews();
+        let timeout = requirement.timeout.min(pipeline.max_review_wait());
+        let requested = reviews
+            .request(
+                &session.principal,
+                &self.target,
+                command,
+                command_id,
+                rule,
+                reason,
+                requirement,
+                Timestamp::now(),
+            )
+            .await
+            .map_err(|e| {
+                unavailable(
+                    "review_unavailable",
+                    format!("the request needs review but review is unavailable: {e}"),
+                )
+            })?;
+        let mut event = requested.event;
+        event.session = Some(session.id);
+        if pipeline.record(&event).await.is_err() {
+            return Err(unavailable(
+                "audit_unavailable",
+                "the audit trail is unavailable, request refused",
+            ));
+        }
+        let id = requested.review.id;
+        let review = match reviews.wait(id, timeout).await {
+            Ok((review, event)) => {
+                if let Some(mut e) = event {
+                    e.session = Some(session.id);
+                    let _ = pipeline.record(&e).await;
+                }
+                review
+            }
+            Err(e) => return Err(denied(format!("review {id} failed: {e}"))),
+        };
+        use wirewarden_review::Status;
+        match review.status(Timestamp::now()) {
+            Status::Approved => reviews
+                .release(
+                    id,
+                    &session.principal,
+                    &self.target,
+                    command,
+                    Timestamp::now(),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| denied(format!("approval of review {id} cannot be used: {e}"))),
+            Status::Denied => Err(denied(format!("review {id} was denied"))),
+            _ => Err(Verdict::Reject(Rejection::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "review_timeout",
+                format!("review {id} was not approved within {}s", timeout.as_secs()),
+            ))),
+        }
+    }
+
+    async fn admit_inner(&self, admission: Admission<'_>) -> Result<Forward, Verdict> {
+        let Some(token) = admission.bearer else {
+            self.auth_failed("no bearer token".into()).await;
+            return Err(unauthenticated(
+                "an Authorization: Bearer token is required",
+            ));
+        };
+        let user_agent = admission
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let session = self.session(token, user_agent).await?;
+        let command = admission.command;
+        let command_id = CommandId::new();
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        let now = Timestamp::now();
+        let metrics = self.pipeline.metrics();
+        let (decision, policy_version) = if session.principal.is_expired_at(now) {
+            (
+                Decision::Deny {
+                    rule: RuleId::new("credential-expired"),
+                    reason: "the credential of this session has expired".into(),
+                },
+                String::new(),
+            )
+        } else {
+            let decided = self
+                .pipeline
+                .decide(&session.principal, &self.target, command, now)
+                .await;
+            (
+                decided.evaluation.decision,
+                decided.evaluation.policy_version.to_string(),
+            )
+        };
+        let event = AuditEvent::new(
+            Some(session.id),
+            AuditEventKind::CommandDecided {
+                command_id,
+                subject: session.principal.subject.clone(),
+                command: command.clone(),
+                decision: decision.clone(),
+                policy_version,
+            },
+        );
+        // The intent is on record before anything is forwarded, or nothing is.
+        let recorded = self.pipeline.record(&event).await;
+        let mask_name = match decision {
+            Decision::Allow { mask_profile, .. } => {
+                if recorded.is_err() {
+                    Metrics::add(&metrics.commands_denied, 1);
+                    return Err(unavailable(
+                        "audit_unavailable",
+                        "the audit trail is unavailable, request refused",
+                    ));
+                }
+                Metrics::add(&metrics.commands_allowed, 1);
+                mask_profile
+            }
+            Decision::Deny { rule, reason } => {
+                Metrics::add(&metrics.commands_denied, 1);
+                return Err(denied(format!("{reason} (rule {rule})")));
+            }
+            Decision::Review {
+                rule,
+                reason,
+                requirement,
+            } => {
+                if recorded.is_err() {
+                    Metrics::add(&metrics.commands_denied, 1);
+                    return Err(unavailable(
+                        "audit_unavailable",
+                        "the audit trail is unavailable, request refused",
+                    ));
+                }
+                Metrics::add(&metrics.commands_reviewed, 1);
+                self.review(&session, command, command_id, rule, &reason, requirement)
+                    .await?;
+                None
+            }
+            _ => {
+                Metrics::add(&metrics.commands_denied, 1);
+                return Err(denied("unsupported decision"));
+            }
+        };
+        let masked_route = admission.route.is_none_or(|r| r.masked);
+        let mask = if masked_route {
+            match self
+                .pipeline
+                .mask_profile(&self.target, &session.principal, mask_name.as_deref())
+            {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    return Err(unavailable(
+                        "mask_profile_missing",
+                        "the mask profile for this request is missing, request refused",
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        let pipeline = self.pipeline.clone();
+        let target = self.target.clone();
+        let principal = session.principal.clone();
+        let session_id = session.id;
+        let mut forward = Forward::new(mask).on_complete(move |outcome: Outcome| {
+            let metrics = pipeline.metrics();
+            Metrics::add(&metrics.values_masked, outcome.masked.total());
+            pipeline.charge(&principal, &target, 0, outcome.bytes_out);
+            let completed = AuditEvent::new(
+                Some(session_id),
+                AuditEventKind::CommandCompleted {
+                    command_id,
+                    rows: 0,
+                    bytes: outcome.bytes_out,
+                    masked: outcome.masked,
+                    duration_us: u64::try_from(outcome.duration.as_micros()).unwrap_or(u64::MAX),
+                    error: match (outcome.error, outcome.status) {
+                        (Some(e), _) => Some(e),
+                        (None, Some(s)) if s.is_server_error() || s.is_client_error() => {
+                            Some(format!("upstream answered {s}"))
+                        }
+                        _ => None,
+                    },
+                },
+            );
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = pipeline.record(&completed).await;
+                });
+            }
+        });
+        for (name, value) in self.inject.iter() {
+            forward = forward.header(name.clone(), value.clone());
+        }
+        Ok(forward)
+    }
+}
+
+#[async_trait]
+impl Gate for ConnectionGate {
+    async fn admit(&self, admission: Admission<'_>) -> Verdict {
+        match self.admit_inner(admission).await {
+            Ok(f) => Verdict::Forward(f),
+            Err(v) => v,
+        }
+    }
+
+    async fn refused(&self, rejection: &Rejection, _peer: Option<SocketAddr>) {
+        if rejection.status == StatusCode::UNAUTHORIZED {
+            self.auth_failed(rejection.message.clone()).await;
+            return;
+        }
+        Metrics::add(&self.pipeline.metrics().protocol_errors, 1);
+        let event = AuditEvent::new(
+            None,
+            AuditEventKind::ProtocolError {
+                direction: Direction::FromClient,
+                error: format!("{}: {}", rejection.code, rejection.message),
+            },
+        );
+        let _ = self.pipeline.record(&event).await;
+    }
+}

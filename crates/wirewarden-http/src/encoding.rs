@@ -196,7 +196,8 @@ pub enum CodingError {
 
 // === Decoder ===
 
-/// Caps on what a [`Decoder`] produces.
+/// Caps on what a [`Decoder`] of a compressed body produces (an identity body is not
+/// limited: it does not expand).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
     /// Most bytes one body may decode to.
@@ -471,9 +472,11 @@ impl Decoder {
     fn feed(&mut self, input: &[u8], encoded: u64) -> Result<(), CodingError> {
         let coding = self.coding;
         match &mut self.inner {
+            // Nothing is expanded: the caps are for decompression, not for body size.
             Inflate::Identity(sink) => {
-                sink.encoded = encoded;
-                sink.accept(input)
+                sink.buf.extend_from_slice(input);
+                sink.decoded = sink.decoded.saturating_add(input.len() as u64);
+                Ok(())
             }
             Inflate::Gzip(d) => {
                 d.get_mut().encoded = encoded;
@@ -1089,6 +1092,20 @@ mod tests {
         // Poisoned from now on.
         assert_eq!(d.push(b"", &mut out), Err(CodingError::Finished));
         assert_eq!(d.finish(&mut out), Err(CodingError::Finished));
+    }
+
+    #[test]
+    fn identity_is_not_capped() {
+        let limits = DecodeLimits {
+            max_decoded_bytes: 10,
+            max_ratio: 1,
+            ratio_floor: 0,
+        };
+        let mut d = Decoder::new(Coding::Identity, limits);
+        let mut out = Vec::new();
+        d.push(&[b'x'; 100], &mut out).unwrap();
+        d.finish(&mut out).unwrap();
+        assert_eq!(out.len(), 100);
     }
 
     #[test]

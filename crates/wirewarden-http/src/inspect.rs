@@ -12,7 +12,7 @@
 //!    client's, the body is capped at [`Limits::max_body_bytes`] while it streams, and the
 //!    request goes upstream;
 //! 6. the response's hop-by-hop headers are removed and, on a masked route, its body is
-//!    masked as it streams; the gate's [`OnComplete`](crate::OnComplete) is told the status,
+//!    masked as it streams; the gate's [`OnComplete`] is told the status,
 //!    bytes, masked counts and any error exactly once, when the body ends or is dropped.
 //!
 //! Every refusal is a JSON [`Rejection`]; the service itself never fails.
@@ -99,6 +99,11 @@ impl<S, G: Clone> Layer<S> for InspectLayer<G> {
 }
 
 /// The service [`InspectLayer`] builds: see the module documentation.
+///
+/// The inner service receives the request with its body wrapped in [`Limited`] (the cap of
+/// [`Limits::max_body_bytes`] while the body streams); its response body may be any
+/// [`Body`] of [`Bytes`]. The response is always a [`Response<ResponseBody>`]; the error type
+/// is [`Infallible`], as every failure becomes a JSON [`Rejection`].
 #[derive(Debug, Clone)]
 pub struct InspectService<S, G> {
     inner: S,

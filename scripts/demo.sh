@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The wirewarden demo: the reference gateway in front of a real PostgreSQL and Redis, with an
+# The wirewarden demo: the reference gateway in front of a real PostgreSQL, Redis and HTTP API, with an
 # agent's session narrated step by step. Installs what is missing, starts throwaway servers
 # with sample customer data, and removes everything when it ends. Safe to run again.
 set -euo pipefail
@@ -20,12 +20,13 @@ GW="$PWD/target/debug/wirewarden-gateway"
 work=$(mktemp -d /tmp/wirewarden-demo.XXXXXX)
 chmod 755 "$work"
 PGBIN=$(pg_bindir)
-GW_PID= REDIS_PID=
+GW_PID= REDIS_PID= API_PID=
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   [ -n "$GW_PID" ] && kill "$GW_PID" 2>/dev/null && wait "$GW_PID" 2>/dev/null
   [ -d "$work/pg/data" ] && as_pg "$PGBIN/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1
   [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null
+  [ -n "$API_PID" ] && kill "$API_PID" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -74,13 +75,19 @@ for _ in $(seq 100); do redis_admin PING >/dev/null 2>&1 && break; sleep 0.1; do
 redis_admin SET session:1001 '{"customer": 1, "email": "ada@example.com", "card": "4111 1111 1111 1111", "cart": 3}' >/dev/null
 redis_admin SET session:1002 '{"customer": 2, "email": "alan@example.org", "card": "5500 0000 0000 0004", "cart": 1}' >/dev/null
 
+step "starting a throwaway billing API (HTTP) that wants its own API key"
+API_PORT=$(free_port)
+BILLING_API_KEY=$(secret)
+DEMO_API_KEY="$BILLING_API_KEY" python3 scripts/lib/demo_api.py "$API_PORT" 2>"$work/api.log" &
+API_PID=$!
+
 step "writing the gateway's configuration"
 cfg="$work/gw"
 mkdir -p "$cfg"
 printf 'k1 %s\n' "$(secret)" >"$cfg/chain.key"
 secret >"$cfg/signing.key"
 : >"$cfg/tokens.toml"
-GW_PORT=$(free_port) GW_REDIS_PORT=$(free_port) ADMIN_PORT=$(free_port)
+GW_PORT=$(free_port) GW_REDIS_PORT=$(free_port) GW_HTTP_PORT=$(free_port) ADMIN_PORT=$(free_port)
 cat >"$cfg/gateway.toml" <<TOML
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
@@ -118,8 +125,34 @@ listen = "127.0.0.1:$GW_REDIS_PORT"
 upstream = "127.0.0.1:$REDIS_PORT"
 user = "wirewarden"
 password = { env = "REDIS_PASSWORD" }
+
+[[target]]
+name = "billing-api"
+protocol = "http"
+listen = "127.0.0.1:$GW_HTTP_PORT"
+upstream = "http://127.0.0.1:$API_PORT"
+password = { env = "BILLING_API_KEY" }   # sent upstream as "Authorization: Bearer ..."
+
+[[target.route]]
+method = "GET"
+path = "/customers"
+
+[[target.route]]
+method = "GET"
+path = "/customers/{id}"
+
+[[target.route]]
+method = "DELETE"
+path = "/customers/{id}"
 TOML
 cat >"$cfg/policy.toml" <<'TOML'
+[[rule]]
+id = "no-api-deletes"
+protocols = ["http"]
+verbs = ["DELETE"]
+action = "deny"
+reason = "customers are deleted by the billing team, not by agents"
+
 [[rule]]
 id = "no-ddl"
 class = "schema"
@@ -149,7 +182,7 @@ default_profile = "support"
 name = "support"
 strategies = { card_number = { kind = "partial", keep_last = 4 }, email = "tokenize" }
 TOML
-export WIREWARDEN_ADMIN_TOKEN=$(secret) CRM_PASSWORD="$UPSTREAM_PASSWORD" REDIS_PASSWORD="$REDIS_UPSTREAM_PASSWORD"
+export WIREWARDEN_ADMIN_TOKEN=$(secret) CRM_PASSWORD="$UPSTREAM_PASSWORD" REDIS_PASSWORD="$REDIS_UPSTREAM_PASSWORD" BILLING_API_KEY
 issued=$("$GW" -c "$cfg/gateway.toml" token issue --id support-agent --subject support-agent --group support)
 AGENT_TOKEN=$(printf '%s\n' "$issued" | head -n 1 | awk '{print $NF}')
 printf '%s\n' "$issued" | tail -n +2 >"$cfg/tokens.toml"
@@ -158,7 +191,7 @@ note "issued a token for support-agent; tokens.toml stores only its hash"
 step "starting the gateway"
 "$GW" -c "$cfg/gateway.toml" serve 2>"$work/gateway.log" &
 GW_PID=$!
-for port in "$GW_PORT" "$GW_REDIS_PORT" "$ADMIN_PORT"; do
+for port in "$GW_PORT" "$GW_REDIS_PORT" "$GW_HTTP_PORT" "$ADMIN_PORT" "$API_PORT"; do
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
 agent_psql() { PGPASSWORD="$AGENT_TOKEN" PGSSLMODE=disable psql -X -h 127.0.0.1 -p "$GW_PORT" -U support-agent -d crm "$@"; }
@@ -198,12 +231,22 @@ run agent_redis KEYS '*' || true
 note "directly, for comparison:"
 redis_admin GET session:1001
 
-say "5. An AI agent built with the OpenAI Agents SDK (offline, scripted model) uses the same"
+agent_http() { curl -sS --compressed -H "Authorization: Bearer $AGENT_TOKEN" "$@"; echo; }
+say "5. The agent calls the billing API over HTTP with the same token. The gateway swaps it for"
+say "   the API's own key, and masks the JSON (gzip-compressed by the API) before it leaves."
+run agent_http "http://127.0.0.1:$GW_HTTP_PORT/customers/1"
+note "directly, with the API key only the gateway holds:"
+curl -sS --compressed -H "Authorization: Bearer $BILLING_API_KEY" "http://127.0.0.1:$API_PORT/customers/1"; echo
+say "   Deleting a customer is refused with a JSON 403; a path no route describes is refused too."
+run agent_http -X DELETE "http://127.0.0.1:$GW_HTTP_PORT/customers/2"
+run agent_http "http://127.0.0.1:$GW_HTTP_PORT/admin/export"
+
+say "6. An AI agent built with the OpenAI Agents SDK (offline, scripted model) uses the same"
 say "   gateway for both. Each tool call tells the gateway its run and tool-call id."
 run python3 examples/agents/agent.py --pg-port "$GW_PORT" --pg-database crm --sslmode disable \
   --pg-token "$AGENT_TOKEN" --redis-port "$GW_REDIS_PORT" --redis-token "$AGENT_TOKEN"
 
-say "6. The audit trail: every session, decision and outcome, hash-chained and signed."
+say "7. The audit trail: every session, decision and outcome, hash-chained and signed."
 run "$GW" -c "$cfg/gateway.toml" audit verify
 session=$("$GW" -c "$cfg/gateway.toml" audit export --format jsonl | python3 -c '
 import json, sys

@@ -288,6 +288,9 @@ where
                 r.code,
                 "request_smuggling" | "malformed_request" | "hop_by_hop_abuse" | "header_too_large"
             );
+            // Refusals before the gate was asked are still the gate's to record.
+            let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
+            gate.refused(&r, peer).await;
             let mut resp = reject(r);
             if close && parts.version < Version::HTTP_2 {
                 resp.headers_mut()

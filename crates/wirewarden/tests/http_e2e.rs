@@ -1,0 +1,682 @@
+//! End to end: real clients (curl, Python httpx over HTTP/1.1 and HTTP/2) through the HTTP
+//! proxy to a real HTTP server on loopback that answers with customer records in every
+//! content encoding, in one piece or in tiny chunks.
+//!
+//! Each test starts its own upstream, audit directory and proxy, so they run in parallel.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wirewarden::Pipeline;
+use wirewarden::audit::{
+    AuditSink, ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log, verify_dir,
+};
+use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
+use wirewarden::http::{DEFAULT_HTTP_POLICY, HttpProxy, HttpTarget, Route, Routes};
+use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
+use wirewarden::mask::{Engine, FieldRule, MaskKey, Profile, Selector, Strategy};
+use wirewarden::policy::RuleEngine;
+use wirewarden::review::{ApprovalScope, Reviewer};
+
+const CARD: &str = "4111 1111 1111 1111";
+const SSN: &str = "123-45-6789";
+const EMAIL: &str = "ada@example.com";
+const UPSTREAM_SECRET: &str = "upstream-secret-7f3a";
+const AGENT_TOKEN: &str = "tok-agent";
+
+fn customer(id: u32) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "name": format!("Customer {id}"),
+        "email": EMAIL,
+        "ssn": SSN,
+        "card": CARD,
+        "internal": {"api_key": "k-123456"},
+        "notes": format!("called on day {id}, card {CARD} on file"),
+    })
+}
+
+/// What the upstream saw of each request.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: http::HeaderMap,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
+    match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            {
+                let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+                w.write_all(data).unwrap();
+            }
+            out
+        }
+        _ => data.to_vec(),
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).boxed()
+}
+
+/// The customer API the gateway protects.
+async fn api(req: Request<Incoming>, log: Log) -> Result<Response<UpBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    log.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        path: path.clone(),
+        headers: req.headers().clone(),
+    });
+    let accept = req
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    // The server's preference, as real servers have one: br, then gzip, then deflate.
+    let coding = ["br", "gzip", "deflate"]
+        .into_iter()
+        .find(|c| {
+            accept
+                .split(',')
+                .any(|a| a.trim().split(';').next() == Some(c))
+        })
+        .unwrap_or("identity");
+    let json = |status: StatusCode, v: serde_json::Value| {
+        let body = encode(coding, v.to_string().as_bytes());
+        let mut r = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-customer-email", EMAIL);
+        if coding != "identity" {
+            r = r.header(header::CONTENT_ENCODING, coding);
+        }
+        r.body(full(body)).unwrap()
+    };
+    let method = req.method().clone();
+    let resp = match (method.as_str(), path.as_str()) {
+        ("GET", "/health") => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(full("ok"))
+            .unwrap(),
+        ("GET", "/customers") => {
+            // Streamed in 7-byte chunks, so values are split across chunks.
+            let all: Vec<_> = (1..=40).map(customer).collect();
+            let body = encode(coding, serde_json::Value::from(all).to_string().as_bytes());
+            let chunks: Vec<Result<Frame<Bytes>, Infallible>> = body
+                .chunks(7)
+                .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+                .collect();
+            let mut r = Response::builder().header(header::CONTENT_TYPE, "application/json");
+            if coding != "identity" {
+                r = r.header(header::CONTENT_ENCODING, coding);
+            }
+            r.body(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
+                .unwrap()
+        }
+        ("GET", "/export") => Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(full(format!("raw {SSN}")))
+            .unwrap(),
+        ("GET", "/notes") => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(full(format!("remember: ssn {SSN}, mail {EMAIL}\n")))
+            .unwrap(),
+        (_, p) if p.starts_with("/customers/") => {
+            let id: u32 = p
+                .trim_start_matches("/customers/")
+                .split('/')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            match method.as_str() {
+                "GET" => json(StatusCode::OK, customer(id)),
+                "POST" => json(StatusCode::OK, serde_json::json!({"refunded": id})),
+                "DELETE" => Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(full(Bytes::new()))
+                    .unwrap(),
+                _ => json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({})),
+            }
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no such thing"}),
+        ),
+    };
+    Ok(resp)
+}
+
+async fn start_upstream(log: Log) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| api(req, log.clone()));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn tokens() -> StaticTokens {
+    let token = |id: &str, secret: &str, subject: &str, groups: &[&str]| StaticToken {
+        id: id.into(),
+        hash: TokenHash::of(secret, None),
+        subject: subject.into(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        attributes: BTreeMap::default(),
+        expires_at: None,
+    };
+    StaticTokens::new(StaticTokensConfig {
+        hash_key: None,
+        tokens: vec![
+            token("agent", AGENT_TOKEN, "agent-1", &["agents"]),
+            token("other", "tok-other", "agent-2", &["agents"]),
+        ],
+    })
+    .unwrap()
+}
+
+struct Gateway {
+    addr: SocketAddr,
+    log: Log,
+    pipeline: Arc<Pipeline>,
+    audit_dir: tempfile::TempDir,
+    keys: VerifyKeys,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+async fn gateway() -> Gateway {
+    gateway_with(|sink| sink).await
+}
+
+async fn gateway_with(wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>) -> Gateway {
+    let log: Log = Arc::default();
+    let upstream = start_upstream(log.clone()).await;
+    let audit_dir = tempfile::tempdir().unwrap();
+    let chain = ChainKey::generate("k1").unwrap();
+    let signer = CheckpointSigner::generate().unwrap();
+    let keys = VerifyKeys {
+        chain: chain.clone(),
+        checkpoint: signer.public(),
+    };
+    let sink = FileSink::builder(audit_dir.path(), chain, signer)
+        .durability(Durability::Fsync)
+        .open()
+        .unwrap();
+    let policy = format!(
+        "{DEFAULT_HTTP_POLICY}
+[[rule]]
+id = \"no-deletes\"
+verbs = [\"DELETE\"]
+action = \"deny\"
+reason = \"agents do not delete customers\"
+
+[[rule]]
+id = \"refunds-need-ops\"
+verbs = [\"POST\"]
+paths = [\"/customers/{{id}}/refund\"]
+action = \"review\"
+reviewers = [\"ops\"]
+timeout = \"20s\"
+
+[[rule]]
+id = \"agents-read\"
+groups = [\"agents\"]
+max_class = \"read\"
+action = \"allow\"
+"
+    );
+    let masks = Engine::builder()
+        .key(MaskKey::new([7; 32]))
+        .profile(
+            Profile::builder("api")
+                .strategy("email", Strategy::Tokenize)
+                .rule(FieldRule::new(
+                    Selector::json_path("$..api_key").unwrap(),
+                    Strategy::redact(),
+                ))
+                .rule(FieldRule::new(
+                    Selector::header("x-customer-*"),
+                    Strategy::redact(),
+                )),
+        )
+        .default_profile("api")
+        .build()
+        .unwrap();
+    let engine = Arc::new(RuleEngine::from_toml(&policy).unwrap());
+    let pipeline = Arc::new(
+        Pipeline::builder(Arc::new(tokens()), engine)
+            .masking(Arc::new(masks))
+            .audit(wrap(Arc::new(sink)))
+            .build()
+            .unwrap(),
+    );
+    let routes = Routes::new()
+        .route(
+            Route::new(Some(http::Method::GET), "/health")
+                .unwrap()
+                .masked(false),
+        )
+        .route(Route::new(Some(http::Method::GET), "/customers").unwrap())
+        .route(Route::new(Some(http::Method::GET), "/customers/{id}").unwrap())
+        .route(Route::new(Some(http::Method::DELETE), "/customers/{id}").unwrap())
+        .route(Route::new(Some(http::Method::POST), "/customers/{id}/refund").unwrap())
+        .route(Route::new(Some(http::Method::GET), "/export").unwrap())
+        .route(Route::new(Some(http::Method::GET), "/notes").unwrap());
+    let target = HttpTarget::new(
+        Target::new("crm-api", Protocol::Http).unwrap(),
+        format!("http://{upstream}"),
+    )
+    .routes(routes)
+    .credential(
+        header::AUTHORIZATION,
+        http::HeaderValue::from_str(&format!("Bearer {UPSTREAM_SECRET}")).unwrap(),
+    );
+    let proxy = HttpProxy::new(pipeline.clone(), target).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = proxy.listen(listener).await;
+    });
+    Gateway {
+        addr,
+        log,
+        pipeline,
+        audit_dir,
+        keys,
+        _task: task,
+    }
+}
+
+impl Gateway {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn events(&self) -> Vec<wirewarden::core::AuditEvent> {
+        // Outcomes are recorded when a response body ends; give the writer a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.pipeline.audit_sink().flush().await.unwrap();
+        read_log(self.audit_dir.path(), &self.keys)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect()
+    }
+}
+
+async fn run(cmd: &str, args: Vec<String>) -> Output {
+    let cmd = cmd.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .expect("run client")
+    })
+    .await
+    .unwrap()
+}
+
+async fn curl(args: &[&str]) -> (String, String) {
+    let mut a = vec!["-sS".to_owned(), "--max-time".into(), "20".into()];
+    a.extend(args.iter().map(|s| (*s).to_owned()));
+    let out = run("curl", a).await;
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn python(script: &str) -> String {
+    let out = run("python3", vec!["-c".into(), script.to_owned()]).await;
+    assert!(
+        out.status.success(),
+        "python: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn assert_masked(body: &str) {
+    assert!(!body.contains(SSN), "{body}");
+    assert!(!body.contains(CARD), "{body}");
+    assert!(!body.contains("4111111111111111"), "{body}");
+    assert!(!body.contains(EMAIL), "{body}");
+    assert!(!body.contains("k-123456"), "{body}");
+}
+
+fn agent_auth() -> String {
+    format!("Authorization: Bearer {AGENT_TOKEN}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reads_masked_json_in_every_content_encoding() {
+    let gw = gateway().await;
+    let auth = agent_auth();
+    for coding in ["identity", "gzip", "deflate", "br"] {
+        let accept = format!("Accept-Encoding: {coding}");
+        let (out, err) = curl(&[
+            "--compressed",
+            "-D",
+            "/dev/stderr",
+            "-H",
+            &auth,
+            "-H",
+            &accept,
+            &gw.url("/customers/7"),
+        ])
+        .await;
+        assert_masked(&out);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["name"], "Customer 7");
+        // The e-mail is tokenized (stable), the API key redacted by its JSON path.
+        assert_ne!(v["email"], EMAIL);
+        assert!(v["email"].is_string());
+        assert_ne!(v["internal"]["api_key"], "k-123456");
+        let head = err.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{err}");
+        if coding == "identity" {
+            assert!(!head.contains("content-encoding"), "{err}");
+        } else {
+            assert!(
+                head.contains(&format!("content-encoding: {coding}")),
+                "{err}"
+            );
+        }
+        // Headers are masked too.
+        assert!(!head.contains(EMAIL), "{err}");
+    }
+    // The upstream saw the gateway's credential, never the agent's token.
+    let seen = gw.log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    for s in &seen {
+        assert_eq!(
+            s.headers[header::AUTHORIZATION],
+            format!("Bearer {UPSTREAM_SECRET}").as_str()
+        );
+        assert!(!format!("{:?}", s.headers).contains(AGENT_TOKEN));
+    }
+
+    let events = gw.events().await;
+    let started: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::SessionStarted {
+                principal, target, ..
+            } => Some((principal.subject.clone(), target.protocol)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 4, "one connection per curl run");
+    assert!(
+        started
+            .iter()
+            .all(|(s, p)| s == "agent-1" && *p == Protocol::Http)
+    );
+    let completed: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::CommandCompleted {
+                masked,
+                bytes,
+                error,
+                ..
+            } => Some((masked.clone(), *bytes, error.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(completed.len(), 4);
+    for (masked, bytes, error) in &completed {
+        assert!(error.is_none(), "{error:?}");
+        assert!(*bytes > 0);
+        assert!(masked.total() >= 4, "{masked:?}");
+    }
+    verify_dir(gw.audit_dir.path(), &gw.keys).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httpx_over_http2_streams_a_chunked_masked_list() {
+    let gw = gateway().await;
+    let script = format!(
+        r#"
+import httpx, json
+with httpx.Client(http1=False, http2=True, headers={{"authorization": "Bearer {AGENT_TOKEN}"}}) as c:
+    for enc in ["identity", "gzip", "br"]:
+        r = c.get("{url}", headers={{"accept-encoding": enc}})
+        assert r.status_code == 200, (r.status_code, r.text)
+        assert r.http_version == "HTTP/2", r.http_version
+        rows = json.loads(r.text)
+        assert len(rows) == 40
+        assert rows[5]["name"] == "Customer 6"
+        print(r.text)
+    # The same connection goes on after a denial.
+    r = c.delete("{base}/customers/3")
+    assert r.status_code == 403, r.status_code
+    body = r.json()
+    assert body["error"]["code"] == "denied", body
+    assert "no-deletes" in body["error"]["message"], body
+    r = c.get("{base}/customers/3")
+    assert r.status_code == 200
+    print(r.text)
+"#,
+        url = gw.url("/customers"),
+        base = gw.url(""),
+    );
+    let out = python(&script).await;
+    assert_masked(&out);
+    // The upstream never saw the DELETE.
+    let seen = gw.log.lock().unwrap().clone();
+    assert!(seen.iter().all(|s| s.method != "DELETE"));
+    assert_eq!(seen.len(), 4);
+
+    let events = gw.events().await;
+    let sessions = events
+        .iter()
+        .filter(|e| matches!(e.kind, AuditEventKind::SessionStarted { .. }))
+        .count();
+    assert_eq!(
+        sessions, 1,
+        "one HTTP/2 connection, one identity: one session"
+    );
+    let denied = events.iter().any(|e| {
+        matches!(&e.kind, AuditEventKind::CommandDecided { decision: Decision::Deny { rule, .. }, command, .. }
+            if rule.as_str() == "no-deletes" && command.verb == "DELETE")
+    });
+    assert!(denied);
+    verify_dir(gw.audit_dir.path(), &gw.keys).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_is_required_and_never_forwarded() {
+    let gw = gateway().await;
+    let script = format!(
+        r#"
+import httpx
+r = httpx.get("{url}")
+assert r.status_code == 401, r.status_code
+assert r.headers["www-authenticate"].startswith("Bearer"), r.headers
+assert r.json()["error"]["code"] == "unauthenticated"
+r = httpx.get("{url}", headers={{"authorization": "Bearer not-a-token"}})
+assert r.status_code == 401, r.status_code
+r = httpx.get("{url}", auth=("agent", "{AGENT_TOKEN}"))
+assert r.status_code == 401, r.status_code
+r = httpx.get("{url}", headers={{"authorization": "Bearer {AGENT_TOKEN}"}})
+assert r.status_code == 200, r.status_code
+"#,
+        url = gw.url("/customers/1"),
+    );
+    python(&script).await;
+    assert_eq!(gw.log.lock().unwrap().len(), 1);
+    let events = gw.events().await;
+    let failures = events
+        .iter()
+        .filter(|e| matches!(e.kind, AuditEventKind::AuthenticationFailed { .. }))
+        .count();
+    assert_eq!(failures, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_masked_or_classified_is_refused() {
+    let gw = gateway().await;
+    let auth = agent_auth();
+    // A binary body on a masked route.
+    let (out, _) = curl(&["-H", &auth, "-w", "\n%{http_code}", &gw.url("/export")]).await;
+    assert!(out.ends_with("\n502"), "{out}");
+    assert!(!out.contains(SSN));
+    assert!(out.contains("unmaskable_response"), "{out}");
+    // A range of a masked resource.
+    let (out, _) = curl(&[
+        "-H",
+        &auth,
+        "-H",
+        "Range: bytes=0-10",
+        "-w",
+        "\n%{http_code}",
+        &gw.url("/customers/1"),
+    ])
+    .await;
+    assert!(!out.ends_with("\n200") && !out.ends_with("\n206"), "{out}");
+    assert!(!out.contains(SSN));
+    // A path no route describes is Unknown, and denied by the default rule.
+    let (out, _) = curl(&["-H", &auth, "-w", "\n%{http_code}", &gw.url("/admin/users")]).await;
+    assert!(out.ends_with("\n403"), "{out}");
+    assert!(out.contains("http-no-unknown-route"), "{out}");
+    // Text is masked by content; an unmasked route passes through untouched.
+    let (out, _) = curl(&["-H", &auth, &gw.url("/notes")]).await;
+    assert!(out.starts_with("remember: ssn "), "{out}");
+    assert_masked(&out);
+    let (out, _) = curl(&["-H", &auth, &gw.url("/health")]).await;
+    assert_eq!(out, "ok");
+    // Neither the export's body nor the unknown path reached a client; the unknown path
+    // never reached the upstream.
+    let seen = gw.log.lock().unwrap().clone();
+    assert!(seen.iter().all(|s| s.path != "/admin/users"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_request_goes_on_after_approval() {
+    let gw = gateway().await;
+    let url = gw.url("/customers/9/refund");
+    let client = tokio::spawn(async move {
+        python(&format!(
+            r#"
+import httpx
+r = httpx.post("{url}", headers={{"authorization": "Bearer {AGENT_TOKEN}"}}, timeout=30)
+print(r.status_code, r.text)
+"#
+        ))
+        .await
+    });
+    let reviews = gw.pipeline.reviews().clone();
+    let pending = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let p = reviews.store().pending(Timestamp::now()).await.unwrap();
+            if let Some(r) = p.into_iter().next() {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a review was requested");
+    assert!(
+        pending.command_text.contains("POST /customers/9/refund"),
+        "{:?}",
+        pending.command_text
+    );
+    assert!(gw.log.lock().unwrap().is_empty(), "held, not forwarded");
+    reviews
+        .approve(
+            pending.id,
+            &Reviewer::new("ops-1").with_group("ops"),
+            ApprovalScope::Once,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let out = client.await.unwrap();
+    assert!(out.starts_with("200 "), "{out}");
+    assert!(out.contains("\"refunded\":9"), "{out}");
+    assert_eq!(gw.log.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_intent_cannot_be_recorded_is_refused() {
+    let gw = gateway_with(|sink| Arc::new(support::RefuseIntents(sink))).await;
+    let auth = agent_auth();
+    let (out, _) = curl(&["-H", &auth, "-w", "\n%{http_code}", &gw.url("/customers/1")]).await;
+    assert!(out.ends_with("\n503"), "{out}");
+    assert!(out.contains("audit_unavailable"), "{out}");
+    assert!(gw.log.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_shapes_never_reach_the_upstream() {
+    let gw = gateway().await;
+    let attempts: [&[u8]; 3] = [
+        b"POST /customers/1/refund HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-agent\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /customers/2 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /customers/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-agent\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        b"GET /customers/1/../../admin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-agent\r\n\r\n",
+    ];
+    for raw in attempts {
+        let mut sock = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        sock.write_all(raw).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+    }
+    assert!(gw.log.lock().unwrap().is_empty());
+    // The ambiguous path is refused after parsing, and recorded as a protocol error.
+    let events = gw.events().await;
+    assert!(events.iter().any(|e| matches!(&e.kind,
+        AuditEventKind::ProtocolError { error, .. } if error.starts_with("ambiguous_path"))));
+}

@@ -36,7 +36,8 @@ use crate::{Error, Result};
 /// Output is released as early as possible: structure and whitespace as soon as they are
 /// pushed, a string, number or literal as soon as it ends. Only an incomplete token is held
 /// back ([`pending`](Self::pending)), and never more than
-/// [`Limits::max_value_len`](crate::Limits) bytes of it. Nesting is bounded by
+/// [`Limits::max_value_len`](crate::Limits) bytes of it; unlike `mask_json`, the document
+/// as a whole may be longer than that. Nesting is bounded by
 /// [`Limits::max_json_depth`](crate::Limits).
 ///
 /// Invalid JSON, invalid UTF-8 and input that ends in the middle of a document are errors;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use wirewarden_mask::{
-    Error, Field, FieldRule, JsonStream, Limits, MaskKey, MaskedCounts, Profile, Selector,
-    Strategy as Mask,
+    DetectorSet, Error, Field, FieldRule, JsonStream, Limits, MaskKey, MaskedCounts, Profile,
+    Selector, Strategy as Mask,
 };
 
 // === profiles ===
@@ -502,6 +502,57 @@ proptest! {
                 prop_assert_eq!(w, g);
             }
         }
+    }
+}
+
+fn no_detectors() -> Arc<Profile> {
+    Arc::new(
+        Profile::builder("none")
+            .detectors(DetectorSet::empty())
+            .build()
+            .unwrap(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// With nothing to mask, everything pushed goes straight out except the token still in
+    /// progress, which is all that `pending` holds.
+    #[test]
+    fn clean_documents_stream_through_at_once(
+        text in rendered(),
+        cuts in prop::collection::vec(any::<usize>(), 0..16),
+    ) {
+        let input = text.as_bytes();
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        at.extend([0, input.len()]);
+        at.sort_unstable();
+        at.dedup();
+        let mut s = JsonStream::new(no_detectors());
+        let mut out = Vec::new();
+        let mut counts = MaskedCounts::new();
+        for w in at.windows(2) {
+            s.push(&input[w[0]..w[1]], &mut out, &mut counts).unwrap();
+            let held = s.pending();
+            prop_assert_eq!(out.len() + held, w[1]);
+            prop_assert_eq!(&out[..], &input[..out.len()]);
+            if held > 0 {
+                // What is held back starts a string, a number or a literal.
+                prop_assert!(matches!(
+                    input[out.len()],
+                    b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+                ));
+                // And no structure outside a string is held back with it.
+                if input[out.len()] != b'"' {
+                    prop_assert!(input[out.len()..w[1]].iter().all(|b| b.is_ascii_alphanumeric()
+                        || matches!(b, b'-' | b'+' | b'.')));
+                }
+            }
+        }
+        s.finish(&mut out, &mut counts).unwrap();
+        prop_assert_eq!(out, input);
+        prop_assert!(counts.is_empty());
     }
 }
 

@@ -401,6 +401,10 @@ pub struct Http1Scanner {
     max_chunk_line: usize,
     state: State,
     head: Vec<u8>,
+    /// Bytes of the current head line so far (with its CRLF once complete).
+    line_len: usize,
+    /// The last head byte taken was a CR (its LF is still to come).
+    prev_cr: bool,
     verdicts: VecDeque<Result<(), Rejection>>,
     heads_seen: u64,
 }
@@ -422,6 +426,8 @@ impl Http1Scanner {
             max_chunk_line: limits.max_chunk_line_bytes,
             state: State::Head,
             head: Vec::new(),
+            line_len: 0,
+            prev_cr: false,
             verdicts: VecDeque::new(),
             heads_seen: 0,
         }
@@ -487,8 +493,8 @@ impl Http1Scanner {
                     data = rest;
                 }
                 State::Head => {
-                    self.head_byte(b);
-                    data = rest;
+                    let used = self.head_bytes(data);
+                    data = data.get(used..).unwrap_or_default();
                 }
             }
         }
@@ -501,49 +507,96 @@ impl Http1Scanner {
         self.state = State::Lost;
     }
 
-    fn head_byte(&mut self, b: u8) {
+    /// Consumes request-head bytes from `data`, up to the end of one head; returns how many.
+    ///
+    /// Works a line at a time (one search for LF, one copy) rather than a byte at a time:
+    /// reading back the byte just written costs a store-forwarding stall per byte.
+    fn head_bytes(&mut self, data: &[u8]) -> usize {
+        let mut used = 0;
         // Empty lines before a request line are skipped, as hyper does.
-        if self.head.is_empty() && (b == b'\r' || b == b'\n') {
+        if self.head.is_empty() {
+            used = data
+                .iter()
+                .position(|&c| c != b'\r' && c != b'\n')
+                .unwrap_or(data.len());
+        }
+        while let Some(rest) = data.get(used..).filter(|r| !r.is_empty()) {
+            let lf = memchr::memchr(b'\n', rest);
+            let seg = match lf {
+                Some(p) => rest.get(..=p).unwrap_or(rest),
+                None => rest,
+            };
+            // A CR may only stand right before an LF.
+            if self.prev_cr && seg.first() != Some(&b'\n') {
+                self.refuse(malformed("bare CR in the request head"));
+                return data.len();
+            }
+            let text = match lf {
+                Some(p) => seg.get(..p).unwrap_or_default(),
+                None => seg,
+            };
+            // The only CR allowed is the one of this line's CRLF, or (no LF yet) the last
+            // byte so far.
+            let cr_ok = memchr::memchr(b'\r', text).is_none_or(|i| i + 1 == text.len());
+            if !cr_ok {
+                self.refuse(malformed("bare CR in the request head"));
+                return data.len();
+            }
+            if lf.is_some() {
+                let crlf = text.last() == Some(&b'\r') || (text.is_empty() && self.prev_cr);
+                if !crlf {
+                    self.refuse(malformed("bare LF in the request head"));
+                    return data.len();
+                }
+            }
+            if self.head.len().saturating_add(seg.len()) > self.max_head {
+                let limit = self.max_head;
+                self.refuse(too_large_head(format!("request head over {limit} bytes")));
+                return data.len();
+            }
+            self.head.extend_from_slice(seg);
+            used += seg.len();
+            self.prev_cr = lf.is_none() && text.last() == Some(&b'\r');
+            let line = self.line_len.saturating_add(seg.len());
+            if lf.is_none() {
+                self.line_len = line;
+                continue;
+            }
+            self.line_len = 0;
+            if line == 2 {
+                self.end_of_head();
+                return used;
+            }
+        }
+        used
+    }
+
+    /// The head in `self.head` is complete (it ends with an empty line): judge it.
+    fn end_of_head(&mut self) {
+        let head = std::mem::take(&mut self.head);
+        let first = self.heads_seen == 0;
+        self.heads_seen = self.heads_seen.saturating_add(1);
+        if first && head == H2_PREFACE_HEAD {
+            self.state = State::Passthrough;
             return;
         }
-        let prev = self.head.last().copied();
-        if prev == Some(b'\r') && b != b'\n' {
-            return self.refuse(malformed("bare CR in the request head"));
-        }
-        if b == b'\n' && prev != Some(b'\r') {
-            return self.refuse(malformed("bare LF in the request head"));
-        }
-        if self.head.len() >= self.max_head {
-            let limit = self.max_head;
-            return self.refuse(too_large_head(format!("request head over {limit} bytes")));
-        }
-        self.head.push(b);
-        if self.head.ends_with(b"\r\n\r\n") {
-            let head = std::mem::take(&mut self.head);
-            let first = self.heads_seen == 0;
-            self.heads_seen = self.heads_seen.saturating_add(1);
-            if first && head == H2_PREFACE_HEAD {
-                self.state = State::Passthrough;
-                return;
+        match self.check_head(&head) {
+            Ok(Framing::None) | Ok(Framing::Length(0)) => {
+                self.verdicts.push_back(Ok(()));
             }
-            match self.check_head(&head) {
-                Ok(Framing::None) | Ok(Framing::Length(0)) => {
-                    self.verdicts.push_back(Ok(()));
-                }
-                Ok(Framing::Length(n)) => {
-                    self.verdicts.push_back(Ok(()));
-                    self.state = State::Body(n);
-                }
-                Ok(Framing::Chunked) => {
-                    self.verdicts.push_back(Ok(()));
-                    self.state = State::Chunked(Chunk::Size { size: 0, digits: 0 });
-                }
-                Err(r) => self.refuse(r),
+            Ok(Framing::Length(n)) => {
+                self.verdicts.push_back(Ok(()));
+                self.state = State::Body(n);
             }
-            // Hand the buffer back to reuse its allocation.
-            self.head = head;
-            self.head.clear();
+            Ok(Framing::Chunked) => {
+                self.verdicts.push_back(Ok(()));
+                self.state = State::Chunked(Chunk::Size { size: 0, digits: 0 });
+            }
+            Err(r) => self.refuse(r),
         }
+        // Hand the buffer back to reuse its allocation.
+        self.head = head;
+        self.head.clear();
     }
 
     fn check_head(&self, head: &[u8]) -> Result<Framing, Rejection> {
@@ -689,8 +742,36 @@ impl Http1Scanner {
 
 /// `tchar` of RFC 9110 §5.6.2.
 fn is_tchar(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+    TCHAR.get(usize::from(c)).copied().unwrap_or(false)
 }
+
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    t
+};
 
 /// `METHOD SP request-target SP HTTP/1.x`, single spaces; returns the method and whether the
 /// version is 1.0.
@@ -1049,6 +1130,34 @@ mod tests {
             let r2 = parts.feed(a).and_then(|()| parts.feed(b)).map_err(|r| r.code);
             proptest::prop_assert_eq!(r1, r2);
             proptest::prop_assert_eq!(verdicts(&mut whole), verdicts(&mut parts));
+        }
+
+        #[test]
+        fn protocol_shaped_bytes_in_any_split_give_the_same_verdicts(
+            tokens in proptest::collection::vec(0usize..14, 0..80),
+            cuts in proptest::collection::vec(0usize..1024, 0..4),
+        ) {
+            const T: [&[u8]; 14] = [
+                b"GET / HTTP/1.1", b"POST /a HTTP/1.0", b"\r\n", b"\r", b"\n", b"Host: x",
+                b"Content-Length: 3", b"Transfer-Encoding: chunked", b"abc", b"3", b"0",
+                b" ", b";e=1", b"PRI * HTTP/2.0",
+            ];
+            let data: Vec<u8> = tokens.iter().flat_map(|&t| T[t].iter().copied()).collect();
+            let mut whole = Http1Scanner::new(&Limits::default());
+            let r1 = whole.feed(&data).map_err(|r| r.code);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces = Http1Scanner::new(&Limits::default());
+            let mut r2 = Ok(());
+            let mut from = 0;
+            for c in cuts.into_iter().chain([data.len()]) {
+                if r2.is_ok() {
+                    r2 = pieces.feed(&data[from..c]).map_err(|r| r.code);
+                }
+                from = c;
+            }
+            proptest::prop_assert_eq!(r1, r2);
+            proptest::prop_assert_eq!(verdicts(&mut whole), verdicts(&mut pieces));
         }
 
         #[test]

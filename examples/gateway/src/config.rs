@@ -544,4 +544,47 @@ mod tests {
         assert!(e.contains("unknown field `port`"), "{e}");
         assert!(e.contains("line 4"), "{e}");
     }
+
+    fn http_config(dir: &Path, route: &str) -> Config {
+        std::fs::write(dir.join("policy.toml"), "").unwrap();
+        std::fs::write(dir.join("tokens.toml"), "").unwrap();
+        std::fs::write(dir.join("api.key"), "k-1\n").unwrap();
+        let p = dir.join("g.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:1\"\ntoken = {{ env = \"X\" }}\n\
+                 [identity]\ntokens_file = \"tokens.toml\"\n[policy]\nfile = \"policy.toml\"\n\
+                 [audit]\ndir = \"audit\"\nchain_key_file = \"c\"\nsigning_key_file = \"s\"\n\
+                 [[target]]\nname = \"api\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:2\"\n\
+                 upstream = \"http://127.0.0.1:3\"\npassword = {{ file = \"api.key\" }}\n\
+                 credential_header = \"x-api-key\"\n{route}"
+            ),
+        )
+        .unwrap();
+        Config::load(&p).unwrap()
+    }
+
+    #[test]
+    fn http_targets_take_routes_and_a_credential_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = http_config(
+            dir.path(),
+            "[[target.route]]\nmethod = \"get\"\npath = \"/customers/{id}\"\n\
+             [[target.route]]\npath = \"/health\"\nmasked = false\nclass = \"session\"\n",
+        );
+        let t = c.http_target(&c.targets[0]).unwrap();
+        assert_eq!(t.routes.routes().len(), 2);
+        assert_eq!(t.credential.len(), 1);
+        let (name, value) = &t.credential[0];
+        assert_eq!(name.as_str(), "x-api-key");
+        // No scheme outside Authorization, and never shown in debug output.
+        assert_eq!(value.as_bytes(), b"k-1");
+        assert!(value.is_sensitive());
+        assert!(!format!("{t:?}").contains("k-1"));
+
+        let c = http_config(dir.path(), "[[target.route]]\npath = \"customers\"\n");
+        let e = c.http_target(&c.targets[0]).unwrap_err().to_string();
+        assert!(e.contains("route 0"), "{e}");
+    }
 }

@@ -31,10 +31,12 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use wirewarden_core::{
     AuditEvent, AuditEventKind, Command, CommandClass, CommandId, Decision, Direction,
     MaskedCounts, ObjectKind, Principal, RuleId, SessionEndReason, SessionId, Target, Timestamp,
@@ -214,6 +216,19 @@ struct Login {
     password: String,
     /// For `HELLO`: the command to send upstream without its `AUTH` part.
     hello: Option<Vec<Bytes>>,
+    /// For `HELLO … SETNAME <name>`: the client's name, which becomes the session's
+    /// application in the audit trail (as `application_name` does for PostgreSQL).
+    name: Option<String>,
+}
+
+/// Longest client name kept as a session's application; longer names are cut (PostgreSQL
+/// cuts `application_name` at 63 bytes).
+const APPLICATION_MAX: usize = 256;
+
+/// Whether the server would accept `name` for `CLIENT SETNAME`/`HELLO … SETNAME`: no
+/// spaces, newlines or other characters outside `!`..=`~`.
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|c| (b'!'..=b'~').contains(c))
 }
 
 enum Parsed {
@@ -235,6 +250,7 @@ fn parse_login(args: &[Bytes]) -> Parsed {
                         user: None,
                         password,
                         hello: None,
+                        name: None,
                     })
                 },
             ),
@@ -243,6 +259,7 @@ fn parse_login(args: &[Bytes]) -> Parsed {
                     user: Some(u),
                     password,
                     hello: None,
+                    name: None,
                 }),
                 _ => Parsed::Invalid(
                     "-WRONGPASS invalid username-password pair or user is disabled.",
@@ -254,6 +271,7 @@ fn parse_login(args: &[Bytes]) -> Parsed {
     // HELLO [protover [AUTH username password] [SETNAME clientname]]
     let mut forward = vec![Bytes::from_static(b"HELLO")];
     let mut login = None;
+    let mut name = None;
     let mut i = 1;
     if let Some(v) = args.get(1) {
         if !matches!(&v[..], b"2" | b"3") {
@@ -275,6 +293,15 @@ fn parse_login(args: &[Bytes]) -> Parsed {
                 i += 3;
             }
             (b"setname", Some(n), _) => {
+                // Checked here, as the server would, so the name recorded for the session
+                // is the one the server accepts.
+                if !valid_client_name(n) {
+                    return Parsed::Invalid(
+                        "-ERR Client names cannot contain spaces, newlines or special characters.",
+                    );
+                }
+                let cut = n.get(..APPLICATION_MAX).unwrap_or(n);
+                name = Some(String::from_utf8_lossy(cut).into_owned());
                 forward.push(a.clone());
                 forward.push(n.clone());
                 i += 2;
@@ -287,9 +314,19 @@ fn parse_login(args: &[Bytes]) -> Parsed {
             user: Some(user),
             password,
             hello: Some(forward),
+            name,
         }),
         None => Parsed::PlainHello,
     }
+}
+
+/// A client that proved an identity.
+struct LoggedIn {
+    principal: Principal,
+    /// The `HELLO` to send upstream (without its `AUTH` part), if the login was one.
+    hello: Option<Vec<Bytes>>,
+    /// The name the client gave in `HELLO … SETNAME`.
+    application: Option<String>,
 }
 
 const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
@@ -391,13 +428,13 @@ impl RedisProxy {
             tls,
         };
         let login = tokio::time::timeout(self.config.login_timeout, self.login(&mut client, peer));
-        let Some((principal, hello)) = login
+        let Some(login) = login
             .await
             .map_err(|_| Error::Authentication("no AUTH within the login timeout".into()))??
         else {
             return Ok(());
         };
-        self.session(client, peer, principal, hello).await
+        self.session(client, peer, login).await
     }
 
     fn auth_failed(
@@ -447,7 +484,7 @@ impl RedisProxy {
         &self,
         client: &mut Client,
         peer: Option<SocketAddr>,
-    ) -> Result<Option<(Principal, Option<Vec<Bytes>>)>> {
+    ) -> Result<Option<LoggedIn>> {
         let mut failures = 0u32;
         loop {
             let Some(req) = client.next().await? else {
@@ -461,7 +498,13 @@ impl RedisProxy {
                 }
                 b"auth" | b"hello" => match parse_login(req.args()) {
                     Parsed::Login(login) => match self.verify(&login, peer).await {
-                        Ok(p) => return Ok(Some((p, login.hello))),
+                        Ok(principal) => {
+                            return Ok(Some(LoggedIn {
+                                principal,
+                                hello: login.hello,
+                                application: login.name,
+                            }));
+                        }
                         Err(reason) => {
                             failures += 1;
                             client.send(WRONGPASS).await?;
@@ -542,9 +585,13 @@ impl RedisProxy {
         &self,
         mut client: Client,
         peer: Option<SocketAddr>,
-        principal: Principal,
-        hello: Option<Vec<Bytes>>,
+        login: LoggedIn,
     ) -> Result<()> {
+        let LoggedIn {
+            principal,
+            hello,
+            application,
+        } = login;
         let target = self.config.target.clone();
         let (up, up_buf) = match self.connect_upstream().await {
             Ok(x) => x,
@@ -571,7 +618,7 @@ impl RedisProxy {
                 principal: principal.clone(),
                 target: target.clone(),
                 client_addr: peer.map(|p| p.to_string()),
-                application: None,
+                application,
                 tls: client.tls,
             },
         );
@@ -584,8 +631,14 @@ impl RedisProxy {
         let metrics = self.pipeline.metrics();
         Metrics::add(&metrics.sessions_started, 1);
         metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
+        let (outcomes, rx) = mpsc::channel(OUTCOME_QUEUE);
+        let writer = tokio::spawn(outcome_writer(self.pipeline.clone(), rx));
         let mut relay = Relay {
             proxy: self,
+            outcomes,
+            steps: Vec::new(),
+            intents: Vec::new(),
+            recorded: Vec::new(),
             principal,
             target,
             session_id,
@@ -610,7 +663,13 @@ impl RedisProxy {
         };
         let first = match hello {
             // The HELLO that authenticated goes upstream (without AUTH) as a command.
-            Some(args) => relay.on_request(Request::from_args(args)).await,
+            Some(args) => match relay.on_request(Request::from_args(args)).await {
+                Ok(()) => {
+                    relay.commit().await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
             None => {
                 relay.to_client.extend_from_slice(b"+OK\r\n");
                 Ok(())
@@ -635,7 +694,12 @@ impl RedisProxy {
                 duration_us: micros(relay.started),
             },
         );
-        let _ = self.pipeline.record(&end).await;
+        // The end goes after every outcome of the session; then the writer stops.
+        let outcomes = relay.outcomes.clone();
+        drop(relay);
+        let _ = outcomes.send(Box::new(end)).await;
+        drop(outcomes);
+        let _ = writer.await;
         let _ = self.pipeline.audit_sink().flush().await;
         outcome.map(|_| ())
     }
@@ -675,13 +739,131 @@ struct Pending {
     charged: bool,
 }
 
-enum Verdict {
-    Forward(Arc<Profile>, CommandId),
+/// A command that policy allowed, until it is forwarded.
+#[derive(Debug)]
+struct Allowed {
+    req: Request,
+    verb: Verb,
+    id: CommandId,
+    profile: Arc<Profile>,
+    keys: Keys,
+    /// Whether what it returns counts against exfiltration budgets.
+    charged: bool,
+    /// Its intent record in [`Relay::intents`]; `None`: already on record.
+    intent: Option<usize>,
+}
+
+/// What one request of a pipelined batch comes to, in order. The intents of the batch are
+/// recorded together before any of it is forwarded.
+#[derive(Debug)]
+enum Step {
+    Forward(Allowed),
+    /// A denial: `-ERR <message>`, and the open transaction fails.
     Refuse(String),
+    /// A reply the gateway gives itself (`AUTH`, `QUIT`, a bad `HELLO`).
+    Reply(Bytes),
+}
+
+/// The few commands the relay treats specially, recognised without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Multi,
+    Exec,
+    Discard,
+    Reset,
+    Mget,
+    Other,
+}
+
+impl Verb {
+    fn of(name: &[u8]) -> Self {
+        let is = |v: &[u8]| name.eq_ignore_ascii_case(v);
+        if is(b"multi") {
+            Self::Multi
+        } else if is(b"exec") {
+            Self::Exec
+        } else if is(b"discard") {
+            Self::Discard
+        } else if is(b"reset") {
+            Self::Reset
+        } else if is(b"mget") {
+            Self::Mget
+        } else {
+            Self::Other
+        }
+    }
+}
+
+/// How many outcome records may wait for the session's audit writer before the relay waits
+/// for it.
+const OUTCOME_QUEUE: usize = 4096;
+/// How many outcome records the writer appends at once.
+const OUTCOME_BATCH: usize = 512;
+/// How many requests of one pipelined read are decided before their intents are recorded and
+/// they are forwarded.
+const STEP_BATCH: usize = 256;
+
+/// Appends a session's outcome records (completions, transcripts, the session's end) in
+/// order, off the relay's path: only intents must be on record before a command is
+/// forwarded. What queued up while an append was waiting is appended as one batch, so in
+/// fsync mode one `fdatasync` covers many outcomes rather than one each.
+async fn outcome_writer(pipeline: Arc<Pipeline>, mut rx: mpsc::Receiver<Box<AuditEvent>>) {
+    let mut batch = Vec::with_capacity(OUTCOME_BATCH);
+    let mut events = Vec::with_capacity(OUTCOME_BATCH);
+    let mut recorded = Vec::with_capacity(OUTCOME_BATCH);
+    while rx.recv_many(&mut batch, OUTCOME_BATCH).await > 0 {
+        events.extend(batch.drain(..).map(|e| *e));
+        record_all(&pipeline, &events, &mut recorded).await;
+        events.clear();
+    }
+}
+
+/// Appends `events`, all started at once, and sets `recorded[i]` to whether event `i` is on
+/// record. The appends are started in order, so a sink that places an event in its order when
+/// the append is called (as [`FileSink`](wirewarden_audit::FileSink) does) keeps them in this
+/// order; and in fsync mode the sink's group commit makes them durable with one `fdatasync`
+/// instead of one each.
+async fn record_all(pipeline: &Pipeline, events: &[AuditEvent], recorded: &mut Vec<bool>) {
+    recorded.clear();
+    match events {
+        [] => {}
+        [one] => recorded.push(pipeline.record(one).await.is_ok()),
+        many => {
+            recorded.resize(many.len(), false);
+            let mut appends: Vec<_> = many
+                .iter()
+                .map(|e| Some(Box::pin(pipeline.record(e))))
+                .collect();
+            std::future::poll_fn(|cx| {
+                let mut done = true;
+                for (append, ok) in appends.iter_mut().zip(recorded.iter_mut()) {
+                    if let Some(f) = append {
+                        match f.as_mut().poll(cx) {
+                            Poll::Ready(r) => {
+                                *ok = r.is_ok();
+                                *append = None;
+                            }
+                            Poll::Pending => done = false,
+                        }
+                    }
+                }
+                if done { Poll::Ready(()) } else { Poll::Pending }
+            })
+            .await;
+        }
+    }
 }
 
 struct Relay<'p> {
     proxy: &'p RedisProxy,
+    /// The session's outcome writer.
+    outcomes: mpsc::Sender<Box<AuditEvent>>,
+    /// The decided, not yet forwarded requests of the current batch, in order.
+    steps: Vec<Step>,
+    /// The intent records the batch's steps wait for.
+    intents: Vec<AuditEvent>,
+    /// Scratch: which of `intents` were recorded.
+    recorded: Vec<bool>,
     principal: Principal,
     target: Target,
     session_id: SessionId,
@@ -727,6 +909,7 @@ impl Relay<'_> {
                         Ok(Some(req)) => self.on_request(req).await?,
                         Ok(None) => break,
                         Err(e) => {
+                            self.commit().await;
                             self.protocol_event(Direction::FromClient, &e).await;
                             self.push_local(e.to_reply());
                             self.flush().await?;
@@ -735,7 +918,8 @@ impl Relay<'_> {
                     }
                 }
             }
-            // Replies already read.
+            // The batch's intents on record, its commands forwarded; then replies already read.
+            self.commit().await;
             self.on_upstream_bytes().await?;
             self.flush().await?;
             if (!client_open || self.quit) && self.slots.is_empty() {
@@ -853,48 +1037,50 @@ impl Relay<'_> {
 
     async fn on_request(&mut self, req: Request) -> Result<()> {
         self.commands += 1;
-        let name = lower(req.name());
         let mut req = req;
-        match &name[..] {
-            b"auth" => {
-                // Re-authentication: only as the same identity; never forwarded.
-                let reply = self.reauth(req.args()).await;
-                self.push_local(reply);
-                return Ok(());
-            }
-            b"hello" => match parse_login(req.args()) {
+        let name = req.name();
+        if name.eq_ignore_ascii_case(b"auth") {
+            // Re-authentication: only as the same identity; never forwarded.
+            let reply = self.reauth(req.args()).await;
+            self.steps.push(Step::Reply(reply));
+            return Ok(());
+        }
+        if name.eq_ignore_ascii_case(b"quit") {
+            // Answered here once every earlier reply is out; the session then ends.
+            self.quit = true;
+            self.steps.push(Step::Reply(Bytes::from_static(b"+OK\r\n")));
+            return Ok(());
+        }
+        if name.eq_ignore_ascii_case(b"hello") {
+            match parse_login(req.args()) {
                 Parsed::Login(login) => {
                     let reply = self
                         .reauth_login(&Login {
                             user: login.user.clone(),
                             password: login.password.clone(),
                             hello: None,
+                            name: None,
                         })
                         .await;
                     if reply.first() == Some(&b'-') {
-                        self.push_local(reply);
+                        self.steps.push(Step::Reply(reply));
                         return Ok(());
                     }
                     req = Request::from_args(login.hello.unwrap_or_default());
                 }
                 Parsed::Invalid(reply) => {
-                    self.push_local(error_reply(&reply[1..]));
+                    self.steps.push(Step::Reply(error_reply(&reply[1..])));
                     return Ok(());
                 }
                 Parsed::PlainHello => {}
-            },
-            b"quit" => {
-                // Answered here once every earlier reply is out; the session then ends.
-                self.quit = true;
-                self.push_local(Bytes::from_static(b"+OK\r\n"));
-                return Ok(());
             }
-            _ => {}
         }
+        let name = req.name();
+        let verb = Verb::of(name);
         let classified = classify(req.args());
         let command = classified.command;
         let command_id = CommandId::new();
-        let builtin = if name == b"client"
+        let builtin = if name.eq_ignore_ascii_case(b"client")
             && req
                 .args()
                 .get(1)
@@ -905,7 +1091,7 @@ impl Relay<'_> {
                 "redis-client-reply",
                 "CLIENT REPLY is not allowed through the gateway",
             ))
-        } else if name == b"reset" {
+        } else if verb == Verb::Reset {
             // RESET would log the upstream connection out of the gateway's own user.
             Some((
                 "redis-reset",
@@ -914,94 +1100,284 @@ impl Relay<'_> {
         } else {
             None
         };
-        let verdict = if let Some((rule, reason)) = builtin {
-            self.decided(
-                &command,
+        if let Some((rule, reason)) = builtin {
+            self.deny(
+                command,
                 command_id,
-                Decision::Deny {
-                    rule: RuleId::new(rule),
-                    reason: reason.into(),
-                },
+                RuleId::new(rule),
+                reason.into(),
                 "builtin".into(),
-            )
-            .await
+            );
         } else if self.proxy.config.refused_risks.intersects(classified.risk) {
-            self.decided(
-                &command,
+            let reason = format!(
+                "{} is refused ({})",
+                command.verb,
+                classified.risk.names().collect::<Vec<_>>().join(", ")
+            );
+            self.deny(
+                command,
                 command_id,
-                Decision::Deny {
-                    rule: RuleId::new("redis-risk"),
-                    reason: format!(
-                        "{} is refused ({})",
-                        command.verb,
-                        classified.risk.names().collect::<Vec<_>>().join(", ")
-                    ),
-                },
+                RuleId::new("redis-risk"),
+                reason,
                 "builtin".into(),
-            )
-            .await
+            );
         } else {
-            self.decide(&command, command_id).await?
-        };
-        match verdict {
-            Verdict::Refuse(message) => self.refuse(&message),
-            Verdict::Forward(profile, id) => {
-                let poisoned_exec = name == b"exec" && self.client_multi && self.multi_poisoned;
-                let tag = self.next_tag;
-                self.next_tag += 1;
-                let (forward, rewrite) = if poisoned_exec {
-                    // The server must drop the transaction too: DISCARD, answered as the
-                    // server answers an EXEC after a command rejected at queue time.
-                    (
-                        Request::from_args([Bytes::from_static(b"DISCARD")]),
-                        Some(Bytes::from_static(
-                            b"-EXECABORT Transaction discarded because of previous errors.\r\n",
-                        )),
-                    )
-                } else {
-                    (req, None)
-                };
-                match &name[..] {
-                    b"multi" => {
-                        self.client_multi = true;
-                        self.multi_poisoned = false;
+            self.decide(req, verb, command, command_id).await?;
+        }
+        if self.steps.len() >= STEP_BATCH {
+            self.commit().await;
+        }
+        Ok(())
+    }
+
+    /// Records (with the batch) a denial the proxy or policy took, and answers it in order.
+    fn deny(
+        &mut self,
+        command: Command,
+        command_id: CommandId,
+        rule: RuleId,
+        reason: String,
+        policy_version: String,
+    ) {
+        let message = format!("wirewarden: {reason} (rule {rule})");
+        let event = AuditEvent::new(
+            Some(self.session_id),
+            AuditEventKind::CommandDecided {
+                command_id,
+                subject: self.principal.subject.clone(),
+                command,
+                decision: Decision::Deny { rule, reason },
+                policy_version,
+            },
+        );
+        // A denial's record is best effort: the command is refused either way.
+        self.intents.push(event);
+        Metrics::add(&self.pipeline().metrics().commands_denied, 1);
+        self.steps.push(Step::Refuse(message));
+    }
+
+    /// Asks policy about one command and stages what follows: its intent record and its
+    /// forwarding, or its denial. A command held for review is settled before this returns.
+    async fn decide(
+        &mut self,
+        req: Request,
+        verb: Verb,
+        command: Command,
+        command_id: CommandId,
+    ) -> Result<()> {
+        let now = Timestamp::now();
+        if self.principal.is_expired_at(now) {
+            Metrics::add(&self.pipeline().metrics().commands_denied, 1);
+            self.steps.push(Step::Refuse(
+                "wirewarden: the credential of this session has expired (rule credential-expired)"
+                    .into(),
+            ));
+            return Ok(());
+        }
+        let decided = self
+            .pipeline()
+            .decide(&self.principal, &self.target, &command, now)
+            .await;
+        let evaluation = decided.evaluation;
+        let keys = keys_of(&command, verb == Verb::Mget);
+        let charged = command.class != CommandClass::Session;
+        let held = matches!(evaluation.decision, Decision::Review { .. });
+        // A review settles the batch so far: what came before goes out before the hold.
+        if held {
+            self.commit().await;
+        }
+        let event = AuditEvent::new(
+            Some(self.session_id),
+            AuditEventKind::CommandDecided {
+                command_id,
+                subject: self.principal.subject.clone(),
+                command: if held { command.clone() } else { command },
+                decision: evaluation.decision.clone(),
+                policy_version: evaluation.policy_version.to_string(),
+            },
+        );
+        let proxy = self.proxy;
+        let metrics = proxy.pipeline.metrics();
+        match evaluation.decision {
+            Decision::Allow { mask_profile, .. } => {
+                // The intent is on record before anything is forwarded, or nothing is: it
+                // goes with the batch, and `commit` forwards only what was recorded.
+                match self.pipeline().mask_profile(
+                    &self.target,
+                    &self.principal,
+                    mask_profile.as_deref(),
+                ) {
+                    Ok(profile) => {
+                        self.intents.push(event);
+                        let intent = Some(self.intents.len() - 1);
+                        self.steps.push(Step::Forward(Allowed {
+                            req,
+                            verb,
+                            id: command_id,
+                            profile,
+                            keys,
+                            charged,
+                            intent,
+                        }));
                     }
-                    b"exec" | b"discard" | b"reset" => {
-                        self.client_multi = false;
-                        self.multi_poisoned = false;
+                    Err(_) => {
+                        self.intents.push(event);
+                        Metrics::add(&metrics.commands_denied, 1);
+                        self.steps.push(Step::Refuse(
+                            "wirewarden: the mask profile for this command is missing, command refused"
+                                .into(),
+                        ));
                     }
-                    _ => {}
                 }
-                let keys = keys_of(&command, &name);
-                let drops_queue = matches!(&name[..], b"exec" | b"discard" | b"reset");
-                let expects = self.session.on_request(forward.args(), tag);
-                self.to_upstream.extend_from_slice(forward.raw());
-                let mut p = Pending {
-                    id,
-                    keys,
-                    profile,
-                    started: Instant::now(),
-                    elements: 0,
-                    bytes: 0,
-                    masked: MaskedCounts::new(),
-                    error: None,
-                    recording: String::new(),
-                    truncated: false,
-                    drops_queue,
-                    charged: command.class != CommandClass::Session,
+            }
+            Decision::Deny { rule, reason } => {
+                self.intents.push(event);
+                Metrics::add(&metrics.commands_denied, 1);
+                self.steps
+                    .push(Step::Refuse(format!("wirewarden: {reason} (rule {rule})")));
+            }
+            Decision::Review {
+                rule,
+                reason,
+                requirement,
+            } => {
+                if self.pipeline().record(&event).await.is_err() {
+                    Metrics::add(&metrics.commands_denied, 1);
+                    self.refuse("wirewarden: the audit trail is unavailable, command refused");
+                    return Ok(());
+                }
+                Metrics::add(&metrics.commands_reviewed, 1);
+                // Replies already owed go out before the hold.
+                self.drain().await?;
+                let command = match event.kind {
+                    AuditEventKind::CommandDecided { command, .. } => command,
+                    _ => return Ok(()),
                 };
-                if poisoned_exec {
-                    p.error = Some("EXECABORT: a queued command was denied".into());
+                match self
+                    .review(&command, command_id, rule, &reason, requirement)
+                    .await
+                {
+                    Ok(()) => self.forward(Allowed {
+                        req,
+                        verb,
+                        id: command_id,
+                        profile: self.profile.clone(),
+                        keys,
+                        charged,
+                        intent: None,
+                    }),
+                    Err(message) => self.refuse(&message),
                 }
-                if expects {
-                    self.pending.insert(tag, p);
-                    self.slots.push_back(Slot::Upstream { tag, rewrite });
-                } else {
-                    self.completed.push(p);
-                }
+            }
+            _ => {
+                self.intents.push(event);
+                Metrics::add(&metrics.commands_denied, 1);
+                self.steps
+                    .push(Step::Refuse("wirewarden: unsupported decision".into()));
             }
         }
         Ok(())
+    }
+
+    /// Records the batch's intents, all at once, then forwards each staged command whose
+    /// intent is on record and answers the rest, in the order the client sent them.
+    async fn commit(&mut self) {
+        if self.steps.is_empty() && self.intents.is_empty() {
+            return;
+        }
+        let mut intents = std::mem::take(&mut self.intents);
+        let mut recorded = std::mem::take(&mut self.recorded);
+        record_all(self.pipeline(), &intents, &mut recorded).await;
+        let mut steps = std::mem::take(&mut self.steps);
+        for step in steps.drain(..) {
+            match step {
+                Step::Forward(allowed) => {
+                    let on_record = allowed
+                        .intent
+                        .is_none_or(|i| recorded.get(i).copied().unwrap_or(false));
+                    let metrics = self.pipeline().metrics();
+                    if on_record {
+                        Metrics::add(&metrics.commands_allowed, 1);
+                        self.forward(allowed);
+                    } else {
+                        Metrics::add(&metrics.commands_denied, 1);
+                        self.refuse("wirewarden: the audit trail is unavailable, command refused");
+                    }
+                }
+                Step::Refuse(message) => self.refuse(&message),
+                Step::Reply(reply) => self.push_local(reply),
+            }
+        }
+        intents.clear();
+        self.intents = intents;
+        self.steps = steps;
+        self.recorded = recorded;
+    }
+
+    /// Sends an allowed command whose intent is on record upstream and sets up what its
+    /// reply is owed.
+    fn forward(&mut self, allowed: Allowed) {
+        let Allowed {
+            req,
+            verb,
+            id,
+            profile,
+            keys,
+            charged,
+            intent: _,
+        } = allowed;
+        let poisoned_exec = verb == Verb::Exec && self.client_multi && self.multi_poisoned;
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let (forward, rewrite) = if poisoned_exec {
+            // The server must drop the transaction too: DISCARD, answered as the server
+            // answers an EXEC after a command rejected at queue time.
+            (
+                Request::from_args([Bytes::from_static(b"DISCARD")]),
+                Some(Bytes::from_static(
+                    b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+                )),
+            )
+        } else {
+            (req, None)
+        };
+        match verb {
+            Verb::Multi => {
+                self.client_multi = true;
+                self.multi_poisoned = false;
+            }
+            Verb::Exec | Verb::Discard | Verb::Reset => {
+                self.client_multi = false;
+                self.multi_poisoned = false;
+            }
+            Verb::Mget | Verb::Other => {}
+        }
+        let drops_queue = matches!(verb, Verb::Exec | Verb::Discard | Verb::Reset);
+        let expects = self.session.on_request(forward.args(), tag);
+        self.to_upstream.extend_from_slice(forward.raw());
+        let mut p = Pending {
+            id,
+            keys,
+            profile,
+            started: Instant::now(),
+            elements: 0,
+            bytes: 0,
+            masked: MaskedCounts::new(),
+            error: None,
+            recording: String::new(),
+            truncated: false,
+            drops_queue,
+            charged,
+        };
+        if poisoned_exec {
+            p.error = Some("EXECABORT: a queued command was denied".into());
+        }
+        if expects {
+            self.pending.insert(tag, p);
+            self.slots.push_back(Slot::Upstream { tag, rewrite });
+        } else {
+            self.completed.push(p);
+        }
     }
 
     async fn reauth(&mut self, args: &[Bytes]) -> Bytes {
@@ -1022,100 +1398,6 @@ impl Relay<'_> {
         }
     }
 
-    /// Records a decision the proxy took itself.
-    async fn decided(
-        &mut self,
-        command: &Command,
-        command_id: CommandId,
-        decision: Decision,
-        policy_version: String,
-    ) -> Verdict {
-        let event = AuditEvent::new(
-            Some(self.session_id),
-            AuditEventKind::CommandDecided {
-                command_id,
-                subject: self.principal.subject.clone(),
-                command: command.clone(),
-                decision: decision.clone(),
-                policy_version,
-            },
-        );
-        let _ = self.pipeline().record(&event).await;
-        Metrics::add(&self.pipeline().metrics().commands_denied, 1);
-        match decision {
-            Decision::Deny { rule, reason } => {
-                Verdict::Refuse(format!("wirewarden: {reason} (rule {rule})"))
-            }
-            _ => Verdict::Refuse("wirewarden: refused".into()),
-        }
-    }
-
-    async fn decide(&mut self, command: &Command, command_id: CommandId) -> Result<Verdict> {
-        let now = Timestamp::now();
-        let decision = if self.principal.is_expired_at(now) {
-            Decision::Deny {
-                rule: RuleId::new("credential-expired"),
-                reason: "the credential of this session has expired".into(),
-            }
-        } else {
-            let decided = self
-                .pipeline()
-                .decide(&self.principal, &self.target, command, now)
-                .await;
-            let event = AuditEvent::new(
-                Some(self.session_id),
-                AuditEventKind::CommandDecided {
-                    command_id,
-                    subject: self.principal.subject.clone(),
-                    command: command.clone(),
-                    decision: decided.evaluation.decision.clone(),
-                    policy_version: decided.evaluation.policy_version.to_string(),
-                },
-            );
-            // The intent is on record before anything is forwarded, or nothing is.
-            if self.pipeline().record(&event).await.is_err() {
-                Metrics::add(&self.pipeline().metrics().commands_denied, 1);
-                return Ok(Verdict::Refuse(
-                    "wirewarden: the audit trail is unavailable, command refused".into(),
-                ));
-            }
-            decided.evaluation.decision
-        };
-        let metrics = self.pipeline().metrics();
-        match &decision {
-            Decision::Allow { .. } => Metrics::add(&metrics.commands_allowed, 1),
-            Decision::Review { .. } => Metrics::add(&metrics.commands_reviewed, 1),
-            _ => Metrics::add(&metrics.commands_denied, 1),
-        }
-        Ok(match decision {
-            Decision::Allow { mask_profile, .. } => match self.pipeline().mask_profile(
-                &self.target,
-                &self.principal,
-                mask_profile.as_deref(),
-            ) {
-                Ok(profile) => Verdict::Forward(profile, command_id),
-                Err(_) => Verdict::Refuse(
-                    "wirewarden: the mask profile for this command is missing, command refused"
-                        .into(),
-                ),
-            },
-            Decision::Deny { rule, reason } => {
-                Verdict::Refuse(format!("wirewarden: {reason} (rule {rule})"))
-            }
-            Decision::Review {
-                rule,
-                reason,
-                requirement,
-            } => {
-                // Replies already owed go out before the hold.
-                self.drain().await?;
-                self.review(command, command_id, rule, &reason, requirement)
-                    .await
-            }
-            _ => Verdict::Refuse("wirewarden: unsupported decision".into()),
-        })
-    }
-
     async fn review(
         &mut self,
         command: &Command,
@@ -1123,7 +1405,7 @@ impl Relay<'_> {
         rule: RuleId,
         reason: &str,
         requirement: wirewarden_core::ReviewRequirement,
-    ) -> Verdict {
+    ) -> std::result::Result<(), String> {
         let pipeline = &self.proxy.pipeline;
         let reviews = pipeline.reviews();
         let timeout = requirement.timeout.min(pipeline.max_review_wait());
@@ -1142,7 +1424,7 @@ impl Relay<'_> {
         {
             Ok(r) => r,
             Err(e) => {
-                return Verdict::Refuse(format!(
+                return Err(format!(
                     "wirewarden: command needs review but review is unavailable: {e}"
                 ));
             }
@@ -1150,9 +1432,7 @@ impl Relay<'_> {
         let mut event = requested.event;
         event.session = Some(self.session_id);
         if pipeline.record(&event).await.is_err() {
-            return Verdict::Refuse(
-                "wirewarden: the audit trail is unavailable, command refused".into(),
-            );
+            return Err("wirewarden: the audit trail is unavailable, command refused".into());
         }
         let id = requested.review.id;
         let review = match reviews.wait(id, timeout).await {
@@ -1163,7 +1443,7 @@ impl Relay<'_> {
                 }
                 review
             }
-            Err(e) => return Verdict::Refuse(format!("wirewarden: review {id} failed: {e}")),
+            Err(e) => return Err(format!("wirewarden: review {id} failed: {e}")),
         };
         use wirewarden_review::Status;
         match review.status(Timestamp::now()) {
@@ -1171,13 +1451,13 @@ impl Relay<'_> {
                 .release(id, &self.principal, &self.target, command, Timestamp::now())
                 .await
             {
-                Ok(_) => Verdict::Forward(self.profile.clone(), command_id),
-                Err(e) => Verdict::Refuse(format!(
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!(
                     "wirewarden: approval of review {id} cannot be used: {e}"
                 )),
             },
-            Status::Denied => Verdict::Refuse(format!("wirewarden: review {id} was denied")),
-            _ => Verdict::Refuse(format!(
+            Status::Denied => Err(format!("wirewarden: review {id} was denied")),
+            _ => Err(format!(
                 "wirewarden: review {id} was not approved within {}s",
                 timeout.as_secs()
             )),
@@ -1439,6 +1719,8 @@ impl Relay<'_> {
         Ok(())
     }
 
+    /// Hands a command's outcome records to the session's audit writer: they need not be
+    /// on disk before the next reply is relayed, only intents must be before forwarding.
     async fn record_completion(&mut self, p: Pending) {
         let metrics = self.pipeline().metrics();
         Metrics::add(&metrics.rows, p.elements);
@@ -1454,7 +1736,7 @@ impl Relay<'_> {
                 error: p.error,
             },
         );
-        let _ = self.pipeline().record(&completed).await;
+        let _ = self.outcomes.send(Box::new(completed)).await;
         if !p.recording.is_empty() {
             let transcript = AuditEvent::new(
                 Some(self.session_id),
@@ -1466,7 +1748,7 @@ impl Relay<'_> {
                     truncated: p.truncated,
                 },
             );
-            let _ = self.pipeline().record(&transcript).await;
+            let _ = self.outcomes.send(Box::new(transcript)).await;
         }
     }
 }
@@ -1485,28 +1767,22 @@ fn record(p: &mut Pending, v: &Value, limit: usize) {
     if !p.recording.is_empty() {
         p.recording.push('\n');
     }
-    let room = limit.saturating_sub(p.recording.len());
-    let mut s = String::new();
-    if mask::render(v, &mut s, room) {
+    // Rendered in place: `render` keeps the whole recording within `limit`.
+    if mask::render(v, &mut p.recording, limit) {
         p.truncated = true;
     }
-    p.recording.push_str(&s);
 }
 
 /// The key the values of a reply belong to: the one key of a single-key command, each key of
 /// `MGET`, or none.
-fn keys_of(command: &Command, name: &[u8]) -> Keys {
-    let keys: Vec<&str> = command
-        .objects_of(ObjectKind::Key)
-        .map(|o| o.name.as_str())
-        .collect();
-    match (&keys[..], name) {
-        ([one], _) => Keys::One(Bytes::copy_from_slice(one.as_bytes())),
-        (many, b"mget") if !many.is_empty() => Keys::PerElement(
-            many.iter()
-                .map(|k| Bytes::copy_from_slice(k.as_bytes()))
-                .collect(),
-        ),
+fn keys_of(command: &Command, mget: bool) -> Keys {
+    let mut keys = command.objects_of(ObjectKind::Key);
+    let key = |o: &wirewarden_core::ObjectRef| Bytes::copy_from_slice(o.name.as_bytes());
+    match (keys.next(), keys.next()) {
+        (Some(one), None) => Keys::One(key(one)),
+        (Some(first), Some(second)) if mget => {
+            Keys::PerElement([first, second].into_iter().chain(keys).map(key).collect())
+        }
         _ => Keys::None,
     }
 }

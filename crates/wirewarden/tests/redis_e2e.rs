@@ -601,3 +601,144 @@ async fn an_exfiltration_budget_stops_the_next_read() {
     assert_eq!(&lines[..4], ["a", "b", "a", "b"], "{stdout}");
     assert!(lines[4].contains("budget"), "{stdout}");
 }
+
+/// One RESP connection spoken by hand, for handshakes no client library sends as is.
+struct Raw {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+    decoder: wirewarden_redis::ReplyDecoder,
+    version: wirewarden_redis::RespVersion,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Self {
+        Self {
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: bytes::BytesMut::new(),
+            decoder: wirewarden_redis::ReplyDecoder::new(wirewarden_redis::Limits::default()),
+            version: wirewarden_redis::RespVersion::Resp2,
+        }
+    }
+
+    /// Sends one command and reads its reply.
+    async fn call(&mut self, args: &[&str]) -> wirewarden_redis::Value {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut out = bytes::BytesMut::new();
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        wirewarden_redis::encode_args(&args, &mut out);
+        self.stream.write_all(&out).await.unwrap();
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf, self.version).unwrap() {
+                return frame.value().unwrap();
+            }
+            let n =
+                tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("a reply")
+                    .unwrap();
+            assert!(n > 0, "the gateway closed the connection");
+        }
+    }
+}
+
+fn bulk(v: &wirewarden_redis::Value) -> Option<String> {
+    match v {
+        wirewarden_redis::Value::BulkString(b) | wirewarden_redis::Value::SimpleString(b) => {
+            Some(text(b))
+        }
+        _ => None,
+    }
+}
+
+/// `HELLO 3 AUTH <user> <token> SETNAME <name>`: the handshake that authenticates also names
+/// the client, the name reaches the server (`CLIENT GETNAME`), and the audit trail records it
+/// as the session's application, as `application_name` is for PostgreSQL. A name the server
+/// would refuse is refused before the login, and the connection stays unauthenticated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_setname_names_the_session() {
+    use wirewarden_redis::{RespVersion, Value};
+    let g = gateway().await;
+    let name = "agent_run=5e1f_call=call_cache";
+    let mut c = Raw::connect(g.addr).await;
+    c.version = RespVersion::Resp3;
+    let hello = c
+        .call(&["HELLO", "3", "AUTH", "agent", "tok-agent", "SETNAME", name])
+        .await;
+    let Value::Map(pairs) = &hello else {
+        panic!("HELLO 3 answers a map: {hello:?}")
+    };
+    assert!(
+        pairs
+            .iter()
+            .any(|(k, v)| bulk(k).as_deref() == Some("proto") && *v == Value::Integer(3)),
+        "{hello:?}"
+    );
+    let got = c.call(&["CLIENT", "GETNAME"]).await;
+    assert_eq!(bulk(&got).as_deref(), Some(name), "{got:?}");
+    assert_eq!(
+        bulk(&c.call(&["GET", "plain"]).await).as_deref(),
+        Some("hello")
+    );
+    drop(c);
+
+    // Spaces are not allowed in client names: refused as the server refuses them, before
+    // the token is even checked; the connection is still unauthenticated.
+    let mut bad = Raw::connect(g.addr).await;
+    let refused = bad
+        .call(&["HELLO", "2", "AUTH", "agent", "tok-agent", "SETNAME", "a b"])
+        .await;
+    assert!(
+        matches!(&refused, Value::SimpleError(e) if text(e).contains("Client names cannot contain spaces")),
+        "{refused:?}"
+    );
+    let noauth = bad.call(&["GET", "plain"]).await;
+    assert!(
+        matches!(&noauth, Value::SimpleError(e) if text(e).starts_with("NOAUTH")),
+        "{noauth:?}"
+    );
+    drop(bad);
+
+    // The same through redis-py, with the HELLO as the connection's first command (how the
+    // example agent connects), in RESP2.
+    let out = python(
+        g.addr,
+        2,
+        &format!(
+            "c = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), single_connection_client=True, driver_info=None, protocol=2, decode_responses=True)\nc.execute_command('HELLO', 2, 'AUTH', 'agent', 'tok-agent', 'SETNAME', 'py_{name}')\nassert c.client_getname() == 'py_{name}'\nassert c.get('plain') == 'hello'\nc.close()"
+        ),
+    )
+    .await;
+    assert!(
+        text(&out.stdout).contains("DONE"),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_verifies(&g);
+    let ev = events(g.audit_dir.path(), &g.keys);
+    let applications: Vec<Option<&str>> = ev
+        .iter()
+        .filter_map(|e| match e {
+            AuditEventKind::SessionStarted {
+                principal,
+                application,
+                ..
+            } if principal.subject == "agent-1" => Some(application.as_deref()),
+            _ => None,
+        })
+        .collect();
+    let py = format!("py_{name}");
+    assert!(applications.contains(&Some(name)), "{applications:?}");
+    assert!(
+        applications.contains(&Some(py.as_str())),
+        "{applications:?}"
+    );
+    // The refused HELLO opened no session.
+    assert!(
+        !applications
+            .iter()
+            .any(|a| a.is_some_and(|a| a.contains(' ')))
+    );
+}

@@ -23,8 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::ServiceExt;
 use wirewarden_core::BoxError;
 
-use crate::Rejection;
 use crate::strict::{Http1Scanner, Limits};
+use crate::{Gate, Rejection};
 
 /// The client's address, inserted by [`serve_connection`] into every request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,6 +91,49 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    serve(io, peer, service, limits, None).await
+}
+
+/// [`serve_connection`], with every request head the raw-byte scanner refuses also reported
+/// to `gate` through [`Gate::refused`] (with the client's address), so that smuggling
+/// attempts refused before any request reached the service are in the audit trail too.
+///
+/// # Errors
+/// The connection's IO or protocol error, if it did not end cleanly.
+pub async fn serve_connection_with_gate<I, S, B, G>(
+    io: I,
+    peer: SocketAddr,
+    service: S,
+    limits: &Limits,
+    gate: G,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    G: Gate,
+{
+    serve(io, peer, service, limits, Some(Arc::new(gate))).await
+}
+
+async fn serve<I, S, B>(
+    io: I,
+    peer: SocketAddr,
+    service: S,
+    limits: &Limits,
+    gate: Option<Arc<dyn Gate>>,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let scanner = Arc::new(Mutex::new(Http1Scanner::new(limits)));
     let io = TokioIo::new(ScannedIo {
         inner: io,
@@ -100,6 +143,7 @@ where
         inner: service,
         peer,
         scanner,
+        gate,
     };
     builder(limits).serve_connection(io, svc).await
 }
@@ -178,6 +222,7 @@ struct ConnService<S> {
     inner: S,
     peer: SocketAddr,
     scanner: Arc<Mutex<Http1Scanner>>,
+    gate: Option<Arc<dyn Gate>>,
 }
 
 type ConnFuture<B> =
@@ -199,7 +244,14 @@ where
         if req.version() < http::Version::HTTP_2
             && let Err(r) = lock(&self.scanner).next_head()
         {
-            return Box::pin(std::future::ready(Ok(refuse_and_close(r))));
+            let gate = self.gate.clone();
+            let peer = self.peer;
+            return Box::pin(async move {
+                if let Some(gate) = gate {
+                    gate.refused(&r, Some(peer)).await;
+                }
+                Ok(refuse_and_close(r))
+            });
         }
         let svc = self.inner.clone();
         Box::pin(async move {

@@ -250,15 +250,16 @@ fn cases() -> Vec<(&'static str, String, By)> {
     ]
 }
 
-async fn front() -> (Recorder, std::net::SocketAddr) {
+async fn front() -> (Recorder, TestGate, std::net::SocketAddr) {
     let upstream = start_upstream().await;
-    let front = start_front(upstream.addr, TestGate::default(), Limits::default()).await;
-    (upstream, front)
+    let gate = TestGate::default();
+    let front = start_front(upstream.addr, gate.clone(), Limits::default()).await;
+    (upstream, gate, front)
 }
 
 #[tokio::test]
 async fn smuggling_shapes_are_refused_and_never_reach_the_upstream() {
-    let (upstream, front) = front().await;
+    let (upstream, gate, front) = front().await;
     let mut failures = Vec::new();
     for (name, bytes, by) in cases() {
         let resp = raw(front, bytes.as_bytes()).await;
@@ -270,12 +271,33 @@ async fn smuggling_shapes_are_refused_and_never_reach_the_upstream() {
             None => By::Hyper,
         };
         let seen = upstream.take();
-        if !refused || st.len() != 1 || who != by || !seen.is_empty() {
+        // Our refusals are reported to the gate (with the client's address), hyper's are not.
+        let reported: Vec<_> = std::mem::take(&mut *gate.refused.lock().unwrap());
+        let want_reported = match by {
+            By::Us(code) => vec![code],
+            By::Hyper => vec![],
+        };
+        let got_reported: Vec<_> = reported.iter().map(|(c, _)| *c).collect();
+        let peers_known = reported
+            .iter()
+            .all(|(_, p)| p.is_some_and(|p| p.ip().is_loopback()));
+        if !refused
+            || st.len() != 1
+            || who != by
+            || !seen.is_empty()
+            || got_reported != want_reported
+            || !peers_known
+        {
             failures.push(format!(
-                "{name}: statuses {st:?}, refused by {who:?} (expected {by:?}), upstream saw {:?}",
+                "{name}: statuses {st:?}, refused by {who:?} (expected {by:?}), reported \
+                 {reported:?}, upstream saw {:?}",
                 seen.iter().map(|s| &s.target).collect::<Vec<_>>()
             ));
         }
+        assert!(
+            gate.admitted.lock().unwrap().is_empty(),
+            "{name}: reached the gate"
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -283,7 +305,7 @@ async fn smuggling_shapes_are_refused_and_never_reach_the_upstream() {
 #[tokio::test]
 async fn clean_pipelined_requests_do_pass() {
     // The harness can tell: the same requests, framed cleanly, all reach the upstream.
-    let (upstream, front) = front().await;
+    let (upstream, _gate, front) = front().await;
     let a = auth();
     let bytes = format!(
         "POST /public/a HTTP/1.1\r\nHost: up\r\n{a}Content-Length: 5\r\n\r\nhello\
@@ -313,7 +335,7 @@ async fn clean_pipelined_requests_do_pass() {
 
 #[tokio::test]
 async fn a_refused_request_closes_the_connection_before_the_next_one() {
-    let (upstream, front) = front().await;
+    let (upstream, gate, front) = front().await;
     let a = auth();
     // A clean request, then a smuggling one, then a clean one: only the first goes through.
     let bytes = format!(
@@ -326,11 +348,19 @@ async fn a_refused_request_closes_the_connection_before_the_next_one() {
     assert!(resp.contains("connection: close"), "{resp}");
     let seen: Vec<_> = upstream.take().into_iter().map(|s| s.target).collect();
     assert_eq!(seen, vec!["/public/first"]);
+    let reported: Vec<_> = gate
+        .refused
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| *c)
+        .collect();
+    assert_eq!(reported, vec!["request_smuggling"]);
 }
 
 #[tokio::test]
 async fn a_broken_chunk_fails_the_connection_without_a_second_request() {
-    let (upstream, front) = front().await;
+    let (upstream, _gate, front) = front().await;
     let a = auth();
     // Chunk data longer than its size: what follows must never be read as a request.
     let bytes = format!(

@@ -19,7 +19,7 @@ use tower::Layer;
 use wirewarden_core::Command;
 use wirewarden_http::inspect::InspectLayer;
 use wirewarden_http::route::{Route, RouteMatch, Routes};
-use wirewarden_http::server::serve_connection;
+use wirewarden_http::server::serve_connection_with_gate;
 use wirewarden_http::strict::Limits;
 use wirewarden_http::upstream::{Upstream, UpstreamSettings};
 use wirewarden_http::{Admission, Forward, Gate, Outcome, Rejection, Verdict};
@@ -129,6 +129,9 @@ pub async fn start_upstream() -> Recorder {
     rec
 }
 
+/// A refusal `Gate::refused` was told about: its code and the client's address.
+pub type Refused = (&'static str, Option<SocketAddr>);
+
 /// What the gate saw of one admission.
 #[derive(Debug, Clone)]
 pub struct Admitted {
@@ -150,6 +153,8 @@ pub struct TestGate {
     pub held: Arc<tokio::sync::Notify>,
     /// Releases a held request.
     pub release: Arc<tokio::sync::Notify>,
+    /// The codes of requests refused before the gate was asked, as `Gate::refused` saw them.
+    pub refused: Arc<Mutex<Vec<Refused>>>,
 }
 
 #[async_trait]
@@ -196,6 +201,10 @@ impl Gate for TestGate {
                 .on_complete(move |o| outcomes.lock().unwrap().push((text, o))),
         )
     }
+
+    async fn refused(&self, rejection: &Rejection, peer: Option<SocketAddr>) {
+        self.refused.lock().unwrap().push((rejection.code, peer));
+    }
 }
 
 pub fn routes() -> Routes {
@@ -211,13 +220,14 @@ pub fn routes() -> Routes {
         .route(Route::new(None, "/review/{*rest}").unwrap())
 }
 
-/// The inspection layer over an [`Upstream`] to `upstream`, served by `serve_connection`.
+/// The inspection layer over an [`Upstream`] to `upstream`, served by
+/// `serve_connection_with_gate`.
 pub async fn start_front(upstream: SocketAddr, gate: TestGate, limits: Limits) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let inner = Upstream::http(&format!("http://{upstream}"), &UpstreamSettings::default())
         .expect("upstream origin");
-    let svc = InspectLayer::new(gate, routes())
+    let svc = InspectLayer::new(gate.clone(), routes())
         .limits(limits.clone())
         .layer(inner);
     tokio::spawn(async move {
@@ -225,10 +235,9 @@ pub async fn start_front(upstream: SocketAddr, gate: TestGate, limits: Limits) -
             let Ok((stream, peer)) = listener.accept().await else {
                 return;
             };
-            let svc = svc.clone();
-            let limits = limits.clone();
+            let (svc, limits, gate) = (svc.clone(), limits.clone(), gate.clone());
             tokio::spawn(async move {
-                let _ = serve_connection(stream, peer, svc, &limits).await;
+                let _ = serve_connection_with_gate(stream, peer, svc, &limits, gate).await;
             });
         }
     });

@@ -283,23 +283,47 @@ impl Profile {
         text: Cow<'a, str>,
         counts: &mut MaskedCounts,
     ) -> Result<Option<Cow<'a, str>>> {
-        let out = self.mask_value(field, ValueType::Text, bytes_of(text), counts)?;
-        // Text in, text out: every path below produces UTF-8 for text values.
-        out.map(|v| match v {
-            Cow::Borrowed(b) => {
-                std::str::from_utf8(b)
-                    .map(Cow::Borrowed)
-                    .map_err(|e| Error::InvalidUtf8 {
-                        offset: e.valid_up_to(),
-                    })
-            }
-            Cow::Owned(b) => String::from_utf8(b)
-                .map(Cow::Owned)
-                .map_err(|e| Error::InvalidUtf8 {
-                    offset: e.utf8_error().valid_up_to(),
-                }),
+        self.check_len(text.len())?;
+        if let Some(rule) = self.rule_for(field) {
+            counts.add(&rule.entity, 1);
+            let out = mask_whole(
+                &rule.strategy,
+                self.key(),
+                &rule.entity,
+                ValueType::Text,
+                text.as_bytes(),
+            )?;
+            // Text in, text out: a whole text value is masked into a string.
+            return out
+                .map(|b| {
+                    String::from_utf8(b)
+                        .map(Cow::Owned)
+                        .map_err(|e| Error::InvalidUtf8 {
+                            offset: e.utf8_error().valid_up_to(),
+                        })
+                })
+                .transpose();
+        }
+        // Already text: no validation, in or out.
+        Ok(match self.text(&text, 0, counts)? {
+            Edit::Unchanged => Some(text),
+            Edit::Changed(s) => Some(Cow::Owned(s)),
+            Edit::Null => None,
         })
-        .transpose()
+    }
+
+    /// The field rule that applies to values from `field`, if any: the first rule whose
+    /// selector matches it (JSON-path rules apply inside JSON documents, not to fields).
+    ///
+    /// Resolve it once per field and pass it to [`Self::mask_value_with_rule`] for every
+    /// value from that field — a result-set column, a header — instead of matching the
+    /// rules' globs again for each value.
+    #[must_use]
+    pub fn rule_for(&self, field: &Field<'_>) -> Option<&FieldRule> {
+        if matches!(field, Field::Unknown) {
+            return None;
+        }
+        self.rules.iter().find(|r| r.selector.matches_field(field))
     }
 
     /// Masks one value from `field` that must stay a valid `ty`. Returns `None` for NULL,
@@ -314,13 +338,25 @@ impl Profile {
         value: Cow<'a, [u8]>,
         counts: &mut MaskedCounts,
     ) -> Result<Option<Cow<'a, [u8]>>> {
-        if value.len() > self.limits.max_value_len {
-            return Err(Error::ValueTooLarge {
-                len: value.len(),
-                limit: self.limits.max_value_len,
-            });
-        }
-        if let Some(rule) = self.rules.iter().find(|r| r.selector.matches_field(field)) {
+        self.check_len(value.len())?;
+        self.mask_value_with_rule(self.rule_for(field), ty, value, counts)
+    }
+
+    /// [`Self::mask_value`] for a value whose field rule was resolved beforehand with
+    /// [`Self::rule_for`] (`None`: no rule applies, the value is masked by content). The
+    /// result is the same as `mask_value` with the field the rule was resolved for.
+    ///
+    /// # Errors
+    /// See [`Error`]: a value that cannot be processed must be refused by the caller.
+    pub fn mask_value_with_rule<'a>(
+        &self,
+        rule: Option<&FieldRule>,
+        ty: ValueType,
+        value: Cow<'a, [u8]>,
+        counts: &mut MaskedCounts,
+    ) -> Result<Option<Cow<'a, [u8]>>> {
+        self.check_len(value.len())?;
+        if let Some(rule) = rule {
             counts.add(&rule.entity, 1);
             let out = mask_whole(&rule.strategy, self.key(), &rule.entity, ty, &value)?;
             return Ok(out.map(Cow::Owned));
@@ -378,13 +414,8 @@ impl Profile {
         json: Cow<'a, str>,
         counts: &mut MaskedCounts,
     ) -> Result<Option<Cow<'a, str>>> {
-        if json.len() > self.limits.max_value_len {
-            return Err(Error::ValueTooLarge {
-                len: json.len(),
-                limit: self.limits.max_value_len,
-            });
-        }
-        if let Some(rule) = self.rules.iter().find(|r| r.selector.matches_field(field)) {
+        self.check_len(json.len())?;
+        if let Some(rule) = self.rule_for(field) {
             counts.add(&rule.entity, 1);
             let out = mask_whole(
                 &rule.strategy,
@@ -410,6 +441,16 @@ impl Profile {
             .into_iter()
             .map(|f| (f.start..f.end, self.entity(f.kind)))
             .collect()
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        if len > self.limits.max_value_len {
+            return Err(Error::ValueTooLarge {
+                len,
+                limit: self.limits.max_value_len,
+            });
+        }
+        Ok(())
     }
 
     pub(crate) fn key(&self) -> Option<&MaskKey> {
@@ -494,56 +535,62 @@ impl Profile {
                 Err(e) => return Err(e),
             }
         }
-        self.spans_in(text.as_bytes(), Some(text), counts)?
-            .into_text()
+        self.spans_text(text, counts)
+    }
+
+    /// Replaces every finding in `text` by its strategy's output, written straight into one
+    /// pre-sized string; the text between findings is kept exactly. Text in, text out: no
+    /// validation is needed on either side.
+    fn spans_text(&self, text: &str, counts: &mut MaskedCounts) -> Result<Edit> {
+        let findings = self.find(text.as_bytes());
+        if findings.is_empty() {
+            return Ok(Edit::Unchanged);
+        }
+        let mut out = String::with_capacity(text.len() + text.len() / 4 + 16);
+        let mut tally = Tally::new(self);
+        let mut last = 0;
+        for f in &findings {
+            tally.add(f.kind);
+            // Findings start and end on character boundaries; should one ever not, that is
+            // an error (a refusal), never a split character.
+            let (Some(gap), Some(span)) = (text.get(last..f.start), text.get(f.start..f.end))
+            else {
+                return Err(Error::InvalidUtf8 { offset: f.start });
+            };
+            out.push_str(gap);
+            let strategy = self.strategy_of(f.kind);
+            let entity = self.entity(f.kind);
+            if mask_span(strategy, self.key(), entity, canon(f.kind), span, &mut out)? == Span::Null
+            {
+                tally.flush(self, counts);
+                return Ok(Edit::Null);
+            }
+            last = f.end;
+        }
+        tally.flush(self, counts);
+        out.push_str(text.get(last..).unwrap_or_default());
+        Ok(Edit::Changed(out))
     }
 
     /// Replaces every finding in `bytes` by its strategy's output; the bytes between findings
     /// are kept exactly.
     pub(crate) fn spans(&self, bytes: &[u8], counts: &mut MaskedCounts) -> Result<Edit<Vec<u8>>> {
-        self.spans_in(bytes, None, counts)
-    }
-
-    /// [`Self::spans`], given `bytes` as text when the caller already validated it.
-    fn spans_in(
-        &self,
-        bytes: &[u8],
-        text: Option<&str>,
-        counts: &mut MaskedCounts,
-    ) -> Result<Edit<Vec<u8>>> {
         let findings = self.find(bytes);
         if findings.is_empty() {
             return Ok(Edit::Unchanged);
         }
         let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 4 + 16);
         let mut repl = String::new();
+        let mut tally = Tally::new(self);
         let mut last = 0;
-        // Counted locally and added once: one map update per entity, not per finding.
-        let mut builtin = [0u64; Detector::ALL.len()];
-        let mut custom = vec![0u64; self.custom.len()];
-        let mut null = false;
         for f in &findings {
+            tally.add(f.kind);
             out.extend_from_slice(bytes.get(last..f.start).unwrap_or_default());
-            match f.kind {
-                Kind::Builtin(d) => {
-                    if let Some(n) = builtin.get_mut(d as usize) {
-                        *n += 1;
-                    }
-                }
-                Kind::Custom(i) => {
-                    if let Some(n) = custom.get_mut(i) {
-                        *n += 1;
-                    }
-                }
-            }
             let raw = bytes.get(f.start..f.end).unwrap_or_default();
-            let span = match text.and_then(|t| t.get(f.start..f.end)) {
-                Some(s) => Cow::Borrowed(s),
-                None => String::from_utf8_lossy(raw),
-            };
-            let entity = self.entity(f.kind);
+            let span = String::from_utf8_lossy(raw);
             repl.clear();
             let strategy = self.strategy_of(f.kind);
+            let entity = self.entity(f.kind);
             if mask_span(
                 strategy,
                 self.key(),
@@ -553,23 +600,50 @@ impl Profile {
                 &mut repl,
             )? == Span::Null
             {
-                null = true;
-                break;
+                tally.flush(self, counts);
+                return Ok(Edit::Null);
             }
             out.extend_from_slice(repl.as_bytes());
             last = f.end;
         }
-        for (d, n) in Detector::ALL.iter().zip(builtin) {
-            counts.add(d.name(), n);
-        }
-        for (c, n) in self.custom.iter().zip(custom) {
-            counts.add(c.name(), n);
-        }
-        if null {
-            return Ok(Edit::Null);
-        }
+        tally.flush(self, counts);
         out.extend_from_slice(bytes.get(last..).unwrap_or_default());
         Ok(Edit::Changed(out))
+    }
+}
+
+/// What one masking call found, per entity, added to the caller's counts once at the end:
+/// one map update per entity rather than one per finding.
+struct Tally {
+    builtin: [u64; Detector::ALL.len()],
+    custom: Vec<u64>,
+}
+
+impl Tally {
+    fn new(p: &Profile) -> Self {
+        Self {
+            builtin: [0; Detector::ALL.len()],
+            custom: vec![0; p.custom.len()],
+        }
+    }
+
+    fn add(&mut self, kind: Kind) {
+        let n = match kind {
+            Kind::Builtin(d) => self.builtin.get_mut(d as usize),
+            Kind::Custom(i) => self.custom.get_mut(i),
+        };
+        if let Some(n) = n {
+            *n += 1;
+        }
+    }
+
+    fn flush(&self, p: &Profile, counts: &mut MaskedCounts) {
+        for (d, n) in Detector::ALL.iter().zip(self.builtin) {
+            counts.add(d.name(), n);
+        }
+        for (c, n) in p.custom.iter().zip(&self.custom) {
+            counts.add(c.name(), *n);
+        }
     }
 }
 
@@ -581,29 +655,6 @@ pub(crate) enum Edit<T = String> {
     Unchanged,
     Changed(T),
     Null,
-}
-
-impl Edit<Vec<u8>> {
-    /// Text in, text out: findings start and end on character boundaries and replacements
-    /// are strings, so this only fails on a bug; it is an error rather than a panic.
-    fn into_text(self) -> Result<Edit> {
-        Ok(match self {
-            Self::Unchanged => Edit::Unchanged,
-            Self::Null => Edit::Null,
-            Self::Changed(b) => {
-                Edit::Changed(String::from_utf8(b).map_err(|e| Error::InvalidUtf8 {
-                    offset: e.utf8_error().valid_up_to(),
-                })?)
-            }
-        })
-    }
-}
-
-fn bytes_of(text: Cow<'_, str>) -> Cow<'_, [u8]> {
-    match text {
-        Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
-        Cow::Owned(s) => Cow::Owned(s.into_bytes()),
-    }
 }
 
 fn canon(kind: Kind) -> Canon {

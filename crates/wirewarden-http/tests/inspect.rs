@@ -436,3 +436,36 @@ async fn a_client_that_leaves_mid_body_gets_one_outcome_with_the_error() {
     assert_eq!(first[0].bytes_out, "first chunk".len() as u64);
     assert!(first[0].error.is_some(), "{:?}", first[0]);
 }
+
+#[tokio::test]
+async fn http2_header_lists_over_the_limit_never_reach_the_upstream() {
+    let upstream = start_upstream().await;
+    let gate = TestGate::default();
+    let front = start_front(upstream.addr, gate.clone(), Limits::default()).await;
+
+    let req = get(front, "/public/big-head")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("x-big", "b".repeat(20_000))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    // hyper's HTTP/2 server answers 431 for a header list over SETTINGS_MAX_HEADER_LIST_SIZE
+    // (seen here), or the client itself refuses to send it when it already knows the
+    // setting: which one depends on whether the server's SETTINGS arrived first.
+    match support::client(true).request(req).await {
+        Ok(resp) => assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        // Refused on the client side: nothing was sent (checked below).
+        Err(e) => assert!(!e.is_connect(), "{e:?}"),
+    }
+    assert!(upstream.take().is_empty());
+    assert!(gate.admitted.lock().unwrap().is_empty());
+
+    // Many small fields: within the list size, over the field count.
+    let mut req = get(front, "/public/many").header("authorization", format!("Bearer {TOKEN}"));
+    for i in 0..150 {
+        req = req.header(format!("x-f{i}"), "1");
+    }
+    let (status, _, body) = send(true, req.body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(json(&body)["error"]["code"], "header_too_large");
+    assert!(upstream.take().is_empty());
+}

@@ -696,10 +696,9 @@ impl JsonStream {
         Ok(None)
     }
 
-    /// Writes a finished token: `repl` in its place, or the held-back bytes `tok` when it
-    /// stays and began in an earlier chunk (one that began in this chunk is written later,
-    /// with what follows it).
-    #[allow(clippy::too_many_arguments)]
+    /// Writes a finished token: `repl` in its place, or the held-back bytes in `self.tok`
+    /// when it stays and began in an earlier chunk (one that began in this chunk is written
+    /// later, with what follows it).
     fn token_done(
         &mut self,
         chunk: &[u8],
@@ -707,19 +706,13 @@ impl JsonStream {
         e: usize,
         repl: Option<String>,
         at: Option<usize>,
-        tok: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let limit = self.limit();
         if let Some(r) = repl {
             let start = at.unwrap_or(0);
-            Self::write(
-                self.ruled.as_ref(),
-                &mut self.whole,
-                limit,
-                out,
-                chunk.get(*mark..start).unwrap_or_default(),
-            )?;
+            let before = chunk.get(*mark..start).unwrap_or_default();
+            Self::write(self.ruled.as_ref(), &mut self.whole, limit, out, before)?;
             Self::write(
                 self.ruled.as_ref(),
                 &mut self.whole,
@@ -729,9 +722,10 @@ impl JsonStream {
             )?;
             *mark = e;
         } else if at.is_none() {
-            Self::write(self.ruled.as_ref(), &mut self.whole, limit, out, tok)?;
+            Self::write(self.ruled.as_ref(), &mut self.whole, limit, out, &self.tok)?;
             *mark = e;
         }
+        self.tok.clear();
         self.tok_at = None;
         Ok(())
     }
@@ -750,59 +744,17 @@ impl JsonStream {
         counts: &mut MaskedCounts,
     ) -> Result<()> {
         let at = self.token(chunk, e)?;
-        let tok = std::mem::take(&mut self.tok);
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let r = self.string_done(
-            p,
-            chunk,
-            mark,
-            e,
-            at,
-            &tok,
-            key,
-            escaped,
-            &mut scratch,
-            out,
-            counts,
-        );
-        self.tok = tok;
-        self.tok.clear();
-        self.scratch = scratch;
-        r?;
-        if key {
-            self.expect = Expect::Colon;
-            Ok(())
-        } else {
-            self.value_end(p, chunk, mark, e, out, counts)
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn string_done(
-        &mut self,
-        p: &Profile,
-        chunk: &[u8],
-        mark: &mut usize,
-        e: usize,
-        at: Option<usize>,
-        tok: &[u8],
-        key: bool,
-        escaped: bool,
-        scratch: &mut String,
-        out: &mut Vec<u8>,
-        counts: &mut MaskedCounts,
-    ) -> Result<()> {
         let raw = match at {
             Some(s) => chunk.get(s..e).unwrap_or_default(),
-            None => tok,
+            None => &self.tok,
         };
         let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
         let base = self.tok_offset.saturating_add(1);
         let text: &str = if escaped {
-            unescape(inner, scratch).map_err(|k| Error::InvalidUtf8 {
+            unescape(inner, &mut self.scratch).map_err(|k| Error::InvalidUtf8 {
                 offset: base.saturating_add(k),
             })?;
-            scratch
+            &self.scratch
         } else {
             std::str::from_utf8(inner).map_err(|err| Error::InvalidUtf8 {
                 offset: base.saturating_add(err.valid_up_to()),
@@ -821,7 +773,13 @@ impl JsonStream {
         } else {
             mask_string(p, text, 0, counts)?
         };
-        self.token_done(chunk, mark, e, repl, at, tok, out)
+        self.token_done(chunk, mark, e, repl, at, out)?;
+        if key {
+            self.expect = Expect::Colon;
+            Ok(())
+        } else {
+            self.value_end(p, chunk, mark, e, out, counts)
+        }
     }
 
     /// A number token ended at `e` (the byte there, if any, is not part of it).
@@ -835,20 +793,16 @@ impl JsonStream {
         counts: &mut MaskedCounts,
     ) -> Result<()> {
         let at = self.token(chunk, e)?;
-        let tok = std::mem::take(&mut self.tok);
         let raw = match at {
             Some(s) => chunk.get(s..e).unwrap_or_default(),
-            None => &tok,
+            None => &self.tok,
         };
-        let r = if self.ruled.is_some() {
-            Ok(None)
+        let repl = if self.ruled.is_some() {
+            None
         } else {
-            mask_number(p, raw, counts)
+            mask_number(p, raw, counts)?
         };
-        let r = r.and_then(|repl| self.token_done(chunk, mark, e, repl, at, &tok, out));
-        self.tok = tok;
-        self.tok.clear();
-        r?;
+        self.token_done(chunk, mark, e, repl, at, out)?;
         self.value_end(p, chunk, mark, e, out, counts)?;
         if self.stack.is_empty() {
             self.need_sep = true;
@@ -867,11 +821,7 @@ impl JsonStream {
         counts: &mut MaskedCounts,
     ) -> Result<()> {
         let at = self.token(chunk, e)?;
-        let tok = std::mem::take(&mut self.tok);
-        let r = self.token_done(chunk, mark, e, None, at, &tok, out);
-        self.tok = tok;
-        self.tok.clear();
-        r?;
+        self.token_done(chunk, mark, e, None, at, out)?;
         self.value_end(p, chunk, mark, e, out, counts)?;
         if self.stack.is_empty() {
             self.need_sep = true;

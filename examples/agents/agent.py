@@ -1,9 +1,11 @@
 """A customer-support agent whose tools reach PostgreSQL and Redis only through wirewarden.
 
 Each tool connects with the agent's own token (never a database password) and tells the
-gateway which run and which tool call issued the query: for PostgreSQL in
-`application_name`, for Redis in `CLIENT SETNAME`. The gateway records both in its audit
-trail, so an auditor can tie every statement to the agent step that issued it.
+gateway which run and which tool call issued the query, in the protocol's own handshake: for
+PostgreSQL in the startup packet's `application_name`, for Redis in the `SETNAME` option of
+the `HELLO` that authenticates (`HELLO 2 AUTH <user> <token> SETNAME <name>`). The gateway
+records it as the session's application in its audit trail, so an auditor can tie every
+statement to the agent step that issued it.
 
 Offline (the default, and how the tests run it) a scripted model drives the agent; with
 `--model` and OPENAI_API_KEY set, a real model does.
@@ -61,25 +63,39 @@ async def query_crm(ctx: ToolContext, sql: str) -> str:
         return f"error {e.sqlstate}: {e.diag.message_primary}"
 
 
+def redis_name(ctx: ToolContext) -> str:
+    """The tag as a Redis client name, which may not contain spaces."""
+    return tag(ctx).replace(" ", "_")
+
+
 @function_tool
 async def read_cache(ctx: ToolContext, key: str) -> str:
     """Read one key from the session cache."""
     if ARGS.redis_port is None:
         return "error: no cache configured"
+    # One connection whose first command is the HELLO that authenticates and names it, so
+    # the gateway knows the run and tool call when it opens the session (a CLIENT SETNAME
+    # after the login would reach the audit trail only as one more command). redis-py sends
+    # nothing of its own on connect when it has no credentials, no client name, no driver
+    # info and RESP2; the token goes only in this HELLO.
+    r = redis.Redis(
+        host=ARGS.host,
+        port=ARGS.redis_port,
+        single_connection_client=True,
+        driver_info=None,
+        protocol=2,
+        decode_responses=True,
+    )
     try:
-        r = redis.Redis(
-            host=ARGS.host,
-            port=ARGS.redis_port,
-            username=ARGS.redis_user,
-            password=ARGS.redis_token,
-            client_name=tag(ctx).replace(" ", "_"),
-            decode_responses=True,
+        r.execute_command(
+            "HELLO", 2, "AUTH", ARGS.redis_user, ARGS.redis_token, "SETNAME", redis_name(ctx)
         )
         value = r.get(key)
-        r.close()
         return "null" if value is None else value
     except redis.RedisError as e:
         return f"error: {e}"
+    finally:
+        r.close()
 
 
 def scripted_model():

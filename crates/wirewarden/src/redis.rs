@@ -9,7 +9,10 @@
 //! 2. **Client authentication.** Until the client authenticates, only `AUTH`, `HELLO … AUTH`
 //!    and `QUIT` are accepted; everything else is answered `-NOAUTH`, as the server does. The
 //!    token or JWT in the password slot is verified by the pipeline's identity provider; a
-//!    wrong one gets `-WRONGPASS` and an `AuthenticationFailed` audit event.
+//!    wrong one gets `-WRONGPASS` and an `AuthenticationFailed` audit event. The name in
+//!    `HELLO … SETNAME <name>` is the session's application in `SessionStarted` (what
+//!    `application_name` is for PostgreSQL), so a client can say which run or tool call it
+//!    is in the handshake itself.
 //! 3. **Upstream login** with `AUTH` and the credential only the gateway holds. The client's
 //!    `HELLO` goes upstream without its `AUTH` part, so RESP3 is negotiated end to end.
 //! 4. **Relay.** Every command — each one of a pipeline and each one queued in `MULTI` — is
@@ -18,12 +21,18 @@
 //!    `-ERR wirewarden: <reason> (rule <id>)`, and the connection stays usable; a command
 //!    denied inside `MULTI` makes the `EXEC` answer `-EXECABORT` (the gateway sends `DISCARD`
 //!    upstream), exactly as the server treats a command rejected at queue time. A command
-//!    held for review waits for the replies already due, then for the reviewers.
+//!    held for review waits for the replies already due, then for the reviewers. The
+//!    commands of one read (a pipeline) are decided in order and their intents appended
+//!    together, so in fsync mode one `fdatasync` of the audit trail covers the whole
+//!    pipeline; none of it is forwarded before its own intent is on record, and a command
+//!    whose intent could not be recorded is refused in its place in the reply order.
 //! 5. **Replies** are correlated with their commands ([`wirewarden_redis::Session`]), masked
 //!    (by the command's key and by content; each `EXEC` element with its own command's key;
 //!    push frames and pub/sub messages by content) and recorded: `CommandCompleted` with
 //!    elements, bytes, masked counts and duration, and a capped `Transcript` of the masked
-//!    reply. A reply that cannot be masked is replaced by an error reply.
+//!    reply. A reply that cannot be masked is replaced by an error reply. These outcome
+//!    records go to a per-session writer task: they need not be durable before the next
+//!    reply is relayed, and the writer appends what has queued up as one batch.
 
 mod mask;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use wirewarden_testkit::{Postgres, free_port};
+use wirewarden_testkit::{Postgres, Redis, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wirewarden-gateway");
 
@@ -55,8 +55,10 @@ struct Gateway {
     child: Child,
     dir: tempfile::TempDir,
     pg_port: u16,
+    redis_port: u16,
     admin_port: u16,
     _pg: Postgres,
+    _redis: Redis,
 }
 
 impl Drop for Gateway {
@@ -74,6 +76,7 @@ impl Gateway {
             .args(args)
             .env("ADMIN_TOKEN", "admin-secret")
             .env("CRM_PASSWORD", "unused-by-cli")
+            .env("REDIS_PASSWORD", "unused-by-cli")
             .output()
             .unwrap()
     }
@@ -124,6 +127,14 @@ fn wait_port(port: u16) {
 
 fn start() -> Gateway {
     let pg = Postgres::builder().seed_sql(SEED).start().unwrap();
+    let redis = Redis::start().unwrap();
+    redis
+        .cli(&[
+            "SET",
+            "session:1001",
+            r#"{"customer": 1, "card": "4111 1111 1111 1111"}"#,
+        ])
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let p = |name: &str| -> PathBuf { root.join(name) };
@@ -138,6 +149,7 @@ fn start() -> Gateway {
     // The token file: written by `token issue`, as an operator would.
     std::fs::write(p("tokens.toml"), "").unwrap();
     let (pg_port, admin_port) = (free_port().unwrap(), free_port().unwrap());
+    let redis_port = free_port().unwrap();
     let config = format!(
         r#"
 [admin]
@@ -168,18 +180,30 @@ database = "{db}"
 user = "{user}"
 password = {{ env = "CRM_PASSWORD" }}
 allow_plaintext_password = true
+
+[[target]]
+name = "sessions"
+protocol = "redis"
+listen = "127.0.0.1:{redis_port}"
+upstream = "{redis_upstream}"
+user = "{redis_user}"
+password = {{ env = "REDIS_PASSWORD" }}
 "#,
         upstream = pg.addr(),
         db = pg.database(),
         user = pg.user(),
+        redis_upstream = redis.addr(),
+        redis_user = redis.user(),
     );
     std::fs::write(p("gateway.toml"), config).unwrap();
     let mut g = Gateway {
         child: Command::new("true").spawn().unwrap(),
         dir,
         pg_port,
+        redis_port,
         admin_port,
         _pg: pg,
+        _redis: redis,
     };
     let issued = g.cli(&[
         "token",
@@ -211,11 +235,13 @@ allow_plaintext_password = true
         .arg("serve")
         .env("ADMIN_TOKEN", "admin-secret")
         .env("CRM_PASSWORD", g._pg.password())
+        .env("REDIS_PASSWORD", g._redis.password())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_port(pg_port);
+    wait_port(redis_port);
     wait_port(admin_port);
     g
 }
@@ -492,6 +518,8 @@ fn the_offline_agent_is_tied_to_its_steps_in_the_audit_trail() {
             "disable",
         ])
         .args(["--pg-token", &token(&g)])
+        .args(["--redis-port", &g.redis_port.to_string()])
+        .args(["--redis-user", "analyst", "--redis-token", &token(&g)])
         .env("OPENAI_AGENTS_DISABLE_TRACING", "1")
         .env_remove("OPENAI_API_KEY")
         .output()
@@ -534,4 +562,24 @@ fn the_offline_agent_is_tied_to_its_steps_in_the_audit_trail() {
         };
         assert_eq!(decided["decision"]["outcome"], expected, "{decided}");
     }
+    // The cache tool named its Redis session in the HELLO that logged it in, so the run and
+    // the tool call are the session's application there too, not only a later command.
+    let app = format!("agent_run={run}_call=call_cache");
+    let session = events
+        .iter()
+        .find(|e| e["type"] == "session_started" && e["application"] == app.as_str())
+        .unwrap_or_else(|| panic!("no Redis session for {app}"));
+    assert_eq!(session["target"]["protocol"], "redis", "{session}");
+    assert!(
+        events.iter().any(|e| e["type"] == "command_decided"
+            && e["session"] == session["session"]
+            && e["command"]["verb"] == "GET"
+            && e["decision"]["outcome"] == "allow"),
+        "the cached session was read in that session"
+    );
+    assert!(
+        stdout.contains("tool output: {\"customer\": 1"),
+        "the cache tool read the session: {stdout}"
+    );
+    assert!(!stdout.contains("4111 1111 1111 1111"), "{stdout}");
 }

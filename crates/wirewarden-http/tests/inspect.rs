@@ -34,6 +34,9 @@ async fn bearer_is_removed_and_the_upstream_credential_injected() {
         .header("authorization", format!("Bearer {TOKEN}"))
         .header(UPSTREAM_KEY, "forged-by-the-client")
         .header("x-client", "kept")
+        .header("connection", "x-hop")
+        .header("x-hop", "for the gateway only")
+        .header("keep-alive", "timeout=5")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let (status, headers, body) = send(false, req).await;
@@ -55,6 +58,9 @@ async fn bearer_is_removed_and_the_upstream_credential_injected() {
         "the gateway's credential replaces the client's"
     );
     assert_eq!(h["x-client"], "kept");
+    for hop in ["x-hop", "keep-alive"] {
+        assert!(h.get(hop).is_none(), "hop-by-hop {hop} was forwarded");
+    }
 
     let admitted = gate.admitted.lock().unwrap().clone();
     assert_eq!(admitted.len(), 1);

@@ -206,17 +206,8 @@ struct Ruled {
     string: bool,
 }
 
-const WS: [bool; 256] = {
-    let mut t = [false; 256];
-    t[b' ' as usize] = true;
-    t[b'\t' as usize] = true;
-    t[b'\n' as usize] = true;
-    t[b'\r' as usize] = true;
-    t
-};
-
 fn is_ws(b: u8) -> bool {
-    WS[usize::from(b)]
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// Whether `run` holds a byte below 0x20. No early exit: the loop vectorises, and clean

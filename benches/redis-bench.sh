@@ -35,6 +35,9 @@
 #                     as the ACL user `bench`.
 #   gateway-buffered  the same gateway with durability = buffered: a diagnostic path that
 #                     separates the cost of waiting for fdatasync from the rest.
+#   gateway-base      (not in the default PATHS) the gateway configuration of `gateway`
+#                     served by another build, BASE_BIN (described by BASE_FROM): a change
+#                     measured against its baseline in the same interleaved run.
 #
 # Workloads (redis-benchmark -t names; each run once with one command in flight per
 # connection and once with -P 16): set, get, incr, lpush, lrange_100 (LRANGE of the first
@@ -45,7 +48,8 @@
 # pipelined cell (100000; lrange_100 runs a quarter of either), CLIENTS (50), PIPELINE (16),
 # PATHS, WORKLOADS and MODES (space-separated subsets of the names above; modes: plain,
 # pipelined), WRITE_DOCS (1; 0 leaves docs/performance.md alone), GATEWAY_BIN (skip the build
-# and use this binary), CELL_TIMEOUT (seconds one redis-benchmark run may take, 120), PROFILE
+# and use this binary) and GATEWAY_FROM (what that binary was built from, for the report;
+# default: this checkout's commit), CELL_TIMEOUT (seconds one redis-benchmark run may take, 120), PROFILE
 # (0; 1 also records a perf cpu-clock profile of the gateway for every workload and mode after
 # the comparison, into PROFILE_OUT, default /tmp/redis-bench-profile), KEEP_RAW (a path to
 # copy the raw results table to), HOLD (1: start everything, write the ports, passwords and
@@ -71,6 +75,9 @@ CELL_TIMEOUT=${CELL_TIMEOUT:-120}
 PROFILE=${PROFILE:-0}
 PROFILE_OUT=${PROFILE_OUT:-/tmp/redis-bench-profile}
 GATEWAY_BIN=${GATEWAY_BIN:-}
+GATEWAY_FROM=${GATEWAY_FROM:-}
+BASE_BIN=${BASE_BIN:-}
+BASE_FROM=${BASE_FROM:-}
 KEEP_RAW=${KEEP_RAW:-}
 HOLD=${HOLD:-0}
 HOLD_ENV=${HOLD_ENV:-/tmp/redis-bench-hold.env}
@@ -297,7 +304,7 @@ EOF
 # --- the gateway -----------------------------------------------------------------------------
 
 start_gateway() {
-    local name=$1 durability=$2 dir=$WORK/$1 port admin
+    local name=$1 durability=$2 bin=${3:-$GW} dir=$WORK/$1 port admin
     port=$(free_port)
     admin=$(free_port)
     mkdir -p "$dir"
@@ -354,14 +361,14 @@ user = "bench"
 password = { env = "BENCH_REDIS_PASSWORD" }
 EOF
     local issued token
-    issued=$(BENCH_ADMIN_TOKEN=x BENCH_REDIS_PASSWORD=x "$GW" --config "$dir/gateway.toml" \
+    issued=$(BENCH_ADMIN_TOKEN=x BENCH_REDIS_PASSWORD=x "$bin" --config "$dir/gateway.toml" \
         token issue --id bench-agent --subject bench-agent --group agents)
     # First line: the token (its last word); the rest: the entry for the tokens file.
     token=$(printf '%s\n' "$issued" | head -n1 | awk '{print $NF}')
     printf '%s\n' "$issued" | tail -n +2 >"$dir/tokens.toml"
     [ -n "$token" ] || die "token issue printed no token"
     BENCH_ADMIN_TOKEN=$(secret) BENCH_REDIS_PASSWORD=$BENCH_PASS \
-        "$GW" --config "$dir/gateway.toml" serve >"$dir/gateway.log" 2>&1 &
+        "$bin" --config "$dir/gateway.toml" serve >"$dir/gateway.log" 2>&1 &
     local pid=$!
     started "$pid" TERM
     wait_port "$port" "gateway ($name)" "$pid"
@@ -491,6 +498,10 @@ main() {
         haproxy) start_haproxy ;;
         gateway) start_gateway gateway fsync ;;
         gateway-buffered) start_gateway gateway-buffered buffered ;;
+        gateway-base)
+            [ -x "$BASE_BIN" ] || die "path gateway-base needs BASE_BIN, an executable gateway"
+            start_gateway gateway-base fsync "$BASE_BIN"
+            ;;
         *) die "unknown path $p" ;;
         esac
     done
@@ -549,11 +560,16 @@ main() {
         echo "clients=$CLIENTS"
         echo "pipeline=$PIPELINE"
         echo "machine=$(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r); audit directory on $(df -T "$WORK" | awk 'NR == 2 {print $2}')"
+        echo "base=${BASE_FROM:-$BASE_BIN}"
         echo "load_start=$load_start"
         echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)"
         echo "rustc_start=$rustc_start"
         echo "versions=Redis $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p'), twemproxy $(nutcracker --version 2>&1 | sed -n 's/.*nutcracker-\([^ ]*\).*/\1/p' | head -n1), HAProxy $(haproxy -v | awk 'NR == 1 {print $3}')"
-        echo "commit=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- crates examples || echo ' with uncommitted changes in crates/ or examples/')"
+        if [ -n "$GATEWAY_FROM" ]; then
+            echo "commit=$GATEWAY_FROM"
+        else
+            echo "commit=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- crates examples || echo ' with uncommitted changes in crates/ or examples/')"
+        fi
     } >"$meta"
     if [ -n "$KEEP_RAW" ]; then cp "$RESULTS" "$KEEP_RAW"; fi
 

@@ -38,6 +38,7 @@ PATHS = [
     ("haproxy", "haproxy (TCP)"),
     ("gateway", "**gateway (all on, audit fsync)**"),
     ("gateway-buffered", "gateway (audit buffered; diagnostic)"),
+    ("gateway-base", "gateway, baseline build (audit fsync)"),
 ]
 
 # Paths the gateway (fsync) is held against.
@@ -113,7 +114,8 @@ def build(rows, m):
         f"builds running at the start) — redis-benchmark, redis-server and the proxy share the "
         f"cores with each other and with other work, so absolute figures are lower bounds and "
         f"single runs are noisy; compare the medians of the per-round ratios. Versions: "
-        f"{m.get('versions')}; gateway built from {m.get('commit')}."
+        f"{m.get('versions')}; gateway built from {m.get('commit')}"
+        + (f"; the baseline build from {m.get('base')}." if m.get("base") else ".")
     )
     out.append("")
     out.append("Throughput as a fraction of direct (median over rounds of the per-round ratio; "

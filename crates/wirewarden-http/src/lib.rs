@@ -32,3 +32,7 @@ pub use rejection::Rejection;
 
 #[doc(hidden)]
 pub mod fuzzing;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -222,9 +222,14 @@ impl HttpProxy {
             .body_limits(self.config.body_limits);
         let service = tower::Layer::layer(&layer, self.upstream.clone());
         let addr = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let result =
-            wirewarden_http::server::serve_connection(stream, addr, service, &self.config.limits)
-                .await;
+        let result = wirewarden_http::server::serve_connection_with_gate(
+            stream,
+            addr,
+            service,
+            &self.config.limits,
+            gate.clone(),
+        )
+        .await;
         let reason = match &result {
             Ok(()) => SessionEndReason::ClientClosed,
             Err(e) => SessionEndReason::Error {

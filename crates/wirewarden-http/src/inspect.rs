@@ -7,11 +7,14 @@
 //! 2. [`Routes::command`]: the request as a [`Command`], and the route it matched;
 //! 3. `Authorization` is taken off the request: a `Bearer` token is handed to the gate, any
 //!    other scheme is refused with 401, so the upstream never sees the client's credential;
-//! 4. [`Gate::admit`]: identity, policy (a review holds the request here), intent audit;
-//! 5. on [`Verdict::Forward`], the gate's headers (the upstream credential) replace the
+//! 4. the request body is read ahead, up to [`Limits::max_bound_body`], and bound into the
+//!    command's digest (so an approval covers exactly this body) and shown after the request
+//!    line in its text; a longer body streams after the decision and the text says so;
+//! 5. [`Gate::admit`]: identity, policy (a review holds the request here), intent audit;
+//! 6. on [`Verdict::Forward`], the gate's headers (the upstream credential) replace the
 //!    client's, the body is capped at [`Limits::max_body_bytes`] while it streams, and the
 //!    request goes upstream;
-//! 6. the response's hop-by-hop headers are removed and, on a masked route, its body is
+//! 7. the response's hop-by-hop headers are removed and, on a masked route, its body is
 //!    masked as it streams; the gate's [`OnComplete`] is told the status,
 //!    bytes, masked counts and any error exactly once, when the body ends or is dropped.
 //!
@@ -115,7 +118,7 @@ impl<S, G, B, RB> Service<Request<B>> for InspectService<S, G>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
-    S: Service<Request<Limited<B>>, Response = Response<RB>> + Clone + Send + 'static,
+    S: Service<Request<Limited<RequestBody<B>>>, Response = Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     RB: Body<Data = Bytes> + Send + 'static,
@@ -137,6 +140,160 @@ where
         let gate = self.gate.clone();
         let config = Arc::clone(&self.config);
         Box::pin(async move { Ok(handle(inner, gate, config, req).await) })
+    }
+}
+
+/// A request body as the layer forwards it: the part read ahead before the decision, then
+/// (for a body longer than [`Limits::max_bound_body`]) the rest as the client sends it.
+pub struct RequestBody<B> {
+    head: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    rest: Option<Pin<Box<B>>>,
+}
+
+impl<B> std::fmt::Debug for RequestBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("head", &self.head.as_ref().map(Bytes::len))
+            .field("streaming", &self.rest.is_some())
+            .finish()
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if let Some(head) = self.head.take()
+            && !head.is_empty()
+        {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+        }
+        if let Some(rest) = self.rest.as_mut() {
+            return rest.as_mut().poll_frame(cx).map_err(Into::into);
+        }
+        Poll::Ready(
+            self.trailers
+                .take()
+                .map(|t| Ok(http_body::Frame::trailers(t))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.as_ref().is_none_or(Bytes::is_empty)
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let head = self.head.as_ref().map_or(0, Bytes::len) as u64;
+        match &self.rest {
+            None => http_body::SizeHint::with_exact(head),
+            Some(r) => {
+                let h = r.size_hint();
+                let mut hint = http_body::SizeHint::new();
+                hint.set_lower(h.lower().saturating_add(head));
+                if let Some(u) = h.upper() {
+                    hint.set_upper(u.saturating_add(head));
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// Most body bytes shown after the request line in a command's text.
+const BODY_EXCERPT: usize = 2048;
+
+/// Reads up to `max` bytes of `body` before the decision and binds them to `command`: its
+/// digest covers the request line and the body, its text shows the request line and the
+/// start of the body (or says the body was too long to bind).
+async fn bind_body<B>(
+    body: B,
+    command: &mut Command,
+    max: usize,
+) -> Result<RequestBody<B>, BoxError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if body.is_end_stream() {
+        return Ok(RequestBody {
+            head: None,
+            trailers: None,
+            rest: None,
+        });
+    }
+    let mut body = Box::pin(body);
+    let mut buf = bytes::BytesMut::new();
+    let mut trailers = None;
+    let mut complete = false;
+    while buf.len() <= max {
+        match body.frame().await {
+            None => {
+                complete = true;
+                break;
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => buf.extend_from_slice(&data),
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        trailers = Some(t);
+                    }
+                }
+            },
+        }
+    }
+    let head = buf.freeze();
+    let line = command.text.clone();
+    if complete {
+        command.digest = wirewarden_core::CommandDigest::compute(
+            command.protocol,
+            line.as_bytes(),
+            [Some(&head[..])],
+        );
+        if !head.is_empty() {
+            let mut end = head.len().min(BODY_EXCERPT);
+            let shown = loop {
+                match std::str::from_utf8(&head[..end]) {
+                    Ok(t) => break Some(t),
+                    Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => {
+                        end = e.valid_up_to();
+                    }
+                    Err(_) => break None,
+                }
+            };
+            command.text = match shown {
+                Some(t) if end == head.len() => format!("{line}\n\n{t}"),
+                Some(t) => format!("{line}\n\n{t}… ({} bytes in all)", head.len()),
+                None => format!("{line}\n\n({} bytes of binary body)", head.len()),
+            };
+        }
+        Ok(RequestBody {
+            head: Some(head),
+            trailers,
+            rest: None,
+        })
+    } else {
+        command.text = format!(
+            "{line}\n\n(a body of more than {max} bytes, streamed after the decision and not bound to it)"
+        );
+        command.digest =
+            wirewarden_core::CommandDigest::compute(command.protocol, command.text.as_bytes(), []);
+        Ok(RequestBody {
+            head: Some(head),
+            trailers: None,
+            rest: Some(body),
+        })
     }
 }
 
@@ -271,7 +428,7 @@ async fn handle<S, G, B, RB>(
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
-    S: Service<Request<Limited<B>>, Response = Response<RB>> + Send + 'static,
+    S: Service<Request<Limited<RequestBody<B>>>, Response = Response<RB>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     RB: Body<Data = Bytes> + Send + 'static,
@@ -300,6 +457,24 @@ where
         }
     };
     let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
+    let mut checked = checked;
+    let req_body =
+        match bind_body(req_body, &mut checked.command, config.limits.max_bound_body).await {
+            Ok(b) => b,
+            Err(e) => {
+                let r = if is_length_limit(&*e) {
+                    strict::body_too_large(config.limits.max_body_bytes)
+                } else {
+                    Rejection::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_request",
+                        "the request body could not be read",
+                    )
+                };
+                gate.refused(&r, peer).await;
+                return reject(r);
+            }
+        };
     let start = Instant::now();
     let verdict = gate
         .admit(
@@ -438,6 +613,87 @@ fn outcome(status: StatusCode, report: BodyReport, head: Option<MaskedCounts>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn post() -> Command {
+        Command::new(
+            wirewarden_core::Protocol::Http,
+            "POST",
+            wirewarden_core::CommandClass::Write,
+            "POST /refunds",
+        )
+        .unwrap()
+    }
+
+    fn chunks(parts: &[&'static str]) -> impl Body<Data = Bytes, Error = Infallible> + use<> {
+        let frames: Vec<Result<http_body::Frame<Bytes>, Infallible>> = parts
+            .iter()
+            .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    async fn forwarded<B>(b: RequestBody<B>) -> Bytes
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        b.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn the_body_is_bound_to_the_command() {
+        let mut a = post();
+        let plain = a.digest;
+        let body = bind_body(chunks(&["{\"amount\":", " 20}"]), &mut a, 1024)
+            .await
+            .unwrap();
+        assert_eq!(a.text, "POST /refunds\n\n{\"amount\": 20}");
+        assert_ne!(a.digest, plain);
+        assert_eq!(body.size_hint().exact(), Some(14));
+        assert_eq!(forwarded(body).await, "{\"amount\": 20}");
+
+        // Another body, another digest: an approval for one never covers the other.
+        let mut b = post();
+        let _ = bind_body(chunks(&["{\"amount\": 2000}"]), &mut b, 1024)
+            .await
+            .unwrap();
+        assert_ne!(a.digest, b.digest);
+
+        // No body: the command is left as it was.
+        let mut c = post();
+        let body = bind_body(http_body_util::Empty::<Bytes>::new(), &mut c, 1024)
+            .await
+            .unwrap();
+        assert_eq!((c.text.as_str(), c.digest), ("POST /refunds", plain));
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_long_body_streams_unbound_and_intact() {
+        let mut a = post();
+        let body = bind_body(
+            chunks(&["0123456789", "abcdefghij", "KLMNOPQRST"]),
+            &mut a,
+            12,
+        )
+        .await
+        .unwrap();
+        assert!(a.text.contains("not bound"), "{}", a.text);
+        assert_eq!(
+            forwarded(body).await,
+            "0123456789abcdefghijKLMNOPQRST",
+            "every byte is forwarded once, in order"
+        );
+
+        // Long text is shown cut at a character boundary.
+        let mut b = post();
+        let long: &'static str = Box::leak("é".repeat(BODY_EXCERPT).into_boxed_str());
+        let _ = bind_body(chunks(&[long]), &mut b, 1 << 20).await.unwrap();
+        assert!(
+            b.text
+                .ends_with(&format!("… ({} bytes in all)", long.len()))
+        );
+    }
 
     #[test]
     fn bearer_is_taken_and_other_schemes_refused() {

@@ -62,6 +62,11 @@ pub struct Limits {
     /// Most bytes of chunk extensions on one chunk-size line, and of one trailer line.
     /// Default 4 KiB.
     pub max_chunk_line_bytes: usize,
+    /// Most request body bytes read before the request is decided, so that the command's
+    /// digest — and with it any review approval — binds to the body as well as to the method
+    /// and target. A longer body is streamed after the decision instead, and the command's
+    /// text says its body was not bound. Default 1 MiB.
+    pub max_bound_body: usize,
 }
 
 impl Default for Limits {
@@ -81,6 +86,7 @@ impl Default for Limits {
             h2_max_pending_accept_reset_streams: 20,
             h2_max_local_error_reset_streams: 1024,
             max_chunk_line_bytes: 4 * 1024,
+            max_bound_body: 1024 * 1024,
         }
     }
 }

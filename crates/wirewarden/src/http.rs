@@ -126,7 +126,7 @@ impl HttpTarget {
     }
 }
 
-type ReqBody = http_body_util::Limited<Incoming>;
+type ReqBody = http_body_util::Limited<wirewarden_http::inspect::RequestBody<Incoming>>;
 
 /// Serves HTTP clients for one target.
 #[derive(Debug, Clone)]

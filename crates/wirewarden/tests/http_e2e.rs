@@ -609,7 +609,7 @@ async fn a_held_request_goes_on_after_approval() {
         python(&format!(
             r#"
 import httpx
-r = httpx.post("{url}", headers={{"authorization": "Bearer {AGENT_TOKEN}"}}, timeout=30)
+r = httpx.post("{url}", headers={{"authorization": "Bearer {AGENT_TOKEN}"}}, json={{"amount": 20}}, timeout=30)
 print(r.status_code, r.text)
 "#
         ))
@@ -627,8 +627,9 @@ print(r.status_code, r.text)
     })
     .await
     .expect("a review was requested");
-    assert!(
-        pending.command_text.contains("POST /customers/9/refund"),
+    // The reviewer sees the body, and the approval binds to it.
+    assert_eq!(
+        pending.command_text, "POST /customers/9/refund\n\n{\"amount\":20}",
         "{:?}",
         pending.command_text
     );
@@ -645,7 +646,9 @@ print(r.status_code, r.text)
     let out = client.await.unwrap();
     assert!(out.starts_with("200 "), "{out}");
     assert!(out.contains("\"refunded\":9"), "{out}");
-    assert_eq!(gw.log.lock().unwrap().len(), 1);
+    let seen = gw.log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -230,6 +230,13 @@ async fn gateway() -> Gateway {
 }
 
 async fn gateway_with(wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>) -> Gateway {
+    gateway_tls(wrap, None).await
+}
+
+async fn gateway_tls(
+    wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Gateway {
     let log: Log = Arc::default();
     let upstream = start_upstream(log.clone()).await;
     let audit_dir = tempfile::tempdir().unwrap();
@@ -312,6 +319,8 @@ action = \"allow\"
         header::AUTHORIZATION,
         http::HeaderValue::from_str(&format!("Bearer {UPSTREAM_SECRET}")).unwrap(),
     );
+    let mut target = target;
+    target.tls = tls;
     let proxy = HttpProxy::new(pipeline.clone(), target).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -682,4 +691,49 @@ async fn smuggling_shapes_never_reach_the_upstream() {
     let events = gw.events().await;
     assert!(events.iter().any(|e| matches!(&e.kind,
         AuditEventKind::ProtocolError { error, .. } if error.starts_with("ambiguous_path"))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_alpn_serves_http2_and_http1() {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let chain = vec![cert.cert.der().clone()];
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let tls = wirewarden::tls::server_config(chain, key).unwrap();
+    let gw = gateway_tls(|sink| sink, Some(tls)).await;
+    let url = format!("https://localhost:{}/customers/4", gw.addr.port());
+    let ca = ca.display().to_string();
+    let auth = agent_auth();
+    for version in ["--http2", "--http1.1"] {
+        let (out, err) = curl(&[
+            version,
+            "--cacert",
+            &ca,
+            "-H",
+            &auth,
+            "-D",
+            "/dev/stderr",
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", gw.addr.port()),
+            &url,
+        ])
+        .await;
+        assert_masked(&out);
+        assert!(out.contains("\"name\":\"Customer 4\""), "{out}");
+        let want = if version == "--http2" {
+            "HTTP/2 200"
+        } else {
+            "HTTP/1.1 200"
+        };
+        assert!(err.starts_with(want), "{err}");
+    }
+    let events = gw.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.kind, AuditEventKind::SessionStarted { tls: true, .. }))
+    );
 }

@@ -6,10 +6,11 @@
 //! bytes), a re-encoded frame, or an error — never a value it could not inspect.
 
 use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 
 use bytes::BytesMut;
 use wirewarden_core::MaskedCounts;
-use wirewarden_mask::{Field, Profile, ValueType};
+use wirewarden_mask::{Field, FieldRule, Profile, ValueType};
 use wirewarden_postgres::types::{Type, Value, encode_replacement};
 use wirewarden_postgres::{CellEdit, DataRow, ErrorFields, FieldDescription, Format, RowRewriter};
 
@@ -24,6 +25,30 @@ pub(crate) struct ColumnPlan {
     pub(crate) format: Format,
     pub(crate) value_type: ValueType,
     pub(crate) pg_type: Option<Type>,
+    /// The column's field rule, resolved on its first cell rather than for every cell.
+    rule: RuleCache,
+}
+
+/// A column's field rule under the profile it was resolved with. Every row of a result is
+/// masked with one profile, but a plan outlives its result (the next query may return the
+/// same shape under another profile), so the profile is kept with the rule: holding the
+/// `Arc` means its address cannot be reused while the cache compares against it.
+#[derive(Debug, Clone, Default)]
+struct RuleCache(OnceLock<(Arc<Profile>, Option<FieldRule>)>);
+
+impl RuleCache {
+    /// The rule for `field` under `profile`: cached for the first profile seen, resolved
+    /// afresh for any other.
+    fn get<'p>(&'p self, profile: &'p Arc<Profile>, field: &Field<'_>) -> Option<&'p FieldRule> {
+        let (cached, rule) = self
+            .0
+            .get_or_init(|| (profile.clone(), profile.rule_for(field).cloned()));
+        if Arc::ptr_eq(cached, profile) {
+            rule.as_ref()
+        } else {
+            profile.rule_for(field)
+        }
+    }
 }
 
 /// The mask value type for a PostgreSQL type.
@@ -67,6 +92,7 @@ pub(crate) fn plan(fields: &[FieldDescription], catalog: &Catalog) -> Vec<Column
                 format: f.format().unwrap_or(Format::Text),
                 value_type: value_type(pg_type),
                 pg_type,
+                rule: RuleCache::default(),
             }
         })
         .collect()
@@ -84,7 +110,7 @@ enum CellOut {
 }
 
 fn mask_cell(
-    profile: &Profile,
+    profile: &Arc<Profile>,
     plan: &ColumnPlan,
     raw: &[u8],
     counts: &mut MaskedCounts,
@@ -93,6 +119,7 @@ fn mask_cell(
         table: plan.table.as_deref(),
         column: &plan.column,
     };
+    let rule = plan.rule.get(profile, &field);
     let err = |e: &dyn std::fmt::Display| Unmaskable(format!("column {}: {e}", plan.column));
     // The value as text: text format is text already; binary values of known types are
     // decoded; anything else is inspected as raw bytes.
@@ -103,7 +130,7 @@ fn mask_cell(
         },
         (Format::Binary, Some(Type::Bytea)) => {
             let out = profile
-                .mask_value(&field, ValueType::Bytes, Cow::Borrowed(raw), counts)
+                .mask_value_with_rule(rule, ValueType::Bytes, Cow::Borrowed(raw), counts)
                 .map_err(|e| err(&e))?;
             return Ok(match out {
                 None => CellOut::Null,
@@ -119,7 +146,7 @@ fn mask_cell(
         (Format::Binary, None) => {
             // A binary type we do not decode: scan its bytes; any finding withholds it.
             let out = profile
-                .mask_value(&field, ValueType::Opaque, Cow::Borrowed(raw), counts)
+                .mask_value_with_rule(rule, ValueType::Opaque, Cow::Borrowed(raw), counts)
                 .map_err(|e| err(&e))?;
             return Ok(match out {
                 Some(Cow::Borrowed(_)) => CellOut::Keep,
@@ -133,7 +160,7 @@ fn mask_cell(
         plan.value_type
     };
     let out = profile
-        .mask_value(&field, vt, Cow::Borrowed(text.as_bytes()), counts)
+        .mask_value_with_rule(rule, vt, Cow::Borrowed(text.as_bytes()), counts)
         .map_err(|e| err(&e))?;
     Ok(match out {
         None => CellOut::Null,
@@ -152,7 +179,7 @@ fn mask_cell(
 /// Masks one DataRow. Returns `None` when nothing changed (forward the original bytes), or
 /// the re-encoded frame appended to `out`.
 pub(crate) fn mask_row(
-    profile: &Profile,
+    profile: &Arc<Profile>,
     plans: Option<&[ColumnPlan]>,
     row: &DataRow,
     rewriter: &mut RowRewriter,
@@ -173,6 +200,7 @@ pub(crate) fn mask_row(
                     format: Format::Text,
                     value_type: ValueType::Text,
                     pg_type: None,
+                    rule: RuleCache::default(),
                 };
                 row.len()
             ];
@@ -328,4 +356,58 @@ pub(crate) fn mask_copy_data(
         out.push(b'\n');
     }
     Ok(changed.then_some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use wirewarden_mask::{Selector, Strategy};
+
+    use super::*;
+
+    fn text_column(column: &str) -> ColumnPlan {
+        ColumnPlan {
+            table: Some("customers".into()),
+            column: column.into(),
+            type_oid: 25,
+            format: Format::Text,
+            value_type: ValueType::Text,
+            pg_type: Some(Type::Text),
+            rule: RuleCache::default(),
+        }
+    }
+
+    #[test]
+    fn a_column_rule_is_resolved_once_per_profile() {
+        let ruled = Arc::new(
+            Profile::builder("ruled")
+                .rule(FieldRule::new(
+                    Selector::column("*ssn*"),
+                    Strategy::redact(),
+                ))
+                .build()
+                .unwrap(),
+        );
+        let plain = Arc::new(Profile::builder("plain").build().unwrap());
+        let plan = text_column("tax_ssn");
+        let field = Field::Column {
+            table: plan.table.as_deref(),
+            column: &plan.column,
+        };
+        let entity = |p: &Arc<Profile>| plan.rule.get(p, &field).map(|r| r.entity.clone());
+        assert_eq!(entity(&ruled).as_deref(), Some("column:*ssn*"));
+        // A plan outlives its result: the same shape under another profile gets that
+        // profile's answer, not the cached one.
+        assert_eq!(entity(&plain), None);
+        assert_eq!(entity(&ruled).as_deref(), Some("column:*ssn*"));
+
+        let mut counts = MaskedCounts::new();
+        let out = mask_cell(&ruled, &plan, b"no sensitive content", &mut counts).unwrap();
+        assert!(matches!(&out, CellOut::Text(s) if s == "[REDACTED]"));
+        let out = mask_cell(&plain, &plan, b"no sensitive content", &mut counts).unwrap();
+        assert!(matches!(out, CellOut::Keep));
+        let out = mask_cell(&plain, &plan, b"ssn 123-45-6789", &mut counts).unwrap();
+        assert!(matches!(&out, CellOut::Text(s) if s == "ssn [REDACTED]"));
+        assert_eq!(counts.0.get("column:*ssn*"), Some(&1));
+        assert_eq!(counts.0.get("ssn"), Some(&1));
+    }
 }

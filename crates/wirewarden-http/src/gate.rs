@@ -26,6 +26,10 @@ pub struct Admission<'a> {
     pub headers: &'a HeaderMap,
     /// The client's address, when the server knows it.
     pub peer: Option<SocketAddr>,
+    /// Whether the whole request body was read and bound into the command's digest (always
+    /// true for a request without a body). A gate must not let a review approve a request
+    /// whose body it has not seen.
+    pub body_bound: bool,
 }
 
 impl<'a> Admission<'a> {
@@ -38,6 +42,7 @@ impl<'a> Admission<'a> {
             bearer: None,
             headers,
             peer: None,
+            body_bound: true,
         }
     }
 
@@ -59,6 +64,13 @@ impl<'a> Admission<'a> {
     #[must_use]
     pub fn peer(mut self, peer: Option<SocketAddr>) -> Self {
         self.peer = peer;
+        self
+    }
+
+    /// Sets whether the body was bound into the command.
+    #[must_use]
+    pub fn body_bound(mut self, bound: bool) -> Self {
+        self.body_bound = bound;
         self
     }
 }

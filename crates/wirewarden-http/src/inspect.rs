@@ -151,6 +151,14 @@ pub struct RequestBody<B> {
     rest: Option<Pin<Box<B>>>,
 }
 
+impl<B> RequestBody<B> {
+    /// Whether the whole body was read before the decision (and so bound to the command).
+    #[must_use]
+    pub fn is_bound(&self) -> bool {
+        self.rest.is_none()
+    }
+}
+
 impl<B> std::fmt::Debug for RequestBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestBody")
@@ -481,7 +489,8 @@ where
             Admission::new(&checked.command, &parts.headers)
                 .route(checked.route.as_ref())
                 .bearer(checked.bearer.as_deref())
-                .peer(peer),
+                .peer(peer)
+                .body_bound(req_body.is_bound()),
         )
         .await;
     let forward: Forward = match verdict {

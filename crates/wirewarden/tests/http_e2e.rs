@@ -737,3 +737,27 @@ async fn tls_with_alpn_serves_http2_and_http1() {
             .any(|e| matches!(e.kind, AuditEventKind::SessionStarted { tls: true, .. }))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_large_to_bind_is_never_put_to_a_reviewer() {
+    let gw = gateway().await;
+    let out = python(&format!(
+        r#"
+import httpx
+r = httpx.post("{url}", headers={{"authorization": "Bearer {AGENT_TOKEN}"}}, content=b"x" * (2 << 20), timeout=30)
+print(r.status_code, r.json()["error"]["code"])
+"#,
+        url = gw.url("/customers/9/refund")
+    ))
+    .await;
+    assert_eq!(out.trim(), "413 body_too_large_to_review");
+    let pending = gw
+        .pipeline
+        .reviews()
+        .store()
+        .pending(Timestamp::now())
+        .await
+        .unwrap();
+    assert!(pending.is_empty());
+    assert!(gw.log.lock().unwrap().is_empty());
+}

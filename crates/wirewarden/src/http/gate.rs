@@ -322,6 +322,17 @@ impl ConnectionGate {
                     ));
                 }
                 Metrics::add(&metrics.commands_reviewed, 1);
+                if !admission.body_bound {
+                    // A reviewer would approve a body nobody has seen.
+                    Metrics::add(&metrics.commands_denied, 1);
+                    return Err(Verdict::Reject(Rejection::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large_to_review",
+                        format!(
+                            "the request needs review ({reason}, rule {rule}) but its body is too large to be shown to a reviewer"
+                        ),
+                    )));
+                }
                 self.review(&session, command, command_id, rule, &reason, requirement)
                     .await?;
                 None

@@ -885,6 +885,25 @@ where
                         Ok(out) if out.is_empty() => continue,
                         Ok(out) => {
                             report.bytes_out = report.bytes_out.saturating_add(out.len() as u64);
+                            if this.inner.is_end_stream() {
+                                // The last chunk: finish now, so the client gets the body's
+                                // end in the same frame (one write, not two).
+                                return Poll::Ready(Some(
+                                    match end(this.masker, this.reporter, this.phase) {
+                                        None => Ok(Frame::data(out)),
+                                        Some(Ok(last)) => {
+                                            let last = last.into_data().unwrap_or_default();
+                                            let mut both = bytes::BytesMut::with_capacity(
+                                                out.len() + last.len(),
+                                            );
+                                            both.extend_from_slice(&out);
+                                            both.extend_from_slice(&last);
+                                            Ok(Frame::data(both.freeze()))
+                                        }
+                                        Some(Err(e)) => Err(e),
+                                    },
+                                ));
+                            }
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
                         Err(e) => {

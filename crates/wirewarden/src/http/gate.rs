@@ -20,7 +20,7 @@ use wirewarden_identity::{AuthContext, Credential};
 use crate::{Metrics, Pipeline};
 
 /// One identity's session on a connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Session {
     id: SessionId,
     principal: Principal,
@@ -37,7 +37,7 @@ pub(crate) struct ConnectionGate {
     tls: bool,
     /// Sessions by the blake3 digest of the bearer token that opened them (the token itself
     /// is never kept).
-    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    sessions: Mutex<HashMap<[u8; 32], Arc<Session>>>,
     commands: std::sync::atomic::AtomicU64,
 }
 
@@ -100,11 +100,15 @@ impl ConnectionGate {
     }
 
     /// The session of the identity `token` proves, opening (and recording) it on first use.
-    async fn session(&self, token: &str, user_agent: Option<&str>) -> Result<Session, Verdict> {
+    async fn session(
+        &self,
+        token: &str,
+        user_agent: Option<&str>,
+    ) -> Result<Arc<Session>, Verdict> {
         let key = *blake3::hash(token.as_bytes()).as_bytes();
         let mut sessions = self.sessions.lock().await;
         if let Some(s) = sessions.get(&key) {
-            return Ok(s.clone());
+            return Ok(Arc::clone(s));
         }
         let mut ctx = AuthContext::new().with_target(self.target.name.clone());
         if let Some(p) = self.peer {
@@ -124,11 +128,11 @@ impl ConnectionGate {
                 )));
             }
         };
-        let session = Session {
+        let session = Arc::new(Session {
             id: SessionId::new(),
             principal,
             started: Instant::now(),
-        };
+        });
         let started = AuditEvent::new(
             Some(session.id),
             AuditEventKind::SessionStarted {
@@ -148,7 +152,7 @@ impl ConnectionGate {
         let metrics = self.pipeline.metrics();
         Metrics::add(&metrics.sessions_started, 1);
         metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
-        sessions.insert(key, session.clone());
+        sessions.insert(key, Arc::clone(&session));
         Ok(session)
     }
 
@@ -361,12 +365,11 @@ impl ConnectionGate {
         };
         let pipeline = self.pipeline.clone();
         let target = self.target.clone();
-        let principal = session.principal.clone();
         let session_id = session.id;
         let mut forward = Forward::new(mask).on_complete(move |outcome: Outcome| {
             let metrics = pipeline.metrics();
             Metrics::add(&metrics.values_masked, outcome.masked.total());
-            pipeline.charge(&principal, &target, 0, outcome.bytes_out);
+            pipeline.charge(&session.principal, &target, 0, outcome.bytes_out);
             let completed = AuditEvent::new(
                 Some(session_id),
                 AuditEventKind::CommandCompleted {

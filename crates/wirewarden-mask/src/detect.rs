@@ -875,6 +875,13 @@ impl Scanner {
             st.push(p - 2, end, Detector::Iban);
             return end;
         }
+        // Most numbers in text are short (an id, a quantity, a time): nothing to find, and no
+        // need to build the sequence.
+        if byte(bytes, p).is_ascii_digit()
+            && let Some(end) = short_ascii_sequence(bytes, p)
+        {
+            return end.max(p + 1);
+        }
         let seq = seq.get_or_insert_with(Seq::empty);
         let mut start = p;
         loop {
@@ -941,6 +948,42 @@ impl Scanner {
                 }
                 None => s += 1,
             }
+        }
+    }
+}
+
+/// Where the digits end of a sequence at `p` that is plain ASCII and too short for any
+/// entity (fewer than four groups and fewer than eight digits); `None` if it is longer, or if
+/// a non-ASCII character (a digit or separator of another script, an ignorable) means the
+/// full parse must decide. Agrees with [`Seq::parse`] on every sequence it accepts.
+fn short_ascii_sequence(bytes: &[u8], p: usize) -> Option<usize> {
+    let mut i = p;
+    let (mut groups, mut total) = (0, 0);
+    loop {
+        let len = count_while(bytes, i, |b| b.is_ascii_digit());
+        i += len;
+        groups += 1;
+        total += len;
+        if len == 0 || groups >= 4 || total >= 8 {
+            return None;
+        }
+        // The separators `Seq::parse` accepts: at most three visible ones.
+        let mut j = i;
+        let mut visible = 0;
+        loop {
+            match bytes.get(j) {
+                Some(&b) if b >= 0x80 => return None,
+                Some(&b) if visible < 3 && matches!(b, b' ' | b'-' | b'.' | b'(' | b')') => {
+                    visible += 1;
+                    j += 1;
+                }
+                _ => break,
+            }
+        }
+        match bytes.get(j) {
+            Some(b) if b.is_ascii_digit() && j > i => i = j,
+            Some(&b) if b >= 0x80 => return None,
+            _ => return Some(i),
         }
     }
 }
@@ -1465,6 +1508,39 @@ mod tests {
         none("GB82WEST12345698765433");
         none("ZZ82WEST12345698765432");
         none("xDE89370400440532013000");
+    }
+
+    #[test]
+    fn short_sequences_agree_with_the_full_parse() {
+        const PIECES: &[&str] = &[
+            "0", "1", "7", "42", "123", "9999", " ", "-", ".", "(", ")", "a", "+", ":", "\u{200B}",
+            "٣", "\u{00A0}", "\u{2013}", "x", "12345678",
+        ];
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut seq = Seq::empty();
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..(x % 9 + 1) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                text.push_str(PIECES[(x % PIECES.len() as u64) as usize]);
+            }
+            let bytes = text.as_bytes();
+            for p in 0..bytes.len() {
+                if !bytes[p].is_ascii_digit() {
+                    continue;
+                }
+                if let Some(end) = short_ascii_sequence(bytes, p) {
+                    seq.parse(bytes, p);
+                    assert!(seq.n < 4 && seq.total < 8, "{text:?} at {p}");
+                    assert_eq!(end, seq.end_all, "{text:?} at {p}");
+                    accepted += 1;
+                }
+            }
+        }
+        assert!(accepted > 1000, "{accepted}");
     }
 
     #[test]

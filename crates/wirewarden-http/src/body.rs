@@ -14,7 +14,7 @@
 //! | media type | masking |
 //! |---|---|
 //! | `application/json`, `application/*+json` | streaming, one document ([`JsonStream::new`]) |
-//! | `application/x-ndjson`, `application/ndjson`, `application/jsonl`, `application/x-jsonlines` | streaming, a sequence of documents ([`JsonStream::sequence`]) |
+//! | `application/x-ndjson`, `application/ndjson`, `application/jsonl`, `application/x-jsonlines` | streaming, one document per line ([`JsonStream::new`] for each line) |
 //! | `text/event-stream` | event by event: the data lines of each event joined and masked together, other lines one by one |
 //! | `text/*`, `application/xml`, `application/*+xml`, `application/x-www-form-urlencoded`, `application/javascript` | buffered whole up to [`BodyLimits::max_text_body`], then [`Profile::mask_text`] |
 //! | anything else, or no `Content-Type` on a response with a body | refused |
@@ -23,6 +23,10 @@
 //! masked as UTF-8 unless it declares `iso-8859-1`, `latin1` or `windows-1252`, which are
 //! masked as bytes (their digits, `@` and letters are ASCII); any other charset is refused,
 //! since a detector would not recognise its digits (UTF-16, say).
+//!
+//! JSON Lines are held to one document per line, as NDJSON and JSON Lines define them:
+//! several values on a line are refused, because scalars separated by spaces
+//! (`4111 1111 1111 1111`) can spell a value that none of them holds. Blank lines pass.
 //!
 //! Trailers are masked like headers. `application/json-seq` (RFC 7464) is refused: its
 //! record separators are not JSON whitespace.
@@ -349,7 +353,7 @@ fn mask_header(
 enum Shape {
     /// One JSON document.
     Json,
-    /// A sequence of JSON documents.
+    /// One JSON document per line.
     JsonLines,
     /// Text, masked whole; `utf8` false for a single-byte ASCII-compatible charset.
     Text { utf8: bool },
@@ -433,6 +437,11 @@ fn text_charset(charset: Option<&str>) -> Result<Shape, Rejection> {
 
 enum Content {
     Json(Box<JsonStream>),
+    /// The current line of a JSON Lines body, and whether it holds more than whitespace.
+    Lines {
+        line: Box<JsonStream>,
+        has_value: bool,
+    },
     Text {
         buf: Vec<u8>,
         utf8: bool,
@@ -471,6 +480,7 @@ impl std::fmt::Debug for BodyMasker {
                 "content",
                 &match &self.content {
                     Content::Json(_) => "json",
+                    Content::Lines { .. } => "json lines",
                     Content::Text { .. } => "text",
                     Content::Events { .. } => "events",
                 },
@@ -484,7 +494,10 @@ impl BodyMasker {
     fn new(profile: Arc<Profile>, coding: Coding, shape: Shape, limits: &BodyLimits) -> Self {
         let content = match shape {
             Shape::Json => Content::Json(Box::new(JsonStream::new(Arc::clone(&profile)))),
-            Shape::JsonLines => Content::Json(Box::new(JsonStream::sequence(Arc::clone(&profile)))),
+            Shape::JsonLines => Content::Lines {
+                line: Box::new(JsonStream::new(Arc::clone(&profile))),
+                has_value: false,
+            },
             Shape::Text { utf8 } => Content::Text {
                 buf: Vec::new(),
                 utf8,
@@ -566,6 +579,28 @@ impl BodyMasker {
                 // as "no JSON document".
                 if last && self.saw_decoded {
                     stream.finish(&mut self.masked, counts)?;
+                }
+            }
+            Content::Lines { line, has_value } => {
+                let mut rest = self.decoded.as_slice();
+                loop {
+                    // A raw LF is never inside a JSON token (strings escape it): it always
+                    // ends a line.
+                    let end = rest.iter().position(|b| *b == b'\n');
+                    let part = rest.get(..end.unwrap_or(rest.len())).unwrap_or_default();
+                    *has_value |= part.iter().any(|b| !b" \t\r".contains(b));
+                    line.push(part, &mut self.masked, counts)?;
+                    let Some(end) = end else { break };
+                    if *has_value {
+                        line.finish(&mut self.masked, counts)?;
+                    }
+                    self.masked.push(b'\n');
+                    **line = JsonStream::new(Arc::clone(&self.profile));
+                    *has_value = false;
+                    rest = rest.get(end + 1..).unwrap_or_default();
+                }
+                if last && *has_value {
+                    line.finish(&mut self.masked, counts)?;
                 }
             }
             Content::Text { buf, utf8 } => {

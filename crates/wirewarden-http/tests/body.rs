@@ -233,6 +233,48 @@ fn json_lines_stream_line_by_line() {
 }
 
 #[test]
+fn json_lines_hold_one_document_per_line() {
+    // Blank lines and CRLF pass; a line is masked as one document.
+    let mut m = masker_for(Coding::Identity, "application/jsonl");
+    let body = format!("{{\"a\":\"{EMAIL}\"}}\r\n\r\n  \n\"{CARD}\"\n4111111111111111");
+    let (out, counts) = run(&mut m, &chunks(body.as_bytes(), 4, 5)).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "{\"a\":\"[REDACTED]\"}\r\n\r\n  \n\"[REDACTED]\"\n\"[REDACTED]\""
+    );
+    assert_eq!(counts.total(), 3);
+    // Scalars side by side on one line could spell a card number none of them holds: such a
+    // line is not JSON Lines, and is refused.
+    for body in [
+        "{\"ok\":1}\n4111 1111 1111 1111\n",
+        "4111 1111 1111 1111",
+        "[1] [2]\n",
+    ] {
+        let mut m = masker_for(Coding::Identity, "application/x-ndjson");
+        let mut counts = MaskedCounts::new();
+        let mut out = Vec::new();
+        let mut failed = false;
+        for c in chunks(body.as_bytes(), 8, 3) {
+            match m.push(c, &mut counts) {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if !failed {
+            failed = m.finish(&mut counts).is_err();
+        }
+        assert!(failed, "{body:?} accepted");
+        assert!(
+            !String::from_utf8_lossy(&out).contains("1111 1111"),
+            "{body:?}"
+        );
+    }
+}
+
+#[test]
 fn output_is_live_under_compression() {
     for coding in [Coding::Gzip, Coding::Deflate, Coding::Brotli] {
         let mut upstream = wirewarden_http::encoding::Encoder::new(coding);

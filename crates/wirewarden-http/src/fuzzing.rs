@@ -41,7 +41,7 @@ fn profile() -> &'static Arc<Profile> {
 /// and whether the rest is taken as already encoded (bit 2: a hostile stream) or as the
 /// plain body to encode first; the second byte picks the media type; the third seeds the
 /// chunk sizes. Asserts that nothing panics, that an accepted body's output decodes, and
-/// that no card number found in the plain input appears in the output.
+/// that no card number found in the plain input is a card number of the output.
 pub fn body(data: &[u8]) {
     let [a, b, seed, rest @ ..] = data else {
         return;
@@ -132,17 +132,30 @@ pub fn body(data: &[u8]) {
     } else {
         rest.to_vec()
     };
-    for (range, entity) in profile().detect(&plain_in) {
-        if entity != "card_number" {
-            continue;
-        }
-        let Some(card) = plain_in.get(range) else {
-            continue;
-        };
+    // The card numbers of the input, by their digits, must not be card numbers of the output.
+    // (Comparing raw text would be wrong: a long run of digits that is no card number goes
+    // out as it is, and it may contain the text of a shorter card found elsewhere.)
+    let input_cards = cards(&plain_in);
+    for card in cards(&plain_out) {
         assert!(
-            !plain_out.windows(card.len()).any(|w| w == card),
-            "card number {:?} went out in clear",
-            String::from_utf8_lossy(card)
+            !input_cards.contains(&card),
+            "card number {card:?} went out in clear"
         );
     }
+}
+
+/// The card numbers `detect` finds in `bytes`, reduced to their digits.
+fn cards(bytes: &[u8]) -> Vec<String> {
+    profile()
+        .detect(bytes)
+        .into_iter()
+        .filter(|(_, entity)| *entity == "card_number")
+        .filter_map(|(range, _)| bytes.get(range))
+        .map(|span| {
+            String::from_utf8_lossy(span)
+                .chars()
+                .filter(|c| c.is_numeric())
+                .collect()
+        })
+        .collect()
 }

@@ -645,6 +645,7 @@ impl RedisProxy {
         let mut relay = Relay {
             proxy: self,
             outcomes,
+            outcome_batch: Vec::new(),
             steps: Vec::new(),
             intents: Vec::new(),
             recorded: Vec::new(),
@@ -703,10 +704,16 @@ impl RedisProxy {
                 duration_us: micros(relay.started),
             },
         );
-        // The end goes after every outcome of the session; then the writer stops.
+        // The end goes after every outcome of the session (those of replies that were never
+        // flushed too); then the writer stops.
+        for p in std::mem::take(&mut relay.completed) {
+            relay.record_completion(p);
+        }
+        let mut last = std::mem::take(&mut relay.outcome_batch);
+        last.push(end);
         let outcomes = relay.outcomes.clone();
         drop(relay);
-        let _ = outcomes.send(Box::new(end)).await;
+        let _ = outcomes.send(last).await;
         drop(outcomes);
         let _ = writer.await;
         let _ = self.pipeline.audit_sink().flush().await;
@@ -803,11 +810,9 @@ impl Verb {
     }
 }
 
-/// How many outcome records may wait for the session's audit writer before the relay waits
-/// for it.
-const OUTCOME_QUEUE: usize = 4096;
-/// How many outcome records the writer appends at once.
-const OUTCOME_BATCH: usize = 512;
+/// How many batches of outcome records (one per flush of replies to the client) may wait for
+/// the session's audit writer before the relay waits for it.
+const OUTCOME_QUEUE: usize = 64;
 /// How many requests of one pipelined read are decided before their intents are recorded and
 /// they are forwarded.
 const STEP_BATCH: usize = 256;
@@ -815,13 +820,16 @@ const STEP_BATCH: usize = 256;
 /// Appends a session's outcome records (completions, transcripts, the session's end) in
 /// order, off the relay's path: only intents must be on record before a command is
 /// forwarded. What queued up while an append was waiting is appended as one batch, so in
-/// fsync mode one `fdatasync` covers many outcomes rather than one each.
-async fn outcome_writer(pipeline: Arc<Pipeline>, mut rx: mpsc::Receiver<Box<AuditEvent>>) {
-    let mut batch = Vec::with_capacity(OUTCOME_BATCH);
-    let mut events = Vec::with_capacity(OUTCOME_BATCH);
-    let mut recorded = Vec::with_capacity(OUTCOME_BATCH);
-    while rx.recv_many(&mut batch, OUTCOME_BATCH).await > 0 {
-        events.extend(batch.drain(..).map(|e| *e));
+/// fsync mode one `fdatasync` covers many outcomes rather than one each. The relay hands
+/// over one batch per flush, so the writer is woken once per pipeline, not once per record.
+async fn outcome_writer(pipeline: Arc<Pipeline>, mut rx: mpsc::Receiver<Vec<AuditEvent>>) {
+    let mut batches = Vec::with_capacity(OUTCOME_QUEUE);
+    let mut events = Vec::new();
+    let mut recorded = Vec::new();
+    while rx.recv_many(&mut batches, OUTCOME_QUEUE).await > 0 {
+        for batch in batches.drain(..) {
+            events.extend(batch);
+        }
         record_all(&pipeline, &events, &mut recorded).await;
         events.clear();
     }
@@ -866,7 +874,9 @@ async fn record_all(pipeline: &Pipeline, events: &[AuditEvent], recorded: &mut V
 struct Relay<'p> {
     proxy: &'p RedisProxy,
     /// The session's outcome writer.
-    outcomes: mpsc::Sender<Box<AuditEvent>>,
+    outcomes: mpsc::Sender<Vec<AuditEvent>>,
+    /// Outcome records of the replies being flushed, handed to the writer together.
+    outcome_batch: Vec<AuditEvent>,
     /// The decided, not yet forwarded requests of the current batch, in order.
     steps: Vec<Step>,
     /// The intent records the batch's steps wait for.
@@ -984,7 +994,12 @@ impl Relay<'_> {
             self.to_client.clear();
         }
         for p in std::mem::take(&mut self.completed) {
-            self.record_completion(p).await;
+            self.record_completion(p);
+        }
+        if !self.outcome_batch.is_empty() {
+            let batch = std::mem::take(&mut self.outcome_batch);
+            // The writer stops only when the session ends; a send can fail only then.
+            let _ = self.outcomes.send(batch).await;
         }
         Ok(())
     }
@@ -1728,9 +1743,9 @@ impl Relay<'_> {
         Ok(())
     }
 
-    /// Hands a command's outcome records to the session's audit writer: they need not be
+    /// Queues a command's outcome records for the session's audit writer: they need not be
     /// on disk before the next reply is relayed, only intents must be before forwarding.
-    async fn record_completion(&mut self, p: Pending) {
+    fn record_completion(&mut self, p: Pending) {
         let metrics = self.pipeline().metrics();
         Metrics::add(&metrics.rows, p.elements);
         Metrics::add(&metrics.values_masked, p.masked.total());
@@ -1745,7 +1760,7 @@ impl Relay<'_> {
                 error: p.error,
             },
         );
-        let _ = self.outcomes.send(Box::new(completed)).await;
+        self.outcome_batch.push(completed);
         if !p.recording.is_empty() {
             let transcript = AuditEvent::new(
                 Some(self.session_id),
@@ -1757,7 +1772,7 @@ impl Relay<'_> {
                     truncated: p.truncated,
                 },
             );
-            let _ = self.outcomes.send(Box::new(transcript)).await;
+            self.outcome_batch.push(transcript);
         }
     }
 }

@@ -567,14 +567,21 @@ impl BodyMasker {
         self.saw_input |= !chunk.is_empty();
         self.decoded.clear();
         self.masked.clear();
-        self.decoder.push(chunk, &mut self.decoded)?;
-        if last {
-            self.decoder.finish(&mut self.decoded)?;
-        }
-        self.saw_decoded |= !self.decoded.is_empty();
+        // An identity body is masked straight from the chunk, without a copy.
+        let identity = self.decoder.coding() == Coding::Identity;
+        let decoded: &[u8] = if identity {
+            chunk
+        } else {
+            self.decoder.push(chunk, &mut self.decoded)?;
+            if last {
+                self.decoder.finish(&mut self.decoded)?;
+            }
+            &self.decoded
+        };
+        self.saw_decoded |= !decoded.is_empty();
         match &mut self.content {
             Content::Json(stream) => {
-                stream.push(&self.decoded, &mut self.masked, counts)?;
+                stream.push(decoded, &mut self.masked, counts)?;
                 // An empty body holds nothing to leak; it stays empty rather than failing
                 // as "no JSON document".
                 if last && self.saw_decoded {
@@ -582,11 +589,11 @@ impl BodyMasker {
                 }
             }
             Content::Lines { line, has_value } => {
-                let mut rest = self.decoded.as_slice();
+                let mut rest = decoded;
                 loop {
                     // A raw LF is never inside a JSON token (strings escape it): it always
                     // ends a line.
-                    let end = rest.iter().position(|b| *b == b'\n');
+                    let end = memchr::memchr(b'\n', rest);
                     let part = rest.get(..end.unwrap_or(rest.len())).unwrap_or_default();
                     *has_value |= part.iter().any(|b| !b" \t\r".contains(b));
                     line.push(part, &mut self.masked, counts)?;
@@ -604,12 +611,12 @@ impl BodyMasker {
                 }
             }
             Content::Text { buf, utf8 } => {
-                if buf.len().saturating_add(self.decoded.len()) > self.max_text_body {
+                if buf.len().saturating_add(decoded.len()) > self.max_text_body {
                     return Err(BodyError::TextTooLarge {
                         limit: self.max_text_body,
                     });
                 }
-                buf.extend_from_slice(&self.decoded);
+                buf.extend_from_slice(decoded);
                 if last {
                     let ty = if *utf8 {
                         ValueType::Text
@@ -628,7 +635,7 @@ impl BodyMasker {
                 }
             }
             Content::Events { buf } => {
-                buf.extend_from_slice(&self.decoded);
+                buf.extend_from_slice(decoded);
                 let end = if last {
                     buf.len()
                 } else {
@@ -644,6 +651,9 @@ impl BodyMasker {
                     mask_events(&self.profile, &events, &mut self.masked, counts)?;
                 }
             }
+        }
+        if identity {
+            return Ok(Bytes::from(std::mem::take(&mut self.masked)));
         }
         let mut out = Vec::new();
         self.encoder.push(&self.masked, &mut out)?;

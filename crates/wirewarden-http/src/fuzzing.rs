@@ -29,8 +29,10 @@ fn profile() -> &'static Arc<Profile> {
         Arc::new(
             Profile::builder("fuzz")
                 .key(MaskKey::new([7; 32]))
+                // Redaction for everything else: partial strategies keep digits, and which
+                // digits a finding keeps is the masking engine's business (its own fuzz
+                // target), not this one's.
                 .strategy("email", Strategy::Tokenize)
-                .strategy("ssn", Strategy::keep_last(4))
                 .build()
                 .expect("static profile builds"),
         )

@@ -11,6 +11,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::{Error, Result};
 
+/// The rustls configurations these helpers build, re-exported so an embedder needs no
+/// direct rustls dependency to hold them.
+pub use rustls::{ClientConfig, ServerConfig};
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -56,8 +60,8 @@ pub fn key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>> {
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-) -> Result<Arc<rustls::ServerConfig>> {
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+) -> Result<Arc<ServerConfig>> {
+    let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_no_client_auth()
@@ -70,14 +74,14 @@ pub fn server_config(
 ///
 /// # Errors
 /// [`Error::Tls`] if a root cannot be added.
-pub fn client_config(roots: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientConfig>> {
+pub fn client_config(roots: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>> {
     let mut store = rustls::RootCertStore::empty();
     for root in roots {
         store
             .add(root.clone())
             .map_err(|e| Error::Tls(e.to_string()))?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_root_certificates(store)

@@ -436,23 +436,29 @@ impl Config {
         let target = Target::new(t.name.clone(), Protocol::Redis)
             .map_err(|e| self.error(format!("{what}: {e}")))?;
         let mut rt = RedisTarget::new(target, upstream);
-        if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
-            let chain = wirewarden::tls::load_certs(&self.resolve(cert))
-                .map_err(|e| self.error(format!("{what}: {e}")))?;
-            let key_pem = std::fs::read(self.resolve(key))
-                .map_err(|e| self.error(format!("{what}: tls_key: {e}")))?;
-            let key = wirewarden::tls::key_from_pem(&key_pem)
-                .map_err(|e| self.error(format!("{what}: {e}")))?;
-            rt.tls = Some(
-                wirewarden::tls::server_config(chain, key)
-                    .map_err(|e| self.error(format!("{what}: {e}")))?,
-            );
-        }
+        rt.tls = self.server_tls(t)?;
         Ok(rt)
     }
 }
 
 impl Config {
+    /// The rustls server configuration of a target with `tls_cert` and `tls_key`.
+    fn server_tls(&self, t: &TargetConfig) -> Result<Option<Arc<wirewarden::tls::ServerConfig>>> {
+        let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) else {
+            return Ok(None);
+        };
+        let what = format!("target {:?}", t.name);
+        let chain = wirewarden::tls::load_certs(&self.resolve(cert))
+            .map_err(|e| self.error(format!("{what}: {e}")))?;
+        let key_pem = std::fs::read(self.resolve(key))
+            .map_err(|e| self.error(format!("{what}: tls_key: {e}")))?;
+        let key = wirewarden::tls::key_from_pem(&key_pem)
+            .map_err(|e| self.error(format!("{what}: {e}")))?;
+        wirewarden::tls::server_config(chain, key)
+            .map(Some)
+            .map_err(|e| self.error(format!("{what}: {e}")))
+    }
+
     pub(crate) fn http_target(&self, t: &TargetConfig) -> Result<HttpTarget> {
         let what = format!("target {:?}", t.name);
         let secret = self.secret(&format!("{what} password"), &t.password)?;
@@ -497,18 +503,7 @@ impl Config {
         let mut ht = HttpTarget::new(target, t.upstream.clone())
             .routes(routes)
             .credential(header, value);
-        if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
-            let chain = wirewarden::tls::load_certs(&self.resolve(cert))
-                .map_err(|e| self.error(format!("{what}: {e}")))?;
-            let key_pem = std::fs::read(self.resolve(key))
-                .map_err(|e| self.error(format!("{what}: tls_key: {e}")))?;
-            let key = wirewarden::tls::key_from_pem(&key_pem)
-                .map_err(|e| self.error(format!("{what}: {e}")))?;
-            ht.tls = Some(
-                wirewarden::tls::server_config(chain, key)
-                    .map_err(|e| self.error(format!("{what}: {e}")))?,
-            );
-        }
+        ht.tls = self.server_tls(t)?;
         Ok(ht)
     }
 }

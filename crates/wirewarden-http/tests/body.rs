@@ -1226,3 +1226,185 @@ proptest! {
         prop_assert_eq!(v["items"].as_array().unwrap().len(), secrets.len());
     }
 }
+
+// === over real connections ===
+
+mod loopback {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use hyper::body::Incoming;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    type Served = http_body_util::combinators::UnsyncBoxBody<Bytes, BodyError>;
+
+    /// A server answering every request with what `respond` builds, on loopback, HTTP/1.1
+    /// and HTTP/2 (prior knowledge).
+    async fn serve(
+        respond: impl Fn() -> Response<Served> + Send + Sync + Clone + 'static,
+    ) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let respond = respond.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let respond = respond.clone();
+                        async move { Ok::<_, Infallible>(respond()) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// The masked response of a JSON API: gzip frames from `frames`, masked on the way.
+    fn masked_response(
+        frames: Frames,
+        reports: &Reports,
+        extra: impl futures_util::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + 'static,
+    ) -> Response<Served> {
+        let mut parts = head(
+            StatusCode::OK,
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+                ("content-length", "999"),
+                ("x-owner", EMAIL),
+            ],
+        );
+        let masker = mask_response_head(
+            &profile(),
+            &Method::GET,
+            &mut parts,
+            &BodyLimits::default(),
+            &mut MaskedCounts::new(),
+        )
+        .unwrap()
+        .unwrap();
+        let r = Arc::clone(reports);
+        let inner = StreamBody::new(futures_util::stream::iter(frames).chain(extra));
+        let body = MaskedBody::new(inner, masker, move |report| {
+            r.lock().unwrap().push(report);
+        });
+        Response::from_parts(parts, body.boxed_unsync())
+    }
+
+    fn gzip_frames(doc: &str) -> Frames {
+        chunks(&compress(Coding::Gzip, doc.as_bytes()), 21, 200)
+            .into_iter()
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect()
+    }
+
+    async fn wait_for_report(reports: &Reports) -> BodyReport {
+        // Bounded so that a bug fails the test instead of hanging it; not a timing assertion.
+        for _ in 0..500 {
+            if let Some(r) = reports.lock().unwrap().first().cloned() {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no report");
+    }
+
+    #[tokio::test]
+    async fn http1_and_h2_clients_get_a_masked_gzip_body() {
+        let doc = api_document(200);
+        for h2 in [false, true] {
+            let reports: Reports = Arc::default();
+            let (r, d) = (Arc::clone(&reports), doc.clone());
+            let addr = serve(move || {
+                let mut frames = gzip_frames(&d);
+                let mut t = HeaderMap::new();
+                t.insert("x-audit", HeaderValue::from_static("ssn 123-45-6789"));
+                frames.push(Ok(Frame::trailers(t)));
+                masked_response(frames, &r, futures_util::stream::empty())
+            })
+            .await;
+            let tcp = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+            let req = Request::get("/customers")
+                .header("host", "localhost")
+                .header("te", "trailers")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let resp = if h2 {
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), tcp)
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                send.send_request(req).await.unwrap()
+            } else {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(tcp).await.unwrap();
+                tokio::spawn(conn);
+                send.send_request(req).await.unwrap()
+            };
+            assert_eq!(resp.status(), StatusCode::OK);
+            let h = resp.headers().clone();
+            assert!(h.get("content-length").is_none(), "h2={h2}");
+            assert_eq!(h["content-encoding"], "gzip");
+            assert_eq!(h["x-owner"], "[REDACTED]");
+            if !h2 {
+                assert_eq!(h["transfer-encoding"], "chunked");
+            }
+            let collected = resp.into_body().collect().await.unwrap();
+            if h2 {
+                // HTTP/1.1 trailers need the client to have asked for them and hyper's
+                // client does not expose them; HTTP/2 carries them.
+                let t = collected.trailers().cloned().expect("trailers");
+                assert_eq!(t["x-audit"], "ssn [REDACTED]");
+            }
+            let plain = String::from_utf8(decompress(Coding::Gzip, &collected.to_bytes())).unwrap();
+            assert_clean(&plain);
+            let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
+            assert_eq!(v["data"].as_array().unwrap().len(), 200);
+            let report = wait_for_report(&reports).await;
+            assert_eq!(report.error, None, "h2={h2}");
+            assert_eq!(report.masked.0["card_number"], 200);
+            assert_eq!(reports.lock().unwrap().len(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_is_reported_once() {
+        let reports: Reports = Arc::default();
+        let r = Arc::clone(&reports);
+        let addr = serve(move || {
+            // One frame, then an upstream that never finishes.
+            let frames = gzip_frames("[1,2,3,");
+            masked_response(frames, &r, futures_util::stream::pending())
+        })
+        .await;
+        let tcp = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (mut send, conn) = hyper::client::conn::http1::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let req = Request::get("/")
+            .header("host", "localhost")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let mut body = send.send_request(req).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        drop(body);
+        drop(send);
+        conn.abort();
+        let report = wait_for_report(&reports).await;
+        assert!(report.error.unwrap().contains("dropped"));
+        assert!(report.bytes_in > 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(reports.lock().unwrap().len(), 1);
+    }
+}

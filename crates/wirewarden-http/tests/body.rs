@@ -1202,6 +1202,40 @@ fn json_with(pii: Vec<Pii>, filler: Vec<String>) -> (String, Vec<String>) {
     (s, secrets)
 }
 
+/// The items of `json_with` as JSON Lines, server-sent events or plain text.
+fn shaped(shape: usize, pii: &[Pii], filler: &[String]) -> (&'static str, String) {
+    let f = |i: usize| {
+        filler
+            .get(i % filler.len().max(1))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let item = |i: usize, p: &Pii| match p {
+        Pii::Card(c) => format!("{{\"n\":{i},\"note\":\"{} pay with {c} ok\"}}", f(i)),
+        Pii::Email(e) => format!("{{\"n\":{i},\"to\":[\"{e}\"],\"x\":\"{}\"}}", f(i)),
+    };
+    let lines = pii.iter().enumerate().map(|(i, p)| item(i, p));
+    match shape {
+        0 => ("application/x-ndjson", lines.map(|l| l + "\n").collect()),
+        1 => (
+            "text/event-stream",
+            lines
+                .map(|l| format!("event: item\ndata: {l}\n\n"))
+                .collect(),
+        ),
+        _ => (
+            "text/plain",
+            pii.iter()
+                .enumerate()
+                .map(|(i, p)| match p {
+                    Pii::Card(c) => format!("line {i}: {} paid with {c}.\n", f(i)),
+                    Pii::Email(e) => format!("line {i}: {} wrote to {e}.\n", f(i)),
+                })
+                .collect(),
+        ),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -1224,6 +1258,28 @@ proptest! {
         prop_assert_eq!(counts.total(), secrets.len() as u64);
         let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
         prop_assert_eq!(v["items"].as_array().unwrap().len(), secrets.len());
+    }
+
+    #[test]
+    fn no_pii_survives_in_lines_events_or_text(
+        pii in proptest::collection::vec(pii(), 1..20),
+        filler in proptest::collection::vec("[a-zA-Z ]{0,30}", 1..5),
+        shape in 0usize..3,
+        coding in proptest::sample::select(CODINGS.to_vec()),
+        seed in any::<u64>(),
+        max in 1usize..600,
+    ) {
+        let (content_type, doc) = shaped(shape, &pii, &filler);
+        let wire = compress(coding, doc.as_bytes());
+        let mut m = masker_for(coding, content_type);
+        let (out, counts) = run(&mut m, &chunks(&wire, seed, max)).unwrap();
+        let plain = String::from_utf8(decompress(coding, &out)).unwrap();
+        for p in &pii {
+            let (Pii::Card(s) | Pii::Email(s)) = p;
+            prop_assert!(!plain.contains(s.as_str()), "{} survived in {}", s, plain);
+        }
+        prop_assert_eq!(counts.total(), pii.len() as u64);
+        prop_assert_eq!(plain.lines().filter(|l| l.contains("\"n\":") || l.starts_with("line ")).count(), pii.len());
     }
 }
 

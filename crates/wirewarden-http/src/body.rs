@@ -15,7 +15,7 @@
 //! |---|---|
 //! | `application/json`, `application/*+json` | streaming, one document ([`JsonStream::new`]) |
 //! | `application/x-ndjson`, `application/ndjson`, `application/jsonl`, `application/x-jsonlines` | streaming, one document per line ([`JsonStream::new`] for each line) |
-//! | `text/event-stream` | event by event: the data lines of each event joined and masked together, other lines one by one |
+//! | `text/event-stream` | event by event (each up to [`BodyLimits::max_text_body`]): the data lines of an event joined and masked together, other lines one by one |
 //! | `text/*`, `application/xml`, `application/*+xml`, `application/x-www-form-urlencoded`, `application/javascript` | buffered whole up to [`BodyLimits::max_text_body`], then [`Profile::mask_text`] |
 //! | anything else, or no `Content-Type` on a response with a body | refused |
 //!
@@ -200,7 +200,9 @@ fn unmaskable(message: impl Into<String>) -> Rejection {
 /// responses without a body too, so that `HEAD` and `304` agree with `GET`.
 ///
 /// Returns the body masker, or `None` when the response has no body: `HEAD`, `1xx`, `204`,
-/// `304`, or `Content-Length: 0`.
+/// `304`, or `Content-Length: 0`. The framing then guarantees an empty body (hyper's client
+/// enforces it); a caller that nonetheless sees data for such a response must not forward
+/// it.
 ///
 /// # Errors
 /// `502 unmaskable_response` for `206 Partial Content`, `101 Switching Protocols` and a

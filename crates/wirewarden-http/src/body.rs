@@ -1195,6 +1195,15 @@ mod tests {
     }
 
     #[test]
+    fn bodies_are_send_and_sync() {
+        // So that an embedder may box them as `BoxBody`, not only `UnsyncBoxBody`.
+        fn check<T: Send + Sync>() {}
+        check::<MaskedBody<http_body_util::Full<Bytes>>>();
+        check::<CountingBody<http_body_util::Full<Bytes>>>();
+        check::<BodyMasker>();
+    }
+
+    #[test]
     fn etags() {
         let mut h = headers(&[("etag", "\"v1\"")]);
         weaken_etag(&mut h);

@@ -625,17 +625,7 @@ print(r.status_code, r.text)
         .await
     });
     let reviews = gw.pipeline.reviews().clone();
-    let pending = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let p = reviews.store().pending(Timestamp::now()).await.unwrap();
-            if let Some(r) = p.into_iter().next() {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("a review was requested");
+    let pending = support::pending_review(&reviews).await;
     // The reviewer sees the body, and the approval binds to it.
     assert_eq!(
         pending.command_text, "POST /customers/9/refund\n\n{\"amount\":20}",

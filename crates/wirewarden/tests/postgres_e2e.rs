@@ -456,17 +456,7 @@ async fn a_write_is_held_for_review_and_runs_once_approved() {
     });
     // A reviewer approves the pending review.
     let reviews = g.pipeline.reviews().clone();
-    let pending = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let p = reviews.store().pending(Timestamp::now()).await.unwrap();
-            if let Some(r) = p.into_iter().next() {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("a review was requested");
+    let pending = support::pending_review(&reviews).await;
     assert!(
         pending.command_text.contains("approved write"),
         "{:?}",

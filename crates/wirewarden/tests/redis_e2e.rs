@@ -410,6 +410,27 @@ async fn redis_py(protocol: u8) {
             if command.verb == "CLIENT SETNAME" && command.text.contains("run-42:call-7"))));
     let exec_done = ev.iter().any(|e| matches!(e, AuditEventKind::CommandCompleted { error: Some(err), .. } if err.contains("EXECABORT")));
     assert!(exec_done);
+    // The intents of one pipeline are appended together, and still in the order sent.
+    let decided: Vec<&str> = ev
+        .iter()
+        .filter_map(|e| match e {
+            AuditEventKind::CommandDecided { command, .. } => Some(command.verb.as_str()),
+            _ => None,
+        })
+        .collect();
+    let pipeline = [
+        "SET",
+        "CONFIG GET",
+        "GET",
+        "EVAL",
+        "GET",
+        "FLUSHALL",
+        "INCRBY",
+    ];
+    assert!(
+        decided.windows(pipeline.len()).any(|w| w == pipeline),
+        "{decided:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,17 +456,7 @@ async fn a_delete_is_held_for_review_and_runs_once_approved() {
         .await
     });
     let reviews = g.pipeline.reviews().clone();
-    let pending = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let p = reviews.store().pending(Timestamp::now()).await.unwrap();
-            if let Some(r) = p.into_iter().next() {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("a review was requested");
+    let pending = support::pending_review(&reviews).await;
     assert!(
         pending.command_text.contains("DEL plain"),
         "{:?}",

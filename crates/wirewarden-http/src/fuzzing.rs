@@ -161,3 +161,61 @@ fn cards(bytes: &[u8]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Feeds `data` (after a first byte that picks a split point) to the raw HTTP/1 scanner
+/// whole and in two pieces, and checks that both give the same verdicts; then treats the rest
+/// as a request target and checks that the route matcher never accepts a path with a dot
+/// segment, an encoded slash or a control byte in it.
+pub fn http1_scan(data: &[u8]) {
+    use crate::route::{Route, Routes};
+    use crate::strict::{Http1Scanner, Limits};
+
+    let Some((&split, bytes)) = data.split_first() else {
+        return;
+    };
+    let limits = Limits::default();
+    let verdicts = |pieces: &[&[u8]]| {
+        let mut s = Http1Scanner::new(&limits);
+        let mut fed = Ok(());
+        for p in pieces {
+            if fed.is_ok() {
+                fed = s.feed(p).map_err(|r| r.code);
+            }
+        }
+        let heads: Vec<_> = (0..8).map(|_| s.next_head().map_err(|r| r.code)).collect();
+        (fed, heads, s.is_http2())
+    };
+    let at = usize::from(split).min(bytes.len());
+    let (a, b) = bytes.split_at(at);
+    assert_eq!(verdicts(&[bytes]), verdicts(&[a, b]), "split at {at}");
+
+    let routes = Routes::new()
+        .route(Route::new(Some(Method::GET), "/public/{name}").unwrap_or_else(|_| unreachable!()))
+        .route(Route::new(None, "/files/{*rest}").unwrap_or_else(|_| unreachable!()));
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return;
+    };
+    let Ok(uri) = text.parse::<http::Uri>() else {
+        return;
+    };
+    if let Ok((command, matched)) = routes.command(&Method::GET, &uri) {
+        let path = uri.path();
+        for seg in path.split('/') {
+            let lower = seg.to_ascii_lowercase();
+            assert!(seg != "." && seg != "..", "dot segment accepted: {path}");
+            assert!(
+                !lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%2e"),
+                "encoded separator accepted: {path}"
+            );
+        }
+        assert!(!path.bytes().any(|b| b.is_ascii_control()));
+        assert!(command.text.starts_with("GET "));
+        if let Some(m) = matched {
+            assert!(
+                m.params
+                    .iter()
+                    .all(|(_, v)| !v.contains('/') || m.template.contains('*'))
+            );
+        }
+    }
+}

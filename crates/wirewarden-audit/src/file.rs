@@ -148,6 +148,9 @@ struct State {
     closing: bool,
     sync_upto: u64,
     checkpoint_now: bool,
+    /// The writer is (about to be) asleep on `work` and nobody has woken it yet: an append
+    /// wakes it only then, so a busy writer is not sent a futex wake per record.
+    writer_idle: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -346,7 +349,7 @@ impl FileSink {
                 limit: u64::from(self.max_record_bytes),
             });
         }
-        let (seq, pending) = {
+        let (seq, pending, wake) = {
             let mut st = self.shared.lock();
             self.check_usable(&st)?;
             let seq = st.next_seq;
@@ -358,9 +361,14 @@ impl FileSink {
                 what: "sequence number",
                 reason: "exhausted",
             })?;
-            (seq, st.pending.len())
+            // The writer takes everything pending before it sleeps again, so only a writer
+            // that is idle needs waking, and only once.
+            let wake = std::mem::take(&mut st.writer_idle);
+            (seq, st.pending.len(), wake)
         };
-        self.shared.work.notify_one();
+        if wake {
+            self.shared.work.notify_one();
+        }
         match self.durability {
             Durability::Fsync => self.wait(|p| p.durable > seq).await?,
             _ => {
@@ -489,6 +497,7 @@ impl FileSink {
                 closing: false,
                 sync_upto: 0,
                 checkpoint_now: false,
+                writer_idle: false,
             }),
             work: Condvar::new(),
             progress: watch::Sender::new(Progress {
@@ -653,12 +662,14 @@ impl SegmentWriter {
                     if left.is_zero() {
                         break;
                     }
+                    st.writer_idle = true;
                     st = shared
                         .work
                         .wait_timeout(st, left)
                         .map(|(g, _)| g)
                         .unwrap_or_else(|e| e.into_inner().0);
                 }
+                st.writer_idle = false;
                 if st.poisoned.is_some() {
                     return;
                 }

@@ -578,11 +578,12 @@ where
             reject(r)
         }
         Ok(None) => {
-            let done = move |report: BodyReport| {
-                completion.finish(outcome(status, report, Some(head_counts)));
-            };
-            let body = body::CountingBody::new(rbody, done);
-            Response::from_parts(rparts, boxed(body))
+            // A response that has no body (HEAD, 1xx, 204, 304, an empty length) gets none:
+            // whatever the upstream's body holds is dropped unread, never passed through
+            // unmasked.
+            drop(rbody);
+            completion.finish(outcome(status, BodyReport::default(), Some(head_counts)));
+            Response::from_parts(rparts, boxed(http_body_util::Empty::<Bytes>::new()))
         }
         Ok(Some(masker)) => {
             let done = move |report: BodyReport| {

@@ -116,7 +116,7 @@ pub enum AuditEventKind {
         target: Target,
         /// The client's address (`ip:port`).
         client_addr: Option<String>,
-        /// What the client says it is (Postgres `application_name`, Redis `CLIENT SETNAME`,
+        /// What the client says it is (Postgres `application_name`, Redis `HELLO … SETNAME`,
         /// HTTP `User-Agent`); carries agent run and tool-call ids.
         application: Option<String>,
         /// Whether the client connection is TLS.

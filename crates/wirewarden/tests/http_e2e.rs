@@ -21,9 +21,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wirewarden::Pipeline;
-use wirewarden::audit::{
-    AuditSink, ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log, verify_dir,
-};
+use wirewarden::audit::{AuditSink, VerifyKeys, read_log, verify_dir};
 use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
 use wirewarden::http::{DEFAULT_HTTP_POLICY, HttpProxy, HttpTarget, Route, Routes};
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
@@ -239,17 +237,7 @@ async fn gateway_tls(
 ) -> Gateway {
     let log: Log = Arc::default();
     let upstream = start_upstream(log.clone()).await;
-    let audit_dir = tempfile::tempdir().unwrap();
-    let chain = ChainKey::generate("k1").unwrap();
-    let signer = CheckpointSigner::generate().unwrap();
-    let keys = VerifyKeys {
-        chain: chain.clone(),
-        checkpoint: signer.public(),
-    };
-    let sink = FileSink::builder(audit_dir.path(), chain, signer)
-        .durability(Durability::Fsync)
-        .open()
-        .unwrap();
+    let (audit_dir, keys, sink) = support::audit_trail();
     let policy = format!(
         "{DEFAULT_HTTP_POLICY}
 [[rule]]

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wirewarden::Pipeline;
-use wirewarden::audit::{
-    AuditSink, ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log, verify_dir,
-};
+use wirewarden::audit::{AuditSink, VerifyKeys, read_log, verify_dir};
 use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
 use wirewarden::identity::{
     IdentityProvider, StaticToken, StaticTokens, StaticTokensConfig, TokenHash,
@@ -106,17 +104,7 @@ async fn gateway_with_policy(
     let pg = tokio::task::spawn_blocking(|| Postgres::builder().seed_sql(SEED).start().unwrap())
         .await
         .unwrap();
-    let audit_dir = tempfile::tempdir().unwrap();
-    let chain = ChainKey::generate("k1").unwrap();
-    let signer = CheckpointSigner::generate().unwrap();
-    let keys = VerifyKeys {
-        chain: chain.clone(),
-        checkpoint: signer.public(),
-    };
-    let sink = FileSink::builder(audit_dir.path(), chain, signer)
-        .durability(Durability::Fsync)
-        .open()
-        .unwrap();
+    let (audit_dir, keys, sink) = support::audit_trail();
     let engine = Arc::new(RuleEngine::from_toml(policy).unwrap());
     let pipeline = Arc::new(
         Pipeline::builder(identity, engine.clone())

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wirewarden::Pipeline;
-use wirewarden::audit::{
-    AuditSink, ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log, verify_dir,
-};
+use wirewarden::audit::{AuditSink, VerifyKeys, read_log, verify_dir};
 use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
 use wirewarden::mask::{Engine, FieldRule, Limits as MaskLimits, Profile, Selector, Strategy};
@@ -83,17 +81,7 @@ async fn gateway_with(
     })
     .await
     .unwrap();
-    let audit_dir = tempfile::tempdir().unwrap();
-    let chain = ChainKey::generate("k1").unwrap();
-    let signer = CheckpointSigner::generate().unwrap();
-    let keys = VerifyKeys {
-        chain: chain.clone(),
-        checkpoint: signer.public(),
-    };
-    let sink = FileSink::builder(audit_dir.path(), chain, signer)
-        .durability(Durability::Fsync)
-        .open()
-        .unwrap();
+    let (audit_dir, keys, sink) = support::audit_trail();
     let policy = format!(
         "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"deletes-need-ops\"\nverbs = [\"DEL\"]\naction = \"review\"\nreviewers = [\"ops\"]\ntimeout = \"20s\"\n\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n\n[[budget]]\nid = \"elements\"\ngroups = [\"budgeted\"]\nmax_rows = 3\nwindow = \"1h\"\n"
     );

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wirewarden::audit::{Appended, AuditSink, Durability};
+use wirewarden::audit::{
+    Appended, AuditSink, ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys,
+};
 use wirewarden::core::{AuditEvent, AuditEventKind, BoxError, Timestamp};
 use wirewarden::review::{Review, Reviews};
 
@@ -43,4 +45,21 @@ pub(crate) async fn pending_review(reviews: &Reviews) -> Review {
     })
     .await
     .expect("a review was requested")
+}
+
+/// A fresh hash-chained audit trail in durable (`fsync`) mode: its directory, the keys that
+/// verify it, and the sink.
+pub(crate) fn audit_trail() -> (tempfile::TempDir, VerifyKeys, FileSink) {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = ChainKey::generate("k1").unwrap();
+    let signer = CheckpointSigner::generate().unwrap();
+    let keys = VerifyKeys {
+        chain: chain.clone(),
+        checkpoint: signer.public(),
+    };
+    let sink = FileSink::builder(dir.path(), chain, signer)
+        .durability(Durability::Fsync)
+        .open()
+        .unwrap();
+    (dir, keys, sink)
 }

@@ -74,3 +74,21 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binary_names_the_program_and_the_package() {
+        let e = Error::MissingBinary {
+            binary: "redis-cli",
+            package: "redis-tools",
+        };
+        assert_eq!(
+            e.to_string(),
+            "`redis-cli` not found: install the Debian package `redis-tools` \
+             (apt-get install redis-tools)"
+        );
+    }
+}

@@ -35,10 +35,34 @@ pub fn random_secret() -> String {
 /// The first executable named `name` on `PATH` or in `extra` directories.
 pub(crate) fn find_in_path(name: &str, extra: &[&Path]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(extra.iter().map(|p| p.to_path_buf()))
+    find_in_dirs(
+        name,
+        std::env::split_paths(&path).chain(extra.iter().map(|p| p.to_path_buf())),
+    )
+}
+
+/// The first executable named `name` in `dirs`, in order.
+pub(crate) fn find_in_dirs(name: &str, dirs: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
+    dirs.into_iter()
         .map(|dir| dir.join(name))
         .find(|p| is_executable(p))
+}
+
+/// Finds `binary`, or says which Debian package to install.
+///
+/// With `bindir`, only that directory is searched: a caller that names an installation must
+/// not silently get another one from `PATH`. Without it, `PATH` and then `extra`.
+pub(crate) fn require(
+    binary: &'static str,
+    package: &'static str,
+    bindir: Option<&Path>,
+    extra: &[&Path],
+) -> Result<PathBuf> {
+    match bindir {
+        Some(dir) => find_in_dirs(binary, [dir.to_path_buf()]),
+        None => find_in_path(binary, extra),
+    }
+    .ok_or(Error::MissingBinary { binary, package })
 }
 
 pub(crate) fn is_executable(p: &Path) -> bool {
@@ -115,6 +139,95 @@ mod tests {
     fn path_lookup_finds_sh_and_not_nonsense() {
         assert!(find_in_path("sh", &[]).is_some());
         assert!(find_in_path("definitely-not-a-real-binary-xyz", &[]).is_none());
+    }
+
+    /// An executable file (mode 0755) named `name` in `dir`.
+    fn executable(dir: &Path, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn dir_lookup_wants_an_executable_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = || [dir.path().to_path_buf()];
+        assert_eq!(find_in_dirs("tool", d()), None);
+
+        // A directory of that name is not a program.
+        std::fs::create_dir(dir.path().join("tool")).unwrap();
+        assert_eq!(find_in_dirs("tool", d()), None);
+
+        // Neither is a file nobody may execute.
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "not a program").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(find_in_dirs("plain", d()), None);
+
+        let tool = executable(dir.path(), "other");
+        assert_eq!(find_in_dirs("other", d()), Some(tool));
+    }
+
+    #[test]
+    fn dir_lookup_takes_the_first_directory_that_has_it() {
+        let first = tempfile::tempdir().unwrap();
+        let second = tempfile::tempdir().unwrap();
+        let in_second = executable(second.path(), "tool");
+        let dirs = || [first.path().to_path_buf(), second.path().to_path_buf()];
+        assert_eq!(find_in_dirs("tool", dirs()), Some(in_second));
+        let in_first = executable(first.path(), "tool");
+        assert_eq!(find_in_dirs("tool", dirs()), Some(in_first));
+    }
+
+    #[test]
+    fn a_missing_binary_is_an_error_naming_the_package() {
+        let empty = tempfile::tempdir().unwrap();
+        let err = require("redis-server", "redis-server", Some(empty.path()), &[]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::MissingBinary {
+                    binary: "redis-server",
+                    package: "redis-server"
+                }
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("`redis-server` not found"), "{text}");
+        assert!(text.contains("apt-get install redis-server"), "{text}");
+
+        let err = require(
+            "definitely-not-a-real-binary-xyz",
+            "some-package",
+            None,
+            &[empty.path()],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("install the Debian package `some-package`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bindir_is_the_only_place_searched() {
+        // `sh` is on PATH, but a caller that names a directory gets only what is in it.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(require("sh", "dash", None, &[]).is_ok());
+        assert!(matches!(
+            require("sh", "dash", Some(empty.path()), &[]),
+            Err(Error::MissingBinary {
+                binary: "sh",
+                package: "dash"
+            })
+        ));
+        let sh = executable(empty.path(), "sh");
+        assert_eq!(require("sh", "dash", Some(empty.path()), &[]).unwrap(), sh);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::{find_in_path, read_log, run};
+use crate::process::{read_log, require, run};
 use crate::{Error, Result, free_port, random_secret};
 
 const START_ATTEMPTS: usize = 5;
@@ -21,6 +21,7 @@ pub struct RedisBuilder {
     admin_password: String,
     user_rules: String,
     config: Vec<(String, String)>,
+    bindir: Option<PathBuf>,
 }
 
 impl Default for RedisBuilder {
@@ -31,6 +32,7 @@ impl Default for RedisBuilder {
             admin_password: random_secret(),
             user_rules: "~* &* +@all".into(),
             config: Vec::new(),
+            bindir: None,
         }
     }
 }
@@ -72,6 +74,16 @@ impl RedisBuilder {
         self
     }
 
+    /// Runs `redis-server` and [`Redis::cli`]'s `redis-cli` from `dir` only, for example the
+    /// `src/` directory of a Redis built from source (default: the first on `PATH`, then
+    /// `/usr/bin`). Nothing else is searched, so a program missing from `dir` is an
+    /// [`Error::MissingBinary`], never one of another version.
+    #[must_use]
+    pub fn bindir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bindir = Some(dir.into());
+        self
+    }
+
     /// Starts the server and waits until it answers.
     ///
     /// # Errors
@@ -97,11 +109,12 @@ impl RedisBuilder {
                 ));
             }
         }
-        let server_bin =
-            find_in_path("redis-server", &[Path::new("/usr/bin")]).ok_or(Error::MissingBinary {
-                binary: "redis-server",
-                package: "redis-server",
-            })?;
+        let server_bin = require(
+            "redis-server",
+            "redis-server",
+            self.bindir.as_deref(),
+            &[Path::new("/usr/bin")],
+        )?;
         let dir = tempfile::Builder::new()
             .prefix("wirewarden-redis-")
             .tempdir()
@@ -145,6 +158,7 @@ impl RedisBuilder {
                 admin_password: self.admin_password.clone(),
                 log: log.clone(),
                 dir: None,
+                bindir: self.bindir.clone(),
             };
             match server.wait_ready() {
                 Ok(()) => {
@@ -177,6 +191,7 @@ pub struct Redis {
     admin_password: String,
     log: PathBuf,
     dir: Option<tempfile::TempDir>,
+    bindir: Option<PathBuf>,
 }
 
 impl Redis {
@@ -248,14 +263,15 @@ impl Redis {
     /// Runs `redis-cli` as the `default` user with `args` and returns what it printed.
     ///
     /// # Errors
-    /// [`Error::MissingBinary`] if redis-cli is not installed, [`Error::Command`] if it
-    /// fails.
+    /// [`Error::MissingBinary`] if redis-cli is not installed (or not in the
+    /// [`bindir`](RedisBuilder::bindir)), [`Error::Command`] if it fails.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let cli =
-            find_in_path("redis-cli", &[Path::new("/usr/bin")]).ok_or(Error::MissingBinary {
-                binary: "redis-cli",
-                package: "redis-tools",
-            })?;
+        let cli = require(
+            "redis-cli",
+            "redis-tools",
+            self.bindir.as_deref(),
+            &[Path::new("/usr/bin")],
+        )?;
         let out = run(Command::new(cli)
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args([

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use wirewarden_testkit::{Postgres, Redis};
+use wirewarden_testkit::{Error, Postgres, Redis};
 
 /// psql over TCP as `user` with `password` (so the server's SCRAM path is exercised).
 fn psql_tcp(pg: &Postgres, user: &str, password: &str, sql: &str) -> std::process::Output {
@@ -215,4 +215,109 @@ fn redis_stops_on_drop_and_parallel_servers_do_not_clash() {
 #[test]
 fn bad_redis_credentials_are_refused_before_start() {
     assert!(Redis::builder().password("has space").start().is_err());
+}
+
+// === missing binaries ===
+
+/// The first `name` on this process's `PATH` (read, never changed: tests run in parallel).
+fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn redis_without_its_binaries_names_the_debian_package() {
+    let empty = tempfile::tempdir().unwrap();
+    let err = Redis::builder().bindir(empty.path()).start().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::MissingBinary {
+                binary: "redis-server",
+                package: "redis-server"
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "`redis-server` not found: install the Debian package `redis-server` \
+         (apt-get install redis-server)"
+    );
+}
+
+#[test]
+fn redis_cli_missing_from_the_bindir_names_redis_tools() {
+    // A bindir holding only the server: it starts from there, and the client is looked for
+    // there too, not on PATH.
+    // Where the testkit finds it by default: PATH, then /usr/bin.
+    let server = on_path("redis-server").unwrap_or_else(|| "/usr/bin/redis-server".into());
+    let bindir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&server, bindir.path().join("redis-server")).unwrap();
+    let redis = Redis::builder().bindir(bindir.path()).start().unwrap();
+    let err = redis.cli(&["PING"]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::MissingBinary {
+                binary: "redis-cli",
+                package: "redis-tools"
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("apt-get install redis-tools"),
+        "{err}"
+    );
+}
+
+/// Set in the child process of the test below.
+const BARE_ENV: &str = "WIREWARDEN_TESTKIT_BARE_ENV";
+
+#[test]
+fn postgres_without_its_binaries_names_the_debian_package() {
+    if std::env::var_os(BARE_ENV).is_some() {
+        // The child: PATH and WIREWARDEN_PG_BINDIR both name an empty directory.
+        let err = Postgres::start().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::MissingBinary {
+                    binary: "initdb",
+                    package: "postgresql"
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "`initdb` not found: install the Debian package `postgresql` \
+             (apt-get install postgresql)"
+        );
+        return;
+    }
+    // Changing PATH here would change it for every test running in parallel, so the check
+    // runs in a copy of this test binary with its own environment.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "postgres_without_its_binaries_names_the_debian_package",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(BARE_ENV, "1")
+        .env("PATH", empty.path())
+        .env("WIREWARDEN_PG_BINDIR", empty.path())
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The child ran exactly this test, and it passed.
+    assert!(stdout.contains("1 passed"), "{stdout}");
 }

@@ -64,6 +64,12 @@ pub enum Error {
         /// The server's log.
         log: String,
     },
+    /// A throwaway TLS certificate could not be generated.
+    #[error("generating a TLS certificate: {reason}")]
+    Certificate {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -9,6 +9,6 @@ mod process;
 mod redis;
 
 pub use error::{Error, Result};
-pub use postgres::{Postgres, PostgresBuilder};
+pub use postgres::{Postgres, PostgresBuilder, PostgresTls, TlsKey};
 pub use process::{free_port, random_secret};
 pub use redis::{Redis, RedisBuilder};

@@ -1131,7 +1131,25 @@ impl Seq {
             s.sep[k] = sep;
             let mut len = 0usize;
             let mut exotic = false;
-            // ASCII digits first: the common case needs no decoding.
+            // ASCII digits first, eight bytes at a time while the group's buffer has room:
+            // the common case needs no decoding.
+            while let Some(chunk) = bytes.get(i..i + 8) {
+                let Some(slot) = s.digits[k].get_mut(len..len + 8) else {
+                    break;
+                };
+                let mut word = [0u8; 8];
+                word.copy_from_slice(chunk);
+                let x = u64::from_le_bytes(word);
+                let run = (!between(x, 0x2F, 0x3A) & H).trailing_zeros() as usize / 8;
+                // Digit bytes are at least 0x30, so the subtraction borrows only from the
+                // bytes after the run, which are not kept.
+                slot.copy_from_slice(&x.wrapping_sub(L * 0x30).to_le_bytes());
+                len += run;
+                i += run;
+                if run < 8 {
+                    break;
+                }
+            }
             while let Some(b) = bytes.get(i).filter(|b| b.is_ascii_digit()) {
                 if let Some(slot) = s.digits[k].get_mut(len) {
                     *slot = b - b'0';
@@ -1374,6 +1392,51 @@ mod tests {
             assert_eq!(m != 0, is_trigger(b), "byte {b:#x}");
             if m != 0 {
                 assert_eq!(m.trailing_zeros() / 8, 2);
+            }
+        }
+    }
+
+    #[test]
+    fn digit_runs_read_eight_at_a_time_match_the_bytes() {
+        for run in 0..=30usize {
+            for tail in [
+                &b""[..],
+                b" ",
+                b"x",
+                b"/",
+                b":",
+                "\u{ff11}".as_bytes(),
+                b"-12",
+            ] {
+                let digits: Vec<u8> = (0..run)
+                    .map(|j| b'0' + ((j * 7 + run) % 10) as u8)
+                    .collect();
+                let mut text = b"a ".to_vec();
+                text.extend_from_slice(&digits);
+                text.extend_from_slice(tail);
+                text.extend_from_slice(b" zzzzzzzz");
+                let mut seq = Seq::empty();
+                seq.parse(&text, 2);
+                assert_eq!(
+                    seq.len[0],
+                    run + usize::from(tail.starts_with("\u{ff11}".as_bytes()))
+                );
+                let kept = run.min(MAX_GROUP_DIGITS);
+                let want: Vec<u8> = digits.iter().take(kept).map(|b| b - b'0').collect();
+                assert_eq!(
+                    &seq.digits[0][..kept],
+                    &want[..],
+                    "run {run}, tail {tail:?}"
+                );
+                assert_eq!(
+                    seq.end[0],
+                    2 + run
+                        + if tail.starts_with("\u{ff11}".as_bytes()) {
+                            3
+                        } else {
+                            0
+                        }
+                );
             }
         }
     }

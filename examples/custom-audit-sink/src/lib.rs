@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -33,18 +33,33 @@ pub struct JsonLinesSink {
 }
 
 impl JsonLinesSink {
-    /// Opens (or creates) `path` for appending.
+    /// Opens (or creates) `path` for appending. Positions continue after the events already
+    /// in the file, so they stay line numbers across restarts.
     ///
     /// # Errors
-    /// The I/O error from opening the file.
+    /// The I/O error from opening the file or syncing its directory; `InvalidData` if the
+    /// file ends in a partial line (a write cut short by a crash), which appending would
+    /// turn into a corrupt record.
     pub fn open(path: impl AsRef<Path>) -> std::io::Result<Self> {
         let path = path.as_ref().to_owned();
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        let next_seq = complete_lines(&mut file)?;
+        // The file's own fdatasync does not make a newly created name durable; syncing the
+        // directory does.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()?;
         Ok(Self {
             path,
             inner: Arc::new(Mutex::new(Inner {
                 file,
-                next_seq: 0,
+                next_seq,
                 failed: None,
             })),
         })
@@ -65,6 +80,33 @@ impl JsonLinesSink {
             .lines()
             .map(|l| serde_json::from_str(l).map_err(BoxError::from))
             .collect()
+    }
+}
+
+/// The number of lines in `file`, read in fixed-size chunks; an error if the last one is
+/// not terminated.
+fn complete_lines(file: &mut File) -> std::io::Result<u64> {
+    let mut buf = [0u8; 64 * 1024];
+    let mut lines = 0u64;
+    let mut last = b'\n';
+    loop {
+        let n = file.read(&mut buf)?;
+        let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+            break;
+        };
+        lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        last = chunk.last().copied().unwrap_or(last);
+    }
+    if last == b'\n' {
+        Ok(lines)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the audit file ends in a partial line after {lines} complete ones; \
+                 remove it before appending"
+            ),
+        ))
     }
 }
 

@@ -1,12 +1,4 @@
-//! A minimal third-party [`AuditSink`]: every event as one JSON line in a single file, made
-//! durable with `fdatasync` before `append` returns.
-//!
-//! It shows what an implementation outside the workspace has to provide: `Debug + Send +
-//! Sync`, `#[async_trait]`, errors as `BoxError`, one total order (here: the order of writes
-//! under one lock, which is also the order of the reported positions), and an honest
-//! [`Durability`]. `tests/conformance.rs` runs the wirewarden conformance suite against it.
-//! It has no hash chain: use `wirewarden_audit::FileSink` where tampering matters.
-
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};

@@ -122,7 +122,10 @@ async fn gateway(
         database: pg.database().to_owned(),
         tls: Some(UpstreamTls {
             config: wirewarden::tls::client_config(roots).unwrap(),
-            server_name: wirewarden::tls::server_name(pg.tls().unwrap().server_name()).unwrap(),
+            server_name: wirewarden::tls::server_name(
+                pg.tls().map_or("localhost", |t| t.server_name()),
+            )
+            .unwrap(),
         }),
     };
     let mut target = PostgresTarget::new(Target::new("crm", Protocol::Postgres).unwrap(), upstream);
@@ -381,5 +384,89 @@ async fn a_trusted_tls_interceptor_cannot_carry_the_upstream_login() {
         text(&bound.stderr).contains("SCRAM channel binding check failed"),
         "{}",
         text(&bound.stderr)
+    );
+}
+
+/// The gateway's view of an upstream that must not be trusted with the login.
+async fn refused(g: &mut Gateway) -> wirewarden::Error {
+    let out = psql(g, &["SELECT 1"]).await;
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("wirewarden could not reach the upstream server"),
+        "{stderr}"
+    );
+    tokio::time::timeout(Duration::from_secs(30), g.ended.recv())
+        .await
+        .expect("the session ended")
+        .unwrap()
+        .expect_err("the session failed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_plaintext_fallback_and_no_bytes_before_the_handshake() {
+    // A real server without TLS answers the SSLRequest with N: the gateway stops there
+    // instead of logging in in clear.
+    let plain = tokio::task::spawn_blocking(|| {
+        Postgres::builder()
+            .setting("log_connections", "on")
+            .start()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let mut g = gateway(&plain, plain.addr(), &[]).await;
+    match refused(&mut g).await {
+        wirewarden::Error::Tls(reason) => {
+            assert!(reason.contains("does not accept TLS"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The server saw the gateway's TCP connection and never a login on it.
+    let log = plain.log();
+    assert!(log.contains("connection received: host=127.0.0.1"), "{log}");
+    let user = format!("user={}", plain.user());
+    assert!(!log.lines().any(|l| l.contains(&user)), "{log}");
+    assert!(!log.contains("authentication failed"), "{log}");
+
+    // An upstream (or a man in the middle) that follows its S with bytes of its own, to
+    // have them read as if they had come over TLS (CVE-2021-23222): refused, and no
+    // password message ever leaves the gateway.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let injector = listener.local_addr().unwrap();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut gw, _)) = listener.accept().await {
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut req = [0u8; 8];
+                if gw.read_exact(&mut req).await.is_err() {
+                    return;
+                }
+                // S, then AuthenticationCleartextPassword in the same write.
+                let _ = gw.write_all(b"SR\0\0\0\x08\0\0\0\x03").await;
+                let mut after = Vec::new();
+                let _ = gw.read_to_end(&mut after).await;
+                let _ = seen_tx.send((req, after));
+            });
+        }
+    });
+    let mut g = gateway(&plain, injector, &[]).await;
+    match refused(&mut g).await {
+        wirewarden::Error::Tls(reason) => {
+            assert!(reason.contains("before the TLS handshake"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let (req, after) = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+        .await
+        .expect("the gateway hung up")
+        .unwrap();
+    assert_eq!(req, SSL_REQUEST);
+    // Nothing after the SSLRequest, or at most the start of a TLS handshake: never a
+    // startup packet or a password ('p').
+    assert!(
+        after.is_empty() || after.first() == Some(&0x16),
+        "{after:?}"
     );
 }

@@ -27,19 +27,25 @@ impl Glob {
     /// Whether `name` matches the whole pattern.
     #[must_use]
     pub fn matches(&self, name: &str) -> bool {
-        glob_match(self.0.as_bytes(), name.as_bytes())
+        glob_match(self.0.as_bytes(), name.as_bytes(), false)
+    }
+
+    /// Whether `name` matches, ASCII letters compared without regard to case.
+    #[must_use]
+    pub fn matches_ignore_ascii_case(&self, name: &str) -> bool {
+        glob_match(self.0.as_bytes(), name.as_bytes(), true)
     }
 }
 
 /// Whether `name` matches the glob `pattern`, without compiling it first.
 pub(crate) fn matches(pattern: &str, name: &str) -> bool {
-    glob_match(pattern.as_bytes(), name.as_bytes())
+    glob_match(pattern.as_bytes(), name.as_bytes(), false)
 }
 
 /// Byte-wise glob matching. Patterns and names are UTF-8, and `?` is used for single ASCII
 /// characters in practice; matching bytes keeps the algorithm free of index arithmetic on
 /// char boundaries.
-fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+fn glob_match(pattern: &[u8], name: &[u8], fold: bool) -> bool {
     let (mut p, mut n) = (0usize, 0usize);
     // Where the last `*` was seen, and the name position it is currently assumed to cover up
     // to.
@@ -54,7 +60,7 @@ fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
                 p += 1;
                 n += 1;
             }
-            (Some(pc), Some(nc)) if pc == nc => {
+            (Some(pc), Some(nc)) if pc == nc || (fold && pc.eq_ignore_ascii_case(nc)) => {
                 p += 1;
                 n += 1;
             }

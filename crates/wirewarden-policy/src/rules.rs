@@ -182,6 +182,24 @@ fn any_glob(globs: &[Glob], s: &str) -> bool {
     globs.iter().any(|g| g.matches(s))
 }
 
+/// Whether a rule that denies or holds for review fires on the object `name`.
+///
+/// SQL names reach the server in more than one spelling: `pg_read_file`,
+/// `pg_catalog.pg_read_file` and a quoted `"PG_READ_FILE"` may all name what a rule means. A
+/// restricting rule therefore matches relations and functions without regard to ASCII case,
+/// and a glob without a schema (no `.`) also matches the last part of a qualified name.
+/// Rules that allow keep exact matching, so this only ever makes the policy stricter.
+fn restricts(globs: &[Glob], kind: ObjectKind, name: &str) -> bool {
+    if !matches!(kind, ObjectKind::Relation | ObjectKind::Function) {
+        return any_glob(globs, name);
+    }
+    let last = name.rsplit('.').next().unwrap_or(name);
+    globs.iter().any(|g| {
+        g.matches_ignore_ascii_case(name)
+            || (!g.as_str().contains('.') && g.matches_ignore_ascii_case(last))
+    })
+}
+
 impl Rule {
     fn matches(&self, req: &Request<'_>) -> bool {
         let p = req.principal;
@@ -236,7 +254,7 @@ impl Rule {
             let ok = if widens {
                 names.all(|n| any_glob(globs, n))
             } else {
-                names.any(|n| any_glob(globs, n))
+                names.any(|n| restricts(globs, *kind, n))
             };
             if !ok {
                 return false;

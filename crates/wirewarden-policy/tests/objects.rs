@@ -156,27 +156,55 @@ fn deny_rules_fire_on_any_called_function() {
 fn function_names_match_as_the_classifier_writes_them() {
     let e = engine(SQL_POLICY);
     let pg = target(Protocol::Postgres);
-    // A schema-qualified call is named `schema.function`: a bare `pg_read_file` does not
-    // match it, so the rule lists `*.pg_read_file` as well.
+    // A schema-qualified call is named `schema.function`. A rule that restricts matches a
+    // glob without a schema against the last part too, so qualifying the name does not get
+    // a call past it.
+    for name in [
+        "pg_catalog.pg_read_file",
+        "pg_catalog.pg_read_binary_file",
+        "other.pg_ls_dir",
+    ] {
+        let d = decide(&e, &analyst(), &pg, &select(CommandClass::Admin, &[name]));
+        assert_eq!(decided(&d), ("no-server-files", "deny"), "{name}");
+    }
+    // Nor does a quoted name in another case: restricting rules ignore ASCII case.
     let d = decide(
         &e,
         &analyst(),
         &pg,
-        &select(CommandClass::Admin, &["pg_catalog.pg_read_file"]),
+        &select(CommandClass::Admin, &["PG_CATALOG.Pg_Read_File"]),
     );
     assert_eq!(decided(&d), ("no-server-files", "deny"));
-    // `pg_read_binary_file` has no such entry: qualified, it gets past this rule (and, being
-    // `admin`, past every other one to the default deny).
+    // A glob with a schema still means that schema.
+    let schema_only = engine(
+        r#"
+        [[rule]]
+        id = "no-audit-schema"
+        functions = ["audit.*"]
+        action = "deny"
+
+        [[rule]]
+        id = "everything"
+        class = "admin"
+        action = "review"
+        "#,
+    );
     let d = decide(
-        &e,
+        &schema_only,
         &analyst(),
         &pg,
-        &select(CommandClass::Admin, &["pg_catalog.pg_read_binary_file"]),
+        &select(CommandClass::Admin, &["public.purge"]),
     );
-    assert_eq!(d, Decision::default_deny());
+    assert_eq!(decided(&d), ("everything", "review"));
+    let d = decide(
+        &schema_only,
+        &analyst(),
+        &pg,
+        &select(CommandClass::Admin, &["AUDIT.purge"]),
+    );
+    assert_eq!(decided(&d), ("no-audit-schema", "deny"));
 
-    // Globs compare bytes: the classifier folds unquoted identifiers to lower case, so rules
-    // are written in lower case, and a rule in upper case matches no unquoted call.
+    // A rule written in upper case restricts the lower-case call the classifier reports.
     let shouting = engine(
         r#"
         [[rule]]
@@ -196,14 +224,56 @@ fn function_names_match_as_the_classifier_writes_them() {
         &pg,
         &select(CommandClass::Admin, &["pg_read_file"]),
     );
-    assert_eq!(decided(&d), ("everything", "review"));
+    assert_eq!(decided(&d), ("upper", "deny"));
+}
+
+#[test]
+fn deny_rules_on_relations_see_through_schemas_and_case() {
+    let e = engine(
+        r#"
+        [[rule]]
+        id = "no-secrets"
+        relations = ["secrets"]
+        action = "deny"
+
+        [[rule]]
+        id = "reads"
+        max_class = "read"
+        action = "allow"
+        "#,
+    );
+    let pg = target(Protocol::Postgres);
+    let read = |relation: &str| {
+        let mut c =
+            Command::new(Protocol::Postgres, "SELECT", CommandClass::Read, "SELECT …").unwrap();
+        c.push_object(ObjectRef::new(ObjectKind::Relation, relation, Access::Read));
+        c
+    };
+    for name in ["secrets", "public.secrets", "Secrets", "crm.SECRETS"] {
+        let d = decide(&e, &analyst(), &pg, &read(name));
+        assert_eq!(decided(&d), ("no-secrets", "deny"), "{name}");
+    }
+    for name in ["secrets_archive", "public.not_secrets", "secrets.orders"] {
+        let d = decide(&e, &analyst(), &pg, &read(name));
+        assert_eq!(decided(&d), ("reads", "allow"), "{name}");
+    }
+}
+
+#[test]
+fn allow_rules_match_sql_names_exactly() {
+    // Widening is never loosened: an allow rule's list matches the name as the classifier
+    // writes it, so `lower` does not cover `evil.lower`, which falls to the review rule.
+    let e = engine(SQL_POLICY);
+    let pg = target(Protocol::Postgres);
     let d = decide(
-        &shouting,
+        &e,
         &analyst(),
         &pg,
-        &select(CommandClass::Admin, &["PG_READ_FILE"]),
+        &select(CommandClass::Read, &["evil.lower"]),
     );
-    assert_eq!(decided(&d), ("upper", "deny"));
+    assert_eq!(decided(&d), ("analysts-any-read-reviewed", "review"));
+    let d = decide(&e, &analyst(), &pg, &select(CommandClass::Read, &["LOWER"]));
+    assert_eq!(decided(&d), ("analysts-any-read-reviewed", "review"));
 }
 
 #[test]

@@ -28,7 +28,7 @@ use crate::format::{
     SegmentHeader, encode_checkpoint_entry, encode_event_frame, encode_seal_frame, event_frame_len,
     genesis, record_hash, segment_path,
 };
-use crate::sink::{Appended, AuditSink, Durability};
+use crate::sink::{Appended, AuditSink, Durability, PartialBatch};
 use crate::verify::{VerifyKeys, verify_dir};
 use crate::{Error, Result};
 
@@ -340,6 +340,74 @@ impl FileSink {
     /// event over the record limit, [`Error::Unsupported`] for an event this version cannot
     /// encode.
     pub async fn append_event(&self, event: &AuditEvent) -> Result<u64> {
+        let bytes = self.encode(event)?;
+        let (seq, pending, wake) = {
+            let mut st = self.shared.lock();
+            self.check_usable(&st)?;
+            let seq = self.chain(&mut st, &bytes)?;
+            // The writer takes everything pending before it sleeps again, so only a writer
+            // that is idle needs waking, and only once.
+            let wake = std::mem::take(&mut st.writer_idle);
+            (seq, st.pending.len(), wake)
+        };
+        self.settle(seq, pending, wake).await?;
+        Ok(seq)
+    }
+
+    /// Appends `events` in order under one lock, with one wake-up of the writer and (in
+    /// fsync mode) one wait for the disk; the typed version of [`AuditSink::append_batch`].
+    /// Returns each event's sequence number.
+    ///
+    /// # Errors
+    /// The index of the first event that is not recorded, with the reason (the errors of
+    /// [`append_event`](Self::append_event)). The events before it are recorded, except
+    /// when the batch's write or sync failed: then the index is 0, since the sink cannot say
+    /// which of them reached the disk.
+    pub async fn append_events(
+        &self,
+        events: &[AuditEvent],
+    ) -> std::result::Result<Vec<u64>, (usize, Error)> {
+        // Encoding needs no lock; an event that cannot be encoded ends the batch there.
+        let mut encoded = Vec::with_capacity(events.len());
+        let mut failed = None;
+        for (i, event) in events.iter().enumerate() {
+            match self.encode(event) {
+                Ok(bytes) => encoded.push(bytes),
+                Err(e) => {
+                    failed = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let mut seqs = Vec::with_capacity(encoded.len());
+        if !encoded.is_empty() {
+            let (last, pending, wake) = {
+                let mut st = self.shared.lock();
+                self.check_usable(&st).map_err(|e| (0, e))?;
+                for bytes in &encoded {
+                    match self.chain(&mut st, bytes) {
+                        Ok(seq) => seqs.push(seq),
+                        Err(e) => {
+                            failed = Some((seqs.len(), e));
+                            break;
+                        }
+                    }
+                }
+                let wake = std::mem::take(&mut st.writer_idle);
+                (seqs.last().copied(), st.pending.len(), wake)
+            };
+            if let Some(last) = last {
+                self.settle(last, pending, wake).await.map_err(|e| (0, e))?;
+            }
+        }
+        match failed {
+            Some(f) => Err(f),
+            None => Ok(seqs),
+        }
+    }
+
+    /// The canonical encoding of `event`, refused when over the record limit.
+    fn encode(&self, event: &AuditEvent) -> Result<Vec<u8>> {
         let bytes = encode_event(event)?;
         let frame_len = event_frame_len(bytes.len());
         if frame_len.saturating_sub(4) > self.max_record_bytes as usize {
@@ -349,35 +417,39 @@ impl FileSink {
                 limit: u64::from(self.max_record_bytes),
             });
         }
-        let (seq, pending, wake) = {
-            let mut st = self.shared.lock();
-            self.check_usable(&st)?;
-            let seq = st.next_seq;
-            let prev = st.head;
-            let hash = record_hash(&self.key, self.log_id, &self.genesis, seq, &prev, &bytes);
-            encode_event_frame(&mut st.pending, self.log_id, seq, &prev, &bytes, &hash);
-            st.head = hash;
-            st.next_seq = seq.checked_add(1).ok_or(Error::InvalidValue {
-                what: "sequence number",
-                reason: "exhausted",
-            })?;
-            // The writer takes everything pending before it sleeps again, so only a writer
-            // that is idle needs waking, and only once.
-            let wake = std::mem::take(&mut st.writer_idle);
-            (seq, st.pending.len(), wake)
-        };
+        Ok(bytes)
+    }
+
+    /// Gives `bytes` the next sequence number and links it into the chain (under the lock).
+    fn chain(&self, st: &mut State, bytes: &[u8]) -> Result<u64> {
+        let seq = st.next_seq;
+        let next = seq.checked_add(1).ok_or(Error::InvalidValue {
+            what: "sequence number",
+            reason: "exhausted",
+        })?;
+        let prev = st.head;
+        let hash = record_hash(&self.key, self.log_id, &self.genesis, seq, &prev, bytes);
+        encode_event_frame(&mut st.pending, self.log_id, seq, &prev, bytes, &hash);
+        st.head = hash;
+        st.next_seq = next;
+        Ok(seq)
+    }
+
+    /// Wakes the writer if asked and waits as the durability mode requires for `seq`.
+    async fn settle(&self, seq: u64, pending: usize, wake: bool) -> Result<()> {
         if wake {
             self.shared.work.notify_one();
         }
         match self.durability {
-            Durability::Fsync => self.wait(|p| p.durable > seq).await?,
+            Durability::Fsync => self.wait(|p| p.durable > seq).await,
             _ => {
                 if pending > self.max_pending_bytes {
-                    self.wait(|p| p.written > seq).await?;
+                    self.wait(|p| p.written > seq).await
+                } else {
+                    Ok(())
                 }
             }
         }
-        Ok(seq)
     }
 
     async fn wait(&self, done: impl Fn(&Progress) -> bool) -> Result<()> {
@@ -563,6 +635,16 @@ impl Drop for FileSink {
 impl AuditSink for FileSink {
     async fn append(&self, event: &AuditEvent) -> Result<Appended, BoxError> {
         Ok(Appended::at(self.append_event(event).await?))
+    }
+
+    async fn append_batch(&self, events: &[AuditEvent]) -> Result<Vec<Appended>, PartialBatch> {
+        match self.append_events(events).await {
+            Ok(seqs) => Ok(seqs.into_iter().map(Appended::at).collect()),
+            Err((recorded, e)) => Err(PartialBatch {
+                recorded,
+                error: Box::new(e),
+            }),
+        }
     }
 
     async fn flush(&self) -> Result<(), BoxError> {

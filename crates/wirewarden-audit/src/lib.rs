@@ -31,7 +31,7 @@ pub use format::{
 pub use postgres::PostgresSink;
 pub use read::{Entry, LogReader, read_log};
 pub use replay::Transcript;
-pub use sink::{Appended, AuditSink, Durability};
+pub use sink::{Appended, AuditSink, Durability, PartialBatch};
 pub use stdout::{StdoutSink, WriterSink};
 pub use tokio_postgres;
 pub use verify::{

@@ -66,6 +66,33 @@ impl Appended {
     }
 }
 
+/// A batch append that stopped part way: the first [`recorded`](Self::recorded) events of
+/// the batch are recorded, in order; the event at that index failed with
+/// [`error`](Self::error), and none after it was recorded.
+#[derive(Debug)]
+pub struct PartialBatch {
+    /// How many events of the batch, from its start, are recorded.
+    pub recorded: usize,
+    /// Why the next one is not.
+    pub error: BoxError,
+}
+
+impl fmt::Display for PartialBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "audit batch stopped after {} recorded events: {}",
+            self.recorded, self.error
+        )
+    }
+}
+
+impl std::error::Error for PartialBatch {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.error.as_ref())
+    }
+}
+
 /// Where the gateway records [`AuditEvent`]s.
 ///
 /// # Contract
@@ -89,10 +116,38 @@ impl Appended {
 ///   the command. A sink that has lost the ability to record (a failed write or sync) must
 ///   keep failing: it must not report success for later events whose predecessors it could
 ///   not store.
+/// * **Batches** ([`append_batch`](Self::append_batch)) are a sequence of appends: the
+///   events keep their order in the trail (other appends may come between them), `Ok` means
+///   what `Ok` from `append` means for every one of them, and a failure records a prefix of
+///   the batch and nothing after it.
 #[async_trait]
 pub trait AuditSink: fmt::Debug + Send + Sync {
     /// Records `event`. See the trait's contract for what `Ok` means.
     async fn append(&self, event: &AuditEvent) -> Result<Appended, BoxError>;
+
+    /// Records `events` in order, as one `append` after another would, and returns where
+    /// each was placed. A sink can do better than the default, which does exactly that: take
+    /// its lock, wake its writer and (in fsync mode) wait for the disk once for the whole
+    /// batch. The proxies hand over a pipeline's intents and a flush's outcomes this way.
+    ///
+    /// # Errors
+    /// [`PartialBatch`]: how many events, from the start, are recorded, and why the next is
+    /// not. Events after the failed one are not appended.
+    async fn append_batch(&self, events: &[AuditEvent]) -> Result<Vec<Appended>, PartialBatch> {
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            match self.append(event).await {
+                Ok(a) => out.push(a),
+                Err(error) => {
+                    return Err(PartialBatch {
+                        recorded: out.len(),
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
 
     /// Waits until every event appended before this call is stored (or delivered).
     async fn flush(&self) -> Result<(), BoxError>;
@@ -105,6 +160,10 @@ pub trait AuditSink: fmt::Debug + Send + Sync {
 impl<S: AuditSink + ?Sized> AuditSink for std::sync::Arc<S> {
     async fn append(&self, event: &AuditEvent) -> Result<Appended, BoxError> {
         (**self).append(event).await
+    }
+
+    async fn append_batch(&self, events: &[AuditEvent]) -> Result<Vec<Appended>, PartialBatch> {
+        (**self).append_batch(events).await
     }
 
     async fn flush(&self) -> Result<(), BoxError> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use wirewarden_core::SessionId;
+use wirewarden_core::{AuditEventKind, SessionId};
 
 use crate::format::{Frame, FrameRead, SegmentHeader, read_frame, segment_path};
 use crate::read::read_log;
@@ -429,6 +429,85 @@ fn buffered_mode_is_poisoned_too() {
         },
         Durability::Buffered,
     );
+}
+
+#[test]
+fn a_batch_whose_sync_fails_records_nothing_and_poisons() {
+    let faults = Arc::new(Faults {
+        fail_sync_after: Some(3),
+        ..Faults::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let sink = FileSink::builder(
+            dir.path(),
+            ChainKey::new("k", [1; 32]).unwrap(),
+            CheckpointSigner::from_seed([2; 32]),
+        )
+        .durability(Durability::Fsync)
+        .io_hook(faults.clone())
+        .open()
+        .unwrap();
+        let s = SessionId::new();
+        let batch: Vec<_> = (0..4).map(|i| numbered_event(s, i)).collect();
+        // The first batch's sync succeeds (segment creation took two), the second fails.
+        assert_eq!(sink.append_events(&batch).await.unwrap(), vec![0, 1, 2, 3]);
+        let (recorded, e) = sink.append_events(&batch).await.unwrap_err();
+        assert_eq!(
+            recorded, 0,
+            "none of a batch whose sync failed counts as recorded"
+        );
+        assert!(matches!(e, Error::Poisoned { .. }), "{e:?}");
+        let (recorded, e) = sink.append_events(&batch).await.unwrap_err();
+        assert_eq!(recorded, 0);
+        assert!(matches!(e, Error::Poisoned { .. }), "{e:?}");
+        assert!(sink.append_event(&numbered_event(s, 9)).await.is_err());
+        // Through the trait: the same, as a `PartialBatch`.
+        let err = crate::AuditSink::append_batch(&sink, &batch)
+            .await
+            .unwrap_err();
+        assert_eq!(err.recorded, 0);
+    });
+    assert_eq!(faults.syncs_after_failure.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_batch_stops_at_an_event_it_cannot_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ChainKey::new("k", [1; 32]).unwrap();
+    let signer = CheckpointSigner::from_seed([2; 32]);
+    rt().block_on(async {
+        let sink = FileSink::builder(dir.path(), key.clone(), signer.clone())
+            .durability(Durability::Fsync)
+            .max_record_bytes(4096)
+            .open()
+            .unwrap();
+        let s = SessionId::new();
+        let mut batch: Vec<_> = (0..5).map(|i| numbered_event(s, i)).collect();
+        if let AuditEventKind::Transcript { text, .. } = &mut batch[2].kind {
+            *text = "x".repeat(10_000);
+        }
+        let (recorded, e) = sink.append_events(&batch).await.unwrap_err();
+        assert_eq!(recorded, 2);
+        assert!(matches!(e, Error::TooLarge { .. }), "{e:?}");
+        // The sink is still usable, and the events before the large one are on record.
+        assert!(!sink.is_poisoned());
+        assert_eq!(sink.append_events(&batch[3..]).await.unwrap(), vec![2, 3]);
+        sink.close().await.unwrap();
+    });
+    let keys = VerifyKeys {
+        chain: key,
+        checkpoint: signer.public(),
+    };
+    let log = read_log(dir.path(), &keys).unwrap();
+    let order: Vec<u64> = log
+        .iter()
+        .map(|e| match e.event.kind {
+            AuditEventKind::Transcript { elapsed_us, .. } => elapsed_us,
+            _ => u64::MAX,
+        })
+        .collect();
+    assert_eq!(order, vec![0, 1, 3, 4]);
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Concurrent appenders on a multi-threaded runtime keep one total order, in both
-//! durability modes, and group commit shares syncs between them.
+//! Concurrent appenders on a multi-threaded runtime, appending single events and batches,
+//! keep one total order, in both durability modes, and group commit shares syncs between them.
 
 use std::sync::Arc;
 
@@ -20,18 +20,28 @@ async fn run(durability: Durability) {
             .open()
             .unwrap(),
     );
+    // Half the appenders append one event at a time, half in batches of five.
     let tasks: Vec<_> = (0..8)
-        .map(|_| {
+        .map(|t| {
             let sink = Arc::clone(&sink);
             tokio::spawn(async move {
                 let session = SessionId::new();
                 let mut seqs = Vec::new();
-                for i in 0..60 {
-                    seqs.push(
-                        sink.append_event(&numbered_event(session, i))
-                            .await
-                            .unwrap(),
-                    );
+                if t % 2 == 0 {
+                    for i in 0..60 {
+                        seqs.push(
+                            sink.append_event(&numbered_event(session, i))
+                                .await
+                                .unwrap(),
+                        );
+                    }
+                } else {
+                    for b in 0..12 {
+                        let batch: Vec<_> = (b * 5..b * 5 + 5)
+                            .map(|i| numbered_event(session, i))
+                            .collect();
+                        seqs.extend(sink.append_events(&batch).await.unwrap());
+                    }
                 }
                 (session, seqs)
             })

@@ -10,7 +10,9 @@
 //! * an append that returned comes before every append started after it, also with several
 //!   concurrent appenders, whose events are never lost, doubled or interleaved out of order;
 //! * with `Durability::Fsync`, an event is in the trail as soon as `append` returns, before
-//!   any `flush`; with `Durability::Buffered`, after `flush`.
+//!   any `flush`; with `Durability::Buffered`, after `flush`;
+//! * `append_batch` places its events in batch order, one position each, with the same
+//!   durability, while single appends run alongside.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -120,6 +122,46 @@ where
         vec![second.id, first.id],
         "the trail must follow append order, not event ids or times"
     );
+
+    // 4. Batches: in order, one position each, durable on return in fsync mode, and in
+    //    order also while single appends run at the same time.
+    let session = SessionId::new();
+    let batch: Vec<AuditEvent> = (0..8).map(|i| numbered_event(session, i)).collect();
+    let single = numbered_event(SessionId::new(), 0);
+    let (placed, alone) = tokio::join!(sink.append_batch(&batch), sink.append(&single));
+    let placed = placed.expect("append_batch of valid events failed");
+    alone.expect("append alongside a batch failed");
+    assert_eq!(
+        placed.len(),
+        batch.len(),
+        "append_batch must report one position per event"
+    );
+    let seqs: Vec<u64> = placed.iter().filter_map(|a| a.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "a batch's positions must increase in batch order: {seqs:?}"
+    );
+    if durable {
+        let trail = read_back().await.expect("read back");
+        assert_eq!(
+            only_ours(&trail, &batch),
+            batch,
+            "a sink that reports Durability::Fsync must hold a batch when append_batch returns"
+        );
+    }
+    sink.flush().await.expect("flush");
+    let trail = read_back().await.expect("read back");
+    assert_eq!(
+        only_ours(&trail, &batch),
+        batch,
+        "the trail must hold a batch's events exactly once and in batch order"
+    );
+    assert!(
+        trail.iter().any(|e| e.id == single.id),
+        "an append made during a batch was lost"
+    );
+    let empty = sink.append_batch(&[]).await.expect("an empty batch");
+    assert!(empty.is_empty(), "an empty batch places nothing");
 }
 
 fn only_ours(trail: &[AuditEvent], appended: &[AuditEvent]) -> Vec<AuditEvent> {

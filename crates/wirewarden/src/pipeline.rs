@@ -211,6 +211,17 @@ impl Pipeline {
             .map_err(Error::Audit)
     }
 
+    /// Records `events` in order as one batch (one lock, one wake-up and, in durable mode,
+    /// one wait for the disk in [`FileSink`](wirewarden_audit::FileSink)) and returns how
+    /// many of them, from the start, are on record: a command whose intent is past that
+    /// count must be refused.
+    pub async fn record_batch(&self, events: &[AuditEvent]) -> usize {
+        match self.audit.append_batch(events).await {
+            Ok(_) => events.len(),
+            Err(partial) => partial.recorded.min(events.len()),
+        }
+    }
+
     /// The audit sink.
     #[must_use]
     pub fn audit_sink(&self) -> &Arc<dyn AuditSink> {

@@ -740,17 +740,27 @@ enum Outcome {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Appends a session's outcome events in order, off the relay's path.
+/// Appends a session's outcome events in order, off the relay's path. What queued up while
+/// the last batch was being appended goes as the next batch: one lock, one wake-up of the
+/// audit writer and, in fsync mode, one `fdatasync` for all of it.
 async fn outcome_writer(pipeline: Arc<Pipeline>, mut rx: tokio::sync::mpsc::Receiver<Outcome>) {
-    while let Some(item) = rx.recv().await {
-        match item {
-            Outcome::Event(e) => {
-                let _ = pipeline.record(&e).await;
-            }
-            Outcome::Flush(ack) => {
-                let _ = ack.send(());
+    const MAX_BATCH: usize = 256;
+    let mut items = Vec::with_capacity(MAX_BATCH);
+    let mut events = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut items, MAX_BATCH).await > 0 {
+        for item in items.drain(..) {
+            match item {
+                Outcome::Event(e) => events.push(*e),
+                Outcome::Flush(ack) => {
+                    // Everything sent before the flush is appended before it is answered.
+                    pipeline.record_batch(&events).await;
+                    events.clear();
+                    let _ = ack.send(());
+                }
             }
         }
+        pipeline.record_batch(&events).await;
+        events.clear();
     }
 }
 

@@ -40,7 +40,6 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -835,40 +834,16 @@ async fn outcome_writer(pipeline: Arc<Pipeline>, mut rx: mpsc::Receiver<Vec<Audi
     }
 }
 
-/// Appends `events`, all started at once, and sets `recorded[i]` to whether event `i` is on
-/// record. The appends are started in order, so a sink that places an event in its order when
-/// the append is called (as [`FileSink`](wirewarden_audit::FileSink) does) keeps them in this
-/// order; and in fsync mode the sink's group commit makes them durable with one `fdatasync`
-/// instead of one each.
+/// Appends `events` as one batch and sets `recorded[i]` to whether event `i` is on record.
+/// The sink keeps them in this order, and in fsync mode makes them durable with one
+/// `fdatasync` instead of one each.
 async fn record_all(pipeline: &Pipeline, events: &[AuditEvent], recorded: &mut Vec<bool>) {
     recorded.clear();
-    match events {
-        [] => {}
-        [one] => recorded.push(pipeline.record(one).await.is_ok()),
-        many => {
-            recorded.resize(many.len(), false);
-            let mut appends: Vec<_> = many
-                .iter()
-                .map(|e| Some(Box::pin(pipeline.record(e))))
-                .collect();
-            std::future::poll_fn(|cx| {
-                let mut done = true;
-                for (append, ok) in appends.iter_mut().zip(recorded.iter_mut()) {
-                    if let Some(f) = append {
-                        match f.as_mut().poll(cx) {
-                            Poll::Ready(r) => {
-                                *ok = r.is_ok();
-                                *append = None;
-                            }
-                            Poll::Pending => done = false,
-                        }
-                    }
-                }
-                if done { Poll::Ready(()) } else { Poll::Pending }
-            })
-            .await;
-        }
+    if events.is_empty() {
+        return;
     }
+    let n = pipeline.record_batch(events).await;
+    recorded.extend((0..events.len()).map(|i| i < n));
 }
 
 struct Relay<'p> {

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::authentication::sasl::{self, ScramSha256};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use subtle::ConstantTimeEq;
 
@@ -141,11 +141,13 @@ impl ScramClient {
         let offers = |m: &str| mechanisms.iter().any(|x| x == m.as_bytes());
         let (cb, mechanism) = match channel_binding {
             Some(data) if offers(SCRAM_SHA_256_PLUS) => (
-                ChannelBinding::tls_server_end_point(data),
+                sasl::ChannelBinding::tls_server_end_point(data),
                 SCRAM_SHA_256_PLUS,
             ),
-            Some(_) if offers(SCRAM_SHA_256) => (ChannelBinding::unrequested(), SCRAM_SHA_256),
-            None if offers(SCRAM_SHA_256) => (ChannelBinding::unsupported(), SCRAM_SHA_256),
+            Some(_) if offers(SCRAM_SHA_256) => {
+                (sasl::ChannelBinding::unrequested(), SCRAM_SHA_256)
+            }
+            None if offers(SCRAM_SHA_256) => (sasl::ChannelBinding::unsupported(), SCRAM_SHA_256),
             _ => {
                 let names: Vec<String> = mechanisms
                     .iter()
@@ -231,17 +233,87 @@ pub fn md5_response(user: &[u8], password: &[u8], salt: [u8; 4]) -> Bytes {
     ))
 }
 
+/// Whether the client insists on SCRAM channel binding, as libpq's `channel_binding`
+/// connection parameter.
+///
+/// With `tls-server-end-point` binding (SCRAM-SHA-256-PLUS) the proof covers the
+/// certificate the client saw, so a middlebox that terminates TLS with another certificate
+/// cannot carry the login. The binding only protects a client that refuses to log in
+/// without it: a middlebox that talks plaintext to a server which also accepts plaintext
+/// logins makes the server offer plain SCRAM-SHA-256 only, and a client that prefers
+/// binding then logs in unbound through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelBinding {
+    /// Never bind, even over TLS: SCRAM-SHA-256 with the `n` gs2 flag.
+    Disable,
+    /// Bind when the connection is TLS, the certificate's binding data can be computed and
+    /// the server offers SCRAM-SHA-256-PLUS; otherwise log in without binding.
+    #[default]
+    Prefer,
+    /// Log in only with SCRAM-SHA-256-PLUS. Refused, before any proof or password is sent:
+    /// a connection without TLS or whose certificate gives no binding data, a server that
+    /// does not offer -PLUS, asks for md5 or a cleartext password, or reports
+    /// AuthenticationOk without an exchange.
+    Require,
+}
+
+impl ChannelBinding {
+    /// The name libpq uses for this setting: `disable`, `prefer` or `require`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        }
+    }
+}
+
+impl std::fmt::Display for ChannelBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the client knows of the channel it could bind to.
+#[derive(Debug, Clone)]
+enum Channel {
+    /// No TLS (or none was reported).
+    Plain,
+    /// TLS, with the `tls-server-end-point` data of the server's certificate.
+    Bound(Vec<u8>),
+    /// TLS, but no binding data can be computed from the server's certificate.
+    Unbindable,
+}
+
+fn binding_required(reason: &'static str) -> Error {
+    Error::ChannelBindingRequired { reason }
+}
+
 /// Logs in to a server with a user name and password: answers each authentication
 /// request the server sends (SCRAM-SHA-256[-PLUS], md5, cleartext) until AuthenticationOk.
-#[derive(Debug)]
 pub struct ClientAuthenticator {
     user: Bytes,
     password: Bytes,
-    channel_binding: Option<Vec<u8>>,
+    channel: Channel,
+    policy: ChannelBinding,
     allow_plain: bool,
     limits: Limits,
     scram: Option<ScramClient>,
     done: bool,
+}
+
+impl std::fmt::Debug for ClientAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("ClientAuthenticator")
+            .field("user", &self.user)
+            .field("channel", &self.channel)
+            .field("policy", &self.policy)
+            .field("allow_plain", &self.allow_plain)
+            .field("scram", &self.scram)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientAuthenticator {
@@ -250,7 +322,8 @@ impl ClientAuthenticator {
         ClientAuthenticator {
             user: user.into(),
             password: password.into(),
-            channel_binding: None,
+            channel: Channel::Plain,
+            policy: ChannelBinding::Prefer,
             allow_plain: true,
             limits: Limits::DEFAULT,
             scram: None,
@@ -260,7 +333,25 @@ impl ClientAuthenticator {
 
     /// Use SCRAM-SHA-256-PLUS with this `tls-server-end-point` data when offered.
     pub fn with_channel_binding(mut self, data: Vec<u8>) -> ClientAuthenticator {
-        self.channel_binding = Some(data);
+        self.channel = Channel::Bound(data);
+        self
+    }
+
+    /// The connection is TLS and the server presented this (leaf) certificate, DER: bind
+    /// to it with `tls-server-end-point` (see [`tls_server_end_point`]). A certificate whose
+    /// signature algorithm gives no binding hash (RSA-PSS, Ed25519 …) leaves the connection
+    /// unbindable, which [`ChannelBinding::Require`] refuses.
+    pub fn with_server_certificate(mut self, cert_der: &[u8]) -> ClientAuthenticator {
+        self.channel = match tls_server_end_point(cert_der) {
+            Ok(data) => Channel::Bound(data),
+            Err(_) => Channel::Unbindable,
+        };
+        self
+    }
+
+    /// Whether channel binding is disabled, preferred (the default) or required.
+    pub fn with_channel_binding_policy(mut self, policy: ChannelBinding) -> ClientAuthenticator {
+        self.policy = policy;
         self
     }
 
@@ -292,14 +383,29 @@ impl ClientAuthenticator {
         if self.done {
             return Err(proto("authentication message after AuthenticationOk"));
         }
+        let require = self.policy == ChannelBinding::Require;
         match auth {
             Authentication::Ok => {
                 // A server that skips SASLFinal would skip proving it knows the verifier.
                 if self.scram.as_ref().is_some_and(|s| !s.is_complete()) {
                     return Err(proto("AuthenticationOk before SCRAM completed"));
                 }
+                // Without an exchange nothing proved the peer is the server (or that no one
+                // sits between): libpq's require treats this as a failure too.
+                if require && self.scram.is_none() {
+                    return Err(binding_required(
+                        "the server reported success without authenticating",
+                    ));
+                }
                 self.done = true;
                 Ok(None)
+            }
+            Authentication::CleartextPassword | Authentication::Md5Password { .. }
+                if require && self.scram.is_none() =>
+            {
+                Err(binding_required(
+                    "the server asked for a password instead of SCRAM-SHA-256-PLUS",
+                ))
             }
             Authentication::CleartextPassword if self.allow_plain && self.scram.is_none() => Ok(
                 Some(FrontendMessage::PasswordMessage(self.password.clone())),
@@ -312,12 +418,30 @@ impl ClientAuthenticator {
                 ))))
             }
             Authentication::Sasl { mechanisms } if self.scram.is_none() => {
-                let mut c = ScramClient::new(
-                    &self.password,
-                    mechanisms,
-                    self.channel_binding.clone(),
-                    &self.limits,
-                )?;
+                let data = match (&self.channel, self.policy) {
+                    (_, ChannelBinding::Disable) => None,
+                    (Channel::Bound(data), _) => Some(data.clone()),
+                    (Channel::Plain, ChannelBinding::Require) => {
+                        return Err(binding_required("the connection is not TLS"));
+                    }
+                    (Channel::Unbindable, ChannelBinding::Require) => {
+                        return Err(binding_required(
+                            "the server certificate's signature algorithm defines no \
+                             tls-server-end-point hash",
+                        ));
+                    }
+                    (Channel::Plain | Channel::Unbindable, ChannelBinding::Prefer) => None,
+                };
+                if require
+                    && !mechanisms
+                        .iter()
+                        .any(|m| m == SCRAM_SHA_256_PLUS.as_bytes())
+                {
+                    return Err(binding_required(
+                        "the server did not offer SCRAM-SHA-256-PLUS",
+                    ));
+                }
+                let mut c = ScramClient::new(&self.password, mechanisms, data, &self.limits)?;
                 let m = c.initial_response()?;
                 self.scram = Some(c);
                 Ok(Some(m))
@@ -761,12 +885,20 @@ mod tests {
         server_cb: Option<Vec<u8>>,
         client_cb: Option<Vec<u8>>,
     ) -> (Result<()>, Option<&'static str>) {
-        let verifier = ScramVerifier::derive(server_pw, b"0123456789abcdef", 4096);
-        let mut server = ScramServer::new(verifier, server_cb);
         let mut client = ClientAuthenticator::new("u", Bytes::copy_from_slice(client_pw));
         if let Some(cb) = client_cb {
             client = client.with_channel_binding(cb);
         }
+        run_with(server_pw, server_cb, client)
+    }
+
+    fn run_with(
+        server_pw: &[u8],
+        server_cb: Option<Vec<u8>>,
+        mut client: ClientAuthenticator,
+    ) -> (Result<()>, Option<&'static str>) {
+        let verifier = ScramVerifier::derive(server_pw, b"0123456789abcdef", 4096);
+        let mut server = ScramServer::new(verifier, server_cb);
         let BackendMessage::Authentication(a) = server.start() else {
             unreachable!()
         };
@@ -854,6 +986,198 @@ mod tests {
         })
         .unwrap();
         assert!(c.on_authentication(&Authentication::Ok).is_err());
+    }
+
+    fn sasl(mechanisms: &[&'static str]) -> Authentication {
+        Authentication::Sasl {
+            mechanisms: mechanisms
+                .iter()
+                .map(|m| Bytes::from_static(m.as_bytes()))
+                .collect(),
+        }
+    }
+
+    fn requiring() -> ClientAuthenticator {
+        ClientAuthenticator::new("u", "pw").with_channel_binding_policy(ChannelBinding::Require)
+    }
+
+    fn refused(r: Result<Option<FrontendMessage>>) -> &'static str {
+        match r {
+            Err(Error::ChannelBindingRequired { reason }) => reason,
+            other => panic!("not refused for channel binding: {other:?}"),
+        }
+    }
+
+    /// A certificate skeleton whose signatureAlgorithm is `oid`: all
+    /// `tls_server_end_point` reads.
+    fn certificate_signed_with(oid: &[u8]) -> Vec<u8> {
+        let tlv = |tag: u8, content: &[u8]| {
+            let mut v = vec![tag, u8::try_from(content.len()).unwrap()];
+            v.extend_from_slice(content);
+            v
+        };
+        let alg = tlv(0x30, &tlv(0x06, oid));
+        let body = [tlv(0x30, &[]), alg, tlv(0x03, &[0, 1, 2, 3])].concat();
+        tlv(0x30, &body)
+    }
+
+    /// RSASSA-PSS, 1.2.840.113549.1.1.10: its hash lives in the parameters, and RFC 5929
+    /// defines no binding hash for it.
+    const RSA_PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
+    /// ecdsa-with-SHA256, 1.2.840.10045.4.3.2.
+    const ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+
+    fn ed25519_certificate() -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn require_binds_when_the_server_offers_plus() {
+        let cb = vec![7u8; 32];
+        let client = requiring().with_channel_binding(cb.clone());
+        let (r, m) = run_with(b"pw", Some(cb.clone()), client);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(m, Some(SCRAM_SHA_256_PLUS));
+        // Bound to a certificate the server does not have: the server refuses.
+        let client = requiring().with_channel_binding(vec![8u8; 32]);
+        let (r, _) = run_with(b"pw", Some(cb), client);
+        assert!(
+            matches!(r, Err(Error::AuthenticationProtocol { reason }) if reason.contains("channel binding")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn require_refuses_a_server_that_does_not_offer_plus() {
+        // What a middlebox speaking plaintext to the server gets offered.
+        let mut c = requiring().with_channel_binding(vec![7u8; 32]);
+        let reason = refused(c.on_authentication(&sasl(&[SCRAM_SHA_256])));
+        assert!(
+            reason.contains("did not offer SCRAM-SHA-256-PLUS"),
+            "{reason}"
+        );
+        assert_eq!(c.mechanism(), None);
+        // Preferring binding, the same offer is taken, announcing with `y` that this side
+        // could have bound.
+        let mut c = ClientAuthenticator::new("u", "pw").with_channel_binding(vec![7u8; 32]);
+        let Ok(Some(FrontendMessage::SaslInitialResponse { data: Some(d), .. })) =
+            c.on_authentication(&sasl(&[SCRAM_SHA_256]))
+        else {
+            panic!("prefer did not answer")
+        };
+        assert!(d.starts_with(b"y,,"), "{d:?}");
+    }
+
+    #[test]
+    fn require_refuses_a_connection_without_tls() {
+        let mut c = requiring();
+        let reason = refused(c.on_authentication(&sasl(&[SCRAM_SHA_256_PLUS, SCRAM_SHA_256])));
+        assert!(reason.contains("not TLS"), "{reason}");
+    }
+
+    #[test]
+    fn require_refuses_certificates_without_a_binding_hash() {
+        let server = sasl(&[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]);
+        for cert in [certificate_signed_with(RSA_PSS), ed25519_certificate()] {
+            assert!(tls_server_end_point(&cert).is_err());
+            let mut c = requiring().with_server_certificate(&cert);
+            let reason = refused(c.on_authentication(&server));
+            assert!(reason.contains("tls-server-end-point"), "{reason}");
+            // Preferring binding, the login goes on unbound, saying `n` (not `y`, which
+            // the server would rightly take for a downgrade since it offered -PLUS).
+            let mut c = ClientAuthenticator::new("u", "pw").with_server_certificate(&cert);
+            let Ok(Some(FrontendMessage::SaslInitialResponse {
+                mechanism,
+                data: Some(d),
+            })) = c.on_authentication(&server)
+            else {
+                panic!("prefer did not answer")
+            };
+            assert_eq!(&mechanism[..], SCRAM_SHA_256.as_bytes());
+            assert!(d.starts_with(b"n,,"), "{d:?}");
+        }
+        // A certificate that has a binding hash is bound to.
+        let cert = certificate_signed_with(ECDSA_SHA256);
+        let client = requiring().with_server_certificate(&cert);
+        let binding = tls_server_end_point(&cert).unwrap();
+        let (r, m) = run_with(b"pw", Some(binding), client);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(m, Some(SCRAM_SHA_256_PLUS));
+    }
+
+    #[test]
+    fn require_refuses_md5_and_cleartext_requests() {
+        for request in [
+            Authentication::CleartextPassword,
+            Authentication::Md5Password { salt: [1, 2, 3, 4] },
+        ] {
+            let mut c = requiring().with_channel_binding(vec![7u8; 32]);
+            let reason = refused(c.on_authentication(&request));
+            assert!(reason.contains("password"), "{reason}");
+            // The same request is answered when binding is only preferred.
+            let mut c = ClientAuthenticator::new("u", "pw").with_channel_binding(vec![7u8; 32]);
+            assert!(matches!(
+                c.on_authentication(&request),
+                Ok(Some(FrontendMessage::PasswordMessage(_)))
+            ));
+        }
+    }
+
+    #[test]
+    fn require_refuses_a_server_that_skips_authentication() {
+        let mut c = requiring().with_channel_binding(vec![7u8; 32]);
+        let reason = refused(c.on_authentication(&Authentication::Ok));
+        assert!(reason.contains("without authenticating"), "{reason}");
+        assert!(!c.is_done());
+        let mut c = ClientAuthenticator::new("u", "pw");
+        assert!(matches!(c.on_authentication(&Authentication::Ok), Ok(None)));
+        assert!(c.is_done());
+    }
+
+    #[test]
+    fn disable_never_binds() {
+        let cb = vec![7u8; 32];
+        let client = ClientAuthenticator::new("u", "pw")
+            .with_channel_binding(cb.clone())
+            .with_channel_binding_policy(ChannelBinding::Disable);
+        let (r, m) = run_with(b"pw", Some(cb.clone()), client);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(m, Some(SCRAM_SHA_256));
+        let mut c = ClientAuthenticator::new("u", "pw")
+            .with_channel_binding(cb)
+            .with_channel_binding_policy(ChannelBinding::Disable);
+        let Ok(Some(FrontendMessage::SaslInitialResponse { data: Some(d), .. })) =
+            c.on_authentication(&sasl(&[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]))
+        else {
+            panic!("disable did not answer")
+        };
+        assert!(d.starts_with(b"n,,"), "{d:?}");
+    }
+
+    #[test]
+    fn channel_binding_names_are_libpqs() {
+        assert_eq!(ChannelBinding::default(), ChannelBinding::Prefer);
+        let names: Vec<String> = [
+            ChannelBinding::Disable,
+            ChannelBinding::Prefer,
+            ChannelBinding::Require,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(names, ["disable", "prefer", "require"]);
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let c = ClientAuthenticator::new("u", "hunter2-secret");
+        assert!(!format!("{c:?}").contains("hunter2-secret"));
     }
 
     #[test]

@@ -157,6 +157,12 @@ pub enum Error {
         /// Method name or code.
         method: String,
     },
+    /// Channel binding was required and this login cannot provide it.
+    #[error("channel binding required: {reason}")]
+    ChannelBindingRequired {
+        /// Why the login cannot be bound.
+        reason: &'static str,
+    },
     /// A stored SCRAM verifier could not be parsed.
     #[error("invalid SCRAM verifier: {reason}")]
     InvalidVerifier {
@@ -198,8 +204,9 @@ impl Error {
             }
             Error::AuthenticationFailed => "28P01", // invalid_password
             Error::AuthenticationProtocol { .. } => "08P01",
-            Error::InvalidVerifier { .. } => "28000", // invalid_authorization_specification
-            Error::InvalidValue { .. } => "22P02",    // invalid_text_representation
+            Error::ChannelBindingRequired { .. } => "28000", // invalid_authorization_specification
+            Error::InvalidVerifier { .. } => "28000",        // invalid_authorization_specification
+            Error::InvalidValue { .. } => "22P02",           // invalid_text_representation
             Error::UnsupportedType { .. } => "0A000",
             Error::Io(_) => "08006", // connection_failure
             _ => "08P01",            // protocol_violation

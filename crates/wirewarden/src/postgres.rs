@@ -39,6 +39,7 @@ use wirewarden_core::{
 };
 use wirewarden_identity::{AuthContext as IdentityContext, Credential};
 use wirewarden_mask::Profile;
+pub use wirewarden_postgres::auth::ChannelBinding;
 use wirewarden_postgres::auth::{CleartextServer, ScramServer, ScramVerifier};
 use wirewarden_postgres::{
     Authentication, BackendKey, BackendMessage, CancelKeys, ErrorFields, Frame, FrontendDecoder,
@@ -77,13 +78,44 @@ impl std::fmt::Debug for UpstreamConfig {
     }
 }
 
-/// TLS settings for the upstream connection.
+/// TLS settings for the upstream connection. Build with [`UpstreamTls::new`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct UpstreamTls {
     /// The rustls client configuration (trusted roots).
     pub config: Arc<rustls::ClientConfig>,
     /// The name the server certificate must carry.
     pub server_name: rustls::pki_types::ServerName<'static>,
+    /// Whether the PostgreSQL login must be bound to this TLS connection
+    /// (SCRAM-SHA-256-PLUS, `tls-server-end-point`), as libpq's `channel_binding`. The
+    /// default, [`ChannelBinding::Prefer`], binds when the server offers it; only
+    /// [`ChannelBinding::Require`] stops a middlebox holding a certificate the gateway
+    /// trusts that talks plaintext to a server also accepting plaintext logins. Redis
+    /// targets ignore it.
+    pub channel_binding: ChannelBinding,
+}
+
+impl UpstreamTls {
+    /// TLS trusting `config`'s roots for a server certificate naming `server_name`, with
+    /// channel binding preferred.
+    #[must_use]
+    pub fn new(
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        Self {
+            config,
+            server_name,
+            channel_binding: ChannelBinding::default(),
+        }
+    }
+
+    /// Sets the channel binding policy of the PostgreSQL login.
+    #[must_use]
+    pub fn with_channel_binding(mut self, channel_binding: ChannelBinding) -> Self {
+        self.channel_binding = channel_binding;
+        self
+    }
 }
 
 /// A secret string that never appears in `Debug` output.

@@ -5,7 +5,9 @@
 //!
 //! A TLS-intercepting middlebox with a certificate the gateway trusts can read nothing: the
 //! gateway's binding names the middlebox's certificate, the real server compares it with
-//! its own and refuses the login.
+//! its own and refuses the login. If the server also accepts plaintext logins, the
+//! middlebox can instead talk plaintext to it; the server then offers no binding, and only
+//! a gateway that requires channel binding refuses to log in.
 
 #[allow(
     dead_code,
@@ -16,11 +18,11 @@ mod support;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Output;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use wirewarden::Pipeline;
@@ -29,7 +31,7 @@ use wirewarden::core::{AuditEventKind, Protocol, Target};
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
 use wirewarden::policy::RuleEngine;
 use wirewarden::postgres::{
-    PostgresProxy, PostgresTarget, Secret, ServerTls, UpstreamConfig, UpstreamTls,
+    ChannelBinding, PostgresProxy, PostgresTarget, Secret, ServerTls, UpstreamConfig, UpstreamTls,
 };
 use wirewarden_testkit::Postgres;
 
@@ -101,11 +103,21 @@ async fn upstream() -> Postgres {
 
 /// A gateway in front of `upstream_addr` (the real server or a middlebox), logging in as
 /// `pg`'s role over TLS, trusting `roots` for the upstream, and terminating TLS from
-/// clients with its own certificate.
+/// clients with its own certificate. Channel binding is preferred (the default).
 async fn gateway(
     pg: &Postgres,
     upstream_addr: SocketAddr,
     roots: &[CertificateDer<'static>],
+) -> Gateway {
+    gateway_binding(pg, upstream_addr, roots, ChannelBinding::default()).await
+}
+
+/// [`gateway`] with this channel binding policy for the upstream login.
+async fn gateway_binding(
+    pg: &Postgres,
+    upstream_addr: SocketAddr,
+    roots: &[CertificateDer<'static>],
+    channel_binding: ChannelBinding,
 ) -> Gateway {
     let (audit_dir, keys, sink) = support::audit_trail();
     let engine = Arc::new(RuleEngine::from_toml(POLICY).unwrap());
@@ -120,13 +132,14 @@ async fn gateway(
         user: pg.user().to_owned(),
         password: Secret::new(pg.password()),
         database: pg.database().to_owned(),
-        tls: Some(UpstreamTls {
-            config: wirewarden::tls::client_config(roots).unwrap(),
-            server_name: wirewarden::tls::server_name(
-                pg.tls().map_or("localhost", |t| t.server_name()),
+        tls: Some(
+            UpstreamTls::new(
+                wirewarden::tls::client_config(roots).unwrap(),
+                wirewarden::tls::server_name(pg.tls().map_or("localhost", |t| t.server_name()))
+                    .unwrap(),
             )
-            .unwrap(),
-        }),
+            .with_channel_binding(channel_binding),
+        ),
     };
     let mut target = PostgresTarget::new(Target::new("crm", Protocol::Postgres).unwrap(), upstream);
     let (cert, key, pem) = certificate();
@@ -469,4 +482,220 @@ async fn no_plaintext_fallback_and_no_bytes_before_the_handshake() {
         after.is_empty() || after.first() == Some(&0x16),
         "{after:?}"
     );
+}
+
+/// What a middlebox relayed on one connection, each direction in order.
+#[derive(Debug, Default)]
+struct Relayed {
+    to_server: Vec<u8>,
+    to_gateway: Vec<u8>,
+}
+
+/// Copies `from` to `to`, recording each chunk before it is passed on.
+async fn tap(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    conns: Arc<StdMutex<Vec<Relayed>>>,
+    index: usize,
+    to_server: bool,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        {
+            let mut conns = conns.lock().unwrap();
+            let c = &mut conns[index];
+            if to_server {
+                c.to_server.extend_from_slice(chunk);
+            } else {
+                c.to_gateway.extend_from_slice(chunk);
+            }
+        }
+        if to.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// A middlebox that terminates the gateway's TLS with its own certificate (which the
+/// gateway trusts) and talks plaintext to the real server, recording every byte of each
+/// connection; each connection's index is sent on the channel once both directions ended.
+async fn plaintext_interceptor(
+    pg: &Postgres,
+) -> (
+    SocketAddr,
+    CertificateDer<'static>,
+    Arc<StdMutex<Vec<Relayed>>>,
+    mpsc::UnboundedReceiver<usize>,
+) {
+    let (cert, key, _) = certificate();
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        wirewarden::tls::server_config(vec![cert.clone()], key).unwrap(),
+    );
+    let upstream = pg.addr();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns: Arc<StdMutex<Vec<Relayed>>> = Arc::default();
+    let (closed_tx, closed) = mpsc::unbounded_channel();
+    let recorded = Arc::clone(&conns);
+    tokio::spawn(async move {
+        while let Ok((mut gw, _)) = listener.accept().await {
+            let (acceptor, conns, closed_tx) =
+                (acceptor.clone(), Arc::clone(&recorded), closed_tx.clone());
+            tokio::spawn(async move {
+                let mut req = [0u8; 8];
+                gw.read_exact(&mut req).await.unwrap();
+                assert_eq!(req, SSL_REQUEST, "the gateway asks for TLS first");
+                gw.write_all(b"S").await.unwrap();
+                let Ok(gw) = acceptor.accept(gw).await else {
+                    return;
+                };
+                // No SSLRequest towards the server: plaintext, which it accepts.
+                let up = TcpStream::connect(upstream).await.unwrap();
+                let index = {
+                    let mut c = conns.lock().unwrap();
+                    c.push(Relayed::default());
+                    c.len() - 1
+                };
+                let (gw_read, gw_write) = tokio::io::split(gw);
+                let (up_read, up_write) = up.into_split();
+                tokio::join!(
+                    tap(gw_read, up_write, Arc::clone(&conns), index, true),
+                    tap(up_read, gw_write, conns, index, false),
+                );
+                let _ = closed_tx.send(index);
+            });
+        }
+    });
+    (addr, cert, conns, closed)
+}
+
+/// The type bytes and bodies of a stream of tagged protocol messages.
+fn messages(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let [tag, l0, l1, l2, l3, rest @ ..] = b {
+        let len = usize::try_from(u32::from_be_bytes([*l0, *l1, *l2, *l3])).unwrap();
+        let body = rest.get(..len - 4).expect("a whole message");
+        out.push((*tag, body.to_vec()));
+        b = &rest[len - 4..];
+    }
+    assert!(b.is_empty(), "a partial message: {b:?}");
+    out
+}
+
+/// The untagged startup packet, then the messages after it.
+fn after_startup(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let len = usize::try_from(u32::from_be_bytes(b[..4].try_into().unwrap())).unwrap();
+    messages(&b[len..])
+}
+
+fn authorized_logins(pg: &Postgres) -> usize {
+    pg.log().matches("connection authorized").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_channel_binding_refuses_a_middlebox_that_talks_plaintext_upstream() {
+    // TLS on, and plaintext TCP logins (SCRAM-SHA-256) still accepted.
+    let pg = tokio::task::spawn_blocking(|| {
+        Postgres::builder()
+            .tls()
+            .setting("log_connections", "on")
+            .seed_sql(SEED)
+            .start()
+            .expect("start PostgreSQL with TLS")
+    })
+    .await
+    .unwrap();
+    let hba = pg
+        .psql("SELECT DISTINCT type FROM pg_hba_file_rules WHERE 'scram-sha-256' = auth_method")
+        .unwrap();
+    assert_eq!(hba.trim(), "host");
+    let (middlebox, middlebox_cert, relayed, mut closed) = plaintext_interceptor(&pg).await;
+    let roots = [upstream_root(&pg), middlebox_cert];
+
+    // Required: the server, reached in plaintext, offers no SCRAM-SHA-256-PLUS, and the
+    // gateway hangs up before sending any proof.
+    let before = authorized_logins(&pg);
+    let mut g = gateway_binding(&pg, middlebox, &roots, ChannelBinding::Require).await;
+    match refused(&mut g).await {
+        wirewarden::Error::UpstreamLogin(reason) => assert!(
+            reason.contains("channel binding required")
+                && reason.contains("did not offer SCRAM-SHA-256-PLUS"),
+            "{reason}"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    let index = tokio::time::timeout(Duration::from_secs(30), closed.recv())
+        .await
+        .expect("the gateway hung up on the middlebox")
+        .unwrap();
+    {
+        let conns = relayed.lock().unwrap();
+        let conn = &conns[index];
+        // The startup packet and nothing after it: no SASLInitialResponse, no password.
+        let sent = after_startup(&conn.to_server);
+        assert!(sent.iter().all(|(tag, _)| *tag == b'X'), "{sent:?}");
+        // The server asked for SASL offering plain SCRAM only, and never said Ok.
+        let got = messages(&conn.to_gateway);
+        let [(b'R', auth)] = got.as_slice() else {
+            panic!("{got:?}")
+        };
+        assert_eq!(auth.get(..4), Some(&10u32.to_be_bytes()[..]));
+        assert_eq!(auth.get(4..), Some(&b"SCRAM-SHA-256\0\0"[..]));
+    }
+    // The server was reached, and no login completed on it.
+    assert!(pg.log().contains("connection received: host=127.0.0.1"));
+    assert_eq!(authorized_logins(&pg), before, "{}", pg.log());
+
+    // Preferred (the default): the same middlebox carries the login and reads the session
+    // in clear, queries and rows. This is what `require` is for.
+    let mut g = gateway_binding(&pg, middlebox, &roots, ChannelBinding::Prefer).await;
+    let out = psql(
+        &g,
+        &[
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "SELECT name FROM customers ORDER BY id",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // The server, asked about the gateway's session, reports it unencrypted.
+    assert_eq!(stdout.lines().next(), Some("f"), "{stdout}");
+    let served = tokio::time::timeout(Duration::from_secs(30), g.ended.recv())
+        .await
+        .expect("the session ended")
+        .unwrap();
+    assert!(served.is_ok(), "{served:?}");
+    {
+        let conns = relayed.lock().unwrap();
+        let seen = |f: fn(&Relayed) -> &[u8], what: &str| {
+            conns
+                .iter()
+                .any(|c| f(c).windows(what.len()).any(|w| w == what.as_bytes()))
+        };
+        assert!(seen(|c| &c.to_server, "SELECT name FROM customers"));
+        assert!(seen(|c| &c.to_gateway, "Ada Lovelace"));
+    }
+    assert!(authorized_logins(&pg) > before);
+
+    // Required, straight to the server over TLS: bound, and logged in.
+    let mut g = gateway_binding(&pg, pg.addr(), &roots, ChannelBinding::Require).await;
+    let out = psql(
+        &g,
+        &["SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "t");
+    let served = tokio::time::timeout(Duration::from_secs(30), g.ended.recv())
+        .await
+        .expect("the session ended")
+        .unwrap();
+    assert!(served.is_ok(), "{served:?}");
 }

@@ -69,7 +69,8 @@ pub(crate) async fn read_backend(
     }
 }
 
-/// Opens a TCP (and optionally TLS) connection to the upstream.
+/// Opens a TCP (and optionally TLS) connection to the upstream; with TLS, also returns the
+/// server's leaf certificate, DER.
 pub(crate) async fn open(
     cfg: &UpstreamConfig,
     limits: &Limits,
@@ -105,14 +106,15 @@ pub(crate) async fn open(
         .connect(tls.server_name.clone(), tcp)
         .await
         .map_err(|e| Error::Tls(format!("upstream handshake: {e}")))?;
-    // tls-server-end-point channel binding: the hash of the server's certificate.
-    let binding = stream
+    // The leaf certificate, for tls-server-end-point channel binding (empty, and so
+    // unbindable, should the server have presented none).
+    let leaf = stream
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(|cert| wirewarden_postgres::auth::tls_server_end_point(cert.as_ref()).ok());
-    Ok((Box::new(stream), binding))
+        .map_or_else(Vec::new, |cert| cert.as_ref().to_vec());
+    Ok((Box::new(stream), Some(leaf)))
 }
 
 /// Connects and logs in as the configured upstream user. `extra` are startup parameters
@@ -122,7 +124,7 @@ pub(crate) async fn connect(
     limits: &Limits,
     extra: &[(Bytes, Bytes)],
 ) -> Result<Upstream> {
-    let (mut io, binding) = open(cfg, limits).await?;
+    let (mut io, leaf) = open(cfg, limits).await?;
     let mut parameters: Vec<(Bytes, Bytes)> = vec![
         (Bytes::from_static(b"user"), Bytes::from(cfg.user.clone())),
         (
@@ -142,9 +144,15 @@ pub(crate) async fn connect(
         cfg.password.expose().as_bytes().to_vec(),
     )
     .scram_only()
-    .with_limits(*limits);
-    if let Some(b) = binding {
-        auth = auth.with_channel_binding(b);
+    .with_limits(*limits)
+    .with_channel_binding_policy(
+        cfg.tls
+            .as_ref()
+            .map(|t| t.channel_binding)
+            .unwrap_or_default(),
+    );
+    if let Some(cert) = leaf {
+        auth = auth.with_server_certificate(&cert);
     }
     let mut decoder = BackendDecoder::new(*limits);
     let mut buf = BytesMut::with_capacity(8192);

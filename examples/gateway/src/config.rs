@@ -19,7 +19,7 @@ use wirewarden::identity::{Chain, IdentityProvider, JwtConfig, JwtProvider, Stat
 use wirewarden::mask::Engine as MaskEngine;
 use wirewarden::policy::RuleEngine;
 use wirewarden::postgres::{
-    PostgresTarget, ScramUser, Secret, ServerTls, UpstreamConfig, UpstreamTls,
+    ChannelBinding, PostgresTarget, ScramUser, Secret, ServerTls, UpstreamConfig, UpstreamTls,
 };
 use wirewarden::redis::{RedisTarget, RedisUpstream};
 
@@ -199,6 +199,30 @@ pub(crate) struct RouteConfig {
 pub(crate) struct UpstreamTlsConfig {
     pub(crate) ca_file: PathBuf,
     pub(crate) server_name: String,
+    /// SCRAM channel binding of the PostgreSQL login: `disable`, `prefer` (default) or
+    /// `require`.
+    #[serde(default)]
+    pub(crate) channel_binding: ChannelBindingConfig,
+}
+
+/// libpq's `channel_binding` values.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ChannelBindingConfig {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+}
+
+impl From<ChannelBindingConfig> for ChannelBinding {
+    fn from(c: ChannelBindingConfig) -> Self {
+        match c {
+            ChannelBindingConfig::Disable => ChannelBinding::Disable,
+            ChannelBindingConfig::Prefer => ChannelBinding::Prefer,
+            ChannelBindingConfig::Require => ChannelBinding::Require,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,12 +397,15 @@ impl Config {
             Some(u) => {
                 let roots = wirewarden::tls::load_certs(&self.resolve(&u.ca_file))
                     .map_err(|e| self.error(format!("{what}: {e}")))?;
-                Some(UpstreamTls {
-                    config: wirewarden::tls::client_config(&roots)
-                        .map_err(|e| self.error(format!("{what}: {e}")))?,
-                    server_name: wirewarden::tls::server_name(&u.server_name)
-                        .map_err(|e| self.error(format!("{what}: {e}")))?,
-                })
+                Some(
+                    UpstreamTls::new(
+                        wirewarden::tls::client_config(&roots)
+                            .map_err(|e| self.error(format!("{what}: {e}")))?,
+                        wirewarden::tls::server_name(&u.server_name)
+                            .map_err(|e| self.error(format!("{what}: {e}")))?,
+                    )
+                    .with_channel_binding(u.channel_binding.into()),
+                )
             }
         };
         let database = t.database.clone().unwrap_or_default();
@@ -581,5 +608,65 @@ mod tests {
         let c = http_config(dir.path(), "[[target.route]]\npath = \"customers\"\n");
         let e = c.http_target(&c.targets[0]).unwrap_err().to_string();
         assert!(e.contains("route 0"), "{e}");
+    }
+
+    /// A postgres target whose `upstream_tls` table has `extra` keys.
+    fn postgres_config(dir: &Path, extra: &str) -> std::result::Result<Config, String> {
+        std::fs::write(dir.join("policy.toml"), "").unwrap();
+        std::fs::write(dir.join("tokens.toml"), "").unwrap();
+        std::fs::write(dir.join("db.pw"), "pw\n").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["db.internal".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("db-ca.pem"), ca.pem()).unwrap();
+        let p = dir.join("g.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:1\"\ntoken = {{ env = \"X\" }}\n\
+                 [identity]\ntokens_file = \"tokens.toml\"\n[policy]\nfile = \"policy.toml\"\n\
+                 [audit]\ndir = \"audit\"\nchain_key_file = \"c\"\nsigning_key_file = \"s\"\n\
+                 [[target]]\nname = \"crm\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:2\"\n\
+                 upstream = \"127.0.0.1:3\"\ndatabase = \"crm\"\nuser = \"gw\"\n\
+                 password = {{ file = \"db.pw\" }}\n\
+                 [target.upstream_tls]\nca_file = \"db-ca.pem\"\nserver_name = \"db.internal\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        Config::load(&p).map_err(|e| e.to_string())
+    }
+
+    fn channel_binding(c: &Config) -> ChannelBinding {
+        let t = c.postgres_target(&c.targets[0]).unwrap();
+        t.upstream.tls.expect("upstream TLS").channel_binding
+    }
+
+    #[test]
+    fn upstream_channel_binding_is_configurable_and_preferred_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = postgres_config(dir.path(), "").unwrap();
+        assert_eq!(channel_binding(&c), ChannelBinding::Prefer);
+        for (value, mode) in [
+            ("disable", ChannelBinding::Disable),
+            ("prefer", ChannelBinding::Prefer),
+            ("require", ChannelBinding::Require),
+        ] {
+            let c =
+                postgres_config(dir.path(), &format!("channel_binding = \"{value}\"\n")).unwrap();
+            assert_eq!(channel_binding(&c), mode);
+        }
+    }
+
+    #[test]
+    fn a_bad_channel_binding_names_file_line_and_the_choices() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = postgres_config(dir.path(), "channel_binding = \"requried\"\n").unwrap_err();
+        assert!(e.contains("g.toml"), "{e}");
+        // The key is on the last line of the file.
+        assert!(e.contains("line 23"), "{e}");
+        assert!(e.contains("requried"), "{e}");
+        assert!(e.contains("`disable`, `prefer`, `require`"), "{e}");
     }
 }

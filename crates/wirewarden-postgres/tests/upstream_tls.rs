@@ -6,7 +6,9 @@
 //! The server checks the binding itself: the same login with the binding data altered by
 //! one bit is refused, so acceptance of the genuine one means the server compared it with
 //! the hash of its own certificate. A man in the middle who strips `-PLUS` from the offer is
-//! caught by the server from the client's `y` flag.
+//! caught by the server from the client's `y` flag. One who talks plaintext to a server that
+//! also accepts plaintext logins gets no -PLUS offered at all; only a client requiring
+//! channel binding refuses that.
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use wirewarden_postgres::auth::{
-    ClientAuthenticator, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, tls_server_end_point,
+    ChannelBinding, ClientAuthenticator, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, tls_server_end_point,
 };
 use wirewarden_postgres::{
     Authentication, BackendDecoder, BackendMessage, Error, FrontendMessage, Limits,
@@ -165,6 +167,7 @@ fn binding_of(stream: &TlsStream<TcpStream>) -> Vec<u8> {
 async fn login(
     io: &mut (impl AsyncRead + AsyncWrite + Unpin),
     binding: Option<Vec<u8>>,
+    policy: ChannelBinding,
     strip_plus: bool,
     database: &str,
     user: &str,
@@ -188,7 +191,8 @@ async fn login(
         Bytes::from(user.to_owned()),
         Bytes::from(password.to_owned()),
     )
-    .scram_only();
+    .scram_only()
+    .with_channel_binding_policy(policy);
     if let Some(b) = binding {
         auth = auth.with_channel_binding(b);
     }
@@ -282,6 +286,7 @@ async fn attempt(
     login(
         &mut stream,
         data,
+        ChannelBinding::Prefer,
         binding == Binding::PlusStripped,
         pg.database(),
         pg.user(),
@@ -397,6 +402,7 @@ async fn a_stripped_plus_offer_is_caught_and_no_binding_still_logs_in() {
     match login(
         &mut tcp,
         None,
+        ChannelBinding::Prefer,
         false,
         pg.database(),
         pg.user(),
@@ -410,4 +416,70 @@ async fn a_stripped_plus_offer_is_caught_and_no_binding_still_logs_in() {
         }
         other => panic!("a plaintext login was not refused: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_binding_refuses_a_server_reached_in_plaintext() {
+    // TLS on, and plaintext TCP logins still accepted: what a client behind a middlebox
+    // that talks plaintext to the server is offered.
+    let pg = tokio::task::spawn_blocking(|| {
+        Postgres::builder()
+            .tls()
+            .start()
+            .expect("start PostgreSQL with TLS")
+    })
+    .await
+    .unwrap();
+    let genuine = tls_server_end_point(pg.tls().unwrap().cert_der()).unwrap();
+    let plaintext = |policy| {
+        let genuine = genuine.clone();
+        let pg = &pg;
+        async move {
+            let mut tcp = TcpStream::connect(pg.addr()).await.unwrap();
+            login(
+                &mut tcp,
+                Some(genuine),
+                policy,
+                false,
+                pg.database(),
+                pg.user(),
+                pg.password(),
+            )
+            .await
+        }
+    };
+
+    // Required: the offer has no -PLUS, and the client stops before sending a proof.
+    match plaintext(ChannelBinding::Require).await {
+        Err(Refusal::Client(Error::ChannelBindingRequired { reason })) => {
+            assert!(
+                reason.contains("did not offer SCRAM-SHA-256-PLUS"),
+                "{reason}"
+            );
+        }
+        other => panic!("an unbound login was not refused: {other:?}"),
+    }
+
+    // Preferred: the same login goes through unbound (the `y` flag, which this server,
+    // without TLS on the connection, accepts), and the session is not encrypted.
+    let s = plaintext(ChannelBinding::Prefer).await.unwrap();
+    assert_eq!(s.mechanism, Some(SCRAM_SHA_256));
+    assert_eq!(s.ssl, "false");
+
+    // Required over TLS to the same server: bound.
+    let mut stream = tls_connect(&pg, &rustls::version::TLS13).await;
+    let binding = binding_of(&stream);
+    let s = login(
+        &mut stream,
+        Some(binding),
+        ChannelBinding::Require,
+        false,
+        pg.database(),
+        pg.user(),
+        pg.password(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.mechanism, Some(SCRAM_SHA_256_PLUS));
+    assert_eq!(s.ssl, "true");
 }

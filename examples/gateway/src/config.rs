@@ -199,10 +199,10 @@ pub(crate) struct RouteConfig {
 pub(crate) struct UpstreamTlsConfig {
     pub(crate) ca_file: PathBuf,
     pub(crate) server_name: String,
-    /// SCRAM channel binding of the PostgreSQL login: `disable`, `prefer` (default) or
-    /// `require`.
+    /// SCRAM channel binding of the PostgreSQL login: `disable`, `prefer` (the default when
+    /// unset) or `require`. Only PostgreSQL targets take it.
     #[serde(default)]
-    pub(crate) channel_binding: ChannelBindingConfig,
+    pub(crate) channel_binding: Option<ChannelBindingConfig>,
 }
 
 /// libpq's `channel_binding` values.
@@ -392,22 +392,14 @@ impl Config {
     pub(crate) fn postgres_target(&self, t: &TargetConfig) -> Result<PostgresTarget> {
         let what = format!("target {:?}", t.name);
         let password = self.secret(&format!("{what} password"), &t.password)?;
-        let upstream_tls = match &t.upstream_tls {
-            None => None,
-            Some(u) => {
-                let roots = wirewarden::tls::load_certs(&self.resolve(&u.ca_file))
-                    .map_err(|e| self.error(format!("{what}: {e}")))?;
-                Some(
-                    UpstreamTls::new(
-                        wirewarden::tls::client_config(&roots)
-                            .map_err(|e| self.error(format!("{what}: {e}")))?,
-                        wirewarden::tls::server_name(&u.server_name)
-                            .map_err(|e| self.error(format!("{what}: {e}")))?,
-                    )
-                    .with_channel_binding(u.channel_binding.into()),
-                )
-            }
-        };
+        let upstream_tls = self.upstream_tls(&what, t)?.map(|tls| {
+            let binding = t
+                .upstream_tls
+                .as_ref()
+                .and_then(|u| u.channel_binding)
+                .unwrap_or_default();
+            tls.with_channel_binding(binding.into())
+        });
         let database = t.database.clone().unwrap_or_default();
         let upstream = UpstreamConfig {
             addr: t.upstream.clone(),
@@ -451,14 +443,38 @@ impl Config {
 }
 
 impl Config {
+    /// The TLS client side of a target's `upstream_tls` table, if it has one.
+    fn upstream_tls(&self, what: &str, t: &TargetConfig) -> Result<Option<UpstreamTls>> {
+        let Some(u) = &t.upstream_tls else {
+            return Ok(None);
+        };
+        let roots = wirewarden::tls::load_certs(&self.resolve(&u.ca_file))
+            .map_err(|e| self.error(format!("{what}: {e}")))?;
+        Ok(Some(UpstreamTls::new(
+            wirewarden::tls::client_config(&roots)
+                .map_err(|e| self.error(format!("{what}: {e}")))?,
+            wirewarden::tls::server_name(&u.server_name)
+                .map_err(|e| self.error(format!("{what}: {e}")))?,
+        )))
+    }
+
     pub(crate) fn redis_target(&self, t: &TargetConfig) -> Result<RedisTarget> {
         let what = format!("target {:?}", t.name);
+        if t.upstream_tls
+            .as_ref()
+            .is_some_and(|u| u.channel_binding.is_some())
+        {
+            return Err(self.error(format!(
+                "{what}: upstream_tls.channel_binding applies to PostgreSQL's SCRAM login; \
+                 a Redis upstream logs in with AUTH over the TLS connection"
+            )));
+        }
         let password = self.secret(&format!("{what} password"), &t.password)?;
         let upstream = RedisUpstream {
             addr: t.upstream.clone(),
             user: t.user.clone(),
             password: Secret::new(password),
-            tls: None,
+            tls: self.upstream_tls(&what, t)?,
         };
         let target = Target::new(t.name.clone(), Protocol::Redis)
             .map_err(|e| self.error(format!("{what}: {e}")))?;
@@ -488,6 +504,14 @@ impl Config {
 
     pub(crate) fn http_target(&self, t: &TargetConfig) -> Result<HttpTarget> {
         let what = format!("target {:?}", t.name);
+        if t.upstream_tls.is_some() {
+            // Refused rather than ignored: an operator who asked for TLS must not get
+            // plaintext.
+            return Err(self.error(format!(
+                "{what}: upstream_tls is not supported for http targets: the upstream is an \
+                 http:// origin"
+            )));
+        }
         let secret = self.secret(&format!("{what} password"), &t.password)?;
         let header_name = t.credential_header.as_deref().unwrap_or("authorization");
         let header = http::HeaderName::from_bytes(header_name.as_bytes())
@@ -612,6 +636,16 @@ mod tests {
 
     /// A postgres target whose `upstream_tls` table has `extra` keys.
     fn postgres_config(dir: &Path, extra: &str) -> std::result::Result<Config, String> {
+        tls_target_config(dir, "postgres", "127.0.0.1:3", extra)
+    }
+
+    /// A target of `protocol` with an `upstream_tls` table that has `extra` keys.
+    fn tls_target_config(
+        dir: &Path,
+        protocol: &str,
+        upstream: &str,
+        extra: &str,
+    ) -> std::result::Result<Config, String> {
         std::fs::write(dir.join("policy.toml"), "").unwrap();
         std::fs::write(dir.join("tokens.toml"), "").unwrap();
         std::fs::write(dir.join("db.pw"), "pw\n").unwrap();
@@ -628,8 +662,8 @@ mod tests {
                 "[admin]\nlisten = \"127.0.0.1:1\"\ntoken = {{ env = \"X\" }}\n\
                  [identity]\ntokens_file = \"tokens.toml\"\n[policy]\nfile = \"policy.toml\"\n\
                  [audit]\ndir = \"audit\"\nchain_key_file = \"c\"\nsigning_key_file = \"s\"\n\
-                 [[target]]\nname = \"crm\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:2\"\n\
-                 upstream = \"127.0.0.1:3\"\ndatabase = \"crm\"\nuser = \"gw\"\n\
+                 [[target]]\nname = \"crm\"\nprotocol = \"{protocol}\"\nlisten = \"127.0.0.1:2\"\n\
+                 upstream = \"{upstream}\"\ndatabase = \"crm\"\nuser = \"gw\"\n\
                  password = {{ file = \"db.pw\" }}\n\
                  [target.upstream_tls]\nca_file = \"db-ca.pem\"\nserver_name = \"db.internal\"\n{extra}"
             ),
@@ -657,6 +691,34 @@ mod tests {
                 postgres_config(dir.path(), &format!("channel_binding = \"{value}\"\n")).unwrap();
             assert_eq!(channel_binding(&c), mode);
         }
+    }
+
+    #[test]
+    fn redis_targets_use_upstream_tls_and_refuse_channel_binding() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = tls_target_config(dir.path(), "redis", "127.0.0.1:3", "").unwrap();
+        let t = c.redis_target(&c.targets[0]).unwrap();
+        assert!(t.upstream.tls.is_some(), "upstream_tls must not be ignored");
+        let c = tls_target_config(
+            dir.path(),
+            "redis",
+            "127.0.0.1:3",
+            "channel_binding = \"require\"\n",
+        )
+        .unwrap();
+        let e = c.redis_target(&c.targets[0]).unwrap_err().to_string();
+        assert!(e.contains("channel_binding applies to PostgreSQL"), "{e}");
+    }
+
+    #[test]
+    fn http_targets_refuse_upstream_tls_rather_than_ignore_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = tls_target_config(dir.path(), "http", "http://127.0.0.1:3", "").unwrap();
+        let e = c.http_target(&c.targets[0]).unwrap_err().to_string();
+        assert!(
+            e.contains("upstream_tls is not supported for http targets"),
+            "{e}"
+        );
     }
 
     #[test]

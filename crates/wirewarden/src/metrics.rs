@@ -26,6 +26,8 @@ pub struct Metrics {
     pub results_withheld: AtomicU64,
     /// Protocol errors from either peer.
     pub protocol_errors: AtomicU64,
+    /// Upstream connections or logins that failed (the client's session could not start).
+    pub upstream_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -38,7 +40,7 @@ impl Metrics {
     #[must_use]
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "wirewarden_sessions_started_total",
                 "Sessions that authenticated.",
@@ -84,6 +86,11 @@ impl Metrics {
                 "Protocol errors from clients or upstreams.",
                 &self.protocol_errors,
             ),
+            (
+                "wirewarden_upstream_failures_total",
+                "Upstream connections or logins that failed.",
+                &self.upstream_failures,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(
@@ -116,6 +123,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("wirewarden_sessions_active 2\n"), "{text}");
-        assert_eq!(text.matches("# TYPE").count(), 10);
+        assert_eq!(text.matches("# TYPE").count(), 11);
     }
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wirewarden_audit::AuditSink;
-use wirewarden_core::{AuditEvent, BoxError, Command, Principal, Target, Timestamp};
+use wirewarden_core::{
+    AuditEvent, AuditEventKind, BoxError, Command, Direction, Principal, Target, Timestamp,
+};
 use wirewarden_identity::{AuthContext, Credential, IdentityProvider};
 use wirewarden_mask::{Engine as MaskEngine, Profile};
 use wirewarden_policy::{
@@ -220,6 +222,24 @@ impl Pipeline {
             Ok(_) => events.len(),
             Err(partial) => partial.recorded.min(events.len()),
         }
+    }
+
+    /// Counts and records an upstream connection or login that failed, so an operator sees
+    /// why a client's session could not start (the client itself is told only that the
+    /// upstream could not be reached).
+    pub async fn upstream_failed(&self, target: &Target, upstream: &str, error: &Error) {
+        Metrics::add(&self.metrics().upstream_failures, 1);
+        let event = AuditEvent::new(
+            None,
+            AuditEventKind::ProtocolError {
+                direction: Direction::FromUpstream,
+                error: format!(
+                    "target {}: upstream {upstream}: connection or login failed: {error}",
+                    target.name
+                ),
+            },
+        );
+        let _ = self.record(&event).await;
     }
 
     /// The audit sink.

@@ -597,6 +597,9 @@ impl PostgresProxy {
         let up = match upstream::connect(&self.config.upstream, &self.config.limits, &extra).await {
             Ok(up) => up,
             Err(e) => {
+                self.pipeline
+                    .upstream_failed(&target, &self.config.upstream.addr, &e)
+                    .await;
                 send(
                     &mut s.client,
                     &[fatal(

@@ -604,6 +604,9 @@ impl RedisProxy {
         let (up, up_buf) = match self.connect_upstream().await {
             Ok(x) => x,
             Err(e) => {
+                self.pipeline
+                    .upstream_failed(&target, &self.config.upstream.addr, &e)
+                    .await;
                 client
                     .send(b"-ERR wirewarden could not reach the upstream server\r\n")
                     .await?;

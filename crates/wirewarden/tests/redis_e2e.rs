@@ -741,3 +741,49 @@ async fn hello_setname_names_the_session() {
             .any(|a| a.is_some_and(|a| a.contains(' ')))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_is_counted_and_on_record() {
+    // A port nothing listens on: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let g = gateway_with(|t| t.upstream.addr = closed.to_string(), |sink| sink).await;
+    let out = cli(g.addr, &["-a", "tok-agent"], "GET plain\n").await;
+    // redis-cli reports the refused `AUTH` on stderr.
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        said.contains("wirewarden could not reach the upstream server"),
+        "{said}"
+    );
+    // redis-cli tries again for the command it was given, so one or two sessions failed.
+    let metrics = g.pipeline.metrics();
+    let failures = metrics
+        .upstream_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=2).contains(&failures), "{failures}");
+    assert!(
+        metrics
+            .render_prometheus()
+            .contains(&format!("wirewarden_upstream_failures_total {failures}\n"))
+    );
+    g.pipeline.audit_sink().flush().await.unwrap();
+    let recorded = events(g.audit_dir.path(), &g.keys);
+    assert!(
+        recorded.iter().any(|k| matches!(
+            k,
+            AuditEventKind::ProtocolError { error, .. }
+                if error.contains("connection or login failed")
+                    && error.contains(&closed.to_string())
+        )),
+        "{recorded:?}"
+    );
+    assert!(
+        !recorded
+            .iter()
+            .any(|k| matches!(k, AuditEventKind::SessionStarted { .. })),
+        "no session starts without an upstream"
+    );
+    assert_verifies(&g);
+}

@@ -59,7 +59,16 @@ for line in open(sys.argv[1]):
 PY
   then
     step "installing Python packages from $req"
-    python3 -m pip install --quiet --disable-pip-version-check -r "$req"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip
+    fi
+    # A distribution's own Python (PEP 668) refuses installs into its site-packages: install
+    # for this user instead, which that Python reads too.
+    local flags=()
+    if [ -f "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/EXTERNALLY-MANAGED" ]; then
+      flags=(--user --break-system-packages --no-warn-script-location)
+    fi
+    python3 -m pip install --quiet --disable-pip-version-check "${flags[@]}" -r "$req"
   fi
 }
 

@@ -7,8 +7,10 @@ pub mod oidc;
 mod postgres;
 mod process;
 mod redis;
+mod tls;
 
 pub use error::{Error, Result};
-pub use postgres::{Postgres, PostgresBuilder, PostgresTls, TlsKey};
+pub use postgres::{Postgres, PostgresBuilder, PostgresTls};
 pub use process::{free_port, random_secret};
 pub use redis::{Redis, RedisBuilder};
+pub use tls::{TlsKey, TlsMaterial};

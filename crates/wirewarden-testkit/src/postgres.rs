@@ -13,13 +13,13 @@
 use std::fs;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::process::{find_in_path, lookup_user, read_log, run, running_as_root};
+use crate::tls::{TlsKey, TlsMaterial};
 use crate::{Error, Result, free_port, random_secret};
 
 const START_ATTEMPTS: usize = 5;
@@ -175,7 +175,7 @@ impl PostgresBuilder {
         run(&mut initdb)?;
 
         let tls = match self.tls {
-            Some(key) => Some(PostgresTls::generate(key, &root.join("tls"), run_as)?),
+            Some(key) => Some(TlsMaterial::generate(key, &root.join("tls"), run_as)?),
             None => None,
         };
         if self.tls_only {
@@ -207,9 +207,9 @@ impl PostgresBuilder {
                 .args(["-c", "shared_buffers=16MB", "-c", "logging_collector=off"]);
             if let Some(tls) = &tls {
                 cmd.args(["-c", "ssl=on", "-c"])
-                    .arg(format!("ssl_cert_file={}", tls.cert_file.display()))
+                    .arg(format!("ssl_cert_file={}", tls.cert_file().display()))
                     .arg("-c")
-                    .arg(format!("ssl_key_file={}", tls.key_file.display()));
+                    .arg(format!("ssl_key_file={}", tls.key_file().display()));
             }
             for (k, v) in &self.settings {
                 cmd.arg("-c").arg(format!("{k}={v}"));
@@ -555,6 +555,9 @@ impl Drop for Postgres {
     }
 }
 
+/// The TLS material of a server started with [`PostgresBuilder::tls`].
+pub type PostgresTls = TlsMaterial;
+
 /// `pg_hba.conf` for [`PostgresBuilder::tls_only`]: trust on the private Unix socket (the
 /// testkit's own set-up), SCRAM-SHA-256 over TLS, and an explicit rejection of unencrypted
 /// TCP so a refused client is told why.
@@ -565,164 +568,6 @@ hostssl all all ::1/128 scram-sha-256
 hostnossl all all 0.0.0.0/0 reject
 hostnossl all all ::/0 reject
 ";
-
-/// The key type of a TLS-enabled server's certificate authority and server certificate.
-///
-/// The authority signs the server certificate with its own key, so this also fixes the
-/// certificate's signature algorithm, from which SCRAM's `tls-server-end-point` channel
-/// binding (RFC 5929) takes its hash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum TlsKey {
-    /// ECDSA on P-256, certificates signed with ECDSA-SHA256: the binding hashes with
-    /// SHA-256.
-    #[default]
-    EcdsaP256,
-    /// ECDSA on P-384, certificates signed with ECDSA-SHA384: the binding hashes with
-    /// SHA-384.
-    EcdsaP384,
-}
-
-impl TlsKey {
-    fn algorithm(self) -> &'static rcgen::SignatureAlgorithm {
-        match self {
-            TlsKey::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-            TlsKey::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        }
-    }
-}
-
-/// The TLS material of a server started with [`PostgresBuilder::tls`]: a throwaway
-/// certificate authority made for this server alone, and the server certificate it issued
-/// for `localhost` and `127.0.0.1`. A client that trusts [`ca_der`](Self::ca_der) (or the
-/// file [`ca_file`](Self::ca_file), e.g. as libpq's `sslrootcert`) trusts this server and
-/// nothing else. The private keys stay with the server.
-#[derive(Debug, Clone)]
-pub struct PostgresTls {
-    key: TlsKey,
-    ca_pem: String,
-    ca_der: Vec<u8>,
-    cert_pem: String,
-    cert_der: Vec<u8>,
-    ca_file: PathBuf,
-    cert_file: PathBuf,
-    key_file: PathBuf,
-}
-
-impl PostgresTls {
-    /// Generates the authority and the server certificate and writes them, with the server
-    /// key (mode 0600, as PostgreSQL demands), into `dir`, owned by the server's user.
-    fn generate(key: TlsKey, dir: &Path, run_as: Option<(u32, u32)>) -> Result<Self> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-            IsCa, KeyPair, KeyUsagePurpose, SanType,
-        };
-        use std::os::unix::fs::PermissionsExt;
-
-        let bad = |e: rcgen::Error| Error::Certificate {
-            reason: e.to_string(),
-        };
-        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        ca.distinguished_name
-            .push(DnType::CommonName, "wirewarden-testkit throwaway CA");
-        let ca_key = KeyPair::generate_for(key.algorithm()).map_err(bad)?;
-        let ca = CertifiedIssuer::self_signed(ca, ca_key).map_err(bad)?;
-
-        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).map_err(bad)?;
-        leaf.subject_alt_names
-            .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_key = KeyPair::generate_for(key.algorithm()).map_err(bad)?;
-        let cert = leaf.signed_by(&leaf_key, &ca).map_err(bad)?;
-
-        fs::create_dir(dir).map_err(|e| Error::io("creating the TLS directory", e))?;
-        let ca_file = dir.join("ca.crt");
-        let cert_file = dir.join("server.crt");
-        let key_file = dir.join("server.key");
-        fs::write(&ca_file, ca.pem()).map_err(|e| Error::io("writing the CA certificate", e))?;
-        fs::write(&cert_file, cert.pem())
-            .map_err(|e| Error::io("writing the server certificate", e))?;
-        // Created with 0600 before the key is written, so it is never readable by others.
-        let mut key_out = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_file)
-            .map_err(|e| Error::io("creating the server key file", e))?;
-        key_out
-            .write_all(leaf_key.serialize_pem().as_bytes())
-            .map_err(|e| Error::io("writing the server key", e))?;
-        drop(key_out);
-        fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io("restricting the server key file", e))?;
-        if let Some((uid, gid)) = run_as {
-            for p in [dir, &ca_file, &cert_file, &key_file] {
-                std::os::unix::fs::chown(p, Some(uid), Some(gid))
-                    .map_err(|e| Error::io(format!("handing {} to {SUPERUSER}", p.display()), e))?;
-            }
-        }
-        Ok(Self {
-            key,
-            ca_pem: ca.pem(),
-            ca_der: ca.der().to_vec(),
-            cert_pem: cert.pem(),
-            cert_der: cert.der().to_vec(),
-            ca_file,
-            cert_file,
-            key_file,
-        })
-    }
-
-    /// The key type of the authority and the server certificate.
-    #[must_use]
-    pub fn key(&self) -> TlsKey {
-        self.key
-    }
-
-    /// The certificate authority, PEM.
-    #[must_use]
-    pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
-    }
-
-    /// The certificate authority, DER: the one root a client should trust.
-    #[must_use]
-    pub fn ca_der(&self) -> &[u8] {
-        &self.ca_der
-    }
-
-    /// A file holding [`ca_pem`](Self::ca_pem), for clients that take a path (libpq's
-    /// `sslrootcert`). Removed with the server.
-    #[must_use]
-    pub fn ca_file(&self) -> &Path {
-        &self.ca_file
-    }
-
-    /// The server certificate, PEM.
-    #[must_use]
-    pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
-    }
-
-    /// The server certificate, DER, exactly as the server presents it in the handshake
-    /// (and so the input of the `tls-server-end-point` channel binding).
-    #[must_use]
-    pub fn cert_der(&self) -> &[u8] {
-        &self.cert_der
-    }
-
-    /// The DNS name the server certificate is issued for (`localhost`); it also carries
-    /// the IP address `127.0.0.1`.
-    #[must_use]
-    pub fn server_name(&self) -> &'static str {
-        "localhost"
-    }
-}
 
 /// `"name"` with embedded quotes doubled.
 fn quote_ident(s: &str) -> String {

@@ -1,4 +1,10 @@
 //! A real Redis server on a free loopback port, with an ACL user and no persistence.
+//!
+//! With [`RedisBuilder::tls`] the server listens for TLS only (`port 0`, `tls-port`), with
+//! a certificate issued for `localhost` and `127.0.0.1` by a throwaway certificate
+//! authority made for that one server; [`Redis::tls`] hands out the authority so a client
+//! can trust exactly it. Clients are not asked for certificates (`tls-auth-clients no`):
+//! they log in with `AUTH` inside TLS.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -8,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::process::{read_log, require, run};
+use crate::tls::{TlsKey, TlsMaterial};
 use crate::{Error, Result, free_port, random_secret};
 
 const START_ATTEMPTS: usize = 5;
@@ -22,6 +29,7 @@ pub struct RedisBuilder {
     user_rules: String,
     config: Vec<(String, String)>,
     bindir: Option<PathBuf>,
+    tls: Option<TlsKey>,
 }
 
 impl Default for RedisBuilder {
@@ -33,6 +41,7 @@ impl Default for RedisBuilder {
             user_rules: "~* &* +@all".into(),
             config: Vec::new(),
             bindir: None,
+            tls: None,
         }
     }
 }
@@ -84,6 +93,25 @@ impl RedisBuilder {
         self
     }
 
+    /// Serves TLS only: no plaintext port (`port 0`), and the free port is the `tls-port`,
+    /// with a fresh ECDSA P-256 certificate for `localhost` and `127.0.0.1` issued by a
+    /// certificate authority generated for this server alone ([`Redis::tls`]). Clients
+    /// present no certificate (`tls-auth-clients no`) and log in with `AUTH` inside TLS;
+    /// [`Redis::cli`] and the readiness check speak TLS too.
+    #[must_use]
+    pub fn tls(self) -> Self {
+        let key = self.tls.unwrap_or_default();
+        self.tls_key(key)
+    }
+
+    /// Serves TLS only, as [`tls`](Self::tls) does, with keys of this type for both the
+    /// authority and the server.
+    #[must_use]
+    pub fn tls_key(mut self, key: TlsKey) -> Self {
+        self.tls = Some(key);
+        self
+    }
+
     /// Starts the server and waits until it answers.
     ///
     /// # Errors
@@ -121,11 +149,26 @@ impl RedisBuilder {
             .map_err(|e| Error::io("creating a temporary directory", e))?;
         let conf = dir.path().join("redis.conf");
         let log = dir.path().join("redis.log");
+        let tls = match self.tls {
+            Some(key) => Some(TlsMaterial::generate(key, &dir.path().join("tls"), None)?),
+            None => None,
+        };
         let mut last_log = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port()?;
+            let listen = match &tls {
+                // No plaintext listener at all: every connection must start a handshake.
+                Some(tls) => format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\n\
+                     tls-ca-cert-file {ca}\ntls-auth-clients no\n",
+                    cert = tls.cert_file().display(),
+                    key = tls.key_file().display(),
+                    ca = tls.ca_file().display(),
+                ),
+                None => format!("port {port}\n"),
+            };
             let mut text = format!(
-                "bind 127.0.0.1\nport {port}\nprotected-mode yes\ndaemonize no\n\
+                "bind 127.0.0.1\n{listen}protected-mode yes\ndaemonize no\n\
                  save \"\"\nappendonly no\ndir {dir}\nlogfile \"\"\n\
                  user default on >{admin} ~* &* +@all\n\
                  user {user} on >{password} {rules}\n",
@@ -159,6 +202,7 @@ impl RedisBuilder {
                 log: log.clone(),
                 dir: None,
                 bindir: self.bindir.clone(),
+                tls: tls.clone(),
             };
             match server.wait_ready() {
                 Ok(()) => {
@@ -192,6 +236,7 @@ pub struct Redis {
     log: PathBuf,
     dir: Option<tempfile::TempDir>,
     bindir: Option<PathBuf>,
+    tls: Option<TlsMaterial>,
 }
 
 impl Redis {
@@ -215,7 +260,7 @@ impl Redis {
         "127.0.0.1"
     }
 
-    /// The TCP port.
+    /// The TCP port (with [`RedisBuilder::tls`], the `tls-port`: the only one).
     #[must_use]
     pub fn port(&self) -> u16 {
         self.port
@@ -245,13 +290,27 @@ impl Redis {
         &self.admin_password
     }
 
-    /// `redis://user:password@127.0.0.1:port`.
+    /// `redis://user:password@127.0.0.1:port`, or `rediss://…` with TLS.
     #[must_use]
     pub fn url(&self) -> String {
         format!(
-            "redis://{}:{}@127.0.0.1:{}",
-            self.user, self.password, self.port
+            "{}://{}:{}@127.0.0.1:{}",
+            if self.tls.is_some() {
+                "rediss"
+            } else {
+                "redis"
+            },
+            self.user,
+            self.password,
+            self.port
         )
+    }
+
+    /// The server's TLS material when it was started with [`RedisBuilder::tls`]: the
+    /// authority to trust, the server certificate and the name it is issued for.
+    #[must_use]
+    pub fn tls(&self) -> Option<&TlsMaterial> {
+        self.tls.as_ref()
     }
 
     /// The server log so far.
@@ -260,7 +319,9 @@ impl Redis {
         read_log(&self.log)
     }
 
-    /// Runs `redis-cli` as the `default` user with `args` and returns what it printed.
+    /// Runs `redis-cli` as the `default` user with `args` and returns what it printed. With
+    /// [`RedisBuilder::tls`] it connects over TLS and verifies the server against
+    /// [`Redis::tls`]'s authority.
     ///
     /// # Errors
     /// [`Error::MissingBinary`] if redis-cli is not installed (or not in the
@@ -272,8 +333,12 @@ impl Redis {
             self.bindir.as_deref(),
             &[Path::new("/usr/bin")],
         )?;
-        let out = run(Command::new(cli)
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut cmd = Command::new(cli);
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(tls) = &self.tls {
+            cmd.args(["--tls", "--cacert"]).arg(tls.ca_file());
+        }
+        let out = run(cmd
             .args([
                 "--user",
                 "default",
@@ -297,7 +362,7 @@ impl Redis {
                     log: self.log(),
                 });
             }
-            if self.answers_ping() {
+            if self.answers_ping()? {
                 return Ok(());
             }
             if started.elapsed() > READY_TIMEOUT {
@@ -311,8 +376,20 @@ impl Redis {
         }
     }
 
-    /// Ready once it answers `PING` with `+PONG` or `-NOAUTH` (but not `-LOADING`).
-    fn answers_ping(&self) -> bool {
+    /// Ready once it answers `PING` with `+PONG` or `-NOAUTH` (but not `-LOADING`). Over
+    /// TLS, once redis-cli, verifying the server's certificate, gets `PONG`.
+    fn answers_ping(&self) -> Result<bool> {
+        if self.tls.is_some() {
+            return match self.cli(&["PING"]) {
+                Ok(out) => Ok(out.trim() == "PONG"),
+                Err(e @ Error::MissingBinary { .. }) => Err(e),
+                Err(_) => Ok(false),
+            };
+        }
+        Ok(self.answers_plaintext_ping())
+    }
+
+    fn answers_plaintext_ping(&self) -> bool {
         let Ok(mut s) = TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)) else {
             return false;
         };

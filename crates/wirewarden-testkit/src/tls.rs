@@ -1,0 +1,183 @@
+//! Throwaway TLS material for the servers the testkit starts: a certificate authority made
+//! for one server alone and the server certificate it issues for `localhost` and
+//! `127.0.0.1`, written where the server reads them. A client that trusts that authority
+//! trusts that one server and nothing else; nothing outlives the server's directory.
+
+use std::fs;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// The key type of a TLS-enabled server's certificate authority and server certificate.
+///
+/// The authority signs the server certificate with its own key, so this also fixes the
+/// certificate's signature algorithm, from which SCRAM's `tls-server-end-point` channel
+/// binding (RFC 5929) takes its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TlsKey {
+    /// ECDSA on P-256, certificates signed with ECDSA-SHA256: the binding hashes with
+    /// SHA-256.
+    #[default]
+    EcdsaP256,
+    /// ECDSA on P-384, certificates signed with ECDSA-SHA384: the binding hashes with
+    /// SHA-384.
+    EcdsaP384,
+}
+
+impl TlsKey {
+    fn algorithm(self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            TlsKey::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            TlsKey::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        }
+    }
+}
+
+/// The TLS material of a server started with TLS (`PostgresBuilder::tls`,
+/// `RedisBuilder::tls`): a throwaway certificate authority made for this server alone, and
+/// the server certificate it issued for `localhost` and `127.0.0.1`. A client that trusts
+/// [`ca_der`](Self::ca_der) (or the file [`ca_file`](Self::ca_file), e.g. as libpq's
+/// `sslrootcert` or redis-cli's `--cacert`) trusts this server and nothing else. The private
+/// keys stay with the server.
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    key: TlsKey,
+    ca_pem: String,
+    ca_der: Vec<u8>,
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+impl TlsMaterial {
+    /// Generates the authority and the server certificate and writes them, with the server
+    /// key (mode 0600, as PostgreSQL demands), into `dir`, which must not exist yet; with
+    /// `owner`, everything is handed to that uid and gid (the server's account).
+    pub(crate) fn generate(key: TlsKey, dir: &Path, owner: Option<(u32, u32)>) -> Result<Self> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose, SanType,
+        };
+        use std::os::unix::fs::PermissionsExt;
+
+        let bad = |e: rcgen::Error| Error::Certificate {
+            reason: e.to_string(),
+        };
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca.distinguished_name
+            .push(DnType::CommonName, "wirewarden-testkit throwaway CA");
+        let ca_key = KeyPair::generate_for(key.algorithm()).map_err(bad)?;
+        let ca = CertifiedIssuer::self_signed(ca, ca_key).map_err(bad)?;
+
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).map_err(bad)?;
+        leaf.subject_alt_names
+            .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
+        leaf.distinguished_name
+            .push(DnType::CommonName, "localhost");
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_key = KeyPair::generate_for(key.algorithm()).map_err(bad)?;
+        let cert = leaf.signed_by(&leaf_key, &ca).map_err(bad)?;
+
+        fs::create_dir(dir).map_err(|e| Error::io("creating the TLS directory", e))?;
+        let ca_file = dir.join("ca.crt");
+        let cert_file = dir.join("server.crt");
+        let key_file = dir.join("server.key");
+        fs::write(&ca_file, ca.pem()).map_err(|e| Error::io("writing the CA certificate", e))?;
+        fs::write(&cert_file, cert.pem())
+            .map_err(|e| Error::io("writing the server certificate", e))?;
+        // Created with 0600 before the key is written, so it is never readable by others.
+        let mut key_out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)
+            .map_err(|e| Error::io("creating the server key file", e))?;
+        key_out
+            .write_all(leaf_key.serialize_pem().as_bytes())
+            .map_err(|e| Error::io("writing the server key", e))?;
+        drop(key_out);
+        fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io("restricting the server key file", e))?;
+        if let Some((uid, gid)) = owner {
+            for p in [dir, &ca_file, &cert_file, &key_file] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| {
+                    Error::io(format!("handing {} to the server's user", p.display()), e)
+                })?;
+            }
+        }
+        Ok(Self {
+            key,
+            ca_pem: ca.pem(),
+            ca_der: ca.der().to_vec(),
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            ca_file,
+            cert_file,
+            key_file,
+        })
+    }
+
+    /// The server certificate's file, for the server's configuration.
+    pub(crate) fn cert_file(&self) -> &Path {
+        &self.cert_file
+    }
+
+    /// The server key's file (mode 0600), for the server's configuration.
+    pub(crate) fn key_file(&self) -> &Path {
+        &self.key_file
+    }
+
+    /// The key type of the authority and the server certificate.
+    #[must_use]
+    pub fn key(&self) -> TlsKey {
+        self.key
+    }
+
+    /// The certificate authority, PEM.
+    #[must_use]
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The certificate authority, DER: the one root a client should trust.
+    #[must_use]
+    pub fn ca_der(&self) -> &[u8] {
+        &self.ca_der
+    }
+
+    /// A file holding [`ca_pem`](Self::ca_pem), for clients that take a path (libpq's
+    /// `sslrootcert`, redis-cli's `--cacert`). Removed with the server.
+    #[must_use]
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// The server certificate, PEM.
+    #[must_use]
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The server certificate, DER, exactly as the server presents it in the handshake
+    /// (and so the input of the `tls-server-end-point` channel binding).
+    #[must_use]
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The DNS name the server certificate is issued for (`localhost`); it also carries
+    /// the IP address `127.0.0.1`.
+    #[must_use]
+    pub fn server_name(&self) -> &'static str {
+        "localhost"
+    }
+}

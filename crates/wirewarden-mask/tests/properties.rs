@@ -5,7 +5,9 @@
 use std::borrow::Cow;
 
 use proptest::prelude::*;
-use wirewarden_mask::{Field, MaskKey, MaskedCounts, Profile, Strategy as Mask, ValueType};
+use wirewarden_mask::{
+    Field, FieldRule, MaskKey, MaskedCounts, Profile, Selector, Strategy as Mask, ValueType,
+};
 
 /// Zero code points of the scripts digits are drawn from.
 const ZEROS: [u32; 6] = [0x30, 0xFF10, 0x660, 0x966, 0x1D7CE, 0x0E50];
@@ -217,6 +219,40 @@ proptest! {
         let _ = p.mask_text(&Field::Unknown, Cow::Borrowed(&text), &mut c);
         if let Ok(Some(j)) = p.mask_json(&Field::Unknown, Cow::Borrowed(&text), &mut c) {
             prop_assert!(serde_json::from_str::<serde_json::Value>(&j).is_ok(), "{j:?}");
+        }
+    }
+
+    #[test]
+    fn text_and_byte_entry_points_agree(
+        text in "[0-9 \\-.+@:a-fA-F_xyz\u{200B}\u{FF10}-\u{FF19}{}\\[\\]\",]{0,120}",
+        card in card(),
+        ruled in any::<bool>(),
+    ) {
+        let text = format!("{text} {}", as_ascii(&card));
+        let p = Profile::builder("r")
+            .key(MaskKey::new([3; 32]))
+            .strategy("card_number", Mask::FormatPreserving)
+            .strategy("email", Mask::Tokenize)
+            .rule(FieldRule::new(Selector::column("t.secret"), Mask::keep_last(2)))
+            .build()
+            .unwrap();
+        let column = if ruled { "secret" } else { "other" };
+        let rule = p.rule_for(&Field::Column { table: Some("t"), column });
+        for ty in [ValueType::Text, ValueType::Bytes, ValueType::Json, ValueType::Integer, ValueType::Uuid] {
+            let (mut a, mut b) = (MaskedCounts::new(), MaskedCounts::new());
+            let bytes_ty = if ty == ValueType::Bytes { ValueType::Text } else { ty };
+            let via_bytes = p.mask_value_with_rule(rule, bytes_ty, Cow::Borrowed(text.as_bytes()), &mut a);
+            let via_str = p.mask_str_with_rule(rule, ty, Cow::Borrowed(&text), &mut b);
+            match (via_bytes, via_str) {
+                (Ok(x), Ok(y)) => {
+                    prop_assert_eq!(x.as_deref(), y.as_deref().map(str::as_bytes), "{:?}", ty);
+                    // Unchanged text stays borrowed on both paths.
+                    prop_assert_eq!(matches!(x, Some(Cow::Borrowed(_))), matches!(y, Some(Cow::Borrowed(_))));
+                    prop_assert_eq!(a, b);
+                }
+                (Err(_), Err(_)) => {}
+                (x, y) => prop_assert!(false, "{ty:?}: {x:?} vs {y:?}"),
+            }
         }
     }
 

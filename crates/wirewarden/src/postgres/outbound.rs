@@ -159,20 +159,16 @@ fn mask_cell(
     } else {
         plan.value_type
     };
+    let decoded = matches!(text, Cow::Owned(_));
     let out = profile
-        .mask_value_with_rule(rule, vt, Cow::Borrowed(text.as_bytes()), counts)
+        .mask_str_with_rule(rule, vt, Cow::Borrowed(&text), counts)
         .map_err(|e| err(&e))?;
     Ok(match out {
         None => CellOut::Null,
-        Some(Cow::Borrowed(_)) if matches!(text, Cow::Borrowed(_)) => CellOut::Keep,
-        Some(v) => {
-            let s = String::from_utf8(v.into_owned()).map_err(|e| err(&e))?;
-            if s == *text {
-                CellOut::Keep
-            } else {
-                CellOut::Text(s)
-            }
-        }
+        // Unchanged: the original bytes go out (a decoded binary value is not re-encoded).
+        Some(Cow::Borrowed(_)) => CellOut::Keep,
+        Some(Cow::Owned(s)) if decoded && s == *text => CellOut::Keep,
+        Some(Cow::Owned(s)) => CellOut::Text(s),
     })
 }
 
@@ -207,7 +203,7 @@ pub(crate) fn mask_row(
             &fallback
         }
     };
-    let mut edits: Vec<CellOut> = Vec::new();
+    let mut edits: Vec<CellOut> = Vec::with_capacity(row.len());
     let mut any = false;
     for (i, cell) in row.cells().enumerate() {
         let edit = match (cell, plans.get(i)) {

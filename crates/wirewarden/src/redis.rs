@@ -165,7 +165,8 @@ pub struct RedisTarget {
     pub record_limit: usize,
     /// Failed `AUTH` attempts after which the connection is closed.
     pub max_auth_failures: u32,
-    /// How long a connection may stay open without authenticating.
+    /// How long a connection may stay open without authenticating; also how long the
+    /// gateway waits for its own upstream connection, TLS handshake and `AUTH` reply.
     pub login_timeout: Duration,
 }
 
@@ -601,7 +602,16 @@ impl RedisProxy {
             application,
         } = login;
         let target = self.config.target.clone();
-        let (up, up_buf) = match self.connect_upstream().await {
+        // Bounded: a TLS upstream that never answers the ClientHello (a plaintext Redis
+        // waits for a newline the hello may not contain) would otherwise hold the client.
+        let connect = tokio::time::timeout(self.config.login_timeout, self.connect_upstream());
+        let connected = connect.await.unwrap_or_else(|_| {
+            Err(Error::upstream_io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no connection, TLS handshake and AUTH reply within the login timeout",
+            )))
+        });
+        let (up, up_buf) = match connected {
             Ok(x) => x,
             Err(e) => {
                 self.pipeline

@@ -8,7 +8,9 @@
 //! (`CLIENT INFO`, asked through the gateway) is on the TLS port under the gateway's user.
 //! When the certificate is not trusted, or not for the expected name, the client gets an
 //! `-ERR`, the server counts no `AUTH` at all, and an upstream that speaks plaintext gets
-//! the TLS ClientHello and nothing else: no fallback.
+//! the TLS ClientHello and nothing else: no fallback. An upstream that never answers the
+//! ClientHello (a plaintext redis-server waiting for a newline) is given up after the
+//! target's login timeout instead of holding the client.
 
 #[allow(
     dead_code,
@@ -101,6 +103,17 @@ async fn gateway(
     roots: &[CertificateDer<'static>],
     server_name: &str,
 ) -> Gateway {
+    gateway_with(redis, upstream_addr, roots, server_name, |_| {}).await
+}
+
+/// [`gateway`] with the target adjusted by `configure`.
+async fn gateway_with(
+    redis: &Redis,
+    upstream_addr: SocketAddr,
+    roots: &[CertificateDer<'static>],
+    server_name: &str,
+    configure: impl FnOnce(&mut RedisTarget),
+) -> Gateway {
     let (audit_dir, keys, sink) = support::audit_trail();
     let policy = format!(
         "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n"
@@ -132,7 +145,8 @@ async fn gateway(
             wirewarden::tls::server_name(server_name).unwrap(),
         )),
     };
-    let target = RedisTarget::new(Target::new("cache", Protocol::Redis).unwrap(), upstream);
+    let mut target = RedisTarget::new(Target::new("cache", Protocol::Redis).unwrap(), upstream);
+    configure(&mut target);
     let proxy = RedisProxy::new(pipeline, target);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -454,4 +468,70 @@ async fn a_plaintext_upstream_gets_the_client_hello_and_nothing_else() {
     assert!(!received.windows(4).any(|w| w.eq_ignore_ascii_case(b"AUTH")));
     assert!(!received.windows(password.len()).any(|w| w == password));
     assert_refusal_audited(&g, "upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_real_plaintext_redis_is_refused_before_auth() {
+    // The operator pointed `upstream_tls` at a plaintext port. redis-server reads the
+    // ClientHello as an inline command: it answers an error if the hello happens to contain
+    // a newline and otherwise waits for one. Either way the client is refused, within the
+    // target's login timeout, and the server never executes an AUTH.
+    let plain = tokio::task::spawn_blocking(|| Redis::start().unwrap())
+        .await
+        .unwrap();
+    let stranger = tls_redis().await;
+    let mut g = gateway_with(
+        &plain,
+        plain.addr(),
+        &[upstream_root(&stranger)],
+        "localhost",
+        |t| t.login_timeout = Duration::from_secs(2),
+    )
+    .await;
+    admin(&plain, &["CONFIG", "RESETSTAT"]).await;
+    assert_eq!(login_refused(&g).await, UPSTREAM_DOWN_REPLY);
+    assert!(ended(&mut g).await.is_err());
+    assert_eq!(auth_calls(&plain).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_answers_the_client_hello_is_given_up() {
+    // Accepts, reads, never answers: without a bound the client would wait forever.
+    let redis = tls_redis().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut gw, _)) = listener.accept().await {
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                let _ = gw.read_to_end(&mut received).await;
+                let _ = seen_tx.send(received);
+            });
+        }
+    });
+    let mut g = gateway_with(&redis, silent, &[upstream_root(&redis)], "localhost", |t| {
+        t.login_timeout = Duration::from_secs(1)
+    })
+    .await;
+    assert_eq!(login_refused(&g).await, UPSTREAM_DOWN_REPLY);
+    match ended(&mut g).await {
+        Err(wirewarden::Error::Io { peer, source }) => {
+            assert_eq!(peer, "upstream");
+            assert_eq!(source.kind(), std::io::ErrorKind::TimedOut);
+        }
+        other => panic!("a silent upstream was not given up: {other:?}"),
+    }
+    let received = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+        .await
+        .expect("the gateway hung up")
+        .unwrap();
+    let records = tls_records(&received).unwrap_or_else(|| panic!("not TLS: {received:?}"));
+    assert_eq!(
+        records.iter().map(|(kind, _)| *kind).collect::<Vec<_>>(),
+        [HANDSHAKE],
+        "only the ClientHello"
+    );
+    assert_refusal_audited(&g, "login timeout");
 }

@@ -169,8 +169,14 @@ async fn gateway_with(
 
 /// redis-cli through the gateway as the agent, commands read from stdin (one session).
 async fn cli(g: &Gateway, stdin: &str) -> Output {
+    cli_with(g, &[], stdin).await
+}
+
+/// [`cli`] with `extra` options.
+async fn cli_with(g: &Gateway, extra: &[&str], stdin: &str) -> Output {
     let mut child = tokio::process::Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &g.addr.port().to_string()])
+        .args(extra)
         .args([
             "--user",
             "agent",
@@ -312,6 +318,16 @@ async fn redis_cli_through_the_gateway_to_a_tls_only_upstream() {
 
     let served = ended(&mut g).await;
     assert!(served.is_ok(), "{served:?}");
+
+    // RESP3: the client's HELLO 3 (without its AUTH part) goes upstream inside TLS too.
+    let out = cli_with(&g, &["-3"], "HELLO\nHGETALL customer:1\n").await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.lines().any(|l| l == "proto 3"), "{stdout}");
+    assert!(stdout.contains("Ada") && !stdout.contains(CARD), "{stdout}");
+    let served = ended(&mut g).await;
+    assert!(served.is_ok(), "{served:?}");
+
     let report = verify_dir(g.audit_dir.path(), &g.keys).unwrap();
     assert!(report.is_ok(), "{report:?}");
     let kinds: Vec<AuditEventKind> = read_log(g.audit_dir.path(), &g.keys)

@@ -524,6 +524,16 @@ fn the_readme_quick_start_works_as_written() {
     );
     let status = gw.stop();
     assert!(status.success(), "{status:?}");
+
+    // The audit trail went where the file says, and verifies with the keys made above.
+    assert!(root.join(string(audit, "dir")).is_dir());
+    let verify = sh(root, "wirewarden-gateway audit verify", &[]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        text(&verify.stdout),
+        text(&verify.stderr)
+    );
 }
 
 /// The parser finds blocks by the paragraph that introduces them, not by position.

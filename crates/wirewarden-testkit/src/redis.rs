@@ -3,8 +3,8 @@
 //! With [`RedisBuilder::tls`] the server listens for TLS only (`port 0`, `tls-port`), with
 //! a certificate issued for `localhost` and `127.0.0.1` by a throwaway certificate
 //! authority made for that one server; [`Redis::tls`] hands out the authority so a client
-//! can trust exactly it. Clients are not asked for certificates (`tls-auth-clients no`):
-//! they log in with `AUTH` inside TLS.
+//! can trust exactly it. Clients log in with `AUTH` inside TLS and are not asked for
+//! certificates (`tls-auth-clients no`) unless [`RedisBuilder::tls_client_auth`] is set.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -30,6 +30,7 @@ pub struct RedisBuilder {
     config: Vec<(String, String)>,
     bindir: Option<PathBuf>,
     tls: Option<TlsKey>,
+    tls_client_auth: bool,
 }
 
 impl Default for RedisBuilder {
@@ -42,6 +43,7 @@ impl Default for RedisBuilder {
             config: Vec::new(),
             bindir: None,
             tls: None,
+            tls_client_auth: false,
         }
     }
 }
@@ -96,7 +98,8 @@ impl RedisBuilder {
     /// Serves TLS only: no plaintext port (`port 0`), and the free port is the `tls-port`,
     /// with a fresh ECDSA P-256 certificate for `localhost` and `127.0.0.1` issued by a
     /// certificate authority generated for this server alone ([`Redis::tls`]). Clients
-    /// present no certificate (`tls-auth-clients no`) and log in with `AUTH` inside TLS;
+    /// present no certificate (`tls-auth-clients no`; see
+    /// [`tls_client_auth`](Self::tls_client_auth)) and log in with `AUTH` inside TLS;
     /// [`Redis::cli`] and the readiness check speak TLS too.
     #[must_use]
     pub fn tls(self) -> Self {
@@ -110,6 +113,16 @@ impl RedisBuilder {
     pub fn tls_key(mut self, key: TlsKey) -> Self {
         self.tls = Some(key);
         self
+    }
+
+    /// Serves TLS only, as [`tls`](Self::tls) does, and demands a client certificate
+    /// issued by the server's authority (`tls-auth-clients yes`): the one
+    /// [`Redis::tls`] hands out ([`TlsMaterial::client_cert_der`]), which [`Redis::cli`]
+    /// presents. `AUTH` is still required.
+    #[must_use]
+    pub fn tls_client_auth(mut self) -> Self {
+        self.tls_client_auth = true;
+        self.tls()
     }
 
     /// Starts the server and waits until it answers.
@@ -160,10 +173,11 @@ impl RedisBuilder {
                 // No plaintext listener at all: every connection must start a handshake.
                 Some(tls) => format!(
                     "port 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\n\
-                     tls-ca-cert-file {ca}\ntls-auth-clients no\n",
+                     tls-ca-cert-file {ca}\ntls-auth-clients {auth}\n",
                     cert = tls.cert_file().display(),
                     key = tls.key_file().display(),
                     ca = tls.ca_file().display(),
+                    auth = if self.tls_client_auth { "yes" } else { "no" },
                 ),
                 None => format!("port {port}\n"),
             };
@@ -203,6 +217,7 @@ impl RedisBuilder {
                 dir: None,
                 bindir: self.bindir.clone(),
                 tls: tls.clone(),
+                tls_client_auth: self.tls_client_auth,
             };
             match server.wait_ready() {
                 Ok(()) => {
@@ -237,6 +252,7 @@ pub struct Redis {
     dir: Option<tempfile::TempDir>,
     bindir: Option<PathBuf>,
     tls: Option<TlsMaterial>,
+    tls_client_auth: bool,
 }
 
 impl Redis {
@@ -337,6 +353,12 @@ impl Redis {
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
         if let Some(tls) = &self.tls {
             cmd.args(["--tls", "--cacert"]).arg(tls.ca_file());
+            if self.tls_client_auth {
+                cmd.arg("--cert")
+                    .arg(tls.client_cert_file())
+                    .arg("--key")
+                    .arg(tls.client_key_file());
+            }
         }
         let out = run(cmd
             .args([

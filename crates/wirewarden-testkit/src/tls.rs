@@ -1,6 +1,7 @@
 //! Throwaway TLS material for the servers the testkit starts: a certificate authority made
-//! for one server alone and the server certificate it issues for `localhost` and
-//! `127.0.0.1`, written where the server reads them. A client that trusts that authority
+//! for one server alone, the server certificate it issues for `localhost` and `127.0.0.1`,
+//! and a client certificate for servers that ask for one, written where the server reads
+//! them. A client that trusts that authority
 //! trusts that one server and nothing else; nothing outlives the server's directory.
 
 use std::fs;
@@ -41,18 +42,35 @@ impl TlsKey {
 /// `RedisBuilder::tls`): a throwaway certificate authority made for this server alone, and
 /// the server certificate it issued for `localhost` and `127.0.0.1`. A client that trusts
 /// [`ca_der`](Self::ca_der) (or the file [`ca_file`](Self::ca_file), e.g. as libpq's
-/// `sslrootcert` or redis-cli's `--cacert`) trusts this server and nothing else. The private
-/// keys stay with the server.
-#[derive(Debug, Clone)]
+/// `sslrootcert` or redis-cli's `--cacert`) trusts this server and nothing else. The server's
+/// private key stays with the server. The same authority also issued a client certificate
+/// ([`client_cert_der`](Self::client_cert_der) and [`client_key_der`](Self::client_key_der))
+/// for a client to present to a server that demands one.
+#[derive(Clone)]
 pub struct TlsMaterial {
     key: TlsKey,
     ca_pem: String,
     ca_der: Vec<u8>,
     cert_pem: String,
     cert_der: Vec<u8>,
+    client_cert_der: Vec<u8>,
+    client_key_der: Vec<u8>,
     ca_file: PathBuf,
     cert_file: PathBuf,
     key_file: PathBuf,
+    client_cert_file: PathBuf,
+    client_key_file: PathBuf,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("key", &self.key)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("client_cert_file", &self.client_cert_file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TlsMaterial {
@@ -87,26 +105,44 @@ impl TlsMaterial {
         let leaf_key = KeyPair::generate_for(key.algorithm()).map_err(bad)?;
         let cert = leaf.signed_by(&leaf_key, &ca).map_err(bad)?;
 
+        let mut client = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "wirewarden-testkit client");
+        client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate_for(key.algorithm()).map_err(bad)?;
+        let client_cert = client.signed_by(&client_key, &ca).map_err(bad)?;
+
         fs::create_dir(dir).map_err(|e| Error::io("creating the TLS directory", e))?;
         let ca_file = dir.join("ca.crt");
         let cert_file = dir.join("server.crt");
         let key_file = dir.join("server.key");
+        let client_cert_file = dir.join("client.crt");
+        let client_key_file = dir.join("client.key");
         fs::write(&ca_file, ca.pem()).map_err(|e| Error::io("writing the CA certificate", e))?;
         fs::write(&cert_file, cert.pem())
             .map_err(|e| Error::io("writing the server certificate", e))?;
-        // Created with 0600 before the key is written, so it is never readable by others.
-        let mut key_out = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_file)
-            .map_err(|e| Error::io("creating the server key file", e))?;
-        key_out
-            .write_all(leaf_key.serialize_pem().as_bytes())
-            .map_err(|e| Error::io("writing the server key", e))?;
-        drop(key_out);
-        fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io("restricting the server key file", e))?;
+        fs::write(&client_cert_file, client_cert.pem())
+            .map_err(|e| Error::io("writing the client certificate", e))?;
+        for (path, pem) in [
+            (&key_file, leaf_key.serialize_pem()),
+            (&client_key_file, client_key.serialize_pem()),
+        ] {
+            // Created with 0600 before the key is written, so it is never readable by others.
+            let mut key_out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Error::io("creating a key file", e))?;
+            key_out
+                .write_all(pem.as_bytes())
+                .map_err(|e| Error::io("writing a key", e))?;
+            drop(key_out);
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io("restricting a key file", e))?;
+        }
         if let Some((uid, gid)) = owner {
             for p in [dir, &ca_file, &cert_file, &key_file] {
                 std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| {
@@ -120,9 +156,13 @@ impl TlsMaterial {
             ca_der: ca.der().to_vec(),
             cert_pem: cert.pem(),
             cert_der: cert.der().to_vec(),
+            client_cert_der: client_cert.der().to_vec(),
+            client_key_der: client_key.serialize_der(),
             ca_file,
             cert_file,
             key_file,
+            client_cert_file,
+            client_key_file,
         })
     }
 
@@ -172,6 +212,31 @@ impl TlsMaterial {
     #[must_use]
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
+    }
+
+    /// A client certificate issued by the same authority (extended key usage
+    /// `clientAuth`), DER, for a server that demands one.
+    #[must_use]
+    pub fn client_cert_der(&self) -> &[u8] {
+        &self.client_cert_der
+    }
+
+    /// The client certificate's private key, PKCS#8 DER.
+    #[must_use]
+    pub fn client_key_der(&self) -> &[u8] {
+        &self.client_key_der
+    }
+
+    /// A file holding the client certificate, PEM (redis-cli's `--cert`).
+    #[must_use]
+    pub fn client_cert_file(&self) -> &Path {
+        &self.client_cert_file
+    }
+
+    /// A file holding the client certificate's key, PEM, mode 0600 (redis-cli's `--key`).
+    #[must_use]
+    pub fn client_key_file(&self) -> &Path {
+        &self.client_key_file
     }
 
     /// The DNS name the server certificate is issued for (`localhost`); it also carries

@@ -126,3 +126,39 @@ fn plaintext_redis_has_no_tls_material() {
     assert!(redis.url().starts_with("redis://"), "{}", redis.url());
     assert_eq!(redis.cli(&["PING"]).unwrap().trim(), "PONG");
 }
+
+#[test]
+fn tls_client_auth_demands_the_issued_client_certificate() {
+    let redis = Redis::builder().tls_client_auth().start().unwrap();
+    let tls = redis.tls().unwrap();
+    assert_ne!(tls.client_cert_der(), tls.cert_der());
+    assert!(!tls.client_key_der().is_empty());
+    // The testkit's own client presents it.
+    assert_eq!(redis.cli(&["PING"]).unwrap().trim(), "PONG");
+    assert_eq!(
+        redis
+            .cli(&["CONFIG", "GET", "tls-auth-clients"])
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        ["tls-auth-clients", "yes"]
+    );
+    let ca = tls.ca_file().to_str().unwrap();
+    let cert = tls.client_cert_file().to_str().unwrap();
+    let key = tls.client_key_file().to_str().unwrap();
+    let with_cert = cli_as_user(
+        &redis,
+        &["--tls", "--cacert", ca, "--cert", cert, "--key", key],
+        &["PING"],
+    );
+    assert_eq!(
+        text(&with_cert.stdout),
+        "PONG",
+        "{}",
+        text(&with_cert.stderr)
+    );
+    // Without it the server ends the handshake: no reply, whatever the password.
+    let without = cli_as_user(&redis, &["--tls", "--cacert", ca], &["PING"]);
+    assert_ne!(text(&without.stdout), "PONG");
+    assert!(!text(&without.stdout).contains("NOAUTH"));
+}

@@ -11,6 +11,10 @@
 //! the TLS ClientHello and nothing else: no fallback. An upstream that never answers the
 //! ClientHello (a plaintext redis-server waiting for a newline) is given up after the
 //! target's login timeout instead of holding the client.
+//!
+//! An upstream that demands a client certificate (`tls-auth-clients yes`) gets the one in
+//! the rustls configuration an embedder hands to [`UpstreamTls::new`]; without one, the
+//! server ends the handshake and executes no `AUTH`.
 
 #[allow(
     dead_code,
@@ -24,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -114,6 +118,18 @@ async fn gateway_with(
     server_name: &str,
     configure: impl FnOnce(&mut RedisTarget),
 ) -> Gateway {
+    let config = wirewarden::tls::client_config(roots).unwrap();
+    gateway_tls(redis, upstream_addr, config, server_name, configure).await
+}
+
+/// [`gateway_with`] with this rustls client configuration for the upstream.
+async fn gateway_tls(
+    redis: &Redis,
+    upstream_addr: SocketAddr,
+    config: Arc<wirewarden::tls::ClientConfig>,
+    server_name: &str,
+    configure: impl FnOnce(&mut RedisTarget),
+) -> Gateway {
     let (audit_dir, keys, sink) = support::audit_trail();
     let policy = format!(
         "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n"
@@ -141,7 +157,7 @@ async fn gateway_with(
         user: Some(redis.user().to_owned()),
         password: Secret::new(redis.password()),
         tls: Some(UpstreamTls::new(
-            wirewarden::tls::client_config(roots).unwrap(),
+            config,
             wirewarden::tls::server_name(server_name).unwrap(),
         )),
     };
@@ -550,4 +566,53 @@ async fn an_upstream_that_never_answers_the_client_hello_is_given_up() {
         "only the ClientHello"
     );
     assert_refusal_audited(&g, "login timeout");
+}
+
+/// A client configuration that trusts `redis`'s authority and presents the client
+/// certificate it issued: what an embedder builds for an upstream that demands one.
+fn client_config_with_certificate(redis: &Redis) -> Arc<wirewarden::tls::ClientConfig> {
+    let tls = redis.tls().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(upstream_root(redis)).unwrap();
+    let config = wirewarden::tls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from(tls.client_cert_der().to_vec())],
+        PrivateKeyDer::Pkcs8(tls.client_key_der().to_vec().into()),
+    )
+    .unwrap();
+    Arc::new(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_demanding_a_client_certificate_gets_the_gateways() {
+    let redis = tokio::task::spawn_blocking(|| Redis::builder().tls_client_auth().start().unwrap())
+        .await
+        .unwrap();
+    let mut g = gateway_tls(
+        &redis,
+        redis.addr(),
+        client_config_with_certificate(&redis),
+        "localhost",
+        |_| {},
+    )
+    .await;
+    let out = cli(&g, "SET k v\nGET k\n").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), ["OK", "v"]);
+    let served = ended(&mut g).await;
+    assert!(served.is_ok(), "{served:?}");
+
+    // Without a certificate the server ends the handshake, and it executes no AUTH: in
+    // TLS 1.3 the gateway has already sent it, encrypted, when the server's alert arrives.
+    let mut g = gateway(&redis, redis.addr(), &[upstream_root(&redis)], "localhost").await;
+    admin(&redis, &["CONFIG", "RESETSTAT"]).await;
+    assert_eq!(login_refused(&g).await, UPSTREAM_DOWN_REPLY);
+    let refused = ended(&mut g).await.expect_err("the session failed");
+    assert!(refused.to_string().contains("alert"), "{refused}");
+    assert_eq!(auth_calls(&redis).await, 1);
 }

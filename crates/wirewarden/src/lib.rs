@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod hold;
 #[cfg(feature = "http")]
 pub mod http;
 mod listen;
@@ -12,6 +13,7 @@ pub mod redis;
 pub mod tls;
 
 pub use error::{Error, Result};
+pub use hold::{HeldCommand, PendingReview, ReviewRefusal};
 pub use metrics::Metrics;
 pub use pipeline::{Decided, NoAuditSink, Pipeline, PipelineBuilder};
 pub use {

@@ -50,7 +50,7 @@ use wirewarden_sql::Classifier;
 use self::catalog::Catalog;
 use self::outbound::{ColumnPlan, Unmaskable};
 use self::upstream::BoxIo;
-use crate::{Error, Metrics, Pipeline, Result};
+use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal};
 
 /// How the gateway reaches and logs in to the upstream server.
 #[derive(Clone)]
@@ -1167,89 +1167,53 @@ impl Relay {
         client_w: &ClientWriter,
     ) -> Verdict {
         let pipeline = &self.proxy.pipeline;
-        let reviews = pipeline.reviews();
-        let timeout = requirement.timeout.min(pipeline.max_review_wait());
-        let requested = match reviews
-            .request(
-                &self.principal,
-                &self.target,
-                command,
-                command_id,
-                rule,
-                reason,
-                requirement,
-                Timestamp::now(),
-            )
+        let held = HeldCommand {
+            principal: &self.principal,
+            target: &self.target,
+            session: self.session_id,
+            command,
+            command_id,
+        };
+        let refuse = |r: ReviewRefusal| {
+            let code = match r {
+                ReviewRefusal::AuditUnavailable => "58000",
+                ReviewRefusal::TimedOut { .. } => "57014",
+                _ => "42501",
+            };
+            let message = match r {
+                ReviewRefusal::Unavailable(_) => {
+                    format!("wirewarden: statement needs review but {r}")
+                }
+                ReviewRefusal::AuditUnavailable => {
+                    "wirewarden: the audit trail is unavailable, statement refused".into()
+                }
+                _ => format!("wirewarden: {r}"),
+            };
+            Verdict::Refuse { message, code }
+        };
+        let pending = match pipeline
+            .request_review(&held, rule, reason, requirement)
             .await
         {
-            Ok(r) => r,
-            Err(e) => {
-                return Verdict::Refuse {
-                    message: format!(
-                        "wirewarden: statement needs review but review is unavailable: {e}"
-                    ),
-                    code: "42501",
-                };
-            }
+            Ok(p) => p,
+            Err(r) => return refuse(r),
         };
-        let mut event = requested.event;
-        event.session = Some(self.session_id);
-        if pipeline.record(&event).await.is_err() {
-            return Verdict::Refuse {
-                message: "wirewarden: the audit trail is unavailable, statement refused".into(),
-                code: "58000",
-            };
-        }
-        let id = requested.review.id;
         let notice = BackendMessage::NoticeResponse(ErrorFields::new(
             "NOTICE",
             "01000",
             format!(
-                "wirewarden: statement held for review {id} ({reason}); waiting up to {}s for approval",
-                timeout.as_secs()
+                "wirewarden: statement held for review {} ({reason}); waiting up to {}s for approval",
+                pending.id,
+                pending.timeout.as_secs()
             ),
         ));
         {
             let mut w = client_w.lock().await;
             let _ = send(&mut *w, &[notice]).await;
         }
-        let review = match reviews.wait(id, timeout).await {
-            Ok((review, event)) => {
-                if let Some(mut e) = event {
-                    e.session = Some(self.session_id);
-                    let _ = pipeline.record(&e).await;
-                }
-                review
-            }
-            Err(e) => {
-                return Verdict::Refuse {
-                    message: format!("wirewarden: review {id} failed: {e}"),
-                    code: "42501",
-                };
-            }
-        };
-        use wirewarden_review::Status;
-        match review.status(Timestamp::now()) {
-            Status::Approved => {
-                match reviews
-                    .release(id, &self.principal, &self.target, command, Timestamp::now())
-                    .await
-                {
-                    Ok(_) => Verdict::Forward(self.profile.clone(), command_id),
-                    Err(e) => Verdict::Refuse {
-                        message: format!("wirewarden: approval of review {id} cannot be used: {e}"),
-                        code: "42501",
-                    },
-                }
-            }
-            Status::Denied => Verdict::Refuse {
-                message: format!("wirewarden: review {id} was denied"),
-                code: "42501",
-            },
-            _ => Verdict::Refuse {
-                message: format!("wirewarden: review {id} was not approved in time"),
-                code: "57014",
-            },
+        match pipeline.await_review(&held, pending).await {
+            Ok(()) => Verdict::Forward(self.profile.clone(), command_id),
+            Err(r) => refuse(r),
         }
     }
 

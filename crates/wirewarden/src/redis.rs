@@ -58,7 +58,7 @@ pub use wirewarden_redis::{Limits, Risk};
 
 use self::mask::{Keys, Unmaskable};
 use crate::postgres::{Secret, UpstreamTls};
-use crate::{Error, Metrics, Pipeline, Result};
+use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal};
 
 /// Policy rules (TOML, for [`RuleEngine::from_toml`](wirewarden_policy::RuleEngine)) that
 /// deny what an agent should never run through the gateway: scripting and functions, server
@@ -1419,61 +1419,25 @@ impl Relay<'_> {
         requirement: wirewarden_core::ReviewRequirement,
     ) -> std::result::Result<(), String> {
         let pipeline = &self.proxy.pipeline;
-        let reviews = pipeline.reviews();
-        let timeout = requirement.timeout.min(pipeline.max_review_wait());
-        let requested = match reviews
-            .request(
-                &self.principal,
-                &self.target,
-                command,
-                command_id,
-                rule,
-                reason,
-                requirement,
-                Timestamp::now(),
-            )
+        let held = HeldCommand {
+            principal: &self.principal,
+            target: &self.target,
+            session: self.session_id,
+            command,
+            command_id,
+        };
+        let refusal = |r: ReviewRefusal| match r {
+            ReviewRefusal::Unavailable(_) => format!("wirewarden: command needs review but {r}"),
+            ReviewRefusal::AuditUnavailable => {
+                "wirewarden: the audit trail is unavailable, command refused".to_owned()
+            }
+            _ => format!("wirewarden: {r}"),
+        };
+        let pending = pipeline
+            .request_review(&held, rule, reason, requirement)
             .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(format!(
-                    "wirewarden: command needs review but review is unavailable: {e}"
-                ));
-            }
-        };
-        let mut event = requested.event;
-        event.session = Some(self.session_id);
-        if pipeline.record(&event).await.is_err() {
-            return Err("wirewarden: the audit trail is unavailable, command refused".into());
-        }
-        let id = requested.review.id;
-        let review = match reviews.wait(id, timeout).await {
-            Ok((review, event)) => {
-                if let Some(mut e) = event {
-                    e.session = Some(self.session_id);
-                    let _ = pipeline.record(&e).await;
-                }
-                review
-            }
-            Err(e) => return Err(format!("wirewarden: review {id} failed: {e}")),
-        };
-        use wirewarden_review::Status;
-        match review.status(Timestamp::now()) {
-            Status::Approved => match reviews
-                .release(id, &self.principal, &self.target, command, Timestamp::now())
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) => Err(format!(
-                    "wirewarden: approval of review {id} cannot be used: {e}"
-                )),
-            },
-            Status::Denied => Err(format!("wirewarden: review {id} was denied")),
-            _ => Err(format!(
-                "wirewarden: review {id} was not approved within {}s",
-                timeout.as_secs()
-            )),
-        }
+            .map_err(refusal)?;
+        pipeline.await_review(&held, pending).await.map_err(refusal)
     }
 
     // === replies ===

@@ -17,7 +17,7 @@ use wirewarden_core::{
 use wirewarden_http::{Admission, Forward, Gate, Outcome, Rejection, Verdict};
 use wirewarden_identity::{AuthContext, Credential};
 
-use crate::{Metrics, Pipeline};
+use crate::{HeldCommand, Metrics, Pipeline, ReviewRefusal};
 
 /// One identity's session on a connection.
 #[derive(Debug)]
@@ -188,66 +188,38 @@ impl ConnectionGate {
         reason: &str,
         requirement: wirewarden_core::ReviewRequirement,
     ) -> Result<(), Verdict> {
-        let pipeline = &self.pipeline;
-        let reviews = pipeline.reviews();
-        let timeout = requirement.timeout.min(pipeline.max_review_wait());
-        let requested = reviews
-            .request(
-                &session.principal,
-                &self.target,
-                command,
-                command_id,
-                rule,
-                reason,
-                requirement,
-                Timestamp::now(),
-            )
-            .await
-            .map_err(|e| {
-                unavailable(
-                    "review_unavailable",
-                    format!("the request needs review but review is unavailable: {e}"),
-                )
-            })?;
-        let mut event = requested.event;
-        event.session = Some(session.id);
-        if pipeline.record(&event).await.is_err() {
-            return Err(unavailable(
+        let held = HeldCommand {
+            principal: &session.principal,
+            target: &self.target,
+            session: session.id,
+            command,
+            command_id,
+        };
+        let refusal = |r: ReviewRefusal| match r {
+            ReviewRefusal::Unavailable(_) => unavailable(
+                "review_unavailable",
+                format!("the request needs review but {r}"),
+            ),
+            ReviewRefusal::AuditUnavailable => unavailable(
                 "audit_unavailable",
                 "the audit trail is unavailable, request refused",
-            ));
-        }
-        let id = requested.review.id;
-        let review = match reviews.wait(id, timeout).await {
-            Ok((review, event)) => {
-                if let Some(mut e) = event {
-                    e.session = Some(session.id);
-                    let _ = pipeline.record(&e).await;
-                }
-                review
-            }
-            Err(e) => return Err(denied(format!("review {id} failed: {e}"))),
-        };
-        use wirewarden_review::Status;
-        match review.status(Timestamp::now()) {
-            Status::Approved => reviews
-                .release(
-                    id,
-                    &session.principal,
-                    &self.target,
-                    command,
-                    Timestamp::now(),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| denied(format!("approval of review {id} cannot be used: {e}"))),
-            Status::Denied => Err(denied(format!("review {id} was denied"))),
-            _ => Err(Verdict::Reject(Rejection::new(
+            ),
+            ReviewRefusal::TimedOut { .. } => Verdict::Reject(Rejection::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "review_timeout",
-                format!("review {id} was not approved within {}s", timeout.as_secs()),
-            ))),
-        }
+                r.to_string(),
+            )),
+            _ => denied(r.to_string()),
+        };
+        let pending = self
+            .pipeline
+            .request_review(&held, rule, reason, requirement)
+            .await
+            .map_err(refusal)?;
+        self.pipeline
+            .await_review(&held, pending)
+            .await
+            .map_err(refusal)
     }
 
     async fn admit_inner(&self, admission: Admission<'_>) -> Result<Forward, Verdict> {

@@ -203,6 +203,10 @@ pub struct PostgresTarget {
     pub limits: Limits,
     /// Cap on how much of each response the session recording keeps, in bytes.
     pub record_limit: usize,
+    /// How long a client may take from connecting to being logged in (TLS handshake,
+    /// startup and authentication), and how long the gateway waits for its own upstream
+    /// connection and login (default 60 s, PostgreSQL's `authentication_timeout`).
+    pub login_timeout: Duration,
 }
 
 impl PostgresTarget {
@@ -218,8 +222,13 @@ impl PostgresTarget {
             scram_users: Default::default(),
             limits: Limits::default(),
             record_limit: 16 * 1024,
+            login_timeout: Duration::from_secs(60),
         }
     }
+}
+
+fn login_timeout() -> Error {
+    Error::Authentication("no login within the login timeout".into())
 }
 
 /// Serves PostgreSQL clients for one target.
@@ -335,11 +344,15 @@ impl PostgresProxy {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let started = match self.startup(Box::new(stream)).await? {
+        // One deadline from connecting to logged in: TLS handshake, startup and the
+        // client's authentication.
+        let deadline = tokio::time::Instant::now() + self.config.login_timeout;
+        let startup = tokio::time::timeout_at(deadline, self.startup(Box::new(stream)));
+        let started = match startup.await.map_err(|_| login_timeout())?? {
             StartupOutcome::Cancelled => return Ok(()),
             StartupOutcome::Session(s) => *s,
         };
-        self.session(started, peer).await
+        self.session(started, peer, deadline).await
     }
 
     async fn startup(&self, mut client: BoxIo) -> Result<StartupOutcome> {
@@ -560,8 +573,15 @@ impl PostgresProxy {
         }
     }
 
-    async fn session(&self, mut s: Started, peer: Option<SocketAddr>) -> Result<()> {
-        let principal = self.authenticate(&mut s, peer).await?;
+    async fn session(
+        &self,
+        mut s: Started,
+        peer: Option<SocketAddr>,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
+        let principal = tokio::time::timeout_at(deadline, self.authenticate(&mut s, peer))
+            .await
+            .map_err(|_| login_timeout())??;
         let target = self.config.target.clone();
         let extra: Vec<(Bytes, Bytes)> = s
             .startup
@@ -594,7 +614,19 @@ impl PostgresProxy {
             .await?;
             return Err(Error::Config(format!("unknown database {db}")));
         }
-        let up = match upstream::connect(&self.config.upstream, &self.config.limits, &extra).await {
+        // Bounded: an upstream that never answers (a silent TLS handshake, a stalled login)
+        // would otherwise hold the client.
+        let connect = tokio::time::timeout(
+            self.config.login_timeout,
+            upstream::connect(&self.config.upstream, &self.config.limits, &extra),
+        );
+        let connected = connect.await.unwrap_or_else(|_| {
+            Err(Error::upstream_io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no upstream connection and login within the login timeout",
+            )))
+        });
+        let up = match connected {
             Ok(up) => up,
             Err(e) => {
                 self.pipeline

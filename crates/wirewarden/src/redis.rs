@@ -165,8 +165,9 @@ pub struct RedisTarget {
     pub record_limit: usize,
     /// Failed `AUTH` attempts after which the connection is closed.
     pub max_auth_failures: u32,
-    /// How long a connection may stay open without authenticating; also how long the
-    /// gateway waits for its own upstream connection, TLS handshake and `AUTH` reply.
+    /// How long a connection may stay open without authenticating (TLS handshake included);
+    /// also how long the gateway waits for its own upstream connection, TLS handshake and
+    /// `AUTH` reply.
     pub login_timeout: Duration,
 }
 
@@ -419,12 +420,15 @@ impl RedisProxy {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // One deadline for the TLS handshake and the login: a client that opens a connection
+        // and never finishes either holds nothing for longer than the login timeout.
+        let deadline = tokio::time::Instant::now() + self.config.login_timeout;
         let (io, tls): (BoxIo, bool) = match &self.config.tls {
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-                let s = acceptor
-                    .accept(stream)
+                let s = tokio::time::timeout_at(deadline, acceptor.accept(stream))
                     .await
+                    .map_err(|_| Error::Tls("no TLS handshake within the login timeout".into()))?
                     .map_err(|e| Error::Tls(e.to_string()))?;
                 (Box::new(s), true)
             }
@@ -436,7 +440,7 @@ impl RedisProxy {
             decoder: RequestDecoder::new(self.config.limits),
             tls,
         };
-        let login = tokio::time::timeout(self.config.login_timeout, self.login(&mut client, peer));
+        let login = tokio::time::timeout_at(deadline, self.login(&mut client, peer));
         let Some(login) = login
             .await
             .map_err(|_| Error::Authentication("no AUTH within the login timeout".into()))??

@@ -387,20 +387,32 @@ impl Profile {
                     Edit::Null => Ok(None),
                 }
             }
-            _ => {
-                let findings = self.find(&value);
-                let Some(first) = findings.first() else {
-                    return Ok(Some(value));
-                };
-                for f in &findings {
-                    counts.add(self.entity(f.kind), 1);
-                }
-                let entity = self.entity(first.kind);
-                let strategy = self.strategy_of(first.kind);
-                let out = mask_whole(strategy, self.key(), entity, ty, &value)?;
-                Ok(out.map(Cow::Owned))
-            }
+            _ => match self.typed(ty, &value, counts)? {
+                None => Ok(Some(value)),
+                Some(out) => Ok(out.map(Cow::Owned)),
+            },
         }
+    }
+
+    /// A value of a type with a grammar (a number, a date, a UUID …) is masked whole, by the
+    /// strategy of the first entity found in it. `None`: nothing found, the value stands;
+    /// `Some(None)`: NULL.
+    fn typed(
+        &self,
+        ty: ValueType,
+        value: &[u8],
+        counts: &mut MaskedCounts,
+    ) -> Result<Option<Option<Vec<u8>>>> {
+        let findings = self.find(value);
+        let Some(first) = findings.first() else {
+            return Ok(None);
+        };
+        for f in &findings {
+            counts.add(self.entity(f.kind), 1);
+        }
+        let entity = self.entity(first.kind);
+        let strategy = self.strategy_of(first.kind);
+        mask_whole(strategy, self.key(), entity, ty, value).map(Some)
     }
 
     /// [`Self::mask_value_with_rule`] for a value that is already text: the same result, as
@@ -442,22 +454,10 @@ impl Profile {
             ValueType::Text | ValueType::Bytes => self.text(&value, 0, counts)?,
             ValueType::Json => json::mask(self, &value, 0, counts)?,
             _ => {
-                let findings = self.find(value.as_bytes());
-                let Some(first) = findings.first() else {
-                    return Ok(Some(value));
+                return match self.typed(ty, value.as_bytes(), counts)? {
+                    None => Ok(Some(value)),
+                    Some(out) => whole(out),
                 };
-                for f in &findings {
-                    counts.add(self.entity(f.kind), 1);
-                }
-                let entity = self.entity(first.kind);
-                let strategy = self.strategy_of(first.kind);
-                return whole(mask_whole(
-                    strategy,
-                    self.key(),
-                    entity,
-                    ty,
-                    value.as_bytes(),
-                )?);
             }
         };
         Ok(match edit {

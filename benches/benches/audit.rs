@@ -1,6 +1,6 @@
 //! Audit appends per second: buffered and durable (fsync with group commit), with one and
-//! with many concurrent appenders, and one appender handing over batches. Every iteration is one event of ~120 bytes appended to a
-//! hash-chained segment file.
+//! with many concurrent appenders, and one appender handing over batches. Every iteration
+//! is one event of ~120 bytes appended to a hash-chained segment file.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -73,17 +73,20 @@ fn append(c: &mut Criterion) {
         .expect("sink");
         let session = SessionId::new();
         let batch: Vec<_> = (0..16).map(|i| numbered_event(session, i)).collect();
-        g.bench_function(format!("{}/1_appender_batches_of_16", durability.as_str()), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters.div_ceil(16) {
-                        black_box(sink.append_events(&batch).await.expect("append"));
-                    }
-                    start.elapsed()
+        g.bench_function(
+            format!("{}/1_appender_batches_of_16", durability.as_str()),
+            |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iters.div_ceil(16) {
+                            black_box(sink.append_events(&batch).await.expect("append"));
+                        }
+                        start.elapsed()
+                    })
                 })
-            })
-        });
+            },
+        );
         rt.block_on(sink.close()).expect("close");
     }
     g.finish();

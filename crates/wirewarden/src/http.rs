@@ -196,9 +196,14 @@ impl HttpProxy {
     {
         match &self.tls {
             Some(config) => {
-                let tls = tokio_rustls::TlsAcceptor::from(config.clone())
-                    .accept(stream)
+                // The handshake gets the time a request head gets: a client that connects
+                // and never finishes it holds nothing for longer.
+                let accept = tokio_rustls::TlsAcceptor::from(config.clone()).accept(stream);
+                let tls = tokio::time::timeout(self.config.limits.header_read_timeout, accept)
                     .await
+                    .map_err(|_| {
+                        Error::Tls("no TLS handshake within the header read timeout".into())
+                    })?
                     .map_err(|e| Error::Tls(e.to_string()))?;
                 self.serve_http(tls, peer, true).await
             }

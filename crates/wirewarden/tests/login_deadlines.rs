@@ -173,3 +173,20 @@ async fn redis_client_that_never_authenticates() {
     let e = stall(proxy.serve(server, None), client).await.unwrap_err();
     assert!(e.to_string().contains("login timeout"), "{e}");
 }
+
+#[tokio::test]
+async fn http_tls_client_that_never_sends_a_client_hello() {
+    use wirewarden::http::{HttpProxy, HttpTarget};
+    let (pipeline, dir) = pipeline();
+    std::mem::forget(dir);
+    let mut target = HttpTarget::new(
+        Target::new("api", Protocol::Http).unwrap(),
+        "http://127.0.0.1:9",
+    );
+    target.tls = Some(server_tls().config);
+    target.limits.header_read_timeout = DEADLINE;
+    let proxy = HttpProxy::new(pipeline, target).unwrap();
+    let (client, server) = tokio::io::duplex(4096);
+    let e = stall(proxy.serve(server, None), client).await.unwrap_err();
+    assert!(e.to_string().contains("header read timeout"), "{e}");
+}

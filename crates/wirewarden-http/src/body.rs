@@ -216,6 +216,25 @@ pub fn mask_response_head(
     limits: &BodyLimits,
     counts: &mut MaskedCounts,
 ) -> Result<Option<BodyMasker>, Rejection> {
+    mask_response_head_for(profile, method, parts, limits, counts, None)
+}
+
+/// [`mask_response_head`] for a client whose `Accept-Encoding` [`prepare_request`] narrowed
+/// to `accepted`: when the upstream answered in a coding that list does not name (an
+/// upstream that ignored it), the body is decoded, masked and sent without a content coding
+/// rather than re-encoded in a coding the client did not ask for. `None` keeps the
+/// upstream's coding.
+///
+/// # Errors
+/// Those of [`mask_response_head`].
+pub fn mask_response_head_for(
+    profile: &Arc<Profile>,
+    method: &Method,
+    parts: &mut http::response::Parts,
+    limits: &BodyLimits,
+    counts: &mut MaskedCounts,
+    accepted: Option<&HeaderValue>,
+) -> Result<Option<BodyMasker>, Rejection> {
     let status = parts.status;
     if status == StatusCode::PARTIAL_CONTENT {
         return Err(unmaskable("partial content cannot be masked"));
@@ -247,9 +266,17 @@ pub fn mask_response_head(
     }
     let coding = Coding::from_headers(headers).map_err(|e| unmaskable(e.to_string()))?;
     let shape = shape_of(headers)?;
+    let out = match accepted {
+        Some(list) if !crate::encoding::narrowed_accepts(list, coding) => {
+            headers.remove(header::CONTENT_ENCODING);
+            Coding::Identity
+        }
+        _ => coding,
+    };
     Ok(Some(BodyMasker::new(
         Arc::clone(profile),
         coding,
+        out,
         shape,
         limits,
     )))
@@ -454,9 +481,10 @@ enum Content {
     },
 }
 
-/// Masks one response body: decode → mask → re-encode, in the coding the upstream used (the
-/// client accepts it: [`prepare_request`] narrowed `Accept-Encoding`). Synchronous and
-/// IO-free; [`MaskedBody`] drives it from a stream of frames.
+/// Masks one response body: decode → mask → re-encode, in the coding the upstream used when
+/// the client accepts it ([`prepare_request`] narrowed `Accept-Encoding`, and
+/// [`mask_response_head_for`] checks the answer against it), without a coding otherwise.
+/// Synchronous and IO-free; [`MaskedBody`] drives it from a stream of frames.
 ///
 /// After an error every call fails: a body is never resumed past something that could not
 /// be masked.
@@ -493,7 +521,13 @@ impl std::fmt::Debug for BodyMasker {
 }
 
 impl BodyMasker {
-    fn new(profile: Arc<Profile>, coding: Coding, shape: Shape, limits: &BodyLimits) -> Self {
+    fn new(
+        profile: Arc<Profile>,
+        coding: Coding,
+        out: Coding,
+        shape: Shape,
+        limits: &BodyLimits,
+    ) -> Self {
         let content = match shape {
             Shape::Json => Content::Json(Box::new(JsonStream::new(Arc::clone(&profile)))),
             Shape::JsonLines => Content::Lines {
@@ -509,7 +543,7 @@ impl BodyMasker {
         Self {
             profile,
             decoder: Decoder::new(coding, limits.decode()),
-            encoder: Encoder::new(coding),
+            encoder: Encoder::new(out),
             content,
             max_text_body: limits.max_text_body,
             decoded: Vec::new(),

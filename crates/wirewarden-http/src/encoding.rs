@@ -878,6 +878,24 @@ pub fn narrow_accept_encoding(value: Option<&HeaderValue>) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("identity"))
 }
 
+/// Whether a response in `coding` may go to a client whose `Accept-Encoding` was narrowed to
+/// `narrowed` by [`narrow_accept_encoding`]. `identity` always may (a client that refuses it
+/// gets it anyway rather than a coding it did not ask for); another coding only when the
+/// narrowed list names it (it holds no zero weights).
+#[must_use]
+pub fn narrowed_accepts(narrowed: &HeaderValue, coding: Coding) -> bool {
+    if coding == Coding::Identity {
+        return true;
+    }
+    let Ok(text) = narrowed.to_str() else {
+        return false;
+    };
+    text.split(',').any(|element| {
+        let name = element.split(';').next().unwrap_or_default().trim();
+        Coding::from_token(name) == Some(coding)
+    })
+}
+
 /// RFC 9110 `qvalue`: `0[.ddd]` or `1[.000]`, in thousandths.
 fn parse_qvalue(v: &str) -> Option<u16> {
     let (int, frac) = v.split_once('.').unwrap_or((v, ""));

@@ -522,6 +522,10 @@ where
         completion.fail(r.status, r.to_string());
         return reject(r);
     }
+    // What the client accepts (narrowed): the masked body goes out in one of these codings.
+    let accepted = mask
+        .as_ref()
+        .and_then(|_| parts.headers.get(header::ACCEPT_ENCODING).cloned());
 
     let method: Method = parts.method.clone();
     let limit = usize::try_from(config.limits.max_body_bytes).unwrap_or(usize::MAX);
@@ -565,12 +569,13 @@ where
     };
 
     let mut head_counts = MaskedCounts::new();
-    match body::mask_response_head(
+    match body::mask_response_head_for(
         &profile,
         &method,
         &mut rparts,
         &config.body_limits,
         &mut head_counts,
+        accepted.as_ref(),
     ) {
         Err(r) => {
             // The upstream body is dropped unread: nothing of it reaches the client.

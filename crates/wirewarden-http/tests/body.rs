@@ -13,9 +13,9 @@ use http_body_util::{BodyExt, StreamBody};
 use proptest::prelude::*;
 use wirewarden_http::body::{
     BodyError, BodyLimits, BodyMasker, BodyReport, CountingBody, MaskedBody, mask_response_head,
-    prepare_request,
+    mask_response_head_for, prepare_request,
 };
-use wirewarden_http::encoding::{Coding, CodingError};
+use wirewarden_http::encoding::{Coding, CodingError, narrow_accept_encoding, narrowed_accepts};
 use wirewarden_mask::{FieldRule, MaskedCounts, Profile, Selector, Strategy as Mask};
 
 const CARD: &str = "4111 1111 1111 1111";
@@ -1463,4 +1463,65 @@ mod loopback {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(reports.lock().unwrap().len(), 1);
     }
+}
+
+#[test]
+fn a_coding_the_client_did_not_accept_is_decoded_and_sent_plain() {
+    let doc = format!(r#"{{"card":"{CARD}","note":"plain"}}"#);
+    for (client, upstream, want) in [
+        // The upstream ignored the narrowed list: the client gets no coding.
+        ("gzip", Coding::Brotli, Coding::Identity),
+        ("identity", Coding::Gzip, Coding::Identity),
+        ("br;q=0.5, deflate", Coding::Gzip, Coding::Identity),
+        // What the client accepts is kept.
+        ("gzip, br", Coding::Brotli, Coding::Brotli),
+        ("deflate", Coding::Deflate, Coding::Deflate),
+    ] {
+        let accepted = narrow_accept_encoding(Some(&HeaderValue::from_static(client)));
+        let mut headers = vec![("content-type", "application/json")];
+        if upstream != Coding::Identity {
+            headers.push(("content-encoding", upstream.as_str()));
+        }
+        let mut parts = head(StatusCode::OK, &headers);
+        let mut m = mask_response_head_for(
+            &profile(),
+            &Method::GET,
+            &mut parts,
+            &BodyLimits::default(),
+            &mut MaskedCounts::new(),
+            Some(&accepted),
+        )
+        .unwrap()
+        .unwrap();
+        let sent = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let want_header = (want != Coding::Identity).then(|| want.as_str().to_owned());
+        assert_eq!(
+            sent, want_header,
+            "client {client:?}, upstream {upstream:?}"
+        );
+        let mut counts = MaskedCounts::new();
+        let mut out = m
+            .push(&compress(upstream, doc.as_bytes()), &mut counts)
+            .unwrap()
+            .to_vec();
+        out.extend_from_slice(&m.finish(&mut counts).unwrap());
+        let plain = decompress(want, &out);
+        let text = String::from_utf8(plain).unwrap();
+        assert!(text.contains("plain") && !text.contains(CARD), "{text}");
+        assert_eq!(counts.total(), 1);
+    }
+}
+
+#[test]
+fn narrowed_lists_name_what_they_accept() {
+    let n = |s: &str| narrow_accept_encoding(Some(&HeaderValue::from_str(s).unwrap()));
+    assert!(narrowed_accepts(&n("gzip;q=0.3, br"), Coding::Gzip));
+    assert!(narrowed_accepts(&n("gzip;q=0.3, br"), Coding::Brotli));
+    assert!(!narrowed_accepts(&n("gzip;q=0.3, br"), Coding::Deflate));
+    assert!(!narrowed_accepts(&n("gzip;q=0"), Coding::Gzip));
+    assert!(narrowed_accepts(&n("gzip;q=0"), Coding::Identity));
+    assert!(!narrowed_accepts(&n("x-custom"), Coding::Gzip));
 }

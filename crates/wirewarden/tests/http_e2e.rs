@@ -102,14 +102,19 @@ async fn api(req: Request<Incoming>, log: Log) -> Result<Response<UpBody>, Infal
         .unwrap_or("")
         .to_owned();
     // The server's preference, as real servers have one: br, then gzip, then deflate.
-    let coding = ["br", "gzip", "deflate"]
-        .into_iter()
-        .find(|c| {
-            accept
-                .split(',')
-                .any(|a| a.trim().split(';').next() == Some(c))
-        })
-        .unwrap_or("identity");
+    // Customer 99 is served by a server that compresses whatever the client accepts.
+    let coding = if path == "/customers/99" {
+        "br"
+    } else {
+        ["br", "gzip", "deflate"]
+            .into_iter()
+            .find(|c| {
+                accept
+                    .split(',')
+                    .any(|a| a.trim().split(';').next() == Some(c))
+            })
+            .unwrap_or("identity")
+    };
     let json = |status: StatusCode, v: serde_json::Value| {
         let body = encode(coding, v.to_string().as_bytes());
         let mut r = Response::builder()
@@ -477,6 +482,30 @@ async fn curl_reads_masked_json_in_every_content_encoding() {
         assert!(masked.total() >= 4, "{masked:?}");
     }
     verify_dir(gw.audit_dir.path(), &gw.keys).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_ignores_accept_encoding_is_answered_in_a_coding_the_client_took() {
+    let gw = gateway().await;
+    let auth = agent_auth();
+    // curl without --compressed: it accepts no coding and would print brotli bytes as is.
+    let (out, err) = curl(&[
+        "-D",
+        "/dev/stderr",
+        "-H",
+        &auth,
+        "-H",
+        "Accept-Encoding: gzip",
+        &gw.url("/customers/99"),
+    ])
+    .await;
+    let head = err.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{err}");
+    assert!(!head.contains("content-encoding"), "{err}");
+    assert_masked(&out);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["id"], 99);
+    assert_ne!(v["email"], EMAIL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

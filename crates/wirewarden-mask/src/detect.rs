@@ -941,6 +941,18 @@ impl Scanner {
                         .flatten()
                         .map(|e| (seq.start[s], e, Detector::Phone))
                 });
+            // A card that starts inside another match (`111-45-4111 1111 1111 1111`: an SSN
+            // whose serial is the card's first group) would otherwise lose its first group
+            // to that match and go undetected, its other digits in clear: the two are one
+            // finding, a card, from the other match's start to the card's end.
+            let m = m.map(|(start, last, d)| {
+                if d == Detector::CardNumber || !set.contains(Detector::CardNumber) {
+                    return (start, last, d);
+                }
+                (s + 1..=last)
+                    .find_map(|k| seq.card(k))
+                    .map_or((start, last, d), |e| (start, e, Detector::CardNumber))
+            });
             match m {
                 Some((start, last, d)) => {
                     st.push(start, seq.end_of(last), d);
@@ -1394,6 +1406,29 @@ mod tests {
                 assert_eq!(m.trailing_zeros() / 8, 2);
             }
         }
+    }
+
+    #[test]
+    fn a_card_behind_another_match_is_found_whole() {
+        // The SSN's serial is the card's first group.
+        let f = find("ref 111-45-4111 1111 1111 1111 end");
+        assert_eq!(
+            f,
+            vec![("111-45-4111 1111 1111 1111".to_owned(), "card_number")],
+            "{f:?}"
+        );
+        // A phone number whose last groups begin a card.
+        let f = find("call +1 4111 1111 1111 1111 now");
+        assert!(
+            f.iter()
+                .any(|(t, k)| *k == "card_number" && t.contains("4111 1111 1111 1111")),
+            "{f:?}"
+        );
+        // An SSN next to a number that is not a card stays an SSN.
+        assert_eq!(
+            find("ref 123-45-6789 1111"),
+            vec![("123-45-6789".to_owned(), "ssn")]
+        );
     }
 
     #[test]

@@ -223,6 +223,35 @@ proptest! {
     }
 
     #[test]
+    fn a_card_joined_to_another_number_never_survives(
+        digits in card(),
+        prefix in prop_oneof![
+            (100u32..900, 10u32..99).prop_map(|(a, g)| format!("{a:03}-{g:02}-")),
+            Just("+1 ".to_owned()),
+            Just("(415) 555-".to_owned()),
+        ],
+        before in filler(),
+        after in filler(),
+    ) {
+        // 16 digits in groups of four, the first group also the end of the other number.
+        prop_assume!(digits.len() == 16);
+        let card = as_ascii(&digits);
+        let grouped: Vec<&str> = (0..4).map(|i| &card[i * 4..i * 4 + 4]).collect();
+        let text = format!("{before}{prefix}{}{after}", grouped.join(" "));
+        // Strategies that keep digits: the last four of an SSN or phone must not be the
+        // card's first group with the rest of the card after it.
+        let p = Profile::builder("k")
+            .strategy("ssn", Mask::keep_last(4))
+            .strategy("phone", Mask::keep_last(4))
+            .strategy("card_number", Mask::keep_last(4))
+            .build()
+            .unwrap();
+        let (out, _) = mask(&p, &text);
+        let shown = digits_of(&out);
+        prop_assert!(!shown.contains(&card[..12]), "{text:?} -> {out:?}");
+    }
+
+    #[test]
     fn text_and_byte_entry_points_agree(
         text in "[0-9 \\-.+@:a-fA-F_xyz\u{200B}\u{FF10}-\u{FF19}{}\\[\\]\",]{0,120}",
         card in card(),

@@ -8,10 +8,14 @@
 //!    target has a certificate (bytes sent in plaintext after the request are refused), `N`
 //!    otherwise; `GSSENCRequest` is answered `N`; a `CancelRequest` is resolved through the
 //!    gateway-issued key map; replication startups are refused.
-//! 2. **Client authentication.** A user with a SCRAM verifier configured logs in with
-//!    SCRAM-SHA-256 (or `-PLUS` over TLS) against the verifier; anyone else sends a token or
-//!    JWT as the password, which is only accepted over TLS unless the target explicitly
-//!    allows plaintext, and is verified by the pipeline's identity provider.
+//! 2. **Client authentication.** A client that presented a TLS certificate (when the target
+//!    asks for them, [`ServerTls::with_client_certs`]) logs in with it alone: the pipeline's
+//!    identity provider maps the verified chain to a principal or the client is refused,
+//!    with no password step either way. Otherwise a user with a SCRAM verifier configured
+//!    logs in with SCRAM-SHA-256 (or `-PLUS` over TLS) against the verifier; anyone else
+//!    sends a token or JWT as the password, which is only accepted over TLS unless the
+//!    target explicitly allows plaintext, and is verified by the pipeline's identity
+//!    provider.
 //! 3. **Upstream login** with the credential only the gateway holds.
 //! 4. **Relay.** Each simple `Query` and each extended-protocol `Parse` is classified and
 //!    decided. A denied statement is replaced, on the way upstream, by a statement that
@@ -153,14 +157,29 @@ pub struct ScramUser {
     pub groups: Vec<String>,
 }
 
-/// TLS towards clients: the rustls configuration and the `tls-server-end-point` channel
-/// binding data of its certificate (for SCRAM-SHA-256-PLUS).
+/// Whether clients must present a TLS client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientCertMode {
+    /// A client may present a certificate; one that does logs in with it alone, one that
+    /// does not goes on to the token or SCRAM login.
+    Optional,
+    /// Every client must present a certificate: the TLS handshake refuses one without, and
+    /// a client that did not use TLS at all is refused before any password is asked.
+    Required,
+}
+
+/// TLS towards clients: the rustls configuration, the `tls-server-end-point` channel
+/// binding data of its certificate (for SCRAM-SHA-256-PLUS), and whether clients are asked
+/// for certificates.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     /// The rustls server configuration.
     pub config: Arc<rustls::ServerConfig>,
     /// The hash of the leaf certificate, as SCRAM channel binding uses it.
     pub channel_binding: Option<Vec<u8>>,
+    /// Whether client certificates are requested; `None` never asks for one.
+    pub client_certs: Option<ClientCertMode>,
 }
 
 impl ServerTls {
@@ -180,6 +199,65 @@ impl ServerTls {
         Ok(Self {
             config,
             channel_binding,
+            client_certs: None,
+        })
+    }
+
+    /// TLS with this certificate chain (leaf first) and key that also requests client
+    /// certificates issued under `trust_anchors` (DER CA certificates).
+    ///
+    /// The handshake verifies the presented chain (signatures, validity, client-auth key
+    /// usage) with rustls' `WebPkiClientVerifier`; a chain that does not verify ends the
+    /// handshake. The verified chain then goes to the pipeline's identity provider as
+    /// [`Credential::ClientCertificate`] (for example
+    /// [`ClientCertificates`](wirewarden_identity::ClientCertificates)), which maps it to a
+    /// principal or refuses it; a client whose certificate is refused is never offered a
+    /// password login instead.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] if the chain is empty, the key does not match, no trust anchor is
+    /// given or one cannot be used.
+    pub fn with_client_certs(
+        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+        trust_anchors: &[rustls::pki_types::CertificateDer<'static>],
+        mode: ClientCertMode,
+    ) -> Result<Self> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Error::Tls("empty certificate chain".into()))?;
+        let channel_binding = wirewarden_postgres::auth::tls_server_end_point(leaf.as_ref()).ok();
+        if trust_anchors.is_empty() {
+            return Err(Error::Tls("no client certificate trust anchor".into()));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for anchor in trust_anchors {
+            roots
+                .add(anchor.clone())
+                .map_err(|e| Error::Tls(format!("client CA refused: {e}")))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        );
+        let builder = match mode {
+            ClientCertMode::Optional => builder.allow_unauthenticated(),
+            ClientCertMode::Required => builder,
+        };
+        let verifier = builder
+            .build()
+            .map_err(|e| Error::Tls(format!("client certificate verifier: {e}")))?;
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        Ok(Self {
+            config: Arc::new(config),
+            channel_binding,
+            client_certs: Some(mode),
         })
     }
 }
@@ -253,6 +331,9 @@ struct Started {
     startup: wirewarden_postgres::StartupMessage,
     tls: bool,
     tls_binding: Option<Vec<u8>>,
+    /// The client certificate chain (DER, leaf first) the TLS handshake verified, if the
+    /// client presented one.
+    client_chain: Option<Vec<Vec<u8>>>,
 }
 
 enum StartupOutcome {
@@ -361,6 +442,7 @@ impl PostgresProxy {
         let mut buf = BytesMut::with_capacity(8192);
         let mut tls = false;
         let mut tls_binding = None;
+        let mut client_chain = None;
         loop {
             let Some((_, msg)) = read_frontend(&mut client, &mut buf, &mut decoder).await? else {
                 return Err(Error::Closed("client"));
@@ -387,6 +469,12 @@ impl PostgresProxy {
                         .tls
                         .as_ref()
                         .and_then(|t| t.channel_binding.clone());
+                    client_chain = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .filter(|c| !c.is_empty())
+                        .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect::<Vec<_>>());
                     client = Box::new(stream);
                     tls = true;
                     decoder = FrontendDecoder::new(limits);
@@ -451,6 +539,7 @@ impl PostgresProxy {
                         startup,
                         tls,
                         tls_binding,
+                        client_chain,
                     })));
                 }
                 _ => {
@@ -477,6 +566,52 @@ impl PostgresProxy {
                 },
             )
         };
+        // A presented certificate is the whole login: it either proves an identity or the
+        // client is refused, never sent on to a password it might guess or have stolen.
+        if let Some(chain) = s.client_chain.take() {
+            let credential = Credential::ClientCertificate(chain);
+            let mut ctx = IdentityContext::new().with_target(self.config.target.name.clone());
+            if let Some(p) = peer {
+                ctx = ctx.with_client_addr(p);
+            }
+            return match self.pipeline.authenticate(&credential, &ctx).await {
+                Ok(p) => Ok(p),
+                Err(e) => {
+                    let reason = e.to_string();
+                    let _ = self
+                        .pipeline
+                        .record(&fail(reason.clone(), "client_certificate"))
+                        .await;
+                    send(
+                        &mut s.client,
+                        &[fatal(
+                            "28000",
+                            format!("certificate authentication failed for user \"{user}\""),
+                        )],
+                    )
+                    .await?;
+                    Err(Error::Authentication(reason))
+                }
+            };
+        }
+        if self.config.tls.as_ref().and_then(|t| t.client_certs) == Some(ClientCertMode::Required) {
+            let _ = self
+                .pipeline
+                .record(&fail(
+                    "no client certificate presented".into(),
+                    "client_certificate",
+                ))
+                .await;
+            send(
+                &mut s.client,
+                &[fatal(
+                    "28000",
+                    "wirewarden requires a TLS client certificate (sslmode=verify-full sslcert=...)",
+                )],
+            )
+            .await?;
+            return Err(Error::Authentication("no client certificate".into()));
+        }
         if let Some(scram) = self.config.scram_users.get(&user) {
             let mut server = ScramServer::new(scram.verifier.clone(), s.tls_binding.clone());
             send(&mut s.client, &[server.start()]).await?;

@@ -1,0 +1,405 @@
+//! Agents identified by TLS client certificates at the PostgreSQL listener: a throwaway CA
+//! issues the gateway's server certificate and the agents' client certificates, psql logs in
+//! with `sslcert`/`sslkey` and no password, and the identity crate's `ClientCertificates`
+//! maps the verified chain to a principal. A real PostgreSQL (wirewarden-testkit) is the
+//! upstream.
+
+#[allow(dead_code)]
+mod support;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use wirewarden::Pipeline;
+use wirewarden::audit::{VerifyKeys, read_log, verify_dir};
+use wirewarden::core::{AuditEventKind, AuthMethod, Protocol, Target};
+use wirewarden::identity::{
+    CertField, CertRule, Chain, ClientCertConfig, ClientCertificates, StaticToken, StaticTokens,
+    StaticTokensConfig, TokenHash,
+};
+use wirewarden::policy::RuleEngine;
+use wirewarden::postgres::{
+    ClientCertMode, PostgresProxy, PostgresTarget, Secret, ServerTls, UpstreamConfig,
+};
+use wirewarden_testkit::Postgres;
+
+const SEED: &str = "CREATE TABLE widgets (id int PRIMARY KEY, name text);
+INSERT INTO widgets VALUES (1, 'sprocket');";
+
+const POLICY: &str = r#"
+[[rule]]
+id = "agents-read"
+groups = ["agents"]
+max_class = "read"
+action = "allow"
+"#;
+
+const AGENT_URI: &str = "spiffe://prod.example/agents/agent-7";
+
+/// A CA and the files psql reads.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Self { dir, ca }
+    }
+
+    fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca.der().clone()
+    }
+
+    /// The gateway's certificate, for `localhost` and `127.0.0.1`.
+    fn server_identity(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+    }
+
+    /// A client certificate with this common name and URI SAN, written as `<file>.crt` and
+    /// `<file>.key` (mode 0600, as libpq insists); returns the two paths.
+    fn client(&self, file: &str, cn: &str, uri: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let crt = self.dir.path().join(format!("{file}.crt"));
+        let pem_key = self.dir.path().join(format!("{file}.key"));
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&pem_key, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&pem_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (crt, pem_key)
+    }
+}
+
+struct Gateway {
+    _pg: Postgres,
+    addr: SocketAddr,
+    audit_dir: tempfile::TempDir,
+    keys: VerifyKeys,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+fn identity() -> Chain {
+    let certs = ClientCertificates::new(ClientCertConfig {
+        rules: vec![CertRule {
+            field: CertField::SanUri,
+            pattern: "spiffe://prod.example/agents/*".into(),
+            groups: ["agents".to_owned()].into_iter().collect(),
+            attributes: Default::default(),
+        }],
+        ca_file: None,
+    })
+    .unwrap();
+    let tokens = StaticTokens::new(StaticTokensConfig {
+        hash_key: None,
+        tokens: vec![StaticToken {
+            id: "batch".into(),
+            hash: TokenHash::of("tok-batch", None),
+            subject: "batch-job".into(),
+            groups: ["agents".to_owned()].into_iter().collect(),
+            attributes: Default::default(),
+            expires_at: None,
+        }],
+    })
+    .unwrap();
+    Chain::new().with(Arc::new(certs)).with(Arc::new(tokens))
+}
+
+async fn gateway(pki: &Pki, mode: ClientCertMode) -> Gateway {
+    let pg = tokio::task::spawn_blocking(|| Postgres::builder().seed_sql(SEED).start().unwrap())
+        .await
+        .unwrap();
+    let (audit_dir, keys, sink) = support::audit_trail();
+    let engine = Arc::new(RuleEngine::from_toml(POLICY).unwrap());
+    let pipeline = Arc::new(
+        Pipeline::builder(Arc::new(identity()), engine)
+            .audit(Arc::new(sink))
+            .build()
+            .unwrap(),
+    );
+    let upstream = UpstreamConfig {
+        addr: pg.addr().to_string(),
+        user: pg.user().to_owned(),
+        password: Secret::new(pg.password()),
+        database: pg.database().to_owned(),
+        tls: None,
+    };
+    let (chain, key) = pki.server_identity();
+    let tls = ServerTls::with_client_certs(chain, key, &[pki.ca_der()], mode).unwrap();
+    let mut target = PostgresTarget::new(
+        Target::new("inventory", Protocol::Postgres).unwrap(),
+        upstream,
+    );
+    target.require_tls = true;
+    target.tls = Some(tls);
+    let proxy = PostgresProxy::new(pipeline, target);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = proxy.listen(listener).await;
+    });
+    Gateway {
+        _pg: pg,
+        addr,
+        audit_dir,
+        keys,
+        _task: task,
+    }
+}
+
+/// psql through the gateway with `sslmode=verify-full` against `root`; a client certificate
+/// when `cert` is given (otherwise a path that does not exist, so none is sent), a password
+/// only when `password` is given, and `-w` so a password request fails rather than prompts.
+async fn psql(
+    addr: SocketAddr,
+    root: &Path,
+    cert: Option<&(PathBuf, PathBuf)>,
+    password: Option<&str>,
+    sql: &str,
+) -> Output {
+    let scratch = tempfile::tempdir().unwrap();
+    let none = scratch.path().join("none");
+    let (crt, key) = match cert {
+        Some((c, k)) => (c.clone(), k.clone()),
+        None => (none.join("client.crt"), none.join("client.key")),
+    };
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=agent dbname=app sslmode=verify-full \
+         sslrootcert={} sslcert={} sslkey={} connect_timeout=10",
+        addr.port(),
+        root.display(),
+        crt.display(),
+        key.display(),
+    );
+    let mut cmd = tokio::process::Command::new("psql");
+    cmd.args(["-X", "-A", "-t", "-w", "-d", &conninfo, "-c", sql])
+        .env("HOME", scratch.path())
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLCERT")
+        .env_remove("PGSSLKEY");
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("psql finished")
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn events(g: &Gateway) -> Vec<AuditEventKind> {
+    read_log(g.audit_dir.path(), &g.keys)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect()
+}
+
+fn assert_verifies(g: &Gateway) {
+    let report = verify_dir(g.audit_dir.path(), &g.keys).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
+fn sessions(kinds: &[AuditEventKind]) -> usize {
+    kinds
+        .iter()
+        .filter(|k| matches!(k, AuditEventKind::SessionStarted { .. }))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_logs_in_without_a_password() {
+    let pki = Pki::new("wirewarden test CA");
+    let agent = pki.client("agent", "agent-7", AGENT_URI);
+    let g = gateway(&pki, ClientCertMode::Required).await;
+
+    let out = psql(
+        g.addr,
+        &pki.ca_pem(),
+        Some(&agent),
+        None,
+        "SELECT name FROM widgets WHERE id = 1",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "sprocket");
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let kinds = events(&g);
+    let started = kinds
+        .iter()
+        .find_map(|k| match k {
+            AuditEventKind::SessionStarted { principal, tls, .. } => Some((principal, *tls)),
+            _ => None,
+        })
+        .expect("a session was recorded");
+    assert!(started.1, "the session ran over TLS");
+    assert_eq!(started.0.subject, AGENT_URI);
+    assert!(started.0.groups.contains("agents"));
+    match &started.0.auth {
+        AuthMethod::ClientCertificate { fingerprint } => {
+            assert_eq!(fingerprint.len(), 64);
+            assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        other => panic!("expected a certificate login, got {other:?}"),
+    }
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| matches!(k, AuditEventKind::AuthenticationFailed { .. }))
+    );
+    assert_verifies(&g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_refuses_other_cas_and_missing_certificates_at_the_handshake() {
+    let pki = Pki::new("wirewarden test CA");
+    let rogue = Pki::new("another CA");
+    let forged = rogue.client("forged", "agent-7", AGENT_URI);
+    let g = gateway(&pki, ClientCertMode::Required).await;
+
+    // Same names, wrong issuer: the TLS handshake fails before any login message.
+    let out = psql(
+        g.addr,
+        &pki.ca_pem(),
+        Some(&forged),
+        Some("tok-batch"),
+        "SELECT 1",
+    )
+    .await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(!err.contains("password"), "{err}");
+
+    // No certificate at all, even with a valid token: refused in the handshake too.
+    let out = psql(g.addr, &pki.ca_pem(), None, Some("tok-batch"), "SELECT 1").await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(!err.contains("password"), "{err}");
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(sessions(&events(&g)), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_falls_back_to_the_token_only_without_a_certificate() {
+    let pki = Pki::new("wirewarden test CA");
+    let agent = pki.client("agent", "agent-7", AGENT_URI);
+    let g = gateway(&pki, ClientCertMode::Optional).await;
+
+    // No certificate: the token as password logs in.
+    let out = psql(
+        g.addr,
+        &pki.ca_pem(),
+        None,
+        Some("tok-batch"),
+        "SELECT name FROM widgets WHERE id = 1",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "sprocket");
+
+    // No certificate and no password: the password request cannot be answered.
+    let out = psql(g.addr, &pki.ca_pem(), None, None, "SELECT 1").await;
+    assert!(!out.status.success());
+
+    // A certificate still logs in by itself.
+    let out = psql(g.addr, &pki.ca_pem(), Some(&agent), None, "SELECT 1").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let subjects: Vec<(String, &'static str)> = events(&g)
+        .iter()
+        .filter_map(|k| match k {
+            AuditEventKind::SessionStarted { principal, .. } => {
+                Some((principal.subject.clone(), principal.auth.name()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        subjects,
+        vec![
+            ("batch-job".to_owned(), "static_token"),
+            (AGENT_URI.to_owned(), "client_certificate"),
+        ]
+    );
+    assert_verifies(&g);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmapped_certificate_is_refused_with_no_password_step() {
+    let pki = Pki::new("wirewarden test CA");
+    let stranger = pki.client(
+        "stranger",
+        "printer-3",
+        "spiffe://prod.example/devices/printer-3",
+    );
+    for mode in [ClientCertMode::Optional, ClientCertMode::Required] {
+        let g = gateway(&pki, mode).await;
+        // The token is offered too: it must never be asked for once a certificate failed.
+        let out = psql(
+            g.addr,
+            &pki.ca_pem(),
+            Some(&stranger),
+            Some("tok-batch"),
+            "SELECT 1",
+        )
+        .await;
+        assert!(!out.status.success(), "{mode:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("certificate authentication failed"), "{err}");
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let kinds = events(&g);
+        assert_eq!(sessions(&kinds), 0, "{mode:?}");
+        let failed: Vec<_> = kinds
+            .iter()
+            .filter_map(|k| match k {
+                AuditEventKind::AuthenticationFailed { method, .. } => Some(method.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed, vec!["client_certificate"], "{mode:?}");
+        assert_verifies(&g);
+    }
+}

@@ -403,3 +403,96 @@ async fn an_unmapped_certificate_is_refused_with_no_password_step() {
         assert_verifies(&g);
     }
 }
+
+/// Logs in over raw TLS with the client certificate in `cert`, and returns the first
+/// message the gateway answers the startup with: its type byte and body.
+async fn raw_login(
+    addr: SocketAddr,
+    ca: CertificateDer<'static>,
+    cert: &(PathBuf, PathBuf),
+) -> (u8, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let chain: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut &std::fs::read(&cert.0).unwrap()[..])
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = rustls_pemfile::private_key(&mut &std::fs::read(&cert.1).unwrap()[..])
+        .unwrap()
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+
+    let mut body = vec![0, 3, 0, 0];
+    for (k, v) in [("user", "agent"), ("database", "app")] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut startup = u32::try_from(body.len() + 4)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    startup.extend_from_slice(&body);
+    tls.write_all(&startup).await.unwrap();
+
+    let mut header = [0u8; 5];
+    tls.read_exact(&mut header).await.unwrap();
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let mut rest = vec![0u8; usize::try_from(len).unwrap() - 4];
+    tls.read_exact(&mut rest).await.unwrap();
+    (header[0], rest)
+}
+
+/// The value of field `code` in an ErrorResponse body.
+fn error_field(body: &[u8], code: u8) -> Option<String> {
+    body.split(|b| *b == 0)
+        .filter(|f| !f.is_empty())
+        .find(|f| f.first() == Some(&code))
+        .map(|f| String::from_utf8_lossy(f.get(1..).unwrap_or_default()).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wire_shows_28000_and_no_password_request_for_a_refused_certificate() {
+    let pki = Pki::new("wirewarden test CA");
+    let stranger = pki.client(
+        "stranger",
+        "printer-3",
+        "spiffe://prod.example/devices/printer-3",
+    );
+    let agent = pki.client("agent", "agent-7", AGENT_URI);
+    let g = gateway(&pki, ClientCertMode::Optional).await;
+
+    // Refused: the first answer to the startup is the error, not an authentication request.
+    let (kind, body) = raw_login(g.addr, pki.ca_der(), &stranger).await;
+    assert_eq!(kind, b'E', "{body:?}");
+    assert_eq!(error_field(&body, b'C').as_deref(), Some("28000"));
+
+    // Accepted: the first answer is AuthenticationOk (`R`, code 0), with no request between.
+    let (kind, body) = raw_login(g.addr, pki.ca_der(), &agent).await;
+    assert_eq!(kind, b'R');
+    assert_eq!(body, vec![0, 0, 0, 0]);
+}

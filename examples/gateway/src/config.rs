@@ -15,11 +15,15 @@ use wirewarden::audit::{
 };
 use wirewarden::core::{CommandClass, Protocol, Target};
 use wirewarden::http::{HttpTarget, Route, Routes};
-use wirewarden::identity::{Chain, IdentityProvider, JwtConfig, JwtProvider, StaticTokens};
+use wirewarden::identity::{
+    Chain, ClientCertConfig, ClientCertificates, IdentityProvider, JwtConfig, JwtProvider,
+    StaticTokens,
+};
 use wirewarden::mask::Engine as MaskEngine;
 use wirewarden::policy::RuleEngine;
 use wirewarden::postgres::{
-    ChannelBinding, PostgresTarget, ScramUser, Secret, ServerTls, UpstreamConfig, UpstreamTls,
+    ChannelBinding, ClientCertMode, PostgresTarget, ScramUser, Secret, ServerTls, UpstreamConfig,
+    UpstreamTls,
 };
 use wirewarden::redis::{RedisTarget, RedisUpstream};
 
@@ -85,6 +89,11 @@ pub(crate) struct IdentityConfig {
     pub(crate) tokens_file: Option<PathBuf>,
     /// JWT access tokens from an OIDC provider.
     pub(crate) jwt: Option<JwtConfig>,
+    /// TLS client certificates: the authority that issues agents' certificates (`ca_file`,
+    /// required here) and the rules that map a certificate to an identity. Targets opt in
+    /// with `client_certificates`.
+    #[serde(default)]
+    pub(crate) client_certs: Option<ClientCertConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +170,11 @@ pub(crate) struct TargetConfig {
     pub(crate) tls_key: Option<PathBuf>,
     #[serde(default)]
     pub(crate) allow_plaintext_password: bool,
+    /// PostgreSQL: ask clients for a TLS certificate (`optional`: one that is presented logs
+    /// in by itself, others use a token; `required`: every client must present one),
+    /// verified against `[identity.client_certs] ca_file` and mapped by its rules.
+    #[serde(default)]
+    pub(crate) client_certificates: Option<ClientCertsMode>,
     /// Users that log in with SCRAM against a stored verifier.
     #[serde(default)]
     pub(crate) scram_users: BTreeMap<String, ScramUserConfig>,
@@ -203,6 +217,14 @@ pub(crate) struct UpstreamTlsConfig {
     /// unset) or `require`. Only PostgreSQL targets take it.
     #[serde(default)]
     pub(crate) channel_binding: Option<ChannelBindingConfig>,
+}
+
+/// When a target asks clients for certificates.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ClientCertsMode {
+    Optional,
+    Required,
 }
 
 /// libpq's `channel_binding` values.
@@ -273,9 +295,36 @@ impl Config {
                     t.name
                 )));
             }
+            if t.client_certificates.is_some() {
+                let why = if t.protocol != "postgres" {
+                    Some("is supported on postgres targets only")
+                } else if t.tls_cert.is_none() {
+                    Some("needs tls_cert and tls_key (certificates come with TLS)")
+                } else if self.identity.client_certs.is_none() {
+                    Some("needs [identity.client_certs] to verify and map them")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(
+                        self.error(format!("target {:?}: client_certificates {why}", t.name))
+                    );
+                }
+            }
         }
-        if self.identity.tokens_file.is_none() && self.identity.jwt.is_none() {
-            return Err(self.error("[identity] needs tokens_file, [identity.jwt], or both"));
+        if self.identity.tokens_file.is_none()
+            && self.identity.jwt.is_none()
+            && self.identity.client_certs.is_none()
+        {
+            return Err(self
+                .error("[identity] needs tokens_file, [identity.jwt] or [identity.client_certs]"));
+        }
+        if let Some(c) = &self.identity.client_certs
+            && c.ca_file.is_none()
+        {
+            return Err(self.error(
+                "identity.client_certs needs ca_file: the authority that issues agents' certificates",
+            ));
         }
         Ok(())
     }
@@ -322,6 +371,13 @@ impl Config {
         if let Some(jwt) = &self.identity.jwt {
             let provider = JwtProvider::new(jwt.clone())
                 .map_err(|e| self.error(format!("identity.jwt: {e}")))?;
+            chain = chain.with(Arc::new(provider));
+        }
+        if let Some(c) = &self.identity.client_certs {
+            let mut c = c.clone();
+            c.ca_file = c.ca_file.map(|f| self.resolve(&f));
+            let provider = ClientCertificates::new(c)
+                .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
             chain = chain.with(Arc::new(provider));
         }
         Ok(Arc::new(chain))
@@ -419,8 +475,22 @@ impl Config {
                 .map_err(|e| self.error(format!("{what}: tls_key: {e}")))?;
             let key = wirewarden::tls::key_from_pem(&key_pem)
                 .map_err(|e| self.error(format!("{what}: {e}")))?;
-            pt.tls =
-                Some(ServerTls::new(chain, key).map_err(|e| self.error(format!("{what}: {e}")))?);
+            let tls = match (t.client_certificates, &self.identity.client_certs) {
+                (Some(mode), Some(c)) => {
+                    let ca = c.ca_file.as_deref().ok_or_else(|| {
+                        self.error("identity.client_certs needs ca_file".to_owned())
+                    })?;
+                    let anchors = wirewarden::tls::load_certs(&self.resolve(ca))
+                        .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
+                    let mode = match mode {
+                        ClientCertsMode::Optional => ClientCertMode::Optional,
+                        ClientCertsMode::Required => ClientCertMode::Required,
+                    };
+                    ServerTls::with_client_certs(chain, key, &anchors, mode)
+                }
+                _ => ServerTls::new(chain, key),
+            };
+            pt.tls = Some(tls.map_err(|e| self.error(format!("{what}: {e}")))?);
             pt.require_tls = true;
         }
         pt.allow_plaintext_password = t.allow_plaintext_password;
@@ -719,6 +789,108 @@ mod tests {
             e.contains("upstream_tls is not supported for http targets"),
             "{e}"
         );
+    }
+
+    /// A target of `protocol` with TLS on the listener and `target_extra` keys, and
+    /// `identity_extra` appended to `[identity]`.
+    fn cert_config(
+        dir: &Path,
+        protocol: &str,
+        target_extra: &str,
+        identity_extra: &str,
+    ) -> std::result::Result<Config, String> {
+        std::fs::write(dir.join("policy.toml"), "").unwrap();
+        std::fs::write(dir.join("tokens.toml"), "").unwrap();
+        std::fs::write(dir.join("db.pw"), "pw\n").unwrap();
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join("server.crt"), server.cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), server.signing_key.serialize_pem()).unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["agents-ca".into()]).unwrap();
+        std::fs::write(dir.join("agents-ca.pem"), ca.cert.pem()).unwrap();
+        let p = dir.join("g.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:1\"\ntoken = {{ env = \"X\" }}\n\
+                 [identity]\ntokens_file = \"tokens.toml\"\n{identity_extra}\
+                 [policy]\nfile = \"policy.toml\"\n\
+                 [audit]\ndir = \"audit\"\nchain_key_file = \"c\"\nsigning_key_file = \"s\"\n\
+                 [[target]]\nname = \"crm\"\nprotocol = \"{protocol}\"\nlisten = \"127.0.0.1:2\"\n\
+                 upstream = \"127.0.0.1:3\"\ndatabase = \"crm\"\nuser = \"gw\"\n\
+                 password = {{ file = \"db.pw\" }}\n{target_extra}"
+            ),
+        )
+        .unwrap();
+        Config::load(&p).map_err(|e| e.to_string())
+    }
+
+    const CLIENT_CERTS: &str = "[identity.client_certs]\nca_file = \"agents-ca.pem\"\n\
+        [[identity.client_certs.rules]]\nfield = \"san_uri\"\n\
+        pattern = \"spiffe://prod.example/agents/*\"\ngroups = [\"agents\"]\n";
+    const LISTENER_TLS: &str = "tls_cert = \"server.crt\"\ntls_key = \"server.key\"\n";
+
+    #[test]
+    fn postgres_targets_ask_for_client_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        for (mode, want) in [
+            ("optional", ClientCertMode::Optional),
+            ("required", ClientCertMode::Required),
+        ] {
+            let c = cert_config(
+                dir.path(),
+                "postgres",
+                &format!("{LISTENER_TLS}client_certificates = \"{mode}\"\n"),
+                CLIENT_CERTS,
+            )
+            .unwrap();
+            let t = c.postgres_target(&c.targets[0]).unwrap();
+            assert_eq!(t.tls.expect("listener TLS").client_certs, Some(want));
+            // The identity chain takes certificates too.
+            c.identity().unwrap();
+        }
+        // Without the setting, no certificate is asked for.
+        let c = cert_config(dir.path(), "postgres", LISTENER_TLS, CLIENT_CERTS).unwrap();
+        let t = c.postgres_target(&c.targets[0]).unwrap();
+        assert_eq!(t.tls.expect("listener TLS").client_certs, None);
+    }
+
+    #[test]
+    fn client_certificates_are_refused_where_they_cannot_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let required = "client_certificates = \"required\"\n";
+        for (protocol, target, identity, want) in [
+            (
+                "redis",
+                format!("{LISTENER_TLS}{required}"),
+                CLIENT_CERTS,
+                "postgres targets only",
+            ),
+            (
+                "postgres",
+                required.to_owned(),
+                CLIENT_CERTS,
+                "needs tls_cert and tls_key",
+            ),
+            (
+                "postgres",
+                format!("{LISTENER_TLS}{required}"),
+                "",
+                "needs [identity.client_certs]",
+            ),
+            (
+                "postgres",
+                format!("{LISTENER_TLS}{required}"),
+                "[identity.client_certs]\nrules = []\n",
+                "needs ca_file",
+            ),
+        ] {
+            let e = cert_config(dir.path(), protocol, &target, identity).unwrap_err();
+            assert!(
+                e.contains(want),
+                "{protocol}, {target:?}, {identity:?}: {e}"
+            );
+            assert!(e.contains("g.toml"), "{e}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// Accepts connections and serves each on its own task. Accept errors (out of file
 /// descriptors, a connection reset before it was accepted) are transient: the loop backs off
@@ -25,4 +25,23 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// Runs the gateway's own connection to an upstream (connect, TLS handshake, login) within
+/// `limit`: an upstream that never answers (a TLS hello sent to a plaintext server, a stalled
+/// login) would otherwise hold the client that waits for it. Running out of time is an
+/// upstream I/O error (`TimedOut`) saying what did not happen.
+pub(crate) async fn upstream_within<T>(
+    limit: Duration,
+    connect: impl Future<Output = Result<T>>,
+    what: &'static str,
+) -> Result<T> {
+    tokio::time::timeout(limit, connect)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::upstream_io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                what,
+            )))
+        })
 }

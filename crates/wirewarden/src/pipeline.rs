@@ -218,6 +218,9 @@ impl Pipeline {
     /// many of them, from the start, are on record: a command whose intent is past that
     /// count must be refused.
     pub async fn record_batch(&self, events: &[AuditEvent]) -> usize {
+        if events.is_empty() {
+            return 0;
+        }
         match self.audit.append_batch(events).await {
             Ok(_) => events.len(),
             Err(partial) => partial.recorded.min(events.len()),

@@ -751,16 +751,12 @@ impl PostgresProxy {
         }
         // Bounded: an upstream that never answers (a silent TLS handshake, a stalled login)
         // would otherwise hold the client.
-        let connect = tokio::time::timeout(
+        let connected = crate::listen::upstream_within(
             self.config.login_timeout,
             upstream::connect(&self.config.upstream, &self.config.limits, &extra),
-        );
-        let connected = connect.await.unwrap_or_else(|_| {
-            Err(Error::upstream_io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no upstream connection and login within the login timeout",
-            )))
-        });
+            "no upstream connection and login within the login timeout",
+        )
+        .await;
         let up = match connected {
             Ok(up) => up,
             Err(e) => {

@@ -608,13 +608,12 @@ impl RedisProxy {
         let target = self.config.target.clone();
         // Bounded: a TLS upstream that never answers the ClientHello (a plaintext Redis
         // waits for a newline the hello may not contain) would otherwise hold the client.
-        let connect = tokio::time::timeout(self.config.login_timeout, self.connect_upstream());
-        let connected = connect.await.unwrap_or_else(|_| {
-            Err(Error::upstream_io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no connection, TLS handshake and AUTH reply within the login timeout",
-            )))
-        });
+        let connected = crate::listen::upstream_within(
+            self.config.login_timeout,
+            self.connect_upstream(),
+            "no connection, TLS handshake and AUTH reply within the login timeout",
+        )
+        .await;
         let (up, up_buf) = match connected {
             Ok(x) => x,
             Err(e) => {
@@ -664,7 +663,6 @@ impl RedisProxy {
             outcome_batch: Vec::new(),
             steps: Vec::new(),
             intents: Vec::new(),
-            recorded: Vec::new(),
             principal,
             target,
             session_id,
@@ -841,26 +839,13 @@ const STEP_BATCH: usize = 256;
 async fn outcome_writer(pipeline: Arc<Pipeline>, mut rx: mpsc::Receiver<Vec<AuditEvent>>) {
     let mut batches = Vec::with_capacity(OUTCOME_QUEUE);
     let mut events = Vec::new();
-    let mut recorded = Vec::new();
     while rx.recv_many(&mut batches, OUTCOME_QUEUE).await > 0 {
         for batch in batches.drain(..) {
             events.extend(batch);
         }
-        record_all(&pipeline, &events, &mut recorded).await;
+        pipeline.record_batch(&events).await;
         events.clear();
     }
-}
-
-/// Appends `events` as one batch and sets `recorded[i]` to whether event `i` is on record.
-/// The sink keeps them in this order, and in fsync mode makes them durable with one
-/// `fdatasync` instead of one each.
-async fn record_all(pipeline: &Pipeline, events: &[AuditEvent], recorded: &mut Vec<bool>) {
-    recorded.clear();
-    if events.is_empty() {
-        return;
-    }
-    let n = pipeline.record_batch(events).await;
-    recorded.extend((0..events.len()).map(|i| i < n));
 }
 
 struct Relay<'p> {
@@ -873,8 +858,6 @@ struct Relay<'p> {
     steps: Vec<Step>,
     /// The intent records the batch's steps wait for.
     intents: Vec<AuditEvent>,
-    /// Scratch: which of `intents` were recorded.
-    recorded: Vec<bool>,
     principal: Principal,
     target: Target,
     session_id: SessionId,
@@ -1302,15 +1285,13 @@ impl Relay<'_> {
             return;
         }
         let mut intents = std::mem::take(&mut self.intents);
-        let mut recorded = std::mem::take(&mut self.recorded);
-        record_all(self.pipeline(), &intents, &mut recorded).await;
+        // The sink records a prefix of the batch: intents from `recorded` on are not.
+        let recorded = self.pipeline().record_batch(&intents).await;
         let mut steps = std::mem::take(&mut self.steps);
         for step in steps.drain(..) {
             match step {
                 Step::Forward(allowed) => {
-                    let on_record = allowed
-                        .intent
-                        .is_none_or(|i| recorded.get(i).copied().unwrap_or(false));
+                    let on_record = allowed.intent.is_none_or(|i| i < recorded);
                     let metrics = self.pipeline().metrics();
                     if on_record {
                         Metrics::add(&metrics.commands_allowed, 1);
@@ -1327,7 +1308,6 @@ impl Relay<'_> {
         intents.clear();
         self.intents = intents;
         self.steps = steps;
-        self.recorded = recorded;
     }
 
     /// Sends an allowed command whose intent is on record upstream and sets up what its

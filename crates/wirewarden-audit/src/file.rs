@@ -5,7 +5,9 @@
 //! owns the files: it takes the whole pending buffer, writes it with one `write`, and in
 //! `fsync` mode calls `fdatasync` once for the batch — every append waiting on a record in
 //! that batch is released by the same sync (group commit). While it syncs, new appends
-//! collect in the buffer for the next batch. A failed write or sync poisons the sink: the
+//! collect in the buffer for the next batch. In buffered mode the writer lets records collect
+//! for a short [write delay](FileSinkBuilder::write_delay) before it writes, so a busy sink
+//! makes one `write` per interval rather than one per append. A failed write or sync poisons the sink: the
 //! writer stops, waiting appenders get an error, and every later append fails. A sync is
 //! never retried (after a failed `fsync` the kernel may have dropped the dirty pages, so a
 //! retry that succeeds proves nothing).
@@ -66,6 +68,10 @@ impl IoHook for StdIo {}
 
 // === Config ===
 
+/// In buffered mode, records pending for the writer that make it write at once instead of
+/// waiting out the [write delay](FileSinkBuilder::write_delay).
+pub const WRITE_BATCH_BYTES: usize = 256 << 10;
+
 /// Builds a [`FileSink`].
 #[derive(Debug, Clone)]
 pub struct FileSinkBuilder {
@@ -77,6 +83,7 @@ pub struct FileSinkBuilder {
     checkpoint_interval: Duration,
     max_record_bytes: u32,
     max_pending_bytes: usize,
+    write_delay: Duration,
     io: Arc<dyn IoHook>,
 }
 
@@ -114,6 +121,18 @@ impl FileSinkBuilder {
     #[must_use]
     pub fn max_pending_bytes(mut self, bytes: usize) -> Self {
         self.max_pending_bytes = bytes;
+        self
+    }
+
+    /// In buffered mode, how long records may collect in memory before the writer writes
+    /// them (default 5 ms; zero writes as soon as the writer is free, as fsync mode does).
+    /// Under load this turns a `write` and a wake-up of the writer per append into one per
+    /// interval; a crash of the process may lose the records of the last interval, which
+    /// buffered mode allows. Records are written sooner once [`WRITE_BATCH_BYTES`] are
+    /// pending, and at once on [`flush`](AuditSink::flush), a checkpoint or close.
+    #[must_use]
+    pub fn write_delay(mut self, delay: Duration) -> Self {
+        self.write_delay = delay;
         self
     }
 
@@ -239,6 +258,7 @@ impl FileSink {
             checkpoint_interval: Duration::from_secs(60),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             max_pending_bytes: 8 << 20,
+            write_delay: Duration::from_millis(5),
             io: Arc::new(StdIo),
         }
     }
@@ -344,10 +364,9 @@ impl FileSink {
         let (seq, pending, wake) = {
             let mut st = self.shared.lock();
             self.check_usable(&st)?;
+            let before = st.pending.len();
             let seq = self.chain(&mut st, &bytes)?;
-            // The writer takes everything pending before it sleeps again, so only a writer
-            // that is idle needs waking, and only once.
-            let wake = std::mem::take(&mut st.writer_idle);
+            let wake = self.wake_writer(&mut st, before);
             (seq, st.pending.len(), wake)
         };
         self.settle(seq, pending, wake).await?;
@@ -384,6 +403,7 @@ impl FileSink {
             let (last, pending, wake) = {
                 let mut st = self.shared.lock();
                 self.check_usable(&st).map_err(|e| (0, e))?;
+                let before = st.pending.len();
                 for bytes in &encoded {
                     match self.chain(&mut st, bytes) {
                         Ok(seq) => seqs.push(seq),
@@ -393,7 +413,7 @@ impl FileSink {
                         }
                     }
                 }
-                let wake = std::mem::take(&mut st.writer_idle);
+                let wake = self.wake_writer(&mut st, before);
                 (seqs.last().copied(), st.pending.len(), wake)
             };
             if let Some(last) = last {
@@ -404,6 +424,17 @@ impl FileSink {
             Some(f) => Err(f),
             None => Ok(seqs),
         }
+    }
+
+    /// Whether an append that found `before` bytes pending must wake the writer (under the
+    /// lock). The writer takes everything pending before it sleeps again, so only a writer
+    /// that is idle needs waking, and only once; in buffered mode a writer letting records
+    /// collect is woken early when they reach [`WRITE_BATCH_BYTES`].
+    fn wake_writer(&self, st: &mut State, before: usize) -> bool {
+        let idle = std::mem::take(&mut st.writer_idle);
+        idle || (self.durability == Durability::Buffered
+            && before < WRITE_BATCH_BYTES
+            && st.pending.len() >= WRITE_BATCH_BYTES)
     }
 
     /// The canonical encoding of `event`, refused when over the record limit.
@@ -587,6 +618,7 @@ impl FileSink {
             log_id,
             genesis: g,
             durability: b.durability,
+            write_delay: b.write_delay,
             segment_max_bytes: b.segment_max_bytes,
             checkpoint_interval: b.checkpoint_interval,
             io: Arc::clone(&b.io),
@@ -700,6 +732,7 @@ struct SegmentWriter {
     log_id: LogId,
     genesis: Hash,
     durability: Durability,
+    write_delay: Duration,
     segment_max_bytes: u64,
     checkpoint_interval: Duration,
     io: Arc<dyn IoHook>,
@@ -730,13 +763,32 @@ impl SegmentWriter {
         loop {
             let batch = {
                 let mut st = shared.lock();
+                // In buffered mode, when the records pending now may be written.
+                let mut write_at: Option<Instant> = None;
                 loop {
-                    if !st.pending.is_empty()
-                        || st.closing
-                        || st.checkpoint_now
-                        || st.sync_upto > self.synced
-                    {
+                    if st.closing || st.checkpoint_now || st.sync_upto > self.synced {
                         break;
+                    }
+                    if !st.pending.is_empty() {
+                        if self.durability == Durability::Fsync
+                            || st.pending.len() >= WRITE_BATCH_BYTES
+                        {
+                            break;
+                        }
+                        let at = *write_at.get_or_insert_with(|| Instant::now() + self.write_delay);
+                        let left = at.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        // Letting records collect: appends need not wake the writer (only
+                        // one that fills the batch does).
+                        st.writer_idle = false;
+                        st = shared
+                            .work
+                            .wait_timeout(st, left)
+                            .map(|(g, _)| g)
+                            .unwrap_or_else(|e| e.into_inner().0);
+                        continue;
                     }
                     let left = self
                         .checkpoint_interval

@@ -133,6 +133,8 @@ pub(crate) struct AuditConfig {
     pub(crate) dir: PathBuf,
     #[serde(default = "default_durability")]
     pub(crate) durability: DurabilityConfig,
+    /// With `buffered`, how long records may collect before they are written (default 5).
+    pub(crate) write_delay_ms: Option<u64>,
     /// File holding `<key-id> <64 hex>`: the keyed-hash chain key.
     pub(crate) chain_key_file: PathBuf,
     /// File holding the 64-hex Ed25519 seed that signs checkpoints.
@@ -439,8 +441,18 @@ impl Config {
         let dir = self.audit_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| self.error(format!("audit.dir {}: {e}", dir.display())))?;
-        FileSink::builder(dir, chain, signer)
-            .durability(durability)
+        let mut builder = FileSink::builder(dir, chain, signer).durability(durability);
+        if let Some(ms) = self.audit.write_delay_ms {
+            if durability == Durability::Fsync {
+                // Fsync mode writes and syncs as soon as a record is pending; a delay there
+                // would only hold every command longer.
+                return Err(self.error(
+                    "audit.write_delay_ms applies to durability = \"buffered\" only".to_owned(),
+                ));
+            }
+            builder = builder.write_delay(std::time::Duration::from_millis(ms.min(60_000)));
+        }
+        builder
             .open()
             .map_err(|e| self.error(format!("audit: {e}")))
     }
@@ -902,5 +914,42 @@ mod tests {
         assert!(e.contains("line 23"), "{e}");
         assert!(e.contains("requried"), "{e}");
         assert!(e.contains("`disable`, `prefer`, `require`"), "{e}");
+    }
+
+    /// A config with `audit_extra` in its `[audit]` table and real key files.
+    fn audit_config(dir: &Path, audit_extra: &str) -> Config {
+        std::fs::write(dir.join("c"), format!("k1 {}\n", "ab".repeat(32))).unwrap();
+        std::fs::write(dir.join("s"), format!("{}\n", "cd".repeat(32))).unwrap();
+        let p = dir.join("g.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:1\"\ntoken = {{ env = \"X\" }}\n\
+                 [identity]\ntokens_file = \"tokens.toml\"\n[policy]\nfile = \"policy.toml\"\n\
+                 [audit]\ndir = \"audit\"\nchain_key_file = \"c\"\nsigning_key_file = \"s\"\n\
+                 {audit_extra}"
+            ),
+        )
+        .unwrap();
+        Config::load(&p).unwrap()
+    }
+
+    #[test]
+    fn write_delay_applies_to_buffered_audit_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = audit_config(
+            dir.path(),
+            "durability = \"buffered\"\nwrite_delay_ms = 20\n",
+        );
+        let sink = c.audit_sink().unwrap();
+        assert_eq!(sink.dir(), dir.path().join("audit"));
+        drop(sink);
+        let dir = tempfile::tempdir().unwrap();
+        let c = audit_config(dir.path(), "write_delay_ms = 20\n");
+        let e = c.audit_sink().unwrap_err().to_string();
+        assert!(
+            e.contains("write_delay_ms applies to durability = \"buffered\""),
+            "{e}"
+        );
     }
 }

@@ -5,9 +5,11 @@
 //! owns the files: it takes the whole pending buffer, writes it with one `write`, and in
 //! `fsync` mode calls `fdatasync` once for the batch — every append waiting on a record in
 //! that batch is released by the same sync (group commit). While it syncs, new appends
-//! collect in the buffer for the next batch. In buffered mode the writer lets records collect
-//! for a short [write delay](FileSinkBuilder::write_delay) before it writes, so a busy sink
-//! makes one `write` per interval rather than one per append. A failed write or sync poisons the sink: the
+//! collect in the buffer for the next batch. Records nobody waits for (every record in
+//! buffered mode, [unawaited](FileSink::append_events_unawaited) ones in fsync mode) collect
+//! for a short [write delay](FileSinkBuilder::write_delay) before the writer writes them, so
+//! a busy sink makes one `write` per interval rather than one per append, and in fsync mode
+//! syncs only when someone waits. A failed write or sync poisons the sink: the
 //! writer stops, waiting appenders get an error, and every later append fails. A sync is
 //! never retried (after a failed `fsync` the kernel may have dropped the dirty pages, so a
 //! retry that succeeds proves nothing).
@@ -124,12 +126,15 @@ impl FileSinkBuilder {
         self
     }
 
-    /// In buffered mode, how long records may collect in memory before the writer writes
-    /// them (default 5 ms; zero writes as soon as the writer is free, as fsync mode does).
-    /// Under load this turns a `write` and a wake-up of the writer per append into one per
-    /// interval; a crash of the process may lose the records of the last interval, which
-    /// buffered mode allows. Records are written sooner once [`WRITE_BATCH_BYTES`] are
-    /// pending, and at once on [`flush`](AuditSink::flush), a checkpoint or close.
+    /// How long records nobody waits for may collect in memory before the writer writes
+    /// them (default 5 ms; zero writes as soon as the writer is free): every record in
+    /// buffered mode, and in fsync mode those of
+    /// [`append_events_unawaited`](FileSink::append_events_unawaited). Under load this turns
+    /// a `write` (and in fsync mode an `fdatasync`) and a wake-up of the writer per append
+    /// into one per interval; a crash may lose the records of the last interval, which their
+    /// appenders accepted. Records are written sooner once [`WRITE_BATCH_BYTES`] are
+    /// pending, with the next record someone waits for, and at once on
+    /// [`flush`](AuditSink::flush), a checkpoint or close.
     #[must_use]
     pub fn write_delay(mut self, delay: Duration) -> Self {
         self.write_delay = delay;
@@ -167,9 +172,24 @@ struct State {
     closing: bool,
     sync_upto: u64,
     checkpoint_now: bool,
-    /// The writer is (about to be) asleep on `work` and nobody has woken it yet: an append
-    /// wakes it only then, so a busy writer is not sent a futex wake per record.
-    writer_idle: bool,
+    /// What the writer is doing, so appends wake it only when it must be woken: a busy
+    /// writer is not sent a futex wake per record.
+    writer: WriterState,
+    /// A record someone waits to see on disk is pending (fsync mode): the writer writes now
+    /// rather than letting records collect.
+    urgent: bool,
+}
+
+/// What the writer thread is doing (under the lock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterState {
+    /// Writing, or about to look at the pending records again: it needs no wake.
+    Busy,
+    /// Letting records nobody waits for collect until the write delay is up: woken by a
+    /// record someone waits for, or by a full batch.
+    Napping,
+    /// Nothing pending: woken by any record.
+    Idle,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -361,15 +381,16 @@ impl FileSink {
     /// encode.
     pub async fn append_event(&self, event: &AuditEvent) -> Result<u64> {
         let bytes = self.encode(event)?;
+        let urgent = self.durability == Durability::Fsync;
         let (seq, pending, wake) = {
             let mut st = self.shared.lock();
             self.check_usable(&st)?;
             let before = st.pending.len();
             let seq = self.chain(&mut st, &bytes)?;
-            let wake = self.wake_writer(&mut st, before);
+            let wake = self.wake_writer(&mut st, before, urgent);
             (seq, st.pending.len(), wake)
         };
-        self.settle(seq, pending, wake).await?;
+        self.settle(seq, pending, wake, urgent).await?;
         Ok(seq)
     }
 
@@ -385,6 +406,31 @@ impl FileSink {
     pub async fn append_events(
         &self,
         events: &[AuditEvent],
+    ) -> std::result::Result<Vec<u64>, (usize, Error)> {
+        self.append_events_as(events, self.durability == Durability::Fsync)
+            .await
+    }
+
+    /// Appends `events` in order without waiting for them to reach the disk, in either mode;
+    /// the typed version of [`AuditSink::append_batch_unawaited`]. They are written within the
+    /// [write delay](FileSinkBuilder::write_delay), or with the next record someone waits
+    /// for, whichever comes first; in fsync mode a later `append`'s `Ok` means these are on
+    /// disk too, since the trail is written in order. Returns each event's sequence number.
+    ///
+    /// # Errors
+    /// As [`append_events`](Self::append_events), except that a failed write or sync is
+    /// reported by a later append or flush rather than this one.
+    pub async fn append_events_unawaited(
+        &self,
+        events: &[AuditEvent],
+    ) -> std::result::Result<Vec<u64>, (usize, Error)> {
+        self.append_events_as(events, false).await
+    }
+
+    async fn append_events_as(
+        &self,
+        events: &[AuditEvent],
+        urgent: bool,
     ) -> std::result::Result<Vec<u64>, (usize, Error)> {
         // Encoding needs no lock; an event that cannot be encoded ends the batch there.
         let mut encoded = Vec::with_capacity(events.len());
@@ -413,11 +459,13 @@ impl FileSink {
                         }
                     }
                 }
-                let wake = self.wake_writer(&mut st, before);
+                let wake = self.wake_writer(&mut st, before, urgent && !seqs.is_empty());
                 (seqs.last().copied(), st.pending.len(), wake)
             };
             if let Some(last) = last {
-                self.settle(last, pending, wake).await.map_err(|e| (0, e))?;
+                self.settle(last, pending, wake, urgent)
+                    .await
+                    .map_err(|e| (0, e))?;
             }
         }
         match failed {
@@ -427,14 +475,22 @@ impl FileSink {
     }
 
     /// Whether an append that found `before` bytes pending must wake the writer (under the
-    /// lock). The writer takes everything pending before it sleeps again, so only a writer
-    /// that is idle needs waking, and only once; in buffered mode a writer letting records
-    /// collect is woken early when they reach [`WRITE_BATCH_BYTES`].
-    fn wake_writer(&self, st: &mut State, before: usize) -> bool {
-        let idle = std::mem::take(&mut st.writer_idle);
-        idle || (self.durability == Durability::Buffered
-            && before < WRITE_BATCH_BYTES
-            && st.pending.len() >= WRITE_BATCH_BYTES)
+    /// lock); `urgent` when the appender will wait for the disk. The writer takes everything
+    /// pending before it sleeps again, so a busy writer needs no wake and an idle one only
+    /// one; a writer letting records collect is woken by an urgent record, or when they
+    /// reach [`WRITE_BATCH_BYTES`].
+    fn wake_writer(&self, st: &mut State, before: usize, urgent: bool) -> bool {
+        st.urgent |= urgent;
+        let full = before < WRITE_BATCH_BYTES && st.pending.len() >= WRITE_BATCH_BYTES;
+        let wake = match st.writer {
+            WriterState::Busy => false,
+            WriterState::Idle => true,
+            WriterState::Napping => urgent || full,
+        };
+        if wake {
+            st.writer = WriterState::Busy;
+        }
+        wake
     }
 
     /// The canonical encoding of `event`, refused when over the record limit.
@@ -467,19 +523,16 @@ impl FileSink {
     }
 
     /// Wakes the writer if asked and waits as the durability mode requires for `seq`.
-    async fn settle(&self, seq: u64, pending: usize, wake: bool) -> Result<()> {
+    async fn settle(&self, seq: u64, pending: usize, wake: bool, urgent: bool) -> Result<()> {
         if wake {
             self.shared.work.notify_one();
         }
-        match self.durability {
-            Durability::Fsync => self.wait(|p| p.durable > seq).await,
-            _ => {
-                if pending > self.max_pending_bytes {
-                    self.wait(|p| p.written > seq).await
-                } else {
-                    Ok(())
-                }
-            }
+        if urgent {
+            self.wait(|p| p.durable > seq).await
+        } else if pending > self.max_pending_bytes {
+            self.wait(|p| p.written > seq).await
+        } else {
+            Ok(())
         }
     }
 
@@ -600,7 +653,8 @@ impl FileSink {
                 closing: false,
                 sync_upto: 0,
                 checkpoint_now: false,
-                writer_idle: false,
+                writer: WriterState::Busy,
+                urgent: false,
             }),
             work: Condvar::new(),
             progress: watch::Sender::new(Progress {
@@ -671,6 +725,19 @@ impl AuditSink for FileSink {
 
     async fn append_batch(&self, events: &[AuditEvent]) -> Result<Vec<Appended>, PartialBatch> {
         match self.append_events(events).await {
+            Ok(seqs) => Ok(seqs.into_iter().map(Appended::at).collect()),
+            Err((recorded, e)) => Err(PartialBatch {
+                recorded,
+                error: Box::new(e),
+            }),
+        }
+    }
+
+    async fn append_batch_unawaited(
+        &self,
+        events: &[AuditEvent],
+    ) -> Result<Vec<Appended>, PartialBatch> {
+        match self.append_events_unawaited(events).await {
             Ok(seqs) => Ok(seqs.into_iter().map(Appended::at).collect()),
             Err((recorded, e)) => Err(PartialBatch {
                 recorded,
@@ -770,9 +837,7 @@ impl SegmentWriter {
                         break;
                     }
                     if !st.pending.is_empty() {
-                        if self.durability == Durability::Fsync
-                            || st.pending.len() >= WRITE_BATCH_BYTES
-                        {
+                        if st.urgent || st.pending.len() >= WRITE_BATCH_BYTES {
                             break;
                         }
                         let at = *write_at.get_or_insert_with(|| Instant::now() + self.write_delay);
@@ -780,9 +845,9 @@ impl SegmentWriter {
                         if left.is_zero() {
                             break;
                         }
-                        // Letting records collect: appends need not wake the writer (only
-                        // one that fills the batch does).
-                        st.writer_idle = false;
+                        // Letting records collect: only an urgent record or a full batch
+                        // wakes the writer.
+                        st.writer = WriterState::Napping;
                         st = shared
                             .work
                             .wait_timeout(st, left)
@@ -796,14 +861,15 @@ impl SegmentWriter {
                     if left.is_zero() {
                         break;
                     }
-                    st.writer_idle = true;
+                    st.writer = WriterState::Idle;
                     st = shared
                         .work
                         .wait_timeout(st, left)
                         .map(|(g, _)| g)
                         .unwrap_or_else(|e| e.into_inner().0);
                 }
-                st.writer_idle = false;
+                st.writer = WriterState::Busy;
+                st.urgent = false;
                 if st.poisoned.is_some() {
                     return;
                 }

@@ -149,6 +149,26 @@ pub trait AuditSink: fmt::Debug + Send + Sync {
         Ok(out)
     }
 
+    /// Records `events` in order, like [`append_batch`](Self::append_batch), for a caller
+    /// that does not wait for them to be stored: the proxies' records of what a command
+    /// returned, which must be in the trail but hold nothing back. `Ok` means the events are
+    /// accepted and ordered, as a buffered sink's `Ok`; they are stored by the next
+    /// [`flush`](Self::flush), and a sink may store them later than an `append`'s would be.
+    /// A sink that writes in order (as [`FileSink`](crate::FileSink) does) stores them no
+    /// later than any event appended after them, so waiting for the next durable `append`
+    /// waits for these too. The default is `append_batch`, which waits as the durability
+    /// mode says: correct for every sink, and what sinks that deliver elsewhere keep.
+    ///
+    /// # Errors
+    /// [`PartialBatch`], as for `append_batch`. A sink that stores the events later reports
+    /// a failure to store them through later appends and flushes instead.
+    async fn append_batch_unawaited(
+        &self,
+        events: &[AuditEvent],
+    ) -> Result<Vec<Appended>, PartialBatch> {
+        self.append_batch(events).await
+    }
+
     /// Waits until every event appended before this call is stored (or delivered).
     async fn flush(&self) -> Result<(), BoxError>;
 
@@ -164,6 +184,13 @@ impl<S: AuditSink + ?Sized> AuditSink for std::sync::Arc<S> {
 
     async fn append_batch(&self, events: &[AuditEvent]) -> Result<Vec<Appended>, PartialBatch> {
         (**self).append_batch(events).await
+    }
+
+    async fn append_batch_unawaited(
+        &self,
+        events: &[AuditEvent],
+    ) -> Result<Vec<Appended>, PartialBatch> {
+        (**self).append_batch_unawaited(events).await
     }
 
     async fn flush(&self) -> Result<(), BoxError> {

@@ -114,3 +114,38 @@ async fn a_full_batch_is_written_without_waiting_for_the_delay() {
     assert!(wrote.is_ok(), "a full batch was not written");
     sink.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_fsync_mode_unawaited_records_wait_for_the_next_awaited_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, signer) = keys();
+    let io = Arc::new(CountWrites::default());
+    let sink = FileSink::builder(dir.path(), key.clone(), signer.clone())
+        .durability(Durability::Fsync)
+        .write_delay(Duration::from_secs(3600))
+        .io_hook(io.clone())
+        .open()
+        .unwrap();
+    let before = io.segment_writes.load(Ordering::SeqCst);
+    let s = SessionId::new();
+    let outcomes: Vec<_> = (0..10).map(|i| numbered_event(s, i)).collect();
+    let seqs = sink.append_events_unawaited(&outcomes).await.unwrap();
+    assert_eq!(seqs.len(), 10);
+    // Nobody waits for these: they are not written on their own.
+    assert!(sink.pending_bytes() > 0);
+    assert_eq!(io.segment_writes.load(Ordering::SeqCst), before);
+    // An awaited append is durable on return, and the trail is written in order: the
+    // unawaited records before it are on disk with it, in one write.
+    let intent = numbered_event(s, 10);
+    sink.append_event(&intent).await.unwrap();
+    assert_eq!(io.segment_writes.load(Ordering::SeqCst), before + 1);
+    let keys = VerifyKeys {
+        chain: key,
+        checkpoint: signer.public(),
+    };
+    // Read while the sink is open: what is there is what reached the disk.
+    let on_disk = read_log(dir.path(), &keys).unwrap();
+    assert_eq!(on_disk.len(), 11);
+    assert_eq!(on_disk[10].event.kind, intent.kind);
+    sink.close().await.unwrap();
+}

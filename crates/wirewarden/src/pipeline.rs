@@ -227,6 +227,21 @@ impl Pipeline {
         }
     }
 
+    /// Records `events` in order without waiting for them to be stored (see
+    /// [`AuditSink::append_batch_unawaited`]): the outcomes of commands, which must be in
+    /// the trail but hold nothing back. In fsync mode they are on disk no later than the
+    /// next intent the proxies wait for, and at the latest when a session ends (its end
+    /// flushes the sink). Returns how many, from the start, were accepted.
+    pub async fn record_batch_unawaited(&self, events: &[AuditEvent]) -> usize {
+        if events.is_empty() {
+            return 0;
+        }
+        match self.audit.append_batch_unawaited(events).await {
+            Ok(_) => events.len(),
+            Err(partial) => partial.recorded.min(events.len()),
+        }
+    }
+
     /// Counts and records an upstream connection or login that failed, so an operator sees
     /// why a client's session could not start (the client itself is told only that the
     /// upstream could not be reached).

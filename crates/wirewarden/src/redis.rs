@@ -833,8 +833,9 @@ const STEP_BATCH: usize = 256;
 
 /// Appends a session's outcome records (completions, transcripts, the session's end) in
 /// order, off the relay's path: only intents must be on record before a command is
-/// forwarded. What queued up while an append was waiting is appended as one batch, so in
-/// fsync mode one `fdatasync` covers many outcomes rather than one each. The relay hands
+/// forwarded. They are appended unawaited: in fsync mode they reach the disk with the next
+/// intent's sync (or within the sink's write delay) rather than with one of their own, and
+/// for a sink that waits anyway what queued up meanwhile goes as one batch. The relay hands
 /// over one batch per flush, so the writer is woken once per pipeline, not once per record.
 async fn outcome_writer(pipeline: Arc<Pipeline>, mut rx: mpsc::Receiver<Vec<AuditEvent>>) {
     let mut batches = Vec::with_capacity(OUTCOME_QUEUE);
@@ -843,7 +844,7 @@ async fn outcome_writer(pipeline: Arc<Pipeline>, mut rx: mpsc::Receiver<Vec<Audi
         for batch in batches.drain(..) {
             events.extend(batch);
         }
-        pipeline.record_batch(&events).await;
+        pipeline.record_batch_unawaited(&events).await;
         events.clear();
     }
 }

@@ -133,7 +133,9 @@ pub(crate) struct AuditConfig {
     pub(crate) dir: PathBuf,
     #[serde(default = "default_durability")]
     pub(crate) durability: DurabilityConfig,
-    /// With `buffered`, how long records may collect before they are written (default 5).
+    /// How long records nobody waits for may collect before they are written, in
+    /// milliseconds (default 5): every record with `buffered`, the outcomes of commands
+    /// with `fsync`.
     pub(crate) write_delay_ms: Option<u64>,
     /// File holding `<key-id> <64 hex>`: the keyed-hash chain key.
     pub(crate) chain_key_file: PathBuf,
@@ -443,13 +445,6 @@ impl Config {
             .map_err(|e| self.error(format!("audit.dir {}: {e}", dir.display())))?;
         let mut builder = FileSink::builder(dir, chain, signer).durability(durability);
         if let Some(ms) = self.audit.write_delay_ms {
-            if durability == Durability::Fsync {
-                // Fsync mode writes and syncs as soon as a record is pending; a delay there
-                // would only hold every command longer.
-                return Err(self.error(
-                    "audit.write_delay_ms applies to durability = \"buffered\" only".to_owned(),
-                ));
-            }
             builder = builder.write_delay(std::time::Duration::from_millis(ms.min(60_000)));
         }
         builder
@@ -917,7 +912,7 @@ mod tests {
     }
 
     /// A config with `audit_extra` in its `[audit]` table and real key files.
-    fn audit_config(dir: &Path, audit_extra: &str) -> Config {
+    fn audit_config(dir: &Path, audit_extra: &str) -> Result<Config> {
         std::fs::write(dir.join("c"), format!("k1 {}\n", "ab".repeat(32))).unwrap();
         std::fs::write(dir.join("s"), format!("{}\n", "cd".repeat(32))).unwrap();
         let p = dir.join("g.toml");
@@ -931,25 +926,26 @@ mod tests {
             ),
         )
         .unwrap();
-        Config::load(&p).unwrap()
+        Config::load(&p)
     }
 
     #[test]
-    fn write_delay_applies_to_buffered_audit_only() {
+    fn write_delay_is_read_in_both_durability_modes() {
+        for durability in ["buffered", "fsync"] {
+            let dir = tempfile::tempdir().unwrap();
+            let c = audit_config(
+                dir.path(),
+                &format!("durability = \"{durability}\"\nwrite_delay_ms = 20\n"),
+            )
+            .unwrap();
+            assert_eq!(c.audit.write_delay_ms, Some(20));
+            let sink = c.audit_sink().unwrap();
+            assert_eq!(sink.dir(), dir.path().join("audit"));
+        }
         let dir = tempfile::tempdir().unwrap();
-        let c = audit_config(
-            dir.path(),
-            "durability = \"buffered\"\nwrite_delay_ms = 20\n",
-        );
-        let sink = c.audit_sink().unwrap();
-        assert_eq!(sink.dir(), dir.path().join("audit"));
-        drop(sink);
-        let dir = tempfile::tempdir().unwrap();
-        let c = audit_config(dir.path(), "write_delay_ms = 20\n");
-        let e = c.audit_sink().unwrap_err().to_string();
-        assert!(
-            e.contains("write_delay_ms applies to durability = \"buffered\""),
-            "{e}"
-        );
+        let e = audit_config(dir.path(), "write_delay_ms = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("write_delay_ms"), "{e}");
     }
 }

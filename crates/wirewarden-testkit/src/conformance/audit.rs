@@ -12,7 +12,9 @@
 //! * with `Durability::Fsync`, an event is in the trail as soon as `append` returns, before
 //!   any `flush`; with `Durability::Buffered`, after `flush`;
 //! * `append_batch` places its events in batch order, one position each, with the same
-//!   durability, while single appends run alongside.
+//!   durability, while single appends run alongside;
+//! * `append_batch_unawaited` places its events in batch order before later appends, and
+//!   they are in the trail after `flush`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -162,6 +164,38 @@ where
     );
     let empty = sink.append_batch(&[]).await.expect("an empty batch");
     assert!(empty.is_empty(), "an empty batch places nothing");
+
+    // 5. Unawaited batches: in order, one position each, before what is appended after them,
+    //    and in the trail after `flush`.
+    let session = SessionId::new();
+    let unawaited: Vec<AuditEvent> = (0..5).map(|i| numbered_event(session, i)).collect();
+    let placed = sink
+        .append_batch_unawaited(&unawaited)
+        .await
+        .expect("append_batch_unawaited of valid events failed");
+    assert_eq!(
+        placed.len(),
+        unawaited.len(),
+        "append_batch_unawaited must report one position per event"
+    );
+    let seqs: Vec<u64> = placed.iter().filter_map(|a| a.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "an unawaited batch's positions must increase in batch order: {seqs:?}"
+    );
+    let after = numbered_event(session, 5);
+    sink.append(&after)
+        .await
+        .expect("append after an unawaited batch failed");
+    sink.flush().await.expect("flush");
+    let trail = read_back().await.expect("read back");
+    let mut want = unawaited.clone();
+    want.push(after);
+    assert_eq!(
+        only_ours(&trail, &want),
+        want,
+        "the trail must hold an unawaited batch once, in order, before later appends"
+    );
 }
 
 fn only_ours(trail: &[AuditEvent], appended: &[AuditEvent]) -> Vec<AuditEvent> {

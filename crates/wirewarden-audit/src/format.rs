@@ -145,6 +145,10 @@ impl ChainKey {
         hex(&self.key)
     }
 
+    fn key_bytes(&self) -> &[u8; 32] {
+        &self.key
+    }
+
     fn hasher(&self, domain: &[u8]) -> blake3::Hasher {
         let mut h = blake3::Hasher::new_keyed(&self.key);
         h.update(&(domain.len() as u64).to_le_bytes());
@@ -307,12 +311,26 @@ pub(crate) fn record_hash(
     prev: &Hash,
     event: &[u8],
 ) -> Hash {
-    let mut h = key.hasher(DOMAIN_RECORD);
-    h.update(&log_id.0);
-    h.update(genesis);
-    h.update(&seq.to_le_bytes());
-    h.update(prev);
-    h.update(&(event.len() as u64).to_le_bytes());
+    // The same bytes as `key.hasher(DOMAIN_RECORD)` followed by one `update` per field, fed
+    // to the hasher in two calls instead of eight: the fixed-size part of the input is laid
+    // out on the stack first (small updates cost more than the bytes they carry).
+    const HEAD: usize = 8 + DOMAIN_RECORD.len() + 16 + 32 + 8 + 32 + 8;
+    let mut head = [0u8; HEAD];
+    let mut at = 0;
+    for part in [
+        &(DOMAIN_RECORD.len() as u64).to_le_bytes()[..],
+        DOMAIN_RECORD,
+        &log_id.0,
+        genesis,
+        &seq.to_le_bytes(),
+        prev,
+        &(event.len() as u64).to_le_bytes(),
+    ] {
+        head[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    let mut h = blake3::Hasher::new_keyed(key.key_bytes());
+    h.update(&head);
     h.update(event);
     *h.finalize().as_bytes()
 }
@@ -800,6 +818,27 @@ mod tests {
         assert_ne!(other.compute_mac(&k), other.mac);
         for n in 0..bytes.len() {
             assert!(SegmentHeader::decode(bytes.get(..n).unwrap()).is_err());
+        }
+    }
+
+    #[test]
+    fn record_hash_is_the_keyed_hash_of_its_fields_in_order() {
+        // The definition in the crate README, one field after the other.
+        let k = key();
+        let log = LogId([2; 16]);
+        let g = genesis(&k, log);
+        for event in [&b""[..], b"event", &[0xa5; 1000][..]] {
+            let mut h = k.hasher(DOMAIN_RECORD);
+            h.update(&log.0);
+            h.update(&g);
+            h.update(&5u64.to_le_bytes());
+            h.update(&[3; 32]);
+            h.update(&(event.len() as u64).to_le_bytes());
+            h.update(event);
+            assert_eq!(
+                record_hash(&k, log, &g, 5, &[3; 32], event),
+                *h.finalize().as_bytes()
+            );
         }
     }
 

@@ -27,6 +27,10 @@ pub mod server;
 pub mod strict;
 pub mod upstream;
 
+/// The rustls version whose `ClientConfig` and `ServerName` configure
+/// [`upstream::TlsConnector`].
+pub use rustls;
+
 pub use gate::{Admission, Forward, Gate, OnComplete, Outcome, Verdict};
 pub use rejection::Rejection;
 

@@ -8,8 +8,19 @@
 //! response was read to its end with nothing left over: hyper closes a connection on which
 //! bytes arrive that no request asked for (a desynchronised or smuggling upstream), so those
 //! bytes never become the response to the next request.
+//!
+//! An `http://` origin is reached over TCP ([`Upstream::http`]), an `https://` origin over
+//! TLS ([`Upstream::https`], [`TlsConnector`]); each constructor refuses the other scheme,
+//! so TLS that was asked for is never silently dropped, and TLS that was not configured is
+//! never guessed at.
 
+mod tls;
+
+pub use tls::{ConnectError, TlsConnector, TlsStream};
+
+use std::error::Error as _;
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,7 +44,11 @@ pub enum UpstreamError {
         /// What is wrong with it.
         why: &'static str,
     },
-    /// Connecting, writing the request or reading the response head failed.
+    /// No connection to the upstream could be set up: TCP or, for `https://`, the TLS
+    /// handshake ([`connect_error`](Self::connect_error) tells which).
+    #[error("upstream connection failed{}", Causes(.0))]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    /// Writing the request or reading the response head failed.
     #[error("upstream request failed: {0}")]
     Request(#[source] hyper_util::client::legacy::Error),
     /// The response head did not arrive in time.
@@ -41,11 +56,62 @@ pub enum UpstreamError {
     Timeout(Duration),
 }
 
+impl UpstreamError {
+    fn from_client(e: hyper_util::client::legacy::Error) -> Self {
+        if e.is_connect() {
+            Self::Connect(e)
+        } else {
+            Self::Request(e)
+        }
+    }
+
+    /// Why the TLS connection could not be set up, when that is what failed (an untrusted
+    /// certificate, a name mismatch, no ALPN agreement, a TCP failure under TLS).
+    #[must_use]
+    pub fn connect_error(&self) -> Option<&ConnectError> {
+        let Self::Connect(e) = self else {
+            return None;
+        };
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            if let Some(found) = c.downcast_ref::<ConnectError>() {
+                return Some(found);
+            }
+            cause = c.source();
+        }
+        None
+    }
+}
+
+/// Writes the causes of an error, each after `": "` (hyper-util's own message, "client
+/// error (Connect)", says nothing an operator can act on).
+struct Causes<'a>(&'a hyper_util::client::legacy::Error);
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut cause = self.0.source();
+        let mut last = String::new();
+        // Bounded: a cyclic chain from a foreign error type must not loop forever.
+        for _ in 0..8 {
+            let Some(c) = cause else { break };
+            let text = c.to_string();
+            // Errors that already quote their source are not repeated.
+            if !last.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
 /// How the gateway talks to an upstream.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct UpstreamSettings {
-    /// Longest wait for a TCP connection.
+    /// Longest wait for a TCP connection, and on its own for the TLS handshake of an
+    /// `https://` upstream.
     pub connect_timeout: Duration,
     /// Longest wait for the response head once the request was sent.
     pub response_timeout: Duration,
@@ -57,7 +123,8 @@ pub struct UpstreamSettings {
     pub max_head_bytes: usize,
     /// Most response header lines.
     pub max_headers: usize,
-    /// Speak HTTP/2 with prior knowledge instead of HTTP/1.1.
+    /// Speak HTTP/2 instead of HTTP/1.1: with prior knowledge over TCP, agreed through ALPN
+    /// `h2` over TLS.
     pub http2: bool,
 }
 
@@ -145,12 +212,44 @@ where
         if scheme != Scheme::HTTP {
             return Err(UpstreamError::Origin {
                 origin: origin.to_owned(),
-                why: "use Upstream::with_connector and a TLS connector for https",
+                why: "an https origin needs TLS settings (Upstream::https)",
             });
         }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
+        Self::with_connector(origin, connector, settings)
+    }
+}
+
+impl<B> Upstream<TlsConnector<HttpConnector>, B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// A TLS upstream at `origin` (`https://host[:port]`, port 443 when absent), trusting
+    /// `config`'s roots for a certificate issued for `server_name` (also sent as SNI).
+    /// See [`TlsConnector::with_inner`] for ALPN and the handshake timeout.
+    ///
+    /// # Errors
+    /// [`UpstreamError::Origin`] if `origin` is not an `https://` origin: TLS settings
+    /// given for an `http://` origin are a configuration mistake, not a reason to speak
+    /// plaintext.
+    pub fn https(
+        origin: &str,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+        settings: &UpstreamSettings,
+    ) -> Result<Self, UpstreamError> {
+        let (scheme, _) = parse_origin(origin)?;
+        if scheme != Scheme::HTTPS {
+            return Err(UpstreamError::Origin {
+                origin: origin.to_owned(),
+                why: "TLS settings are given but the origin is not https",
+            });
+        }
+        let connector = TlsConnector::new(config, server_name, settings);
         Self::with_connector(origin, connector, settings)
     }
 }
@@ -263,7 +362,7 @@ where
         let timeout = self.response_timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, fut).await {
-                Ok(r) => r.map_err(UpstreamError::Request),
+                Ok(r) => r.map_err(UpstreamError::from_client),
                 Err(_) => Err(UpstreamError::Timeout(timeout)),
             }
         })
@@ -289,5 +388,67 @@ mod tests {
         ] {
             assert!(parse_origin(bad).is_err(), "{bad}");
         }
+    }
+
+    type TestBody = http_body_util::Empty<bytes::Bytes>;
+
+    fn client_config() -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    fn name() -> rustls::pki_types::ServerName<'static> {
+        rustls::pki_types::ServerName::try_from("api.example.com").unwrap()
+    }
+
+    #[test]
+    fn the_scheme_decides_tls_and_a_mismatch_is_refused() {
+        let settings = UpstreamSettings::default();
+        let e = Upstream::<_, TestBody>::http("https://api.example.com", &settings).unwrap_err();
+        assert!(e.to_string().contains("needs TLS settings"), "{e}");
+        let e = Upstream::<_, TestBody>::https(
+            "http://api.example.com",
+            client_config(),
+            name(),
+            &settings,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("origin is not https"), "{e}");
+        let up = Upstream::<_, TestBody>::https(
+            "https://api.example.com",
+            client_config(),
+            name(),
+            &settings,
+        )
+        .unwrap();
+        assert_eq!(up.origin(), "https://api.example.com");
+    }
+
+    #[tokio::test]
+    async fn the_tls_connector_never_connects_in_plaintext() {
+        // A listener that would accept a plaintext connection: it must never see one.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connector =
+            TlsConnector::new(client_config(), name(), &UpstreamSettings::default());
+        let uri: Uri = format!("http://{addr}/").parse().unwrap();
+        let e = tower::ServiceExt::oneshot(&mut connector, uri)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ConnectError::NotHttps { .. }), "{e}");
+        // The first connection the listener accepts is this probe, not one of the
+        // connector's.
+        let probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_, from) = listener.accept().await.unwrap();
+        assert_eq!(
+            from,
+            probe.local_addr().unwrap(),
+            "the connector opened a connection"
+        );
     }
 }

@@ -166,13 +166,25 @@ impl TlsMaterial {
         })
     }
 
-    /// The server certificate's file, for the server's configuration.
-    pub(crate) fn cert_file(&self) -> &Path {
+    /// Generates a fresh authority, server and client certificate into `dir`, which must not
+    /// exist yet, for a server a test runs itself (an HTTPS server on loopback, say).
+    ///
+    /// # Errors
+    /// [`Error::Certificate`] if generation fails, [`Error::Io`] if a file cannot be
+    /// written.
+    pub fn generate_in(dir: &Path, key: TlsKey) -> Result<Self> {
+        Self::generate(key, dir, None)
+    }
+
+    /// The server certificate's file, PEM, for the server's configuration.
+    #[must_use]
+    pub fn cert_file(&self) -> &Path {
         &self.cert_file
     }
 
-    /// The server key's file (mode 0600), for the server's configuration.
-    pub(crate) fn key_file(&self) -> &Path {
+    /// The server key's file, PEM (mode 0600), for the server's configuration.
+    #[must_use]
+    pub fn key_file(&self) -> &Path {
         &self.key_file
     }
 

@@ -18,7 +18,12 @@
 //!    forwarded — if it cannot be, the request is refused (503). A denial is a 403 with a
 //!    JSON body; a review holds the request until a reviewer decides.
 //! 4. **Upstream.** The request goes to the target's one origin with the credential the
-//!    gateway holds ([`HttpTarget::credential`]), never the client's.
+//!    gateway holds ([`HttpTarget::credential`]), never the client's: over TCP for an
+//!    `http://` origin, over TLS for an `https://` one ([`HttpTarget::upstream_tls`]: the
+//!    certificate must chain to the given roots and carry the given name, ALPN must agree
+//!    on the protocol). A connection that cannot be set up — refused, untrusted certificate,
+//!    wrong name — is answered `502 upstream_unavailable`, counted and recorded as an
+//!    upstream failure ([`Pipeline::upstream_failed`]); no request byte is written to it.
 //! 5. **Response.** On a masked route (the default) headers and body are masked by the
 //!    session's profile while they stream — JSON by key rules and by content, text by
 //!    content, through gzip, deflate and brotli — and anything that cannot be masked is
@@ -27,10 +32,13 @@
 
 mod gate;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,10 +47,11 @@ pub use wirewarden_http::body::BodyLimits;
 use wirewarden_http::inspect::InspectLayer;
 pub use wirewarden_http::route::{Route, Routes};
 pub use wirewarden_http::strict::Limits;
-use wirewarden_http::upstream::Upstream;
 pub use wirewarden_http::upstream::UpstreamSettings;
+use wirewarden_http::upstream::{ConnectError, TlsConnector, Upstream, UpstreamError};
 
 use self::gate::ConnectionGate;
+use crate::postgres::{ChannelBinding, UpstreamTls};
 use crate::{Error, Pipeline, Result};
 
 /// Policy rules (TOML, for [`RuleEngine::from_toml`](wirewarden_policy::RuleEngine)) that
@@ -61,7 +70,8 @@ reason = "no route of this target describes the request"
 pub struct HttpTarget {
     /// The target as policy and audit name it.
     pub target: Target,
-    /// The upstream origin, `http://host:port`.
+    /// The upstream origin, `http://host[:port]`, or `https://host[:port]` with
+    /// [`upstream_tls`](Self::upstream_tls) set.
     pub upstream: String,
     /// The routes that describe the upstream's API.
     pub routes: Routes,
@@ -74,6 +84,13 @@ pub struct HttpTarget {
     pub body_limits: BodyLimits,
     /// How the gateway talks to the upstream.
     pub upstream_settings: UpstreamSettings,
+    /// TLS towards the upstream: required for an `https://` origin, refused for an
+    /// `http://` one. The server certificate must chain to `config`'s roots and be issued
+    /// for `server_name` (also sent as SNI); ALPN offers `http/1.1`, or `h2` when
+    /// [`UpstreamSettings::http2`] is set, and the server must not pick anything else.
+    /// `channel_binding` belongs to PostgreSQL's SCRAM login: an HTTP upstream has no such
+    /// login, so [`ChannelBinding::Require`] is refused rather than ignored.
+    pub upstream_tls: Option<UpstreamTls>,
     /// TLS towards clients, if set (ALPN `h2` and `http/1.1` are added).
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -88,6 +105,10 @@ impl std::fmt::Debug for HttpTarget {
                 "credential",
                 &self.credential.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
+            .field(
+                "upstream_tls",
+                &self.upstream_tls.as_ref().map(|t| &t.server_name),
+            )
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
@@ -95,7 +116,7 @@ impl std::fmt::Debug for HttpTarget {
 
 impl HttpTarget {
     /// A target for `upstream` with no routes (every request `Unknown`), no credential,
-    /// default limits and no TLS.
+    /// default limits and no TLS on either side.
     #[must_use]
     pub fn new(target: Target, upstream: impl Into<String>) -> Self {
         Self {
@@ -106,8 +127,17 @@ impl HttpTarget {
             limits: Limits::default(),
             body_limits: BodyLimits::default(),
             upstream_settings: UpstreamSettings::default(),
+            upstream_tls: None,
             tls: None,
         }
+    }
+
+    /// Sets the TLS settings of an `https://` upstream (see
+    /// [`upstream_tls`](Self::upstream_tls)).
+    #[must_use]
+    pub fn upstream_tls(mut self, tls: UpstreamTls) -> Self {
+        self.upstream_tls = Some(tls);
+        self
     }
 
     /// Sets the routes.
@@ -128,6 +158,107 @@ impl HttpTarget {
 
 type ReqBody = http_body_util::Limited<wirewarden_http::inspect::RequestBody<Incoming>>;
 
+// === impl TargetUpstream ===
+
+/// How the upstream is reached: the origin's scheme and the target's TLS settings agree on
+/// it when the proxy is built.
+#[derive(Debug, Clone)]
+enum Transport {
+    Tcp(Upstream<HttpConnector, ReqBody>),
+    Tls(Upstream<TlsConnector, ReqBody>),
+}
+
+/// The upstream of one target, innermost service of the inspection stack: a connection
+/// that cannot be set up is counted and recorded with the pipeline, as the PostgreSQL and
+/// Redis proxies do, before the client is answered 502.
+#[derive(Debug, Clone)]
+struct TargetUpstream {
+    transport: Transport,
+    pipeline: Arc<Pipeline>,
+    target: Target,
+    origin: Arc<str>,
+}
+
+impl TargetUpstream {
+    fn new(pipeline: Arc<Pipeline>, config: &HttpTarget) -> Result<Self> {
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::Config(format!("target {}: {e}", config.target.name))
+        };
+        let settings = &config.upstream_settings;
+        let transport = match &config.upstream_tls {
+            None => {
+                Transport::Tcp(Upstream::http(&config.upstream, settings).map_err(|e| bad(&e))?)
+            }
+            Some(tls) => {
+                if tls.channel_binding == ChannelBinding::Require {
+                    return Err(bad(
+                        &"channel binding applies to PostgreSQL's SCRAM login; \
+                         an HTTP upstream has no login to bind",
+                    ));
+                }
+                Transport::Tls(
+                    Upstream::https(
+                        &config.upstream,
+                        tls.config.clone(),
+                        tls.server_name.clone(),
+                        settings,
+                    )
+                    .map_err(|e| bad(&e))?,
+                )
+            }
+        };
+        let origin = match &transport {
+            Transport::Tcp(u) => u.origin(),
+            Transport::Tls(u) => u.origin(),
+        };
+        Ok(Self {
+            transport,
+            pipeline,
+            target: config.target.clone(),
+            origin: origin.into(),
+        })
+    }
+}
+
+type UpstreamFuture =
+    Pin<Box<dyn Future<Output = std::result::Result<Response<Incoming>, UpstreamError>> + Send>>;
+
+impl tower::Service<Request<ReqBody>> for TargetUpstream {
+    type Response = Response<Incoming>;
+    type Error = UpstreamError;
+    type Future = UpstreamFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), UpstreamError>> {
+        match &mut self.transport {
+            Transport::Tcp(u) => u.poll_ready(cx),
+            Transport::Tls(u) => u.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let response = match &mut self.transport {
+            Transport::Tcp(u) => u.call(req),
+            Transport::Tls(u) => u.call(req),
+        };
+        let pipeline = self.pipeline.clone();
+        let target = self.target.clone();
+        let origin = self.origin.clone();
+        Box::pin(async move {
+            let result = response.await;
+            if let Err(e @ UpstreamError::Connect(_)) = &result {
+                let error = match e.connect_error() {
+                    Some(ConnectError::Tcp(_)) | None => {
+                        Error::upstream_io(std::io::Error::other(e.to_string()))
+                    }
+                    Some(tls) => Error::Tls(tls.to_string()),
+                };
+                pipeline.upstream_failed(&target, &origin, &error).await;
+            }
+            result
+        })
+    }
+}
+
 /// Serves HTTP clients for one target.
 #[derive(Debug, Clone)]
 pub struct HttpProxy {
@@ -135,7 +266,7 @@ pub struct HttpProxy {
     config: Arc<HttpTarget>,
     credential: Arc<Vec<(HeaderName, HeaderValue)>>,
     routes: Arc<Routes>,
-    upstream: Upstream<HttpConnector, ReqBody>,
+    upstream: TargetUpstream,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -143,10 +274,11 @@ impl HttpProxy {
     /// A proxy for `config`.
     ///
     /// # Errors
-    /// [`Error::Config`] if the upstream origin is not usable.
+    /// [`Error::Config`] if the upstream origin is not usable, or its scheme and
+    /// [`HttpTarget::upstream_tls`] disagree: an `https://` origin without TLS settings, or
+    /// TLS settings for an `http://` origin.
     pub fn new(pipeline: Arc<Pipeline>, config: HttpTarget) -> Result<Self> {
-        let upstream = Upstream::http(&config.upstream, &config.upstream_settings)
-            .map_err(|e| Error::Config(format!("target {}: {e}", config.target.name)))?;
+        let upstream = TargetUpstream::new(pipeline.clone(), &config)?;
         let tls = config.tls.as_ref().map(|c| {
             let mut c = (**c).clone();
             if c.alpn_protocols.is_empty() {

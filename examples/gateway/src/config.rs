@@ -581,13 +581,36 @@ impl Config {
 
     pub(crate) fn http_target(&self, t: &TargetConfig) -> Result<HttpTarget> {
         let what = format!("target {:?}", t.name);
-        if t.upstream_tls.is_some() {
-            // Refused rather than ignored: an operator who asked for TLS must not get
-            // plaintext.
+        if t.upstream_tls
+            .as_ref()
+            .is_some_and(|u| u.channel_binding.is_some())
+        {
             return Err(self.error(format!(
-                "{what}: upstream_tls is not supported for http targets: the upstream is an \
-                 http:// origin"
+                "{what}: upstream_tls.channel_binding applies to PostgreSQL's SCRAM login; \
+                 an HTTP upstream has no login to bind"
             )));
+        }
+        // The scheme and the TLS table must agree: TLS asked for is never dropped, and an
+        // https origin is never reached without the roots and name to check it against.
+        let https = t
+            .upstream
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.scheme() == Some(&http::uri::Scheme::HTTPS));
+        match (&t.upstream_tls, https) {
+            (Some(_), false) => {
+                return Err(self.error(format!(
+                    "{what}: upstream_tls is set but the upstream {:?} is not an https:// origin",
+                    t.upstream
+                )));
+            }
+            (None, true) => {
+                return Err(self.error(format!(
+                    "{what}: the upstream {:?} is an https:// origin: it needs \
+                     [target.upstream_tls] with ca_file and server_name",
+                    t.upstream
+                )));
+            }
+            _ => {}
         }
         let secret = self.secret(&format!("{what} password"), &t.password)?;
         let header_name = t.credential_header.as_deref().unwrap_or("authorization");
@@ -631,6 +654,7 @@ impl Config {
         let mut ht = HttpTarget::new(target, t.upstream.clone())
             .routes(routes)
             .credential(header, value);
+        ht.upstream_tls = self.upstream_tls(&what, t)?;
         ht.tls = self.server_tls(t)?;
         Ok(ht)
     }
@@ -788,14 +812,44 @@ mod tests {
     }
 
     #[test]
-    fn http_targets_refuse_upstream_tls_rather_than_ignore_it() {
+    fn http_targets_use_upstream_tls_for_https_origins_only() {
         let dir = tempfile::tempdir().unwrap();
+        let c = tls_target_config(dir.path(), "http", "https://127.0.0.1:3", "").unwrap();
+        let t = c.http_target(&c.targets[0]).unwrap();
+        let tls = t.upstream_tls.expect("upstream_tls must not be ignored");
+        assert_eq!(tls.server_name.to_str(), "db.internal");
+
+        // TLS asked for on a plaintext origin is refused, never dropped.
         let c = tls_target_config(dir.path(), "http", "http://127.0.0.1:3", "").unwrap();
         let e = c.http_target(&c.targets[0]).unwrap_err().to_string();
-        assert!(
-            e.contains("upstream_tls is not supported for http targets"),
-            "{e}"
-        );
+        assert!(e.contains("is not an https:// origin"), "{e}");
+        assert!(e.contains("g.toml"), "{e}");
+
+        // An https origin with nothing to check the server against is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = http_config(dir.path(), "");
+        c.targets[0].upstream = "https://api.example.com".to_owned();
+        let e = c.http_target(&c.targets[0]).unwrap_err().to_string();
+        assert!(e.contains("needs [target.upstream_tls]"), "{e}");
+
+        // Channel binding belongs to PostgreSQL's login.
+        let dir = tempfile::tempdir().unwrap();
+        let c = tls_target_config(
+            dir.path(),
+            "http",
+            "https://127.0.0.1:3",
+            "channel_binding = \"require\"\n",
+        )
+        .unwrap();
+        let e = c.http_target(&c.targets[0]).unwrap_err().to_string();
+        assert!(e.contains("channel_binding applies to PostgreSQL"), "{e}");
+
+        // A CA file that does not exist names the target and the file.
+        let dir = tempfile::tempdir().unwrap();
+        let c = tls_target_config(dir.path(), "http", "https://127.0.0.1:3", "").unwrap();
+        std::fs::remove_file(dir.path().join("db-ca.pem")).unwrap();
+        let e = c.http_target(&c.targets[0]).unwrap_err().to_string();
+        assert!(e.contains("db-ca.pem") && e.contains("\"crm\""), "{e}");
     }
 
     /// A target of `protocol` with TLS on the listener and `target_extra` keys, and

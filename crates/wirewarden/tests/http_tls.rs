@@ -697,3 +697,76 @@ async fn origin_scheme_and_tls_settings_must_agree() {
     )
     .unwrap();
 }
+
+/// The connector's errors are typed: an embedder can tell an untrusted authority from a
+/// name mismatch, a protocol disagreement and a plaintext server without reading messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_failures_are_typed() {
+    use wirewarden_http::upstream::{ConnectError, Upstream, UpstreamError, UpstreamSettings};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = material(dir.path(), "ca");
+    let other = material(dir.path(), "other");
+    let log: Log = Arc::default();
+    let good = https_server(&ca, &["h2", "http/1.1"], log.clone()).await;
+    let impostor = https_server(&other, &["http/1.1"], log.clone()).await;
+    let no_alpn = https_server(&ca, &[], log.clone()).await;
+    let plaintext = plaintext_server().await;
+
+    let fail = |server: SocketAddr, name: &'static str, http2: bool| {
+        let tls = trust(&ca, name);
+        async move {
+            let mut settings = UpstreamSettings::default();
+            settings.http2 = http2;
+            let mut up = Upstream::<_, http_body_util::Empty<Bytes>>::https(
+                &format!("https://{server}"),
+                tls.config,
+                tls.server_name,
+                &settings,
+            )
+            .unwrap();
+            let req = Request::get("/customers/1")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let e: UpstreamError = tower::ServiceExt::oneshot(&mut up, req)
+                .await
+                .expect_err("the handshake must fail");
+            assert!(matches!(e, UpstreamError::Connect(_)), "{e}");
+            e
+        }
+    };
+    let e = fail(impostor, "localhost", false).await;
+    assert!(
+        matches!(
+            e.connect_error(),
+            Some(ConnectError::UntrustedCertificate { .. })
+        ),
+        "{e}"
+    );
+    let e = fail(good, "api.internal", false).await;
+    assert!(
+        matches!(e.connect_error(), Some(ConnectError::NameMismatch { server_name, .. }) if server_name == "api.internal"),
+        "{e}"
+    );
+    let e = fail(no_alpn, "localhost", true).await;
+    assert!(
+        matches!(
+            e.connect_error(),
+            Some(ConnectError::Alpn {
+                required: "h2",
+                selected: None,
+                ..
+            })
+        ),
+        "{e}"
+    );
+    let e = fail(plaintext, "localhost", false).await;
+    assert!(
+        matches!(e.connect_error(), Some(ConnectError::NotTls { .. })),
+        "{e}"
+    );
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "a server answered a request"
+    );
+}

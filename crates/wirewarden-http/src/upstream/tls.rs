@@ -227,7 +227,9 @@ impl TlsConnector<HttpConnector> {
 }
 
 impl<C> TlsConnector<C> {
-    /// TLS over the connections `inner` opens.
+    /// TLS over the connections `inner` opens. `inner` is called with the `https://` URI
+    /// and must only open the transport (an [`HttpConnector`] needs
+    /// `enforce_http(false)`, as [`new`](Self::new) sets).
     ///
     /// `config` gives the trusted roots (and a client certificate, if the upstream demands
     /// one); its ALPN list is replaced by the one protocol the upstream speaks: `h2` when

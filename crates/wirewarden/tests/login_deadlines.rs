@@ -174,6 +174,7 @@ async fn redis_client_that_never_authenticates() {
     assert!(e.to_string().contains("login timeout"), "{e}");
 }
 
+#[cfg(feature = "http")]
 #[tokio::test]
 async fn http_tls_client_that_never_sends_a_client_hello() {
     use wirewarden::http::{HttpProxy, HttpTarget};

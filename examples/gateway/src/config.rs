@@ -193,6 +193,10 @@ pub(crate) struct TargetConfig {
     /// HTTP: the routes of the upstream's API, in matching order.
     #[serde(default, rename = "route")]
     pub(crate) routes: Vec<RouteConfig>,
+    /// HTTP: speak HTTP/2 to the upstream (agreed by ALPN over `https://`, with prior
+    /// knowledge over `http://`) instead of HTTP/1.1.
+    #[serde(default)]
+    pub(crate) http2: bool,
 }
 
 /// One route of an HTTP target.
@@ -296,6 +300,12 @@ impl Config {
             if t.tls_cert.is_some() != t.tls_key.is_some() {
                 return Err(self.error(format!(
                     "target {:?}: tls_cert and tls_key go together",
+                    t.name
+                )));
+            }
+            if t.http2 && t.protocol != "http" {
+                return Err(self.error(format!(
+                    "target {:?}: http2 applies to http targets only",
                     t.name
                 )));
             }
@@ -655,6 +665,7 @@ impl Config {
             .routes(routes)
             .credential(header, value);
         ht.upstream_tls = self.upstream_tls(&what, t)?;
+        ht.upstream_settings.http2 = t.http2;
         ht.tls = self.server_tls(t)?;
         Ok(ht)
     }
@@ -1001,5 +1012,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("write_delay_ms"), "{e}");
+    }
+
+    #[test]
+    fn http2_to_the_upstream_is_an_http_target_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = http_config(dir.path(), "");
+        assert!(
+            !c.http_target(&c.targets[0])
+                .unwrap()
+                .upstream_settings
+                .http2
+        );
+        let c = http_config(dir.path(), "http2 = true\n");
+        assert!(
+            c.http_target(&c.targets[0])
+                .unwrap()
+                .upstream_settings
+                .http2
+        );
+        let p = dir.path().join("g.toml");
+        std::fs::write(
+            &p,
+            "[admin]\nlisten = \"127.0.0.1:1\"\ntoken = { env = \"X\" }\n\
+             [identity]\ntokens_file = \"tokens.toml\"\n[policy]\nfile = \"policy.toml\"\n\
+             [audit]\ndir = \"audit\"\nchain_key_file = \"c\"\nsigning_key_file = \"s\"\n\
+             [[target]]\nname = \"cache\"\nprotocol = \"redis\"\nlisten = \"127.0.0.1:2\"\n\
+             upstream = \"127.0.0.1:3\"\npassword = { file = \"api.key\" }\nhttp2 = true\n",
+        )
+        .unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("http2 applies to http targets only"), "{e}");
     }
 }

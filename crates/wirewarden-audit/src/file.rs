@@ -217,6 +217,20 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The writer waits on `work` as `state` for at most `timeout`.
+    fn sleep<'a>(
+        &self,
+        mut st: MutexGuard<'a, State>,
+        state: WriterState,
+        timeout: Duration,
+    ) -> MutexGuard<'a, State> {
+        st.writer = state;
+        self.work
+            .wait_timeout(st, timeout)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0)
+    }
+
     fn poison(&self, reason: String) {
         let mut st = self.lock();
         if st.poisoned.is_none() {
@@ -847,12 +861,7 @@ impl SegmentWriter {
                         }
                         // Letting records collect: only an urgent record or a full batch
                         // wakes the writer.
-                        st.writer = WriterState::Napping;
-                        st = shared
-                            .work
-                            .wait_timeout(st, left)
-                            .map(|(g, _)| g)
-                            .unwrap_or_else(|e| e.into_inner().0);
+                        st = shared.sleep(st, WriterState::Napping, left);
                         continue;
                     }
                     let left = self
@@ -861,12 +870,7 @@ impl SegmentWriter {
                     if left.is_zero() {
                         break;
                     }
-                    st.writer = WriterState::Idle;
-                    st = shared
-                        .work
-                        .wait_timeout(st, left)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|e| e.into_inner().0);
+                    st = shared.sleep(st, WriterState::Idle, left);
                 }
                 st.writer = WriterState::Busy;
                 st.urgent = false;

@@ -37,18 +37,31 @@ fn keys() -> (ChainKey, CheckpointSigner) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_appends_become_one_write_and_flush_writes_them_in_order() {
-    let dir = tempfile::tempdir().unwrap();
+/// A sink in `dir` whose write delay outlasts any test: only a full batch, an awaited
+/// record, a flush or close writes what is pending.
+fn sink(dir: &Path, durability: Durability, io: &Arc<CountWrites>) -> FileSink {
     let (key, signer) = keys();
-    let io = Arc::new(CountWrites::default());
-    let sink = FileSink::builder(dir.path(), key.clone(), signer.clone())
-        .durability(Durability::Buffered)
-        // Far longer than the test: only `flush` can write these records.
+    FileSink::builder(dir, key, signer)
+        .durability(durability)
         .write_delay(Duration::from_secs(3600))
         .io_hook(io.clone())
         .open()
-        .unwrap();
+        .unwrap()
+}
+
+fn verify_keys() -> VerifyKeys {
+    let (chain, signer) = keys();
+    VerifyKeys {
+        chain,
+        checkpoint: signer.public(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_appends_become_one_write_and_flush_writes_them_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = Arc::new(CountWrites::default());
+    let sink = sink(dir.path(), Durability::Buffered, &io);
     let before = io.segment_writes.load(Ordering::SeqCst);
     let s = SessionId::new();
     for i in 0..200 {
@@ -67,14 +80,7 @@ async fn many_appends_become_one_write_and_flush_writes_them_in_order() {
         "200 appends, one write"
     );
     sink.close().await.unwrap();
-    let events = read_log(
-        dir.path(),
-        &VerifyKeys {
-            chain: key,
-            checkpoint: signer.public(),
-        },
-    )
-    .unwrap();
+    let events = read_log(dir.path(), &verify_keys()).unwrap();
     let got: Vec<_> = events.iter().map(|e| e.event.clone()).collect();
     let want: Vec<_> = (0..200).map(|i| numbered_event(s, i)).collect();
     assert_eq!(got.len(), want.len());
@@ -86,14 +92,8 @@ async fn many_appends_become_one_write_and_flush_writes_them_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_batch_is_written_without_waiting_for_the_delay() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, signer) = keys();
     let io = Arc::new(CountWrites::default());
-    let sink = FileSink::builder(dir.path(), key, signer)
-        .durability(Durability::Buffered)
-        .write_delay(Duration::from_secs(3600))
-        .io_hook(io.clone())
-        .open()
-        .unwrap();
+    let sink = sink(dir.path(), Durability::Buffered, &io);
     let before = io.segment_writes.load(Ordering::SeqCst);
     let s = SessionId::new();
     let mut i = 0;
@@ -118,14 +118,8 @@ async fn a_full_batch_is_written_without_waiting_for_the_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_fsync_mode_unawaited_records_wait_for_the_next_awaited_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, signer) = keys();
     let io = Arc::new(CountWrites::default());
-    let sink = FileSink::builder(dir.path(), key.clone(), signer.clone())
-        .durability(Durability::Fsync)
-        .write_delay(Duration::from_secs(3600))
-        .io_hook(io.clone())
-        .open()
-        .unwrap();
+    let sink = sink(dir.path(), Durability::Fsync, &io);
     let before = io.segment_writes.load(Ordering::SeqCst);
     let s = SessionId::new();
     let outcomes: Vec<_> = (0..10).map(|i| numbered_event(s, i)).collect();
@@ -139,12 +133,8 @@ async fn in_fsync_mode_unawaited_records_wait_for_the_next_awaited_one() {
     let intent = numbered_event(s, 10);
     sink.append_event(&intent).await.unwrap();
     assert_eq!(io.segment_writes.load(Ordering::SeqCst), before + 1);
-    let keys = VerifyKeys {
-        chain: key,
-        checkpoint: signer.public(),
-    };
     // Read while the sink is open: what is there is what reached the disk.
-    let on_disk = read_log(dir.path(), &keys).unwrap();
+    let on_disk = read_log(dir.path(), &verify_keys()).unwrap();
     assert_eq!(on_disk.len(), 11);
     assert_eq!(on_disk[10].event.kind, intent.kind);
     sink.close().await.unwrap();

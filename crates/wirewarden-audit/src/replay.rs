@@ -106,10 +106,15 @@ impl Transcript {
                     Direction::FromClient => "client>",
                     Direction::FromUpstream => "client<",
                 };
+                // On the clock of every other line (the session's start event) when it was
+                // seen; `elapsed_us` counts from when the proxy began relaying, a little later.
+                let at = match self.started {
+                    Some(_) => self.offset(event.time),
+                    None => secs(*elapsed_us),
+                };
                 let _ = write!(
                     s,
-                    "{:<13} {arrow} {}",
-                    secs(*elapsed_us),
+                    "{at:<13} {arrow} {}",
                     indent(text, &format!("{pad}        "))
                 );
                 if *truncated {
@@ -253,9 +258,7 @@ mod tests {
         );
         assert!(all.contains("principal agent-1 (jwt; groups agents,analysts) -> postgres://crm/sales from 127.0.0.1:5000 over TLS"), "{all}");
         assert!(
-            all.contains(
-                "+0.000010s    client> Query \"SELECT email FROM customers WHERE id = $1\""
-            ),
+            all.contains("s    client> Query \"SELECT email FROM customers WHERE id = $1\""),
             "{all}"
         );
         assert!(
@@ -273,5 +276,35 @@ mod tests {
         assert!(t.is_finished());
         let mut other = Transcript::new(SessionId::new());
         assert!(events.iter().all(|e| other.render(e).is_none()));
+    }
+
+    #[test]
+    fn transcript_lines_are_on_the_clock_of_the_other_lines() {
+        let events = sample_events();
+        let session = events[0].session.unwrap();
+        let start = Timestamp::from_unix_secs(1_800_000_000).unwrap();
+        let at = |ms: i64| Timestamp::from_unix_millis(1_800_000_000_000 + ms).unwrap();
+        let mut started = events[0].clone();
+        started.time = start;
+        let reply = AuditEvent {
+            time: at(5),
+            ..AuditEvent::new(
+                Some(session),
+                AuditEventKind::Transcript {
+                    command_id: None,
+                    direction: Direction::FromUpstream,
+                    // Counted from when relaying began, after the start event.
+                    elapsed_us: 4_000,
+                    text: "OK".into(),
+                    truncated: false,
+                },
+            )
+        };
+        let mut t = Transcript::new(session);
+        t.render(&started).unwrap();
+        assert_eq!(t.render(&reply).unwrap(), "+0.005000s    client< OK");
+        // Without the start event, the transcript's own count is all there is.
+        let mut t = Transcript::new(session);
+        assert_eq!(t.render(&reply).unwrap(), "+0.004000s    client< OK");
     }
 }

@@ -1449,23 +1449,9 @@ impl Relay {
             Metrics::add(&metrics.results_withheld, 1);
         }
         let duration_us = u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let completed = AuditEvent::new(
-            Some(self.session_id),
-            AuditEventKind::CommandCompleted {
-                command_id: p.id,
-                rows: p.rows,
-                bytes: p.bytes,
-                masked: p.masked,
-                duration_us,
-                error: p.error,
-            },
-        );
+        // The reply as the client saw it, then the summary: a replay reads in that order.
         // Outcomes need not be on disk before the next response is relayed (only intents
         // must precede forwarding): they go to the session's audit writer, in order.
-        let _ = self
-            .outcomes
-            .send(Outcome::Event(Box::new(completed)))
-            .await;
         if !p.recording.is_empty() {
             let transcript = AuditEvent::new(
                 Some(self.session_id),
@@ -1483,6 +1469,21 @@ impl Relay {
                 .send(Outcome::Event(Box::new(transcript)))
                 .await;
         }
+        let completed = AuditEvent::new(
+            Some(self.session_id),
+            AuditEventKind::CommandCompleted {
+                command_id: p.id,
+                rows: p.rows,
+                bytes: p.bytes,
+                masked: p.masked,
+                duration_us,
+                error: p.error,
+            },
+        );
+        let _ = self
+            .outcomes
+            .send(Outcome::Event(Box::new(completed)))
+            .await;
     }
 
     fn front_command<'q>(&self, q: &'q mut VecDeque<Item>) -> Option<&'q mut Pending> {

@@ -1686,18 +1686,8 @@ impl Relay<'_> {
         let metrics = self.pipeline().metrics();
         Metrics::add(&metrics.rows, p.elements);
         Metrics::add(&metrics.values_masked, p.masked.total());
-        let completed = AuditEvent::new(
-            Some(self.session_id),
-            AuditEventKind::CommandCompleted {
-                command_id: p.id,
-                rows: p.elements,
-                bytes: p.bytes,
-                masked: p.masked,
-                duration_us: micros(p.started),
-                error: p.error,
-            },
-        );
-        self.outcome_batch.push(completed);
+        let duration_us = micros(p.started);
+        // The reply as the client saw it, then the summary: a replay reads in that order.
         if !p.recording.is_empty() {
             let transcript = AuditEvent::new(
                 Some(self.session_id),
@@ -1711,6 +1701,18 @@ impl Relay<'_> {
             );
             self.outcome_batch.push(transcript);
         }
+        let completed = AuditEvent::new(
+            Some(self.session_id),
+            AuditEventKind::CommandCompleted {
+                command_id: p.id,
+                rows: p.elements,
+                bytes: p.bytes,
+                masked: p.masked,
+                duration_us,
+                error: p.error,
+            },
+        );
+        self.outcome_batch.push(completed);
     }
 }
 

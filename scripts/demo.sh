@@ -246,7 +246,11 @@ say "   gateway for both. Each tool call tells the gateway its run and tool-call
 run python3 examples/agents/agent.py --pg-port "$GW_PORT" --pg-database crm --sslmode disable \
   --pg-token "$AGENT_TOKEN" --redis-port "$GW_REDIS_PORT" --redis-token "$AGENT_TOKEN"
 
-say "7. The audit trail: every session, decision and outcome, hash-chained and signed."
+say "7. The audit trail: every session, decision and outcome, hash-chained and signed. The"
+say "   gateway stops first: it ends the sessions, flushes the trail and closes it with a signed"
+say "   checkpoint. An auditor then checks the trail offline, with the keys alone."
+kill "$GW_PID" && wait "$GW_PID" 2>/dev/null || true
+GW_PID=
 run "$GW" -c "$cfg/gateway.toml" audit verify
 session=$("$GW" -c "$cfg/gateway.toml" audit export --format jsonl | python3 -c '
 import json, sys

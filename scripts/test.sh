@@ -62,7 +62,7 @@ if ! bash scripts/demo.sh >"$demo_log" 2>&1; then
   echo "scripts/demo.sh failed"
   exit 1
 fi
-grep -E '^OK: ' "$demo_log"
+grep -E '^OK: .*, [1-9][0-9]* checkpoints' "$demo_log"  # verified, and closed by a signed checkpoint
 rm -f "$demo_log"
 
 step "cargo deny check bans licenses sources"

@@ -126,6 +126,7 @@ pub enum Error {
         reason: String,
     },
     /// A PostgreSQL operation failed.
+    #[cfg(feature = "postgres")]
     #[error("postgres audit sink: {0}")]
     Postgres(#[from] tokio_postgres::Error),
 }

@@ -1,17 +1,24 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+// The docs link to items behind the default features; without them the links stay text.
+#![cfg_attr(
+    not(all(feature = "webhook", feature = "postgres")),
+    allow(rustdoc::broken_intra_doc_links)
+)]
 
 mod codec;
 mod error;
 mod export;
 mod file;
 mod format;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod read;
 mod replay;
 mod sink;
 mod stdout;
 mod verify;
+#[cfg(feature = "webhook")]
 mod webhook;
 
 #[cfg(test)]
@@ -28,15 +35,18 @@ pub use format::{
     CHECKPOINT_FILE, ChainKey, Checkpoint, CheckpointKey, CheckpointSigner, FORMAT_VERSION, Hash,
     LogId, SegmentHeader, hash_hex, segment_file_name,
 };
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresSink;
 pub use read::{Entry, LogReader, read_log};
 pub use replay::Transcript;
 pub use sink::{Appended, AuditSink, Durability, PartialBatch};
 pub use stdout::{StdoutSink, WriterSink};
+#[cfg(feature = "postgres")]
 pub use tokio_postgres;
 pub use verify::{
     Damage, DamageKind, Report, TornTail, VerifyKeys, VerifyOptions, verify_dir, verify_dir_with,
 };
+#[cfg(feature = "webhook")]
 pub use webhook::{WebhookConfig, WebhookSink};
 pub use wirewarden_core;
 

@@ -1,6 +1,7 @@
 //! Every sink passes the `AuditSink` conformance suite; the webhook sink retries against a
 //! real HTTP server on loopback and de-duplicates by event id; the PostgreSQL sink shares
 //! one trail between gateways on a real PostgreSQL.
+#![cfg(all(feature = "webhook", feature = "postgres"))]
 
 use std::collections::HashSet;
 use std::convert::Infallible;

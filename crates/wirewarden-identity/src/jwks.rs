@@ -8,7 +8,9 @@
 //! working, so a short outage of the issuer does not lock every agent out.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "jwks-fetch")]
+use std::time::Instant;
 
 use base64::Engine as _;
 use jsonwebtoken::jwk::{
@@ -16,6 +18,7 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
+#[cfg(feature = "jwks-fetch")]
 use crate::fetch::{Fetcher, TlsRoots, check_url};
 use crate::{Error, Result};
 
@@ -29,9 +32,11 @@ const MAX_KEYS: usize = 64;
 #[non_exhaustive]
 pub enum KeySource {
     /// A JWKS URL (`http` or `https`).
+    #[cfg(feature = "jwks-fetch")]
     Url(String),
     /// OpenID Connect discovery: `{issuer}/.well-known/openid-configuration` names the JWKS
     /// URL, and its `issuer` must equal ours.
+    #[cfg(feature = "jwks-fetch")]
     Discovery,
     /// A fixed key set; nothing is ever fetched.
     Static(JwkSet),
@@ -50,6 +55,7 @@ pub struct JwksOptions {
     /// The largest key set or discovery document accepted, in bytes.
     pub max_document_size: usize,
     /// Trusted roots for `https` URLs; without them only `http` works.
+    #[cfg(feature = "jwks-fetch")]
     pub tls: Option<TlsRoots>,
 }
 
@@ -60,6 +66,7 @@ impl Default for JwksOptions {
             max_age: Duration::from_secs(600),
             fetch_timeout: Duration::from_secs(5),
             max_document_size: 256 * 1024,
+            #[cfg(feature = "jwks-fetch")]
             tls: None,
         }
     }
@@ -87,6 +94,7 @@ impl JwksOptions {
         self
     }
 
+    #[cfg(feature = "jwks-fetch")]
     /// Sets [`JwksOptions::tls`].
     #[must_use]
     pub fn tls(mut self, roots: TlsRoots) -> Self {
@@ -115,6 +123,7 @@ impl std::fmt::Debug for VerifyKey {
 #[derive(Debug, Default)]
 pub(crate) struct KeySet {
     keys: Vec<VerifyKey>,
+    #[cfg(feature = "jwks-fetch")]
     fetched_at: Option<Instant>,
 }
 
@@ -127,6 +136,7 @@ impl KeySet {
                 .filter_map(verify_key)
                 .take(MAX_KEYS)
                 .collect(),
+            #[cfg(feature = "jwks-fetch")]
             fetched_at: None,
         }
     }
@@ -143,6 +153,7 @@ impl KeySet {
         }
     }
 
+    #[cfg(feature = "jwks-fetch")]
     fn is_fresh(&self, max_age: Duration) -> bool {
         self.fetched_at.is_some_and(|t| t.elapsed() < max_age)
     }
@@ -227,6 +238,7 @@ fn verify_key(jwk: &Jwk) -> Option<VerifyKey> {
     })
 }
 
+#[cfg(feature = "jwks-fetch")]
 #[derive(Debug, Default)]
 struct RefreshState {
     last_attempt: Option<Instant>,
@@ -240,10 +252,14 @@ struct RefreshState {
 pub struct JwksCache {
     issuer: String,
     source: KeySource,
+    #[cfg(feature = "jwks-fetch")]
     url: Option<http::Uri>,
+    #[cfg(feature = "jwks-fetch")]
     options: JwksOptions,
+    #[cfg(feature = "jwks-fetch")]
     fetcher: Fetcher,
     current: RwLock<Arc<KeySet>>,
+    #[cfg(feature = "jwks-fetch")]
     refresh: tokio::sync::Mutex<RefreshState>,
 }
 
@@ -255,6 +271,7 @@ impl JwksCache {
     /// or `https`, or is `https` without [`JwksOptions::tls`].
     pub fn new(issuer: impl Into<String>, source: KeySource, options: JwksOptions) -> Result<Self> {
         let issuer = issuer.into();
+        #[cfg(feature = "jwks-fetch")]
         let url = match &source {
             KeySource::Url(u) => Some(check_url(u, options.tls.as_ref())?),
             KeySource::Discovery => {
@@ -268,9 +285,14 @@ impl JwksCache {
         };
         let current = match &source {
             KeySource::Static(set) => KeySet::from_jwks(set),
+            #[cfg(feature = "jwks-fetch")]
             _ => KeySet::default(),
         };
+        // Without fetching there is nothing to tune: a static set never refreshes.
+        #[cfg(not(feature = "jwks-fetch"))]
+        let _ = options;
         Ok(Self {
+            #[cfg(feature = "jwks-fetch")]
             fetcher: Fetcher {
                 tls: options.tls.clone(),
                 timeout: options.fetch_timeout,
@@ -278,9 +300,12 @@ impl JwksCache {
             },
             issuer,
             source,
+            #[cfg(feature = "jwks-fetch")]
             url,
+            #[cfg(feature = "jwks-fetch")]
             options,
             current: RwLock::new(Arc::new(current)),
+            #[cfg(feature = "jwks-fetch")]
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
         })
     }
@@ -291,6 +316,7 @@ impl JwksCache {
         &self.issuer
     }
 
+    #[cfg(feature = "jwks-fetch")]
     /// How many fetches of the key set were attempted so far.
     pub async fn fetch_count(&self) -> u64 {
         self.refresh.lock().await.fetches
@@ -321,6 +347,22 @@ impl JwksCache {
         if matches!(self.source, KeySource::Static(_)) {
             return snap.find(kid).cloned().ok_or_else(unknown);
         }
+        #[cfg(feature = "jwks-fetch")]
+        {
+            self.refreshed_key(kid, &snap).await
+        }
+        #[cfg(not(feature = "jwks-fetch"))]
+        {
+            Err(unknown())
+        }
+    }
+
+    /// The rest of [`JwksCache::key`] for a fetched set: `snap` is stale or lacks `kid`.
+    #[cfg(feature = "jwks-fetch")]
+    async fn refreshed_key(&self, kid: Option<&str>, snap: &KeySet) -> Result<VerifyKey> {
+        let unknown = || Error::UnknownKey {
+            kid: kid.map(str::to_owned),
+        };
         if snap.is_fresh(self.options.max_age)
             && let Some(k) = snap.find(kid)
         {
@@ -363,6 +405,7 @@ impl JwksCache {
         }
     }
 
+    #[cfg(feature = "jwks-fetch")]
     async fn fetch(&self, state: &mut RefreshState) -> std::result::Result<KeySet, String> {
         let jwks_uri = match (&self.source, &state.jwks_uri) {
             (KeySource::Discovery, Some(u)) => u.clone(),
@@ -388,6 +431,7 @@ impl JwksCache {
         Ok(KeySet::from_jwks(&JwkSet { keys }))
     }
 
+    #[cfg(feature = "jwks-fetch")]
     async fn discover(&self) -> std::result::Result<http::Uri, String> {
         let url = self.url.clone().ok_or("no discovery URL")?;
         let body = self.fetcher.get(&url).await?;

@@ -213,6 +213,7 @@ impl JwtProvider {
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid configuration or an unreadable CA file.
+    #[cfg(feature = "jwks-fetch")]
     pub fn new(config: JwtConfig) -> Result<Self> {
         let source = match &config.jwks_url {
             Some(u) => KeySource::Url(u.clone()),

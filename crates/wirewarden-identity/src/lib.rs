@@ -1,10 +1,13 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+// The docs link to items behind the default features; without them the links stay text.
+#![cfg_attr(not(feature = "jwks-fetch"), allow(rustdoc::broken_intra_doc_links))]
 
 mod cert;
 mod chain;
 mod credential;
 mod error;
+#[cfg(feature = "jwks-fetch")]
 mod fetch;
 mod jwks;
 mod jwt;
@@ -17,6 +20,7 @@ pub use cert::{CertField, CertRule, ClientCertConfig, ClientCertificates};
 pub use chain::Chain;
 pub use credential::{AuthContext, Credential, Secret};
 pub use error::{Error, Result, error_code};
+#[cfg(feature = "jwks-fetch")]
 pub use fetch::TlsRoots;
 pub use jwks::{JwksCache, JwksOptions, KeySource};
 pub use jwt::{ClaimGroups, JwtConfig, JwtProvider, MAX_LEEWAY, looks_like_jwt};

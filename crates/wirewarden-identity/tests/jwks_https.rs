@@ -1,5 +1,6 @@
 //! The key set fetched over HTTPS from a real TLS server on loopback, trusting only the CA
 //! that is configured.
+#![cfg(feature = "jwks-fetch")]
 
 #[path = "support/keys.rs"]
 mod keys;

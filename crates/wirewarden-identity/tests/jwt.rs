@@ -1,5 +1,6 @@
 //! JWT access tokens signed in-process (RS256, ES256, EdDSA) and verified against a JWKS served
 //! by a real HTTP server on loopback; hostile tokens of every kind the issue names.
+#![cfg(feature = "jwks-fetch")]
 
 #[path = "support/keys.rs"]
 mod keys;

@@ -1,5 +1,6 @@
 //! Against a real OpenID Connect provider process (npm `oidc-provider`) on loopback: access
 //! tokens from its token endpoint, keys from its JWKS found by discovery.
+#![cfg(feature = "jwks-fetch")]
 
 use std::sync::Arc;
 

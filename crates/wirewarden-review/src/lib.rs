@@ -1,7 +1,13 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+// The docs link to items behind the default features; without them the links stay text.
+#![cfg_attr(
+    not(all(feature = "webhook", feature = "postgres")),
+    allow(rustdoc::broken_intra_doc_links)
+)]
 
 mod notify;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 mod review;
 mod service;
@@ -9,7 +15,9 @@ mod store;
 
 use wirewarden_core::{BoxError, ReviewId};
 
-pub use notify::{Notification, Notifier, WebhookError, WebhookNotifier, slack_message};
+pub use notify::{Notification, Notifier, slack_message};
+#[cfg(feature = "webhook")]
+pub use notify::{WebhookError, WebhookNotifier};
 pub use review::{
     Approval, ApprovalScope, Binding, DEFAULT_APPROVAL_TTL, MAX_GRANT, Operation, Review,
     ReviewState, Reviewer, Status,

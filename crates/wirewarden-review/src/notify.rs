@@ -3,20 +3,32 @@
 //! incoming webhooks, Mattermost and most chat bridges accept.
 
 use std::fmt;
+#[cfg(feature = "webhook")]
 use std::sync::Arc;
+#[cfg(feature = "webhook")]
 use std::time::Duration;
 
 use async_trait::async_trait;
+#[cfg(feature = "webhook")]
 use bytes::Bytes;
+#[cfg(feature = "webhook")]
 use http_body_util::{BodyExt, Full, Limited};
+#[cfg(feature = "webhook")]
 use hyper::Request;
+#[cfg(feature = "webhook")]
 use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
+#[cfg(feature = "webhook")]
 use hyper_util::client::legacy::Client;
+#[cfg(feature = "webhook")]
 use hyper_util::client::legacy::connect::HttpConnector;
+#[cfg(feature = "webhook")]
 use hyper_util::rt::{TokioExecutor, TokioIo};
+#[cfg(feature = "webhook")]
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
+#[cfg(feature = "webhook")]
 use tokio::net::TcpStream;
+#[cfg(feature = "webhook")]
 use tokio_rustls::TlsConnector;
 use wirewarden_core::BoxError;
 
@@ -42,6 +54,7 @@ pub trait Notifier: fmt::Debug + Send + Sync {
     async fn notify(&self, notification: &Notification<'_>) -> Result<(), BoxError>;
 }
 
+#[cfg(feature = "webhook")]
 /// Errors of the webhook notifier.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -67,6 +80,7 @@ pub enum WebhookError {
     },
 }
 
+#[cfg(feature = "webhook")]
 /// Posts Slack-compatible JSON to a webhook URL with hyper.
 ///
 /// `http://` URLs go through a pooled hyper-util client ([`WebhookNotifier::new`]);
@@ -81,6 +95,7 @@ pub struct WebhookNotifier {
     timeout: Duration,
 }
 
+#[cfg(feature = "webhook")]
 impl fmt::Debug for WebhookNotifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The URL path of a chat webhook is its secret: show only scheme and host.
@@ -93,12 +108,14 @@ impl fmt::Debug for WebhookNotifier {
     }
 }
 
+#[cfg(feature = "webhook")]
 /// The most response body read from the endpoint (only to finish the exchange cleanly).
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// The most characters of command text put into a message.
 const MAX_COMMAND_TEXT: usize = 1_500;
 
+#[cfg(feature = "webhook")]
 impl WebhookNotifier {
     /// A notifier posting to an `http://` `url`, with a 10-second timeout.
     ///
@@ -216,6 +233,7 @@ impl WebhookNotifier {
     }
 }
 
+#[cfg(feature = "webhook")]
 #[async_trait]
 impl Notifier for WebhookNotifier {
     async fn notify(&self, notification: &Notification<'_>) -> Result<(), BoxError> {

@@ -2,6 +2,7 @@
 //! conformance suites, two gateways sharing one review queue (approve through one, the
 //! waiter on the other wakes), wake-ups surviving a dropped `LISTEN` connection, and grant
 //! expiry reported once across gateways.
+#![cfg(feature = "postgres")]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! The webhook notifier against a real HTTP server on loopback, started here with hyper.
+#![cfg(feature = "webhook")]
 
 use std::convert::Infallible;
 use std::sync::Arc;

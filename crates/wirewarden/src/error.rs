@@ -19,6 +19,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A peer broke the PostgreSQL protocol.
+    #[cfg(feature = "postgres")]
     #[error("postgres protocol: {0}")]
     Postgres(#[from] wirewarden_postgres::Error),
     /// A TLS handshake or configuration failed.
@@ -42,6 +43,7 @@ pub enum Error {
 }
 
 impl Error {
+    #[cfg(any(feature = "postgres", feature = "redis"))]
     pub(crate) fn client_io(source: std::io::Error) -> Self {
         Self::Io {
             peer: "client",
@@ -49,6 +51,7 @@ impl Error {
         }
     }
 
+    #[cfg(any(feature = "postgres", feature = "redis", feature = "http"))]
     pub(crate) fn upstream_io(source: std::io::Error) -> Self {
         Self::Io {
             peer: "upstream",

@@ -51,7 +51,9 @@ pub use wirewarden_http::upstream::UpstreamSettings;
 use wirewarden_http::upstream::{ConnectError, TlsConnector, Upstream, UpstreamError};
 
 use self::gate::ConnectionGate;
-use crate::postgres::{ChannelBinding, UpstreamTls};
+#[cfg(feature = "postgres")]
+use crate::postgres::ChannelBinding;
+use crate::tls::UpstreamTls;
 use crate::{Error, Pipeline, Result};
 
 /// Policy rules (TOML, for [`RuleEngine::from_toml`](wirewarden_policy::RuleEngine)) that
@@ -190,6 +192,7 @@ impl TargetUpstream {
                 Transport::Tcp(Upstream::http(&config.upstream, settings).map_err(|e| bad(&e))?)
             }
             Some(tls) => {
+                #[cfg(feature = "postgres")]
                 if tls.channel_binding == ChannelBinding::Require {
                     return Err(bad(
                         &"channel binding applies to PostgreSQL's SCRAM login; \

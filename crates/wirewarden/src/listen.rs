@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{Error, Result};
+#[cfg(any(feature = "postgres", feature = "redis"))]
+use crate::Error;
+use crate::Result;
 
 /// Accepts connections and serves each on its own task. Accept errors (out of file
 /// descriptors, a connection reset before it was accepted) are transient: the loop backs off
@@ -31,6 +33,7 @@ where
 /// `limit`: an upstream that never answers (a TLS hello sent to a plaintext server, a stalled
 /// login) would otherwise hold the client that waits for it. Running out of time is an
 /// upstream I/O error (`TimedOut`) saying what did not happen.
+#[cfg(any(feature = "postgres", feature = "redis"))]
 pub(crate) async fn upstream_within<T>(
     limit: Duration,
     connect: impl Future<Output = Result<T>>,

@@ -55,6 +55,9 @@ use self::catalog::Catalog;
 use self::outbound::{ColumnPlan, Unmaskable};
 use self::upstream::BoxIo;
 use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal};
+// Every proxy uses these; they live at the crate root and in `tls`, and are named here too
+// because a PostgreSQL configuration is written with them.
+pub use crate::{Secret, tls::UpstreamTls};
 
 /// How the gateway reaches and logs in to the upstream server.
 #[derive(Clone)]
@@ -79,70 +82,6 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("database", &self.database)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
-    }
-}
-
-/// TLS settings for the upstream connection. Build with [`UpstreamTls::new`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct UpstreamTls {
-    /// The rustls client configuration (trusted roots).
-    pub config: Arc<rustls::ClientConfig>,
-    /// The name the server certificate must carry.
-    pub server_name: rustls::pki_types::ServerName<'static>,
-    /// Whether the PostgreSQL login must be bound to this TLS connection
-    /// (SCRAM-SHA-256-PLUS, `tls-server-end-point`), as libpq's `channel_binding`. The
-    /// default, [`ChannelBinding::Prefer`], binds when the server offers it; only
-    /// [`ChannelBinding::Require`] stops a middlebox holding a certificate the gateway
-    /// trusts that talks plaintext to a server also accepting plaintext logins. Redis
-    /// targets ignore it.
-    pub channel_binding: ChannelBinding,
-}
-
-impl UpstreamTls {
-    /// TLS trusting `config`'s roots for a server certificate naming `server_name`, with
-    /// channel binding preferred.
-    #[must_use]
-    pub fn new(
-        config: Arc<rustls::ClientConfig>,
-        server_name: rustls::pki_types::ServerName<'static>,
-    ) -> Self {
-        Self {
-            config,
-            server_name,
-            channel_binding: ChannelBinding::default(),
-        }
-    }
-
-    /// Sets the channel binding policy of the PostgreSQL login.
-    #[must_use]
-    pub fn with_channel_binding(mut self, channel_binding: ChannelBinding) -> Self {
-        self.channel_binding = channel_binding;
-        self
-    }
-}
-
-/// A secret string that never appears in `Debug` output.
-#[derive(Clone, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    #[must_use]
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    /// The secret itself.
-    #[must_use]
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
     }
 }
 

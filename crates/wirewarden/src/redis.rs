@@ -57,8 +57,8 @@ use wirewarden_redis::{
 pub use wirewarden_redis::{Limits, Risk};
 
 use self::mask::{Keys, Unmaskable};
-use crate::postgres::{Secret, UpstreamTls};
-use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal};
+use crate::tls::UpstreamTls;
+use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal, Secret};
 
 /// Policy rules (TOML, for [`RuleEngine::from_toml`](wirewarden_policy::RuleEngine)) that
 /// deny what an agent should never run through the gateway: scripting and functions, server

@@ -1,4 +1,5 @@
-//! TLS configuration helpers: load PEM certificates and keys into rustls configurations.
+//! TLS configuration helpers: load PEM certificates and keys into rustls configurations,
+//! and [`UpstreamTls`], the TLS settings every proxy uses towards its upstream.
 //!
 //! The gateway terminates TLS from clients (so a token sent as a password travels
 //! encrypted) and may speak TLS to the upstream. Both sides use rustls with the *ring*
@@ -9,11 +10,53 @@ use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+#[cfg(feature = "postgres")]
+use crate::postgres::ChannelBinding;
 use crate::{Error, Result};
 
 /// The rustls configurations these helpers build, re-exported so an embedder needs no
 /// direct rustls dependency to hold them.
 pub use rustls::{ClientConfig, ServerConfig};
+
+/// TLS settings for the upstream connection. Build with [`UpstreamTls::new`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct UpstreamTls {
+    /// The rustls client configuration (trusted roots).
+    pub config: Arc<ClientConfig>,
+    /// The name the server certificate must carry.
+    pub server_name: ServerName<'static>,
+    /// Whether the PostgreSQL login must be bound to this TLS connection
+    /// (SCRAM-SHA-256-PLUS, `tls-server-end-point`), as libpq's `channel_binding`. The
+    /// default, [`ChannelBinding::Prefer`], binds when the server offers it; only
+    /// [`ChannelBinding::Require`] stops a middlebox holding a certificate the gateway
+    /// trusts that talks plaintext to a server also accepting plaintext logins. Redis
+    /// targets ignore it. Present with the `postgres` feature.
+    #[cfg(feature = "postgres")]
+    pub channel_binding: ChannelBinding,
+}
+
+impl UpstreamTls {
+    /// TLS trusting `config`'s roots for a server certificate naming `server_name`, with
+    /// channel binding preferred.
+    #[must_use]
+    pub fn new(config: Arc<ClientConfig>, server_name: ServerName<'static>) -> Self {
+        Self {
+            config,
+            server_name,
+            #[cfg(feature = "postgres")]
+            channel_binding: ChannelBinding::default(),
+        }
+    }
+
+    /// Sets the channel binding policy of the PostgreSQL login.
+    #[cfg(feature = "postgres")]
+    #[must_use]
+    pub fn with_channel_binding(mut self, channel_binding: ChannelBinding) -> Self {
+        self.channel_binding = channel_binding;
+        self
+    }
+}
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

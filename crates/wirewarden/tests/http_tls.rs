@@ -11,7 +11,7 @@
 //! failure and recorded with its reason; a target whose origin scheme and TLS settings
 //! disagree is refused when the proxy is built.
 
-#![cfg(feature = "http")]
+#![cfg(all(feature = "http", feature = "postgres"))]
 
 #[allow(
     dead_code,

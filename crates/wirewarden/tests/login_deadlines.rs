@@ -1,6 +1,7 @@
 //! A client that connects and then never logs in — no startup message, no TLS handshake, no
 //! `AUTH` — is let go when the target's login timeout passes, whatever step it stalls in. No
 //! upstream is needed: nothing reaches one before a client has logged in.
+#![cfg(all(feature = "postgres", feature = "redis", feature = "http"))]
 
 #[allow(dead_code)]
 mod support;

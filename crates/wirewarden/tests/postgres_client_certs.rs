@@ -3,6 +3,7 @@
 //! with `sslcert`/`sslkey` and no password, and the identity crate's `ClientCertificates`
 //! maps the verified chain to a principal. A real PostgreSQL (wirewarden-testkit) is the
 //! upstream.
+#![cfg(feature = "postgres")]
 
 #[allow(dead_code)]
 mod support;

@@ -2,6 +2,7 @@
 //!
 //! Each test starts its own PostgreSQL (wirewarden-testkit), its own audit directory and its
 //! own proxy on a loopback port, so they run in parallel.
+#![cfg(all(feature = "postgres", feature = "jwks-fetch"))]
 
 mod support;
 

@@ -8,6 +8,7 @@
 //! its own and refuses the login. If the server also accepts plaintext logins, the
 //! middlebox can instead talk plaintext to it; the server then offers no binding, and only
 //! a gateway that requires channel binding refuses to log in.
+#![cfg(feature = "postgres")]
 
 #[allow(
     dead_code,

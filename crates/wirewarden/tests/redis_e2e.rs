@@ -3,6 +3,7 @@
 //!
 //! Each test starts its own redis-server (wirewarden-testkit), its own audit directory and
 //! its own proxy on a loopback port, so they run in parallel.
+#![cfg(feature = "redis")]
 
 mod support;
 
@@ -13,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wirewarden::Pipeline;
+use wirewarden::Secret;
 use wirewarden::audit::{AuditSink, VerifyKeys, read_log, verify_dir};
 use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
 use wirewarden::mask::{Engine, FieldRule, Limits as MaskLimits, Profile, Selector, Strategy};
 use wirewarden::policy::RuleEngine;
-use wirewarden::postgres::Secret;
 use wirewarden::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
 use wirewarden::review::{ApprovalScope, Reviewer};
 use wirewarden_testkit::Redis;

@@ -15,6 +15,7 @@
 //! An upstream that demands a client certificate (`tls-auth-clients yes`) gets the one in
 //! the rustls configuration an embedder hands to [`UpstreamTls::new`]; without one, the
 //! server ends the handshake and executes no `AUTH`.
+#![cfg(feature = "redis")]
 
 #[allow(
     dead_code,
@@ -33,13 +34,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use wirewarden::Pipeline;
+use wirewarden::Secret;
 use wirewarden::audit::{VerifyKeys, read_log, verify_dir};
 use wirewarden::core::{AuditEventKind, Protocol, Target};
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
 use wirewarden::mask::{Engine, FieldRule, Profile, Selector, Strategy};
 use wirewarden::policy::RuleEngine;
-use wirewarden::postgres::{Secret, UpstreamTls};
 use wirewarden::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
+use wirewarden::tls::UpstreamTls;
 use wirewarden_testkit::Redis;
 
 const CARD: &str = "4111 1111 1111 1111";

@@ -29,8 +29,8 @@ for features in redis postgres http; do
   echo "--- wirewarden --no-default-features --features $features"
   cargo clippy --quiet -p wirewarden --no-default-features --features "$features" --all-targets -- -D warnings
 done
-forbidden=$(cargo tree -p wirewarden --no-default-features --features redis -e normal --prefix none |
-  awk '{print $1}' | sort -u |
+redis_only=$(cargo tree -p wirewarden --no-default-features --features redis -e normal --prefix none)
+forbidden=$(awk '{print $1}' <<<"$redis_only" | sort -u |
   grep -xE 'hyper|hyper-util|tokio-postgres|postgres-protocol|wirewarden-postgres|wirewarden-sql' || true)
 if [ -n "$forbidden" ]; then
   echo "a Redis-only wirewarden depends on:" $forbidden

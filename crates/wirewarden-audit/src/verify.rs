@@ -201,11 +201,13 @@ impl fmt::Display for Report {
             None => {
                 write!(
                     f,
-                    "OK: {} records in {} segments, {} checkpoints",
-                    self.events, self.segments, self.checkpoints
+                    "OK: {} in {}, {}",
+                    counted(self.events, "record"),
+                    counted(self.segments, "segment"),
+                    counted(self.checkpoints, "checkpoint")
                 )?;
                 if let Some(c) = &self.last_checkpoint {
-                    write!(f, ", last checkpoint covers {} records", c.seq)?;
+                    write!(f, ", last checkpoint covers {}", counted(c.seq, "record"))?;
                 }
                 if let Some(t) = &self.torn_tail {
                     write!(
@@ -217,6 +219,15 @@ impl fmt::Display for Report {
             }
         }
         Ok(())
+    }
+}
+
+/// `n` and `noun`, in the plural unless `n` is 1.
+fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 
 use wirewarden_audit::testing::{numbered_event, sample_events};
 use wirewarden_audit::{ChainKey, CheckpointSigner, FileSink, VerifyKeys, verify_dir};
-use wirewarden_core::{AuditEvent, AuditEventKind, Direction, SessionEndReason, SessionId};
+use wirewarden_core::{
+    AuditEvent, AuditEventKind, Direction, SessionEndReason, SessionId, Timestamp,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wirewarden-audit");
 
@@ -147,7 +149,7 @@ fn verify_exit_status_and_report() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        stdout.starts_with("OK: 14 records in 1 segments"),
+        stdout.starts_with("OK: 14 records in 1 segment,"),
         "{stdout}"
     );
     // Flip one byte near the end of the segment (inside the last record).
@@ -254,17 +256,21 @@ fn replay_follows_a_live_log_until_the_session_ends() {
         first.starts_with(&format!("== session {session} started")),
         "{first}"
     );
-    // Events appended while replay is running show up, in order.
-    let live = AuditEvent::new(
-        Some(session),
-        AuditEventKind::Transcript {
-            command_id: None,
-            direction: Direction::FromClient,
-            elapsed_us: 1_500_000,
-            text: "Query \"SELECT now()\"".into(),
-            truncated: false,
-        },
-    );
+    // Events appended while replay is running show up, in order, on the session's clock.
+    let live = AuditEvent {
+        time: Timestamp::from_unix_nanos(i128::from(events[0].time.unix_nanos()) + 1_500_000_000)
+            .unwrap(),
+        ..AuditEvent::new(
+            Some(session),
+            AuditEventKind::Transcript {
+                command_id: None,
+                direction: Direction::FromClient,
+                elapsed_us: 1_400_000,
+                text: "Query \"SELECT now()\"".into(),
+                truncated: false,
+            },
+        )
+    };
     rt.block_on(sink.append_event(&live)).unwrap();
     let mut rest = Vec::new();
     for line in lines.by_ref() {

@@ -57,7 +57,10 @@ use self::upstream::BoxIo;
 use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal};
 // Every proxy uses these; they live at the crate root and in `tls`, and are named here too
 // because a PostgreSQL configuration is written with them.
-pub use crate::{Secret, tls::UpstreamTls};
+pub use crate::{
+    Secret,
+    tls::{ClientCertMode, ServerTls, UpstreamTls},
+};
 
 /// How the gateway reaches and logs in to the upstream server.
 #[derive(Clone)]
@@ -94,111 +97,6 @@ pub struct ScramUser {
     pub subject: String,
     /// Its groups.
     pub groups: Vec<String>,
-}
-
-/// Whether clients must present a TLS client certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClientCertMode {
-    /// A client may present a certificate; one that does logs in with it alone, one that
-    /// does not goes on to the token or SCRAM login.
-    Optional,
-    /// Every client must present a certificate: the TLS handshake refuses one without, and
-    /// a client that did not use TLS at all is refused before any password is asked.
-    Required,
-}
-
-/// TLS towards clients: the rustls configuration, the `tls-server-end-point` channel
-/// binding data of its certificate (for SCRAM-SHA-256-PLUS), and whether clients are asked
-/// for certificates.
-#[derive(Debug, Clone)]
-pub struct ServerTls {
-    /// The rustls server configuration.
-    pub config: Arc<rustls::ServerConfig>,
-    /// The hash of the leaf certificate, as SCRAM channel binding uses it.
-    pub channel_binding: Option<Vec<u8>>,
-    /// Whether client certificates are requested; `None` never asks for one.
-    pub client_certs: Option<ClientCertMode>,
-}
-
-impl ServerTls {
-    /// TLS with this certificate chain (leaf first) and key.
-    ///
-    /// # Errors
-    /// [`Error::Tls`] if the key does not match the certificate or the chain is empty.
-    pub fn new(
-        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-        key: rustls::pki_types::PrivateKeyDer<'static>,
-    ) -> Result<Self> {
-        let leaf = chain
-            .first()
-            .ok_or_else(|| Error::Tls("empty certificate chain".into()))?;
-        let channel_binding = wirewarden_postgres::auth::tls_server_end_point(leaf.as_ref()).ok();
-        let config = crate::tls::server_config(chain, key)?;
-        Ok(Self {
-            config,
-            channel_binding,
-            client_certs: None,
-        })
-    }
-
-    /// TLS with this certificate chain (leaf first) and key that also requests client
-    /// certificates issued under `trust_anchors` (DER CA certificates).
-    ///
-    /// The handshake verifies the presented chain (signatures, validity, client-auth key
-    /// usage) with rustls' `WebPkiClientVerifier`; a chain that does not verify ends the
-    /// handshake. The verified chain then goes to the pipeline's identity provider as
-    /// [`Credential::ClientCertificate`] (for example
-    /// [`ClientCertificates`](wirewarden_identity::ClientCertificates)), which maps it to a
-    /// principal or refuses it; a client whose certificate is refused is never offered a
-    /// password login instead.
-    ///
-    /// # Errors
-    /// [`Error::Tls`] if the chain is empty, the key does not match, no trust anchor is
-    /// given or one cannot be used.
-    pub fn with_client_certs(
-        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-        key: rustls::pki_types::PrivateKeyDer<'static>,
-        trust_anchors: &[rustls::pki_types::CertificateDer<'static>],
-        mode: ClientCertMode,
-    ) -> Result<Self> {
-        let leaf = chain
-            .first()
-            .ok_or_else(|| Error::Tls("empty certificate chain".into()))?;
-        let channel_binding = wirewarden_postgres::auth::tls_server_end_point(leaf.as_ref()).ok();
-        if trust_anchors.is_empty() {
-            return Err(Error::Tls("no client certificate trust anchor".into()));
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for anchor in trust_anchors {
-            roots
-                .add(anchor.clone())
-                .map_err(|e| Error::Tls(format!("client CA refused: {e}")))?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        );
-        let builder = match mode {
-            ClientCertMode::Optional => builder.allow_unauthenticated(),
-            ClientCertMode::Required => builder,
-        };
-        let verifier = builder
-            .build()
-            .map_err(|e| Error::Tls(format!("client certificate verifier: {e}")))?;
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls(e.to_string()))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| Error::Tls(e.to_string()))?;
-        Ok(Self {
-            config: Arc::new(config),
-            channel_binding,
-            client_certs: Some(mode),
-        })
-    }
 }
 
 /// One PostgreSQL target of the gateway.

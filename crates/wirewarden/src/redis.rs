@@ -5,8 +5,19 @@
 //! # A session
 //!
 //! 1. **TLS** (optional): Redis TLS starts with the first byte, so a target with a server
-//!    configuration terminates TLS before anything else.
-//! 2. **Client authentication.** Until the client authenticates, only `AUTH`, `HELLO … AUTH`
+//!    configuration terminates TLS before anything else. A configuration that asks for
+//!    client certificates ([`ServerTls::with_client_certs`](crate::tls::ServerTls)) has
+//!    rustls verify the presented chain against its trust anchors; with
+//!    [`ClientCertMode::Required`](crate::tls::ClientCertMode) a client without one fails the
+//!    handshake, and that refusal is recorded as an `AuthenticationFailed` event.
+//! 2. **Client authentication.** A client that presented a verified certificate is logged in
+//!    by it alone when the handshake completes: the pipeline's identity provider maps the
+//!    chain ([`Credential::ClientCertificate`]) to a principal, and the client's first
+//!    command is already decided as that identity, with no `AUTH`. A certificate the
+//!    provider does not map is recorded as a failed login, the client's first request is
+//!    answered `-WRONGPASS` and the connection closed: a client that proved a certificate
+//!    is never offered a password login instead. Any other client authenticates with a
+//!    token. Until it does, only `AUTH`, `HELLO … AUTH`
 //!    and `QUIT` are accepted; everything else is answered `-NOAUTH`, as the server does. The
 //!    token or JWT in the password slot is verified by the pipeline's identity provider; a
 //!    wrong one gets `-WRONGPASS` and an `AuthenticationFailed` audit event. The name in
@@ -154,7 +165,12 @@ pub struct RedisTarget {
     pub target: Target,
     /// The upstream.
     pub upstream: RedisUpstream,
-    /// TLS towards clients (from the first byte), if set.
+    /// TLS towards clients (from the first byte), if set. A configuration that asks for
+    /// client certificates — the [`config`](crate::tls::ServerTls::config) of
+    /// [`ServerTls::with_client_certs`](crate::tls::ServerTls::with_client_certs), or any
+    /// rustls configuration with a client certificate verifier — logs in a client that
+    /// presents a verified certificate with it alone; the verifier decides whether one is
+    /// required.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Decoder limits for both directions.
     pub limits: Limits,
@@ -330,11 +346,23 @@ fn parse_login(args: &[Bytes]) -> Parsed {
     }
 }
 
+/// What completes a login on the wire.
+enum Finish {
+    /// `AUTH` succeeded: the client is answered `+OK`.
+    Ok,
+    /// `HELLO … AUTH` succeeded: the `HELLO`, without its `AUTH` part, goes upstream and
+    /// its reply is the answer.
+    Hello(Vec<Bytes>),
+    /// The TLS handshake proved the identity: the client asked nothing, so nothing is
+    /// answered, and its first request is its first command.
+    Nothing,
+}
+
 /// A client that proved an identity.
 struct LoggedIn {
     principal: Principal,
-    /// The `HELLO` to send upstream (without its `AUTH` part), if the login was one.
-    hello: Option<Vec<Bytes>>,
+    /// How the login is answered.
+    finish: Finish,
     /// The name the client gave in `HELLO … SETNAME`.
     application: Option<String>,
 }
@@ -342,6 +370,31 @@ struct LoggedIn {
 const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
 const HELLO_NOAUTH: &str = "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+/// The answer to a client whose certificate maps to no identity. `WRONGPASS` is what clients
+/// treat as a failed login (redis-py raises `AuthenticationError`, a connection error it does
+/// not swallow during its handshake), where `NOPERM` would read as a refused command on a
+/// working session.
+const CERT_REFUSED: &[u8] = b"-WRONGPASS client certificate not accepted or user is disabled.\r\n";
+
+/// The verified chain a client presented in the TLS handshake, leaf first, if any.
+fn presented_chain(conn: &rustls::ServerConnection) -> Option<Vec<Vec<u8>>> {
+    conn.peer_certificates()
+        .filter(|c| !c.is_empty())
+        .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+}
+
+/// Why a client's TLS handshake failed, when it failed over its certificate: none presented
+/// to a listener that requires one, or one that does not verify. Such a failure is a
+/// refused login and goes on record as one; other handshake failures are not about
+/// identity.
+fn client_cert_refusal(e: &std::io::Error) -> Option<String> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match tls {
+        rustls::Error::NoCertificatesPresented => Some("no client certificate presented".into()),
+        rustls::Error::InvalidCertificate(_) => Some(tls.to_string()),
+        _ => None,
+    }
+}
 
 struct Client {
     io: BoxIo,
@@ -423,16 +476,28 @@ impl RedisProxy {
         // One deadline for the TLS handshake and the login: a client that opens a connection
         // and never finishes either holds nothing for longer than the login timeout.
         let deadline = tokio::time::Instant::now() + self.config.login_timeout;
-        let (io, tls): (BoxIo, bool) = match &self.config.tls {
+        let (io, tls, chain): (BoxIo, bool, _) = match &self.config.tls {
             Some(config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-                let s = tokio::time::timeout_at(deadline, acceptor.accept(stream))
+                let accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream))
                     .await
-                    .map_err(|_| Error::Tls("no TLS handshake within the login timeout".into()))?
-                    .map_err(|e| Error::Tls(e.to_string()))?;
-                (Box::new(s), true)
+                    .map_err(|_| Error::Tls("no TLS handshake within the login timeout".into()))?;
+                let s = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // rustls has already sent the alert (certificate_required, bad
+                        // certificate…), which is all TLS lets the server say.
+                        if let Some(reason) = client_cert_refusal(&e) {
+                            let event = self.auth_failed(peer, None, "client_certificate", reason);
+                            let _ = self.pipeline.record(&event).await;
+                        }
+                        return Err(Error::Tls(e.to_string()));
+                    }
+                };
+                let chain = presented_chain(s.get_ref().1);
+                (Box::new(s), true, chain)
             }
-            None => (Box::new(stream), false),
+            None => (Box::new(stream), false, None),
         };
         let mut client = Client {
             io,
@@ -440,7 +505,12 @@ impl RedisProxy {
             decoder: RequestDecoder::new(self.config.limits),
             tls,
         };
-        let login = tokio::time::timeout_at(deadline, self.login(&mut client, peer));
+        let login = tokio::time::timeout_at(deadline, async {
+            match chain {
+                Some(chain) => self.certificate_login(&mut client, peer, chain).await,
+                None => self.login(&mut client, peer).await,
+            }
+        });
         let Some(login) = login
             .await
             .map_err(|_| Error::Authentication("no AUTH within the login timeout".into()))??
@@ -454,6 +524,7 @@ impl RedisProxy {
         &self,
         peer: Option<SocketAddr>,
         user: Option<&str>,
+        method: &str,
         reason: String,
     ) -> AuditEvent {
         Metrics::add(&self.pipeline.metrics().auth_failures, 1);
@@ -463,7 +534,7 @@ impl RedisProxy {
                 target: self.config.target.clone(),
                 client_addr: peer.map(|p| p.to_string()),
                 user: user.map(str::to_owned),
-                method: "token".into(),
+                method: method.to_owned(),
                 reason,
             },
         )
@@ -485,9 +556,43 @@ impl RedisProxy {
                 let reason = e.to_string();
                 let _ = self
                     .pipeline
-                    .record(&self.auth_failed(peer, login.user.as_deref(), reason.clone()))
+                    .record(&self.auth_failed(peer, login.user.as_deref(), "token", reason.clone()))
                     .await;
                 Err(reason)
+            }
+        }
+    }
+
+    /// A client that presented a verified certificate: the identity provider maps it to a
+    /// principal, or the login fails for good. Redis has no way to refuse a connection
+    /// before the client speaks, so the refusal answers its first request and the
+    /// connection closes; no password login follows.
+    async fn certificate_login(
+        &self,
+        client: &mut Client,
+        peer: Option<SocketAddr>,
+        chain: Vec<Vec<u8>>,
+    ) -> Result<Option<LoggedIn>> {
+        let credential = Credential::ClientCertificate(chain);
+        let mut ctx = AuthContext::new().with_target(self.config.target.name.clone());
+        if let Some(p) = peer {
+            ctx = ctx.with_client_addr(p);
+        }
+        match self.pipeline.authenticate(&credential, &ctx).await {
+            Ok(principal) => Ok(Some(LoggedIn {
+                principal,
+                finish: Finish::Nothing,
+                application: None,
+            })),
+            Err(e) => {
+                let reason = e.to_string();
+                let event = self.auth_failed(peer, None, "client_certificate", reason.clone());
+                let _ = self.pipeline.record(&event).await;
+                if client.next().await?.is_some() {
+                    client.send(CERT_REFUSED).await?;
+                }
+                let _ = client.io.shutdown().await;
+                Err(Error::Authentication(reason))
             }
         }
     }
@@ -514,7 +619,7 @@ impl RedisProxy {
                         Ok(principal) => {
                             return Ok(Some(LoggedIn {
                                 principal,
-                                hello: login.hello,
+                                finish: login.hello.map_or(Finish::Ok, Finish::Hello),
                                 application: login.name,
                             }));
                         }
@@ -602,7 +707,7 @@ impl RedisProxy {
     ) -> Result<()> {
         let LoggedIn {
             principal,
-            hello,
+            finish,
             application,
         } = login;
         let target = self.config.target.clone();
@@ -685,19 +790,20 @@ impl RedisProxy {
             up,
             up_buf,
         };
-        let first = match hello {
+        let first = match finish {
             // The HELLO that authenticated goes upstream (without AUTH) as a command.
-            Some(args) => match relay.on_request(Request::from_args(args)).await {
+            Finish::Hello(args) => match relay.on_request(Request::from_args(args)).await {
                 Ok(()) => {
                     relay.commit().await;
                     Ok(())
                 }
                 Err(e) => Err(e),
             },
-            None => {
+            Finish::Ok => {
                 relay.to_client.extend_from_slice(b"+OK\r\n");
                 Ok(())
             }
+            Finish::Nothing => Ok(()),
         };
         let outcome = match first {
             Ok(()) => relay.run().await,

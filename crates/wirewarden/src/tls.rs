@@ -1,9 +1,11 @@
-//! TLS configuration helpers: load PEM certificates and keys into rustls configurations,
-//! and [`UpstreamTls`], the TLS settings every proxy uses towards its upstream.
+//! TLS configuration helpers: load PEM certificates and keys into rustls configurations;
+//! [`ServerTls`], the TLS a listener offers its clients (and whether it asks them for
+//! certificates, [`ClientCertMode`]); and [`UpstreamTls`], the TLS settings every proxy uses
+//! towards its upstream.
 //!
 //! The gateway terminates TLS from clients (so a token sent as a password travels
-//! encrypted) and may speak TLS to the upstream. Both sides use rustls with the *ring*
-//! provider.
+//! encrypted, or a client certificate proves who the client is) and may speak TLS to the
+//! upstream. Both sides use rustls with the *ring* provider.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -55,6 +57,125 @@ impl UpstreamTls {
     pub fn with_channel_binding(mut self, channel_binding: ChannelBinding) -> Self {
         self.channel_binding = channel_binding;
         self
+    }
+}
+
+/// Whether clients must present a TLS client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientCertMode {
+    /// A client may present a certificate; one that does logs in with it alone, one that
+    /// does not goes on to the password login (a token, or SCRAM for PostgreSQL).
+    Optional,
+    /// Every client must present a certificate: the TLS handshake refuses one without, and
+    /// a PostgreSQL client that did not use TLS at all is refused before any password is
+    /// asked.
+    Required,
+}
+
+/// TLS towards clients: the rustls configuration, whether clients are asked for
+/// certificates, and (with the `postgres` feature) the `tls-server-end-point` channel
+/// binding data of the certificate, for SCRAM-SHA-256-PLUS.
+///
+/// Build with [`ServerTls::new`] or [`ServerTls::with_client_certs`]. The PostgreSQL proxy
+/// takes the whole value; the Redis and HTTP proxies take its [`config`](Self::config), which
+/// carries the client certificate verifier with it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerTls {
+    /// The rustls server configuration.
+    pub config: Arc<ServerConfig>,
+    /// The hash of the leaf certificate, as SCRAM channel binding uses it. Present with the
+    /// `postgres` feature.
+    #[cfg(feature = "postgres")]
+    pub channel_binding: Option<Vec<u8>>,
+    /// Whether client certificates are requested; `None` never asks for one.
+    pub client_certs: Option<ClientCertMode>,
+}
+
+impl ServerTls {
+    /// TLS with this certificate chain (leaf first) and key.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] if the key does not match the certificate or the chain is empty.
+    pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Self> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Error::Tls("empty certificate chain".into()))?;
+        #[cfg(feature = "postgres")]
+        let channel_binding = wirewarden_postgres::auth::tls_server_end_point(leaf.as_ref()).ok();
+        #[cfg(not(feature = "postgres"))]
+        let _ = leaf;
+        let config = server_config(chain, key)?;
+        Ok(Self {
+            config,
+            #[cfg(feature = "postgres")]
+            channel_binding,
+            client_certs: None,
+        })
+    }
+
+    /// TLS with this certificate chain (leaf first) and key that also requests client
+    /// certificates issued under `trust_anchors` (DER CA certificates).
+    ///
+    /// The handshake verifies the presented chain (signatures, validity, client-auth key
+    /// usage) with rustls' `WebPkiClientVerifier`; a chain that does not verify ends the
+    /// handshake. The verified chain then goes to the pipeline's identity provider as
+    /// [`Credential::ClientCertificate`](wirewarden_identity::Credential::ClientCertificate)
+    /// (for example [`ClientCertificates`](wirewarden_identity::ClientCertificates)), which
+    /// maps it to a principal or refuses it; a client whose certificate is refused is never
+    /// offered a password login instead. Both the PostgreSQL and the Redis proxy log such
+    /// clients in.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] if the chain is empty, the key does not match, no trust anchor is
+    /// given or one cannot be used.
+    pub fn with_client_certs(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        trust_anchors: &[CertificateDer<'static>],
+        mode: ClientCertMode,
+    ) -> Result<Self> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Error::Tls("empty certificate chain".into()))?;
+        #[cfg(feature = "postgres")]
+        let channel_binding = wirewarden_postgres::auth::tls_server_end_point(leaf.as_ref()).ok();
+        #[cfg(not(feature = "postgres"))]
+        let _ = leaf;
+        if trust_anchors.is_empty() {
+            return Err(Error::Tls("no client certificate trust anchor".into()));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for anchor in trust_anchors {
+            roots
+                .add(anchor.clone())
+                .map_err(|e| Error::Tls(format!("client CA refused: {e}")))?;
+        }
+        let provider = provider();
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        );
+        let builder = match mode {
+            ClientCertMode::Optional => builder.allow_unauthenticated(),
+            ClientCertMode::Required => builder,
+        };
+        let verifier = builder
+            .build()
+            .map_err(|e| Error::Tls(format!("client certificate verifier: {e}")))?;
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        Ok(Self {
+            config: Arc::new(config),
+            #[cfg(feature = "postgres")]
+            channel_binding,
+            client_certs: Some(mode),
+        })
     }
 }
 

@@ -1,0 +1,401 @@
+//! Agents identified by TLS client certificates at the Redis listener: the testkit's
+//! throwaway CA issues the gateway's server certificate and a client certificate, redis-cli
+//! (`--tls --cert --key`) and redis-py (`ssl_certfile`, RESP2 and RESP3) connect with it and
+//! send commands with no `AUTH`, and the identity crate's `ClientCertificates` maps the
+//! verified chain to a principal. A real redis-server (wirewarden-testkit) is the upstream.
+#![cfg(feature = "redis")]
+
+#[allow(dead_code)]
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wirewarden::audit::{VerifyKeys, read_log, verify_dir};
+use wirewarden::core::{AuditEventKind, AuthMethod, Protocol, Target};
+use wirewarden::identity::{
+    CertField, CertRule, Chain, ClientCertConfig, ClientCertificates, StaticToken, StaticTokens,
+    StaticTokensConfig, TokenHash,
+};
+use wirewarden::policy::RuleEngine;
+use wirewarden::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
+use wirewarden::tls::{ClientCertMode, ServerTls};
+use wirewarden::{Pipeline, Secret};
+use wirewarden_testkit::{Redis, TlsKey, TlsMaterial};
+
+/// The common name of the testkit's client certificate.
+const CLIENT_CN: &str = "wirewarden-testkit client";
+
+struct Gateway {
+    redis: Redis,
+    addr: SocketAddr,
+    audit_dir: tempfile::TempDir,
+    keys: VerifyKeys,
+    pki: TlsMaterial,
+    _pki_dir: tempfile::TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+/// Certificates whose common name matches `cn_pattern` map to that name in group
+/// `agents`; the token `tok-agent` is `agent-1`, also in `agents`.
+fn identity(cn_pattern: &str) -> Chain {
+    let certs = ClientCertificates::new(ClientCertConfig {
+        rules: vec![CertRule {
+            field: CertField::CommonName,
+            pattern: cn_pattern.into(),
+            groups: ["agents".to_owned()].into_iter().collect(),
+            attributes: Default::default(),
+        }],
+        ca_file: None,
+    })
+    .unwrap();
+    let tokens = StaticTokens::new(StaticTokensConfig {
+        hash_key: None,
+        tokens: vec![StaticToken {
+            id: "agent".into(),
+            hash: TokenHash::of("tok-agent", None),
+            subject: "agent-1".into(),
+            groups: ["agents".to_owned()].into_iter().collect(),
+            attributes: Default::default(),
+            expires_at: None,
+        }],
+    })
+    .unwrap();
+    Chain::new().with(Arc::new(certs)).with(Arc::new(tokens))
+}
+
+async fn gateway(mode: ClientCertMode, cn_pattern: &str) -> Gateway {
+    let redis = tokio::task::spawn_blocking(|| {
+        let r = Redis::builder().start().unwrap();
+        r.cli(&["SET", "plain", "hello"]).unwrap();
+        r
+    })
+    .await
+    .unwrap();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = TlsMaterial::generate_in(&pki_dir.path().join("pki"), TlsKey::EcdsaP256).unwrap();
+    let chain = wirewarden::tls::load_certs(pki.cert_file()).unwrap();
+    let key = wirewarden::tls::key_from_pem(&std::fs::read(pki.key_file()).unwrap()).unwrap();
+    let ca = rustls::pki_types::CertificateDer::from(pki.ca_der().to_vec());
+    let tls = ServerTls::with_client_certs(chain, key, &[ca], mode).unwrap();
+
+    let (audit_dir, keys, sink) = support::audit_trail();
+    let policy = format!(
+        "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n"
+    );
+    let engine = Arc::new(RuleEngine::from_toml(&policy).unwrap());
+    let pipeline = Arc::new(
+        Pipeline::builder(Arc::new(identity(cn_pattern)), engine)
+            .audit(Arc::new(sink))
+            .build()
+            .unwrap(),
+    );
+    let upstream = RedisUpstream {
+        addr: redis.addr().to_string(),
+        user: Some(redis.user().to_owned()),
+        password: Secret::new(redis.password()),
+        tls: None,
+    };
+    let mut target = RedisTarget::new(Target::new("cache", Protocol::Redis).unwrap(), upstream);
+    target.tls = Some(tls.config);
+    let proxy = RedisProxy::new(pipeline, target);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = proxy.listen(listener).await;
+    });
+    Gateway {
+        redis,
+        addr,
+        audit_dir,
+        keys,
+        pki,
+        _pki_dir: pki_dir,
+        _task: task,
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// redis-cli over TLS through the gateway, trusting the testkit CA, presenting the client
+/// certificate when `cert` is set; commands read from stdin (one session).
+async fn cli(g: &Gateway, cert: bool, extra: &[&str], stdin: &str) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &g.addr.port().to_string()])
+        .args(["--no-auth-warning", "--tls", "--cacert"])
+        .arg(g.pki.ca_file());
+    if cert {
+        cmd.arg("--cert")
+            .arg(g.pki.client_cert_file())
+            .arg("--key")
+            .arg(g.pki.client_key_file());
+    }
+    cmd.args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("redis-cli finished")
+        .unwrap()
+}
+
+/// A redis-py script over TLS with the client certificate and no password; `r` is the
+/// client, in RESP `protocol`.
+async fn python(g: &Gateway, protocol: u8, body: &str) -> Output {
+    let script = format!(
+        "import os, redis\nr = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), ssl=True, ssl_ca_certs=os.environ['CA'], ssl_certfile=os.environ['CERT'], ssl_keyfile=os.environ['KEY'], protocol=int(os.environ['PROTO']), decode_responses=True, socket_timeout=20)\n{body}\nprint('DONE')\n"
+    );
+    let cmd = tokio::process::Command::new("python3")
+        .args(["-c", &script])
+        .env("PORT", g.addr.port().to_string())
+        .env("PROTO", protocol.to_string())
+        .env("CA", g.pki.ca_file())
+        .env("CERT", g.pki.client_cert_file())
+        .env("KEY", g.pki.client_key_file())
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), cmd)
+        .await
+        .expect("python finished")
+        .unwrap()
+}
+
+fn events(g: &Gateway) -> Vec<AuditEventKind> {
+    read_log(g.audit_dir.path(), &g.keys)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect()
+}
+
+fn assert_verifies(g: &Gateway) {
+    let report = verify_dir(g.audit_dir.path(), &g.keys).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
+/// The subjects and auth methods of the sessions on record.
+fn sessions(kinds: &[AuditEventKind]) -> Vec<(String, &'static str)> {
+    kinds
+        .iter()
+        .filter_map(|k| match k {
+            AuditEventKind::SessionStarted { principal, tls, .. } => {
+                assert!(*tls);
+                Some((principal.subject.clone(), principal.auth.name()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn cert_failures(kinds: &[AuditEventKind]) -> Vec<String> {
+    kinds
+        .iter()
+        .filter_map(|k| match k {
+            AuditEventKind::AuthenticationFailed { method, reason, .. }
+                if method == "client_certificate" =>
+            {
+                Some(reason.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn ok(out: &Output) -> String {
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("DONE"),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_certificate_is_the_login() {
+    let g = gateway(ClientCertMode::Required, CLIENT_CN).await;
+    // No AUTH: the first command runs as the certificate's identity.
+    let out = cli(&g, true, &[], "SET from-cli v1\nGET from-cli\nGET plain\n").await;
+    assert_eq!(
+        text(&out.stdout).lines().collect::<Vec<_>>(),
+        ["OK", "v1", "hello"],
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    // The default policy still decides: KEYS is refused, the session goes on.
+    let out = cli(&g, true, &[], "KEYS *\nGET plain\n").await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("wirewarden"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("hello"), "{stdout}");
+    for protocol in [2u8, 3] {
+        ok(&python(
+            &g,
+            protocol,
+            &format!(
+                "assert r.set('py{protocol}', 'x') is True\nassert r.get('py{protocol}') == 'x'\nassert r.get('plain') == 'hello'"
+            ),
+        )
+        .await);
+    }
+    let stored = g.redis.cli(&["GET", "py3"]).unwrap();
+    assert_eq!(stored.trim(), "x");
+
+    assert_verifies(&g);
+    let kinds = events(&g);
+    let sessions = sessions(&kinds);
+    assert_eq!(sessions.len(), 4, "{kinds:?}");
+    for (subject, method) in &sessions {
+        assert_eq!(subject, CLIENT_CN);
+        assert_eq!(*method, "client_certificate");
+    }
+    assert!(kinds.iter().any(|k| matches!(
+        k,
+        AuditEventKind::SessionStarted { principal, .. }
+            if matches!(&principal.auth, AuthMethod::ClientCertificate { fingerprint } if fingerprint.len() == 64)
+    )));
+    assert!(cert_failures(&kinds).is_empty(), "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_after_a_certificate_login_keeps_the_identity() {
+    let g = gateway(ClientCertMode::Optional, CLIENT_CN).await;
+    // The token is agent-1's: the certificate's session cannot become it.
+    let out = cli(&g, true, &[], "AUTH tok-agent\nGET plain\n").await;
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("keeps the identity it authenticated with"),
+        "{stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("hello"), "{stdout}");
+    // HELLO … AUTH likewise, from redis-py.
+    let out = python(
+        &g,
+        3,
+        "try:\n    r.execute_command('HELLO', '3', 'AUTH', 'agent', 'tok-agent')\n    raise SystemExit('HELLO AUTH as another identity was accepted')\nexcept redis.ResponseError as e:\n    assert 'keeps the identity' in str(e), e\nassert r.get('plain') == 'hello'",
+    )
+    .await;
+    ok(&out);
+    assert_verifies(&g);
+    let kinds = events(&g);
+    let sessions = sessions(&kinds);
+    assert_eq!(sessions.len(), 2, "{kinds:?}");
+    assert!(sessions.iter().all(|(s, _)| s == CLIENT_CN), "{sessions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmapped_certificate_is_refused_and_never_falls_back_to_auth() {
+    // The CA is trusted, but no rule maps the certificate's name.
+    let g = gateway(ClientCertMode::Optional, "someone-else").await;
+    // A valid token after the certificate does not help: the first request is refused and
+    // the connection closed.
+    let out = cli(&g, true, &[], "AUTH tok-agent\nSET leaked 1\n").await;
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("WRONGPASS"), "{all}");
+    assert!(!all.contains("OK"), "{all}");
+    let out = cli(&g, true, &["-a", "tok-agent"], "SET leaked 2\n").await;
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("OK"), "{all}");
+    for protocol in [2u8, 3] {
+        ok(&python(
+            &g,
+            protocol,
+            "try:\n    r.set('leaked', '3')\n    raise SystemExit('an unmapped certificate was served')\nexcept redis.AuthenticationError as e:\n    print('refused:', e)",
+        )
+        .await);
+    }
+    // Nothing reached the server.
+    let stored = g.redis.cli(&["EXISTS", "leaked"]).unwrap();
+    assert_eq!(stored.trim(), "0");
+
+    assert_verifies(&g);
+    let kinds = events(&g);
+    assert!(sessions(&kinds).is_empty(), "{kinds:?}");
+    let failures = cert_failures(&kinds);
+    assert!(failures.len() >= 4, "{kinds:?}");
+    // No token login was attempted in their place.
+    assert!(
+        !kinds.iter().any(|k| matches!(
+            k,
+            AuditEventKind::AuthenticationFailed { method, .. } if method == "token"
+        )),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_refuses_a_client_without_a_certificate() {
+    let g = gateway(ClientCertMode::Required, CLIENT_CN).await;
+    let out = cli(
+        &g,
+        false,
+        &["-a", "tok-agent"],
+        "SET no-cert 1\nGET plain\n",
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(
+        !stdout.contains("OK") && !stdout.contains("hello"),
+        "{stdout}"
+    );
+    // redis-py sees the TLS alert as a connection error; the token is never asked for.
+    let out = python(
+        &g,
+        2,
+        "bare = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), ssl=True, ssl_ca_certs=os.environ['CA'], password='tok-agent', socket_timeout=20)\ntry:\n    bare.set('no-cert', '2')\n    raise SystemExit('served without a certificate')\nexcept redis.ConnectionError as e:\n    print('refused:', e)",
+    )
+    .await;
+    let stdout = ok(&out);
+    assert!(
+        stdout.to_lowercase().contains("certificate required"),
+        "{stdout}"
+    );
+    let stored = g.redis.cli(&["EXISTS", "no-cert"]).unwrap();
+    assert_eq!(stored.trim(), "0");
+    // The handshake failure is on record as a refused login. The client learns of it from
+    // the TLS alert, possibly after its own side of the handshake; give the gateway's
+    // record a moment to land.
+    let mut failures = Vec::new();
+    for _ in 0..50 {
+        failures = cert_failures(&events(&g));
+        if !failures.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        failures.iter().any(|r| r.contains("no client certificate")),
+        "{failures:?}"
+    );
+    assert_verifies(&g);
+    assert!(sessions(&events(&g)).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_without_a_certificate_logs_in_with_a_token() {
+    let g = gateway(ClientCertMode::Optional, CLIENT_CN).await;
+    // Without AUTH nothing runs.
+    let out = cli(&g, false, &[], "GET plain\n").await;
+    assert!(
+        text(&out.stdout).contains("NOAUTH"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = cli(&g, false, &["-a", "tok-agent"], "GET plain\n").await;
+    assert_eq!(text(&out.stdout).trim(), "hello", "{}", text(&out.stderr));
+    assert_verifies(&g);
+    let kinds = events(&g);
+    assert_eq!(
+        sessions(&kinds),
+        [("agent-1".to_owned(), "static_token")],
+        "{kinds:?}"
+    );
+}

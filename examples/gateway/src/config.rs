@@ -310,8 +310,8 @@ impl Config {
                 )));
             }
             if t.client_certificates.is_some() {
-                let why = if t.protocol != "postgres" {
-                    Some("is supported on postgres targets only")
+                let why = if t.protocol != "postgres" && t.protocol != "redis" {
+                    Some("is supported on postgres and redis targets only")
                 } else if t.tls_cert.is_none() {
                     Some("needs tls_cert and tls_key (certificates come with TLS)")
                 } else if self.identity.client_certs.is_none() {
@@ -485,29 +485,8 @@ impl Config {
             .map_err(|e| self.error(format!("{what}: {e}")))?
             .with_database(database);
         let mut pt = PostgresTarget::new(target, upstream);
-        if let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) {
-            let chain = wirewarden::tls::load_certs(&self.resolve(cert))
-                .map_err(|e| self.error(format!("{what}: {e}")))?;
-            let key_pem = std::fs::read(self.resolve(key))
-                .map_err(|e| self.error(format!("{what}: tls_key: {e}")))?;
-            let key = wirewarden::tls::key_from_pem(&key_pem)
-                .map_err(|e| self.error(format!("{what}: {e}")))?;
-            let tls = match (t.client_certificates, &self.identity.client_certs) {
-                (Some(mode), Some(c)) => {
-                    let ca = c.ca_file.as_deref().ok_or_else(|| {
-                        self.error("identity.client_certs needs ca_file".to_owned())
-                    })?;
-                    let anchors = wirewarden::tls::load_certs(&self.resolve(ca))
-                        .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
-                    let mode = match mode {
-                        ClientCertsMode::Optional => ClientCertMode::Optional,
-                        ClientCertsMode::Required => ClientCertMode::Required,
-                    };
-                    ServerTls::with_client_certs(chain, key, &anchors, mode)
-                }
-                _ => ServerTls::new(chain, key),
-            };
-            pt.tls = Some(tls.map_err(|e| self.error(format!("{what}: {e}")))?);
+        if let Some(tls) = self.server_tls(t)? {
+            pt.tls = Some(tls);
             pt.require_tls = true;
         }
         pt.allow_plaintext_password = t.allow_plaintext_password;
@@ -566,14 +545,19 @@ impl Config {
         let target = Target::new(t.name.clone(), Protocol::Redis)
             .map_err(|e| self.error(format!("{what}: {e}")))?;
         let mut rt = RedisTarget::new(target, upstream);
-        rt.tls = self.server_tls(t)?;
+        // The rustls configuration carries the client certificate verifier: a client that
+        // presents a verified certificate logs in with it, one without either fails the
+        // handshake (required) or goes on to AUTH (optional).
+        rt.tls = self.server_tls(t)?.map(|tls| tls.config);
         Ok(rt)
     }
 }
 
 impl Config {
-    /// The rustls server configuration of a target with `tls_cert` and `tls_key`.
-    fn server_tls(&self, t: &TargetConfig) -> Result<Option<Arc<wirewarden::tls::ServerConfig>>> {
+    /// The TLS a target with `tls_cert` and `tls_key` offers its clients, asking them for
+    /// certificates issued by `[identity.client_certs]`'s `ca_file` when the target sets
+    /// `client_certificates` (which `validate` allows on postgres and redis targets only).
+    fn server_tls(&self, t: &TargetConfig) -> Result<Option<ServerTls>> {
         let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) else {
             return Ok(None);
         };
@@ -584,8 +568,23 @@ impl Config {
             .map_err(|e| self.error(format!("{what}: tls_key: {e}")))?;
         let key = wirewarden::tls::key_from_pem(&key_pem)
             .map_err(|e| self.error(format!("{what}: {e}")))?;
-        wirewarden::tls::server_config(chain, key)
-            .map(Some)
+        let tls = match (t.client_certificates, &self.identity.client_certs) {
+            (Some(mode), Some(c)) => {
+                let ca = c
+                    .ca_file
+                    .as_deref()
+                    .ok_or_else(|| self.error("identity.client_certs needs ca_file".to_owned()))?;
+                let anchors = wirewarden::tls::load_certs(&self.resolve(ca))
+                    .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
+                let mode = match mode {
+                    ClientCertsMode::Optional => ClientCertMode::Optional,
+                    ClientCertsMode::Required => ClientCertMode::Required,
+                };
+                ServerTls::with_client_certs(chain, key, &anchors, mode)
+            }
+            _ => ServerTls::new(chain, key),
+        };
+        tls.map(Some)
             .map_err(|e| self.error(format!("{what}: {e}")))
     }
 
@@ -666,7 +665,7 @@ impl Config {
             .credential(header, value);
         ht.upstream_tls = self.upstream_tls(&what, t)?;
         ht.upstream_settings.http2 = t.http2;
-        ht.tls = self.server_tls(t)?;
+        ht.tls = self.server_tls(t)?.map(|tls| tls.config);
         Ok(ht)
     }
 }
@@ -927,15 +926,56 @@ mod tests {
     }
 
     #[test]
+    fn redis_targets_ask_for_client_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        for (mode, want) in [
+            ("optional", Some(ClientCertMode::Optional)),
+            ("required", Some(ClientCertMode::Required)),
+            ("", None),
+        ] {
+            let setting = if mode.is_empty() {
+                String::new()
+            } else {
+                format!("client_certificates = \"{mode}\"\n")
+            };
+            let c = cert_config(
+                dir.path(),
+                "redis",
+                &format!("{LISTENER_TLS}{setting}"),
+                CLIENT_CERTS,
+            )
+            .unwrap();
+            // The listener's TLS is the one built with the client certificate verifier.
+            let tls = c.server_tls(&c.targets[0]).unwrap().expect("listener TLS");
+            assert_eq!(tls.client_certs, want, "{mode:?}");
+            let t = c.redis_target(&c.targets[0]).unwrap();
+            assert!(t.tls.is_some(), "{mode:?}");
+            c.identity().unwrap();
+        }
+    }
+
+    #[test]
     fn client_certificates_are_refused_where_they_cannot_work() {
         let dir = tempfile::tempdir().unwrap();
         let required = "client_certificates = \"required\"\n";
         for (protocol, target, identity, want) in [
             (
-                "redis",
+                "http",
                 format!("{LISTENER_TLS}{required}"),
                 CLIENT_CERTS,
-                "postgres targets only",
+                "postgres and redis targets only",
+            ),
+            (
+                "redis",
+                required.to_owned(),
+                CLIENT_CERTS,
+                "needs tls_cert and tls_key",
+            ),
+            (
+                "redis",
+                format!("{LISTENER_TLS}{required}"),
+                "",
+                "needs [identity.client_certs]",
             ),
             (
                 "postgres",

@@ -210,6 +210,20 @@ fn cert_failures(kinds: &[AuditEventKind]) -> Vec<String> {
         .collect()
 }
 
+/// The certificate failures on record once the gateway has recorded one. A refused
+/// handshake reaches the client as a TLS alert, possibly before the gateway's record is
+/// written, so this waits for the record (a bounded number of polls, no timing asserted).
+async fn handshake_failures(g: &Gateway) -> Vec<String> {
+    for _ in 0..100 {
+        let failures = cert_failures(&events(g));
+        if !failures.is_empty() {
+            return failures;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Vec::new()
+}
+
 fn ok(out: &Output) -> String {
     let stdout = text(&out.stdout);
     assert!(
@@ -360,19 +374,44 @@ async fn required_refuses_a_client_without_a_certificate() {
     );
     let stored = g.redis.cli(&["EXISTS", "no-cert"]).unwrap();
     assert_eq!(stored.trim(), "0");
-    // The handshake failure is on record as a refused login. The client learns of it from
-    // the TLS alert, possibly after its own side of the handshake; give the gateway's
-    // record a moment to land.
-    let mut failures = Vec::new();
-    for _ in 0..50 {
-        failures = cert_failures(&events(&g));
-        if !failures.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The handshake failure is on record as a refused login.
+    let failures = handshake_failures(&g).await;
     assert!(
         failures.iter().any(|r| r.contains("no client certificate")),
+        "{failures:?}"
+    );
+    assert_verifies(&g);
+    assert!(sessions(&events(&g)).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_authority_fails_the_handshake() {
+    // Optional: a client without a certificate could use a token, but one that presents a
+    // certificate the trust anchors did not issue is refused outright.
+    let g = gateway(ClientCertMode::Optional, CLIENT_CN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = TlsMaterial::generate_in(&dir.path().join("pki"), TlsKey::EcdsaP256).unwrap();
+    let mut cmd = tokio::process::Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &g.addr.port().to_string()])
+        .args(["--no-auth-warning", "-a", "tok-agent", "--tls", "--cacert"])
+        .arg(g.pki.ca_file())
+        .arg("--cert")
+        .arg(stranger.client_cert_file())
+        .arg("--key")
+        .arg(stranger.client_key_file())
+        .args(["SET", "stranger", "1"]);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("redis-cli finished")
+        .unwrap();
+    assert!(!text(&out.stdout).contains("OK"), "{}", text(&out.stdout));
+    let stored = g.redis.cli(&["EXISTS", "stranger"]).unwrap();
+    assert_eq!(stored.trim(), "0");
+    let failures = handshake_failures(&g).await;
+    assert!(
+        failures
+            .iter()
+            .any(|r| r.contains("invalid peer certificate")),
         "{failures:?}"
     );
     assert_verifies(&g);

@@ -6,24 +6,27 @@
 //!
 //! 1. **TLS** (optional): Redis TLS starts with the first byte, so a target with a server
 //!    configuration terminates TLS before anything else. A configuration that asks for
-//!    client certificates ([`ServerTls::with_client_certs`](crate::tls::ServerTls)) has
-//!    rustls verify the presented chain against its trust anchors; with
-//!    [`ClientCertMode::Required`](crate::tls::ClientCertMode) a client without one fails the
-//!    handshake, and that refusal is recorded as an `AuthenticationFailed` event.
+//!    client certificates
+//!    ([`ServerTls::with_client_certs`](crate::tls::ServerTls::with_client_certs)) has rustls
+//!    verify the presented chain against its trust anchors; a client without one where
+//!    [`ClientCertMode::Required`](crate::tls::ClientCertMode::Required), or with one the
+//!    anchors did not issue, fails the handshake, and that refusal is recorded as an
+//!    `AuthenticationFailed` event (method `client_certificate`).
 //! 2. **Client authentication.** A client that presented a verified certificate is logged in
 //!    by it alone when the handshake completes: the pipeline's identity provider maps the
 //!    chain ([`Credential::ClientCertificate`]) to a principal, and the client's first
-//!    command is already decided as that identity, with no `AUTH`. A certificate the
-//!    provider does not map is recorded as a failed login, the client's first request is
-//!    answered `-WRONGPASS` and the connection closed: a client that proved a certificate
-//!    is never offered a password login instead. Any other client authenticates with a
-//!    token. Until it does, only `AUTH`, `HELLO … AUTH`
-//!    and `QUIT` are accepted; everything else is answered `-NOAUTH`, as the server does. The
-//!    token or JWT in the password slot is verified by the pipeline's identity provider; a
-//!    wrong one gets `-WRONGPASS` and an `AuthenticationFailed` audit event. The name in
-//!    `HELLO … SETNAME <name>` is the session's application in `SessionStarted` (what
-//!    `application_name` is for PostgreSQL), so a client can say which run or tool call it
-//!    is in the handshake itself.
+//!    command is already decided as that identity, with no `AUTH`; a later `AUTH` is a
+//!    re-authentication, accepted only as the same identity. A certificate the provider does
+//!    not map is recorded as a failed login, the client's first request is answered
+//!    `-WRONGPASS` and the connection closed: a client that presented a certificate is never
+//!    offered a password login instead. Any other client authenticates with a token. Until
+//!    it does, only `AUTH`, `HELLO … AUTH` and `QUIT` are accepted; everything else is
+//!    answered `-NOAUTH`, as the server does. The token or JWT in the password slot is
+//!    verified by the pipeline's identity provider; a wrong one gets `-WRONGPASS` and an
+//!    `AuthenticationFailed` audit event. The name in `HELLO … AUTH … SETNAME <name>` is the
+//!    session's application in `SessionStarted` (what `application_name` is for PostgreSQL),
+//!    so a client can say which run or tool call it is in the handshake itself; a
+//!    certificate session starts before the client speaks, so it records none.
 //! 3. **Upstream login** with `AUTH` and the credential only the gateway holds. The client's
 //!    `HELLO` goes upstream without its `AUTH` part, so RESP3 is negotiated end to end.
 //! 4. **Relay.** Every command — each one of a pipeline and each one queued in `MULTI` — is

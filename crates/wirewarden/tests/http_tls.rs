@@ -13,10 +13,6 @@
 
 #![cfg(all(feature = "http", feature = "postgres"))]
 
-#[allow(
-    dead_code,
-    reason = "shared helpers; this file needs only the audit trail"
-)]
 mod support;
 
 use std::collections::BTreeMap;

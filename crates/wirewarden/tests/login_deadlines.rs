@@ -3,7 +3,6 @@
 //! upstream is needed: nothing reaches one before a client has logged in.
 #![cfg(all(feature = "postgres", feature = "redis", feature = "http"))]
 
-#[allow(dead_code)]
 mod support;
 
 use std::future::Future;

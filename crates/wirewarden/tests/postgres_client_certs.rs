@@ -5,8 +5,8 @@
 //! upstream.
 #![cfg(feature = "postgres")]
 
-#[allow(dead_code)]
 mod support;
+use support::{assert_verifies, events, text};
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -21,7 +21,7 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use wirewarden::Pipeline;
-use wirewarden::audit::{VerifyKeys, read_log, verify_dir};
+use wirewarden::audit::VerifyKeys;
 use wirewarden::core::{AuditEventKind, AuthMethod, Protocol, Target};
 use wirewarden::identity::{
     CertField, CertRule, Chain, ClientCertConfig, ClientCertificates, StaticToken, StaticTokens,
@@ -223,23 +223,6 @@ async fn psql(
         .unwrap()
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn events(g: &Gateway) -> Vec<AuditEventKind> {
-    read_log(g.audit_dir.path(), &g.keys)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event.kind)
-        .collect()
-}
-
-fn assert_verifies(g: &Gateway) {
-    let report = verify_dir(g.audit_dir.path(), &g.keys).unwrap();
-    assert!(report.is_ok(), "{report:?}");
-}
-
 fn sessions(kinds: &[AuditEventKind]) -> usize {
     kinds
         .iter()
@@ -265,7 +248,7 @@ async fn a_client_certificate_logs_in_without_a_password() {
     assert_eq!(text(&out.stdout).trim(), "sprocket");
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let kinds = events(&g);
+    let kinds = events(g.audit_dir.path(), &g.keys);
     let started = kinds
         .iter()
         .find_map(|k| match k {
@@ -288,7 +271,7 @@ async fn a_client_certificate_logs_in_without_a_password() {
             .iter()
             .any(|k| matches!(k, AuditEventKind::AuthenticationFailed { .. }))
     );
-    assert_verifies(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +301,7 @@ async fn required_refuses_other_cas_and_missing_certificates_at_the_handshake() 
     assert!(!err.contains("password"), "{err}");
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(sessions(&events(&g)), 0);
+    assert_eq!(sessions(&events(g.audit_dir.path(), &g.keys)), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,7 +331,7 @@ async fn optional_falls_back_to_the_token_only_without_a_certificate() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let subjects: Vec<(String, &'static str)> = events(&g)
+    let subjects: Vec<(String, &'static str)> = events(g.audit_dir.path(), &g.keys)
         .iter()
         .filter_map(|k| match k {
             AuditEventKind::SessionStarted { principal, .. } => {
@@ -364,7 +347,7 @@ async fn optional_falls_back_to_the_token_only_without_a_certificate() {
             (AGENT_URI.to_owned(), "client_certificate"),
         ]
     );
-    assert_verifies(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,7 +374,7 @@ async fn an_unmapped_certificate_is_refused_with_no_password_step() {
         assert!(err.contains("certificate authentication failed"), "{err}");
 
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let kinds = events(&g);
+        let kinds = events(g.audit_dir.path(), &g.keys);
         assert_eq!(sessions(&kinds), 0, "{mode:?}");
         let failed: Vec<_> = kinds
             .iter()
@@ -401,7 +384,7 @@ async fn an_unmapped_certificate_is_refused_with_no_password_step() {
             })
             .collect();
         assert_eq!(failed, vec!["client_certificate"], "{mode:?}");
-        assert_verifies(&g);
+        assert_verifies(g.audit_dir.path(), &g.keys);
     }
 }
 

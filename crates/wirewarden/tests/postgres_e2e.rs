@@ -5,15 +5,16 @@
 #![cfg(all(feature = "postgres", feature = "jwks-fetch"))]
 
 mod support;
+use support::{assert_verifies, events, text};
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
 use wirewarden::Pipeline;
-use wirewarden::audit::{AuditSink, VerifyKeys, read_log, verify_dir};
+use wirewarden::audit::{AuditSink, VerifyKeys};
 use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
 use wirewarden::identity::{
     IdentityProvider, StaticToken, StaticTokens, StaticTokensConfig, TokenHash,
@@ -169,23 +170,6 @@ async fn psql(addr: SocketAddr, token: &str, sslmode: &str, sql: &[&str]) -> Out
         .unwrap()
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn events(dir: &Path, keys: &VerifyKeys) -> Vec<AuditEventKind> {
-    read_log(dir, keys)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event.kind)
-        .collect()
-}
-
-fn assert_verifies(g: &Gateway) {
-    let report = verify_dir(g.audit_dir.path(), &g.keys).unwrap();
-    assert!(report.is_ok(), "{report:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_select_is_masked_and_audited() {
     let g = gateway(None).await;
@@ -231,7 +215,7 @@ async fn psql_select_is_masked_and_audited() {
             .any(|k| matches!(k, AuditEventKind::SessionEnded { .. }))
     );
     assert!(kinds.iter().any(|k| matches!(k, AuditEventKind::Transcript { text, .. } if text.contains("Ada Lovelace") && !text.contains("123-45-6789"))));
-    assert_verifies(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +258,7 @@ async fn denied_drop_keeps_the_session_usable() {
         matches!(k, AuditEventKind::CommandDecided { decision: Decision::Deny { .. }, command, .. } if command.verb == "DROP TABLE")
     });
     assert_eq!(denied.count(), 2);
-    assert_verifies(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,7 +408,7 @@ with cur.copy("COPY customers (id, ssn, card) TO STDOUT") as copy:
         assert!(!stdout.contains(secret), "{secret} leaked: {stdout}");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_verifies(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

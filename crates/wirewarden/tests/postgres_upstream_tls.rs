@@ -10,10 +10,6 @@
 //! a gateway that requires channel binding refuses to log in.
 #![cfg(feature = "postgres")]
 
-#[allow(
-    dead_code,
-    reason = "shared helpers; this file needs only the audit trail"
-)]
 mod support;
 
 use std::net::SocketAddr;

@@ -5,15 +5,15 @@
 //! verified chain to a principal. A real redis-server (wirewarden-testkit) is the upstream.
 #![cfg(feature = "redis")]
 
-#[allow(dead_code)]
 mod support;
+use support::{assert_verifies, events, text};
 
 use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wirewarden::audit::{VerifyKeys, read_log, verify_dir};
+use wirewarden::audit::VerifyKeys;
 use wirewarden::core::{AuditEventKind, AuthMethod, Protocol, Target};
 use wirewarden::identity::{
     CertField, CertRule, Chain, ClientCertConfig, ClientCertificates, StaticToken, StaticTokens,
@@ -117,10 +117,6 @@ async fn gateway(mode: ClientCertMode, cn_pattern: &str) -> Gateway {
     }
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// redis-cli over TLS through the gateway, trusting the testkit CA, presenting the client
 /// certificate when `cert` is set; commands read from stdin (one session).
 async fn cli(g: &Gateway, cert: bool, extra: &[&str], stdin: &str) -> Output {
@@ -169,19 +165,6 @@ async fn python(g: &Gateway, protocol: u8, body: &str) -> Output {
         .unwrap()
 }
 
-fn events(g: &Gateway) -> Vec<AuditEventKind> {
-    read_log(g.audit_dir.path(), &g.keys)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event.kind)
-        .collect()
-}
-
-fn assert_verifies(g: &Gateway) {
-    let report = verify_dir(g.audit_dir.path(), &g.keys).unwrap();
-    assert!(report.is_ok(), "{report:?}");
-}
-
 /// The subjects and auth methods of the sessions on record.
 fn sessions(kinds: &[AuditEventKind]) -> Vec<(String, &'static str)> {
     kinds
@@ -215,7 +198,7 @@ fn cert_failures(kinds: &[AuditEventKind]) -> Vec<String> {
 /// written, so this waits for the record (a bounded number of polls, no timing asserted).
 async fn handshake_failures(g: &Gateway) -> Vec<String> {
     for _ in 0..100 {
-        let failures = cert_failures(&events(g));
+        let failures = cert_failures(&events(g.audit_dir.path(), &g.keys));
         if !failures.is_empty() {
             return failures;
         }
@@ -263,8 +246,8 @@ async fn a_mapped_certificate_is_the_login() {
     let stored = g.redis.cli(&["GET", "py3"]).unwrap();
     assert_eq!(stored.trim(), "x");
 
-    assert_verifies(&g);
-    let kinds = events(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    let kinds = events(g.audit_dir.path(), &g.keys);
     let sessions = sessions(&kinds);
     assert_eq!(sessions.len(), 4, "{kinds:?}");
     for (subject, method) in &sessions {
@@ -298,8 +281,8 @@ async fn auth_after_a_certificate_login_keeps_the_identity() {
     )
     .await;
     ok(&out);
-    assert_verifies(&g);
-    let kinds = events(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    let kinds = events(g.audit_dir.path(), &g.keys);
     let sessions = sessions(&kinds);
     assert_eq!(sessions.len(), 2, "{kinds:?}");
     assert!(sessions.iter().all(|(s, _)| s == CLIENT_CN), "{sessions:?}");
@@ -330,8 +313,8 @@ async fn an_unmapped_certificate_is_refused_and_never_falls_back_to_auth() {
     let stored = g.redis.cli(&["EXISTS", "leaked"]).unwrap();
     assert_eq!(stored.trim(), "0");
 
-    assert_verifies(&g);
-    let kinds = events(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    let kinds = events(g.audit_dir.path(), &g.keys);
     assert!(sessions(&kinds).is_empty(), "{kinds:?}");
     let failures = cert_failures(&kinds);
     assert!(failures.len() >= 4, "{kinds:?}");
@@ -380,8 +363,8 @@ async fn required_refuses_a_client_without_a_certificate() {
         failures.iter().any(|r| r.contains("no client certificate")),
         "{failures:?}"
     );
-    assert_verifies(&g);
-    assert!(sessions(&events(&g)).is_empty());
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    assert!(sessions(&events(g.audit_dir.path(), &g.keys)).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,8 +397,8 @@ async fn a_certificate_from_another_authority_fails_the_handshake() {
             .any(|r| r.contains("invalid peer certificate")),
         "{failures:?}"
     );
-    assert_verifies(&g);
-    assert!(sessions(&events(&g)).is_empty());
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    assert!(sessions(&events(g.audit_dir.path(), &g.keys)).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,8 +413,8 @@ async fn optional_without_a_certificate_logs_in_with_a_token() {
     );
     let out = cli(&g, false, &["-a", "tok-agent"], "GET plain\n").await;
     assert_eq!(text(&out.stdout).trim(), "hello", "{}", text(&out.stderr));
-    assert_verifies(&g);
-    let kinds = events(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    let kinds = events(g.audit_dir.path(), &g.keys);
     assert_eq!(
         sessions(&kinds),
         [("agent-1".to_owned(), "static_token")],

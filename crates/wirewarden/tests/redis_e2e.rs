@@ -6,16 +6,16 @@
 #![cfg(feature = "redis")]
 
 mod support;
+use support::{assert_verifies, events, text};
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
 use wirewarden::Pipeline;
 use wirewarden::Secret;
-use wirewarden::audit::{AuditSink, VerifyKeys, read_log, verify_dir};
+use wirewarden::audit::{AuditSink, VerifyKeys};
 use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
 use wirewarden::mask::{Engine, FieldRule, Limits as MaskLimits, Profile, Selector, Strategy};
@@ -134,10 +134,6 @@ async fn gateway_with(
     }
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// redis-cli through the gateway, commands read from stdin (one session).
 async fn cli(addr: SocketAddr, extra: &[&str], stdin: &str) -> Output {
     use tokio::io::AsyncWriteExt;
@@ -178,19 +174,6 @@ async fn python(addr: SocketAddr, protocol: u8, body: &str) -> Output {
         .await
         .expect("python finished")
         .unwrap()
-}
-
-fn events(dir: &Path, keys: &VerifyKeys) -> Vec<AuditEventKind> {
-    read_log(dir, keys)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event.kind)
-        .collect()
-}
-
-fn assert_verifies(g: &Gateway) {
-    let report = verify_dir(g.audit_dir.path(), &g.keys).unwrap();
-    assert!(report.is_ok(), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +234,7 @@ async fn redis_cli_masks_denies_in_order_and_audits() {
     assert!(!stdout.contains(CARD), "{stdout}");
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_verifies(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
     let ev = events(g.audit_dir.path(), &g.keys);
     assert!(ev.iter().any(|e| matches!(e, AuditEventKind::SessionStarted { principal, .. } if principal.subject == "agent-1")));
     assert!(
@@ -388,7 +371,7 @@ async fn redis_py(protocol: u8) {
         text(&out.stderr)
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_verifies(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
     let ev = events(g.audit_dir.path(), &g.keys);
     assert!(
         ev.iter()
@@ -468,7 +451,7 @@ async fn a_delete_is_held_for_review_and_runs_once_approved() {
         text(&out.stderr)
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_verifies(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
     let ev = events(g.audit_dir.path(), &g.keys);
     assert!(
         ev.iter()
@@ -716,7 +699,7 @@ async fn hello_setname_names_the_session() {
     );
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_verifies(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
     let ev = events(g.audit_dir.path(), &g.keys);
     let applications: Vec<Option<&str>> = ev
         .iter()
@@ -786,5 +769,5 @@ async fn an_unreachable_upstream_is_counted_and_on_record() {
             .any(|k| matches!(k, AuditEventKind::SessionStarted { .. })),
         "no session starts without an upstream"
     );
-    assert_verifies(&g);
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }

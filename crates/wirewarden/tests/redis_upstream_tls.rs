@@ -17,10 +17,6 @@
 //! server ends the handshake and executes no `AUTH`.
 #![cfg(feature = "redis")]
 
-#[allow(
-    dead_code,
-    reason = "shared helpers; this file needs only the audit trail"
-)]
 mod support;
 
 use std::net::SocketAddr;

@@ -1,10 +1,15 @@
 //! Helpers shared by the end-to-end tests.
 
+// Each test binary uses some of them.
+#![allow(dead_code)]
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use wirewarden::audit::{
-    Appended, AuditSink, ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys,
+    Appended, AuditSink, ChainKey, CheckpointSigner, Durability, FileSink, VerifyKeys, read_log,
+    verify_dir,
 };
 use wirewarden::core::{AuditEvent, AuditEventKind, BoxError, Timestamp};
 use wirewarden::review::{Review, Reviews};
@@ -62,4 +67,24 @@ pub(crate) fn audit_trail() -> (tempfile::TempDir, VerifyKeys, FileSink) {
         .open()
         .unwrap();
     (dir, keys, sink)
+}
+
+/// A client's output as text.
+pub(crate) fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The kinds of the events in the trail in `dir`, in trail order.
+pub(crate) fn events(dir: &Path, keys: &VerifyKeys) -> Vec<AuditEventKind> {
+    read_log(dir, keys)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect()
+}
+
+/// Panics unless the trail in `dir` verifies with `keys`.
+pub(crate) fn assert_verifies(dir: &Path, keys: &VerifyKeys) {
+    let report = verify_dir(dir, keys).unwrap();
+    assert!(report.is_ok(), "{report:?}");
 }

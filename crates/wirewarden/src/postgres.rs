@@ -306,12 +306,7 @@ impl PostgresProxy {
                         .tls
                         .as_ref()
                         .and_then(|t| t.channel_binding.clone());
-                    client_chain = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .filter(|c| !c.is_empty())
-                        .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect::<Vec<_>>());
+                    client_chain = crate::tls::presented_chain(stream.get_ref().1);
                     client = Box::new(stream);
                     tls = true;
                     decoder = FrontendDecoder::new(limits);

@@ -379,13 +379,6 @@ const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is 
 /// working session.
 const CERT_REFUSED: &[u8] = b"-WRONGPASS client certificate not accepted or user is disabled.\r\n";
 
-/// The verified chain a client presented in the TLS handshake, leaf first, if any.
-fn presented_chain(conn: &rustls::ServerConnection) -> Option<Vec<Vec<u8>>> {
-    conn.peer_certificates()
-        .filter(|c| !c.is_empty())
-        .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
-}
-
 /// Why a client's TLS handshake failed, when it failed over its certificate: none presented
 /// to a listener that requires one, or one that does not verify. Such a failure is a
 /// refused login and goes on record as one; other handshake failures are not about
@@ -497,7 +490,7 @@ impl RedisProxy {
                         return Err(Error::Tls(e.to_string()));
                     }
                 };
-                let chain = presented_chain(s.get_ref().1);
+                let chain = crate::tls::presented_chain(s.get_ref().1);
                 (Box::new(s), true, chain)
             }
             None => (Box::new(stream), false, None),
@@ -543,16 +536,22 @@ impl RedisProxy {
         )
     }
 
+    /// What the identity provider is told about a login to this target from `peer`.
+    fn auth_context(&self, peer: Option<SocketAddr>) -> AuthContext {
+        let ctx = AuthContext::new().with_target(self.config.target.name.clone());
+        match peer {
+            Some(p) => ctx.with_client_addr(p),
+            None => ctx,
+        }
+    }
+
     async fn verify(
         &self,
         login: &Login,
         peer: Option<SocketAddr>,
     ) -> std::result::Result<Principal, String> {
         let credential = Credential::password(login.user.as_deref(), login.password.clone());
-        let mut ctx = AuthContext::new().with_target(self.config.target.name.clone());
-        if let Some(p) = peer {
-            ctx = ctx.with_client_addr(p);
-        }
+        let ctx = self.auth_context(peer);
         match self.pipeline.authenticate(&credential, &ctx).await {
             Ok(p) => Ok(p),
             Err(e) => {
@@ -577,10 +576,7 @@ impl RedisProxy {
         chain: Vec<Vec<u8>>,
     ) -> Result<Option<LoggedIn>> {
         let credential = Credential::ClientCertificate(chain);
-        let mut ctx = AuthContext::new().with_target(self.config.target.name.clone());
-        if let Some(p) = peer {
-            ctx = ctx.with_client_addr(p);
-        }
+        let ctx = self.auth_context(peer);
         match self.pipeline.authenticate(&credential, &ctx).await {
             Ok(principal) => Ok(Some(LoggedIn {
                 principal,

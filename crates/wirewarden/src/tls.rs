@@ -260,3 +260,12 @@ pub fn client_config(roots: &[CertificateDer<'static>]) -> Result<Arc<ClientConf
 pub fn server_name(host: &str) -> Result<ServerName<'static>> {
     ServerName::try_from(host.to_owned()).map_err(|e| Error::Tls(format!("{host}: {e}")))
 }
+
+/// The verified chain a client presented in the TLS handshake, leaf first (DER), if it
+/// presented one: rustls reports it only once its verifier accepted it.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn presented_chain(conn: &rustls::ServerConnection) -> Option<Vec<Vec<u8>>> {
+    conn.peer_certificates()
+        .filter(|c| !c.is_empty())
+        .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+}

@@ -221,10 +221,7 @@ impl Pipeline {
         if events.is_empty() {
             return 0;
         }
-        match self.audit.append_batch(events).await {
-            Ok(_) => events.len(),
-            Err(partial) => partial.recorded.min(events.len()),
-        }
+        recorded(events, self.audit.append_batch(events).await)
     }
 
     /// Records `events` in order without waiting for them to be stored (see
@@ -236,10 +233,7 @@ impl Pipeline {
         if events.is_empty() {
             return 0;
         }
-        match self.audit.append_batch_unawaited(events).await {
-            Ok(_) => events.len(),
-            Err(partial) => partial.recorded.min(events.len()),
-        }
+        recorded(events, self.audit.append_batch_unawaited(events).await)
     }
 
     /// Counts and records an upstream connection or login that failed, so an operator sees
@@ -317,5 +311,16 @@ impl Pipeline {
     #[must_use]
     pub fn max_review_wait(&self) -> Duration {
         self.max_review_wait
+    }
+}
+
+/// How many of `events`, from the start, a batch append put on record.
+fn recorded(
+    events: &[AuditEvent],
+    result: std::result::Result<Vec<wirewarden_audit::Appended>, wirewarden_audit::PartialBatch>,
+) -> usize {
+    match result {
+        Ok(_) => events.len(),
+        Err(partial) => partial.recorded.min(events.len()),
     }
 }

@@ -468,6 +468,10 @@ fn encode_kind(kind: &AuditEventKind, w: &mut Writer) -> Result<()> {
             w.u8(11);
             w.id(grant_id.as_bytes());
         }
+        AuditEventKind::ApplicationChanged { application } => {
+            w.u8(13);
+            w.opt_str("application", application.as_deref())?;
+        }
         AuditEventKind::ProtocolError { direction, error } => {
             w.u8(12);
             encode_direction(*direction, w);
@@ -787,6 +791,9 @@ fn decode_kind(r: &mut Reader<'_>) -> Result<AuditEventKind> {
         12 => AuditEventKind::ProtocolError {
             direction: decode_direction(r)?,
             error: r.str("protocol error")?,
+        },
+        13 => AuditEventKind::ApplicationChanged {
+            application: r.opt_str("application")?,
         },
         tag => {
             return Err(Error::InvalidTag {

@@ -10,8 +10,9 @@
 //! Decisions become `action_id` (1 allowed, 2 denied) and `disposition_id` (1 allowed,
 //! 2 blocked, 14 delayed for review). Transcripts, outcomes and review events have no OCSF
 //! class of their own and stay in the native JSON Lines export. The exporter is stateful: it
-//! remembers each session's principal, target and client address from `SessionStarted`, so
-//! a command event carries its actor and endpoints.
+//! remembers each session's principal, target and client address from `SessionStarted`, and
+//! its current application name from `SessionStarted` and `ApplicationChanged`, so a command
+//! event carries its actor (with `app_name`: the agent run and tool call) and endpoints.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,6 +66,7 @@ struct SessionInfo {
     principal: Principal,
     target: Target,
     client_addr: Option<String>,
+    application: Option<String>,
 }
 
 /// Maps native events to OCSF events, remembering sessions and grants as it goes.
@@ -172,6 +174,7 @@ impl OcsfExporter {
                             principal: principal.clone(),
                             target: target.clone(),
                             client_addr: client_addr.clone(),
+                            application: application.clone(),
                         },
                     );
                 }
@@ -186,6 +189,7 @@ impl OcsfExporter {
                         "dst_endpoint": { "svc_name": target.to_string() },
                         "service": { "name": target.name },
                         "session": session_obj,
+                        "actor": actor_app(application.as_deref()),
                         "is_cleartext": !tls,
                         "message": format!("{} logged on to {target}", principal.subject),
                         "unmapped": { "application": application },
@@ -260,7 +264,11 @@ impl OcsfExporter {
                     Some(i) => user(&i.principal),
                     None => json!({ "name": subject }),
                 };
-                let actor = json!({ "user": actor_user, "session": session_obj });
+                let mut actor = actor_app(session.as_ref().and_then(|i| i.application.as_deref()));
+                if let Some(o) = actor.as_object_mut() {
+                    o.insert("user".into(), actor_user);
+                    o.insert("session".into(), json!(session_obj));
+                }
                 let src = endpoint(session.as_ref().and_then(|i| i.client_addr.as_deref()));
                 let dst = match &session {
                     Some(i) => json!({ "svc_name": i.target.to_string() }),
@@ -392,8 +400,22 @@ impl OcsfExporter {
                 }
                 Some(Self::merge(base, extra))
             }
+            AuditEventKind::ApplicationChanged { application } => {
+                if let Some(info) = event.session.and_then(|s| self.sessions.get_mut(&s)) {
+                    info.application.clone_from(application);
+                }
+                None
+            }
             _ => None,
         }
+    }
+}
+
+/// An OCSF actor naming the client application, if there is one.
+fn actor_app(application: Option<&str>) -> Value {
+    match application {
+        Some(app) => json!({ "app_name": app }),
+        None => json!({}),
     }
 }
 
@@ -433,6 +455,44 @@ mod tests {
         );
         assert_eq!(out[1]["status_id"], 2);
         assert_eq!(out[7]["activity_id"], 2);
+    }
+
+    #[test]
+    fn commands_carry_the_application_current_when_they_were_decided() {
+        let events = sample_events();
+        let started = events[0].clone();
+        let session = started.session;
+        let select = events
+            .iter()
+            .find(|e| matches!(e.kind, AuditEventKind::CommandDecided { .. }))
+            .unwrap()
+            .clone();
+        let renamed = |app: Option<&str>| {
+            AuditEvent::new(
+                session,
+                AuditEventKind::ApplicationChanged {
+                    application: app.map(str::to_owned),
+                },
+            )
+        };
+        let mut x = OcsfExporter::new();
+        let logon = x.export(&started).unwrap();
+        assert_eq!(logon["actor"]["app_name"], "run=1 call=2");
+        assert_eq!(
+            x.export(&select).unwrap()["actor"]["app_name"],
+            "run=1 call=2"
+        );
+        assert!(x.export(&renamed(Some("run=1 call=3"))).is_none());
+        let after = x.export(&select).unwrap();
+        assert_eq!(after["actor"]["app_name"], "run=1 call=3");
+        assert_eq!(after["actor"]["user"]["name"], "agent-1");
+        assert!(x.export(&renamed(None)).is_none());
+        let cleared = x.export(&select).unwrap();
+        assert!(cleared["actor"].get("app_name").is_none(), "{cleared}");
+        assert_eq!(
+            cleared["actor"]["session"]["uid"],
+            session.unwrap().to_string()
+        );
     }
 
     #[test]

@@ -209,6 +209,12 @@ impl Transcript {
                     let _ = write!(s, " (denied by {d})");
                 }
             }
+            AuditEventKind::ApplicationChanged { application } => {
+                let _ = match application {
+                    Some(app) => write!(s, "{:<13} application {app:?}", self.offset(event.time)),
+                    None => write!(s, "{:<13} application cleared", self.offset(event.time)),
+                };
+            }
             AuditEventKind::ProtocolError { direction, error } => {
                 let _ = write!(
                     s,
@@ -273,6 +279,7 @@ mod tests {
         );
         assert!(all.contains("DENY by rule no-refunds"), "{all}");
         assert!(all.contains("masked email=1 ssn=2"), "{all}");
+        assert!(all.contains("s    application \"run=1 call=3\""), "{all}");
         assert!(t.is_finished());
         let mut other = Transcript::new(SessionId::new());
         assert!(events.iter().all(|e| other.render(e).is_none()));

@@ -151,6 +151,9 @@ pub fn sample_events() -> Vec<AuditEvent> {
             direction: Direction::FromClient,
             error: "frame too large".into(),
         },
+        AuditEventKind::ApplicationChanged {
+            application: Some("run=1 call=3".into()),
+        },
         AuditEventKind::SessionEnded {
             reason: SessionEndReason::Error {
                 message: "reset".into(),

@@ -149,7 +149,7 @@ fn verify_exit_status_and_report() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        stdout.starts_with("OK: 14 records in 1 segment,"),
+        stdout.starts_with("OK: 15 records in 1 segment,"),
         "{stdout}"
     );
     // Flip one byte near the end of the segment (inside the last record).
@@ -162,7 +162,7 @@ fn verify_exit_status_and_report() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
-        stdout.starts_with("DAMAGED: modified at sequence number 13"),
+        stdout.starts_with("DAMAGED: modified at sequence number 14"),
         "{stdout}"
     );
     // Export refuses a damaged log.
@@ -334,7 +334,7 @@ fn verify_with_a_checkpoint_kept_outside_the_log() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
-        stdout.starts_with("DAMAGED: cut_from_tail at sequence number 13"),
+        stdout.starts_with("DAMAGED: cut_from_tail at sequence number 14"),
         "{stdout}"
     );
 }

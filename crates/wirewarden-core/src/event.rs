@@ -242,6 +242,15 @@ pub enum AuditEventKind {
         /// The grant.
         grant_id: GrantId,
     },
+    /// The client renamed itself mid-session: Postgres `SET application_name` (as the server
+    /// reports the new value, so `set_config`, `RESET` and a rolled-back `SET` count too) or
+    /// Redis `CLIENT SETNAME` / `HELLO … SETNAME` (when the gateway forwards the command).
+    /// The commands the session decides after this event belong to the new name: an agent
+    /// that reuses one pooled connection across tool calls names each call here.
+    ApplicationChanged {
+        /// The new name; `None` when the client cleared it.
+        application: Option<String>,
+    },
     /// A peer sent something the codec refused.
     ProtocolError {
         /// Who sent it.
@@ -267,6 +276,7 @@ impl AuditEventKind {
             Self::GrantIssued { .. } => "grant_issued",
             Self::GrantRevoked { .. } => "grant_revoked",
             Self::GrantExpired { .. } => "grant_expired",
+            Self::ApplicationChanged { .. } => "application_changed",
             Self::ProtocolError { .. } => "protocol_error",
         }
     }
@@ -398,6 +408,10 @@ mod tests {
                 direction: Direction::FromClient,
                 error: "frame too large".into(),
             },
+            AuditEventKind::ApplicationChanged {
+                application: Some("run=1 call=3".into()),
+            },
+            AuditEventKind::ApplicationChanged { application: None },
             AuditEventKind::SessionEnded {
                 reason: SessionEndReason::Error {
                     message: "reset".into(),

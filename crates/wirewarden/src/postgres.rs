@@ -23,6 +23,12 @@
 //!    transaction state exactly as it would for any failed statement, and the gateway
 //!    rewrites the error into the denial. The session stays usable and the client's view of
 //!    the transaction never diverges from the server's.
+//! 5. **Application name.** The startup packet's `application_name` is the session's
+//!    application in `SessionStarted`. When the server reports a new value (`SET`,
+//!    `SET LOCAL` and the end of its transaction, `RESET`, `set_config`), an
+//!    `ApplicationChanged` record goes on the trail before the client sees the report, so
+//!    every statement the client sends after it is tied to the new name: an agent that
+//!    reuses a pooled connection names each tool call.
 
 mod catalog;
 mod outbound;
@@ -564,7 +570,7 @@ impl PostgresProxy {
         let application = s
             .startup
             .parameter("application_name")
-            .map(|v| String::from_utf8_lossy(v).into_owned());
+            .and_then(|v| application_of(v));
         if let Some(db) = s.startup.database()
             && !db.is_empty()
             && db != self.config.upstream.database
@@ -617,6 +623,14 @@ impl PostgresProxy {
                 return Err(e);
             }
         };
+        // The name as the server keeps it (cut at 63 bytes): what it reports when the client
+        // changes it later is compared with this.
+        let server_application = up
+            .parameters
+            .iter()
+            .find(|(k, _)| k.as_ref() == b"application_name")
+            .map(|(_, v)| application_of(v))
+            .unwrap_or_else(|| application.clone());
         let session_id = SessionId::new();
         let started_event = AuditEvent::new(
             Some(session_id),
@@ -691,6 +705,7 @@ impl PostgresProxy {
             session_id,
             profile,
             shared,
+            application: server_application,
             started: Instant::now(),
         };
         let metrics = self.pipeline.metrics();
@@ -706,6 +721,11 @@ impl PostgresProxy {
         }
         outcome
     }
+}
+
+/// An `application_name` value as the session's application: `None` when empty.
+fn application_of(value: &[u8]) -> Option<String> {
+    (!value.is_empty()).then(|| String::from_utf8_lossy(value).into_owned())
 }
 
 /// Whether an encoding name means UTF-8, as the server reads it (case, quotes, `-` and `_`
@@ -803,6 +823,8 @@ struct Relay {
     session_id: SessionId,
     profile: Arc<Profile>,
     shared: Arc<Shared>,
+    /// The application name the session started with, as the server reported it.
+    application: Option<String>,
     started: Instant,
 }
 
@@ -1221,7 +1243,10 @@ impl Relay {
         mut decoder: wirewarden_postgres::BackendDecoder,
         client_w: ClientWriter,
     ) -> Result<()> {
-        let mut st = Downstream::default();
+        let mut st = Downstream {
+            application: self.application.clone(),
+            ..Downstream::default()
+        };
         loop {
             loop {
                 match decoder.decode(&mut buf) {
@@ -1316,6 +1341,24 @@ impl Relay {
             .outcomes
             .send(Outcome::Event(Box::new(completed)))
             .await;
+    }
+
+    /// The server reported the session's `application_name`: a new name goes on record
+    /// before the client sees the report (and so before it can send anything the name
+    /// applies to).
+    async fn on_application(&self, st: &mut Downstream, value: &[u8]) {
+        let application = application_of(value);
+        if application == st.application {
+            return;
+        }
+        st.application.clone_from(&application);
+        let event = AuditEvent::new(
+            Some(self.session_id),
+            AuditEventKind::ApplicationChanged { application },
+        );
+        // Best effort: the statement that renamed the session has run; a trail that cannot
+        // take this record refuses the next statement's intent anyway.
+        let _ = self.proxy.pipeline.record(&event).await;
     }
 
     fn front_command<'q>(&self, q: &'q mut VecDeque<Item>) -> Option<&'q mut Pending> {
@@ -1652,6 +1695,9 @@ impl Relay {
                         "client_encoding changed away from UTF8".into(),
                     ));
                 }
+                if name.as_ref() == b"application_name" {
+                    self.on_application(st, &value).await;
+                }
                 let mut counts = MaskedCounts::new();
                 match outbound::mask_bytes_as_text(&self.profile, &value, &mut counts) {
                     Ok(None) => st.out.extend_from_slice(frame.as_bytes()),
@@ -1694,6 +1740,8 @@ struct Downstream {
     /// A result was withheld: drop everything until ReadyForQuery.
     discarding: bool,
     completed: Vec<Pending>,
+    /// The session's application name as the server last reported it.
+    application: Option<String>,
 }
 
 /// Replaces the rest of a result with an error, because a value could not be masked.

@@ -25,8 +25,11 @@
 //!    verified by the pipeline's identity provider; a wrong one gets `-WRONGPASS` and an
 //!    `AuthenticationFailed` audit event. The name in `HELLO … AUTH … SETNAME <name>` is the
 //!    session's application in `SessionStarted` (what `application_name` is for PostgreSQL),
-//!    so a client can say which run or tool call it is in the handshake itself; a
-//!    certificate session starts before the client speaks, so it records none.
+//!    so a client can say which run or tool call it is in the handshake itself. A later
+//!    `CLIENT SETNAME` or `HELLO … SETNAME` (the only way a certificate session, which starts
+//!    before the client speaks, can name itself) is recorded as `ApplicationChanged` with
+//!    the renaming command's intent, so every command decided after it belongs to the new
+//!    name: an agent that reuses a pooled connection names each tool call.
 //! 3. **Upstream login** with `AUTH` and the credential only the gateway holds. The client's
 //!    `HELLO` goes upstream without its `AUTH` part, so RESP3 is negotiated end to end.
 //! 4. **Relay.** Every command — each one of a pipeline and each one queued in `MULTI` — is
@@ -258,6 +261,43 @@ const APPLICATION_MAX: usize = 256;
 /// spaces, newlines or other characters outside `!`..=`~`.
 fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|c| (b'!'..=b'~').contains(c))
+}
+
+/// The name a command gives its connection, when it names it: `CLIENT SETNAME <name>` or
+/// `HELLO <protover> … SETNAME <name>`. `Some(None)`: the name is cleared
+/// (`CLIENT SETNAME ""`). A name the server would refuse renames nothing.
+fn client_name_of(args: &[Bytes]) -> Option<Option<String>> {
+    let name = match args {
+        [c, sub, n]
+            if c.eq_ignore_ascii_case(b"client") && sub.eq_ignore_ascii_case(b"setname") =>
+        {
+            n
+        }
+        [h, _, options @ ..] if h.eq_ignore_ascii_case(b"hello") => {
+            let mut name = None;
+            let mut i = 0;
+            while let Some(opt) = options.get(i) {
+                if opt.eq_ignore_ascii_case(b"auth") {
+                    i += 3;
+                } else if opt.eq_ignore_ascii_case(b"setname") {
+                    name = options.get(i + 1);
+                    i += 2;
+                } else {
+                    return None;
+                }
+            }
+            name?
+        }
+        _ => return None,
+    };
+    if !valid_client_name(name) {
+        return None;
+    }
+    if name.is_empty() {
+        return Some(None);
+    }
+    let cut = name.get(..APPLICATION_MAX).unwrap_or(name);
+    Some(Some(String::from_utf8_lossy(cut).into_owned()))
 }
 
 enum Parsed {
@@ -746,7 +786,7 @@ impl RedisProxy {
                 principal: principal.clone(),
                 target: target.clone(),
                 client_addr: peer.map(|p| p.to_string()),
-                application,
+                application: application.clone(),
                 tls: client.tls,
             },
         );
@@ -771,6 +811,7 @@ impl RedisProxy {
             target,
             session_id,
             profile,
+            application,
             started: Instant::now(),
             session: Session::new(),
             replies: ReplyDecoder::new(self.config.limits),
@@ -968,6 +1009,9 @@ struct Relay<'p> {
     target: Target,
     session_id: SessionId,
     profile: Arc<Profile>,
+    /// The session's application: the name of `SessionStarted`, then of the last
+    /// `CLIENT SETNAME` or `HELLO … SETNAME` forwarded.
+    application: Option<String>,
     started: Instant,
     session: Session<u64>,
     replies: ReplyDecoder,
@@ -1315,6 +1359,10 @@ impl Relay<'_> {
                     Ok(profile) => {
                         self.intents.push(event);
                         let intent = Some(self.intents.len() - 1);
+                        // Goes with the intent, so every later command's intent follows it.
+                        if let Some(renamed) = self.renamed(req.args()) {
+                            self.intents.push(renamed);
+                        }
                         self.steps.push(Step::Forward(Allowed {
                             req,
                             verb,
@@ -1362,15 +1410,22 @@ impl Relay<'_> {
                     .review(&command, command_id, rule, &reason, requirement)
                     .await
                 {
-                    Ok(()) => self.forward(Allowed {
-                        req,
-                        verb,
-                        id: command_id,
-                        profile: self.profile.clone(),
-                        keys,
-                        charged,
-                        intent: None,
-                    }),
+                    Ok(()) => {
+                        if let Some(renamed) = self.renamed(req.args()) {
+                            // The command is forwarded whether or not this is on record: its
+                            // approval and intent are.
+                            let _ = self.pipeline().record(&renamed).await;
+                        }
+                        self.forward(Allowed {
+                            req,
+                            verb,
+                            id: command_id,
+                            profile: self.profile.clone(),
+                            keys,
+                            charged,
+                            intent: None,
+                        });
+                    }
                     Err(message) => self.refuse(&message),
                 }
             }
@@ -1382,6 +1437,20 @@ impl Relay<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The `ApplicationChanged` record of a command about to be forwarded that renames the
+    /// connection to something new, and the new name taken as the session's.
+    fn renamed(&mut self, args: &[Bytes]) -> Option<AuditEvent> {
+        let name = client_name_of(args)?;
+        if name == self.application {
+            return None;
+        }
+        self.application.clone_from(&name);
+        Some(AuditEvent::new(
+            Some(self.session_id),
+            AuditEventKind::ApplicationChanged { application: name },
+        ))
     }
 
     /// Records the batch's intents, all at once, then forwards each staged command whose
@@ -1940,6 +2009,49 @@ mod tests {
                 .decision;
             assert!(d.is_allow(), "{ok}: {d:?}");
         }
+    }
+
+    #[test]
+    fn client_names_are_read_as_the_server_takes_them() {
+        let a = |s: &str| -> Vec<Bytes> {
+            s.split(' ')
+                .map(|w| Bytes::copy_from_slice(w.replace('_', " ").as_bytes()))
+                .collect()
+        };
+        let named = |n: &str| Some(Some(n.to_owned()));
+        assert_eq!(client_name_of(&a("CLIENT SETNAME run=1")), named("run=1"));
+        assert_eq!(client_name_of(&a("client setname run=1")), named("run=1"));
+        assert_eq!(
+            client_name_of(&[
+                Bytes::from_static(b"CLIENT"),
+                Bytes::from_static(b"SETNAME"),
+                Bytes::new()
+            ]),
+            Some(None)
+        );
+        assert_eq!(
+            client_name_of(&a("CLIENT SETNAME a_b")),
+            None,
+            "spaces are refused"
+        );
+        assert_eq!(client_name_of(&a("CLIENT GETNAME")), None);
+        assert_eq!(client_name_of(&a("HELLO 3 SETNAME me")), named("me"));
+        assert_eq!(
+            client_name_of(&a("HELLO 2 AUTH u p SETNAME me")),
+            named("me")
+        );
+        assert_eq!(
+            client_name_of(&a("HELLO 3 SETNAME me AUTH u p")),
+            named("me")
+        );
+        assert_eq!(client_name_of(&a("HELLO 3")), None);
+        assert_eq!(client_name_of(&a("HELLO 3 BOGUS me")), None);
+        assert_eq!(client_name_of(&a("HELLO 3 SETNAME")), None);
+        let long = format!("CLIENT SETNAME {}", "x".repeat(APPLICATION_MAX + 10));
+        assert_eq!(
+            client_name_of(&a(&long)).flatten().map(|n| n.len()),
+            Some(APPLICATION_MAX)
+        );
     }
 
     #[test]

@@ -476,6 +476,101 @@ async fn python(script: &str) -> Output {
     .unwrap()
 }
 
+/// The application name the session had when each statement was decided, walking the
+/// trail in order: `SessionStarted`, then every `ApplicationChanged`.
+fn applications_at_decision(kinds: &[AuditEventKind]) -> Vec<(String, Option<String>)> {
+    let mut current = None;
+    let mut out = Vec::new();
+    for k in kinds {
+        match k {
+            AuditEventKind::SessionStarted { application, .. }
+            | AuditEventKind::ApplicationChanged { application } => {
+                current.clone_from(application);
+            }
+            AuditEventKind::CommandDecided { command, .. } => {
+                out.push((command.text.clone(), current.clone()));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// An agent that reuses one connection across tool calls renames it for each call: the
+/// server's report of the new `application_name` goes on record before the next statement,
+/// so every statement is tied to the call that issued it — `SET`, `SET LOCAL` and its end
+/// with the transaction, and `RESET` alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_session_ties_later_statements_to_the_new_name() {
+    let g = gateway(None).await;
+    let out = python(&format!(
+        r#"
+import psycopg
+conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True, application_name="run=1 call=a")
+cur = conn.cursor()
+cur.execute("SELECT 'first'")
+cur.execute("SET application_name = 'run=1 call=b'")
+cur.execute("SELECT 'second'")
+cur.execute("SET application_name = 'run=1 call=b'")
+cur.execute("BEGIN")
+cur.execute("SET LOCAL application_name = 'run=1 call=c'")
+cur.execute("SELECT 'third'")
+cur.execute("COMMIT")
+cur.execute("SELECT 'fourth'")
+cur.execute("RESET application_name")
+cur.execute("SELECT 'fifth'")
+cur.execute("SET application_name = ''")
+cur.execute("SELECT 'sixth'")
+cur.execute("SHOW application_name")
+print("server", repr(cur.fetchone()[0]))
+print("DONE")
+"#,
+        port = g.addr.port()
+    ))
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("DONE"), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("server ''"), "{stdout}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    let kinds = events(g.audit_dir.path(), &g.keys);
+    let changes: Vec<Option<&str>> = kinds
+        .iter()
+        .filter_map(|k| match k {
+            AuditEventKind::ApplicationChanged { application } => Some(application.as_deref()),
+            _ => None,
+        })
+        .collect();
+    // The repeated SET changed nothing and is not a change.
+    assert_eq!(
+        changes,
+        [
+            Some("run=1 call=b"),
+            Some("run=1 call=c"),
+            Some("run=1 call=b"),
+            Some("run=1 call=a"),
+            None
+        ],
+        "{kinds:?}"
+    );
+    let selects: Vec<(String, Option<String>)> = applications_at_decision(&kinds)
+        .into_iter()
+        .filter(|(text, _)| text.starts_with("SELECT '"))
+        .collect();
+    let expect = |t: &str, a: Option<&str>| (format!("SELECT '{t}'"), a.map(str::to_owned));
+    assert_eq!(
+        selects,
+        [
+            expect("first", Some("run=1 call=a")),
+            expect("second", Some("run=1 call=b")),
+            expect("third", Some("run=1 call=c")),
+            expect("fourth", Some("run=1 call=b")),
+            expect("fifth", Some("run=1 call=a")),
+            expect("sixth", None),
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_binary_protocol_throughout() {
     let g = gateway(None).await;

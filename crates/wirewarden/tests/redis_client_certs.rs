@@ -288,6 +288,53 @@ async fn auth_after_a_certificate_login_keeps_the_identity() {
     assert!(sessions.iter().all(|(s, _)| s == CLIENT_CN), "{sessions:?}");
 }
 
+/// A certificate session starts before the client speaks, so the name it gives itself
+/// (`HELLO 3 SETNAME`, redis-py's `client_name`) arrives as its first command: it goes on
+/// record as the session's application before any command after it is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_session_takes_the_name_the_client_gives_itself() {
+    let g = gateway(ClientCertMode::Required, CLIENT_CN).await;
+    let out = cli(&g, true, &[], "HELLO 3 SETNAME run=4_call=w\nGET plain\n").await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.trim_end().ends_with("hello"), "{stdout}");
+    for protocol in [2u8, 3] {
+        ok(&python(
+            &g,
+            protocol,
+            &format!(
+                "n = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), ssl=True, ssl_ca_certs=os.environ['CA'], ssl_certfile=os.environ['CERT'], ssl_keyfile=os.environ['KEY'], protocol={protocol}, client_name='run=5_call={protocol}', decode_responses=True)\nassert n.client_getname() == 'run=5_call={protocol}'\nassert n.get('plain') == 'hello'"
+            ),
+        )
+        .await);
+    }
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    let kinds = events(g.audit_dir.path(), &g.keys);
+    let mut current = None;
+    let mut gets = Vec::new();
+    for k in &kinds {
+        match k {
+            AuditEventKind::SessionStarted { application, .. }
+            | AuditEventKind::ApplicationChanged { application } => {
+                current.clone_from(application);
+            }
+            AuditEventKind::CommandDecided { command, .. } if command.verb == "GET" => {
+                gets.push(current.clone());
+            }
+            _ => {}
+        }
+    }
+    let name = |n: &str| Some(n.to_owned());
+    assert_eq!(
+        gets,
+        [
+            name("run=4_call=w"),
+            name("run=5_call=2"),
+            name("run=5_call=3")
+        ],
+        "{kinds:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmapped_certificate_is_refused_and_never_falls_back_to_auth() {
     // The CA is trusted, but no rule maps the certificate's name.

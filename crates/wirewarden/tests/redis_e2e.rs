@@ -726,6 +726,95 @@ async fn hello_setname_names_the_session() {
     );
 }
 
+/// A connection renamed mid-session (`CLIENT SETNAME`, `HELLO … SETNAME`; redis-py's
+/// `client_setname`) ties the commands after it to the new name: the `ApplicationChanged`
+/// record goes with the renaming command's intent, before any later command's. A name the
+/// server refuses, or the name the session already has, changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_connection_ties_later_commands_to_the_new_name() {
+    use wirewarden_redis::Value;
+    let g = gateway().await;
+    let mut c = Raw::connect(g.addr).await;
+    assert_eq!(
+        c.call(&["AUTH", "agent", "tok-agent"]).await,
+        Value::SimpleString(bytes::Bytes::from_static(b"OK"))
+    );
+    let ok = Value::SimpleString(bytes::Bytes::from_static(b"OK"));
+    c.call(&["GET", "plain"]).await;
+    assert_eq!(c.call(&["CLIENT", "SETNAME", "run=1_call=a"]).await, ok);
+    c.call(&["GET", "plain"]).await;
+    assert_eq!(c.call(&["CLIENT", "SETNAME", "run=1_call=a"]).await, ok);
+    let refused = c.call(&["CLIENT", "SETNAME", "run=1 call=b"]).await;
+    assert!(matches!(refused, Value::SimpleError(_)), "{refused:?}");
+    c.call(&["GET", "plain"]).await;
+    let hello = c.call(&["HELLO", "2", "SETNAME", "run=1_call=c"]).await;
+    assert!(matches!(hello, Value::Array(_)), "{hello:?}");
+    c.call(&["GET", "plain"]).await;
+    assert_eq!(c.call(&["CLIENT", "SETNAME", ""]).await, ok);
+    c.call(&["GET", "plain"]).await;
+    drop(c);
+
+    // redis-py's client_setname, on a pooled connection reused by two "tool calls".
+    let out = python(
+        g.addr,
+        2,
+        "c = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), username='agent', password='tok-agent', single_connection_client=True, protocol=2, decode_responses=True)\nfor call in ('x', 'y'):\n    c.client_setname('run=2_call=' + call)\n    assert c.get('plain') == 'hello'\nc.close()",
+    )
+    .await;
+    assert!(
+        text(&out.stdout).contains("DONE"),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    let kinds = events(g.audit_dir.path(), &g.keys);
+    let mut current: Option<String> = None;
+    let mut gets = Vec::new();
+    let mut changes = Vec::new();
+    for k in &kinds {
+        match k {
+            AuditEventKind::SessionStarted { application, .. } => {
+                current.clone_from(application);
+            }
+            AuditEventKind::ApplicationChanged { application } => {
+                current.clone_from(application);
+                changes.push(application.clone());
+            }
+            AuditEventKind::CommandDecided { command, .. } if command.verb == "GET" => {
+                gets.push(current.clone());
+            }
+            _ => {}
+        }
+    }
+    let name = |n: &str| Some(n.to_owned());
+    assert_eq!(
+        changes,
+        [
+            name("run=1_call=a"),
+            name("run=1_call=c"),
+            None,
+            name("run=2_call=x"),
+            name("run=2_call=y")
+        ],
+        "{kinds:?}"
+    );
+    assert_eq!(
+        gets,
+        [
+            None,
+            name("run=1_call=a"),
+            name("run=1_call=a"),
+            name("run=1_call=c"),
+            None,
+            name("run=2_call=x"),
+            name("run=2_call=y")
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_counted_and_on_record() {
     // A port nothing listens on: bound, then released.

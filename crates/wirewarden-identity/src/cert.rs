@@ -4,7 +4,9 @@
 //! gateway's client CA) and this provider maps the verified leaf to an identity, refusing a
 //! leaf outside its validity window at [`AuthContext::now`] in case the two clocks disagree.
 //! Given trust anchors ([`ClientCertificates::with_trust_anchors_pem`]) it also verifies the
-//! chain itself, for certificates that arrive some other way (a forwarding proxy). Rules are
+//! chain itself, for certificates that arrive some other way (a forwarding proxy), and with
+//! revocation lists ([`ClientCertificates::with_trust_anchors_and_crls_pem`]) refuses revoked
+//! certificates, failing closed when no current list covers one. Rules are
 //! tried in order; the first rule with a matching name wins, and the matched name becomes
 //! the subject. No rule matching is [`Error::Unmapped`], never a default identity.
 
@@ -93,6 +95,12 @@ pub struct ClientCertConfig {
     /// them ([`ClientCertificates::with_trust_anchors_pem`]).
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
+    /// PEM files of certificate revocation lists issued by that CA (`ca_file` is required
+    /// with them): a certificate they revoke is refused. Revocation fails closed — a
+    /// certificate no list covers, or a list past its next update, is refused too
+    /// ([`ClientCertificates::with_trust_anchors_and_crls_pem`]).
+    #[serde(default)]
+    pub crl_files: Vec<std::path::PathBuf>,
 }
 
 /// An [`IdentityProvider`] for TLS client certificates.
@@ -130,13 +138,20 @@ impl ClientCertificates {
             rules: config.rules,
             verifier: None,
         };
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::config(format!("reading {}: {e}", path.display())))
+        };
+        let mut crls = Vec::with_capacity(config.crl_files.len());
+        for path in &config.crl_files {
+            crls.push(read(path)?);
+        }
         match &config.ca_file {
-            None => Ok(provider),
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| Error::config(format!("reading {}: {e}", path.display())))?;
-                provider.with_trust_anchors_pem(&pem)
-            }
+            None if crls.is_empty() => Ok(provider),
+            None => Err(Error::config(
+                "crl_files need ca_file: revocation lists are checked against the CA",
+            )),
+            Some(path) => provider.with_trust_anchors_and_crls_pem(&read(path)?, &crls),
         }
     }
 
@@ -145,7 +160,34 @@ impl ClientCertificates {
     ///
     /// # Errors
     /// [`Error::Config`] if the PEM holds no usable CA certificate.
-    pub fn with_trust_anchors_pem(mut self, pem: &[u8]) -> Result<Self> {
+    pub fn with_trust_anchors_pem(self, pem: &[u8]) -> Result<Self> {
+        self.with_trust_anchors_and_crls_pem(pem, &[])
+    }
+
+    /// As [`with_trust_anchors_pem`](Self::with_trust_anchors_pem), and each chain must
+    /// also pass the certificate revocation lists in `crl_pems` (each PEM text may hold
+    /// several). With lists given, revocation fails closed: a revoked certificate, a
+    /// certificate of the chain that no list from its issuer covers, and a list whose next
+    /// update has passed (at [`AuthContext::now`]) all fail verification.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the CA PEM holds no usable certificate, or a CRL PEM holds no
+    /// list or one that cannot be parsed.
+    pub fn with_trust_anchors_and_crls_pem(
+        mut self,
+        pem: &[u8],
+        crl_pems: &[Vec<u8>],
+    ) -> Result<Self> {
+        let mut crls = Vec::new();
+        for crl_pem in crl_pems {
+            let before = crls.len();
+            for crl in rustls_pemfile::crls(&mut &crl_pem[..]) {
+                crls.push(crl.map_err(|e| Error::config(format!("reading CRL PEM: {e}")))?);
+            }
+            if crls.len() == before {
+                return Err(Error::config("a CRL PEM holds no revocation list"));
+            }
+        }
         let mut roots = rustls::RootCertStore::empty();
         let mut reader = pem;
         for cert in rustls_pemfile::certs(&mut reader) {
@@ -158,10 +200,16 @@ impl ClientCertificates {
             return Err(Error::config("the CA PEM holds no certificate"));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| Error::config(format!("client certificate verifier: {e}")))?;
+        let builder =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let builder = if crls.is_empty() {
+            builder
+        } else {
+            builder.with_crls(crls).enforce_revocation_expiration()
+        };
+        let verifier = builder
+            .build()
+            .map_err(|e| Error::config(format!("client certificate verifier: {e}")))?;
         self.verifier = Some(verifier);
         Ok(self)
     }

@@ -10,12 +10,14 @@ use wirewarden_testkit::conformance::identity::{Fixtures, run};
 type Ca = rcgen::CertifiedIssuer<'static, KeyPair>;
 
 fn ca() -> Ca {
+    ca_named("wirewarden test CA")
+}
+
+fn ca_named(cn: &str) -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "wirewarden test CA");
+    params.distinguished_name.push(DnType::CommonName, cn);
     rcgen::CertifiedIssuer::self_signed(params, key).unwrap()
 }
 
@@ -238,6 +240,109 @@ async fn chains_are_verified_against_trust_anchors_when_configured() {
             .code(),
         "untrusted"
     );
+}
+
+/// A leaf with a known serial number, to be listed in a revocation list.
+fn numbered_leaf(ca: &Ca, cn: &str, serial: u64) -> Vec<u8> {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    params.not_before = date_time_ymd(2020, 1, 1);
+    params.not_after = date_time_ymd(2200, 1, 1);
+    params.signed_by(&key, ca).unwrap().der().to_vec()
+}
+
+/// A revocation list from `ca` listing `revoked`, valid until the start of `next_year`.
+fn crl(ca: &Ca, revoked: &[u64], next_year: i32) -> Vec<u8> {
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: date_time_ymd(2020, 1, 1),
+        next_update: date_time_ymd(next_year, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*s),
+                revocation_time: date_time_ymd(2021, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(ca).unwrap().pem().unwrap().into_bytes()
+}
+
+#[tokio::test]
+async fn revocation_lists_refuse_revoked_uncovered_and_stale_certificates() {
+    let (ca1, ca2) = (ca(), ca_named("another CA"));
+    let kept = numbered_leaf(&ca1, "legacy-kept", 7);
+    let revoked = numbered_leaf(&ca1, "legacy-revoked", 8);
+    let now = Timestamp::now();
+    let with = |lists: &[Vec<u8>]| {
+        provider()
+            .with_trust_anchors_and_crls_pem(ca1.pem().as_bytes(), lists)
+            .unwrap()
+    };
+    let refusal = |p: &ClientCertificates, der: &[u8]| {
+        let err = p.verify_chain(&[der.to_vec()], now).unwrap_err();
+        assert_eq!(err.code(), "untrusted");
+        err.to_string()
+    };
+
+    let p = with(&[crl(&ca1, &[8], 2200)]);
+    assert_eq!(
+        p.verify_chain(std::slice::from_ref(&kept), now)
+            .unwrap()
+            .subject,
+        "legacy-kept"
+    );
+    let why = refusal(&p, &revoked);
+    assert!(why.contains("Revoked"), "{why}");
+
+    // Fails closed: only another CA's list, so nothing says whether ca1's certificate
+    // stands; a list past its next update is no list either; nor is one that claims to be
+    // ca1's and is signed by another key.
+    let why = refusal(&with(&[crl(&ca2, &[], 2200)]), &kept);
+    assert!(why.contains("UnknownRevocationStatus"), "{why}");
+    let impostor = ca();
+    let why = refusal(&with(&[crl(&impostor, &[], 2200)]), &kept);
+    assert!(why.contains("BadSignature"), "{why}");
+    let why = refusal(&with(&[crl(&ca1, &[], 2021)]), &kept);
+    assert!(why.contains("revocation list expired"), "{why}");
+    // Several lists, in one PEM or several: the issuer's own is used.
+    let both = [crl(&ca2, &[], 2200), crl(&ca1, &[8], 2200)].concat();
+    let p = with(&[both]);
+    assert!(p.verify_chain(std::slice::from_ref(&kept), now).is_ok());
+    refusal(&p, &revoked);
+    assert!(
+        provider()
+            .with_trust_anchors_and_crls_pem(ca1.pem().as_bytes(), &[b"not a crl".to_vec()])
+            .is_err()
+    );
+
+    // From configuration: crl_files next to ca_file, and never without it.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("clients-ca.pem");
+    let crl_file = dir.path().join("clients-ca.crl.pem");
+    std::fs::write(&ca_file, ca1.pem()).unwrap();
+    std::fs::write(&crl_file, crl(&ca1, &[8], 2200)).unwrap();
+    let p = ClientCertificates::from_toml(&format!(
+        "ca_file = \"{}\"\ncrl_files = [\"{}\"]\n{RULES}",
+        ca_file.display(),
+        crl_file.display()
+    ))
+    .unwrap();
+    assert!(p.verify_chain(&[kept], now).is_ok());
+    refusal(&p, &revoked);
+    let err = ClientCertificates::from_toml(&format!(
+        "crl_files = [\"{}\"]\n{RULES}",
+        crl_file.display()
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("need ca_file"), "{err}");
 }
 
 #[test]

@@ -38,6 +38,21 @@ impl TlsKey {
     }
 }
 
+/// The authority's name and uses: what it signs with, and what a revocation list it signs
+/// names as its issuer.
+fn ca_params() -> std::result::Result<rcgen::CertificateParams, rcgen::Error> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name
+        .push(DnType::CommonName, "wirewarden-testkit throwaway CA");
+    Ok(ca)
+}
+
+/// The serial number of the client certificate, so a revocation list can name it.
+const CLIENT_SERIAL: u64 = 0x5157_0001;
+
 /// The TLS material of a server started with TLS (`PostgresBuilder::tls`,
 /// `RedisBuilder::tls`): a throwaway certificate authority made for this server alone, and
 /// the server certificate it issued for `localhost` and `127.0.0.1`. A client that trusts
@@ -55,6 +70,9 @@ pub struct TlsMaterial {
     cert_der: Vec<u8>,
     client_cert_der: Vec<u8>,
     client_key_der: Vec<u8>,
+    /// The authority's key, PEM: a throwaway made for this material, kept to sign
+    /// revocation lists.
+    ca_key_pem: String,
     ca_file: PathBuf,
     cert_file: PathBuf,
     key_file: PathBuf,
@@ -79,20 +97,17 @@ impl TlsMaterial {
     /// `owner`, everything is handed to that uid and gid (the server's account).
     pub(crate) fn generate(key: TlsKey, dir: &Path, owner: Option<(u32, u32)>) -> Result<Self> {
         use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-            IsCa, KeyPair, KeyUsagePurpose, SanType,
+            CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, KeyPair,
+            KeyUsagePurpose, SanType,
         };
         use std::os::unix::fs::PermissionsExt;
 
         let bad = |e: rcgen::Error| Error::Certificate {
             reason: e.to_string(),
         };
-        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        ca.distinguished_name
-            .push(DnType::CommonName, "wirewarden-testkit throwaway CA");
+        let ca = ca_params().map_err(bad)?;
         let ca_key = KeyPair::generate_for(key.algorithm()).map_err(bad)?;
+        let ca_key_pem = ca_key.serialize_pem();
         let ca = CertifiedIssuer::self_signed(ca, ca_key).map_err(bad)?;
 
         let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).map_err(bad)?;
@@ -111,6 +126,7 @@ impl TlsMaterial {
             .push(DnType::CommonName, "wirewarden-testkit client");
         client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        client.serial_number = Some(rcgen::SerialNumber::from(CLIENT_SERIAL));
         let client_key = KeyPair::generate_for(key.algorithm()).map_err(bad)?;
         let client_cert = client.signed_by(&client_key, &ca).map_err(bad)?;
 
@@ -158,6 +174,7 @@ impl TlsMaterial {
             cert_der: cert.der().to_vec(),
             client_cert_der: client_cert.der().to_vec(),
             client_key_der: client_key.serialize_der(),
+            ca_key_pem,
             ca_file,
             cert_file,
             key_file,
@@ -231,6 +248,44 @@ impl TlsMaterial {
     #[must_use]
     pub fn client_cert_der(&self) -> &[u8] {
         &self.client_cert_der
+    }
+
+    /// A certificate revocation list signed by this authority, PEM. It lists the client
+    /// certificate when `revoke_client`, and is current (next update in 2200) unless
+    /// `stale` (next update in 2021, long passed), for testing a verifier that must refuse a
+    /// revoked certificate and a list nobody refreshed.
+    ///
+    /// # Errors
+    /// [`Error::Certificate`] if signing fails.
+    pub fn crl_pem(&self, revoke_client: bool, stale: bool) -> Result<String> {
+        use rcgen::{
+            CertificateRevocationListParams, Issuer, KeyIdMethod, KeyPair, RevocationReason,
+            RevokedCertParams, SerialNumber, date_time_ymd,
+        };
+        let bad = |e: rcgen::Error| Error::Certificate {
+            reason: e.to_string(),
+        };
+        let key = KeyPair::from_pem(&self.ca_key_pem).map_err(bad)?;
+        let issuer = Issuer::new(ca_params().map_err(bad)?, key);
+        let revoked_certs = if revoke_client {
+            vec![RevokedCertParams {
+                serial_number: SerialNumber::from(CLIENT_SERIAL),
+                revocation_time: date_time_ymd(2021, 1, 1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }]
+        } else {
+            Vec::new()
+        };
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2020, 1, 1),
+            next_update: date_time_ymd(if stale { 2021 } else { 2200 }, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&issuer).map_err(bad)?.pem().map_err(bad)
     }
 
     /// The client certificate's private key, PKCS#8 DER.

@@ -271,7 +271,7 @@ impl PostgresProxy {
         // One deadline from connecting to logged in: TLS handshake, startup and the
         // client's authentication.
         let deadline = tokio::time::Instant::now() + self.config.login_timeout;
-        let startup = tokio::time::timeout_at(deadline, self.startup(Box::new(stream)));
+        let startup = tokio::time::timeout_at(deadline, self.startup(Box::new(stream), peer));
         let started = match startup.await.map_err(|_| login_timeout())?? {
             StartupOutcome::Cancelled => return Ok(()),
             StartupOutcome::Session(s) => *s,
@@ -279,7 +279,7 @@ impl PostgresProxy {
         self.session(started, peer, deadline).await
     }
 
-    async fn startup(&self, mut client: BoxIo) -> Result<StartupOutcome> {
+    async fn startup(&self, mut client: BoxIo, peer: Option<SocketAddr>) -> Result<StartupOutcome> {
         let limits = self.config.limits;
         let mut decoder = FrontendDecoder::new(limits);
         let mut buf = BytesMut::with_capacity(8192);
@@ -303,10 +303,18 @@ impl PostgresProxy {
                     }
                     client.write_all(b"S").await.map_err(Error::client_io)?;
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                    let stream = acceptor
-                        .accept(client)
-                        .await
-                        .map_err(|e| Error::Tls(e.to_string()))?;
+                    let stream = match acceptor.accept(client).await {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            // rustls has sent the alert (certificate_required, bad or
+                            // revoked certificate…); a refusal over the certificate is a
+                            // failed login and goes on record as one.
+                            if let Some(reason) = crate::tls::certificate_refusal(&e) {
+                                self.certificate_refused(peer, reason).await;
+                            }
+                            return Err(Error::Tls(e.to_string()));
+                        }
+                    };
                     tls_binding = self
                         .config
                         .tls
@@ -389,6 +397,22 @@ impl PostgresProxy {
     }
 
     /// Authenticates the client; on failure it has been told and the attempt audited.
+    /// Records a TLS handshake that refused the client's certificate (or its lack of one).
+    async fn certificate_refused(&self, peer: Option<SocketAddr>, reason: String) {
+        Metrics::add(&self.pipeline.metrics().auth_failures, 1);
+        let event = AuditEvent::new(
+            None,
+            AuditEventKind::AuthenticationFailed {
+                target: self.config.target.clone(),
+                client_addr: peer.map(|p| p.to_string()),
+                user: None,
+                method: "client_certificate".into(),
+                reason,
+            },
+        );
+        let _ = self.pipeline.record(&event).await;
+    }
+
     async fn authenticate(&self, s: &mut Started, peer: Option<SocketAddr>) -> Result<Principal> {
         let user = s.startup.user().unwrap_or_default().to_owned();
         let fail = |reason: String, method: &str| {

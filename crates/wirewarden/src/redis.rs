@@ -419,19 +419,6 @@ const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is 
 /// working session.
 const CERT_REFUSED: &[u8] = b"-WRONGPASS client certificate not accepted or user is disabled.\r\n";
 
-/// Why a client's TLS handshake failed, when it failed over its certificate: none presented
-/// to a listener that requires one, or one that does not verify. Such a failure is a
-/// refused login and goes on record as one; other handshake failures are not about
-/// identity.
-fn client_cert_refusal(e: &std::io::Error) -> Option<String> {
-    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
-    match tls {
-        rustls::Error::NoCertificatesPresented => Some("no client certificate presented".into()),
-        rustls::Error::InvalidCertificate(_) => Some(tls.to_string()),
-        _ => None,
-    }
-}
-
 struct Client {
     io: BoxIo,
     buf: BytesMut,
@@ -523,7 +510,7 @@ impl RedisProxy {
                     Err(e) => {
                         // rustls has already sent the alert (certificate_required, bad
                         // certificate…), which is all TLS lets the server say.
-                        if let Some(reason) = client_cert_refusal(&e) {
+                        if let Some(reason) = crate::tls::certificate_refusal(&e) {
                             let event = self.auth_failed(peer, None, "client_certificate", reason);
                             let _ = self.pipeline.record(&event).await;
                         }

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 
 #[cfg(feature = "postgres")]
 use crate::postgres::ChannelBinding;
@@ -136,6 +136,33 @@ impl ServerTls {
         trust_anchors: &[CertificateDer<'static>],
         mode: ClientCertMode,
     ) -> Result<Self> {
+        Self::with_client_certs_and_crls(chain, key, trust_anchors, &[], mode)
+    }
+
+    /// As [`with_client_certs`](Self::with_client_certs), and a presented certificate must
+    /// also not be revoked by `crls` (DER certificate revocation lists, from
+    /// [`load_crls`]): an agent's certificate is withdrawn by listing it, without waiting
+    /// for it to expire.
+    ///
+    /// With lists given, revocation fails closed: every certificate of the chain below the
+    /// trust anchor must be covered by a list from its issuer, and every list must be
+    /// current (its next update not passed), or the handshake refuses the client — a
+    /// revoked certificate, one no list covers and a stale list alike. The refusal is
+    /// recorded as a failed login (method `client_certificate`) with rustls' reason
+    /// (`Revoked`, `UnknownRevocationStatus`, `certificate revocation list expired`). The
+    /// lists are read
+    /// when the configuration is built: publishing a new list means building a new
+    /// configuration (restarting the gateway).
+    ///
+    /// # Errors
+    /// As `with_client_certs`, and [`Error::Tls`] if a list cannot be parsed.
+    pub fn with_client_certs_and_crls(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        trust_anchors: &[CertificateDer<'static>],
+        crls: &[CertificateRevocationListDer<'static>],
+        mode: ClientCertMode,
+    ) -> Result<Self> {
         let leaf = chain
             .first()
             .ok_or_else(|| Error::Tls("empty certificate chain".into()))?;
@@ -160,6 +187,13 @@ impl ServerTls {
         let builder = match mode {
             ClientCertMode::Optional => builder.allow_unauthenticated(),
             ClientCertMode::Required => builder,
+        };
+        let builder = if crls.is_empty() {
+            builder
+        } else {
+            builder
+                .with_crls(crls.iter().cloned())
+                .enforce_revocation_expiration()
         };
         let verifier = builder
             .build()
@@ -204,6 +238,29 @@ pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
         return Err(Error::Tls("no certificate in PEM".into()));
     }
     Ok(certs)
+}
+
+/// Reads every certificate revocation list in a PEM file (`-----BEGIN X509 CRL-----`).
+///
+/// # Errors
+/// [`Error::Tls`] if the file cannot be read or holds no list.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let pem = std::fs::read(path).map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+    crls_from_pem(&pem).map_err(|e| Error::Tls(format!("{}: {e}", path.display())))
+}
+
+/// Parses every certificate revocation list in PEM text.
+///
+/// # Errors
+/// [`Error::Tls`] if the text holds no list.
+pub fn crls_from_pem(pem: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let crls: Vec<_> = rustls_pemfile::crls(&mut &pem[..])
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Tls(format!("bad CRL PEM: {e}")))?;
+    if crls.is_empty() {
+        return Err(Error::Tls("no certificate revocation list in PEM".into()));
+    }
+    Ok(crls)
 }
 
 /// Parses the first private key in PEM text.
@@ -268,4 +325,18 @@ pub(crate) fn presented_chain(conn: &rustls::ServerConnection) -> Option<Vec<Vec
     conn.peer_certificates()
         .filter(|c| !c.is_empty())
         .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+}
+
+/// Why a client's TLS handshake failed, when it failed over its certificate: none presented
+/// to a listener that requires one, or one that does not verify (another issuer, expired,
+/// revoked). Such a failure is a refused login and goes on record as one; other handshake
+/// failures are not about identity.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn certificate_refusal(e: &std::io::Error) -> Option<String> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match tls {
+        rustls::Error::NoCertificatesPresented => Some("no client certificate presented".into()),
+        rustls::Error::InvalidCertificate(_) => Some(tls.to_string()),
+        _ => None,
+    }
 }

@@ -19,7 +19,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use wirewarden::Pipeline;
 use wirewarden::audit::VerifyKeys;
 use wirewarden::core::{AuditEventKind, AuthMethod, Protocol, Target};
@@ -92,8 +92,20 @@ impl Pki {
     /// A client certificate with this common name and URI SAN, written as `<file>.crt` and
     /// `<file>.key` (mode 0600, as libpq insists); returns the two paths.
     fn client(&self, file: &str, cn: &str, uri: &str) -> (PathBuf, PathBuf) {
+        self.numbered_client(file, cn, uri, None)
+    }
+
+    /// As `client`, with a chosen serial number (for a revocation list to name).
+    fn numbered_client(
+        &self,
+        file: &str,
+        cn: &str,
+        uri: &str,
+        serial: Option<u64>,
+    ) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         params.distinguished_name.push(DnType::CommonName, cn);
         params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -104,6 +116,29 @@ impl Pki {
         std::fs::write(&pem_key, key.serialize_pem()).unwrap();
         std::fs::set_permissions(&pem_key, std::fs::Permissions::from_mode(0o600)).unwrap();
         (crt, pem_key)
+    }
+}
+
+impl Pki {
+    /// A current revocation list from this CA naming the serial numbers `revoked`.
+    fn crl(&self, revoked: &[u64]) -> Vec<CertificateRevocationListDer<'static>> {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2200, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        vec![params.signed_by(&self.ca).unwrap().der().clone()]
     }
 }
 
@@ -124,6 +159,7 @@ fn identity() -> Chain {
             attributes: Default::default(),
         }],
         ca_file: None,
+        crl_files: Vec::new(),
     })
     .unwrap();
     let tokens = StaticTokens::new(StaticTokensConfig {
@@ -142,6 +178,14 @@ fn identity() -> Chain {
 }
 
 async fn gateway(pki: &Pki, mode: ClientCertMode) -> Gateway {
+    gateway_with(pki, mode, &[]).await
+}
+
+async fn gateway_with(
+    pki: &Pki,
+    mode: ClientCertMode,
+    crls: &[CertificateRevocationListDer<'static>],
+) -> Gateway {
     let pg = tokio::task::spawn_blocking(|| Postgres::builder().seed_sql(SEED).start().unwrap())
         .await
         .unwrap();
@@ -161,7 +205,8 @@ async fn gateway(pki: &Pki, mode: ClientCertMode) -> Gateway {
         tls: None,
     };
     let (chain, key) = pki.server_identity();
-    let tls = ServerTls::with_client_certs(chain, key, &[pki.ca_der()], mode).unwrap();
+    let tls =
+        ServerTls::with_client_certs_and_crls(chain, key, &[pki.ca_der()], crls, mode).unwrap();
     let mut target = PostgresTarget::new(
         Target::new("inventory", Protocol::Postgres).unwrap(),
         upstream,
@@ -300,8 +345,80 @@ async fn required_refuses_other_cas_and_missing_certificates_at_the_handshake() 
     let err = text(&out.stderr);
     assert!(!err.contains("password"), "{err}");
 
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both refusals are failed logins on record, with rustls' reason.
+    let failures = handshake_failures(&g, 2).await;
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(
+        failures.iter().any(|f| f.contains("UnknownIssuer")),
+        "{failures:?}"
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|f| f == "no client certificate presented"),
+        "{failures:?}"
+    );
     assert_eq!(sessions(&events(g.audit_dir.path(), &g.keys)), 0);
+}
+
+/// The reasons of the failed certificate logins on record, once there are `n` of them. A
+/// refused handshake reaches the client as a TLS alert, possibly before the gateway's
+/// record is written, so this polls (a bounded number of times, no timing asserted).
+async fn handshake_failures(g: &Gateway, n: usize) -> Vec<String> {
+    let mut failures = Vec::new();
+    for _ in 0..100 {
+        failures = events(g.audit_dir.path(), &g.keys)
+            .into_iter()
+            .filter_map(|k| match k {
+                AuditEventKind::AuthenticationFailed { method, reason, .. }
+                    if method == "client_certificate" =>
+                {
+                    Some(reason)
+                }
+                _ => None,
+            })
+            .collect();
+        if failures.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    failures
+}
+
+/// A revocation list withdraws one agent's certificate before it expires: the handshake
+/// refuses it (the client sees a TLS alert, no password prompt), the refusal is on record,
+/// and an agent whose certificate the list does not name logs in as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_at_the_handshake_and_on_record() {
+    let pki = Pki::new("wirewarden test CA");
+    let kept = pki.numbered_client("kept", "agent-7", AGENT_URI, Some(71));
+    let gone = pki.numbered_client(
+        "gone",
+        "agent-8",
+        "spiffe://prod.example/agents/agent-8",
+        Some(72),
+    );
+    let g = gateway_with(&pki, ClientCertMode::Required, &pki.crl(&[72])).await;
+    let out = psql(g.addr, &pki.ca_pem(), Some(&kept), None, "SELECT 1").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "1");
+    let out = psql(
+        g.addr,
+        &pki.ca_pem(),
+        Some(&gone),
+        Some("tok-batch"),
+        "SELECT 1",
+    )
+    .await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(!err.contains("password"), "{err}");
+    let failures = handshake_failures(&g, 1).await;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].contains("Revoked"), "{failures:?}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    assert_eq!(sessions(&events(g.audit_dir.path(), &g.keys)), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

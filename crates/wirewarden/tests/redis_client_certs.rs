@@ -49,6 +49,7 @@ fn identity(cn_pattern: &str) -> Chain {
             attributes: Default::default(),
         }],
         ca_file: None,
+        crl_files: Vec::new(),
     })
     .unwrap();
     let tokens = StaticTokens::new(StaticTokensConfig {
@@ -67,6 +68,16 @@ fn identity(cn_pattern: &str) -> Chain {
 }
 
 async fn gateway(mode: ClientCertMode, cn_pattern: &str) -> Gateway {
+    gateway_with(mode, cn_pattern, None).await
+}
+
+/// With `crl`: the listener also checks the testkit CA's revocation list, made with
+/// `(revoke_client, stale)` ([`TlsMaterial::crl_pem`]).
+async fn gateway_with(
+    mode: ClientCertMode,
+    cn_pattern: &str,
+    crl: Option<(bool, bool)>,
+) -> Gateway {
     let redis = tokio::task::spawn_blocking(|| {
         let r = Redis::builder().start().unwrap();
         r.cli(&["SET", "plain", "hello"]).unwrap();
@@ -79,7 +90,13 @@ async fn gateway(mode: ClientCertMode, cn_pattern: &str) -> Gateway {
     let chain = wirewarden::tls::load_certs(pki.cert_file()).unwrap();
     let key = wirewarden::tls::key_from_pem(&std::fs::read(pki.key_file()).unwrap()).unwrap();
     let ca = rustls::pki_types::CertificateDer::from(pki.ca_der().to_vec());
-    let tls = ServerTls::with_client_certs(chain, key, &[ca], mode).unwrap();
+    let crls = match crl {
+        Some((revoke, stale)) => {
+            wirewarden::tls::crls_from_pem(pki.crl_pem(revoke, stale).unwrap().as_bytes()).unwrap()
+        }
+        None => Vec::new(),
+    };
+    let tls = ServerTls::with_client_certs_and_crls(chain, key, &[ca], &crls, mode).unwrap();
 
     let (audit_dir, keys, sink) = support::audit_trail();
     let policy = format!(
@@ -333,6 +350,55 @@ async fn a_certificate_session_takes_the_name_the_client_gives_itself() {
         ],
         "{kinds:?}"
     );
+}
+
+/// A revocation list withdraws an agent's certificate before it expires: the handshake
+/// refuses it, the refusal is on record with its reason, and nothing reaches the server. The
+/// check fails closed: a list past its next update refuses every certificate, while a
+/// current list that does not name the certificate lets it log in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_fails_the_handshake_and_is_on_record() {
+    let listed = gateway_with(ClientCertMode::Required, CLIENT_CN, Some((false, false))).await;
+    let out = cli(&listed, true, &[], "GET plain\n").await;
+    assert_eq!(text(&out.stdout).trim(), "hello", "{}", text(&out.stderr));
+
+    let revoked = gateway_with(ClientCertMode::Required, CLIENT_CN, Some((true, false))).await;
+    let out = cli(&revoked, true, &[], "SET leaked 1\n").await;
+    assert!(!text(&out.stdout).contains("OK"), "{}", text(&out.stdout));
+    ok(&python(
+        &revoked,
+        3,
+        "try:\n    r.set('leaked', '2')\n    raise SystemExit('a revoked certificate was served')\nexcept (redis.ConnectionError, OSError) as e:\n    print('refused:', e)",
+    )
+    .await);
+    let failures = handshake_failures(&revoked).await;
+    assert!(
+        !failures.is_empty() && failures.iter().all(|f| f.contains("Revoked")),
+        "{failures:?}"
+    );
+    assert_eq!(
+        revoked.redis.cli(&["EXISTS", "leaked"]).unwrap().trim(),
+        "0"
+    );
+    assert!(sessions(&events(revoked.audit_dir.path(), &revoked.keys)).is_empty());
+
+    let stale = gateway_with(ClientCertMode::Required, CLIENT_CN, Some((false, true))).await;
+    let out = cli(&stale, true, &[], "GET plain\n").await;
+    assert!(
+        !text(&out.stdout).contains("hello"),
+        "{}",
+        text(&out.stdout)
+    );
+    let failures = handshake_failures(&stale).await;
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("revocation list expired")),
+        "{failures:?}"
+    );
+    for g in [&listed, &revoked, &stale] {
+        assert_verifies(g.audit_dir.path(), &g.keys);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -390,6 +390,7 @@ impl Config {
         if let Some(c) = &self.identity.client_certs {
             let mut c = c.clone();
             c.ca_file = c.ca_file.map(|f| self.resolve(&f));
+            c.crl_files = c.crl_files.iter().map(|f| self.resolve(f)).collect();
             let provider = ClientCertificates::new(c)
                 .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
             chain = chain.with(Arc::new(provider));
@@ -576,11 +577,18 @@ impl Config {
                     .ok_or_else(|| self.error("identity.client_certs needs ca_file".to_owned()))?;
                 let anchors = wirewarden::tls::load_certs(&self.resolve(ca))
                     .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
+                let mut crls = Vec::new();
+                for file in &c.crl_files {
+                    crls.extend(
+                        wirewarden::tls::load_crls(&self.resolve(file))
+                            .map_err(|e| self.error(format!("identity.client_certs: {e}")))?,
+                    );
+                }
                 let mode = match mode {
                     ClientCertsMode::Optional => ClientCertMode::Optional,
                     ClientCertsMode::Required => ClientCertMode::Required,
                 };
-                ServerTls::with_client_certs(chain, key, &anchors, mode)
+                ServerTls::with_client_certs_and_crls(chain, key, &anchors, &crls, mode)
             }
             _ => ServerTls::new(chain, key),
         };
@@ -952,6 +960,78 @@ mod tests {
             assert!(t.tls.is_some(), "{mode:?}");
             c.identity().unwrap();
         }
+    }
+
+    /// `crl_files` reach both the listener's handshake and the identity provider; a list
+    /// that cannot be read is a configuration error naming the file.
+    #[test]
+    fn client_certificate_revocation_lists_load_for_listener_and_identity() {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+            DnType, IsCa, KeyIdMethod, KeyPair, RevokedCertParams, SanType, SerialNumber,
+            date_time_ymd,
+        };
+        use wirewarden::identity::{AuthContext, Credential};
+        let dir = tempfile::tempdir().unwrap();
+        let with_crl = "[identity.client_certs]\nca_file = \"agents-ca.pem\"\n\
+            crl_files = [\"agents.crl\"]\n[[identity.client_certs.rules]]\n\
+            field = \"san_uri\"\npattern = \"spiffe://prod.example/agents/*\"\n";
+        let target = format!("{LISTENER_TLS}client_certificates = \"required\"\n");
+        let c = cert_config(dir.path(), "redis", &target, with_crl).unwrap();
+
+        let e = c.server_tls(&c.targets[0]).unwrap_err().to_string();
+        assert!(e.contains("agents.crl"), "{e}");
+        std::fs::write(dir.path().join("agents.crl"), "not a list").unwrap();
+        let e = c.server_tls(&c.targets[0]).unwrap_err().to_string();
+        assert!(e.contains("no certificate revocation list"), "{e}");
+
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "agents CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.path().join("agents-ca.pem"), ca.pem()).unwrap();
+        let crl = CertificateRevocationListParams {
+            this_update: date_time_ymd(2020, 1, 1),
+            next_update: date_time_ymd(2200, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: SerialNumber::from(9u64),
+                revocation_time: date_time_ymd(2021, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = crl.signed_by(&ca).unwrap();
+        std::fs::write(dir.path().join("agents.crl"), crl.pem().unwrap()).unwrap();
+        assert!(c.server_tls(&c.targets[0]).unwrap().is_some());
+
+        // The identity provider checks the list too: the revoked agent is refused.
+        let agent = |serial: u64| {
+            let mut p = CertificateParams::default();
+            p.serial_number = Some(SerialNumber::from(serial));
+            p.subject_alt_names = vec![SanType::URI(
+                "spiffe://prod.example/agents/a".try_into().unwrap(),
+            )];
+            let key = KeyPair::generate().unwrap();
+            p.signed_by(&key, &ca).unwrap().der().to_vec()
+        };
+        let identity = c.identity().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ctx = AuthContext::new();
+        let login = |serial| {
+            rt.block_on(
+                identity.authenticate(&Credential::client_certificate(vec![agent(serial)]), &ctx),
+            )
+        };
+        assert!(login(8).is_ok());
+        let e = login(9).unwrap_err().to_string();
+        assert!(e.contains("untrusted"), "{e}");
     }
 
     #[test]

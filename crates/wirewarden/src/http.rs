@@ -7,11 +7,19 @@
 //! 1. **TLS** (optional, ALPN `h2` and `http/1.1`) and the HTTP/1.1 or HTTP/2 server with
 //!    strict limits ([`wirewarden_http::server`]); request heads that could be read two ways
 //!    are refused before anything is decided ([`wirewarden_http::strict`]).
-//! 2. **Identity per request** from `Authorization: Bearer` (a static token or a JWT), which
-//!    is removed before the request goes anywhere. Each identity seen on a connection gets
-//!    its own audit session (`SessionStarted` on first use, `SessionEnded` when the
-//!    connection closes); a missing or rejected token is answered 401 and recorded as
-//!    `AuthenticationFailed`.
+//! 2. **Identity.** A client that presented a TLS client certificate (when the target's TLS
+//!    asks for them, [`ServerTls::with_client_certs`](crate::tls::ServerTls::with_client_certs);
+//!    rustls verifies the chain in the handshake and a refused handshake is recorded as an
+//!    `AuthenticationFailed` event, method `client_certificate`) is identified by it for the
+//!    whole connection: the pipeline's identity provider maps the chain once, and every
+//!    request is that identity's, in one audit session, with no token needed. A bearer token
+//!    sent as well must prove the same identity (a 401 otherwise); a certificate the
+//!    provider does not map makes every request on the connection a 401, never a fallback to
+//!    a token. Any other client is identified per request by `Authorization: Bearer` (a
+//!    static token or a JWT). The header is removed before the request goes anywhere. Each
+//!    identity seen on a connection gets its own audit session (`SessionStarted` on first
+//!    use, `SessionEnded` when the connection closes); a missing or rejected token is
+//!    answered 401 and recorded as `AuthenticationFailed`.
 //! 3. **Decision.** The request becomes a [`Command`](wirewarden_core::Command) (method,
 //!    route template, path parameters, query; a request no route matches is `Unknown`, the
 //!    riskiest class), policy decides, and the intent is recorded before the request is
@@ -49,8 +57,9 @@ pub use wirewarden_http::route::{Route, Routes};
 pub use wirewarden_http::strict::Limits;
 pub use wirewarden_http::upstream::UpstreamSettings;
 use wirewarden_http::upstream::{ConnectError, TlsConnector, Upstream, UpstreamError};
+use wirewarden_identity::{AuthContext, Credential};
 
-use self::gate::ConnectionGate;
+use self::gate::{CertificateLogin, ConnectionGate};
 #[cfg(feature = "postgres")]
 use crate::postgres::ChannelBinding;
 use crate::tls::UpstreamTls;
@@ -334,19 +343,79 @@ impl HttpProxy {
                 // The handshake gets the time a request head gets: a client that connects
                 // and never finishes it holds nothing for longer.
                 let accept = tokio_rustls::TlsAcceptor::from(config.clone()).accept(stream);
-                let tls = tokio::time::timeout(self.config.limits.header_read_timeout, accept)
+                let accepted = tokio::time::timeout(self.config.limits.header_read_timeout, accept)
                     .await
                     .map_err(|_| {
                         Error::Tls("no TLS handshake within the header read timeout".into())
-                    })?
-                    .map_err(|e| Error::Tls(e.to_string()))?;
-                self.serve_http(tls, peer, true).await
+                    })?;
+                let tls = match accepted {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        // rustls has sent the alert; a refusal over the client's certificate
+                        // is a failed login and goes on record as one.
+                        if let Some(reason) = crate::tls::certificate_refusal(&e) {
+                            gate::auth_failed(
+                                &self.pipeline,
+                                &self.config.target,
+                                peer,
+                                "client_certificate",
+                                reason,
+                            )
+                            .await;
+                        }
+                        return Err(Error::Tls(e.to_string()));
+                    }
+                };
+                let certificate = match crate::tls::presented_chain(tls.get_ref().1) {
+                    Some(chain) => Some(self.certificate_login(chain, peer).await),
+                    None => None,
+                };
+                self.serve_http(tls, peer, true, certificate).await
             }
-            None => self.serve_http(stream, peer, false).await,
+            None => self.serve_http(stream, peer, false, None).await,
         }
     }
 
-    async fn serve_http<S>(&self, stream: S, peer: Option<SocketAddr>, tls: bool) -> Result<()>
+    /// Maps a verified client certificate to the connection's identity, once per
+    /// connection; a refusal is recorded here, and every request on the connection is then
+    /// answered 401.
+    async fn certificate_login(
+        &self,
+        chain: Vec<Vec<u8>>,
+        peer: Option<SocketAddr>,
+    ) -> CertificateLogin {
+        let mut ctx = AuthContext::new().with_target(self.config.target.name.clone());
+        if let Some(p) = peer {
+            ctx = ctx.with_client_addr(p);
+        }
+        match self
+            .pipeline
+            .authenticate(&Credential::ClientCertificate(chain), &ctx)
+            .await
+        {
+            Ok(principal) => CertificateLogin::Accepted(principal),
+            Err(e) => {
+                let reason = e.to_string();
+                gate::auth_failed(
+                    &self.pipeline,
+                    &self.config.target,
+                    peer,
+                    "client_certificate",
+                    reason.clone(),
+                )
+                .await;
+                CertificateLogin::Refused(reason)
+            }
+        }
+    }
+
+    async fn serve_http<S>(
+        &self,
+        stream: S,
+        peer: Option<SocketAddr>,
+        tls: bool,
+        certificate: Option<CertificateLogin>,
+    ) -> Result<()>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -356,6 +425,7 @@ impl HttpProxy {
             self.credential.clone(),
             peer,
             tls,
+            certificate,
         ));
         let layer = InspectLayer::new(gate.clone(), (*self.routes).clone())
             .limits(self.config.limits.clone())

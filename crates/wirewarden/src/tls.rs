@@ -320,7 +320,7 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>> {
 
 /// The verified chain a client presented in the TLS handshake, leaf first (DER), if it
 /// presented one: rustls reports it only once its verifier accepted it.
-#[cfg(any(feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "postgres", feature = "redis", feature = "http"))]
 pub(crate) fn presented_chain(conn: &rustls::ServerConnection) -> Option<Vec<Vec<u8>>> {
     conn.peer_certificates()
         .filter(|c| !c.is_empty())
@@ -331,7 +331,7 @@ pub(crate) fn presented_chain(conn: &rustls::ServerConnection) -> Option<Vec<Vec
 /// to a listener that requires one, or one that does not verify (another issuer, expired,
 /// revoked). Such a failure is a refused login and goes on record as one; other handshake
 /// failures are not about identity.
-#[cfg(any(feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "postgres", feature = "redis", feature = "http"))]
 pub(crate) fn certificate_refusal(e: &std::io::Error) -> Option<String> {
     let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
     match tls {

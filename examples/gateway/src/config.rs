@@ -174,9 +174,10 @@ pub(crate) struct TargetConfig {
     pub(crate) tls_key: Option<PathBuf>,
     #[serde(default)]
     pub(crate) allow_plaintext_password: bool,
-    /// PostgreSQL: ask clients for a TLS certificate (`optional`: one that is presented logs
-    /// in by itself, others use a token; `required`: every client must present one),
-    /// verified against `[identity.client_certs] ca_file` and mapped by its rules.
+    /// Ask clients for a TLS certificate (`optional`: one that is presented logs in by
+    /// itself, others use a token; `required`: every client must present one), verified
+    /// against `[identity.client_certs] ca_file` (and `crl_files`) and mapped by its rules.
+    /// Any protocol, with `tls_cert` and `tls_key`.
     #[serde(default)]
     pub(crate) client_certificates: Option<ClientCertsMode>,
     /// Users that log in with SCRAM against a stored verifier.
@@ -310,9 +311,7 @@ impl Config {
                 )));
             }
             if t.client_certificates.is_some() {
-                let why = if t.protocol != "postgres" && t.protocol != "redis" {
-                    Some("is supported on postgres and redis targets only")
-                } else if t.tls_cert.is_none() {
+                let why = if t.tls_cert.is_none() {
                     Some("needs tls_cert and tls_key (certificates come with TLS)")
                 } else if self.identity.client_certs.is_none() {
                     Some("needs [identity.client_certs] to verify and map them")
@@ -557,7 +556,7 @@ impl Config {
 impl Config {
     /// The TLS a target with `tls_cert` and `tls_key` offers its clients, asking them for
     /// certificates issued by `[identity.client_certs]`'s `ca_file` when the target sets
-    /// `client_certificates` (which `validate` allows on postgres and redis targets only).
+    /// `client_certificates` (which `validate` allows on targets with listener TLS only).
     fn server_tls(&self, t: &TargetConfig) -> Result<Option<ServerTls>> {
         let (Some(cert), Some(key)) = (&t.tls_cert, &t.tls_key) else {
             return Ok(None);
@@ -934,12 +933,15 @@ mod tests {
     }
 
     #[test]
-    fn redis_targets_ask_for_client_certificates() {
+    fn redis_and_http_targets_ask_for_client_certificates() {
         let dir = tempfile::tempdir().unwrap();
-        for (mode, want) in [
-            ("optional", Some(ClientCertMode::Optional)),
-            ("required", Some(ClientCertMode::Required)),
-            ("", None),
+        for (protocol, mode, want) in [
+            ("redis", "optional", Some(ClientCertMode::Optional)),
+            ("redis", "required", Some(ClientCertMode::Required)),
+            ("redis", "", None),
+            ("http", "optional", Some(ClientCertMode::Optional)),
+            ("http", "required", Some(ClientCertMode::Required)),
+            ("http", "", None),
         ] {
             let setting = if mode.is_empty() {
                 String::new()
@@ -948,16 +950,20 @@ mod tests {
             };
             let c = cert_config(
                 dir.path(),
-                "redis",
+                protocol,
                 &format!("{LISTENER_TLS}{setting}"),
                 CLIENT_CERTS,
             )
             .unwrap();
             // The listener's TLS is the one built with the client certificate verifier.
             let tls = c.server_tls(&c.targets[0]).unwrap().expect("listener TLS");
-            assert_eq!(tls.client_certs, want, "{mode:?}");
-            let t = c.redis_target(&c.targets[0]).unwrap();
-            assert!(t.tls.is_some(), "{mode:?}");
+            assert_eq!(tls.client_certs, want, "{protocol} {mode:?}");
+            let has_tls = if protocol == "redis" {
+                c.redis_target(&c.targets[0]).unwrap().tls.is_some()
+            } else {
+                c.http_target(&c.targets[0]).unwrap().tls.is_some()
+            };
+            assert!(has_tls, "{protocol} {mode:?}");
             c.identity().unwrap();
         }
     }
@@ -1041,9 +1047,9 @@ mod tests {
         for (protocol, target, identity, want) in [
             (
                 "http",
-                format!("{LISTENER_TLS}{required}"),
+                required.to_owned(),
                 CLIENT_CERTS,
-                "postgres and redis targets only",
+                "needs tls_cert and tls_key",
             ),
             (
                 "redis",

@@ -27,6 +27,17 @@ struct Session {
     started: Instant,
 }
 
+/// What the client certificate of a TLS connection proved, when the client presented one.
+#[derive(Debug)]
+pub(crate) enum CertificateLogin {
+    /// The identity provider mapped the verified chain to this principal: the connection's
+    /// identity, for every request on it.
+    Accepted(Principal),
+    /// The provider refused it (the reason is on record): every request on the connection
+    /// is refused, never sent on to a bearer token instead.
+    Refused(String),
+}
+
 /// The gate for one client connection.
 #[derive(Debug)]
 pub(crate) struct ConnectionGate {
@@ -35,10 +46,40 @@ pub(crate) struct ConnectionGate {
     inject: Arc<Vec<(HeaderName, HeaderValue)>>,
     peer: Option<SocketAddr>,
     tls: bool,
+    /// The client certificate's login, if the client presented one.
+    certificate: Option<CertificateLogin>,
     /// Sessions by the blake3 digest of the bearer token that opened them (the token itself
-    /// is never kept).
+    /// is never kept); on a certificate connection, the one session under the all-zero key.
     sessions: Mutex<HashMap<[u8; 32], Arc<Session>>>,
+    /// On a certificate connection: bearer tokens (by digest) already found to prove the
+    /// certificate's identity.
+    same_identity: Mutex<std::collections::HashSet<[u8; 32]>>,
     commands: std::sync::atomic::AtomicU64,
+}
+
+/// The session key of a certificate connection's one identity: no token digest is all zero.
+const CERTIFICATE_SESSION: [u8; 32] = [0; 32];
+
+/// Counts and records a failed login at an HTTP target.
+pub(crate) async fn auth_failed(
+    pipeline: &Pipeline,
+    target: &Target,
+    peer: Option<SocketAddr>,
+    method: &str,
+    reason: String,
+) {
+    Metrics::add(&pipeline.metrics().auth_failures, 1);
+    let event = AuditEvent::new(
+        None,
+        AuditEventKind::AuthenticationFailed {
+            target: target.clone(),
+            client_addr: peer.map(|p| p.to_string()),
+            user: None,
+            method: method.to_owned(),
+            reason,
+        },
+    );
+    let _ = pipeline.record(&event).await;
 }
 
 fn micros(since: Instant) -> u64 {
@@ -72,6 +113,7 @@ impl ConnectionGate {
         inject: Arc<Vec<(HeaderName, HeaderValue)>>,
         peer: Option<SocketAddr>,
         tls: bool,
+        certificate: Option<CertificateLogin>,
     ) -> Self {
         Self {
             pipeline,
@@ -79,55 +121,80 @@ impl ConnectionGate {
             inject,
             peer,
             tls,
+            certificate,
             sessions: Mutex::new(HashMap::new()),
+            same_identity: Mutex::new(std::collections::HashSet::new()),
             commands: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     async fn auth_failed(&self, reason: String) {
-        Metrics::add(&self.pipeline.metrics().auth_failures, 1);
-        let event = AuditEvent::new(
-            None,
-            AuditEventKind::AuthenticationFailed {
-                target: self.target.clone(),
-                client_addr: self.peer.map(|p| p.to_string()),
-                user: None,
-                method: "bearer".into(),
-                reason,
-            },
-        );
-        let _ = self.pipeline.record(&event).await;
+        auth_failed(&self.pipeline, &self.target, self.peer, "bearer", reason).await;
     }
 
-    /// The session of the identity `token` proves, opening (and recording) it on first use.
-    async fn session(
+    fn context(&self) -> AuthContext {
+        let ctx = AuthContext::new().with_target(self.target.name.clone());
+        match self.peer {
+            Some(p) => ctx.with_client_addr(p),
+            None => ctx,
+        }
+    }
+
+    /// The session of a certificate connection's identity, opened on the first request
+    /// (its `User-Agent` is the session's application). A bearer token sent as well must
+    /// prove the same identity: a connection never changes who it is.
+    async fn certificate_session(
         &self,
-        token: &str,
+        principal: &Principal,
+        bearer: Option<&str>,
         user_agent: Option<&str>,
     ) -> Result<Arc<Session>, Verdict> {
-        let key = *blake3::hash(token.as_bytes()).as_bytes();
+        if let Some(token) = bearer {
+            let key = *blake3::hash(token.as_bytes()).as_bytes();
+            if !self.same_identity.lock().await.contains(&key) {
+                let proved = self
+                    .pipeline
+                    .authenticate(&Credential::bearer(token), &self.context())
+                    .await;
+                match proved {
+                    Ok(p) if p.subject == principal.subject => {
+                        self.same_identity.lock().await.insert(key);
+                    }
+                    Ok(p) => {
+                        let reason = format!(
+                            "the bearer token is {}, but the connection's client certificate is {}",
+                            p.subject, principal.subject
+                        );
+                        self.auth_failed(reason.clone()).await;
+                        return Err(unauthenticated(format!(
+                            "{reason}: a connection keeps the identity of its certificate"
+                        )));
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        self.auth_failed(reason.clone()).await;
+                        return Err(unauthenticated(format!(
+                            "the bearer token was not accepted: {reason}"
+                        )));
+                    }
+                }
+            }
+        }
         let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&key) {
+        if let Some(s) = sessions.get(&CERTIFICATE_SESSION) {
             return Ok(Arc::clone(s));
         }
-        let mut ctx = AuthContext::new().with_target(self.target.name.clone());
-        if let Some(p) = self.peer {
-            ctx = ctx.with_client_addr(p);
-        }
-        let principal = match self
-            .pipeline
-            .authenticate(&Credential::bearer(token), &ctx)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                let reason = e.to_string();
-                self.auth_failed(reason.clone()).await;
-                return Err(unauthenticated(format!(
-                    "the bearer token was not accepted: {reason}"
-                )));
-            }
-        };
+        let session = self.open(principal.clone(), user_agent).await?;
+        sessions.insert(CERTIFICATE_SESSION, Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// Opens (and records) a session of `principal` on this connection.
+    async fn open(
+        &self,
+        principal: Principal,
+        user_agent: Option<&str>,
+    ) -> Result<Arc<Session>, Verdict> {
         let session = Arc::new(Session {
             id: SessionId::new(),
             principal,
@@ -152,6 +219,35 @@ impl ConnectionGate {
         let metrics = self.pipeline.metrics();
         Metrics::add(&metrics.sessions_started, 1);
         metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
+        Ok(session)
+    }
+
+    /// The session of the identity `token` proves, opening (and recording) it on first use.
+    async fn session(
+        &self,
+        token: &str,
+        user_agent: Option<&str>,
+    ) -> Result<Arc<Session>, Verdict> {
+        let key = *blake3::hash(token.as_bytes()).as_bytes();
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(&key) {
+            return Ok(Arc::clone(s));
+        }
+        let principal = match self
+            .pipeline
+            .authenticate(&Credential::bearer(token), &self.context())
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = e.to_string();
+                self.auth_failed(reason.clone()).await;
+                return Err(unauthenticated(format!(
+                    "the bearer token was not accepted: {reason}"
+                )));
+            }
+        };
+        let session = self.open(principal, user_agent).await?;
         sessions.insert(key, Arc::clone(&session));
         Ok(session)
     }
@@ -223,17 +319,31 @@ impl ConnectionGate {
     }
 
     async fn admit_inner(&self, admission: Admission<'_>) -> Result<Forward, Verdict> {
-        let Some(token) = admission.bearer else {
-            self.auth_failed("no bearer token".into()).await;
-            return Err(unauthenticated(
-                "an Authorization: Bearer token is required",
-            ));
-        };
         let user_agent = admission
             .headers
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok());
-        let session = self.session(token, user_agent).await?;
+        let session = match &self.certificate {
+            // Recorded once, when the connection's handshake completed.
+            Some(CertificateLogin::Refused(reason)) => {
+                return Err(unauthenticated(format!(
+                    "the client certificate was not accepted: {reason}"
+                )));
+            }
+            Some(CertificateLogin::Accepted(principal)) => {
+                self.certificate_session(principal, admission.bearer, user_agent)
+                    .await?
+            }
+            None => {
+                let Some(token) = admission.bearer else {
+                    self.auth_failed("no bearer token".into()).await;
+                    return Err(unauthenticated(
+                        "an Authorization: Bearer token is required",
+                    ));
+                };
+                self.session(token, user_agent).await?
+            }
+        };
         let command = admission.command;
         let command_id = CommandId::new();
         self.commands.fetch_add(1, Ordering::Relaxed);

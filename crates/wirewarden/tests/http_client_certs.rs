@@ -1,0 +1,498 @@
+//! Agents identified by TLS client certificates at the HTTP listener: the testkit's
+//! throwaway CA issues the gateway's server certificate and a client certificate, curl
+//! (`--cert --key`, HTTP/1.1 and HTTP/2) and Python httpx present it, and the identity
+//! crate's `ClientCertificates` maps the verified chain to a principal for the whole
+//! connection. A hyper server on loopback is the upstream.
+
+#![cfg(feature = "http")]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use wirewarden::Pipeline;
+use wirewarden::audit::{VerifyKeys, read_log};
+use wirewarden::core::{AuditEvent, AuditEventKind, AuthMethod, Protocol, Target};
+use wirewarden::http::{DEFAULT_HTTP_POLICY, HttpProxy, HttpTarget, Route, Routes};
+use wirewarden::identity::{
+    CertField, CertRule, Chain, ClientCertConfig, ClientCertificates, StaticToken, StaticTokens,
+    StaticTokensConfig, TokenHash,
+};
+use wirewarden::mask::{Engine, MaskKey, Profile};
+use wirewarden::policy::RuleEngine;
+use wirewarden::tls::{ClientCertMode, ServerTls};
+use wirewarden_testkit::{TlsKey, TlsMaterial};
+
+const SSN: &str = "123-45-6789";
+const UPSTREAM_SECRET: &str = "upstream-secret-c3e1";
+/// The common name of the testkit's client certificate.
+const CLIENT_CN: &str = "wirewarden-testkit client";
+/// A token of another identity (`agent-1`).
+const OTHER_TOKEN: &str = "tok-agent";
+/// A token of the certificate's own identity.
+const SAME_TOKEN: &str = "tok-same";
+
+/// The `Authorization` header of each request the upstream saw.
+type Log = Arc<Mutex<Vec<Option<String>>>>;
+
+async fn api(req: Request<Incoming>, log: Log) -> Result<Response<Full<Bytes>>, Infallible> {
+    log.lock().unwrap().push(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    );
+    let body = serde_json::json!({ "id": 7, "ssn": SSN, "notes": format!("ssn {SSN} on file") });
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap())
+}
+
+async fn upstream(log: Log) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| api(req, log.clone()));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Certificates whose common name matches `cn_pattern` map to that name in group
+/// `agents`; `tok-agent` is `agent-1` and `tok-same` is the certificate's own subject.
+fn identity(cn_pattern: &str) -> Chain {
+    let certs = ClientCertificates::new(ClientCertConfig {
+        rules: vec![CertRule {
+            field: CertField::CommonName,
+            pattern: cn_pattern.into(),
+            groups: ["agents".to_owned()].into_iter().collect(),
+            attributes: BTreeMap::default(),
+        }],
+        ..ClientCertConfig::default()
+    })
+    .unwrap();
+    let token = |id: &str, secret: &str, subject: &str| StaticToken {
+        id: id.into(),
+        hash: TokenHash::of(secret, None),
+        subject: subject.into(),
+        groups: ["agents".to_owned()].into_iter().collect(),
+        attributes: BTreeMap::default(),
+        expires_at: None,
+    };
+    let tokens = StaticTokens::new(StaticTokensConfig {
+        hash_key: None,
+        tokens: vec![
+            token("agent", OTHER_TOKEN, "agent-1"),
+            token("same", SAME_TOKEN, CLIENT_CN),
+        ],
+    })
+    .unwrap();
+    Chain::new().with(Arc::new(certs)).with(Arc::new(tokens))
+}
+
+struct Gateway {
+    addr: SocketAddr,
+    pipeline: Arc<Pipeline>,
+    audit_dir: tempfile::TempDir,
+    keys: VerifyKeys,
+    pki: TlsMaterial,
+    seen: Log,
+    _pki_dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// With `crl`: the testkit CA's revocation list made with `(revoke_client, stale)`.
+async fn gateway(mode: ClientCertMode, cn_pattern: &str, crl: Option<(bool, bool)>) -> Gateway {
+    let seen = Log::default();
+    let origin = upstream(seen.clone()).await;
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = TlsMaterial::generate_in(&pki_dir.path().join("pki"), TlsKey::EcdsaP256).unwrap();
+    let chain = wirewarden::tls::load_certs(pki.cert_file()).unwrap();
+    let key = wirewarden::tls::key_from_pem(&std::fs::read(pki.key_file()).unwrap()).unwrap();
+    let ca = rustls::pki_types::CertificateDer::from(pki.ca_der().to_vec());
+    let crls = match crl {
+        Some((revoke, stale)) => {
+            wirewarden::tls::crls_from_pem(pki.crl_pem(revoke, stale).unwrap().as_bytes()).unwrap()
+        }
+        None => Vec::new(),
+    };
+    let tls = ServerTls::with_client_certs_and_crls(chain, key, &[ca], &crls, mode).unwrap();
+
+    let (audit_dir, keys, sink) = support::audit_trail();
+    let policy = format!(
+        "{DEFAULT_HTTP_POLICY}\n[[rule]]\nid = \"agents-read\"\ngroups = [\"agents\"]\nmax_class = \"read\"\naction = \"allow\"\n"
+    );
+    let masks = Engine::builder()
+        .key(MaskKey::new([5; 32]))
+        .profile(Profile::builder("api"))
+        .default_profile("api")
+        .build()
+        .unwrap();
+    let pipeline = Arc::new(
+        Pipeline::builder(
+            Arc::new(identity(cn_pattern)),
+            Arc::new(RuleEngine::from_toml(&policy).unwrap()),
+        )
+        .masking(Arc::new(masks))
+        .audit(Arc::new(sink))
+        .build()
+        .unwrap(),
+    );
+    let mut target = HttpTarget::new(
+        Target::new("crm-api", Protocol::Http).unwrap(),
+        format!("http://{origin}"),
+    )
+    .routes(Routes::new().route(Route::new(Some(http::Method::GET), "/customers/{id}").unwrap()))
+    .credential(
+        header::AUTHORIZATION,
+        http::HeaderValue::from_str(&format!("Bearer {UPSTREAM_SECRET}")).unwrap(),
+    );
+    target.tls = Some(tls.config);
+    let proxy = HttpProxy::new(pipeline.clone(), target).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = proxy.listen(listener).await;
+    });
+    Gateway {
+        addr,
+        pipeline,
+        audit_dir,
+        keys,
+        pki,
+        seen,
+        _pki_dir: pki_dir,
+        task,
+    }
+}
+
+impl Gateway {
+    /// curl over TLS trusting the testkit CA, presenting the client certificate when
+    /// `cert`, with `extra` arguments, for each of `paths` in turn on one connection;
+    /// `-w` prints each status on its own line.
+    async fn curl(&self, cert: bool, extra: &[&str], paths: &[&str]) -> Output {
+        let mut args: Vec<String> = vec![
+            "-sS".into(),
+            "--max-time".into(),
+            "30".into(),
+            "--cacert".into(),
+            self.pki.ca_file().display().to_string(),
+            "-w".into(),
+            "\n%{http_code}\n".into(),
+        ];
+        if cert {
+            args.extend([
+                "--cert".into(),
+                self.pki.client_cert_file().display().to_string(),
+                "--key".into(),
+                self.pki.client_key_file().display().to_string(),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.extend(
+            paths
+                .iter()
+                .map(|p| format!("https://127.0.0.1:{}{p}", self.addr.port())),
+        );
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(args)
+                .output()
+                .expect("run curl")
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The audit trail once `done` holds for it (outcomes and refused handshakes are
+    /// recorded on their own tasks, so this polls, bounded; no timing is asserted).
+    async fn events_when(&self, done: impl Fn(&[AuditEvent]) -> bool) -> Vec<AuditEvent> {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                self.pipeline.audit_sink().flush().await.unwrap();
+                let events: Vec<_> = read_log(self.audit_dir.path(), &self.keys)
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.event)
+                    .collect();
+                if done(&events) {
+                    return events;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the audit trail has the expected events")
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The reasons of failed logins by `method`.
+fn failures<'e>(events: &'e [AuditEvent], method: &str) -> Vec<&'e str> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::AuthenticationFailed {
+                method: m, reason, ..
+            } if m == method => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The principals of the sessions on record, with how they authenticated.
+fn sessions(events: &[AuditEvent]) -> Vec<(String, &'static str, Option<String>)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::SessionStarted {
+                principal,
+                application,
+                tls,
+                ..
+            } => {
+                assert!(*tls);
+                Some((
+                    principal.subject.clone(),
+                    principal.auth.name(),
+                    application.clone(),
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A mapped certificate is the login for every request on its connection, over HTTP/1.1 and
+/// HTTP/2, with no token: one audit session, the gateway's own credential upstream, the
+/// response masked. A token of the same identity may come along; one of another identity
+/// is refused, because a connection keeps the identity of its certificate. Without a
+/// certificate the handshake fails where one is required, and that is on record too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_identifies_every_request_on_its_connection() {
+    let g = gateway(ClientCertMode::Required, CLIENT_CN, None).await;
+    for version in ["--http1.1", "--http2"] {
+        let out = g
+            .curl(true, &[version], &["/customers/7", "/customers/8"])
+            .await;
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(stdout.matches("\n200\n").count(), 2, "{stdout}");
+        assert!(!stdout.contains(SSN), "{stdout}");
+    }
+    let out = g
+        .curl(
+            true,
+            &["-H", &format!("Authorization: Bearer {SAME_TOKEN}")],
+            &["/customers/9"],
+        )
+        .await;
+    assert!(
+        text(&out.stdout).ends_with("\n200\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = g
+        .curl(
+            true,
+            &["-H", &format!("Authorization: Bearer {OTHER_TOKEN}")],
+            &["/customers/10"],
+        )
+        .await;
+    let stdout = text(&out.stdout);
+    assert!(stdout.ends_with("\n401\n"), "{stdout}");
+    assert!(
+        stdout.contains("keeps the identity of its certificate"),
+        "{stdout}"
+    );
+    // No certificate: the handshake refuses the client before any request.
+    let out = g
+        .curl(
+            false,
+            &["-H", &format!("Authorization: Bearer {OTHER_TOKEN}")],
+            &["/customers/11"],
+        )
+        .await;
+    assert!(
+        !text(&out.stdout).contains("\n200\n"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // The upstream saw five requests, each with the gateway's credential only.
+    let seen = g.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    let upstream = format!("Bearer {UPSTREAM_SECRET}");
+    assert!(seen.iter().all(|a| a.as_deref() == Some(upstream.as_str())));
+
+    let events = g
+        .events_when(|e| {
+            !failures(e, "client_certificate").is_empty()
+                && e.iter()
+                    .filter(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. }))
+                    .count()
+                    >= 5
+        })
+        .await;
+    support::assert_verifies(g.audit_dir.path(), &g.keys);
+    let sessions = sessions(&events);
+    // One session per connection that got in (the refused bearer's connection opened none).
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    for (subject, method, application) in &sessions {
+        assert_eq!(subject, CLIENT_CN);
+        assert_eq!(*method, "client_certificate");
+        assert!(
+            application
+                .as_deref()
+                .is_some_and(|a| a.starts_with("curl/"))
+        );
+    }
+    assert!(events.iter().any(|e| matches!(
+        &e.kind,
+        AuditEventKind::SessionStarted { principal, .. }
+            if matches!(&principal.auth, AuthMethod::ClientCertificate { fingerprint } if fingerprint.len() == 64)
+    )));
+    let decided = events
+        .iter()
+        .filter(|e| matches!(e.kind, AuditEventKind::CommandDecided { .. }))
+        .count();
+    assert_eq!(decided, 5);
+    let bearer = failures(&events, "bearer");
+    assert_eq!(bearer.len(), 1, "{bearer:?}");
+    assert!(bearer[0].contains("agent-1"), "{bearer:?}");
+    assert_eq!(
+        failures(&events, "client_certificate"),
+        ["no client certificate presented"]
+    );
+}
+
+/// A certificate no rule maps makes every request on its connection a 401, whatever token
+/// comes with it: it is never a fallback to a token login. One refusal per connection is on
+/// record, and nothing reaches the upstream. A client without a certificate logs in with its
+/// token where certificates are optional, and Python httpx presents one as curl does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmapped_certificate_is_refused_and_never_falls_back_to_a_token() {
+    let g = gateway(ClientCertMode::Optional, "someone-else", None).await;
+    let out = g
+        .curl(
+            true,
+            &["-H", &format!("Authorization: Bearer {OTHER_TOKEN}")],
+            &["/customers/7", "/customers/8"],
+        )
+        .await;
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.matches("\n401\n").count(), 2, "{stdout}");
+    assert!(
+        stdout.contains("client certificate was not accepted"),
+        "{stdout}"
+    );
+    assert!(g.seen.lock().unwrap().is_empty());
+
+    let script = format!(
+        "import ssl, httpx\nctx = ssl.create_default_context(cafile={ca:?})\nctx.load_cert_chain({cert:?}, {key:?})\nc = httpx.Client(verify=ctx)\nr = c.get('https://127.0.0.1:{port}/customers/7', headers={{'Authorization': 'Bearer {OTHER_TOKEN}'}})\nprint(r.status_code)\n",
+        ca = g.pki.ca_file().display().to_string(),
+        cert = g.pki.client_cert_file().display().to_string(),
+        key = g.pki.client_key_file().display().to_string(),
+        port = g.addr.port(),
+    );
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(text(&out.stdout).trim(), "401", "{}", text(&out.stderr));
+
+    // Optional: without a certificate the token is the login.
+    let out = g
+        .curl(
+            false,
+            &["-H", &format!("Authorization: Bearer {OTHER_TOKEN}")],
+            &["/customers/9"],
+        )
+        .await;
+    assert!(
+        text(&out.stdout).ends_with("\n200\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(g.seen.lock().unwrap().len(), 1);
+
+    let events = g
+        .events_when(|e| {
+            failures(e, "client_certificate").len() >= 2
+                && e.iter()
+                    .any(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. }))
+        })
+        .await;
+    support::assert_verifies(g.audit_dir.path(), &g.keys);
+    assert_eq!(failures(&events, "client_certificate").len(), 2);
+    assert!(failures(&events, "bearer").is_empty());
+    let sessions = sessions(&events);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].0, "agent-1");
+    assert_eq!(sessions[0].1, "static_token");
+}
+
+/// A revoked certificate, or any certificate while the revocation list is stale, fails the
+/// handshake; the refusal is on record with its reason and nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_fails_the_handshake() {
+    for (crl, reason) in [
+        ((true, false), "Revoked"),
+        ((false, true), "revocation list expired"),
+    ] {
+        let g = gateway(ClientCertMode::Required, CLIENT_CN, Some(crl)).await;
+        let out = g.curl(true, &[], &["/customers/7"]).await;
+        assert!(
+            !text(&out.stdout).contains("\n200\n"),
+            "{}",
+            text(&out.stdout)
+        );
+        let events = g
+            .events_when(|e| !failures(e, "client_certificate").is_empty())
+            .await;
+        let refused = failures(&events, "client_certificate");
+        assert!(refused.iter().all(|r| r.contains(reason)), "{refused:?}");
+        assert!(sessions(&events).is_empty());
+        assert!(g.seen.lock().unwrap().is_empty());
+    }
+    // A current list that does not name the certificate lets it in.
+    let g = gateway(ClientCertMode::Required, CLIENT_CN, Some((false, false))).await;
+    let out = g.curl(true, &[], &["/customers/7"]).await;
+    assert!(
+        text(&out.stdout).ends_with("\n200\n"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -214,6 +214,19 @@ impl ClientCertificates {
         Ok(self)
     }
 
+    /// Verifies each presented chain with `verifier` (rustls' `ClientCertVerifier`, such as
+    /// the one a TLS listener uses) before mapping it, instead of trust anchors of its own:
+    /// one verifier shared with the listeners means one set of anchors and revocation lists,
+    /// replaced for both at once.
+    #[must_use]
+    pub fn with_verifier(
+        mut self,
+        verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Self {
+        self.verifier = Some(verifier);
+        self
+    }
+
     /// Verifies a whole chain (when trust anchors are set) and maps its leaf at `now`.
     ///
     /// # Errors

@@ -1,7 +1,9 @@
-//! TLS configuration helpers: load PEM certificates and keys into rustls configurations;
-//! [`ServerTls`], the TLS a listener offers its clients (and whether it asks them for
-//! certificates, [`ClientCertMode`]); and [`UpstreamTls`], the TLS settings every proxy uses
-//! towards its upstream.
+//! TLS configuration helpers: load PEM certificates, keys and revocation lists into rustls
+//! configurations; [`ServerTls`], the TLS a listener offers its clients (and whether it asks
+//! them for certificates, [`ClientCertMode`]); [`ClientCertVerification`], client
+//! certificate verification shared by listeners and the identity provider, with revocation
+//! lists kept current from files by [`CrlFiles`]; and [`UpstreamTls`], the TLS settings
+//! every proxy uses towards its upstream.
 //!
 //! The gateway terminates TLS from clients (so a token sent as a password travels
 //! encrypted, or a client certificate proves who the client is) and may speak TLS to the
@@ -10,7 +12,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 #[cfg(feature = "postgres")]
 use crate::postgres::ChannelBinding;
@@ -149,10 +156,9 @@ impl ServerTls {
     /// current (its next update not passed), or the handshake refuses the client — a
     /// revoked certificate, one no list covers and a stale list alike. The refusal is
     /// recorded as a failed login (method `client_certificate`) with rustls' reason
-    /// (`Revoked`, `UnknownRevocationStatus`, `certificate revocation list expired`). The
-    /// lists are read
-    /// when the configuration is built: publishing a new list means building a new
-    /// configuration (restarting the gateway).
+    /// (`Revoked`, `UnknownRevocationStatus`, `certificate revocation list expired`). These
+    /// lists are fixed; to replace them while the listener runs, build the configuration
+    /// with [`with_client_cert_verification`](Self::with_client_cert_verification).
     ///
     /// # Errors
     /// As `with_client_certs`, and [`Error::Tls`] if a list cannot be parsed.
@@ -163,6 +169,24 @@ impl ServerTls {
         crls: &[CertificateRevocationListDer<'static>],
         mode: ClientCertMode,
     ) -> Result<Self> {
+        let verification = ClientCertVerification::new(trust_anchors, crls)?;
+        Self::with_client_cert_verification(chain, key, verification, mode)
+    }
+
+    /// As [`with_client_certs_and_crls`](Self::with_client_certs_and_crls), verifying with
+    /// `verification`, which may be shared with other listeners and with the identity
+    /// provider, and whose revocation lists can be replaced while they run
+    /// ([`ClientCertVerification::replace_crls`], [`CrlFiles`]): the next handshake uses
+    /// the new lists.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] if the chain is empty or the key does not match.
+    pub fn with_client_cert_verification(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        verification: Arc<ClientCertVerification>,
+        mode: ClientCertMode,
+    ) -> Result<Self> {
         let leaf = chain
             .first()
             .ok_or_else(|| Error::Tls("empty certificate chain".into()))?;
@@ -170,35 +194,11 @@ impl ServerTls {
         let channel_binding = wirewarden_postgres::auth::tls_server_end_point(leaf.as_ref()).ok();
         #[cfg(not(feature = "postgres"))]
         let _ = leaf;
-        if trust_anchors.is_empty() {
-            return Err(Error::Tls("no client certificate trust anchor".into()));
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for anchor in trust_anchors {
-            roots
-                .add(anchor.clone())
-                .map_err(|e| Error::Tls(format!("client CA refused: {e}")))?;
-        }
-        let provider = provider();
-        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        );
-        let builder = match mode {
-            ClientCertMode::Optional => builder.allow_unauthenticated(),
-            ClientCertMode::Required => builder,
-        };
-        let builder = if crls.is_empty() {
-            builder
-        } else {
-            builder
-                .with_crls(crls.iter().cloned())
-                .enforce_revocation_expiration()
-        };
-        let verifier = builder
-            .build()
-            .map_err(|e| Error::Tls(format!("client certificate verifier: {e}")))?;
-        let config = ServerConfig::builder_with_provider(provider)
+        let verifier = Arc::new(ListenerVerifier {
+            shared: verification,
+            mandatory: mode == ClientCertMode::Required,
+        });
+        let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Tls(e.to_string()))?
             .with_client_cert_verifier(verifier)
@@ -211,6 +211,248 @@ impl ServerTls {
             client_certs: Some(mode),
         })
     }
+}
+
+/// Verification of client certificate chains against trust anchors and, optionally,
+/// certificate revocation lists that can be replaced while listeners use it.
+///
+/// Built once and shared: every listener that asks for client certificates
+/// ([`ServerTls::with_client_cert_verification`]) and the identity provider
+/// ([`ClientCertificates::with_verifier`](wirewarden_identity::ClientCertificates::with_verifier))
+/// see the same lists, and [`replace_crls`](Self::replace_crls) changes them for the next
+/// handshake and the next verification, with no restart. It implements rustls'
+/// `ClientCertVerifier` (signatures, validity, client-auth usage, revocation), always
+/// requiring a certificate; a listener in [`ClientCertMode::Optional`] relaxes only that.
+///
+/// With lists, revocation fails closed: a revoked certificate, a certificate no list from
+/// its issuer covers, and a list past its next update are all refused.
+#[derive(Debug)]
+pub struct ClientCertVerification {
+    anchors: Arc<rustls::RootCertStore>,
+    hints: Vec<rustls::DistinguishedName>,
+    current: std::sync::RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientCertVerification {
+    /// Verification against `trust_anchors` (DER CA certificates) and `crls` (none: no
+    /// revocation check).
+    ///
+    /// # Errors
+    /// [`Error::Tls`] if no trust anchor is given, one cannot be used, or a list cannot be
+    /// parsed.
+    pub fn new(
+        trust_anchors: &[CertificateDer<'static>],
+        crls: &[CertificateRevocationListDer<'static>],
+    ) -> Result<Arc<Self>> {
+        if trust_anchors.is_empty() {
+            return Err(Error::Tls("no client certificate trust anchor".into()));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for anchor in trust_anchors {
+            roots
+                .add(anchor.clone())
+                .map_err(|e| Error::Tls(format!("client CA refused: {e}")))?;
+        }
+        let anchors = Arc::new(roots);
+        let verifier = Self::build(&anchors, crls)?;
+        Ok(Arc::new(Self {
+            hints: verifier.root_hint_subjects().to_vec(),
+            anchors,
+            current: std::sync::RwLock::new(verifier),
+        }))
+    }
+
+    fn build(
+        anchors: &Arc<rustls::RootCertStore>,
+        crls: &[CertificateRevocationListDer<'static>],
+    ) -> Result<Arc<dyn ClientCertVerifier>> {
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            anchors.clone(),
+            provider(),
+        );
+        let builder = if crls.is_empty() {
+            builder
+        } else {
+            builder
+                .with_crls(crls.iter().cloned())
+                .enforce_revocation_expiration()
+        };
+        builder
+            .build()
+            .map_err(|e| Error::Tls(format!("client certificate verifier: {e}")))
+    }
+
+    /// Replaces the revocation lists (none: no revocation check). The next handshake and
+    /// the next verification use the new lists; one already verified is not revisited.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] if a list cannot be parsed; the lists in use stay.
+    pub fn replace_crls(&self, crls: &[CertificateRevocationListDer<'static>]) -> Result<()> {
+        let verifier = Self::build(&self.anchors, crls)?;
+        match self.current.write() {
+            Ok(mut current) => *current = verifier,
+            Err(poisoned) => *poisoned.into_inner() = verifier,
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        match self.current.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl ClientCertVerifier for ClientCertVerification {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+/// A listener's view of a shared [`ClientCertVerification`]: whether a client must
+/// present a certificate is the listener's own setting.
+#[derive(Debug)]
+struct ListenerVerifier {
+    shared: Arc<ClientCertVerification>,
+    mandatory: bool,
+}
+
+impl ClientCertVerifier for ListenerVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.shared.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        self.shared
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.shared.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.shared.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.shared.supported_verify_schemes()
+    }
+}
+
+/// Revocation list files kept current in a [`ClientCertVerification`]: [`check`](Self::check)
+/// reads them and, when one's content changed, replaces the lists.
+/// Call it periodically (the reference gateway does every `crl_refresh_secs`).
+///
+/// A set of files that cannot be read or parsed is not applied: the lists in use stay, and
+/// they still fail closed once past their next update.
+#[derive(Debug)]
+pub struct CrlFiles {
+    paths: Vec<std::path::PathBuf>,
+    /// The digest of each file's content as last applied (`None`: unreadable).
+    stamps: Vec<Option<[u8; 32]>>,
+}
+
+impl CrlFiles {
+    /// Watches `paths`, taking the lists as they are now as the ones in use.
+    #[must_use]
+    pub fn new(paths: Vec<std::path::PathBuf>) -> Self {
+        let stamps = paths.iter().map(|p| stamp(p)).collect();
+        Self { paths, stamps }
+    }
+
+    /// Whether no file is watched.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Every list in the files, read now.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] naming the file that cannot be read or holds no list.
+    pub fn load(&self) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+        let mut crls = Vec::new();
+        for path in &self.paths {
+            crls.extend(load_crls(path)?);
+        }
+        Ok(crls)
+    }
+
+    /// Replaces `verification`'s lists if a file changed since the last check. `Ok(true)`:
+    /// the lists were replaced.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] if a changed file cannot be read or parsed; nothing was replaced, and
+    /// the next check tries again.
+    pub fn check(&mut self, verification: &ClientCertVerification) -> Result<bool> {
+        let now: Vec<_> = self.paths.iter().map(|p| stamp(p)).collect();
+        if now == self.stamps {
+            return Ok(false);
+        }
+        let crls = self.load()?;
+        verification.replace_crls(&crls)?;
+        self.stamps = now;
+        Ok(true)
+    }
+}
+
+fn stamp(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| *blake3::hash(&bytes).as_bytes())
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -13,6 +13,7 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use wirewarden::audit::VerifyKeys;
 use wirewarden::core::{AuditEventKind, AuthMethod, Protocol, Target};
 use wirewarden::identity::{
@@ -87,16 +88,34 @@ async fn gateway_with(
     .unwrap();
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = TlsMaterial::generate_in(&pki_dir.path().join("pki"), TlsKey::EcdsaP256).unwrap();
-    let chain = wirewarden::tls::load_certs(pki.cert_file()).unwrap();
-    let key = wirewarden::tls::key_from_pem(&std::fs::read(pki.key_file()).unwrap()).unwrap();
-    let ca = rustls::pki_types::CertificateDer::from(pki.ca_der().to_vec());
     let crls = match crl {
         Some((revoke, stale)) => {
             wirewarden::tls::crls_from_pem(pki.crl_pem(revoke, stale).unwrap().as_bytes()).unwrap()
         }
         None => Vec::new(),
     };
-    let tls = ServerTls::with_client_certs_and_crls(chain, key, &[ca], &crls, mode).unwrap();
+    let tls =
+        |chain, key, ca| ServerTls::with_client_certs_and_crls(chain, key, &[ca], &crls, mode);
+    gateway_on(redis, pki_dir, pki, tls, Arc::new(identity(cn_pattern))).await
+}
+
+/// A gateway in front of `redis` whose listener TLS `tls` builds from `pki`'s server
+/// certificate, key and authority, identifying clients with `identity`.
+async fn gateway_on(
+    redis: Redis,
+    pki_dir: tempfile::TempDir,
+    pki: TlsMaterial,
+    tls: impl FnOnce(
+        Vec<CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+        CertificateDer<'static>,
+    ) -> wirewarden::Result<ServerTls>,
+    identity: Arc<dyn wirewarden::identity::IdentityProvider>,
+) -> Gateway {
+    let chain = wirewarden::tls::load_certs(pki.cert_file()).unwrap();
+    let key = wirewarden::tls::key_from_pem(&std::fs::read(pki.key_file()).unwrap()).unwrap();
+    let ca = CertificateDer::from(pki.ca_der().to_vec());
+    let tls = tls(chain, key, ca).unwrap();
 
     let (audit_dir, keys, sink) = support::audit_trail();
     let policy = format!(
@@ -104,7 +123,7 @@ async fn gateway_with(
     );
     let engine = Arc::new(RuleEngine::from_toml(&policy).unwrap());
     let pipeline = Arc::new(
-        Pipeline::builder(Arc::new(identity(cn_pattern)), engine)
+        Pipeline::builder(identity, engine)
             .audit(Arc::new(sink))
             .build()
             .unwrap(),
@@ -399,6 +418,83 @@ async fn a_revoked_certificate_fails_the_handshake_and_is_on_record() {
     for g in [&listed, &revoked, &stale] {
         assert_verifies(g.audit_dir.path(), &g.keys);
     }
+}
+
+/// One `ClientCertVerification` shared by the listener and the identity provider, its lists
+/// kept current from a file (`CrlFiles`): a certificate revoked while the gateway runs is
+/// refused from the next handshake on, by both, and reinstated when a new list no longer
+/// names it — no restart. A file that cannot be parsed changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_lists_are_replaced_while_the_listener_runs() {
+    use wirewarden::tls::{ClientCertVerification, CrlFiles};
+    let redis = tokio::task::spawn_blocking(|| {
+        let r = Redis::builder().start().unwrap();
+        r.cli(&["SET", "plain", "hello"]).unwrap();
+        r
+    })
+    .await
+    .unwrap();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = TlsMaterial::generate_in(&pki_dir.path().join("pki"), TlsKey::EcdsaP256).unwrap();
+    let crl_file = pki_dir.path().join("agents.crl");
+    std::fs::write(&crl_file, pki.crl_pem(false, false).unwrap()).unwrap();
+    let mut files = CrlFiles::new(vec![crl_file.clone()]);
+    let ca = CertificateDer::from(pki.ca_der().to_vec());
+    let verification = ClientCertVerification::new(&[ca], &files.load().unwrap()).unwrap();
+    let certs = ClientCertificates::new(ClientCertConfig {
+        rules: vec![CertRule {
+            field: CertField::CommonName,
+            pattern: CLIENT_CN.into(),
+            groups: ["agents".to_owned()].into_iter().collect(),
+            attributes: Default::default(),
+        }],
+        ..ClientCertConfig::default()
+    })
+    .unwrap()
+    .with_verifier(verification.clone());
+    let client_chain = vec![pki.client_cert_der().to_vec()];
+    let provider = certs.clone();
+    let shared = verification.clone();
+    let g = gateway_on(
+        redis,
+        pki_dir,
+        pki,
+        move |chain, key, _| {
+            ServerTls::with_client_cert_verification(chain, key, shared, ClientCertMode::Required)
+        },
+        Arc::new(certs),
+    )
+    .await;
+    let now = wirewarden::core::Timestamp::now();
+    let served = |out: &Output| text(&out.stdout).trim() == "hello";
+
+    assert!(served(&cli(&g, true, &[], "GET plain\n").await));
+    assert!(!files.check(&verification).unwrap(), "nothing changed yet");
+
+    std::fs::write(&crl_file, g.pki.crl_pem(true, false).unwrap()).unwrap();
+    assert!(files.check(&verification).unwrap());
+    assert!(!served(&cli(&g, true, &[], "GET plain\n").await));
+    assert!(provider.verify_chain(&client_chain, now).is_err());
+    let failures = handshake_failures(&g).await;
+    assert!(
+        failures.iter().any(|f| f.contains("Revoked")),
+        "{failures:?}"
+    );
+
+    // A broken file is not applied: the certificate stays revoked.
+    std::fs::write(
+        &crl_file,
+        "-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    assert!(files.check(&verification).is_err());
+    assert!(!served(&cli(&g, true, &[], "GET plain\n").await));
+
+    std::fs::write(&crl_file, g.pki.crl_pem(false, false).unwrap()).unwrap();
+    assert!(files.check(&verification).unwrap());
+    assert!(served(&cli(&g, true, &[], "GET plain\n").await));
+    assert!(provider.verify_chain(&client_chain, now).is_ok());
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,7 @@ use wirewarden::postgres::{
     UpstreamTls,
 };
 use wirewarden::redis::{RedisTarget, RedisUpstream};
+use wirewarden::tls::{ClientCertVerification, CrlFiles};
 
 /// A configuration problem, with where it was found.
 #[derive(Debug)]
@@ -62,6 +63,10 @@ pub(crate) struct Config {
     /// The directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub(crate) base: PathBuf,
+    /// The client certificate verification every listener and the identity provider share
+    /// (built on first use from `[identity.client_certs]`).
+    #[serde(skip)]
+    verification: std::sync::OnceLock<Arc<ClientCertVerification>>,
     #[serde(skip)]
     pub(crate) path: PathBuf,
 }
@@ -94,6 +99,10 @@ pub(crate) struct IdentityConfig {
     /// with `client_certificates`.
     #[serde(default)]
     pub(crate) client_certs: Option<ClientCertConfig>,
+    /// How often `[identity.client_certs] crl_files` are re-read, in seconds (default 30):
+    /// a changed list applies from the next handshake, with no restart.
+    #[serde(default)]
+    pub(crate) crl_refresh_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -387,11 +396,18 @@ impl Config {
             chain = chain.with(Arc::new(provider));
         }
         if let Some(c) = &self.identity.client_certs {
-            let mut c = c.clone();
-            c.ca_file = c.ca_file.map(|f| self.resolve(&f));
-            c.crl_files = c.crl_files.iter().map(|f| self.resolve(f)).collect();
-            let provider = ClientCertificates::new(c)
+            // The chain is verified with the listeners' own verification (one set of
+            // anchors and revocation lists, refreshed for both), then mapped by the rules.
+            let rules = ClientCertConfig {
+                rules: c.rules.clone(),
+                ..ClientCertConfig::default()
+            };
+            let provider = ClientCertificates::new(rules)
                 .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
+            let provider = match self.client_cert_verification()? {
+                Some(v) => provider.with_verifier(v),
+                None => provider,
+            };
             chain = chain.with(Arc::new(provider));
         }
         Ok(Arc::new(chain))
@@ -568,31 +584,53 @@ impl Config {
             .map_err(|e| self.error(format!("{what}: tls_key: {e}")))?;
         let key = wirewarden::tls::key_from_pem(&key_pem)
             .map_err(|e| self.error(format!("{what}: {e}")))?;
-        let tls = match (t.client_certificates, &self.identity.client_certs) {
-            (Some(mode), Some(c)) => {
-                let ca = c
-                    .ca_file
-                    .as_deref()
-                    .ok_or_else(|| self.error("identity.client_certs needs ca_file".to_owned()))?;
-                let anchors = wirewarden::tls::load_certs(&self.resolve(ca))
-                    .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
-                let mut crls = Vec::new();
-                for file in &c.crl_files {
-                    crls.extend(
-                        wirewarden::tls::load_crls(&self.resolve(file))
-                            .map_err(|e| self.error(format!("identity.client_certs: {e}")))?,
-                    );
-                }
+        let tls = match (t.client_certificates, self.client_cert_verification()?) {
+            (Some(mode), Some(verification)) => {
                 let mode = match mode {
                     ClientCertsMode::Optional => ClientCertMode::Optional,
                     ClientCertsMode::Required => ClientCertMode::Required,
                 };
-                ServerTls::with_client_certs_and_crls(chain, key, &anchors, &crls, mode)
+                ServerTls::with_client_cert_verification(chain, key, verification, mode)
             }
             _ => ServerTls::new(chain, key),
         };
         tls.map(Some)
             .map_err(|e| self.error(format!("{what}: {e}")))
+    }
+
+    /// The verification of client certificates that `[identity.client_certs]` describes
+    /// (its `ca_file` and `crl_files`), built once and shared; `None` without that section.
+    pub(crate) fn client_cert_verification(&self) -> Result<Option<Arc<ClientCertVerification>>> {
+        let Some(c) = &self.identity.client_certs else {
+            return Ok(None);
+        };
+        if let Some(v) = self.verification.get() {
+            return Ok(Some(v.clone()));
+        }
+        let ca = c
+            .ca_file
+            .as_deref()
+            .ok_or_else(|| self.error("identity.client_certs needs ca_file".to_owned()))?;
+        let anchors = wirewarden::tls::load_certs(&self.resolve(ca))
+            .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
+        let crls = self
+            .crl_files()
+            .load()
+            .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
+        let built = ClientCertVerification::new(&anchors, &crls)
+            .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
+        Ok(Some(self.verification.get_or_init(|| built).clone()))
+    }
+
+    /// `[identity.client_certs] crl_files`, resolved, for loading and refreshing.
+    pub(crate) fn crl_files(&self) -> CrlFiles {
+        let files = self
+            .identity
+            .client_certs
+            .iter()
+            .flat_map(|c| c.crl_files.iter().map(|f| self.resolve(f)))
+            .collect();
+        CrlFiles::new(files)
     }
 
     pub(crate) fn http_target(&self, t: &TargetConfig) -> Result<HttpTarget> {
@@ -1038,6 +1076,39 @@ mod tests {
         assert!(login(8).is_ok());
         let e = login(9).unwrap_err().to_string();
         assert!(e.contains("untrusted"), "{e}");
+
+        // A new list published while the gateway runs applies on the next refresh, to the
+        // identity provider and the listeners alike (they share one verification).
+        let mut files = c.crl_files();
+        assert!(
+            !files
+                .check(&c.client_cert_verification().unwrap().unwrap())
+                .unwrap()
+        );
+        let crl = CertificateRevocationListParams {
+            this_update: date_time_ymd(2020, 1, 1),
+            next_update: date_time_ymd(2200, 1, 1),
+            crl_number: SerialNumber::from(2u64),
+            issuing_distribution_point: None,
+            revoked_certs: [8u64, 9]
+                .into_iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from(serial),
+                    revocation_time: date_time_ymd(2021, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = crl.signed_by(&ca).unwrap();
+        std::fs::write(dir.path().join("agents.crl"), crl.pem().unwrap()).unwrap();
+        assert!(
+            files
+                .check(&c.client_cert_verification().unwrap().unwrap())
+                .unwrap()
+        );
+        assert!(login(8).is_err());
     }
 
     #[test]

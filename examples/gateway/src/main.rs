@@ -299,6 +299,29 @@ async fn serve(config: Config) -> Result<ExitCode, BoxError> {
         };
         tasks.push(task);
     }
+    if let Some(verification) = config.client_cert_verification()? {
+        let mut files = config.crl_files();
+        if !files.is_empty() {
+            let every = Duration::from_secs(config.identity.crl_refresh_secs.unwrap_or(30).max(1));
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match files.check(&verification) {
+                        Ok(true) => eprintln!(
+                            "wirewarden-gateway: client certificate revocation lists reloaded"
+                        ),
+                        Ok(false) => {}
+                        Err(e) => eprintln!(
+                            "wirewarden-gateway: client certificate revocation lists not reloaded, the lists in use stay: {e}"
+                        ),
+                    }
+                }
+            }));
+        }
+    }
     let admin = tokio::net::TcpListener::bind(config.admin.listen)
         .await
         .map_err(|e| config.error(format!("admin.listen {}: {e}", config.admin.listen)))?;

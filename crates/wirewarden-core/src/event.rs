@@ -244,7 +244,8 @@ pub enum AuditEventKind {
     },
     /// The client renamed itself mid-session: Postgres `SET application_name` (as the server
     /// reports the new value, so `set_config`, `RESET` and a rolled-back `SET` count too) or
-    /// Redis `CLIENT SETNAME` / `HELLO … SETNAME` (when the gateway forwards the command).
+    /// Redis `CLIENT SETNAME` / `HELLO … SETNAME` (when the gateway forwards the command),
+    /// or an HTTP request whose `User-Agent` differs from the session's.
     /// The commands the session decides after this event belong to the new name: an agent
     /// that reuses one pooled connection across tool calls names each call here.
     ApplicationChanged {

@@ -19,7 +19,9 @@
 //!    static token or a JWT). The header is removed before the request goes anywhere. Each
 //!    identity seen on a connection gets its own audit session (`SessionStarted` on first
 //!    use, `SessionEnded` when the connection closes); a missing or rejected token is
-//!    answered 401 and recorded as `AuthenticationFailed`.
+//!    answered 401 and recorded as `AuthenticationFailed`. The first request's `User-Agent`
+//!    is the session's application; a later request with another one (an agent naming each
+//!    tool call) records `ApplicationChanged` before its intent.
 //! 3. **Decision.** The request becomes a [`Command`](wirewarden_core::Command) (method,
 //!    route template, path parameters, query; a request no route matches is `Unknown`, the
 //!    riskiest class), policy decides, and the intent is recorded before the request is

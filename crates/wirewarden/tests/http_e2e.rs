@@ -768,3 +768,57 @@ print(r.status_code, r.json()["error"]["code"])
     assert!(pending.is_empty());
     assert!(gw.log.lock().unwrap().is_empty());
 }
+
+/// An agent that names each request (its run and tool call in the `User-Agent`) on one
+/// kept-alive connection renames its session: the `ApplicationChanged` record precedes the
+/// intent of the first request under the new name, and a repeated name records nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_agent_on_a_connection_renames_its_session() {
+    let gw = gateway().await;
+    let auth = agent_auth();
+    let mut args: Vec<String> = Vec::new();
+    for (i, call) in ["a", "a", "b"].iter().enumerate() {
+        if i > 0 {
+            args.push("--next".into());
+        }
+        args.extend([
+            "-sS".into(),
+            "-H".into(),
+            auth.clone(),
+            "-A".into(),
+            format!("agent run=1 call={call}"),
+            gw.url(&format!("/customers/{}", i + 1)),
+        ]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (out, _) = curl(&args).await;
+    assert_masked(&out);
+    let events = gw.events().await;
+    let mut current = None;
+    let mut at_decision = Vec::new();
+    let mut sessions = 0;
+    for e in &events {
+        match &e.kind {
+            AuditEventKind::SessionStarted { application, .. } => {
+                sessions += 1;
+                current.clone_from(application);
+            }
+            AuditEventKind::ApplicationChanged { application } => {
+                current.clone_from(application);
+            }
+            AuditEventKind::CommandDecided { .. } => at_decision.push(current.clone()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        sessions, 1,
+        "one kept-alive connection, one identity: {events:?}"
+    );
+    let name = |c: &str| Some(format!("agent run=1 call={c}"));
+    assert_eq!(at_decision, [name("a"), name("a"), name("b")]);
+    let changes = events
+        .iter()
+        .filter(|e| matches!(e.kind, AuditEventKind::ApplicationChanged { .. }))
+        .count();
+    assert_eq!(changes, 1);
+}

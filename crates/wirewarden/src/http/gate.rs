@@ -25,6 +25,24 @@ struct Session {
     id: SessionId,
     principal: Principal,
     started: Instant,
+    /// The session's application: the `User-Agent` it started with, then the last one that
+    /// differed.
+    application: std::sync::Mutex<Option<String>>,
+}
+
+impl Session {
+    /// Takes `user_agent` as the session's application; `true` if that changed it.
+    fn renamed(&self, user_agent: &str) -> bool {
+        let mut app = match self.application.lock() {
+            Ok(a) => a,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if app.as_deref() == Some(user_agent) {
+            return false;
+        }
+        *app = Some(user_agent.to_owned());
+        true
+    }
 }
 
 /// What the client certificate of a TLS connection proved, when the client presented one.
@@ -199,6 +217,7 @@ impl ConnectionGate {
             id: SessionId::new(),
             principal,
             started: Instant::now(),
+            application: std::sync::Mutex::new(user_agent.map(str::to_owned)),
         });
         let started = AuditEvent::new(
             Some(session.id),
@@ -344,6 +363,24 @@ impl ConnectionGate {
                 self.session(token, user_agent).await?
             }
         };
+        // A client that names each request differently (an agent's run and tool call in its
+        // User-Agent) renames the session: on record before this request's intent.
+        if let Some(ua) = user_agent
+            && session.renamed(ua)
+        {
+            let renamed = AuditEvent::new(
+                Some(session.id),
+                AuditEventKind::ApplicationChanged {
+                    application: Some(ua.to_owned()),
+                },
+            );
+            if self.pipeline.record(&renamed).await.is_err() {
+                return Err(unavailable(
+                    "audit_unavailable",
+                    "the audit trail is unavailable, request refused",
+                ));
+            }
+        }
         let command = admission.command;
         let command_id = CommandId::new();
         self.commands.fetch_add(1, Ordering::Relaxed);

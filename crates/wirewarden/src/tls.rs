@@ -217,12 +217,11 @@ impl ServerTls {
 /// certificate revocation lists that can be replaced while listeners use it.
 ///
 /// Built once and shared: every listener that asks for client certificates
-/// ([`ServerTls::with_client_cert_verification`]) and the identity provider
-/// ([`ClientCertificates::with_verifier`](wirewarden_identity::ClientCertificates::with_verifier))
-/// see the same lists, and [`replace_crls`](Self::replace_crls) changes them for the next
-/// handshake and the next verification, with no restart. It implements rustls'
-/// `ClientCertVerifier` (signatures, validity, client-auth usage, revocation), always
-/// requiring a certificate; a listener in [`ClientCertMode::Optional`] relaxes only that.
+/// ([`ServerTls::with_client_cert_verification`]) and the identity provider (through
+/// [`verifier`](Self::verifier)) see the same lists, and [`replace_crls`](Self::replace_crls)
+/// changes them for the next handshake and the next verification, with no restart. It
+/// checks signatures, validity, client-auth usage and revocation with rustls'
+/// `WebPkiClientVerifier`.
 ///
 /// With lists, revocation fails closed: a revoked certificate, a certificate no list from
 /// its issuer covers, and a list past its next update are all refused.
@@ -296,6 +295,18 @@ impl ClientCertVerification {
         Ok(())
     }
 
+    /// This verification as rustls' `ClientCertVerifier`, requiring a certificate: for the
+    /// identity provider
+    /// ([`ClientCertificates::with_verifier`](wirewarden_identity::ClientCertificates::with_verifier)),
+    /// or any other rustls server configuration.
+    #[must_use]
+    pub fn verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(ListenerVerifier {
+            shared: self.clone(),
+            mandatory: true,
+        })
+    }
+
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
         match self.current.read() {
             Ok(v) => v.clone(),
@@ -304,45 +315,7 @@ impl ClientCertVerification {
     }
 }
 
-impl ClientCertVerifier for ClientCertVerification {
-    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        &self.hints
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
-        self.current()
-            .verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.current().verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.current().supported_verify_schemes()
-    }
-}
-
-/// A listener's view of a shared [`ClientCertVerification`]: whether a client must
+/// A view of a shared [`ClientCertVerification`] as rustls' verifier: whether a client must
 /// present a certificate is the listener's own setting.
 #[derive(Debug)]
 struct ListenerVerifier {
@@ -356,7 +329,7 @@ impl ClientCertVerifier for ListenerVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        self.shared.root_hint_subjects()
+        &self.shared.hints
     }
 
     fn verify_client_cert(
@@ -366,6 +339,7 @@ impl ClientCertVerifier for ListenerVerifier {
         now: UnixTime,
     ) -> std::result::Result<ClientCertVerified, rustls::Error> {
         self.shared
+            .current()
             .verify_client_cert(end_entity, intermediates, now)
     }
 
@@ -375,7 +349,9 @@ impl ClientCertVerifier for ListenerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.shared.verify_tls12_signature(message, cert, dss)
+        self.shared
+            .current()
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -384,11 +360,13 @@ impl ClientCertVerifier for ListenerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.shared.verify_tls13_signature(message, cert, dss)
+        self.shared
+            .current()
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.shared.supported_verify_schemes()
+        self.shared.current().supported_verify_schemes()
     }
 }
 

@@ -794,26 +794,19 @@ async fn a_new_user_agent_on_a_connection_renames_its_session() {
     let (out, _) = curl(&args).await;
     assert_masked(&out);
     let events = gw.events().await;
-    let mut current = None;
-    let mut at_decision = Vec::new();
-    let mut sessions = 0;
-    for e in &events {
-        match &e.kind {
-            AuditEventKind::SessionStarted { application, .. } => {
-                sessions += 1;
-                current.clone_from(application);
-            }
-            AuditEventKind::ApplicationChanged { application } => {
-                current.clone_from(application);
-            }
-            AuditEventKind::CommandDecided { .. } => at_decision.push(current.clone()),
-            _ => {}
-        }
-    }
+    let kinds: Vec<AuditEventKind> = events.iter().map(|e| e.kind.clone()).collect();
+    let sessions = kinds
+        .iter()
+        .filter(|k| matches!(k, AuditEventKind::SessionStarted { .. }))
+        .count();
     assert_eq!(
         sessions, 1,
-        "one kept-alive connection, one identity: {events:?}"
+        "one kept-alive connection, one identity: {kinds:?}"
     );
+    let at_decision: Vec<Option<String>> = support::applications_at_decision(&kinds)
+        .into_iter()
+        .map(|(_, app)| app)
+        .collect();
     let name = |c: &str| Some(format!("agent run=1 call={c}"));
     assert_eq!(at_decision, [name("a"), name("a"), name("b")]);
     let changes = events

@@ -476,26 +476,6 @@ async fn python(script: &str) -> Output {
     .unwrap()
 }
 
-/// The application name the session had when each statement was decided, walking the
-/// trail in order: `SessionStarted`, then every `ApplicationChanged`.
-fn applications_at_decision(kinds: &[AuditEventKind]) -> Vec<(String, Option<String>)> {
-    let mut current = None;
-    let mut out = Vec::new();
-    for k in kinds {
-        match k {
-            AuditEventKind::SessionStarted { application, .. }
-            | AuditEventKind::ApplicationChanged { application } => {
-                current.clone_from(application);
-            }
-            AuditEventKind::CommandDecided { command, .. } => {
-                out.push((command.text.clone(), current.clone()));
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 /// An agent that reuses one connection across tool calls renames it for each call: the
 /// server's report of the new `application_name` goes on record before the next statement,
 /// so every statement is tied to the call that issued it — `SET`, `SET LOCAL` and its end
@@ -553,8 +533,9 @@ print("DONE")
         ],
         "{kinds:?}"
     );
-    let selects: Vec<(String, Option<String>)> = applications_at_decision(&kinds)
+    let selects: Vec<(String, Option<String>)> = support::applications_at_decision(&kinds)
         .into_iter()
+        .map(|(command, app)| (command.text, app))
         .filter(|(text, _)| text.starts_with("SELECT '"))
         .collect();
     let expect = |t: &str, a: Option<&str>| (format!("SELECT '{t}'"), a.map(str::to_owned));

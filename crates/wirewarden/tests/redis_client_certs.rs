@@ -345,20 +345,11 @@ async fn a_certificate_session_takes_the_name_the_client_gives_itself() {
     }
     assert_verifies(g.audit_dir.path(), &g.keys);
     let kinds = events(g.audit_dir.path(), &g.keys);
-    let mut current = None;
-    let mut gets = Vec::new();
-    for k in &kinds {
-        match k {
-            AuditEventKind::SessionStarted { application, .. }
-            | AuditEventKind::ApplicationChanged { application } => {
-                current.clone_from(application);
-            }
-            AuditEventKind::CommandDecided { command, .. } if command.verb == "GET" => {
-                gets.push(current.clone());
-            }
-            _ => {}
-        }
-    }
+    let gets: Vec<Option<String>> = support::applications_at_decision(&kinds)
+        .into_iter()
+        .filter(|(command, _)| command.verb == "GET")
+        .map(|(_, app)| app)
+        .collect();
     let name = |n: &str| Some(n.to_owned());
     assert_eq!(
         gets,
@@ -451,7 +442,7 @@ async fn revocation_lists_are_replaced_while_the_listener_runs() {
         ..ClientCertConfig::default()
     })
     .unwrap()
-    .with_verifier(verification.clone());
+    .with_verifier(verification.verifier());
     let client_chain = vec![pki.client_cert_der().to_vec()];
     let provider = certs.clone();
     let shared = verification.clone();

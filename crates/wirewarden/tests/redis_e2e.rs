@@ -771,24 +771,18 @@ async fn a_renamed_connection_ties_later_commands_to_the_new_name() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_verifies(g.audit_dir.path(), &g.keys);
     let kinds = events(g.audit_dir.path(), &g.keys);
-    let mut current: Option<String> = None;
-    let mut gets = Vec::new();
-    let mut changes = Vec::new();
-    for k in &kinds {
-        match k {
-            AuditEventKind::SessionStarted { application, .. } => {
-                current.clone_from(application);
-            }
-            AuditEventKind::ApplicationChanged { application } => {
-                current.clone_from(application);
-                changes.push(application.clone());
-            }
-            AuditEventKind::CommandDecided { command, .. } if command.verb == "GET" => {
-                gets.push(current.clone());
-            }
-            _ => {}
-        }
-    }
+    let changes: Vec<Option<String>> = kinds
+        .iter()
+        .filter_map(|k| match k {
+            AuditEventKind::ApplicationChanged { application } => Some(application.clone()),
+            _ => None,
+        })
+        .collect();
+    let gets: Vec<Option<String>> = support::applications_at_decision(&kinds)
+        .into_iter()
+        .filter(|(command, _)| command.verb == "GET")
+        .map(|(_, app)| app)
+        .collect();
     let name = |n: &str| Some(n.to_owned());
     assert_eq!(
         changes,

@@ -405,7 +405,7 @@ impl Config {
             let provider = ClientCertificates::new(rules)
                 .map_err(|e| self.error(format!("identity.client_certs: {e}")))?;
             let provider = match self.client_cert_verification()? {
-                Some(v) => provider.with_verifier(v),
+                Some(v) => provider.with_verifier(v.verifier()),
                 None => provider,
             };
             chain = chain.with(Arc::new(provider));

@@ -88,3 +88,25 @@ pub(crate) fn assert_verifies(dir: &Path, keys: &VerifyKeys) {
     let report = verify_dir(dir, keys).unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
+
+/// Each decided command's text and the session's application when it was decided, walking
+/// the trail in order: `SessionStarted` sets the application, `ApplicationChanged` changes it.
+pub(crate) fn applications_at_decision(
+    kinds: &[AuditEventKind],
+) -> Vec<(wirewarden::core::Command, Option<String>)> {
+    let mut current = None;
+    let mut out = Vec::new();
+    for k in kinds {
+        match k {
+            AuditEventKind::SessionStarted { application, .. }
+            | AuditEventKind::ApplicationChanged { application } => {
+                current.clone_from(application);
+            }
+            AuditEventKind::CommandDecided { command, .. } => {
+                out.push((command.clone(), current.clone()));
+            }
+            _ => {}
+        }
+    }
+    out
+}

@@ -3,34 +3,26 @@
 //! incoming webhooks, Mattermost and most chat bridges accept.
 
 use std::fmt;
-#[cfg(feature = "webhook")]
-use std::sync::Arc;
-#[cfg(feature = "webhook")]
-use std::time::Duration;
 
 use async_trait::async_trait;
-#[cfg(feature = "webhook")]
-use bytes::Bytes;
-#[cfg(feature = "webhook")]
-use http_body_util::{BodyExt, Full, Limited};
-#[cfg(feature = "webhook")]
-use hyper::Request;
-#[cfg(feature = "webhook")]
-use hyper::header::{CONTENT_TYPE, HOST, USER_AGENT};
-#[cfg(feature = "webhook")]
-use hyper_util::client::legacy::Client;
-#[cfg(feature = "webhook")]
-use hyper_util::client::legacy::connect::HttpConnector;
-#[cfg(feature = "webhook")]
-use hyper_util::rt::{TokioExecutor, TokioIo};
-#[cfg(feature = "webhook")]
-use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
-#[cfg(feature = "webhook")]
-use tokio::net::TcpStream;
-#[cfg(feature = "webhook")]
-use tokio_rustls::TlsConnector;
 use wirewarden_core::BoxError;
+// The webhook notifier's transport.
+#[cfg(feature = "webhook")]
+use {
+    bytes::Bytes,
+    http_body_util::{BodyExt, Full, Limited},
+    hyper::Request,
+    hyper::header::{CONTENT_TYPE, HOST, USER_AGENT},
+    hyper_util::client::legacy::Client,
+    hyper_util::client::legacy::connect::HttpConnector,
+    hyper_util::rt::{TokioExecutor, TokioIo},
+    rustls::pki_types::ServerName,
+    std::sync::Arc,
+    std::time::Duration,
+    tokio::net::TcpStream,
+    tokio_rustls::TlsConnector,
+};
 
 use crate::review::{Review, ReviewState};
 

@@ -8,12 +8,10 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, header};
@@ -22,13 +20,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use wirewarden::Pipeline;
-use wirewarden::audit::{VerifyKeys, read_log};
+use wirewarden::audit::VerifyKeys;
 use wirewarden::core::{AuditEvent, AuditEventKind, AuthMethod, Protocol, Target};
 use wirewarden::http::{DEFAULT_HTTP_POLICY, HttpProxy, HttpTarget, Route, Routes};
-use wirewarden::identity::{
-    CertField, CertRule, Chain, ClientCertConfig, ClientCertificates, StaticToken, StaticTokens,
-    StaticTokensConfig, TokenHash,
-};
+use wirewarden::identity::{CertField, Chain};
 use wirewarden::mask::{Engine, MaskKey, Profile};
 use wirewarden::policy::RuleEngine;
 use wirewarden::tls::{ClientCertMode, ServerTls};
@@ -83,33 +78,14 @@ async fn upstream(log: Log) -> SocketAddr {
 /// Certificates whose common name matches `cn_pattern` map to that name in group
 /// `agents`; `tok-agent` is `agent-1` and `tok-same` is the certificate's own subject.
 fn identity(cn_pattern: &str) -> Chain {
-    let certs = ClientCertificates::new(ClientCertConfig {
-        rules: vec![CertRule {
-            field: CertField::CommonName,
-            pattern: cn_pattern.into(),
-            groups: ["agents".to_owned()].into_iter().collect(),
-            attributes: BTreeMap::default(),
-        }],
-        ..ClientCertConfig::default()
-    })
-    .unwrap();
-    let token = |id: &str, secret: &str, subject: &str| StaticToken {
-        id: id.into(),
-        hash: TokenHash::of(secret, None),
-        subject: subject.into(),
-        groups: ["agents".to_owned()].into_iter().collect(),
-        attributes: BTreeMap::default(),
-        expires_at: None,
-    };
-    let tokens = StaticTokens::new(StaticTokensConfig {
-        hash_key: None,
-        tokens: vec![
-            token("agent", OTHER_TOKEN, "agent-1"),
-            token("same", SAME_TOKEN, CLIENT_CN),
+    support::agents(
+        CertField::CommonName,
+        cn_pattern,
+        &[
+            ("agent", OTHER_TOKEN, "agent-1"),
+            ("same", SAME_TOKEN, CLIENT_CN),
         ],
-    })
-    .unwrap();
-    Chain::new().with(Arc::new(certs)).with(Arc::new(tokens))
+    )
 }
 
 struct Gateway {
@@ -235,22 +211,7 @@ impl Gateway {
     /// The audit trail once `done` holds for it (outcomes and refused handshakes are
     /// recorded on their own tasks, so this polls, bounded; no timing is asserted).
     async fn events_when(&self, done: impl Fn(&[AuditEvent]) -> bool) -> Vec<AuditEvent> {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                self.pipeline.audit_sink().flush().await.unwrap();
-                let events: Vec<_> = read_log(self.audit_dir.path(), &self.keys)
-                    .unwrap()
-                    .into_iter()
-                    .map(|e| e.event)
-                    .collect();
-                if done(&events) {
-                    return events;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .expect("the audit trail has the expected events")
+        support::events_when(&self.pipeline, self.audit_dir.path(), &self.keys, done).await
     }
 }
 

@@ -32,7 +32,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wirewarden::Pipeline;
-use wirewarden::audit::{VerifyKeys, read_log, verify_dir};
+use wirewarden::audit::{VerifyKeys, verify_dir};
 use wirewarden::core::{AuditEvent, AuditEventKind, Decision, Direction, Protocol, Target};
 use wirewarden::http::{DEFAULT_HTTP_POLICY, HttpProxy, HttpTarget, Route, Routes};
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
@@ -394,22 +394,7 @@ impl Gateway {
     /// The audit trail once `done` holds for it (outcomes are recorded when a response
     /// ends, on their own task).
     async fn events_when(&self, done: impl Fn(&[AuditEvent]) -> bool) -> Vec<AuditEvent> {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                self.pipeline.audit_sink().flush().await.unwrap();
-                let events: Vec<_> = read_log(self.audit_dir.path(), &self.keys)
-                    .unwrap()
-                    .into_iter()
-                    .map(|e| e.event)
-                    .collect();
-                if done(&events) {
-                    return events;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .expect("the audit trail has the expected events")
+        support::events_when(&self.pipeline, self.audit_dir.path(), &self.keys, done).await
     }
 
     fn upstream_failures(&self) -> u64 {

@@ -23,10 +23,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use wirewarden::Pipeline;
 use wirewarden::audit::VerifyKeys;
 use wirewarden::core::{AuditEventKind, AuthMethod, Protocol, Target};
-use wirewarden::identity::{
-    CertField, CertRule, Chain, ClientCertConfig, ClientCertificates, StaticToken, StaticTokens,
-    StaticTokensConfig, TokenHash,
-};
+use wirewarden::identity::{CertField, Chain};
 use wirewarden::policy::RuleEngine;
 use wirewarden::postgres::{
     ClientCertMode, PostgresProxy, PostgresTarget, Secret, ServerTls, UpstreamConfig,
@@ -151,30 +148,11 @@ struct Gateway {
 }
 
 fn identity() -> Chain {
-    let certs = ClientCertificates::new(ClientCertConfig {
-        rules: vec![CertRule {
-            field: CertField::SanUri,
-            pattern: "spiffe://prod.example/agents/*".into(),
-            groups: ["agents".to_owned()].into_iter().collect(),
-            attributes: Default::default(),
-        }],
-        ca_file: None,
-        crl_files: Vec::new(),
-    })
-    .unwrap();
-    let tokens = StaticTokens::new(StaticTokensConfig {
-        hash_key: None,
-        tokens: vec![StaticToken {
-            id: "batch".into(),
-            hash: TokenHash::of("tok-batch", None),
-            subject: "batch-job".into(),
-            groups: ["agents".to_owned()].into_iter().collect(),
-            attributes: Default::default(),
-            expires_at: None,
-        }],
-    })
-    .unwrap();
-    Chain::new().with(Arc::new(certs)).with(Arc::new(tokens))
+    support::agents(
+        CertField::SanUri,
+        "spiffe://prod.example/agents/*",
+        &[("batch", "tok-batch", "batch-job")],
+    )
 }
 
 async fn gateway(pki: &Pki, mode: ClientCertMode) -> Gateway {

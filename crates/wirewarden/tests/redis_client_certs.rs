@@ -16,10 +16,7 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 use wirewarden::audit::VerifyKeys;
 use wirewarden::core::{AuditEventKind, AuthMethod, Protocol, Target};
-use wirewarden::identity::{
-    CertField, CertRule, Chain, ClientCertConfig, ClientCertificates, StaticToken, StaticTokens,
-    StaticTokensConfig, TokenHash,
-};
+use wirewarden::identity::{CertField, Chain};
 use wirewarden::policy::RuleEngine;
 use wirewarden::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
 use wirewarden::tls::{ClientCertMode, ServerTls};
@@ -42,30 +39,11 @@ struct Gateway {
 /// Certificates whose common name matches `cn_pattern` map to that name in group
 /// `agents`; the token `tok-agent` is `agent-1`, also in `agents`.
 fn identity(cn_pattern: &str) -> Chain {
-    let certs = ClientCertificates::new(ClientCertConfig {
-        rules: vec![CertRule {
-            field: CertField::CommonName,
-            pattern: cn_pattern.into(),
-            groups: ["agents".to_owned()].into_iter().collect(),
-            attributes: Default::default(),
-        }],
-        ca_file: None,
-        crl_files: Vec::new(),
-    })
-    .unwrap();
-    let tokens = StaticTokens::new(StaticTokensConfig {
-        hash_key: None,
-        tokens: vec![StaticToken {
-            id: "agent".into(),
-            hash: TokenHash::of("tok-agent", None),
-            subject: "agent-1".into(),
-            groups: ["agents".to_owned()].into_iter().collect(),
-            attributes: Default::default(),
-            expires_at: None,
-        }],
-    })
-    .unwrap();
-    Chain::new().with(Arc::new(certs)).with(Arc::new(tokens))
+    support::agents(
+        CertField::CommonName,
+        cn_pattern,
+        &[("agent", "tok-agent", "agent-1")],
+    )
 }
 
 async fn gateway(mode: ClientCertMode, cn_pattern: &str) -> Gateway {
@@ -432,17 +410,8 @@ async fn revocation_lists_are_replaced_while_the_listener_runs() {
     let mut files = CrlFiles::new(vec![crl_file.clone()]);
     let ca = CertificateDer::from(pki.ca_der().to_vec());
     let verification = ClientCertVerification::new(&[ca], &files.load().unwrap()).unwrap();
-    let certs = ClientCertificates::new(ClientCertConfig {
-        rules: vec![CertRule {
-            field: CertField::CommonName,
-            pattern: CLIENT_CN.into(),
-            groups: ["agents".to_owned()].into_iter().collect(),
-            attributes: Default::default(),
-        }],
-        ..ClientCertConfig::default()
-    })
-    .unwrap()
-    .with_verifier(verification.verifier());
+    let certs = support::agent_certificates(CertField::CommonName, CLIENT_CN)
+        .with_verifier(verification.verifier());
     let client_chain = vec![pki.client_cert_der().to_vec()];
     let provider = certs.clone();
     let shared = verification.clone();

@@ -110,3 +110,79 @@ pub(crate) fn applications_at_decision(
     }
     out
 }
+
+/// Identities for the client-certificate tests, all in group `agents`: certificates whose
+/// `field` matches `pattern` map to that name, then the static tokens `(id, secret,
+/// subject)`.
+pub(crate) fn agents(
+    field: wirewarden::identity::CertField,
+    pattern: &str,
+    tokens: &[(&str, &str, &str)],
+) -> wirewarden::identity::Chain {
+    use wirewarden::identity::{Chain, StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
+    let groups = || ["agents".to_owned()].into_iter().collect();
+    let tokens = StaticTokens::new(StaticTokensConfig {
+        hash_key: None,
+        tokens: tokens
+            .iter()
+            .map(|(id, secret, subject)| StaticToken {
+                id: (*id).into(),
+                hash: TokenHash::of(secret, None),
+                subject: (*subject).into(),
+                groups: groups(),
+                attributes: Default::default(),
+                expires_at: None,
+            })
+            .collect(),
+    })
+    .unwrap();
+    Chain::new()
+        .with(Arc::new(agent_certificates(field, pattern)))
+        .with(Arc::new(tokens))
+}
+
+/// Client certificates whose `field` matches `pattern` map to that name, in group `agents`
+/// (no trust anchors of their own: the listener's handshake verifies the chain).
+pub(crate) fn agent_certificates(
+    field: wirewarden::identity::CertField,
+    pattern: &str,
+) -> wirewarden::identity::ClientCertificates {
+    use wirewarden::identity::{CertRule, ClientCertConfig, ClientCertificates};
+    ClientCertificates::new(ClientCertConfig {
+        rules: vec![CertRule {
+            field,
+            pattern: pattern.into(),
+            groups: ["agents".to_owned()].into_iter().collect(),
+            attributes: Default::default(),
+        }],
+        ..ClientCertConfig::default()
+    })
+    .unwrap()
+}
+
+/// The audit trail once `done` holds for it: outcomes, and refused handshakes, are
+/// recorded on their own tasks, so this flushes and reads again until then (panics after
+/// 30 s; no timing is asserted).
+pub(crate) async fn events_when(
+    pipeline: &wirewarden::Pipeline,
+    dir: &Path,
+    keys: &VerifyKeys,
+    done: impl Fn(&[AuditEvent]) -> bool,
+) -> Vec<AuditEvent> {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            pipeline.audit_sink().flush().await.unwrap();
+            let events: Vec<_> = read_log(dir, keys)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event)
+                .collect();
+            if done(&events) {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the audit trail has the expected events")
+}

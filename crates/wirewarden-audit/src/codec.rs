@@ -340,6 +340,10 @@ fn encode_kind(kind: &AuditEventKind, w: &mut Writer) -> Result<()> {
                     w.u8(5);
                     w.str("end reason", message)?;
                 }
+                SessionEndReason::CredentialRevoked { reason } => {
+                    w.u8(6);
+                    w.str("end reason", reason)?;
+                }
                 _ => {
                     return Err(Error::Unsupported {
                         what: "session end reason",
@@ -684,6 +688,9 @@ fn decode_kind(r: &mut Reader<'_>) -> Result<AuditEventKind> {
                 5 => SessionEndReason::Error {
                     message: r.str("end reason")?,
                 },
+                6 => SessionEndReason::CredentialRevoked {
+                    reason: r.str("end reason")?,
+                },
                 tag => {
                     return Err(Error::InvalidTag {
                         what: "end reason",
@@ -1007,6 +1014,33 @@ mod tests {
             let back = decode_event(&bytes).unwrap();
             assert_eq!(back, event);
             assert_eq!(encode_event(&back).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn every_end_reason_round_trips() {
+        for reason in [
+            SessionEndReason::ClientClosed,
+            SessionEndReason::UpstreamClosed,
+            SessionEndReason::CredentialExpired,
+            SessionEndReason::Shutdown,
+            SessionEndReason::Error {
+                message: "reset".into(),
+            },
+            SessionEndReason::CredentialRevoked {
+                reason: "invalid peer certificate: Revoked".into(),
+            },
+        ] {
+            let event = AuditEvent::new(
+                Some(SessionId::new()),
+                AuditEventKind::SessionEnded {
+                    reason: reason.clone(),
+                    commands: 3,
+                    duration_us: 7,
+                },
+            );
+            let bytes = encode_event(&event).unwrap();
+            assert_eq!(decode_event(&bytes).unwrap(), event, "{reason:?}");
         }
     }
 

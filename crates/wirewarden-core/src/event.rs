@@ -41,6 +41,13 @@ pub enum SessionEndReason {
         /// What went wrong.
         message: String,
     },
+    /// The gateway ended it because the credential it logged in with was withdrawn while it
+    /// was open: its client certificate is now revoked (or otherwise refused) by the
+    /// revocation lists that replaced those it was accepted under.
+    CredentialRevoked {
+        /// Why the credential is refused now (the TLS verifier's reason).
+        reason: String,
+    },
 }
 
 /// Counts of masked values per entity (`card_number`, `ssn`, `column:customers.email`).

@@ -19,6 +19,7 @@ use wirewarden_policy::{
 };
 use wirewarden_review::{MemoryReviewStore, Reviews};
 
+use crate::tls::{CertificateWatch, ClientCertVerification};
 use crate::{Error, Metrics, Result};
 
 /// Marks a [`PipelineBuilder`] that has no audit sink yet; it has no `build` method.
@@ -36,6 +37,7 @@ pub struct PipelineBuilder<A> {
     masks: Option<Arc<MaskEngine>>,
     budgets: Option<Arc<Budgets>>,
     max_review_wait: Duration,
+    certificates: Option<Arc<ClientCertVerification>>,
     audit: A,
 }
 
@@ -77,6 +79,19 @@ impl<A> PipelineBuilder<A> {
         self
     }
 
+    /// The client certificate verification the listeners use
+    /// ([`ServerTls::with_client_cert_verification`](crate::tls::ServerTls::with_client_cert_verification)).
+    /// With it, every open session that logged in with a certificate is re-verified each
+    /// time its revocation lists are replaced, and one the new lists refuse (revoked, no
+    /// longer covered) is ended by its proxy, on record as
+    /// [`SessionEndReason::CredentialRevoked`](wirewarden_core::SessionEndReason::CredentialRevoked).
+    /// Without it such a session runs until it closes.
+    #[must_use]
+    pub fn client_cert_verification(mut self, verification: Arc<ClientCertVerification>) -> Self {
+        self.certificates = Some(verification);
+        self
+    }
+
     /// The audit sink. Required: without it there is no `build`.
     pub fn audit(self, sink: Arc<dyn AuditSink>) -> PipelineBuilder<Arc<dyn AuditSink>> {
         PipelineBuilder {
@@ -87,6 +102,7 @@ impl<A> PipelineBuilder<A> {
             masks: self.masks,
             budgets: self.budgets,
             max_review_wait: self.max_review_wait,
+            certificates: self.certificates,
             audit: sink,
         }
     }
@@ -121,6 +137,7 @@ impl PipelineBuilder<Arc<dyn AuditSink>> {
             audit: self.audit,
             budgets: self.budgets,
             max_review_wait: self.max_review_wait,
+            certificates: self.certificates,
             metrics: Metrics::default(),
         })
     }
@@ -137,6 +154,7 @@ pub struct Pipeline {
     audit: Arc<dyn AuditSink>,
     budgets: Option<Arc<Budgets>>,
     max_review_wait: Duration,
+    certificates: Option<Arc<ClientCertVerification>>,
     metrics: Metrics,
 }
 
@@ -163,7 +181,27 @@ impl Pipeline {
             masks: None,
             budgets: None,
             max_review_wait: Duration::from_secs(3600),
+            certificates: None,
             audit: NoAuditSink,
+        }
+    }
+
+    /// A watch over a client certificate chain (DER, leaf first) a listener's handshake
+    /// accepted, against the pipeline's
+    /// [client certificate verification](PipelineBuilder::client_cert_verification): it
+    /// reports when replaced revocation lists refuse the chain. Inert without one. The
+    /// proxies take it right after the handshake, before the chain is mapped to an
+    /// identity.
+    #[must_use]
+    pub fn certificate_watch(&self, chain: &[Vec<u8>]) -> CertificateWatch {
+        match &self.certificates {
+            Some(v) => v.watch(
+                chain
+                    .iter()
+                    .map(|c| rustls::pki_types::CertificateDer::from(c.clone()))
+                    .collect(),
+            ),
+            None => CertificateWatch::inert(),
         }
     }
 

@@ -74,7 +74,7 @@ use wirewarden_redis::{
 pub use wirewarden_redis::{Limits, Risk};
 
 use self::mask::{Keys, Unmaskable};
-use crate::tls::UpstreamTls;
+use crate::tls::{CertificateWatch, UpstreamTls};
 use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal, Secret};
 
 /// Policy rules (TOML, for [`RuleEngine::from_toml`](wirewarden_policy::RuleEngine)) that
@@ -528,6 +528,12 @@ impl RedisProxy {
             decoder: RequestDecoder::new(self.config.limits),
             tls,
         };
+        // Taken before the chain maps to an identity: lists replaced from here on are
+        // checked by the watch.
+        let certificate = match &chain {
+            Some(chain) => self.pipeline.certificate_watch(chain),
+            None => CertificateWatch::inert(),
+        };
         let login = tokio::time::timeout_at(deadline, async {
             match chain {
                 Some(chain) => self.certificate_login(&mut client, peer, chain).await,
@@ -540,7 +546,7 @@ impl RedisProxy {
         else {
             return Ok(());
         };
-        self.session(client, peer, login).await
+        self.session(client, peer, login, certificate).await
     }
 
     fn auth_failed(
@@ -730,6 +736,7 @@ impl RedisProxy {
         mut client: Client,
         peer: Option<SocketAddr>,
         login: LoggedIn,
+        certificate: CertificateWatch,
     ) -> Result<()> {
         let LoggedIn {
             principal,
@@ -816,6 +823,7 @@ impl RedisProxy {
             client,
             up,
             up_buf,
+            certificate,
         };
         let first = match finish {
             // The HELLO that authenticated goes upstream (without AUTH) as a command.
@@ -1020,6 +1028,9 @@ struct Relay<'p> {
     client: Client,
     up: BoxIo,
     up_buf: BytesMut,
+    /// The session's client certificate, if it logged in with one: when replaced
+    /// revocation lists refuse it, the session ends.
+    certificate: CertificateWatch,
 }
 
 impl Relay<'_> {
@@ -1067,6 +1078,13 @@ impl Relay<'_> {
                             return Ok(SessionEndReason::ClientClosed);
                         }
                     }
+                }
+                reason = self.certificate.refused() => {
+                    // As the server ends a killed client: the connection closes; replies
+                    // still in flight are not relayed.
+                    let _ = self.client.io.shutdown().await;
+                    let _ = self.up.shutdown().await;
+                    return Ok(SessionEndReason::CredentialRevoked { reason });
                 }
                 n = self.up.read_buf(&mut self.up_buf) => {
                     if n.map_err(Error::upstream_io)? == 0 {

@@ -225,11 +225,19 @@ impl ServerTls {
 ///
 /// With lists, revocation fails closed: a revoked certificate, a certificate no list from
 /// its issuer covers, and a list past its next update are all refused.
+///
+/// Sessions that logged in with a certificate are not left alone once accepted: a
+/// [`CertificateWatch`] ([`watch`](Self::watch)) re-verifies a session's chain every time
+/// the lists are replaced and reports the first refusal, and the proxies end the session
+/// then (for the proxies of this crate, through
+/// [`PipelineBuilder::client_cert_verification`](crate::PipelineBuilder::client_cert_verification)).
 #[derive(Debug)]
 pub struct ClientCertVerification {
     anchors: Arc<rustls::RootCertStore>,
     hints: Vec<rustls::DistinguishedName>,
     current: std::sync::RwLock<Arc<dyn ClientCertVerifier>>,
+    /// Counts replacements of the lists; every [`CertificateWatch`] holds a receiver.
+    replaced: tokio::sync::watch::Sender<u64>,
 }
 
 impl ClientCertVerification {
@@ -258,6 +266,7 @@ impl ClientCertVerification {
             hints: verifier.root_hint_subjects().to_vec(),
             anchors,
             current: std::sync::RwLock::new(verifier),
+            replaced: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -282,7 +291,8 @@ impl ClientCertVerification {
     }
 
     /// Replaces the revocation lists (none: no revocation check). The next handshake and
-    /// the next verification use the new lists; one already verified is not revisited.
+    /// the next verification use the new lists, and every [`CertificateWatch`] re-verifies
+    /// its session's chain against them.
     ///
     /// # Errors
     /// [`Error::Tls`] if a list cannot be parsed; the lists in use stay.
@@ -292,7 +302,37 @@ impl ClientCertVerification {
             Ok(mut current) => *current = verifier,
             Err(poisoned) => *poisoned.into_inner() = verifier,
         }
+        self.replaced.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    /// Verifies a chain (DER, leaf first) as a handshake would now, with the lists in use:
+    /// `Err` holds rustls' reason for refusing it (`Revoked`, `UnknownRevocationStatus`,
+    /// `Expired`…).
+    ///
+    /// # Errors
+    /// The reason, as text, when the chain is refused or empty.
+    pub fn recheck(&self, chain: &[CertificateDer<'_>]) -> std::result::Result<(), String> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err("no certificate".into());
+        };
+        self.current()
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// A watch over a chain a handshake accepted (DER, leaf first): it reports when lists
+    /// that replace the current ones refuse the chain. Take it as soon as the handshake is
+    /// done, before the chain is mapped to an identity: lists replaced after that are
+    /// checked by the watch, lists replaced before it by the handshake or the identity
+    /// provider's own verification.
+    #[must_use]
+    pub fn watch(self: &Arc<Self>, chain: Vec<CertificateDer<'static>>) -> CertificateWatch {
+        CertificateWatch {
+            inner: Some((self.clone(), self.replaced.subscribe())),
+            chain,
+        }
     }
 
     /// This verification as rustls' `ClientCertVerifier`, requiring a certificate: for the
@@ -311,6 +351,58 @@ impl ClientCertVerification {
         match self.current.read() {
             Ok(v) => v.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// Watches whether a session's client certificate is still accepted: each time the
+/// [`ClientCertVerification`] it came from replaces its revocation lists,
+/// [`refused`](Self::refused) re-verifies the chain. A session that logged in another way
+/// holds an [`inert`](Self::inert) watch, which never reports.
+#[derive(Debug)]
+pub struct CertificateWatch {
+    inner: Option<(
+        Arc<ClientCertVerification>,
+        tokio::sync::watch::Receiver<u64>,
+    )>,
+    chain: Vec<CertificateDer<'static>>,
+}
+
+impl CertificateWatch {
+    /// A watch that never reports: for a session without a certificate, or a deployment
+    /// whose lists never change.
+    #[must_use]
+    pub fn inert() -> Self {
+        Self {
+            inner: None,
+            chain: Vec::new(),
+        }
+    }
+
+    /// Whether this watch can ever report.
+    #[must_use]
+    pub fn is_inert(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    /// Waits until replaced lists refuse the chain, and returns the reason. Lists replaced
+    /// with ones that still accept it change nothing. Never completes for an inert watch.
+    ///
+    /// Cancel safe: a `select!` may drop it and call it again; a replacement that happened
+    /// in between is checked by the next call.
+    pub async fn refused(&mut self) -> String {
+        let Some((verification, replaced)) = self.inner.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            if replaced.changed().await.is_err() {
+                // The verification is held here, so its sender lives: unreachable, but a
+                // watch that cannot learn of replacements must not report either.
+                return std::future::pending().await;
+            }
+            if let Err(reason) = verification.recheck(&self.chain) {
+                return reason;
+            }
         }
     }
 }

@@ -74,11 +74,20 @@ async fn gateway_with(
     };
     let tls =
         |chain, key, ca| ServerTls::with_client_certs_and_crls(chain, key, &[ca], &crls, mode);
-    gateway_on(redis, pki_dir, pki, tls, Arc::new(identity(cn_pattern))).await
+    gateway_on(
+        redis,
+        pki_dir,
+        pki,
+        tls,
+        Arc::new(identity(cn_pattern)),
+        None,
+    )
+    .await
 }
 
 /// A gateway in front of `redis` whose listener TLS `tls` builds from `pki`'s server
-/// certificate, key and authority, identifying clients with `identity`.
+/// certificate, key and authority, identifying clients with `identity`; with
+/// `certificates`, open certificate sessions are rechecked when its lists are replaced.
 async fn gateway_on(
     redis: Redis,
     pki_dir: tempfile::TempDir,
@@ -89,6 +98,7 @@ async fn gateway_on(
         CertificateDer<'static>,
     ) -> wirewarden::Result<ServerTls>,
     identity: Arc<dyn wirewarden::identity::IdentityProvider>,
+    certificates: Option<Arc<wirewarden::tls::ClientCertVerification>>,
 ) -> Gateway {
     let chain = wirewarden::tls::load_certs(pki.cert_file()).unwrap();
     let key = wirewarden::tls::key_from_pem(&std::fs::read(pki.key_file()).unwrap()).unwrap();
@@ -100,12 +110,11 @@ async fn gateway_on(
         "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n"
     );
     let engine = Arc::new(RuleEngine::from_toml(&policy).unwrap());
-    let pipeline = Arc::new(
-        Pipeline::builder(identity, engine)
-            .audit(Arc::new(sink))
-            .build()
-            .unwrap(),
-    );
+    let mut builder = Pipeline::builder(identity, engine);
+    if let Some(v) = certificates {
+        builder = builder.client_cert_verification(v);
+    }
+    let pipeline = Arc::new(builder.audit(Arc::new(sink)).build().unwrap());
     let upstream = RedisUpstream {
         addr: redis.addr().to_string(),
         user: Some(redis.user().to_owned()),
@@ -423,6 +432,7 @@ async fn revocation_lists_are_replaced_while_the_listener_runs() {
             ServerTls::with_client_cert_verification(chain, key, shared, ClientCertMode::Required)
         },
         Arc::new(certs),
+        None,
     )
     .await;
     let now = wirewarden::core::Timestamp::now();
@@ -455,6 +465,183 @@ async fn revocation_lists_are_replaced_while_the_listener_runs() {
     assert!(served(&cli(&g, true, &[], "GET plain\n").await));
     assert!(provider.verify_chain(&client_chain, now).is_ok());
     assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// A redis-py client kept open, driven a step at a time: it runs `setup`, then for each
+/// line written to its stdin runs `step` and prints what it printed.
+struct Interactive {
+    child: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    output: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Interactive {
+    async fn start(g: &Gateway, setup: &str, step: &str) -> Self {
+        let script = format!(
+            "import os, sys, redis, redis.backoff, redis.retry\n{setup}\nprint('READY', flush=True)\nfor _ in sys.stdin:\n    try:\n        print({step}, flush=True)\n    except Exception as e:\n        print('ERROR', type(e).__name__, e, flush=True)\n"
+        );
+        let mut child = tokio::process::Command::new("python3")
+            .args(["-c", &script])
+            .env("PORT", g.addr.port().to_string())
+            .env("CA", g.pki.ca_file())
+            .env("CERT", g.pki.client_cert_file())
+            .env("KEY", g.pki.client_key_file())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let output = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stdout.take().unwrap(),
+        ));
+        let mut me = Self {
+            child,
+            input,
+            output,
+        };
+        assert_eq!(me.line().await, "READY");
+        me
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(60), self.output.next_line())
+            .await
+            .expect("the client answered")
+            .unwrap()
+            .expect("the client is running")
+    }
+
+    /// Runs the step once and returns what it printed.
+    async fn step(&mut self) -> String {
+        use tokio::io::AsyncWriteExt;
+        self.input.write_all(b"go\n").await.unwrap();
+        self.input.flush().await.unwrap();
+        self.line().await
+    }
+
+    async fn finish(mut self) {
+        drop(self.input);
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the client exited")
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_session_ends_when_its_certificate_is_revoked() {
+    use wirewarden::core::SessionEndReason;
+    use wirewarden::tls::{ClientCertVerification, CrlFiles};
+    let redis = tokio::task::spawn_blocking(|| {
+        let r = Redis::builder().start().unwrap();
+        r.cli(&["SET", "plain", "hello"]).unwrap();
+        r
+    })
+    .await
+    .unwrap();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = TlsMaterial::generate_in(&pki_dir.path().join("pki"), TlsKey::EcdsaP256).unwrap();
+    let crl_file = pki_dir.path().join("agents.crl");
+    std::fs::write(&crl_file, pki.crl_pem(false, false).unwrap()).unwrap();
+    let mut files = CrlFiles::new(vec![crl_file.clone()]);
+    let ca = CertificateDer::from(pki.ca_der().to_vec());
+    let verification = ClientCertVerification::new(&[ca], &files.load().unwrap()).unwrap();
+    let certs = support::agent_certificates(CertField::CommonName, CLIENT_CN)
+        .with_verifier(verification.verifier());
+    let identity = Chain::new()
+        .with(Arc::new(certs))
+        .with(Arc::new(identity("nobody")));
+    let shared = verification.clone();
+    let g = gateway_on(
+        redis,
+        pki_dir,
+        pki,
+        move |chain, key, _| {
+            ServerTls::with_client_cert_verification(chain, key, shared, ClientCertMode::Optional)
+        },
+        Arc::new(identity),
+        Some(verification.clone()),
+    )
+    .await;
+    // No retries: a dropped connection is an error the step reports.
+    let tls = "r = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), ssl=True, ssl_ca_certs=os.environ['CA'], decode_responses=True, socket_timeout=20, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)";
+    // One session per login: RESP3 with the certificate, RESP2 with the certificate, RESP2
+    // with a token on the same listener.
+    let mut by_cert3 = Interactive::start(
+        &g,
+        &format!(
+            "{tls}, ssl_certfile=os.environ['CERT'], ssl_keyfile=os.environ['KEY'], protocol=3)"
+        ),
+        "r.get('plain')",
+    )
+    .await;
+    let mut by_cert2 = Interactive::start(
+        &g,
+        &format!("{tls}, ssl_certfile=os.environ['CERT'], ssl_keyfile=os.environ['KEY'])"),
+        "r.get('plain')",
+    )
+    .await;
+    let mut by_token = Interactive::start(
+        &g,
+        &format!("{tls}, username='agent', password='tok-agent')"),
+        "r.get('plain')",
+    )
+    .await;
+    for client in [&mut by_cert3, &mut by_cert2, &mut by_token] {
+        assert_eq!(client.step().await, "hello");
+    }
+
+    // New lists that still accept the certificate change nothing.
+    std::fs::write(&crl_file, g.pki.crl_pem(false, false).unwrap()).unwrap();
+    assert!(files.check(&verification).unwrap());
+    for client in [&mut by_cert3, &mut by_cert2, &mut by_token] {
+        assert_eq!(client.step().await, "hello");
+    }
+
+    // Revoked: both certificate sessions end without a command from their clients; the
+    // token session goes on.
+    std::fs::write(&crl_file, g.pki.crl_pem(true, false).unwrap()).unwrap();
+    assert!(files.check(&verification).unwrap());
+    let revoked = |kinds: &[AuditEventKind]| {
+        kinds
+            .iter()
+            .filter_map(|k| match k {
+                AuditEventKind::SessionEnded {
+                    reason: SessionEndReason::CredentialRevoked { reason },
+                    ..
+                } => Some(reason.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut ended = Vec::new();
+    for _ in 0..300 {
+        ended = revoked(&events(g.audit_dir.path(), &g.keys));
+        if ended.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    assert!(ended.iter().all(|r| r.contains("Revoked")), "{ended:?}");
+    for client in [&mut by_cert3, &mut by_cert2] {
+        // The connection is gone, and a new one is refused at the handshake.
+        let after = client.step().await;
+        assert!(after.starts_with("ERROR ConnectionError"), "{after}");
+    }
+    assert_eq!(by_token.step().await, "hello");
+    for client in [by_cert3, by_cert2, by_token] {
+        client.finish().await;
+    }
+
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    let kinds = events(g.audit_dir.path(), &g.keys);
+    // Three sessions, then only the certificate's new connections, refused at the handshake.
+    assert_eq!(sessions(&kinds).len(), 3, "{kinds:?}");
+    let refused = cert_failures(&kinds);
+    assert!(!refused.is_empty() && refused.iter().all(|f| f.contains("Revoked")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

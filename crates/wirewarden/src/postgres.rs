@@ -60,6 +60,7 @@ use wirewarden_sql::Classifier;
 use self::catalog::Catalog;
 use self::outbound::{ColumnPlan, Unmaskable};
 use self::upstream::BoxIo;
+use crate::tls::CertificateWatch;
 use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal};
 // Every proxy uses these; they live at the crate root and in `tls`, and are named here too
 // because a PostgreSQL configuration is written with them.
@@ -177,6 +178,9 @@ struct Started {
     /// The client certificate chain (DER, leaf first) the TLS handshake verified, if the
     /// client presented one.
     client_chain: Option<Vec<Vec<u8>>>,
+    /// Watches that chain from the handshake on: the session ends when replaced
+    /// revocation lists refuse it.
+    certificate: CertificateWatch,
 }
 
 enum StartupOutcome {
@@ -286,6 +290,7 @@ impl PostgresProxy {
         let mut tls = false;
         let mut tls_binding = None;
         let mut client_chain = None;
+        let mut certificate = CertificateWatch::inert();
         loop {
             let Some((_, msg)) = read_frontend(&mut client, &mut buf, &mut decoder).await? else {
                 return Err(Error::Closed("client"));
@@ -321,6 +326,9 @@ impl PostgresProxy {
                         .as_ref()
                         .and_then(|t| t.channel_binding.clone());
                     client_chain = crate::tls::presented_chain(stream.get_ref().1);
+                    if let Some(chain) = &client_chain {
+                        certificate = self.pipeline.certificate_watch(chain);
+                    }
                     client = Box::new(stream);
                     tls = true;
                     decoder = FrontendDecoder::new(limits);
@@ -386,6 +394,7 @@ impl PostgresProxy {
                         tls,
                         tls_binding,
                         client_chain,
+                        certificate,
                     })));
                 }
                 _ => {
@@ -735,7 +744,9 @@ impl PostgresProxy {
         let metrics = self.pipeline.metrics();
         Metrics::add(&metrics.sessions_started, 1);
         metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
-        let outcome = relay.run(s.client, s.buf, s.decoder, up).await;
+        let outcome = relay
+            .run(s.client, s.buf, s.decoder, up, s.certificate)
+            .await;
         metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
         if let (Some(pid), Ok(mut keys)) = (issued, self.cancel.lock()) {
             keys.remove(pid);
@@ -867,6 +878,7 @@ impl Relay {
         buf: BytesMut,
         decoder: FrontendDecoder,
         up: upstream::Upstream,
+        mut certificate: CertificateWatch,
     ) -> Result<()> {
         let (client_r, client_w) = tokio::io::split(client);
         let (up_r, up_w) = tokio::io::split(up.io);
@@ -877,21 +889,41 @@ impl Relay {
             let client_w = client_w.clone();
             tokio::spawn(async move { relay.downstream(up_r, up.buf, up.decoder, client_w).await })
         };
-        let commands = relay
-            .clone()
-            .upstream_loop(client_r, buf, decoder, up_w, client_w)
-            .await;
-        let reason = match &commands {
-            Ok(()) => SessionEndReason::ClientClosed,
-            Err(e) => SessionEndReason::Error {
+        let mut revoked = None;
+        let commands = tokio::select! {
+            commands = relay
+                .clone()
+                .upstream_loop(client_r, buf, decoder, up_w, client_w.clone()) => commands,
+            reason = certificate.refused() => {
+                // As the server ends a terminated backend: a FATAL error, then the connection
+                // closes (the upstream's with it, so an open transaction rolls back). The
+                // responses relay stops while the client writer is held, so the error
+                // follows a whole message; responses not yet relayed are not.
+                let mut w = client_w.lock().await;
+                down.abort();
+                let message = format!(
+                    "wirewarden: terminating connection: the client certificate of this session is no longer accepted ({reason})"
+                );
+                let _ = send(&mut *w, &[fatal("28000", message)]).await;
+                let _ = w.shutdown().await;
+                revoked = Some(reason);
+                Ok(())
+            }
+        };
+        let reason = match (&commands, revoked) {
+            (_, Some(reason)) => SessionEndReason::CredentialRevoked { reason },
+            (Ok(()), None) => SessionEndReason::ClientClosed,
+            (Err(e), None) => SessionEndReason::Error {
                 message: e.to_string(),
             },
         };
+        let revoked = matches!(reason, SessionEndReason::CredentialRevoked { .. });
         // Let the responses to what was sent drain before closing, then stop reading.
         let abort = down.abort_handle();
         let down = tokio::time::timeout(Duration::from_secs(5), down).await;
         abort.abort();
         let reason = match (&commands, down) {
+            _ if revoked => reason,
             (Ok(()), Ok(Ok(Err(Error::Closed("upstream"))))) => SessionEndReason::ClientClosed,
             (Ok(()), Ok(Ok(Err(e)))) => SessionEndReason::Error {
                 message: e.to_string(),

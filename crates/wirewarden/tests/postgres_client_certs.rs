@@ -6,7 +6,7 @@
 #![cfg(feature = "postgres")]
 
 mod support;
-use support::{assert_verifies, events, text};
+use support::{Interactive, assert_verifies, events, text};
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -28,6 +28,7 @@ use wirewarden::policy::RuleEngine;
 use wirewarden::postgres::{
     ClientCertMode, PostgresProxy, PostgresTarget, Secret, ServerTls, UpstreamConfig,
 };
+use wirewarden::tls::ClientCertVerification;
 use wirewarden_testkit::Postgres;
 
 const SEED: &str = "CREATE TABLE widgets (id int PRIMARY KEY, name text);
@@ -164,17 +165,28 @@ async fn gateway_with(
     mode: ClientCertMode,
     crls: &[CertificateRevocationListDer<'static>],
 ) -> Gateway {
+    let verification = ClientCertVerification::new(&[pki.ca_der()], crls).unwrap();
+    gateway_verifying(pki, mode, verification, false).await
+}
+
+/// A gateway whose listener verifies client certificates with `verification`; with
+/// `watch`, the pipeline also ends open sessions whose certificate replaced lists refuse.
+async fn gateway_verifying(
+    pki: &Pki,
+    mode: ClientCertMode,
+    verification: Arc<ClientCertVerification>,
+    watch: bool,
+) -> Gateway {
     let pg = tokio::task::spawn_blocking(|| Postgres::builder().seed_sql(SEED).start().unwrap())
         .await
         .unwrap();
     let (audit_dir, keys, sink) = support::audit_trail();
     let engine = Arc::new(RuleEngine::from_toml(POLICY).unwrap());
-    let pipeline = Arc::new(
-        Pipeline::builder(Arc::new(identity()), engine)
-            .audit(Arc::new(sink))
-            .build()
-            .unwrap(),
-    );
+    let mut builder = Pipeline::builder(Arc::new(identity()), engine);
+    if watch {
+        builder = builder.client_cert_verification(verification.clone());
+    }
+    let pipeline = Arc::new(builder.audit(Arc::new(sink)).build().unwrap());
     let upstream = UpstreamConfig {
         addr: pg.addr().to_string(),
         user: pg.user().to_owned(),
@@ -183,8 +195,7 @@ async fn gateway_with(
         tls: None,
     };
     let (chain, key) = pki.server_identity();
-    let tls =
-        ServerTls::with_client_certs_and_crls(chain, key, &[pki.ca_der()], crls, mode).unwrap();
+    let tls = ServerTls::with_client_cert_verification(chain, key, verification, mode).unwrap();
     let mut target = PostgresTarget::new(
         Target::new("inventory", Protocol::Postgres).unwrap(),
         upstream,
@@ -397,6 +408,86 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_and_on_record() {
     assert!(failures[0].contains("Revoked"), "{failures:?}");
     assert_verifies(g.audit_dir.path(), &g.keys);
     assert_eq!(sessions(&events(g.audit_dir.path(), &g.keys)), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_session_ends_when_its_certificate_is_revoked() {
+    use wirewarden::core::SessionEndReason;
+    let pki = Pki::new("wirewarden test CA");
+    let kept = pki.numbered_client("kept", "agent-7", AGENT_URI, Some(71));
+    let gone = pki.numbered_client(
+        "gone",
+        "agent-8",
+        "spiffe://prod.example/agents/agent-8",
+        Some(72),
+    );
+    let verification = ClientCertVerification::new(&[pki.ca_der()], &pki.crl(&[])).unwrap();
+    let g = gateway_verifying(&pki, ClientCertMode::Required, verification.clone(), true).await;
+    let connect = |(crt, key): &(PathBuf, PathBuf)| {
+        format!(
+            "import psycopg\nc = psycopg.connect('host=127.0.0.1 port={} user=agent dbname=app sslmode=verify-full sslrootcert={} sslcert={} sslkey={} connect_timeout=10')",
+            g.addr.port(),
+            pki.ca_pem().display(),
+            crt.display(),
+            key.display()
+        )
+    };
+    let mut kept = Interactive::start(&connect(&kept), &[]).await;
+    let mut gone = Interactive::start(&connect(&gone), &[]).await;
+    const NAME: &str = "c.execute('SELECT name FROM widgets WHERE id = 1').fetchone()[0]";
+    for client in [&mut kept, &mut gone] {
+        assert_eq!(client.eval(NAME).await, "sprocket");
+    }
+    // psycopg opened a transaction with that SELECT; it stays open.
+    assert_eq!(gone.eval("c.info.transaction_status.name").await, "INTRANS");
+
+    // New lists that still accept both certificates change nothing.
+    verification.replace_crls(&pki.crl(&[])).unwrap();
+    for client in [&mut kept, &mut gone] {
+        assert_eq!(client.eval(NAME).await, "sprocket");
+    }
+
+    // Revoking one ends its session at once, with no statement from its client; the other
+    // goes on.
+    verification.replace_crls(&pki.crl(&[72])).unwrap();
+    let revoked = |kinds: &[AuditEventKind]| {
+        kinds
+            .iter()
+            .filter_map(|k| match k {
+                AuditEventKind::SessionEnded {
+                    reason: SessionEndReason::CredentialRevoked { reason },
+                    ..
+                } => Some(reason.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut ended = Vec::new();
+    for _ in 0..300 {
+        ended = revoked(&events(g.audit_dir.path(), &g.keys));
+        if !ended.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert!(ended[0].contains("Revoked"), "{ended:?}");
+    // The client reads the server-style FATAL (28000) the gateway sent as it closed.
+    let after = gone.eval(NAME).await;
+    assert!(
+        after.starts_with("ERROR InvalidAuthorizationSpecification")
+            && after.contains("no longer accepted"),
+        "{after}"
+    );
+    assert_eq!(gone.eval("c.closed").await, "True");
+    assert_eq!(kept.eval(NAME).await, "sprocket");
+    kept.finish().await;
+    gone.finish().await;
+
+    assert_verifies(g.audit_dir.path(), &g.keys);
+    let kinds = events(g.audit_dir.path(), &g.keys);
+    assert_eq!(sessions(&kinds), 2, "{kinds:?}");
+    assert_eq!(revoked(&kinds).len(), 1, "{kinds:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 #![cfg(feature = "redis")]
 
 mod support;
-use support::{assert_verifies, events, text};
+use support::{Interactive, assert_verifies, events, text};
 
 use std::net::SocketAddr;
 use std::process::Output;
@@ -467,69 +467,6 @@ async fn revocation_lists_are_replaced_while_the_listener_runs() {
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
-/// A redis-py client kept open, driven a step at a time: it runs `setup`, then for each
-/// line written to its stdin runs `step` and prints what it printed.
-struct Interactive {
-    child: tokio::process::Child,
-    input: tokio::process::ChildStdin,
-    output: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-}
-
-impl Interactive {
-    async fn start(g: &Gateway, setup: &str, step: &str) -> Self {
-        let script = format!(
-            "import os, sys, redis, redis.backoff, redis.retry\n{setup}\nprint('READY', flush=True)\nfor _ in sys.stdin:\n    try:\n        print({step}, flush=True)\n    except Exception as e:\n        print('ERROR', type(e).__name__, e, flush=True)\n"
-        );
-        let mut child = tokio::process::Command::new("python3")
-            .args(["-c", &script])
-            .env("PORT", g.addr.port().to_string())
-            .env("CA", g.pki.ca_file())
-            .env("CERT", g.pki.client_cert_file())
-            .env("KEY", g.pki.client_key_file())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let input = child.stdin.take().unwrap();
-        let output = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-            child.stdout.take().unwrap(),
-        ));
-        let mut me = Self {
-            child,
-            input,
-            output,
-        };
-        assert_eq!(me.line().await, "READY");
-        me
-    }
-
-    async fn line(&mut self) -> String {
-        tokio::time::timeout(Duration::from_secs(60), self.output.next_line())
-            .await
-            .expect("the client answered")
-            .unwrap()
-            .expect("the client is running")
-    }
-
-    /// Runs the step once and returns what it printed.
-    async fn step(&mut self) -> String {
-        use tokio::io::AsyncWriteExt;
-        self.input.write_all(b"go\n").await.unwrap();
-        self.input.flush().await.unwrap();
-        self.line().await
-    }
-
-    async fn finish(mut self) {
-        drop(self.input);
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .expect("the client exited")
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_session_ends_when_its_certificate_is_revoked() {
     use wirewarden::core::SessionEndReason;
@@ -565,39 +502,34 @@ async fn an_open_session_ends_when_its_certificate_is_revoked() {
         Some(verification.clone()),
     )
     .await;
-    // No retries: a dropped connection is an error the step reports.
-    let tls = "r = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), ssl=True, ssl_ca_certs=os.environ['CA'], decode_responses=True, socket_timeout=20, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)";
     // One session per login: RESP3 with the certificate, RESP2 with the certificate, RESP2
-    // with a token on the same listener.
-    let mut by_cert3 = Interactive::start(
-        &g,
-        &format!(
-            "{tls}, ssl_certfile=os.environ['CERT'], ssl_keyfile=os.environ['KEY'], protocol=3)"
-        ),
-        "r.get('plain')",
-    )
-    .await;
-    let mut by_cert2 = Interactive::start(
-        &g,
-        &format!("{tls}, ssl_certfile=os.environ['CERT'], ssl_keyfile=os.environ['KEY'])"),
-        "r.get('plain')",
-    )
-    .await;
-    let mut by_token = Interactive::start(
-        &g,
-        &format!("{tls}, username='agent', password='tok-agent')"),
-        "r.get('plain')",
-    )
-    .await;
+    // with a token on the same listener. No retries: a dropped connection is an error.
+    let env = [
+        ("PORT", g.addr.port().to_string()),
+        ("CA", g.pki.ca_file().display().to_string()),
+        ("CERT", g.pki.client_cert_file().display().to_string()),
+        ("KEY", g.pki.client_key_file().display().to_string()),
+    ];
+    let connect = |login: &str| {
+        format!(
+            "import redis, redis.backoff, redis.retry\nr = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), ssl=True, ssl_ca_certs=os.environ['CA'], decode_responses=True, socket_timeout=20, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), {login})"
+        )
+    };
+    let cert = "ssl_certfile=os.environ['CERT'], ssl_keyfile=os.environ['KEY']";
+    let mut by_cert3 = Interactive::start(&connect(&format!("{cert}, protocol=3")), &env).await;
+    let mut by_cert2 = Interactive::start(&connect(cert), &env).await;
+    let mut by_token =
+        Interactive::start(&connect("username='agent', password='tok-agent'"), &env).await;
+    const GET: &str = "r.get('plain')";
     for client in [&mut by_cert3, &mut by_cert2, &mut by_token] {
-        assert_eq!(client.step().await, "hello");
+        assert_eq!(client.eval(GET).await, "hello");
     }
 
     // New lists that still accept the certificate change nothing.
     std::fs::write(&crl_file, g.pki.crl_pem(false, false).unwrap()).unwrap();
     assert!(files.check(&verification).unwrap());
     for client in [&mut by_cert3, &mut by_cert2, &mut by_token] {
-        assert_eq!(client.step().await, "hello");
+        assert_eq!(client.eval(GET).await, "hello");
     }
 
     // Revoked: both certificate sessions end without a command from their clients; the
@@ -628,10 +560,10 @@ async fn an_open_session_ends_when_its_certificate_is_revoked() {
     assert!(ended.iter().all(|r| r.contains("Revoked")), "{ended:?}");
     for client in [&mut by_cert3, &mut by_cert2] {
         // The connection is gone, and a new one is refused at the handshake.
-        let after = client.step().await;
+        let after = client.eval(GET).await;
         assert!(after.starts_with("ERROR ConnectionError"), "{after}");
     }
-    assert_eq!(by_token.step().await, "hello");
+    assert_eq!(by_token.eval(GET).await, "hello");
     for client in [by_cert3, by_cert2, by_token] {
         client.finish().await;
     }

@@ -186,3 +186,69 @@ pub(crate) async fn events_when(
     .await
     .expect("the audit trail has the expected events")
 }
+
+/// A Python client kept open and driven a line at a time: `setup` runs once (with `env` in
+/// `os.environ`), then every [`eval`](Self::eval) evaluates one Python expression in its
+/// scope and returns what it printed: the value, or `ERROR <type> <message>` if it raised.
+pub(crate) struct Interactive {
+    child: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    output: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Interactive {
+    pub(crate) async fn start(setup: &str, env: &[(&str, String)]) -> Self {
+        let script = format!(
+            "import os, sys\n{setup}\nprint('READY', flush=True)\nfor line in sys.stdin:\n    try:\n        print(eval(line), flush=True)\n    except Exception as e:\n        print('ERROR', type(e).__name__, str(e).replace('\\n', ' '), flush=True)\n"
+        );
+        let mut child = tokio::process::Command::new("python3")
+            .args(["-c", &script])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let output = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+            child.stdout.take().unwrap(),
+        ));
+        let mut me = Self {
+            child,
+            input,
+            output,
+        };
+        assert_eq!(me.line().await, "READY", "the client's setup ran");
+        me
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(60), self.output.next_line())
+            .await
+            .expect("the client answered")
+            .unwrap()
+            .expect("the client is running")
+    }
+
+    /// Evaluates `expression` (one line) and returns what it printed.
+    pub(crate) async fn eval(&mut self, expression: &str) -> String {
+        use tokio::io::AsyncWriteExt;
+        assert!(!expression.contains('\n'));
+        self.input
+            .write_all(format!("{expression}\n").as_bytes())
+            .await
+            .unwrap();
+        self.input.flush().await.unwrap();
+        self.line().await
+    }
+
+    /// Closes its input and waits for it to exit cleanly.
+    pub(crate) async fn finish(mut self) {
+        drop(self.input);
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the client exited")
+            .unwrap();
+        assert!(status.success());
+    }
+}

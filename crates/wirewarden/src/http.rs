@@ -64,7 +64,7 @@ use wirewarden_identity::{AuthContext, Credential};
 use self::gate::{CertificateLogin, ConnectionGate};
 #[cfg(feature = "postgres")]
 use crate::postgres::ChannelBinding;
-use crate::tls::UpstreamTls;
+use crate::tls::{CertificateWatch, UpstreamTls};
 use crate::{Error, Pipeline, Result};
 
 /// Policy rules (TOML, for [`RuleEngine::from_toml`](wirewarden_policy::RuleEngine)) that
@@ -368,13 +368,22 @@ impl HttpProxy {
                         return Err(Error::Tls(e.to_string()));
                     }
                 };
-                let certificate = match crate::tls::presented_chain(tls.get_ref().1) {
+                let chain = crate::tls::presented_chain(tls.get_ref().1);
+                // Taken before the chain maps to an identity: lists replaced from here on
+                // are checked by the watch.
+                let watch = chain.as_ref().map_or_else(CertificateWatch::inert, |c| {
+                    self.pipeline.certificate_watch(c)
+                });
+                let certificate = match chain {
                     Some(chain) => Some(self.certificate_login(chain, peer).await),
                     None => None,
                 };
-                self.serve_http(tls, peer, true, certificate).await
+                self.serve_http(tls, peer, true, certificate, watch).await
             }
-            None => self.serve_http(stream, peer, false, None).await,
+            None => {
+                self.serve_http(stream, peer, false, None, CertificateWatch::inert())
+                    .await
+            }
         }
     }
 
@@ -417,6 +426,7 @@ impl HttpProxy {
         peer: Option<SocketAddr>,
         tls: bool,
         certificate: Option<CertificateLogin>,
+        mut watch: CertificateWatch,
     ) -> Result<()>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -434,17 +444,27 @@ impl HttpProxy {
             .body_limits(self.config.body_limits);
         let service = tower::Layer::layer(&layer, self.upstream.clone());
         let addr = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let result = wirewarden_http::server::serve_connection_with_gate(
+        let served = wirewarden_http::server::serve_connection_with_gate(
             stream,
             addr,
             service,
             &self.config.limits,
             gate.clone(),
-        )
-        .await;
-        let reason = match &result {
-            Ok(()) => SessionEndReason::ClientClosed,
-            Err(e) => SessionEndReason::Error {
+        );
+        // When replaced revocation lists refuse the connection's certificate, the connection
+        // is dropped (closed, as a server ends a connection it no longer serves), and a
+        // request still being admitted is refused.
+        let (result, revoked) = tokio::select! {
+            result = served => (result, None),
+            reason = watch.refused() => {
+                gate.revoke(reason.clone());
+                (Ok(()), Some(reason))
+            }
+        };
+        let reason = match (revoked, &result) {
+            (Some(reason), _) => SessionEndReason::CredentialRevoked { reason },
+            (None, Ok(())) => SessionEndReason::ClientClosed,
+            (None, Err(e)) => SessionEndReason::Error {
                 message: e.to_string(),
             },
         };

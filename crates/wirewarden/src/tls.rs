@@ -2,8 +2,9 @@
 //! configurations; [`ServerTls`], the TLS a listener offers its clients (and whether it asks
 //! them for certificates, [`ClientCertMode`]); [`ClientCertVerification`], client
 //! certificate verification shared by listeners and the identity provider, with revocation
-//! lists kept current from files by [`CrlFiles`]; and [`UpstreamTls`], the TLS settings
-//! every proxy uses towards its upstream.
+//! lists kept current from files by [`CrlFiles`] and checked again for open sessions by
+//! [`CertificateWatch`]; and [`UpstreamTls`], the TLS settings every proxy uses towards its
+//! upstream.
 //!
 //! The gateway terminates TLS from clients (so a token sent as a password travels
 //! encrypted, or a client certificate proves who the client is) and may speak TLS to the

@@ -7,6 +7,7 @@
 #![cfg(feature = "http")]
 
 mod support;
+use support::Interactive;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use wirewarden::http::{DEFAULT_HTTP_POLICY, HttpProxy, HttpTarget, Route, Routes
 use wirewarden::identity::{CertField, Chain};
 use wirewarden::mask::{Engine, MaskKey, Profile};
 use wirewarden::policy::RuleEngine;
-use wirewarden::tls::{ClientCertMode, ServerTls};
+use wirewarden::tls::{ClientCertMode, ClientCertVerification, ServerTls};
 use wirewarden_testkit::{TlsKey, TlsMaterial};
 
 const SSN: &str = "123-45-6789";
@@ -95,6 +96,8 @@ struct Gateway {
     keys: VerifyKeys,
     pki: TlsMaterial,
     seen: Log,
+    /// The listener's client certificate verification.
+    verification: Arc<ClientCertVerification>,
     _pki_dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
 }
@@ -107,6 +110,17 @@ impl Drop for Gateway {
 
 /// With `crl`: the testkit CA's revocation list made with `(revoke_client, stale)`.
 async fn gateway(mode: ClientCertMode, cn_pattern: &str, crl: Option<(bool, bool)>) -> Gateway {
+    gateway_with(mode, cn_pattern, crl, false).await
+}
+
+/// As `gateway`; with `watch`, the pipeline also ends open connections whose certificate
+/// replaced lists refuse.
+async fn gateway_with(
+    mode: ClientCertMode,
+    cn_pattern: &str,
+    crl: Option<(bool, bool)>,
+    watch: bool,
+) -> Gateway {
     let seen = Log::default();
     let origin = upstream(seen.clone()).await;
     let pki_dir = tempfile::tempdir().unwrap();
@@ -120,7 +134,9 @@ async fn gateway(mode: ClientCertMode, cn_pattern: &str, crl: Option<(bool, bool
         }
         None => Vec::new(),
     };
-    let tls = ServerTls::with_client_certs_and_crls(chain, key, &[ca], &crls, mode).unwrap();
+    let verification = ClientCertVerification::new(&[ca], &crls).unwrap();
+    let tls =
+        ServerTls::with_client_cert_verification(chain, key, verification.clone(), mode).unwrap();
 
     let (audit_dir, keys, sink) = support::audit_trail();
     let policy = format!(
@@ -132,16 +148,15 @@ async fn gateway(mode: ClientCertMode, cn_pattern: &str, crl: Option<(bool, bool
         .default_profile("api")
         .build()
         .unwrap();
-    let pipeline = Arc::new(
-        Pipeline::builder(
-            Arc::new(identity(cn_pattern)),
-            Arc::new(RuleEngine::from_toml(&policy).unwrap()),
-        )
-        .masking(Arc::new(masks))
-        .audit(Arc::new(sink))
-        .build()
-        .unwrap(),
-    );
+    let mut builder = Pipeline::builder(
+        Arc::new(identity(cn_pattern)),
+        Arc::new(RuleEngine::from_toml(&policy).unwrap()),
+    )
+    .masking(Arc::new(masks));
+    if watch {
+        builder = builder.client_cert_verification(verification.clone());
+    }
+    let pipeline = Arc::new(builder.audit(Arc::new(sink)).build().unwrap());
     let mut target = HttpTarget::new(
         Target::new("crm-api", Protocol::Http).unwrap(),
         format!("http://{origin}"),
@@ -165,6 +180,7 @@ async fn gateway(mode: ClientCertMode, cn_pattern: &str, crl: Option<(bool, bool
         keys,
         pki,
         seen,
+        verification,
         _pki_dir: pki_dir,
         task,
     }
@@ -456,4 +472,99 @@ async fn a_revoked_certificate_fails_the_handshake() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Revoking a certificate while its connections are open ends them: each connection is
+/// closed with no request from its client and its session ends on record as revoked, over
+/// HTTP/1.1 and HTTP/2; a connection with a token goes on, and the certificate's next
+/// connection fails the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_end_when_their_certificate_is_revoked() {
+    use wirewarden::core::SessionEndReason;
+    let g = gateway_with(
+        ClientCertMode::Optional,
+        CLIENT_CN,
+        Some((false, false)),
+        true,
+    )
+    .await;
+    let env = [
+        ("PORT", g.addr.port().to_string()),
+        ("CA", g.pki.ca_file().display().to_string()),
+        ("CERT", g.pki.client_cert_file().display().to_string()),
+        ("KEY", g.pki.client_key_file().display().to_string()),
+    ];
+    let client = |cert: bool, http2: bool| {
+        let load = if cert {
+            "ctx.load_cert_chain(os.environ['CERT'], os.environ['KEY'])\n"
+        } else {
+            ""
+        };
+        let py = if http2 { "True" } else { "False" };
+        format!(
+            "import ssl, httpx\nctx = ssl.create_default_context(cafile=os.environ['CA'])\n{load}c = httpx.Client(verify=ctx, http2={py}, timeout=20, headers={{'Authorization': 'Bearer {OTHER_TOKEN}'}} if {token} else {{}})\nurl = f\"https://127.0.0.1:{{os.environ['PORT']}}/customers/7\"",
+            token = if cert { "False" } else { "True" },
+        )
+    };
+    // The status and the HTTP version of one request.
+    const GET: &str = "(lambda r: f'{r.status_code} {r.http_version}')(c.get(url))";
+    let mut h1 = Interactive::start(&client(true, false), &env).await;
+    let mut h2 = Interactive::start(&client(true, true), &env).await;
+    let mut token = Interactive::start(&client(false, false), &env).await;
+    assert_eq!(h1.eval(GET).await, "200 HTTP/1.1");
+    assert_eq!(h2.eval(GET).await, "200 HTTP/2");
+    assert_eq!(token.eval(GET).await, "200 HTTP/1.1");
+
+    // New lists that still accept the certificate change nothing.
+    let lists = |revoke| {
+        wirewarden::tls::crls_from_pem(g.pki.crl_pem(revoke, false).unwrap().as_bytes()).unwrap()
+    };
+    g.verification.replace_crls(&lists(false)).unwrap();
+    assert_eq!(h1.eval(GET).await, "200 HTTP/1.1");
+    assert_eq!(h2.eval(GET).await, "200 HTTP/2");
+
+    g.verification.replace_crls(&lists(true)).unwrap();
+    let revoked = |events: &[AuditEvent]| {
+        events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                AuditEventKind::SessionEnded {
+                    reason: SessionEndReason::CredentialRevoked { reason },
+                    ..
+                } => Some(reason.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let events = g.events_when(|e| revoked(e).len() == 2).await;
+    assert!(revoked(&events).iter().all(|r| r.contains("Revoked")));
+    // Their connections are gone (httpx either finds its connection closed or connects
+    // again at once), and a new connection's handshake refuses the certificate (the
+    // client reads the `certificate_revoked` alert or, when it is already writing its
+    // request, the close that follows it; the reason is on record below).
+    for c in [&mut h1, &mut h2] {
+        for _ in 0..2 {
+            let after = c.eval(GET).await;
+            assert!(after.starts_with("ERROR"), "{after}");
+        }
+    }
+    assert_eq!(token.eval(GET).await, "200 HTTP/1.1");
+    for c in [h1, h2, token] {
+        c.finish().await;
+    }
+
+    let events = g
+        .events_when(|e| {
+            e.iter()
+                .filter(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. }))
+                .count()
+                == 3
+                && !failures(e, "client_certificate").is_empty()
+        })
+        .await;
+    let started = sessions(&events);
+    assert_eq!(started.len(), 3, "{started:?}");
+    let refused = failures(&events, "client_certificate");
+    assert!(!refused.is_empty() && refused.iter().all(|f| f.contains("Revoked")));
+    support::assert_verifies(g.audit_dir.path(), &g.keys);
 }

@@ -261,6 +261,10 @@ async fn serve(config: Config) -> Result<ExitCode, BoxError> {
     if let Some(w) = config.review.max_wait_secs {
         builder = builder.max_review_wait(Duration::from_secs(w));
     }
+    // Open certificate sessions are rechecked whenever the lists below are reloaded.
+    if let Some(verification) = config.client_cert_verification()? {
+        builder = builder.client_cert_verification(verification);
+    }
     let pipeline = Arc::new(builder.audit(Arc::new(config.audit_sink()?)).build()?);
 
     let mut tasks = Vec::new();
@@ -311,7 +315,7 @@ async fn serve(config: Config) -> Result<ExitCode, BoxError> {
                     tick.tick().await;
                     match files.check(&verification) {
                         Ok(true) => eprintln!(
-                            "wirewarden-gateway: client certificate revocation lists reloaded"
+                            "wirewarden-gateway: client certificate revocation lists reloaded; open sessions rechecked"
                         ),
                         Ok(false) => {}
                         Err(e) => eprintln!(

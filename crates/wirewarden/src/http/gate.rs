@@ -73,6 +73,8 @@ pub(crate) struct ConnectionGate {
     /// certificate's identity.
     same_identity: Mutex<std::collections::HashSet<[u8; 32]>>,
     commands: std::sync::atomic::AtomicU64,
+    /// Set when replaced revocation lists refused the connection's certificate: why.
+    revoked: std::sync::OnceLock<String>,
 }
 
 /// The session key of a certificate connection's one identity: no token digest is all zero.
@@ -143,7 +145,14 @@ impl ConnectionGate {
             sessions: Mutex::new(HashMap::new()),
             same_identity: Mutex::new(std::collections::HashSet::new()),
             commands: std::sync::atomic::AtomicU64::new(0),
+            revoked: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The connection's certificate is no longer accepted: every request from now on is
+    /// refused.
+    pub(crate) fn revoke(&self, reason: String) {
+        let _ = self.revoked.set(reason);
     }
 
     async fn auth_failed(&self, reason: String) {
@@ -347,6 +356,12 @@ impl ConnectionGate {
             Some(CertificateLogin::Refused(reason)) => {
                 return Err(unauthenticated(format!(
                     "the client certificate was not accepted: {reason}"
+                )));
+            }
+            Some(CertificateLogin::Accepted(_)) if self.revoked.get().is_some() => {
+                let reason = self.revoked.get().map_or("", String::as_str);
+                return Err(unauthenticated(format!(
+                    "the client certificate is no longer accepted: {reason}"
                 )));
             }
             Some(CertificateLogin::Accepted(principal)) => {

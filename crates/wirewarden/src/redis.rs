@@ -824,6 +824,7 @@ impl RedisProxy {
             up,
             up_buf,
             certificate,
+            revoked: None,
         };
         let first = match finish {
             // The HELLO that authenticated goes upstream (without AUTH) as a command.
@@ -1031,6 +1032,9 @@ struct Relay<'p> {
     /// The session's client certificate, if it logged in with one: when replaced
     /// revocation lists refuse it, the session ends.
     certificate: CertificateWatch,
+    /// Set when the certificate was refused while a command waited for review: why. The
+    /// session ends once the replies owed are sent.
+    revoked: Option<String>,
 }
 
 impl Relay<'_> {
@@ -1046,7 +1050,7 @@ impl Relay<'_> {
         loop {
             // Every complete request, in order.
             if client_open {
-                while !self.quit {
+                while !self.quit && self.revoked.is_none() {
                     match decoder.decode(&mut client_buf) {
                         Ok(Some(req)) => self.on_request(req).await?,
                         Ok(None) => break,
@@ -1064,6 +1068,11 @@ impl Relay<'_> {
             self.commit().await;
             self.on_upstream_bytes().await?;
             self.flush().await?;
+            if let Some(reason) = self.revoked.take() {
+                let _ = self.client.io.shutdown().await;
+                let _ = self.up.shutdown().await;
+                return Ok(SessionEndReason::CredentialRevoked { reason });
+            }
             if (!client_open || self.quit) && self.slots.is_empty() {
                 let _ = self.up.shutdown().await;
                 return Ok(SessionEndReason::ClientClosed);
@@ -1601,7 +1610,15 @@ impl Relay<'_> {
             .request_review(&held, rule, reason, requirement)
             .await
             .map_err(refusal)?;
-        pipeline.await_review(&held, pending).await.map_err(refusal)
+        // A certificate revoked while its command waits ends the wait: the command does not
+        // run, and the session ends once the refusal is sent.
+        tokio::select! {
+            approved = pipeline.await_review(&held, pending) => approved.map_err(refusal),
+            why = self.certificate.refused() => {
+                self.revoked = Some(why);
+                Err("wirewarden: the client certificate of this session is no longer accepted".into())
+            }
+        }
     }
 
     // === replies ===

@@ -107,7 +107,7 @@ async fn gateway_on(
 
     let (audit_dir, keys, sink) = support::audit_trail();
     let policy = format!(
-        "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n"
+        "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"deletes-need-ops\"\nverbs = [\"DEL\"]\naction = \"review\"\nreviewers = [\"ops\"]\ntimeout = \"60s\"\n\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n"
     );
     let engine = Arc::new(RuleEngine::from_toml(&policy).unwrap());
     let mut builder = Pipeline::builder(identity, engine);
@@ -532,8 +532,23 @@ async fn an_open_session_ends_when_its_certificate_is_revoked() {
         assert_eq!(client.eval(GET).await, "hello");
     }
 
-    // Revoked: both certificate sessions end without a command from their clients; the
-    // token session goes on.
+    // One certificate session has a DEL held for review when the certificate is revoked.
+    by_cert2.send("r.delete('plain')").await;
+    let held = || {
+        events(g.audit_dir.path(), &g.keys)
+            .iter()
+            .any(|k| matches!(k, AuditEventKind::ReviewRequested { .. }))
+    };
+    for _ in 0..300 {
+        if held() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(held(), "the DEL is held for review");
+
+    // Revoked: both certificate sessions end without a command from their clients (the
+    // held DEL is refused and never runs); the token session goes on.
     std::fs::write(&crl_file, g.pki.crl_pem(true, false).unwrap()).unwrap();
     assert!(files.check(&verification).unwrap());
     let revoked = |kinds: &[AuditEventKind]| {
@@ -558,6 +573,12 @@ async fn an_open_session_ends_when_its_certificate_is_revoked() {
     }
     assert_eq!(ended.len(), 2, "{ended:?}");
     assert!(ended.iter().all(|r| r.contains("Revoked")), "{ended:?}");
+    let held = by_cert2.result().await;
+    assert!(
+        held.starts_with("ERROR ResponseError") && held.contains("no longer accepted"),
+        "{held}"
+    );
+    assert_eq!(g.redis.cli(&["GET", "plain"]).unwrap().trim(), "hello");
     for client in [&mut by_cert3, &mut by_cert2] {
         // The connection is gone, and a new one is refused at the handshake.
         let after = client.eval(GET).await;

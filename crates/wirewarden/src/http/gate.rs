@@ -473,6 +473,13 @@ impl ConnectionGate {
                 }
                 self.review(&session, command, command_id, rule, &reason, requirement)
                     .await?;
+                // The certificate may have been revoked while the request waited (an HTTP/2
+                // stream outlives its dropped connection): it does not go out then.
+                if let Some(why) = self.revoked.get() {
+                    return Err(unauthenticated(format!(
+                        "the client certificate is no longer accepted: {why}"
+                    )));
+                }
                 None
             }
             _ => {

@@ -232,6 +232,13 @@ impl Interactive {
 
     /// Evaluates `expression` (one line) and returns what it printed.
     pub(crate) async fn eval(&mut self, expression: &str) -> String {
+        self.send(expression).await;
+        self.line().await
+    }
+
+    /// Starts evaluating `expression` (one line); [`result`](Self::result) reads what it
+    /// printed.
+    pub(crate) async fn send(&mut self, expression: &str) {
         use tokio::io::AsyncWriteExt;
         assert!(!expression.contains('\n'));
         self.input
@@ -239,6 +246,10 @@ impl Interactive {
             .await
             .unwrap();
         self.input.flush().await.unwrap();
+    }
+
+    /// What the expression [`send`](Self::send) started printed.
+    pub(crate) async fn result(&mut self) -> String {
         self.line().await
     }
 

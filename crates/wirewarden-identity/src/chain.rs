@@ -12,8 +12,8 @@ use crate::{AuthContext, Credential, Error, IdentityProvider, error_code};
 /// first principal.
 ///
 /// If none accepts the credential it is [`Error::Unsupported`]; if every one that tried
-/// refused it, [`Error::Rejected`] lists each provider's index and reason code for the audit
-/// trail. The client is told only [`Error::client_message`], the same sentence for every
+/// refused it, [`Error::Rejected`] lists each provider's index, reason code and message
+/// (`#0: expired (credential expired at …)`) for the audit trail. The client is told only [`Error::client_message`], the same sentence for every
 /// failure, so it cannot learn which provider or check refused it. There is no default
 /// identity: an empty chain refuses everything.
 #[derive(Debug, Clone, Default)]
@@ -70,7 +70,9 @@ impl IdentityProvider for Chain {
             }
             match provider.authenticate(credential, context).await {
                 Ok(principal) => return Ok(principal),
-                Err(e) => attempts.push(format!("#{i}: {}", error_code(&e))),
+                // The code to match on, then the provider's own reason (the listeners'
+                // audit record of a refused certificate keeps rustls' reason this way).
+                Err(e) => attempts.push(format!("#{i}: {} ({e})", error_code(&e))),
             }
         }
         if attempts.is_empty() {

@@ -104,7 +104,8 @@ pub enum Error {
     /// Every provider of a chain refused the credential.
     #[error("credential refused by every provider ({})", attempts.join("; "))]
     Rejected {
-        /// One line per provider that tried, in order: its index and the reason code.
+        /// One line per provider that tried, in order: its index, the reason code, and the
+        /// provider's message in brackets (`#1: untrusted (untrusted client certificate: …)`).
         attempts: Vec<String>,
     },
     /// The provider's configuration is invalid.

@@ -13,9 +13,10 @@ use crate::{AuthContext, Credential, Error, IdentityProvider, error_code};
 ///
 /// If none accepts the credential it is [`Error::Unsupported`]; if every one that tried
 /// refused it, [`Error::Rejected`] lists each provider's index, reason code and message
-/// (`#0: expired (credential expired at …)`) for the audit trail. The client is told only [`Error::client_message`], the same sentence for every
-/// failure, so it cannot learn which provider or check refused it. There is no default
-/// identity: an empty chain refuses everything.
+/// (`#0: expired (credential expired at …)`) for the audit trail. The client is told only
+/// [`Error::client_message`], the same sentence for every failure, so it cannot learn which
+/// provider or check refused it. There is no default identity: an empty chain refuses
+/// everything.
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
     providers: Vec<Arc<dyn IdentityProvider>>,

@@ -480,7 +480,6 @@ async fn a_revoked_certificate_fails_the_handshake() {
 /// connection fails the handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_connections_end_when_their_certificate_is_revoked() {
-    use wirewarden::core::SessionEndReason;
     let g = gateway_with(
         ClientCertMode::Optional,
         CLIENT_CN,
@@ -488,12 +487,7 @@ async fn open_connections_end_when_their_certificate_is_revoked() {
         true,
     )
     .await;
-    let env = [
-        ("PORT", g.addr.port().to_string()),
-        ("CA", g.pki.ca_file().display().to_string()),
-        ("CERT", g.pki.client_cert_file().display().to_string()),
-        ("KEY", g.pki.client_key_file().display().to_string()),
-    ];
+    let env = support::pki_env(g.addr.port(), &g.pki);
     let client = |cert: bool, http2: bool| {
         let load = if cert {
             "ctx.load_cert_chain(os.environ['CERT'], os.environ['KEY'])\n"
@@ -524,18 +518,7 @@ async fn open_connections_end_when_their_certificate_is_revoked() {
     assert_eq!(h2.eval(GET).await, "200 HTTP/2");
 
     g.verification.replace_crls(&lists(true)).unwrap();
-    let revoked = |events: &[AuditEvent]| {
-        events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                AuditEventKind::SessionEnded {
-                    reason: SessionEndReason::CredentialRevoked { reason },
-                    ..
-                } => Some(reason.clone()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    };
+    let revoked = |events: &[AuditEvent]| support::revoked_sessions(events.iter().map(|e| &e.kind));
     let events = g.events_when(|e| revoked(e).len() == 2).await;
     assert!(revoked(&events).iter().all(|r| r.contains("Revoked")));
     // Their connections are gone (httpx either finds its connection closed or connects

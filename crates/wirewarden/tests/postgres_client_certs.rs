@@ -412,7 +412,6 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_and_on_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_session_ends_when_its_certificate_is_revoked() {
-    use wirewarden::core::SessionEndReason;
     let pki = Pki::new("wirewarden test CA");
     let kept = pki.numbered_client("kept", "agent-7", AGENT_URI, Some(71));
     let gone = pki.numbered_client(
@@ -450,26 +449,11 @@ async fn an_open_session_ends_when_its_certificate_is_revoked() {
     // Revoking one ends its session at once, with no statement from its client; the other
     // goes on.
     verification.replace_crls(&pki.crl(&[72])).unwrap();
-    let revoked = |kinds: &[AuditEventKind]| {
-        kinds
-            .iter()
-            .filter_map(|k| match k {
-                AuditEventKind::SessionEnded {
-                    reason: SessionEndReason::CredentialRevoked { reason },
-                    ..
-                } => Some(reason.clone()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut ended = Vec::new();
-    for _ in 0..300 {
-        ended = revoked(&events(g.audit_dir.path(), &g.keys));
-        if !ended.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let kinds = support::kinds_when(g.audit_dir.path(), &g.keys, |kinds| {
+        !support::revoked_sessions(kinds).is_empty()
+    })
+    .await;
+    let ended = support::revoked_sessions(&kinds);
     assert_eq!(ended.len(), 1, "{ended:?}");
     assert!(ended[0].contains("Revoked"), "{ended:?}");
     // The client reads the server-style FATAL (28000) the gateway sent as it closed.
@@ -487,7 +471,7 @@ async fn an_open_session_ends_when_its_certificate_is_revoked() {
     assert_verifies(g.audit_dir.path(), &g.keys);
     let kinds = events(g.audit_dir.path(), &g.keys);
     assert_eq!(sessions(&kinds), 2, "{kinds:?}");
-    assert_eq!(revoked(&kinds).len(), 1, "{kinds:?}");
+    assert_eq!(support::revoked_sessions(&kinds).len(), 1, "{kinds:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -402,8 +402,20 @@ async fn a_revoked_certificate_fails_the_handshake_and_is_on_record() {
 /// kept current from a file (`CrlFiles`): a certificate revoked while the gateway runs is
 /// refused from the next handshake on, by both, and reinstated when a new list no longer
 /// names it — no restart. A file that cannot be parsed changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_lists_are_replaced_while_the_listener_runs() {
+/// A gateway whose listener and identity provider share one verification of the testkit
+/// authority, with its revocation list in a file (`crl_file`, naming nothing yet) that
+/// `files` applies; with `watch`, the pipeline also ends open sessions the lists come to
+/// refuse. Certificates map as in `gateway`; the token `tok-agent` logs in too.
+struct ListFileGateway {
+    g: Gateway,
+    crl_file: std::path::PathBuf,
+    files: wirewarden::tls::CrlFiles,
+    verification: Arc<wirewarden::tls::ClientCertVerification>,
+    /// The certificate provider, verifying with the shared lists.
+    provider: wirewarden::identity::ClientCertificates,
+}
+
+async fn gateway_with_list_file(mode: ClientCertMode, watch: bool) -> ListFileGateway {
     use wirewarden::tls::{ClientCertVerification, CrlFiles};
     let redis = tokio::task::spawn_blocking(|| {
         let r = Redis::builder().start().unwrap();
@@ -416,25 +428,43 @@ async fn revocation_lists_are_replaced_while_the_listener_runs() {
     let pki = TlsMaterial::generate_in(&pki_dir.path().join("pki"), TlsKey::EcdsaP256).unwrap();
     let crl_file = pki_dir.path().join("agents.crl");
     std::fs::write(&crl_file, pki.crl_pem(false, false).unwrap()).unwrap();
-    let mut files = CrlFiles::new(vec![crl_file.clone()]);
+    let files = CrlFiles::new(vec![crl_file.clone()]);
     let ca = CertificateDer::from(pki.ca_der().to_vec());
     let verification = ClientCertVerification::new(&[ca], &files.load().unwrap()).unwrap();
-    let certs = support::agent_certificates(CertField::CommonName, CLIENT_CN)
+    let provider = support::agent_certificates(CertField::CommonName, CLIENT_CN)
         .with_verifier(verification.verifier());
-    let client_chain = vec![pki.client_cert_der().to_vec()];
-    let provider = certs.clone();
+    let identity = Chain::new()
+        .with(Arc::new(provider.clone()))
+        .with(Arc::new(identity("nobody")));
     let shared = verification.clone();
     let g = gateway_on(
         redis,
         pki_dir,
         pki,
-        move |chain, key, _| {
-            ServerTls::with_client_cert_verification(chain, key, shared, ClientCertMode::Required)
-        },
-        Arc::new(certs),
-        None,
+        move |chain, key, _| ServerTls::with_client_cert_verification(chain, key, shared, mode),
+        Arc::new(identity),
+        watch.then(|| verification.clone()),
     )
     .await;
+    ListFileGateway {
+        g,
+        crl_file,
+        files,
+        verification,
+        provider,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_lists_are_replaced_while_the_listener_runs() {
+    let ListFileGateway {
+        g,
+        crl_file,
+        mut files,
+        verification,
+        provider,
+    } = gateway_with_list_file(ClientCertMode::Required, false).await;
+    let client_chain = vec![g.pki.client_cert_der().to_vec()];
     let now = wirewarden::core::Timestamp::now();
     let served = |out: &Output| text(&out.stdout).trim() == "hello";
 
@@ -469,47 +499,16 @@ async fn revocation_lists_are_replaced_while_the_listener_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_session_ends_when_its_certificate_is_revoked() {
-    use wirewarden::core::SessionEndReason;
-    use wirewarden::tls::{ClientCertVerification, CrlFiles};
-    let redis = tokio::task::spawn_blocking(|| {
-        let r = Redis::builder().start().unwrap();
-        r.cli(&["SET", "plain", "hello"]).unwrap();
-        r
-    })
-    .await
-    .unwrap();
-    let pki_dir = tempfile::tempdir().unwrap();
-    let pki = TlsMaterial::generate_in(&pki_dir.path().join("pki"), TlsKey::EcdsaP256).unwrap();
-    let crl_file = pki_dir.path().join("agents.crl");
-    std::fs::write(&crl_file, pki.crl_pem(false, false).unwrap()).unwrap();
-    let mut files = CrlFiles::new(vec![crl_file.clone()]);
-    let ca = CertificateDer::from(pki.ca_der().to_vec());
-    let verification = ClientCertVerification::new(&[ca], &files.load().unwrap()).unwrap();
-    let certs = support::agent_certificates(CertField::CommonName, CLIENT_CN)
-        .with_verifier(verification.verifier());
-    let identity = Chain::new()
-        .with(Arc::new(certs))
-        .with(Arc::new(identity("nobody")));
-    let shared = verification.clone();
-    let g = gateway_on(
-        redis,
-        pki_dir,
-        pki,
-        move |chain, key, _| {
-            ServerTls::with_client_cert_verification(chain, key, shared, ClientCertMode::Optional)
-        },
-        Arc::new(identity),
-        Some(verification.clone()),
-    )
-    .await;
+    let ListFileGateway {
+        g,
+        crl_file,
+        mut files,
+        verification,
+        ..
+    } = gateway_with_list_file(ClientCertMode::Optional, true).await;
     // One session per login: RESP3 with the certificate, RESP2 with the certificate, RESP2
     // with a token on the same listener. No retries: a dropped connection is an error.
-    let env = [
-        ("PORT", g.addr.port().to_string()),
-        ("CA", g.pki.ca_file().display().to_string()),
-        ("CERT", g.pki.client_cert_file().display().to_string()),
-        ("KEY", g.pki.client_key_file().display().to_string()),
-    ];
+    let env = support::pki_env(g.addr.port(), &g.pki);
     let connect = |login: &str| {
         format!(
             "import redis, redis.backoff, redis.retry\nr = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), ssl=True, ssl_ca_certs=os.environ['CA'], decode_responses=True, socket_timeout=20, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0), {login})"
@@ -534,44 +533,22 @@ async fn an_open_session_ends_when_its_certificate_is_revoked() {
 
     // One certificate session has a DEL held for review when the certificate is revoked.
     by_cert2.send("r.delete('plain')").await;
-    let held = || {
-        events(g.audit_dir.path(), &g.keys)
+    support::kinds_when(g.audit_dir.path(), &g.keys, |kinds| {
+        kinds
             .iter()
             .any(|k| matches!(k, AuditEventKind::ReviewRequested { .. }))
-    };
-    for _ in 0..300 {
-        if held() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(held(), "the DEL is held for review");
+    })
+    .await;
 
     // Revoked: both certificate sessions end without a command from their clients (the
     // held DEL is refused and never runs); the token session goes on.
     std::fs::write(&crl_file, g.pki.crl_pem(true, false).unwrap()).unwrap();
     assert!(files.check(&verification).unwrap());
-    let revoked = |kinds: &[AuditEventKind]| {
-        kinds
-            .iter()
-            .filter_map(|k| match k {
-                AuditEventKind::SessionEnded {
-                    reason: SessionEndReason::CredentialRevoked { reason },
-                    ..
-                } => Some(reason.clone()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut ended = Vec::new();
-    for _ in 0..300 {
-        ended = revoked(&events(g.audit_dir.path(), &g.keys));
-        if ended.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(ended.len(), 2, "{ended:?}");
+    let kinds = support::kinds_when(g.audit_dir.path(), &g.keys, |kinds| {
+        support::revoked_sessions(kinds).len() == 2
+    })
+    .await;
+    let ended = support::revoked_sessions(&kinds);
     assert!(ended.iter().all(|r| r.contains("Revoked")), "{ended:?}");
     let held = by_cert2.result().await;
     assert!(

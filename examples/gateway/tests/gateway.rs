@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use wirewarden_testkit::{Postgres, Redis, free_port};
 
+mod support;
+use support::{hex32, text, wait_port};
+
 const BIN: &str = env!("CARGO_BIN_EXE_wirewarden-gateway");
 
 const SEED: &str = "
@@ -103,25 +106,6 @@ impl Gateway {
             cmd.args(["-c", s]);
         }
         cmd.output().unwrap()
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn hex32() -> String {
-    wirewarden_testkit::random_secret() + &wirewarden_testkit::random_secret()
-}
-
-fn wait_port(port: u16) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -10,10 +10,13 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wirewarden_testkit::{TlsKey, TlsMaterial, free_port};
+
+mod support;
+use support::{Running, hex32, text, wait_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wirewarden-gateway");
 const SSN: &str = "123-45-6789";
@@ -57,30 +60,6 @@ max_class = "read"
 action = "allow"
 "#;
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn hex32() -> String {
-    wirewarden_testkit::random_secret() + &wirewarden_testkit::random_secret()
-}
-
-fn wait_port(port: u16) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// One request over a fresh connection; the whole response.
 fn get(port: u16, path: &str, token: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -92,10 +71,6 @@ fn get(port: u16, path: &str, token: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn cli(config: &Path, args: &[&str]) -> std::process::Output {

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use wirewarden_testkit::{Postgres, free_port, random_secret};
 
+mod support;
+use support::{hex32, text};
+
 const BIN: &str = env!("CARGO_BIN_EXE_wirewarden-gateway");
 
 // === reading the README ===
@@ -140,14 +143,6 @@ fn secret_ref<'a>(t: &'a toml::Table, key: &str, kind: &str) -> &'a str {
 }
 
 // === running it ===
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn hex32() -> String {
-    random_secret() + &random_secret()
-}
 
 /// `PATH` with the directory of the binary under test first, as `cargo install` would put it.
 fn path_with_gateway() -> std::ffi::OsString {

@@ -4,44 +4,18 @@
 //! restart and no command from the agent, and the end is on record as `credential_revoked`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use wirewarden_testkit::{Redis, TlsKey, TlsMaterial, free_port};
+
+mod support;
+use support::{Running, hex32, text, wait_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wirewarden-gateway");
 
 /// The common name of the testkit's client certificate.
 const CLIENT_CN: &str = "wirewarden-testkit client";
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn hex32() -> String {
-    wirewarden_testkit::random_secret() + &wirewarden_testkit::random_secret()
-}
-
-fn wait_port(port: u16) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn cli(config: &std::path::Path, args: &[&str]) -> Output {
     Command::new(BIN)

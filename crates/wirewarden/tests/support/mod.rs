@@ -187,6 +187,56 @@ pub(crate) async fn events_when(
     .expect("the audit trail has the expected events")
 }
 
+/// The reasons of the sessions that ended because their credential was revoked.
+pub(crate) fn revoked_sessions<'k>(
+    kinds: impl IntoIterator<Item = &'k AuditEventKind>,
+) -> Vec<String> {
+    kinds
+        .into_iter()
+        .filter_map(|k| match k {
+            AuditEventKind::SessionEnded {
+                reason: wirewarden::core::SessionEndReason::CredentialRevoked { reason },
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The events of the trail in `dir` once `done` holds for them, read again every 100 ms
+/// (panics after 30 s; no timing is asserted).
+pub(crate) async fn kinds_when(
+    dir: &Path,
+    keys: &VerifyKeys,
+    done: impl Fn(&[AuditEventKind]) -> bool,
+) -> Vec<AuditEventKind> {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let kinds = events(dir, keys);
+            if done(&kinds) {
+                return kinds;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the audit trail has the expected events")
+}
+
+/// The environment the Python clients of the client-certificate tests read: the gateway's
+/// `PORT`, and the testkit authority (`CA`) and client certificate (`CERT`, `KEY`).
+pub(crate) fn pki_env(
+    port: u16,
+    pki: &wirewarden_testkit::TlsMaterial,
+) -> [(&'static str, String); 4] {
+    [
+        ("PORT", port.to_string()),
+        ("CA", pki.ca_file().display().to_string()),
+        ("CERT", pki.client_cert_file().display().to_string()),
+        ("KEY", pki.client_key_file().display().to_string()),
+    ]
+}
+
 /// A Python client kept open and driven a line at a time: `setup` runs once (with `env` in
 /// `os.environ`), then every [`eval`](Self::eval) evaluates one Python expression in its
 /// scope and returns what it printed: the value, or `ERROR <type> <message>` if it raised.

@@ -118,6 +118,19 @@ impl Pki {
 }
 
 impl Pki {
+    /// Two agents' certificates (paths as `client` returns them): `agent-7`, serial 71,
+    /// which the tests' lists leave alone, and `agent-8`, serial 72, which they revoke.
+    fn kept_and_gone(&self) -> ((PathBuf, PathBuf), (PathBuf, PathBuf)) {
+        let kept = self.numbered_client("kept", "agent-7", AGENT_URI, Some(71));
+        let gone = self.numbered_client(
+            "gone",
+            "agent-8",
+            "spiffe://prod.example/agents/agent-8",
+            Some(72),
+        );
+        (kept, gone)
+    }
+
     /// A current revocation list from this CA naming the serial numbers `revoked`.
     fn crl(&self, revoked: &[u64]) -> Vec<CertificateRevocationListDer<'static>> {
         let params = rcgen::CertificateRevocationListParams {
@@ -381,13 +394,7 @@ async fn handshake_failures(g: &Gateway, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate_is_refused_at_the_handshake_and_on_record() {
     let pki = Pki::new("wirewarden test CA");
-    let kept = pki.numbered_client("kept", "agent-7", AGENT_URI, Some(71));
-    let gone = pki.numbered_client(
-        "gone",
-        "agent-8",
-        "spiffe://prod.example/agents/agent-8",
-        Some(72),
-    );
+    let (kept, gone) = pki.kept_and_gone();
     let g = gateway_with(&pki, ClientCertMode::Required, &pki.crl(&[72])).await;
     let out = psql(g.addr, &pki.ca_pem(), Some(&kept), None, "SELECT 1").await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -413,13 +420,7 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_and_on_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_session_ends_when_its_certificate_is_revoked() {
     let pki = Pki::new("wirewarden test CA");
-    let kept = pki.numbered_client("kept", "agent-7", AGENT_URI, Some(71));
-    let gone = pki.numbered_client(
-        "gone",
-        "agent-8",
-        "spiffe://prod.example/agents/agent-8",
-        Some(72),
-    );
+    let (kept, gone) = pki.kept_and_gone();
     let verification = ClientCertVerification::new(&[pki.ca_der()], &pki.crl(&[])).unwrap();
     let g = gateway_verifying(&pki, ClientCertMode::Required, verification.clone(), true).await;
     let connect = |(crt, key): &(PathBuf, PathBuf)| {

@@ -7,7 +7,9 @@
 //! and refused on decode when not strictly sorted. `encode(decode(b)) == b` for every `b` that
 //! decodes, so a verifier can re-derive the bytes it hashes.
 //!
-//! The first byte is [`EVENT_ENCODING_VERSION`]; a new field means a new version.
+//! The first byte is [`EVENT_ENCODING_VERSION`]; a new field means a new version. A new
+//! event kind or enum variant takes a new tag: older readers report such a record as
+//! unreadable rather than damaged ([`Error::is_newer_encoding`](crate::Error::is_newer_encoding)).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -132,6 +132,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this decoding error says the bytes come from a newer version of the event
+    /// encoding (an encoding version or a tag this version does not know), rather than
+    /// that they are malformed. A record whose keyed hash verifies and whose event fails
+    /// this way was written by a newer writer: intact, but unreadable here.
+    #[must_use]
+    pub fn is_newer_encoding(&self) -> bool {
+        matches!(
+            self,
+            Self::UnsupportedVersion { .. } | Self::InvalidTag { .. }
+        )
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             op,

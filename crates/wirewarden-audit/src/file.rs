@@ -458,13 +458,28 @@ impl FileSink {
                 }
             }
         }
+        let appended = self.append_encoded(&encoded, urgent).await;
+        match (appended, failed) {
+            (Err((i, e)), _) | (Ok(_), Some((i, e))) => Err((i, e)),
+            (Ok(seqs), None) => Ok(seqs),
+        }
+    }
+
+    /// Chains and appends events already encoded, in order; `Err((n, e))`: the first `n`
+    /// were appended, the rest not.
+    pub(crate) async fn append_encoded(
+        &self,
+        encoded: &[Vec<u8>],
+        urgent: bool,
+    ) -> std::result::Result<Vec<u64>, (usize, Error)> {
+        let mut failed = None;
         let mut seqs = Vec::with_capacity(encoded.len());
         if !encoded.is_empty() {
             let (last, pending, wake) = {
                 let mut st = self.shared.lock();
                 self.check_usable(&st).map_err(|e| (0, e))?;
                 let before = st.pending.len();
-                for bytes in &encoded {
+                for bytes in encoded {
                     match self.chain(&mut st, bytes) {
                         Ok(seq) => seqs.push(seq),
                         Err(e) => {

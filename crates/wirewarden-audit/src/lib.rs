@@ -44,7 +44,8 @@ pub use stdout::{StdoutSink, WriterSink};
 #[cfg(feature = "postgres")]
 pub use tokio_postgres;
 pub use verify::{
-    Damage, DamageKind, Report, TornTail, VerifyKeys, VerifyOptions, verify_dir, verify_dir_with,
+    Damage, DamageKind, Report, TornTail, Unreadable, VerifyKeys, VerifyOptions, verify_dir,
+    verify_dir_with,
 };
 #[cfg(feature = "webhook")]
 pub use webhook::{WebhookConfig, WebhookSink};

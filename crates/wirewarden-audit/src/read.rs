@@ -2,7 +2,9 @@
 //!
 //! The reader checks every record it returns (log id, keyed hash, sequence number, link to
 //! the previous record, seals) so replay and export never show an event the chain does not
-//! vouch for. An incomplete last record is treated as not written yet.
+//! vouch for. An incomplete last record is treated as not written yet. A record that
+//! verifies but was written by a newer version of the event encoding is passed over and
+//! counted ([`LogReader::unreadable`]), not taken for damage.
 
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
@@ -41,6 +43,7 @@ pub struct LogReader {
     sealed: bool,
     next_seq: u64,
     head: Hash,
+    unreadable: u64,
 }
 
 impl LogReader {
@@ -58,7 +61,28 @@ impl LogReader {
             sealed: false,
             next_seq: 0,
             head: [0; 32],
+            unreadable: 0,
         }
+    }
+
+    /// How many records read so far verified but could not be decoded by this version
+    /// (written by a newer version of the event encoding); [`poll`](Self::poll) passes
+    /// over them.
+    #[must_use]
+    pub fn unreadable(&self) -> u64 {
+        self.unreadable
+    }
+
+    /// A note for whoever reads the output when records were passed over
+    /// ([`unreadable`](Self::unreadable)), or `None`.
+    #[must_use]
+    pub fn passed_over(&self) -> Option<String> {
+        (self.unreadable > 0).then(|| {
+            format!(
+                "{} intact record(s) written by a newer version of the event encoding were left out; read them with that version",
+                self.unreadable
+            )
+        })
     }
 
     /// The sequence number of the next event to be read.
@@ -119,12 +143,19 @@ impl LogReader {
                         {
                             return Err(self.damaged("record does not verify".into()));
                         }
-                        let event = decode_event(rec.event)
-                            .map_err(|e| self.damaged(format!("event does not decode: {e}")))?;
-                        out.push(Entry {
-                            seq: rec.seq,
-                            event,
-                        });
+                        match decode_event(rec.event) {
+                            Ok(event) => out.push(Entry {
+                                seq: rec.seq,
+                                event,
+                            }),
+                            // Vouched for by the keyed hash: a newer writer's event.
+                            Err(e) if e.is_newer_encoding() => {
+                                self.unreadable = self.unreadable.saturating_add(1);
+                            }
+                            Err(e) => {
+                                return Err(self.damaged(format!("event does not decode: {e}")));
+                            }
+                        }
                         self.head = rec.hash;
                         self.next_seq = self.next_seq.saturating_add(1);
                         pos = pos.saturating_add(n);

@@ -616,3 +616,87 @@ fn duplicated_and_swapped_segment_files() {
     fs::rename(&tmp, g.path(2)).unwrap();
     assert_damage(&g.verify(), DamageKind::Reordered, fr1[0].2.unwrap());
 }
+
+/// Records a newer writer appended (a new encoding version, an event kind this version
+/// does not know) are chained like any other: verification vouches for them and says this
+/// version cannot read them, readers pass over them and count them, and nothing after them
+/// is lost. A record that does not decode for any other reason is still damage.
+#[test]
+fn records_of_a_newer_encoding_verify_and_are_passed_over() {
+    use crate::codec::{EVENT_ENCODING_VERSION, encode_event};
+    use crate::read::LogReader;
+
+    let f = Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        key: ChainKey::new("test-key", [42; 32]).unwrap(),
+        signer: CheckpointSigner::from_seed([9; 32]),
+    };
+    let session = SessionId::new();
+    // A kind whose encoding ends in its tag and a one-byte `None`.
+    let renamed = |tag: u8| {
+        let event = wirewarden_core::AuditEvent::new(
+            Some(session),
+            AuditEventKind::ApplicationChanged { application: None },
+        );
+        let mut bytes = encode_event(&event).unwrap();
+        let at = bytes.len() - 2;
+        assert_eq!(bytes[at], 13, "the kind tag");
+        bytes[at] = tag;
+        bytes
+    };
+    let mut newer_version = encode_event(&numbered_event(session, 1)).unwrap();
+    newer_version[0] = EVENT_ENCODING_VERSION + 1;
+    let write = |records: Vec<Vec<u8>>| {
+        rt().block_on(async {
+            let sink = FileSink::builder(f.dir.path(), f.key.clone(), f.signer.clone())
+                .open()
+                .unwrap();
+            sink.append_event(&numbered_event(session, 0))
+                .await
+                .unwrap();
+            sink.append_encoded(&records, true).await.unwrap();
+            sink.append_event(&numbered_event(session, 2))
+                .await
+                .unwrap();
+            sink.close().await.unwrap();
+        });
+    };
+    write(vec![newer_version, renamed(200)]);
+
+    let r = f.verify();
+    assert!(r.is_ok(), "{r}");
+    assert_eq!(r.events, 4, "{r}");
+    assert_eq!(r.unreadable, 2, "{r}");
+    assert!(!r.is_fully_readable());
+    assert_eq!(r.exit_status(), 3);
+    let first = r.first_unreadable.as_ref().unwrap();
+    assert_eq!(first.seq, 1);
+    assert!(first.reason.contains("version 2"), "{}", first.reason);
+    assert!(r.to_string().contains("newer version"), "{r}");
+
+    let mut reader = LogReader::new(f.dir.path(), f.keys());
+    let seqs: Vec<u64> = reader.poll().unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [0, 3]);
+    assert_eq!(reader.unreadable(), 2);
+    assert!(reader.passed_over().is_some());
+
+    // A known kind whose bytes do not decode (here: trailing bytes) is not a newer writer's.
+    let f2 = Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        key: f.key.clone(),
+        signer: f.signer.clone(),
+    };
+    let mut trailing = encode_event(&numbered_event(session, 1)).unwrap();
+    trailing.push(0);
+    rt().block_on(async {
+        let sink = FileSink::builder(f2.dir.path(), f2.key.clone(), f2.signer.clone())
+            .open()
+            .unwrap();
+        sink.append_encoded(&[trailing], true).await.unwrap();
+        sink.close().await.unwrap();
+    });
+    let r = f2.verify();
+    assert_damage(&r, DamageKind::Modified, 0);
+    assert_eq!(r.exit_status(), 1);
+    assert!(LogReader::new(f2.dir.path(), f2.keys()).poll().is_err());
+}

@@ -76,7 +76,7 @@ impl Default for VerifyOptions {
 #[non_exhaustive]
 pub enum DamageKind {
     /// A record or header was changed (its keyed hash or MAC no longer matches, or it does
-    /// not decode).
+    /// not decode for a reason other than a newer encoding: see [`Unreadable`]).
     Modified,
     /// Records are missing from the middle of the chain.
     Deleted,
@@ -151,6 +151,19 @@ pub struct TornTail {
     pub bytes: u64,
 }
 
+/// A record whose keyed hash and place in the chain verify but whose event this version
+/// cannot decode: a newer writer's encoding version or event kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The segment it is in.
+    pub segment: u64,
+    /// What this version did not know (`unsupported event encoding version 2`,
+    /// `invalid event kind tag 14`).
+    pub reason: String,
+}
+
 /// Where the log ends, for a sink that reopens it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TailState {
@@ -183,14 +196,39 @@ pub struct Report {
     pub torn_tail: Option<TornTail>,
     /// The first damage, if any.
     pub damage: Option<Damage>,
+    /// Records (counted in `events`) that verify but that this version cannot decode:
+    /// written by a newer version of the event encoding. They are not damage; read them
+    /// with the version that wrote them.
+    pub unreadable: u64,
+    /// The first of them.
+    pub first_unreadable: Option<Unreadable>,
     pub(crate) tail: TailState,
 }
 
 impl Report {
-    /// Whether the log verified (a torn tail is not damage).
+    /// Whether the log verified (a torn tail is not damage, nor are records of a newer
+    /// encoding: see [`is_fully_readable`](Self::is_fully_readable)).
     #[must_use]
     pub fn is_ok(&self) -> bool {
         self.damage.is_none()
+    }
+
+    /// Whether this version could decode every record it verified.
+    #[must_use]
+    pub fn is_fully_readable(&self) -> bool {
+        self.unreadable == 0
+    }
+
+    /// The exit status the command-line tools give this report: 0 when the log verified
+    /// and every record was read, 1 when it is damaged, 3 when it verified but holds
+    /// records of a newer encoding this version cannot read. (2 is left for errors.)
+    #[must_use]
+    pub fn exit_status(&self) -> u8 {
+        match (self.is_ok(), self.is_fully_readable()) {
+            (false, _) => 1,
+            (true, false) => 3,
+            (true, true) => 0,
+        }
     }
 }
 
@@ -214,6 +252,16 @@ impl fmt::Display for Report {
                         f,
                         "; torn last record (crash during append) at sequence number {} in segment {}: {} bytes ignored",
                         t.seq, t.segment, t.bytes
+                    )?;
+                }
+                if let Some(u) = &self.first_unreadable {
+                    write!(
+                        f,
+                        "; {} intact but written by a newer version of the event encoding, which this version cannot read (the first at sequence number {} in segment {}: {})",
+                        counted(self.unreadable, "record"),
+                        u.seq,
+                        u.segment,
+                        u.reason
                     )?;
                 }
             }
@@ -263,6 +311,8 @@ pub fn verify_dir_with(dir: &Path, keys: &VerifyKeys, opts: &VerifyOptions) -> R
             last_checkpoint: None,
             torn_tail: None,
             damage: None,
+            unreadable: 0,
+            first_unreadable: None,
             tail: TailState::default(),
         },
         genesis: [0; 32],
@@ -581,14 +631,26 @@ impl Walk<'_> {
                         );
                         return Ok(Flow::Stop);
                     }
-                    if let Err(e) = decode_event(rec.event) {
-                        self.damage(
-                            seq,
-                            DamageKind::Modified,
-                            seg,
-                            format!("event does not decode: {e}"),
-                        );
-                        return Ok(Flow::Stop);
+                    match decode_event(rec.event) {
+                        Ok(_) => {}
+                        // The keyed hash vouches for these bytes: a newer writer's event.
+                        Err(e) if e.is_newer_encoding() => {
+                            self.report.unreadable = self.report.unreadable.saturating_add(1);
+                            self.report.first_unreadable.get_or_insert(Unreadable {
+                                seq,
+                                segment: index,
+                                reason: e.to_string(),
+                            });
+                        }
+                        Err(e) => {
+                            self.damage(
+                                seq,
+                                DamageKind::Modified,
+                                seg,
+                                format!("event does not decode: {e}"),
+                            );
+                            return Ok(Flow::Stop);
+                        }
                     }
                     self.advance(rec.hash);
                     offset = offset.saturating_add(n);

@@ -68,7 +68,9 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum AuditCmd {
-    /// Check the chain, signatures and segments. Exit status 1 if anything is damaged.
+    /// Check the chain, signatures and segments. Exit status 1 if anything is damaged, 3 if
+    /// the log is intact but holds records of a newer event encoding this version cannot
+    /// read.
     Verify,
     /// Print a readable transcript of one session.
     Replay {
@@ -382,11 +384,7 @@ async fn audit(config: &Config, cmd: AuditCmd) -> Result<ExitCode, BoxError> {
         AuditCmd::Verify => {
             let report = verify_dir(&dir, &keys)?;
             out(&report);
-            Ok(if report.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(ExitCode::from(report.exit_status()))
         }
         AuditCmd::Replay { session, follow } => {
             let session: SessionId = session.parse()?;
@@ -399,7 +397,7 @@ async fn audit(config: &Config, cmd: AuditCmd) -> Result<ExitCode, BoxError> {
                     }
                 }
                 if !follow || transcript.is_finished() {
-                    return Ok(ExitCode::SUCCESS);
+                    return Ok(passed_over(&reader));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -417,9 +415,19 @@ async fn audit(config: &Config, cmd: AuditCmd) -> Result<ExitCode, BoxError> {
                     }
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(passed_over(&reader))
         }
     }
+}
+
+/// Exit status 0, or 3 with a note on stderr when the reader passed over records of a newer
+/// event encoding (they verify; this version cannot show them).
+fn passed_over(reader: &LogReader) -> ExitCode {
+    let Some(note) = reader.passed_over() else {
+        return ExitCode::SUCCESS;
+    };
+    eprintln!("wirewarden-gateway: audit: {note}");
+    ExitCode::from(3)
 }
 
 async fn admin_call(

@@ -49,7 +49,8 @@ enum Format {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Check the log: prints OK, or the first bad sequence number and the kind of damage.
-    /// Exit status 0 when OK, 1 when damaged, 2 on errors.
+    /// Exit status 0 when OK, 1 when damaged, 2 on errors, 3 when OK but some records were
+    /// written by a newer version of the event encoding and cannot be read by this one.
     Verify {
         #[command(flatten)]
         keys: KeyArgs,
@@ -175,11 +176,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             if let (true, Some(c)) = (report.is_ok(), &report.last_checkpoint) {
                 out(&format!("checkpoint {}", c.to_hex()))?;
             }
-            Ok(if report.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(ExitCode::from(report.exit_status()))
         }
         Cmd::Replay {
             keys: args,
@@ -201,7 +198,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     }
                 }
                 if !follow || transcript.is_finished() {
-                    return Ok(ExitCode::SUCCESS);
+                    return Ok(passed_over(&reader));
                 }
                 std::thread::sleep(Duration::from_millis(poll_ms));
             }
@@ -210,7 +207,8 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             let k = keys(&args)?;
             verified(&args, &k)?;
             let mut exporter = OcsfExporter::new();
-            for entry in LogReader::new(&args.dir, k).poll()? {
+            let mut reader = LogReader::new(&args.dir, k);
+            for entry in reader.poll()? {
                 match format {
                     Format::Jsonl => out(&to_json_line(&entry.event)?)?,
                     Format::Ocsf => {
@@ -220,7 +218,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     }
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(passed_over(&reader))
         }
         Cmd::Append {
             dir,
@@ -273,6 +271,16 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Exit status 0, or 3 with a note on stderr when the reader passed over records of a newer
+/// event encoding (they verify; this version cannot show them).
+fn passed_over(reader: &LogReader) -> ExitCode {
+    let Some(note) = reader.passed_over() else {
+        return ExitCode::SUCCESS;
+    };
+    let _ = writeln!(std::io::stderr(), "wirewarden-audit: {note}");
+    ExitCode::from(3)
 }
 
 fn main() -> ExitCode {

@@ -147,6 +147,10 @@ impl Pipeline {
     /// approval for exactly `held` (its digest, requester and target). `Ok` means the
     /// command may run, once.
     ///
+    /// If the wait is dropped before the review is resolved (the client went away, or its
+    /// session was ended), the review is cancelled and the cancellation recorded, on a task
+    /// of its own: nobody is asked to approve a command no one waits for any more.
+    ///
     /// # Errors
     /// A [`ReviewRefusal`] for every outcome but a usable approval.
     pub async fn await_review(
@@ -156,7 +160,16 @@ impl Pipeline {
     ) -> Result<(), ReviewRefusal> {
         let reviews = self.reviews();
         let id = pending.id;
-        let review = match reviews.wait(id, pending.timeout).await {
+        let mut abandoned = CancelOnDrop {
+            armed: true,
+            reviews: reviews.clone(),
+            sink: self.audit_sink().clone(),
+            id,
+            session: held.session,
+        };
+        let waited = reviews.wait(id, pending.timeout).await;
+        abandoned.armed = false;
+        let review = match waited {
             Ok((review, event)) => {
                 if let Some(mut e) = event {
                     e.session = Some(held.session);
@@ -202,6 +215,39 @@ impl Pipeline {
                 waited: pending.timeout,
             }),
         }
+    }
+}
+
+/// Cancels a review whose wait was dropped before it was resolved, and records that.
+struct CancelOnDrop {
+    armed: bool,
+    reviews: wirewarden_review::Reviews,
+    sink: std::sync::Arc<dyn wirewarden_audit::AuditSink>,
+    id: ReviewId,
+    session: SessionId,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (reviews, sink, id, session) = (
+            self.reviews.clone(),
+            self.sink.clone(),
+            self.id,
+            self.session,
+        );
+        runtime.spawn(async move {
+            // A review resolved meanwhile is no longer pending: nothing to cancel.
+            if let Ok((_, mut event)) = reviews.cancel(id, Timestamp::now()).await {
+                event.session = Some(session);
+                let _ = sink.append(&event).await;
+            }
+        });
     }
 }
 
@@ -418,6 +464,69 @@ mod tests {
                 ..
             }
         ) && e.session == Some(f.session)));
+    }
+
+    #[tokio::test]
+    async fn a_wait_given_up_cancels_the_review_on_record() {
+        let f = fixture(false);
+        let held = f.held();
+        let pending = f.request(&held, Duration::from_secs(10)).await;
+        // The client goes away while its command waits: the wait is dropped.
+        let waited = tokio::time::timeout(
+            Duration::from_millis(20),
+            f.pipeline.await_review(&held, pending),
+        )
+        .await;
+        assert!(waited.is_err());
+        let cancelled = || {
+            f.trail.events.lock().unwrap().iter().any(|e| {
+                matches!(
+                    &e.kind,
+                    AuditEventKind::ReviewResolved {
+                        outcome: ReviewOutcome::Cancelled,
+                        review_id,
+                        ..
+                    } if *review_id == pending.id
+                ) && e.session == Some(f.session)
+            })
+        };
+        for _ in 0..500 {
+            if cancelled() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cancelled(), "{:?}", f.kinds());
+        // A reviewer can no longer approve it.
+        let late = f
+            .pipeline
+            .reviews()
+            .approve(pending.id, &dba(), ApprovalScope::Once, Timestamp::now())
+            .await;
+        assert!(late.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_resolved_review_is_not_cancelled_when_its_waiter_is_done() {
+        let f = fixture(false);
+        let held = f.held();
+        let pending = f.request(&held, Duration::from_secs(10)).await;
+        f.pipeline
+            .reviews()
+            .deny(pending.id, &dba(), "not today", Timestamp::now())
+            .await
+            .unwrap();
+        let e = f.pipeline.await_review(&held, pending).await.unwrap_err();
+        assert_eq!(e, ReviewRefusal::Denied { review: pending.id });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let events = f.trail.events.lock().unwrap();
+        assert!(!events.iter().any(|e| matches!(
+            &e.kind,
+            AuditEventKind::ReviewResolved {
+                outcome: ReviewOutcome::Cancelled,
+                ..
+            }
+        )));
     }
 
     #[tokio::test]

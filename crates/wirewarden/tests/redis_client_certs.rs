@@ -556,6 +556,20 @@ async fn an_open_session_ends_when_its_certificate_is_revoked() {
         "{held}"
     );
     assert_eq!(g.redis.cli(&["GET", "plain"]).unwrap().trim(), "hello");
+    // Its review is cancelled on record: no reviewer is left to approve a DEL nobody waits
+    // for.
+    support::kinds_when(g.audit_dir.path(), &g.keys, |kinds| {
+        kinds.iter().any(|k| {
+            matches!(
+                k,
+                AuditEventKind::ReviewResolved {
+                    outcome: wirewarden::core::ReviewOutcome::Cancelled,
+                    ..
+                }
+            )
+        })
+    })
+    .await;
     for client in [&mut by_cert3, &mut by_cert2] {
         // The connection is gone, and a new one is refused at the handshake.
         let after = client.eval(GET).await;

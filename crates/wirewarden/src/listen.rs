@@ -1,4 +1,4 @@
-//! The accept loop every proxy shares.
+//! The accept loop every proxy shares, and what they share around a held command.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,6 +9,33 @@ use tokio::net::{TcpListener, TcpStream};
 #[cfg(any(feature = "postgres", feature = "redis"))]
 use crate::Error;
 use crate::Result;
+
+/// How much a client may send while one of its commands waits for review before the
+/// gateway stops reading (and so stops noticing that it left) until the review is done.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+const HELD_READ_LIMIT: usize = 1 << 20;
+
+/// Completes when the client closes its connection (or it fails), keeping whatever it
+/// sends before that in `buf`, after what is there: run beside a review wait, so a client
+/// that leaves gives up the wait (which cancels the review) rather than have its command
+/// run for nobody.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) async fn client_gone<R>(io: &mut R, buf: &mut bytes::BytesMut)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt as _;
+    loop {
+        if buf.len() >= HELD_READ_LIMIT {
+            return std::future::pending().await;
+        }
+        buf.reserve(16 * 1024);
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
 
 /// Accepts connections and serves each on its own task. Accept errors (out of file
 /// descriptors, a connection reset before it was accepted) are transient: the loop backs off

@@ -865,6 +865,9 @@ struct Relay {
 
 type ClientWriter = Arc<Mutex<WriteHalf<BoxIo>>>;
 
+/// The client's read side and the bytes read from it but not yet decoded.
+type ClientIn<'a> = (&'a mut ReadHalf<BoxIo>, &'a mut BytesMut);
+
 /// The decision for one statement, after review if there was one.
 enum Verdict {
     Forward(Arc<Profile>, CommandId),
@@ -1035,7 +1038,10 @@ impl Relay {
                         up.write_all(&out).await.map_err(Error::upstream_io)?;
                         out.clear();
                     }
-                    match self.decide(&mut classifier, sql, &client_w).await {
+                    match self
+                        .decide(&mut classifier, sql, &client_w, (&mut client, &mut buf))
+                        .await
+                    {
                         Verdict::Forward(profile, id) => {
                             self.push([self.pending(id, true, profile), Item::Boundary]);
                             self.track_frontend(&msg)?;
@@ -1054,7 +1060,15 @@ impl Relay {
                         up.write_all(&out).await.map_err(Error::upstream_io)?;
                         out.clear();
                     }
-                    match self.decide(&mut classifier, &p.query, &client_w).await {
+                    match self
+                        .decide(
+                            &mut classifier,
+                            &p.query,
+                            &client_w,
+                            (&mut client, &mut buf),
+                        )
+                        .await
+                    {
                         Verdict::Forward(profile, id) => {
                             statements.insert(p.name.clone(), (profile, id));
                             self.track_frontend(&msg)?;
@@ -1141,12 +1155,14 @@ impl Relay {
         }
     }
 
-    /// Classifies, decides, audits the intent, and holds for review when policy says so.
+    /// Classifies, decides, audits the intent, and holds for review when policy says so
+    /// (watching `client` meanwhile: see [`review`](Self::review)).
     async fn decide(
         &self,
         classifier: &mut Classifier,
         sql: &[u8],
         client_w: &ClientWriter,
+        client: ClientIn<'_>,
     ) -> Verdict {
         self.shared.commands.fetch_add(1, Ordering::Relaxed);
         let now = Timestamp::now();
@@ -1217,7 +1233,15 @@ impl Relay {
                 requirement,
             } => {
                 let verdict = self
-                    .review(&command, command_id, rule, &reason, requirement, client_w)
+                    .review(
+                        &command,
+                        command_id,
+                        rule,
+                        &reason,
+                        requirement,
+                        client_w,
+                        client,
+                    )
                     .await;
                 if matches!(verdict, Verdict::Forward(..)) {
                     classifier.record(&analysis);
@@ -1239,6 +1263,7 @@ impl Relay {
         reason: &str,
         requirement: wirewarden_core::ReviewRequirement,
         client_w: &ClientWriter,
+        client: ClientIn<'_>,
     ) -> Verdict {
         let pipeline = &self.proxy.pipeline;
         let held = HeldCommand {
@@ -1285,9 +1310,18 @@ impl Relay {
             let mut w = client_w.lock().await;
             let _ = send(&mut *w, &[notice]).await;
         }
-        match pipeline.await_review(&held, pending).await {
-            Ok(()) => Verdict::Forward(self.profile.clone(), command_id),
-            Err(r) => refuse(r),
+        // The client is read meanwhile (what it sends is kept, in order, for later): a
+        // client that leaves gives up the wait, so its review is cancelled and the
+        // statement does not run.
+        tokio::select! {
+            approved = pipeline.await_review(&held, pending) => match approved {
+                Ok(()) => Verdict::Forward(self.profile.clone(), command_id),
+                Err(r) => refuse(r),
+            },
+            () = crate::listen::client_gone(client.0, client.1) => Verdict::Refuse {
+                message: "wirewarden: the client left while the statement waited for review".into(),
+                code: "57014",
+            },
         }
     }
 

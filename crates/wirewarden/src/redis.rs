@@ -1052,7 +1052,14 @@ impl Relay<'_> {
             if client_open {
                 while !self.quit && self.revoked.is_none() {
                     match decoder.decode(&mut client_buf) {
-                        Ok(Some(req)) => self.on_request(req).await?,
+                        Ok(Some(req)) => {
+                            self.on_request(req).await?;
+                            // What the client sent while a command waited for review.
+                            if !self.client.buf.is_empty() {
+                                client_buf.extend_from_slice(&self.client.buf);
+                                self.client.buf.clear();
+                            }
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             self.commit().await;
@@ -1612,11 +1619,17 @@ impl Relay<'_> {
             .map_err(refusal)?;
         // A certificate revoked while its command waits ends the wait: the command does not
         // run, and the session ends once the refusal is sent.
+        // The client is read meanwhile (what it sends is kept in `client.buf`, which the
+        // relay decodes next): one that leaves gives up the wait, so the review is
+        // cancelled and the command does not run.
         tokio::select! {
             approved = pipeline.await_review(&held, pending) => approved.map_err(refusal),
             why = self.certificate.refused() => {
                 self.revoked = Some(why);
                 Err("wirewarden: the client certificate of this session is no longer accepted".into())
+            }
+            () = crate::listen::client_gone(&mut self.client.io, &mut self.client.buf) => {
+                Err("wirewarden: the client left while the command waited for review".into())
             }
         }
     }

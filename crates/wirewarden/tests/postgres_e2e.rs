@@ -144,6 +144,20 @@ async fn gateway_with_policy(
 
 /// psql through the gateway; `sql` are separate `-c` commands in one session.
 async fn psql(addr: SocketAddr, token: &str, sslmode: &str, sql: &[&str]) -> Output {
+    let cmd = psql_command(addr, token, sslmode, sql);
+    tokio::time::timeout(Duration::from_secs(60), { cmd }.output())
+        .await
+        .expect("psql finished")
+        .unwrap()
+}
+
+/// The psql command `psql` runs, not started.
+fn psql_command(
+    addr: SocketAddr,
+    token: &str,
+    sslmode: &str,
+    sql: &[&str],
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("psql");
     cmd.args([
         "-X",
@@ -164,10 +178,7 @@ async fn psql(addr: SocketAddr, token: &str, sslmode: &str, sql: &[&str]) -> Out
     for s in sql {
         cmd.args(["-c", s]);
     }
-    tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("psql finished")
-        .unwrap()
+    cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,6 +472,65 @@ async fn a_write_is_held_for_review_and_runs_once_approved() {
     assert!(stderr.contains("held for review"), "{stderr}");
     assert!(stdout.contains("approved write"), "{stdout}\n{stderr}");
     assert_eq!(g.pg.psql("SELECT count(*) FROM notes").unwrap().trim(), "1");
+}
+
+/// A client that leaves while its write waits for review gives up the wait: the review is
+/// cancelled on record, a reviewer can no longer approve it, and the write never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_write_whose_client_leaves_is_cancelled_and_never_runs() {
+    let g = gateway(None).await;
+    let mut client = psql_command(
+        g.addr,
+        "tok-analyst",
+        "disable",
+        &["INSERT INTO notes (body) VALUES ('nobody waits')"],
+    );
+    let mut client = client
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let reviews = g.pipeline.reviews().clone();
+    let pending = support::pending_review(&reviews).await;
+    client.kill().await.unwrap();
+
+    let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
+        events.iter().any(|e| {
+            matches!(
+                &e.kind,
+                AuditEventKind::ReviewResolved {
+                    outcome: wirewarden::core::ReviewOutcome::Cancelled,
+                    review_id,
+                    ..
+                } if *review_id == pending.id
+            )
+        }) && events
+            .iter()
+            .any(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. }))
+    })
+    .await;
+    assert!(
+        reviews
+            .approve(
+                pending.id,
+                &Reviewer::new("dba-1").with_group("dba"),
+                ApprovalScope::Once,
+                Timestamp::now(),
+            )
+            .await
+            .is_err()
+    );
+    assert_eq!(g.pg.psql("SELECT count(*) FROM notes").unwrap().trim(), "0");
+    let ended = events.iter().find_map(|e| match &e.kind {
+        AuditEventKind::SessionEnded { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        ended,
+        Some(wirewarden::core::SessionEndReason::ClientClosed)
+    );
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
 async fn python(script: &str) -> Output {

@@ -459,6 +459,95 @@ async fn a_delete_is_held_for_review_and_runs_once_approved() {
     );
 }
 
+/// A client that leaves while its DEL waits for review gives up the wait: the review is
+/// cancelled on record, a reviewer can no longer approve it, and the key stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_delete_whose_client_leaves_is_cancelled_and_never_runs() {
+    let g = gateway().await;
+    let mut client = tokio::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &g.addr.port().to_string()])
+        .args(["--no-auth-warning", "-a", "tok-agent", "DEL", "plain"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let reviews = g.pipeline.reviews().clone();
+    let pending = support::pending_review(&reviews).await;
+    client.kill().await.unwrap();
+
+    let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
+        events.iter().any(|e| {
+            matches!(
+                &e.kind,
+                AuditEventKind::ReviewResolved {
+                    outcome: wirewarden::core::ReviewOutcome::Cancelled,
+                    review_id,
+                    ..
+                } if *review_id == pending.id
+            )
+        }) && events
+            .iter()
+            .any(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. }))
+    })
+    .await;
+    assert!(
+        reviews
+            .approve(
+                pending.id,
+                &Reviewer::new("ops-1").with_group("ops"),
+                ApprovalScope::Once,
+                Timestamp::now(),
+            )
+            .await
+            .is_err()
+    );
+    let stored = tokio::task::spawn_blocking(move || g._redis.cli(&["GET", "plain"]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stored.trim(), "hello");
+    let ended = events.iter().find_map(|e| match &e.kind {
+        AuditEventKind::SessionEnded { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        ended,
+        Some(wirewarden::core::SessionEndReason::ClientClosed)
+    );
+}
+
+/// Commands a client sends while an earlier one waits for review are kept: once the held
+/// one is approved and has run, they run after it, and the replies come in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_while_one_is_held_run_after_it_in_order() {
+    use wirewarden_redis::Value;
+    let g = gateway().await;
+    let mut raw = Raw::connect(g.addr).await;
+    assert_eq!(
+        bulk(&raw.call(&["AUTH", "agent", "tok-agent"]).await).as_deref(),
+        Some("OK")
+    );
+    raw.send(&["DEL", "plain"]).await;
+    let reviews = g.pipeline.reviews().clone();
+    let pending = support::pending_review(&reviews).await;
+    raw.send(&["GET", "plain"]).await;
+    raw.send(&["SET", "after", "1"]).await;
+    raw.send(&["GET", "after"]).await;
+    reviews
+        .approve(
+            pending.id,
+            &Reviewer::new("ops-1").with_group("ops"),
+            ApprovalScope::Once,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw.reply().await, Value::Integer(1));
+    assert_eq!(raw.reply().await, Value::NullBulkString);
+    assert_eq!(bulk(&raw.reply().await).as_deref(), Some("OK"));
+    assert_eq!(bulk(&raw.reply().await).as_deref(), Some("1"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_is_terminated_from_the_first_byte() {
     let cert =
@@ -605,11 +694,22 @@ impl Raw {
 
     /// Sends one command and reads its reply.
     async fn call(&mut self, args: &[&str]) -> wirewarden_redis::Value {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.send(args).await;
+        self.reply().await
+    }
+
+    /// Sends one command.
+    async fn send(&mut self, args: &[&str]) {
+        use tokio::io::AsyncWriteExt;
         let mut out = bytes::BytesMut::new();
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         wirewarden_redis::encode_args(&args, &mut out);
         self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// Reads the next reply.
+    async fn reply(&mut self) -> wirewarden_redis::Value {
+        use tokio::io::AsyncReadExt;
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.buf, self.version).unwrap() {
                 return frame.value().unwrap();

@@ -865,8 +865,9 @@ struct Relay {
 
 type ClientWriter = Arc<Mutex<WriteHalf<BoxIo>>>;
 
-/// The client's read side and the bytes read from it but not yet decoded.
-type ClientIn<'a> = (&'a mut ReadHalf<BoxIo>, &'a mut BytesMut);
+/// The client as a statement's decision sees it: its writer, its read side, and the bytes
+/// read from it but not yet decoded.
+type ClientIn<'a> = (&'a ClientWriter, &'a mut ReadHalf<BoxIo>, &'a mut BytesMut);
 
 /// The decision for one statement, after review if there was one.
 enum Verdict {
@@ -1039,7 +1040,7 @@ impl Relay {
                         out.clear();
                     }
                     match self
-                        .decide(&mut classifier, sql, &client_w, (&mut client, &mut buf))
+                        .decide(&mut classifier, sql, (&client_w, &mut client, &mut buf))
                         .await
                     {
                         Verdict::Forward(profile, id) => {
@@ -1064,8 +1065,7 @@ impl Relay {
                         .decide(
                             &mut classifier,
                             &p.query,
-                            &client_w,
-                            (&mut client, &mut buf),
+                            (&client_w, &mut client, &mut buf),
                         )
                         .await
                     {
@@ -1161,7 +1161,6 @@ impl Relay {
         &self,
         classifier: &mut Classifier,
         sql: &[u8],
-        client_w: &ClientWriter,
         client: ClientIn<'_>,
     ) -> Verdict {
         self.shared.commands.fetch_add(1, Ordering::Relaxed);
@@ -1233,15 +1232,7 @@ impl Relay {
                 requirement,
             } => {
                 let verdict = self
-                    .review(
-                        &command,
-                        command_id,
-                        rule,
-                        &reason,
-                        requirement,
-                        client_w,
-                        client,
-                    )
+                    .review(&command, command_id, rule, &reason, requirement, client)
                     .await;
                 if matches!(verdict, Verdict::Forward(..)) {
                     classifier.record(&analysis);
@@ -1262,8 +1253,7 @@ impl Relay {
         rule: wirewarden_core::RuleId,
         reason: &str,
         requirement: wirewarden_core::ReviewRequirement,
-        client_w: &ClientWriter,
-        client: ClientIn<'_>,
+        (client_w, client, buf): ClientIn<'_>,
     ) -> Verdict {
         let pipeline = &self.proxy.pipeline;
         let held = HeldCommand {
@@ -1318,7 +1308,7 @@ impl Relay {
                 Ok(()) => Verdict::Forward(self.profile.clone(), command_id),
                 Err(r) => refuse(r),
             },
-            () = crate::listen::client_gone(client.0, client.1) => Verdict::Refuse {
+            () = crate::listen::client_gone(client, buf) => Verdict::Refuse {
                 message: "wirewarden: the client left while the statement waited for review".into(),
                 code: "57014",
             },

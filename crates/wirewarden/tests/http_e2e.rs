@@ -667,6 +667,62 @@ print(r.status_code, r.text)
     assert_eq!(seen[0].method, "POST");
 }
 
+/// A client that drops its connection while its request waits for review gives up the
+/// wait, over HTTP/1.1 and HTTP/2 alike: the review is cancelled on record, a reviewer can
+/// no longer approve it, and nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_request_whose_client_leaves_is_cancelled() {
+    let gw = gateway().await;
+    let reviews = gw.pipeline.reviews().clone();
+    for http2 in [false, true] {
+        let mut args = vec![
+            "-sS".to_owned(),
+            "--max-time".to_owned(),
+            "30".to_owned(),
+            "-H".to_owned(),
+            agent_auth(),
+            "--json".to_owned(),
+            "{\"amount\": 5}".to_owned(),
+        ];
+        if http2 {
+            args.push("--http2-prior-knowledge".to_owned());
+        }
+        args.push(gw.url("/customers/4/refund"));
+        let mut client = tokio::process::Command::new("curl")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pending = support::pending_review(&reviews).await;
+        client.kill().await.unwrap();
+        support::events_when(&gw.pipeline, gw.audit_dir.path(), &gw.keys, |events| {
+            events.iter().any(|e| {
+                matches!(
+                    &e.kind,
+                    AuditEventKind::ReviewResolved {
+                        outcome: wirewarden::core::ReviewOutcome::Cancelled,
+                        review_id,
+                        ..
+                    } if *review_id == pending.id
+                )
+            })
+        })
+        .await;
+        let late = reviews
+            .approve(
+                pending.id,
+                &Reviewer::new("ops-1").with_group("ops"),
+                ApprovalScope::Once,
+                Timestamp::now(),
+            )
+            .await;
+        assert!(late.is_err(), "http2: {http2}");
+    }
+    assert!(gw.log.lock().unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_intent_cannot_be_recorded_is_refused() {
     let gw = gateway_with(|sink| Arc::new(support::RefuseIntents(sink))).await;

@@ -37,6 +37,21 @@ where
     }
 }
 
+/// A timer that fires when a session's credential expires (`None`: never). The PostgreSQL
+/// and Redis proxies end the session then (`SessionEndReason::CredentialExpired`), rather
+/// than keep a connection open whose every command would be refused.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn credential_expiry(
+    expires_at: Option<wirewarden_core::Timestamp>,
+) -> std::pin::Pin<Box<tokio::time::Sleep>> {
+    // Far enough to be never; tokio caps a deadline at about two years anyway.
+    const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365);
+    let wait = expires_at.map_or(NEVER, |at| {
+        at.saturating_duration_since(wirewarden_core::Timestamp::now())
+    });
+    Box::pin(tokio::time::sleep(wait))
+}
+
 /// Accepts connections and serves each on its own task. Accept errors (out of file
 /// descriptors, a connection reset before it was accepted) are transient: the loop backs off
 /// briefly and goes on, so a burst of connections cannot stop a listener for good.

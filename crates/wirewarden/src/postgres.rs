@@ -894,6 +894,8 @@ impl Relay {
             tokio::spawn(async move { relay.downstream(up_r, up.buf, up.decoder, client_w).await })
         };
         let mut revoked = None;
+        let mut expired = false;
+        let expiry = crate::listen::credential_expiry(relay.principal.expires_at);
         let commands = tokio::select! {
             commands = relay
                 .clone()
@@ -913,21 +915,35 @@ impl Relay {
                 revoked = Some(reason);
                 Ok(())
             }
+            () = expiry => {
+                // Every statement would be refused from now on: ended the same way.
+                let mut w = client_w.lock().await;
+                down.abort();
+                let message = "wirewarden: terminating connection: the credential of this session expired; reconnect with a current one";
+                let _ = send(&mut *w, &[fatal("28000", message)]).await;
+                let _ = w.shutdown().await;
+                expired = true;
+                Ok(())
+            }
         };
         let reason = match (&commands, revoked) {
             (_, Some(reason)) => SessionEndReason::CredentialRevoked { reason },
+            _ if expired => SessionEndReason::CredentialExpired,
             (Ok(()), None) => SessionEndReason::ClientClosed,
             (Err(e), None) => SessionEndReason::Error {
                 message: e.to_string(),
             },
         };
-        let revoked = matches!(reason, SessionEndReason::CredentialRevoked { .. });
+        let ended_here = matches!(
+            reason,
+            SessionEndReason::CredentialRevoked { .. } | SessionEndReason::CredentialExpired
+        );
         // Let the responses to what was sent drain before closing, then stop reading.
         let abort = down.abort_handle();
         let down = tokio::time::timeout(Duration::from_secs(5), down).await;
         abort.abort();
         let reason = match (&commands, down) {
-            _ if revoked => reason,
+            _ if ended_here => reason,
             (Ok(()), Ok(Ok(Err(Error::Closed("upstream"))))) => SessionEndReason::ClientClosed,
             (Ok(()), Ok(Ok(Err(e)))) => SessionEndReason::Error {
                 message: e.to_string(),

@@ -795,6 +795,7 @@ impl RedisProxy {
         metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
         let (outcomes, rx) = mpsc::channel(OUTCOME_QUEUE);
         let writer = tokio::spawn(outcome_writer(self.pipeline.clone(), rx));
+        let principal_expiry = principal.expires_at;
         let mut relay = Relay {
             proxy: self,
             outcomes,
@@ -825,6 +826,7 @@ impl RedisProxy {
             up_buf,
             certificate,
             revoked: None,
+            expiry: crate::listen::credential_expiry(principal_expiry),
         };
         let first = match finish {
             // The HELLO that authenticated goes upstream (without AUTH) as a command.
@@ -1035,6 +1037,8 @@ struct Relay<'p> {
     /// Set when the certificate was refused while a command waited for review: why. The
     /// session ends once the replies owed are sent.
     revoked: Option<String>,
+    /// Fires when the credential the session logged in with expires: the session ends.
+    expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Relay<'_> {
@@ -1094,6 +1098,13 @@ impl Relay<'_> {
                             return Ok(SessionEndReason::ClientClosed);
                         }
                     }
+                }
+                () = &mut self.expiry => {
+                    // Every command would be refused from now on: the connection closes, as
+                    // for a revoked certificate.
+                    let _ = self.client.io.shutdown().await;
+                    let _ = self.up.shutdown().await;
+                    return Ok(SessionEndReason::CredentialExpired);
                 }
                 reason = self.certificate.refused() => {
                     // As the server ends a killed client: the connection closes; replies

@@ -533,6 +533,70 @@ async fn a_held_write_whose_client_leaves_is_cancelled_and_never_runs() {
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// Logs in as `tokens()` does, with a credential that expires 3 s after the login.
+#[derive(Debug)]
+struct ExpiresSoon(StaticTokens);
+
+#[async_trait::async_trait]
+impl IdentityProvider for ExpiresSoon {
+    async fn authenticate(
+        &self,
+        credential: &wirewarden::identity::Credential,
+        context: &wirewarden::identity::AuthContext,
+    ) -> Result<wirewarden::core::Principal, wirewarden::core::BoxError> {
+        let mut principal = self.0.authenticate(credential, context).await?;
+        principal.expires_at = Timestamp::now().checked_add(Duration::from_secs(3));
+        Ok(principal)
+    }
+
+    fn accepts(&self, credential: &wirewarden::identity::Credential) -> bool {
+        self.0.accepts(credential)
+    }
+}
+
+/// A session ends when the credential it logged in with expires, with no statement from its
+/// client: psycopg reads a FATAL (28000) saying so, and the end is on record as
+/// `credential_expired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_when_its_credential_expires() {
+    let g = gateway_with(None, Arc::new(ExpiresSoon(tokens())), |sink| sink).await;
+    let mut client = support::Interactive::start(
+        &format!(
+            "import psycopg\nc = psycopg.connect(host='127.0.0.1', port={}, user='analyst', password='tok-analyst', dbname='app', sslmode='disable', autocommit=True)",
+            g.addr.port()
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        client
+            .eval("c.execute('SELECT 41 + 1').fetchone()[0]")
+            .await,
+        "42"
+    );
+    let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
+        events
+            .iter()
+            .any(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. }))
+    })
+    .await;
+    let ended = events.iter().find_map(|e| match &e.kind {
+        AuditEventKind::SessionEnded { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        ended,
+        Some(wirewarden::core::SessionEndReason::CredentialExpired)
+    );
+    let after = client.eval("c.execute('SELECT 1').fetchone()[0]").await;
+    assert!(
+        after.starts_with("ERROR InvalidAuthorizationSpecification") && after.contains("expired"),
+        "{after}"
+    );
+    client.finish().await;
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 async fn python(script: &str) -> Output {
     tokio::time::timeout(
         Duration::from_secs(60),

@@ -52,10 +52,18 @@ fn tokens() -> StaticTokens {
             token("agent", "tok-agent", "agent-1", &["agents"]),
             token("other", "tok-other", "agent-2", &["agents"]),
             token("budget", "tok-budget", "agent-3", &["agents", "budgeted"]),
+            // Expires soon after the gateway starts.
+            StaticToken {
+                expires_at: Timestamp::now().checked_add(BRIEF),
+                ..token("brief", "tok-brief", "agent-4", &["agents"])
+            },
         ],
     })
     .unwrap()
 }
+
+/// How long after the gateway starts the token `tok-brief` expires.
+const BRIEF: Duration = Duration::from_secs(6);
 
 async fn gateway() -> Gateway {
     gateway_with(|_| {}, |sink| sink).await
@@ -546,6 +554,47 @@ async fn commands_sent_while_one_is_held_run_after_it_in_order() {
     assert_eq!(raw.reply().await, Value::NullBulkString);
     assert_eq!(bulk(&raw.reply().await).as_deref(), Some("OK"));
     assert_eq!(bulk(&raw.reply().await).as_deref(), Some("1"));
+}
+
+/// A session ends when the credential it logged in with expires, with no command from its
+/// client: the connection closes and the end is on record as `credential_expired`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_when_its_credential_expires() {
+    use tokio::io::AsyncReadExt;
+    let g = gateway().await;
+    let mut raw = Raw::connect(g.addr).await;
+    assert_eq!(
+        bulk(&raw.call(&["AUTH", "brief", "tok-brief"]).await).as_deref(),
+        Some("OK")
+    );
+    assert_eq!(
+        bulk(&raw.call(&["GET", "plain"]).await).as_deref(),
+        Some("hello")
+    );
+    let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
+        events
+            .iter()
+            .any(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. }))
+    })
+    .await;
+    let ended = events.iter().find_map(|e| match &e.kind {
+        AuditEventKind::SessionEnded {
+            reason, commands, ..
+        } => Some((reason.clone(), *commands)),
+        _ => None,
+    });
+    assert_eq!(
+        ended,
+        Some((wirewarden::core::SessionEndReason::CredentialExpired, 1))
+    );
+    // The gateway closed the connection.
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), raw.stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection is closed")
+        .unwrap();
+    assert_eq!(n, 0, "{rest:?}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

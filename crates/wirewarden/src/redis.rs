@@ -825,7 +825,7 @@ impl RedisProxy {
             up,
             up_buf,
             certificate,
-            revoked: None,
+            ended: None,
             expiry: crate::listen::credential_expiry(principal_expiry),
         };
         let first = match finish {
@@ -1034,9 +1034,9 @@ struct Relay<'p> {
     /// The session's client certificate, if it logged in with one: when replaced
     /// revocation lists refuse it, the session ends.
     certificate: CertificateWatch,
-    /// Set when the certificate was refused while a command waited for review: why. The
-    /// session ends once the replies owed are sent.
-    revoked: Option<String>,
+    /// Set when the credential was withdrawn (certificate refused) or expired while a
+    /// command waited for review: the session ends so, once the replies owed are sent.
+    ended: Option<SessionEndReason>,
     /// Fires when the credential the session logged in with expires: the session ends.
     expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
@@ -1054,7 +1054,7 @@ impl Relay<'_> {
         loop {
             // Every complete request, in order.
             if client_open {
-                while !self.quit && self.revoked.is_none() {
+                while !self.quit && self.ended.is_none() {
                     match decoder.decode(&mut client_buf) {
                         Ok(Some(req)) => {
                             self.on_request(req).await?;
@@ -1079,10 +1079,10 @@ impl Relay<'_> {
             self.commit().await;
             self.on_upstream_bytes().await?;
             self.flush().await?;
-            if let Some(reason) = self.revoked.take() {
+            if let Some(reason) = self.ended.take() {
                 let _ = self.client.io.shutdown().await;
                 let _ = self.up.shutdown().await;
-                return Ok(SessionEndReason::CredentialRevoked { reason });
+                return Ok(reason);
             }
             if (!client_open || self.quit) && self.slots.is_empty() {
                 let _ = self.up.shutdown().await;
@@ -1628,16 +1628,20 @@ impl Relay<'_> {
             .request_review(&held, rule, reason, requirement)
             .await
             .map_err(refusal)?;
-        // A certificate revoked while its command waits ends the wait: the command does not
-        // run, and the session ends once the refusal is sent.
+        // A certificate revoked, or a credential expiring, while its command waits ends the
+        // wait: the command does not run, and the session ends once the refusal is sent.
         // The client is read meanwhile (what it sends is kept in `client.buf`, which the
-        // relay decodes next): one that leaves gives up the wait, so the review is
-        // cancelled and the command does not run.
+        // relay decodes next): one that leaves gives up the wait. Either way the review is
+        // cancelled.
         tokio::select! {
             approved = pipeline.await_review(&held, pending) => approved.map_err(refusal),
-            why = self.certificate.refused() => {
-                self.revoked = Some(why);
+            reason = self.certificate.refused() => {
+                self.ended = Some(SessionEndReason::CredentialRevoked { reason });
                 Err("wirewarden: the client certificate of this session is no longer accepted".into())
+            }
+            () = &mut self.expiry => {
+                self.ended = Some(SessionEndReason::CredentialExpired);
+                Err("wirewarden: the credential of this session expired".into())
             }
             () = crate::listen::client_gone(&mut self.client.io, &mut self.client.buf) => {
                 Err("wirewarden: the client left while the command waited for review".into())

@@ -557,7 +557,8 @@ async fn commands_sent_while_one_is_held_run_after_it_in_order() {
 }
 
 /// A session ends when the credential it logged in with expires, with no command from its
-/// client: the connection closes and the end is on record as `credential_expired`.
+/// client: here one waits for review, and is refused rather than run; then the connection
+/// closes, the review is cancelled, and the end is on record as `credential_expired`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ends_when_its_credential_expires() {
     use tokio::io::AsyncReadExt;
@@ -571,10 +572,25 @@ async fn a_session_ends_when_its_credential_expires() {
         bulk(&raw.call(&["GET", "plain"]).await).as_deref(),
         Some("hello")
     );
+    raw.send(&["DEL", "plain"]).await;
+    let held = raw.reply().await;
+    assert!(
+        matches!(&held, wirewarden_redis::Value::SimpleError(e) if text(e).contains("expired")),
+        "{held:?}"
+    );
     let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
         events
             .iter()
             .any(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. }))
+            && events.iter().any(|e| {
+                matches!(
+                    e.kind,
+                    AuditEventKind::ReviewResolved {
+                        outcome: wirewarden::core::ReviewOutcome::Cancelled,
+                        ..
+                    }
+                )
+            })
     })
     .await;
     let ended = events.iter().find_map(|e| match &e.kind {
@@ -585,7 +601,7 @@ async fn a_session_ends_when_its_credential_expires() {
     });
     assert_eq!(
         ended,
-        Some((wirewarden::core::SessionEndReason::CredentialExpired, 1))
+        Some((wirewarden::core::SessionEndReason::CredentialExpired, 2))
     );
     // The gateway closed the connection.
     let mut rest = Vec::new();
@@ -594,7 +610,10 @@ async fn a_session_ends_when_its_credential_expires() {
         .expect("the connection is closed")
         .unwrap();
     assert_eq!(n, 0, "{rest:?}");
-    assert_verifies(g.audit_dir.path(), &g.keys);
+    let stored = tokio::task::spawn_blocking(move || g._redis.cli(&["GET", "plain"]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stored.trim(), "hello");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -478,6 +478,10 @@ fn encode_kind(kind: &AuditEventKind, w: &mut Writer) -> Result<()> {
             w.u8(13);
             w.opt_str("application", application.as_deref())?;
         }
+        AuditEventKind::CredentialRenewed { principal } => {
+            w.u8(14);
+            encode_principal(principal, w)?;
+        }
         AuditEventKind::ProtocolError { direction, error } => {
             w.u8(12);
             encode_direction(*direction, w);
@@ -803,6 +807,9 @@ fn decode_kind(r: &mut Reader<'_>) -> Result<AuditEventKind> {
         },
         13 => AuditEventKind::ApplicationChanged {
             application: r.opt_str("application")?,
+        },
+        14 => AuditEventKind::CredentialRenewed {
+            principal: decode_principal(r)?,
         },
         tag => {
             return Err(Error::InvalidTag {

@@ -4,15 +4,16 @@
 //! |---|---|
 //! | `CommandDecided` on Postgres or Redis | Datastore Activity (6005) |
 //! | `CommandDecided` on HTTP | API Activity (6003) |
-//! | `SessionStarted`, `AuthenticationFailed`, `SessionEnded` | Authentication (3002): logon, failed logon, logoff |
+//! | `SessionStarted`, `CredentialRenewed`, `AuthenticationFailed`, `SessionEnded` | Authentication (3002): logon, logon again within a session, failed logon, logoff |
 //! | `GrantIssued`, `GrantRevoked`, `GrantExpired` | User Access Management (3005): assign / revoke privileges |
 //!
 //! Decisions become `action_id` (1 allowed, 2 denied) and `disposition_id` (1 allowed,
 //! 2 blocked, 14 delayed for review). Transcripts, outcomes and review events have no OCSF
 //! class of their own and stay in the native JSON Lines export. The exporter is stateful: it
-//! remembers each session's principal, target and client address from `SessionStarted`, and
-//! its current application name from `SessionStarted` and `ApplicationChanged`, so a command
-//! event carries its actor (with `app_name`: the agent run and tool call) and endpoints.
+//! remembers each session's principal (from `SessionStarted`, then `CredentialRenewed`),
+//! target and client address, and its current application name from `SessionStarted` and
+//! `ApplicationChanged`, so a command event carries its actor (with `app_name`: the agent run
+//! and tool call) and endpoints.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -406,6 +407,34 @@ impl OcsfExporter {
                 }
                 None
             }
+            AuditEventKind::CredentialRenewed { principal } => {
+                let info = event.session.and_then(|s| self.sessions.get_mut(&s));
+                let (svc, src, app) = match &info {
+                    Some(i) => (
+                        json!({ "svc_name": i.target.to_string() }),
+                        endpoint(i.client_addr.as_deref()),
+                        actor_app(i.application.as_deref()),
+                    ),
+                    None => (json!({}), json!({}), json!({})),
+                };
+                if let Some(i) = info {
+                    i.principal = principal.clone();
+                }
+                let base = Self::base(event, 3, 3002, 1, 1);
+                Some(Self::merge(
+                    base,
+                    json!({
+                        "status_id": 1,
+                        "user": user(principal),
+                        "auth_protocol": principal.auth.name(),
+                        "src_endpoint": src,
+                        "dst_endpoint": svc,
+                        "session": session_obj,
+                        "actor": app,
+                        "message": format!("{} authenticated again within its session", principal.subject),
+                    }),
+                ))
+            }
             _ => None,
         }
     }
@@ -432,7 +461,21 @@ mod tests {
             .iter()
             .map(|v| v["class_uid"].as_u64().unwrap())
             .collect();
-        assert_eq!(classes, [3002, 3002, 6005, 6003, 3005, 3005, 3005, 3002]);
+        // Logon, failed logon, two commands, three grant events, logon again (renewed),
+        // logoff.
+        assert_eq!(
+            classes,
+            [3002, 3002, 6005, 6003, 3005, 3005, 3005, 3002, 3002]
+        );
+        let renewed = &out[7];
+        assert_eq!(renewed["activity_id"], 1);
+        assert_eq!(renewed["session"]["uid"], out[0]["session"]["uid"]);
+        assert!(
+            renewed["message"]
+                .as_str()
+                .unwrap()
+                .contains("authenticated again")
+        );
         for v in &out {
             assert_eq!(
                 v["type_uid"].as_u64().unwrap(),
@@ -454,7 +497,7 @@ mod tests {
             (Some(1), Some(2))
         );
         assert_eq!(out[1]["status_id"], 2);
-        assert_eq!(out[7]["activity_id"], 2);
+        assert_eq!(out[8]["activity_id"], 2);
     }
 
     #[test]

@@ -209,6 +209,18 @@ impl Transcript {
                     let _ = write!(s, " (denied by {d})");
                 }
             }
+            AuditEventKind::CredentialRenewed { principal } => {
+                let _ = write!(
+                    s,
+                    "{:<13} {} authenticated again ({})",
+                    self.offset(event.time),
+                    principal.subject,
+                    principal.auth.name()
+                );
+                if let Some(at) = principal.expires_at {
+                    let _ = write!(s, ", credential valid until {at}");
+                }
+            }
             AuditEventKind::ApplicationChanged { application } => {
                 let _ = match application {
                     Some(app) => write!(s, "{:<13} application {app:?}", self.offset(event.time)),

@@ -28,6 +28,9 @@ pub fn sample_events() -> Vec<AuditEvent> {
     principal.groups.insert("agents".into());
     principal.groups.insert("analysts".into());
     principal.attributes.insert("team".into(), "growth".into());
+    // The same agent with a fresh token, valid for longer.
+    let mut renewed = principal.clone();
+    renewed.expires_at = Timestamp::from_unix_secs(2_000_003_600);
     let command = Command::new(
         Protocol::Postgres,
         "SELECT",
@@ -154,6 +157,7 @@ pub fn sample_events() -> Vec<AuditEvent> {
         AuditEventKind::ApplicationChanged {
             application: Some("run=1 call=3".into()),
         },
+        AuditEventKind::CredentialRenewed { principal: renewed },
         AuditEventKind::SessionEnded {
             reason: SessionEndReason::Error {
                 message: "reset".into(),

@@ -149,7 +149,7 @@ fn verify_exit_status_and_report() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        stdout.starts_with("OK: 15 records in 1 segment,"),
+        stdout.starts_with("OK: 16 records in 1 segment,"),
         "{stdout}"
     );
     // Flip one byte near the end of the segment (inside the last record).
@@ -162,7 +162,7 @@ fn verify_exit_status_and_report() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
-        stdout.starts_with("DAMAGED: modified at sequence number 14"),
+        stdout.starts_with("DAMAGED: modified at sequence number 15"),
         "{stdout}"
     );
     // Export refuses a damaged log.
@@ -228,7 +228,7 @@ print(" ".join(map(str, seen)))
     );
     assert_eq!(
         String::from_utf8_lossy(&py.stdout).trim(),
-        "3002 3002 6005 6003 3005 3005 3005 3002"
+        "3002 3002 6005 6003 3005 3005 3005 3002 3002"
     );
 }
 
@@ -334,7 +334,7 @@ fn verify_with_a_checkpoint_kept_outside_the_log() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
-        stdout.starts_with("DAMAGED: cut_from_tail at sequence number 14"),
+        stdout.starts_with("DAMAGED: cut_from_tail at sequence number 15"),
         "{stdout}"
     );
 }

@@ -259,6 +259,14 @@ pub enum AuditEventKind {
         /// The new name; `None` when the client cleared it.
         application: Option<String>,
     },
+    /// The session's identity proved itself again mid-session with a fresh credential
+    /// (Redis `AUTH` or `HELLO … AUTH` on an open connection, as the same subject): from
+    /// here on the session runs under this principal — its groups, attributes, and the
+    /// expiry at which the session ends.
+    CredentialRenewed {
+        /// The principal the fresh credential proved.
+        principal: Principal,
+    },
     /// A peer sent something the codec refused.
     ProtocolError {
         /// Who sent it.
@@ -285,6 +293,7 @@ impl AuditEventKind {
             Self::GrantRevoked { .. } => "grant_revoked",
             Self::GrantExpired { .. } => "grant_expired",
             Self::ApplicationChanged { .. } => "application_changed",
+            Self::CredentialRenewed { .. } => "credential_renewed",
             Self::ProtocolError { .. } => "protocol_error",
         }
     }
@@ -343,6 +352,9 @@ mod tests {
         let mut masked = MaskedCounts::new();
         masked.add("ssn", 2);
         let kinds = vec![
+            AuditEventKind::CredentialRenewed {
+                principal: principal.clone(),
+            },
             AuditEventKind::SessionStarted {
                 principal,
                 target: target.clone(),

@@ -1591,9 +1591,28 @@ impl Relay<'_> {
         }
     }
 
+    /// A mid-session `AUTH`: only as the same identity, whose fresh credential then renews
+    /// the session's (its groups, attributes, and the expiry at which the session ends),
+    /// on record as `CredentialRenewed` first; refused if that cannot be recorded.
     async fn reauth_login(&mut self, login: &Login) -> Bytes {
+        // What came before the AUTH was decided under the old credential: it is settled
+        // (recorded and forwarded) first, so the trail keeps the order.
+        self.commit().await;
         match self.proxy.verify(login, None).await {
-            Ok(p) if p.subject == self.principal.subject => Bytes::from_static(b"+OK\r\n"),
+            Ok(p) if p.subject == self.principal.subject => {
+                let renewed = AuditEvent::new(
+                    Some(self.session_id),
+                    AuditEventKind::CredentialRenewed {
+                        principal: p.clone(),
+                    },
+                );
+                if self.pipeline().record(&renewed).await.is_err() {
+                    return error_reply("ERR wirewarden: the audit trail is unavailable");
+                }
+                self.expiry = crate::listen::credential_expiry(p.expires_at);
+                self.principal = p;
+                Bytes::from_static(b"+OK\r\n")
+            }
             Ok(_) => error_reply(
                 "ERR wirewarden: a session keeps the identity it authenticated with; reconnect to change it",
             ),

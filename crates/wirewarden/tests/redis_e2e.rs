@@ -52,11 +52,12 @@ fn tokens() -> StaticTokens {
             token("agent", "tok-agent", "agent-1", &["agents"]),
             token("other", "tok-other", "agent-2", &["agents"]),
             token("budget", "tok-budget", "agent-3", &["agents", "budgeted"]),
-            // Expires soon after the gateway starts.
+            // Expires soon after the gateway starts; `fresh` is the same agent's next token.
             StaticToken {
                 expires_at: Timestamp::now().checked_add(BRIEF),
                 ..token("brief", "tok-brief", "agent-4", &["agents"])
             },
+            token("fresh", "tok-fresh", "agent-4", &["agents"]),
         ],
     })
     .unwrap()
@@ -614,6 +615,64 @@ async fn a_session_ends_when_its_credential_expires() {
         .await
         .unwrap();
     assert_eq!(stored.trim(), "hello");
+}
+
+/// An `AUTH` on an open connection with a fresh token of the same agent renews the
+/// session's credential, on record: the session outlives the token it logged in with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_credential_renews_the_session() {
+    let g = gateway().await;
+    // The first token expires at most BRIEF from here.
+    let expired_by = tokio::time::Instant::now() + BRIEF + Duration::from_millis(500);
+    let mut raw = Raw::connect(g.addr).await;
+    assert_eq!(
+        bulk(&raw.call(&["AUTH", "brief", "tok-brief"]).await).as_deref(),
+        Some("OK")
+    );
+    raw.send(&["GET", "plain"]).await;
+    raw.send(&["AUTH", "fresh", "tok-fresh"]).await;
+    assert_eq!(bulk(&raw.reply().await).as_deref(), Some("hello"));
+    assert_eq!(bulk(&raw.reply().await).as_deref(), Some("OK"));
+    // Another identity's token is still refused.
+    let other = raw.call(&["AUTH", "other", "tok-other"]).await;
+    assert!(
+        matches!(&other, wirewarden_redis::Value::SimpleError(_)),
+        "{other:?}"
+    );
+    tokio::time::sleep_until(expired_by).await;
+    assert_eq!(
+        bulk(&raw.call(&["GET", "plain"]).await).as_deref(),
+        Some("hello")
+    );
+    let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
+        events
+            .iter()
+            .filter(|e| matches!(e.kind, AuditEventKind::CommandDecided { .. }))
+            .count()
+            == 2
+    })
+    .await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. })),
+        "{events:?}"
+    );
+    // In order: the first GET's intent, the renewal (no expiry now), the second GET's.
+    let order: Vec<&str> = events
+        .iter()
+        .map(|e| e.kind.name())
+        .filter(|n| *n == "command_decided" || *n == "credential_renewed")
+        .collect();
+    assert_eq!(
+        order,
+        ["command_decided", "credential_renewed", "command_decided"]
+    );
+    assert!(events.iter().any(|e| matches!(
+        &e.kind,
+        AuditEventKind::CredentialRenewed { principal }
+            if principal.subject == "agent-4" && principal.expires_at.is_none()
+    )));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,8 @@
 //!    by it alone when the handshake completes: the pipeline's identity provider maps the
 //!    chain ([`Credential::ClientCertificate`]) to a principal, and the client's first
 //!    command is already decided as that identity, with no `AUTH`; a later `AUTH` is a
-//!    re-authentication, accepted only as the same identity. A certificate the provider does
+//!    re-authentication, accepted only as the same identity (its fresh credential then
+//!    renews the session's, on record as `CredentialRenewed`). A certificate the provider does
 //!    not map is recorded as a failed login, the client's first request is answered
 //!    `-WRONGPASS` and the connection closed: a client that presented a certificate is never
 //!    offered a password login instead. Any other client authenticates with a token. Until
@@ -50,6 +51,13 @@
 //!    reply. A reply that cannot be masked is replaced by an error reply. These outcome
 //!    records go to a per-session writer task: they need not be durable before the next
 //!    reply is relayed, and the writer appends what has queued up as one batch.
+//! 6. **The end.** Besides the client leaving or the upstream closing, the session ends
+//!    when its credential expires (`SessionEndReason::CredentialExpired`) and when replaced
+//!    revocation lists refuse its client certificate (`CredentialRevoked`, through the
+//!    pipeline's [client certificate
+//!    verification](crate::PipelineBuilder::client_cert_verification)); the connection is
+//!    closed, as the server closes a killed client. A command waiting for review then, or
+//!    when the client leaves, does not run: its review is cancelled.
 
 mod mask;
 

@@ -29,6 +29,14 @@
 //!    `ApplicationChanged` record goes on the trail before the client sees the report, so
 //!    every statement the client sends after it is tied to the new name: an agent that
 //!    reuses a pooled connection names each tool call.
+//! 6. **The end.** Besides the client leaving or the upstream closing, the session ends
+//!    when its credential expires (`SessionEndReason::CredentialExpired`) and when replaced
+//!    revocation lists refuse its client certificate (`CredentialRevoked`, through the
+//!    pipeline's [client certificate
+//!    verification](crate::PipelineBuilder::client_cert_verification)): the client reads a
+//!    `FATAL` error (SQLSTATE `28000`) saying why, after the last whole message relayed, and
+//!    the connection closes. A statement waiting for review then, or when the client
+//!    leaves (the client is read while it waits), does not run: its review is cancelled.
 
 mod catalog;
 mod outbound;

@@ -10,7 +10,9 @@ use http::{HeaderValue, Response, StatusCode, header};
 pub struct Rejection {
     /// The HTTP status.
     pub status: StatusCode,
-    /// A stable code, such as `denied`, `unauthenticated`, `request_smuggling`.
+    /// A stable code, such as `denied`, `unauthenticated` (no usable credential),
+    /// `invalid_token` (a bearer token was presented and refused: unknown, expired,
+    /// revoked), `request_smuggling`.
     pub code: &'static str,
     /// A human-readable reason (never includes request or response data).
     pub message: String,
@@ -27,6 +29,14 @@ impl Rejection {
         }
     }
 
+    /// A `401` for a bearer token that was presented and refused (unknown, expired,
+    /// revoked): code `invalid_token`, and `WWW-Authenticate` says so as RFC 6750 asks
+    /// (`error="invalid_token"`), so an OAuth client knows to get a fresh token.
+    #[must_use]
+    pub fn invalid_token(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
+    }
+
     /// The JSON body.
     #[must_use]
     pub fn body(&self) -> Bytes {
@@ -34,7 +44,8 @@ impl Rejection {
         Bytes::from(v.to_string())
     }
 
-    /// The whole response; a 401 carries `WWW-Authenticate: Bearer`.
+    /// The whole response; a 401 carries `WWW-Authenticate: Bearer`, with
+    /// `error="invalid_token"` for [`invalid_token`](Self::invalid_token).
     #[must_use]
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
         let body = self.body();
@@ -48,9 +59,14 @@ impl Rejection {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.status == StatusCode::UNAUTHORIZED {
+            let challenge = if self.code == "invalid_token" {
+                "Bearer realm=\"wirewarden\", error=\"invalid_token\""
+            } else {
+                "Bearer realm=\"wirewarden\""
+            };
             h.insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"wirewarden\""),
+                HeaderValue::from_static(challenge),
             );
         }
         resp
@@ -84,6 +100,18 @@ mod tests {
         assert_eq!(v["error"]["code"], "denied");
         assert_eq!(v["error"]["message"], "rule \"no-writes\"");
         assert!(resp.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn a_refused_token_says_invalid_token() {
+        let resp: Response<Bytes> = Rejection::invalid_token("expired").into_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"wirewarden\", error=\"invalid_token\""
+        );
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_token");
     }
 
     #[test]

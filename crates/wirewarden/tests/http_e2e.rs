@@ -214,10 +214,18 @@ fn tokens() -> StaticTokens {
         tokens: vec![
             token("agent", AGENT_TOKEN, "agent-1", &["agents"]),
             token("other", "tok-other", "agent-2", &["agents"]),
+            // Expires soon after the gateway starts.
+            StaticToken {
+                expires_at: Timestamp::now().checked_add(BRIEF),
+                ..token("brief", "tok-brief", "agent-3", &["agents"])
+            },
         ],
     })
     .unwrap()
 }
+
+/// How long after the gateway starts the token `tok-brief` expires.
+const BRIEF: Duration = Duration::from_secs(3);
 
 struct Gateway {
     addr: SocketAddr,
@@ -721,6 +729,61 @@ async fn a_held_request_whose_client_leaves_is_cancelled() {
         assert!(late.is_err(), "http2: {http2}");
     }
     assert!(gw.log.lock().unwrap().is_empty());
+}
+
+/// A token that expires while its session is open ends the session (on record) and its
+/// next request is a `401` saying `invalid_token`, as RFC 6750 asks, so the client fetches
+/// a fresh token; a request with a current token on the same connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_ends_its_session_with_invalid_token() {
+    let gw = gateway().await;
+    let expired_by = tokio::time::Instant::now() + BRIEF + Duration::from_millis(500);
+    let mut client = support::Interactive::start(
+        &format!(
+            "import httpx\nc = httpx.Client(timeout=20)\nurl = '{}'\nget = lambda token: (lambda r: f\"{{r.status_code}} {{r.headers.get('www-authenticate')}} {{r.json()['error']['code'] if r.status_code >= 400 else 'ok'}}\")(c.get(url, headers={{'Authorization': 'Bearer ' + token}}))",
+            gw.url("/customers/1")
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(client.eval("get('tok-brief')").await, "200 None ok");
+    tokio::time::sleep_until(expired_by).await;
+    assert_eq!(
+        client.eval("get('tok-brief')").await,
+        "401 Bearer realm=\"wirewarden\", error=\"invalid_token\" invalid_token"
+    );
+    // On the same connection, a current token is served.
+    assert_eq!(client.eval("get('tok-agent')").await, "200 None ok");
+    client.finish().await;
+    let events = gw.events().await;
+    let ended: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::SessionEnded { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ended.first(),
+        Some(&wirewarden::core::SessionEndReason::CredentialExpired),
+        "{ended:?}"
+    );
+    // Both sessions on the one connection (the same client address).
+    let started: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::SessionStarted {
+                principal,
+                client_addr,
+                ..
+            } => Some((principal.subject.clone(), client_addr.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started.len(), 2, "{started:?}");
+    assert_eq!((&*started[0].0, &*started[1].0), ("agent-3", "agent-1"));
+    assert_eq!(started[0].1, started[1].1);
+    support::assert_verifies(gw.audit_dir.path(), &gw.keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

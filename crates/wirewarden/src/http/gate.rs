@@ -118,6 +118,10 @@ fn unavailable(code: &'static str, message: impl Into<String>) -> Verdict {
     ))
 }
 
+fn invalid_token(message: impl Into<String>) -> Verdict {
+    Verdict::Reject(Rejection::invalid_token(message))
+}
+
 fn unauthenticated(message: impl Into<String>) -> Verdict {
     Verdict::Reject(Rejection::new(
         StatusCode::UNAUTHORIZED,
@@ -200,7 +204,7 @@ impl ConnectionGate {
                     Err(e) => {
                         let reason = e.to_string();
                         self.auth_failed(reason.clone()).await;
-                        return Err(unauthenticated(format!(
+                        return Err(invalid_token(format!(
                             "the bearer token was not accepted: {reason}"
                         )));
                     }
@@ -270,7 +274,7 @@ impl ConnectionGate {
             Err(e) => {
                 let reason = e.to_string();
                 self.auth_failed(reason.clone()).await;
-                return Err(unauthenticated(format!(
+                return Err(invalid_token(format!(
                     "the bearer token was not accepted: {reason}"
                 )));
             }
@@ -281,6 +285,34 @@ impl ConnectionGate {
     }
 
     /// Records the end of every session the connection opened.
+    /// Ends (and records) `session`, found under `key`, because its credential expired;
+    /// a later request with a fresh credential opens a new one.
+    async fn end_expired(&self, key: [u8; 32], session: &Arc<Session>) {
+        let removed = {
+            let mut sessions = self.sessions.lock().await;
+            match sessions.get(&key) {
+                Some(s) if Arc::ptr_eq(s, session) => sessions.remove(&key).is_some(),
+                _ => false,
+            }
+        };
+        if !removed {
+            return;
+        }
+        self.pipeline
+            .metrics()
+            .sessions_active
+            .fetch_sub(1, Ordering::Relaxed);
+        let end = AuditEvent::new(
+            Some(session.id),
+            AuditEventKind::SessionEnded {
+                reason: SessionEndReason::CredentialExpired,
+                commands: self.commands.load(Ordering::Relaxed),
+                duration_us: micros(session.started),
+            },
+        );
+        let _ = self.pipeline.record(&end).await;
+    }
+
     pub(crate) async fn close(&self, reason: SessionEndReason) {
         let sessions = std::mem::take(&mut *self.sessions.lock().await);
         let commands = self.commands.load(Ordering::Relaxed);
@@ -364,6 +396,25 @@ impl ConnectionGate {
                     "the client certificate is no longer accepted: {reason}"
                 )));
             }
+            // The certificate's validity ended during the connection: its session ends.
+            Some(CertificateLogin::Accepted(principal))
+                if principal.is_expired_at(Timestamp::now()) =>
+            {
+                let open = self
+                    .sessions
+                    .lock()
+                    .await
+                    .get(&CERTIFICATE_SESSION)
+                    .cloned();
+                if let Some(session) = open {
+                    self.end_expired(CERTIFICATE_SESSION, &session).await;
+                }
+                self.auth_failed("the client certificate expired".into())
+                    .await;
+                return Err(unauthenticated(
+                    "the client certificate of this connection expired",
+                ));
+            }
             Some(CertificateLogin::Accepted(principal)) => {
                 self.certificate_session(principal, admission.bearer, user_agent)
                     .await?
@@ -378,6 +429,18 @@ impl ConnectionGate {
                 self.session(token, user_agent).await?
             }
         };
+        // A token session whose token expired ends here (on record), and the request is
+        // refused as RFC 6750 asks: the client gets a fresh token, and its next request
+        // opens a new session.
+        let now = Timestamp::now();
+        if let (None, Some(token)) = (&self.certificate, admission.bearer)
+            && session.principal.is_expired_at(now)
+        {
+            let key = *blake3::hash(token.as_bytes()).as_bytes();
+            self.end_expired(key, &session).await;
+            self.auth_failed("the bearer token expired".into()).await;
+            return Err(invalid_token("the bearer token expired"));
+        }
         // A client that names each request differently (an agent's run and tool call in its
         // User-Agent) renames the session: on record before this request's intent.
         if let Some(ua) = user_agent
@@ -399,17 +462,8 @@ impl ConnectionGate {
         let command = admission.command;
         let command_id = CommandId::new();
         self.commands.fetch_add(1, Ordering::Relaxed);
-        let now = Timestamp::now();
         let metrics = self.pipeline.metrics();
-        let (decision, policy_version) = if session.principal.is_expired_at(now) {
-            (
-                Decision::Deny {
-                    rule: RuleId::new("credential-expired"),
-                    reason: "the credential of this session has expired".into(),
-                },
-                String::new(),
-            )
-        } else {
+        let (decision, policy_version) = {
             let decided = self
                 .pipeline
                 .decide(&session.principal, &self.target, command, now)

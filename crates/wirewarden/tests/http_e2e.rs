@@ -27,7 +27,6 @@ use wirewarden::http::{DEFAULT_HTTP_POLICY, HttpProxy, HttpTarget, Route, Routes
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
 use wirewarden::mask::{Engine, FieldRule, MaskKey, Profile, Selector, Strategy};
 use wirewarden::policy::RuleEngine;
-use wirewarden::review::{ApprovalScope, Reviewer};
 
 const CARD: &str = "4111 1111 1111 1111";
 const SSN: &str = "123-45-6789";
@@ -658,15 +657,7 @@ print(r.status_code, r.text)
         pending.command_text
     );
     assert!(gw.log.lock().unwrap().is_empty(), "held, not forwarded");
-    reviews
-        .approve(
-            pending.id,
-            &Reviewer::new("ops-1").with_group("ops"),
-            ApprovalScope::Once,
-            Timestamp::now(),
-        )
-        .await
-        .unwrap();
+    support::approve(&reviews, pending.id, "ops").await.unwrap();
     let out = client.await.unwrap();
     assert!(out.starts_with("200 "), "{out}");
     assert!(out.contains("\"refunded\":9"), "{out}");
@@ -706,26 +697,10 @@ async fn a_held_request_whose_client_leaves_is_cancelled() {
         let pending = support::pending_review(&reviews).await;
         client.kill().await.unwrap();
         support::events_when(&gw.pipeline, gw.audit_dir.path(), &gw.keys, |events| {
-            events.iter().any(|e| {
-                matches!(
-                    &e.kind,
-                    AuditEventKind::ReviewResolved {
-                        outcome: wirewarden::core::ReviewOutcome::Cancelled,
-                        review_id,
-                        ..
-                    } if *review_id == pending.id
-                )
-            })
+            support::review_cancelled(events, pending.id)
         })
         .await;
-        let late = reviews
-            .approve(
-                pending.id,
-                &Reviewer::new("ops-1").with_group("ops"),
-                ApprovalScope::Once,
-                Timestamp::now(),
-            )
-            .await;
+        let late = support::approve(&reviews, pending.id, "ops").await;
         assert!(late.is_err(), "http2: {http2}");
     }
     assert!(gw.log.lock().unwrap().is_empty());
@@ -756,13 +731,7 @@ async fn an_expired_token_ends_its_session_with_invalid_token() {
     assert_eq!(client.eval("get('tok-agent')").await, "200 None ok");
     client.finish().await;
     let events = gw.events().await;
-    let ended: Vec<_> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            AuditEventKind::SessionEnded { reason, .. } => Some(reason.clone()),
-            _ => None,
-        })
-        .collect();
+    let ended = support::end_reasons(&events);
     assert_eq!(
         ended.first(),
         Some(&wirewarden::core::SessionEndReason::CredentialExpired),

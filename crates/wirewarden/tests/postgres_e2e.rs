@@ -458,15 +458,7 @@ async fn a_write_is_held_for_review_and_runs_once_approved() {
             .await
             .is_err()
     );
-    reviews
-        .approve(
-            pending.id,
-            &Reviewer::new("dba-1").with_group("dba"),
-            ApprovalScope::Once,
-            Timestamp::now(),
-        )
-        .await
-        .unwrap();
+    support::approve(&reviews, pending.id, "dba").await.unwrap();
     let out = client.await.unwrap();
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(stderr.contains("held for review"), "{stderr}");
@@ -496,39 +488,14 @@ async fn a_held_write_whose_client_leaves_is_cancelled_and_never_runs() {
     client.kill().await.unwrap();
 
     let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
-        events.iter().any(|e| {
-            matches!(
-                &e.kind,
-                AuditEventKind::ReviewResolved {
-                    outcome: wirewarden::core::ReviewOutcome::Cancelled,
-                    review_id,
-                    ..
-                } if *review_id == pending.id
-            )
-        }) && events
-            .iter()
-            .any(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. }))
+        support::review_cancelled(events, pending.id) && !support::end_reasons(events).is_empty()
     })
     .await;
-    assert!(
-        reviews
-            .approve(
-                pending.id,
-                &Reviewer::new("dba-1").with_group("dba"),
-                ApprovalScope::Once,
-                Timestamp::now(),
-            )
-            .await
-            .is_err()
-    );
+    assert!(support::approve(&reviews, pending.id, "dba").await.is_err());
     assert_eq!(g.pg.psql("SELECT count(*) FROM notes").unwrap().trim(), "0");
-    let ended = events.iter().find_map(|e| match &e.kind {
-        AuditEventKind::SessionEnded { reason, .. } => Some(reason.clone()),
-        _ => None,
-    });
     assert_eq!(
-        ended,
-        Some(wirewarden::core::SessionEndReason::ClientClosed)
+        support::end_reasons(&events),
+        [wirewarden::core::SessionEndReason::ClientClosed]
     );
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
@@ -580,13 +547,9 @@ async fn a_session_ends_when_its_credential_expires() {
             .any(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. }))
     })
     .await;
-    let ended = events.iter().find_map(|e| match &e.kind {
-        AuditEventKind::SessionEnded { reason, .. } => Some(reason.clone()),
-        _ => None,
-    });
     assert_eq!(
-        ended,
-        Some(wirewarden::core::SessionEndReason::CredentialExpired)
+        support::end_reasons(&events),
+        [wirewarden::core::SessionEndReason::CredentialExpired]
     );
     let after = client.eval("c.execute('SELECT 1').fetchone()[0]").await;
     assert!(

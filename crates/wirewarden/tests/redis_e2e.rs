@@ -21,7 +21,6 @@ use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenH
 use wirewarden::mask::{Engine, FieldRule, Limits as MaskLimits, Profile, Selector, Strategy};
 use wirewarden::policy::RuleEngine;
 use wirewarden::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
-use wirewarden::review::{ApprovalScope, Reviewer};
 use wirewarden_testkit::Redis;
 
 const CARD: &str = "4111 1111 1111 1111";
@@ -65,6 +64,13 @@ fn tokens() -> StaticTokens {
 
 /// How long after the gateway starts the token `tok-brief` expires.
 const BRIEF: Duration = Duration::from_secs(6);
+
+impl Gateway {
+    /// A command sent to the Redis server directly, not through the gateway.
+    fn direct(&self, args: &[&str]) -> String {
+        tokio::task::block_in_place(|| self._redis.cli(args).unwrap())
+    }
+}
 
 async fn gateway() -> Gateway {
     gateway_with(|_| {}, |sink| sink).await
@@ -443,15 +449,7 @@ async fn a_delete_is_held_for_review_and_runs_once_approved() {
         "{:?}",
         pending.command_text
     );
-    reviews
-        .approve(
-            pending.id,
-            &Reviewer::new("ops-1").with_group("ops"),
-            ApprovalScope::Once,
-            Timestamp::now(),
-        )
-        .await
-        .unwrap();
+    support::approve(&reviews, pending.id, "ops").await.unwrap();
     let out = client.await.unwrap();
     assert!(
         text(&out.stdout).contains("DONE"),
@@ -486,42 +484,14 @@ async fn a_held_delete_whose_client_leaves_is_cancelled_and_never_runs() {
     client.kill().await.unwrap();
 
     let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
-        events.iter().any(|e| {
-            matches!(
-                &e.kind,
-                AuditEventKind::ReviewResolved {
-                    outcome: wirewarden::core::ReviewOutcome::Cancelled,
-                    review_id,
-                    ..
-                } if *review_id == pending.id
-            )
-        }) && events
-            .iter()
-            .any(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. }))
+        support::review_cancelled(events, pending.id) && !support::end_reasons(events).is_empty()
     })
     .await;
-    assert!(
-        reviews
-            .approve(
-                pending.id,
-                &Reviewer::new("ops-1").with_group("ops"),
-                ApprovalScope::Once,
-                Timestamp::now(),
-            )
-            .await
-            .is_err()
-    );
-    let stored = tokio::task::spawn_blocking(move || g._redis.cli(&["GET", "plain"]).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(stored.trim(), "hello");
-    let ended = events.iter().find_map(|e| match &e.kind {
-        AuditEventKind::SessionEnded { reason, .. } => Some(reason.clone()),
-        _ => None,
-    });
+    assert!(support::approve(&reviews, pending.id, "ops").await.is_err());
+    assert_eq!(g.direct(&["GET", "plain"]).trim(), "hello");
     assert_eq!(
-        ended,
-        Some(wirewarden::core::SessionEndReason::ClientClosed)
+        support::end_reasons(&events),
+        [wirewarden::core::SessionEndReason::ClientClosed]
     );
 }
 
@@ -542,15 +512,7 @@ async fn commands_sent_while_one_is_held_run_after_it_in_order() {
     raw.send(&["GET", "plain"]).await;
     raw.send(&["SET", "after", "1"]).await;
     raw.send(&["GET", "after"]).await;
-    reviews
-        .approve(
-            pending.id,
-            &Reviewer::new("ops-1").with_group("ops"),
-            ApprovalScope::Once,
-            Timestamp::now(),
-        )
-        .await
-        .unwrap();
+    support::approve(&reviews, pending.id, "ops").await.unwrap();
     assert_eq!(raw.reply().await, Value::Integer(1));
     assert_eq!(raw.reply().await, Value::NullBulkString);
     assert_eq!(bulk(&raw.reply().await).as_deref(), Some("OK"));
@@ -574,24 +536,15 @@ async fn a_session_ends_when_its_credential_expires() {
         Some("hello")
     );
     raw.send(&["DEL", "plain"]).await;
+    let reviews = g.pipeline.reviews().clone();
+    let pending = support::pending_review(&reviews).await;
     let held = raw.reply().await;
     assert!(
         matches!(&held, wirewarden_redis::Value::SimpleError(e) if text(e).contains("expired")),
         "{held:?}"
     );
     let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
-        events
-            .iter()
-            .any(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. }))
-            && events.iter().any(|e| {
-                matches!(
-                    e.kind,
-                    AuditEventKind::ReviewResolved {
-                        outcome: wirewarden::core::ReviewOutcome::Cancelled,
-                        ..
-                    }
-                )
-            })
+        !support::end_reasons(events).is_empty() && support::review_cancelled(events, pending.id)
     })
     .await;
     let ended = events.iter().find_map(|e| match &e.kind {
@@ -611,10 +564,7 @@ async fn a_session_ends_when_its_credential_expires() {
         .expect("the connection is closed")
         .unwrap();
     assert_eq!(n, 0, "{rest:?}");
-    let stored = tokio::task::spawn_blocking(move || g._redis.cli(&["GET", "plain"]).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(stored.trim(), "hello");
+    assert_eq!(g.direct(&["GET", "plain"]).trim(), "hello");
 }
 
 /// An `AUTH` on an open connection with a fresh token of the same agent renews the
@@ -763,10 +713,7 @@ async fn a_command_whose_intent_cannot_be_recorded_is_refused() {
         2,
         "{stdout}"
     );
-    let direct = tokio::task::spawn_blocking(move || g._redis.cli(&["GET", "plain"]).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(direct.trim(), "hello");
+    assert_eq!(g.direct(&["GET", "plain"]).trim(), "hello");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

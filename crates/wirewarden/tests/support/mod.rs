@@ -187,6 +187,48 @@ pub(crate) async fn events_when(
     .expect("the audit trail has the expected events")
 }
 
+/// Approves review `id` as `<group>-1`, a reviewer in `group`, for one use.
+pub(crate) async fn approve(
+    reviews: &Reviews,
+    id: wirewarden::core::ReviewId,
+    group: &str,
+) -> Result<(), wirewarden::review::Error> {
+    reviews
+        .approve(
+            id,
+            &wirewarden::review::Reviewer::new(format!("{group}-1")).with_group(group),
+            wirewarden::review::ApprovalScope::Once,
+            Timestamp::now(),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Whether review `id` was cancelled on record (its requester gave up the wait).
+pub(crate) fn review_cancelled(events: &[AuditEvent], id: wirewarden::core::ReviewId) -> bool {
+    events.iter().any(|e| {
+        matches!(
+            &e.kind,
+            AuditEventKind::ReviewResolved {
+                outcome: wirewarden::core::ReviewOutcome::Cancelled,
+                review_id,
+                ..
+            } if *review_id == id
+        )
+    })
+}
+
+/// Why each session on record ended, in order.
+pub(crate) fn end_reasons(events: &[AuditEvent]) -> Vec<wirewarden::core::SessionEndReason> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::SessionEnded { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The reasons of the sessions that ended because their credential was revoked.
 pub(crate) fn revoked_sessions<'k>(
     kinds: impl IntoIterator<Item = &'k AuditEventKind>,

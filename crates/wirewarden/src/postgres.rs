@@ -953,6 +953,10 @@ impl Relay {
         let reason = match (&commands, down) {
             _ if ended_here => reason,
             (Ok(()), Ok(Ok(Err(Error::Closed("upstream"))))) => SessionEndReason::ClientClosed,
+            // The client closed first: responses still owed to it cannot be written.
+            (Ok(()), Ok(Ok(Err(Error::Io { peer: "client", .. })))) => {
+                SessionEndReason::ClientClosed
+            }
             (Ok(()), Ok(Ok(Err(e)))) => SessionEndReason::Error {
                 message: e.to_string(),
             },

@@ -1043,7 +1043,8 @@ struct Relay<'p> {
     /// revocation lists refuse it, the session ends.
     certificate: CertificateWatch,
     /// Set when the credential was withdrawn (certificate refused) or expired while a
-    /// command waited for review: the session ends so, once the replies owed are sent.
+    /// command waited for review: the session ends so, once the replies owed are sent; or
+    /// when the client left meanwhile: it ends then, with nothing sent.
     ended: Option<SessionEndReason>,
     /// Fires when the credential the session logged in with expires: the session ends.
     expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -1085,6 +1086,11 @@ impl Relay<'_> {
             }
             // The batch's intents on record, its commands forwarded; then replies already read.
             self.commit().await;
+            if self.ended == Some(SessionEndReason::ClientClosed) {
+                // It left while a command waited: nobody to answer.
+                let _ = self.up.shutdown().await;
+                return Ok(SessionEndReason::ClientClosed);
+            }
             self.on_upstream_bytes().await?;
             self.flush().await?;
             if let Some(reason) = self.ended.take() {
@@ -1671,6 +1677,7 @@ impl Relay<'_> {
                 Err("wirewarden: the credential of this session expired".into())
             }
             () = crate::listen::client_gone(&mut self.client.io, &mut self.client.buf) => {
+                self.ended = Some(SessionEndReason::ClientClosed);
                 Err("wirewarden: the client left while the command waited for review".into())
             }
         }

@@ -471,27 +471,14 @@ async fn a_write_is_held_for_review_and_runs_once_approved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_write_whose_client_leaves_is_cancelled_and_never_runs() {
     let g = gateway(None).await;
-    let mut client = psql_command(
+    let client = psql_command(
         g.addr,
         "tok-analyst",
         "disable",
         &["INSERT INTO notes (body) VALUES ('nobody waits')"],
     );
-    let mut client = client
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let reviews = g.pipeline.reviews().clone();
-    let pending = support::pending_review(&reviews).await;
-    client.kill().await.unwrap();
-
-    let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
-        support::review_cancelled(events, pending.id) && !support::end_reasons(events).is_empty()
-    })
-    .await;
-    assert!(support::approve(&reviews, pending.id, "dba").await.is_err());
+    let events =
+        support::abandon_held(&g.pipeline, g.audit_dir.path(), &g.keys, client, "dba").await;
     assert_eq!(g.pg.psql("SELECT count(*) FROM notes").unwrap().trim(), "0");
     assert_eq!(
         support::end_reasons(&events),

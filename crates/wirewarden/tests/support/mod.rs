@@ -204,6 +204,33 @@ pub(crate) async fn approve(
         .map(|_| ())
 }
 
+/// Runs `client` (a command held for review), kills it once its review is pending, and
+/// returns the trail once the review is cancelled and the session has ended; a reviewer
+/// in `group` can then no longer approve it.
+pub(crate) async fn abandon_held(
+    pipeline: &wirewarden::Pipeline,
+    dir: &Path,
+    keys: &VerifyKeys,
+    mut client: tokio::process::Command,
+    group: &str,
+) -> Vec<AuditEvent> {
+    let mut client = client
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let reviews = pipeline.reviews().clone();
+    let pending = pending_review(&reviews).await;
+    client.kill().await.unwrap();
+    let events = events_when(pipeline, dir, keys, |events| {
+        review_cancelled(events, pending.id) && !end_reasons(events).is_empty()
+    })
+    .await;
+    assert!(approve(&reviews, pending.id, group).await.is_err());
+    events
+}
+
 /// Whether review `id` was cancelled on record (its requester gave up the wait).
 pub(crate) fn review_cancelled(events: &[AuditEvent], id: wirewarden::core::ReviewId) -> bool {
     events.iter().any(|e| {

@@ -224,7 +224,7 @@ fn tokens() -> StaticTokens {
 }
 
 /// How long after the gateway starts the token `tok-brief` expires.
-const BRIEF: Duration = Duration::from_secs(3);
+const BRIEF: Duration = Duration::from_secs(6);
 
 struct Gateway {
     addr: SocketAddr,

@@ -288,6 +288,62 @@ impl TlsMaterial {
         params.signed_by(&issuer).map_err(bad)?.pem().map_err(bad)
     }
 
+    /// Another client certificate from the same authority and with the same common name as
+    /// the material's own, valid from a minute ago until `valid_for` from now: for testing
+    /// what happens when a certificate's validity ends while its connection is open.
+    /// Written into `dir` as `<name>.crt` and `<name>.key` (mode 0600); returns the two
+    /// paths.
+    ///
+    /// # Errors
+    /// [`Error::Certificate`] if signing fails, [`Error::Io`] if a file cannot be written.
+    pub fn short_lived_client(
+        &self,
+        dir: &Path,
+        name: &str,
+        valid_for: std::time::Duration,
+    ) -> Result<(PathBuf, PathBuf)> {
+        use rcgen::{
+            CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
+            date_time_ymd,
+        };
+        use std::os::unix::fs::OpenOptionsExt;
+        let bad = |e: rcgen::Error| Error::Certificate {
+            reason: e.to_string(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| Error::Certificate {
+                reason: format!("the clock is before 1970: {e}"),
+            })?;
+        let epoch = date_time_ymd(1970, 1, 1);
+        let issuer = Issuer::new(
+            ca_params().map_err(bad)?,
+            KeyPair::from_pem(&self.ca_key_pem).map_err(bad)?,
+        );
+        let mut client = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "wirewarden-testkit client");
+        client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        client.not_before = epoch + now.saturating_sub(std::time::Duration::from_secs(60));
+        client.not_after = epoch + now + valid_for;
+        let key = KeyPair::generate_for(self.key.algorithm()).map_err(bad)?;
+        let cert = client.signed_by(&key, &issuer).map_err(bad)?;
+        let crt = dir.join(format!("{name}.crt"));
+        let key_file = dir.join(format!("{name}.key"));
+        fs::write(&crt, cert.pem()).map_err(|e| Error::io("writing a client certificate", e))?;
+        // Created with 0600 before the key is written, so it is never readable by others.
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_file)
+            .and_then(|mut f| f.write_all(key.serialize_pem().as_bytes()))
+            .map_err(|e| Error::io("writing a client key", e))?;
+        Ok((crt, key_file))
+    }
+
     /// The client certificate's private key, PKCS#8 DER.
     #[must_use]
     pub fn client_key_der(&self) -> &[u8] {

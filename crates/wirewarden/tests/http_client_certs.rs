@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, header};
@@ -549,5 +550,41 @@ async fn open_connections_end_when_their_certificate_is_revoked() {
     assert_eq!(started.len(), 3, "{started:?}");
     let refused = failures(&events, "client_certificate");
     assert!(!refused.is_empty() && refused.iter().all(|f| f.contains("Revoked")));
+    support::assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// A certificate whose validity ends while its connection is open ends the connection's
+/// session (on record as `credential_expired`), and every later request on it is a `401`;
+/// the handshake then refuses the certificate on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_expires_mid_connection_ends_its_session() {
+    let g = gateway(ClientCertMode::Required, CLIENT_CN, None).await;
+    let valid_for = Duration::from_secs(5);
+    let expired_by = tokio::time::Instant::now() + valid_for + Duration::from_millis(1500);
+    let scratch = tempfile::tempdir().unwrap();
+    let (cert, key) = g
+        .pki
+        .short_lived_client(scratch.path(), "brief", valid_for)
+        .unwrap();
+    let mut env = support::pki_env(g.addr.port(), &g.pki);
+    env[2].1 = cert.display().to_string();
+    env[3].1 = key.display().to_string();
+    let mut client = Interactive::start(
+        "import ssl, httpx\nctx = ssl.create_default_context(cafile=os.environ['CA'])\nctx.load_cert_chain(os.environ['CERT'], os.environ['KEY'])\nc = httpx.Client(verify=ctx, timeout=20, limits=httpx.Limits(keepalive_expiry=60))\nurl = f\"https://127.0.0.1:{os.environ['PORT']}/customers/7\"",
+        &env,
+    )
+    .await;
+    const GET: &str = "(lambda r: f'{r.status_code} {r.json().get(\"error\", {}).get(\"code\", \"ok\")}')(c.get(url))";
+    assert_eq!(client.eval(GET).await, "200 ok");
+    tokio::time::sleep_until(expired_by).await;
+    assert_eq!(client.eval(GET).await, "401 unauthenticated");
+    assert_eq!(client.eval(GET).await, "401 unauthenticated");
+    client.finish().await;
+    let events = g.events_when(|e| support::end_reasons(e).len() == 1).await;
+    assert_eq!(
+        support::end_reasons(&events),
+        [wirewarden::core::SessionEndReason::CredentialExpired]
+    );
+    assert_eq!(sessions(&events).len(), 1);
     support::assert_verifies(g.audit_dir.path(), &g.keys);
 }

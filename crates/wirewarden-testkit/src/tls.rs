@@ -40,6 +40,19 @@ impl TlsKey {
 
 /// The authority's name and uses: what it signs with, and what a revocation list it signs
 /// names as its issuer.
+/// The client certificates' parameters: the common name `wirewarden-testkit client`, for
+/// client authentication.
+fn client_params() -> std::result::Result<rcgen::CertificateParams, rcgen::Error> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "wirewarden-testkit client");
+    client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(client)
+}
+
 fn ca_params() -> std::result::Result<rcgen::CertificateParams, rcgen::Error> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
@@ -120,12 +133,7 @@ impl TlsMaterial {
         let leaf_key = KeyPair::generate_for(key.algorithm()).map_err(bad)?;
         let cert = leaf.signed_by(&leaf_key, &ca).map_err(bad)?;
 
-        let mut client = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
-        client
-            .distinguished_name
-            .push(DnType::CommonName, "wirewarden-testkit client");
-        client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let mut client = client_params().map_err(bad)?;
         client.serial_number = Some(rcgen::SerialNumber::from(CLIENT_SERIAL));
         let client_key = KeyPair::generate_for(key.algorithm()).map_err(bad)?;
         let client_cert = client.signed_by(&client_key, &ca).map_err(bad)?;
@@ -302,10 +310,7 @@ impl TlsMaterial {
         name: &str,
         valid_for: std::time::Duration,
     ) -> Result<(PathBuf, PathBuf)> {
-        use rcgen::{
-            CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
-            date_time_ymd,
-        };
+        use rcgen::{Issuer, KeyPair, date_time_ymd};
         use std::os::unix::fs::OpenOptionsExt;
         let bad = |e: rcgen::Error| Error::Certificate {
             reason: e.to_string(),
@@ -320,12 +325,7 @@ impl TlsMaterial {
             ca_params().map_err(bad)?,
             KeyPair::from_pem(&self.ca_key_pem).map_err(bad)?,
         );
-        let mut client = CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
-        client
-            .distinguished_name
-            .push(DnType::CommonName, "wirewarden-testkit client");
-        client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let mut client = client_params().map_err(bad)?;
         client.not_before = epoch + now.saturating_sub(std::time::Duration::from_secs(60));
         client.not_after = epoch + now + valid_for;
         let key = KeyPair::generate_for(self.key.algorithm()).map_err(bad)?;

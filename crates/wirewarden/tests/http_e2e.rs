@@ -715,7 +715,7 @@ async fn an_expired_token_ends_its_session_with_invalid_token() {
     let expired_by = tokio::time::Instant::now() + BRIEF + Duration::from_millis(500);
     let mut client = support::Interactive::start(
         &format!(
-            "import httpx\nc = httpx.Client(timeout=20)\nurl = '{}'\nget = lambda token: (lambda r: f\"{{r.status_code}} {{r.headers.get('www-authenticate')}} {{r.json()['error']['code'] if r.status_code >= 400 else 'ok'}}\")(c.get(url, headers={{'Authorization': 'Bearer ' + token}}))",
+            "import httpx\nc = httpx.Client(timeout=20, limits=httpx.Limits(keepalive_expiry=60))\nurl = '{}'\nget = lambda token: (lambda r: f\"{{r.status_code}} {{r.headers.get('www-authenticate')}} {{r.json()['error']['code'] if r.status_code >= 400 else 'ok'}}\")(c.get(url, headers={{'Authorization': 'Bearer ' + token}}))",
             gw.url("/customers/1")
         ),
         &[],

@@ -962,6 +962,26 @@ impl Relay {
             },
             _ => reason,
         };
+        // Statements forwarded whose responses never came (the session ended first:
+        // revoked, expired, the upstream gone): they may have run, and their outcome is
+        // unknown — on record as such, so every intent has its outcome.
+        let unanswered: Vec<Pending> = match relay.shared.queue.lock() {
+            Ok(mut queue) => queue
+                .drain(..)
+                .filter_map(|item| match item {
+                    Item::Command(p) => Some(p),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for mut p in unanswered {
+            p.error.get_or_insert_with(|| {
+                "no response: the session ended before it came; the statement may have run"
+                    .to_owned()
+            });
+            relay.record_completion(p).await;
+        }
         let end = AuditEvent::new(
             Some(relay.session_id),
             AuditEventKind::SessionEnded {

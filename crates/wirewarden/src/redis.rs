@@ -425,6 +425,9 @@ const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is 
 /// treat as a failed login (redis-py raises `AuthenticationError`, a connection error it does
 /// not swallow during its handshake), where `NOPERM` would read as a refused command on a
 /// working session.
+/// The outcome of a forwarded command whose reply never came because the session ended.
+const UNANSWERED: &str = "no reply: the session ended before it came; the command may have run";
+
 const CERT_REFUSED: &[u8] = b"-WRONGPASS client certificate not accepted or user is disabled.\r\n";
 
 struct Client {
@@ -873,6 +876,15 @@ impl RedisProxy {
         // The end goes after every outcome of the session (those of replies that were never
         // flushed too); then the writer stops.
         for p in std::mem::take(&mut relay.completed) {
+            relay.record_completion(p);
+        }
+        // Commands forwarded whose replies never came (the session ended first: revoked,
+        // expired, the upstream gone): they may have run, and their outcome is unknown — on
+        // record as such, so every intent has its outcome.
+        let mut unanswered: Vec<_> = relay.pending.drain().collect();
+        unanswered.sort_unstable_by_key(|(tag, _)| *tag);
+        for (_, mut p) in unanswered {
+            p.error.get_or_insert_with(|| UNANSWERED.to_owned());
             relay.record_completion(p);
         }
         let mut last = std::mem::take(&mut relay.outcome_batch);

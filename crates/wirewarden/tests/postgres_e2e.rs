@@ -509,8 +509,8 @@ impl IdentityProvider for ExpiresSoon {
 }
 
 /// A session ends when the credential it logged in with expires, with no statement from its
-/// client: psycopg reads a FATAL (28000) saying so, and the end is on record as
-/// `credential_expired`.
+/// client: psycopg, waiting on a long statement, reads a FATAL (28000) saying so; the end is
+/// on record as `credential_expired`, and the statement's outcome as unknown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ends_when_its_credential_expires() {
     let g = gateway_with(None, Arc::new(ExpiresSoon(tokens())), |sink| sink).await;
@@ -528,20 +528,45 @@ async fn a_session_ends_when_its_credential_expires() {
             .await,
         "42"
     );
+    // A statement still running when the credential expires: the client reads the FATAL
+    // in its place, and its outcome is on record as unknown.
+    client
+        .send("c.execute('SELECT pg_sleep(30)').fetchone()[0]")
+        .await;
     let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
-        events
-            .iter()
-            .any(|e| matches!(e.kind, AuditEventKind::SessionEnded { .. }))
+        !support::end_reasons(events).is_empty()
     })
     .await;
     assert_eq!(
         support::end_reasons(&events),
         [wirewarden::core::SessionEndReason::CredentialExpired]
     );
-    let after = client.eval("c.execute('SELECT 1').fetchone()[0]").await;
+    let after = client.result().await;
     assert!(
         after.starts_with("ERROR InvalidAuthorizationSpecification") && after.contains("expired"),
         "{after}"
+    );
+    assert_eq!(client.eval("c.closed").await, "True");
+    let sleep = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            AuditEventKind::CommandDecided {
+                command_id,
+                command,
+                ..
+            } if command.text.contains("pg_sleep") => Some(*command_id),
+            _ => None,
+        })
+        .expect("the sleep was decided");
+    let outcome = events.iter().find_map(|e| match &e.kind {
+        AuditEventKind::CommandCompleted {
+            command_id, error, ..
+        } if *command_id == sleep => Some(error.clone()),
+        _ => None,
+    });
+    assert!(
+        matches!(&outcome, Some(Some(e)) if e.contains("session ended before")),
+        "{outcome:?}"
     );
     client.finish().await;
     assert_verifies(g.audit_dir.path(), &g.keys);

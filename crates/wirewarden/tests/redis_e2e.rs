@@ -556,6 +556,49 @@ async fn a_session_ends_when_its_credential_expires() {
     assert_eq!(g.direct(&["GET", "plain"]).trim(), "hello");
 }
 
+/// A command the gateway forwarded but whose reply never came, because the session ended
+/// first (here a blocking `BLPOP` when the credential expires), has its outcome on record
+/// as unknown: every intent has an outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_in_flight_when_the_session_ends_has_its_outcome_on_record() {
+    let g = gateway().await;
+    let mut raw = Raw::connect(g.addr).await;
+    assert_eq!(
+        bulk(&raw.call(&["AUTH", "brief", "tok-brief"]).await).as_deref(),
+        Some("OK")
+    );
+    raw.send(&["BLPOP", "nothing-ever", "0"]).await;
+    let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
+        !support::end_reasons(events).is_empty()
+    })
+    .await;
+    assert_eq!(
+        support::end_reasons(&events),
+        [wirewarden::core::SessionEndReason::CredentialExpired]
+    );
+    let blpop = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            AuditEventKind::CommandDecided {
+                command_id,
+                command,
+                ..
+            } if command.verb == "BLPOP" => Some(*command_id),
+            _ => None,
+        })
+        .expect("the BLPOP was decided");
+    let outcome = events.iter().find_map(|e| match &e.kind {
+        AuditEventKind::CommandCompleted {
+            command_id, error, ..
+        } if *command_id == blpop => Some(error.clone()),
+        _ => None,
+    });
+    assert!(
+        matches!(&outcome, Some(Some(e)) if e.contains("session ended before")),
+        "{outcome:?}"
+    );
+}
+
 /// An `AUTH` on an open connection with a fresh token of the same agent renews the
 /// session's credential, on record: the session outlives the token it logged in with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,6 +232,12 @@ impl Gateway {
     }
 }
 
+/// The last request curl made answered `200`.
+fn assert_served(out: &Output) {
+    let stdout = text(&out.stdout);
+    assert!(stdout.ends_with("\n200\n"), "{stdout}");
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -296,11 +302,7 @@ async fn a_client_certificate_identifies_every_request_on_its_connection() {
             &["/customers/9"],
         )
         .await;
-    assert!(
-        text(&out.stdout).ends_with("\n200\n"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert_served(&out);
     let out = g
         .curl(
             true,
@@ -419,11 +421,7 @@ async fn an_unmapped_certificate_is_refused_and_never_falls_back_to_a_token() {
             &["/customers/9"],
         )
         .await;
-    assert!(
-        text(&out.stdout).ends_with("\n200\n"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert_served(&out);
     assert_eq!(g.seen.lock().unwrap().len(), 1);
 
     let events = g

@@ -270,6 +270,15 @@ async fn psql(
         .unwrap()
 }
 
+/// psql with `cert` (or none) and a valid token as password is refused, and never asked
+/// for that password: the refusal comes in the handshake.
+async fn refused_without_password(g: &Gateway, pki: &Pki, cert: Option<&(PathBuf, PathBuf)>) {
+    let out = psql(g.addr, &pki.ca_pem(), cert, Some("tok-batch"), "SELECT 1").await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(!err.contains("password"), "{err}");
+}
+
 fn sessions(kinds: &[AuditEventKind]) -> usize {
     kinds
         .iter()
@@ -329,23 +338,10 @@ async fn required_refuses_other_cas_and_missing_certificates_at_the_handshake() 
     let g = gateway(&pki, ClientCertMode::Required).await;
 
     // Same names, wrong issuer: the TLS handshake fails before any login message.
-    let out = psql(
-        g.addr,
-        &pki.ca_pem(),
-        Some(&forged),
-        Some("tok-batch"),
-        "SELECT 1",
-    )
-    .await;
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
-    assert!(!err.contains("password"), "{err}");
+    refused_without_password(&g, &pki, Some(&forged)).await;
 
     // No certificate at all, even with a valid token: refused in the handshake too.
-    let out = psql(g.addr, &pki.ca_pem(), None, Some("tok-batch"), "SELECT 1").await;
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
-    assert!(!err.contains("password"), "{err}");
+    refused_without_password(&g, &pki, None).await;
 
     // Both refusals are failed logins on record, with rustls' reason.
     let failures = handshake_failures(&g, 2).await;
@@ -399,17 +395,7 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_and_on_record() {
     let out = psql(g.addr, &pki.ca_pem(), Some(&kept), None, "SELECT 1").await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "1");
-    let out = psql(
-        g.addr,
-        &pki.ca_pem(),
-        Some(&gone),
-        Some("tok-batch"),
-        "SELECT 1",
-    )
-    .await;
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
-    assert!(!err.contains("password"), "{err}");
+    refused_without_password(&g, &pki, Some(&gone)).await;
     let failures = handshake_failures(&g, 1).await;
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].contains("Revoked"), "{failures:?}");

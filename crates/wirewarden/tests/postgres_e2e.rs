@@ -547,23 +547,7 @@ async fn a_session_ends_when_its_credential_expires() {
         "{after}"
     );
     assert_eq!(client.eval("c.closed").await, "True");
-    let sleep = events
-        .iter()
-        .find_map(|e| match &e.kind {
-            AuditEventKind::CommandDecided {
-                command_id,
-                command,
-                ..
-            } if command.text.contains("pg_sleep") => Some(*command_id),
-            _ => None,
-        })
-        .expect("the sleep was decided");
-    let outcome = events.iter().find_map(|e| match &e.kind {
-        AuditEventKind::CommandCompleted {
-            command_id, error, ..
-        } if *command_id == sleep => Some(error.clone()),
-        _ => None,
-    });
+    let outcome = support::outcome_error(&events, |command| command.text.contains("pg_sleep"));
     assert!(
         matches!(&outcome, Some(Some(e)) if e.contains("session ended before")),
         "{outcome:?}"

@@ -46,6 +46,17 @@ fn identity(cn_pattern: &str) -> Chain {
     )
 }
 
+/// A throwaway Redis holding `plain` = `hello`.
+async fn redis_with_plain() -> Redis {
+    tokio::task::spawn_blocking(|| {
+        let r = Redis::builder().start().unwrap();
+        r.cli(&["SET", "plain", "hello"]).unwrap();
+        r
+    })
+    .await
+    .unwrap()
+}
+
 async fn gateway(mode: ClientCertMode, cn_pattern: &str) -> Gateway {
     gateway_with(mode, cn_pattern, None).await
 }
@@ -57,13 +68,7 @@ async fn gateway_with(
     cn_pattern: &str,
     crl: Option<(bool, bool)>,
 ) -> Gateway {
-    let redis = tokio::task::spawn_blocking(|| {
-        let r = Redis::builder().start().unwrap();
-        r.cli(&["SET", "plain", "hello"]).unwrap();
-        r
-    })
-    .await
-    .unwrap();
+    let redis = redis_with_plain().await;
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = TlsMaterial::generate_in(&pki_dir.path().join("pki"), TlsKey::EcdsaP256).unwrap();
     let crls = match crl {
@@ -417,13 +422,7 @@ struct ListFileGateway {
 
 async fn gateway_with_list_file(mode: ClientCertMode, watch: bool) -> ListFileGateway {
     use wirewarden::tls::{ClientCertVerification, CrlFiles};
-    let redis = tokio::task::spawn_blocking(|| {
-        let r = Redis::builder().start().unwrap();
-        r.cli(&["SET", "plain", "hello"]).unwrap();
-        r
-    })
-    .await
-    .unwrap();
+    let redis = redis_with_plain().await;
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = TlsMaterial::generate_in(&pki_dir.path().join("pki"), TlsKey::EcdsaP256).unwrap();
     let crl_file = pki_dir.path().join("agents.crl");

@@ -576,23 +576,7 @@ async fn a_command_in_flight_when_the_session_ends_has_its_outcome_on_record() {
         support::end_reasons(&events),
         [wirewarden::core::SessionEndReason::CredentialExpired]
     );
-    let blpop = events
-        .iter()
-        .find_map(|e| match &e.kind {
-            AuditEventKind::CommandDecided {
-                command_id,
-                command,
-                ..
-            } if command.verb == "BLPOP" => Some(*command_id),
-            _ => None,
-        })
-        .expect("the BLPOP was decided");
-    let outcome = events.iter().find_map(|e| match &e.kind {
-        AuditEventKind::CommandCompleted {
-            command_id, error, ..
-        } if *command_id == blpop => Some(error.clone()),
-        _ => None,
-    });
+    let outcome = support::outcome_error(&events, |command| command.verb == "BLPOP");
     assert!(
         matches!(&outcome, Some(Some(e)) if e.contains("session ended before")),
         "{outcome:?}"

@@ -245,6 +245,28 @@ pub(crate) fn review_cancelled(events: &[AuditEvent], id: wirewarden::core::Revi
     })
 }
 
+/// The error of the outcome recorded for the first decided command `is` picks: `None` if
+/// no outcome is on record, `Some(None)` if it has no error.
+pub(crate) fn outcome_error(
+    events: &[AuditEvent],
+    is: impl Fn(&wirewarden::core::Command) -> bool,
+) -> Option<Option<String>> {
+    let id = events.iter().find_map(|e| match &e.kind {
+        AuditEventKind::CommandDecided {
+            command_id,
+            command,
+            ..
+        } if is(command) => Some(*command_id),
+        _ => None,
+    })?;
+    events.iter().find_map(|e| match &e.kind {
+        AuditEventKind::CommandCompleted {
+            command_id, error, ..
+        } if *command_id == id => Some(error.clone()),
+        _ => None,
+    })
+}
+
 /// Why each session on record ended, in order.
 pub(crate) fn end_reasons(events: &[AuditEvent]) -> Vec<wirewarden::core::SessionEndReason> {
     events

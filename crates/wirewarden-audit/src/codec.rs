@@ -29,6 +29,10 @@ pub const EVENT_ENCODING_VERSION: u8 = 1;
 
 // === Writer ===
 
+/// The encoding buffer an event starts with: enough for every fixed-size event and for the
+/// usual command decisions, completions and short transcripts.
+const EVENT_CAPACITY: usize = 384;
+
 /// Appends canonical fields to a byte vector.
 #[derive(Debug, Default)]
 pub(crate) struct Writer {
@@ -284,7 +288,10 @@ impl<'a> Reader<'a> {
 /// [`Error::Unsupported`] for an event variant this version of the crate does not know (the
 /// core enums are `#[non_exhaustive]`), [`Error::TooLarge`] for a string over 4 GiB.
 pub fn encode_event(event: &AuditEvent) -> Result<Vec<u8>> {
-    let mut w = Writer::default();
+    // Most events fit: growing the buffer field by field would reallocate it several times.
+    let mut w = Writer {
+        buf: Vec::with_capacity(EVENT_CAPACITY),
+    };
     encode_event_into(event, &mut w)?;
     Ok(w.buf)
 }

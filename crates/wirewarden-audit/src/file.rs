@@ -29,8 +29,8 @@ use wirewarden_core::{AuditEvent, BoxError, Timestamp};
 use crate::codec::encode_event;
 use crate::format::{
     CHECKPOINT_FILE, ChainKey, Checkpoint, CheckpointSigner, DEFAULT_MAX_RECORD_BYTES, Hash, LogId,
-    SegmentHeader, encode_checkpoint_entry, encode_event_frame, encode_seal_frame, event_frame_len,
-    genesis, record_hash, segment_path,
+    RecordHasher, SegmentHeader, encode_checkpoint_entry, encode_event_frame, encode_seal_frame,
+    event_frame_len, genesis, segment_path,
 };
 use crate::sink::{Appended, AuditSink, Durability, PartialBatch};
 use crate::verify::{VerifyKeys, verify_dir};
@@ -256,9 +256,9 @@ pub struct FileSink {
     shared: Arc<Shared>,
     durability: Durability,
     dir: PathBuf,
-    key: ChainKey,
+    /// Chain hashes of the log's records.
+    records: RecordHasher,
     log_id: LogId,
-    genesis: Hash,
     max_record_bytes: u32,
     max_pending_bytes: usize,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -544,7 +544,7 @@ impl FileSink {
             reason: "exhausted",
         })?;
         let prev = st.head;
-        let hash = record_hash(&self.key, self.log_id, &self.genesis, seq, &prev, bytes);
+        let hash = self.records.hash(seq, &prev, bytes);
         encode_event_frame(&mut st.pending, self.log_id, seq, &prev, bytes, &hash);
         st.head = hash;
         st.next_seq = next;
@@ -725,9 +725,8 @@ impl FileSink {
             shared,
             durability: b.durability,
             dir: b.dir,
-            key: b.key,
+            records: RecordHasher::new(&b.key, log_id, &g),
             log_id,
-            genesis: g,
             max_record_bytes: b.max_record_bytes,
             max_pending_bytes: b.max_pending_bytes,
             writer: Mutex::new(Some(handle)),

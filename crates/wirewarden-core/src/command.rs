@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -173,6 +174,41 @@ pub struct CommandDigest([u8; 32]);
 
 const DIGEST_CONTEXT: &str = "wirewarden 2026-11-25 command digest v1";
 
+/// The stack buffer of [`Fields`]: the fields of most commands fit at once.
+const FIELDS_BUF: usize = 256;
+
+/// A hasher fed through a stack buffer, so many small fields cost one `update`.
+struct Fields {
+    hasher: blake3::Hasher,
+    buf: [u8; FIELDS_BUF],
+    len: usize,
+}
+
+impl Fields {
+    /// `bytes`, length-prefixed.
+    fn field(&mut self, bytes: &[u8]) {
+        self.put(&(bytes.len() as u64).to_le_bytes());
+        self.put(bytes);
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() > FIELDS_BUF {
+            self.flush();
+            if bytes.len() > FIELDS_BUF {
+                self.hasher.update(bytes);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn flush(&mut self) {
+        self.hasher.update(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
 impl CommandDigest {
     /// The digest of `text` sent over `protocol` with the given arguments (extended-protocol
     /// parameters, Redis arguments after the command name; `None` is SQL NULL).
@@ -182,28 +218,34 @@ impl CommandDigest {
     where
         I: IntoIterator<Item = Option<&'a [u8]>>,
     {
-        let mut h = blake3::Hasher::new_derive_key(DIGEST_CONTEXT);
-        let field = |h: &mut blake3::Hasher, bytes: &[u8]| {
-            h.update(&(bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
+        // The derived key is the same for every digest: derive it once and start each
+        // digest from a copy of that state. Small fields go through a stack buffer: one
+        // `update` per field costs more than the few bytes most of them carry.
+        static BASE: OnceLock<blake3::Hasher> = OnceLock::new();
+        let mut h = Fields {
+            hasher: BASE
+                .get_or_init(|| blake3::Hasher::new_derive_key(DIGEST_CONTEXT))
+                .clone(),
+            buf: [0; FIELDS_BUF],
+            len: 0,
         };
-        field(&mut h, protocol.as_str().as_bytes());
-        field(&mut h, text);
+        h.field(protocol.as_str().as_bytes());
+        h.field(text);
         let mut count: u64 = 0;
         for arg in args {
             count += 1;
             match arg {
-                None => {
-                    h.update(&[0]);
-                }
+                None => h.put(&[0]),
                 Some(a) => {
-                    h.update(&[1]);
-                    field(&mut h, a);
+                    h.put(&[1]);
+                    h.field(a);
                 }
             }
         }
         // The count last: a trailing NULL argument cannot be confused with no argument.
-        h.update(&count.to_le_bytes());
+        h.put(&count.to_le_bytes());
+        h.flush();
+        let h = h.hasher;
         Self(*h.finalize().as_bytes())
     }
 
@@ -397,6 +439,63 @@ mod tests {
             "81e9824832647c93d3d70d34f1c57f48d77e038358a0f9cbc82472a2089c61d1"
         );
         assert_eq!(d.to_string().parse::<CommandDigest>().unwrap(), d);
+    }
+
+    #[test]
+    fn digest_is_its_definition_whatever_the_field_sizes() {
+        // The definition, one `update` per part, against the buffered computation, with
+        // fields around and beyond the stack buffer.
+        fn by_definition(protocol: Protocol, text: &[u8], args: &[Option<Vec<u8>>]) -> [u8; 32] {
+            let mut h = blake3::Hasher::new_derive_key(DIGEST_CONTEXT);
+            let field = |h: &mut blake3::Hasher, bytes: &[u8]| {
+                h.update(&(bytes.len() as u64).to_le_bytes());
+                h.update(bytes);
+            };
+            field(&mut h, protocol.as_str().as_bytes());
+            field(&mut h, text);
+            for arg in args {
+                match arg {
+                    None => {
+                        h.update(&[0]);
+                    }
+                    Some(a) => {
+                        h.update(&[1]);
+                        field(&mut h, a);
+                    }
+                }
+            }
+            h.update(&(args.len() as u64).to_le_bytes());
+            *h.finalize().as_bytes()
+        }
+        for sizes in [
+            &[][..],
+            &[0],
+            &[1, 2, 3],
+            &[200, 40],
+            &[FIELDS_BUF - 9],
+            &[FIELDS_BUF - 8, 1],
+            &[FIELDS_BUF, FIELDS_BUF + 1],
+            &[3, 5000, 7],
+            &[1, 2, 3, 4, 5, 300, 0, 0],
+        ] {
+            let args: Vec<Option<Vec<u8>>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (i % 4 != 3).then(|| vec![(i as u8).wrapping_add(n as u8); n]))
+                .collect();
+            for text in [&b"GET"[..], &[b'x'; 300][..]] {
+                let got = CommandDigest::compute(
+                    Protocol::Redis,
+                    text,
+                    args.iter().map(|a| a.as_deref()),
+                );
+                assert_eq!(
+                    *got.as_bytes(),
+                    by_definition(Protocol::Redis, text, &args),
+                    "{sizes:?}"
+                );
+            }
+        }
     }
 
     #[test]

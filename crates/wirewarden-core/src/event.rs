@@ -317,9 +317,11 @@ impl AuditEvent {
     /// An event of `kind` in `session`, now.
     #[must_use]
     pub fn new(session: Option<SessionId>, kind: AuditEventKind) -> Self {
+        // One clock read for both: the id's embedded time is the event's.
+        let time = Timestamp::now();
         Self {
-            id: EventId::new(),
-            time: Timestamp::now(),
+            id: EventId::at(time),
+            time,
             session,
             kind,
         }

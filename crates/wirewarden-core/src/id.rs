@@ -5,13 +5,72 @@
 //! even within one millisecond), ids from different gateways sort by time, and all of them
 //! store natively in PostgreSQL's `uuid` type.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{Error, Timestamp};
+
+/// The last id made in this process: its Unix milliseconds above a 12-bit counter.
+static LAST: AtomicU64 = AtomicU64::new(0);
+
+/// How many random words a thread draws from the system at once.
+const RANDOM_WORDS: usize = 32;
+
+thread_local! {
+    /// Random words from the operating system's CSPRNG, used up from the end.
+    static RANDOM: RefCell<([u64; RANDOM_WORDS], usize)> =
+        const { RefCell::new(([0; RANDOM_WORDS], 0)) };
+}
+
+/// 64 random bits from the operating system's CSPRNG, drawn a few hundred bytes at a time
+/// (one system call per [`RANDOM_WORDS`] ids instead of one per id).
+fn random_word() -> u64 {
+    RANDOM.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let (words, left) = &mut *guard;
+        if *left == 0 {
+            let mut bytes = [0u8; RANDOM_WORDS * 8];
+            if getrandom::fill(&mut bytes).is_err() {
+                // No system randomness now: the random half of a fresh UUIDv7 from the
+                // `uuid` crate's generator instead.
+                return Uuid::now_v7().as_u64_pair().1;
+            }
+            for (w, b) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                *w = u64::from_le_bytes(a);
+            }
+            *left = RANDOM_WORDS;
+        }
+        *left -= 1;
+        words[*left]
+    })
+}
+
+/// A UUIDv7 (RFC 9562) for `now`, greater than every id made before it in this process:
+/// 48 bits of Unix milliseconds, a 12-bit counter in `rand_a` (method 1 of RFC 9562 §6.2;
+/// the timestamp runs ahead by a millisecond when 4,096 ids are made within one), and 62
+/// random bits.
+fn next_v7(now: Timestamp) -> Uuid {
+    let ms = u64::try_from(now.unix_millis()).unwrap_or(0) & ((1 << 48) - 1);
+    let floor = ms << 12;
+    let mut prev = LAST.load(Ordering::Relaxed);
+    let next = loop {
+        let next = floor.max(prev.wrapping_add(1));
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break next,
+            Err(seen) => prev = seen,
+        }
+    };
+    let high = ((next >> 12) << 16) | (0x7 << 12) | (next & 0xfff);
+    let low = (random_word() >> 2) | (0b10 << 62);
+    Uuid::from_u64_pair(high, low)
+}
 
 macro_rules! define_id {
     ($(#[$meta:meta])* $name:ident, $kind:literal) => {
@@ -24,7 +83,14 @@ macro_rules! define_id {
             /// A new id, greater than every id of this process made before it.
             #[must_use]
             pub fn new() -> Self {
-                Self(Uuid::now_v7())
+                Self(next_v7(Timestamp::now()))
+            }
+
+            /// A new id whose embedded time is `now` (or later, to stay greater than every
+            /// id of this process made before it): for a record that carries both.
+            #[must_use]
+            pub fn at(now: Timestamp) -> Self {
+                Self(next_v7(now))
             }
 
             /// Wraps an existing UUID (read back from storage, say).
@@ -141,6 +207,42 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_rfc_9562_version_7_and_carry_random_bits() {
+        let a = EventId::new();
+        let b = CommandId::new();
+        for id in [a.as_uuid(), b.as_uuid()] {
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        }
+        // Different kinds share one sequence.
+        assert!(b.as_uuid() > a.as_uuid());
+        // 62 random bits: two ids made back to back differ there too.
+        let low = |u: &Uuid| u.as_u64_pair().1 & ((1 << 62) - 1);
+        assert_ne!(low(a.as_uuid()), low(b.as_uuid()));
+    }
+
+    #[test]
+    fn many_ids_within_one_millisecond_stay_ordered_and_near_their_time() {
+        // More ids than the 12-bit counter holds, all stamped with the same instant: the
+        // timestamp runs ahead rather than the order breaking.
+        let now = Timestamp::now();
+        let mut last = EventId::at(now);
+        for _ in 0..10_000 {
+            let next = EventId::at(now);
+            assert!(next > last, "{next:?} is not after {last:?}");
+            last = next;
+        }
+        let t = last.timestamp().unwrap();
+        assert!(
+            t >= Timestamp::from_unix_nanos(i128::from(now.unix_millis()) * 1_000_000).unwrap()
+        );
+        assert!(
+            t.unix_millis() - now.unix_millis() <= 1_000,
+            "{t:?} ran far ahead of {now:?}"
+        );
+    }
+
+    #[test]
     fn ids_from_many_threads_are_unique() {
         let handles: Vec<_> = (0..4)
             .map(|_| {
@@ -188,7 +290,9 @@ mod tests {
         let t = id.timestamp().unwrap();
         // Millisecond precision: the id may be up to 1 ms "before" `before`.
         assert!(t.unix_nanos() + 1_000_000 >= before.unix_nanos());
-        assert!(t <= Timestamp::now());
+        // Never behind, and ahead only by the milliseconds the counter ran over (more than
+        // 4,096 ids within one, as another test here makes).
+        assert!(t.unix_millis() <= Timestamp::now().unix_millis() + 50);
     }
 
     #[test]

@@ -1399,13 +1399,17 @@ impl Relay<'_> {
                 command_id,
                 subject: self.principal.subject.clone(),
                 command: if held { command.clone() } else { command },
-                decision: evaluation.decision.clone(),
-                policy_version: evaluation.policy_version.to_string(),
+                // Moved, not cloned: what follows reads it back from the record.
+                decision: evaluation.decision,
+                policy_version: evaluation.policy_version.as_str().to_owned(),
             },
         );
+        let AuditEventKind::CommandDecided { decision, .. } = &event.kind else {
+            return Ok(());
+        };
         let proxy = self.proxy;
         let metrics = proxy.pipeline.metrics();
-        match evaluation.decision {
+        match decision {
             Decision::Allow { mask_profile, .. } => {
                 // The intent is on record before anything is forwarded, or nothing is: it
                 // goes with the batch, and `commit` forwards only what was recorded.
@@ -1442,16 +1446,18 @@ impl Relay<'_> {
                 }
             }
             Decision::Deny { rule, reason } => {
+                let message = format!("wirewarden: {reason} (rule {rule})");
                 self.intents.push(event);
                 Metrics::add(&metrics.commands_denied, 1);
-                self.steps
-                    .push(Step::Refuse(format!("wirewarden: {reason} (rule {rule})")));
+                self.steps.push(Step::Refuse(message));
             }
             Decision::Review {
                 rule,
                 reason,
                 requirement,
             } => {
+                let (rule, reason, requirement) =
+                    (rule.clone(), reason.clone(), requirement.clone());
                 if self.pipeline().record(&event).await.is_err() {
                     Metrics::add(&metrics.commands_denied, 1);
                     self.refuse("wirewarden: the audit trail is unavailable, command refused");

@@ -580,7 +580,17 @@ pub fn classify(args: &[Bytes]) -> Classified {
     let spec_name = spec.map_or("", |s| s.name);
 
     let secrets = secret_args(spec_name, args);
-    let mut text = verb.clone();
+    let mut text = String::with_capacity(
+        verb.len()
+            + args
+                .iter()
+                .skip(words)
+                .map(|a| a.len() + 1)
+                .sum::<usize>()
+                .min(TEXT_MAX)
+            + 8,
+    );
+    text.push_str(&verb);
     for (i, a) in args.iter().enumerate().skip(words) {
         if text.len() >= TEXT_MAX {
             text.push_str(" ...");
@@ -596,10 +606,22 @@ pub fn classify(args: &[Bytes]) -> Classified {
 
     // The digest covers the command name in uppercase (so case does not change an approval)
     // and every other argument exactly.
-    let digest_name = name.to_ascii_uppercase();
+    let mut short = [0u8; 32];
+    let long;
+    let digest_name: &[u8] = match short.get_mut(..name.len()) {
+        Some(b) => {
+            b.copy_from_slice(name);
+            b.make_ascii_uppercase();
+            b
+        }
+        None => {
+            long = name.to_ascii_uppercase();
+            &long
+        }
+    };
     let digest = CommandDigest::compute(
         Protocol::Redis,
-        &digest_name,
+        digest_name,
         args.iter().skip(1).map(|a| Some(&a[..])),
     );
 
@@ -868,5 +890,23 @@ mod tests {
         assert!(cl.command.text.ends_with("(1000 bytes)"));
         assert_eq!(c(&[""]).command.verb, "\"\"");
         assert_eq!(c(&["frob"]).command.verb, "FROB");
+        // The digest takes the name in uppercase whatever its length.
+        let long = "a-command-name-longer-than-thirty-two-bytes";
+        assert_eq!(
+            c(&[long, "k"]).command.digest,
+            c(&[&long.to_ascii_uppercase(), "k"]).command.digest
+        );
+        assert_eq!(
+            c(&[long, "k"]).command.digest,
+            CommandDigest::compute(
+                Protocol::Redis,
+                long.to_ascii_uppercase().as_bytes(),
+                [Some(&b"k"[..])]
+            )
+        );
+        assert_eq!(
+            c(&["get", "k"]).command.digest,
+            CommandDigest::compute(Protocol::Redis, b"GET", [Some(&b"k"[..])])
+        );
     }
 }

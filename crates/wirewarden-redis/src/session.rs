@@ -142,8 +142,17 @@ fn kind_of(args: &[Bytes]) -> Kind {
             n => Some(n),
         },
     };
-    let lower = name.to_ascii_lowercase();
-    match &lower[..] {
+    // Every name matched below is short: a longer one is none of them.
+    let mut buf = [0u8; 16];
+    let lower = match buf.get_mut(..name.len()) {
+        Some(b) => {
+            b.copy_from_slice(name);
+            b.make_ascii_lowercase();
+            &b[..]
+        }
+        None => &[][..],
+    };
+    match lower {
         b"multi" => Kind::Multi,
         b"exec" => Kind::Exec,
         b"discard" => Kind::Discard,

@@ -283,7 +283,16 @@ impl CommandSpec {
     /// The verb: the name in uppercase, subcommands separated by a space (`CONFIG SET`).
     #[must_use]
     pub fn verb(&self) -> String {
-        self.name.replace('|', " ").to_ascii_uppercase()
+        self.name
+            .chars()
+            .map(|c| {
+                if c == '|' {
+                    ' '
+                } else {
+                    c.to_ascii_uppercase()
+                }
+            })
+            .collect()
     }
 
     /// Looks up a subcommand by name, case-insensitively.

@@ -1005,6 +1005,12 @@ async fn outcome_writer(pipeline: Arc<Pipeline>, mut rx: mpsc::Receiver<Vec<Audi
     let mut batches = Vec::with_capacity(OUTCOME_QUEUE);
     let mut events = Vec::new();
     while rx.recv_many(&mut batches, OUTCOME_QUEUE).await > 0 {
+        if let [batch] = &batches[..] {
+            // The usual case: one flush's records, appended where they are.
+            pipeline.record_batch_unawaited(batch).await;
+            batches.clear();
+            continue;
+        }
         for batch in batches.drain(..) {
             events.extend(batch);
         }

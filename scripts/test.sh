@@ -4,11 +4,13 @@
 # On a fresh machine it first installs what is missing. Exits non-zero on any failure.
 #
 #   WIREWARDEN_FUZZ_SECONDS   seconds per fuzz target (default 10)
+#   WIREWARDEN_PRUNE_BUILDS   when 1, a build is deleted once no later step needs it (CI sets it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/setup.sh
 
 FUZZ_SECONDS=${WIREWARDEN_FUZZ_SECONDS:-10}
+PRUNE_BUILDS=${WIREWARDEN_PRUNE_BUILDS:-0}
 started=$(date +%s)
 
 step "checking the machine"
@@ -69,6 +71,10 @@ step "fuzz smoke: every target for ${FUZZ_SECONDS}s"
     grep -E '^stat::number_of_executed_units' "$log" || tail -n 3 "$log"
   done
 )
+if [ "$PRUNE_BUILDS" = 1 ]; then
+  echo "--- pruning the fuzz build ($(du -sh fuzz/target | cut -f1))"
+  rm -rf fuzz/target
+fi
 
 step "scripts/demo.sh (the README's main command) runs clean"
 demo_log=$(mktemp)
@@ -84,4 +90,5 @@ step "cargo deny check bans licenses sources"
 cargo deny --log-level error check bans licenses sources
 
 echo
+echo "build output: $(du -sh target | cut -f1) in target/; $(df -h --output=avail . | tail -n 1 | tr -d ' ') free"
 echo "all checks passed in $(( $(date +%s) - started ))s"

@@ -37,7 +37,8 @@
 #                     separates the cost of waiting for fdatasync from the rest.
 #   gateway-base      (not in the default PATHS) the gateway configuration of `gateway`
 #                     served by another build, BASE_BIN (described by BASE_FROM): a change
-#                     measured against its baseline in the same interleaved run.
+#                     measured against its baseline in the same interleaved run. With
+#                     BASE_DURABILITY=buffered it is `gateway-buffered`'s configuration instead.
 #
 # Workloads (redis-benchmark -t names; each run once with one command in flight per
 # connection and once with -P 16): set, get, incr, lpush, lrange_100 (LRANGE of the first
@@ -78,6 +79,7 @@ GATEWAY_BIN=${GATEWAY_BIN:-}
 GATEWAY_FROM=${GATEWAY_FROM:-}
 BASE_BIN=${BASE_BIN:-}
 BASE_FROM=${BASE_FROM:-}
+BASE_DURABILITY=${BASE_DURABILITY:-fsync}
 KEEP_RAW=${KEEP_RAW:-}
 HOLD=${HOLD:-0}
 HOLD_ENV=${HOLD_ENV:-/tmp/redis-bench-hold.env}
@@ -500,7 +502,7 @@ main() {
         gateway-buffered) start_gateway gateway-buffered buffered ;;
         gateway-base)
             [ -x "$BASE_BIN" ] || die "path gateway-base needs BASE_BIN, an executable gateway"
-            start_gateway gateway-base fsync "$BASE_BIN"
+            start_gateway gateway-base "$BASE_DURABILITY" "$BASE_BIN"
             ;;
         *) die "unknown path $p" ;;
         esac
@@ -561,6 +563,7 @@ main() {
         echo "pipeline=$PIPELINE"
         echo "machine=$(nproc) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r); audit directory on $(df -T "$WORK" | awk 'NR == 2 {print $2}')"
         echo "base=${BASE_FROM:-$BASE_BIN}"
+        echo "base_durability=$BASE_DURABILITY"
         echo "load_start=$load_start"
         echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)"
         echo "rustc_start=$rustc_start"

@@ -72,6 +72,7 @@ def median(xs):
 def build(rows, m):
     present = [p for p, _ in PATHS if any(r["path"] == p for r in rows)]
     labels = dict(PATHS)
+    labels["gateway-base"] = f"gateway, baseline build (audit {m.get('base_durability', 'fsync')})"
     pipeline = m.get("pipeline", "16")
     mode_label = {k: v.format(pipeline=pipeline) for k, v in MODES}
     by = {}

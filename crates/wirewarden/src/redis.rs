@@ -1182,9 +1182,14 @@ impl Relay<'_> {
             self.client.send(&self.to_client).await?;
             self.to_client.clear();
         }
-        for p in std::mem::take(&mut self.completed) {
+        // The list keeps its capacity from flush to flush; each command leaves two records
+        // (its completion and its transcript), reserved at once.
+        let mut completed = std::mem::take(&mut self.completed);
+        self.outcome_batch.reserve(2 * completed.len());
+        for p in completed.drain(..) {
             self.record_completion(p);
         }
+        self.completed = completed;
         if !self.outcome_batch.is_empty() {
             let batch = std::mem::take(&mut self.outcome_batch);
             // The writer stops only when the session ends; a send can fail only then.

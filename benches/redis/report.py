@@ -38,7 +38,7 @@ PATHS = [
     ("haproxy", "haproxy (TCP)"),
     ("gateway", "**gateway (all on, audit fsync)**"),
     ("gateway-buffered", "gateway (audit buffered; diagnostic)"),
-    ("gateway-base", "gateway, baseline build (audit fsync)"),
+    ("gateway-base", "gateway, baseline build (audit {base_durability})"),
 ]
 
 # Paths the gateway (fsync) is held against.
@@ -71,8 +71,9 @@ def median(xs):
 
 def build(rows, m):
     present = [p for p, _ in PATHS if any(r["path"] == p for r in rows)]
-    labels = dict(PATHS)
-    labels["gateway-base"] = f"gateway, baseline build (audit {m.get('base_durability', 'fsync')})"
+    labels = {
+        p: label.format(base_durability=m.get("base_durability", "fsync")) for p, label in PATHS
+    }
     pipeline = m.get("pipeline", "16")
     mode_label = {k: v.format(pipeline=pipeline) for k, v in MODES}
     by = {}

@@ -1182,8 +1182,8 @@ impl Relay<'_> {
             self.client.send(&self.to_client).await?;
             self.to_client.clear();
         }
-        // The list keeps its capacity from flush to flush; each command leaves two records
-        // (its completion and its transcript), reserved at once.
+        // The list keeps its capacity from flush to flush; each command leaves at most two
+        // records (its completion and, if it has a recording, its transcript).
         let mut completed = std::mem::take(&mut self.completed);
         self.outcome_batch.reserve(2 * completed.len());
         for p in completed.drain(..) {

@@ -10,6 +10,10 @@
 //! The first byte is [`EVENT_ENCODING_VERSION`]; a new field means a new version. A new
 //! event kind or enum variant takes a new tag: older readers report such a record as
 //! unreadable rather than damaged ([`Error::is_newer_encoding`](crate::Error::is_newer_encoding)).
+//! A new optional part of a kind takes a new tag too, used only when the part is present: a
+//! `CommandCompleted` without a reply is tag 5 (its original layout), one with a reply is tag
+//! 15 (the same fields, then the reply), so earlier records keep their bytes and each event
+//! still has exactly one encoding.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -18,8 +22,8 @@ use uuid::Uuid;
 use wirewarden_core::{
     Access, AuditEvent, AuditEventKind, AuthMethod, Command, CommandClass, CommandDigest,
     CommandId, Decision, Direction, EventId, GrantId, MaskedCounts, ObjectKind, ObjectRef,
-    Principal, Protocol, ReviewId, ReviewOutcome, ReviewRequirement, RuleId, SessionEndReason,
-    SessionId, Target, Timestamp,
+    Principal, Protocol, Recording, ReviewId, ReviewOutcome, ReviewRequirement, RuleId,
+    SessionEndReason, SessionId, Target, Timestamp,
 };
 
 use crate::{Error, Result};
@@ -383,8 +387,13 @@ fn encode_kind(kind: &AuditEventKind, w: &mut Writer) -> Result<()> {
             masked,
             duration_us,
             error,
+            reply,
         } => {
-            w.u8(5);
+            // A completion without a reply keeps the layout it always had (tag 5); one with
+            // a reply is the same fields and then the reply (tag 15), so records written
+            // before replies moved here stay byte for byte what they were, and a reader that
+            // predates tag 15 reports such a record as newer rather than damaged.
+            w.u8(if reply.is_some() { 15 } else { 5 });
             w.id(command_id.as_bytes());
             w.u64(*rows);
             w.u64(*bytes);
@@ -395,6 +404,10 @@ fn encode_kind(kind: &AuditEventKind, w: &mut Writer) -> Result<()> {
             }
             w.u64(*duration_us);
             w.opt_str("error", error.as_deref())?;
+            if let Some(reply) = reply {
+                w.str("reply text", &reply.text)?;
+                w.bool(reply.truncated);
+            }
         }
         AuditEventKind::Transcript {
             command_id,
@@ -724,7 +737,7 @@ fn decode_kind(r: &mut Reader<'_>) -> Result<AuditEventKind> {
             decision: decode_decision(r)?,
             policy_version: r.str("policy_version")?,
         },
-        5 => {
+        5 | 15 => {
             let command_id = CommandId::from_uuid(r.uuid("command id")?);
             let rows = r.u64("rows")?;
             let bytes = r.u64("bytes")?;
@@ -749,6 +762,14 @@ fn decode_kind(r: &mut Reader<'_>) -> Result<AuditEventKind> {
                 masked: MaskedCounts(masked),
                 duration_us: r.u64("duration_us")?,
                 error: r.opt_str("error")?,
+                reply: if tag == 15 {
+                    Some(Recording {
+                        text: r.str("reply text")?,
+                        truncated: r.bool("truncated")?,
+                    })
+                } else {
+                    None
+                },
             }
         }
         6 => AuditEventKind::Transcript {
@@ -1058,6 +1079,81 @@ mod tests {
             let bytes = encode_event(&event).unwrap();
             assert_eq!(decode_event(&bytes).unwrap(), event, "{reason:?}");
         }
+    }
+
+    fn completion(reply: Option<Recording>) -> AuditEvent {
+        let mut masked = MaskedCounts::new();
+        masked.add("email", 1);
+        AuditEvent::new(
+            Some(SessionId::new()),
+            AuditEventKind::CommandCompleted {
+                command_id: CommandId::new(),
+                rows: 1,
+                bytes: 21,
+                masked,
+                duration_us: 40,
+                error: None,
+                reply,
+            },
+        )
+    }
+
+    /// The fields every completion has, after the event header and kind tag, as the first
+    /// encoding laid them out.
+    fn completion_fields(event: &AuditEvent) -> Vec<u8> {
+        let AuditEventKind::CommandCompleted { command_id, .. } = &event.kind else {
+            unreachable!()
+        };
+        let mut b = command_id.as_bytes().to_vec();
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&21u64.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&5u32.to_le_bytes());
+        b.extend_from_slice(b"email");
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&40u64.to_le_bytes());
+        b.push(0);
+        b
+    }
+
+    #[test]
+    fn a_completion_without_a_reply_keeps_its_first_layout() {
+        let event = completion(None);
+        let bytes = encode_event(&event).unwrap();
+        // version, id, time, session tag and id, then the kind.
+        let header = 1 + 16 + 8 + 1 + 16;
+        assert_eq!(bytes[header], 5);
+        assert_eq!(bytes[header + 1..], completion_fields(&event)[..]);
+        assert_eq!(decode_event(&bytes).unwrap(), event);
+    }
+
+    #[test]
+    fn a_completion_with_a_reply_is_tag_15_and_only_then() {
+        let event = completion(Some(Recording::new("\"j***@example.com\"", true)));
+        let bytes = encode_event(&event).unwrap();
+        let header = 1 + 16 + 8 + 1 + 16;
+        assert_eq!(bytes[header], 15);
+        let mut expected = completion_fields(&event);
+        expected.extend_from_slice(&18u32.to_le_bytes());
+        expected.extend_from_slice(b"\"j***@example.com\"");
+        expected.push(1);
+        assert_eq!(bytes[header + 1..], expected[..]);
+        assert_eq!(decode_event(&bytes).unwrap(), event);
+        // Tag 5 followed by a reply is trailing bytes, tag 15 without one is truncated:
+        // neither is another spelling of an event.
+        let mut five = bytes.clone();
+        five[header] = 5;
+        assert!(matches!(
+            decode_event(&five),
+            Err(Error::TrailingBytes { .. })
+        ));
+        let plain = encode_event(&completion(None)).unwrap();
+        let mut fifteen = plain.clone();
+        fifteen[header] = 15;
+        assert!(matches!(
+            decode_event(&fifteen),
+            Err(Error::Truncated { .. })
+        ));
     }
 
     #[test]

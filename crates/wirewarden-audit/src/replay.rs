@@ -165,13 +165,23 @@ impl Transcript {
                 masked,
                 duration_us,
                 error,
+                reply,
                 ..
             } => {
+                let at = self.offset(event.time);
+                // The reply as the client saw it, then the summary, as when the reply was a
+                // record of its own.
+                if let Some(reply) = reply {
+                    let _ = writeln!(
+                        s,
+                        "{at:<13} client< {}{}",
+                        indent(&reply.text, &format!("{pad}        ")),
+                        if reply.truncated { " [truncated]" } else { "" }
+                    );
+                }
                 let _ = write!(
                     s,
-                    "{:<13} completed in {} us: {rows} rows, {bytes} bytes",
-                    self.offset(event.time),
-                    duration_us
+                    "{at:<13} completed in {duration_us} us: {rows} rows, {bytes} bytes"
                 );
                 if !masked.is_empty() {
                     let parts: Vec<String> =
@@ -262,6 +272,7 @@ impl Transcript {
 mod tests {
     use super::*;
     use crate::testing::sample_events;
+    use wirewarden_core::{CommandId, MaskedCounts, Recording};
 
     #[test]
     fn a_session_renders_in_order_with_directions() {
@@ -325,5 +336,43 @@ mod tests {
         // Without the start event, the transcript's own count is all there is.
         let mut t = Transcript::new(session);
         assert_eq!(t.render(&reply).unwrap(), "+0.004000s    client< OK");
+    }
+
+    #[test]
+    fn a_reply_in_its_completion_reads_as_a_transcript_line_then_the_summary() {
+        let events = sample_events();
+        let session = events[0].session.unwrap();
+        let mut started = events[0].clone();
+        started.time = Timestamp::from_unix_secs(1_800_000_000).unwrap();
+        let mut masked = MaskedCounts::new();
+        masked.add("email", 1);
+        let completed = |reply: Option<Recording>| AuditEvent {
+            time: Timestamp::from_unix_millis(1_800_000_000_007).unwrap(),
+            ..AuditEvent::new(
+                Some(session),
+                AuditEventKind::CommandCompleted {
+                    command_id: CommandId::new(),
+                    rows: 2,
+                    bytes: 40,
+                    masked: masked.clone(),
+                    duration_us: 310,
+                    error: None,
+                    reply,
+                },
+            )
+        };
+        let mut t = Transcript::new(session);
+        t.render(&started).unwrap();
+        let two_values = Recording::new("1) \"j***@example.com\"\n2) \"***\"", true);
+        assert_eq!(
+            t.render(&completed(Some(two_values))).unwrap(),
+            "+0.007000s    client< 1) \"j***@example.com\"\n\
+             \x20                     2) \"***\" [truncated]\n\
+             +0.007000s    completed in 310 us: 2 rows, 40 bytes, masked email=1"
+        );
+        assert_eq!(
+            t.render(&completed(None)).unwrap(),
+            "+0.007000s    completed in 310 us: 2 rows, 40 bytes, masked email=1"
+        );
     }
 }

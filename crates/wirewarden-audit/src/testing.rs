@@ -105,6 +105,7 @@ pub fn sample_events() -> Vec<AuditEvent> {
             masked,
             duration_us: 240,
             error: None,
+            reply: None,
         },
         AuditEventKind::CommandDecided {
             command_id: CommandId::new(),

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 use wirewarden_audit::{decode_event, encode_event, fuzzing};
 use wirewarden_core::{
-    AuditEvent, AuditEventKind, Command, CommandClass, CommandId, Decision, Direction, Protocol,
-    RuleId, SessionId,
+    AuditEvent, AuditEventKind, Command, CommandClass, CommandId, Decision, Direction,
+    MaskedCounts, Protocol, Recording, RuleId, SessionId,
 };
 
 fn event() -> impl Strategy<Value = AuditEvent> {
@@ -18,7 +18,20 @@ fn event() -> impl Strategy<Value = AuditEvent> {
         "[a-zA-Z]{1,12}",
     )
         .prop_map(|(text, n, flag, opt, class, verb)| {
-            let kind = if flag {
+            let kind = if class % 3 == 0 {
+                // A completion, with a reply (tag 15) or without (tag 5).
+                let mut masked = MaskedCounts::new();
+                masked.add(&verb, n);
+                AuditEventKind::CommandCompleted {
+                    command_id: CommandId::new(),
+                    rows: n,
+                    bytes: n.rotate_left(7),
+                    masked,
+                    duration_us: n / 3,
+                    error: opt,
+                    reply: flag.then(|| Recording::new(text, n % 2 == 0)),
+                }
+            } else if flag {
                 AuditEventKind::Transcript {
                     command_id: opt.as_ref().map(|_| CommandId::new()),
                     direction: if n % 2 == 0 {

@@ -110,6 +110,27 @@ pub enum ReviewOutcome {
     Cancelled,
 }
 
+/// A recorded piece of a session as the client saw it: the reply to one command, rendered
+/// readably after masking, in [`AuditEventKind::CommandCompleted`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recording {
+    /// A readable rendering of the messages.
+    pub text: String,
+    /// Whether `text` was cut to the recording limit.
+    pub truncated: bool,
+}
+
+impl Recording {
+    /// `text`, cut (`truncated`) or whole.
+    #[must_use]
+    pub fn new(text: impl Into<String>, truncated: bool) -> Self {
+        Self {
+            text: text.into(),
+            truncated,
+        }
+    }
+}
+
 /// What happened. See each variant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -179,6 +200,13 @@ pub enum AuditEventKind {
         duration_us: u64,
         /// The error the upstream returned, if any (after masking).
         error: Option<String>,
+        /// The reply as the client received it, after masking, when the session is
+        /// recorded. Kept in this record rather than a separate [`Transcript`] one, so a
+        /// recorded command costs two records (its intent and this), not three.
+        ///
+        /// [`Transcript`]: AuditEventKind::Transcript
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply: Option<Recording>,
     },
     /// A piece of the session transcript: what the client sent or, after masking, what it
     /// received. Lets an auditor replay what an agent did and saw.
@@ -388,6 +416,16 @@ mod tests {
                 masked,
                 duration_us: 900,
                 error: None,
+                reply: None,
+            },
+            AuditEventKind::CommandCompleted {
+                command_id,
+                rows: 1,
+                bytes: 12,
+                masked: MaskedCounts::new(),
+                duration_us: 40,
+                error: None,
+                reply: Some(Recording::new("\"j***@example.com\"", false)),
             },
             AuditEventKind::Transcript {
                 command_id: Some(command_id),
@@ -459,6 +497,18 @@ mod tests {
             let back: AuditEvent = serde_json::from_str(&json).unwrap();
             assert_eq!(back, event);
         }
+    }
+
+    #[test]
+    fn a_completion_without_a_reply_reads_and_writes_as_before() {
+        // JSON written before completions could carry the reply.
+        let old = r#"{"id":"019b0000-0000-7000-8000-000000000001","time":"2026-11-01T00:00:00Z","session":null,"type":"command_completed","command_id":"019b0000-0000-7000-8000-000000000002","rows":1,"bytes":7,"masked":{},"duration_us":3,"error":null}"#;
+        let event: AuditEvent = serde_json::from_str(old).unwrap();
+        let AuditEventKind::CommandCompleted { reply, rows, .. } = &event.kind else {
+            panic!("{event:?}");
+        };
+        assert_eq!((reply, *rows), (&None, 1));
+        assert!(!serde_json::to_string(&event).unwrap().contains("reply"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub use command::{Access, Command, CommandClass, CommandDigest, ObjectKind, Obje
 pub use decision::{Decision, ReviewRequirement, RuleId};
 pub use error::{BoxError, Error, Result};
 pub use event::{
-    AuditEvent, AuditEventKind, Direction, MaskedCounts, ReviewOutcome, SessionEndReason,
+    AuditEvent, AuditEventKind, Direction, MaskedCounts, Recording, ReviewOutcome, SessionEndReason,
 };
 pub use id::{CommandId, EventId, GrantId, ReviewId, SessionId};
 pub use principal::{AuthMethod, Principal};

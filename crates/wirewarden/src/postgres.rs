@@ -53,7 +53,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::sync::Mutex;
 use wirewarden_core::{
     AuditEvent, AuditEventKind, AuthMethod, Command, CommandId, Decision, Direction, MaskedCounts,
-    Principal, SessionEndReason, SessionId, Target, Timestamp,
+    Principal, Recording, SessionEndReason, SessionId, Target, Timestamp,
 };
 use wirewarden_identity::{AuthContext as IdentityContext, Credential};
 use wirewarden_mask::Profile;
@@ -1434,26 +1434,11 @@ impl Relay {
             Metrics::add(&metrics.results_withheld, 1);
         }
         let duration_us = u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        // The reply as the client saw it, then the summary: a replay reads in that order.
-        // Outcomes need not be on disk before the next response is relayed (only intents
-        // must precede forwarding): they go to the session's audit writer, in order.
-        if !p.recording.is_empty() {
-            let transcript = AuditEvent::new(
-                Some(self.session_id),
-                AuditEventKind::Transcript {
-                    command_id: Some(p.id),
-                    direction: Direction::FromUpstream,
-                    elapsed_us: u64::try_from(self.started.elapsed().as_micros())
-                        .unwrap_or(u64::MAX),
-                    text: p.recording,
-                    truncated: p.recording_truncated,
-                },
-            );
-            let _ = self
-                .outcomes
-                .send(Outcome::Event(Box::new(transcript)))
-                .await;
-        }
+        // The reply as the client saw it travels in the completion. Outcomes need not be on
+        // disk before the next response is relayed (only intents must precede forwarding):
+        // they go to the session's audit writer, in order.
+        let reply =
+            (!p.recording.is_empty()).then(|| Recording::new(p.recording, p.recording_truncated));
         let completed = AuditEvent::new(
             Some(self.session_id),
             AuditEventKind::CommandCompleted {
@@ -1463,6 +1448,7 @@ impl Relay {
                 masked: p.masked,
                 duration_us,
                 error: p.error,
+                reply,
             },
         );
         let _ = self

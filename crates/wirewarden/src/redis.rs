@@ -72,7 +72,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use wirewarden_core::{
     AuditEvent, AuditEventKind, Command, CommandClass, CommandId, Decision, Direction,
-    MaskedCounts, ObjectKind, Principal, RuleId, SessionEndReason, SessionId, Target, Timestamp,
+    MaskedCounts, ObjectKind, Principal, Recording, RuleId, SessionEndReason, SessionId, Target,
+    Timestamp,
 };
 use wirewarden_identity::{AuthContext, Credential};
 use wirewarden_mask::Profile;
@@ -1974,20 +1975,8 @@ impl Relay<'_> {
         Metrics::add(&metrics.rows, p.elements);
         Metrics::add(&metrics.values_masked, p.masked.total());
         let duration_us = micros(p.started);
-        // The reply as the client saw it, then the summary: a replay reads in that order.
-        if !p.recording.is_empty() {
-            let transcript = AuditEvent::new(
-                Some(self.session_id),
-                AuditEventKind::Transcript {
-                    command_id: Some(p.id),
-                    direction: Direction::FromUpstream,
-                    elapsed_us: micros(self.started),
-                    text: p.recording,
-                    truncated: p.truncated,
-                },
-            );
-            self.outcome_batch.push(transcript);
-        }
+        // The reply as the client saw it travels in the completion: one record per outcome.
+        let reply = (!p.recording.is_empty()).then(|| Recording::new(p.recording, p.truncated));
         let completed = AuditEvent::new(
             Some(self.session_id),
             AuditEventKind::CommandCompleted {
@@ -1997,6 +1986,7 @@ impl Relay<'_> {
                 masked: p.masked,
                 duration_us,
                 error: p.error,
+                reply,
             },
         );
         self.outcome_batch.push(completed);

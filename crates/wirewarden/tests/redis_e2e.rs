@@ -278,10 +278,17 @@ async fn redis_cli_masks_denies_in_order_and_audits() {
         })
         .sum();
     assert!(masked >= 4, "{masked}");
+    // Each reply as the client saw it is in its command's completion; no separate records.
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, AuditEventKind::Transcript { .. }))
+    );
     let transcripts: Vec<&String> = ev
         .iter()
         .filter_map(|e| match e {
-            AuditEventKind::Transcript { text, .. } => Some(text),
+            AuditEventKind::CommandCompleted {
+                reply: Some(reply), ..
+            } => Some(&reply.text),
             _ => None,
         })
         .collect();

@@ -364,10 +364,18 @@ async fn redis_cli_through_the_gateway_to_a_tls_only_upstream() {
         })
         .sum();
     assert!(masked >= 3, "{masked}");
+    // Each reply as the client saw it is in its command's completion; no separate records.
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| matches!(k, AuditEventKind::Transcript { .. }))
+    );
     let transcripts: Vec<&String> = kinds
         .iter()
         .filter_map(|k| match k {
-            AuditEventKind::Transcript { text, .. } => Some(text),
+            AuditEventKind::CommandCompleted {
+                reply: Some(reply), ..
+            } => Some(&reply.text),
             _ => None,
         })
         .collect();

@@ -580,6 +580,8 @@ impl ConnectionGate {
                         }
                         _ => None,
                     },
+                    // HTTP sessions are not recorded beyond their decisions and outcomes.
+                    reply: None,
                 },
             );
             if let Ok(handle) = tokio::runtime::Handle::try_current() {

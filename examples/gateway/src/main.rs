@@ -189,6 +189,13 @@ enum TokenCmd {
     },
 }
 
+/// Every command allocates a few short-lived buffers (its audit records, its decision) on
+/// one runtime thread and frees them on another; mimalloc's thread-local free lists take
+/// about a tenth off the gateway's user CPU per pipelined Redis command compared with the
+/// system allocator (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -60,6 +60,33 @@ pub trait IoHook: fmt::Debug + Send + Sync {
         let _ = path;
         file.sync_data()
     }
+
+    /// Tells the kernel that `len` bytes of `file` from `offset` (to the end of the file
+    /// when `len` is 0) are on disk and will not be read again soon, so it may drop them
+    /// from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`; nothing where the platform
+    /// has no `posix_fadvise`). Only called for ranges already synced. Advice: the sink
+    /// ignores an error.
+    ///
+    /// # Errors
+    /// The system call's error.
+    fn drop_cached(&self, file: &File, path: &Path, offset: u64, len: u64) -> io::Result<()> {
+        let _ = path;
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+        {
+            rustix::fs::fadvise(
+                file,
+                offset,
+                std::num::NonZeroU64::new(len),
+                rustix::fs::Advice::DontNeed,
+            )
+            .map_err(io::Error::from)
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+        {
+            let _ = (file, offset, len);
+            Ok(())
+        }
+    }
 }
 
 /// The real file system.
@@ -74,6 +101,11 @@ impl IoHook for StdIo {}
 /// waiting out the [write delay](FileSinkBuilder::write_delay).
 pub const WRITE_BATCH_BYTES: usize = 256 << 10;
 
+/// How much of a segment is on disk before the writer lets the kernel drop it from the page
+/// cache (see [`FileSinkBuilder::drop_written_pages`]); in buffered mode, how much it writes
+/// between two syncs of its own for that purpose.
+pub const DROP_PAGES_BYTES: u64 = 1 << 20;
+
 /// Builds a [`FileSink`].
 #[derive(Debug, Clone)]
 pub struct FileSinkBuilder {
@@ -86,6 +118,7 @@ pub struct FileSinkBuilder {
     max_record_bytes: u32,
     max_pending_bytes: usize,
     write_delay: Duration,
+    drop_written_pages: bool,
     io: Arc<dyn IoHook>,
 }
 
@@ -138,6 +171,23 @@ impl FileSinkBuilder {
     #[must_use]
     pub fn write_delay(mut self, delay: Duration) -> Self {
         self.write_delay = delay;
+        self
+    }
+
+    /// Whether the writer lets the kernel drop the trail from the page cache once it is on
+    /// disk (default `true`), [`DROP_PAGES_BYTES`] at a time and a sealed segment whole.
+    /// The trail is written once and read rarely (verification, replay, export read it
+    /// from disk), so keeping it cached only pushes out pages worth keeping, and a writer
+    /// that gives back the pages it filled has them to reuse for the next records instead
+    /// of taking fresh ones (which on virtual machines whose memory is backed on first touch
+    /// costs several times the copy; see `docs/performance.md`). In buffered mode this
+    /// makes the writer sync every [`DROP_PAGES_BYTES`], since only clean pages can be
+    /// dropped: the unsynced tail a crash can lose is then at most that large. `false`
+    /// leaves the page cache to the kernel (and buffered mode syncs only for checkpoints,
+    /// rotation, [`flush`](AuditSink::flush) and close).
+    #[must_use]
+    pub fn drop_written_pages(mut self, drop: bool) -> Self {
+        self.drop_written_pages = drop;
         self
     }
 
@@ -293,6 +343,7 @@ impl FileSink {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             max_pending_bytes: 8 << 20,
             write_delay: Duration::from_millis(5),
+            drop_written_pages: true,
             io: Arc::new(StdIo),
         }
     }
@@ -709,6 +760,9 @@ impl FileSink {
             seg_path: segment_path(&b.dir, seg_index),
             seg_file,
             seg_len,
+            seg_synced_len: seg_len,
+            seg_dropped_len: 0,
+            drop_written_pages: b.drop_written_pages,
             written: next_seq,
             written_head: head,
             synced: next_seq,
@@ -835,6 +889,11 @@ struct SegmentWriter {
     seg_path: PathBuf,
     seg_file: File,
     seg_len: u64,
+    /// How much of the current segment is known to be on disk.
+    seg_synced_len: u64,
+    /// How much of the current segment the kernel has been told it may drop from the cache.
+    seg_dropped_len: u64,
+    drop_written_pages: bool,
     written: u64,
     written_head: Hash,
     synced: u64,
@@ -935,7 +994,12 @@ impl SegmentWriter {
             self.seg_len = self.seg_len.saturating_add(batch.bytes.len() as u64);
             self.written = batch.end_seq;
             self.written_head = batch.end_head;
-            let durable = if self.durability == Durability::Fsync {
+            // In buffered mode the writer syncs now and then only so that it can give the
+            // pages back (dirty pages cannot be dropped).
+            let sync = self.durability == Durability::Fsync
+                || (self.drop_written_pages
+                    && self.seg_len - self.seg_synced_len >= DROP_PAGES_BYTES);
+            let durable = if sync {
                 self.sync_segment()?;
                 Some(self.synced)
             } else {
@@ -972,6 +1036,12 @@ impl SegmentWriter {
                 p.checkpoints = p.checkpoints.saturating_add(1);
             });
         }
+        if batch.closing && self.drop_written_pages && self.seg_synced_len == self.seg_len {
+            // Everything is on disk (the closing checkpoint synced it).
+            let _ = self
+                .io
+                .drop_cached(&self.seg_file, &self.seg_path, self.seg_dropped_len, 0);
+        }
         Ok(batch.bytes)
     }
 
@@ -982,6 +1052,17 @@ impl SegmentWriter {
                 .map_err(|e| Error::io("fdatasync", &self.seg_path, e))?;
         }
         self.synced = self.written;
+        self.seg_synced_len = self.seg_len;
+        if self.drop_written_pages && self.seg_synced_len - self.seg_dropped_len >= DROP_PAGES_BYTES
+        {
+            let len = self.seg_synced_len - self.seg_dropped_len;
+            let _ = self
+                .io
+                .drop_cached(&self.seg_file, &self.seg_path, self.seg_dropped_len, len);
+            // The kernel drops whole pages only; the partly written last one is offered
+            // again next time.
+            self.seg_dropped_len = self.seg_synced_len & !4095;
+        }
         Ok(())
     }
 
@@ -1032,6 +1113,10 @@ impl SegmentWriter {
             .sync(&self.seg_file, &self.seg_path)
             .map_err(|e| Error::io("fdatasync", &self.seg_path, e))?;
         self.synced = self.written;
+        if self.drop_written_pages {
+            // Sealed and on disk: the whole segment may go.
+            let _ = self.io.drop_cached(&self.seg_file, &self.seg_path, 0, 0);
+        }
         self.append_checkpoint_entry(&c)?;
         self.last_checkpoint = Instant::now();
         let next = self.seg_index.checked_add(1).ok_or(Error::InvalidValue {
@@ -1064,6 +1149,8 @@ impl SegmentWriter {
         self.seg_path = path;
         self.seg_file = file;
         self.seg_len = header.len() as u64;
+        self.seg_synced_len = self.seg_len;
+        self.seg_dropped_len = 0;
         Ok(())
     }
 }

@@ -30,7 +30,7 @@ pub mod testing;
 pub use codec::{EVENT_ENCODING_VERSION, decode_event, encode_event};
 pub use error::{Error, Result};
 pub use export::{ExportFormat, OCSF_VERSION, OcsfExporter, to_json_line};
-pub use file::{FileSink, FileSinkBuilder, IoHook, StdIo, WRITE_BATCH_BYTES};
+pub use file::{DROP_PAGES_BYTES, FileSink, FileSinkBuilder, IoHook, StdIo, WRITE_BATCH_BYTES};
 pub use format::{
     CHECKPOINT_FILE, ChainKey, Checkpoint, CheckpointKey, CheckpointSigner, FORMAT_VERSION, Hash,
     LogId, SegmentHeader, hash_hex, segment_file_name,

@@ -9,10 +9,12 @@
 //! buffered mode, [unawaited](FileSink::append_events_unawaited) ones in fsync mode) collect
 //! for a short [write delay](FileSinkBuilder::write_delay) before the writer writes them, so
 //! a busy sink makes one `write` per interval rather than one per append, and in fsync mode
-//! syncs only when someone waits. A failed write or sync poisons the sink: the
-//! writer stops, waiting appenders get an error, and every later append fails. A sync is
-//! never retried (after a failed `fsync` the kernel may have dropped the dirty pages, so a
-//! retry that succeeds proves nothing).
+//! syncs only when someone waits. Once records are on disk the writer lets the kernel drop
+//! their pages from the page cache, a megabyte at a time (in buffered mode it syncs every
+//! megabyte for this; see [`FileSinkBuilder::drop_written_pages`]). A failed write or sync
+//! poisons the sink: the writer stops, waiting appenders get an error, and every later
+//! append fails. A sync is never retried (after a failed `fsync` the kernel may have dropped
+//! the dirty pages, so a retry that succeeds proves nothing).
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

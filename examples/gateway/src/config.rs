@@ -146,6 +146,10 @@ pub(crate) struct AuditConfig {
     /// milliseconds (default 5): every record with `buffered`, the outcomes of commands
     /// with `fsync`.
     pub(crate) write_delay_ms: Option<u64>,
+    /// Leave the trail's pages in the page cache once they are on disk (default `false`:
+    /// the writer gives them back, and in buffered mode syncs every megabyte to do so).
+    #[serde(default)]
+    pub(crate) keep_page_cache: bool,
     /// File holding `<key-id> <64 hex>`: the keyed-hash chain key.
     pub(crate) chain_key_file: PathBuf,
     /// File holding the 64-hex Ed25519 seed that signs checkpoints.
@@ -469,7 +473,9 @@ impl Config {
         let dir = self.audit_dir();
         std::fs::create_dir_all(&dir)
             .map_err(|e| self.error(format!("audit.dir {}: {e}", dir.display())))?;
-        let mut builder = FileSink::builder(dir, chain, signer).durability(durability);
+        let mut builder = FileSink::builder(dir, chain, signer)
+            .durability(durability)
+            .drop_written_pages(!self.audit.keep_page_cache);
         if let Some(ms) = self.audit.write_delay_ms {
             builder = builder.write_delay(std::time::Duration::from_millis(ms.min(60_000)));
         }
@@ -1201,6 +1207,7 @@ mod tests {
             )
             .unwrap();
             assert_eq!(c.audit.write_delay_ms, Some(20));
+            assert!(!c.audit.keep_page_cache);
             let sink = c.audit_sink().unwrap();
             assert_eq!(sink.dir(), dir.path().join("audit"));
         }
@@ -1209,6 +1216,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("write_delay_ms"), "{e}");
+        let c = audit_config(dir.path(), "keep_page_cache = true\n").unwrap();
+        assert!(c.audit.keep_page_cache);
     }
 
     #[test]

@@ -59,3 +59,31 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A rule's verbs match as their globs do, whether a name is plain (looked up) or a
+    /// pattern (matched), in any case the codec spells the verb.
+    #[test]
+    fn verb_lists_match_as_their_globs(
+        verbs in proptest::collection::vec("[A-Ca-c ]{0,3}[*?]?[A-C]{0,2}", 1..12),
+        asked in "[A-Ca-c ]{1,5}",
+    ) {
+        let list: Vec<String> = verbs.iter().map(|v| format!("{v:?}")).collect();
+        let engine = RuleEngine::from_toml(&format!(
+            "[[rule]]\nid = \"r\"\nverbs = [{}]\naction = \"allow\"\n",
+            list.join(", ")
+        )).unwrap();
+        let p = Principal::new("s", AuthMethod::External { mechanism: "t".into() }).unwrap();
+        let t = Target::new("cache", Protocol::Redis).unwrap();
+        let c = Command::new(Protocol::Redis, asked.clone(), CommandClass::Read, "x").unwrap();
+        let now = Timestamp::from_unix_secs(1_800_000_000).unwrap();
+        let allowed = engine.evaluate(&Request::new(&p, &t, &c, now)).decision.is_allow();
+        let upper = asked.to_ascii_uppercase();
+        let want = verbs
+            .iter()
+            .any(|v| wirewarden_policy::Glob::new(v.to_ascii_uppercase()).matches(&upper));
+        prop_assert_eq!(allowed, want);
+    }
+}

@@ -30,7 +30,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[command(
     name = "wirewarden-gateway",
     version,
-    about = "Identity-aware gateway in front of PostgreSQL"
+    about = "Identity-aware gateway in front of PostgreSQL, Redis and HTTP APIs"
 )]
 struct Cli {
     /// The configuration file.

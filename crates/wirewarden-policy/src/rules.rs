@@ -185,6 +185,16 @@ struct Rule {
     outcome: Outcome,
 }
 
+/// Whether `glob` can match a name whose first byte is `first`: a pattern that starts with a
+/// literal character matches only names that start with it, so most patterns are passed
+/// over on one byte.
+fn may_match(glob: &Glob, first: Option<u8>) -> bool {
+    match glob.as_str().as_bytes().first() {
+        None | Some(b'*' | b'?') => true,
+        Some(b) => Some(*b) == first,
+    }
+}
+
 /// Splits verb globs into sorted plain names and patterns; together they match what the
 /// globs match.
 fn split_verbs(verbs: &[Glob]) -> (Vec<String>, Vec<Glob>) {
@@ -264,7 +274,13 @@ impl Rule {
                 .verb_names
                 .binary_search_by(|n| n.as_str().cmp(&verb))
                 .is_ok();
-            if !named && !any_glob(&self.verb_patterns, &verb) {
+            let first = verb.as_bytes().first().copied();
+            if !named
+                && !self
+                    .verb_patterns
+                    .iter()
+                    .any(|g| may_match(g, first) && g.matches(&verb))
+            {
                 return false;
             }
         }

@@ -19,7 +19,7 @@ use crate::{Error, Timestamp};
 static LAST: AtomicU64 = AtomicU64::new(0);
 
 /// How many random words a thread draws from the system at once.
-const RANDOM_WORDS: usize = 32;
+const RANDOM_WORDS: usize = 256;
 
 thread_local! {
     /// Random words from the operating system's CSPRNG, used up from the end.
@@ -27,7 +27,7 @@ thread_local! {
         const { RefCell::new(([0; RANDOM_WORDS], 0)) };
 }
 
-/// 64 random bits from the operating system's CSPRNG, drawn a few hundred bytes at a time
+/// 64 random bits from the operating system's CSPRNG, drawn two kilobytes at a time
 /// (one system call per [`RANDOM_WORDS`] ids instead of one per id).
 fn random_word() -> u64 {
     RANDOM.with(|cell| {

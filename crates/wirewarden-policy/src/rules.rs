@@ -195,14 +195,13 @@ fn may_match(glob: &Glob, first: Option<u8>) -> bool {
     }
 }
 
-/// Splits verb globs into sorted plain names and patterns; together they match what the
-/// globs match.
+/// Splits verb globs (sorted and without duplicates, as [`globs`] leaves them) into plain
+/// names, still sorted, and patterns; together they match what the globs match.
 fn split_verbs(verbs: &[Glob]) -> (Vec<String>, Vec<Glob>) {
     let (plain, patterns): (Vec<&Glob>, Vec<&Glob>) =
         verbs.iter().partition(|g| !g.as_str().contains(['*', '?']));
-    let mut names: Vec<String> = plain.iter().map(|g| g.as_str().to_owned()).collect();
-    names.sort_unstable();
-    names.dedup();
+    let names: Vec<String> = plain.iter().map(|g| g.as_str().to_owned()).collect();
+    debug_assert!(names.windows(2).all(|w| w[0] < w[1]));
     (names, patterns.into_iter().cloned().collect())
 }
 

@@ -1116,8 +1116,11 @@ impl SegmentWriter {
             .map_err(|e| Error::io("fdatasync", &self.seg_path, e))?;
         self.synced = self.written;
         if self.drop_written_pages {
-            // Sealed and on disk: the whole segment may go.
-            let _ = self.io.drop_cached(&self.seg_file, &self.seg_path, 0, 0);
+            // Sealed and on disk: the rest of the segment may go, from where earlier drops
+            // reached to its end.
+            let _ = self
+                .io
+                .drop_cached(&self.seg_file, &self.seg_path, self.seg_dropped_len, 0);
         }
         self.append_checkpoint_entry(&c)?;
         self.last_checkpoint = Instant::now();

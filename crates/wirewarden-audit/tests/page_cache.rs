@@ -194,15 +194,25 @@ async fn synced_chunks_are_dropped_while_writing_and_the_tail_on_close() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_segment_is_dropped_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let io = Arc::new(Ledger::default());
-    let sink = sink(dir.path(), Durability::Buffered, 256 << 10, true, &io);
-    let events = fill(&sink, 2 * DROP_PAGES_BYTES).await;
-    sink.close().await.unwrap();
-    let files = check_drops(&io.ops());
-    assert!(files.len() >= 4, "{files:?}");
-    assert!(files.iter().all(|f| f.1), "{files:?}");
-    verify(dir.path(), &events);
+    // Small segments are sealed before any chunk of them is dropped; segments larger than a
+    // chunk are dropped in chunks while written and the rest when sealed, never going back.
+    for (segment_max, total, min_files) in [
+        (256 << 10, 2 * DROP_PAGES_BYTES, 4),
+        (3 * DROP_PAGES_BYTES / 2, 6 * DROP_PAGES_BYTES, 3),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Arc::new(Ledger::default());
+        let sink = sink(dir.path(), Durability::Buffered, segment_max, true, &io);
+        let events = fill(&sink, total).await;
+        sink.close().await.unwrap();
+        let files = check_drops(&io.ops());
+        assert!(files.len() >= min_files, "{segment_max}: {files:?}");
+        assert!(files.iter().all(|f| f.1), "{segment_max}: {files:?}");
+        if segment_max > DROP_PAGES_BYTES {
+            assert!(files.iter().any(|f| f.2 > 0), "{segment_max}: {files:?}");
+        }
+        verify(dir.path(), &events);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 //! or an HTTP request. Policy decides on it, review binds to its [`CommandDigest`], and the
 //! audit trail records it.
 
+use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -178,13 +179,13 @@ const DIGEST_CONTEXT: &str = "wirewarden 2026-11-25 command digest v1";
 const FIELDS_BUF: usize = 256;
 
 /// A hasher fed through a stack buffer, so many small fields cost one `update`.
-struct Fields {
-    hasher: blake3::Hasher,
+struct Fields<'h> {
+    hasher: &'h mut blake3::Hasher,
     buf: [u8; FIELDS_BUF],
     len: usize,
 }
 
-impl Fields {
+impl Fields<'_> {
     /// `bytes`, length-prefixed.
     fn field(&mut self, bytes: &[u8]) {
         self.put(&(bytes.len() as u64).to_le_bytes());
@@ -209,6 +210,31 @@ impl Fields {
     }
 }
 
+std::thread_local! {
+    /// Each thread's digest hasher, reset for every digest. A `blake3::Hasher` is about two
+    /// kilobytes; a copy per digest cost more than the hashing of a short command.
+    static SCRATCH: Cell<Option<Box<blake3::Hasher>>> = const { Cell::new(None) };
+}
+
+/// A hasher in the digest's key-derivation mode, in its initial state: the thread's own when
+/// it is free (it is not while an argument iterator computes a digest of its own, or while
+/// the thread's locals are being torn down), else a new one.
+fn digest_hasher() -> Box<blake3::Hasher> {
+    match SCRATCH.try_with(Cell::take) {
+        Ok(Some(mut h)) => {
+            h.reset();
+            h
+        }
+        _ => {
+            static BASE: OnceLock<blake3::Hasher> = OnceLock::new();
+            Box::new(
+                BASE.get_or_init(|| blake3::Hasher::new_derive_key(DIGEST_CONTEXT))
+                    .clone(),
+            )
+        }
+    }
+}
+
 impl CommandDigest {
     /// The digest of `text` sent over `protocol` with the given arguments (extended-protocol
     /// parameters, Redis arguments after the command name; `None` is SQL NULL).
@@ -218,14 +244,11 @@ impl CommandDigest {
     where
         I: IntoIterator<Item = Option<&'a [u8]>>,
     {
-        // The derived key is the same for every digest: derive it once and start each
-        // digest from a copy of that state. Small fields go through a stack buffer: one
-        // `update` per field costs more than the few bytes most of them carry.
-        static BASE: OnceLock<blake3::Hasher> = OnceLock::new();
+        // Small fields go through a stack buffer: one `update` per field costs more than the
+        // few bytes most of them carry.
+        let mut hasher = digest_hasher();
         let mut h = Fields {
-            hasher: BASE
-                .get_or_init(|| blake3::Hasher::new_derive_key(DIGEST_CONTEXT))
-                .clone(),
+            hasher: &mut hasher,
             buf: [0; FIELDS_BUF],
             len: 0,
         };
@@ -245,8 +268,10 @@ impl CommandDigest {
         // The count last: a trailing NULL argument cannot be confused with no argument.
         h.put(&count.to_le_bytes());
         h.flush();
-        let h = h.hasher;
-        Self(*h.finalize().as_bytes())
+        let digest = Self(*hasher.finalize().as_bytes());
+        // Back for the next digest (if the thread is tearing down, it is simply dropped).
+        let _ = SCRATCH.try_with(|s| s.set(Some(hasher)));
+        digest
     }
 
     /// Wraps raw digest bytes (read back from storage).
@@ -496,6 +521,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn digest_inside_an_argument_iterator_is_its_own() {
+        // The thread's hasher is in use by the outer digest while the iterator computes an
+        // inner one: both must come out as if computed alone.
+        let alone_inner = CommandDigest::compute(Protocol::Redis, b"inner", [Some(&b"x"[..])]);
+        let alone_outer = CommandDigest::compute(Protocol::Redis, b"outer", [Some(&b"a"[..])]);
+        let mut inner = None;
+        let outer = CommandDigest::compute(
+            Protocol::Redis,
+            b"outer",
+            std::iter::once(()).map(|()| {
+                inner = Some(CommandDigest::compute(
+                    Protocol::Redis,
+                    b"inner",
+                    [Some(&b"x"[..])],
+                ));
+                Some(&b"a"[..])
+            }),
+        );
+        assert_eq!(outer, alone_outer);
+        assert_eq!(inner, Some(alone_inner));
+        assert_eq!(
+            CommandDigest::compute(Protocol::Redis, b"outer", [Some(&b"a"[..])]),
+            alone_outer
+        );
     }
 
     #[test]

@@ -367,7 +367,12 @@ pub fn encode_args<A: AsRef<[u8]>>(args: &[A], out: &mut BytesMut) {
 pub struct RequestDecoder {
     scanner: Scanner,
     limits: Limits,
+    /// Where the arguments of the request being scanned are, as the scan accepts them.
+    spans: Vec<(usize, usize)>,
 }
+
+/// Above this many arguments, the span list is not kept for the next request.
+const SPANS_KEPT: usize = 256;
 
 impl RequestDecoder {
     /// A decoder with `limits`.
@@ -376,6 +381,7 @@ impl RequestDecoder {
         Self {
             scanner: Scanner::new(),
             limits,
+            spans: Vec::new(),
         }
     }
 
@@ -410,20 +416,40 @@ impl RequestDecoder {
     }
 
     fn decode_multibulk(&mut self, buf: &mut BytesMut) -> Result<Option<Request>> {
-        let scanned = match self
-            .scanner
-            .scan(buf, RespVersion::Resp2, &self.limits, Mode::Request)
-        {
+        if self.scanner.pos() == 0 || self.scanner.pos() > buf.len() {
+            // A new request (the scanner starts over too when the buffer shrank).
+            self.spans.clear();
+        }
+        let spans = &mut self.spans;
+        let scanned = match self.scanner.scan_with(
+            buf,
+            RespVersion::Resp2,
+            &self.limits,
+            Mode::Request,
+            &mut |start, end| spans.push((start, end)),
+        ) {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(None),
             Err(e) => {
                 self.scanner.reset();
+                self.spans.clear();
                 return Err(e);
             }
         };
         self.scanner.reset();
         let raw = buf.split_to(scanned.len).freeze();
-        let args = request_args(&raw)?;
+        // In request mode the scan accepts only an array of bulk strings, so its blobs are
+        // exactly the arguments.
+        let args = self
+            .spans
+            .iter()
+            .map(|&(start, end)| raw.slice(start..end))
+            .collect();
+        if self.spans.capacity() > SPANS_KEPT {
+            self.spans = Vec::new();
+        } else {
+            self.spans.clear();
+        }
         Ok(Some(Request {
             raw,
             args,
@@ -462,39 +488,6 @@ impl RequestDecoder {
             inline: true,
         }))
     }
-}
-
-/// The arguments of a request array the pre-scan accepted, as slices of it.
-fn request_args(raw: &Bytes) -> Result<Vec<Bytes>> {
-    let limits = Limits::DEFAULT
-        .with_max_frame_len(usize::MAX)
-        .with_max_bulk_len(usize::MAX)
-        .with_max_elements(usize::MAX);
-    let truncated = Error::Unexpected {
-        what: "truncated request",
-        offset: raw.len(),
-    };
-    let (tok, mut pos) =
-        wire::token(raw, 0, 0, RespVersion::Resp2, &limits)?.ok_or(truncated.clone())?;
-    let count = match tok {
-        Token::Aggregate { count, .. } => count,
-        _ => 0,
-    };
-    let mut args = Vec::with_capacity(count.min(1024) as usize);
-    for _ in 0..count {
-        let (tok, next) =
-            wire::token(raw, pos, 0, RespVersion::Resp2, &limits)?.ok_or(truncated.clone())?;
-        match tok {
-            Token::Blob { start, end, .. } => args.push(raw.slice(start..end)),
-            _ => {
-                return Err(Error::ExpectedBulk {
-                    got: raw.get(pos).copied().unwrap_or(0),
-                });
-            }
-        }
-        pos = next;
-    }
-    Ok(args)
 }
 
 #[cfg(test)]

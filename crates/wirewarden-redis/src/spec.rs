@@ -283,16 +283,12 @@ impl CommandSpec {
     /// The verb: the name in uppercase, subcommands separated by a space (`CONFIG SET`).
     #[must_use]
     pub fn verb(&self) -> String {
-        self.name
-            .chars()
-            .map(|c| {
-                if c == '|' {
-                    ' '
-                } else {
-                    c.to_ascii_uppercase()
-                }
-            })
-            .collect()
+        let verb = self.name.to_ascii_uppercase();
+        if verb.contains('|') {
+            verb.replace('|', " ")
+        } else {
+            verb
+        }
     }
 
     /// Looks up a subcommand by name, case-insensitively.

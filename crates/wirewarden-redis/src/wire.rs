@@ -560,6 +560,11 @@ impl Scanner {
         Ok(())
     }
 
+    /// Where the scan will go on from: 0 for a new frame.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
     /// Continues scanning the frame that starts at `buf[0]`. `Ok(None)`: need more bytes.
     pub(crate) fn scan(
         &mut self,
@@ -567,6 +572,20 @@ impl Scanner {
         version: RespVersion,
         limits: &Limits,
         mode: Mode,
+    ) -> Result<Option<Scanned>> {
+        self.scan_with(buf, version, limits, mode, &mut |_, _| {})
+    }
+
+    /// [`Scanner::scan`], calling `on_blob(start, end)` with the payload of every bulk
+    /// string, blob error and verbatim string as it is accepted, once each, in order, however
+    /// the frame arrives in pieces (a request's arguments, without a second pass over it).
+    pub(crate) fn scan_with<F: FnMut(usize, usize)>(
+        &mut self,
+        buf: &[u8],
+        version: RespVersion,
+        limits: &Limits,
+        mode: Mode,
+        on_blob: &mut F,
     ) -> Result<Option<Scanned>> {
         if buf.len() < self.pos {
             self.reset();
@@ -645,11 +664,13 @@ impl Scanner {
                 self.attr_pending = false;
             }
             let done = match tok {
-                Token::Line { .. }
-                | Token::Integer(_)
-                | Token::Blob { .. }
-                | Token::NullBulk
-                | Token::NullArray => self.value_done(),
+                Token::Blob { start, end, .. } => {
+                    on_blob(start, end);
+                    self.value_done()
+                }
+                Token::Line { .. } | Token::Integer(_) | Token::NullBulk | Token::NullArray => {
+                    self.value_done()
+                }
                 Token::StreamedString => {
                     self.in_string = true;
                     false

@@ -282,6 +282,36 @@ proptest! {
     }
 
     #[test]
+    fn pipelined_requests_in_pieces_keep_their_arguments(
+        reqs in vec(vec(vec(any::<u8>(), 0..40), 1..6), 1..5),
+        cuts in vec(any::<usize>(), 0..12),
+    ) {
+        // The arguments are collected while the scan goes, however the bytes arrive: one
+        // read per piece, split anywhere, several requests in one buffer.
+        let mut wire = BytesMut::new();
+        for args in &reqs {
+            encode_args(args, &mut wire);
+        }
+        let wire = wire.freeze();
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        at.push(wire.len());
+        at.sort_unstable();
+        let mut d = RequestDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut got: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut from = 0;
+        for to in at {
+            buf.extend_from_slice(&wire[from..to]);
+            from = to;
+            while let Some(r) = d.decode(&mut buf).unwrap() {
+                got.push(r.args().iter().map(|a| a.to_vec()).collect());
+            }
+        }
+        prop_assert!(buf.is_empty());
+        prop_assert_eq!(got, reqs);
+    }
+
+    #[test]
     fn inline_quoting_round_trips(args in vec(vec(1u8..=255, 1..12), 1..6)) {
         // Quote every argument the way redis-cli does; the server's splitter gives them back.
         let mut line = Vec::new();

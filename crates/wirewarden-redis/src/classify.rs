@@ -73,7 +73,11 @@ fn eq(a: &[u8], b: &str) -> bool {
 }
 
 fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    // Almost every name is valid UTF-8: check it in one pass before the replacing walk.
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    }
 }
 
 fn quote_into(out: &mut String, arg: &[u8]) {
@@ -84,7 +88,11 @@ fn quote_into(out: &mut String, arg: &[u8]) {
     let shown = arg.get(..TEXT_ARG_MAX.min(arg.len())).unwrap_or(arg);
     let cut = shown.len() < arg.len();
     if plain && !cut {
-        out.push_str(&lossy(arg));
+        // Printable ASCII only, so always UTF-8: pushed without a copy of its own.
+        match std::str::from_utf8(arg) {
+            Ok(s) => out.push_str(s),
+            Err(_) => out.push_str(&String::from_utf8_lossy(arg)),
+        }
         return;
     }
     out.push('"');

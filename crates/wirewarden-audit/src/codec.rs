@@ -1021,7 +1021,7 @@ fn decode_decision(r: &mut Reader<'_>) -> Result<Decision> {
     match r.u8("decision")? {
         1 => Ok(Decision::Allow {
             rule: RuleId::new(r.str("rule")?),
-            mask_profile: r.opt_str("mask_profile")?,
+            mask_profile: r.opt_str("mask_profile")?.map(std::sync::Arc::from),
         }),
         2 => Ok(Decision::Deny {
             rule: RuleId::new(r.str("rule")?),

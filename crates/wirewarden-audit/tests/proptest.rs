@@ -51,7 +51,7 @@ fn event() -> impl Strategy<Value = AuditEvent> {
                         .unwrap(),
                     decision: Decision::Allow {
                         rule: RuleId::new("r"),
-                        mask_profile: opt,
+                        mask_profile: opt.map(std::sync::Arc::from),
                     },
                     policy_version: n.to_string(),
                 }

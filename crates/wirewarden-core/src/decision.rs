@@ -1,15 +1,17 @@
 //! What policy says about a command.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 /// The identifier of the rule that decided, as written in the policy (`deny-ddl`), or
 /// [`RuleId::DEFAULT`] when no rule matched and the default applied.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RuleId(pub String);
+///
+/// Shared, not copied: every decision names its rule, so a clone is a reference count.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleId(Arc<str>);
 
 impl RuleId {
     /// The id recorded when no rule matched.
@@ -17,20 +19,32 @@ impl RuleId {
 
     /// A rule id.
     #[must_use]
-    pub fn new(id: impl Into<String>) -> Self {
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
         Self(id.into())
     }
 
     /// The id of the policy default.
     #[must_use]
     pub fn default_rule() -> Self {
-        Self(Self::DEFAULT.to_owned())
+        Self(Arc::from(Self::DEFAULT))
     }
 
     /// The id as text.
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for RuleId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RuleId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::new)
     }
 }
 
@@ -76,7 +90,7 @@ pub enum Decision {
         /// The rule that allowed it.
         rule: RuleId,
         /// The mask profile to apply to the response.
-        mask_profile: Option<String>,
+        mask_profile: Option<Arc<str>>,
     },
     /// Refuse the command with a protocol-native error; the session stays usable.
     Deny {

@@ -150,7 +150,7 @@ impl ClassMatch {
 #[serde(tag = "action", rename_all = "snake_case")]
 enum Outcome {
     Allow {
-        mask_profile: Option<String>,
+        mask_profile: Option<Arc<str>>,
     },
     Deny {
         reason: String,
@@ -378,7 +378,7 @@ fn compile_rule(raw: RawRule) -> Result<Rule> {
     }
     let outcome = match raw.action {
         Action::Allow => Outcome::Allow {
-            mask_profile: raw.mask_profile,
+            mask_profile: raw.mask_profile.map(Arc::from),
         },
         Action::Deny => Outcome::Deny {
             reason: raw

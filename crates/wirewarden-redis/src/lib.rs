@@ -99,15 +99,35 @@ pub mod fuzzing {
         replies(data, RespVersion::Resp3);
     }
 
-    /// Decodes `data` as client requests (inline and RESP), classifies each, and checks that
-    /// split inline arguments, quoted again, split back to themselves.
-    pub fn inline(data: &[u8]) {
+    fn requests(data: &[u8], cut: usize) -> Vec<crate::Request> {
         let mut d = RequestDecoder::new(limits());
-        let mut buf = BytesMut::from(data);
-        while let Ok(Some(r)) = d.decode(&mut buf) {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let cut = cut.min(data.len());
+        for piece in [&data[..cut], &data[cut..]] {
+            buf.extend_from_slice(piece);
+            loop {
+                match d.decode(&mut buf) {
+                    Ok(Some(r)) => out.push(r),
+                    Ok(None) => break,
+                    Err(_) => return out,
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes `data` as client requests (inline and RESP), classifies each, and checks that
+    /// requests that arrive in two pieces decode as they do whole, and that split inline
+    /// arguments, quoted again, split back to themselves.
+    pub fn inline(data: &[u8]) {
+        let whole = requests(data, data.len());
+        for r in &whole {
             assert!(!r.args().is_empty());
             let _ = classify(r.args());
         }
+        let cut = data.first().map_or(0, |b| usize::from(*b));
+        assert_eq!(requests(data, cut), whole);
         if let Ok(args) = split_args(&Bytes::copy_from_slice(data)) {
             let mut line = Vec::new();
             for a in &args {

@@ -148,7 +148,14 @@ fn line_end(buf: &[u8], start: usize, max: usize) -> Result<Option<usize>, usize
         return Ok(None);
     };
     let window = hay.get(..max.saturating_add(1)).unwrap_or(hay);
-    match memchr::memchr(b'\r', window) {
+    // Length and number lines are a few bytes: a plain loop finds their CR sooner than
+    // setting up a vectorised search.
+    let found = if max <= NUMBER_LINE_MAX {
+        window.iter().position(|&b| b == b'\r')
+    } else {
+        memchr::memchr(b'\r', window)
+    };
+    match found {
         Some(i) => {
             let cr = start.saturating_add(i);
             match buf.get(cr.saturating_add(1)) {

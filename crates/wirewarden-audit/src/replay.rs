@@ -30,6 +30,19 @@ fn indent(text: &str, prefix: &str) -> String {
     out
 }
 
+/// One line of what went over the wire (`client>` or `client<`), continuation lines under
+/// the text, `[truncated]` when the recording was cut.
+fn transcript_line(s: &mut String, at: &str, arrow: &str, text: &str, truncated: bool) {
+    let _ = write!(
+        s,
+        "{at:<13} {arrow} {}",
+        indent(text, &format!("{}        ", " ".repeat(14)))
+    );
+    if truncated {
+        s.push_str(" [truncated]");
+    }
+}
+
 impl Transcript {
     /// A transcript of `session`.
     #[must_use]
@@ -112,14 +125,7 @@ impl Transcript {
                     Some(_) => self.offset(event.time),
                     None => secs(*elapsed_us),
                 };
-                let _ = write!(
-                    s,
-                    "{at:<13} {arrow} {}",
-                    indent(text, &format!("{pad}        "))
-                );
-                if *truncated {
-                    s.push_str(" [truncated]");
-                }
+                transcript_line(&mut s, &at, arrow, text, *truncated);
             }
             AuditEventKind::CommandDecided {
                 command,
@@ -172,12 +178,8 @@ impl Transcript {
                 // The reply as the client saw it, then the summary, as when the reply was a
                 // record of its own.
                 if let Some(reply) = reply {
-                    let _ = writeln!(
-                        s,
-                        "{at:<13} client< {}{}",
-                        indent(&reply.text, &format!("{pad}        ")),
-                        if reply.truncated { " [truncated]" } else { "" }
-                    );
+                    transcript_line(&mut s, &at, "client<", &reply.text, reply.truncated);
+                    s.push('\n');
                 }
                 let _ = write!(
                     s,

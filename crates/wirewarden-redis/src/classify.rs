@@ -6,6 +6,7 @@
 //! [`CommandClass::Unknown`]; a command with the wrong number of arguments keeps its class
 //! and gets [`Risk::BAD_ARITY`].
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use bytes::Bytes;
@@ -72,12 +73,17 @@ fn eq(a: &[u8], b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
-fn lossy(b: &[u8]) -> String {
-    // Almost every name is valid UTF-8: check it in one pass before the replacing walk.
+/// `b` as text, invalid UTF-8 replaced. Almost every name and argument is valid UTF-8:
+/// `from_utf8` checks that in one pass, and only a failure takes the replacing walk.
+fn text(b: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(b) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(b).into_owned(),
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
     }
+}
+
+fn lossy(b: &[u8]) -> String {
+    text(b).into_owned()
 }
 
 fn quote_into(out: &mut String, arg: &[u8]) {
@@ -88,11 +94,7 @@ fn quote_into(out: &mut String, arg: &[u8]) {
     let shown = arg.get(..TEXT_ARG_MAX.min(arg.len())).unwrap_or(arg);
     let cut = shown.len() < arg.len();
     if plain && !cut {
-        // Printable ASCII only, so always UTF-8: pushed without a copy of its own.
-        match std::str::from_utf8(arg) {
-            Ok(s) => out.push_str(s),
-            Err(_) => out.push_str(&String::from_utf8_lossy(arg)),
-        }
+        out.push_str(&text(arg));
         return;
     }
     out.push('"');

@@ -416,8 +416,9 @@ impl RequestDecoder {
     }
 
     fn decode_multibulk(&mut self, buf: &mut BytesMut) -> Result<Option<Request>> {
-        if self.scanner.pos() == 0 || self.scanner.pos() > buf.len() {
-            // A new request (the scanner starts over too when the buffer shrank).
+        if self.scanner.pos() > buf.len() {
+            // The scanner starts over when the buffer shrank; so do the spans. (Every other
+            // start over, after a request or an error, has cleared them already.)
             self.spans.clear();
         }
         let spans = &mut self.spans;

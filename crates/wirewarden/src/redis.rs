@@ -61,6 +61,33 @@
 
 mod mask;
 
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use wirewarden_core::{
+    AuditEvent, AuditEventKind, Command, CommandClass, CommandId, Decision, Direction,
+    MaskedCounts, ObjectKind, Principal, Recording, RuleId, SessionEndReason, SessionId, Target,
+    Timestamp,
+};
+use wirewarden_identity::{AuthContext, Credential};
+use wirewarden_mask::Profile;
+use wirewarden_redis::{
+    Correlated, Frame, ReplyDecoder, Request, RequestDecoder, RespVersion, Session, Value, classify,
+};
+
+pub use wirewarden_redis::{Limits, Risk};
+
+use self::mask::{Keys, Unmaskable};
+use crate::tls::{CertificateWatch, UpstreamTls};
+use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal, Secret};
+
 /// Hashes the relay's own command tags, a counter it assigns: nothing a client sends
 /// chooses a key, so a multiplicative hash (whose high bits the table uses) is enough, and
 /// costs a fraction of SipHash on every command.
@@ -83,31 +110,8 @@ impl Hasher for TagHasher {
     }
 }
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-
-use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
-use wirewarden_core::{
-    AuditEvent, AuditEventKind, Command, CommandClass, CommandId, Decision, Direction,
-    MaskedCounts, ObjectKind, Principal, Recording, RuleId, SessionEndReason, SessionId, Target,
-    Timestamp,
-};
-use wirewarden_identity::{AuthContext, Credential};
-use wirewarden_mask::Profile;
-use wirewarden_redis::{
-    Correlated, Frame, ReplyDecoder, Request, RequestDecoder, RespVersion, Session, Value, classify,
-};
-pub use wirewarden_redis::{Limits, Risk};
-
-use self::mask::{Keys, Unmaskable};
-use crate::tls::{CertificateWatch, UpstreamTls};
-use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal, Secret};
+/// The relay's commands in flight, by tag.
+type TagMap<V> = HashMap<u64, V, BuildHasherDefault<TagHasher>>;
 
 /// Policy rules (TOML, for [`RuleEngine::from_toml`](wirewarden_policy::RuleEngine)) that
 /// deny what an agent should never run through the gateway: scripting and functions, server
@@ -1064,7 +1068,7 @@ struct Relay<'p> {
     session: Session<u64>,
     replies: ReplyDecoder,
     slots: VecDeque<Slot>,
-    pending: HashMap<u64, Pending, BuildHasherDefault<TagHasher>>,
+    pending: TagMap<Pending>,
     /// Tags of commands the server queued in the open transaction.
     queued: Vec<u64>,
     next_tag: u64,
@@ -2067,7 +2071,7 @@ mod tests {
         // The table's control bytes come from the top seven bits: a run of tags uses them all.
         let top: std::collections::HashSet<_> = hashes[..1024].iter().map(|h| h >> 57).collect();
         assert_eq!(top.len(), 128);
-        let mut map: HashMap<u64, u64, BuildHasherDefault<TagHasher>> = HashMap::default();
+        let mut map: TagMap<u64> = TagMap::default();
         for t in 0..10_000 {
             map.insert(t, t * 2);
         }

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 /// [`RuleId::DEFAULT`] when no rule matched and the default applied.
 ///
 /// Shared, not copied: every decision names its rule, so a clone is a reference count.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct RuleId(Arc<str>);
 
 impl RuleId {
@@ -33,18 +34,6 @@ impl RuleId {
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-impl Serialize for RuleId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for RuleId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Self::new)
     }
 }
 

@@ -84,7 +84,8 @@ pub enum Error {
 
 /// The version of a policy: a hash of its canonical form, recorded with every decision so
 /// an auditor can tell which rule set decided. Cheap to clone (shared text).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct PolicyVersion(Arc<str>);
 
 impl PolicyVersion {
@@ -110,18 +111,6 @@ impl PolicyVersion {
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-impl Serialize for PolicyVersion {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for PolicyVersion {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Self::new)
     }
 }
 

@@ -9,7 +9,11 @@
 //! buffered mode, [unawaited](FileSink::append_events_unawaited) ones in fsync mode) collect
 //! for a short [write delay](FileSinkBuilder::write_delay) before the writer writes them, so
 //! a busy sink makes one `write` per interval rather than one per append, and in fsync mode
-//! syncs only when someone waits. Once records are on disk the writer lets the kernel drop
+//! syncs only when someone waits. In fsync mode the writer fills the open segment with
+//! zeros [ahead](ZERO_AHEAD_BYTES) of its records and syncs them first, so each later sync
+//! only flushes data: a file that grows needs a journal commit for its new size on every
+//! sync, a file overwritten in place does not. A seal, and closing, cut the zeros off
+//! again. Once records are on disk the writer lets the kernel drop
 //! their pages from the page cache, a megabyte at a time (in buffered mode it syncs every
 //! megabyte for this; see [`FileSinkBuilder::drop_written_pages`]). A failed write or sync
 //! poisons the sink: the writer stops, waiting appenders get an error, and every later
@@ -31,8 +35,8 @@ use wirewarden_core::{AuditEvent, BoxError, Timestamp};
 use crate::codec::encode_event;
 use crate::format::{
     CHECKPOINT_FILE, ChainKey, Checkpoint, CheckpointSigner, DEFAULT_MAX_RECORD_BYTES, Hash, LogId,
-    RecordHasher, SegmentHeader, encode_checkpoint_entry, encode_event_frame, encode_seal_frame,
-    event_frame_len, genesis, segment_path,
+    RecordHasher, SegmentHeader, TORN_WRITE_MAX, ZERO_TAIL_MIN, encode_checkpoint_entry,
+    encode_event_frame, encode_seal_frame, event_frame_len, genesis, segment_path,
 };
 use crate::sink::{Appended, AuditSink, Durability, PartialBatch};
 use crate::verify::{VerifyKeys, verify_dir};
@@ -107,6 +111,12 @@ pub const WRITE_BATCH_BYTES: usize = 256 << 10;
 /// cache (see [`FileSinkBuilder::drop_written_pages`]); in buffered mode, how much it writes
 /// between two syncs of its own for that purpose.
 pub const DROP_PAGES_BYTES: u64 = 1 << 20;
+
+/// In fsync mode, how far ahead of the last record the writer fills the open segment with
+/// zeros (and syncs them) before it writes records there. Overwriting bytes that are
+/// already on disk lets each `fdatasync` skip the journal commit that a growing file needs
+/// for its new size; see the crate documentation.
+pub const ZERO_AHEAD_BYTES: u64 = 2 << 20;
 
 /// Builds a [`FileSink`].
 #[derive(Debug, Clone)]
@@ -203,7 +213,8 @@ impl FileSinkBuilder {
     /// Opens the log in the directory, creating it if empty.
     ///
     /// An existing log is verified first; the sink refuses to extend a damaged one. A torn
-    /// last record (a crash mid-append) that no checkpoint covers is cut off.
+    /// last record (a crash mid-append) that no checkpoint covers is cut off, and so are
+    /// zeros left after the last record by an fsync-mode writer when this sink is buffered.
     ///
     /// # Errors
     /// [`Error::Damaged`] for a log that fails verification, [`Error::Io`] for file system
@@ -665,12 +676,14 @@ impl FileSink {
             });
         }
         let tail = report.tail.clone();
-        let (log_id, next_seq, head, seg_index, seg_file, seg_len) = match tail.last_segment {
+        let (log_id, next_seq, head, seg_index, seg_file, seg_len, seg_zeroed_to) = match tail
+            .last_segment
+        {
             None => {
                 let log_id = LogId::generate()?;
                 let g = genesis(&b.key, log_id);
                 let (file, len) = create_segment(&b, log_id, 0, 0, g)?;
-                (log_id, 0, g, 0, file, len)
+                (log_id, 0, g, 0, file, len, len)
             }
             Some(last) => {
                 let log_id = tail.log_id.ok_or_else(|| Error::Config {
@@ -681,36 +694,41 @@ impl FileSink {
                     // A crash while the segment was being created: nothing in it yet.
                     std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
                     let (file, len) = create_segment(&b, log_id, last, tail.next_seq, tail.head)?;
-                    (log_id, tail.next_seq, tail.head, last, file, len)
+                    (log_id, tail.next_seq, tail.head, last, file, len, len)
                 } else if tail.last_segment_sealed {
                     let next = last.checked_add(1).ok_or(Error::InvalidValue {
                         what: "segment index",
                         reason: "exhausted",
                     })?;
                     let (file, len) = create_segment(&b, log_id, next, tail.next_seq, tail.head)?;
-                    (log_id, tail.next_seq, tail.head, next, file, len)
+                    (log_id, tail.next_seq, tail.head, next, file, len, len)
                 } else {
                     let file = OpenOptions::new()
                         .write(true)
                         .open(&path)
                         .map_err(|e| Error::io("open", &path, e))?;
-                    if report.torn_tail.is_some() {
-                        file.set_len(tail.last_segment_valid_len)
+                    let valid = tail.last_segment_valid_len;
+                    // A torn record goes. So do zeros after the last record (space filled
+                    // ahead by an fsync-mode writer) when this sink will not fill ahead:
+                    // only a writer that syncs every write may leave zeros after its
+                    // records.
+                    let trim = report.torn_tail.is_some()
+                        || (b.durability != Durability::Fsync && tail.last_segment_len > valid);
+                    if trim {
+                        file.set_len(valid)
                             .map_err(|e| Error::io("truncate torn record", &path, e))?;
                         b.io.sync(&file, &path)
                             .map_err(|e| Error::io("fdatasync", &path, e))?;
                     }
                     let mut file = file;
-                    file.seek(SeekFrom::Start(tail.last_segment_valid_len))
+                    file.seek(SeekFrom::Start(valid))
                         .map_err(|e| Error::io("seek", &path, e))?;
-                    (
-                        log_id,
-                        tail.next_seq,
-                        tail.head,
-                        last,
-                        file,
-                        tail.last_segment_valid_len,
-                    )
+                    let zeroed = if trim {
+                        valid
+                    } else {
+                        tail.last_segment_len.max(valid)
+                    };
+                    (log_id, tail.next_seq, tail.head, last, file, valid, zeroed)
                 }
             }
         };
@@ -764,6 +782,8 @@ impl FileSink {
             seg_len,
             seg_synced_len: seg_len,
             seg_dropped_len: 0,
+            seg_zeroed_to,
+            fill_ahead: b.durability == Durability::Fsync,
             drop_written_pages: b.drop_written_pages,
             written: next_seq,
             written_head: head,
@@ -895,6 +915,10 @@ struct SegmentWriter {
     seg_synced_len: u64,
     /// How much of the current segment the kernel has been told it may drop from the cache.
     seg_dropped_len: u64,
+    /// The length of the segment file: zeros, already on disk, from `seg_len` to here.
+    seg_zeroed_to: u64,
+    /// Whether records are written over zeros filled ahead (fsync mode).
+    fill_ahead: bool,
     drop_written_pages: bool,
     written: u64,
     written_head: Hash,
@@ -990,10 +1014,7 @@ impl SegmentWriter {
             self.rotate()?;
         }
         if !batch.bytes.is_empty() {
-            self.io
-                .write(&mut self.seg_file, &self.seg_path, &batch.bytes)
-                .map_err(|e| Error::io("write", &self.seg_path, e))?;
-            self.seg_len = self.seg_len.saturating_add(batch.bytes.len() as u64);
+            self.write_frames(&batch.bytes)?;
             self.written = batch.end_seq;
             self.written_head = batch.end_head;
             // In buffered mode the writer syncs now and then only so that it can give the
@@ -1038,6 +1059,10 @@ impl SegmentWriter {
                 p.checkpoints = p.checkpoints.saturating_add(1);
             });
         }
+        if batch.closing && self.seg_zeroed_to > self.seg_len {
+            // A closed log ends at its last record (the closing checkpoint synced it).
+            self.trim_zeros()?;
+        }
         if batch.closing && self.drop_written_pages && self.seg_synced_len == self.seg_len {
             // Everything is on disk (the closing checkpoint synced it).
             let _ = self
@@ -1045,6 +1070,93 @@ impl SegmentWriter {
                 .drop_cached(&self.seg_file, &self.seg_path, self.seg_dropped_len, 0);
         }
         Ok(batch.bytes)
+    }
+
+    /// Writes `bytes` (whole frames) at the end of the segment. Filling ahead, it writes
+    /// only over zeros already on disk, with at least [`ZERO_TAIL_MIN`] of them left after
+    /// the write, and it cuts a write of more than [`TORN_WRITE_MAX`] at frame boundaries
+    /// with a sync after each piece but the last: whatever a crash in the middle of a write
+    /// leaves is then no longer than that (or than one record) and ends in zeros, which is
+    /// how verification tells it apart from damage.
+    fn write_frames(&mut self, bytes: &[u8]) -> Result<()> {
+        if !self.fill_ahead {
+            self.io
+                .write(&mut self.seg_file, &self.seg_path, bytes)
+                .map_err(|e| Error::io("write", &self.seg_path, e))?;
+            self.seg_len = self.seg_len.saturating_add(bytes.len() as u64);
+            return Ok(());
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (piece, after) = rest.split_at(write_piece_len(rest, TORN_WRITE_MAX as usize));
+            self.fill_zeros_for(piece.len() as u64)?;
+            self.io
+                .write(&mut self.seg_file, &self.seg_path, piece)
+                .map_err(|e| Error::io("write", &self.seg_path, e))?;
+            self.seg_len = self.seg_len.saturating_add(piece.len() as u64);
+            if !after.is_empty() {
+                self.io
+                    .sync(&self.seg_file, &self.seg_path)
+                    .map_err(|e| Error::io("fdatasync", &self.seg_path, e))?;
+                self.seg_synced_len = self.seg_len;
+            }
+            rest = after;
+        }
+        Ok(())
+    }
+
+    /// Makes sure `len` more bytes and [`ZERO_TAIL_MIN`] after them lie over zeros on
+    /// disk: if not, fills [`ZERO_AHEAD_BYTES`] more (not much past the segment's size
+    /// limit) and syncs them.
+    fn fill_zeros_for(&mut self, len: u64) -> Result<()> {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let end = self.seg_len.saturating_add(len);
+        let need = end.saturating_add(ZERO_TAIL_MIN);
+        if self.seg_zeroed_to >= need {
+            return Ok(());
+        }
+        let limit = self
+            .segment_max_bytes
+            .max(end)
+            .saturating_add(ZERO_TAIL_MIN);
+        let target = end
+            .saturating_add(ZERO_AHEAD_BYTES)
+            .min(limit)
+            .max(need)
+            .next_multiple_of(4096);
+        let path = &self.seg_path;
+        self.seg_file
+            .seek(SeekFrom::Start(self.seg_zeroed_to))
+            .map_err(|e| Error::io("seek", path, e))?;
+        let mut at = self.seg_zeroed_to;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            self.io
+                .write(&mut self.seg_file, path, ZEROS.get(..n).unwrap_or_default())
+                .map_err(|e| Error::io("fill with zeros", path, e))?;
+            at += n as u64;
+        }
+        self.io
+            .sync(&self.seg_file, path)
+            .map_err(|e| Error::io("fdatasync", path, e))?;
+        self.seg_zeroed_to = target;
+        self.seg_file
+            .seek(SeekFrom::Start(self.seg_len))
+            .map_err(|e| Error::io("seek", path, e))?;
+        Ok(())
+    }
+
+    /// Cuts the zeros filled ahead off the segment, durably: before a seal, and at close.
+    fn trim_zeros(&mut self) -> Result<()> {
+        let path = &self.seg_path;
+        self.seg_file
+            .set_len(self.seg_len)
+            .map_err(|e| Error::io("truncate", path, e))?;
+        self.io
+            .sync(&self.seg_file, path)
+            .map_err(|e| Error::io("fdatasync", path, e))?;
+        self.seg_zeroed_to = self.seg_len;
+        Ok(())
     }
 
     fn sync_segment(&mut self) -> Result<()> {
@@ -1107,6 +1219,10 @@ impl SegmentWriter {
     /// Seals the current segment with a checkpoint and starts the next one, whose header
     /// carries the last hash of this one.
     fn rotate(&mut self) -> Result<()> {
+        if self.seg_zeroed_to > self.seg_len {
+            // Synced before the seal is written, so a seal is never followed by zeros.
+            self.trim_zeros()?;
+        }
         let c = self.sign();
         self.io
             .write(&mut self.seg_file, &self.seg_path, &encode_seal_frame(&c))
@@ -1156,6 +1272,29 @@ impl SegmentWriter {
         self.seg_len = header.len() as u64;
         self.seg_synced_len = self.seg_len;
         self.seg_dropped_len = 0;
+        self.seg_zeroed_to = self.seg_len;
         Ok(())
     }
+}
+
+/// How much of `frames` (whole frames, each behind its 4-byte length) to write in one
+/// piece: whole frames up to `max` bytes, and at least the first frame however long.
+fn write_piece_len(frames: &[u8], max: usize) -> usize {
+    let mut n = 0usize;
+    while n < frames.len() {
+        let Some(len) = frames
+            .get(n..n.saturating_add(4))
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        else {
+            break;
+        };
+        let next = n
+            .saturating_add(4)
+            .saturating_add(u32::from_le_bytes(len) as usize);
+        if n > 0 && next > max {
+            return n;
+        }
+        n = next;
+    }
+    frames.len()
 }

@@ -696,6 +696,77 @@ pub(crate) enum FrameRead<'a> {
     Unframed(Error),
 }
 
+/// Zero bytes an fsync-mode writer keeps on disk after the end of each write into an open
+/// segment (it fills the segment with zeros ahead of its records).
+pub(crate) const ZERO_TAIL_MIN: u64 = 4096;
+
+/// The most an fsync-mode writer writes into an open segment between two syncs, unless a
+/// single record is longer.
+pub(crate) const TORN_WRITE_MAX: u64 = 1 << 20;
+
+const PAGE: u64 = 4096;
+
+/// Whether `rest` — the end of an open segment of log `log_id`, from a frame that does not
+/// verify at file offset `at` to the end of the file — is what a crash in the middle of a
+/// write over zeros filled ahead leaves. Returns how many bytes come before the trailing
+/// zeros.
+///
+/// Such a write reaches the disk page by page, and a page that did not keeps its zeros. So
+/// the segment must end in at least [`ZERO_TAIL_MIN`] zeros, and the frame must show the
+/// cut: its length lost (zero), its end in the trailing zeros, or one of its pages zero from
+/// the page boundary on. A record changed in place shows none of these. And what comes
+/// before the trailing zeros can be no longer than one write: [`TORN_WRITE_MAX`], or one
+/// frame of up to `max_record` bytes, as long as the frame claims (when its length is there)
+/// or, with no record of the log after its start (when the length is lost).
+pub(crate) fn torn_write(rest: &[u8], at: u64, log_id: LogId, max_record: u32) -> Option<u64> {
+    let written = rest.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    if ((rest.len() - written) as u64) < ZERO_TAIL_MIN {
+        return None;
+    }
+    let written_len = written as u64;
+    let len = rest
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes);
+    let one_record = 4 + u64::from(if len == 0 {
+        max_record
+    } else {
+        len.min(max_record)
+    });
+    if written_len > TORN_WRITE_MAX.max(one_record) {
+        return None;
+    }
+    if len == 0 {
+        // Longer than one write of several records: one record, with no other after it.
+        let record_after = |i: usize| {
+            rest.get(i + 4..i + 21).is_some_and(|b| {
+                b.first() == Some(&FRAME_EVENT) && b.get(1..) == Some(&log_id.0[..])
+            })
+        };
+        if written_len > TORN_WRITE_MAX && (1..written).any(record_after) {
+            return None;
+        }
+        return Some(written_len);
+    }
+    let end = 4 + u64::from(len);
+    if end > written_len {
+        return Some(written_len);
+    }
+    let mut page = (at / PAGE + 1) * PAGE;
+    while page < at + end {
+        let from = (page - at) as usize;
+        let to = ((page + PAGE - at) as usize).min(written);
+        if rest
+            .get(from..to)
+            .is_some_and(|b| b.iter().all(|x| *x == 0))
+        {
+            return Some(written_len);
+        }
+        page += PAGE;
+    }
+    None
+}
+
 /// Encodes an event record frame into `w`.
 pub(crate) fn encode_event_frame(
     w: &mut Vec<u8>,

@@ -22,6 +22,8 @@ mod verify;
 mod webhook;
 
 #[cfg(test)]
+mod fill_tests;
+#[cfg(test)]
 mod tamper_tests;
 
 #[doc(hidden)]
@@ -30,7 +32,9 @@ pub mod testing;
 pub use codec::{EVENT_ENCODING_VERSION, decode_event, encode_event};
 pub use error::{Error, Result};
 pub use export::{ExportFormat, OCSF_VERSION, OcsfExporter, to_json_line};
-pub use file::{DROP_PAGES_BYTES, FileSink, FileSinkBuilder, IoHook, StdIo, WRITE_BATCH_BYTES};
+pub use file::{
+    DROP_PAGES_BYTES, FileSink, FileSinkBuilder, IoHook, StdIo, WRITE_BATCH_BYTES, ZERO_AHEAD_BYTES,
+};
 pub use format::{
     CHECKPOINT_FILE, ChainKey, Checkpoint, CheckpointKey, CheckpointSigner, FORMAT_VERSION, Hash,
     LogId, SegmentHeader, hash_hex, segment_file_name,
@@ -56,8 +60,8 @@ pub mod fuzzing {
     //! Entry points for the cargo-fuzz targets in `fuzz/`. Not part of the public API.
 
     use crate::format::{
-        DEFAULT_MAX_RECORD_BYTES, Frame, FrameRead, SegmentHeader, encode_event_frame,
-        encode_seal_frame, read_checkpoint_entries, read_frame,
+        DEFAULT_MAX_RECORD_BYTES, Frame, FrameRead, SegmentHeader, ZERO_TAIL_MIN,
+        encode_event_frame, encode_seal_frame, read_checkpoint_entries, read_frame, torn_write,
     };
     use crate::{decode_event, encode_event};
 
@@ -92,6 +96,15 @@ pub mod fuzzing {
                 }
             }
             rest = rest.get(n..).unwrap_or_default();
+        }
+        // Where the frames stop: what a crash cut short over zeros filled ahead, or not.
+        let at = (data.len() - rest.len()) as u64;
+        if let Some(n) = torn_write(rest, at, header.log_id, DEFAULT_MAX_RECORD_BYTES) {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            let zeros = rest.get(n..).unwrap_or_default();
+            assert!(zeros.len() as u64 >= ZERO_TAIL_MIN);
+            assert!(zeros.iter().all(|b| *b == 0));
+            assert!(n == 0 || rest.get(n - 1).is_some_and(|b| *b != 0));
         }
     }
 }

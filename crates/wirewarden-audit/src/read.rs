@@ -2,7 +2,10 @@
 //!
 //! The reader checks every record it returns (log id, keyed hash, sequence number, link to
 //! the previous record, seals) so replay and export never show an event the chain does not
-//! vouch for. An incomplete last record is treated as not written yet. A record that
+//! vouch for. An incomplete last record, and zeros after the last record of the open
+//! segment (space the writer filled ahead), are treated as not written yet; so is a last
+//! write over those zeros that is still in progress or that a crash cut short (see
+//! `verify`). A record that
 //! verifies but was written by a newer version of the event encoding is passed over and
 //! counted ([`LogReader::unreadable`]), not taken for damage.
 
@@ -15,7 +18,7 @@ use wirewarden_core::AuditEvent;
 use crate::codec::decode_event;
 use crate::format::{
     DEFAULT_MAX_RECORD_BYTES, Frame, FrameRead, Hash, LogId, SegmentHeader, genesis, read_frame,
-    segment_path,
+    segment_path, torn_write,
 };
 use crate::verify::VerifyKeys;
 use crate::{Error, Result};
@@ -141,6 +144,9 @@ impl LogReader {
                             || rec.prev != self.head
                             || !rec.hash_is_valid(&self.keys.chain, &self.genesis)
                         {
+                            if self.being_written(rest, pos) {
+                                break;
+                            }
                             return Err(self.damaged("record does not verify".into()));
                         }
                         match decode_event(rec.event) {
@@ -173,7 +179,7 @@ impl LogReader {
                     }
                     FrameRead::Incomplete => break,
                     FrameRead::Unframed(e) | FrameRead::Invalid(e) => {
-                        if rest.iter().all(|b| *b == 0) {
+                        if rest.iter().all(|b| *b == 0) || self.being_written(rest, pos) {
                             break;
                         }
                         return Err(self.damaged(format!("unreadable record: {e}")));
@@ -185,6 +191,21 @@ impl LogReader {
                 return Ok(out);
             }
         }
+    }
+
+    /// Whether `rest`, read from `pos` of what was read this time, may be records the
+    /// writer is writing over the zeros it filled ahead right now (or that a crash cut
+    /// short): not written yet, like an incomplete last record.
+    fn being_written(&self, rest: &[u8], pos: usize) -> bool {
+        self.log_id.is_some_and(|log_id| {
+            torn_write(
+                rest,
+                self.offset.saturating_add(pos as u64),
+                log_id,
+                DEFAULT_MAX_RECORD_BYTES,
+            )
+            .is_some()
+        })
     }
 
     fn check_header(&mut self, h: &SegmentHeader) -> Result<()> {

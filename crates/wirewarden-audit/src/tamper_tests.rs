@@ -323,15 +323,28 @@ fn a_wrong_checkpoint_key_is_caught() {
 
 #[derive(Debug, Default)]
 struct Faults {
+    /// Fail the write after this many writes of headers, records and checkpoints.
     fail_write_after: Option<usize>,
     fail_sync_after: Option<usize>,
+    /// Fail filling a segment with zeros.
+    fail_zero_fill: bool,
+    /// Writes of headers, records and checkpoints.
     writes: AtomicUsize,
+    /// Writes of zeros filled ahead (not counted in `writes`).
+    zero_writes: AtomicUsize,
     syncs: AtomicUsize,
     syncs_after_failure: AtomicUsize,
 }
 
 impl IoHook for Faults {
     fn write(&self, file: &mut fs::File, _path: &Path, buf: &[u8]) -> io::Result<()> {
+        if buf.iter().all(|b| *b == 0) {
+            self.zero_writes.fetch_add(1, Ordering::SeqCst);
+            if self.fail_zero_fill {
+                return Err(io::Error::other("injected: no space left on device"));
+            }
+            return io::Write::write_all(file, buf);
+        }
         let n = self.writes.fetch_add(1, Ordering::SeqCst);
         if self.fail_write_after.is_some_and(|k| n >= k) {
             // A short write, then the error: what a full disk does.
@@ -421,6 +434,20 @@ fn a_failed_write_poisons_the_sink() {
 }
 
 #[test]
+fn a_failed_zero_fill_poisons_before_any_record_is_written() {
+    let f = poisoned_after(
+        Faults {
+            fail_zero_fill: true,
+            ..Faults::default()
+        },
+        Durability::Fsync,
+    );
+    // The segment header only: no record went out over space that is not zeros on disk.
+    assert_eq!(f.writes.load(Ordering::SeqCst), 1);
+    assert_eq!(f.zero_writes.load(Ordering::SeqCst), 1);
+}
+
+#[test]
 fn buffered_mode_is_poisoned_too() {
     poisoned_after(
         Faults {
@@ -433,8 +460,10 @@ fn buffered_mode_is_poisoned_too() {
 
 #[test]
 fn a_batch_whose_sync_fails_records_nothing_and_poisons() {
+    // Creating segment 0 takes two syncs (file, directory) and filling it with zeros ahead
+    // of the first records a third.
     let faults = Arc::new(Faults {
-        fail_sync_after: Some(3),
+        fail_sync_after: Some(4),
         ..Faults::default()
     });
     let dir = tempfile::tempdir().unwrap();
@@ -450,7 +479,7 @@ fn a_batch_whose_sync_fails_records_nothing_and_poisons() {
         .unwrap();
         let s = SessionId::new();
         let batch: Vec<_> = (0..4).map(|i| numbered_event(s, i)).collect();
-        // The first batch's sync succeeds (segment creation took two), the second fails.
+        // The first batch's sync succeeds, the second fails.
         assert_eq!(sink.append_events(&batch).await.unwrap(), vec![0, 1, 2, 3]);
         let (recorded, e) = sink.append_events(&batch).await.unwrap_err();
         assert_eq!(

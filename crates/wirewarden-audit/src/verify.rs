@@ -10,7 +10,12 @@
 //!
 //! An incomplete last record in the last segment is what a crash mid-append leaves; it is
 //! reported as a torn tail (not damage) unless a checkpoint covers it, in which case someone
-//! cut the log. Whole records removed from the tail are detectable only back to the latest
+//! cut the log. Zeros after the last record of the last segment are space an fsync-mode
+//! writer filled ahead, not damage. A write over them that a crash cut short leaves a record
+//! that does not verify followed by the zeros; it is a torn tail too when the cut shows the
+//! way a lost page does (a length that is zero, a record running into the zeros, or one of
+//! its pages zero from the page boundary on) and no more than one write comes before the
+//! zeros. A record changed in place shows none of that and stays damage. Whole records removed from the tail are detectable only back to the latest
 //! checkpoint; periodic checkpoints bound that window.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,7 +26,7 @@ use crate::codec::decode_event;
 use crate::format::{
     CHECKPOINT_FILE, ChainKey, Checkpoint, CheckpointKey, DEFAULT_MAX_RECORD_BYTES, Frame,
     FrameRead, Hash, LogId, SegmentHeader, genesis, parse_segment_file_name,
-    read_checkpoint_entries, read_frame,
+    read_checkpoint_entries, read_frame, torn_write,
 };
 use crate::{Error, Result};
 
@@ -172,6 +177,8 @@ pub(crate) struct TailState {
     pub(crate) head: Hash,
     pub(crate) last_segment: Option<u64>,
     pub(crate) last_segment_valid_len: u64,
+    /// The last segment file's length: zeros after `last_segment_valid_len` when longer.
+    pub(crate) last_segment_len: u64,
     pub(crate) last_segment_sealed: bool,
     pub(crate) last_header_complete: bool,
     pub(crate) checkpoint_valid_len: u64,
@@ -448,6 +455,7 @@ impl Walk<'_> {
         let seg = Some(index);
         self.report.tail.last_segment = Some(index);
         self.report.tail.last_segment_sealed = false;
+        self.report.tail.last_segment_len = data.len() as u64;
         self.report.tail.last_header_complete = false;
         self.report.tail.last_segment_valid_len = 0;
         let (header, header_len) = match SegmentHeader::decode(data) {
@@ -567,6 +575,30 @@ impl Walk<'_> {
         let mut sealed = false;
         while let Some(rest) = data.get(offset..).filter(|r| !r.is_empty()) {
             let seq = self.expected();
+            if is_last && !sealed && rest.iter().all(|b| *b == 0) {
+                // No record here: space an fsync-mode writer filled with zeros ahead of its
+                // records, or a file system that extended the file before its data arrived.
+                break;
+            }
+            // A frame that does not verify at the end of the open segment, where a crash may
+            // have cut a write short.
+            let torn = |w: &mut Self| {
+                let bytes = match w.report.log_id {
+                    Some(log_id) if is_last && !sealed => {
+                        torn_write(rest, offset as u64, log_id, w.max)
+                    }
+                    _ => None,
+                };
+                if let Some(bytes) = bytes {
+                    w.torn = Some(TornTail {
+                        segment: index,
+                        seq,
+                        offset: offset as u64,
+                        bytes,
+                    });
+                }
+                bytes.is_some()
+            };
             match read_frame(rest, self.max) {
                 FrameRead::Complete(Frame::Event(rec), n) => {
                     if sealed {
@@ -579,6 +611,9 @@ impl Walk<'_> {
                         return Ok(Flow::Stop);
                     }
                     if rec.log_id != self.report.log_id.unwrap_or(rec.log_id) {
+                        if torn(self) {
+                            return Ok(Flow::Stop);
+                        }
                         self.damage(
                             seq,
                             DamageKind::Spliced,
@@ -588,6 +623,9 @@ impl Walk<'_> {
                         return Ok(Flow::Stop);
                     }
                     if !rec.hash_is_valid(&self.keys.chain, &self.genesis) {
+                        if torn(self) {
+                            return Ok(Flow::Stop);
+                        }
                         self.damage(
                             seq,
                             DamageKind::Modified,
@@ -694,14 +732,7 @@ impl Walk<'_> {
                     return Ok(Flow::Stop);
                 }
                 FrameRead::Unframed(e) => {
-                    if is_last && rest.iter().all(|b| *b == 0) {
-                        // The file system extended the file but the data never arrived.
-                        self.torn = Some(TornTail {
-                            segment: index,
-                            seq,
-                            offset: offset as u64,
-                            bytes: rest.len() as u64,
-                        });
+                    if torn(self) {
                         return Ok(Flow::Stop);
                     }
                     self.damage(
@@ -713,6 +744,9 @@ impl Walk<'_> {
                     return Ok(Flow::Stop);
                 }
                 FrameRead::Invalid(e) => {
+                    if torn(self) {
+                        return Ok(Flow::Stop);
+                    }
                     self.damage(
                         seq,
                         DamageKind::Modified,

@@ -18,12 +18,13 @@ use wirewarden_core::SessionId;
 /// Counts the writes to segment files (the checkpoint file is `checkpoints.wwck`).
 #[derive(Debug, Default)]
 struct CountWrites {
+    /// Writes of records, headers and seals to segments (not of zeros filled ahead).
     segment_writes: AtomicUsize,
 }
 
 impl IoHook for CountWrites {
     fn write(&self, file: &mut File, path: &Path, buf: &[u8]) -> io::Result<()> {
-        if path.extension().is_some_and(|e| e == "wwseg") {
+        if path.extension().is_some_and(|e| e == "wwseg") && buf.iter().any(|b| *b != 0) {
             self.segment_writes.fetch_add(1, Ordering::SeqCst);
         }
         io::Write::write_all(file, buf)

@@ -52,8 +52,16 @@ async fn appends_waiting_on_a_sync_share_the_next_one() {
         .open()
         .unwrap(),
     );
-    gate.armed.store(true, Ordering::SeqCst);
     let session = SessionId::new();
+    // A first record, so that the writer has filled the segment with zeros ahead (a sync of
+    // its own) before the gate counts.
+    assert_eq!(
+        sink.append_event(&numbered_event(session, 0))
+            .await
+            .unwrap(),
+        0
+    );
+    gate.armed.store(true, Ordering::SeqCst);
     let first = {
         let sink = Arc::clone(&sink);
         tokio::spawn(async move { sink.append_event(&numbered_event(session, 0)).await })
@@ -82,13 +90,13 @@ async fn appends_waiting_on_a_sync_share_the_next_one() {
     );
     *gate.open.lock().unwrap() = true;
     gate.cv.notify_all();
-    assert_eq!(first.await.unwrap().unwrap(), 0);
+    assert_eq!(first.await.unwrap().unwrap(), 1);
     let mut seqs = Vec::new();
     for t in rest {
         seqs.push(t.await.unwrap().unwrap());
     }
     seqs.sort_unstable();
-    assert_eq!(seqs, (1..16).collect::<Vec<_>>());
+    assert_eq!(seqs, (2..17).collect::<Vec<_>>());
     // One sync for the first record, one shared by the other fifteen.
     assert_eq!(gate.syncs.load(Ordering::SeqCst), 2);
 }

@@ -378,3 +378,53 @@ fn a_record_longer_than_one_write_whose_first_page_was_lost_is_a_torn_tail() {
     zero(&path, &data, off..(off / PAGE + 1) * PAGE);
     assert_torn_then_repaired(&dir, 1, off);
 }
+
+#[test]
+fn a_reader_that_stops_at_zeros_inside_a_record_reads_on() {
+    // Records holding runs of zero bytes longer than a page, across the reader's chunks.
+    let live = tempfile::tempdir().unwrap();
+    let s = SessionId::new();
+    let event = |n: u64| {
+        AuditEvent::new(
+            Some(s),
+            AuditEventKind::Transcript {
+                command_id: None,
+                direction: Direction::FromUpstream,
+                elapsed_us: n,
+                text: format!("{n}{}", "\0".repeat(100_000)),
+                truncated: false,
+            },
+        )
+    };
+    rt().block_on(async {
+        let sink = FileSink::builder(live.path(), key(), signer())
+            .open()
+            .unwrap();
+        let mut reader = LogReader::new(live.path(), keys());
+        let mut seen = 0u64;
+        let mut stopped_inside = 0;
+        for n in 0..12 {
+            let appended = event(n);
+            sink.append_event(&appended).await.unwrap();
+            // A reader may stop at zeros inside the new record; it gets it by the next
+            // poll at the latest.
+            for _ in 0..2 {
+                let got = reader.poll().unwrap();
+                if got.is_empty() && seen == n {
+                    stopped_inside += 1;
+                }
+                for e in got {
+                    assert_eq!(e.seq, seen);
+                    assert_eq!(e.event, appended);
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, n + 1);
+        }
+        // Records longer than a read, with zeros where a read ends: some polls stopped
+        // inside them.
+        assert!(stopped_inside > 0);
+        sink.close().await.unwrap();
+    });
+    assert_eq!(ok(&verify_dir(live.path(), &keys()).unwrap()).events, 12);
+}

@@ -5,7 +5,8 @@
 //! vouch for. An incomplete last record, and zeros after the last record of the open
 //! segment (space the writer filled ahead), are treated as not written yet; so is a last
 //! write over those zeros that is still in progress or that a crash cut short (see
-//! `verify`). A record that
+//! `verify`). A poll reads 64 KiB at a time and stops once what it read ends in zeros, so
+//! a reader that follows a live log does not read the zeros ahead of it again and again. A record that
 //! verifies but was written by a newer version of the event encoding is passed over and
 //! counted ([`LogReader::unreadable`]), not taken for damage.
 
@@ -17,8 +18,8 @@ use wirewarden_core::AuditEvent;
 
 use crate::codec::decode_event;
 use crate::format::{
-    DEFAULT_MAX_RECORD_BYTES, Frame, FrameRead, Hash, LogId, SegmentHeader, genesis, read_frame,
-    segment_path, torn_write,
+    DEFAULT_MAX_RECORD_BYTES, Frame, FrameRead, Hash, LogId, SegmentHeader, ZERO_TAIL_MIN, genesis,
+    read_frame, segment_path, torn_write,
 };
 use crate::verify::VerifyKeys;
 use crate::{Error, Result};
@@ -47,6 +48,8 @@ pub struct LogReader {
     next_seq: u64,
     head: Hash,
     unreadable: u64,
+    /// How much the next read must take at least (the frame it stopped inside).
+    want: u64,
 }
 
 impl LogReader {
@@ -65,6 +68,7 @@ impl LogReader {
             next_seq: 0,
             head: [0; 32],
             unreadable: 0,
+            want: 0,
         }
     }
 
@@ -122,7 +126,8 @@ impl LogReader {
                 self.sealed = false;
             }
             let path = segment_path(&self.dir, self.segment);
-            let Some(data) = read_from(&path, self.offset)? else {
+            let want = std::mem::take(&mut self.want);
+            let Some(data) = read_from(&path, self.offset, want)? else {
                 return Ok(out);
             };
             let mut pos = 0usize;
@@ -177,7 +182,15 @@ impl LogReader {
                         pos = pos.saturating_add(n);
                         break;
                     }
-                    FrameRead::Incomplete => break,
+                    FrameRead::Incomplete => {
+                        // Read at least to the end of this frame next time, in case what
+                        // stopped this read were zeros inside it.
+                        self.want = rest
+                            .get(..4)
+                            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                            .map_or(0, |len| 4 + u64::from(u32::from_le_bytes(len)));
+                        break;
+                    }
                     FrameRead::Unframed(e) | FrameRead::Invalid(e) => {
                         if rest.iter().all(|b| *b == 0) || self.being_written(rest, pos) {
                             break;
@@ -240,18 +253,35 @@ impl LogReader {
     }
 }
 
-fn read_from(path: &Path, offset: u64) -> Result<Option<Vec<u8>>> {
-    let mut f = match File::open(path) {
+/// How much a reader reads at a time: it stops at the end of the file, or once what it has
+/// read (at least `at_least` bytes) ends in zeros, the space a writer filled ahead.
+const READ_CHUNK: u64 = 64 << 10;
+
+fn read_from(path: &Path, offset: u64, at_least: u64) -> Result<Option<Vec<u8>>> {
+    let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open", path, e)),
     };
+    let mut f = f;
     f.seek(SeekFrom::Start(offset))
         .map_err(|e| Error::io("seek", path, e))?;
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf)
-        .map_err(|e| Error::io("read", path, e))?;
-    Ok(Some(buf))
+    loop {
+        let n = f
+            .by_ref()
+            .take(READ_CHUNK)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io("read", path, e))?;
+        let zeros_at_end = buf
+            .len()
+            .checked_sub(ZERO_TAIL_MIN as usize)
+            .and_then(|from| buf.get(from..))
+            .is_some_and(|tail| tail.iter().all(|b| *b == 0));
+        if n == 0 || (buf.len() as u64 >= at_least && zeros_at_end) {
+            return Ok(Some(buf));
+        }
+    }
 }
 
 /// Reads every event of the log in `dir`, in order, after checking each record.

@@ -20,6 +20,7 @@
 //! append fails. A sync is never retried (after a failed `fsync` the kernel may have dropped
 //! the dirty pages, so a retry that succeeds proves nothing).
 
+use std::cell::Cell;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek as _, SeekFrom, Write as _};
@@ -32,7 +33,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use wirewarden_core::{AuditEvent, BoxError, Timestamp};
 
-use crate::codec::encode_event;
+use crate::codec::{Writer, encode_event, encode_event_into};
 use crate::format::{
     CHECKPOINT_FILE, ChainKey, Checkpoint, CheckpointSigner, DEFAULT_MAX_RECORD_BYTES, Hash, LogId,
     RecordHasher, SegmentHeader, TORN_WRITE_MAX, ZERO_TAIL_MIN, encode_checkpoint_entry,
@@ -312,6 +313,37 @@ impl Shared {
 
 // === FileSink ===
 
+thread_local! {
+    /// The events of one batch encoded back to back, and where each ends: encoded before
+    /// the sink's lock is taken, into buffers each thread keeps (taken out while in use, so
+    /// a nested append gets empty ones).
+    static SCRATCH: Cell<(Vec<u8>, Vec<usize>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// What [`FileSink::enqueue`] did: `out` of each sequence number appended, the first event
+/// not appended with the reason, and what [`FileSink::settle`] needs (the last sequence
+/// number, the bytes pending, whether to wake the writer) when anything was appended.
+type Enqueued<T> = (Vec<T>, Option<(usize, Error)>, Option<(u64, usize, bool)>);
+
+/// The buffers to keep for the next batch on this thread: given back when a batch made them
+/// large.
+fn scratch_kept(buf: Vec<u8>, ends: Vec<usize>) -> (Vec<u8>, Vec<usize>) {
+    const KEPT_BYTES: usize = 1 << 20;
+    const KEPT_ENDS: usize = 4096;
+    (
+        if buf.capacity() > KEPT_BYTES {
+            Vec::new()
+        } else {
+            buf
+        },
+        if ends.capacity() > KEPT_ENDS {
+            Vec::new()
+        } else {
+            ends
+        },
+    )
+}
+
 /// The default [`AuditSink`]: hash-chained segment files with signed checkpoints.
 ///
 /// See the crate documentation for the format and `docs` for the threat model.
@@ -485,7 +517,7 @@ impl FileSink {
         &self,
         events: &[AuditEvent],
     ) -> std::result::Result<Vec<u64>, (usize, Error)> {
-        self.append_events_as(events, self.durability == Durability::Fsync)
+        self.append_events_as(events, self.durability == Durability::Fsync, |seq| seq)
             .await
     }
 
@@ -502,35 +534,91 @@ impl FileSink {
         &self,
         events: &[AuditEvent],
     ) -> std::result::Result<Vec<u64>, (usize, Error)> {
-        self.append_events_as(events, false).await
+        self.append_events_as(events, false, |seq| seq).await
     }
 
-    async fn append_events_as(
+    async fn append_events_as<T>(
         &self,
         events: &[AuditEvent],
         urgent: bool,
-    ) -> std::result::Result<Vec<u64>, (usize, Error)> {
-        // Encoding needs no lock; an event that cannot be encoded ends the batch there.
-        let mut encoded = Vec::with_capacity(events.len());
-        let mut failed = None;
-        for (i, event) in events.iter().enumerate() {
-            match self.encode(event) {
-                Ok(bytes) => encoded.push(bytes),
-                Err(e) => {
-                    failed = Some((i, e));
-                    break;
-                }
-            }
+        out: impl Fn(u64) -> T,
+    ) -> std::result::Result<Vec<T>, (usize, Error)> {
+        let (appended, failed, settle) = self.enqueue(events, urgent, out)?;
+        if let Some((last, pending, wake)) = settle {
+            self.settle(last, pending, wake, urgent)
+                .await
+                .map_err(|e| (0, e))?;
         }
-        let appended = self.append_encoded(&encoded, urgent).await;
-        match (appended, failed) {
-            (Err((i, e)), _) | (Ok(_), Some((i, e))) => Err((i, e)),
-            (Ok(seqs), None) => Ok(seqs),
+        match failed {
+            Some(f) => Err(f),
+            None => Ok(appended),
         }
     }
 
+    /// Encodes `events` (without the lock, into this thread's reused buffer) and chains them
+    /// into the pending records under one lock. Returns `out` of each sequence number, the
+    /// first event not appended with the reason (an event that cannot be encoded ends the
+    /// batch there), and what [`settle`](Self::settle) needs: the last sequence number, the
+    /// bytes pending and whether to wake the writer.
+    fn enqueue<T>(
+        &self,
+        events: &[AuditEvent],
+        urgent: bool,
+        out: impl Fn(u64) -> T,
+    ) -> std::result::Result<Enqueued<T>, (usize, Error)> {
+        let (mut buf, mut ends) = SCRATCH.take();
+        buf.clear();
+        ends.clear();
+        let mut failed = None;
+        for (i, event) in events.iter().enumerate() {
+            let start = buf.len();
+            let mut w = Writer { buf };
+            let encoded = encode_event_into(event, &mut w)
+                .and_then(|()| self.check_record_len(w.buf.len() - start));
+            buf = w.buf;
+            if let Err(e) = encoded {
+                buf.truncate(start);
+                failed = Some((i, e));
+                break;
+            }
+            ends.push(buf.len());
+        }
+        let mut appended = Vec::with_capacity(ends.len());
+        let settle = if ends.is_empty() {
+            None
+        } else {
+            let mut st = self.shared.lock();
+            if let Err(e) = self.check_usable(&st) {
+                drop(st);
+                SCRATCH.with(|s| s.set(scratch_kept(buf, ends)));
+                return Err((0, e));
+            }
+            let before = st.pending.len();
+            let mut start = 0;
+            let mut last = None;
+            for &end in &ends {
+                match self.chain(&mut st, buf.get(start..end).unwrap_or_default()) {
+                    Ok(seq) => {
+                        appended.push(out(seq));
+                        last = Some(seq);
+                    }
+                    Err(e) => {
+                        failed = Some((appended.len(), e));
+                        break;
+                    }
+                }
+                start = end;
+            }
+            let wake = self.wake_writer(&mut st, before, urgent && last.is_some());
+            last.map(|l| (l, st.pending.len(), wake))
+        };
+        SCRATCH.with(|s| s.set(scratch_kept(buf, ends)));
+        Ok((appended, failed, settle))
+    }
+
     /// Chains and appends events already encoded, in order; `Err((n, e))`: the first `n`
-    /// were appended, the rest not.
+    /// were appended, the rest not. For tests that write records no event encodes to.
+    #[cfg(test)]
     pub(crate) async fn append_encoded(
         &self,
         encoded: &[Vec<u8>],
@@ -589,7 +677,13 @@ impl FileSink {
     /// The canonical encoding of `event`, refused when over the record limit.
     fn encode(&self, event: &AuditEvent) -> Result<Vec<u8>> {
         let bytes = encode_event(event)?;
-        let frame_len = event_frame_len(bytes.len());
+        self.check_record_len(bytes.len())?;
+        Ok(bytes)
+    }
+
+    /// Refuses an event of `len` encoded bytes whose record would be over the limit.
+    fn check_record_len(&self, len: usize) -> Result<()> {
+        let frame_len = event_frame_len(len);
         if frame_len.saturating_sub(4) > self.max_record_bytes as usize {
             return Err(Error::TooLarge {
                 what: "audit record",
@@ -597,7 +691,7 @@ impl FileSink {
                 limit: u64::from(self.max_record_bytes),
             });
         }
-        Ok(bytes)
+        Ok(())
     }
 
     /// Gives `bytes` the next sequence number and links it into the chain (under the lock).
@@ -828,26 +922,25 @@ impl AuditSink for FileSink {
     }
 
     async fn append_batch(&self, events: &[AuditEvent]) -> Result<Vec<Appended>, PartialBatch> {
-        match self.append_events(events).await {
-            Ok(seqs) => Ok(seqs.into_iter().map(Appended::at).collect()),
-            Err((recorded, e)) => Err(PartialBatch {
+        let urgent = self.durability == Durability::Fsync;
+        self.append_events_as(events, urgent, Appended::at)
+            .await
+            .map_err(|(recorded, e)| PartialBatch {
                 recorded,
                 error: Box::new(e),
-            }),
-        }
+            })
     }
 
     async fn append_batch_unawaited(
         &self,
         events: &[AuditEvent],
     ) -> Result<Vec<Appended>, PartialBatch> {
-        match self.append_events_unawaited(events).await {
-            Ok(seqs) => Ok(seqs.into_iter().map(Appended::at).collect()),
-            Err((recorded, e)) => Err(PartialBatch {
+        self.append_events_as(events, false, Appended::at)
+            .await
+            .map_err(|(recorded, e)| PartialBatch {
                 recorded,
                 error: Box::new(e),
-            }),
-        }
+            })
     }
 
     async fn flush(&self) -> Result<(), BoxError> {

@@ -833,12 +833,18 @@ impl RedisProxy {
         Metrics::add(&metrics.sessions_started, 1);
         metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
         let (outcomes, rx) = mpsc::channel(OUTCOME_QUEUE);
-        let writer = tokio::spawn(outcome_writer(self.pipeline.clone(), rx));
+        let spare_batches = SpareBatches::default();
+        let writer = tokio::spawn(outcome_writer(
+            self.pipeline.clone(),
+            rx,
+            spare_batches.clone(),
+        ));
         let principal_expiry = principal.expires_at;
         let mut relay = Relay {
             proxy: self,
             outcomes,
             outcome_batch: Vec::new(),
+            spare_batches,
             steps: Vec::new(),
             intents: Vec::new(),
             principal,
@@ -1029,21 +1035,60 @@ const STEP_BATCH: usize = 256;
 /// intent's sync (or within the sink's write delay) rather than with one of their own, and
 /// for a sink that waits anyway what queued up meanwhile goes as one batch. The relay hands
 /// over one batch per flush, so the writer is woken once per pipeline, not once per record.
-async fn outcome_writer(pipeline: Arc<Pipeline>, mut rx: mpsc::Receiver<Vec<AuditEvent>>) {
+async fn outcome_writer(
+    pipeline: Arc<Pipeline>,
+    mut rx: mpsc::Receiver<Vec<AuditEvent>>,
+    spares: SpareBatches,
+) {
     let mut batches = Vec::with_capacity(OUTCOME_QUEUE);
     let mut events = Vec::new();
     while rx.recv_many(&mut batches, OUTCOME_QUEUE).await > 0 {
         if let [batch] = &batches[..] {
             // The usual case: one flush's records, appended where they are.
             pipeline.record_batch_unawaited(batch).await;
-            batches.clear();
-            continue;
+        } else {
+            for batch in &mut batches {
+                events.append(batch);
+            }
+            pipeline.record_batch_unawaited(&events).await;
+            events.clear();
         }
         for batch in batches.drain(..) {
-            events.extend(batch);
+            spares.give_back(batch);
         }
-        pipeline.record_batch_unawaited(&events).await;
-        events.clear();
+    }
+}
+
+/// Emptied outcome batches the writer hands back to its relay, so that a flush does not
+/// allocate a fresh list for its records each time.
+#[derive(Debug, Clone, Default)]
+struct SpareBatches(Arc<std::sync::Mutex<Vec<Vec<AuditEvent>>>>);
+
+impl SpareBatches {
+    /// Batches kept at most; a list grown by a long pipeline is let go instead.
+    const KEPT: usize = 4;
+    const KEPT_CAPACITY: usize = 2 * STEP_BATCH;
+
+    fn give_back(&self, mut batch: Vec<AuditEvent>) {
+        batch.clear();
+        if batch.capacity() == 0 || batch.capacity() > Self::KEPT_CAPACITY {
+            return;
+        }
+        let mut spares = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if spares.len() < Self::KEPT {
+            spares.push(batch);
+        }
+    }
+
+    fn take(&self) -> Vec<AuditEvent> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default()
     }
 }
 
@@ -1053,6 +1098,8 @@ struct Relay<'p> {
     outcomes: mpsc::Sender<Vec<AuditEvent>>,
     /// Outcome records of the replies being flushed, handed to the writer together.
     outcome_batch: Vec<AuditEvent>,
+    /// Lists the writer has emptied, for the next flush's records.
+    spare_batches: SpareBatches,
     /// The decided, not yet forwarded requests of the current batch, in order.
     steps: Vec<Step>,
     /// The intent records the batch's steps wait for.
@@ -1213,6 +1260,9 @@ impl Relay<'_> {
         // The list keeps its capacity from flush to flush; each command leaves at most two
         // records (its completion and, if it has a recording, its transcript).
         let mut completed = std::mem::take(&mut self.completed);
+        if self.outcome_batch.capacity() == 0 && !completed.is_empty() {
+            self.outcome_batch = self.spare_batches.take();
+        }
         self.outcome_batch.reserve(2 * completed.len());
         for p in completed.drain(..) {
             self.record_completion(p);
@@ -2079,6 +2129,39 @@ mod tests {
             assert_eq!(map.remove(&t), Some(t * 2));
         }
         assert_eq!(map.len(), 10_000 - 3334);
+    }
+
+    #[test]
+    fn spare_batches_come_back_empty_and_are_bounded() {
+        let spares = SpareBatches::default();
+        assert_eq!(spares.take().capacity(), 0, "none given back yet");
+        let event = || {
+            AuditEvent::new(
+                None,
+                AuditEventKind::ProtocolError {
+                    direction: Direction::FromClient,
+                    error: "x".into(),
+                },
+            )
+        };
+        for _ in 0..SpareBatches::KEPT + 2 {
+            let mut batch = Vec::with_capacity(8);
+            batch.push(event());
+            spares.give_back(batch);
+        }
+        // A list grown past what a flush needs is let go.
+        spares.give_back(Vec::with_capacity(SpareBatches::KEPT_CAPACITY + 1));
+        let mut kept = 0;
+        loop {
+            let batch = spares.take();
+            if batch.capacity() == 0 {
+                break;
+            }
+            assert!(batch.is_empty());
+            assert_eq!(batch.capacity(), 8);
+            kept += 1;
+        }
+        assert_eq!(kept, SpareBatches::KEPT);
     }
 
     fn args_for(spec: &wirewarden_redis::CommandSpec, container: Option<&str>) -> Vec<Bytes> {

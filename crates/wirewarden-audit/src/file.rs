@@ -543,33 +543,11 @@ impl FileSink {
         urgent: bool,
         out: impl Fn(u64) -> T,
     ) -> std::result::Result<Vec<T>, (usize, Error)> {
-        let (appended, failed, settle) = self.enqueue(events, urgent, out)?;
-        if let Some((last, pending, wake)) = settle {
-            self.settle(last, pending, wake, urgent)
-                .await
-                .map_err(|e| (0, e))?;
-        }
-        match failed {
-            Some(f) => Err(f),
-            None => Ok(appended),
-        }
-    }
-
-    /// Encodes `events` (without the lock, into this thread's reused buffer) and chains them
-    /// into the pending records under one lock. Returns `out` of each sequence number, the
-    /// first event not appended with the reason (an event that cannot be encoded ends the
-    /// batch there), and what [`settle`](Self::settle) needs: the last sequence number, the
-    /// bytes pending and whether to wake the writer.
-    fn enqueue<T>(
-        &self,
-        events: &[AuditEvent],
-        urgent: bool,
-        out: impl Fn(u64) -> T,
-    ) -> std::result::Result<Enqueued<T>, (usize, Error)> {
+        // Encoding needs no lock; an event that cannot be encoded ends the batch there.
         let (mut buf, mut ends) = SCRATCH.take();
         buf.clear();
         ends.clear();
-        let mut failed = None;
+        let mut unencoded = None;
         for (i, event) in events.iter().enumerate() {
             let start = buf.len();
             let mut w = Writer { buf };
@@ -578,42 +556,16 @@ impl FileSink {
             buf = w.buf;
             if let Err(e) = encoded {
                 buf.truncate(start);
-                failed = Some((i, e));
+                unencoded = Some((i, e));
                 break;
             }
             ends.push(buf.len());
         }
-        let mut appended = Vec::with_capacity(ends.len());
-        let settle = if ends.is_empty() {
-            None
-        } else {
-            let mut st = self.shared.lock();
-            if let Err(e) = self.check_usable(&st) {
-                drop(st);
-                SCRATCH.with(|s| s.set(scratch_kept(buf, ends)));
-                return Err((0, e));
-            }
-            let before = st.pending.len();
-            let mut start = 0;
-            let mut last = None;
-            for &end in &ends {
-                match self.chain(&mut st, buf.get(start..end).unwrap_or_default()) {
-                    Ok(seq) => {
-                        appended.push(out(seq));
-                        last = Some(seq);
-                    }
-                    Err(e) => {
-                        failed = Some((appended.len(), e));
-                        break;
-                    }
-                }
-                start = end;
-            }
-            let wake = self.wake_writer(&mut st, before, urgent && last.is_some());
-            last.map(|l| (l, st.pending.len(), wake))
-        };
+        let enqueued = self.enqueue(&buf, &ends, urgent, out);
         SCRATCH.with(|s| s.set(scratch_kept(buf, ends)));
-        Ok((appended, failed, settle))
+        let (appended, failed, settle) = enqueued?;
+        self.finish(appended, failed.or(unencoded), settle, urgent)
+            .await
     }
 
     /// Chains and appends events already encoded, in order; `Err((n, e))`: the first `n`
@@ -624,34 +576,70 @@ impl FileSink {
         encoded: &[Vec<u8>],
         urgent: bool,
     ) -> std::result::Result<Vec<u64>, (usize, Error)> {
+        let ends: Vec<usize> = encoded
+            .iter()
+            .scan(0, |end, e| {
+                *end += e.len();
+                Some(*end)
+            })
+            .collect();
+        let (appended, failed, settle) = self.enqueue(&encoded.concat(), &ends, urgent, |s| s)?;
+        self.finish(appended, failed, settle, urgent).await
+    }
+
+    /// Chains the events encoded back to back in `buf` (each ending at the next of `ends`)
+    /// into the pending records under one lock.
+    fn enqueue<T>(
+        &self,
+        buf: &[u8],
+        ends: &[usize],
+        urgent: bool,
+        out: impl Fn(u64) -> T,
+    ) -> std::result::Result<Enqueued<T>, (usize, Error)> {
+        let mut appended = Vec::with_capacity(ends.len());
+        if ends.is_empty() {
+            return Ok((appended, None, None));
+        }
+        let mut st = self.shared.lock();
+        self.check_usable(&st).map_err(|e| (0, e))?;
+        let before = st.pending.len();
         let mut failed = None;
-        let mut seqs = Vec::with_capacity(encoded.len());
-        if !encoded.is_empty() {
-            let (last, pending, wake) = {
-                let mut st = self.shared.lock();
-                self.check_usable(&st).map_err(|e| (0, e))?;
-                let before = st.pending.len();
-                for bytes in encoded {
-                    match self.chain(&mut st, bytes) {
-                        Ok(seq) => seqs.push(seq),
-                        Err(e) => {
-                            failed = Some((seqs.len(), e));
-                            break;
-                        }
-                    }
+        let mut start = 0;
+        let mut last = None;
+        for &end in ends {
+            match self.chain(&mut st, buf.get(start..end).unwrap_or_default()) {
+                Ok(seq) => {
+                    appended.push(out(seq));
+                    last = Some(seq);
                 }
-                let wake = self.wake_writer(&mut st, before, urgent && !seqs.is_empty());
-                (seqs.last().copied(), st.pending.len(), wake)
-            };
-            if let Some(last) = last {
-                self.settle(last, pending, wake, urgent)
-                    .await
-                    .map_err(|e| (0, e))?;
+                Err(e) => {
+                    failed = Some((appended.len(), e));
+                    break;
+                }
             }
+            start = end;
+        }
+        let wake = self.wake_writer(&mut st, before, urgent && last.is_some());
+        Ok((appended, failed, last.map(|l| (l, st.pending.len(), wake))))
+    }
+
+    /// Waits as [`settle`](Self::settle) says for what [`enqueue`](Self::enqueue) appended,
+    /// then reports the first event not appended, if any.
+    async fn finish<T>(
+        &self,
+        appended: Vec<T>,
+        failed: Option<(usize, Error)>,
+        settle: Option<(u64, usize, bool)>,
+        urgent: bool,
+    ) -> std::result::Result<Vec<T>, (usize, Error)> {
+        if let Some((last, pending, wake)) = settle {
+            self.settle(last, pending, wake, urgent)
+                .await
+                .map_err(|e| (0, e))?;
         }
         match failed {
             Some(f) => Err(f),
-            None => Ok(seqs),
+            None => Ok(appended),
         }
     }
 

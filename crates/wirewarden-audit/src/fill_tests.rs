@@ -12,6 +12,7 @@ use crate::format::{
     Frame, FrameRead, SegmentHeader, TORN_WRITE_MAX, ZERO_TAIL_MIN, read_frame, segment_path,
 };
 use crate::read::read_log;
+use crate::testing::transcript_event;
 use crate::{
     ChainKey, CheckpointSigner, DamageKind, Durability, FileSink, IoHook, LogReader, Report,
     VerifyKeys, verify_dir,
@@ -47,16 +48,7 @@ fn sized_event(session: SessionId, n: u64, len: usize) -> AuditEvent {
     while text.len() < len {
         text.push((b'a' + (text.len() % 26) as u8) as char);
     }
-    AuditEvent::new(
-        Some(session),
-        AuditEventKind::Transcript {
-            command_id: None,
-            direction: Direction::FromClient,
-            elapsed_us: n,
-            text,
-            truncated: false,
-        },
-    )
+    transcript_event(session, n, text)
 }
 
 /// A log as a power cut leaves it: `n` records with `len` bytes of text each, appended in
@@ -190,94 +182,116 @@ fn a_buffered_sink_cuts_the_zeros_before_it_appends() {
     assert_eq!(recs.last().map(|(o, n)| o + n), Some(data.len()));
 }
 
-#[test]
-fn a_last_record_whose_end_never_reached_the_disk_is_a_torn_tail() {
-    let dir = crash_image(30, 6000);
+/// A crash image of `n` records with `len` bytes of text each, whose bytes `lost` (chosen
+/// from the records' offsets and lengths) went back to zeros: pages a write never got onto
+/// the disk, or a disk lost later. Returns the image and the records' offsets and lengths.
+fn with_lost_bytes(
+    n: u64,
+    len: usize,
+    lost: impl Fn(&[(usize, usize)]) -> std::ops::Range<usize>,
+) -> (tempfile::TempDir, Vec<(usize, usize)>) {
+    let dir = crash_image(n, len);
     let path = seg0(&dir);
     let (data, recs) = records(&path);
-    let (off, n) = *recs.last().unwrap();
-    // Its first page arrived, the rest kept the zeros.
-    let page = (off / PAGE + 1) * PAGE;
-    assert!(page < off + n);
-    zero(&path, &data, page..off + n);
-    assert_torn_then_repaired(&dir, 29, off);
+    zero(&path, &data, lost(&recs));
+    (dir, recs)
 }
 
-#[test]
-fn a_write_whose_first_page_never_reached_the_disk_is_a_torn_tail() {
-    let dir = crash_image(30, 3000);
-    let path = seg0(&dir);
-    let (data, recs) = records(&path);
-    // The last two records went out in one write; the page holding the start of the first
-    // kept its zeros (from that record on), the pages after it arrived.
-    let (off, _) = recs[recs.len() - 2];
-    let page_end = (off / PAGE + 1) * PAGE;
-    zero(&path, &data, off..page_end);
-    assert_torn_then_repaired(&dir, 28, off);
+/// The first page boundary after `offset`.
+fn next_page(offset: usize) -> usize {
+    (offset / PAGE + 1) * PAGE
 }
 
-#[test]
-fn a_page_lost_inside_the_last_write_is_a_torn_tail_even_with_whole_records_after_it() {
-    let dir = crash_image(30, 9000);
-    let path = seg0(&dir);
-    let (data, recs) = records(&path);
-    let (off, n) = recs[recs.len() - 3];
-    // A whole page inside record 27 kept its zeros; records 28 and 29 arrived.
-    let page = (off / PAGE + 1) * PAGE;
-    assert!(page + PAGE <= off + n);
-    zero(&path, &data, page..page + PAGE);
-    assert_torn_then_repaired(&dir, 27, off);
+/// A whole page inside the record at `offset`, `len` bytes long.
+fn page_inside(offset: usize, len: usize) -> std::ops::Range<usize> {
+    let page = next_page(offset);
+    assert!(page + PAGE <= offset + len, "no whole page in the record");
+    page..page + PAGE
 }
 
-#[test]
-fn a_record_changed_in_place_before_the_zeros_is_damage_not_a_torn_tail() {
-    for back in [1, 2] {
-        let dir = crash_image(30, 3000);
-        let path = seg0(&dir);
-        let (mut data, recs) = records(&path);
-        let (off, n) = recs[recs.len() - back];
-        data[off + n / 2] ^= 0x20;
-        fs::write(&path, &data).unwrap();
-        let r = verify_dir(dir.path(), &keys()).unwrap();
-        let d = r
-            .damage
-            .as_ref()
-            .unwrap_or_else(|| panic!("no damage: {r}"));
-        assert_eq!(
-            (d.kind, d.seq),
-            (DamageKind::Modified, 30 - back as u64),
-            "{d}"
-        );
-        assert!(r.torn_tail.is_none());
-        assert!(LogReader::new(dir.path(), keys()).poll().is_err());
-        assert!(
-            FileSink::builder(dir.path(), key(), signer())
-                .open()
-                .is_err(),
-            "a damaged log was reopened"
-        );
-    }
-}
-
-#[test]
-fn a_lost_page_further_back_than_one_write_is_damage() {
-    // More than one write's worth of records after the lost page: those were on disk
-    // before the page could have been written, so the page was lost later.
-    let len = 9000;
-    let count = (TORN_WRITE_MAX as usize / len + 10) as u64;
-    let dir = crash_image(count, len);
-    let path = seg0(&dir);
-    let (data, recs) = records(&path);
-    let (off, n) = recs[2];
-    let page = (off / PAGE + 1) * PAGE;
-    assert!(page + PAGE <= off + n);
-    zero(&path, &data, page..page + PAGE);
+/// Checks that the log in `dir` is damaged, `modified` at `seq`, and is not reopened.
+fn assert_modified(dir: &tempfile::TempDir, seq: u64) {
     let r = verify_dir(dir.path(), &keys()).unwrap();
     let d = r
         .damage
         .as_ref()
         .unwrap_or_else(|| panic!("no damage: {r}"));
-    assert_eq!((d.kind, d.seq), (DamageKind::Modified, 2), "{d}");
+    assert_eq!((d.kind, d.seq), (DamageKind::Modified, seq), "{d}");
+    assert!(r.torn_tail.is_none());
+    assert!(
+        FileSink::builder(dir.path(), key(), signer())
+            .open()
+            .is_err(),
+        "a damaged log was reopened"
+    );
+}
+
+#[test]
+fn a_last_record_whose_end_never_reached_the_disk_is_a_torn_tail() {
+    // Its first page arrived, the rest kept the zeros.
+    let (dir, recs) = with_lost_bytes(30, 6000, |recs| {
+        let (off, n) = recs[29];
+        next_page(off)..off + n
+    });
+    assert_torn_then_repaired(&dir, 29, recs[29].0);
+}
+
+#[test]
+fn a_write_whose_first_page_never_reached_the_disk_is_a_torn_tail() {
+    // The last two records went out in one write; the page holding the start of the first
+    // kept its zeros (from that record on), the pages after it arrived.
+    let (dir, recs) = with_lost_bytes(30, 3000, |recs| recs[28].0..next_page(recs[28].0));
+    assert_torn_then_repaired(&dir, 28, recs[28].0);
+}
+
+#[test]
+fn a_page_lost_inside_the_last_write_is_a_torn_tail_even_with_whole_records_after_it() {
+    // A whole page inside record 27 kept its zeros; records 28 and 29 arrived.
+    let (dir, recs) = with_lost_bytes(30, 9000, |recs| page_inside(recs[27].0, recs[27].1));
+    assert_torn_then_repaired(&dir, 27, recs[27].0);
+}
+
+#[test]
+fn a_record_longer_than_one_write_whose_first_page_was_lost_is_a_torn_tail() {
+    let (dir, recs) = with_lost_bytes(2, TORN_WRITE_MAX as usize + 20_000, |recs| {
+        recs[1].0..next_page(recs[1].0)
+    });
+    assert!(recs[1].1 as u64 > TORN_WRITE_MAX);
+    assert_torn_then_repaired(&dir, 1, recs[1].0);
+}
+
+#[test]
+fn a_record_changed_in_place_before_the_zeros_is_damage_not_a_torn_tail() {
+    for seq in [29, 28] {
+        let dir = crash_image(30, 3000);
+        let path = seg0(&dir);
+        let (mut data, recs) = records(&path);
+        let (off, n) = recs[seq];
+        data[off + n / 2] ^= 0x20;
+        fs::write(&path, &data).unwrap();
+        assert!(LogReader::new(dir.path(), keys()).poll().is_err());
+        assert_modified(&dir, seq as u64);
+    }
+}
+
+/// More than one write's worth of records after the lost bytes: those records were on disk
+/// before the lost page could have been written, so the page was lost later.
+const MORE_THAN_ONE_WRITE: u64 = TORN_WRITE_MAX / 9000 + 10;
+
+#[test]
+fn a_lost_page_further_back_than_one_write_is_damage() {
+    let (dir, _) = with_lost_bytes(MORE_THAN_ONE_WRITE, 9000, |recs| {
+        page_inside(recs[2].0, recs[2].1)
+    });
+    assert_modified(&dir, 2);
+}
+
+#[test]
+fn a_lost_first_page_with_more_than_one_write_of_records_after_it_is_damage() {
+    let (dir, _) = with_lost_bytes(MORE_THAN_ONE_WRITE, 9000, |recs| {
+        recs[2].0..next_page(recs[2].0)
+    });
+    assert_modified(&dir, 2);
 }
 
 /// Records the length of every write of records (not zeros) to a segment.
@@ -349,34 +363,6 @@ fn a_single_record_longer_than_one_write_is_written_whole() {
     let sizes = sizes.0.lock().unwrap().clone();
     assert!(sizes[1] > len, "{sizes:?}");
     assert_eq!(ok(&verify_dir(dir.path(), &keys()).unwrap()).events, 1);
-}
-
-#[test]
-fn a_lost_first_page_with_more_than_one_write_of_records_after_it_is_damage() {
-    let len = 9000;
-    let count = (TORN_WRITE_MAX as usize / len + 10) as u64;
-    let dir = crash_image(count, len);
-    let path = seg0(&dir);
-    let (data, recs) = records(&path);
-    let (off, _) = recs[2];
-    zero(&path, &data, off..(off / PAGE + 1) * PAGE);
-    let r = verify_dir(dir.path(), &keys()).unwrap();
-    let d = r
-        .damage
-        .as_ref()
-        .unwrap_or_else(|| panic!("no damage: {r}"));
-    assert_eq!((d.kind, d.seq), (DamageKind::Modified, 2), "{d}");
-}
-
-#[test]
-fn a_record_longer_than_one_write_whose_first_page_was_lost_is_a_torn_tail() {
-    let dir = crash_image(2, TORN_WRITE_MAX as usize + 20_000);
-    let path = seg0(&dir);
-    let (data, recs) = records(&path);
-    let (off, n) = recs[1];
-    assert!(n as u64 > TORN_WRITE_MAX);
-    zero(&path, &data, off..(off / PAGE + 1) * PAGE);
-    assert_torn_then_repaired(&dir, 1, off);
 }
 
 #[test]

@@ -176,13 +176,19 @@ pub fn sample_events() -> Vec<AuditEvent> {
 /// A small event with a numbered transcript text, for volume tests and benches.
 #[must_use]
 pub fn numbered_event(session: SessionId, n: u64) -> AuditEvent {
+    transcript_event(session, n, format!("Query \"SELECT {n}\""))
+}
+
+/// A transcript event from the client with `text`, `n` microseconds into `session`.
+#[must_use]
+pub fn transcript_event(session: SessionId, n: u64, text: String) -> AuditEvent {
     AuditEvent::new(
         Some(session),
         AuditEventKind::Transcript {
             command_id: None,
             direction: Direction::FromClient,
             elapsed_us: n,
-            text: format!("Query \"SELECT {n}\""),
+            text,
             truncated: false,
         },
     )

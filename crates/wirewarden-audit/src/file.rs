@@ -117,7 +117,7 @@ pub const DROP_PAGES_BYTES: u64 = 1 << 20;
 /// zeros (and syncs them) before it writes records there. Overwriting bytes that are
 /// already on disk lets each `fdatasync` skip the journal commit that a growing file needs
 /// for its new size; see the crate documentation.
-pub const ZERO_AHEAD_BYTES: u64 = 2 << 20;
+pub const ZERO_AHEAD_BYTES: u64 = 256 << 10;
 
 /// Builds a [`FileSink`].
 #[derive(Debug, Clone)]

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use wirewarden_core::{AuditEvent, BoxError, Timestamp};
 
-use crate::codec::{Writer, encode_event, encode_event_into};
+use crate::codec::{Writer, encode_event_into};
 use crate::format::{
     CHECKPOINT_FILE, ChainKey, Checkpoint, CheckpointSigner, DEFAULT_MAX_RECORD_BYTES, Hash, LogId,
     RecordHasher, SegmentHeader, TORN_WRITE_MAX, ZERO_TAIL_MIN, encode_checkpoint_entry,
@@ -490,17 +490,11 @@ impl FileSink {
     /// event over the record limit, [`Error::Unsupported`] for an event this version cannot
     /// encode.
     pub async fn append_event(&self, event: &AuditEvent) -> Result<u64> {
-        let bytes = self.encode(event)?;
         let urgent = self.durability == Durability::Fsync;
-        let (seq, pending, wake) = {
-            let mut st = self.shared.lock();
-            self.check_usable(&st)?;
-            let before = st.pending.len();
-            let seq = self.chain(&mut st, &bytes)?;
-            let wake = self.wake_writer(&mut st, before, urgent);
-            (seq, st.pending.len(), wake)
-        };
-        self.settle(seq, pending, wake, urgent).await?;
+        let mut seq = 0;
+        self.append_events_as(std::slice::from_ref(event), urgent, |s| seq = s)
+            .await
+            .map_err(|(_, e)| e)?;
         Ok(seq)
     }
 
@@ -541,7 +535,7 @@ impl FileSink {
         &self,
         events: &[AuditEvent],
         urgent: bool,
-        out: impl Fn(u64) -> T,
+        out: impl FnMut(u64) -> T,
     ) -> std::result::Result<Vec<T>, (usize, Error)> {
         // Encoding needs no lock; an event that cannot be encoded ends the batch there.
         let (mut buf, mut ends) = SCRATCH.take();
@@ -594,7 +588,7 @@ impl FileSink {
         buf: &[u8],
         ends: &[usize],
         urgent: bool,
-        out: impl Fn(u64) -> T,
+        mut out: impl FnMut(u64) -> T,
     ) -> std::result::Result<Enqueued<T>, (usize, Error)> {
         let mut appended = Vec::with_capacity(ends.len());
         if ends.is_empty() {
@@ -660,13 +654,6 @@ impl FileSink {
             st.writer = WriterState::Busy;
         }
         wake
-    }
-
-    /// The canonical encoding of `event`, refused when over the record limit.
-    fn encode(&self, event: &AuditEvent) -> Result<Vec<u8>> {
-        let bytes = encode_event(event)?;
-        self.check_record_len(bytes.len())?;
-        Ok(bytes)
     }
 
     /// Refuses an event of `len` encoded bytes whose record would be over the limit.
@@ -1160,17 +1147,17 @@ impl SegmentWriter {
     /// leaves is then no longer than that (or than one record) and ends in zeros, which is
     /// how verification tells it apart from damage.
     fn write_frames(&mut self, bytes: &[u8]) -> Result<()> {
-        if !self.fill_ahead {
-            self.io
-                .write(&mut self.seg_file, &self.seg_path, bytes)
-                .map_err(|e| Error::io("write", &self.seg_path, e))?;
-            self.seg_len = self.seg_len.saturating_add(bytes.len() as u64);
-            return Ok(());
-        }
         let mut rest = bytes;
         while !rest.is_empty() {
-            let (piece, after) = rest.split_at(write_piece_len(rest, TORN_WRITE_MAX as usize));
-            self.fill_zeros_for(piece.len() as u64)?;
+            let len = if self.fill_ahead {
+                write_piece_len(rest, TORN_WRITE_MAX as usize)
+            } else {
+                rest.len()
+            };
+            let (piece, after) = rest.split_at(len);
+            if self.fill_ahead {
+                self.fill_zeros_for(piece.len() as u64)?;
+            }
             self.io
                 .write(&mut self.seg_file, &self.seg_path, piece)
                 .map_err(|e| Error::io("write", &self.seg_path, e))?;

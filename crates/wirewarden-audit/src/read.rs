@@ -6,9 +6,9 @@
 //! segment (space the writer filled ahead), are treated as not written yet; so is a last
 //! write over those zeros that is still in progress or that a crash cut short (see
 //! `verify`). A poll reads 64 KiB at a time and stops once what it read ends in zeros, so
-//! a reader that follows a live log does not read the zeros ahead of it again and again. A record that
-//! verifies but was written by a newer version of the event encoding is passed over and
-//! counted ([`LogReader::unreadable`]), not taken for damage.
+//! a reader that follows a live log does not read the zeros ahead of it again and again. A
+//! record that verifies but was written by a newer version of the event encoding is passed
+//! over and counted ([`LogReader::unreadable`]), not taken for damage.
 
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
@@ -258,12 +258,11 @@ impl LogReader {
 const READ_CHUNK: u64 = 64 << 10;
 
 fn read_from(path: &Path, offset: u64, at_least: u64) -> Result<Option<Vec<u8>>> {
-    let f = match File::open(path) {
+    let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("open", path, e)),
     };
-    let mut f = f;
     f.seek(SeekFrom::Start(offset))
         .map_err(|e| Error::io("seek", path, e))?;
     let mut buf = Vec::new();

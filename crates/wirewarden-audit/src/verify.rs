@@ -15,8 +15,9 @@
 //! that does not verify followed by the zeros; it is a torn tail too when the cut shows the
 //! way a lost page does (a length that is zero, a record running into the zeros, or one of
 //! its pages zero from the page boundary on) and no more than one write comes before the
-//! zeros. A record changed in place shows none of that and stays damage. Whole records removed from the tail are detectable only back to the latest
-//! checkpoint; periodic checkpoints bound that window.
+//! zeros. A record changed in place shows none of that and stays damage. Whole records
+//! removed from the tail are detectable only back to the latest checkpoint; periodic
+//! checkpoints bound that window.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;

@@ -10,6 +10,9 @@
 #![cfg_attr(not(feature = "postgres"), allow(rustdoc::broken_intra_doc_links))]
 
 mod error;
+#[cfg(feature = "redis")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hold;
 #[cfg(feature = "http")]
 pub mod http;

@@ -251,11 +251,32 @@ impl RedisTarget {
 pub struct RedisProxy {
     pipeline: Arc<Pipeline>,
     config: Arc<RedisTarget>,
+    dial: Dial,
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+/// Where a session's upstream connection comes from.
+#[derive(Clone, Default)]
+pub(crate) enum Dial {
+    /// TCP (and TLS, if configured) to the target's address.
+    #[default]
+    Tcp,
+    /// A stream handed over in process: the relay fuzz harness plays the server through it,
+    /// so a hostile upstream's every byte is the harness's choice.
+    Given(Arc<dyn Fn() -> std::io::Result<BoxIo> + Send + Sync>),
+}
+
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "Tcp",
+            Self::Given(_) => "Given",
+        })
+    }
+}
+
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-type BoxIo = Box<dyn Io>;
+pub(crate) type BoxIo = Box<dyn Io>;
 
 fn protocol_error(peer: &'static str, e: wirewarden_redis::Error) -> Error {
     Error::Io {
@@ -502,7 +523,14 @@ impl RedisProxy {
         Self {
             pipeline,
             config: Arc::new(config),
+            dial: Dial::Tcp,
         }
+    }
+
+    /// The same proxy, its upstream connections taken from `dial`.
+    pub(crate) fn with_dial(mut self, dial: Dial) -> Self {
+        self.dial = dial;
+        self
     }
 
     /// The target this proxy serves.
@@ -714,14 +742,20 @@ impl RedisProxy {
         }
     }
 
-    async fn connect_upstream(&self) -> Result<(BoxIo, BytesMut)> {
-        let up = &self.config.upstream;
-        let tcp = tokio::net::TcpStream::connect(&up.addr)
+    async fn dial_tcp(addr: &str) -> Result<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(Error::upstream_io)?;
         let _ = tcp.set_nodelay(true);
-        let mut io: BoxIo = match &up.tls {
-            Some(tls) => {
+        Ok(tcp)
+    }
+
+    async fn connect_upstream(&self) -> Result<(BoxIo, BytesMut)> {
+        let up = &self.config.upstream;
+        let mut io: BoxIo = match (&self.dial, &up.tls) {
+            (Dial::Given(dial), _) => dial().map_err(Error::upstream_io)?,
+            (Dial::Tcp, Some(tls)) => {
+                let tcp = Self::dial_tcp(&up.addr).await?;
                 let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
                 Box::new(
                     connector
@@ -730,7 +764,7 @@ impl RedisProxy {
                         .map_err(|e| Error::Tls(e.to_string()))?,
                 )
             }
-            None => Box::new(tcp),
+            (Dial::Tcp, None) => Box::new(Self::dial_tcp(&up.addr).await?),
         };
         let mut auth = BytesMut::new();
         match &up.user {

@@ -1,0 +1,689 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`. Not part of the public API.
+//!
+//! The codec crates fuzz their decoders one frame at a time; the harness here fuzzes a whole
+//! Redis session through [`RedisProxy`]: a hostile client and a hostile server at once,
+//! with identity, the default policy, masking and audit all on, and checks what must hold
+//! whatever either side sends:
+//!
+//! 1. **Every byte the client receives is well-formed RESP**, a sequence of whole frames
+//!    (the gateway's own error replies, and upstream frames only once decoded).
+//! 2. **Nothing the policy denies reaches the server**: no command that the default Redis
+//!    rules deny whatever the identity is forwarded, inside `MULTI` or not, however it is
+//!    spelled (inline or array).
+//! 3. **Every forwarded command has its allow intent on record first**, in order.
+//! 4. **No secret crosses**: the client's token never reaches the server or the audit
+//!    trail, the gateway's upstream password never reaches the client or the trail, and a
+//!    value the mask profile detects ([`CANARY`]) never reaches the client or the recorded
+//!    replies, unless the party who would see it sent it itself.
+//! 5. **Every outcome has its intent and the session its end**: each `CommandCompleted`
+//!    follows its own `CommandDecided`, no command completes twice, every allowed command
+//!    completes, and a session that started ends exactly once.
+//! 6. **The session ends** once both peers have closed.
+//!
+//! # Input
+//!
+//! `flags`, a little-endian `u16` length `n`, `n` bytes the client sends after the harness
+//! has logged it in, and then the server's script: segments separated by NUL bytes, one
+//! written back for each request the gateway forwards. Flag bits: 0–1 how the harness logs
+//! in (`AUTH` as an array, `HELLO 3 … AUTH`, inline `AUTH`, or not at all); 2 the first
+//! segment answers the gateway's own `AUTH` (otherwise `+OK`); 3 the upstream cannot be
+//! reached; 4–7 the size of the pieces the client's bytes arrive in (`1 << bits`).
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use wirewarden_audit::{Appended, AuditSink, Durability};
+use wirewarden_core::{
+    AuditEvent, AuditEventKind, BoxError, CommandId, Decision, Protocol, SessionEndReason, Target,
+};
+use wirewarden_identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
+use wirewarden_mask::{CustomDetector, Engine, FieldRule, Profile, Selector, Strategy};
+use wirewarden_policy::RuleEngine;
+use wirewarden_redis::{Limits, ReplyDecoder, RequestDecoder, RespVersion};
+
+use crate::redis::{DEFAULT_REDIS_POLICY, Dial, RedisProxy, RedisTarget, RedisUpstream};
+use crate::{Pipeline, Secret};
+
+/// The word the harness's mask profile detects: it must never reach the client as a word.
+pub const CANARY: &str = "LEAKCANARY";
+/// The token the harness logs in with.
+const TOKEN: &str = "tok-fuzz-7c1f9e2a";
+/// The password the gateway logs in upstream with.
+const UPSTREAM_PASSWORD: &str = "up-pass-5d0b8c31";
+
+/// Commands the default Redis rules deny for every identity: none of them may reach the
+/// server. (Subcommand rules such as `CLIENT KILL` are checked by name and subcommand.)
+const NEVER_FORWARDED: &[&str] = &[
+    "EVAL",
+    "EVALSHA",
+    "EVAL_RO",
+    "EVALSHA_RO",
+    "FCALL",
+    "FCALL_RO",
+    "SCRIPT",
+    "FUNCTION",
+    "MONITOR",
+    "CONFIG",
+    "DEBUG",
+    "MODULE",
+    "SHUTDOWN",
+    "FAILOVER",
+    "SYNC",
+    "PSYNC",
+    "REPLICAOF",
+    "SLAVEOF",
+    "REPLCONF",
+    "MIGRATE",
+    "DUMP",
+    "RESTORE",
+    "RESTORE-ASKING",
+    "KEYS",
+    "SCAN",
+    "RANDOMKEY",
+    "FLUSHALL",
+    "FLUSHDB",
+    "SWAPDB",
+    "SORT",
+    "SORT_RO",
+    "OBJECT",
+    "MEMORY",
+    "LATENCY",
+    "SLOWLOG",
+    "ACL",
+    "CLUSTER",
+    "BGSAVE",
+    "BGREWRITEAOF",
+    "SAVE",
+    "LASTSAVE",
+    "INFO",
+    "WAIT",
+    "WAITAOF",
+    "PFDEBUG",
+    "PFSELFTEST",
+    "SELECT",
+    "MOVE",
+    "COPY",
+];
+const NEVER_FORWARDED_CLIENT: &[&str] = &[
+    "KILL", "LIST", "PAUSE", "UNPAUSE", "REPLY", "TRACKING", "NO-EVICT", "NO-TOUCH",
+];
+
+/// An audit sink that keeps the session's events in memory.
+#[derive(Debug, Default)]
+struct Collector(Mutex<Vec<AuditEvent>>);
+
+impl Collector {
+    fn events(&self) -> std::sync::MutexGuard<'_, Vec<AuditEvent>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for Collector {
+    async fn append(&self, event: &AuditEvent) -> Result<Appended, BoxError> {
+        let mut events = self.events();
+        events.push(event.clone());
+        Ok(Appended::at(events.len() as u64))
+    }
+
+    async fn flush(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn durability(&self) -> Durability {
+        Durability::Fsync
+    }
+}
+
+/// The upstream stream the next session dials, when the input lets it connect.
+type Slot = Arc<Mutex<Option<DuplexStream>>>;
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    proxy: RedisProxy,
+    audit: Arc<Collector>,
+    upstream: Slot,
+    one: Mutex<()>,
+}
+
+fn limits() -> Limits {
+    Limits::default()
+        .with_max_depth(16)
+        .with_max_elements(4096)
+        .with_max_frame_len(1 << 20)
+        .with_max_bulk_len(1 << 16)
+        .with_max_inline_len(4096)
+}
+
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime");
+        let tokens = StaticTokens::new(StaticTokensConfig {
+            hash_key: None,
+            tokens: vec![StaticToken {
+                id: "fuzz".into(),
+                hash: TokenHash::of(TOKEN, None),
+                subject: "agent-fuzz".into(),
+                groups: ["agents".to_owned()].into_iter().collect(),
+                attributes: Default::default(),
+                expires_at: None,
+            }],
+        })
+        .expect("static tokens");
+        let policy = format!(
+            "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\n\
+             max_class = \"write\"\naction = \"allow\"\n\n[[budget]]\nid = \"elements\"\n\
+             groups = [\"agents\"]\nmax_rows = 200\nwindow = \"1h\"\n"
+        );
+        let engine = Arc::new(RuleEngine::from_toml(&policy).expect("harness policy"));
+        let masks = Engine::builder()
+            .profile(
+                Profile::builder("fuzz")
+                    .custom(
+                        CustomDetector::dictionary("canary", [CANARY]).expect("canary detector"),
+                    )
+                    .rule(FieldRule::new(
+                        Selector::redis_key("secret:*"),
+                        Strategy::redact(),
+                    )),
+            )
+            .default_profile("fuzz")
+            .build()
+            .expect("harness mask profile");
+        let audit = Arc::new(Collector::default());
+        let pipeline = Arc::new(
+            Pipeline::builder(Arc::new(tokens), engine.clone())
+                .budgets(engine.budgets_handle())
+                .masking(Arc::new(masks))
+                .audit(audit.clone())
+                .build()
+                .expect("harness pipeline"),
+        );
+        let upstream = RedisUpstream {
+            addr: "upstream.invalid:6379".into(),
+            user: Some("gateway".into()),
+            password: Secret::new(UPSTREAM_PASSWORD),
+            tls: None,
+        };
+        let mut target = RedisTarget::new(
+            Target::new("cache", Protocol::Redis).expect("target"),
+            upstream,
+        );
+        target.limits = limits();
+        target.record_limit = 4096;
+        let slot: Slot = Arc::default();
+        let given = slot.clone();
+        let proxy = RedisProxy::new(pipeline, target).with_dial(Dial::Given(Arc::new(move || {
+            given
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+                .map(|s| Box::new(s) as crate::redis::BoxIo)
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+        })));
+        Harness {
+            runtime,
+            proxy,
+            audit,
+            upstream: slot,
+            one: Mutex::new(()),
+        }
+    })
+}
+
+/// The parts of one input.
+struct Input<'a> {
+    login: u8,
+    script_answers_auth: bool,
+    unreachable: bool,
+    piece: usize,
+    client: &'a [u8],
+    script: Vec<&'a [u8]>,
+}
+
+impl<'a> Input<'a> {
+    fn parse(data: &'a [u8]) -> Option<Self> {
+        let (&flags, rest) = data.split_first()?;
+        let (len, rest) = rest.split_first_chunk::<2>()?;
+        let n = usize::from(u16::from_le_bytes(*len)).min(rest.len());
+        let (client, script) = rest.split_at(n);
+        Some(Self {
+            login: flags & 3,
+            script_answers_auth: flags & 4 != 0,
+            unreachable: flags & 8 != 0,
+            piece: 1 << (flags >> 4),
+            client,
+            script: if script.is_empty() {
+                Vec::new()
+            } else {
+                script.split(|&b| b == 0).collect()
+            },
+        })
+    }
+
+    fn login_bytes(&self) -> &'static [u8] {
+        match self.login {
+            0 => b"*2\r\n$4\r\nAUTH\r\n$17\r\ntok-fuzz-7c1f9e2a\r\n",
+            1 => b"*5\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$5\r\nagent\r\n$17\r\ntok-fuzz-7c1f9e2a\r\n",
+            2 => b"AUTH tok-fuzz-7c1f9e2a\r\n",
+            _ => b"",
+        }
+    }
+}
+
+/// What the server side saw.
+#[derive(Default)]
+struct Upstream {
+    /// Every byte the gateway sent it.
+    received: Vec<u8>,
+    /// The names (and `CLIENT` subcommands) of the requests it received, in order, with
+    /// how many events were on record when each arrived.
+    requests: Vec<(Vec<Bytes>, usize)>,
+}
+
+/// Runs one session from fuzz input: see the module documentation.
+pub fn redis_relay(data: &[u8]) {
+    let Some(input) = Input::parse(data) else {
+        return;
+    };
+    let h = harness();
+    // One session at a time: they share the audit collector.
+    let _one = h.one.lock().unwrap_or_else(PoisonError::into_inner);
+    h.audit.events().clear();
+    h.runtime.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(60), session(h, &input)).await {
+            Ok(()) => {}
+            Err(_) => panic!("the session did not end within 60 s"),
+        }
+    });
+}
+
+/// Runs until nothing is left to do: every task that can make progress has made it.
+async fn settle() {
+    for _ in 0..32 {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn session(h: &'static Harness, input: &Input<'_>) {
+    let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
+    let (gateway_up, up) = tokio::io::duplex(1 << 16);
+    *h.upstream.lock().unwrap_or_else(PoisonError::into_inner) =
+        (!input.unreachable).then_some(gateway_up);
+    let peer = "192.0.2.7:40000".parse().ok();
+    let proxy = h.proxy.clone();
+    let served = tokio::spawn(async move { proxy.serve(gateway_client, peer).await });
+
+    let script: Vec<Bytes> = input
+        .script
+        .iter()
+        .map(|s| Bytes::copy_from_slice(s))
+        .collect();
+    let (close_up, closed_up) = tokio::sync::oneshot::channel::<()>();
+    let audit = h.audit.clone();
+    let answers_auth = input.script_answers_auth;
+    let server = tokio::spawn(serve_script(up, script, answers_auth, closed_up, audit));
+
+    let (mut client_rx, mut client_tx) = tokio::io::split(&mut client);
+    let receive = async {
+        let mut got = Vec::new();
+        let _ = client_rx.read_to_end(&mut got).await;
+        got
+    };
+    let send = async {
+        let login = input.login_bytes();
+        let _ = client_tx.write_all(login).await;
+        settle().await;
+        for piece in input.client.chunks(input.piece) {
+            if client_tx.write_all(piece).await.is_err() {
+                break;
+            }
+            settle().await;
+        }
+        settle().await;
+        let _ = client_tx.shutdown().await;
+        settle().await;
+        let _ = close_up.send(());
+    };
+    let (received, ()) = tokio::join!(receive, send);
+    let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
+    assert!(
+        ended.is_ok(),
+        "the session did not end within 10 s of both peers closing"
+    );
+    let upstream = server.await.expect("the script task");
+    let events = h.audit.events().clone();
+    check(input, &received, &upstream, &events);
+}
+
+/// Plays the server: answers the gateway's `AUTH` and then writes one script segment for
+/// each request it receives, until told to close.
+async fn serve_script(
+    mut io: DuplexStream,
+    script: Vec<Bytes>,
+    answers_auth: bool,
+    mut close: tokio::sync::oneshot::Receiver<()>,
+    audit: Arc<Collector>,
+) -> Upstream {
+    let mut seen = Upstream::default();
+    let mut decoder = RequestDecoder::new(Limits::default());
+    let mut buf = BytesMut::new();
+    let mut segments = script.into_iter();
+    let mut first = true;
+    loop {
+        buf.reserve(16 * 1024);
+        tokio::select! {
+            biased;
+            _ = &mut close => break,
+            n = io.read_buf(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    seen.received.extend_from_slice(&buf[buf.len() - n..]);
+                }
+            },
+        }
+        loop {
+            let req = match decoder.decode(&mut buf) {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(e) => panic!("the gateway sent the server a malformed request: {e}"),
+            };
+            let is_auth = first;
+            first = false;
+            if !is_auth {
+                seen.requests
+                    .push((req.args().to_vec(), audit.events().len()));
+            }
+            let answer = if is_auth && !answers_auth {
+                Some(Bytes::from_static(b"+OK\r\n"))
+            } else {
+                segments.next()
+            };
+            if let Some(answer) = answer
+                && io.write_all(&answer).await.is_err()
+            {
+                return seen;
+            }
+        }
+    }
+    let _ = io.shutdown().await;
+    seen
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether `text` holds [`CANARY`] as a word (ignoring ASCII case), as the dictionary
+/// detector finds it: not preceded or followed by a letter or digit.
+fn canary_word(text: &[u8]) -> bool {
+    let needle = CANARY.as_bytes();
+    let alnum_before = |i: usize| {
+        (1..=4.min(i)).any(|k| {
+            std::str::from_utf8(&text[i - k..i])
+                .ok()
+                .and_then(|s| s.chars().next_back())
+                .is_some_and(char::is_alphanumeric)
+        })
+    };
+    let alnum_after = |i: usize| {
+        (1..=4.min(text.len() - i)).any(|k| {
+            std::str::from_utf8(&text[i..i + k])
+                .ok()
+                .and_then(|s| s.chars().next())
+                .is_some_and(char::is_alphanumeric)
+        })
+    };
+    (0..text.len().saturating_sub(needle.len() - 1)).any(|i| {
+        text[i..i + needle.len()].eq_ignore_ascii_case(needle)
+            && !alnum_before(i)
+            && !alnum_after(i + needle.len())
+    })
+}
+
+fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[AuditEvent]) {
+    let script: Vec<u8> = input.script.concat();
+    // Whatever the client sends it may see again (an echo, the server's error about it).
+    let client_sent_canary = input
+        .client
+        .windows(CANARY.len())
+        .any(|w| w.eq_ignore_ascii_case(CANARY.as_bytes()));
+
+    // 1. What the client receives is whole RESP frames.
+    let mut buf = BytesMut::from(received);
+    let mut decoder = ReplyDecoder::new(Limits::default());
+    loop {
+        match decoder.decode(&mut buf, RespVersion::Resp3) {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => panic!(
+                "the client received malformed RESP ({e}) at byte {} of {received:?}",
+                received.len() - buf.len()
+            ),
+        }
+    }
+    assert!(
+        buf.is_empty(),
+        "the client received a partial frame at the end: {buf:?}"
+    );
+
+    // 2. Nothing denied for everyone reaches the server.
+    for (args, _) in &upstream.requests {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        assert!(
+            !NEVER_FORWARDED.contains(&name.as_str()),
+            "a denied command reached the server: {args:?}"
+        );
+        if name == "CLIENT"
+            && let Some(sub) = args.get(1)
+        {
+            let sub = String::from_utf8_lossy(sub).to_ascii_uppercase();
+            assert!(
+                !NEVER_FORWARDED_CLIENT.contains(&sub.as_str()),
+                "a denied command reached the server: {args:?}"
+            );
+        }
+    }
+
+    // 3. Every forwarded command had its allow intent on record before it arrived, in order.
+    let allowed: Vec<(usize, &str, CommandId)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.kind {
+            AuditEventKind::CommandDecided {
+                command,
+                decision: Decision::Allow { .. },
+                command_id,
+                ..
+            } => Some((i, command.verb.as_str(), *command_id)),
+            _ => None,
+        })
+        .collect();
+    let mut intents = allowed.iter();
+    for (args, on_record) in &upstream.requests {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        let Some(&(at, verb, _)) = intents.next() else {
+            panic!("{args:?} reached the server without an allow intent on record");
+        };
+        let first_word = verb.split(' ').next().unwrap_or_default();
+        // A transaction with a denied command is discarded in its EXEC's place.
+        let matches = first_word == name || (first_word == "EXEC" && name == "DISCARD");
+        assert!(
+            matches,
+            "{args:?} reached the server in the place of the intent for {verb}"
+        );
+        assert!(
+            at < *on_record,
+            "{args:?} reached the server before its intent was on record"
+        );
+    }
+
+    // 4. No secret crosses.
+    let token = TOKEN.as_bytes();
+    if !contains(input.client, token) {
+        assert!(
+            !contains(&upstream.received, token),
+            "the client's token reached the server"
+        );
+    }
+    if !contains(&script, UPSTREAM_PASSWORD.as_bytes()) {
+        assert!(
+            !contains(received, UPSTREAM_PASSWORD.as_bytes()),
+            "the upstream password reached the client"
+        );
+    }
+    if !client_sent_canary {
+        assert!(
+            !canary_word(received),
+            "a detected value reached the client in clear: {:?}",
+            String::from_utf8_lossy(received)
+        );
+    }
+    for e in events {
+        let json = format!("{e:?}").into_bytes();
+        if !contains(input.client, token) {
+            assert!(!contains(&json, token), "the client's token is in {e:?}");
+        }
+        if !contains(&script, UPSTREAM_PASSWORD.as_bytes()) && !contains(input.client, b"up-pass") {
+            assert!(
+                !contains(&json, UPSTREAM_PASSWORD.as_bytes()),
+                "the upstream password is in {e:?}"
+            );
+        }
+        if let AuditEventKind::CommandCompleted { reply, error, .. } = &e.kind
+            && !client_sent_canary
+        {
+            let text = reply
+                .as_ref()
+                .map(|r| r.text.as_bytes())
+                .unwrap_or_default();
+            assert!(!canary_word(text), "a detected value was recorded: {e:?}");
+            let error = error.as_deref().unwrap_or_default().as_bytes();
+            assert!(!canary_word(error), "a detected value was recorded: {e:?}");
+        }
+    }
+
+    // 5. Outcomes follow their intents; every allowed command completes once; a session
+    // that started ends once.
+    let mut decided = std::collections::HashSet::new();
+    let mut completed = std::collections::HashSet::new();
+    for e in events {
+        match &e.kind {
+            AuditEventKind::CommandDecided { command_id, .. } => {
+                decided.insert(*command_id);
+            }
+            AuditEventKind::CommandCompleted { command_id, .. } => {
+                assert!(
+                    decided.contains(command_id),
+                    "{command_id:?} completed before it was decided"
+                );
+                assert!(
+                    completed.insert(*command_id),
+                    "{command_id:?} completed twice"
+                );
+            }
+            _ => {}
+        }
+    }
+    for (_, verb, id) in &allowed {
+        assert!(
+            completed.contains(id),
+            "the allowed {verb} ({id:?}) has no outcome on record"
+        );
+    }
+    let started = events
+        .iter()
+        .filter(|e| matches!(e.kind, AuditEventKind::SessionStarted { .. }))
+        .count();
+    let ends: Vec<&SessionEndReason> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::SessionEnded { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(started <= 1, "{started} sessions started");
+    assert_eq!(
+        ends.len(),
+        started,
+        "{started} session(s) started and {} ended: {ends:?}",
+        ends.len()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(flags: u8, client: &[u8], script: &[u8]) -> Vec<u8> {
+        let mut v = vec![flags];
+        v.extend_from_slice(&u16::try_from(client.len()).unwrap().to_le_bytes());
+        v.extend_from_slice(client);
+        v.extend_from_slice(script);
+        v
+    }
+
+    #[test]
+    fn the_canary_is_found_as_a_word_only() {
+        assert!(canary_word(b"$10\r\nLEAKCANARY\r\n"));
+        assert!(canary_word(b"a leakcanary."));
+        assert!(!canary_word(b"xLEAKCANARY"));
+        assert!(!canary_word(b"LEAKCANARY7"));
+        assert!(!canary_word("\u{e9}LEAKCANARY".as_bytes()));
+        assert!(canary_word(b"\xffLEAKCANARY"));
+    }
+
+    #[test]
+    fn a_clean_session_passes_every_check() {
+        redis_relay(&input(
+            0x40,
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
+            b"$10\r\nLEAKCANARY\r\n\0+OK\r\n",
+        ));
+        let events = harness().audit.events().clone();
+        let completed = events
+            .iter()
+            .filter(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. }))
+            .count();
+        assert_eq!(completed, 2, "{events:#?}");
+    }
+
+    #[test]
+    #[should_panic(expected = "a denied command reached the server")]
+    fn a_denied_command_upstream_is_caught() {
+        let parsed = Input::parse(&[0, 0, 0]).unwrap();
+        let upstream = Upstream {
+            received: Vec::new(),
+            requests: vec![(vec![Bytes::from_static(b"flushall")], 0)],
+        };
+        check(&parsed, b"", &upstream, &[]);
+    }
+
+    #[test]
+    #[should_panic(expected = "without an allow intent on record")]
+    fn a_command_forwarded_without_its_intent_is_caught() {
+        let parsed = Input::parse(&[0, 0, 0]).unwrap();
+        let upstream = Upstream {
+            received: Vec::new(),
+            requests: vec![(
+                vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")],
+                0,
+            )],
+        };
+        check(&parsed, b"", &upstream, &[]);
+    }
+
+    #[test]
+    #[should_panic(expected = "reached the client in clear")]
+    fn a_leak_is_caught() {
+        // The check itself, fed a reply that carries the canary.
+        let parsed = Input::parse(&[0, 0, 0]).unwrap();
+        check(&parsed, b"$10\r\nLEAKCANARY\r\n", &Upstream::default(), &[]);
+    }
+}

@@ -10,6 +10,38 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::Error;
 use crate::Result;
 
+/// A byte stream to a peer: TCP, TLS over TCP, or an in-process stream.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+#[cfg(any(feature = "postgres", feature = "redis"))]
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A boxed stream.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) type BoxIo = Box<dyn Io>;
+
+/// Where a proxy's upstream connections come from.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+#[derive(Clone, Default)]
+pub(crate) enum Dial {
+    /// TCP (and TLS, if configured) to the target's address.
+    #[default]
+    Tcp,
+    /// A stream handed over in process, used as it is (no TLS): the relay fuzz harnesses
+    /// play the server through it, so a hostile upstream's every byte is theirs to choose.
+    Given(std::sync::Arc<dyn Fn() -> std::io::Result<BoxIo> + Send + Sync>),
+}
+
+#[cfg(any(feature = "postgres", feature = "redis"))]
+impl std::fmt::Debug for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "Tcp",
+            Self::Given(_) => "Given",
+        })
+    }
+}
+
 /// How much a client may send while one of its commands waits for review before the
 /// gateway stops reading (and so stops noticing that it left) until the review is done.
 #[cfg(any(feature = "postgres", feature = "redis"))]

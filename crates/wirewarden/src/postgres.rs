@@ -68,6 +68,7 @@ use wirewarden_sql::Classifier;
 use self::catalog::Catalog;
 use self::outbound::{ColumnPlan, Unmaskable};
 use self::upstream::BoxIo;
+use crate::listen::Dial;
 use crate::tls::CertificateWatch;
 use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal};
 // Every proxy uses these; they live at the crate root and in `tls`, and are named here too
@@ -171,6 +172,7 @@ pub struct PostgresProxy {
     /// sending session by its gateway id and never reveal upstream process ids.
     pids: Arc<StdMutex<std::collections::HashMap<i32, i32>>>,
     catalog: Arc<Catalog>,
+    dial: Dial,
 }
 
 // === startup ===
@@ -240,14 +242,30 @@ impl PostgresProxy {
     /// A proxy for `config`, deciding through `pipeline`.
     #[must_use]
     pub fn new(pipeline: Arc<Pipeline>, config: PostgresTarget) -> Self {
-        let catalog = Arc::new(Catalog::new(config.upstream.clone(), config.limits));
+        let catalog = Arc::new(Catalog::new(
+            config.upstream.clone(),
+            config.limits,
+            Dial::Tcp,
+        ));
         Self {
             pipeline,
             config: Arc::new(config),
             cancel: Default::default(),
             pids: Default::default(),
             catalog,
+            dial: Dial::Tcp,
         }
+    }
+
+    /// The same proxy, its upstream connections (the catalog's too) taken from `dial`.
+    pub(crate) fn with_dial(mut self, dial: Dial) -> Self {
+        self.catalog = Arc::new(Catalog::new(
+            self.config.upstream.clone(),
+            self.config.limits,
+            dial.clone(),
+        ));
+        self.dial = dial;
+        self
     }
 
     /// The target this proxy serves.
@@ -354,6 +372,7 @@ impl PostgresProxy {
                         let _ = upstream::cancel(
                             &self.config.upstream,
                             &limits,
+                            &self.dial,
                             key.process_id,
                             key.secret_key,
                         )
@@ -632,7 +651,12 @@ impl PostgresProxy {
         // would otherwise hold the client.
         let connected = crate::listen::upstream_within(
             self.config.login_timeout,
-            upstream::connect(&self.config.upstream, &self.config.limits, &extra),
+            upstream::connect(
+                &self.config.upstream,
+                &self.config.limits,
+                &self.dial,
+                &extra,
+            ),
             "no upstream connection and login within the login timeout",
         )
         .await;

@@ -85,6 +85,7 @@ use wirewarden_redis::{
 pub use wirewarden_redis::{Limits, Risk};
 
 use self::mask::{Keys, Unmaskable};
+use crate::listen::{BoxIo, Dial};
 use crate::tls::{CertificateWatch, UpstreamTls};
 use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal, Secret};
 
@@ -253,30 +254,6 @@ pub struct RedisProxy {
     config: Arc<RedisTarget>,
     dial: Dial,
 }
-
-/// Where a session's upstream connection comes from.
-#[derive(Clone, Default)]
-pub(crate) enum Dial {
-    /// TCP (and TLS, if configured) to the target's address.
-    #[default]
-    Tcp,
-    /// A stream handed over in process: the relay fuzz harness plays the server through it,
-    /// so a hostile upstream's every byte is the harness's choice.
-    Given(Arc<dyn Fn() -> std::io::Result<BoxIo> + Send + Sync>),
-}
-
-impl std::fmt::Debug for Dial {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Tcp => "Tcp",
-            Self::Given(_) => "Given",
-        })
-    }
-}
-
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-pub(crate) type BoxIo = Box<dyn Io>;
 
 fn protocol_error(peer: &'static str, e: wirewarden_redis::Error) -> Error {
     Error::Io {

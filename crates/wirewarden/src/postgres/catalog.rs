@@ -16,6 +16,7 @@ use wirewarden_postgres::Limits;
 use super::UpstreamConfig;
 use super::upstream::{self, Upstream};
 use crate::Result;
+use crate::listen::Dial;
 
 /// A table's name and its columns by attribute number.
 #[derive(Debug, Default)]
@@ -29,15 +30,17 @@ pub(crate) struct TableInfo {
 pub(crate) struct Catalog {
     upstream: UpstreamConfig,
     limits: Limits,
+    dial: Dial,
     conn: Mutex<Option<Upstream>>,
     tables: std::sync::RwLock<HashMap<u32, Arc<TableInfo>>>,
 }
 
 impl Catalog {
-    pub(crate) fn new(upstream: UpstreamConfig, limits: Limits) -> Self {
+    pub(crate) fn new(upstream: UpstreamConfig, limits: Limits, dial: Dial) -> Self {
         Self {
             upstream,
             limits,
+            dial,
             conn: Mutex::new(None),
             tables: Default::default(),
         }
@@ -82,7 +85,7 @@ impl Catalog {
         );
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
-            *guard = Some(upstream::connect(&self.upstream, &self.limits, &[]).await?);
+            *guard = Some(upstream::connect(&self.upstream, &self.limits, &self.dial, &[]).await?);
         }
         let rows = match guard.as_mut() {
             Some(conn) => match upstream::simple_query(conn, &sql).await {

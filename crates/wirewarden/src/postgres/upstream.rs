@@ -15,12 +15,8 @@ use wirewarden_postgres::{
 use super::UpstreamConfig;
 use crate::{Error, Result};
 
-/// A byte stream that may or may not be TLS.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A boxed stream.
-pub(crate) type BoxIo = Box<dyn Io>;
+pub(crate) use crate::listen::BoxIo;
+use crate::listen::Dial;
 
 /// A logged-in upstream connection.
 pub(crate) struct Upstream {
@@ -74,7 +70,11 @@ pub(crate) async fn read_backend(
 pub(crate) async fn open(
     cfg: &UpstreamConfig,
     limits: &Limits,
+    dial: &Dial,
 ) -> Result<(BoxIo, Option<Vec<u8>>)> {
+    if let Dial::Given(given) = dial {
+        return Ok((given().map_err(Error::upstream_io)?, None));
+    }
     let tcp = TcpStream::connect(&cfg.addr)
         .await
         .map_err(Error::upstream_io)?;
@@ -122,9 +122,10 @@ pub(crate) async fn open(
 pub(crate) async fn connect(
     cfg: &UpstreamConfig,
     limits: &Limits,
+    dial: &Dial,
     extra: &[(Bytes, Bytes)],
 ) -> Result<Upstream> {
-    let (mut io, leaf) = open(cfg, limits).await?;
+    let (mut io, leaf) = open(cfg, limits, dial).await?;
     let mut parameters: Vec<(Bytes, Bytes)> = vec![
         (Bytes::from_static(b"user"), Bytes::from(cfg.user.clone())),
         (
@@ -214,10 +215,11 @@ pub(crate) fn describe(e: &ErrorFields) -> String {
 pub(crate) async fn cancel(
     cfg: &UpstreamConfig,
     limits: &Limits,
+    dial: &Dial,
     process_id: i32,
     secret: Bytes,
 ) -> Result<()> {
-    let (mut io, _) = open(cfg, limits).await?;
+    let (mut io, _) = open(cfg, limits, dial).await?;
     let req = FrontendMessage::CancelRequest(wirewarden_postgres::frontend::CancelRequest {
         process_id,
         secret_key: secret,

@@ -1,0 +1,236 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`. Not part of the public API.
+//!
+//! The codec crates fuzz their decoders one frame at a time; the harnesses here fuzz whole
+//! sessions through a proxy: a hostile client and a hostile server at once, with identity,
+//! policy, masking and audit all on, in process (the server is a script the input chooses,
+//! reached through an in-memory stream). After each session they check what must hold
+//! whatever either side sends; see [`redis_relay`] and [`postgres_relay`].
+//!
+//! Both harnesses log in with [`TOKEN`], give the gateway [`UPSTREAM_PASSWORD`] for the
+//! server, and mask with a profile whose one custom detector finds [`CANARY`] as a word.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use wirewarden_audit::{Appended, AuditSink, Durability};
+use wirewarden_core::{AuditEvent, AuditEventKind, BoxError, CommandId, SessionEndReason};
+use wirewarden_identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
+use wirewarden_mask::{CustomDetector, ProfileBuilder};
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+
+#[cfg(feature = "postgres")]
+pub use postgres::postgres_relay;
+#[cfg(feature = "redis")]
+pub use redis::redis_relay;
+
+/// The word the harnesses' mask profile detects: it must never reach the client as a word
+/// unless the client sent it itself.
+pub const CANARY: &str = "LEAKCANARY";
+/// The token the harnesses log in with.
+pub const TOKEN: &str = "tok-fuzz-7c1f9e2a";
+/// The password the gateway logs in upstream with.
+pub const UPSTREAM_PASSWORD: &str = "up-pass-5d0b8c31";
+
+/// The identity provider: [`TOKEN`] is `agent-fuzz` in group `agents`.
+fn tokens() -> StaticTokens {
+    StaticTokens::new(StaticTokensConfig {
+        hash_key: None,
+        tokens: vec![StaticToken {
+            id: "fuzz".into(),
+            hash: TokenHash::of(TOKEN, None),
+            subject: "agent-fuzz".into(),
+            groups: ["agents".to_owned()].into_iter().collect(),
+            attributes: Default::default(),
+            expires_at: None,
+        }],
+    })
+    .expect("static tokens")
+}
+
+/// Adds the [`CANARY`] detector to a profile.
+fn with_canary(profile: ProfileBuilder) -> ProfileBuilder {
+    profile.custom(CustomDetector::dictionary("canary", [CANARY]).expect("canary detector"))
+}
+
+/// An audit sink that keeps the events of the session in memory.
+#[derive(Debug, Default)]
+struct Collector(Mutex<Vec<AuditEvent>>);
+
+impl Collector {
+    fn events(&self) -> MutexGuard<'_, Vec<AuditEvent>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for Collector {
+    async fn append(&self, event: &AuditEvent) -> Result<Appended, BoxError> {
+        let mut events = self.events();
+        events.push(event.clone());
+        Ok(Appended::at(events.len() as u64))
+    }
+
+    async fn flush(&self) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    fn durability(&self) -> Durability {
+        Durability::Fsync
+    }
+}
+
+/// Lets every task that can make progress make it: a task that yields runs again only once
+/// the runtime's queue is empty, and the streams are in memory, so what is left to wait for
+/// afterwards is a peer or a timer.
+async fn settle() {
+    for _ in 0..32 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether `bytes` hold [`CANARY`] anywhere, ignoring ASCII case.
+fn mentions_canary(bytes: &[u8]) -> bool {
+    bytes
+        .windows(CANARY.len())
+        .any(|w| w.eq_ignore_ascii_case(CANARY.as_bytes()))
+}
+
+/// Whether `text` holds [`CANARY`] as a word (ignoring ASCII case), as the dictionary
+/// detector finds it: not preceded or followed by a letter or digit.
+fn canary_word(text: &[u8]) -> bool {
+    let needle = CANARY.as_bytes();
+    let alnum_before = |i: usize| {
+        (1..=4.min(i)).any(|k| {
+            std::str::from_utf8(&text[i - k..i])
+                .ok()
+                .and_then(|s| s.chars().next_back())
+                .is_some_and(char::is_alphanumeric)
+        })
+    };
+    let alnum_after = |i: usize| {
+        (1..=4.min(text.len() - i)).any(|k| {
+            std::str::from_utf8(&text[i..i + k])
+                .ok()
+                .and_then(|s| s.chars().next())
+                .is_some_and(char::is_alphanumeric)
+        })
+    };
+    (0..text.len().saturating_sub(needle.len() - 1)).any(|i| {
+        text[i..i + needle.len()].eq_ignore_ascii_case(needle)
+            && !alnum_before(i)
+            && !alnum_after(i + needle.len())
+    })
+}
+
+/// What every session's trail must satisfy, whatever the protocol:
+///
+/// - no event holds [`TOKEN`] unless the client sent it after logging in, nor
+///   [`UPSTREAM_PASSWORD`] unless a peer sent it;
+/// - no recorded reply or upstream error holds [`CANARY`] as a word unless the client
+///   sent it;
+/// - each `CommandCompleted` follows its own `CommandDecided` (once only, unless
+///   `repeats`: a prepared statement runs as often as it is executed), and every allowed
+///   command in `allowed` has an outcome;
+/// - a session that started ends exactly once.
+fn check_trail(
+    events: &[AuditEvent],
+    client: &[u8],
+    script: &[u8],
+    allowed: &[CommandId],
+    repeats: bool,
+) {
+    let token = TOKEN.as_bytes();
+    let password = UPSTREAM_PASSWORD.as_bytes();
+    let client_sent_canary = mentions_canary(client);
+    for e in events {
+        let text = format!("{e:?}").into_bytes();
+        if !contains(client, token) {
+            assert!(!contains(&text, token), "the client's token is in {e:?}");
+        }
+        if !contains(script, password) && !contains(client, password) {
+            assert!(
+                !contains(&text, password),
+                "the upstream password is in {e:?}"
+            );
+        }
+        if let AuditEventKind::CommandCompleted { reply, error, .. } = &e.kind
+            && !client_sent_canary
+        {
+            let text = reply
+                .as_ref()
+                .map(|r| r.text.as_bytes())
+                .unwrap_or_default();
+            assert!(!canary_word(text), "a detected value was recorded: {e:?}");
+            let error = error.as_deref().unwrap_or_default().as_bytes();
+            assert!(!canary_word(error), "a detected value was recorded: {e:?}");
+        }
+    }
+
+    let mut decided = std::collections::HashSet::new();
+    let mut completed = std::collections::HashSet::new();
+    for e in events {
+        match &e.kind {
+            AuditEventKind::CommandDecided { command_id, .. } => {
+                decided.insert(*command_id);
+            }
+            AuditEventKind::CommandCompleted { command_id, .. } => {
+                assert!(
+                    decided.contains(command_id),
+                    "{command_id:?} completed without a decision before it"
+                );
+                assert!(
+                    completed.insert(*command_id) || repeats,
+                    "{command_id:?} completed twice"
+                );
+            }
+            _ => {}
+        }
+    }
+    for id in allowed {
+        assert!(
+            completed.contains(id),
+            "the allowed command {id:?} has no outcome on record"
+        );
+    }
+    let started = events
+        .iter()
+        .filter(|e| matches!(e.kind, AuditEventKind::SessionStarted { .. }))
+        .count();
+    let ends: Vec<&SessionEndReason> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::SessionEnded { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(started <= 1, "{started} sessions started");
+    assert_eq!(
+        ends.len(),
+        started,
+        "{started} session(s) started and {} ended: {ends:?}",
+        ends.len()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canary_is_found_as_a_word_only() {
+        assert!(canary_word(b"$10\r\nLEAKCANARY\r\n"));
+        assert!(canary_word(b"a leakcanary."));
+        assert!(!canary_word(b"xLEAKCANARY"));
+        assert!(!canary_word(b"LEAKCANARY7"));
+        assert!(!canary_word("\u{e9}LEAKCANARY".as_bytes()));
+        assert!(canary_word(b"\xffLEAKCANARY"));
+        assert!(mentions_canary(b"xleakCanary7"));
+    }
+}

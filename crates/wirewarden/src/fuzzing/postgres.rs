@@ -1,0 +1,679 @@
+//! A whole PostgreSQL session through [`PostgresProxy`] (the `postgres_relay` fuzz target).
+//!
+//! A policy that denies schema changes and statements nobody classified and lets the
+//! harness's identity read, a mask profile with the [`CANARY`](super::CANARY) detector and a column rule
+//! (`*ssn*` redacted), and an in-memory audit trail. The server side logs the gateway in
+//! with SCRAM-SHA-256 (or, if the input says so, answers the login from the script); the
+//! catalog connection the gateway opens to name result columns gets empty answers. After
+//! each session it checks:
+//!
+//! 1. **Every byte the client receives is a whole backend message.**
+//! 2. **Only what policy allowed reaches the server**: every `Query` and `Parse` the server
+//!    receives is either the statement a denial is replaced with or has an allow intent
+//!    with the same text on record before it arrived, the intents taken in order.
+//! 3. **No secret crosses**: the client's token never reaches the server or the trail, the
+//!    gateway's upstream password never reaches the client or the trail, and a value the
+//!    mask profile detects never reaches the client or the recorded responses unless the
+//!    client sent it.
+//! 4. **Every outcome has its intent and the session its end**: each `CommandCompleted`
+//!    follows its `CommandDecided`, every allowed simple query completes, and a session
+//!    that started ends exactly once.
+//! 5. **The session ends** once both peers have closed.
+//!
+//! # Input
+//!
+//! `flags`, a little-endian `u16` length `n`, `n` bytes the client sends after the harness's
+//! login, and then the server's script: segments separated by NUL bytes, one written back
+//! for each `Query`, `Sync` or `Flush` the gateway forwards. Flag bits: 0–1 how the harness
+//! logs in (a startup packet and the token as the password; the startup packet alone; or
+//! nothing, the input's bytes are the connection's first); 2 the first segment answers the
+//! gateway's own startup packet (otherwise a SCRAM login, `ParameterStatus`,
+//! `BackendKeyData` and `ReadyForQuery`); 3 the upstream cannot be reached; 4–7 the size of
+//! the pieces the client's bytes arrive in (`1 << bits`).
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use wirewarden_core::{AuditEvent, AuditEventKind, CommandId, Decision, Protocol, Target};
+use wirewarden_mask::{Engine, FieldRule, Profile, Selector, Strategy};
+use wirewarden_policy::RuleEngine;
+use wirewarden_postgres::auth::{ScramServer, ScramVerifier};
+use wirewarden_postgres::{
+    Authentication, BackendDecoder, BackendMessage, FrontendDecoder, FrontendMessage, Limits,
+    ProtocolVersion, StartupMessage, TransactionStatus,
+};
+
+use super::{
+    Collector, TOKEN, UPSTREAM_PASSWORD, canary_word, check_trail, contains, mentions_canary,
+    settle, tokens, with_canary,
+};
+use crate::listen::{BoxIo, Dial};
+use crate::postgres::{PostgresProxy, PostgresTarget, UpstreamConfig};
+use crate::{Pipeline, Secret};
+
+/// The policy: schema changes and unknown statements denied, reads allowed.
+const POLICY: &str = r#"
+[[rule]]
+id = "no-ddl"
+class = "schema"
+action = "deny"
+reason = "schema changes go through migrations"
+
+[[rule]]
+id = "no-unknown"
+class = "unknown"
+action = "deny"
+reason = "the statement is not understood"
+
+[[rule]]
+id = "agents-read"
+groups = ["agents"]
+max_class = "read"
+action = "allow"
+
+[[budget]]
+id = "rows"
+groups = ["agents"]
+max_rows = 200
+window = "1h"
+"#;
+
+/// Where the text of a denied statement starts, as the gateway sends it upstream.
+const REFUSED_PREFIX: &[u8] = b"wirewarden_refused_";
+
+/// What the next dial connects to: the session's server, once; later dials (the
+/// catalog, a cancel request) get [`Script::Catalog`].
+struct Dialing {
+    next: Mutex<Option<Script>>,
+    audit: Arc<Collector>,
+}
+
+/// How a server connection behaves.
+enum Script {
+    /// The session's: one segment per flush point.
+    Session {
+        segments: Vec<Bytes>,
+        answers_login: bool,
+        seen: Arc<Mutex<Upstream>>,
+        /// Becomes `true` when the harness is done with the session.
+        closed: tokio::sync::watch::Receiver<bool>,
+    },
+    /// The catalog's (or a cancel request's): a SCRAM login, then empty results.
+    Catalog,
+    /// No server: the dial fails.
+    Unreachable,
+}
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    proxy: PostgresProxy,
+    audit: Arc<Collector>,
+    dialing: Arc<Dialing>,
+    one: Mutex<()>,
+}
+
+fn limits() -> Limits {
+    Limits::with_max_message_len(1 << 16)
+}
+
+/// The verifier the scripted server checks the gateway's SCRAM proof against (one
+/// iteration: the fuzzer's time goes to the session, not to PBKDF2).
+fn verifier() -> ScramVerifier {
+    ScramVerifier::derive(UPSTREAM_PASSWORD.as_bytes(), b"wirewarden-fuzz-salt", 1)
+}
+
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime");
+        let engine = Arc::new(RuleEngine::from_toml(POLICY).expect("harness policy"));
+        let masks = Engine::builder()
+            .profile(with_canary(Profile::builder("fuzz")).rule(FieldRule::new(
+                Selector::column("*ssn*"),
+                Strategy::redact(),
+            )))
+            .default_profile("fuzz")
+            .build()
+            .expect("harness mask profile");
+        let audit = Arc::new(Collector::default());
+        let pipeline = Arc::new(
+            Pipeline::builder(Arc::new(tokens()), engine.clone())
+                .budgets(engine.budgets_handle())
+                .masking(Arc::new(masks))
+                .audit(audit.clone())
+                .build()
+                .expect("harness pipeline"),
+        );
+        let upstream = UpstreamConfig {
+            addr: "upstream.invalid:5432".into(),
+            user: "gateway".into(),
+            password: Secret::new(UPSTREAM_PASSWORD),
+            database: "app".into(),
+            tls: None,
+        };
+        let mut target = PostgresTarget::new(
+            Target::new("app", Protocol::Postgres).expect("target"),
+            upstream,
+        );
+        target.limits = limits();
+        target.allow_plaintext_password = true;
+        target.record_limit = 4096;
+        let dialing = Arc::new(Dialing {
+            next: Mutex::new(None),
+            audit: audit.clone(),
+        });
+        let d = dialing.clone();
+        let proxy =
+            PostgresProxy::new(pipeline, target).with_dial(Dial::Given(Arc::new(move || {
+                let script = d
+                    .next
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                    .unwrap_or(Script::Catalog);
+                if matches!(script, Script::Unreachable) {
+                    return Err(std::io::ErrorKind::ConnectionRefused.into());
+                }
+                let (gateway, server) = tokio::io::duplex(1 << 16);
+                tokio::spawn(serve_script(server, script, d.audit.clone()));
+                Ok(Box::new(gateway) as BoxIo)
+            })));
+        Harness {
+            runtime,
+            proxy,
+            audit,
+            dialing,
+            one: Mutex::new(()),
+        }
+    })
+}
+
+/// The parts of one input.
+struct Input<'a> {
+    login: u8,
+    script_answers_login: bool,
+    unreachable: bool,
+    piece: usize,
+    client: &'a [u8],
+    script: Vec<&'a [u8]>,
+}
+
+impl<'a> Input<'a> {
+    fn parse(data: &'a [u8]) -> Option<Self> {
+        let (&flags, rest) = data.split_first()?;
+        let (len, rest) = rest.split_first_chunk::<2>()?;
+        let n = usize::from(u16::from_le_bytes(*len)).min(rest.len());
+        let (client, script) = rest.split_at(n);
+        Some(Self {
+            login: flags & 3,
+            script_answers_login: flags & 4 != 0,
+            unreachable: flags & 8 != 0,
+            piece: 1 << (flags >> 4),
+            client,
+            script: if script.is_empty() {
+                Vec::new()
+            } else {
+                script.split(|&b| b == 0).collect()
+            },
+        })
+    }
+
+    /// What the harness sends before the input's client bytes.
+    fn login_bytes(&self) -> BytesMut {
+        let mut out = BytesMut::new();
+        if self.login == 2 {
+            return out;
+        }
+        let parameters = [
+            ("user", "agent"),
+            ("database", "app"),
+            ("application_name", "fuzz run=1"),
+        ]
+        .iter()
+        .map(|(k, v)| {
+            (
+                Bytes::from_static(k.as_bytes()),
+                Bytes::from_static(v.as_bytes()),
+            )
+        })
+        .collect();
+        FrontendMessage::Startup(StartupMessage {
+            version: ProtocolVersion::V3_0,
+            parameters,
+        })
+        .encode(&mut out)
+        .expect("a startup packet encodes");
+        if self.login != 1 {
+            FrontendMessage::PasswordMessage(Bytes::from_static(TOKEN.as_bytes()))
+                .encode(&mut out)
+                .expect("a password message encodes");
+        }
+        out
+    }
+}
+
+/// What the session's server saw.
+#[derive(Default)]
+struct Upstream {
+    /// Every byte the gateway sent it.
+    received: Vec<u8>,
+    /// The text of each `Query` and `Parse` it received, with how many events were on
+    /// record when it arrived and whether it was a simple `Query`.
+    statements: Vec<(Bytes, usize, bool)>,
+}
+
+/// Runs one session from fuzz input: see the module documentation.
+pub fn postgres_relay(data: &[u8]) {
+    let Some(input) = Input::parse(data) else {
+        return;
+    };
+    let h = harness();
+    // One session at a time: they share the audit collector.
+    let _one = h.one.lock().unwrap_or_else(PoisonError::into_inner);
+    h.audit.events().clear();
+    h.runtime.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(60), session(h, &input)).await {
+            Ok(()) => {}
+            Err(_) => panic!("the session did not end within 60 s"),
+        }
+    });
+}
+
+async fn session(h: &'static Harness, input: &Input<'_>) {
+    let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
+    let seen = Arc::new(Mutex::new(Upstream::default()));
+    let (close, closed) = tokio::sync::watch::channel(false);
+    *h.dialing
+        .next
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(if input.unreachable {
+        Script::Unreachable
+    } else {
+        Script::Session {
+            segments: input
+                .script
+                .iter()
+                .map(|s| Bytes::copy_from_slice(s))
+                .collect(),
+            answers_login: input.script_answers_login,
+            seen: seen.clone(),
+            closed,
+        }
+    });
+    let peer = "192.0.2.7:40000".parse().ok();
+    let proxy = h.proxy.clone();
+    let served = tokio::spawn(async move { proxy.serve(gateway_client, peer).await });
+
+    let (mut client_rx, mut client_tx) = tokio::io::split(&mut client);
+    let receive = async {
+        let mut got = Vec::new();
+        let _ = client_rx.read_to_end(&mut got).await;
+        got
+    };
+    let send = async {
+        let _ = client_tx.write_all(&input.login_bytes()).await;
+        settle().await;
+        for piece in input.client.chunks(input.piece) {
+            if client_tx.write_all(piece).await.is_err() {
+                break;
+            }
+            settle().await;
+        }
+        settle().await;
+        let _ = client_tx.shutdown().await;
+        settle().await;
+        let _ = close.send(true);
+    };
+    let (received, ()) = tokio::join!(receive, send);
+    let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
+    assert!(
+        ended.is_ok(),
+        "the session did not end within 10 s of both peers closing"
+    );
+    // An input that never reached the session's server leaves it unclaimed.
+    h.dialing
+        .next
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let events = h.audit.events().clone();
+    let upstream = std::mem::take(&mut *seen.lock().unwrap_or_else(PoisonError::into_inner));
+    check(input, &received, &upstream, &events);
+}
+
+/// Reads one frontend message, or `None` when the gateway closed or sent something that
+/// does not decode.
+async fn next_message(
+    io: &mut DuplexStream,
+    buf: &mut BytesMut,
+    decoder: &mut FrontendDecoder,
+    received: &mut Vec<u8>,
+) -> Option<FrontendMessage> {
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some((_, msg))) => return Some(msg),
+            Ok(None) => {}
+            Err(e) => panic!("the gateway sent the server a malformed message: {e}"),
+        }
+        buf.reserve(16 * 1024);
+        let before = buf.len();
+        match io.read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => received.extend_from_slice(&buf[before..]),
+        }
+    }
+}
+
+/// Logs the gateway in as a server would: SCRAM-SHA-256, then the session's parameters,
+/// a cancel key and `ReadyForQuery`. `None`: the exchange failed or the gateway left.
+async fn scram_login(
+    io: &mut DuplexStream,
+    buf: &mut BytesMut,
+    decoder: &mut FrontendDecoder,
+    received: &mut Vec<u8>,
+) -> Option<()> {
+    let mut server = ScramServer::new(verifier(), None);
+    let mut out = BytesMut::new();
+    server.start().encode(&mut out).ok()?;
+    io.write_all(&out).await.ok()?;
+    while !server.is_authenticated() {
+        decoder.set_auth_context(server.auth_context());
+        let msg = next_message(io, buf, decoder, received).await?;
+        let answer = server.on_response(&msg).ok()?;
+        out.clear();
+        answer.encode(&mut out).ok()?;
+        io.write_all(&out).await.ok()?;
+    }
+    out.clear();
+    for msg in [
+        BackendMessage::Authentication(Authentication::Ok),
+        BackendMessage::ParameterStatus {
+            name: Bytes::from_static(b"server_version"),
+            value: Bytes::from_static(b"16.4"),
+        },
+        BackendMessage::ParameterStatus {
+            name: Bytes::from_static(b"client_encoding"),
+            value: Bytes::from_static(b"UTF8"),
+        },
+        BackendMessage::BackendKeyData {
+            process_id: 4242,
+            secret_key: Bytes::from_static(b"\x01\x02\x03\x04"),
+        },
+        BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+    ] {
+        msg.encode(&mut out).ok()?;
+    }
+    io.write_all(&out).await.ok()?;
+    Some(())
+}
+
+/// Plays a server on one connection.
+async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector>) {
+    let mut decoder = FrontendDecoder::new(limits());
+    let mut buf = BytesMut::new();
+    let mut received = Vec::new();
+    let Some(first) = next_message(&mut io, &mut buf, &mut decoder, &mut received).await else {
+        return;
+    };
+    if !matches!(first, FrontendMessage::Startup(_)) {
+        // A cancel request: the server closes without a word.
+        return;
+    }
+    let (mut segments, seen, mut closed) = match script {
+        Script::Unreachable => return,
+        Script::Catalog => {
+            if scram_login(&mut io, &mut buf, &mut decoder, &mut received)
+                .await
+                .is_none()
+            {
+                return;
+            }
+            // Every catalog query finds nothing.
+            while let Some(msg) = next_message(&mut io, &mut buf, &mut decoder, &mut received).await
+            {
+                if matches!(msg, FrontendMessage::Query(_)) {
+                    let mut out = BytesMut::new();
+                    let _ = BackendMessage::CommandComplete(Bytes::from_static(b"SELECT 0"))
+                        .encode(&mut out);
+                    let _ = BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
+                    if io.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            return;
+        }
+        Script::Session {
+            segments,
+            answers_login,
+            seen,
+            closed,
+        } => {
+            let mut segments = segments.into_iter();
+            if answers_login {
+                if let Some(answer) = segments.next()
+                    && io.write_all(&answer).await.is_err()
+                {
+                    return;
+                }
+                decoder = FrontendDecoder::established(limits());
+            } else if scram_login(&mut io, &mut buf, &mut decoder, &mut received)
+                .await
+                .is_none()
+            {
+                seen.lock().unwrap_or_else(PoisonError::into_inner).received = received;
+                return;
+            }
+            (segments, seen, closed)
+        }
+    };
+    let record = |received: &mut Vec<u8>| {
+        seen.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .received
+            .append(received);
+    };
+    loop {
+        let msg = tokio::select! {
+            msg = next_message(&mut io, &mut buf, &mut decoder, &mut received) => msg,
+            _ = closed.wait_for(|done| *done) => None,
+        };
+        record(&mut received);
+        let Some(msg) = msg else { break };
+        let statement = match &msg {
+            FrontendMessage::Query(sql) => Some((sql.clone(), true)),
+            FrontendMessage::Parse(p) => Some((p.query.clone(), false)),
+            _ => None,
+        };
+        if let Some((text, simple)) = statement {
+            let on_record = audit.events().len();
+            seen.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .statements
+                .push((text, on_record, simple));
+        }
+        let flush_point = matches!(
+            msg,
+            FrontendMessage::Query(_) | FrontendMessage::Sync | FrontendMessage::Flush
+        );
+        if flush_point
+            && let Some(answer) = segments.next()
+            && io.write_all(&answer).await.is_err()
+        {
+            break;
+        }
+        if matches!(msg, FrontendMessage::Terminate) {
+            break;
+        }
+    }
+    let _ = io.shutdown().await;
+}
+
+fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[AuditEvent]) {
+    let script: Vec<u8> = input.script.concat();
+    let client_sent_canary = mentions_canary(input.client);
+
+    // 1. What the client receives is whole backend messages. (When the input sends the
+    // connection's first bytes itself, an SSLRequest's one-byte answer may come first.)
+    if input.login != 2 {
+        let mut buf = BytesMut::from(received);
+        let mut decoder = BackendDecoder::new(limits());
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => panic!(
+                    "the client received a malformed message ({e}) at byte {} of {received:?}",
+                    received.len() - buf.len()
+                ),
+            }
+        }
+        assert!(
+            buf.is_empty(),
+            "the client received a partial message at the end: {buf:?}"
+        );
+    }
+
+    // 2. Each statement the server received was allowed first, in order, or is a denial's
+    // replacement.
+    let allowed: Vec<(usize, &str, CommandId)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.kind {
+            AuditEventKind::CommandDecided {
+                command,
+                decision: Decision::Allow { .. },
+                command_id,
+                ..
+            } => Some((i, command.text.as_str(), *command_id)),
+            _ => None,
+        })
+        .collect();
+    let mut intents = allowed.iter();
+    // Simple queries complete at their ReadyForQuery; a prepared statement completes once
+    // per execution, and not at all if it is never executed.
+    let mut must_complete = Vec::new();
+    for (text, on_record, simple) in &upstream.statements {
+        if text.starts_with(REFUSED_PREFIX) {
+            continue;
+        }
+        // Executions of statements prepared outside the extended protocol have intents of
+        // their own (`EXECUTE name`) that no statement text matches: passed over.
+        let text_str = String::from_utf8_lossy(text);
+        let Some(&(at, _, id)) = intents.find(|(_, intent, _)| *intent == text_str) else {
+            panic!("{text:?} reached the server without an allow intent on record, in order");
+        };
+        assert!(
+            at < *on_record,
+            "{text:?} reached the server before its intent was on record"
+        );
+        if *simple {
+            must_complete.push(id);
+        }
+    }
+
+    // 3. No secret crosses the wire.
+    let token = TOKEN.as_bytes();
+    if !contains(input.client, token) {
+        assert!(
+            !contains(&upstream.received, token),
+            "the client's token reached the server"
+        );
+    }
+    if !contains(&script, UPSTREAM_PASSWORD.as_bytes()) {
+        assert!(
+            !contains(received, UPSTREAM_PASSWORD.as_bytes()),
+            "the upstream password reached the client"
+        );
+    }
+    if !client_sent_canary {
+        assert!(
+            !canary_word(received),
+            "a detected value reached the client in clear: {:?}",
+            String::from_utf8_lossy(received)
+        );
+    }
+
+    // 3 and 4 in the trail.
+    check_trail(events, input.client, &script, &must_complete, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(flags: u8, client: &[u8], script: &[u8]) -> Vec<u8> {
+        let mut v = vec![flags];
+        v.extend_from_slice(&u16::try_from(client.len()).unwrap().to_le_bytes());
+        v.extend_from_slice(client);
+        v.extend_from_slice(script);
+        v
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        FrontendMessage::Query(Bytes::copy_from_slice(sql.as_bytes()))
+            .encode(&mut out)
+            .unwrap();
+        out.to_vec()
+    }
+
+    /// `SELECT` of one text column `c` with the given values, then `ReadyForQuery`.
+    fn rows(values: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        // RowDescription: one field "c", no table, text.
+        let mut body = Vec::new();
+        body.extend_from_slice(&1u16.to_be_bytes());
+        body.extend_from_slice(b"c\0");
+        body.extend_from_slice(&0u32.to_be_bytes());
+        body.extend_from_slice(&0u16.to_be_bytes());
+        body.extend_from_slice(&25u32.to_be_bytes());
+        body.extend_from_slice(&(-1i16).to_be_bytes());
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&0u16.to_be_bytes());
+        out.push(b'T');
+        out.extend_from_slice(&(u32::try_from(body.len()).unwrap() + 4).to_be_bytes());
+        out.extend_from_slice(&body);
+        for v in values {
+            let mut body = Vec::new();
+            body.extend_from_slice(&1u16.to_be_bytes());
+            body.extend_from_slice(&u32::try_from(v.len()).unwrap().to_be_bytes());
+            body.extend_from_slice(v.as_bytes());
+            out.push(b'D');
+            out.extend_from_slice(&(u32::try_from(body.len()).unwrap() + 4).to_be_bytes());
+            out.extend_from_slice(&body);
+        }
+        let tag = format!("SELECT {}\0", values.len());
+        out.push(b'C');
+        out.extend_from_slice(&(u32::try_from(tag.len()).unwrap() + 4).to_be_bytes());
+        out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(b"Z\0\0\0\x05I");
+        out
+    }
+
+    #[test]
+    fn a_clean_session_passes_every_check() {
+        let mut client = query("SELECT c FROM t");
+        client.extend_from_slice(&query("DROP TABLE t"));
+        let mut script = rows(&["LEAKCANARY", "plain"]);
+        script.push(0);
+        // The denial's replacement fails to parse.
+        script.extend_from_slice(b"E\0\0\0\x20SERROR\0C42601\0Msyntax error\0\0Z\0\0\0\x05I");
+        postgres_relay(&input(0xf0, &client, &script));
+        let events = harness().audit.events().clone();
+        let decided = events
+            .iter()
+            .filter(|e| matches!(e.kind, AuditEventKind::CommandDecided { .. }))
+            .count();
+        let completed = events
+            .iter()
+            .filter(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. }))
+            .count();
+        assert_eq!((decided, completed), (2, 1), "{events:#?}");
+    }
+}

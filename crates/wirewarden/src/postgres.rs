@@ -806,6 +806,11 @@ fn is_utf8_encoding(name: &[u8]) -> bool {
     matches!(norm.as_slice(), b"UTF8" | b"UNICODE")
 }
 
+/// `name` as a quoted SQL identifier.
+fn quote_ident(name: &[u8]) -> String {
+    format!("\"{}\"", String::from_utf8_lossy(name).replace('"', "\"\""))
+}
+
 /// A random token that marks the statement a denial is replaced with.
 fn poison_token() -> String {
     let mut b = [0u8; 8];
@@ -1075,6 +1080,8 @@ impl Relay {
         let mut statements: std::collections::HashMap<Bytes, (Arc<Profile>, CommandId)> =
             Default::default();
         let mut portals: std::collections::HashMap<Bytes, Bytes> = Default::default();
+        // Statement names whose last Parse was refused, which the server does not hold.
+        let mut refused: std::collections::HashSet<Bytes> = Default::default();
         loop {
             let (frame, msg) = match decoder.decode(&mut buf) {
                 Ok(Some(x)) => x,
@@ -1142,12 +1149,19 @@ impl Relay {
                         .await
                     {
                         Verdict::Forward(profile, id) => {
+                            refused.remove(&p.name);
                             statements.insert(p.name.clone(), (profile, id));
                             self.track_frontend(&msg)?;
                             out.extend_from_slice(frame.as_bytes());
                         }
                         Verdict::Refuse { message, code } => {
-                            statements.remove(&p.name);
+                            // The server's Parse fails, so what it holds under this name
+                            // stays: a named statement keeps the statement (and decision)
+                            // it had; the unnamed one is dropped by any Parse.
+                            if p.name.is_empty() || !statements.contains_key(&p.name) {
+                                statements.remove(&p.name);
+                                refused.insert(p.name.clone());
+                            }
                             self.push([Item::Refused { message, code }]);
                             let mut poisoned = p.clone();
                             poisoned.query = self.poison_sql();
@@ -1164,14 +1178,66 @@ impl Relay {
                     out.extend_from_slice(frame.as_bytes());
                 }
                 FrontendMessage::Execute { portal, .. } => {
-                    let (profile, id) = portals
-                        .get(portal)
-                        .and_then(|s| statements.get(s))
-                        .cloned()
-                        .unwrap_or_else(|| (self.profile.clone(), CommandId::new()));
-                    self.push([self.pending(id, false, profile)]);
-                    self.track_frontend(&msg)?;
-                    out.extend_from_slice(frame.as_bytes());
+                    let statement = portals.get(portal).cloned();
+                    let decided = statement.as_ref().and_then(|s| statements.get(s)).cloned();
+                    match (decided, statement) {
+                        (Some((profile, id)), _) => {
+                            self.push([self.pending(id, false, profile)]);
+                            self.track_frontend(&msg)?;
+                            out.extend_from_slice(frame.as_bytes());
+                        }
+                        (None, Some(s)) if refused.contains(&s) => {
+                            // Its Parse was refused: the server fails the Bind (or is
+                            // already discarding until Sync), so nothing runs.
+                            self.track_frontend(&msg)?;
+                            out.extend_from_slice(frame.as_bytes());
+                        }
+                        (None, statement) => {
+                            // A statement or portal no Parse or Bind of this session made:
+                            // one prepared with SQL `PREPARE`, or a cursor opened with
+                            // `DECLARE`. The execution is decided as the SQL that does the
+                            // same, so it has an intent of its own and its rows are masked
+                            // with the profile its rule gives; a name nothing prepared is
+                            // unknown, and refused.
+                            if !out.is_empty() {
+                                up.write_all(&out).await.map_err(Error::upstream_io)?;
+                                out.clear();
+                            }
+                            let sql = match &statement {
+                                Some(s) => format!("EXECUTE {}", quote_ident(s)),
+                                None => format!("FETCH ALL FROM {}", quote_ident(portal)),
+                            };
+                            match self
+                                .decide(
+                                    &mut classifier,
+                                    sql.as_bytes(),
+                                    (&client_w, &mut client, &mut buf),
+                                )
+                                .await
+                            {
+                                Verdict::Forward(profile, id) => {
+                                    self.push([self.pending(id, false, profile)]);
+                                    self.track_frontend(&msg)?;
+                                    out.extend_from_slice(frame.as_bytes());
+                                }
+                                Verdict::Refuse { message, code } => {
+                                    // A Parse that fails in its place: the server reports
+                                    // the error and discards until Sync, as for any failed
+                                    // message.
+                                    self.push([Item::Refused { message, code }]);
+                                    let m = FrontendMessage::Parse(
+                                        wirewarden_postgres::frontend::Parse {
+                                            name: Bytes::new(),
+                                            query: self.poison_sql(),
+                                            param_types: Vec::new(),
+                                        },
+                                    );
+                                    self.track_frontend(&m)?;
+                                    m.encode(&mut out)?;
+                                }
+                            }
+                        }
+                    }
                 }
                 FrontendMessage::Sync => {
                     self.push([Item::Boundary]);

@@ -103,18 +103,26 @@ async fn gateway_with_policy(
     wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
     policy: &str,
 ) -> Gateway {
+    gateway_with_masks(tls, identity, wrap, policy, None).await
+}
+
+async fn gateway_with_masks(
+    tls: Option<ServerTls>,
+    identity: Arc<dyn IdentityProvider>,
+    wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
+    policy: &str,
+    masks: Option<wirewarden::mask::Engine>,
+) -> Gateway {
     let pg = tokio::task::spawn_blocking(|| Postgres::builder().seed_sql(SEED).start().unwrap())
         .await
         .unwrap();
     let (audit_dir, keys, sink) = support::audit_trail();
     let engine = Arc::new(RuleEngine::from_toml(policy).unwrap());
-    let pipeline = Arc::new(
-        Pipeline::builder(identity, engine.clone())
-            .budgets(engine.budgets_handle())
-            .audit(wrap(Arc::new(sink)))
-            .build()
-            .unwrap(),
-    );
+    let mut builder = Pipeline::builder(identity, engine.clone()).budgets(engine.budgets_handle());
+    if let Some(masks) = masks {
+        builder = builder.masking(Arc::new(masks));
+    }
+    let pipeline = Arc::new(builder.audit(wrap(Arc::new(sink))).build().unwrap());
     let upstream = UpstreamConfig {
         addr: pg.addr().to_string(),
         user: pg.user().to_owned(),
@@ -934,4 +942,105 @@ async fn an_exfiltration_budget_stops_the_next_read() {
         "{stdout}"
     );
     assert!(stderr.contains("budget"), "{stderr}");
+}
+
+/// Statements the gateway saw no Parse for still run through policy: a statement prepared
+/// with SQL `PREPARE` and executed with the extended protocol (libpq's `PQexecPrepared`) is
+/// decided as `EXECUTE name`, so its rows are masked with the profile its rule gives and
+/// its outcome has an intent; a named statement whose new Parse was refused keeps the
+/// statement and decision the server still holds; a name nothing prepared is refused. No
+/// outcome on the trail lacks its intent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_prepared_outside_the_extended_protocol_are_decided() {
+    use wirewarden::mask::{DetectorSet, Engine, FieldRule, Profile, Selector, Strategy};
+    // Reads get the strict profile; the session's default masks nothing, so a row masked
+    // with the default instead of the rule's profile would show the SSN.
+    let policy = POLICY.replace(
+        "max_class = \"read\"\naction = \"allow\"",
+        "max_class = \"read\"\naction = \"allow\"\nmask_profile = \"strict\"",
+    );
+    let masks = Engine::builder()
+        .profile(
+            Profile::builder("strict")
+                .rule(FieldRule::new(Selector::column("ssn"), Strategy::redact())),
+        )
+        .profile(Profile::builder("open").detectors(DetectorSet::empty()))
+        .default_profile("open")
+        .build()
+        .unwrap();
+    let g = gateway_with_masks(None, Arc::new(tokens()), |s| s, &policy, Some(masks)).await;
+    let script = format!(
+        r#"
+import psycopg
+from psycopg import pq
+conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
+pg = conn.pgconn
+def show(label, r):
+    if r.status == pq.ExecStatus.TUPLES_OK:
+        print(label, "rows", r.get_value(0, 0).decode())
+    elif r.status == pq.ExecStatus.COMMAND_OK:
+        print(label, "ok")
+    else:
+        print(label, "error", r.error_field(pq.DiagnosticField.SQLSTATE).decode())
+conn.execute("PREPARE by_id AS SELECT ssn FROM customers WHERE id = 1")
+show("sql-prepared", pg.exec_prepared(b"by_id", []))
+show("parse", pg.prepare(b"s1", b"SELECT ssn FROM customers WHERE id = 2"))
+show("reparse", pg.prepare(b"s1", b"DROP TABLE customers"))
+show("s1", pg.exec_prepared(b"s1", []))
+show("unknown", pg.exec_prepared(b"nothing", []))
+show("after", pg.exec_params(b"SELECT count(*) FROM customers", []))
+"#,
+        port = g.addr.port()
+    );
+    let out = python(&script).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("sql-prepared rows [REDACTED]"), "{stdout}");
+    assert!(stdout.contains("reparse error 42501"), "{stdout}");
+    assert!(stdout.contains("s1 rows [REDACTED]"), "{stdout}");
+    // Nothing of that name exists upstream: the server fails the Bind (26000) and the
+    // Execute is never run; the decision is on record all the same.
+    assert!(stdout.contains("unknown error 26000"), "{stdout}");
+    assert!(stdout.contains("after rows 2"), "{stdout}");
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert!(!stdout.contains("234-56-7890"), "{stdout}");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ev = events(g.audit_dir.path(), &g.keys);
+    let mut decided = std::collections::HashMap::new();
+    for e in &ev {
+        match e {
+            AuditEventKind::CommandDecided {
+                command_id,
+                command,
+                decision,
+                ..
+            } => {
+                decided.insert(*command_id, (command.text.clone(), decision.clone()));
+            }
+            AuditEventKind::CommandCompleted { command_id, .. } => {
+                assert!(
+                    decided.contains_key(command_id),
+                    "an outcome without its intent: {e:?}"
+                );
+            }
+            _ => {}
+        }
+    }
+    let decision_of = |text: &str| {
+        decided
+            .values()
+            .find(|(t, _)| t == text)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| panic!("no intent for {text}: {ev:#?}"))
+    };
+    assert!(matches!(
+        decision_of("EXECUTE \"by_id\""),
+        Decision::Allow { .. }
+    ));
+    assert!(matches!(
+        decision_of("EXECUTE \"nothing\""),
+        Decision::Deny { .. }
+    ));
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }

@@ -1092,6 +1092,13 @@ impl Relay {
                     }
                     buf.reserve(64 * 1024);
                     if client.read_buf(&mut buf).await.map_err(Error::client_io)? == 0 {
+                        // The client left without a Terminate: the server is sent one, so
+                        // it answers what it was sent and then closes, and the session
+                        // ends once those answers are on record rather than when a drain
+                        // timeout gives up on a server that would wait for more.
+                        FrontendMessage::Terminate.encode(&mut out)?;
+                        up.write_all(&out).await.map_err(Error::upstream_io)?;
+                        let _ = up.shutdown().await;
                         return Ok(());
                     }
                     continue;

@@ -269,8 +269,13 @@ struct Upstream {
 
 /// Runs one session from fuzz input: see the module documentation.
 pub fn postgres_relay(data: &[u8]) {
+    run(data);
+}
+
+/// Runs and checks one session; what the session's server saw.
+fn run(data: &[u8]) -> Upstream {
     let Some(input) = Input::parse(data) else {
-        return;
+        return Upstream::default();
     };
     let h = harness();
     // One session at a time: they share the audit collector.
@@ -278,13 +283,13 @@ pub fn postgres_relay(data: &[u8]) {
     h.audit.events().clear();
     h.runtime.block_on(async {
         match tokio::time::timeout(Duration::from_secs(60), session(h, &input)).await {
-            Ok(()) => {}
+            Ok(upstream) => upstream,
             Err(_) => panic!("the session did not end within 60 s"),
         }
-    });
+    })
 }
 
-async fn session(h: &'static Harness, input: &Input<'_>) {
+async fn session(h: &'static Harness, input: &Input<'_>) -> Upstream {
     let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
     let seen = Arc::new(Mutex::new(Upstream::default()));
     let (close, closed) = tokio::sync::watch::channel(false);
@@ -344,6 +349,7 @@ async fn session(h: &'static Harness, input: &Input<'_>) {
     let events = h.audit.events().clone();
     let upstream = std::mem::take(&mut *seen.lock().unwrap_or_else(PoisonError::into_inner));
     check(input, &received, &upstream, &events);
+    upstream
 }
 
 /// Reads one frontend message, or `None` when the gateway closed or sent something that
@@ -664,7 +670,13 @@ mod tests {
         script.push(0);
         // The denial's replacement fails to parse.
         script.extend_from_slice(b"E\0\0\0\x20SERROR\0C42601\0Msyntax error\0\0Z\0\0\0\x05I");
-        postgres_relay(&input(0xf0, &client, &script));
+        let upstream = run(&input(0xf0, &client, &script));
+        // The client left without a Terminate: the server was sent one for it.
+        assert!(
+            upstream.received.ends_with(b"X\0\0\0\x04"),
+            "{:?}",
+            upstream.received
+        );
         let events = harness().audit.events().clone();
         let decided = events
             .iter()

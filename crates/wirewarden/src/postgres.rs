@@ -1473,9 +1473,15 @@ impl Relay {
             ..Downstream::default()
         };
         loop {
+            let mut failed = None;
             loop {
                 match decoder.decode(&mut buf) {
-                    Ok(Some((frame, msg))) => self.on_backend(&mut st, frame, msg).await?,
+                    Ok(Some((frame, msg))) => {
+                        if let Err(e) = self.on_backend(&mut st, frame, msg).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         let event = AuditEvent::new(
@@ -1486,35 +1492,43 @@ impl Relay {
                             },
                         );
                         let _ = self.proxy.pipeline.record(&event).await;
-                        let mut w = client_w.lock().await;
-                        let _ = w.write_all(&st.out).await;
-                        let _ = send(
-                            &mut *w,
-                            &[fatal(
-                                "08P01",
-                                "wirewarden: the upstream sent an invalid message",
-                            )],
-                        )
-                        .await;
-                        return Err(e.into());
+                        BackendMessage::ErrorResponse(ErrorFields::new(
+                            "FATAL",
+                            "08P01",
+                            "wirewarden: the upstream sent an invalid message",
+                        ))
+                        .encode(&mut st.out)?;
+                        failed = Some(e.into());
+                        break;
                     }
                 }
             }
             // Budgets are charged before the client sees the result, so its next command is
-            // decided against the updated counters.
+            // decided against the updated counters; and what completed goes on record before
+            // the write, so that nothing that ends the session from here on (the client
+            // gone, the upstream's next message invalid, the session aborted) loses an
+            // outcome.
             for p in &st.completed {
                 self.proxy
                     .pipeline
                     .charge(&self.principal, &self.target, p.rows, p.bytes);
             }
-            if !st.out.is_empty() {
-                let mut w = client_w.lock().await;
-                w.write_all(&st.out).await.map_err(Error::client_io)?;
-                w.flush().await.map_err(Error::client_io)?;
-                st.out.clear();
-            }
             for done in std::mem::take(&mut st.completed) {
                 self.record_completion(done).await;
+            }
+            if !st.out.is_empty() {
+                let mut w = client_w.lock().await;
+                let written = w.write_all(&st.out).await;
+                if failed.is_none() {
+                    written.map_err(Error::client_io)?;
+                    w.flush().await.map_err(Error::client_io)?;
+                } else {
+                    let _ = w.flush().await;
+                }
+                st.out.clear();
+            }
+            if let Some(e) = failed {
+                return Err(e);
             }
             buf.reserve(64 * 1024);
             if up.read_buf(&mut buf).await.map_err(Error::upstream_io)? == 0 {

@@ -1724,6 +1724,7 @@ impl Relay {
                 if st.discarding {
                     return Ok(());
                 }
+                let data_len = data.len() as u64;
                 let mut q = self
                     .shared
                     .queue
@@ -1734,25 +1735,31 @@ impl Relay {
                     st.discarding = true;
                     return Ok(());
                 };
-                match outbound::mask_copy_data(
+                // What the client is sent is what the recording keeps.
+                let shown = match outbound::mask_copy_data(
                     &pending.profile,
                     &data,
                     st.copy_binary,
                     &mut pending.masked,
                 ) {
-                    Ok(None) => st.out.extend_from_slice(frame.as_bytes()),
+                    Ok(None) => {
+                        st.out.extend_from_slice(frame.as_bytes());
+                        data
+                    }
                     Ok(Some(masked)) => {
-                        BackendMessage::CopyData(Bytes::from(masked)).encode(&mut st.out)?
+                        let masked = Bytes::from(masked);
+                        BackendMessage::CopyData(masked.clone()).encode(&mut st.out)?;
+                        masked
                     }
                     Err(Unmaskable(why)) => {
                         withhold(st, pending, &why)?;
                         return Ok(());
                     }
-                }
+                };
                 pending.rows += 1;
-                pending.bytes += data.len() as u64;
+                pending.bytes += data_len;
                 if pending.recording.len() < limit {
-                    let line = String::from_utf8_lossy(&data).trim_end().to_owned();
+                    let line = String::from_utf8_lossy(&shown).trim_end().to_owned();
                     record(pending, limit, &line);
                 }
             }

@@ -433,6 +433,30 @@ with cur.copy("COPY customers (id, ssn, card) TO STDOUT") as copy:
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_verifies(g.audit_dir.path(), &g.keys);
+    // The trail keeps each reply as the client saw it: masked, COPY data included.
+    let recorded: Vec<String> = events(g.audit_dir.path(), &g.keys)
+        .into_iter()
+        .filter_map(|e| match e {
+            AuditEventKind::CommandCompleted { reply, .. } => reply.map(|r| r.text),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        recorded.iter().any(|r| r.starts_with("1\t")),
+        "the COPY is recorded: {recorded:#?}"
+    );
+    for secret in [
+        "123-45-6789",
+        "234-56-7890",
+        "4111 1111 1111 1111",
+        "5500-0000-0000-0004",
+        "ada@example.com",
+    ] {
+        assert!(
+            !recorded.iter().any(|r| r.contains(secret)),
+            "{secret} is in the trail: {recorded:#?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,6 +91,35 @@ async fn settle() {
     }
 }
 
+/// Splits a server script into its segments: each a little-endian `u16` length and that
+/// many bytes (fewer if the input ends first). Lengths rather than separators, because
+/// PostgreSQL messages are binary and RESP values may hold any byte.
+fn segments(mut script: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while let Some((len, rest)) = script.split_first_chunk::<2>() {
+        let n = usize::from(u16::from_le_bytes(*len)).min(rest.len());
+        let (segment, rest) = rest.split_at(n);
+        out.push(segment);
+        script = rest;
+    }
+    out
+}
+
+/// A script of `segments`, as [`segments`] reads it (for tests and seeds).
+#[cfg(test)]
+fn script(segments: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in segments {
+        out.extend_from_slice(
+            &u16::try_from(s.len())
+                .expect("a short segment")
+                .to_le_bytes(),
+        );
+        out.extend_from_slice(s);
+    }
+    out
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -232,5 +261,14 @@ mod tests {
         assert!(!canary_word("\u{e9}LEAKCANARY".as_bytes()));
         assert!(canary_word(b"\xffLEAKCANARY"));
         assert!(mentions_canary(b"xleakCanary7"));
+    }
+
+    #[test]
+    fn scripts_split_into_length_prefixed_segments() {
+        let s = script(&[b"+OK\r\n", b"", b"\0\0"]);
+        assert_eq!(segments(&s), [&b"+OK\r\n"[..], b"", b"\0\0"]);
+        // A length past the end takes what is there; a lone byte is no segment.
+        assert_eq!(segments(&[9, 0, b'a', b'b']), [&b"ab"[..]]);
+        assert!(segments(&[7]).is_empty());
     }
 }

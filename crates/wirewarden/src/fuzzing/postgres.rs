@@ -4,10 +4,14 @@
 //! harness's identity read, a mask profile with the [`CANARY`](super::CANARY) detector and a column rule
 //! (`*ssn*` redacted), and an in-memory audit trail. The server side logs the gateway in
 //! with SCRAM-SHA-256 (or, if the input says so, answers the login from the script); the
-//! catalog connection the gateway opens to name result columns gets empty answers. After
+//! catalog connection the gateway opens to name result columns knows one table, `people`
+//! (`ssn`, `name`). After
 //! each session it checks:
 //!
-//! 1. **Every byte the client receives is a whole backend message.**
+//! 1. **Every byte the client receives is a whole backend message**, and no cell of a
+//!    result column that is `people.ssn` (as the catalog connection names the table's OID
+//!    and the column's number, whatever the client calls the column) carries what that
+//!    column held upstream: the column rule redacts it whole.
 //! 2. **Only what policy allowed reaches the server**: every `Query` and `Parse` the server
 //!    receives is either the statement a denial is replaced with or has an allow intent
 //!    with the same text on record before it arrived, the intents taken in order.
@@ -23,8 +27,8 @@
 //! # Input
 //!
 //! `flags`, a little-endian `u16` length `n`, `n` bytes the client sends after the harness's
-//! login, and then the server's script: segments separated by NUL bytes, one written back
-//! for each `Query`, `Sync` or `Flush` the gateway forwards. Flag bits: 0–1 how the harness
+//! login, and then the server's script: segments (each a little-endian `u16` length and that
+//! many bytes), one written back for each `Query`, `Sync` or `Flush` the gateway forwards. Flag bits: 0–1 how the harness
 //! logs in (a startup packet and the token as the password; the startup packet alone; or
 //! nothing, the input's bytes are the connection's first); 2 the first segment answers the
 //! gateway's own startup packet (otherwise a SCRAM login, `ParameterStatus`,
@@ -47,7 +51,7 @@ use wirewarden_postgres::{
 
 use super::{
     Collector, TOKEN, UPSTREAM_PASSWORD, canary_word, check_trail, contains, mentions_canary,
-    settle, tokens, with_canary,
+    segments, settle, tokens, with_canary,
 };
 use crate::listen::{BoxIo, Dial};
 use crate::postgres::{PostgresProxy, PostgresTarget, UpstreamConfig};
@@ -215,11 +219,7 @@ impl<'a> Input<'a> {
             unreachable: flags & 8 != 0,
             piece: 1 << (flags >> 4),
             client,
-            script: if script.is_empty() {
-                Vec::new()
-            } else {
-                script.split(|&b| b == 0).collect()
-            },
+            script: segments(script),
         })
     }
 
@@ -418,6 +418,56 @@ async fn scram_login(
     Some(())
 }
 
+/// The one table the catalog knows: [`PEOPLE_OID`], whose first column is `ssn` (which the
+/// profile's column rule redacts whatever it holds) and second `name`.
+const PEOPLE_OID: u32 = 16384;
+/// What no detector finds: only the column rule can hide it.
+const COLUMN_CANARY: &[u8] = b"COLCANARY";
+
+/// The answer to the gateway's catalog query: the rows naming [`PEOPLE_OID`]'s columns, if
+/// the query asks for it.
+fn catalog_answer(sql: &[u8]) -> BytesMut {
+    let text = String::from_utf8_lossy(sql);
+    let asked = text
+        .split_once("IN (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .is_some_and(|(list, _)| list.split(',').any(|o| o.trim() == PEOPLE_OID.to_string()));
+    let mut out = Vec::new();
+    if asked {
+        for (attnum, name) in [("1", "ssn"), ("2", "name")] {
+            let cells = [PEOPLE_OID.to_string().as_str(), "people", attnum, name]
+                .iter()
+                .map(|c| Some(c.as_bytes().to_vec()))
+                .collect::<Vec<_>>();
+            out.extend_from_slice(&data_row(&cells));
+        }
+    }
+    let mut out = BytesMut::from(&out[..]);
+    let tag: &'static [u8] = if asked { b"SELECT 2" } else { b"SELECT 0" };
+    let _ = BackendMessage::CommandComplete(Bytes::from_static(tag)).encode(&mut out);
+    let _ = BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
+    out
+}
+
+/// A DataRow message of text cells.
+fn data_row(cells: &[Option<Vec<u8>>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&u16::try_from(cells.len()).unwrap_or(0).to_be_bytes());
+    for cell in cells {
+        match cell {
+            Some(c) => {
+                body.extend_from_slice(&u32::try_from(c.len()).unwrap_or(0).to_be_bytes());
+                body.extend_from_slice(c);
+            }
+            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    let mut out = vec![b'D'];
+    out.extend_from_slice(&(u32::try_from(body.len()).unwrap_or(0) + 4).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 /// Plays a server on one connection.
 async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector>) {
     let mut decoder = FrontendDecoder::new(limits());
@@ -439,17 +489,12 @@ async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector
             {
                 return;
             }
-            // Every catalog query finds nothing.
             while let Some(msg) = next_message(&mut io, &mut buf, &mut decoder, &mut received).await
             {
-                if matches!(msg, FrontendMessage::Query(_)) {
-                    let mut out = BytesMut::new();
-                    let _ = BackendMessage::CommandComplete(Bytes::from_static(b"SELECT 0"))
-                        .encode(&mut out);
-                    let _ = BackendMessage::ReadyForQuery(TransactionStatus::Idle).encode(&mut out);
-                    if io.write_all(&out).await.is_err() {
-                        return;
-                    }
+                if let FrontendMessage::Query(sql) = msg
+                    && io.write_all(&catalog_answer(&sql)).await.is_err()
+                {
+                    return;
                 }
             }
             return;
@@ -529,8 +574,31 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
     if input.login != 2 {
         let mut buf = BytesMut::from(received);
         let mut decoder = BackendDecoder::new(limits());
+        // Which result columns are `people.ssn`: their cells never carry what the rule hides.
+        let mut ssn_columns: Vec<usize> = Vec::new();
         loop {
             match decoder.decode(&mut buf) {
+                Ok(Some((_, BackendMessage::RowDescription(rd)))) => {
+                    ssn_columns = rd
+                        .fields()
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, f)| f.table_oid == PEOPLE_OID && f.column_id == 1)
+                        .map(|(i, _)| i)
+                        .collect();
+                }
+                Ok(Some((_, BackendMessage::DataRow(row)))) => {
+                    for (i, cell) in row.cells().enumerate() {
+                        if ssn_columns.contains(&i)
+                            && let Some(cell) = cell
+                        {
+                            assert!(
+                                !contains(cell, COLUMN_CANARY),
+                                "a people.ssn value reached the client: {cell:?}"
+                            );
+                        }
+                    }
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => panic!(
@@ -613,11 +681,11 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
 mod tests {
     use super::*;
 
-    fn input(flags: u8, client: &[u8], script: &[u8]) -> Vec<u8> {
+    fn input(flags: u8, client: &[u8], segments: &[&[u8]]) -> Vec<u8> {
         let mut v = vec![flags];
         v.extend_from_slice(&u16::try_from(client.len()).unwrap().to_le_bytes());
         v.extend_from_slice(client);
-        v.extend_from_slice(script);
+        v.extend_from_slice(&super::super::script(segments));
         v
     }
 
@@ -631,13 +699,18 @@ mod tests {
 
     /// `SELECT` of one text column `c` with the given values, then `ReadyForQuery`.
     fn rows(values: &[&str]) -> Vec<u8> {
+        rows_of(0, 0, values)
+    }
+
+    /// The same, the column being column `attnum` of table `table`.
+    fn rows_of(table: u32, attnum: i16, values: &[&str]) -> Vec<u8> {
         let mut out = Vec::new();
-        // RowDescription: one field "c", no table, text.
+        // RowDescription: one field "c", text.
         let mut body = Vec::new();
         body.extend_from_slice(&1u16.to_be_bytes());
         body.extend_from_slice(b"c\0");
-        body.extend_from_slice(&0u32.to_be_bytes());
-        body.extend_from_slice(&0u16.to_be_bytes());
+        body.extend_from_slice(&table.to_be_bytes());
+        body.extend_from_slice(&attnum.to_be_bytes());
         body.extend_from_slice(&25u32.to_be_bytes());
         body.extend_from_slice(&(-1i16).to_be_bytes());
         body.extend_from_slice(&(-1i32).to_be_bytes());
@@ -666,11 +739,10 @@ mod tests {
     fn a_clean_session_passes_every_check() {
         let mut client = query("SELECT c FROM t");
         client.extend_from_slice(&query("DROP TABLE t"));
-        let mut script = rows(&["LEAKCANARY", "plain"]);
-        script.push(0);
+        let select = rows(&["LEAKCANARY", "plain"]);
         // The denial's replacement fails to parse.
-        script.extend_from_slice(b"E\0\0\0\x20SERROR\0C42601\0Msyntax error\0\0Z\0\0\0\x05I");
-        let upstream = run(&input(0xf0, &client, &script));
+        let refused = b"E\0\0\0\x21SERROR\0C42601\0Msyntax error\0\0Z\0\0\0\x05I";
+        let upstream = run(&input(0xf0, &client, &[&select, refused]));
         // The client left without a Terminate: the server was sent one for it.
         assert!(
             upstream.received.ends_with(b"X\0\0\0\x04"),
@@ -687,5 +759,66 @@ mod tests {
             .filter(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. }))
             .count();
         assert_eq!((decided, completed), (2, 1), "{events:#?}");
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e.kind, AuditEventKind::ProtocolError { .. })),
+            "{events:#?}"
+        );
+    }
+
+    /// Responses read together with an invalid message: what completed before it keeps
+    /// its outcome on record (the client has seen its rows), then the session ends.
+    #[test]
+    fn an_invalid_message_after_a_result_keeps_its_outcome() {
+        let mut client = query("SELECT c FROM t");
+        client.extend_from_slice(&query("SELECT c FROM t"));
+        let select = rows(&["one", "two"]);
+        let upstream = run(&input(0xf0, &client, &[&select, b"E\0\0\0\x05x"]));
+        assert_eq!(upstream.statements.len(), 2);
+        let events = harness().audit.events().clone();
+        let outcomes: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                AuditEventKind::CommandCompleted { rows, error, .. } => {
+                    Some((*rows, error.is_some()))
+                }
+                _ => None,
+            })
+            .collect();
+        // The first has its rows; the second's response never came whole.
+        assert_eq!(outcomes, [(2, false), (0, true)], "{events:#?}");
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e.kind, AuditEventKind::ProtocolError { .. })),
+            "{events:#?}"
+        );
+    }
+
+    #[test]
+    fn a_column_is_masked_by_what_the_catalog_names_it() {
+        let client = query("SELECT ssn AS c FROM people");
+        let select = rows_of(PEOPLE_OID, 1, &["COLCANARY 123"]);
+        let upstream = run(&input(0xf0, &client, &[&select]));
+        assert_eq!(upstream.statements.len(), 1);
+        let events = harness().audit.events().clone();
+        let masked = events.iter().find_map(|e| match &e.kind {
+            AuditEventKind::CommandCompleted { masked, .. } => Some(masked.total()),
+            _ => None,
+        });
+        assert_eq!(masked, Some(1), "{events:#?}");
+    }
+
+    #[test]
+    #[should_panic(expected = "a people.ssn value reached the client")]
+    fn a_column_leak_is_caught() {
+        let parsed = Input::parse(&[0, 0, 0]).unwrap();
+        check(
+            &parsed,
+            &rows_of(PEOPLE_OID, 1, &["COLCANARY 123"]),
+            &Upstream::default(),
+            &[],
+        );
     }
 }

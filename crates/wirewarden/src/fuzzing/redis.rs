@@ -22,8 +22,8 @@
 //! # Input
 //!
 //! `flags`, a little-endian `u16` length `n`, `n` bytes the client sends after the harness
-//! has logged it in, and then the server's script: segments separated by NUL bytes, one
-//! written back for each request the gateway forwards. Flag bits: 0–1 how the harness logs
+//! has logged it in, and then the server's script: segments (each a little-endian `u16`
+//! length and that many bytes), one written back for each request the gateway forwards. Flag bits: 0–1 how the harness logs
 //! in (`AUTH` as an array, `HELLO 3 … AUTH`, inline `AUTH`, or not at all); 2 the first
 //! segment answers the gateway's own `AUTH` (otherwise `+OK`); 3 the upstream cannot be
 //! reached; 4–7 the size of the pieces the client's bytes arrive in (`1 << bits`).
@@ -40,7 +40,7 @@ use wirewarden_redis::{Limits, ReplyDecoder, RequestDecoder, RespVersion};
 
 use super::{
     Collector, TOKEN, UPSTREAM_PASSWORD, canary_word, check_trail, contains, mentions_canary,
-    settle, tokens, with_canary,
+    segments, settle, tokens, with_canary,
 };
 use crate::listen::{BoxIo, Dial};
 use crate::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
@@ -207,11 +207,7 @@ impl<'a> Input<'a> {
             unreachable: flags & 8 != 0,
             piece: 1 << (flags >> 4),
             client,
-            script: if script.is_empty() {
-                Vec::new()
-            } else {
-                script.split(|&b| b == 0).collect()
-            },
+            script: segments(script),
         })
     }
 
@@ -463,11 +459,11 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
 mod tests {
     use super::*;
 
-    fn input(flags: u8, client: &[u8], script: &[u8]) -> Vec<u8> {
+    fn input(flags: u8, client: &[u8], segments: &[&[u8]]) -> Vec<u8> {
         let mut v = vec![flags];
         v.extend_from_slice(&u16::try_from(client.len()).unwrap().to_le_bytes());
         v.extend_from_slice(client);
-        v.extend_from_slice(script);
+        v.extend_from_slice(&super::super::script(segments));
         v
     }
 
@@ -476,7 +472,7 @@ mod tests {
         redis_relay(&input(
             0x40,
             b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
-            b"$10\r\nLEAKCANARY\r\n\0+OK\r\n",
+            &[b"$10\r\nLEAKCANARY\r\n", b"+OK\r\n"],
         ));
         let events = harness().audit.events().clone();
         let completed = events

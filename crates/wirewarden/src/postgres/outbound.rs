@@ -266,8 +266,9 @@ pub(crate) fn mask_error_fields(
     let mut changed = false;
     let mut out = Vec::with_capacity(fields.fields.len());
     for (code, value) in &fields.fields {
-        // Severity and SQLSTATE are fixed vocabularies, not data.
-        if matches!(code, b'S' | b'V' | b'C') {
+        // The SQLSTATE and the untranslated severity are fixed vocabularies, not data; a
+        // value outside them (a hostile or broken server) is masked like any other text.
+        if fixed_vocabulary(*code, value) {
             out.push((*code, value.clone()));
             continue;
         }
@@ -280,6 +281,24 @@ pub(crate) fn mask_error_fields(
         }
     }
     Ok(changed.then_some(ErrorFields { fields: out }))
+}
+
+/// Whether an error or notice field holds one of its fixed values: a SQLSTATE (`C`, five
+/// digits or upper-case letters) or an untranslated severity (`V`).
+fn fixed_vocabulary(code: u8, value: &[u8]) -> bool {
+    match code {
+        b'C' => {
+            value.len() == 5
+                && value
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        }
+        b'V' => matches!(
+            value,
+            b"ERROR" | b"FATAL" | b"PANIC" | b"WARNING" | b"NOTICE" | b"DEBUG" | b"INFO" | b"LOG"
+        ),
+        _ => false,
+    }
 }
 
 /// Masks free text by content. `None` when unchanged; a NULL strategy yields an empty
@@ -370,6 +389,30 @@ mod tests {
             pg_type: Some(Type::Text),
             rule: RuleCache::default(),
         }
+    }
+
+    #[test]
+    fn error_fields_outside_their_vocabulary_are_masked() {
+        let profile = Profile::builder("p").build().unwrap();
+        let ssn = "123-45-6789";
+        let fields = ErrorFields::new("ERROR", "42703", "no such column")
+            .with(b'V', "ERROR")
+            .with(b'D', format!("the value {ssn}"));
+        let mut counts = MaskedCounts::new();
+        let masked = mask_error_fields(&profile, &fields, &mut counts)
+            .unwrap()
+            .expect("the detail is masked");
+        assert_eq!(masked.code(), Some("42703"));
+        assert!(!format!("{masked:?}").contains(ssn));
+        // A server that puts data where a SQLSTATE or a severity belongs has it masked too.
+        let hostile = ErrorFields::new("ERROR", ssn, "x").with(b'V', ssn);
+        let masked = mask_error_fields(&profile, &hostile, &mut counts)
+            .unwrap()
+            .expect("masked");
+        assert!(!format!("{masked:?}").contains(ssn), "{masked:?}");
+        assert!(fixed_vocabulary(b'C', b"XX000"));
+        assert!(!fixed_vocabulary(b'C', b"xx000"));
+        assert!(!fixed_vocabulary(b'V', b"FEHLER"));
     }
 
     #[test]

@@ -452,7 +452,7 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
     // 4 and 5 in the trail: no secret, outcomes after their intents, every allowed command
     // completed once, a session that started ended once.
     let allowed: Vec<CommandId> = allowed.iter().map(|(_, _, id)| *id).collect();
-    check_trail(events, input.client, &script, &allowed, false);
+    check_trail(events, input.client, &script, &allowed, false, true);
 }
 
 #[cfg(test)]

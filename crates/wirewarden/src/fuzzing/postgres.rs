@@ -1,12 +1,13 @@
 //! A whole PostgreSQL session through [`PostgresProxy`] (the `postgres_relay` fuzz target).
 //!
 //! A policy that denies schema changes and statements nobody classified and lets the
-//! harness's identity read, a mask profile with the [`CANARY`](super::CANARY) detector and a column rule
-//! (`*ssn*` redacted), and an in-memory audit trail. The server side logs the gateway in
-//! with SCRAM-SHA-256 (or, if the input says so, answers the login from the script); the
-//! catalog connection the gateway opens to name result columns knows one table, `people`
-//! (`ssn`, `name`). After
-//! each session it checks:
+//! harness's identity read with the mask profile `read`: the [`CANARY`](super::CANARY)
+//! detector and a column rule (`*ssn*` redacted). The session's own profile (for what no
+//! statement returns: notices, notifications) has the detector and not the rule, so a
+//! result masked with it instead of its rule's shows. An in-memory audit trail. The
+//! server side logs the gateway in with SCRAM-SHA-256 (or, if the input says so, answers
+//! the login from the script); the catalog connection the gateway opens to name result
+//! columns knows one table, `people` (`ssn`, `name`). After each session it checks:
 //!
 //! 1. **Every byte the client receives is a whole backend message**, and no cell of a
 //!    result column that is `people.ssn` (as the catalog connection names the table's OID
@@ -76,6 +77,7 @@ id = "agents-read"
 groups = ["agents"]
 max_class = "read"
 action = "allow"
+mask_profile = "read"
 
 [[budget]]
 id = "rows"
@@ -136,12 +138,15 @@ fn harness() -> &'static Harness {
             .build()
             .expect("a current-thread runtime");
         let engine = Arc::new(RuleEngine::from_toml(POLICY).expect("harness policy"));
+        // Only the allow rule's profile has the column rule: a result masked with the
+        // session's profile instead shows `people.ssn`.
         let masks = Engine::builder()
-            .profile(with_canary(Profile::builder("fuzz")).rule(FieldRule::new(
+            .profile(with_canary(Profile::builder("session")))
+            .profile(with_canary(Profile::builder("read")).rule(FieldRule::new(
                 Selector::column("*ssn*"),
                 Strategy::redact(),
             )))
-            .default_profile("fuzz")
+            .default_profile("session")
             .build()
             .expect("harness mask profile");
         let audit = Arc::new(Collector::default());

@@ -312,6 +312,15 @@ impl Profile {
         })
     }
 
+    /// Whether any field rule selects columns: a caller that cannot tell which column a
+    /// value came from must then withhold it rather than mask it by content alone.
+    #[must_use]
+    pub fn has_column_rules(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r.selector, Selector::Column { .. }))
+    }
+
     /// The field rule that applies to values from `field`, if any: the first rule whose
     /// selector matches it (JSON-path rules apply inside JSON documents, not to fields).
     ///
@@ -737,6 +746,30 @@ fn looks_like_json(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn column_rules_are_told_apart_from_other_rules() {
+        let headers = Profile::builder("h")
+            .rule(FieldRule::new(
+                Selector::header("x-api-key"),
+                Strategy::redact(),
+            ))
+            .rule(FieldRule::new(
+                Selector::redis_key("secret:*"),
+                Strategy::redact(),
+            ))
+            .build()
+            .unwrap();
+        assert!(!headers.has_column_rules());
+        let columns = Profile::builder("c")
+            .rule(FieldRule::new(
+                Selector::column("*ssn*"),
+                Strategy::redact(),
+            ))
+            .build()
+            .unwrap();
+        assert!(columns.has_column_rules());
+    }
 
     #[test]
     fn a_rule_resolved_once_masks_as_the_field_does() {

@@ -1611,7 +1611,9 @@ impl Relay {
         match msg {
             BackendMessage::RowDescription(rd) => {
                 let oids: Vec<u32> = rd.fields().iter().map(|f| f.table_oid).collect();
-                // Unresolvable names leave the columns to content masking only.
+                // A table the lookup cannot name (it failed) leaves its columns unresolved:
+                // under a profile with column rules their values are withheld. One that no
+                // longer exists is named nothing, and masked by content.
                 let _ = self.proxy.catalog.resolve(&oids).await;
                 st.plans = None;
                 if st.discarding {

@@ -1068,3 +1068,52 @@ show("after", pg.exec_params(b"SELECT count(*) FROM customers", []))
     ));
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// Column rules need the real source column, which the gateway looks up in the catalog
+/// over a connection of its own. When that lookup fails (here the gateway's role may open
+/// only one connection, which the session holds), the columns of that table cannot be told
+/// apart, and the client's alias is no answer: under a profile with column rules the result
+/// is withheld, never masked by content alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_whose_columns_cannot_be_named_is_withheld() {
+    use wirewarden::mask::{Engine, FieldRule, Profile, Selector, Strategy};
+    let masks = Engine::builder()
+        .profile(
+            Profile::builder("names")
+                .rule(FieldRule::new(Selector::column("name"), Strategy::redact())),
+        )
+        .default_profile("names")
+        .build()
+        .unwrap();
+    let g = gateway_with_masks(None, Arc::new(tokens()), |s| s, POLICY, Some(masks)).await;
+    let role = g.pg.user().to_owned();
+    g.pg.psql(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 1"))
+        .unwrap();
+    let out = psql(
+        g.addr,
+        "tok-analyst",
+        "disable",
+        &[
+            "SELECT name AS who FROM customers ORDER BY id",
+            "SELECT 'next'",
+        ],
+    )
+    .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stderr.contains("withheld"), "{stderr}");
+    assert!(!stdout.contains("Ada Lovelace"), "{stdout}");
+    assert!(stdout.contains("next"), "{stdout}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let errors: Vec<String> = events(g.audit_dir.path(), &g.keys)
+        .into_iter()
+        .filter_map(|e| match e {
+            AuditEventKind::CommandCompleted { error, .. } => error,
+            _ => None,
+        })
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("could not be looked up")),
+        "{errors:?}"
+    );
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

@@ -25,6 +25,9 @@ pub(crate) struct ColumnPlan {
     pub(crate) format: Format,
     pub(crate) value_type: ValueType,
     pub(crate) pg_type: Option<Type>,
+    /// The column comes from a table the catalog could not name (the lookup failed): its
+    /// real name is unknown, so column rules cannot be applied to it.
+    pub(crate) unresolved: bool,
     /// The column's field rule, resolved on its first cell rather than for every cell.
     rule: RuleCache,
 }
@@ -74,7 +77,9 @@ pub(crate) fn plan(fields: &[FieldDescription], catalog: &Catalog) -> Vec<Column
     fields
         .iter()
         .map(|f| {
-            let (table, column) = match catalog.get(f.table_oid) {
+            let known = catalog.get(f.table_oid);
+            let unresolved = f.table_oid != 0 && known.is_none();
+            let (table, column) = match known {
                 Some(t) if f.table_oid != 0 => (
                     (!t.name.is_empty()).then(|| t.name.clone()),
                     t.columns
@@ -92,6 +97,7 @@ pub(crate) fn plan(fields: &[FieldDescription], catalog: &Catalog) -> Vec<Column
                 format: f.format().unwrap_or(Format::Text),
                 value_type: value_type(pg_type),
                 pg_type,
+                unresolved,
                 rule: RuleCache::default(),
             }
         })
@@ -115,6 +121,14 @@ fn mask_cell(
     raw: &[u8],
     counts: &mut MaskedCounts,
 ) -> Result<CellOut, Unmaskable> {
+    if plan.unresolved && profile.has_column_rules() {
+        // Which column this is decides whether a rule hides it whole, and the client's
+        // alias is no answer: fail closed.
+        return Err(Unmaskable(format!(
+            "the source of column {} could not be looked up",
+            plan.column
+        )));
+    }
     let field = Field::Column {
         table: plan.table.as_deref(),
         column: &plan.column,
@@ -187,7 +201,7 @@ pub(crate) fn mask_row(
         Some(p) if p.len() == row.len() => p,
         _ => {
             // The shape is unknown: every cell is inspected as text by content only, and
-            // anything that is not text is withheld.
+            // anything that is not text is withheld (all of it, if column rules apply).
             fallback = vec![
                 ColumnPlan {
                     table: None,
@@ -196,6 +210,7 @@ pub(crate) fn mask_row(
                     format: Format::Text,
                     value_type: ValueType::Text,
                     pg_type: None,
+                    unresolved: true,
                     rule: RuleCache::default(),
                 };
                 row.len()
@@ -387,6 +402,7 @@ mod tests {
             format: Format::Text,
             value_type: ValueType::Text,
             pg_type: Some(Type::Text),
+            unresolved: false,
             rule: RuleCache::default(),
         }
     }

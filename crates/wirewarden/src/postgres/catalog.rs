@@ -84,19 +84,16 @@ impl Catalog {
              WHERE c.oid IN ({list}) AND a.attnum > 0 AND NOT a.attisdropped"
         );
         let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            *guard = Some(upstream::connect(&self.upstream, &self.limits, &self.dial, &[]).await?);
-        }
-        let rows = match guard.as_mut() {
-            Some(conn) => match upstream::simple_query(conn, &sql).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    *guard = None;
-                    return Err(e);
-                }
-            },
-            None => Vec::new(),
+        // The connection is out of its slot while it is used: if this future is dropped
+        // half-way through the query (its session ended), the connection goes with it
+        // rather than stay behind with an answer unread that the next lookup would take
+        // for its own.
+        let mut conn = match guard.take() {
+            Some(conn) => conn,
+            None => upstream::connect(&self.upstream, &self.limits, &self.dial, &[]).await?,
         };
+        let rows = upstream::simple_query(&mut conn, &sql).await?;
+        *guard = Some(conn);
         drop(guard);
         let mut found: HashMap<u32, TableInfo> =
             missing.iter().map(|o| (*o, TableInfo::default())).collect();

@@ -1658,22 +1658,18 @@ impl Relay {
                     .queue
                     .lock()
                     .map_err(|_| Error::Config("queue poisoned".into()))?;
-                let mut fallback = None;
-                let pending = match self.front_command(&mut q) {
-                    Some(p) => p,
-                    None => fallback.insert(Pending {
-                        id: CommandId::new(),
-                        simple: true,
-                        profile: self.profile.clone(),
-                        started: Instant::now(),
-                        rows: 0,
-                        bytes: 0,
-                        masked: MaskedCounts::new(),
-                        error: None,
-                        recording: String::new(),
-                        recording_truncated: false,
-                        withheld: false,
-                    }),
+                let Some(pending) = self.front_command(&mut q) else {
+                    // Rows no forwarded statement asked for (only a broken or hostile server
+                    // sends them): nothing says which profile, with which column rules,
+                    // masks them. Withheld, as a value that cannot be masked is.
+                    st.discarding = true;
+                    BackendMessage::ErrorResponse(ErrorFields::new(
+                        "ERROR",
+                        "XX000",
+                        WITHHELD_MESSAGE,
+                    ))
+                    .encode(&mut st.out)?;
+                    return Ok(());
                 };
                 if rd.is_none() {
                     // Rows whose shape was never described cannot be checked against column
@@ -1979,16 +1975,16 @@ struct Downstream {
 }
 
 /// Replaces the rest of a result with an error, because a value could not be masked.
+/// What the client is told when a result is withheld.
+const WITHHELD_MESSAGE: &str =
+    "wirewarden: the result was withheld because a value could not be masked";
+
 fn withhold(st: &mut Downstream, pending: &mut Pending, why: &str) -> Result<()> {
     pending.withheld = true;
     pending.error = Some(format!("result withheld: {why}"));
     st.discarding = true;
-    BackendMessage::ErrorResponse(ErrorFields::new(
-        "ERROR",
-        "XX000",
-        "wirewarden: the result was withheld because a value could not be masked",
-    ))
-    .encode(&mut st.out)?;
+    BackendMessage::ErrorResponse(ErrorFields::new("ERROR", "XX000", WITHHELD_MESSAGE))
+        .encode(&mut st.out)?;
     Ok(())
 }
 

@@ -82,7 +82,7 @@ mask_profile = "read"
 [[budget]]
 id = "rows"
 groups = ["agents"]
-max_rows = 200
+max_rows = 1000000000000
 window = "1h"
 "#;
 
@@ -841,6 +841,17 @@ mod tests {
             _ => None,
         });
         assert_eq!(masked, Some(1), "{events:#?}");
+    }
+
+    /// A server that answers a denied statement's replacement with rows: they belong to
+    /// no forwarded statement, so no rule's profile applies to them, and they are withheld.
+    #[test]
+    fn rows_no_statement_asked_for_are_withheld() {
+        let client = query("DROP TABLE people");
+        let select = rows_of(PEOPLE_OID, 1, &["COLCANARY 123"]);
+        let upstream = run(&input(0xf0, &client, &[&select]));
+        assert_eq!(upstream.statements.len(), 1);
+        assert!(upstream.statements[0].0.starts_with(REFUSED_PREFIX));
     }
 
     #[test]

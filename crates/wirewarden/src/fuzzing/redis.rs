@@ -133,7 +133,7 @@ fn harness() -> &'static Harness {
         let policy = format!(
             "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\n\
              max_class = \"write\"\naction = \"allow\"\n\n[[budget]]\nid = \"elements\"\n\
-             groups = [\"agents\"]\nmax_rows = 200\nwindow = \"1h\"\n"
+             groups = [\"agents\"]\nmax_rows = 1000000000000\nwindow = \"1h\"\n"
         );
         let engine = Arc::new(RuleEngine::from_toml(&policy).expect("harness policy"));
         let masks = Engine::builder()

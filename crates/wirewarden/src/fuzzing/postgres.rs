@@ -277,21 +277,22 @@ pub fn postgres_relay(data: &[u8]) {
     run(data);
 }
 
-/// Runs and checks one session; what the session's server saw.
-fn run(data: &[u8]) -> Upstream {
+/// Runs and checks one session; what the session's server saw, and the session's trail.
+fn run(data: &[u8]) -> (Upstream, Vec<AuditEvent>) {
     let Some(input) = Input::parse(data) else {
-        return Upstream::default();
+        return (Upstream::default(), Vec::new());
     };
     let h = harness();
     // One session at a time: they share the audit collector.
     let _one = h.one.lock().unwrap_or_else(PoisonError::into_inner);
     h.audit.events().clear();
-    h.runtime.block_on(async {
+    let upstream = h.runtime.block_on(async {
         match tokio::time::timeout(Duration::from_secs(60), session(h, &input)).await {
             Ok(upstream) => upstream,
             Err(_) => panic!("the session did not end within 60 s"),
         }
-    })
+    });
+    (upstream, h.audit.events().clone())
 }
 
 async fn session(h: &'static Harness, input: &Input<'_>) -> Upstream {
@@ -775,14 +776,13 @@ mod tests {
         let select = rows(&["LEAKCANARY", "plain"]);
         // The denial's replacement fails to parse.
         let refused = b"E\0\0\0\x21SERROR\0C42601\0Msyntax error\0\0Z\0\0\0\x05I";
-        let upstream = run(&input(0xf0, &client, &[&select, refused]));
+        let (upstream, events) = run(&input(0xf0, &client, &[&select, refused]));
         // The client left without a Terminate: the server was sent one for it.
         assert!(
             upstream.received.ends_with(b"X\0\0\0\x04"),
             "{:?}",
             upstream.received
         );
-        let events = harness().audit.events().clone();
         let decided = events
             .iter()
             .filter(|e| matches!(e.kind, AuditEventKind::CommandDecided { .. }))
@@ -807,9 +807,8 @@ mod tests {
         let mut client = query("SELECT c FROM t");
         client.extend_from_slice(&query("SELECT c FROM t"));
         let select = rows(&["one", "two"]);
-        let upstream = run(&input(0xf0, &client, &[&select, b"E\0\0\0\x05x"]));
+        let (upstream, events) = run(&input(0xf0, &client, &[&select, b"E\0\0\0\x05x"]));
         assert_eq!(upstream.statements.len(), 2);
-        let events = harness().audit.events().clone();
         let outcomes: Vec<_> = events
             .iter()
             .filter_map(|e| match &e.kind {
@@ -833,9 +832,8 @@ mod tests {
     fn a_column_is_masked_by_what_the_catalog_names_it() {
         let client = query("SELECT ssn AS c FROM people");
         let select = rows_of(PEOPLE_OID, 1, &["COLCANARY 123"]);
-        let upstream = run(&input(0xf0, &client, &[&select]));
+        let (upstream, events) = run(&input(0xf0, &client, &[&select]));
         assert_eq!(upstream.statements.len(), 1);
-        let events = harness().audit.events().clone();
         let masked = events.iter().find_map(|e| match &e.kind {
             AuditEventKind::CommandCompleted { masked, .. } => Some(masked.total()),
             _ => None,
@@ -849,9 +847,23 @@ mod tests {
     fn rows_no_statement_asked_for_are_withheld() {
         let client = query("DROP TABLE people");
         let select = rows_of(PEOPLE_OID, 1, &["COLCANARY 123"]);
-        let upstream = run(&input(0xf0, &client, &[&select]));
+        let (upstream, events) = run(&input(0xf0, &client, &[&select]));
         assert_eq!(upstream.statements.len(), 1);
         assert!(upstream.statements[0].0.starts_with(REFUSED_PREFIX));
+        // The denial is on record; nothing ran, so nothing completed.
+        assert!(events.iter().any(|e| matches!(
+            &e.kind,
+            AuditEventKind::CommandDecided {
+                decision: Decision::Deny { .. },
+                ..
+            }
+        )));
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. })),
+            "{events:#?}"
+        );
     }
 
     #[test]

@@ -2111,7 +2111,10 @@ fn keys_of(command: &Command, mget: bool) -> Keys {
         (Some(first), Some(second)) if mget => {
             Keys::PerElement([first, second].into_iter().chain(keys).map(key).collect())
         }
-        _ => Keys::None,
+        (Some(first), Some(second)) => {
+            Keys::Several([first, second].into_iter().chain(keys).map(key).collect())
+        }
+        (None, _) => Keys::None,
     }
 }
 

@@ -1051,3 +1051,28 @@ async fn an_unreachable_upstream_is_counted_and_on_record() {
     );
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// A key rule covers a value of its key whichever command returns it: commands that read
+/// several keys (`SUNION`, `LMOVE`, `LMPOP`, `XREAD`) return values whose key the reply does
+/// not say, so a rule on any of their keys masks the whole reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rule_covers_commands_that_read_several_keys() {
+    let g = gateway().await;
+    g.direct(&["SADD", "secret:set", "hunter2-in-a-set"]);
+    g.direct(&["SADD", "plain:set", "visible"]);
+    g.direct(&["RPUSH", "secret:list", "hunter2-first", "hunter2-second"]);
+    g.direct(&["XADD", "secret:stream", "1-1", "token", "hunter2-in-a-stream"]);
+    let out = cli(
+        g.addr,
+        &["-a", "tok-agent"],
+        "SUNION plain:set secret:set\nLMOVE secret:list moved LEFT RIGHT\nLMPOP 2 list secret:list LEFT\nXREAD COUNT 5 STREAMS secret:stream 0\nSMEMBERS plain:set\n",
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(stdout.contains("[REDACTED]"), "{stdout}");
+    // A set no rule covers, read alone, is as it is.
+    assert!(stdout.lines().last() == Some("visible"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

@@ -24,6 +24,11 @@ pub(crate) enum Keys {
     One(Bytes),
     /// Element `i` of the top-level array is the value of key `i` (`MGET`).
     PerElement(Vec<Bytes>),
+    /// The reply may hold values of any of these keys, in no order the gateway can rely on
+    /// (`SUNION`, `LMOVE`, `XREAD`, `LMPOP` …): masked throughout as values of the first of
+    /// them a key rule applies to, so a rule on any one of them covers the whole reply; by
+    /// content only if none has one.
+    Several(Vec<Bytes>),
 }
 
 /// A value could not be masked.
@@ -105,6 +110,8 @@ fn list(
             Keys::One(k) => Some(k),
             // MGET: a nested value keeps its element's key.
             Keys::PerElement(ks) => ks.get(i),
+            // Resolved by `value` before it gets here.
+            Keys::Several(_) => None,
         };
         let inner = key.map_or(Keys::None, |k| Keys::One(k.clone()));
         if let Some(v) = value(profile, &inner, item, version, counts)? {
@@ -149,6 +156,13 @@ pub(crate) fn value(
     version: RespVersion,
     counts: &mut MaskedCounts,
 ) -> Masked<Value> {
+    if let Keys::Several(several) = keys {
+        let ruled = several
+            .iter()
+            .find(|k| profile.rule_for(&Field::RedisKey(k)).is_some());
+        let resolved = ruled.map_or(Keys::None, |k| Keys::One(k.clone()));
+        return value(profile, &resolved, v, version, counts);
+    }
     let key = match keys {
         Keys::One(k) => Some(k),
         _ => None,
@@ -406,6 +420,36 @@ mod tests {
         };
         assert_eq!(m[0], Value::BulkString(Bytes::from_static(b"hello")));
         assert_ne!(m[1], Value::BulkString(Bytes::from_static(b"world")));
+    }
+
+    #[test]
+    fn a_rule_on_one_of_several_keys_covers_the_whole_reply() {
+        let p = profile();
+        let mut c = MaskedCounts::new();
+        // SUNION secret:a plain: which member came from which set is unknown.
+        let v = decode(b"*2\r\n$5\r\nhello\r\n$5\r\nworld\r\n", RespVersion::Resp2);
+        let keys = Keys::Several(vec![
+            Bytes::from_static(b"plain"),
+            Bytes::from_static(b"secret:a"),
+        ]);
+        let Value::Array(m) = value(&p, &keys, &v, RespVersion::Resp2, &mut c)
+            .unwrap()
+            .unwrap()
+        else {
+            panic!("array expected")
+        };
+        assert!(
+            m.iter()
+                .all(|e| !matches!(e, Value::BulkString(b) if b == "hello" || b == "world")),
+            "{m:?}"
+        );
+        // No rule on any of them: by content only, unchanged here.
+        let keys = Keys::Several(vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert!(
+            value(&p, &keys, &v, RespVersion::Resp2, &mut c)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

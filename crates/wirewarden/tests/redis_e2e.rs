@@ -1061,7 +1061,13 @@ async fn a_key_rule_covers_commands_that_read_several_keys() {
     g.direct(&["SADD", "secret:set", "hunter2-in-a-set"]);
     g.direct(&["SADD", "plain:set", "visible"]);
     g.direct(&["RPUSH", "secret:list", "hunter2-first", "hunter2-second"]);
-    g.direct(&["XADD", "secret:stream", "1-1", "token", "hunter2-in-a-stream"]);
+    g.direct(&[
+        "XADD",
+        "secret:stream",
+        "1-1",
+        "token",
+        "hunter2-in-a-stream",
+    ]);
     let out = cli(
         g.addr,
         &["-a", "tok-agent"],

@@ -13,7 +13,9 @@
 //! 4. **No secret crosses**: the client's token never reaches the server or the audit
 //!    trail, the gateway's upstream password never reaches the client or the trail, and a
 //!    value the mask profile detects never reaches the client or the recorded replies,
-//!    unless the party who would see it sent it itself.
+//!    unless the party who would see it sent it itself. Nor does a value the server gives
+//!    for a command that declares a `secret:*` key, whatever the command (only the key
+//!    rule can hide it: no detector finds it), where answers follow commands one to one.
 //! 5. **Every outcome has its intent and the session its end**: each `CommandCompleted`
 //!    follows its own `CommandDecided`, no command completes twice, every allowed command
 //!    completes, and a session that started ends exactly once.
@@ -226,9 +228,11 @@ impl<'a> Input<'a> {
 struct Upstream {
     /// Every byte the gateway sent it.
     received: Vec<u8>,
-    /// The names (and `CLIENT` subcommands) of the requests it received, in order, with
-    /// how many events were on record when each arrived.
+    /// The requests it received, in order, with how many events were on record when each
+    /// arrived.
     requests: Vec<(Vec<Bytes>, usize)>,
+    /// What it answered each of them with (nothing once the script ran out).
+    answers: Vec<Bytes>,
 }
 
 /// Runs one session from fuzz input: see the module documentation.
@@ -348,6 +352,9 @@ async fn serve_script(
             } else {
                 segments.next()
             };
+            if !is_auth {
+                seen.answers.push(answer.clone().unwrap_or_default());
+            }
             if let Some(answer) = answer
                 && io.write_all(&answer).await.is_err()
             {
@@ -357,6 +364,48 @@ async fn serve_script(
     }
     let _ = io.shutdown().await;
     seen
+}
+
+/// What no detector finds: only the `secret:*` key rule can hide it.
+const KEY_CANARY: &[u8] = b"KEYCANARY";
+
+/// Whether [`KEY_CANARY`] may reach the client lawfully in this session, or the session
+/// is one where the check cannot tell which answer went with which command. It applies when
+/// each answer the server wrote is one frame, not a push, for the request it followed, in a
+/// session without subscriptions or transactions (whose replies do not follow one to one).
+fn key_canary_may_show(input: &Input<'_>, upstream: &Upstream) -> bool {
+    let mut client = BytesMut::from(input.client);
+    let mut decoder = RequestDecoder::new(Limits::default());
+    let mut one_to_one = !input.script_answers_auth;
+    while let Ok(Some(req)) = decoder.decode(&mut client) {
+        one_to_one &= !matches!(
+            req.name().to_ascii_uppercase().as_slice(),
+            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MULTI" | b"EXEC" | b"RESET"
+        );
+    }
+    let one_frame = |answer: &Bytes| {
+        let mut buf = BytesMut::from(&answer[..]);
+        let mut d = ReplyDecoder::new(Limits::default());
+        match d.decode(&mut buf, RespVersion::Resp3) {
+            Ok(Some(f)) => !f.is_push() && buf.is_empty(),
+            _ => answer.is_empty(),
+        }
+    };
+    one_to_one &= upstream.answers.iter().all(one_frame);
+    if !one_to_one || contains(input.client, KEY_CANARY) {
+        return true;
+    }
+    let secret = |args: &[Bytes]| {
+        wirewarden_redis::classify(args)
+            .command
+            .objects_of(wirewarden_core::ObjectKind::Key)
+            .any(|k| k.name.starts_with("secret:"))
+    };
+    upstream
+        .requests
+        .iter()
+        .zip(&upstream.answers)
+        .any(|((args, _), answer)| contains(answer, KEY_CANARY) && !secret(args))
 }
 
 fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[AuditEvent]) {
@@ -381,6 +430,20 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
         buf.is_empty(),
         "the client received a partial frame at the end: {buf:?}"
     );
+
+    // 4, for key rules, checked first: a value of a `secret:*` key never reaches the client, whichever
+    // command returns it. [`KEY_CANARY`] is what no detector finds; if the server answers a
+    // command that declares a `secret:*` key with it, only the key rule can hide it. Where
+    // it may lawfully show (the client sent it, a command without such a key was answered
+    // with it) or the answers do not follow the commands one to one, the check stands
+    // aside.
+    if !key_canary_may_show(input, upstream) {
+        assert!(
+            !contains(received, KEY_CANARY),
+            "a secret:* value reached the client: {:?}",
+            String::from_utf8_lossy(received)
+        );
+    }
 
     // 2. Nothing denied for everyone reaches the server.
     for (args, _) in &upstream.requests {
@@ -494,6 +557,7 @@ mod tests {
         let upstream = Upstream {
             received: Vec::new(),
             requests: vec![(vec![Bytes::from_static(b"flushall")], 0)],
+            answers: Vec::new(),
         };
         check(&parsed, b"", &upstream, &[]);
     }
@@ -508,8 +572,36 @@ mod tests {
                 vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")],
                 0,
             )],
+            answers: Vec::new(),
         };
         check(&parsed, b"", &upstream, &[]);
+    }
+
+    #[test]
+    fn several_keys_under_one_rule_are_checked() {
+        let client = b"*3\r\n$6\r\nSUNION\r\n$5\r\nplain\r\n$8\r\nsecret:a\r\n";
+        let events = run(&input(0xf0, client, &[b"*1\r\n$9\r\nKEYCANARY\r\n"]));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. })),
+            "{events:#?}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "a secret:* value reached the client")]
+    fn a_key_rule_bypass_is_caught() {
+        let parsed = Input::parse(&[0xf0, 0, 0]).unwrap();
+        let upstream = Upstream {
+            received: Vec::new(),
+            requests: vec![(
+                vec![Bytes::from_static(b"GET"), Bytes::from_static(b"secret:a")],
+                0,
+            )],
+            answers: vec![Bytes::from_static(b"$9\r\nKEYCANARY\r\n")],
+        };
+        check(&parsed, b"$9\r\nKEYCANARY\r\n", &upstream, &[]);
     }
 
     #[test]

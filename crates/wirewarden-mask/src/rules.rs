@@ -187,7 +187,9 @@ enum Step {
 }
 
 /// A JSON path: `$.user.ssn`, `$..password`, `$.items[*].card`, `$..*token*`. Member names
-/// are globs; `..` matches at any depth.
+/// are globs matched ignoring ASCII case, as column and header names are: a rule on `ssn`
+/// masks `SSN` and `Ssn` too, so an API that spells a key differently does not sidestep it;
+/// `..` matches at any depth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonPath {
     text: String,
@@ -235,7 +237,7 @@ impl JsonPath {
                     if name.is_empty() {
                         return Err(bad("empty member name"));
                     }
-                    steps.push((deep, Step::Key(Glob::new(name))));
+                    steps.push((deep, Step::Key(Glob::case_insensitive(name))));
                 }
                 b'[' => continue_bracket(b, &mut i, false, &mut steps).map_err(bad)?,
                 _ => return Err(bad("expected . or [")),
@@ -301,7 +303,7 @@ fn continue_bracket(
         .and_then(|x| x.strip_suffix('\''))
         .or_else(|| inner.strip_prefix('"').and_then(|x| x.strip_suffix('"')))
     {
-        Step::Key(Glob::new(q))
+        Step::Key(Glob::case_insensitive(q))
     } else {
         return Err("expected [n], [*] or ['name']");
     };
@@ -440,8 +442,11 @@ mod tests {
         assert!(p.matches(&[Key("user"), Key("ssn")]));
         assert!(!p.matches(&[Key("user")]));
         assert!(!p.matches(&[Key("x"), Key("user"), Key("ssn")]));
+        // Member names ignore ASCII case, as column and header names do.
+        assert!(p.matches(&[Key("User"), Key("SSN")]));
         let p = JsonPath::parse("$..password").unwrap();
         assert!(p.matches(&[Key("a"), Index(3), Key("password")]));
+        assert!(p.matches(&[Key("PassWord")]));
         assert!(p.matches(&[Key("password")]));
         let p = JsonPath::parse("$.items[*].card").unwrap();
         assert!(p.matches(&[Key("items"), Index(0), Key("card")]));

@@ -62,6 +62,7 @@ use wirewarden_http::upstream::{ConnectError, TlsConnector, Upstream, UpstreamEr
 use wirewarden_identity::{AuthContext, Credential};
 
 use self::gate::{CertificateLogin, ConnectionGate};
+use crate::listen::{BoxIo, Dial};
 #[cfg(feature = "postgres")]
 use crate::postgres::ChannelBinding;
 use crate::tls::{CertificateWatch, UpstreamTls};
@@ -179,6 +180,69 @@ type ReqBody = http_body_util::Limited<wirewarden_http::inspect::RequestBody<Inc
 enum Transport {
     Tcp(Upstream<HttpConnector, ReqBody>),
     Tls(Upstream<TlsConnector, ReqBody>),
+    /// Streams a [`Dial::Given`] hands over (the relay fuzz harness's server).
+    Given(Upstream<GivenConnector, ReqBody>),
+}
+
+/// A connector whose connections are the streams a [`Dial::Given`] makes, used as they are.
+#[derive(Clone)]
+struct GivenConnector(Arc<dyn Fn() -> std::io::Result<BoxIo> + Send + Sync>);
+
+impl std::fmt::Debug for GivenConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GivenConnector")
+    }
+}
+
+impl tower::Service<http::Uri> for GivenConnector {
+    type Response = GivenIo;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<std::io::Result<GivenIo>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        std::future::ready((self.0)().map(|io| GivenIo(hyper_util::rt::TokioIo::new(io))))
+    }
+}
+
+/// A stream from a [`GivenConnector`], as hyper's client reads and writes it.
+struct GivenIo(hyper_util::rt::TokioIo<BoxIo>);
+
+impl hyper::rt::Read for GivenIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for GivenIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for GivenIo {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
 }
 
 /// The upstream of one target, innermost service of the inspection stack: a connection
@@ -224,6 +288,7 @@ impl TargetUpstream {
         let origin = match &transport {
             Transport::Tcp(u) => u.origin(),
             Transport::Tls(u) => u.origin(),
+            Transport::Given(u) => u.origin(),
         };
         Ok(Self {
             transport,
@@ -246,6 +311,7 @@ impl tower::Service<Request<ReqBody>> for TargetUpstream {
         match &mut self.transport {
             Transport::Tcp(u) => u.poll_ready(cx),
             Transport::Tls(u) => u.poll_ready(cx),
+            Transport::Given(u) => u.poll_ready(cx),
         }
     }
 
@@ -253,6 +319,7 @@ impl tower::Service<Request<ReqBody>> for TargetUpstream {
         let response = match &mut self.transport {
             Transport::Tcp(u) => u.call(req),
             Transport::Tls(u) => u.call(req),
+            Transport::Given(u) => u.call(req),
         };
         let pipeline = self.pipeline.clone();
         let target = self.target.clone();
@@ -314,6 +381,21 @@ impl HttpProxy {
     #[must_use]
     pub fn target(&self) -> &Target {
         &self.config.target
+    }
+
+    /// The same proxy, its upstream connections taken from `dial` (a [`Dial::Given`]
+    /// stream is used as it is, without TLS).
+    pub(crate) fn with_dial(mut self, dial: Dial) -> Result<Self> {
+        if let Dial::Given(given) = dial {
+            let upstream = Upstream::with_connector(
+                &self.config.upstream,
+                GivenConnector(given),
+                &self.config.upstream_settings,
+            )
+            .map_err(|e| Error::Config(e.to_string()))?;
+            self.upstream.transport = Transport::Given(upstream);
+        }
+        Ok(self)
     }
 
     /// Accepts connections on `listener` and serves each on its own task, until the task

@@ -10,7 +10,7 @@
 #![cfg_attr(not(feature = "postgres"), allow(rustdoc::broken_intra_doc_links))]
 
 mod error;
-#[cfg(any(feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "postgres", feature = "redis", feature = "http"))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod hold;

@@ -11,17 +11,13 @@ use crate::Error;
 use crate::Result;
 
 /// A byte stream to a peer: TCP, TLS over TCP, or an in-process stream.
-#[cfg(any(feature = "postgres", feature = "redis"))]
 pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-#[cfg(any(feature = "postgres", feature = "redis"))]
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// A boxed stream.
-#[cfg(any(feature = "postgres", feature = "redis"))]
 pub(crate) type BoxIo = Box<dyn Io>;
 
 /// Where a proxy's upstream connections come from.
-#[cfg(any(feature = "postgres", feature = "redis"))]
 #[derive(Clone, Default)]
 pub(crate) enum Dial {
     /// TCP (and TLS, if configured) to the target's address.
@@ -32,7 +28,6 @@ pub(crate) enum Dial {
     Given(std::sync::Arc<dyn Fn() -> std::io::Result<BoxIo> + Send + Sync>),
 }
 
-#[cfg(any(feature = "postgres", feature = "redis"))]
 impl std::fmt::Debug for Dial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -4,7 +4,7 @@
 //! sessions through a proxy: a hostile client and a hostile server at once, with identity,
 //! policy, masking and audit all on, in process (the server is a script the input chooses,
 //! reached through an in-memory stream). After each session they check what must hold
-//! whatever either side sends; see [`redis_relay`] and [`postgres_relay`].
+//! whatever either side sends; see [`redis_relay`], [`postgres_relay`] and [`http_relay`].
 //!
 //! Both harnesses log in with [`TOKEN`], give the gateway [`UPSTREAM_PASSWORD`] for the
 //! server, and mask with a profile whose one custom detector finds [`CANARY`] as a word.
@@ -16,11 +16,15 @@ use wirewarden_core::{AuditEvent, AuditEventKind, BoxError, CommandId, SessionEn
 use wirewarden_identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
 use wirewarden_mask::{CustomDetector, ProfileBuilder};
 
+#[cfg(feature = "http")]
+mod http;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 
+#[cfg(feature = "http")]
+pub use http::http_relay;
 #[cfg(feature = "postgres")]
 pub use postgres::postgres_relay;
 #[cfg(feature = "redis")]

@@ -1,0 +1,482 @@
+//! A whole HTTP/1.1 connection through [`HttpProxy`] (the `http_relay` fuzz target).
+//!
+//! Routes `GET /customers/{id}`, `GET /notes`, `POST /notes` and `DELETE /customers/{id}`
+//! (all masked); the default HTTP rules, a rule denying deletes and one letting the
+//! harness's identity read with the mask profile `read`: the [`CANARY`](super::CANARY)
+//! detector and a JSON-path rule (`$..ssn` redacted). The connection's own profile has the
+//! detector and not the rule. The gateway sends the server its own credential header
+//! (`x-api-key`, [`UPSTREAM_PASSWORD`](super::UPSTREAM_PASSWORD)). After each connection it
+//! checks:
+//!
+//! 1. **Only what policy allowed reaches the server**: each request the server receives has
+//!    an allow intent with its method on record before it arrived, in order; no `DELETE`
+//!    ever arrives.
+//! 2. **No secret crosses**: the client's token (sent as `Authorization: Bearer`) never
+//!    reaches the server or the trail; the gateway's credential never reaches the client
+//!    or the trail; a value the profile detects never reaches the client or a recorded
+//!    response unless the client sent it; and no `ssn` member of a JSON response reaches
+//!    the client (the value no detector finds, [`JSON_CANARY`]).
+//! 3. **Every outcome has its intent and every session its end.**
+//! 4. **The connection ends** once both peers have closed.
+//!
+//! # Input
+//!
+//! `flags`, a little-endian `u16` length `n`, `n` bytes the client sends (each `@T` in them
+//! replaced by the harness's token, so requests can authenticate), and then the server's
+//! script: segments (each a little-endian `u16` length and that many bytes), one written
+//! back for each whole request the server receives. Flag bits 4–7: the size of the pieces
+//! the client's bytes arrive in (`1 << bits`).
+
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use wirewarden_core::{AuditEvent, AuditEventKind, CommandId, Decision, Protocol, Target};
+use wirewarden_mask::{Engine, FieldRule, Profile, Selector, Strategy};
+use wirewarden_policy::RuleEngine;
+
+use super::{
+    Collector, TOKEN, UPSTREAM_PASSWORD, canary_word, check_trail, contains, mentions_canary,
+    segments, settle, tokens, with_canary,
+};
+use crate::Pipeline;
+use crate::http::{DEFAULT_HTTP_POLICY, HttpProxy, HttpTarget, Route, Routes};
+use crate::listen::{BoxIo, Dial};
+
+/// What no detector finds: only the `$..ssn` rule can hide it.
+const JSON_CANARY: &[u8] = b"JSONCANARY";
+
+/// The marker the harness replaces with its token.
+const TOKEN_MARKER: &[u8] = b"@T";
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    proxy: HttpProxy,
+    audit: Arc<Collector>,
+    next: Arc<Mutex<Option<Script>>>,
+    one: Mutex<()>,
+}
+
+/// The servers of one client connection: every connection the gateway opens for it (one
+/// per request: none is pooled) answers from the same script.
+#[derive(Clone)]
+struct Script {
+    segments: Arc<Mutex<std::collections::VecDeque<Bytes>>>,
+    seen: Arc<Mutex<Upstream>>,
+    closed: tokio::sync::watch::Receiver<bool>,
+}
+
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime");
+        let policy = format!(
+            "{DEFAULT_HTTP_POLICY}\n[[rule]]\nid = \"no-deletes\"\nverbs = [\"DELETE\"]\n\
+             action = \"deny\"\nreason = \"agents do not delete\"\n\n[[rule]]\n\
+             id = \"agents-read\"\ngroups = [\"agents\"]\nmax_class = \"read\"\n\
+             action = \"allow\"\nmask_profile = \"read\"\n"
+        );
+        let engine = Arc::new(RuleEngine::from_toml(&policy).expect("harness policy"));
+        let masks = Engine::builder()
+            .profile(with_canary(Profile::builder("session")))
+            .profile(with_canary(Profile::builder("read")).rule(FieldRule::new(
+                Selector::json_path("$..ssn").expect("a JSON path"),
+                Strategy::redact(),
+            )))
+            .default_profile("session")
+            .build()
+            .expect("harness mask profiles");
+        let audit = Arc::new(Collector::default());
+        let pipeline = Arc::new(
+            Pipeline::builder(Arc::new(tokens()), engine)
+                .masking(Arc::new(masks))
+                .audit(audit.clone())
+                .build()
+                .expect("harness pipeline"),
+        );
+        let route = |method, path| Route::new(Some(method), path).expect("a route");
+        let routes = Routes::new()
+            .route(route(http::Method::GET, "/customers/{id}"))
+            .route(route(http::Method::GET, "/notes"))
+            .route(route(http::Method::POST, "/notes"))
+            .route(route(http::Method::DELETE, "/customers/{id}"));
+        let mut target = HttpTarget::new(
+            Target::new("api", Protocol::Http).expect("target"),
+            "http://upstream.invalid",
+        )
+        .routes(routes)
+        .credential(
+            http::HeaderName::from_static("x-api-key"),
+            http::HeaderValue::from_static(UPSTREAM_PASSWORD),
+        );
+        // A connection per request: a pooled one would carry an earlier input's server.
+        target.upstream_settings.max_idle = 0;
+        target.upstream_settings.response_timeout = Duration::from_secs(20);
+        let next: Arc<Mutex<Option<Script>>> = Arc::default();
+        let given = next.clone();
+        let collector = audit.clone();
+        let proxy = HttpProxy::new(pipeline, target)
+            .and_then(|p| {
+                p.with_dial(Dial::Given(Arc::new(move || {
+                    let script = given
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone()
+                        .ok_or_else(|| {
+                            std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+                        })?;
+                    let (gateway, server) = tokio::io::duplex(1 << 16);
+                    tokio::spawn(serve_script(server, script, collector.clone()));
+                    Ok(Box::new(gateway) as BoxIo)
+                })))
+            })
+            .expect("harness proxy");
+        Harness {
+            runtime,
+            proxy,
+            audit,
+            next,
+            one: Mutex::new(()),
+        }
+    })
+}
+
+/// What the server saw.
+#[derive(Default)]
+struct Upstream {
+    /// Every byte the gateway sent it.
+    received: Vec<u8>,
+    /// Each request line, with how many events were on record when its head arrived.
+    requests: Vec<(Vec<u8>, usize)>,
+}
+
+/// Runs one connection from fuzz input: see the module documentation.
+pub fn http_relay(data: &[u8]) {
+    run(data);
+}
+
+/// Runs and checks one connection; the trail.
+fn run(data: &[u8]) -> Vec<AuditEvent> {
+    let Some((&flags, rest)) = data.split_first() else {
+        return Vec::new();
+    };
+    let Some((len, rest)) = rest.split_first_chunk::<2>() else {
+        return Vec::new();
+    };
+    let n = usize::from(u16::from_le_bytes(*len)).min(rest.len());
+    let (client, script) = rest.split_at(n);
+    let piece = 1 << (flags >> 4);
+    let script: Vec<Bytes> = segments(script)
+        .into_iter()
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let client = with_token(client);
+    let h = harness();
+    let _one = h.one.lock().unwrap_or_else(PoisonError::into_inner);
+    h.audit.events().clear();
+    h.runtime.block_on(async {
+        match tokio::time::timeout(
+            Duration::from_secs(60),
+            connection(h, &client, piece, script),
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(_) => panic!("the connection did not end within 60 s"),
+        }
+    });
+    h.audit.events().clone()
+}
+
+/// The client's bytes with each [`TOKEN_MARKER`] replaced by the token.
+fn with_token(client: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(client.len());
+    let mut rest = client;
+    while !rest.is_empty() {
+        if rest.starts_with(TOKEN_MARKER) {
+            out.extend_from_slice(TOKEN.as_bytes());
+            rest = &rest[TOKEN_MARKER.len()..];
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    out
+}
+
+async fn connection(h: &'static Harness, client_bytes: &[u8], piece: usize, script: Vec<Bytes>) {
+    let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
+    let seen = Arc::new(Mutex::new(Upstream::default()));
+    let (close, closed) = tokio::sync::watch::channel(false);
+    let script_bytes = script.concat();
+    *h.next.lock().unwrap_or_else(PoisonError::into_inner) = Some(Script {
+        segments: Arc::new(Mutex::new(script.into())),
+        seen: seen.clone(),
+        closed,
+    });
+    let proxy = h.proxy.clone();
+    let served = tokio::spawn(async move { proxy.serve(gateway_client, None).await });
+    let (mut client_rx, mut client_tx) = tokio::io::split(&mut client);
+    let receive = async {
+        let mut got = Vec::new();
+        let _ = client_rx.read_to_end(&mut got).await;
+        got
+    };
+    let send = async {
+        for piece in client_bytes.chunks(piece) {
+            if client_tx.write_all(piece).await.is_err() {
+                break;
+            }
+            settle().await;
+        }
+        settle().await;
+        let _ = client_tx.shutdown().await;
+        settle().await;
+        let _ = close.send(true);
+    };
+    let (received, ()) = tokio::join!(receive, send);
+    let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
+    assert!(
+        ended.is_ok(),
+        "the connection did not end within 10 s of both peers closing"
+    );
+    h.next.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let events = h.audit.events().clone();
+    let upstream = std::mem::take(&mut *seen.lock().unwrap_or_else(PoisonError::into_inner));
+    check(client_bytes, &received, &upstream, &events, &script_bytes);
+}
+
+/// How many bytes of `buf` the request at its start takes, once it is whole.
+fn request_len(buf: &[u8]) -> Option<usize> {
+    let head = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+    if text.contains("transfer-encoding: chunked") {
+        let end = buf[head..].windows(5).position(|w| w == b"0\r\n\r\n")?;
+        return Some(head + end + 5);
+    }
+    let length = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (buf.len() >= head + length).then_some(head + length)
+}
+
+/// Plays the server on one connection: one segment for each whole request.
+async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector>) {
+    let Script {
+        segments,
+        seen,
+        mut closed,
+    } = script;
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::select! {
+            n = io.read(&mut chunk) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = closed.wait_for(|done| *done) => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        seen.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .received
+            .extend_from_slice(&chunk[..n]);
+        while let Some(len) = request_len(&buf) {
+            let line_end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
+            let line = buf[..line_end].to_vec();
+            let on_record = audit.events().len();
+            seen.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .requests
+                .push((line, on_record));
+            buf.drain(..len);
+            let answer = segments
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            if let Some(answer) = answer
+                && io.write_all(&answer).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+    let _ = io.shutdown().await;
+}
+
+fn check(
+    client: &[u8],
+    received: &[u8],
+    upstream: &Upstream,
+    events: &[AuditEvent],
+    script: &[u8],
+) {
+    // 1. Each request the server received had its allow intent first, in order.
+    let allowed: Vec<(usize, &str, CommandId)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.kind {
+            AuditEventKind::CommandDecided {
+                command,
+                decision: Decision::Allow { .. },
+                command_id,
+                ..
+            } => Some((i, command.verb.as_str(), *command_id)),
+            _ => None,
+        })
+        .collect();
+    let mut intents = allowed.iter();
+    for (line, on_record) in &upstream.requests {
+        let method = line.split(|&b| b == b' ').next().unwrap_or_default();
+        assert!(
+            !method.eq_ignore_ascii_case(b"DELETE"),
+            "a denied request reached the server: {:?}",
+            String::from_utf8_lossy(line)
+        );
+        let Some(&(at, verb, _)) = intents.next() else {
+            panic!(
+                "{:?} reached the server without an allow intent on record",
+                String::from_utf8_lossy(line)
+            );
+        };
+        assert!(
+            verb.as_bytes().eq_ignore_ascii_case(method),
+            "{:?} reached the server in the place of the intent for {verb}",
+            String::from_utf8_lossy(line)
+        );
+        assert!(
+            at < *on_record,
+            "{:?} reached the server before its intent was on record",
+            String::from_utf8_lossy(line)
+        );
+    }
+
+    // 2. No secret crosses the wire. The token may travel only where the client put it in
+    // its Authorization header, which the gateway removes.
+    let token_only_in_authorization = {
+        let lower = client.to_ascii_lowercase();
+        let token = TOKEN.as_bytes();
+        let mut ok = true;
+        let mut from = 0;
+        while let Some(i) = lower[from..]
+            .windows(token.len())
+            .position(|w| w == token)
+            .map(|i| i + from)
+        {
+            ok &= lower[..i].ends_with(b"\nauthorization: bearer ");
+            from = i + 1;
+        }
+        ok
+    };
+    if token_only_in_authorization {
+        assert!(
+            !contains(&upstream.received, TOKEN.as_bytes()),
+            "the client's token reached the server"
+        );
+    }
+    let password = UPSTREAM_PASSWORD.as_bytes();
+    if !contains(script, password) && !contains(client, password) {
+        assert!(
+            !contains(received, password),
+            "the gateway's credential reached the client"
+        );
+    }
+    if !mentions_canary(client) {
+        assert!(
+            !canary_word(received),
+            "a detected value reached the client in clear: {:?}",
+            String::from_utf8_lossy(received)
+        );
+    }
+    if !contains(client, JSON_CANARY) {
+        assert!(
+            !contains(received, JSON_CANARY),
+            "an ssn member reached the client: {:?}",
+            String::from_utf8_lossy(received)
+        );
+    }
+
+    // 3. The trail. The client's token is in its own bytes, so the trail check that looks
+    // for it runs on the bytes without it (where it sent it only to authenticate).
+    let mut without_token = client.to_vec();
+    while token_only_in_authorization
+        && let Some(i) = without_token
+            .windows(TOKEN.len())
+            .position(|w| w == TOKEN.as_bytes())
+    {
+        without_token.drain(i..i + TOKEN.len());
+    }
+    check_trail(events, &without_token, script, &[], false, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(flags: u8, client: &[u8], segments: &[&[u8]]) -> Vec<u8> {
+        let mut v = vec![flags];
+        v.extend_from_slice(&u16::try_from(client.len()).unwrap().to_le_bytes());
+        v.extend_from_slice(client);
+        v.extend_from_slice(&super::super::script(segments));
+        v
+    }
+
+    #[test]
+    fn a_clean_connection_passes_every_check() {
+        let client = b"GET /customers/1 HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer @T\r\n\r\n\
+            DELETE /customers/1 HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer @T\r\n\r\n\
+            GET /notes HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer @T\r\n\r\n";
+        let body = br#"{"name":"Ada","ssn":"JSONCANARY","note":"LEAKCANARY"}"#;
+        let mut customer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        customer.extend_from_slice(body);
+        let notes =
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nLEAKCANARY";
+        let events = run(&input(0xf0, client, &[&customer, notes]));
+        let decisions: Vec<bool> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                AuditEventKind::CommandDecided { decision, .. } => {
+                    Some(matches!(decision, Decision::Allow { .. }))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(decisions, [true, false, true], "{events:#?}");
+        let completed = events
+            .iter()
+            .filter(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. }))
+            .count();
+        assert_eq!(completed, 2, "{events:#?}");
+    }
+
+    #[test]
+    fn the_token_marker_becomes_the_token() {
+        assert_eq!(
+            with_token(b"Bearer @T\r\n@"),
+            format!("Bearer {TOKEN}\r\n@").into_bytes()
+        );
+    }
+
+    #[test]
+    fn requests_are_whole_with_their_bodies() {
+        assert_eq!(request_len(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
+        let post = b"POST /n HTTP/1.1\r\ncontent-length: 3\r\n\r\nab";
+        assert_eq!(request_len(post), None);
+        let post = b"POST /n HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc";
+        assert_eq!(request_len(post), Some(post.len()));
+        let chunked =
+            b"POST /n HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(request_len(chunked), Some(chunked.len()));
+    }
+}

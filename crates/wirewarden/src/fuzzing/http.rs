@@ -311,6 +311,39 @@ async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector
     let _ = io.shutdown().await;
 }
 
+/// Whether a JSON response in `received` shows an `ssn` member (any case) whose value
+/// starts with [`JSON_CANARY`], as `"ssn": "JSONCANARY…`. Compressed bodies, and members
+/// a chunk boundary cuts, are not seen: the check can miss, never invent.
+fn ssn_member_shown(received: &[u8]) -> bool {
+    let lower = received.to_ascii_lowercase();
+    let starts: Vec<usize> = (0..lower.len())
+        .filter(|&i| lower[i..].starts_with(b"http/1.") && (i == 0 || lower[i - 1] == b'\n'))
+        .collect();
+    starts.iter().enumerate().any(|(n, &start)| {
+        let end = starts.get(n + 1).copied().unwrap_or(lower.len());
+        let response = &lower[start..end];
+        let Some(head_end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let (head, body) = response.split_at(head_end);
+        if !contains(head, b"content-type: application/json") {
+            return false;
+        }
+        (0..body.len()).any(|i| {
+            let Some(rest) = body[i..].strip_prefix(b"\"ssn\"") else {
+                return false;
+            };
+            let rest = rest.trim_ascii_start();
+            let Some(rest) = rest.strip_prefix(b":") else {
+                return false;
+            };
+            rest.trim_ascii_start()
+                .strip_prefix(b"\"")
+                .is_some_and(|v| v.starts_with(b"jsoncanary"))
+        })
+    })
+}
+
 fn check(
     client: &[u8],
     received: &[u8],
@@ -397,7 +430,7 @@ fn check(
     }
     if !contains(client, JSON_CANARY) {
         assert!(
-            !contains(received, JSON_CANARY),
+            !ssn_member_shown(received),
             "an ssn member reached the client: {:?}",
             String::from_utf8_lossy(received)
         );
@@ -458,6 +491,21 @@ mod tests {
             .filter(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. }))
             .count();
         assert_eq!(completed, 2, "{events:#?}");
+    }
+
+    #[test]
+    fn ssn_members_are_found_in_json_responses_only() {
+        let json =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"SSN\" : \"JSONCANARY\"}";
+        assert!(ssn_member_shown(json));
+        let other =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"ssf\":\"JSONCANARY\"}";
+        assert!(!ssn_member_shown(other));
+        let text = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n{\"ssn\":\"JSONCANARY\"}";
+        assert!(!ssn_member_shown(text));
+        let masked =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"ssn\":\"[REDACTED]\"}";
+        assert!(!ssn_member_shown(masked));
     }
 
     #[test]

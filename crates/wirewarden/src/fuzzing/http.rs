@@ -24,23 +24,21 @@
 //! `flags`, a little-endian `u16` length `n`, `n` bytes the client sends (each `@T` in them
 //! replaced by the harness's token, so requests can authenticate), and then the server's
 //! script: segments (each a little-endian `u16` length and that many bytes), one written
-//! back for each whole request the server receives. Flag bits 4–7: the size of the pieces
-//! the client's bytes arrive in (`1 << bits`).
+//! back for each whole request the server receives. Flag bit 3: the upstream cannot be
+//! reached; bits 4–7: the size of the pieces the client's bytes arrive in (`1 << bits`).
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use wirewarden_core::{AuditEvent, AuditEventKind, CommandId, Decision, Protocol, Target};
+use wirewarden_core::{AuditEvent, CommandId, Protocol, Target};
 use wirewarden_mask::{Engine, FieldRule, Profile, Selector, Strategy};
-use wirewarden_policy::RuleEngine;
 
 use super::{
-    Collector, TOKEN, UPSTREAM_PASSWORD, canary_word, check_trail, contains, mentions_canary,
-    segments, settle, tokens, with_canary,
+    Collector, Input, TOKEN, UPSTREAM_PASSWORD, allowed_intents, canary_word, check_trail,
+    contains, mentions_canary, pipeline, play_client, runtime, with_canary,
 };
-use crate::Pipeline;
 use crate::http::{DEFAULT_HTTP_POLICY, HttpProxy, HttpTarget, Route, Routes};
 use crate::listen::{BoxIo, Dial};
 
@@ -70,17 +68,13 @@ struct Script {
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime");
+        let runtime = runtime();
         let policy = format!(
             "{DEFAULT_HTTP_POLICY}\n[[rule]]\nid = \"no-deletes\"\nverbs = [\"DELETE\"]\n\
              action = \"deny\"\nreason = \"agents do not delete\"\n\n[[rule]]\n\
              id = \"agents-read\"\ngroups = [\"agents\"]\nmax_class = \"read\"\n\
              action = \"allow\"\nmask_profile = \"read\"\n"
         );
-        let engine = Arc::new(RuleEngine::from_toml(&policy).expect("harness policy"));
         let masks = Engine::builder()
             .profile(with_canary(Profile::builder("session")))
             .profile(with_canary(Profile::builder("read")).rule(FieldRule::new(
@@ -91,13 +85,7 @@ fn harness() -> &'static Harness {
             .build()
             .expect("harness mask profiles");
         let audit = Arc::new(Collector::default());
-        let pipeline = Arc::new(
-            Pipeline::builder(Arc::new(tokens()), engine)
-                .masking(Arc::new(masks))
-                .audit(audit.clone())
-                .build()
-                .expect("harness pipeline"),
-        );
+        let pipeline = pipeline(&policy, masks, audit.clone());
         let route = |method, path| Route::new(Some(method), path).expect("a route");
         let routes = Routes::new()
             .route(route(http::Method::GET, "/customers/{id}"))
@@ -161,19 +149,16 @@ pub fn http_relay(data: &[u8]) {
 
 /// Runs and checks one connection; the trail.
 fn run(data: &[u8]) -> Vec<AuditEvent> {
-    let Some((&flags, rest)) = data.split_first() else {
+    let Some(input) = Input::parse(data) else {
         return Vec::new();
     };
-    let Some((len, rest)) = rest.split_first_chunk::<2>() else {
-        return Vec::new();
-    };
-    let n = usize::from(u16::from_le_bytes(*len)).min(rest.len());
-    let (client, script) = rest.split_at(n);
-    let piece = 1 << (flags >> 4);
-    let script: Vec<Bytes> = segments(script)
-        .into_iter()
-        .map(Bytes::copy_from_slice)
+    let piece = input.piece;
+    let script: Vec<Bytes> = input
+        .script
+        .iter()
+        .map(|s| Bytes::copy_from_slice(s))
         .collect();
+    let client = input.client;
     let client = with_token(client);
     let h = harness();
     let _one = h.one.lock().unwrap_or_else(PoisonError::into_inner);
@@ -181,7 +166,7 @@ fn run(data: &[u8]) -> Vec<AuditEvent> {
     h.runtime.block_on(async {
         match tokio::time::timeout(
             Duration::from_secs(60),
-            connection(h, &client, piece, script),
+            connection(h, &client, piece, script, input.unreachable),
         )
         .await
         {
@@ -208,37 +193,29 @@ fn with_token(client: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn connection(h: &'static Harness, client_bytes: &[u8], piece: usize, script: Vec<Bytes>) {
-    let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
+async fn connection(
+    h: &'static Harness,
+    client_bytes: &[u8],
+    piece: usize,
+    script: Vec<Bytes>,
+    unreachable: bool,
+) {
+    let (client, gateway_client) = tokio::io::duplex(1 << 16);
     let seen = Arc::new(Mutex::new(Upstream::default()));
     let (close, closed) = tokio::sync::watch::channel(false);
     let script_bytes = script.concat();
-    *h.next.lock().unwrap_or_else(PoisonError::into_inner) = Some(Script {
+    // No script: every dial is refused.
+    *h.next.lock().unwrap_or_else(PoisonError::into_inner) = (!unreachable).then(|| Script {
         segments: Arc::new(Mutex::new(script.into())),
         seen: seen.clone(),
         closed,
     });
     let proxy = h.proxy.clone();
     let served = tokio::spawn(async move { proxy.serve(gateway_client, None).await });
-    let (mut client_rx, mut client_tx) = tokio::io::split(&mut client);
-    let receive = async {
-        let mut got = Vec::new();
-        let _ = client_rx.read_to_end(&mut got).await;
-        got
-    };
-    let send = async {
-        for piece in client_bytes.chunks(piece) {
-            if client_tx.write_all(piece).await.is_err() {
-                break;
-            }
-            settle().await;
-        }
-        settle().await;
-        let _ = client_tx.shutdown().await;
-        settle().await;
+    let received = play_client(client, b"", client_bytes, piece, || {
         let _ = close.send(true);
-    };
-    let (received, ()) = tokio::join!(receive, send);
+    })
+    .await;
     let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
     assert!(
         ended.is_ok(),
@@ -352,18 +329,9 @@ fn check(
     script: &[u8],
 ) {
     // 1. Each request the server received had its allow intent first, in order.
-    let allowed: Vec<(usize, &str, CommandId)> = events
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| match &e.kind {
-            AuditEventKind::CommandDecided {
-                command,
-                decision: Decision::Allow { .. },
-                command_id,
-                ..
-            } => Some((i, command.verb.as_str(), *command_id)),
-            _ => None,
-        })
+    let allowed: Vec<(usize, &str, CommandId)> = allowed_intents(events)
+        .into_iter()
+        .map(|(i, command, id)| (i, command.verb.as_str(), id))
         .collect();
     let mut intents = allowed.iter();
     for (line, on_record) in &upstream.requests {
@@ -451,15 +419,10 @@ fn check(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use wirewarden_core::{AuditEventKind, Decision};
 
-    fn input(flags: u8, client: &[u8], segments: &[&[u8]]) -> Vec<u8> {
-        let mut v = vec![flags];
-        v.extend_from_slice(&u16::try_from(client.len()).unwrap().to_le_bytes());
-        v.extend_from_slice(client);
-        v.extend_from_slice(&super::super::script(segments));
-        v
-    }
+    use super::super::input;
+    use super::*;
 
     #[test]
     fn a_clean_connection_passes_every_check() {

@@ -9,12 +9,12 @@
 //! Both harnesses log in with [`TOKEN`], give the gateway [`UPSTREAM_PASSWORD`] for the
 //! server, and mask with a profile whose one custom detector finds [`CANARY`] as a word.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use wirewarden_audit::{Appended, AuditSink, Durability};
 use wirewarden_core::{AuditEvent, AuditEventKind, BoxError, CommandId, SessionEndReason};
 use wirewarden_identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
-use wirewarden_mask::{CustomDetector, ProfileBuilder};
+use wirewarden_mask::{CustomDetector, Engine, ProfileBuilder};
 
 #[cfg(feature = "http")]
 mod http;
@@ -95,6 +95,115 @@ async fn settle() {
     }
 }
 
+/// The parts of one input, as every relay harness reads it: `flags`, a little-endian `u16`
+/// length `n`, the `n` bytes the client sends, and then the server's script (see
+/// [`segments`]).
+struct Input<'a> {
+    /// Flag bits 0–1: how the harness logs in (each harness says what each value means).
+    #[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
+    login: u8,
+    /// Bit 2: the script answers the gateway's own login.
+    #[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
+    script_answers_login: bool,
+    /// Bit 3: the upstream cannot be reached.
+    unreachable: bool,
+    /// Bits 4–7: the client's bytes arrive in pieces of `1 << bits`.
+    piece: usize,
+    client: &'a [u8],
+    script: Vec<&'a [u8]>,
+}
+
+impl<'a> Input<'a> {
+    fn parse(data: &'a [u8]) -> Option<Self> {
+        let (&flags, rest) = data.split_first()?;
+        let (len, rest) = rest.split_first_chunk::<2>()?;
+        let n = usize::from(u16::from_le_bytes(*len)).min(rest.len());
+        let (client, script) = rest.split_at(n);
+        Some(Self {
+            login: flags & 3,
+            script_answers_login: flags & 4 != 0,
+            unreachable: flags & 8 != 0,
+            piece: 1 << (flags >> 4),
+            client,
+            script: segments(script),
+        })
+    }
+}
+
+/// A current-thread runtime for one harness's sessions.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime")
+}
+
+/// The harnesses' pipeline: [`tokens`], `policy` (its budgets too), `masks`, and `audit`.
+fn pipeline(policy: &str, masks: Engine, audit: Arc<Collector>) -> Arc<crate::Pipeline> {
+    let engine =
+        Arc::new(wirewarden_policy::RuleEngine::from_toml(policy).expect("harness policy"));
+    Arc::new(
+        crate::Pipeline::builder(Arc::new(tokens()), engine.clone())
+            .budgets(engine.budgets_handle())
+            .masking(Arc::new(masks))
+            .audit(audit)
+            .build()
+            .expect("harness pipeline"),
+    )
+}
+
+/// Plays the client: `login`, then `bytes` in pieces of `piece`, letting the gateway settle
+/// after each; then closes its side, settles, and calls `done` (which lets the server go).
+/// Returns everything the client received, once the gateway closed.
+async fn play_client(
+    mut client: tokio::io::DuplexStream,
+    login: &[u8],
+    bytes: &[u8],
+    piece: usize,
+    done: impl FnOnce(),
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut rx, mut tx) = tokio::io::split(&mut client);
+    let receive = async {
+        let mut got = Vec::new();
+        let _ = rx.read_to_end(&mut got).await;
+        got
+    };
+    let send = async {
+        let _ = tx.write_all(login).await;
+        settle().await;
+        for piece in bytes.chunks(piece) {
+            if tx.write_all(piece).await.is_err() {
+                break;
+            }
+            settle().await;
+        }
+        settle().await;
+        let _ = tx.shutdown().await;
+        settle().await;
+        done();
+    };
+    tokio::join!(receive, send).0
+}
+
+/// The allowed `CommandDecided` records of a trail, in order: where each is, its command
+/// and its id.
+fn allowed_intents(events: &[AuditEvent]) -> Vec<(usize, &wirewarden_core::Command, CommandId)> {
+    events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.kind {
+            AuditEventKind::CommandDecided {
+                command,
+                decision: wirewarden_core::Decision::Allow { .. },
+                command_id,
+                ..
+            } => Some((i, command, *command_id)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Splits a server script into its segments: each a little-endian `u16` length and that
 /// many bytes (fewer if the input ends first). Lengths rather than separators, because
 /// PostgreSQL messages are binary and RESP values may hold any byte.
@@ -107,6 +216,20 @@ fn segments(mut script: &[u8]) -> Vec<&[u8]> {
         script = rest;
     }
     out
+}
+
+/// An input: `flags`, the client's bytes and the server's `segments` (for tests).
+#[cfg(test)]
+fn input(flags: u8, client: &[u8], segments: &[&[u8]]) -> Vec<u8> {
+    let mut v = vec![flags];
+    v.extend_from_slice(
+        &u16::try_from(client.len())
+            .expect("a short client part")
+            .to_le_bytes(),
+    );
+    v.extend_from_slice(client);
+    v.extend_from_slice(&script(segments));
+    v
 }
 
 /// A script of `segments`, as [`segments`] reads it (for tests and seeds).

@@ -41,9 +41,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use wirewarden_core::{AuditEvent, AuditEventKind, CommandId, Decision, Protocol, Target};
+use wirewarden_core::{AuditEvent, CommandId, Protocol, Target};
 use wirewarden_mask::{Engine, FieldRule, Profile, Selector, Strategy};
-use wirewarden_policy::RuleEngine;
 use wirewarden_postgres::auth::{ScramServer, ScramVerifier};
 use wirewarden_postgres::{
     Authentication, BackendDecoder, BackendMessage, FrontendDecoder, FrontendMessage, Limits,
@@ -51,12 +50,12 @@ use wirewarden_postgres::{
 };
 
 use super::{
-    Collector, TOKEN, UPSTREAM_PASSWORD, canary_word, check_trail, contains, mentions_canary,
-    segments, settle, tokens, with_canary,
+    Collector, Input, TOKEN, UPSTREAM_PASSWORD, allowed_intents, canary_word, check_trail,
+    contains, mentions_canary, pipeline, play_client, runtime, with_canary,
 };
+use crate::Secret;
 use crate::listen::{BoxIo, Dial};
 use crate::postgres::{PostgresProxy, PostgresTarget, UpstreamConfig};
-use crate::{Pipeline, Secret};
 
 /// The policy: schema changes and unknown statements denied, reads allowed.
 const POLICY: &str = r#"
@@ -133,11 +132,7 @@ fn verifier() -> ScramVerifier {
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime");
-        let engine = Arc::new(RuleEngine::from_toml(POLICY).expect("harness policy"));
+        let runtime = runtime();
         // Only the allow rule's profile has the column rule: a result masked with the
         // session's profile instead shows `people.ssn`.
         let masks = Engine::builder()
@@ -150,14 +145,7 @@ fn harness() -> &'static Harness {
             .build()
             .expect("harness mask profile");
         let audit = Arc::new(Collector::default());
-        let pipeline = Arc::new(
-            Pipeline::builder(Arc::new(tokens()), engine.clone())
-                .budgets(engine.budgets_handle())
-                .masking(Arc::new(masks))
-                .audit(audit.clone())
-                .build()
-                .expect("harness pipeline"),
-        );
+        let pipeline = pipeline(POLICY, masks, audit.clone());
         let upstream = UpstreamConfig {
             addr: "upstream.invalid:5432".into(),
             user: "gateway".into(),
@@ -202,64 +190,38 @@ fn harness() -> &'static Harness {
     })
 }
 
-/// The parts of one input.
-struct Input<'a> {
-    login: u8,
-    script_answers_login: bool,
-    unreachable: bool,
-    piece: usize,
-    client: &'a [u8],
-    script: Vec<&'a [u8]>,
-}
-
-impl<'a> Input<'a> {
-    fn parse(data: &'a [u8]) -> Option<Self> {
-        let (&flags, rest) = data.split_first()?;
-        let (len, rest) = rest.split_first_chunk::<2>()?;
-        let n = usize::from(u16::from_le_bytes(*len)).min(rest.len());
-        let (client, script) = rest.split_at(n);
-        Some(Self {
-            login: flags & 3,
-            script_answers_login: flags & 4 != 0,
-            unreachable: flags & 8 != 0,
-            piece: 1 << (flags >> 4),
-            client,
-            script: segments(script),
-        })
+/// What the harness sends before the input's client bytes: a startup packet and the
+/// token as the password, the startup packet alone, or nothing.
+fn login_bytes(input: &Input<'_>) -> BytesMut {
+    let mut out = BytesMut::new();
+    if input.login == 2 {
+        return out;
     }
-
-    /// What the harness sends before the input's client bytes.
-    fn login_bytes(&self) -> BytesMut {
-        let mut out = BytesMut::new();
-        if self.login == 2 {
-            return out;
-        }
-        let parameters = [
-            ("user", "agent"),
-            ("database", "app"),
-            ("application_name", "fuzz run=1"),
-        ]
-        .iter()
-        .map(|(k, v)| {
-            (
-                Bytes::from_static(k.as_bytes()),
-                Bytes::from_static(v.as_bytes()),
-            )
-        })
-        .collect();
-        FrontendMessage::Startup(StartupMessage {
-            version: ProtocolVersion::V3_0,
-            parameters,
-        })
-        .encode(&mut out)
-        .expect("a startup packet encodes");
-        if self.login != 1 {
-            FrontendMessage::PasswordMessage(Bytes::from_static(TOKEN.as_bytes()))
-                .encode(&mut out)
-                .expect("a password message encodes");
-        }
-        out
+    let parameters = [
+        ("user", "agent"),
+        ("database", "app"),
+        ("application_name", "fuzz run=1"),
+    ]
+    .iter()
+    .map(|(k, v)| {
+        (
+            Bytes::from_static(k.as_bytes()),
+            Bytes::from_static(v.as_bytes()),
+        )
+    })
+    .collect();
+    FrontendMessage::Startup(StartupMessage {
+        version: ProtocolVersion::V3_0,
+        parameters,
+    })
+    .encode(&mut out)
+    .expect("a startup packet encodes");
+    if input.login != 1 {
+        FrontendMessage::PasswordMessage(Bytes::from_static(TOKEN.as_bytes()))
+            .encode(&mut out)
+            .expect("a password message encodes");
     }
+    out
 }
 
 /// What the session's server saw.
@@ -296,7 +258,7 @@ fn run(data: &[u8]) -> (Upstream, Vec<AuditEvent>) {
 }
 
 async fn session(h: &'static Harness, input: &Input<'_>) -> Upstream {
-    let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
+    let (client, gateway_client) = tokio::io::duplex(1 << 16);
     let seen = Arc::new(Mutex::new(Upstream::default()));
     let (close, closed) = tokio::sync::watch::channel(false);
     *h.dialing
@@ -320,27 +282,11 @@ async fn session(h: &'static Harness, input: &Input<'_>) -> Upstream {
     let proxy = h.proxy.clone();
     let served = tokio::spawn(async move { proxy.serve(gateway_client, peer).await });
 
-    let (mut client_rx, mut client_tx) = tokio::io::split(&mut client);
-    let receive = async {
-        let mut got = Vec::new();
-        let _ = client_rx.read_to_end(&mut got).await;
-        got
-    };
-    let send = async {
-        let _ = client_tx.write_all(&input.login_bytes()).await;
-        settle().await;
-        for piece in input.client.chunks(input.piece) {
-            if client_tx.write_all(piece).await.is_err() {
-                break;
-            }
-            settle().await;
-        }
-        settle().await;
-        let _ = client_tx.shutdown().await;
-        settle().await;
+    let login = login_bytes(input);
+    let received = play_client(client, &login, input.client, input.piece, || {
         let _ = close.send(true);
-    };
-    let (received, ()) = tokio::join!(receive, send);
+    })
+    .await;
     let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
     assert!(
         ended.is_ok(),
@@ -665,18 +611,9 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
 
     // 2. Each statement the server received was allowed first, in order, or is a denial's
     // replacement.
-    let allowed: Vec<(usize, &str, CommandId)> = events
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| match &e.kind {
-            AuditEventKind::CommandDecided {
-                command,
-                decision: Decision::Allow { .. },
-                command_id,
-                ..
-            } => Some((i, command.text.as_str(), *command_id)),
-            _ => None,
-        })
+    let allowed: Vec<(usize, &str, CommandId)> = allowed_intents(events)
+        .into_iter()
+        .map(|(i, command, id)| (i, command.text.as_str(), id))
         .collect();
     let mut intents = allowed.iter();
     // Simple queries complete at their ReadyForQuery; a prepared statement completes once
@@ -736,15 +673,10 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use wirewarden_core::{AuditEventKind, Decision};
 
-    fn input(flags: u8, client: &[u8], segments: &[&[u8]]) -> Vec<u8> {
-        let mut v = vec![flags];
-        v.extend_from_slice(&u16::try_from(client.len()).unwrap().to_le_bytes());
-        v.extend_from_slice(client);
-        v.extend_from_slice(&super::super::script(segments));
-        v
-    }
+    use super::super::input;
+    use super::*;
 
     fn query(sql: &str) -> Vec<u8> {
         let mut out = BytesMut::new();

@@ -35,18 +35,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use wirewarden_core::{AuditEvent, AuditEventKind, CommandId, Decision, Protocol, Target};
+use wirewarden_core::{AuditEvent, CommandId, Protocol, Target};
 use wirewarden_mask::{Engine, FieldRule, Profile, Selector, Strategy};
-use wirewarden_policy::RuleEngine;
 use wirewarden_redis::{Limits, ReplyDecoder, RequestDecoder, RespVersion};
 
 use super::{
-    Collector, TOKEN, UPSTREAM_PASSWORD, canary_word, check_trail, contains, mentions_canary,
-    segments, settle, tokens, with_canary,
+    Collector, Input, TOKEN, UPSTREAM_PASSWORD, allowed_intents, canary_word, check_trail,
+    contains, mentions_canary, pipeline, play_client, runtime, with_canary,
 };
+use crate::Secret;
 use crate::listen::{BoxIo, Dial};
 use crate::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
-use crate::{Pipeline, Secret};
 
 /// Commands the default Redis rules deny for every identity: none of them may reach the
 /// server. (Subcommand rules such as `CLIENT KILL` are checked by name and subcommand.)
@@ -128,16 +127,12 @@ fn limits() -> Limits {
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a current-thread runtime");
+        let runtime = runtime();
         let policy = format!(
             "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\n\
              max_class = \"write\"\naction = \"allow\"\n\n[[budget]]\nid = \"elements\"\n\
              groups = [\"agents\"]\nmax_rows = 1000000000000\nwindow = \"1h\"\n"
         );
-        let engine = Arc::new(RuleEngine::from_toml(&policy).expect("harness policy"));
         let masks = Engine::builder()
             .profile(with_canary(Profile::builder("fuzz")).rule(FieldRule::new(
                 Selector::redis_key("secret:*"),
@@ -147,14 +142,7 @@ fn harness() -> &'static Harness {
             .build()
             .expect("harness mask profile");
         let audit = Arc::new(Collector::default());
-        let pipeline = Arc::new(
-            Pipeline::builder(Arc::new(tokens()), engine.clone())
-                .budgets(engine.budgets_handle())
-                .masking(Arc::new(masks))
-                .audit(audit.clone())
-                .build()
-                .expect("harness pipeline"),
-        );
+        let pipeline = pipeline(&policy, masks, audit.clone());
         let upstream = RedisUpstream {
             addr: "upstream.invalid:6379".into(),
             user: Some("gateway".into()),
@@ -187,39 +175,13 @@ fn harness() -> &'static Harness {
     })
 }
 
-/// The parts of one input.
-struct Input<'a> {
-    login: u8,
-    script_answers_auth: bool,
-    unreachable: bool,
-    piece: usize,
-    client: &'a [u8],
-    script: Vec<&'a [u8]>,
-}
-
-impl<'a> Input<'a> {
-    fn parse(data: &'a [u8]) -> Option<Self> {
-        let (&flags, rest) = data.split_first()?;
-        let (len, rest) = rest.split_first_chunk::<2>()?;
-        let n = usize::from(u16::from_le_bytes(*len)).min(rest.len());
-        let (client, script) = rest.split_at(n);
-        Some(Self {
-            login: flags & 3,
-            script_answers_auth: flags & 4 != 0,
-            unreachable: flags & 8 != 0,
-            piece: 1 << (flags >> 4),
-            client,
-            script: segments(script),
-        })
-    }
-
-    fn login_bytes(&self) -> &'static [u8] {
-        match self.login {
-            0 => b"*2\r\n$4\r\nAUTH\r\n$17\r\ntok-fuzz-7c1f9e2a\r\n",
-            1 => b"*5\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$5\r\nagent\r\n$17\r\ntok-fuzz-7c1f9e2a\r\n",
-            2 => b"AUTH tok-fuzz-7c1f9e2a\r\n",
-            _ => b"",
-        }
+/// What the harness sends before the input's client bytes.
+fn login_bytes(input: &Input<'_>) -> &'static [u8] {
+    match input.login {
+        0 => b"*2\r\n$4\r\nAUTH\r\n$17\r\ntok-fuzz-7c1f9e2a\r\n",
+        1 => b"*5\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$5\r\nagent\r\n$17\r\ntok-fuzz-7c1f9e2a\r\n",
+        2 => b"AUTH tok-fuzz-7c1f9e2a\r\n",
+        _ => b"",
     }
 }
 
@@ -259,7 +221,7 @@ fn run(data: &[u8]) -> Vec<AuditEvent> {
 }
 
 async fn session(h: &'static Harness, input: &Input<'_>) {
-    let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
+    let (client, gateway_client) = tokio::io::duplex(1 << 16);
     let (gateway_up, up) = tokio::io::duplex(1 << 16);
     *h.upstream.lock().unwrap_or_else(PoisonError::into_inner) =
         (!input.unreachable).then_some(gateway_up);
@@ -274,31 +236,19 @@ async fn session(h: &'static Harness, input: &Input<'_>) {
         .collect();
     let (close_up, closed_up) = tokio::sync::oneshot::channel::<()>();
     let audit = h.audit.clone();
-    let answers_auth = input.script_answers_auth;
+    let answers_auth = input.script_answers_login;
     let server = tokio::spawn(serve_script(up, script, answers_auth, closed_up, audit));
 
-    let (mut client_rx, mut client_tx) = tokio::io::split(&mut client);
-    let receive = async {
-        let mut got = Vec::new();
-        let _ = client_rx.read_to_end(&mut got).await;
-        got
-    };
-    let send = async {
-        let login = input.login_bytes();
-        let _ = client_tx.write_all(login).await;
-        settle().await;
-        for piece in input.client.chunks(input.piece) {
-            if client_tx.write_all(piece).await.is_err() {
-                break;
-            }
-            settle().await;
-        }
-        settle().await;
-        let _ = client_tx.shutdown().await;
-        settle().await;
-        let _ = close_up.send(());
-    };
-    let (received, ()) = tokio::join!(receive, send);
+    let received = play_client(
+        client,
+        login_bytes(input),
+        input.client,
+        input.piece,
+        || {
+            let _ = close_up.send(());
+        },
+    )
+    .await;
     let ended = tokio::time::timeout(Duration::from_secs(10), served).await;
     assert!(
         ended.is_ok(),
@@ -376,7 +326,7 @@ const KEY_CANARY: &[u8] = b"KEYCANARY";
 fn key_canary_may_show(input: &Input<'_>, upstream: &Upstream) -> bool {
     let mut client = BytesMut::from(input.client);
     let mut decoder = RequestDecoder::new(Limits::default());
-    let mut one_to_one = !input.script_answers_auth;
+    let mut one_to_one = !input.script_answers_login;
     while let Ok(Some(req)) = decoder.decode(&mut client) {
         one_to_one &= !matches!(
             req.name().to_ascii_uppercase().as_slice(),
@@ -464,18 +414,9 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
     }
 
     // 3. Every forwarded command had its allow intent on record before it arrived, in order.
-    let allowed: Vec<(usize, &str, CommandId)> = events
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| match &e.kind {
-            AuditEventKind::CommandDecided {
-                command,
-                decision: Decision::Allow { .. },
-                command_id,
-                ..
-            } => Some((i, command.verb.as_str(), *command_id)),
-            _ => None,
-        })
+    let allowed: Vec<(usize, &str, CommandId)> = allowed_intents(events)
+        .into_iter()
+        .map(|(i, command, id)| (i, command.verb.as_str(), id))
         .collect();
     let mut intents = allowed.iter();
     for (args, on_record) in &upstream.requests {
@@ -526,15 +467,10 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use wirewarden_core::AuditEventKind;
 
-    fn input(flags: u8, client: &[u8], segments: &[&[u8]]) -> Vec<u8> {
-        let mut v = vec![flags];
-        v.extend_from_slice(&u16::try_from(client.len()).unwrap().to_le_bytes());
-        v.extend_from_slice(client);
-        v.extend_from_slice(&super::super::script(segments));
-        v
-    }
+    use super::super::input;
+    use super::*;
 
     #[test]
     fn a_clean_session_passes_every_check() {

@@ -1835,7 +1835,12 @@ impl Relay {
                     Err(_) => {
                         let f = ErrorFields::new(
                             "ERROR",
-                            fields.code().unwrap_or("XX000"),
+                            // The SQLSTATE stays when it is one; anything else in its
+                            // place is withheld with the rest.
+                            fields
+                                .code()
+                                .filter(|c| outbound::is_sqlstate(c.as_bytes()))
+                                .unwrap_or("XX000"),
                             "wirewarden: error details withheld",
                         );
                         BackendMessage::ErrorResponse(f.clone()).encode(&mut st.out)?;

@@ -821,6 +821,20 @@ mod tests {
         );
     }
 
+    /// An error whose details cannot be masked is withheld; a SQLSTATE field that holds
+    /// something else does not survive into the error that replaces it.
+    #[test]
+    fn a_withheld_error_keeps_only_a_real_sqlstate() {
+        let client = query("SELECT c FROM t");
+        let mut error = b"E".to_vec();
+        let body = b"SERROR\0CLEAKCANARY x\0M\xff\xfe\0\0";
+        error.extend_from_slice(&(u32::try_from(body.len()).unwrap() + 4).to_be_bytes());
+        error.extend_from_slice(body);
+        error.extend_from_slice(b"Z\0\0\0\x05I");
+        let (upstream, _) = run(&input(0xf0, &client, &[&error]));
+        assert_eq!(upstream.statements.len(), 1);
+    }
+
     #[test]
     #[should_panic(expected = "a people.ssn value reached the client")]
     fn a_column_leak_is_caught() {

@@ -298,16 +298,19 @@ pub(crate) fn mask_error_fields(
     Ok(changed.then_some(ErrorFields { fields: out }))
 }
 
+/// Whether `value` is a SQLSTATE: five digits or upper-case letters.
+pub(crate) fn is_sqlstate(value: &[u8]) -> bool {
+    value.len() == 5
+        && value
+            .iter()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+}
+
 /// Whether an error or notice field holds one of its fixed values: a SQLSTATE (`C`, five
 /// digits or upper-case letters) or an untranslated severity (`V`).
 fn fixed_vocabulary(code: u8, value: &[u8]) -> bool {
     match code {
-        b'C' => {
-            value.len() == 5
-                && value
-                    .iter()
-                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
-        }
+        b'C' => is_sqlstate(value),
         b'V' => matches!(
             value,
             b"ERROR" | b"FATAL" | b"PANIC" | b"WARNING" | b"NOTICE" | b"DEBUG" | b"INFO" | b"LOG"

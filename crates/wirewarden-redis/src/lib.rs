@@ -41,7 +41,8 @@ pub mod fuzzing {
         Limits, ReplyDecoder, RequestDecoder, RespVersion, Session, Value, classify, split_args,
     };
 
-    fn limits() -> Limits {
+    /// The limits every fuzz target decodes under (the relay target's proxy too).
+    pub fn limits() -> Limits {
         Limits::default()
             .with_max_depth(16)
             .with_max_elements(4096)

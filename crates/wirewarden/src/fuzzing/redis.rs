@@ -115,15 +115,6 @@ struct Harness {
     one: Mutex<()>,
 }
 
-fn limits() -> Limits {
-    Limits::default()
-        .with_max_depth(16)
-        .with_max_elements(4096)
-        .with_max_frame_len(1 << 20)
-        .with_max_bulk_len(1 << 16)
-        .with_max_inline_len(4096)
-}
-
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
@@ -153,7 +144,7 @@ fn harness() -> &'static Harness {
             Target::new("cache", Protocol::Redis).expect("target"),
             upstream,
         );
-        target.limits = limits();
+        target.limits = wirewarden_redis::fuzzing::limits();
         target.record_limit = 4096;
         let slot: Slot = Arc::default();
         let given = slot.clone();

@@ -1492,12 +1492,8 @@ impl Relay {
                             },
                         );
                         let _ = self.proxy.pipeline.record(&event).await;
-                        BackendMessage::ErrorResponse(ErrorFields::new(
-                            "FATAL",
-                            "08P01",
-                            "wirewarden: the upstream sent an invalid message",
-                        ))
-                        .encode(&mut st.out)?;
+                        fatal("08P01", "wirewarden: the upstream sent an invalid message")
+                            .encode(&mut st.out)?;
                         failed = Some(e.into());
                         break;
                     }

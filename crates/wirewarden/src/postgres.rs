@@ -1317,37 +1317,41 @@ impl Relay {
             command.verb = "UNKNOWN".into();
         }
         let command_id = CommandId::new();
-        let decision = if self.principal.is_expired_at(now) {
-            Decision::Deny {
+        // A statement read in the turn the credential expired (the expiry timer ends the
+        // session) is refused without asking policy, on record like any denial.
+        let (decision, policy_version) = if self.principal.is_expired_at(now) {
+            let deny = Decision::Deny {
                 rule: wirewarden_core::RuleId::new("credential-expired"),
                 reason: "the credential of this session has expired".into(),
-            }
+            };
+            (deny, "builtin".to_owned())
         } else {
             let decided = self
                 .proxy
                 .pipeline
                 .decide(&self.principal, &self.target, &command, now)
                 .await;
-            let event = AuditEvent::new(
-                Some(self.session_id),
-                AuditEventKind::CommandDecided {
-                    command_id,
-                    subject: self.principal.subject.clone(),
-                    command: command.clone(),
-                    decision: decided.evaluation.decision.clone(),
-                    policy_version: decided.evaluation.policy_version.to_string(),
-                },
-            );
-            // The intent is recorded (and, in durable mode, on disk) before anything is
-            // forwarded; if it cannot be, the statement is refused.
-            if self.proxy.pipeline.record(&event).await.is_err() {
-                return Verdict::Refuse {
-                    message: "wirewarden: the audit trail is unavailable, statement refused".into(),
-                    code: "58000",
-                };
-            }
-            decided.evaluation.decision
+            let version = decided.evaluation.policy_version.to_string();
+            (decided.evaluation.decision, version)
         };
+        let event = AuditEvent::new(
+            Some(self.session_id),
+            AuditEventKind::CommandDecided {
+                command_id,
+                subject: self.principal.subject.clone(),
+                command: command.clone(),
+                decision: decision.clone(),
+                policy_version,
+            },
+        );
+        // The intent is recorded (and, in durable mode, on disk) before anything is
+        // forwarded; if it cannot be, the statement is refused.
+        if self.proxy.pipeline.record(&event).await.is_err() {
+            return Verdict::Refuse {
+                message: "wirewarden: the audit trail is unavailable, statement refused".into(),
+                code: "58000",
+            };
+        }
         let metrics = self.proxy.pipeline.metrics();
         match &decision {
             Decision::Allow { .. } => Metrics::add(&metrics.commands_allowed, 1),

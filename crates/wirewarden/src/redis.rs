@@ -1474,11 +1474,15 @@ impl Relay<'_> {
     ) -> Result<()> {
         let now = Timestamp::now();
         if self.principal.is_expired_at(now) {
-            Metrics::add(&self.pipeline().metrics().commands_denied, 1);
-            self.steps.push(Step::Refuse(
-                "wirewarden: the credential of this session has expired (rule credential-expired)"
-                    .into(),
-            ));
+            // The expiry timer ends the session; a command read in the same turn is refused
+            // here, on record like any denial: no policy was asked, so no policy version.
+            self.deny(
+                command,
+                command_id,
+                RuleId::new("credential-expired"),
+                "the credential of this session has expired".into(),
+                "builtin".into(),
+            );
             return Ok(());
         }
         let decided = self

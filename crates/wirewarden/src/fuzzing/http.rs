@@ -37,7 +37,7 @@ use wirewarden_mask::{Engine, FieldRule, Profile, Selector, Strategy};
 
 use super::{
     Collector, Input, TOKEN, UPSTREAM_PASSWORD, allowed_intents, canary_word, check_trail,
-    contains, mentions_canary, pipeline, play_client, runtime, with_canary,
+    contains, mentions_canary, pipeline, play_client, runtime, tokens, with_canary,
 };
 use crate::http::{DEFAULT_HTTP_POLICY, HttpProxy, HttpTarget, Route, Routes};
 use crate::listen::{BoxIo, Dial};
@@ -85,7 +85,7 @@ fn harness() -> &'static Harness {
             .build()
             .expect("harness mask profiles");
         let audit = Arc::new(Collector::default());
-        let pipeline = pipeline(&policy, masks, audit.clone());
+        let pipeline = pipeline(tokens(None), &policy, masks, audit.clone());
         let route = |method, path| Route::new(Some(method), path).expect("a route");
         let routes = Routes::new()
             .route(route(http::Method::GET, "/customers/{id}"))

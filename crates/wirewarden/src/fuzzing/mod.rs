@@ -38,8 +38,9 @@ pub const TOKEN: &str = "tok-fuzz-7c1f9e2a";
 /// The password the gateway logs in upstream with.
 pub const UPSTREAM_PASSWORD: &str = "up-pass-5d0b8c31";
 
-/// The identity provider: [`TOKEN`] is `agent-fuzz` in group `agents`.
-fn tokens() -> StaticTokens {
+/// The identity provider: [`TOKEN`] is `agent-fuzz` in group `agents`, valid until
+/// `expires_at` (the harnesses': for ever).
+fn tokens(expires_at: Option<wirewarden_core::Timestamp>) -> StaticTokens {
     StaticTokens::new(StaticTokensConfig {
         hash_key: None,
         tokens: vec![StaticToken {
@@ -48,7 +49,7 @@ fn tokens() -> StaticTokens {
             subject: "agent-fuzz".into(),
             groups: ["agents".to_owned()].into_iter().collect(),
             attributes: Default::default(),
-            expires_at: None,
+            expires_at,
         }],
     })
     .expect("static tokens")
@@ -138,12 +139,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a current-thread runtime")
 }
 
-/// The harnesses' pipeline: [`tokens`], `policy` (its budgets too), `masks`, and `audit`.
-fn pipeline(policy: &str, masks: Engine, audit: Arc<Collector>) -> Arc<crate::Pipeline> {
+/// The harnesses' pipeline: `identity`, `policy` (its budgets too), `masks`, and `audit`.
+fn pipeline(
+    identity: StaticTokens,
+    policy: &str,
+    masks: Engine,
+    audit: Arc<Collector>,
+) -> Arc<crate::Pipeline> {
     let engine =
         Arc::new(wirewarden_policy::RuleEngine::from_toml(policy).expect("harness policy"));
     Arc::new(
-        crate::Pipeline::builder(Arc::new(tokens()), engine.clone())
+        crate::Pipeline::builder(Arc::new(identity), engine.clone())
             .budgets(engine.budgets_handle())
             .masking(Arc::new(masks))
             .audit(audit)

@@ -29,7 +29,10 @@
 //!
 //! `flags`, a little-endian `u16` length `n`, `n` bytes the client sends after the harness's
 //! login, and then the server's script: segments (each a little-endian `u16` length and that
-//! many bytes), one written back for each `Query`, `Sync` or `Flush` the gateway forwards. Flag bits: 0–1 how the harness
+//! many bytes), one written back for each `Query`, `Sync` or `Flush` the gateway forwards. A
+//! segment that is [`AS_POSTGRES`] (`@R`) is answered as PostgreSQL answers the last
+//! statement's syntax error, naming the statement (which is how the gateway knows the
+//! error for its denial's replacement, whose text the input cannot know). Flag bits: 0–1 how the harness
 //! logs in (a startup packet and the token as the password; the startup packet alone; or
 //! nothing, the input's bytes are the connection's first); 2 the first segment answers the
 //! gateway's own startup packet (otherwise a SCRAM login, `ParameterStatus`,
@@ -51,7 +54,7 @@ use wirewarden_postgres::{
 
 use super::{
     Collector, Input, TOKEN, UPSTREAM_PASSWORD, allowed_intents, canary_word, check_trail,
-    contains, mentions_canary, pipeline, play_client, runtime, with_canary,
+    contains, mentions_canary, pipeline, play_client, runtime, tokens, with_canary,
 };
 use crate::Secret;
 use crate::listen::{BoxIo, Dial};
@@ -133,53 +136,7 @@ fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
         let runtime = runtime();
-        // Only the allow rule's profile has the column rule: a result masked with the
-        // session's profile instead shows `people.ssn`.
-        let masks = Engine::builder()
-            .profile(with_canary(Profile::builder("session")))
-            .profile(with_canary(Profile::builder("read")).rule(FieldRule::new(
-                Selector::column("*ssn*"),
-                Strategy::redact(),
-            )))
-            .default_profile("session")
-            .build()
-            .expect("harness mask profile");
-        let audit = Arc::new(Collector::default());
-        let pipeline = pipeline(POLICY, masks, audit.clone());
-        let upstream = UpstreamConfig {
-            addr: "upstream.invalid:5432".into(),
-            user: "gateway".into(),
-            password: Secret::new(UPSTREAM_PASSWORD),
-            database: "app".into(),
-            tls: None,
-        };
-        let mut target = PostgresTarget::new(
-            Target::new("app", Protocol::Postgres).expect("target"),
-            upstream,
-        );
-        target.limits = limits();
-        target.allow_plaintext_password = true;
-        target.record_limit = 4096;
-        let dialing = Arc::new(Dialing {
-            next: Mutex::new(None),
-            audit: audit.clone(),
-        });
-        let d = dialing.clone();
-        let proxy =
-            PostgresProxy::new(pipeline, target).with_dial(Dial::Given(Arc::new(move || {
-                let script = d
-                    .next
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take()
-                    .unwrap_or(Script::Catalog);
-                if matches!(script, Script::Unreachable) {
-                    return Err(std::io::ErrorKind::ConnectionRefused.into());
-                }
-                let (gateway, server) = tokio::io::duplex(1 << 16);
-                tokio::spawn(serve_script(server, script, d.audit.clone()));
-                Ok(Box::new(gateway) as BoxIo)
-            })));
+        let (proxy, audit, dialing) = build(None);
         Harness {
             runtime,
             proxy,
@@ -188,6 +145,60 @@ fn harness() -> &'static Harness {
             one: Mutex::new(()),
         }
     })
+}
+
+/// The harness's proxy, with [`TOKEN`] valid until `expires_at`: its audit trail, and what
+/// its next dial connects to.
+fn build(
+    expires_at: Option<wirewarden_core::Timestamp>,
+) -> (PostgresProxy, Arc<Collector>, Arc<Dialing>) {
+    // Only the allow rule's profile has the column rule: a result masked with the
+    // session's profile instead shows `people.ssn`.
+    let masks = Engine::builder()
+        .profile(with_canary(Profile::builder("session")))
+        .profile(with_canary(Profile::builder("read")).rule(FieldRule::new(
+            Selector::column("*ssn*"),
+            Strategy::redact(),
+        )))
+        .default_profile("session")
+        .build()
+        .expect("harness mask profile");
+    let audit = Arc::new(Collector::default());
+    let pipeline = pipeline(tokens(expires_at), POLICY, masks, audit.clone());
+    let upstream = UpstreamConfig {
+        addr: "upstream.invalid:5432".into(),
+        user: "gateway".into(),
+        password: Secret::new(UPSTREAM_PASSWORD),
+        database: "app".into(),
+        tls: None,
+    };
+    let mut target = PostgresTarget::new(
+        Target::new("app", Protocol::Postgres).expect("target"),
+        upstream,
+    );
+    target.limits = limits();
+    target.allow_plaintext_password = true;
+    target.record_limit = 4096;
+    let dialing = Arc::new(Dialing {
+        next: Mutex::new(None),
+        audit: audit.clone(),
+    });
+    let d = dialing.clone();
+    let proxy = PostgresProxy::new(pipeline, target).with_dial(Dial::Given(Arc::new(move || {
+        let script = d
+            .next
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or(Script::Catalog);
+        if matches!(script, Script::Unreachable) {
+            return Err(std::io::ErrorKind::ConnectionRefused.into());
+        }
+        let (gateway, server) = tokio::io::duplex(1 << 16);
+        tokio::spawn(serve_script(server, script, d.audit.clone()));
+        Ok(Box::new(gateway) as BoxIo)
+    })));
+    (proxy, audit, dialing)
 }
 
 /// What the harness sends before the input's client bytes: a startup packet and the
@@ -481,6 +492,7 @@ async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector
             .received
             .append(received);
     };
+    let mut last_statement = Bytes::new();
     loop {
         let msg = tokio::select! {
             msg = next_message(&mut io, &mut buf, &mut decoder, &mut received) => msg,
@@ -494,6 +506,7 @@ async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector
             _ => None,
         };
         if let Some((text, simple)) = statement {
+            last_statement = text.clone();
             let on_record = audit.events().len();
             seen.lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -505,16 +518,49 @@ async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector
             FrontendMessage::Query(_) | FrontendMessage::Sync | FrontendMessage::Flush
         );
         if flush_point
-            && let Some(answer) = segments.next()
-            && io.write_all(&answer).await.is_err()
+            && let Some(mut answer) = segments.next()
         {
-            break;
+            if answer == AS_POSTGRES {
+                let ready = !matches!(msg, FrontendMessage::Flush);
+                answer = syntax_error(&last_statement, ready);
+            }
+            if io.write_all(&answer).await.is_err() {
+                break;
+            }
         }
         if matches!(msg, FrontendMessage::Terminate) {
             break;
         }
     }
     let _ = io.shutdown().await;
+}
+
+/// A script segment answered as PostgreSQL answers a syntax error in the last statement.
+const AS_POSTGRES: &[u8] = b"@R";
+
+/// PostgreSQL's answer to a statement that does not parse, `statement` named in it; then
+/// `ReadyForQuery` if `ready` (a `Query` or `Sync` was answered, not a `Flush`).
+fn syntax_error(statement: &[u8], ready: bool) -> Bytes {
+    let mut out = BytesMut::new();
+    let near = String::from_utf8_lossy(statement);
+    let message = format!("syntax error at or near \"{near}\"");
+    // A statement the gateway sent is valid UTF-8 without NUL; if the input's is not, the
+    // error says so without it.
+    let message = if message.contains('\0') {
+        "syntax error".to_owned()
+    } else {
+        message
+    };
+    let error = BackendMessage::ErrorResponse(wirewarden_postgres::ErrorFields::new(
+        "ERROR", "42601", message,
+    ));
+    if error.encode(&mut out).is_err() {
+        return Bytes::new();
+    }
+    if ready {
+        out.extend_from_slice(b"Z\0\0\0\x05I");
+    }
+    out.freeze()
 }
 
 /// The values a backend message carries, each on its own (a field's code byte or a cell's
@@ -722,6 +768,96 @@ mod tests {
         out.extend_from_slice(tag.as_bytes());
         out.extend_from_slice(b"Z\0\0\0\x05I");
         out
+    }
+
+    /// A statement read in the same turn as the credential expires (before the expiry
+    /// timer ends the session) is refused, and its denial is on record like any other. The
+    /// runtime's clock is paused, so the timer cannot fire until the runtime is idle, while
+    /// the wall clock the credential is checked against goes past its expiry.
+    #[test]
+    fn a_statement_read_as_the_credential_expires_is_refused_on_record() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use wirewarden_core::{SessionEndReason, Timestamp};
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a paused runtime");
+        let expires_at = Timestamp::now().saturating_add(Duration::from_millis(300));
+        let (proxy, audit, dialing) = build(Some(expires_at));
+        // The server answers the denial's replacement as PostgreSQL does.
+        let refused = AS_POSTGRES;
+        let seen = Arc::new(Mutex::new(Upstream::default()));
+        let (close, closed) = tokio::sync::watch::channel(false);
+        *dialing.next.lock().unwrap() = Some(Script::Session {
+            segments: vec![Bytes::from_static(refused)],
+            answers_login: false,
+            seen: seen.clone(),
+            closed,
+        });
+        let login = login_bytes(&Input::parse(&input(0, b"", &[])).unwrap());
+        let (logged_in, received, ended) = runtime.block_on(async move {
+            let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
+            let served = tokio::spawn(async move { proxy.serve(gateway_client, None).await });
+            client.write_all(&login).await.unwrap();
+            let mut logged_in = Vec::new();
+            while !logged_in.ends_with(b"Z\0\0\0\x05I") {
+                assert_ne!(client.read_buf(&mut logged_in).await.unwrap(), 0);
+            }
+            // Blocks the runtime's one thread: its clock stays where it is.
+            while !expires_at.saturating_duration_since(Timestamp::now()).is_zero() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            client.write_all(&query("SELECT c FROM t")).await.unwrap();
+            // The refusal, then the end: the timer fires once nothing else is left to do.
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).await.unwrap();
+            let ended = served.await.unwrap();
+            let _ = close.send(true);
+            (logged_in, received, ended)
+        });
+        assert!(ended.is_ok(), "{ended:?}");
+        // Asked for the token, then logged in.
+        assert!(logged_in.starts_with(b"R\0\0\0\x08\0\0\0\x03R\0\0\0\x08\0\0\0\0"), "{logged_in:?}");
+        let text = String::from_utf8_lossy(&received);
+        let refusal = text
+            .find("the credential of this session has expired (rule credential-expired)")
+            .unwrap_or_else(|| panic!("the statement is refused: {text}"));
+        let end = text.find("terminating connection").expect("then the session ends");
+        assert!(refusal < end, "{text}");
+        // Only the denial's replacement reached the server.
+        let statements = &seen.lock().unwrap().statements;
+        assert!(
+            statements.iter().all(|(sql, ..)| sql.starts_with(REFUSED_PREFIX)),
+            "{statements:?}"
+        );
+        let events = audit.events().clone();
+        let denied = events.iter().find_map(|e| match &e.kind {
+            AuditEventKind::CommandDecided {
+                command,
+                decision: Decision::Deny { rule, .. },
+                policy_version,
+                ..
+            } => Some((command.verb.as_str(), rule.as_str(), policy_version.as_str())),
+            _ => None,
+        });
+        assert_eq!(
+            denied,
+            Some(("SELECT", "credential-expired", "builtin")),
+            "{events:#?}"
+        );
+        let end = events.iter().find_map(|e| match &e.kind {
+            AuditEventKind::SessionEnded {
+                reason, commands, ..
+            } => Some((reason.clone(), *commands)),
+            _ => None,
+        });
+        assert_eq!(
+            end,
+            Some((SessionEndReason::CredentialExpired, 1)),
+            "{events:#?}"
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ use wirewarden_redis::{Limits, ReplyDecoder, RequestDecoder, RespVersion};
 
 use super::{
     Collector, Input, TOKEN, UPSTREAM_PASSWORD, allowed_intents, canary_word, check_trail,
-    contains, mentions_canary, pipeline, play_client, runtime, with_canary,
+    contains, mentions_canary, pipeline, play_client, runtime, tokens, with_canary,
 };
 use crate::Secret;
 use crate::listen::{BoxIo, Dial};
@@ -119,51 +119,58 @@ fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
         let runtime = runtime();
-        let policy = format!(
-            "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\n\
-             max_class = \"write\"\naction = \"allow\"\n\n[[budget]]\nid = \"elements\"\n\
-             groups = [\"agents\"]\nmax_rows = 1000000000000\nwindow = \"1h\"\n"
-        );
-        let masks = Engine::builder()
-            .profile(with_canary(Profile::builder("fuzz")).rule(FieldRule::new(
-                Selector::redis_key("secret:*"),
-                Strategy::redact(),
-            )))
-            .default_profile("fuzz")
-            .build()
-            .expect("harness mask profile");
-        let audit = Arc::new(Collector::default());
-        let pipeline = pipeline(&policy, masks, audit.clone());
-        let upstream = RedisUpstream {
-            addr: "upstream.invalid:6379".into(),
-            user: Some("gateway".into()),
-            password: Secret::new(UPSTREAM_PASSWORD),
-            tls: None,
-        };
-        let mut target = RedisTarget::new(
-            Target::new("cache", Protocol::Redis).expect("target"),
-            upstream,
-        );
-        target.limits = wirewarden_redis::fuzzing::limits();
-        target.record_limit = 4096;
-        let slot: Slot = Arc::default();
-        let given = slot.clone();
-        let proxy = RedisProxy::new(pipeline, target).with_dial(Dial::Given(Arc::new(move || {
-            given
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-                .map(|s| Box::new(s) as BoxIo)
-                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
-        })));
+        let (proxy, audit, upstream) = build(None);
         Harness {
             runtime,
             proxy,
             audit,
-            upstream: slot,
+            upstream,
             one: Mutex::new(()),
         }
     })
+}
+
+/// The harness's proxy, with [`TOKEN`] valid until `expires_at`: its audit trail, and the
+/// slot its next dial takes its upstream stream from.
+fn build(expires_at: Option<wirewarden_core::Timestamp>) -> (RedisProxy, Arc<Collector>, Slot) {
+    let policy = format!(
+        "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\n\
+         max_class = \"write\"\naction = \"allow\"\n\n[[budget]]\nid = \"elements\"\n\
+         groups = [\"agents\"]\nmax_rows = 1000000000000\nwindow = \"1h\"\n"
+    );
+    let masks = Engine::builder()
+        .profile(with_canary(Profile::builder("fuzz")).rule(FieldRule::new(
+            Selector::redis_key("secret:*"),
+            Strategy::redact(),
+        )))
+        .default_profile("fuzz")
+        .build()
+        .expect("harness mask profile");
+    let audit = Arc::new(Collector::default());
+    let pipeline = pipeline(tokens(expires_at), &policy, masks, audit.clone());
+    let upstream = RedisUpstream {
+        addr: "upstream.invalid:6379".into(),
+        user: Some("gateway".into()),
+        password: Secret::new(UPSTREAM_PASSWORD),
+        tls: None,
+    };
+    let mut target = RedisTarget::new(
+        Target::new("cache", Protocol::Redis).expect("target"),
+        upstream,
+    );
+    target.limits = wirewarden_redis::fuzzing::limits();
+    target.record_limit = 4096;
+    let slot: Slot = Arc::default();
+    let given = slot.clone();
+    let proxy = RedisProxy::new(pipeline, target).with_dial(Dial::Given(Arc::new(move || {
+        given
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .map(|s| Box::new(s) as BoxIo)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    })));
+    (proxy, audit, slot)
 }
 
 /// What the harness sends before the input's client bytes.
@@ -475,6 +482,78 @@ mod tests {
             .filter(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. }))
             .count();
         assert_eq!(completed, 2, "{events:#?}");
+    }
+
+    /// A command read in the same turn as the credential expires (before the expiry timer
+    /// ends the session) is refused, and its denial is on record like any other. The
+    /// runtime's clock is paused, so the timer cannot fire until the runtime is idle, while
+    /// the wall clock the credential is checked against goes past its expiry.
+    #[test]
+    fn a_command_read_as_the_credential_expires_is_refused_on_record() {
+        use wirewarden_core::{Decision, SessionEndReason, Timestamp};
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("a paused runtime");
+        let expires_at = Timestamp::now().saturating_add(Duration::from_millis(300));
+        let (proxy, audit, slot) = build(Some(expires_at));
+        let trail = audit.clone();
+        let (received, upstream, ended) = runtime.block_on(async move {
+            let (mut client, gateway_client) = tokio::io::duplex(1 << 16);
+            let (gateway_up, up) = tokio::io::duplex(1 << 16);
+            *slot.lock().unwrap() = Some(gateway_up);
+            let served = tokio::spawn(async move { proxy.serve(gateway_client, None).await });
+            let (close_up, closed_up) = tokio::sync::oneshot::channel();
+            let hello = vec![Bytes::from_static(b"$5\r\nhello\r\n")];
+            let server = tokio::spawn(serve_script(up, hello, false, closed_up, trail));
+            client
+                .write_all(b"*2\r\n$4\r\nAUTH\r\n$17\r\ntok-fuzz-7c1f9e2a\r\n")
+                .await
+                .unwrap();
+            let mut received = Vec::new();
+            while !received.ends_with(b"+OK\r\n") {
+                assert_ne!(client.read_buf(&mut received).await.unwrap(), 0);
+            }
+            // Blocks the runtime's one thread: its clock stays where it is.
+            while !expires_at.saturating_duration_since(Timestamp::now()).is_zero() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            client
+                .write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+                .await
+                .unwrap();
+            // The refusal, then the end: the timer fires once nothing else is left to do.
+            client.read_to_end(&mut received).await.unwrap();
+            let ended = served.await.unwrap();
+            let _ = close_up.send(());
+            (received, server.await.unwrap(), ended)
+        });
+        assert!(ended.is_ok(), "{ended:?}");
+        assert_eq!(
+            received,
+            b"+OK\r\n-ERR wirewarden: the credential of this session has expired (rule credential-expired)\r\n"
+        );
+        assert!(upstream.requests.is_empty(), "{:?}", upstream.requests);
+        let events = audit.events().clone();
+        let denied = events.iter().find_map(|e| match &e.kind {
+            AuditEventKind::CommandDecided {
+                command,
+                decision: Decision::Deny { rule, .. },
+                policy_version,
+                ..
+            } => Some((command.verb.as_str(), rule.as_str(), policy_version.as_str())),
+            _ => None,
+        });
+        assert_eq!(denied, Some(("GET", "credential-expired", "builtin")), "{events:#?}");
+        let end = events.iter().find_map(|e| match &e.kind {
+            AuditEventKind::SessionEnded {
+                reason, commands, ..
+            } => Some((reason.clone(), *commands)),
+            _ => None,
+        });
+        assert_eq!(end, Some((SessionEndReason::CredentialExpired, 1)), "{events:#?}");
     }
 
     #[test]

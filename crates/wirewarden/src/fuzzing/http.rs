@@ -15,7 +15,9 @@
 //!    reaches the server or the trail; the gateway's credential never reaches the client
 //!    or the trail; a value the profile detects never reaches the client or a recorded
 //!    response unless the client sent it; and no `ssn` member of a JSON response reaches
-//!    the client (the value no detector finds, [`JSON_CANARY`]).
+//!    the client (the value no detector finds, [`JSON_CANARY`]). Both are looked for in
+//!    the bytes as they are and in each response body as a client decodes it: de-chunked,
+//!    and decompressed (gzip, deflate, br) as far as it decodes.
 //! 3. **Every outcome has its intent and every session its end.**
 //! 4. **The connection ends** once both peers have closed.
 //!
@@ -289,8 +291,8 @@ async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector
 }
 
 /// Whether a JSON response in `received` shows an `ssn` member (any case) whose value
-/// starts with [`JSON_CANARY`], as `"ssn": "JSONCANARY…`. Compressed bodies, and members
-/// a chunk boundary cuts, are not seen: the check can miss, never invent.
+/// starts with [`JSON_CANARY`], as `"ssn": "JSONCANARY…`, in the bytes as they are.
+/// Compressed bodies, and members a chunk boundary cuts, are for [`responses`] to see.
 fn ssn_member_shown(received: &[u8]) -> bool {
     let lower = received.to_ascii_lowercase();
     let starts: Vec<usize> = (0..lower.len())
@@ -303,21 +305,187 @@ fn ssn_member_shown(received: &[u8]) -> bool {
             return false;
         };
         let (head, body) = response.split_at(head_end);
-        if !contains(head, b"content-type: application/json") {
-            return false;
+        contains(head, b"content-type: application/json") && json_ssn_shown(body)
+    })
+}
+
+/// One response as a client's HTTP/1.1 decoder sees it.
+struct Response {
+    /// Whether its `Content-Type` is JSON.
+    json: bool,
+    /// Its body, de-chunked and decoded by its `Content-Encoding` (gzip, deflate, br) as far
+    /// as it decodes: a lenient client shows what came before an error.
+    body: Vec<u8>,
+}
+
+/// The most a decoded body is looked at: a bomb in the script costs the harness no more.
+const DECODED_LIMIT: usize = 1 << 20;
+
+/// The responses in `received`, framed as RFC 9112 section 6.3 says (a response to `HEAD`,
+/// which the framing cannot tell, takes the next one as its body: missed, never invented).
+/// Bytes that do not start a response are skipped to the next line that does.
+fn responses(received: &[u8]) -> Vec<Response> {
+    let mut out = Vec::new();
+    let mut rest = received;
+    while !rest.is_empty() {
+        if !rest.starts_with(b"HTTP/1.") {
+            match rest.windows(8).position(|w| w == b"\nHTTP/1.") {
+                Some(i) => rest = &rest[i + 1..],
+                None => break,
+            }
+            continue;
         }
-        (0..body.len()).any(|i| {
-            let Some(rest) = body[i..].strip_prefix(b"\"ssn\"") else {
-                return false;
+        let Some(head_end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            break;
+        };
+        let head = String::from_utf8_lossy(&rest[..head_end]).to_ascii_lowercase();
+        rest = &rest[head_end + 4..];
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let mut json = false;
+        let mut chunked = None;
+        let mut length = None;
+        let mut encodings = Vec::new();
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
             };
-            let rest = rest.trim_ascii_start();
-            let Some(rest) = rest.strip_prefix(b":") else {
-                return false;
+            let value = value.trim();
+            match name.trim() {
+                "content-type" => json |= value.contains("json"),
+                "transfer-encoding" => {
+                    chunked = Some(
+                        value
+                            .rsplit(',')
+                            .next()
+                            .is_some_and(|c| c.trim() == "chunked"),
+                    );
+                }
+                "content-length" => length = value.parse::<usize>().ok(),
+                "content-encoding" => encodings.extend(
+                    value
+                        .split(',')
+                        .map(|e| e.trim().to_owned())
+                        .filter(|e| !e.is_empty()),
+                ),
+                _ => {}
+            }
+        }
+        let raw: Vec<u8> = if (100..200).contains(&status) || status == 204 || status == 304 {
+            Vec::new()
+        } else if let Some(chunked) = chunked {
+            if chunked {
+                let (body, used) = dechunk(rest);
+                rest = &rest[used..];
+                body
+            } else {
+                std::mem::take(&mut rest).to_vec()
+            }
+        } else if let Some(length) = length {
+            let (body, after) = rest.split_at(length.min(rest.len()));
+            rest = after;
+            body.to_vec()
+        } else {
+            std::mem::take(&mut rest).to_vec()
+        };
+        let mut body = raw;
+        for encoding in encodings.iter().rev() {
+            match decode_leniently(encoding, &body) {
+                Some(decoded) => body = decoded,
+                // An encoding no client decodes: what it shows is the bytes as they are.
+                None => break,
+            }
+        }
+        out.push(Response { json, body });
+    }
+    out
+}
+
+/// A chunked body's data, and how many bytes of `bytes` it took (all of them when it ends
+/// early or a size line is malformed: what came before is what a client shows).
+fn dechunk(bytes: &[u8]) -> (Vec<u8>, usize) {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(line_end) = bytes[at..].windows(2).position(|w| w == b"\r\n") else {
+            return (body, bytes.len());
+        };
+        let line = String::from_utf8_lossy(&bytes[at..at + line_end]);
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            return (body, bytes.len());
+        };
+        at += line_end + 2;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            return match bytes[at..].windows(2).position(|w| w == b"\r\n") {
+                Some(0) => (body, at + 2),
+                _ => match bytes[at..].windows(4).position(|w| w == b"\r\n\r\n") {
+                    Some(i) => (body, at + i + 4),
+                    None => (body, bytes.len()),
+                },
             };
-            rest.trim_ascii_start()
-                .strip_prefix(b"\"")
-                .is_some_and(|v| v.starts_with(b"jsoncanary"))
-        })
+        }
+        let end = at.saturating_add(size).min(bytes.len());
+        body.extend_from_slice(&bytes[at..end]);
+        if end == bytes.len() {
+            return (body, end);
+        }
+        at = (end + 2).min(bytes.len());
+    }
+}
+
+/// `body` decoded as `encoding` as far as it decodes (up to [`DECODED_LIMIT`]); `None`
+/// for an encoding this harness does not know.
+fn decode_leniently(encoding: &str, body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    fn drain(mut reader: impl Read) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while out.len() < DECODED_LIMIT {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        out
+    }
+    Some(match encoding {
+        "identity" => body.to_vec(),
+        "gzip" | "x-gzip" => drain(flate2::read::MultiGzDecoder::new(body)),
+        // Zlib-wrapped as RFC 9110 says; some servers send raw deflate, which clients take.
+        "deflate" => {
+            let zlib = drain(flate2::read::ZlibDecoder::new(body));
+            if zlib.is_empty() {
+                drain(flate2::read::DeflateDecoder::new(body))
+            } else {
+                zlib
+            }
+        }
+        "br" => drain(brotli::Decompressor::new(body, 4096)),
+        _ => return None,
+    })
+}
+
+/// Whether a JSON body has an `ssn` member (any case) whose value starts with
+/// [`JSON_CANARY`].
+fn json_ssn_shown(body: &[u8]) -> bool {
+    let body = body.to_ascii_lowercase();
+    (0..body.len()).any(|i| {
+        let Some(rest) = body[i..].strip_prefix(b"\"ssn\"") else {
+            return false;
+        };
+        let rest = rest.trim_ascii_start();
+        let Some(rest) = rest.strip_prefix(b":") else {
+            return false;
+        };
+        rest.trim_ascii_start()
+            .strip_prefix(b"\"")
+            .is_some_and(|v| v.starts_with(b"jsoncanary"))
     })
 }
 
@@ -403,6 +571,24 @@ fn check(
             String::from_utf8_lossy(received)
         );
     }
+    // The same, in the bodies a client decodes: de-chunked (a value a chunk boundary cuts is
+    // whole again) and decompressed.
+    for response in responses(received) {
+        if !mentions_canary(client) {
+            assert!(
+                !canary_word(&response.body),
+                "a detected value reached the client in a body it decodes: {:?}",
+                String::from_utf8_lossy(&response.body)
+            );
+        }
+        if response.json && !contains(client, JSON_CANARY) {
+            assert!(
+                !json_ssn_shown(&response.body),
+                "an ssn member reached the client in a body it decodes: {:?}",
+                String::from_utf8_lossy(&response.body)
+            );
+        }
+    }
 
     // 3. The trail. The client's token is in its own bytes, so the trail check that looks
     // for it runs on the bytes without it (where it sent it only to authenticate).
@@ -469,6 +655,112 @@ mod tests {
         let masked =
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"ssn\":\"[REDACTED]\"}";
         assert!(!ssn_member_shown(masked));
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn brotli(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut out = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
+            w.write_all(data).unwrap();
+        }
+        out
+    }
+
+    fn raw_deflate(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn response(head: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\n{head}Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Compresses: its compressed bytes do not show the member.
+    const JSON: &[u8] =
+        br#"{"name":"Ada Ada Ada Ada Ada Ada","ssn":"JSONCANARY","note":"Ada Ada Ada"}"#;
+
+    #[test]
+    fn bodies_are_seen_as_a_client_decodes_them() {
+        let mut received = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+            4\r\nLEAK\r\n6;x=y\r\nCANARY\r\n0\r\n\r\n"
+            .to_vec();
+        received.extend(response(
+            "Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+            &gzip(JSON),
+        ));
+        received.extend(response(
+            "Content-Encoding: deflate\r\n",
+            &raw_deflate(b"a LEAKCANARY"),
+        ));
+        received.extend(b"HTTP/1.1 204 No Content\r\n\r\n");
+        // Two encodings, and cut short: what decodes before the cut still shows.
+        let twice = brotli(&gzip(b"LEAKCANARY and more"));
+        received.extend(response(
+            "Content-Encoding: gzip, br\r\n",
+            &twice[..twice.len() - 1],
+        ));
+        let found = responses(&received);
+        let bodies: Vec<&[u8]> = found.iter().map(|r| r.body.as_slice()).collect();
+        assert_eq!(bodies.len(), 5);
+        assert_eq!(bodies[0], b"LEAKCANARY");
+        assert!(found[1].json && json_ssn_shown(bodies[1]));
+        assert_eq!(bodies[2], b"a LEAKCANARY");
+        assert!(bodies[3].is_empty());
+        assert!(bodies[4].starts_with(b"LEAKCANARY"), "{:?}", bodies[4]);
+    }
+
+    /// The gateway masks what it decodes: compressed and chunked bodies pass the checks.
+    #[test]
+    fn compressed_and_chunked_bodies_are_masked() {
+        let client = b"GET /customers/1 HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer @T\r\n\r\n\
+            GET /notes HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer @T\r\n\r\n\
+            GET /notes HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer @T\r\n\r\n";
+        let customer = response(
+            "Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+            &gzip(JSON),
+        );
+        let notes = response(
+            "Content-Type: text/plain\r\nContent-Encoding: br\r\n",
+            &brotli(b"note: LEAKCANARY"),
+        );
+        let split = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\
+            Transfer-Encoding: chunked\r\n\r\n4\r\nLEAK\r\n6\r\nCANARY\r\n0\r\n\r\n";
+        let events = run(&input(0xf0, client, &[&customer, &notes, split]));
+        let completed = events
+            .iter()
+            .filter(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. }))
+            .count();
+        assert_eq!(completed, 3, "{events:#?}");
+    }
+
+    #[test]
+    #[should_panic(expected = "an ssn member reached the client in a body it decodes")]
+    fn a_compressed_leak_is_caught() {
+        let received = response(
+            "Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+            &gzip(JSON),
+        );
+        assert!(
+            !ssn_member_shown(&received),
+            "compressed: not seen in the raw bytes"
+        );
+        check(b"", &received, &Upstream::default(), &[], b"");
     }
 
     #[test]

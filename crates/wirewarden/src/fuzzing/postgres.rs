@@ -517,9 +517,7 @@ async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector
             msg,
             FrontendMessage::Query(_) | FrontendMessage::Sync | FrontendMessage::Flush
         );
-        if flush_point
-            && let Some(mut answer) = segments.next()
-        {
+        if flush_point && let Some(mut answer) = segments.next() {
             if answer == AS_POSTGRES {
                 let ready = !matches!(msg, FrontendMessage::Flush);
                 answer = syntax_error(&last_statement, ready);
@@ -806,7 +804,10 @@ mod tests {
                 assert_ne!(client.read_buf(&mut logged_in).await.unwrap(), 0);
             }
             // Blocks the runtime's one thread: its clock stays where it is.
-            while !expires_at.saturating_duration_since(Timestamp::now()).is_zero() {
+            while !expires_at
+                .saturating_duration_since(Timestamp::now())
+                .is_zero()
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
             client.write_all(&query("SELECT c FROM t")).await.unwrap();
@@ -819,17 +820,24 @@ mod tests {
         });
         assert!(ended.is_ok(), "{ended:?}");
         // Asked for the token, then logged in.
-        assert!(logged_in.starts_with(b"R\0\0\0\x08\0\0\0\x03R\0\0\0\x08\0\0\0\0"), "{logged_in:?}");
+        assert!(
+            logged_in.starts_with(b"R\0\0\0\x08\0\0\0\x03R\0\0\0\x08\0\0\0\0"),
+            "{logged_in:?}"
+        );
         let text = String::from_utf8_lossy(&received);
         let refusal = text
             .find("the credential of this session has expired (rule credential-expired)")
             .unwrap_or_else(|| panic!("the statement is refused: {text}"));
-        let end = text.find("terminating connection").expect("then the session ends");
+        let end = text
+            .find("terminating connection")
+            .expect("then the session ends");
         assert!(refusal < end, "{text}");
         // Only the denial's replacement reached the server.
         let statements = &seen.lock().unwrap().statements;
         assert!(
-            statements.iter().all(|(sql, ..)| sql.starts_with(REFUSED_PREFIX)),
+            statements
+                .iter()
+                .all(|(sql, ..)| sql.starts_with(REFUSED_PREFIX)),
             "{statements:?}"
         );
         let events = audit.events().clone();
@@ -839,7 +847,11 @@ mod tests {
                 decision: Decision::Deny { rule, .. },
                 policy_version,
                 ..
-            } => Some((command.verb.as_str(), rule.as_str(), policy_version.as_str())),
+            } => Some((
+                command.verb.as_str(),
+                rule.as_str(),
+                policy_version.as_str(),
+            )),
             _ => None,
         });
         assert_eq!(

@@ -517,7 +517,10 @@ mod tests {
                 assert_ne!(client.read_buf(&mut received).await.unwrap(), 0);
             }
             // Blocks the runtime's one thread: its clock stays where it is.
-            while !expires_at.saturating_duration_since(Timestamp::now()).is_zero() {
+            while !expires_at
+                .saturating_duration_since(Timestamp::now())
+                .is_zero()
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
             client
@@ -543,17 +546,29 @@ mod tests {
                 decision: Decision::Deny { rule, .. },
                 policy_version,
                 ..
-            } => Some((command.verb.as_str(), rule.as_str(), policy_version.as_str())),
+            } => Some((
+                command.verb.as_str(),
+                rule.as_str(),
+                policy_version.as_str(),
+            )),
             _ => None,
         });
-        assert_eq!(denied, Some(("GET", "credential-expired", "builtin")), "{events:#?}");
+        assert_eq!(
+            denied,
+            Some(("GET", "credential-expired", "builtin")),
+            "{events:#?}"
+        );
         let end = events.iter().find_map(|e| match &e.kind {
             AuditEventKind::SessionEnded {
                 reason, commands, ..
             } => Some((reason.clone(), *commands)),
             _ => None,
         });
-        assert_eq!(end, Some((SessionEndReason::CredentialExpired, 1)), "{events:#?}");
+        assert_eq!(
+            end,
+            Some((SessionEndReason::CredentialExpired, 1)),
+            "{events:#?}"
+        );
     }
 
     #[test]

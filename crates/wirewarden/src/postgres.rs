@@ -909,7 +909,148 @@ type ClientIn<'a> = (&'a ClientWriter, &'a mut ReadHalf<BoxIo>, &'a mut BytesMut
 /// The decision for one statement, after review if there was one.
 enum Verdict {
     Forward(Arc<Profile>, CommandId),
-    Refuse { message: String, code: &'static str },
+    /// A `Parse` whose statement policy holds for review ([`Hold::AtExecution`]): it is
+    /// prepared without a hold, nothing on record yet, and each execution is decided (and
+    /// held) with the parameters bound to it.
+    HeldPerExecution,
+    Refuse {
+        message: String,
+        code: &'static str,
+    },
+}
+
+/// When a statement that policy holds for review waits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Now: a simple query, or an execution.
+    Now,
+    /// At each execution (a `Parse`): preparing runs nothing, and a reviewer approves one
+    /// execution with the parameters it is given, not a text its parameters change.
+    AtExecution,
+}
+
+/// The parameters `Bind` gives one execution.
+struct Bound<'a> {
+    formats: &'a [i16],
+    params: &'a [Option<Bytes>],
+}
+
+/// The most of one parameter's value a held command's text shows (the digest covers it
+/// whole).
+const SHOWN_PARAMETER_BYTES: usize = 256;
+
+impl Bound<'_> {
+    /// `text`, then the parameters as the reviewer sees them: `$1 = 'text'`, `$2 = NULL`,
+    /// `$3 = (binary) \x0001…`.
+    fn describe(&self, text: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(text.len() + 32 * self.params.len());
+        out.push_str(text);
+        out.push_str("\n-- parameters:");
+        if self.params.is_empty() {
+            out.push_str(" none");
+        }
+        for (i, value) in self.params.iter().enumerate() {
+            let sep = if i == 0 { " " } else { ", " };
+            let binary = match self.formats {
+                [] => false,
+                [one] => *one == 1,
+                many => many.get(i).is_some_and(|f| *f == 1),
+            };
+            let _ = write!(out, "{sep}${} = ", i + 1);
+            let Some(value) = value else {
+                out.push_str("NULL");
+                continue;
+            };
+            let shown = &value[..value.len().min(SHOWN_PARAMETER_BYTES)];
+            match std::str::from_utf8(shown) {
+                Ok(text) if !binary && !text.contains('\0') => {
+                    out.push('\'');
+                    out.push_str(&text.replace('\'', "''"));
+                    out.push('\'');
+                }
+                _ => {
+                    out.push_str(if binary { "(binary) \\x" } else { "\\x" });
+                    for b in shown {
+                        let _ = write!(out, "{b:02x}");
+                    }
+                }
+            }
+            if shown.len() < value.len() {
+                let _ = write!(out, "… ({} bytes)", value.len());
+            }
+        }
+        out
+    }
+
+    /// The digest of `sql` run with these parameters and formats.
+    fn digest(&self, sql: &[u8]) -> wirewarden_core::CommandDigest {
+        let formats: Vec<u8> = self.formats.iter().flat_map(|f| f.to_be_bytes()).collect();
+        wirewarden_core::CommandDigest::compute(
+            wirewarden_core::Protocol::Postgres,
+            sql,
+            std::iter::once(Some(formats.as_slice()))
+                .chain(self.params.iter().map(|p| p.as_deref())),
+        )
+    }
+}
+
+/// A statement prepared by this session's `Parse`, as the gateway decided it.
+#[derive(Clone)]
+enum Prepared {
+    /// Allowed: the profile its rows are masked with, and its intent.
+    Decided(Arc<Profile>, CommandId),
+    /// Held for review at each execution: its text.
+    Held(Bytes),
+}
+
+/// What an `Execute` of a portal runs, as the `Bind` that made it found its statement:
+/// a portal keeps its statement when the name is closed and prepared again.
+#[derive(Clone)]
+enum Portal {
+    /// An allowed statement, or an execution already approved (a later `Execute` fetches
+    /// more of its rows).
+    Decided(Arc<Profile>, CommandId),
+    /// A statement held for review at each execution, and the parameters bound.
+    Held {
+        sql: Bytes,
+        formats: Vec<i16>,
+        params: Vec<Option<Bytes>>,
+    },
+    /// Its statement's `Parse` was refused: the server fails the `Bind`.
+    Refused,
+    /// A statement no `Parse` of this session made (SQL `PREPARE`).
+    Elsewhere(Bytes),
+}
+
+/// The session's prepared statements and portals as the gateway knows them.
+#[derive(Default)]
+struct Named {
+    statements: std::collections::HashMap<Bytes, Prepared>,
+    portals: std::collections::HashMap<Bytes, Portal>,
+    /// Statement names whose last `Parse` was refused, which the server does not hold.
+    refused: std::collections::HashSet<Bytes>,
+}
+
+impl Named {
+    /// Forgets what SQL run upstream deallocated (`DEALLOCATE`, `DISCARD ALL`).
+    fn apply(&mut self, analysis: &wirewarden_sql::Analysis) {
+        for s in &analysis.statements {
+            match &s.prepared {
+                Some(wirewarden_sql::PreparedEffect::Deallocate { name: Some(name) }) => {
+                    self.statements.remove(name.as_bytes());
+                }
+                Some(wirewarden_sql::PreparedEffect::Deallocate { name: None }) => {
+                    self.statements.clear();
+                }
+                _ if s.verb == "DISCARD ALL" => {
+                    self.statements.clear();
+                    self.portals.clear();
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 impl Relay {
@@ -1076,12 +1217,7 @@ impl Relay {
     ) -> Result<()> {
         let mut classifier = Classifier::new();
         let mut out = BytesMut::with_capacity(64 * 1024);
-        // Prepared statement → (profile, command id); portal → statement.
-        let mut statements: std::collections::HashMap<Bytes, (Arc<Profile>, CommandId)> =
-            Default::default();
-        let mut portals: std::collections::HashMap<Bytes, Bytes> = Default::default();
-        // Statement names whose last Parse was refused, which the server does not hold.
-        let mut refused: std::collections::HashSet<Bytes> = Default::default();
+        let mut named = Named::default();
         loop {
             let (frame, msg) = match decoder.decode(&mut buf) {
                 Ok(Some(x)) => x,
@@ -1126,7 +1262,14 @@ impl Relay {
                         out.clear();
                     }
                     match self
-                        .decide(&mut classifier, sql, (&client_w, &mut client, &mut buf))
+                        .decide(
+                            &mut classifier,
+                            sql,
+                            None,
+                            Hold::Now,
+                            &mut named,
+                            (&client_w, &mut client, &mut buf),
+                        )
                         .await
                     {
                         Verdict::Forward(profile, id) => {
@@ -1134,6 +1277,7 @@ impl Relay {
                             self.track_frontend(&msg)?;
                             out.extend_from_slice(frame.as_bytes());
                         }
+                        Verdict::HeldPerExecution => unreachable!("held now, not deferred"),
                         Verdict::Refuse { message, code } => {
                             self.push([Item::Refused { message, code }, Item::Boundary]);
                             let q = FrontendMessage::Query(self.poison_sql());
@@ -1147,17 +1291,48 @@ impl Relay {
                         up.write_all(&out).await.map_err(Error::upstream_io)?;
                         out.clear();
                     }
-                    match self
+                    let verdict = self
                         .decide(
                             &mut classifier,
                             &p.query,
+                            None,
+                            Hold::AtExecution,
+                            &mut named,
                             (&client_w, &mut client, &mut buf),
                         )
-                        .await
-                    {
+                        .await;
+                    let verdict = match verdict {
+                        // The server keeps a named statement until it is closed or
+                        // deallocated, and fails a Parse that reuses the name (42P05),
+                        // keeping the statement it has. The gateway fails it the same way,
+                        // so the decision it holds for the name stays that statement's.
+                        Verdict::Forward(..) | Verdict::HeldPerExecution
+                            if !p.name.is_empty() && named.statements.contains_key(&p.name) =>
+                        {
+                            Verdict::Refuse {
+                                message: format!(
+                                    "wirewarden: prepared statement {} already exists; close it before preparing the name again",
+                                    quote_ident(&p.name)
+                                ),
+                                code: "42P05",
+                            }
+                        }
+                        verdict => verdict,
+                    };
+                    match verdict {
                         Verdict::Forward(profile, id) => {
-                            refused.remove(&p.name);
-                            statements.insert(p.name.clone(), (profile, id));
+                            named.refused.remove(&p.name);
+                            named
+                                .statements
+                                .insert(p.name.clone(), Prepared::Decided(profile, id));
+                            self.track_frontend(&msg)?;
+                            out.extend_from_slice(frame.as_bytes());
+                        }
+                        Verdict::HeldPerExecution => {
+                            named.refused.remove(&p.name);
+                            named
+                                .statements
+                                .insert(p.name.clone(), Prepared::Held(p.query.clone()));
                             self.track_frontend(&msg)?;
                             out.extend_from_slice(frame.as_bytes());
                         }
@@ -1165,9 +1340,9 @@ impl Relay {
                             // The server's Parse fails, so what it holds under this name
                             // stays: a named statement keeps the statement (and decision)
                             // it had; the unnamed one is dropped by any Parse.
-                            if p.name.is_empty() || !statements.contains_key(&p.name) {
-                                statements.remove(&p.name);
-                                refused.insert(p.name.clone());
+                            if p.name.is_empty() || !named.statements.contains_key(&p.name) {
+                                named.statements.remove(&p.name);
+                                named.refused.insert(p.name.clone());
                             }
                             self.push([Item::Refused { message, code }]);
                             let mut poisoned = p.clone();
@@ -1180,69 +1355,102 @@ impl Relay {
                     }
                 }
                 FrontendMessage::Bind(b) => {
-                    portals.insert(b.portal.clone(), b.statement.clone());
+                    let portal = match named.statements.get(&b.statement) {
+                        Some(Prepared::Decided(profile, id)) => {
+                            Portal::Decided(profile.clone(), *id)
+                        }
+                        Some(Prepared::Held(sql)) => Portal::Held {
+                            sql: sql.clone(),
+                            formats: b.param_formats.clone(),
+                            params: b.params.clone(),
+                        },
+                        None if named.refused.contains(&b.statement) => Portal::Refused,
+                        None => Portal::Elsewhere(b.statement.clone()),
+                    };
+                    named.portals.insert(b.portal.clone(), portal);
                     self.track_frontend(&msg)?;
                     out.extend_from_slice(frame.as_bytes());
                 }
                 FrontendMessage::Execute { portal, .. } => {
-                    let statement = portals.get(portal).cloned();
-                    let decided = statement.as_ref().and_then(|s| statements.get(s)).cloned();
-                    match (decided, statement) {
-                        (Some((profile, id)), _) => {
+                    let bound = named.portals.get(portal).cloned();
+                    let (decide_sql, bound_params) = match bound {
+                        Some(Portal::Decided(profile, id)) => {
                             self.push([self.pending(id, false, profile)]);
                             self.track_frontend(&msg)?;
                             out.extend_from_slice(frame.as_bytes());
+                            continue;
                         }
-                        (None, Some(s)) if refused.contains(&s) => {
+                        Some(Portal::Refused) => {
                             // Its Parse was refused: the server fails the Bind (or is
                             // already discarding until Sync), so nothing runs.
                             self.track_frontend(&msg)?;
                             out.extend_from_slice(frame.as_bytes());
+                            continue;
                         }
-                        (None, statement) => {
-                            // A statement or portal no Parse or Bind of this session made:
-                            // one prepared with SQL `PREPARE`, or a cursor opened with
-                            // `DECLARE`. The execution is decided as the SQL that does the
-                            // same, so it has an intent of its own and its rows are masked
-                            // with the profile its rule gives; a name nothing prepared is
-                            // unknown, and refused.
-                            if !out.is_empty() {
-                                up.write_all(&out).await.map_err(Error::upstream_io)?;
-                                out.clear();
+                        // Held for review with the parameters bound: this execution is
+                        // decided (and held) on its own.
+                        Some(Portal::Held {
+                            sql,
+                            formats,
+                            params,
+                        }) => (sql, Some((formats, params))),
+                        // A statement or portal no Parse or Bind of this session made:
+                        // one prepared with SQL `PREPARE`, or a cursor opened with
+                        // `DECLARE`. The execution is decided as the SQL that does the
+                        // same, so it has an intent of its own and its rows are masked
+                        // with the profile its rule gives; a name nothing prepared is
+                        // unknown, and refused.
+                        Some(Portal::Elsewhere(statement)) => (
+                            Bytes::from(format!("EXECUTE {}", quote_ident(&statement))),
+                            None,
+                        ),
+                        None => (
+                            Bytes::from(format!("FETCH ALL FROM {}", quote_ident(portal))),
+                            None,
+                        ),
+                    };
+                    if !out.is_empty() {
+                        up.write_all(&out).await.map_err(Error::upstream_io)?;
+                        out.clear();
+                    }
+                    let bound = bound_params
+                        .as_ref()
+                        .map(|(formats, params)| Bound { formats, params });
+                    match self
+                        .decide(
+                            &mut classifier,
+                            &decide_sql,
+                            bound.as_ref(),
+                            Hold::Now,
+                            &mut named,
+                            (&client_w, &mut client, &mut buf),
+                        )
+                        .await
+                    {
+                        Verdict::Forward(profile, id) => {
+                            if bound.is_some() {
+                                // A later Execute of the portal fetches more rows of this
+                                // execution; it runs nothing new.
+                                named
+                                    .portals
+                                    .insert(portal.clone(), Portal::Decided(profile.clone(), id));
                             }
-                            let sql = match &statement {
-                                Some(s) => format!("EXECUTE {}", quote_ident(s)),
-                                None => format!("FETCH ALL FROM {}", quote_ident(portal)),
-                            };
-                            match self
-                                .decide(
-                                    &mut classifier,
-                                    sql.as_bytes(),
-                                    (&client_w, &mut client, &mut buf),
-                                )
-                                .await
-                            {
-                                Verdict::Forward(profile, id) => {
-                                    self.push([self.pending(id, false, profile)]);
-                                    self.track_frontend(&msg)?;
-                                    out.extend_from_slice(frame.as_bytes());
-                                }
-                                Verdict::Refuse { message, code } => {
-                                    // A Parse that fails in its place: the server reports
-                                    // the error and discards until Sync, as for any failed
-                                    // message.
-                                    self.push([Item::Refused { message, code }]);
-                                    let m = FrontendMessage::Parse(
-                                        wirewarden_postgres::frontend::Parse {
-                                            name: Bytes::new(),
-                                            query: self.poison_sql(),
-                                            param_types: Vec::new(),
-                                        },
-                                    );
-                                    self.track_frontend(&m)?;
-                                    m.encode(&mut out)?;
-                                }
-                            }
+                            self.push([self.pending(id, false, profile)]);
+                            self.track_frontend(&msg)?;
+                            out.extend_from_slice(frame.as_bytes());
+                        }
+                        Verdict::HeldPerExecution => unreachable!("held now, not deferred"),
+                        Verdict::Refuse { message, code } => {
+                            // A Parse that fails in its place: the server reports the error
+                            // and discards until Sync, as for any failed message.
+                            self.push([Item::Refused { message, code }]);
+                            let m = FrontendMessage::Parse(wirewarden_postgres::frontend::Parse {
+                                name: Bytes::new(),
+                                query: self.poison_sql(),
+                                param_types: Vec::new(),
+                            });
+                            self.track_frontend(&m)?;
+                            m.encode(&mut out)?;
                         }
                     }
                 }
@@ -1277,8 +1485,22 @@ impl Relay {
                     let _ = up.shutdown().await;
                     return Ok(());
                 }
-                FrontendMessage::Close { .. }
-                | FrontendMessage::Describe { .. }
+                FrontendMessage::Close { kind, name } => {
+                    // The name is free again: a later Parse of it is decided afresh. Portals
+                    // keep what their Bind found.
+                    match kind {
+                        wirewarden_postgres::frontend::ObjectType::Statement => {
+                            named.statements.remove(name);
+                            named.refused.remove(name);
+                        }
+                        wirewarden_postgres::frontend::ObjectType::Portal => {
+                            named.portals.remove(name);
+                        }
+                    }
+                    self.track_frontend(&msg)?;
+                    out.extend_from_slice(frame.as_bytes());
+                }
+                FrontendMessage::Describe { .. }
                 | FrontendMessage::Flush
                 | FrontendMessage::CopyData(_)
                 | FrontendMessage::CopyDone
@@ -1302,19 +1524,31 @@ impl Relay {
 
     /// Classifies, decides, audits the intent, and holds for review when policy says so
     /// (watching `client` meanwhile: see [`review`](Self::review)).
+    ///
+    /// An execution's `bound` parameters are part of the command: its text shows them and its
+    /// digest covers them, so a reviewer approves this execution and no other. Under
+    /// [`Hold::AtExecution`] a review decision is not acted on: the verdict is
+    /// [`Verdict::HeldPerExecution`] and nothing is recorded. What forwarded SQL does to
+    /// prepared statements is applied to `named`.
     async fn decide(
         &self,
         classifier: &mut Classifier,
         sql: &[u8],
+        bound: Option<&Bound<'_>>,
+        hold: Hold,
+        named: &mut Named,
         client: ClientIn<'_>,
     ) -> Verdict {
-        self.shared.commands.fetch_add(1, Ordering::Relaxed);
         let now = Timestamp::now();
         let text = String::from_utf8_lossy(sql);
         let analysis = classifier.classify_bytes(sql);
         let mut command = analysis.to_command(&text);
         if command.verb.is_empty() {
             command.verb = "UNKNOWN".into();
+        }
+        if let Some(bound) = bound {
+            command.text = bound.describe(&command.text);
+            command.digest = bound.digest(sql);
         }
         let command_id = CommandId::new();
         // A statement read in the turn the credential expired (the expiry timer ends the
@@ -1334,6 +1568,10 @@ impl Relay {
             let version = decided.evaluation.policy_version.to_string();
             (decided.evaluation.decision, version)
         };
+        if hold == Hold::AtExecution && matches!(decision, Decision::Review { .. }) {
+            return Verdict::HeldPerExecution;
+        }
+        self.shared.commands.fetch_add(1, Ordering::Relaxed);
         let event = AuditEvent::new(
             Some(self.session_id),
             AuditEventKind::CommandDecided {
@@ -1363,6 +1601,7 @@ impl Relay {
                 match self.proxy.pipeline.mask_profile(&self.target, &self.principal, mask_profile.as_deref()) {
                     Ok(profile) => {
                         classifier.record(&analysis);
+                        named.apply(&analysis);
                         Verdict::Forward(profile, command_id)
                     }
                     Err(_) => Verdict::Refuse {
@@ -1385,6 +1624,7 @@ impl Relay {
                     .await;
                 if matches!(verdict, Verdict::Forward(..)) {
                     classifier.record(&analysis);
+                    named.apply(&analysis);
                 }
                 verdict
             }

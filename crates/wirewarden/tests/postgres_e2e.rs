@@ -1069,6 +1069,170 @@ show("after", pg.exec_params(b"SELECT count(*) FROM customers", []))
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// A statement prepared with `Parse` that policy holds for review is prepared without a
+/// hold, and each execution waits for its own approval, the parameters bound to it shown to
+/// the reviewer and covered by the approval's digest: one approval runs one execution, and
+/// never a second one with other parameters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_write_is_reviewed_at_each_execution_with_its_parameters() {
+    let g = gateway(None).await;
+    let script = format!(
+        r#"
+import psycopg
+from psycopg import pq
+conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
+pg = conn.pgconn
+def show(label, r):
+    if r.status == pq.ExecStatus.TUPLES_OK:
+        print(label, "rows", r.get_value(0, 0).decode())
+    elif r.status == pq.ExecStatus.COMMAND_OK:
+        print(label, "ok")
+    else:
+        print(label, "error", r.error_field(pq.DiagnosticField.SQLSTATE).decode())
+show("prepare", pg.prepare(b"ins", b"INSERT INTO notes (body) VALUES ($1)"))
+show("first", pg.exec_prepared(b"ins", [b"first note"]))
+show("second", pg.exec_prepared(b"ins", [b"it's the second"]))
+show("count", pg.exec_params(b"SELECT count(*) FROM notes", []))
+"#,
+        port = g.addr.port()
+    );
+    let client = tokio::spawn(async move { python(&script).await });
+    let reviews = g.pipeline.reviews().clone();
+    let first = support::pending_review(&reviews).await;
+    assert!(
+        first.command_text.contains("$1 = 'first note'"),
+        "{:?}",
+        first.command_text
+    );
+    support::approve(&reviews, first.id, "dba").await.unwrap();
+    // The second execution is held again, with its own parameters.
+    let second = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let pending = reviews.store().pending(Timestamp::now()).await.unwrap();
+            if let Some(r) = pending.into_iter().find(|r| r.id != first.id) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the second execution is held");
+    assert!(
+        second.command_text.contains("$1 = 'it''s the second'"),
+        "{:?}",
+        second.command_text
+    );
+    reviews
+        .deny(
+            second.id,
+            &Reviewer::new("dba-1").with_group("dba"),
+            "one note is enough",
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let out = client.await.unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("prepare ok"), "{stdout}");
+    assert!(stdout.contains("first ok"), "{stdout}");
+    assert!(stdout.contains("second error 42501"), "{stdout}");
+    assert!(stdout.contains("count rows 1"), "{stdout}");
+    assert_eq!(
+        g.pg.psql("SELECT body FROM notes").unwrap().trim(),
+        "first note"
+    );
+
+    // Each execution has its own intent, under its own digest.
+    let ev = events(g.audit_dir.path(), &g.keys);
+    let held: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            AuditEventKind::CommandDecided {
+                command,
+                decision: Decision::Review { .. },
+                ..
+            } => Some((command.text.clone(), command.digest)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(held.len(), 2, "{ev:#?}");
+    assert!(held[0].0.contains("'first note'"), "{held:?}");
+    assert!(held[1].0.contains("'it''s the second'"), "{held:?}");
+    assert_ne!(held[0].1, held[1].1);
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// The server keeps a named statement until it is closed or deallocated and fails a
+/// `Parse` that reuses its name; the gateway keeps that statement's decision (here its mask
+/// profile) for the name, rather than the decision of the text the server refused, and
+/// decides the name afresh once `DEALLOCATE` or `Close` has freed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_name_keeps_its_decision_until_it_is_freed() {
+    use wirewarden::mask::{DetectorSet, Engine, FieldRule, Profile, Selector, Strategy};
+    // Reads of customers get the strict profile, other reads one that masks nothing: a
+    // customers row masked with the other statement's decision would show the SSN.
+    let policy = POLICY.replace(
+        "[[rule]]\nid = \"analysts-read\"",
+        "[[rule]]\nid = \"analysts-read-customers\"\ngroups = [\"analysts\"]\n\
+         max_class = \"read\"\nrelations = [\"*customers\"]\naction = \"allow\"\n\
+         mask_profile = \"strict\"\n\n[[rule]]\nid = \"analysts-read\"\nmask_profile = \"open\"",
+    );
+    let masks = Engine::builder()
+        .profile(
+            Profile::builder("strict")
+                .rule(FieldRule::new(Selector::column("ssn"), Strategy::redact())),
+        )
+        .profile(Profile::builder("open").detectors(DetectorSet::empty()))
+        .default_profile("strict")
+        .build()
+        .unwrap();
+    let g = gateway_with_masks(None, Arc::new(tokens()), |s| s, &policy, Some(masks)).await;
+    let script = format!(
+        r#"
+import psycopg
+from psycopg import pq
+conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
+pg = conn.pgconn
+def show(label, r):
+    if r.status == pq.ExecStatus.TUPLES_OK:
+        print(label, "rows", r.get_value(0, 0).decode())
+    elif r.status == pq.ExecStatus.COMMAND_OK:
+        print(label, "ok")
+    else:
+        print(label, "error", r.error_field(pq.DiagnosticField.SQLSTATE).decode())
+show("parse", pg.prepare(b"s1", b"SELECT ssn FROM customers WHERE id = 1"))
+show("reuse", pg.prepare(b"s1", b"SELECT body FROM notes"))
+show("s1", pg.exec_prepared(b"s1", []))
+show("deallocate", pg.exec_(b"DEALLOCATE s1"))
+show("again", pg.prepare(b"s1", b"SELECT 'after deallocate'"))
+show("s1 again", pg.exec_prepared(b"s1", []))
+show("close", pg.close_prepared(b"s1"))
+show("third", pg.prepare(b"s1", b"SELECT ssn FROM customers WHERE id = 2"))
+show("s1 third", pg.exec_prepared(b"s1", []))
+"#,
+        port = g.addr.port()
+    );
+    let out = python(&script).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("parse ok"), "{stdout}");
+    assert!(stdout.contains("reuse error 42P05"), "{stdout}");
+    assert!(stdout.contains("s1 rows [REDACTED]"), "{stdout}");
+    assert!(stdout.contains("deallocate ok"), "{stdout}");
+    assert!(stdout.contains("again ok"), "{stdout}");
+    assert!(
+        stdout.contains("s1 again rows after deallocate"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("close ok"), "{stdout}");
+    assert!(stdout.contains("third ok"), "{stdout}");
+    assert!(stdout.contains("s1 third rows [REDACTED]"), "{stdout}");
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert!(!stdout.contains("234-56-7890"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// Column rules need the real source column, which the gateway looks up in the catalog
 /// over a connection of its own. When that lookup fails (here the gateway's role may open
 /// only one connection, which the session holds), the columns of that table cannot be told

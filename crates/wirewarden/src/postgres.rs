@@ -1442,7 +1442,10 @@ impl Relay {
                         Verdict::HeldPerExecution => unreachable!("held now, not deferred"),
                         Verdict::Refuse { message, code } => {
                             // A Parse that fails in its place: the server reports the error
-                            // and discards until Sync, as for any failed message.
+                            // and discards until Sync, as for any failed message. Being an
+                            // unnamed Parse, it drops the unnamed statement first.
+                            named.statements.remove(&Bytes::new());
+                            named.refused.insert(Bytes::new());
                             self.push([Item::Refused { message, code }]);
                             let m = FrontendMessage::Parse(wirewarden_postgres::frontend::Parse {
                                 name: Bytes::new(),

@@ -264,8 +264,13 @@ fn mentions_canary(bytes: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(CANARY.as_bytes()))
 }
 
+/// What the harnesses' profiles put in place of a value they mask.
+const REDACTED: &[u8] = b"[REDACTED]";
+
 /// Whether `text` holds [`CANARY`] as a word (ignoring ASCII case), as the dictionary
-/// detector finds it: not preceded or followed by a letter or digit.
+/// detector finds it: not preceded or followed by a letter or digit. An occurrence right
+/// next to a value the gateway masked is passed over: what stood there before (`4444…`
+/// masked as a number) may have made it no word at all in what the server sent.
 fn canary_word(text: &[u8]) -> bool {
     let needle = CANARY.as_bytes();
     let alnum_before = |i: usize| {
@@ -288,6 +293,8 @@ fn canary_word(text: &[u8]) -> bool {
         text[i..i + needle.len()].eq_ignore_ascii_case(needle)
             && !alnum_before(i)
             && !alnum_after(i + needle.len())
+            && !text[..i].ends_with(REDACTED)
+            && !text[i + needle.len()..].starts_with(REDACTED)
     })
 }
 
@@ -408,6 +415,13 @@ fn check_trail(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_canary_next_to_a_masked_value_is_passed_over() {
+        assert!(!canary_word(b"+[REDACTED]LEAKCANARY\r\n"));
+        assert!(!canary_word(b"LEAKCANARY[REDACTED]"));
+        assert!(canary_word(b"[REDACTED] LEAKCANARY"));
+    }
 
     #[test]
     fn the_canary_is_found_as_a_word_only() {

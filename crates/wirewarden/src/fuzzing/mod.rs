@@ -139,7 +139,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a current-thread runtime")
 }
 
-/// The harnesses' pipeline: `identity`, `policy` (its budgets too), `masks`, and `audit`.
+/// The harnesses' pipeline: `identity`, `policy` (its budgets too), `masks`, `audit`, and
+/// an [`AutoReviewer`] settling every review the policy asks for.
 fn pipeline(
     identity: StaticTokens,
     policy: &str,
@@ -148,14 +149,104 @@ fn pipeline(
 ) -> Arc<crate::Pipeline> {
     let engine =
         Arc::new(wirewarden_policy::RuleEngine::from_toml(policy).expect("harness policy"));
-    Arc::new(
+    let grants = Arc::new(wirewarden_policy::MemoryGrantStore::new());
+    let reviewer = Arc::new(AutoReviewer::default());
+    let reviews = wirewarden_review::Reviews::new(
+        Arc::new(wirewarden_review::MemoryReviewStore::new()),
+        grants.clone(),
+    )
+    .with_notifier(reviewer.clone());
+    let pipeline = Arc::new(
         crate::Pipeline::builder(Arc::new(identity), engine.clone())
             .budgets(engine.budgets_handle())
+            .grants(grants)
+            .reviews(reviews)
             .masking(Arc::new(masks))
             .audit(audit)
             .build()
             .expect("harness pipeline"),
-    )
+    );
+    let _ = reviewer.0.set(Arc::downgrade(&pipeline));
+    pipeline
+}
+
+/// A reviewer who settles each review as soon as it is requested: approves a held command
+/// whose text has an even length, once, and denies the others, so the input decides. The
+/// resolution goes on record as a reviewer's tool records it.
+#[derive(Debug, Default)]
+struct AutoReviewer(std::sync::OnceLock<std::sync::Weak<crate::Pipeline>>);
+
+#[async_trait::async_trait]
+impl wirewarden_review::Notifier for AutoReviewer {
+    async fn notify(
+        &self,
+        notification: &wirewarden_review::Notification<'_>,
+    ) -> Result<(), BoxError> {
+        let wirewarden_review::Notification::Requested(review) = notification else {
+            return Ok(());
+        };
+        let Some(pipeline) = self.0.get().and_then(std::sync::Weak::upgrade) else {
+            return Ok(());
+        };
+        let (id, approve) = (review.id, review.command_text.len() % 2 == 0);
+        // After the request is stored: the review is decided from outside, as a person would.
+        tokio::spawn(async move {
+            let reviews = pipeline.reviews();
+            let reviewer = wirewarden_review::Reviewer::new("fuzz-reviewer");
+            let now = wirewarden_core::Timestamp::now();
+            let resolution = if approve {
+                let once = wirewarden_review::ApprovalScope::Once;
+                reviews.approve(id, &reviewer, once, now).await
+            } else {
+                reviews.deny(id, &reviewer, "not this one", now).await
+            };
+            for event in resolution.map(|r| r.events).unwrap_or_default() {
+                let _ = pipeline.record(&event).await;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The `CommandDecided` records whose command policy held and a reviewer approved: where
+/// the record is, the command and its id. (The approval is on record wherever the
+/// reviewer's tool put it, which may be after the command ran.)
+fn approved_intents(events: &[AuditEvent]) -> Vec<(usize, &wirewarden_core::Command, CommandId)> {
+    let requested: std::collections::HashMap<wirewarden_core::ReviewId, CommandId> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::ReviewRequested {
+                review_id,
+                command_id,
+                ..
+            } => Some((*review_id, *command_id)),
+            _ => None,
+        })
+        .collect();
+    let approved: std::collections::HashSet<CommandId> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::ReviewResolved {
+                review_id,
+                outcome: wirewarden_core::ReviewOutcome::Approved,
+                ..
+            } => requested.get(review_id).copied(),
+            _ => None,
+        })
+        .collect();
+    events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.kind {
+            AuditEventKind::CommandDecided {
+                command,
+                decision: wirewarden_core::Decision::Review { .. },
+                command_id,
+                ..
+            } if approved.contains(command_id) => Some((i, command, *command_id)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Plays the client: `login`, then `bytes` in pieces of `piece`, letting the gateway settle

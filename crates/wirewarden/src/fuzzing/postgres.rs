@@ -1,7 +1,8 @@
 //! A whole PostgreSQL session through [`PostgresProxy`] (the `postgres_relay` fuzz target).
 //!
-//! A policy that denies schema changes and statements nobody classified and lets the
-//! harness's identity read with the mask profile `read`: the [`CANARY`](super::CANARY)
+//! A policy that denies schema changes and statements nobody classified, holds writes for
+//! review (the harness's reviewer settles each at once: approved when the held text has an
+//! even length) and lets the harness's identity read with the mask profile `read`: the [`CANARY`](super::CANARY)
 //! detector and a column rule (`*ssn*` redacted). The session's own profile (for what no
 //! statement returns: notices, notifications) has the detector and not the rule, so a
 //! result masked with it instead of its rule's shows. An in-memory audit trail. The
@@ -13,9 +14,13 @@
 //!    result column that is `people.ssn` (as the catalog connection names the table's OID
 //!    and the column's number, whatever the client calls the column) carries what that
 //!    column held upstream: the column rule redacts it whole.
-//! 2. **Only what policy allowed reaches the server**: every `Query` and `Parse` the server
-//!    receives is either the statement a denial is replaced with or has an allow intent
-//!    with the same text on record before it arrived, the intents taken in order.
+//! 2. **Only what policy allowed runs on the server**: every `Query` the server receives is
+//!    either the statement a denial is replaced with or has an allow intent (or a held
+//!    intent and its approval) with the same text on record before it arrived, the intents
+//!    taken in order; a `Parse` with an allow intent arrives after it (one held at each
+//!    execution has none); and every `Execute` of a statement the session prepared runs
+//!    under that statement's allow intent or an approval of its own (the held text and the
+//!    parameters bound), one approval for the executions of one `Bind`.
 //! 3. **No secret crosses**: the client's token never reaches the server or the trail, the
 //!    gateway's upstream password never reaches the client or the trail, and a value the
 //!    mask profile detects never reaches the client or the recorded responses unless the
@@ -53,14 +58,15 @@ use wirewarden_postgres::{
 };
 
 use super::{
-    Collector, Input, TOKEN, UPSTREAM_PASSWORD, allowed_intents, canary_word, check_trail,
-    contains, mentions_canary, pipeline, play_client, runtime, tokens, with_canary,
+    Collector, Input, TOKEN, UPSTREAM_PASSWORD, allowed_intents, approved_intents, canary_word,
+    check_trail, contains, mentions_canary, pipeline, play_client, runtime, tokens, with_canary,
 };
 use crate::Secret;
 use crate::listen::{BoxIo, Dial};
 use crate::postgres::{PostgresProxy, PostgresTarget, UpstreamConfig};
 
-/// The policy: schema changes and unknown statements denied, reads allowed.
+/// The policy: schema changes and unknown statements denied, reads allowed, writes held
+/// for review (which the harness's reviewer settles at once, by the held text).
 const POLICY: &str = r#"
 [[rule]]
 id = "no-ddl"
@@ -81,12 +87,22 @@ max_class = "read"
 action = "allow"
 mask_profile = "read"
 
+[[rule]]
+id = "agents-write"
+groups = ["agents"]
+class = "write"
+action = "review"
+timeout = "5s"
+
 [[budget]]
 id = "rows"
 groups = ["agents"]
 max_rows = 1000000000000
 window = "1h"
 "#;
+
+/// What follows a held statement's text in the text of one execution of it.
+const HELD_SUFFIX: &str = "\n-- parameters:";
 
 /// Where the text of a denied statement starts, as the gateway sends it upstream.
 const REFUSED_PREFIX: &[u8] = b"wirewarden_refused_";
@@ -243,6 +259,10 @@ struct Upstream {
     /// The text of each `Query` and `Parse` it received, with how many events were on
     /// record when it arrived and whether it was a simple `Query`.
     statements: Vec<(Bytes, usize, bool)>,
+    /// Each `Execute` it received: the portal, which `Bind` made it (a count), the text of
+    /// the statement bound (if a `Parse` of this session made it), and how many events were
+    /// on record when it arrived.
+    executions: Vec<(Bytes, u64, Option<Bytes>, usize)>,
 }
 
 /// Runs one session from fuzz input: see the module documentation.
@@ -493,6 +513,11 @@ async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector
             .append(received);
     };
     let mut last_statement = Bytes::new();
+    // What a server that took every Parse it was sent would hold: statement → text, and
+    // portal → (its Bind, its statement's text).
+    let mut parsed: std::collections::HashMap<Bytes, Bytes> = Default::default();
+    let mut portals: std::collections::HashMap<Bytes, (u64, Option<Bytes>)> = Default::default();
+    let mut binds = 0u64;
     loop {
         let msg = tokio::select! {
             msg = next_message(&mut io, &mut buf, &mut decoder, &mut received) => msg,
@@ -512,6 +537,33 @@ async fn serve_script(mut io: DuplexStream, script: Script, audit: Arc<Collector
                 .unwrap_or_else(PoisonError::into_inner)
                 .statements
                 .push((text, on_record, simple));
+        }
+        match &msg {
+            FrontendMessage::Parse(p) => {
+                parsed.insert(p.name.clone(), p.query.clone());
+            }
+            FrontendMessage::Bind(b) => {
+                binds += 1;
+                let text = parsed.get(&b.statement).cloned();
+                portals.insert(b.portal.clone(), (binds, text));
+            }
+            FrontendMessage::Close { kind, name } => match kind {
+                wirewarden_postgres::frontend::ObjectType::Statement => {
+                    parsed.remove(name);
+                }
+                wirewarden_postgres::frontend::ObjectType::Portal => {
+                    portals.remove(name);
+                }
+            },
+            FrontendMessage::Execute { portal, .. } => {
+                let (bind, text) = portals.get(portal).cloned().unwrap_or_default();
+                let on_record = audit.events().len();
+                seen.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .executions
+                    .push((portal.clone(), bind, text, on_record));
+            }
+            _ => {}
         }
         let flush_point = matches!(
             msg,
@@ -653,12 +705,19 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
         );
     }
 
-    // 2. Each statement the server received was allowed first, in order, or is a denial's
-    // replacement.
-    let allowed: Vec<(usize, &str, CommandId)> = allowed_intents(events)
-        .into_iter()
+    // 2. Each simple query the server received was allowed first (or held and approved),
+    // in order, or is a denial's replacement. A Parse may arrive with no intent (a statement
+    // held at each execution): what it prepares must not run without one, which the check
+    // of executions below sees to.
+    let allows = allowed_intents(events);
+    let approvals = approved_intents(events);
+    let mut allowed: Vec<(usize, &str, CommandId)> = allows
+        .iter()
+        .chain(&approvals)
+        .copied()
         .map(|(i, command, id)| (i, command.text.as_str(), id))
         .collect();
+    allowed.sort_by_key(|(i, ..)| *i);
     let mut intents = allowed.iter();
     // Simple queries complete at their ReadyForQuery; a prepared statement completes once
     // per execution, and not at all if it is never executed.
@@ -667,9 +726,18 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
         if text.starts_with(REFUSED_PREFIX) {
             continue;
         }
-        // Executions of statements prepared outside the extended protocol have intents of
-        // their own (`EXECUTE name`) that no statement text matches: passed over.
         let text_str = String::from_utf8_lossy(text);
+        if !*simple {
+            // A statement allowed at Parse has its intent first; one held at each
+            // execution has none yet.
+            if let Some((at, ..)) = allows.iter().find(|(_, c, _)| c.text == text_str) {
+                assert!(
+                    at < on_record,
+                    "{text:?} reached the server before its intent was on record"
+                );
+            }
+            continue;
+        }
         let Some(&(at, _, id)) = intents.find(|(_, intent, _)| *intent == text_str) else {
             panic!("{text:?} reached the server without an allow intent on record, in order");
         };
@@ -680,6 +748,41 @@ fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[Audi
         if *simple {
             must_complete.push(id);
         }
+    }
+
+    // 2b. Each execution of a statement this session prepared runs under an intent: the
+    // statement's allow intent, or an approval of this execution (the held statement's text
+    // and the parameters bound), each approval used by one Bind's executions only.
+    // Executions of statements prepared outside the extended protocol, and of portals no
+    // Bind made, have intents of their own (`EXECUTE name`) no statement text matches:
+    // passed over.
+    let mut used = vec![false; approvals.len()];
+    let mut covered: std::collections::HashSet<(Bytes, u64)> = Default::default();
+    for (portal, bind, text, on_record) in &upstream.executions {
+        let Some(text) = text else { continue };
+        if text.starts_with(REFUSED_PREFIX) || covered.contains(&(portal.clone(), *bind)) {
+            continue;
+        }
+        let text_str = String::from_utf8_lossy(text);
+        let decided = allows
+            .iter()
+            .any(|(at, c, _)| c.text == text_str && at < on_record);
+        if decided {
+            continue;
+        }
+        let approval = approvals.iter().enumerate().position(|(n, (at, c, _))| {
+            !used[n]
+                && at < on_record
+                && c.text.starts_with(&*text_str)
+                && c.text[text_str.len()..].starts_with(HELD_SUFFIX)
+        });
+        let Some(n) = approval else {
+            panic!(
+                "{text:?} was executed with neither its allow intent nor an approval of this execution on record"
+            );
+        };
+        used[n] = true;
+        covered.insert((portal.clone(), *bind));
     }
 
     // 3. No secret crosses the wire.
@@ -870,6 +973,106 @@ mod tests {
             Some((SessionEndReason::CredentialExpired, 1)),
             "{events:#?}"
         );
+    }
+
+    fn extended(messages: Vec<FrontendMessage>) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for m in messages {
+            m.encode(&mut out).unwrap();
+        }
+        out.to_vec()
+    }
+
+    fn bind(statement: &str, value: &str) -> FrontendMessage {
+        FrontendMessage::Bind(wirewarden_postgres::frontend::Bind {
+            portal: Bytes::new(),
+            statement: Bytes::copy_from_slice(statement.as_bytes()),
+            param_formats: Vec::new(),
+            params: vec![Some(Bytes::copy_from_slice(value.as_bytes()))],
+            result_formats: Vec::new(),
+        })
+    }
+
+    fn execute() -> FrontendMessage {
+        FrontendMessage::Execute {
+            portal: Bytes::new(),
+            max_rows: 0,
+        }
+    }
+
+    /// A write prepared once and executed twice: each execution is held on its own, with
+    /// its parameter, and the harness's reviewer approves the one whose text has an even
+    /// length (`'ab'`) and denies the other (`'abc'`).
+    #[test]
+    fn a_held_statement_runs_once_per_approval() {
+        let client = extended(vec![
+            FrontendMessage::Parse(wirewarden_postgres::frontend::Parse {
+                name: Bytes::from_static(b"ins"),
+                query: Bytes::from_static(b"INSERT INTO t VALUES ($1)"),
+                param_types: Vec::new(),
+            }),
+            bind("ins", "ab"),
+            execute(),
+            FrontendMessage::Sync,
+            bind("ins", "abc"),
+            execute(),
+            FrontendMessage::Sync,
+        ]);
+        let done = b"1\0\0\0\x042\0\0\0\x04C\0\0\0\x0fINSERT 0 1\0Z\0\0\0\x05I";
+        let refused = AS_POSTGRES;
+        let (upstream, events) = run(&input(0xf0, &client, &[done, refused]));
+        let held: Vec<String> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                AuditEventKind::CommandDecided {
+                    command,
+                    decision: Decision::Review { .. },
+                    ..
+                } => Some(command.text.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            held,
+            [
+                "INSERT INTO t VALUES ($1)\n-- parameters: $1 = 'ab'",
+                "INSERT INTO t VALUES ($1)\n-- parameters: $1 = 'abc'"
+            ],
+            "{events:#?}"
+        );
+        let outcomes: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                AuditEventKind::ReviewResolved { outcome, .. } => Some(*outcome),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                wirewarden_core::ReviewOutcome::Approved,
+                wirewarden_core::ReviewOutcome::Denied
+            ]
+        );
+        // The approved execution reached the server; the denied one became a Parse that
+        // fails.
+        assert_eq!(upstream.executions.len(), 1, "{:?}", upstream.executions);
+    }
+
+    #[test]
+    #[should_panic(expected = "nor an approval of this execution")]
+    fn an_execution_without_its_approval_is_caught() {
+        let parsed = Input::parse(&[0, 0, 0]).unwrap();
+        let upstream = Upstream {
+            executions: vec![(
+                Bytes::new(),
+                1,
+                Some(Bytes::from_static(b"INSERT INTO t VALUES ($1)")),
+                0,
+            )],
+            ..Upstream::default()
+        };
+        check(&parsed, b"", &upstream, &[]);
     }
 
     #[test]

@@ -22,7 +22,10 @@
 //!    cannot parse; the upstream then fails it, discards until `Sync` and reports its
 //!    transaction state exactly as it would for any failed statement, and the gateway
 //!    rewrites the error into the denial. The session stays usable and the client's view of
-//!    the transaction never diverges from the server's.
+//!    the transaction never diverges from the server's. A `Parse` that policy holds for
+//!    review is prepared without a hold; each `Execute` of it is held on its own, with the
+//!    parameters its `Bind` gave in the command's text and digest, so one approval runs one
+//!    execution.
 //! 5. **Application name.** The startup packet's `application_name` is the session's
 //!    application in `SessionStarted`. When the server reports a new value (`SET`,
 //!    `SET LOCAL` and the end of its transaction, `RESET`, `set_config`), an

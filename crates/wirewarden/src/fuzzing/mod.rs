@@ -211,6 +211,7 @@ impl wirewarden_review::Notifier for AutoReviewer {
 /// The `CommandDecided` records whose command policy held and a reviewer approved: where
 /// the record is, the command and its id. (The approval is on record wherever the
 /// reviewer's tool put it, which may be after the command ran.)
+#[cfg(feature = "postgres")]
 fn approved_intents(events: &[AuditEvent]) -> Vec<(usize, &wirewarden_core::Command, CommandId)> {
     let requested: std::collections::HashMap<wirewarden_core::ReviewId, CommandId> = events
         .iter()

@@ -998,11 +998,24 @@ impl Bound<'_> {
     }
 }
 
+/// A statement this session's `Parse` prepared and policy allowed.
+struct Allowed {
+    /// The profile its rows are masked with.
+    profile: Arc<Profile>,
+    /// The intent recorded at `Parse`, which executions run under while policy decides the
+    /// same.
+    id: CommandId,
+    /// Its text, the command policy decided on, and the decision.
+    sql: Bytes,
+    command: Command,
+    decision: Decision,
+}
+
 /// A statement prepared by this session's `Parse`, as the gateway decided it.
-#[derive(Clone)]
 enum Prepared {
-    /// Allowed: the profile its rows are masked with, and its intent.
-    Decided(Arc<Profile>, CommandId),
+    /// Allowed. `fresh` until its first `Bind`, whose execution runs under the decision
+    /// just taken; later ones are decided again.
+    Decided { allowed: Arc<Allowed>, fresh: bool },
     /// Held for review at each execution: its text.
     Held(Bytes),
 }
@@ -1011,9 +1024,18 @@ enum Prepared {
 /// a portal keeps its statement when the name is closed and prepared again.
 #[derive(Clone)]
 enum Portal {
-    /// An allowed statement, or an execution already approved (a later `Execute` fetches
-    /// more of its rows).
-    Decided(Arc<Profile>, CommandId),
+    /// Runs under this profile and intent: the first execution of a statement just
+    /// allowed, or an execution decided (or approved) on its own. A later `Execute` fetches
+    /// more of its rows; it runs nothing new.
+    Running(Arc<Profile>, CommandId),
+    /// A later execution of an allowed statement, and the parameters bound: decided again
+    /// at `Execute`, since policy may say otherwise by now (a budget spent, a grant or a
+    /// time window over). While it decides the same, it runs under the statement's intent.
+    Again {
+        allowed: Arc<Allowed>,
+        formats: Vec<i16>,
+        params: Vec<Option<Bytes>>,
+    },
     /// A statement held for review at each execution, and the parameters bound.
     Held {
         sql: Bytes,
@@ -1270,6 +1292,7 @@ impl Relay {
                             sql,
                             None,
                             Hold::Now,
+                            None,
                             &mut named,
                             (&client_w, &mut client, &mut buf),
                         )
@@ -1294,12 +1317,14 @@ impl Relay {
                         up.write_all(&out).await.map_err(Error::upstream_io)?;
                         out.clear();
                     }
+                    let mut kept = None;
                     let verdict = self
                         .decide(
                             &mut classifier,
                             &p.query,
                             None,
                             Hold::AtExecution,
+                            Some(&mut kept),
                             &mut named,
                             (&client_w, &mut client, &mut buf),
                         )
@@ -1325,9 +1350,20 @@ impl Relay {
                     match verdict {
                         Verdict::Forward(profile, id) => {
                             named.refused.remove(&p.name);
-                            named
-                                .statements
-                                .insert(p.name.clone(), Prepared::Decided(profile, id));
+                            if let Some((command, decision)) = kept {
+                                let allowed = Arc::new(Allowed {
+                                    profile,
+                                    id,
+                                    sql: p.query.clone(),
+                                    command,
+                                    decision,
+                                });
+                                let prepared = Prepared::Decided {
+                                    allowed,
+                                    fresh: true,
+                                };
+                                named.statements.insert(p.name.clone(), prepared);
+                            }
                             self.track_frontend(&msg)?;
                             out.extend_from_slice(frame.as_bytes());
                         }
@@ -1358,10 +1394,16 @@ impl Relay {
                     }
                 }
                 FrontendMessage::Bind(b) => {
-                    let portal = match named.statements.get(&b.statement) {
-                        Some(Prepared::Decided(profile, id)) => {
-                            Portal::Decided(profile.clone(), *id)
+                    let portal = match named.statements.get_mut(&b.statement) {
+                        Some(Prepared::Decided { allowed, fresh }) if *fresh => {
+                            *fresh = false;
+                            Portal::Running(allowed.profile.clone(), allowed.id)
                         }
+                        Some(Prepared::Decided { allowed, .. }) => Portal::Again {
+                            allowed: allowed.clone(),
+                            formats: b.param_formats.clone(),
+                            params: b.params.clone(),
+                        },
                         Some(Prepared::Held(sql)) => Portal::Held {
                             sql: sql.clone(),
                             formats: b.param_formats.clone(),
@@ -1377,11 +1419,40 @@ impl Relay {
                 FrontendMessage::Execute { portal, .. } => {
                     let bound = named.portals.get(portal).cloned();
                     let (decide_sql, bound_params) = match bound {
-                        Some(Portal::Decided(profile, id)) => {
+                        Some(Portal::Running(profile, id)) => {
                             self.push([self.pending(id, false, profile)]);
                             self.track_frontend(&msg)?;
                             out.extend_from_slice(frame.as_bytes());
                             continue;
+                        }
+                        Some(Portal::Again {
+                            allowed,
+                            formats,
+                            params,
+                        }) => {
+                            let now = Timestamp::now();
+                            let same = !self.principal.is_expired_at(now)
+                                && self
+                                    .proxy
+                                    .pipeline
+                                    .decide(&self.principal, &self.target, &allowed.command, now)
+                                    .await
+                                    .evaluation
+                                    .decision
+                                    == allowed.decision;
+                            if same {
+                                let (profile, id) = (allowed.profile.clone(), allowed.id);
+                                named
+                                    .portals
+                                    .insert(portal.clone(), Portal::Running(profile.clone(), id));
+                                self.push([self.pending(id, false, profile)]);
+                                self.track_frontend(&msg)?;
+                                out.extend_from_slice(frame.as_bytes());
+                                continue;
+                            }
+                            // Policy decides otherwise now: this execution is decided on
+                            // its own, with its parameters, and on record.
+                            (allowed.sql.clone(), Some((formats, params)))
                         }
                         Some(Portal::Refused) => {
                             // Its Parse was refused: the server fails the Bind (or is
@@ -1425,6 +1496,7 @@ impl Relay {
                             &decide_sql,
                             bound.as_ref(),
                             Hold::Now,
+                            None,
                             &mut named,
                             (&client_w, &mut client, &mut buf),
                         )
@@ -1436,7 +1508,7 @@ impl Relay {
                                 // execution; it runs nothing new.
                                 named
                                     .portals
-                                    .insert(portal.clone(), Portal::Decided(profile.clone(), id));
+                                    .insert(portal.clone(), Portal::Running(profile.clone(), id));
                             }
                             self.push([self.pending(id, false, profile)]);
                             self.track_frontend(&msg)?;
@@ -1542,6 +1614,7 @@ impl Relay {
         sql: &[u8],
         bound: Option<&Bound<'_>>,
         hold: Hold,
+        kept: Option<&mut Option<(Command, Decision)>>,
         named: &mut Named,
         client: ClientIn<'_>,
     ) -> Verdict {
@@ -1602,12 +1675,16 @@ impl Relay {
             Decision::Review { .. } => Metrics::add(&metrics.commands_reviewed, 1),
             _ => Metrics::add(&metrics.commands_denied, 1),
         }
+        let kept_decision = kept.is_some().then(|| decision.clone());
         match decision {
             Decision::Allow { mask_profile, .. } => {
                 match self.proxy.pipeline.mask_profile(&self.target, &self.principal, mask_profile.as_deref()) {
                     Ok(profile) => {
                         classifier.record(&analysis);
                         named.apply(&analysis);
+                        if let (Some(kept), Some(decision)) = (kept, kept_decision) {
+                            *kept = Some((command, decision));
+                        }
                         Verdict::Forward(profile, command_id)
                     }
                     Err(_) => Verdict::Refuse {

@@ -968,6 +968,56 @@ async fn an_exfiltration_budget_stops_the_next_read() {
     assert!(stderr.contains("budget"), "{stderr}");
 }
 
+/// A statement prepared once and executed again is decided again at each later execution:
+/// an exfiltration budget spent by the first executions stops the next one (before, the
+/// decision taken at `Parse` let it run for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exfiltration_budget_stops_the_next_execution_of_a_prepared_statement() {
+    let policy = format!(
+        "{POLICY}\n[[budget]]\nid = \"rows\"\ngroups = [\"analysts\"]\nmax_rows = 3\nwindow = \"1h\"\n"
+    );
+    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, &policy).await;
+    let script = format!(
+        r#"
+import psycopg
+from psycopg import pq
+conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
+pg = conn.pgconn
+def show(label, r):
+    if r.status == pq.ExecStatus.TUPLES_OK:
+        print(label, "rows", r.ntuples)
+    elif r.status == pq.ExecStatus.COMMAND_OK:
+        print(label, "ok")
+    else:
+        print(label, "error", r.error_field(pq.DiagnosticField.SQLSTATE).decode(), r.error_message.decode().strip())
+show("prepare", pg.prepare(b"ids", b"SELECT id FROM customers"))
+for n in range(1, 5):
+    show(f"run {{n}}", pg.exec_prepared(b"ids", []))
+"#,
+        port = g.addr.port()
+    );
+    let out = python(&script).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    // 2 rows, then 2 more (4 > 3: the execution that crosses completes), then refused.
+    assert!(stdout.contains("run 1 rows 2"), "{stdout}");
+    assert!(stdout.contains("run 2 rows 2"), "{stdout}");
+    assert!(stdout.contains("run 3 error 42501"), "{stdout}");
+    assert!(stdout.contains("budget"), "{stdout}");
+    assert!(stdout.contains("run 4 error 42501"), "{stdout}");
+    // The refusals are on record, each with its own intent.
+    let ev = events(g.audit_dir.path(), &g.keys);
+    let denied = ev
+        .iter()
+        .filter(|e| {
+            matches!(e, AuditEventKind::CommandDecided { command, decision: Decision::Deny { .. }, .. }
+                if command.text.starts_with("SELECT id FROM customers"))
+        })
+        .count();
+    assert_eq!(denied, 2, "{ev:#?}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// Statements the gateway saw no Parse for still run through policy: a statement prepared
 /// with SQL `PREPARE` and executed with the extended protocol (libpq's `PQexecPrepared`) is
 /// decided as `EXECUTE name`, so its rows are masked with the profile its rule gives and

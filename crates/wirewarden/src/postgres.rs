@@ -912,7 +912,7 @@ type ClientIn<'a> = (&'a ClientWriter, &'a mut ReadHalf<BoxIo>, &'a mut BytesMut
 /// The decision for one statement, after review if there was one.
 enum Verdict {
     Forward(Arc<Profile>, CommandId),
-    /// A `Parse` whose statement policy holds for review ([`Hold::AtExecution`]): it is
+    /// A `Parse` whose statement policy holds for review ([`Ask::Prepare`]): it is
     /// prepared without a hold, nothing on record yet, and each execution is decided (and
     /// held) with the parameters bound to it.
     HeldPerExecution,
@@ -922,14 +922,16 @@ enum Verdict {
     },
 }
 
-/// When a statement that policy holds for review waits.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Hold {
-    /// Now: a simple query, or an execution.
-    Now,
-    /// At each execution (a `Parse`): preparing runs nothing, and a reviewer approves one
-    /// execution with the parameters it is given, not a text its parameters change.
-    AtExecution,
+/// What a statement is decided for.
+enum Ask<'a> {
+    /// To run now (a simple query, an execution), with the parameters bound to an
+    /// execution; held for review now if policy says so.
+    Now(Option<&'a Bound<'a>>),
+    /// To be prepared (a `Parse`): a review decision waits for each execution, since
+    /// preparing runs nothing and a reviewer approves one execution with the parameters it
+    /// is given, not a text its parameters change. An allowed statement's command and
+    /// decision are kept here, to decide its later executions again.
+    Prepare(&'a mut Option<(Command, Decision)>),
 }
 
 /// The parameters `Bind` gives one execution.
@@ -1290,9 +1292,7 @@ impl Relay {
                         .decide(
                             &mut classifier,
                             sql,
-                            None,
-                            Hold::Now,
-                            None,
+                            Ask::Now(None),
                             &mut named,
                             (&client_w, &mut client, &mut buf),
                         )
@@ -1322,9 +1322,7 @@ impl Relay {
                         .decide(
                             &mut classifier,
                             &p.query,
-                            None,
-                            Hold::AtExecution,
-                            Some(&mut kept),
+                            Ask::Prepare(&mut kept),
                             &mut named,
                             (&client_w, &mut client, &mut buf),
                         )
@@ -1494,9 +1492,7 @@ impl Relay {
                         .decide(
                             &mut classifier,
                             &decide_sql,
-                            bound.as_ref(),
-                            Hold::Now,
-                            None,
+                            Ask::Now(bound.as_ref()),
                             &mut named,
                             (&client_w, &mut client, &mut buf),
                         )
@@ -1603,21 +1599,23 @@ impl Relay {
     /// Classifies, decides, audits the intent, and holds for review when policy says so
     /// (watching `client` meanwhile: see [`review`](Self::review)).
     ///
-    /// An execution's `bound` parameters are part of the command: its text shows them and its
-    /// digest covers them, so a reviewer approves this execution and no other. Under
-    /// [`Hold::AtExecution`] a review decision is not acted on: the verdict is
+    /// An execution's bound parameters ([`Ask::Now`]) are part of the command: its text
+    /// shows them and its digest covers them, so a reviewer approves this execution and no
+    /// other. For [`Ask::Prepare`] a review decision is not acted on: the verdict is
     /// [`Verdict::HeldPerExecution`] and nothing is recorded. What forwarded SQL does to
     /// prepared statements is applied to `named`.
     async fn decide(
         &self,
         classifier: &mut Classifier,
         sql: &[u8],
-        bound: Option<&Bound<'_>>,
-        hold: Hold,
-        kept: Option<&mut Option<(Command, Decision)>>,
+        ask: Ask<'_>,
         named: &mut Named,
         client: ClientIn<'_>,
     ) -> Verdict {
+        let (bound, prepare, kept) = match ask {
+            Ask::Now(bound) => (bound, false, None),
+            Ask::Prepare(kept) => (None, true, Some(kept)),
+        };
         let now = Timestamp::now();
         let text = String::from_utf8_lossy(sql);
         let analysis = classifier.classify_bytes(sql);
@@ -1647,7 +1645,7 @@ impl Relay {
             let version = decided.evaluation.policy_version.to_string();
             (decided.evaluation.decision, version)
         };
-        if hold == Hold::AtExecution && matches!(decision, Decision::Review { .. }) {
+        if prepare && matches!(decision, Decision::Review { .. }) {
             return Verdict::HeldPerExecution;
         }
         self.shared.commands.fetch_add(1, Ordering::Relaxed);

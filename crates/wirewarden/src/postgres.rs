@@ -1210,6 +1210,29 @@ impl Relay {
         }
     }
 
+    /// Forwards an `Execute` of `portal` that runs under `profile` and intent `id`, decided
+    /// just now: a later `Execute` of the portal fetches more of its rows, and runs nothing
+    /// new.
+    #[allow(clippy::too_many_arguments)]
+    fn run_portal(
+        &self,
+        named: &mut Named,
+        portal: &Bytes,
+        profile: Arc<Profile>,
+        id: CommandId,
+        msg: &FrontendMessage,
+        frame: &Frame,
+        out: &mut BytesMut,
+    ) -> Result<()> {
+        named
+            .portals
+            .insert(portal.clone(), Portal::Running(profile.clone(), id));
+        self.push([self.pending(id, false, profile)]);
+        self.track_frontend(msg)?;
+        out.extend_from_slice(frame.as_bytes());
+        Ok(())
+    }
+
     fn track_frontend(&self, msg: &FrontendMessage) -> Result<()> {
         match self.shared.session.lock() {
             Ok(mut s) => s.on_frontend(msg).map_err(Error::from),
@@ -1440,12 +1463,9 @@ impl Relay {
                                     == allowed.decision;
                             if same {
                                 let (profile, id) = (allowed.profile.clone(), allowed.id);
-                                named
-                                    .portals
-                                    .insert(portal.clone(), Portal::Running(profile.clone(), id));
-                                self.push([self.pending(id, false, profile)]);
-                                self.track_frontend(&msg)?;
-                                out.extend_from_slice(frame.as_bytes());
+                                self.run_portal(
+                                    &mut named, portal, profile, id, &msg, &frame, &mut out,
+                                )?;
                                 continue;
                             }
                             // Policy decides otherwise now: this execution is decided on
@@ -1499,16 +1519,9 @@ impl Relay {
                         .await
                     {
                         Verdict::Forward(profile, id) => {
-                            if bound.is_some() {
-                                // A later Execute of the portal fetches more rows of this
-                                // execution; it runs nothing new.
-                                named
-                                    .portals
-                                    .insert(portal.clone(), Portal::Running(profile.clone(), id));
-                            }
-                            self.push([self.pending(id, false, profile)]);
-                            self.track_frontend(&msg)?;
-                            out.extend_from_slice(frame.as_bytes());
+                            self.run_portal(
+                                &mut named, portal, profile, id, &msg, &frame, &mut out,
+                            )?;
                         }
                         Verdict::HeldPerExecution => unreachable!("held now, not deferred"),
                         Verdict::Refuse { message, code } => {

@@ -150,6 +150,29 @@ async fn gateway_with_masks(
     }
 }
 
+/// A psycopg script that connects through the gateway on `port` as the analyst
+/// (autocommit), then runs `body` with `conn`, `pg` (libpq's connection, for the extended
+/// protocol message by message) and `show(label, result)`, which prints `label rows
+/// <first value> (<count>)`, `label ok`, or `label error <SQLSTATE> <message>`.
+fn psycopg_script(port: u16, body: &str) -> String {
+    format!(
+        r#"
+import psycopg
+from psycopg import pq
+conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
+pg = conn.pgconn
+def show(label, r):
+    if r.status == pq.ExecStatus.TUPLES_OK:
+        first = r.get_value(0, 0).decode() if r.ntuples else ""
+        print(label, "rows", first, f"({{r.ntuples}})")
+    elif r.status == pq.ExecStatus.COMMAND_OK:
+        print(label, "ok")
+    else:
+        print(label, "error", r.error_field(pq.DiagnosticField.SQLSTATE).decode(), r.error_message.decode().strip())
+{body}"#
+    )
+}
+
 /// psql through the gateway; `sql` are separate `-c` commands in one session.
 async fn psql(addr: SocketAddr, token: &str, sslmode: &str, sql: &[&str]) -> Output {
     let cmd = psql_command(addr, token, sslmode, sql);
@@ -977,31 +1000,20 @@ async fn an_exfiltration_budget_stops_the_next_execution_of_a_prepared_statement
         "{POLICY}\n[[budget]]\nid = \"rows\"\ngroups = [\"analysts\"]\nmax_rows = 3\nwindow = \"1h\"\n"
     );
     let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, &policy).await;
-    let script = format!(
+    let script = psycopg_script(
+        g.addr.port(),
         r#"
-import psycopg
-from psycopg import pq
-conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
-pg = conn.pgconn
-def show(label, r):
-    if r.status == pq.ExecStatus.TUPLES_OK:
-        print(label, "rows", r.ntuples)
-    elif r.status == pq.ExecStatus.COMMAND_OK:
-        print(label, "ok")
-    else:
-        print(label, "error", r.error_field(pq.DiagnosticField.SQLSTATE).decode(), r.error_message.decode().strip())
 show("prepare", pg.prepare(b"ids", b"SELECT id FROM customers"))
 for n in range(1, 5):
-    show(f"run {{n}}", pg.exec_prepared(b"ids", []))
+    show(f"run {n}", pg.exec_prepared(b"ids", []))
 "#,
-        port = g.addr.port()
     );
     let out = python(&script).await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     // 2 rows, then 2 more (4 > 3: the execution that crosses completes), then refused.
-    assert!(stdout.contains("run 1 rows 2"), "{stdout}");
-    assert!(stdout.contains("run 2 rows 2"), "{stdout}");
+    assert!(stdout.contains("run 1 rows 1 (2)"), "{stdout}");
+    assert!(stdout.contains("run 2 rows 1 (2)"), "{stdout}");
     assert!(stdout.contains("run 3 error 42501"), "{stdout}");
     assert!(stdout.contains("budget"), "{stdout}");
     assert!(stdout.contains("run 4 error 42501"), "{stdout}");
@@ -1043,19 +1055,9 @@ async fn statements_prepared_outside_the_extended_protocol_are_decided() {
         .build()
         .unwrap();
     let g = gateway_with_masks(None, Arc::new(tokens()), |s| s, &policy, Some(masks)).await;
-    let script = format!(
+    let script = psycopg_script(
+        g.addr.port(),
         r#"
-import psycopg
-from psycopg import pq
-conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
-pg = conn.pgconn
-def show(label, r):
-    if r.status == pq.ExecStatus.TUPLES_OK:
-        print(label, "rows", r.get_value(0, 0).decode())
-    elif r.status == pq.ExecStatus.COMMAND_OK:
-        print(label, "ok")
-    else:
-        print(label, "error", r.error_field(pq.DiagnosticField.SQLSTATE).decode())
 conn.execute("PREPARE by_id AS SELECT ssn FROM customers WHERE id = 1")
 show("sql-prepared", pg.exec_prepared(b"by_id", []))
 show("parse", pg.prepare(b"s1", b"SELECT ssn FROM customers WHERE id = 2"))
@@ -1064,7 +1066,6 @@ show("s1", pg.exec_prepared(b"s1", []))
 show("unknown", pg.exec_prepared(b"nothing", []))
 show("after", pg.exec_params(b"SELECT count(*) FROM customers", []))
 "#,
-        port = g.addr.port()
     );
     let out = python(&script).await;
     let stdout = text(&out.stdout);
@@ -1126,25 +1127,14 @@ show("after", pg.exec_params(b"SELECT count(*) FROM customers", []))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_write_is_reviewed_at_each_execution_with_its_parameters() {
     let g = gateway(None).await;
-    let script = format!(
+    let script = psycopg_script(
+        g.addr.port(),
         r#"
-import psycopg
-from psycopg import pq
-conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
-pg = conn.pgconn
-def show(label, r):
-    if r.status == pq.ExecStatus.TUPLES_OK:
-        print(label, "rows", r.get_value(0, 0).decode())
-    elif r.status == pq.ExecStatus.COMMAND_OK:
-        print(label, "ok")
-    else:
-        print(label, "error", r.error_field(pq.DiagnosticField.SQLSTATE).decode())
 show("prepare", pg.prepare(b"ins", b"INSERT INTO notes (body) VALUES ($1)"))
 show("first", pg.exec_prepared(b"ins", [b"first note"]))
 show("second", pg.exec_prepared(b"ins", [b"it's the second"]))
 show("count", pg.exec_params(b"SELECT count(*) FROM notes", []))
 "#,
-        port = g.addr.port()
     );
     let client = tokio::spawn(async move { python(&script).await });
     let reviews = g.pipeline.reviews().clone();
@@ -1238,19 +1228,9 @@ async fn a_statement_name_keeps_its_decision_until_it_is_freed() {
         .build()
         .unwrap();
     let g = gateway_with_masks(None, Arc::new(tokens()), |s| s, &policy, Some(masks)).await;
-    let script = format!(
+    let script = psycopg_script(
+        g.addr.port(),
         r#"
-import psycopg
-from psycopg import pq
-conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
-pg = conn.pgconn
-def show(label, r):
-    if r.status == pq.ExecStatus.TUPLES_OK:
-        print(label, "rows", r.get_value(0, 0).decode())
-    elif r.status == pq.ExecStatus.COMMAND_OK:
-        print(label, "ok")
-    else:
-        print(label, "error", r.error_field(pq.DiagnosticField.SQLSTATE).decode())
 show("parse", pg.prepare(b"s1", b"SELECT ssn FROM customers WHERE id = 1"))
 show("reuse", pg.prepare(b"s1", b"SELECT body FROM notes"))
 show("s1", pg.exec_prepared(b"s1", []))
@@ -1261,7 +1241,6 @@ show("close", pg.close_prepared(b"s1"))
 show("third", pg.prepare(b"s1", b"SELECT ssn FROM customers WHERE id = 2"))
 show("s1 third", pg.exec_prepared(b"s1", []))
 "#,
-        port = g.addr.port()
     );
     let out = python(&script).await;
     let stdout = text(&out.stdout);

@@ -504,6 +504,64 @@ fn check_trail(
     );
 }
 
+/// A current-thread runtime whose clock stands still until nothing else can run, for
+/// tests that let the wall clock pass a credential's expiry before its timer fires.
+#[cfg(all(test, any(feature = "postgres", feature = "redis")))]
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a paused runtime")
+}
+
+/// Blocks the calling thread (and with it a current-thread runtime's clock) until the wall
+/// clock is past `at`.
+#[cfg(all(test, any(feature = "postgres", feature = "redis")))]
+fn wait_past(at: wirewarden_core::Timestamp) {
+    while !at
+        .saturating_duration_since(wirewarden_core::Timestamp::now())
+        .is_zero()
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Checks that a trail holds `verb`'s denial by the rule `credential-expired` (policy
+/// version `builtin`), and the session's end as `CredentialExpired` after `commands`.
+#[cfg(all(test, any(feature = "postgres", feature = "redis")))]
+fn assert_expired_denial(events: &[AuditEvent], verb: &str, commands: u64) {
+    let denied = events.iter().find_map(|e| match &e.kind {
+        AuditEventKind::CommandDecided {
+            command,
+            decision: wirewarden_core::Decision::Deny { rule, .. },
+            policy_version,
+            ..
+        } => Some((
+            command.verb.as_str(),
+            rule.as_str(),
+            policy_version.as_str(),
+        )),
+        _ => None,
+    });
+    assert_eq!(
+        denied,
+        Some((verb, "credential-expired", "builtin")),
+        "{events:#?}"
+    );
+    let end = events.iter().find_map(|e| match &e.kind {
+        AuditEventKind::SessionEnded {
+            reason, commands, ..
+        } => Some((reason.clone(), *commands)),
+        _ => None,
+    });
+    assert_eq!(
+        end,
+        Some((SessionEndReason::CredentialExpired, commands)),
+        "{events:#?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -878,13 +878,9 @@ mod tests {
     #[test]
     fn a_statement_read_as_the_credential_expires_is_refused_on_record() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        use wirewarden_core::{SessionEndReason, Timestamp};
+        use wirewarden_core::Timestamp;
 
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("a paused runtime");
+        let runtime = super::super::paused_runtime();
         let expires_at = Timestamp::now().saturating_add(Duration::from_millis(300));
         let (proxy, audit, dialing) = build(Some(expires_at));
         // The server answers the denial's replacement as PostgreSQL does.
@@ -907,12 +903,7 @@ mod tests {
                 assert_ne!(client.read_buf(&mut logged_in).await.unwrap(), 0);
             }
             // Blocks the runtime's one thread: its clock stays where it is.
-            while !expires_at
-                .saturating_duration_since(Timestamp::now())
-                .is_zero()
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            super::super::wait_past(expires_at);
             client.write_all(&query("SELECT c FROM t")).await.unwrap();
             // The refusal, then the end: the timer fires once nothing else is left to do.
             let mut received = Vec::new();
@@ -943,36 +934,7 @@ mod tests {
                 .all(|(sql, ..)| sql.starts_with(REFUSED_PREFIX)),
             "{statements:?}"
         );
-        let events = audit.events().clone();
-        let denied = events.iter().find_map(|e| match &e.kind {
-            AuditEventKind::CommandDecided {
-                command,
-                decision: Decision::Deny { rule, .. },
-                policy_version,
-                ..
-            } => Some((
-                command.verb.as_str(),
-                rule.as_str(),
-                policy_version.as_str(),
-            )),
-            _ => None,
-        });
-        assert_eq!(
-            denied,
-            Some(("SELECT", "credential-expired", "builtin")),
-            "{events:#?}"
-        );
-        let end = events.iter().find_map(|e| match &e.kind {
-            AuditEventKind::SessionEnded {
-                reason, commands, ..
-            } => Some((reason.clone(), *commands)),
-            _ => None,
-        });
-        assert_eq!(
-            end,
-            Some((SessionEndReason::CredentialExpired, 1)),
-            "{events:#?}"
-        );
+        super::super::assert_expired_denial(&audit.events(), "SELECT", 1);
     }
 
     fn extended(messages: Vec<FrontendMessage>) -> Vec<u8> {

@@ -490,13 +490,9 @@ mod tests {
     /// the wall clock the credential is checked against goes past its expiry.
     #[test]
     fn a_command_read_as_the_credential_expires_is_refused_on_record() {
-        use wirewarden_core::{Decision, SessionEndReason, Timestamp};
+        use wirewarden_core::Timestamp;
 
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .expect("a paused runtime");
+        let runtime = super::super::paused_runtime();
         let expires_at = Timestamp::now().saturating_add(Duration::from_millis(300));
         let (proxy, audit, slot) = build(Some(expires_at));
         let trail = audit.clone();
@@ -517,12 +513,7 @@ mod tests {
                 assert_ne!(client.read_buf(&mut received).await.unwrap(), 0);
             }
             // Blocks the runtime's one thread: its clock stays where it is.
-            while !expires_at
-                .saturating_duration_since(Timestamp::now())
-                .is_zero()
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            super::super::wait_past(expires_at);
             client
                 .write_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
                 .await
@@ -539,36 +530,7 @@ mod tests {
             b"+OK\r\n-ERR wirewarden: the credential of this session has expired (rule credential-expired)\r\n"
         );
         assert!(upstream.requests.is_empty(), "{:?}", upstream.requests);
-        let events = audit.events().clone();
-        let denied = events.iter().find_map(|e| match &e.kind {
-            AuditEventKind::CommandDecided {
-                command,
-                decision: Decision::Deny { rule, .. },
-                policy_version,
-                ..
-            } => Some((
-                command.verb.as_str(),
-                rule.as_str(),
-                policy_version.as_str(),
-            )),
-            _ => None,
-        });
-        assert_eq!(
-            denied,
-            Some(("GET", "credential-expired", "builtin")),
-            "{events:#?}"
-        );
-        let end = events.iter().find_map(|e| match &e.kind {
-            AuditEventKind::SessionEnded {
-                reason, commands, ..
-            } => Some((reason.clone(), *commands)),
-            _ => None,
-        });
-        assert_eq!(
-            end,
-            Some((SessionEndReason::CredentialExpired, 1)),
-            "{events:#?}"
-        );
+        super::super::assert_expired_denial(&audit.events(), "GET", 1);
     }
 
     #[test]

@@ -150,6 +150,21 @@ async fn gateway_with_masks(
     }
 }
 
+/// Two mask profiles: `strict` redacts the `ssn` column, `open` masks nothing; `default`
+/// is the session's. A row masked with the wrong one shows the SSN.
+fn strict_and_open(default: &str) -> wirewarden::mask::Engine {
+    use wirewarden::mask::{DetectorSet, Engine, FieldRule, Profile, Selector, Strategy};
+    Engine::builder()
+        .profile(
+            Profile::builder("strict")
+                .rule(FieldRule::new(Selector::column("ssn"), Strategy::redact())),
+        )
+        .profile(Profile::builder("open").detectors(DetectorSet::empty()))
+        .default_profile(default)
+        .build()
+        .unwrap()
+}
+
 /// A psycopg script that connects through the gateway on `port` as the analyst
 /// (autocommit), then runs `body` with `conn`, `pg` (libpq's connection, for the extended
 /// protocol message by message) and `show(label, result)`, which prints `label rows
@@ -1038,22 +1053,13 @@ for n in range(1, 5):
 /// outcome on the trail lacks its intent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_prepared_outside_the_extended_protocol_are_decided() {
-    use wirewarden::mask::{DetectorSet, Engine, FieldRule, Profile, Selector, Strategy};
     // Reads get the strict profile; the session's default masks nothing, so a row masked
     // with the default instead of the rule's profile would show the SSN.
     let policy = POLICY.replace(
         "max_class = \"read\"\naction = \"allow\"",
         "max_class = \"read\"\naction = \"allow\"\nmask_profile = \"strict\"",
     );
-    let masks = Engine::builder()
-        .profile(
-            Profile::builder("strict")
-                .rule(FieldRule::new(Selector::column("ssn"), Strategy::redact())),
-        )
-        .profile(Profile::builder("open").detectors(DetectorSet::empty()))
-        .default_profile("open")
-        .build()
-        .unwrap();
+    let masks = strict_and_open("open");
     let g = gateway_with_masks(None, Arc::new(tokens()), |s| s, &policy, Some(masks)).await;
     let script = psycopg_script(
         g.addr.port(),
@@ -1209,7 +1215,6 @@ show("count", pg.exec_params(b"SELECT count(*) FROM notes", []))
 /// decides the name afresh once `DEALLOCATE` or `Close` has freed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_name_keeps_its_decision_until_it_is_freed() {
-    use wirewarden::mask::{DetectorSet, Engine, FieldRule, Profile, Selector, Strategy};
     // Reads of customers get the strict profile, other reads one that masks nothing: a
     // customers row masked with the other statement's decision would show the SSN.
     let policy = POLICY.replace(
@@ -1218,15 +1223,7 @@ async fn a_statement_name_keeps_its_decision_until_it_is_freed() {
          max_class = \"read\"\nrelations = [\"*customers\"]\naction = \"allow\"\n\
          mask_profile = \"strict\"\n\n[[rule]]\nid = \"analysts-read\"\nmask_profile = \"open\"",
     );
-    let masks = Engine::builder()
-        .profile(
-            Profile::builder("strict")
-                .rule(FieldRule::new(Selector::column("ssn"), Strategy::redact())),
-        )
-        .profile(Profile::builder("open").detectors(DetectorSet::empty()))
-        .default_profile("strict")
-        .build()
-        .unwrap();
+    let masks = strict_and_open("strict");
     let g = gateway_with_masks(None, Arc::new(tokens()), |s| s, &policy, Some(masks)).await;
     let script = psycopg_script(
         g.addr.port(),

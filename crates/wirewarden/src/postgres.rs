@@ -1211,8 +1211,9 @@ impl Relay {
     }
 
     /// Forwards an `Execute` of `portal` that runs under `profile` and intent `id`, decided
-    /// just now: a later `Execute` of the portal fetches more of its rows, and runs nothing
-    /// new.
+    /// just now. A later `Execute` of a portal this session bound fetches more of the same
+    /// execution's rows, and runs nothing new; one of a cursor (a portal no `Bind` made) is
+    /// another `FETCH`, decided again.
     #[allow(clippy::too_many_arguments)]
     fn run_portal(
         &self,
@@ -1224,9 +1225,9 @@ impl Relay {
         frame: &Frame,
         out: &mut BytesMut,
     ) -> Result<()> {
-        named
-            .portals
-            .insert(portal.clone(), Portal::Running(profile.clone(), id));
+        if let Some(bound) = named.portals.get_mut(portal) {
+            *bound = Portal::Running(profile.clone(), id);
+        }
         self.push([self.pending(id, false, profile)]);
         self.track_frontend(msg)?;
         out.extend_from_slice(frame.as_bytes());

@@ -1617,7 +1617,8 @@ impl Relay {
     /// shows them and its digest covers them, so a reviewer approves this execution and no
     /// other. For [`Ask::Prepare`] a review decision is not acted on: the verdict is
     /// [`Verdict::HeldPerExecution`] and nothing is recorded. What forwarded SQL does to
-    /// prepared statements is applied to `named`.
+    /// prepared statements (`DEALLOCATE`, `DISCARD ALL`) is applied to `named` when it runs
+    /// now, not when it is only prepared.
     async fn decide(
         &self,
         classifier: &mut Classifier,
@@ -1693,7 +1694,10 @@ impl Relay {
                 match self.proxy.pipeline.mask_profile(&self.target, &self.principal, mask_profile.as_deref()) {
                     Ok(profile) => {
                         classifier.record(&analysis);
-                        named.apply(&analysis);
+                        // A Parse runs nothing: a `DEALLOCATE` it prepares frees no name.
+                        if !prepare {
+                            named.apply(&analysis);
+                        }
                         if let (Some(kept), Some(decision)) = (kept, kept_decision) {
                             *kept = Some((command, decision));
                         }
@@ -1719,7 +1723,9 @@ impl Relay {
                     .await;
                 if matches!(verdict, Verdict::Forward(..)) {
                     classifier.record(&analysis);
-                    named.apply(&analysis);
+                    if !prepare {
+                        named.apply(&analysis);
+                    }
                 }
                 verdict
             }

@@ -1079,6 +1079,12 @@ show("after", pg.exec_params(b"SELECT count(*) FROM customers", []))
     assert!(stdout.contains("sql-prepared rows [REDACTED]"), "{stdout}");
     assert!(stdout.contains("reparse error 42501"), "{stdout}");
     assert!(stdout.contains("s1 rows [REDACTED]"), "{stdout}");
+    // Preparing a DEALLOCATE runs it not: the name is still taken.
+    assert!(
+        stdout.contains("prepare deallocate error 42P05"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("s1 still rows [REDACTED]"), "{stdout}");
     // Nothing of that name exists upstream: the server fails the Bind (26000) and the
     // Execute is never run; the decision is on record all the same.
     assert!(stdout.contains("unknown error 26000"), "{stdout}");
@@ -1212,7 +1218,8 @@ show("count", pg.exec_params(b"SELECT count(*) FROM notes", []))
 /// The server keeps a named statement until it is closed or deallocated and fails a
 /// `Parse` that reuses its name; the gateway keeps that statement's decision (here its mask
 /// profile) for the name, rather than the decision of the text the server refused, and
-/// decides the name afresh once `DEALLOCATE` or `Close` has freed it.
+/// decides the name afresh once `DEALLOCATE` (run, not merely prepared) or `Close` has freed
+/// it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_name_keeps_its_decision_until_it_is_freed() {
     // Reads of customers get the strict profile, other reads one that masks nothing: a
@@ -1220,7 +1227,7 @@ async fn a_statement_name_keeps_its_decision_until_it_is_freed() {
     let policy = POLICY.replace(
         "[[rule]]\nid = \"analysts-read\"",
         "[[rule]]\nid = \"analysts-read-customers\"\ngroups = [\"analysts\"]\n\
-         max_class = \"read\"\nrelations = [\"*customers\"]\naction = \"allow\"\n\
+         max_class = \"read\"\nverbs = [\"SELECT\"]\nrelations = [\"*customers\"]\naction = \"allow\"\n\
          mask_profile = \"strict\"\n\n[[rule]]\nid = \"analysts-read\"\nmask_profile = \"open\"",
     );
     let masks = strict_and_open("strict");
@@ -1231,6 +1238,8 @@ async fn a_statement_name_keeps_its_decision_until_it_is_freed() {
 show("parse", pg.prepare(b"s1", b"SELECT ssn FROM customers WHERE id = 1"))
 show("reuse", pg.prepare(b"s1", b"SELECT body FROM notes"))
 show("s1", pg.exec_prepared(b"s1", []))
+show("prepare deallocate", pg.prepare(b"s1", b"DEALLOCATE s1"))
+show("s1 still", pg.exec_prepared(b"s1", []))
 show("deallocate", pg.exec_(b"DEALLOCATE s1"))
 show("again", pg.prepare(b"s1", b"SELECT 'after deallocate'"))
 show("s1 again", pg.exec_prepared(b"s1", []))
@@ -1245,6 +1254,12 @@ show("s1 third", pg.exec_prepared(b"s1", []))
     assert!(stdout.contains("parse ok"), "{stdout}");
     assert!(stdout.contains("reuse error 42P05"), "{stdout}");
     assert!(stdout.contains("s1 rows [REDACTED]"), "{stdout}");
+    // Preparing a DEALLOCATE runs it not: the name is still taken.
+    assert!(
+        stdout.contains("prepare deallocate error 42P05"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("s1 still rows [REDACTED]"), "{stdout}");
     assert!(stdout.contains("deallocate ok"), "{stdout}");
     assert!(stdout.contains("again ok"), "{stdout}");
     assert!(

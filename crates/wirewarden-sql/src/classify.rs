@@ -125,6 +125,18 @@ pub enum PreparedEffect {
         /// The name, or `None` for all.
         name: Option<String>,
     },
+    /// `DECLARE name CURSOR FOR …`: a `FETCH` from `name` reads what `statement` reads.
+    DeclareCursor {
+        /// The cursor's name (folded like an identifier).
+        name: String,
+        /// What its query does.
+        statement: Prepared,
+    },
+    /// `CLOSE name`, or `CLOSE ALL` when `name` is `None`.
+    CloseCursor {
+        /// The name, or `None` for all.
+        name: Option<String>,
+    },
 }
 
 /// What executing a prepared statement does, as registered with
@@ -202,6 +214,9 @@ pub struct Classifier {
     /// yet confirmed the new value: then text is lexed both ways.
     scs: Option<bool>,
     prepared: HashMap<String, Prepared>,
+    /// What each cursor the session declared reads: a `FETCH` from it is decided on the
+    /// relations of its query, not as a bare read.
+    cursors: HashMap<String, Prepared>,
 }
 
 impl Classifier {
@@ -218,6 +233,7 @@ impl Classifier {
             opts,
             scs: Some(opts.standard_conforming_strings),
             prepared: HashMap::new(),
+            cursors: HashMap::new(),
         }
     }
 
@@ -254,29 +270,47 @@ impl Classifier {
     /// until [`Classifier::set_standard_conforming_strings`] is called again).
     pub fn record(&mut self, analysis: &Analysis) {
         for s in &analysis.statements {
-            match &s.prepared {
-                Some(PreparedEffect::Prepare { name, statement }) => {
-                    // If the name is taken, the server keeps the old statement: keep the
-                    // riskier of the two.
-                    let merged = match self.prepared.get(name) {
-                        Some(old) if old.class > statement.class => old.clone(),
-                        _ => statement.clone(),
-                    };
-                    self.prepared.insert(name.clone(), merged);
-                }
-                Some(PreparedEffect::Deallocate { name: Some(n) }) => {
-                    self.prepared.remove(n);
-                }
-                Some(PreparedEffect::Deallocate { name: None }) => self.prepared.clear(),
-                None => {}
+            self.record_statement(s);
+        }
+    }
+
+    /// Applies the effects of one statement sent to the server (see [`Classifier::record`]).
+    fn record_statement(&mut self, s: &Statement) {
+        match &s.prepared {
+            Some(PreparedEffect::Prepare { name, statement }) => {
+                // If the name is taken, the server keeps the old statement: keep the
+                // riskier of the two.
+                let merged = match self.prepared.get(name) {
+                    Some(old) if old.class > statement.class => old.clone(),
+                    _ => statement.clone(),
+                };
+                self.prepared.insert(name.clone(), merged);
             }
-            let touches_scs =
-                s.objects.iter().any(|o| {
-                    o.kind == ObjectKind::Setting && o.name == "standard_conforming_strings"
-                }) || matches!(s.verb.as_str(), "RESET ALL" | "DISCARD ALL");
-            if touches_scs {
-                self.scs = None;
+            Some(PreparedEffect::Deallocate { name: Some(n) }) => {
+                self.prepared.remove(n);
             }
+            Some(PreparedEffect::Deallocate { name: None }) => self.prepared.clear(),
+            Some(PreparedEffect::DeclareCursor { name, statement }) => {
+                self.cursors.insert(name.clone(), statement.clone());
+            }
+            Some(PreparedEffect::CloseCursor { name: Some(n) }) => {
+                self.cursors.remove(n);
+            }
+            Some(PreparedEffect::CloseCursor { name: None }) => self.cursors.clear(),
+            None => {}
+        }
+        if s.verb == "DISCARD ALL" {
+            // Deallocates every prepared statement and closes every cursor.
+            self.prepared.clear();
+            self.cursors.clear();
+        }
+        let touches_scs = s
+            .objects
+            .iter()
+            .any(|o| o.kind == ObjectKind::Setting && o.name == "standard_conforming_strings")
+            || matches!(s.verb.as_str(), "RESET ALL" | "DISCARD ALL");
+        if touches_scs {
+            self.scs = None;
         }
     }
 
@@ -316,21 +350,30 @@ impl Classifier {
             Ok(t) => t,
             Err(e) => return failed(0..sql.len(), e),
         };
+        // A statement sees what the ones before it in the same text prepare or declare
+        // (`DECLARE c …; FETCH 1 FROM c`): their effects go on a copy, made only then.
+        let mut ahead: Option<Classifier> = None;
         let statements = split_tokens(&tokens)
             .into_iter()
             .filter_map(|r| {
                 let toks = tokens.get(r)?;
                 let first = toks.first()?;
                 let last = toks.last()?;
-                let out = self.statement(toks);
-                Some(Statement {
+                let out = ahead.as_ref().unwrap_or(self).statement(toks);
+                let statement = Statement {
                     range: first.offset..last.end(),
                     class: out.class,
                     verb: out.verb.unwrap_or_default(),
                     objects: out.objects,
                     prepared: out.prepared,
                     error: None,
-                })
+                };
+                if statement.prepared.is_some() {
+                    ahead
+                        .get_or_insert_with(|| self.clone())
+                        .record_statement(&statement);
+                }
+                Some(statement)
             })
             .collect();
         Analysis {
@@ -1276,30 +1319,58 @@ fn classify_statement(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth:
         }
         "declare" => {
             out.verb("DECLARE CURSOR");
-            match find_kw_depth0(toks, 1, "for") {
-                Some(f) => {
+            let name = toks.get(1).and_then(Token::ident);
+            match (name, find_kw_depth0(toks, 1, "for")) {
+                (Some(name), Some(f)) => {
                     let mut inner = Out::default();
                     query_statement(toks.get(f.saturating_add(1)..).unwrap_or(&[]), &mut inner);
-                    out.raise(inner.class.max_risk(Read));
+                    let class = inner.class.max_risk(Read);
+                    out.raise(class);
+                    let statement = Prepared {
+                        class,
+                        verb: "FETCH".into(),
+                        objects: inner.objects.clone(),
+                    };
                     out.extend(inner.objects);
+                    out.prepared = Some(PreparedEffect::DeclareCursor { name, statement });
                 }
-                None => out.raise(Unknown),
+                _ => out.raise(Unknown),
             }
         }
         "fetch" => {
+            // FETCH [direction] [FROM | IN] name: the name ends the statement. A cursor the
+            // session declared reads what its query reads; any other (one a function opened,
+            // say) is not understood.
             out.verb("FETCH");
             out.raise(Read);
+            let name = toks
+                .iter()
+                .rev()
+                .find(|t| t.kind != TokenKind::Semicolon)
+                .and_then(Token::ident);
+            match name.as_deref().and_then(|n| cl.cursors.get(n)) {
+                Some(c) => {
+                    out.raise(c.class);
+                    out.extend(c.objects.iter().cloned());
+                }
+                None => out.raise(Unknown),
+            }
         }
         "move" => {
             out.verb("MOVE");
             out.raise(Session);
         }
         "close" => {
-            out.verb(if is_kw(toks, 1, "all") {
-                "CLOSE CURSOR ALL"
+            if is_kw(toks, 1, "all") {
+                out.verb("CLOSE CURSOR ALL");
+                out.prepared = Some(PreparedEffect::CloseCursor { name: None });
             } else {
-                "CLOSE CURSOR"
-            });
+                out.verb("CLOSE CURSOR");
+                match toks.get(1).and_then(Token::ident) {
+                    Some(n) => out.prepared = Some(PreparedEffect::CloseCursor { name: Some(n) }),
+                    None => out.raise(Unknown),
+                }
+            }
             out.raise(Session);
         }
         "prepare" => prepare(cl, toks, out, depth),

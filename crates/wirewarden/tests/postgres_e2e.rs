@@ -1079,12 +1079,6 @@ show("after", pg.exec_params(b"SELECT count(*) FROM customers", []))
     assert!(stdout.contains("sql-prepared rows [REDACTED]"), "{stdout}");
     assert!(stdout.contains("reparse error 42501"), "{stdout}");
     assert!(stdout.contains("s1 rows [REDACTED]"), "{stdout}");
-    // Preparing a DEALLOCATE runs it not: the name is still taken.
-    assert!(
-        stdout.contains("prepare deallocate error 42P05"),
-        "{stdout}"
-    );
-    assert!(stdout.contains("s1 still rows [REDACTED]"), "{stdout}");
     // Nothing of that name exists upstream: the server fails the Bind (26000) and the
     // Execute is never run; the decision is on record all the same.
     assert!(stdout.contains("unknown error 26000"), "{stdout}");
@@ -1212,6 +1206,58 @@ show("count", pg.exec_params(b"SELECT count(*) FROM notes", []))
     assert!(held[0].0.contains("'first note'"), "{held:?}");
     assert!(held[1].0.contains("'it''s the second'"), "{held:?}");
     assert_ne!(held[0].1, held[1].1);
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// A `FETCH` from a cursor is decided on the relations of the cursor's query, so its rows
+/// are masked with the profile a read of those relations gets (before, a `FETCH` was a
+/// read of nothing, which took the profile of reads in general). A `FETCH` from a cursor
+/// the session never declared is not understood, and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_is_masked_as_its_cursor_query_is() {
+    // Reads of notes mask nothing; reads of customers redact the SSN. A rule on relations
+    // also allows a statement that names none, so a FETCH read as touching nothing took the
+    // first of them.
+    let policy = POLICY.replace(
+        "[[rule]]\nid = \"analysts-read\"",
+        "[[rule]]\nid = \"analysts-read-notes\"\ngroups = [\"analysts\"]\n\
+         max_class = \"read\"\nrelations = [\"*notes\"]\naction = \"allow\"\n\
+         mask_profile = \"open\"\n\n\
+         [[rule]]\nid = \"analysts-read-customers\"\ngroups = [\"analysts\"]\n\
+         max_class = \"read\"\nrelations = [\"*customers\"]\naction = \"allow\"\n\
+         mask_profile = \"strict\"\n\n[[rule]]\nid = \"analysts-read\"\nmask_profile = \"open\"",
+    );
+    let g = gateway_with_masks(
+        None,
+        Arc::new(tokens()),
+        |s| s,
+        &policy,
+        Some(strict_and_open("open")),
+    )
+    .await;
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+pg.exec_(b"BEGIN")
+show("declare", pg.exec_(b"DECLARE c CURSOR FOR SELECT ssn FROM customers ORDER BY id"))
+show("fetch", pg.exec_(b"FETCH ALL FROM c"))
+show("close", pg.exec_(b"CLOSE c"))
+pg.exec_(b"COMMIT")
+show("in one", pg.exec_(b"BEGIN; DECLARE d CURSOR FOR SELECT ssn FROM customers; FETCH 1 FROM d; COMMIT"))
+show("unknown", pg.exec_(b"FETCH ALL FROM nothing"))
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("declare ok"), "{stdout}");
+    assert!(stdout.contains("fetch rows [REDACTED] (2)"), "{stdout}");
+    assert!(stdout.contains("close ok"), "{stdout}");
+    // In one text, the FETCH is understood from the DECLARE before it.
+    assert!(stdout.contains("in one ok"), "{stdout}");
+    assert!(stdout.contains("unknown error 42501"), "{stdout}");
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert!(!stdout.contains("234-56-7890"), "{stdout}");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 

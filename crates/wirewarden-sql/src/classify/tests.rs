@@ -485,6 +485,58 @@ fn prepared_statements_are_tracked() {
 }
 
 #[test]
+fn a_fetch_reads_what_its_cursor_reads() {
+    let mut cl = Classifier::new();
+    let d = cl.classify("DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT ssn FROM customers");
+    assert_eq!(d.class(), Read);
+    assert_eq!(
+        d.statements[0].reads().collect::<Vec<_>>(),
+        vec!["customers"]
+    );
+    // Not yet recorded: a FETCH from it is not understood, nor one from a cursor the
+    // session did not declare (a function's refcursor, say).
+    assert_eq!(cl.classify("FETCH ALL FROM c").class(), Unknown);
+    cl.record(&d);
+    for fetch in [
+        "FETCH ALL FROM c",
+        "FETCH c",
+        "fetch forward 10 in C;",
+        "FETCH ABSOLUTE -1 FROM \"c\"",
+    ] {
+        let f = cl.classify(fetch);
+        assert_eq!(f.class(), Read, "{fetch}");
+        assert_eq!(
+            f.statements[0].reads().collect::<Vec<_>>(),
+            vec!["customers"],
+            "{fetch}"
+        );
+    }
+    assert_eq!(cl.classify("FETCH 1 FROM other").class(), Unknown);
+    // In one text, a FETCH sees the DECLARE before it.
+    let both =
+        Classifier::new().classify("BEGIN; DECLARE d CURSOR FOR SELECT * FROM t; FETCH 1 FROM d");
+    assert_eq!(both.statements[2].reads().collect::<Vec<_>>(), vec!["t"]);
+    // A cursor over a write (a data-modifying WITH) fetches at that class.
+    cl.record(
+        &cl.classify("DECLARE w CURSOR FOR WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x"),
+    );
+    assert_eq!(cl.classify("FETCH ALL FROM w").class(), Write);
+    cl.record(&cl.classify("CLOSE c"));
+    assert_eq!(cl.classify("FETCH ALL FROM c").class(), Unknown);
+    assert_eq!(cl.classify("FETCH ALL FROM w").class(), Write);
+    cl.record(&cl.classify("CLOSE ALL"));
+    assert_eq!(cl.classify("FETCH ALL FROM w").class(), Unknown);
+    cl.record(&cl.classify("DECLARE e CURSOR FOR SELECT 1"));
+    cl.record(&cl.classify("DISCARD ALL"));
+    assert_eq!(cl.classify("FETCH ALL FROM e").class(), Unknown);
+    // CLOSE without a name closes nothing, and is not understood.
+    cl.record(&cl.classify("DECLARE f CURSOR FOR SELECT 1"));
+    assert_eq!(cl.classify("CLOSE").class(), Unknown);
+    cl.record(&cl.classify("CLOSE"));
+    assert_eq!(cl.classify("FETCH f").class(), Read);
+}
+
+#[test]
 fn multi_statement_text_takes_the_riskiest_part() {
     let sql = "SELECT 1; UPDATE t SET a = 1; GRANT x TO y; SELECT $$;$$";
     let a = Classifier::new().classify(sql);

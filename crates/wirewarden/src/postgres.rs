@@ -1060,10 +1060,15 @@ struct Named {
 }
 
 impl Named {
-    /// Forgets what SQL run upstream deallocated (`DEALLOCATE`, `DISCARD ALL`).
+    /// Forgets what SQL run upstream deallocated (`DEALLOCATE`, `DISCARD ALL`), and
+    /// forgets that a name's `Parse` was refused once SQL `PREPARE` has given the server a
+    /// statement of that name: a `Bind` to it then runs that statement, which is decided.
     fn apply(&mut self, analysis: &wirewarden_sql::Analysis) {
         for s in &analysis.statements {
             match &s.prepared {
+                Some(wirewarden_sql::PreparedEffect::Prepare { name, .. }) => {
+                    self.refused.remove(name.as_bytes());
+                }
                 Some(wirewarden_sql::PreparedEffect::Deallocate { name: Some(name) }) => {
                     self.statements.remove(name.as_bytes());
                 }

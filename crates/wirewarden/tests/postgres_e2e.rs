@@ -1209,6 +1209,48 @@ show("count", pg.exec_params(b"SELECT count(*) FROM notes", []))
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// A name whose `Parse` was refused holds nothing upstream, so a `Bind` to it fails there
+/// and its `Execute` is passed on undecided. Once SQL `PREPARE` gives the server a statement
+/// of that name, its executions are decided as `EXECUTE name`: here a write, held for
+/// review and denied, so it never runs (before, it ran with no decision at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_name_prepared_again_in_sql_is_decided() {
+    let g = gateway(None).await;
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+show("refused parse", pg.prepare(b"s3", b"DROP TABLE notes"))
+show("sql prepare", pg.exec_(b"PREPARE s3 AS INSERT INTO notes (body) VALUES ('sneaked in')"))
+show("s3", pg.exec_prepared(b"s3", []))
+"#,
+    );
+    let client = tokio::spawn(async move { python(&script).await });
+    let reviews = g.pipeline.reviews().clone();
+    let held = support::pending_review(&reviews).await;
+    assert!(
+        held.command_text.contains("EXECUTE \"s3\""),
+        "{:?}",
+        held.command_text
+    );
+    reviews
+        .deny(
+            held.id,
+            &Reviewer::new("dba-1").with_group("dba"),
+            "not through a refused name",
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let out = client.await.unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("refused parse error 42501"), "{stdout}");
+    assert!(stdout.contains("sql prepare ok"), "{stdout}");
+    assert!(stdout.contains("s3 error 42501"), "{stdout}");
+    assert_eq!(g.pg.psql("SELECT count(*) FROM notes").unwrap().trim(), "0");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// A `FETCH` from a cursor is decided on the relations of the cursor's query, so its rows
 /// are masked with the profile a read of those relations gets (before, a `FETCH` was a
 /// read of nothing, which took the profile of reads in general). A `FETCH` from a cursor

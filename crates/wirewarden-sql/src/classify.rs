@@ -265,6 +265,12 @@ impl Classifier {
         self.prepared.get(name)
     }
 
+    /// What a `FETCH` from the cursor `name` reads, if the session declared it.
+    #[must_use]
+    pub fn cursor(&self, name: &str) -> Option<&Prepared> {
+        self.cursors.get(name)
+    }
+
     /// Applies the effects of statements that were sent to the server: `PREPARE` and
     /// `DEALLOCATE`, and changes of `standard_conforming_strings` (which make it unknown
     /// until [`Classifier::set_standard_conforming_strings`] is called again).

@@ -1046,6 +1046,11 @@ enum Portal {
     },
     /// Its statement's `Parse` was refused: the server fails the `Bind`.
     Refused,
+    /// Its name, or its statement's, may mean either of two things on the server (SQL
+    /// `PREPARE` or `DECLARE` took a name a `Parse` or `Bind` of this session used, or the
+    /// other way round), and the gateway does not read which one the server kept: its
+    /// executions are refused until the name is closed.
+    Ambiguous,
     /// A statement no `Parse` of this session made (SQL `PREPARE`).
     Elsewhere(Bytes),
 }
@@ -1057,6 +1062,10 @@ struct Named {
     portals: std::collections::HashMap<Bytes, Portal>,
     /// Statement names whose last `Parse` was refused, which the server does not hold.
     refused: std::collections::HashSet<Bytes>,
+    /// Statement and portal names that may mean a protocol statement (portal) or an SQL one
+    /// (a cursor): see [`Portal::Ambiguous`].
+    ambiguous_statements: std::collections::HashSet<Bytes>,
+    ambiguous_portals: std::collections::HashSet<Bytes>,
 }
 
 impl Named {
@@ -1065,19 +1074,45 @@ impl Named {
     /// statement of that name: a `Bind` to it then runs that statement, which is decided.
     fn apply(&mut self, analysis: &wirewarden_sql::Analysis) {
         for s in &analysis.statements {
+            use wirewarden_sql::PreparedEffect;
             match &s.prepared {
-                Some(wirewarden_sql::PreparedEffect::Prepare { name, .. }) => {
-                    self.refused.remove(name.as_bytes());
+                Some(PreparedEffect::Prepare { name, .. }) => {
+                    let name = name.as_bytes();
+                    self.refused.remove(name);
+                    // The server kept the statement of our Parse (and failed the PREPARE),
+                    // or had none (and took the PREPARE's): which, the gateway cannot tell.
+                    if self.statements.remove(name).is_some() {
+                        self.ambiguous_statements
+                            .insert(Bytes::copy_from_slice(name));
+                    }
                 }
-                Some(wirewarden_sql::PreparedEffect::Deallocate { name: Some(name) }) => {
+                Some(PreparedEffect::Deallocate { name: Some(name) }) => {
                     self.statements.remove(name.as_bytes());
+                    self.ambiguous_statements.remove(name.as_bytes());
                 }
-                Some(wirewarden_sql::PreparedEffect::Deallocate { name: None }) => {
+                Some(PreparedEffect::Deallocate { name: None }) => {
                     self.statements.clear();
+                    self.ambiguous_statements.clear();
+                }
+                Some(PreparedEffect::DeclareCursor { name, .. }) => {
+                    let name = name.as_bytes();
+                    if self.portals.remove(name).is_some() {
+                        self.ambiguous_portals.insert(Bytes::copy_from_slice(name));
+                    }
+                }
+                Some(PreparedEffect::CloseCursor { name: Some(name) }) => {
+                    self.portals.remove(name.as_bytes());
+                    self.ambiguous_portals.remove(name.as_bytes());
+                }
+                Some(PreparedEffect::CloseCursor { name: None }) => {
+                    self.portals.clear();
+                    self.ambiguous_portals.clear();
                 }
                 _ if s.verb == "DISCARD ALL" => {
                     self.statements.clear();
                     self.portals.clear();
+                    self.ambiguous_statements.clear();
+                    self.ambiguous_portals.clear();
                 }
                 _ => {}
             }
@@ -1239,6 +1274,34 @@ impl Relay {
         Ok(())
     }
 
+    /// Refuses an `Execute` of a portal whose name is ambiguous (`42P05`).
+    fn refuse_execute(&self, named: &mut Named, message: String, out: &mut BytesMut) -> Result<()> {
+        self.refuse_execute_with(named, message, "42P05", out)
+    }
+
+    /// Refuses an `Execute` with a Parse that fails in its place: the server reports the
+    /// error and discards until `Sync`, as for any failed message. Being an unnamed Parse,
+    /// it drops the unnamed statement first.
+    fn refuse_execute_with(
+        &self,
+        named: &mut Named,
+        message: String,
+        code: &'static str,
+        out: &mut BytesMut,
+    ) -> Result<()> {
+        named.statements.remove(&Bytes::new());
+        named.refused.insert(Bytes::new());
+        self.push([Item::Refused { message, code }]);
+        let m = FrontendMessage::Parse(wirewarden_postgres::frontend::Parse {
+            name: Bytes::new(),
+            query: self.poison_sql(),
+            param_types: Vec::new(),
+        });
+        self.track_frontend(&m)?;
+        m.encode(out)?;
+        Ok(())
+    }
+
     fn track_frontend(&self, msg: &FrontendMessage) -> Result<()> {
         match self.shared.session.lock() {
             Ok(mut s) => s.on_frontend(msg).map_err(Error::from),
@@ -1362,7 +1425,11 @@ impl Relay {
                         // keeping the statement it has. The gateway fails it the same way,
                         // so the decision it holds for the name stays that statement's.
                         Verdict::Forward(..) | Verdict::HeldPerExecution
-                            if !p.name.is_empty() && named.statements.contains_key(&p.name) =>
+                            if !p.name.is_empty()
+                                && (named.statements.contains_key(&p.name)
+                                    || named.ambiguous_statements.contains(&p.name)
+                                    || std::str::from_utf8(&p.name)
+                                        .is_ok_and(|n| classifier.prepared(n).is_some())) =>
                         {
                             Verdict::Refuse {
                                 message: format!(
@@ -1421,7 +1488,15 @@ impl Relay {
                     }
                 }
                 FrontendMessage::Bind(b) => {
+                    let cursor = !b.portal.is_empty()
+                        && (named.ambiguous_portals.contains(&b.portal)
+                            || std::str::from_utf8(&b.portal)
+                                .is_ok_and(|n| classifier.cursor(n).is_some()));
                     let portal = match named.statements.get_mut(&b.statement) {
+                        // A cursor of that name may be open: the server fails this Bind and
+                        // keeps the cursor, or takes it; which, the gateway cannot tell.
+                        _ if cursor => Portal::Ambiguous,
+                        _ if named.ambiguous_statements.contains(&b.statement) => Portal::Ambiguous,
                         Some(Prepared::Decided { allowed, fresh }) if *fresh => {
                             *fresh = false;
                             Portal::Running(allowed.profile.clone(), allowed.id)
@@ -1485,6 +1560,22 @@ impl Relay {
                             out.extend_from_slice(frame.as_bytes());
                             continue;
                         }
+                        Some(Portal::Ambiguous) => {
+                            let message = format!(
+                                "wirewarden: {} may name a statement or cursor made in SQL as well as one made by this connection's Parse or Bind; close it and prepare it again",
+                                quote_ident(portal)
+                            );
+                            self.refuse_execute(&mut named, message, &mut out)?;
+                            continue;
+                        }
+                        None if named.ambiguous_portals.contains(portal) => {
+                            let message = format!(
+                                "wirewarden: {} may name a cursor as well as a portal this connection bound; close it first",
+                                quote_ident(portal)
+                            );
+                            self.refuse_execute(&mut named, message, &mut out)?;
+                            continue;
+                        }
                         // Held for review with the parameters bound: this execution is
                         // decided (and held) on its own.
                         Some(Portal::Held {
@@ -1531,19 +1622,7 @@ impl Relay {
                         }
                         Verdict::HeldPerExecution => unreachable!("held now, not deferred"),
                         Verdict::Refuse { message, code } => {
-                            // A Parse that fails in its place: the server reports the error
-                            // and discards until Sync, as for any failed message. Being an
-                            // unnamed Parse, it drops the unnamed statement first.
-                            named.statements.remove(&Bytes::new());
-                            named.refused.insert(Bytes::new());
-                            self.push([Item::Refused { message, code }]);
-                            let m = FrontendMessage::Parse(wirewarden_postgres::frontend::Parse {
-                                name: Bytes::new(),
-                                query: self.poison_sql(),
-                                param_types: Vec::new(),
-                            });
-                            self.track_frontend(&m)?;
-                            m.encode(&mut out)?;
+                            self.refuse_execute_with(&mut named, message, code, &mut out)?;
                         }
                     }
                 }
@@ -1585,9 +1664,11 @@ impl Relay {
                         wirewarden_postgres::frontend::ObjectType::Statement => {
                             named.statements.remove(name);
                             named.refused.remove(name);
+                            named.ambiguous_statements.remove(name);
                         }
                         wirewarden_postgres::frontend::ObjectType::Portal => {
                             named.portals.remove(name);
+                            named.ambiguous_portals.remove(name);
                         }
                     }
                     self.track_frontend(&msg)?;

@@ -150,6 +150,21 @@ async fn gateway_with_masks(
     }
 }
 
+/// [`POLICY`] with reads of notes under the `open` profile and reads of customers under
+/// `strict`, in that order. A rule on relations also allows a statement that names none, so
+/// a statement read as touching nothing takes the first: the open one.
+fn notes_open_customers_strict() -> String {
+    POLICY.replace(
+        "[[rule]]\nid = \"analysts-read\"",
+        "[[rule]]\nid = \"analysts-read-notes\"\ngroups = [\"analysts\"]\n\
+         max_class = \"read\"\nrelations = [\"*notes\"]\naction = \"allow\"\n\
+         mask_profile = \"open\"\n\n\
+         [[rule]]\nid = \"analysts-read-customers\"\ngroups = [\"analysts\"]\n\
+         max_class = \"read\"\nrelations = [\"*customers\"]\naction = \"allow\"\n\
+         mask_profile = \"strict\"\n\n[[rule]]\nid = \"analysts-read\"\nmask_profile = \"open\"",
+    )
+}
+
 /// Two mask profiles: `strict` redacts the `ssn` column, `open` masks nothing; `default`
 /// is the session's. A row masked with the wrong one shows the SSN.
 fn strict_and_open(default: &str) -> wirewarden::mask::Engine {
@@ -1251,24 +1266,59 @@ show("s3", pg.exec_prepared(b"s3", []))
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// A `Parse` the server discarded (an earlier message of its batch failed) leaves the
+/// gateway a decision for a name the server does not hold; SQL `PREPARE` can then give the
+/// server another statement under that name. The gateway does not read which one the
+/// server kept, so it refuses executions of such a name until it is freed, rather than
+/// mask the SQL statement's rows with the discarded one's profile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_taken_both_by_parse_and_by_sql_prepare_is_not_executed() {
+    let g = gateway_with_masks(
+        None,
+        Arc::new(tokens()),
+        |s| s,
+        &notes_open_customers_strict(),
+        Some(strict_and_open("open")),
+    )
+    .await;
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+pg.enter_pipeline_mode()
+pg.send_query_params(b"SELECT 1/0", None)
+pg.send_prepare(b"s2", b"SELECT body FROM notes")
+pg.pipeline_sync()
+while True:
+    r = pg.get_result()
+    if r is not None and r.status == pq.ExecStatus.PIPELINE_SYNC:
+        break
+pg.exit_pipeline_mode()
+show("sql prepare", pg.exec_(b"PREPARE s2 AS SELECT ssn FROM customers WHERE id = 1"))
+show("s2", pg.exec_prepared(b"s2", []))
+show("deallocate", pg.exec_(b"DEALLOCATE s2"))
+show("again", pg.prepare(b"s2", b"SELECT body FROM notes"))
+show("s2 again", pg.exec_prepared(b"s2", []))
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("sql prepare ok"), "{stdout}");
+    assert!(stdout.contains("s2 error 42P05"), "{stdout}");
+    assert!(stdout.contains("deallocate ok"), "{stdout}");
+    assert!(stdout.contains("again ok"), "{stdout}");
+    assert!(stdout.contains("s2 again rows"), "{stdout}");
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// A `FETCH` from a cursor is decided on the relations of the cursor's query, so its rows
 /// are masked with the profile a read of those relations gets (before, a `FETCH` was a
 /// read of nothing, which took the profile of reads in general). A `FETCH` from a cursor
 /// the session never declared is not understood, and refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_is_masked_as_its_cursor_query_is() {
-    // Reads of notes mask nothing; reads of customers redact the SSN. A rule on relations
-    // also allows a statement that names none, so a FETCH read as touching nothing took the
-    // first of them.
-    let policy = POLICY.replace(
-        "[[rule]]\nid = \"analysts-read\"",
-        "[[rule]]\nid = \"analysts-read-notes\"\ngroups = [\"analysts\"]\n\
-         max_class = \"read\"\nrelations = [\"*notes\"]\naction = \"allow\"\n\
-         mask_profile = \"open\"\n\n\
-         [[rule]]\nid = \"analysts-read-customers\"\ngroups = [\"analysts\"]\n\
-         max_class = \"read\"\nrelations = [\"*customers\"]\naction = \"allow\"\n\
-         mask_profile = \"strict\"\n\n[[rule]]\nid = \"analysts-read\"\nmask_profile = \"open\"",
-    );
+    let policy = notes_open_customers_strict();
     let g = gateway_with_masks(
         None,
         Arc::new(tokens()),

@@ -197,7 +197,9 @@ fn unmaskable(message: impl Into<String>) -> Rejection {
 /// As the body may change, `Content-Length`, `Content-MD5`, `Digest`, `Content-Digest`,
 /// `Repr-Digest` and `Accept-Ranges` are removed and a strong `ETag` is made weak (the
 /// masked body is semantically, not byte for byte, the upstream's). This is done for
-/// responses without a body too, so that `HEAD` and `304` agree with `GET`.
+/// responses without a body too, so that `HEAD` and `304` agree with `GET`. A reason phrase
+/// the upstream chose (hyper's `ReasonPhrase` extension) is dropped: the client gets the
+/// status's own.
 ///
 /// Returns the body masker, or `None` when the response has no body: `HEAD`, `1xx`, `204`,
 /// `304`, or `Content-Length: 0`. The framing then guarantees an empty body (hyper's client
@@ -244,6 +246,9 @@ pub fn mask_response_head_for(
     {
         return Err(unmaskable("a protocol switch or tunnel cannot be masked"));
     }
+    // A reason phrase other than the status's own is upstream text like any other; clients
+    // ignore it (RFC 9112 §4), so the response goes on with the status's own.
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
     let headers = &mut parts.headers;
     let declared_empty = declared_length(headers) == Some(0);
     mask_headers(profile, headers, counts);

@@ -1525,3 +1525,24 @@ fn narrowed_lists_name_what_they_accept() {
     assert!(narrowed_accepts(&n("gzip;q=0"), Coding::Identity));
     assert!(!narrowed_accepts(&n("x-custom"), Coding::Gzip));
 }
+
+/// A reason phrase other than the status's own is upstream text the masker does not see:
+/// the response goes on with the status's own (clients ignore the phrase, RFC 9112 §4).
+#[test]
+fn an_upstream_reason_phrase_is_not_passed_on() {
+    let mut parts = head(StatusCode::OK, &[("content-type", "application/json")]);
+    parts
+        .extensions
+        .insert(hyper::ext::ReasonPhrase::from_static(
+            b"ssn 123-45-6789 is here",
+        ));
+    mask_response_head(
+        &profile(),
+        &Method::GET,
+        &mut parts,
+        &BodyLimits::default(),
+        &mut MaskedCounts::new(),
+    )
+    .unwrap();
+    assert!(parts.extensions.get::<hyper::ext::ReasonPhrase>().is_none());
+}

@@ -150,6 +150,20 @@ async fn gateway_with_masks(
     }
 }
 
+/// The output of a script that must have succeeded (with both streams if it did not).
+fn succeeded(out: &Output) -> String {
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    stdout
+}
+
+/// Checks that a script's output has every one of `lines` in it.
+fn assert_shows(stdout: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+}
+
 /// [`POLICY`] with reads of notes under the `open` profile and reads of customers under
 /// `strict`, in that order. A rule on relations also allows a statement that names none, so
 /// a statement read as touching nothing takes the first: the open one.
@@ -468,13 +482,17 @@ with cur.copy("COPY customers (id, ssn, card) TO STDOUT") as copy:
     .await
     .unwrap()
     .unwrap();
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("text (1,"), "{stdout}");
-    assert!(stdout.contains("binary (2,"), "{stdout}");
-    assert!(stdout.contains("denied 42501"), "{stdout}");
-    assert!(stdout.contains("after 2"), "{stdout}");
-    assert!(stdout.contains("copy 1\t"), "{stdout}");
+    let stdout = succeeded(&out);
+    assert_shows(
+        &stdout,
+        &[
+            "text (1,",
+            "binary (2,",
+            "denied 42501",
+            "after 2",
+            "copy 1\t",
+        ],
+    );
     for secret in [
         "123-45-6789",
         "234-56-7890",
@@ -759,11 +777,8 @@ asyncio.run(main())
         port = g.addr.port()
     );
     let out = python(&script).await;
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("row 1 Ada Lovelace"), "{stdout}");
-    assert!(stdout.contains("denied 42501"), "{stdout}");
-    assert!(stdout.contains("after 2"), "{stdout}");
+    let stdout = succeeded(&out);
+    assert_shows(&stdout, &["row 1 Ada Lovelace", "denied 42501", "after 2"]);
     assert!(
         stdout.contains("10.5"),
         "numeric survives binary re-encoding: {stdout}"
@@ -1039,14 +1054,18 @@ for n in range(1, 5):
 "#,
     );
     let out = python(&script).await;
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let stdout = succeeded(&out);
     // 2 rows, then 2 more (4 > 3: the execution that crosses completes), then refused.
-    assert!(stdout.contains("run 1 rows 1 (2)"), "{stdout}");
-    assert!(stdout.contains("run 2 rows 1 (2)"), "{stdout}");
-    assert!(stdout.contains("run 3 error 42501"), "{stdout}");
-    assert!(stdout.contains("budget"), "{stdout}");
-    assert!(stdout.contains("run 4 error 42501"), "{stdout}");
+    assert_shows(
+        &stdout,
+        &[
+            "run 1 rows 1 (2)",
+            "run 2 rows 1 (2)",
+            "run 3 error 42501",
+            "budget",
+            "run 4 error 42501",
+        ],
+    );
     // The refusals are on record, each with its own intent.
     let ev = events(g.audit_dir.path(), &g.keys);
     let denied = ev
@@ -1089,11 +1108,15 @@ show("after", pg.exec_params(b"SELECT count(*) FROM customers", []))
 "#,
     );
     let out = python(&script).await;
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("sql-prepared rows [REDACTED]"), "{stdout}");
-    assert!(stdout.contains("reparse error 42501"), "{stdout}");
-    assert!(stdout.contains("s1 rows [REDACTED]"), "{stdout}");
+    let stdout = succeeded(&out);
+    assert_shows(
+        &stdout,
+        &[
+            "sql-prepared rows [REDACTED]",
+            "reparse error 42501",
+            "s1 rows [REDACTED]",
+        ],
+    );
     // Nothing of that name exists upstream: the server fails the Bind (26000) and the
     // Execute is never run; the decision is on record all the same.
     assert!(stdout.contains("unknown error 26000"), "{stdout}");
@@ -1183,22 +1206,20 @@ show("count", pg.exec_params(b"SELECT count(*) FROM notes", []))
         "{:?}",
         second.command_text
     );
-    reviews
-        .deny(
-            second.id,
-            &Reviewer::new("dba-1").with_group("dba"),
-            "one note is enough",
-            Timestamp::now(),
-        )
+    support::deny(&reviews, second.id, "dba", "one note is enough")
         .await
         .unwrap();
     let out = client.await.unwrap();
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("prepare ok"), "{stdout}");
-    assert!(stdout.contains("first ok"), "{stdout}");
-    assert!(stdout.contains("second error 42501"), "{stdout}");
-    assert!(stdout.contains("count rows 1"), "{stdout}");
+    let stdout = succeeded(&out);
+    assert_shows(
+        &stdout,
+        &[
+            "prepare ok",
+            "first ok",
+            "second error 42501",
+            "count rows 1",
+        ],
+    );
     assert_eq!(
         g.pg.psql("SELECT body FROM notes").unwrap().trim(),
         "first note"
@@ -1247,21 +1268,19 @@ show("s3", pg.exec_prepared(b"s3", []))
         "{:?}",
         held.command_text
     );
-    reviews
-        .deny(
-            held.id,
-            &Reviewer::new("dba-1").with_group("dba"),
-            "not through a refused name",
-            Timestamp::now(),
-        )
+    support::deny(&reviews, held.id, "dba", "not through a refused name")
         .await
         .unwrap();
     let out = client.await.unwrap();
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("refused parse error 42501"), "{stdout}");
-    assert!(stdout.contains("sql prepare ok"), "{stdout}");
-    assert!(stdout.contains("s3 error 42501"), "{stdout}");
+    let stdout = succeeded(&out);
+    assert_shows(
+        &stdout,
+        &[
+            "refused parse error 42501",
+            "sql prepare ok",
+            "s3 error 42501",
+        ],
+    );
     assert_eq!(g.pg.psql("SELECT count(*) FROM notes").unwrap().trim(), "0");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
@@ -1301,13 +1320,17 @@ show("s2 again", pg.exec_prepared(b"s2", []))
 "#,
     );
     let out = python(&script).await;
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("sql prepare ok"), "{stdout}");
-    assert!(stdout.contains("s2 error 42P05"), "{stdout}");
-    assert!(stdout.contains("deallocate ok"), "{stdout}");
-    assert!(stdout.contains("again ok"), "{stdout}");
-    assert!(stdout.contains("s2 again rows"), "{stdout}");
+    let stdout = succeeded(&out);
+    assert_shows(
+        &stdout,
+        &[
+            "sql prepare ok",
+            "s2 error 42P05",
+            "deallocate ok",
+            "again ok",
+            "s2 again rows",
+        ],
+    );
     assert!(!stdout.contains("123-45-6789"), "{stdout}");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
@@ -1340,11 +1363,11 @@ show("unknown", pg.exec_(b"FETCH ALL FROM nothing"))
 "#,
     );
     let out = python(&script).await;
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("declare ok"), "{stdout}");
-    assert!(stdout.contains("fetch rows [REDACTED] (2)"), "{stdout}");
-    assert!(stdout.contains("close ok"), "{stdout}");
+    let stdout = succeeded(&out);
+    assert_shows(
+        &stdout,
+        &["declare ok", "fetch rows [REDACTED] (2)", "close ok"],
+    );
     // In one text, the FETCH is understood from the DECLARE before it.
     assert!(stdout.contains("in one ok"), "{stdout}");
     assert!(stdout.contains("unknown error 42501"), "{stdout}");
@@ -1387,26 +1410,28 @@ show("s1 third", pg.exec_prepared(b"s1", []))
 "#,
     );
     let out = python(&script).await;
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("parse ok"), "{stdout}");
-    assert!(stdout.contains("reuse error 42P05"), "{stdout}");
-    assert!(stdout.contains("s1 rows [REDACTED]"), "{stdout}");
+    let stdout = succeeded(&out);
+    assert_shows(
+        &stdout,
+        &["parse ok", "reuse error 42P05", "s1 rows [REDACTED]"],
+    );
     // Preparing a DEALLOCATE runs it not: the name is still taken.
     assert!(
         stdout.contains("prepare deallocate error 42P05"),
         "{stdout}"
     );
-    assert!(stdout.contains("s1 still rows [REDACTED]"), "{stdout}");
-    assert!(stdout.contains("deallocate ok"), "{stdout}");
-    assert!(stdout.contains("again ok"), "{stdout}");
+    assert_shows(
+        &stdout,
+        &["s1 still rows [REDACTED]", "deallocate ok", "again ok"],
+    );
     assert!(
         stdout.contains("s1 again rows after deallocate"),
         "{stdout}"
     );
-    assert!(stdout.contains("close ok"), "{stdout}");
-    assert!(stdout.contains("third ok"), "{stdout}");
-    assert!(stdout.contains("s1 third rows [REDACTED]"), "{stdout}");
+    assert_shows(
+        &stdout,
+        &["close ok", "third ok", "s1 third rows [REDACTED]"],
+    );
     assert!(!stdout.contains("123-45-6789"), "{stdout}");
     assert!(!stdout.contains("234-56-7890"), "{stdout}");
     assert_verifies(g.audit_dir.path(), &g.keys);

@@ -187,6 +187,24 @@ pub(crate) async fn events_when(
     .expect("the audit trail has the expected events")
 }
 
+/// Denies review `id` as a reviewer of `group`, for `reason`.
+pub(crate) async fn deny(
+    reviews: &Reviews,
+    id: wirewarden::core::ReviewId,
+    group: &str,
+    reason: &str,
+) -> Result<(), wirewarden::review::Error> {
+    reviews
+        .deny(
+            id,
+            &wirewarden::review::Reviewer::new(format!("{group}-1")).with_group(group),
+            reason,
+            Timestamp::now(),
+        )
+        .await
+        .map(|_| ())
+}
+
 /// Approves review `id` as `<group>-1`, a reviewer in `group`, for one use.
 pub(crate) async fn approve(
     reviews: &Reviews,

@@ -357,11 +357,15 @@ impl Classifier {
             Err(e) => return failed(0..sql.len(), e),
         };
         // A statement sees what the ones before it in the same text prepare or declare
-        // (`DECLARE c …; FETCH 1 FROM c`): their effects go on a copy, made only then.
+        // (`DECLARE c …; FETCH 1 FROM c`): their effects go on a copy, made only when a
+        // statement follows that could see them.
         let mut ahead: Option<Classifier> = None;
-        let statements = split_tokens(&tokens)
+        let ranges = split_tokens(&tokens);
+        let final_statement = ranges.len().saturating_sub(1);
+        let statements = ranges
             .into_iter()
-            .filter_map(|r| {
+            .enumerate()
+            .filter_map(|(n, r)| {
                 let toks = tokens.get(r)?;
                 let first = toks.first()?;
                 let last = toks.last()?;
@@ -374,7 +378,7 @@ impl Classifier {
                     prepared: out.prepared,
                     error: None,
                 };
-                if statement.prepared.is_some() {
+                if statement.prepared.is_some() && n < final_statement {
                     ahead
                         .get_or_insert_with(|| self.clone())
                         .record_statement(&statement);

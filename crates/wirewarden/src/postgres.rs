@@ -1274,15 +1274,10 @@ impl Relay {
         Ok(())
     }
 
-    /// Refuses an `Execute` of a portal whose name is ambiguous (`42P05`).
-    fn refuse_execute(&self, named: &mut Named, message: String, out: &mut BytesMut) -> Result<()> {
-        self.refuse_execute_with(named, message, "42P05", out)
-    }
-
     /// Refuses an `Execute` with a Parse that fails in its place: the server reports the
     /// error and discards until `Sync`, as for any failed message. Being an unnamed Parse,
     /// it drops the unnamed statement first.
-    fn refuse_execute_with(
+    fn refuse_execute(
         &self,
         named: &mut Named,
         message: String,
@@ -1565,7 +1560,7 @@ impl Relay {
                                 "wirewarden: {} may name a statement or cursor made in SQL as well as one made by this connection's Parse or Bind; close it and prepare it again",
                                 quote_ident(portal)
                             );
-                            self.refuse_execute(&mut named, message, &mut out)?;
+                            self.refuse_execute(&mut named, message, "42P05", &mut out)?;
                             continue;
                         }
                         None if named.ambiguous_portals.contains(portal) => {
@@ -1573,7 +1568,7 @@ impl Relay {
                                 "wirewarden: {} may name a cursor as well as a portal this connection bound; close it first",
                                 quote_ident(portal)
                             );
-                            self.refuse_execute(&mut named, message, &mut out)?;
+                            self.refuse_execute(&mut named, message, "42P05", &mut out)?;
                             continue;
                         }
                         // Held for review with the parameters bound: this execution is
@@ -1622,7 +1617,7 @@ impl Relay {
                         }
                         Verdict::HeldPerExecution => unreachable!("held now, not deferred"),
                         Verdict::Refuse { message, code } => {
-                            self.refuse_execute_with(&mut named, message, code, &mut out)?;
+                            self.refuse_execute(&mut named, message, code, &mut out)?;
                         }
                     }
                 }

@@ -235,16 +235,27 @@ fn approved_intents(events: &[AuditEvent]) -> Vec<(usize, &wirewarden_core::Comm
             _ => None,
         })
         .collect();
+    intents_where(events, |decision, id| {
+        matches!(decision, wirewarden_core::Decision::Review { .. }) && approved.contains(&id)
+    })
+}
+
+/// The `CommandDecided` records of a trail whose decision and command id `keep` takes, in
+/// order: where each is, its command and its id.
+fn intents_where(
+    events: &[AuditEvent],
+    keep: impl Fn(&wirewarden_core::Decision, CommandId) -> bool,
+) -> Vec<(usize, &wirewarden_core::Command, CommandId)> {
     events
         .iter()
         .enumerate()
         .filter_map(|(i, e)| match &e.kind {
             AuditEventKind::CommandDecided {
                 command,
-                decision: wirewarden_core::Decision::Review { .. },
+                decision,
                 command_id,
                 ..
-            } if approved.contains(command_id) => Some((i, command, *command_id)),
+            } if keep(decision, *command_id) => Some((i, command, *command_id)),
             _ => None,
         })
         .collect()
@@ -287,19 +298,9 @@ async fn play_client(
 /// The allowed `CommandDecided` records of a trail, in order: where each is, its command
 /// and its id.
 fn allowed_intents(events: &[AuditEvent]) -> Vec<(usize, &wirewarden_core::Command, CommandId)> {
-    events
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| match &e.kind {
-            AuditEventKind::CommandDecided {
-                command,
-                decision: wirewarden_core::Decision::Allow { .. },
-                command_id,
-                ..
-            } => Some((i, command, *command_id)),
-            _ => None,
-        })
-        .collect()
+    intents_where(events, |decision, _| {
+        matches!(decision, wirewarden_core::Decision::Allow { .. })
+    })
 }
 
 /// Splits a server script into its segments: each a little-endian `u16` length and that

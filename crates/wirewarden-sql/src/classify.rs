@@ -259,6 +259,13 @@ impl Classifier {
         self.prepared.remove(name);
     }
 
+    /// Forgets a cursor: a `FETCH` from it is then unknown. For a `DECLARE` the server did
+    /// not run (it failed, or an earlier statement did), since the name keeps whatever it
+    /// had, which the classifier cannot know.
+    pub fn forget_cursor(&mut self, name: &str) {
+        self.cursors.remove(name);
+    }
+
     /// What the prepared statement `name` does, if registered.
     #[must_use]
     pub fn prepared(&self, name: &str) -> Option<&Prepared> {

@@ -762,6 +762,8 @@ impl PostgresProxy {
             queue: StdMutex::new(VecDeque::new()),
             token: poison_token(),
             commands: AtomicU64::new(0),
+            answered: StdMutex::new(Answered::default()),
+            answered_wake: tokio::sync::Notify::new(),
         });
         let (outcomes, rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(outcome_writer(self.pipeline.clone(), rx));
@@ -829,10 +831,65 @@ enum Item {
     /// A forwarded command; completed at its CommandComplete (Execute) or at the
     /// ReadyForQuery (simple query).
     Command(Pending),
-    /// A denied statement, replaced by one that fails to parse.
-    Refused { message: String, code: &'static str },
+    /// A denied statement, replaced by one that fails to parse. A refused `Parse` changes
+    /// a name (the unnamed statement is dropped): its number, done when the placeholder
+    /// fails, not done if the server skipped it.
+    Refused {
+        message: String,
+        code: &'static str,
+        change: Option<u64>,
+    },
     /// A Sync or simple Query: the next ReadyForQuery closes everything before it.
     Boundary,
+    /// A `Parse`, `Bind` or `Close` that changes a name: done at its `ParseComplete`,
+    /// `BindComplete` or `CloseComplete`; not done if the server failed or skipped it (the
+    /// batch's `ReadyForQuery` comes first). The number is the change's, see [`Named`].
+    Message(u64),
+}
+
+/// A change SQL makes to the session's names (`PREPARE`, `DEALLOCATE`, `DECLARE`,
+/// `CLOSE`, `DISCARD ALL`), run by a simple query or an execution: done when the server
+/// completes the statement with its command tag; not done if the statement failed or was
+/// skipped.
+#[derive(Debug)]
+struct Effect {
+    /// The change's number, see [`Named`].
+    seq: u64,
+    /// The command tag of the statement that makes it.
+    tag: &'static str,
+    /// A name the classifier took for a statement or cursor, to forget if the change was
+    /// not done (a `PREPARE` or `DECLARE` of a name already taken fails on the server, which
+    /// keeps what the name had).
+    forget: Option<Forget>,
+}
+
+/// A name the classifier must forget because the statement that gave it was not done.
+#[derive(Debug, Clone)]
+enum Forget {
+    Prepared(String),
+    Cursor(String),
+}
+
+/// A change to a name the server did not make.
+#[derive(Debug)]
+struct Rejection {
+    seq: u64,
+    /// What the classifier must forget.
+    forget: Option<Forget>,
+    /// The server found the name taken (42P05, 42P03).
+    taken: bool,
+}
+
+/// What the server answered about the session's changes to names, for the client side
+/// to catch up with (see [`Named`]).
+#[derive(Debug, Default)]
+struct Answered {
+    /// Every change up to this number has been answered (done or not).
+    through: u64,
+    /// Changes the server did not make, oldest first.
+    rejected: Vec<Rejection>,
+    /// The responses relay stopped: nothing more will be answered.
+    ended: bool,
 }
 
 #[derive(Debug)]
@@ -848,6 +905,8 @@ struct Pending {
     recording: String,
     recording_truncated: bool,
     withheld: bool,
+    /// The changes to names its statements make, in order, not yet answered.
+    effects: VecDeque<Effect>,
 }
 
 #[derive(Debug)]
@@ -856,6 +915,10 @@ struct Shared {
     queue: StdMutex<VecDeque<Item>>,
     token: String,
     commands: AtomicU64,
+    /// What the server answered about changes to names, and a wake-up for the client side
+    /// waiting on it.
+    answered: StdMutex<Answered>,
+    answered_wake: tokio::sync::Notify,
 }
 
 /// What the session's audit writer task is sent.
@@ -931,8 +994,12 @@ enum Ask<'a> {
     /// preparing runs nothing and a reviewer approves one execution with the parameters it
     /// is given, not a text its parameters change. An allowed statement's command and
     /// decision are kept here, to decide its later executions again.
-    Prepare(&'a mut Option<(Command, Decision)>),
+    Prepare(&'a mut Option<Kept>),
 }
+
+/// What a `Parse` policy allowed keeps for its executions: the command and decision, to
+/// decide later executions again, and what the statement does to names when it runs.
+type Kept = (Command, Decision, Option<Arc<wirewarden_sql::Analysis>>);
 
 /// The parameters `Bind` gives one execution.
 struct Bound<'a> {
@@ -1011,9 +1078,13 @@ struct Allowed {
     sql: Bytes,
     command: Command,
     decision: Decision,
+    /// What the statement does to names when it runs (`PREPARE`, `DECLARE` …), if
+    /// anything: applied at each execution, not at `Parse`, which runs nothing.
+    effects: Option<Arc<wirewarden_sql::Analysis>>,
 }
 
 /// A statement prepared by this session's `Parse`, as the gateway decided it.
+#[derive(Clone)]
 enum Prepared {
     /// Allowed. `fresh` until its first `Bind`, whose execution runs under the decision
     /// just taken; later ones are decided again.
@@ -1028,8 +1099,13 @@ enum Prepared {
 enum Portal {
     /// Runs under this profile and intent: the first execution of a statement just
     /// allowed, or an execution decided (or approved) on its own. A later `Execute` fetches
-    /// more of its rows; it runs nothing new.
-    Running(Arc<Profile>, CommandId),
+    /// more of its rows; it runs nothing new. The statement's effects on names, if it has
+    /// any, until its first `Execute` applies them.
+    Running(
+        Arc<Profile>,
+        CommandId,
+        Option<Arc<wirewarden_sql::Analysis>>,
+    ),
     /// A later execution of an allowed statement, and the parameters bound: decided again
     /// at `Execute`, since policy may say otherwise by now (a budget spent, a grant or a
     /// time window over). While it decides the same, it runs under the statement's intent.
@@ -1055,67 +1131,316 @@ enum Portal {
     Elsewhere(Bytes),
 }
 
+/// The two namespaces of the server's names: prepared statements (`Parse`, SQL
+/// `PREPARE`) and portals (`Bind`, SQL `DECLARE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Space {
+    Statement,
+    Portal,
+}
+
 /// The session's prepared statements and portals as the gateway knows them.
-#[derive(Default)]
+///
+/// Every change to a name (a `Parse`, `Bind` or `Close`; SQL `PREPARE`, `DEALLOCATE`,
+/// `DECLARE`, `CLOSE`, `DISCARD ALL` when it runs) is numbered, with what the name meant
+/// before, and the server's answer to it read. The server makes a batch's changes (up to a
+/// `Sync`, or one simple query) in order until one fails, and skips the rest: what it did
+/// not make is undone, newest first, which leaves the names as the server has them. A
+/// change the server refused because the name was taken when the gateway took it for free
+/// leaves it [ambiguous](Portal::Ambiguous). A decision on a name changed in an earlier
+/// batch waits for that change's answer: within a batch, a decision taken on a change that
+/// fails is skipped with it, but a later batch runs whatever the name holds.
 struct Named {
     statements: std::collections::HashMap<Bytes, Prepared>,
     portals: std::collections::HashMap<Bytes, Portal>,
     /// Statement names whose last `Parse` was refused, which the server does not hold.
     refused: std::collections::HashSet<Bytes>,
-    /// Statement and portal names that may mean a protocol statement (portal) or an SQL one
-    /// (a cursor): see [`Portal::Ambiguous`].
+    /// Statement and portal names whose meaning on the server the gateway does not know:
+    /// see [`Portal::Ambiguous`].
     ambiguous_statements: std::collections::HashSet<Bytes>,
     ambiguous_portals: std::collections::HashSet<Bytes>,
+    /// The number the next change takes.
+    next: u64,
+    /// The first number of the current batch: changes below it were sent before a `Sync`
+    /// or simple query.
+    batch_start: u64,
+    /// Every change up to this number has been answered.
+    through: u64,
+    /// The last unanswered change to each name.
+    last: std::collections::HashMap<(Space, Bytes), u64>,
+    /// Unanswered changes, oldest first, with what each name they touch meant before.
+    undo: VecDeque<(u64, Vec<(Bytes, Before)>)>,
+    /// What [`apply`](Self::apply) numbered, for the statement that carries it.
+    effects: VecDeque<Effect>,
+}
+
+/// What a name meant before a change.
+enum Before {
+    Statement {
+        prepared: Option<Prepared>,
+        refused: bool,
+        ambiguous: bool,
+    },
+    Portal {
+        portal: Option<Portal>,
+        ambiguous: bool,
+    },
+}
+
+impl Default for Named {
+    fn default() -> Self {
+        Named {
+            statements: std::collections::HashMap::new(),
+            portals: std::collections::HashMap::new(),
+            refused: std::collections::HashSet::new(),
+            ambiguous_statements: std::collections::HashSet::new(),
+            ambiguous_portals: std::collections::HashSet::new(),
+            next: 1,
+            batch_start: 1,
+            through: 0,
+            last: std::collections::HashMap::new(),
+            undo: VecDeque::new(),
+            effects: VecDeque::new(),
+        }
+    }
 }
 
 impl Named {
-    /// Forgets what SQL run upstream deallocated (`DEALLOCATE`, `DISCARD ALL`), and
-    /// forgets that a name's `Parse` was refused once SQL `PREPARE` has given the server a
-    /// statement of that name: a `Bind` to it then runs that statement, which is decided.
+    /// What `name` means now.
+    fn before(&self, space: Space, name: &Bytes) -> Before {
+        match space {
+            Space::Statement => Before::Statement {
+                prepared: self.statements.get(name).cloned(),
+                refused: self.refused.contains(name),
+                ambiguous: self.ambiguous_statements.contains(name),
+            },
+            Space::Portal => Before::Portal {
+                portal: self.portals.get(name).cloned(),
+                ambiguous: self.ambiguous_portals.contains(name),
+            },
+        }
+    }
+
+    /// Gives `name` back what it meant before a change.
+    fn restore(&mut self, name: Bytes, before: Before) {
+        fn set(set: &mut std::collections::HashSet<Bytes>, name: &Bytes, on: bool) {
+            if on {
+                set.insert(name.clone());
+            } else {
+                set.remove(name);
+            }
+        }
+        match before {
+            Before::Statement {
+                prepared,
+                refused,
+                ambiguous,
+            } => {
+                set(&mut self.refused, &name, refused);
+                set(&mut self.ambiguous_statements, &name, ambiguous);
+                match prepared {
+                    Some(p) => self.statements.insert(name, p),
+                    None => self.statements.remove(&name),
+                };
+            }
+            Before::Portal { portal, ambiguous } => {
+                set(&mut self.ambiguous_portals, &name, ambiguous);
+                match portal {
+                    Some(p) => self.portals.insert(name, p),
+                    None => self.portals.remove(&name),
+                };
+            }
+        }
+    }
+
+    /// Numbers a change to `name`, about to be made.
+    fn change(&mut self, space: Space, name: &Bytes) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        let before = self.before(space, name);
+        self.undo.push_back((seq, vec![(name.clone(), before)]));
+        self.last.insert((space, name.clone()), seq);
+        seq
+    }
+
+    /// Numbers a change to every name of `spaces` the gateway knows (`DEALLOCATE ALL`,
+    /// `CLOSE ALL`, `DISCARD ALL`), about to be made.
+    fn change_all(&mut self, spaces: &[Space]) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        let mut befores = Vec::new();
+        for space in spaces {
+            let names: std::collections::HashSet<Bytes> = match space {
+                Space::Statement => self
+                    .statements
+                    .keys()
+                    .chain(&self.ambiguous_statements)
+                    .chain(&self.refused)
+                    .cloned()
+                    .collect(),
+                Space::Portal => self
+                    .portals
+                    .keys()
+                    .chain(&self.ambiguous_portals)
+                    .cloned()
+                    .collect(),
+            };
+            for name in names {
+                befores.push((name.clone(), self.before(*space, &name)));
+                self.last.insert((*space, name), seq);
+            }
+        }
+        self.undo.push_back((seq, befores));
+        seq
+    }
+
+    /// A `Sync` or simple query ends the batch.
+    fn end_batch(&mut self) {
+        self.batch_start = self.next;
+    }
+
+    /// The change of an earlier batch to `name` not yet answered, which a decision on that
+    /// name waits for.
+    fn awaits(&self, space: Space, name: &Bytes) -> Option<u64> {
+        self.last
+            .get(&(space, name.clone()))
+            .copied()
+            .filter(|seq| *seq < self.batch_start && *seq > self.through)
+    }
+
+    /// The last change of an earlier batch, if it is not yet answered: SQL may name any
+    /// statement or cursor, so a simple query waits for every change before it.
+    fn awaits_any(&self) -> Option<u64> {
+        let last = self.batch_start - 1;
+        (last > self.through).then_some(last)
+    }
+
+    /// Takes what the server answered: the changes it did not make are undone (a later
+    /// change to the same name, not yet answered, then follows what the name had before);
+    /// a name it found taken when the gateway took it for free is ambiguous; a statement or
+    /// cursor SQL named is forgotten by the classifier.
+    fn catch_up(&mut self, answered: &StdMutex<Answered>, classifier: &mut Classifier) {
+        let (through, rejected) = match answered.lock() {
+            Ok(mut a) if a.through > self.through || !a.rejected.is_empty() => {
+                (a.through, std::mem::take(&mut a.rejected))
+            }
+            _ => return,
+        };
+        for rejection in &rejected {
+            let Some(i) = self.undo.iter().position(|(seq, _)| *seq == rejection.seq) else {
+                continue;
+            };
+            let Some((_, befores)) = self.undo.remove(i) else {
+                continue;
+            };
+            for (name, mut before) in befores {
+                if rejection.taken {
+                    // The name holds what the gateway did not know of.
+                    before = match before {
+                        Before::Statement { .. } => Before::Statement {
+                            prepared: None,
+                            refused: false,
+                            ambiguous: true,
+                        },
+                        Before::Portal { .. } => Before::Portal {
+                            portal: None,
+                            ambiguous: true,
+                        },
+                    };
+                }
+                // A later change to the name, not yet answered, now follows what the name
+                // had before this one; with none, the name gets it back.
+                let statement = matches!(before, Before::Statement { .. });
+                let later = self.undo.iter_mut().skip(i).find_map(|(_, bs)| {
+                    bs.iter_mut().find(|(n, b)| {
+                        *n == name && matches!(b, Before::Statement { .. }) == statement
+                    })
+                });
+                match later {
+                    Some((_, b)) => *b = before,
+                    None => self.restore(name, before),
+                }
+            }
+        }
+        for rejection in rejected {
+            match rejection.forget {
+                Some(Forget::Prepared(name)) => classifier.forget_prepared(&name),
+                Some(Forget::Cursor(name)) => classifier.forget_cursor(&name),
+                None => {}
+            }
+        }
+        self.through = through;
+        while self.undo.front().is_some_and(|(seq, _)| *seq <= through) {
+            self.undo.pop_front();
+        }
+        self.last.retain(|_, seq| *seq > through);
+    }
+
+    /// Applies what SQL run upstream does to names, numbering each change for the server
+    /// to answer ([`effects`](Self::effects)): forgets what it deallocated or closed
+    /// (`DEALLOCATE`, `CLOSE`, `DISCARD ALL`), and forgets that a name's `Parse` was
+    /// refused once SQL `PREPARE` has given the server a statement of that name: a `Bind` to
+    /// it then runs that statement, which is decided.
     fn apply(&mut self, analysis: &wirewarden_sql::Analysis) {
         for s in &analysis.statements {
             use wirewarden_sql::PreparedEffect;
-            match &s.prepared {
+            let (seq, tag, forget) = match &s.prepared {
                 Some(PreparedEffect::Prepare { name, .. }) => {
-                    let name = name.as_bytes();
-                    self.refused.remove(name);
+                    let key = Bytes::copy_from_slice(name.as_bytes());
+                    let seq = self.change(Space::Statement, &key);
+                    self.refused.remove(&key);
                     // The server kept the statement of our Parse (and failed the PREPARE),
                     // or had none (and took the PREPARE's): which, the gateway cannot tell.
-                    if self.statements.remove(name).is_some() {
-                        self.ambiguous_statements
-                            .insert(Bytes::copy_from_slice(name));
+                    if self.statements.remove(&key).is_some() {
+                        self.ambiguous_statements.insert(key);
                     }
+                    (seq, "PREPARE", Some(Forget::Prepared(name.clone())))
                 }
                 Some(PreparedEffect::Deallocate { name: Some(name) }) => {
-                    self.statements.remove(name.as_bytes());
-                    self.ambiguous_statements.remove(name.as_bytes());
+                    let key = Bytes::copy_from_slice(name.as_bytes());
+                    let seq = self.change(Space::Statement, &key);
+                    self.statements.remove(&key);
+                    self.ambiguous_statements.remove(&key);
+                    (seq, "DEALLOCATE", None)
                 }
                 Some(PreparedEffect::Deallocate { name: None }) => {
+                    let seq = self.change_all(&[Space::Statement]);
                     self.statements.clear();
                     self.ambiguous_statements.clear();
+                    (seq, "DEALLOCATE ALL", None)
                 }
                 Some(PreparedEffect::DeclareCursor { name, .. }) => {
-                    let name = name.as_bytes();
-                    if self.portals.remove(name).is_some() {
-                        self.ambiguous_portals.insert(Bytes::copy_from_slice(name));
+                    let key = Bytes::copy_from_slice(name.as_bytes());
+                    let seq = self.change(Space::Portal, &key);
+                    if self.portals.remove(&key).is_some() {
+                        self.ambiguous_portals.insert(key);
                     }
+                    (seq, "DECLARE CURSOR", Some(Forget::Cursor(name.clone())))
                 }
                 Some(PreparedEffect::CloseCursor { name: Some(name) }) => {
-                    self.portals.remove(name.as_bytes());
-                    self.ambiguous_portals.remove(name.as_bytes());
+                    let key = Bytes::copy_from_slice(name.as_bytes());
+                    let seq = self.change(Space::Portal, &key);
+                    self.portals.remove(&key);
+                    self.ambiguous_portals.remove(&key);
+                    (seq, "CLOSE CURSOR", None)
                 }
                 Some(PreparedEffect::CloseCursor { name: None }) => {
+                    let seq = self.change_all(&[Space::Portal]);
                     self.portals.clear();
                     self.ambiguous_portals.clear();
+                    (seq, "CLOSE CURSOR ALL", None)
                 }
                 _ if s.verb == "DISCARD ALL" => {
+                    let seq = self.change_all(&[Space::Statement, Space::Portal]);
                     self.statements.clear();
                     self.portals.clear();
                     self.ambiguous_statements.clear();
                     self.ambiguous_portals.clear();
+                    (seq, "DISCARD ALL", None)
                 }
-                _ => {}
-            }
+                _ => continue,
+            };
+            self.effects.push_back(Effect { seq, tag, forget });
         }
     }
 }
@@ -1136,7 +1461,18 @@ impl Relay {
         let down = {
             let relay = relay.clone();
             let client_w = client_w.clone();
-            tokio::spawn(async move { relay.downstream(up_r, up.buf, up.decoder, client_w).await })
+            tokio::spawn(async move {
+                let ended = relay
+                    .clone()
+                    .downstream(up_r, up.buf, up.decoder, client_w)
+                    .await;
+                // Nothing more will be answered: a statement waiting on an answer stops.
+                if let Ok(mut a) = relay.shared.answered.lock() {
+                    a.ended = true;
+                }
+                relay.shared.answered_wake.notify_one();
+                ended
+            })
         };
         let mut revoked = None;
         let mut expired = false;
@@ -1254,21 +1590,30 @@ impl Relay {
     /// just now. A later `Execute` of a portal this session bound fetches more of the same
     /// execution's rows, and runs nothing new; one of a cursor (a portal no `Bind` made) is
     /// another `FETCH`, decided again.
+    ///
+    /// `run` is what the statement does to names, applied now that it runs; what
+    /// [`decide`](Self::decide) applied is in `named` already. The execution carries those
+    /// changes for the server's answer.
     #[allow(clippy::too_many_arguments)]
     fn run_portal(
         &self,
         named: &mut Named,
+        classifier: &mut Classifier,
         portal: &Bytes,
-        profile: Arc<Profile>,
-        id: CommandId,
+        (profile, id): (Arc<Profile>, CommandId),
+        run: Option<&wirewarden_sql::Analysis>,
         msg: &FrontendMessage,
         frame: &Frame,
         out: &mut BytesMut,
     ) -> Result<()> {
-        if let Some(bound) = named.portals.get_mut(portal) {
-            *bound = Portal::Running(profile.clone(), id);
+        if let Some(analysis) = run {
+            classifier.record(analysis);
+            named.apply(analysis);
         }
-        self.push([self.pending(id, false, profile)]);
+        if let Some(bound) = named.portals.get_mut(portal) {
+            *bound = Portal::Running(profile.clone(), id, None);
+        }
+        self.push([self.command(id, false, profile, named)]);
         self.track_frontend(msg)?;
         out.extend_from_slice(frame.as_bytes());
         Ok(())
@@ -1284,9 +1629,14 @@ impl Relay {
         code: &'static str,
         out: &mut BytesMut,
     ) -> Result<()> {
+        let change = Some(named.change(Space::Statement, &Bytes::new()));
         named.statements.remove(&Bytes::new());
         named.refused.insert(Bytes::new());
-        self.push([Item::Refused { message, code }]);
+        self.push([Item::Refused {
+            message,
+            code,
+            change,
+        }]);
         let m = FrontendMessage::Parse(wirewarden_postgres::frontend::Parse {
             name: Bytes::new(),
             query: self.poison_sql(),
@@ -1304,6 +1654,47 @@ impl Relay {
         }
     }
 
+    /// A forwarded command, carrying the changes to names its statements make.
+    fn command(
+        &self,
+        id: CommandId,
+        simple: bool,
+        profile: Arc<Profile>,
+        named: &mut Named,
+    ) -> Item {
+        let mut item = self.pending(id, simple, profile);
+        if let Item::Command(p) = &mut item {
+            p.effects = std::mem::take(&mut named.effects);
+        }
+        item
+    }
+
+    /// Waits until the server has answered change `seq` (sending what is queued, so that it
+    /// can), then takes its answers.
+    async fn answered(
+        &self,
+        named: &mut Named,
+        classifier: &mut Classifier,
+        seq: u64,
+        (out, up): (&mut BytesMut, &mut WriteHalf<BoxIo>),
+    ) -> Result<()> {
+        if !out.is_empty() {
+            up.write_all(out).await.map_err(Error::upstream_io)?;
+            out.clear();
+        }
+        loop {
+            let wake = self.shared.answered_wake.notified();
+            named.catch_up(&self.shared.answered, classifier);
+            if named.through >= seq {
+                return Ok(());
+            }
+            if self.shared.answered.lock().map_or(true, |a| a.ended) {
+                return Err(Error::Closed("upstream"));
+            }
+            wake.await;
+        }
+    }
+
     fn pending(&self, id: CommandId, simple: bool, profile: Arc<Profile>) -> Item {
         Item::Command(Pending {
             id,
@@ -1317,6 +1708,7 @@ impl Relay {
             recording: String::new(),
             recording_truncated: false,
             withheld: false,
+            effects: VecDeque::new(),
         })
     }
 
@@ -1375,6 +1767,11 @@ impl Relay {
                         up.write_all(&out).await.map_err(Error::upstream_io)?;
                         out.clear();
                     }
+                    named.catch_up(&self.shared.answered, &mut classifier);
+                    if let Some(seq) = named.awaits_any() {
+                        self.answered(&mut named, &mut classifier, seq, (&mut out, &mut up))
+                            .await?;
+                    }
                     match self
                         .decide(
                             &mut classifier,
@@ -1386,23 +1783,40 @@ impl Relay {
                         .await
                     {
                         Verdict::Forward(profile, id) => {
-                            self.push([self.pending(id, true, profile), Item::Boundary]);
+                            let command = self.command(id, true, profile, &mut named);
+                            self.push([command, Item::Boundary]);
                             self.track_frontend(&msg)?;
                             out.extend_from_slice(frame.as_bytes());
                         }
                         Verdict::HeldPerExecution => unreachable!("held now, not deferred"),
                         Verdict::Refuse { message, code } => {
-                            self.push([Item::Refused { message, code }, Item::Boundary]);
+                            self.push([
+                                Item::Refused {
+                                    message,
+                                    code,
+                                    change: None,
+                                },
+                                Item::Boundary,
+                            ]);
                             let q = FrontendMessage::Query(self.poison_sql());
                             self.track_frontend(&q)?;
                             q.encode(&mut out)?;
                         }
                     }
+                    named.end_batch();
                 }
                 FrontendMessage::Parse(p) => {
                     if !out.is_empty() {
                         up.write_all(&out).await.map_err(Error::upstream_io)?;
                         out.clear();
+                    }
+                    // Whether the name is free rests on what the server answered.
+                    named.catch_up(&self.shared.answered, &mut classifier);
+                    if !p.name.is_empty()
+                        && let Some(seq) = named.awaits(Space::Statement, &p.name)
+                    {
+                        self.answered(&mut named, &mut classifier, seq, (&mut out, &mut up))
+                            .await?;
                     }
                     let mut kept = None;
                     let verdict = self
@@ -1438,14 +1852,17 @@ impl Relay {
                     };
                     match verdict {
                         Verdict::Forward(profile, id) => {
+                            let seq = named.change(Space::Statement, &p.name);
                             named.refused.remove(&p.name);
-                            if let Some((command, decision)) = kept {
+                            named.ambiguous_statements.remove(&p.name);
+                            if let Some((command, decision, effects)) = kept {
                                 let allowed = Arc::new(Allowed {
                                     profile,
                                     id,
                                     sql: p.query.clone(),
                                     command,
                                     decision,
+                                    effects,
                                 });
                                 let prepared = Prepared::Decided {
                                     allowed,
@@ -1453,14 +1870,18 @@ impl Relay {
                                 };
                                 named.statements.insert(p.name.clone(), prepared);
                             }
+                            self.push([Item::Message(seq)]);
                             self.track_frontend(&msg)?;
                             out.extend_from_slice(frame.as_bytes());
                         }
                         Verdict::HeldPerExecution => {
+                            let seq = named.change(Space::Statement, &p.name);
                             named.refused.remove(&p.name);
+                            named.ambiguous_statements.remove(&p.name);
                             named
                                 .statements
                                 .insert(p.name.clone(), Prepared::Held(p.query.clone()));
+                            self.push([Item::Message(seq)]);
                             self.track_frontend(&msg)?;
                             out.extend_from_slice(frame.as_bytes());
                         }
@@ -1468,11 +1889,16 @@ impl Relay {
                             // The server's Parse fails, so what it holds under this name
                             // stays: a named statement keeps the statement (and decision)
                             // it had; the unnamed one is dropped by any Parse.
+                            let change = Some(named.change(Space::Statement, &p.name));
                             if p.name.is_empty() || !named.statements.contains_key(&p.name) {
                                 named.statements.remove(&p.name);
                                 named.refused.insert(p.name.clone());
                             }
-                            self.push([Item::Refused { message, code }]);
+                            self.push([Item::Refused {
+                                message,
+                                code,
+                                change,
+                            }]);
                             let mut poisoned = p.clone();
                             poisoned.query = self.poison_sql();
                             poisoned.param_types.clear();
@@ -1483,6 +1909,18 @@ impl Relay {
                     }
                 }
                 FrontendMessage::Bind(b) => {
+                    named.catch_up(&self.shared.answered, &mut classifier);
+                    // What the statement is, and whether the portal's name is a cursor's (an
+                    // unnamed portal never is).
+                    let awaited = named.awaits(Space::Statement, &b.statement).max(
+                        (!b.portal.is_empty())
+                            .then(|| named.awaits(Space::Portal, &b.portal))
+                            .flatten(),
+                    );
+                    if let Some(seq) = awaited {
+                        self.answered(&mut named, &mut classifier, seq, (&mut out, &mut up))
+                            .await?;
+                    }
                     let cursor = !b.portal.is_empty()
                         && (named.ambiguous_portals.contains(&b.portal)
                             || std::str::from_utf8(&b.portal)
@@ -1494,7 +1932,11 @@ impl Relay {
                         _ if named.ambiguous_statements.contains(&b.statement) => Portal::Ambiguous,
                         Some(Prepared::Decided { allowed, fresh }) if *fresh => {
                             *fresh = false;
-                            Portal::Running(allowed.profile.clone(), allowed.id)
+                            Portal::Running(
+                                allowed.profile.clone(),
+                                allowed.id,
+                                allowed.effects.clone(),
+                            )
                         }
                         Some(Prepared::Decided { allowed, .. }) => Portal::Again {
                             allowed: allowed.clone(),
@@ -1509,17 +1951,39 @@ impl Relay {
                         None if named.refused.contains(&b.statement) => Portal::Refused,
                         None => Portal::Elsewhere(b.statement.clone()),
                     };
+                    let seq = named.change(Space::Portal, &b.portal);
                     named.portals.insert(b.portal.clone(), portal);
+                    self.push([Item::Message(seq)]);
                     self.track_frontend(&msg)?;
                     out.extend_from_slice(frame.as_bytes());
                 }
                 FrontendMessage::Execute { portal, .. } => {
-                    let bound = named.portals.get(portal).cloned();
+                    named.catch_up(&self.shared.answered, &mut classifier);
+                    if let Some(seq) = named.awaits(Space::Portal, portal) {
+                        self.answered(&mut named, &mut classifier, seq, (&mut out, &mut up))
+                            .await?;
+                    }
+                    let mut bound = named.portals.get(portal).cloned();
+                    if matches!(bound, None | Some(Portal::Elsewhere(_)))
+                        && let Some(seq) = named.awaits_any()
+                    {
+                        // Decided as SQL, on what SQL gave the name.
+                        self.answered(&mut named, &mut classifier, seq, (&mut out, &mut up))
+                            .await?;
+                        bound = named.portals.get(portal).cloned();
+                    }
                     let (decide_sql, bound_params) = match bound {
-                        Some(Portal::Running(profile, id)) => {
-                            self.push([self.pending(id, false, profile)]);
-                            self.track_frontend(&msg)?;
-                            out.extend_from_slice(frame.as_bytes());
+                        Some(Portal::Running(profile, id, run)) => {
+                            self.run_portal(
+                                &mut named,
+                                &mut classifier,
+                                portal,
+                                (profile, id),
+                                run.as_deref(),
+                                &msg,
+                                &frame,
+                                &mut out,
+                            )?;
                             continue;
                         }
                         Some(Portal::Again {
@@ -1538,9 +2002,15 @@ impl Relay {
                                     .decision
                                     == allowed.decision;
                             if same {
-                                let (profile, id) = (allowed.profile.clone(), allowed.id);
                                 self.run_portal(
-                                    &mut named, portal, profile, id, &msg, &frame, &mut out,
+                                    &mut named,
+                                    &mut classifier,
+                                    portal,
+                                    (allowed.profile.clone(), allowed.id),
+                                    allowed.effects.as_deref(),
+                                    &msg,
+                                    &frame,
+                                    &mut out,
                                 )?;
                                 continue;
                             }
@@ -1612,7 +2082,14 @@ impl Relay {
                     {
                         Verdict::Forward(profile, id) => {
                             self.run_portal(
-                                &mut named, portal, profile, id, &msg, &frame, &mut out,
+                                &mut named,
+                                &mut classifier,
+                                portal,
+                                (profile, id),
+                                None,
+                                &msg,
+                                &frame,
+                                &mut out,
                             )?;
                         }
                         Verdict::HeldPerExecution => unreachable!("held now, not deferred"),
@@ -1623,6 +2100,7 @@ impl Relay {
                 }
                 FrontendMessage::Sync => {
                     self.push([Item::Boundary]);
+                    named.end_batch();
                     self.track_frontend(&msg)?;
                     out.extend_from_slice(frame.as_bytes());
                 }
@@ -1639,12 +2117,14 @@ impl Relay {
                                 "wirewarden: the fast-path function call interface is not allowed"
                                     .into(),
                             code: "0A000",
+                            change: None,
                         },
                         Item::Boundary,
                     ]);
                     let q = FrontendMessage::Query(self.poison_sql());
                     self.track_frontend(&q)?;
                     q.encode(&mut out)?;
+                    named.end_batch();
                 }
                 FrontendMessage::Terminate => {
                     out.extend_from_slice(frame.as_bytes());
@@ -1655,17 +2135,24 @@ impl Relay {
                 FrontendMessage::Close { kind, name } => {
                     // The name is free again: a later Parse of it is decided afresh. Portals
                     // keep what their Bind found.
-                    match kind {
-                        wirewarden_postgres::frontend::ObjectType::Statement => {
+                    named.catch_up(&self.shared.answered, &mut classifier);
+                    let space = match kind {
+                        wirewarden_postgres::frontend::ObjectType::Statement => Space::Statement,
+                        wirewarden_postgres::frontend::ObjectType::Portal => Space::Portal,
+                    };
+                    let seq = named.change(space, name);
+                    match space {
+                        Space::Statement => {
                             named.statements.remove(name);
                             named.refused.remove(name);
                             named.ambiguous_statements.remove(name);
                         }
-                        wirewarden_postgres::frontend::ObjectType::Portal => {
+                        Space::Portal => {
                             named.portals.remove(name);
                             named.ambiguous_portals.remove(name);
                         }
                     }
+                    self.push([Item::Message(seq)]);
                     self.track_frontend(&msg)?;
                     out.extend_from_slice(frame.as_bytes());
                 }
@@ -1774,13 +2261,20 @@ impl Relay {
             Decision::Allow { mask_profile, .. } => {
                 match self.proxy.pipeline.mask_profile(&self.target, &self.principal, mask_profile.as_deref()) {
                     Ok(profile) => {
-                        classifier.record(&analysis);
-                        // A Parse runs nothing: a `DEALLOCATE` it prepares frees no name.
+                        // A Parse runs nothing: what the statement does to names (a
+                        // `DEALLOCATE` frees one, a `DECLARE` opens a cursor) is applied at
+                        // each execution.
                         if !prepare {
+                            classifier.record(&analysis);
                             named.apply(&analysis);
                         }
                         if let (Some(kept), Some(decision)) = (kept, kept_decision) {
-                            *kept = Some((command, decision));
+                            let effects = analysis
+                                .statements
+                                .iter()
+                                .any(|s| s.prepared.is_some() || s.verb == "DISCARD ALL")
+                                .then(|| Arc::new(analysis));
+                            *kept = Some((command, decision, effects));
                         }
                         Verdict::Forward(profile, command_id)
                     }
@@ -1802,11 +2296,9 @@ impl Relay {
                 let verdict = self
                     .review(&command, command_id, rule, &reason, requirement, client)
                     .await;
-                if matches!(verdict, Verdict::Forward(..)) {
+                if matches!(verdict, Verdict::Forward(..)) && !prepare {
                     classifier.record(&analysis);
-                    if !prepare {
-                        named.apply(&analysis);
-                    }
+                    named.apply(&analysis);
                 }
                 verdict
             }
@@ -2008,6 +2500,32 @@ impl Relay {
         let _ = self.proxy.pipeline.record(&event).await;
     }
 
+    /// The server's answer to change `seq`: made (`done`) or not, and if not, what the
+    /// classifier must forget.
+    fn answer(&self, seq: u64, done: bool, forget: Option<Forget>) {
+        self.answer_with(seq, done, forget, false);
+    }
+
+    /// [`answer`](Self::answer), telling whether the server found the name taken.
+    fn answer_with(&self, seq: u64, done: bool, forget: Option<Forget>, taken: bool) {
+        if let Ok(mut a) = self.shared.answered.lock() {
+            a.through = a.through.max(seq);
+            if !done {
+                a.rejected.push(Rejection { seq, forget, taken });
+            }
+        }
+        self.shared.answered_wake.notify_one();
+    }
+
+    /// A command leaves the queue: the changes to names it would have made and the server
+    /// did not complete were not made.
+    fn finish(&self, st: &mut Downstream, mut p: Pending) {
+        for e in p.effects.drain(..) {
+            self.answer(e.seq, false, e.forget);
+        }
+        st.completed.push(p);
+    }
+
     fn front_command<'q>(&self, q: &'q mut VecDeque<Item>) -> Option<&'q mut Pending> {
         match q.front_mut() {
             Some(Item::Command(p)) => Some(p),
@@ -2134,6 +2652,22 @@ impl Relay {
                     pending.recording_truncated = true;
                 }
             }
+            BackendMessage::CopyInResponse(_) => {
+                // In copy-in mode the server ignores the `Sync`s the client pipelined behind
+                // the COPY: they close nothing (a simple query keeps its own boundary).
+                if let Ok(mut q) = self.shared.queue.lock() {
+                    let keep = match q.front() {
+                        Some(Item::Command(p)) if p.simple => 2,
+                        _ => 1,
+                    };
+                    while matches!(q.get(keep), Some(Item::Boundary)) {
+                        q.remove(keep);
+                    }
+                }
+                if !st.discarding {
+                    st.out.extend_from_slice(frame.as_bytes());
+                }
+            }
             BackendMessage::CopyOutResponse(ref c) => {
                 st.copy_binary = c.format != 0;
                 if !st.discarding {
@@ -2186,19 +2720,46 @@ impl Relay {
             BackendMessage::CommandComplete(_)
             | BackendMessage::EmptyQueryResponse
             | BackendMessage::PortalSuspended => {
-                if st.discarding {
-                    return Ok(());
-                }
-                st.out.extend_from_slice(frame.as_bytes());
                 let mut q = self
                     .shared
                     .queue
                     .lock()
                     .map_err(|_| Error::Config("queue poisoned".into()))?;
+                // A statement that changes a name completed (whether or not its result
+                // reaches the client): the change is made.
+                if let BackendMessage::CommandComplete(tag) = &msg
+                    && let Some(p) = self.front_command(&mut q)
+                    && p.effects
+                        .front()
+                        .is_some_and(|e| e.tag.as_bytes() == tag.as_ref())
+                    && let Some(e) = p.effects.pop_front()
+                {
+                    self.answer(e.seq, true, None);
+                }
+                if st.discarding {
+                    return Ok(());
+                }
+                st.out.extend_from_slice(frame.as_bytes());
                 if matches!(q.front(), Some(Item::Command(p)) if !p.simple)
                     && let Some(Item::Command(p)) = q.pop_front()
                 {
-                    st.completed.push(p);
+                    self.finish(st, p);
+                }
+            }
+            BackendMessage::ParseComplete
+            | BackendMessage::BindComplete
+            | BackendMessage::CloseComplete => {
+                let mut q = self
+                    .shared
+                    .queue
+                    .lock()
+                    .map_err(|_| Error::Config("queue poisoned".into()))?;
+                if let Some(Item::Message(seq)) = q.front() {
+                    self.answer(*seq, true, None);
+                    q.pop_front();
+                }
+                if !st.discarding {
+                    st.out.extend_from_slice(frame.as_bytes());
                 }
             }
             BackendMessage::ErrorResponse(fields) => {
@@ -2218,7 +2779,15 @@ impl Relay {
                     // in this batch (not executed), then report the denial instead.
                     while let Some(item) = q.pop_front() {
                         match item {
-                            Item::Refused { message, code } => {
+                            Item::Refused {
+                                message,
+                                code,
+                                change,
+                            } => {
+                                // The placeholder failed, which is the change predicted.
+                                if let Some(seq) = change {
+                                    self.answer(seq, true, None);
+                                }
                                 BackendMessage::ErrorResponse(ErrorFields::new(
                                     "ERROR", code, message,
                                 ))
@@ -2227,12 +2796,33 @@ impl Relay {
                             }
                             Item::Command(mut p) => {
                                 p.error.get_or_insert_with(|| "not executed".into());
-                                st.completed.push(p);
+                                self.finish(st, p);
                             }
+                            Item::Message(seq) => self.answer(seq, false, None),
                             Item::Boundary => {}
                         }
                     }
                     return Ok(());
+                }
+                // A name the server found taken: the change is not made, and the name holds
+                // something the gateway did not know of.
+                let taken = matches!(fields.code(), Some("42P05" | "42P03"));
+                match q.front_mut() {
+                    Some(Item::Message(seq)) => {
+                        self.answer_with(*seq, false, None, taken);
+                        q.pop_front();
+                    }
+                    Some(Item::Command(p))
+                        if p.effects
+                            .front()
+                            .is_some_and(|e| matches!(e.tag, "PREPARE" | "DECLARE CURSOR"))
+                            && taken =>
+                    {
+                        if let Some(e) = p.effects.pop_front() {
+                            self.answer_with(e.seq, false, e.forget, true);
+                        }
+                    }
+                    _ => {}
                 }
                 let masked = {
                     let profile = self
@@ -2275,7 +2865,7 @@ impl Relay {
                     if !p.simple
                         && let Some(Item::Command(p)) = q.pop_front()
                     {
-                        st.completed.push(p);
+                        self.finish(st, p);
                     }
                 }
             }
@@ -2296,9 +2886,16 @@ impl Relay {
                                     "not executed: an earlier message failed".into()
                                 });
                             }
-                            st.completed.push(p);
+                            self.finish(st, p);
                         }
-                        Item::Refused { .. } => {}
+                        // Failed, or skipped after an earlier failure.
+                        Item::Message(seq) => self.answer(seq, false, None),
+                        // Skipped after an earlier failure: the name keeps what it had.
+                        Item::Refused { change, .. } => {
+                            if let Some(seq) = change {
+                                self.answer(seq, false, None);
+                            }
+                        }
                     }
                 }
                 st.out.extend_from_slice(frame.as_bytes());
@@ -2477,6 +3074,135 @@ mod tests {
         assert_ne!(a, poison_token());
     }
 
+    fn held(sql: &'static str) -> Prepared {
+        Prepared::Held(Bytes::from_static(sql.as_bytes()))
+    }
+
+    fn held_sql<'a>(named: &'a Named, name: &'static str) -> Option<&'a [u8]> {
+        match named.statements.get(&Bytes::from_static(name.as_bytes())) {
+            Some(Prepared::Held(sql)) => Some(sql),
+            _ => None,
+        }
+    }
+
+    fn answer(answered: &StdMutex<Answered>, through: u64, rejected: &[(u64, bool)]) {
+        let mut a = answered.lock().unwrap();
+        a.through = through;
+        a.rejected
+            .extend(rejected.iter().map(|(seq, taken)| Rejection {
+                seq: *seq,
+                forget: None,
+                taken: *taken,
+            }));
+    }
+
+    /// A `Parse` of `name` as the relay makes it.
+    fn parse(named: &mut Named, name: &'static str, sql: &'static str) -> u64 {
+        let key = Bytes::from_static(name.as_bytes());
+        let seq = named.change(Space::Statement, &key);
+        named.statements.insert(key, held(sql));
+        seq
+    }
+
+    fn close(named: &mut Named, name: &'static str) -> u64 {
+        let key = Bytes::from_static(name.as_bytes());
+        let seq = named.change(Space::Statement, &key);
+        named.statements.remove(&key);
+        seq
+    }
+
+    #[test]
+    fn a_change_the_server_did_not_make_is_undone() {
+        let answered = StdMutex::new(Answered::default());
+        let mut classifier = Classifier::new();
+        let mut named = Named::default();
+        let first = parse(&mut named, "s1", "SELECT 1");
+        named.end_batch();
+        let closed = close(&mut named, "s1");
+        named.end_batch();
+        // The close is of an earlier batch: a decision on s1 waits for its answer.
+        assert_eq!(
+            named.awaits(Space::Statement, &Bytes::from_static(b"s1")),
+            Some(closed)
+        );
+        answer(&answered, closed, &[(closed, false)]);
+        named.catch_up(&answered, &mut classifier);
+        assert_eq!(held_sql(&named, "s1"), Some(&b"SELECT 1"[..]));
+        assert_eq!(
+            named.awaits(Space::Statement, &Bytes::from_static(b"s1")),
+            None
+        );
+        assert!(named.undo.is_empty() && named.last.is_empty(), "{first}");
+    }
+
+    #[test]
+    fn a_later_change_follows_what_the_name_had_before_an_undone_one() {
+        let answered = StdMutex::new(Answered::default());
+        let mut classifier = Classifier::new();
+        let mut named = Named::default();
+        let first = parse(&mut named, "s1", "SELECT 1");
+        let closed = close(&mut named, "s1");
+        let second = parse(&mut named, "s1", "SELECT 2");
+        // The close was skipped; the second Parse is not answered yet.
+        answer(&answered, closed, &[(closed, false)]);
+        named.catch_up(&answered, &mut classifier);
+        assert_eq!(held_sql(&named, "s1"), Some(&b"SELECT 2"[..]));
+        // Then it fails too: the name has the first statement again.
+        answer(&answered, second, &[(second, false)]);
+        named.catch_up(&answered, &mut classifier);
+        assert_eq!(held_sql(&named, "s1"), Some(&b"SELECT 1"[..]), "{first}");
+        assert!(named.undo.is_empty());
+    }
+
+    #[test]
+    fn a_batch_skipped_after_its_first_change_leaves_that_change_alone() {
+        let answered = StdMutex::new(Answered::default());
+        let mut classifier = Classifier::new();
+        let mut named = Named::default();
+        let first = parse(&mut named, "s1", "SELECT 1");
+        let closed = close(&mut named, "s1");
+        let second = parse(&mut named, "s1", "SELECT 2");
+        answer(&answered, second, &[(closed, false), (second, false)]);
+        named.catch_up(&answered, &mut classifier);
+        assert_eq!(held_sql(&named, "s1"), Some(&b"SELECT 1"[..]), "{first}");
+    }
+
+    #[test]
+    fn a_name_the_server_found_taken_is_ambiguous() {
+        let answered = StdMutex::new(Answered::default());
+        let mut classifier = Classifier::new();
+        let mut named = Named::default();
+        let seq = parse(&mut named, "s1", "SELECT 1");
+        answer(&answered, seq, &[(seq, true)]);
+        named.catch_up(&answered, &mut classifier);
+        assert!(!named.statements.contains_key(&Bytes::from_static(b"s1")));
+        assert!(
+            named
+                .ambiguous_statements
+                .contains(&Bytes::from_static(b"s1"))
+        );
+    }
+
+    #[test]
+    fn an_undone_deallocate_all_gives_every_name_back() {
+        let answered = StdMutex::new(Answered::default());
+        let mut classifier = Classifier::new();
+        let mut named = Named::default();
+        let a = parse(&mut named, "a", "SELECT 1");
+        let b = parse(&mut named, "b", "SELECT 2");
+        answer(&answered, b, &[]);
+        named.catch_up(&answered, &mut classifier);
+        let analysis = classifier.classify_bytes(b"DEALLOCATE ALL");
+        named.apply(&analysis);
+        let effect = named.effects.pop_front().expect("an effect");
+        assert_eq!(effect.tag, "DEALLOCATE ALL");
+        assert!(named.statements.is_empty());
+        answer(&answered, effect.seq, &[(effect.seq, false)]);
+        named.catch_up(&answered, &mut classifier);
+        assert_eq!(held_sql(&named, "a"), Some(&b"SELECT 1"[..]), "{a}");
+        assert_eq!(held_sql(&named, "b"), Some(&b"SELECT 2"[..]));
+    }
+
     #[test]
     fn recording_stops_at_the_limit() {
         let mut p = Pending {
@@ -2491,6 +3217,7 @@ mod tests {
             recording: String::new(),
             recording_truncated: false,
             withheld: false,
+            effects: VecDeque::new(),
         };
         record(&mut p, 10, "12345");
         record(&mut p, 10, "67890");

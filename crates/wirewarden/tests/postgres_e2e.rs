@@ -1285,13 +1285,13 @@ show("s3", pg.exec_prepared(b"s3", []))
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
-/// A `Parse` the server discarded (an earlier message of its batch failed) leaves the
-/// gateway a decision for a name the server does not hold; SQL `PREPARE` can then give the
-/// server another statement under that name. The gateway does not read which one the
-/// server kept, so it refuses executions of such a name until it is freed, rather than
-/// mask the SQL statement's rows with the discarded one's profile.
+/// A `Parse` the server discarded (an earlier message of its batch failed) gives the name
+/// nothing, and SQL `PREPARE` can then give the server another statement under it. The
+/// gateway reads the server's answers, so it undoes the discarded `Parse`, and an execution
+/// of the name is decided as the SQL statement it runs: masked with that statement's
+/// profile, never the discarded one's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_taken_both_by_parse_and_by_sql_prepare_is_not_executed() {
+async fn a_name_discarded_by_parse_and_taken_by_sql_prepare_runs_the_sql_statement() {
     let g = gateway_with_masks(
         None,
         Arc::new(tokens()),
@@ -1325,10 +1325,69 @@ show("s2 again", pg.exec_prepared(b"s2", []))
         &stdout,
         &[
             "sql prepare ok",
-            "s2 error 42P05",
+            "s2 rows [REDACTED]",
             "deallocate ok",
             "again ok",
             "s2 again rows",
+        ],
+    );
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// Batches pipelined behind one another: a `Close` the server skipped (its batch failed
+/// first) freed nothing, so the next batch's `Parse` of the name fails on the server and the
+/// one after runs the old statement. The gateway decides a batch that rests on an earlier
+/// batch's change only once that change is answered, so the old statement keeps its
+/// decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_batch_waits_for_the_answer_to_the_change_it_rests_on() {
+    let g = gateway_with_masks(
+        None,
+        Arc::new(tokens()),
+        |s| s,
+        &notes_open_customers_strict(),
+        Some(strict_and_open("open")),
+    )
+    .await;
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+show("parse", pg.prepare(b"s3", b"SELECT ssn FROM customers WHERE id = 1"))
+pg.enter_pipeline_mode()
+pg.send_query_params(b"SELECT 1/0", None)
+pg.send_close_prepared(b"s3")
+pg.pipeline_sync()
+pg.send_prepare(b"s3", b"SELECT body FROM notes")
+pg.pipeline_sync()
+pg.send_query_prepared(b"s3", [])
+pg.pipeline_sync()
+syncs, n = 0, 0
+while syncs < 3:
+    r = pg.get_result()
+    if r is None:
+        continue
+    if r.status == pq.ExecStatus.PIPELINE_SYNC:
+        syncs += 1
+        continue
+    n += 1
+    if r.status == pq.ExecStatus.PIPELINE_ABORTED:
+        print(f"result {n} skipped")
+    else:
+        show(f"result {n}", r)
+pg.exit_pipeline_mode()
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = succeeded(&out);
+    assert_shows(
+        &stdout,
+        &[
+            "parse ok",
+            "result 1 error 22012",
+            "result 2 skipped",
+            "result 3 error 42P05",
+            "result 4 rows [REDACTED]",
         ],
     );
     assert!(!stdout.contains("123-45-6789"), "{stdout}");
@@ -1431,6 +1490,72 @@ show("s1 third", pg.exec_prepared(b"s1", []))
     assert_shows(
         &stdout,
         &["close ok", "third ok", "s1 third rows [REDACTED]"],
+    );
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert!(!stdout.contains("234-56-7890"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// What the client asks a name to become is not what it becomes: a `DEALLOCATE` the server
+/// skipped (a statement before it in the same query failed) freed nothing, and SQL
+/// `PREPARE` or `DECLARE` of a name already taken fails, leaving the name its old
+/// statement or cursor. The gateway learns what the server did from its answers: the
+/// skipped change is undone, and a name the server found taken is not decided as what the
+/// client tried to give it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_keeps_its_decision_when_the_server_does_not_change_it() {
+    let g = gateway_with_masks(
+        None,
+        Arc::new(tokens()),
+        |s| s,
+        &notes_open_customers_strict(),
+        Some(strict_and_open("open")),
+    )
+    .await;
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+show("parse", pg.prepare(b"s1", b"SELECT ssn FROM customers WHERE id = 1"))
+show("skipped", pg.exec_(b"SELECT 1/0; DEALLOCATE s1"))
+show("reuse", pg.prepare(b"s1", b"SELECT body FROM notes"))
+show("s1", pg.exec_prepared(b"s1", []))
+show("sql prepare", pg.exec_(b"PREPARE q1 AS SELECT ssn FROM customers WHERE id = 1"))
+show("sql prepare taken", pg.exec_(b"PREPARE q1 AS SELECT body FROM notes"))
+show("sql execute", pg.exec_(b"EXECUTE q1"))
+show("declare", pg.exec_(b"DECLARE c CURSOR WITH HOLD FOR SELECT ssn FROM customers"))
+show("declare taken", pg.exec_(b"DECLARE c CURSOR WITH HOLD FOR SELECT body FROM notes"))
+show("fetch", pg.exec_(b"FETCH 1 FROM c"))
+show("close skipped", pg.exec_(b"SELECT 1/0; CLOSE c"))
+show("fetch again", pg.exec_(b"FETCH 1 FROM c"))
+show("declare held", pg.exec_(b"DECLARE h CURSOR WITH HOLD FOR SELECT ssn FROM customers"))
+show("parse declare", pg.prepare(b"d1", b"DECLARE h CURSOR WITH HOLD FOR SELECT body FROM notes"))
+show("fetch held", pg.exec_(b"FETCH 1 FROM h"))
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = succeeded(&out);
+    assert_shows(
+        &stdout,
+        &[
+            "parse ok",
+            "skipped error 22012",
+            "reuse error 42P05",
+            "s1 rows [REDACTED]",
+            "sql prepare ok",
+            "sql prepare taken error 42P05",
+            // The server kept the first statement and cursor; the gateway cannot tell
+            // what they read any more, and unknown statements are refused.
+            "sql execute error 42501",
+            "declare ok",
+            "declare taken error 42P03",
+            "fetch error 42501",
+            "close skipped error 22012",
+            "fetch again error 42501",
+            // Preparing a DECLARE runs nothing: the cursor reads what it read.
+            "declare held ok",
+            "parse declare ok",
+            "fetch held rows [REDACTED]",
+        ],
     );
     assert!(!stdout.contains("123-45-6789"), "{stdout}");
     assert!(!stdout.contains("234-56-7890"), "{stdout}");

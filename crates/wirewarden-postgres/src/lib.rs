@@ -25,5 +25,5 @@ pub use frontend::{AuthContext, FrontendMessage, ObjectType, ProtocolVersion, St
 pub use limits::Limits;
 pub use postgres_protocol;
 pub use rows::{CellEdit, DataRow, FieldDescription, RowDescription, RowRewriter};
-pub use session::{BackendKey, CancelKeys, CopyState, Phase, Session};
+pub use session::{BackendKey, CancelKeys, CopyState, Finished, Phase, RequestId, Session};
 pub use types::{Format, Type, Value};

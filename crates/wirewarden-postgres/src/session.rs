@@ -21,6 +21,27 @@ use crate::error::{Direction, Error, Result};
 use crate::frontend::{AuthContext, CancelRequest, FrontendMessage, ObjectType, ProtocolVersion};
 use crate::rows::RowDescription;
 
+/// The number a [`Session`] gives each frontend message the server answers, in the order
+/// they were sent (see [`Session::last_request`]).
+pub type RequestId = u64;
+
+/// What became of a request, as the server's answers tell it (see
+/// [`Session::take_finished`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Answered in full: `ParseComplete`, `BindComplete`, `CloseComplete`, a `Describe`'s
+    /// description, an `Execute`'s `CommandComplete` (or `PortalSuspended`,
+    /// `EmptyQueryResponse`), the `ReadyForQuery` closing a simple query or `Sync`.
+    Done,
+    /// The server reported an error for it. A simple query that failed ran its statements
+    /// up to the failing one.
+    Failed,
+    /// The server never acted on it: it came after a failed message of the same batch (the
+    /// server discards up to `Sync`), or it was a `Sync` the server read during COPY FROM
+    /// STDIN, or the connection ended first.
+    Skipped,
+}
+
 /// A prepared statement known to the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
@@ -164,7 +185,14 @@ pub struct Session {
     auth_context: AuthContext,
     statements: HashMap<Bytes, Statement>,
     portals: HashMap<Bytes, Portal>,
-    pending: VecDeque<Pending>,
+    pending: VecDeque<(RequestId, Pending)>,
+    next_request: RequestId,
+    last_request: Option<RequestId>,
+    finished: VecDeque<(RequestId, Finished)>,
+    /// Whether `finished` is kept (see [`Session::report_finished`]).
+    reporting: bool,
+    /// The simple query or function call at the head of the queue reported an error.
+    head_failed: bool,
     discarding: bool,
     copy: CopyState,
     client_copying: bool,
@@ -199,6 +227,11 @@ impl Session {
             statements: HashMap::new(),
             portals: HashMap::new(),
             pending: VecDeque::new(),
+            next_request: 1,
+            last_request: None,
+            finished: VecDeque::new(),
+            reporting: false,
+            head_failed: false,
             discarding: false,
             copy: CopyState::None,
             client_copying: false,
@@ -267,6 +300,38 @@ impl Session {
         self.pending.len()
     }
 
+    /// The number given to the last frontend message fed to
+    /// [`on_frontend`](Self::on_frontend), if the server answers it or skips it (every
+    /// message but `Startup`, `Terminate`, `Flush`, password and COPY messages, and a `Sync`
+    /// or `Flush` the server reads during COPY FROM STDIN). What became of it is reported by
+    /// [`take_finished`](Self::take_finished), in the order of the numbers.
+    pub fn last_request(&self) -> Option<RequestId> {
+        self.last_request
+    }
+
+    /// The request the server's next message answers, if any is waiting.
+    pub fn head_request(&self) -> Option<RequestId> {
+        self.pending.front().map(|(id, _)| *id)
+    }
+
+    /// Keeps a report of what became of each request, for
+    /// [`take_finished`](Self::take_finished) to hand over (off by default: a caller that
+    /// turns it on drains it).
+    pub fn report_finished(&mut self, on: bool) {
+        self.reporting = on;
+        if !on {
+            self.finished.clear();
+        }
+    }
+
+    /// What became of requests since the last call, oldest first (a `Sync` the server
+    /// ignores during COPY FROM STDIN may be reported before the COPY it follows).
+    pub fn take_finished(
+        &mut self,
+    ) -> std::collections::vec_deque::Drain<'_, (RequestId, Finished)> {
+        self.finished.drain(..)
+    }
+
     /// Whether the server is discarding messages until the next Sync after an error.
     pub fn is_discarding(&self) -> bool {
         self.discarding
@@ -276,7 +341,7 @@ impl Session {
     /// current simple query, or the executing portal's (with Bind formats applied). `None`
     /// when not known — a masker must then fail closed.
     pub fn row_description(&self) -> Option<&Arc<RowDescription>> {
-        match self.pending.front() {
+        match self.head() {
             Some(Pending::Query) => self.current.as_ref(),
             Some(Pending::Execute { portal }) => self
                 .portals
@@ -291,6 +356,7 @@ impl Session {
 
     /// Feeds one message sent by the client.
     pub fn on_frontend(&mut self, msg: &FrontendMessage) -> Result<()> {
+        self.last_request = None;
         if self.client_copying {
             match msg {
                 FrontendMessage::CopyData(_) => return Ok(()),
@@ -347,15 +413,36 @@ impl Session {
             },
             _ => return Ok(()),
         };
+        let id = self.next_request;
+        self.next_request += 1;
+        self.last_request = Some(id);
         if self.discarding {
             if p == Pending::Sync {
                 self.discarding = false;
             } else {
+                self.report(id, Finished::Skipped);
                 return Ok(());
             }
         }
-        self.pending.push_back(p);
+        self.pending.push_back((id, p));
         Ok(())
+    }
+
+    fn report(&mut self, id: RequestId, how: Finished) {
+        if self.reporting {
+            self.finished.push_back((id, how));
+        }
+    }
+
+    fn head(&self) -> Option<&Pending> {
+        self.pending.front().map(|(_, p)| p)
+    }
+
+    /// Takes the head request off the queue, reporting what became of it.
+    fn finish(&mut self, how: Finished) -> Option<Pending> {
+        let (id, p) = self.pending.pop_front()?;
+        self.report(id, how);
+        Some(p)
     }
 
     // === backend ===
@@ -456,14 +543,14 @@ impl Session {
                 _ => return Err(unexpected(tag, "not closing")),
             },
             BackendMessage::ParameterDescription(types) => match self.pending.front_mut() {
-                Some(Pending::DescribeStatement { params, .. }) if params.is_none() => {
+                Some((_, Pending::DescribeStatement { params, .. })) if params.is_none() => {
                     *params = Some(types.clone());
                 }
                 _ => return Err(unexpected(tag, "not describing a statement")),
             },
             BackendMessage::RowDescription(rd) => self.row_description_received(Some(rd), tag)?,
             BackendMessage::NoData => self.row_description_received(None, tag)?,
-            BackendMessage::DataRow(_) => match self.pending.front() {
+            BackendMessage::DataRow(_) => match self.head() {
                 Some(Pending::Query | Pending::Execute { .. }) if self.copy == CopyState::None => {}
                 _ => return Err(unexpected(tag, "no query running")),
             },
@@ -472,10 +559,10 @@ impl Session {
             | BackendMessage::PortalSuspended => {
                 self.copy = CopyState::None;
                 self.client_copying = false;
-                match self.pending.front() {
+                match self.head() {
                     Some(Pending::Query) => self.current = None,
                     Some(Pending::Execute { .. }) => {
-                        self.pending.pop_front();
+                        self.finish(Finished::Done);
                     }
                     _ => return Err(unexpected(tag, "no query running")),
                 }
@@ -483,10 +570,7 @@ impl Session {
             BackendMessage::CopyInResponse(_)
             | BackendMessage::CopyOutResponse(_)
             | BackendMessage::CopyBothResponse(_) => {
-                if !matches!(
-                    self.pending.front(),
-                    Some(Pending::Query | Pending::Execute { .. })
-                ) {
+                if !matches!(self.head(), Some(Pending::Query | Pending::Execute { .. })) {
                     return Err(unexpected(tag, "no query running"));
                 }
                 self.copy = match msg {
@@ -499,7 +583,9 @@ impl Session {
                     // Sync and Flush the client pipelined behind the COPY reach the server
                     // while it is in copy-in mode, and it ignores them.
                     let head = self.pending.pop_front();
-                    while matches!(self.pending.front(), Some(Pending::Sync)) {
+                    while let Some((id, Pending::Sync)) = self.pending.front() {
+                        let id = *id;
+                        self.report(id, Finished::Skipped);
                         self.pending.pop_front();
                     }
                     if let Some(h) = head {
@@ -512,7 +598,7 @@ impl Session {
                     return Err(unexpected(tag, "not copying out"));
                 }
             }
-            BackendMessage::FunctionCallResponse(_) => match self.pending.front() {
+            BackendMessage::FunctionCallResponse(_) => match self.head() {
                 Some(Pending::FunctionCall) => {}
                 _ => return Err(unexpected(tag, "no function call")),
             },
@@ -520,16 +606,26 @@ impl Session {
         Ok(())
     }
 
+    /// Takes the request a `ReadyForQuery` closes: failed if it is a simple query or
+    /// function call that reported an error.
+    fn finish_ready(&mut self) -> Option<Pending> {
+        let how = if std::mem::take(&mut self.head_failed) {
+            Finished::Failed
+        } else {
+            Finished::Done
+        };
+        self.finish(how)
+    }
+
     fn pop(&mut self, tag: Option<u8>, state: &'static str) -> Result<Pending> {
-        self.pending
-            .pop_front()
+        self.finish(Finished::Done)
             .ok_or_else(|| unexpected(tag, state))
     }
 
     fn ready(&mut self, status: TransactionStatus, tag: Option<u8>) -> Result<()> {
         match self.phase {
             Phase::Initializing => self.phase = Phase::Ready,
-            Phase::Ready => match self.pending.pop_front() {
+            Phase::Ready => match self.finish_ready() {
                 Some(Pending::Query) => {
                     // A simple Query destroys the unnamed statement and portal.
                     self.statements.remove(&Bytes::new());
@@ -558,19 +654,27 @@ impl Session {
         self.client_copying = false;
         if matches!(severity, Some("FATAL" | "PANIC")) {
             self.phase = Phase::Closed;
-            self.pending.clear();
+            let mut how = Finished::Failed;
+            while self.finish(how).is_some() {
+                how = Finished::Skipped;
+            }
             return Ok(());
         }
-        match self.pending.front() {
+        match self.head() {
             // The rest of the query string is skipped; ReadyForQuery follows.
-            Some(Pending::Query | Pending::FunctionCall) => self.current = None,
+            Some(Pending::Query | Pending::FunctionCall) => {
+                self.current = None;
+                self.head_failed = true;
+            }
             // Extended protocol: the server discards everything up to Sync.
             Some(_) => {
-                while let Some(p) = self.pending.front() {
+                let mut how = Finished::Failed;
+                while let Some(p) = self.head() {
                     if *p == Pending::Sync {
                         return Ok(());
                     }
-                    self.pending.pop_front();
+                    self.finish(how);
+                    how = Finished::Skipped;
                 }
                 self.discarding = true;
             }
@@ -585,14 +689,14 @@ impl Session {
         rd: Option<&RowDescription>,
         tag: Option<u8>,
     ) -> Result<()> {
-        match self.pending.front() {
+        match self.head() {
             Some(Pending::Query) if rd.is_some() => {
                 self.current = rd.map(|r| Arc::new(r.clone()));
             }
             Some(Pending::DescribeStatement {
                 params: Some(_), ..
             }) => {
-                let Some(Pending::DescribeStatement { name, params }) = self.pending.pop_front()
+                let Some(Pending::DescribeStatement { name, params }) = self.finish(Finished::Done)
                 else {
                     return Err(unexpected(tag, "describe"));
                 };
@@ -614,7 +718,7 @@ impl Session {
                 }
             }
             Some(Pending::DescribePortal { .. }) => {
-                let Some(Pending::DescribePortal { name }) = self.pending.pop_front() else {
+                let Some(Pending::DescribePortal { name }) = self.finish(Finished::Done) else {
                     return Err(unexpected(tag, "describe"));
                 };
                 if let Some(p) = self.portals.get_mut(&name) {
@@ -1048,6 +1152,7 @@ mod tests {
     #[test]
     fn copy_in_over_extended_protocol_ignores_the_early_sync() {
         let mut s = ready();
+        s.report_finished(true);
         feed_front(
             &mut s,
             &[
@@ -1086,6 +1191,18 @@ mod tests {
             ],
         );
         assert!(s.is_idle());
+        // The early Sync is reported skipped as the copy starts, before the COPY is done.
+        let how: Vec<Finished> = s.take_finished().map(|(_, how)| how).collect();
+        assert_eq!(
+            how,
+            [
+                Finished::Done,
+                Finished::Done,
+                Finished::Skipped,
+                Finished::Done,
+                Finished::Done
+            ]
+        );
     }
 
     #[test]
@@ -1119,6 +1236,94 @@ mod tests {
         assert_eq!(s.parameter("TimeZone").map(|v| &v[..]), Some(&b"UTC"[..]));
         assert!(s.is_idle());
         assert!(s.on_backend(&BackendMessage::CopyData(b("x"))).is_err());
+    }
+
+    fn finished(s: &mut Session) -> Vec<(RequestId, Finished)> {
+        s.take_finished().collect()
+    }
+
+    /// Feeds `msg` and returns the number it was given.
+    fn sent(s: &mut Session, msg: FrontendMessage) -> Option<RequestId> {
+        s.on_frontend(&msg).unwrap();
+        s.last_request()
+    }
+
+    #[test]
+    fn each_request_is_reported_done_failed_or_skipped_as_the_server_answers() {
+        let mut s = ready();
+        s.report_finished(true);
+        let p1 = sent(&mut s, parse("s1")).unwrap();
+        let b1 = sent(&mut s, bind("", "s1", vec![])).unwrap();
+        let e1 = sent(&mut s, execute("", 0)).unwrap();
+        let p2 = sent(&mut s, parse("s2")).unwrap();
+        let q = sent(&mut s, FrontendMessage::Query(b("SELECT 'skipped'"))).unwrap();
+        let sync = sent(&mut s, FrontendMessage::Sync).unwrap();
+        assert_eq!(sent(&mut s, FrontendMessage::Flush), None);
+        assert_eq!(s.head_request(), Some(p1));
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::ParseComplete,
+                BackendMessage::BindComplete,
+                err(),
+            ],
+        );
+        // The failed Execute, and the rest of its batch, a simple query too, up to Sync.
+        assert_eq!(
+            finished(&mut s),
+            [
+                (p1, Finished::Done),
+                (b1, Finished::Done),
+                (e1, Finished::Failed),
+                (p2, Finished::Skipped),
+                (q, Finished::Skipped),
+            ]
+        );
+        feed_back(
+            &mut s,
+            &[BackendMessage::ReadyForQuery(TransactionStatus::Idle)],
+        );
+        assert_eq!(finished(&mut s), [(sync, Finished::Done)]);
+        // A simple query that fails part way is failed at its ReadyForQuery.
+        let q = sent(&mut s, FrontendMessage::Query(b("SELECT 1; SELECT 1/0"))).unwrap();
+        feed_back(
+            &mut s,
+            &[
+                BackendMessage::CommandComplete(b("SELECT 1")),
+                err(),
+                BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+            ],
+        );
+        assert_eq!(finished(&mut s), [(q, Finished::Failed)]);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_message_sent_while_the_server_discards_is_skipped_at_once() {
+        let mut s = ready();
+        s.report_finished(true);
+        let p1 = sent(&mut s, parse("s1")).unwrap();
+        feed_back(&mut s, &[err()]);
+        assert_eq!(finished(&mut s), [(p1, Finished::Failed)]);
+        let b1 = sent(&mut s, bind("", "s1", vec![])).unwrap();
+        assert_eq!(finished(&mut s), [(b1, Finished::Skipped)]);
+        let sync = sent(&mut s, FrontendMessage::Sync).unwrap();
+        feed_back(
+            &mut s,
+            &[BackendMessage::ReadyForQuery(TransactionStatus::Idle)],
+        );
+        assert_eq!(finished(&mut s), [(sync, Finished::Done)]);
+    }
+
+    #[test]
+    fn nothing_is_reported_unless_asked() {
+        let mut s = ready();
+        sent(&mut s, FrontendMessage::Sync).unwrap();
+        feed_back(
+            &mut s,
+            &[BackendMessage::ReadyForQuery(TransactionStatus::Idle)],
+        );
+        assert!(finished(&mut s).is_empty());
     }
 
     #[test]

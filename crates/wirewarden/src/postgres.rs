@@ -63,8 +63,8 @@ use wirewarden_mask::Profile;
 pub use wirewarden_postgres::auth::ChannelBinding;
 use wirewarden_postgres::auth::{CleartextServer, ScramServer, ScramVerifier};
 use wirewarden_postgres::{
-    Authentication, BackendKey, BackendMessage, CancelKeys, ErrorFields, Frame, FrontendDecoder,
-    FrontendMessage, Limits, RowRewriter, Session,
+    Authentication, BackendKey, BackendMessage, CancelKeys, ErrorFields, Finished, Frame,
+    FrontendDecoder, FrontendMessage, Limits, RequestId, RowRewriter, Session,
 };
 use wirewarden_sql::Classifier;
 
@@ -757,6 +757,8 @@ impl PostgresProxy {
         tracker.on_frontend(&FrontendMessage::Startup(s.startup.clone()))?;
         tracker.on_backend(&BackendMessage::Authentication(Authentication::Ok))?;
         tracker.on_backend(&BackendMessage::ReadyForQuery(up.status))?;
+        // The responses side learns from the tracker what became of each request.
+        tracker.report_finished(true);
         let shared = Arc::new(Shared {
             session: StdMutex::new(tracker),
             queue: StdMutex::new(VecDeque::new()),
@@ -825,11 +827,14 @@ fn poison_token() -> String {
 
 // === relay ===
 
-/// What is pending upstream, in the order the responses will come.
+/// What the gateway keeps for the answer to one request sent upstream, taken when the
+/// tracker reports the request finished: done, failed, or skipped (the server discards the
+/// rest of a batch after an error, and reads a simple query that arrives meanwhile as part
+/// of it).
 #[derive(Debug)]
 enum Item {
-    /// A forwarded command; completed at its CommandComplete (Execute) or at the
-    /// ReadyForQuery (simple query).
+    /// A forwarded command (an `Execute` or simple query): its rows are masked with its
+    /// profile, and its outcome recorded when it finishes.
     Command(Pending),
     /// A denied statement, replaced by one that fails to parse. A refused `Parse` changes
     /// a name (the unnamed statement is dropped): its number, done when the placeholder
@@ -839,11 +844,9 @@ enum Item {
         code: &'static str,
         change: Option<u64>,
     },
-    /// A Sync or simple Query: the next ReadyForQuery closes everything before it.
-    Boundary,
-    /// A `Parse`, `Bind` or `Close` that changes a name: done at its `ParseComplete`,
-    /// `BindComplete` or `CloseComplete`; not done if the server failed or skipped it (the
-    /// batch's `ReadyForQuery` comes first). The number is the change's, see [`Named`].
+    /// A `Parse`, `Bind` or `Close` that changes a name: made if it is done (its
+    /// `ParseComplete`, `BindComplete` or `CloseComplete`), not if it failed or was skipped.
+    /// The number is the change's, see [`Named`].
     Message(u64),
 }
 
@@ -895,7 +898,6 @@ struct Answered {
 #[derive(Debug)]
 struct Pending {
     id: CommandId,
-    simple: bool,
     profile: Arc<Profile>,
     started: Instant,
     rows: u64,
@@ -912,7 +914,9 @@ struct Pending {
 #[derive(Debug)]
 struct Shared {
     session: StdMutex<Session>,
-    queue: StdMutex<VecDeque<Item>>,
+    /// What the gateway keeps for the answers to requests, by the tracker's number (see
+    /// [`Relay::track`]); taken when the tracker reports the request finished.
+    queue: StdMutex<VecDeque<(RequestId, Item)>>,
     token: String,
     commands: AtomicU64,
     /// What the server answered about changes to names, and a wake-up for the client side
@@ -1541,7 +1545,7 @@ impl Relay {
         let unanswered: Vec<Pending> = match relay.shared.queue.lock() {
             Ok(mut queue) => queue
                 .drain(..)
-                .filter_map(|item| match item {
+                .filter_map(|(_, item)| match item {
                     Item::Command(p) => Some(p),
                     _ => None,
                 })
@@ -1580,12 +1584,6 @@ impl Relay {
         Bytes::from(format!("wirewarden_refused_{}", self.shared.token))
     }
 
-    fn push(&self, items: impl IntoIterator<Item = Item>) {
-        if let Ok(mut q) = self.shared.queue.lock() {
-            q.extend(items);
-        }
-    }
-
     /// Forwards an `Execute` of `portal` that runs under `profile` and intent `id`, decided
     /// just now. A later `Execute` of a portal this session bound fetches more of the same
     /// execution's rows, and runs nothing new; one of a cursor (a portal no `Bind` made) is
@@ -1613,8 +1611,7 @@ impl Relay {
         if let Some(bound) = named.portals.get_mut(portal) {
             *bound = Portal::Running(profile.clone(), id, None);
         }
-        self.push([self.command(id, false, profile, named)]);
-        self.track_frontend(msg)?;
+        self.track(msg, Some(self.command(id, profile, named)))?;
         out.extend_from_slice(frame.as_bytes());
         Ok(())
     }
@@ -1632,37 +1629,45 @@ impl Relay {
         let change = Some(named.change(Space::Statement, &Bytes::new()));
         named.statements.remove(&Bytes::new());
         named.refused.insert(Bytes::new());
-        self.push([Item::Refused {
-            message,
-            code,
-            change,
-        }]);
         let m = FrontendMessage::Parse(wirewarden_postgres::frontend::Parse {
             name: Bytes::new(),
             query: self.poison_sql(),
             param_types: Vec::new(),
         });
-        self.track_frontend(&m)?;
+        let refused = Item::Refused {
+            message,
+            code,
+            change,
+        };
+        self.track(&m, Some(refused))?;
         m.encode(out)?;
         Ok(())
     }
 
-    fn track_frontend(&self, msg: &FrontendMessage) -> Result<()> {
-        match self.shared.session.lock() {
-            Ok(mut s) => s.on_frontend(msg).map_err(Error::from),
-            Err(_) => Err(Error::Config("session state poisoned".into())),
+    /// Feeds `msg`, about to be sent upstream, to the tracker, and queues `item` for the
+    /// answer to it under the number the tracker gave it. Both happen under the tracker's
+    /// lock, so the responses side, which learns what became of each request from the
+    /// tracker, always finds the item.
+    fn track(&self, msg: &FrontendMessage, item: Option<Item>) -> Result<()> {
+        let mut s = self
+            .shared
+            .session
+            .lock()
+            .map_err(|_| Error::Config("session state poisoned".into()))?;
+        s.on_frontend(msg)?;
+        if let (Some(id), Some(item)) = (s.last_request(), item) {
+            self.shared
+                .queue
+                .lock()
+                .map_err(|_| Error::Config("queue poisoned".into()))?
+                .push_back((id, item));
         }
+        Ok(())
     }
 
     /// A forwarded command, carrying the changes to names its statements make.
-    fn command(
-        &self,
-        id: CommandId,
-        simple: bool,
-        profile: Arc<Profile>,
-        named: &mut Named,
-    ) -> Item {
-        let mut item = self.pending(id, simple, profile);
+    fn command(&self, id: CommandId, profile: Arc<Profile>, named: &mut Named) -> Item {
+        let mut item = self.pending(id, profile);
         if let Item::Command(p) = &mut item {
             p.effects = std::mem::take(&mut named.effects);
         }
@@ -1695,10 +1700,9 @@ impl Relay {
         }
     }
 
-    fn pending(&self, id: CommandId, simple: bool, profile: Arc<Profile>) -> Item {
+    fn pending(&self, id: CommandId, profile: Arc<Profile>) -> Item {
         Item::Command(Pending {
             id,
-            simple,
             profile,
             started: Instant::now(),
             rows: 0,
@@ -1783,23 +1787,19 @@ impl Relay {
                         .await
                     {
                         Verdict::Forward(profile, id) => {
-                            let command = self.command(id, true, profile, &mut named);
-                            self.push([command, Item::Boundary]);
-                            self.track_frontend(&msg)?;
+                            let command = self.command(id, profile, &mut named);
+                            self.track(&msg, Some(command))?;
                             out.extend_from_slice(frame.as_bytes());
                         }
                         Verdict::HeldPerExecution => unreachable!("held now, not deferred"),
                         Verdict::Refuse { message, code } => {
-                            self.push([
-                                Item::Refused {
-                                    message,
-                                    code,
-                                    change: None,
-                                },
-                                Item::Boundary,
-                            ]);
                             let q = FrontendMessage::Query(self.poison_sql());
-                            self.track_frontend(&q)?;
+                            let refused = Item::Refused {
+                                message,
+                                code,
+                                change: None,
+                            };
+                            self.track(&q, Some(refused))?;
                             q.encode(&mut out)?;
                         }
                     }
@@ -1870,8 +1870,7 @@ impl Relay {
                                 };
                                 named.statements.insert(p.name.clone(), prepared);
                             }
-                            self.push([Item::Message(seq)]);
-                            self.track_frontend(&msg)?;
+                            self.track(&msg, Some(Item::Message(seq)))?;
                             out.extend_from_slice(frame.as_bytes());
                         }
                         Verdict::HeldPerExecution => {
@@ -1881,8 +1880,7 @@ impl Relay {
                             named
                                 .statements
                                 .insert(p.name.clone(), Prepared::Held(p.query.clone()));
-                            self.push([Item::Message(seq)]);
-                            self.track_frontend(&msg)?;
+                            self.track(&msg, Some(Item::Message(seq)))?;
                             out.extend_from_slice(frame.as_bytes());
                         }
                         Verdict::Refuse { message, code } => {
@@ -1894,16 +1892,16 @@ impl Relay {
                                 named.statements.remove(&p.name);
                                 named.refused.insert(p.name.clone());
                             }
-                            self.push([Item::Refused {
-                                message,
-                                code,
-                                change,
-                            }]);
                             let mut poisoned = p.clone();
                             poisoned.query = self.poison_sql();
                             poisoned.param_types.clear();
                             let m = FrontendMessage::Parse(poisoned);
-                            self.track_frontend(&m)?;
+                            let refused = Item::Refused {
+                                message,
+                                code,
+                                change,
+                            };
+                            self.track(&m, Some(refused))?;
                             m.encode(&mut out)?;
                         }
                     }
@@ -1953,8 +1951,7 @@ impl Relay {
                     };
                     let seq = named.change(Space::Portal, &b.portal);
                     named.portals.insert(b.portal.clone(), portal);
-                    self.push([Item::Message(seq)]);
-                    self.track_frontend(&msg)?;
+                    self.track(&msg, Some(Item::Message(seq)))?;
                     out.extend_from_slice(frame.as_bytes());
                 }
                 FrontendMessage::Execute { portal, .. } => {
@@ -2020,8 +2017,9 @@ impl Relay {
                         }
                         Some(Portal::Refused) => {
                             // Its Parse was refused: the server fails the Bind (or is
-                            // already discarding until Sync), so nothing runs.
-                            self.track_frontend(&msg)?;
+                            // already discarding until Sync), so nothing runs. Anything it
+                            // returned would have no statement behind it, and be withheld.
+                            self.track(&msg, None)?;
                             out.extend_from_slice(frame.as_bytes());
                             continue;
                         }
@@ -2099,9 +2097,8 @@ impl Relay {
                     }
                 }
                 FrontendMessage::Sync => {
-                    self.push([Item::Boundary]);
                     named.end_batch();
-                    self.track_frontend(&msg)?;
+                    self.track(&msg, None)?;
                     out.extend_from_slice(frame.as_bytes());
                 }
                 FrontendMessage::FunctionCall(_) => {
@@ -2111,18 +2108,14 @@ impl Relay {
                         up.write_all(&out).await.map_err(Error::upstream_io)?;
                         out.clear();
                     }
-                    self.push([
-                        Item::Refused {
-                            message:
-                                "wirewarden: the fast-path function call interface is not allowed"
-                                    .into(),
-                            code: "0A000",
-                            change: None,
-                        },
-                        Item::Boundary,
-                    ]);
+                    let refused = Item::Refused {
+                        message: "wirewarden: the fast-path function call interface is not allowed"
+                            .into(),
+                        code: "0A000",
+                        change: None,
+                    };
                     let q = FrontendMessage::Query(self.poison_sql());
-                    self.track_frontend(&q)?;
+                    self.track(&q, Some(refused))?;
                     q.encode(&mut out)?;
                     named.end_batch();
                 }
@@ -2152,8 +2145,7 @@ impl Relay {
                             named.ambiguous_portals.remove(name);
                         }
                     }
-                    self.push([Item::Message(seq)]);
-                    self.track_frontend(&msg)?;
+                    self.track(&msg, Some(Item::Message(seq)))?;
                     out.extend_from_slice(frame.as_bytes());
                 }
                 FrontendMessage::Describe { .. }
@@ -2161,7 +2153,7 @@ impl Relay {
                 | FrontendMessage::CopyData(_)
                 | FrontendMessage::CopyDone
                 | FrontendMessage::CopyFail(_) => {
-                    self.track_frontend(&msg)?;
+                    self.track(&msg, None)?;
                     out.extend_from_slice(frame.as_bytes());
                 }
                 _ => {
@@ -2526,27 +2518,85 @@ impl Relay {
         st.completed.push(p);
     }
 
-    fn front_command<'q>(&self, q: &'q mut VecDeque<Item>) -> Option<&'q mut Pending> {
-        match q.front_mut() {
-            Some(Item::Command(p)) => Some(p),
-            _ => None,
-        }
-    }
-
+    /// Relays one message from the server. The tracker says which request it answers
+    /// (the head of its queue as the message arrives) and what became of each request, and
+    /// what the gateway queued for that request is taken accordingly.
     async fn on_backend(
         &self,
         st: &mut Downstream,
         frame: Frame,
         msg: BackendMessage,
     ) -> Result<()> {
-        {
+        let head = {
             let mut session = self
                 .shared
                 .session
                 .lock()
                 .map_err(|_| Error::Config("session state poisoned".into()))?;
+            let head = session.head_request();
             session.on_backend(&msg)?;
+            st.finished.extend(session.take_finished());
+            head
+        };
+        let relayed = self.relay_backend(st, frame, msg, head).await;
+        if !st.finished.is_empty() {
+            self.finished(st)?;
         }
+        relayed
+    }
+
+    /// Takes what the gateway queued for each request the server finished.
+    fn finished(&self, st: &mut Downstream) -> Result<()> {
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .map_err(|_| Error::Config("queue poisoned".into()))?;
+        let mut finished = std::mem::take(&mut st.finished);
+        for (id, how) in finished.drain(..) {
+            // In order, so nearly always the first.
+            let Some(i) = q.iter().position(|(queued, _)| *queued == id) else {
+                continue;
+            };
+            let Some((_, item)) = q.remove(i) else {
+                continue;
+            };
+            match item {
+                Item::Command(mut p) => {
+                    match how {
+                        Finished::Done => {}
+                        Finished::Failed => {
+                            p.error.get_or_insert_with(|| "failed".into());
+                        }
+                        Finished::Skipped => {
+                            p.error.get_or_insert_with(|| {
+                                "not executed: an earlier message failed".into()
+                            });
+                        }
+                    }
+                    self.finish(st, p);
+                }
+                Item::Message(seq) => self.answer(seq, how == Finished::Done, None),
+                // The placeholder fails, which is the change predicted; skipped, the name
+                // keeps what it had.
+                Item::Refused { change, .. } => {
+                    if let Some(seq) = change {
+                        self.answer(seq, how != Finished::Skipped, None);
+                    }
+                }
+            }
+        }
+        st.finished = finished;
+        Ok(())
+    }
+
+    async fn relay_backend(
+        &self,
+        st: &mut Downstream,
+        frame: Frame,
+        msg: BackendMessage,
+        head: Option<RequestId>,
+    ) -> Result<()> {
         let limit = self.proxy.config.record_limit;
         match msg {
             BackendMessage::RowDescription(rd) => {
@@ -2560,7 +2610,7 @@ impl Relay {
                     return Ok(());
                 }
                 if let Ok(mut q) = self.shared.queue.lock()
-                    && let Some(p) = self.front_command(&mut q)
+                    && let Some(p) = head_command(&mut q, head)
                 {
                     let names: Vec<String> = rd
                         .fields()
@@ -2598,7 +2648,7 @@ impl Relay {
                     .queue
                     .lock()
                     .map_err(|_| Error::Config("queue poisoned".into()))?;
-                let Some(pending) = self.front_command(&mut q) else {
+                let Some(pending) = head_command(&mut q, head) else {
                     // Rows no forwarded statement asked for (only a broken or hostile server
                     // sends them): nothing says which profile, with which column rules,
                     // masks them. Withheld, as a value that cannot be masked is.
@@ -2652,22 +2702,6 @@ impl Relay {
                     pending.recording_truncated = true;
                 }
             }
-            BackendMessage::CopyInResponse(_) => {
-                // In copy-in mode the server ignores the `Sync`s the client pipelined behind
-                // the COPY: they close nothing (a simple query keeps its own boundary).
-                if let Ok(mut q) = self.shared.queue.lock() {
-                    let keep = match q.front() {
-                        Some(Item::Command(p)) if p.simple => 2,
-                        _ => 1,
-                    };
-                    while matches!(q.get(keep), Some(Item::Boundary)) {
-                        q.remove(keep);
-                    }
-                }
-                if !st.discarding {
-                    st.out.extend_from_slice(frame.as_bytes());
-                }
-            }
             BackendMessage::CopyOutResponse(ref c) => {
                 st.copy_binary = c.format != 0;
                 if !st.discarding {
@@ -2684,7 +2718,7 @@ impl Relay {
                     .queue
                     .lock()
                     .map_err(|_| Error::Config("queue poisoned".into()))?;
-                let Some(pending) = self.front_command(&mut q) else {
+                let Some(pending) = head_command(&mut q, head) else {
                     // COPY data with no statement behind it: withhold.
                     st.discarding = true;
                     return Ok(());
@@ -2720,117 +2754,89 @@ impl Relay {
             BackendMessage::CommandComplete(_)
             | BackendMessage::EmptyQueryResponse
             | BackendMessage::PortalSuspended => {
-                let mut q = self
-                    .shared
-                    .queue
-                    .lock()
-                    .map_err(|_| Error::Config("queue poisoned".into()))?;
                 // A statement that changes a name completed (whether or not its result
                 // reaches the client): the change is made.
-                if let BackendMessage::CommandComplete(tag) = &msg
-                    && let Some(p) = self.front_command(&mut q)
-                    && p.effects
-                        .front()
-                        .is_some_and(|e| e.tag.as_bytes() == tag.as_ref())
-                    && let Some(e) = p.effects.pop_front()
-                {
-                    self.answer(e.seq, true, None);
-                }
-                if st.discarding {
-                    return Ok(());
-                }
-                st.out.extend_from_slice(frame.as_bytes());
-                if matches!(q.front(), Some(Item::Command(p)) if !p.simple)
-                    && let Some(Item::Command(p)) = q.pop_front()
-                {
-                    self.finish(st, p);
-                }
-            }
-            BackendMessage::ParseComplete
-            | BackendMessage::BindComplete
-            | BackendMessage::CloseComplete => {
-                let mut q = self
-                    .shared
-                    .queue
-                    .lock()
-                    .map_err(|_| Error::Config("queue poisoned".into()))?;
-                if let Some(Item::Message(seq)) = q.front() {
-                    self.answer(*seq, true, None);
-                    q.pop_front();
+                if let BackendMessage::CommandComplete(tag) = &msg {
+                    let mut q = self
+                        .shared
+                        .queue
+                        .lock()
+                        .map_err(|_| Error::Config("queue poisoned".into()))?;
+                    if let Some(p) = head_command(&mut q, head)
+                        && p.effects
+                            .front()
+                            .is_some_and(|e| e.tag.as_bytes() == tag.as_ref())
+                        && let Some(e) = p.effects.pop_front()
+                    {
+                        self.answer(e.seq, true, None);
+                    }
                 }
                 if !st.discarding {
                     st.out.extend_from_slice(frame.as_bytes());
                 }
             }
             BackendMessage::ErrorResponse(fields) => {
+                let mut q = self
+                    .shared
+                    .queue
+                    .lock()
+                    .map_err(|_| Error::Config("queue poisoned".into()))?;
+                let at = head.and_then(|h| q.iter().position(|(id, _)| *id == h));
+                // A name the server found taken: the change is not made, and the name holds
+                // something the gateway did not know of.
+                if matches!(fields.code(), Some("42P05" | "42P03"))
+                    && let Some(i) = at
+                {
+                    match &mut q[i].1 {
+                        Item::Message(seq) => {
+                            self.answer_with(*seq, false, None, true);
+                            q.remove(i);
+                        }
+                        Item::Command(p)
+                            if p.effects
+                                .front()
+                                .is_some_and(|e| matches!(e.tag, "PREPARE" | "DECLARE CURSOR")) =>
+                        {
+                            if let Some(e) = p.effects.pop_front() {
+                                self.answer_with(e.seq, false, e.forget, true);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 if st.discarding {
                     return Ok(());
                 }
                 let ours = fields
                     .message()
                     .is_some_and(|m| m.contains(self.shared.token.as_str()));
-                let mut q = self
-                    .shared
-                    .queue
-                    .lock()
-                    .map_err(|_| Error::Config("queue poisoned".into()))?;
-                if ours {
-                    // The denied statement's placeholder failed: close what came before it
-                    // in this batch (not executed), then report the denial instead.
-                    while let Some(item) = q.pop_front() {
-                        match item {
-                            Item::Refused {
-                                message,
-                                code,
-                                change,
-                            } => {
-                                // The placeholder failed, which is the change predicted.
-                                if let Some(seq) = change {
-                                    self.answer(seq, true, None);
-                                }
-                                BackendMessage::ErrorResponse(ErrorFields::new(
-                                    "ERROR", code, message,
-                                ))
-                                .encode(&mut st.out)?;
-                                break;
-                            }
-                            Item::Command(mut p) => {
-                                p.error.get_or_insert_with(|| "not executed".into());
-                                self.finish(st, p);
-                            }
-                            Item::Message(seq) => self.answer(seq, false, None),
-                            Item::Boundary => {}
-                        }
+                if ours
+                    && let Some(i) = at
+                    && let Some((_, Item::Refused { .. })) = q.get(i)
+                    && let Some((
+                        _,
+                        Item::Refused {
+                            message,
+                            code,
+                            change,
+                        },
+                    )) = q.remove(i)
+                {
+                    // The denied statement's placeholder failed, which is the change
+                    // predicted: the denial is reported instead.
+                    if let Some(seq) = change {
+                        self.answer(seq, true, None);
                     }
+                    BackendMessage::ErrorResponse(ErrorFields::new("ERROR", code, message))
+                        .encode(&mut st.out)?;
                     return Ok(());
                 }
-                // A name the server found taken: the change is not made, and the name holds
-                // something the gateway did not know of.
-                let taken = matches!(fields.code(), Some("42P05" | "42P03"));
-                match q.front_mut() {
-                    Some(Item::Message(seq)) => {
-                        self.answer_with(*seq, false, None, taken);
-                        q.pop_front();
-                    }
-                    Some(Item::Command(p))
-                        if p.effects
-                            .front()
-                            .is_some_and(|e| matches!(e.tag, "PREPARE" | "DECLARE CURSOR"))
-                            && taken =>
-                    {
-                        if let Some(e) = p.effects.pop_front() {
-                            self.answer_with(e.seq, false, e.forget, true);
-                        }
-                    }
-                    _ => {}
-                }
                 let masked = {
-                    let profile = self
-                        .front_command(&mut q)
+                    let profile = head_command(&mut q, head)
                         .map_or_else(|| self.profile.clone(), |p| p.profile.clone());
                     let mut counts = MaskedCounts::new();
                     let m = outbound::mask_error_fields(&profile, &fields, &mut counts);
-                    if let Some(p) = self.front_command(&mut q) {
+                    if let Some(p) = head_command(&mut q, head) {
                         p.masked.merge(&counts);
                     }
                     m
@@ -2859,45 +2865,13 @@ impl Relay {
                         f
                     }
                 };
-                let text = upstream::describe(&shown);
-                if let Some(p) = self.front_command(&mut q) {
-                    p.error.get_or_insert(text);
-                    if !p.simple
-                        && let Some(Item::Command(p)) = q.pop_front()
-                    {
-                        self.finish(st, p);
-                    }
+                if let Some(p) = head_command(&mut q, head) {
+                    p.error.get_or_insert(upstream::describe(&shown));
                 }
             }
             BackendMessage::ReadyForQuery(_) => {
                 st.discarding = false;
                 st.plans = None;
-                let mut q = self
-                    .shared
-                    .queue
-                    .lock()
-                    .map_err(|_| Error::Config("queue poisoned".into()))?;
-                while let Some(item) = q.pop_front() {
-                    match item {
-                        Item::Boundary => break,
-                        Item::Command(mut p) => {
-                            if !p.simple {
-                                p.error.get_or_insert_with(|| {
-                                    "not executed: an earlier message failed".into()
-                                });
-                            }
-                            self.finish(st, p);
-                        }
-                        // Failed, or skipped after an earlier failure.
-                        Item::Message(seq) => self.answer(seq, false, None),
-                        // Skipped after an earlier failure: the name keeps what it had.
-                        Item::Refused { change, .. } => {
-                            if let Some(seq) = change {
-                                self.answer(seq, false, None);
-                            }
-                        }
-                    }
-                }
                 st.out.extend_from_slice(frame.as_bytes());
             }
             BackendMessage::NoticeResponse(fields) => {
@@ -2993,6 +2967,8 @@ struct Downstream {
     copy_binary: bool,
     /// A result was withheld: drop everything until ReadyForQuery.
     discarding: bool,
+    /// What became of requests, as the tracker reported it with the last message.
+    finished: Vec<(RequestId, Finished)>,
     completed: Vec<Pending>,
     /// The session's application name as the server last reported it.
     application: Option<String>,
@@ -3002,6 +2978,18 @@ struct Downstream {
 /// What the client is told when a result is withheld.
 const WITHHELD_MESSAGE: &str =
     "wirewarden: the result was withheld because a value could not be masked";
+
+/// What the gateway queued for the request `head`, if it is a forwarded command.
+fn head_command(
+    q: &mut VecDeque<(RequestId, Item)>,
+    head: Option<RequestId>,
+) -> Option<&mut Pending> {
+    let head = head?;
+    match q.iter_mut().find(|(id, _)| *id == head) {
+        Some((_, Item::Command(p))) => Some(p),
+        _ => None,
+    }
+}
 
 fn withhold(st: &mut Downstream, pending: &mut Pending, why: &str) -> Result<()> {
     pending.withheld = true;
@@ -3207,7 +3195,6 @@ mod tests {
     fn recording_stops_at_the_limit() {
         let mut p = Pending {
             id: CommandId::new(),
-            simple: true,
             profile: Arc::new(Profile::builder("t").build().unwrap()),
             started: Instant::now(),
             rows: 0,

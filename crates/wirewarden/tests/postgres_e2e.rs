@@ -217,6 +217,76 @@ def show(label, r):
     )
 }
 
+/// A Python script that speaks the protocol itself to the gateway on `port`, for message
+/// sequences no driver sends: it logs in as the analyst, then runs `body` with `send(*msgs)`
+/// (each built by `P(name, sql)`, `B(portal, statement, *params)`, `E(portal)`, `D(kind,
+/// name)`, `C(kind, name)`, `S()`, `H()` or `Q(sql)`) and `answers(n)`, which reads up to the
+/// `n`th `ReadyForQuery` and prints one line per message: `1`, `2`, `3` (parse, bind and
+/// close complete), `row <first value>`, `done <tag>`, `error <SQLSTATE>`, `ready`.
+fn raw_script(port: u16, body: &str) -> String {
+    format!(
+        r#"
+import socket, struct
+sock = socket.create_connection(("127.0.0.1", {port}))
+def msg(t, payload):
+    return t + struct.pack("!I", len(payload) + 4) + payload
+def z(b):
+    return b + b"\0"
+def P(name, sql): return msg(b"P", z(name) + z(sql) + struct.pack("!h", 0))
+def B(portal, stmt, *params):
+    out = z(portal) + z(stmt) + struct.pack("!hh", 0, len(params))
+    for p in params:
+        out += struct.pack("!i", len(p)) + p
+    return msg(b"B", out + struct.pack("!h", 0))
+def E(portal): return msg(b"E", z(portal) + struct.pack("!i", 0))
+def D(kind, name): return msg(b"D", kind + z(name))
+def C(kind, name): return msg(b"C", kind + z(name))
+def S(): return msg(b"S", b"")
+def H(): return msg(b"H", b"")
+def Q(sql): return msg(b"Q", z(sql))
+def send(*msgs): sock.sendall(b"".join(msgs))
+buf = b""
+def read():
+    global buf
+    while len(buf) < 5 or len(buf) < 1 + struct.unpack("!I", buf[1:5])[0]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise SystemExit("closed")
+        buf += chunk
+    n = struct.unpack("!I", buf[1:5])[0]
+    t, payload, buf = buf[:1], buf[5:1 + n], buf[1 + n:]
+    return t, payload
+def answers(n):
+    seen = 0
+    while seen < n:
+        t, p = read()
+        if t == b"Z":
+            seen += 1
+            print("ready")
+        elif t in (b"1", b"2", b"3"):
+            print(t.decode())
+        elif t == b"D":
+            count = struct.unpack("!h", p[:2])[0]
+            size = struct.unpack("!i", p[2:6])[0] if count else -1
+            print("row", p[6:6 + size].decode() if size >= 0 else "NULL")
+        elif t == b"C":
+            print("done", p[:-1].decode())
+        elif t == b"E":
+            fields = dict((f[:1], f[1:]) for f in p.split(b"\0") if f)
+            print("error", fields[b"C"].decode())
+startup = struct.pack("!I", 196608) + b"user\0analyst\0database\0app\0\0"
+sock.sendall(struct.pack("!I", len(startup) + 4) + startup)
+t, p = read()
+assert t == b"R" and struct.unpack("!I", p[:4])[0] == 3, (t, p)
+sock.sendall(msg(b"p", z(b"tok-analyst")))
+while read()[0] != b"Z":
+    pass
+{body}
+send(msg(b"X", b""))
+"#
+    )
+}
+
 /// psql through the gateway; `sql` are separate `-c` commands in one session.
 async fn psql(addr: SocketAddr, token: &str, sslmode: &str, sql: &[&str]) -> Output {
     let cmd = psql_command(addr, token, sslmode, sql);
@@ -857,6 +927,119 @@ async fn errors_notifications_and_copy_are_masked() {
             "{all}"
         );
     }
+}
+
+/// A simple query the server skips (it arrived while the server discarded messages after
+/// an error, up to `Sync`) gets no answer of its own. The gateway counts it out the way the
+/// server does, so the next queries' rows are masked as their own statements say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_the_server_skips_after_an_error_keeps_later_results_in_step() {
+    let g = gateway_with_masks(
+        None,
+        Arc::new(tokens()),
+        |s| s,
+        &notes_open_customers_strict(),
+        Some(strict_and_open("open")),
+    )
+    .await;
+    let script = raw_script(
+        g.addr.port(),
+        r#"
+send(B(b"", b"nope"), Q(b"SELECT 'skipped'"), S())
+answers(1)
+print("--")
+send(Q(b"SELECT body FROM notes"))
+answers(1)
+print("--")
+send(Q(b"SELECT ssn FROM customers WHERE id = 1"))
+answers(1)
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = succeeded(&out);
+    assert!(stdout.contains("error 26000"), "{stdout}");
+    assert!(!stdout.contains("skipped"), "{stdout}");
+    assert!(stdout.contains("row [REDACTED]"), "{stdout}");
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// A COPY FROM STDIN run with the extended protocol: the server ignores the `Sync` that
+/// libpq sends behind the `Execute` while it copies in, and answers the one sent after the
+/// data. The gateway counts the same way, so every later statement's outcome and masking
+/// stay its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_in_the_extended_protocol_keeps_the_session_in_step() {
+    let policy = POLICY.replace(
+        "[[rule]]\nid = \"writes-need-a-dba\"",
+        "[[rule]]\nid = \"analysts-copy\"\ngroups = [\"analysts\"]\nverbs = [\"COPY\"]\n\
+         action = \"allow\"\n\n[[rule]]\nid = \"writes-need-a-dba\"",
+    );
+    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, &policy).await;
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+r = pg.exec_params(b"COPY notes (body) FROM STDIN", [])
+print("copy", r.status == pq.ExecStatus.COPY_IN)
+pg.put_copy_data(b"first\nsecond\n")
+pg.put_copy_end()
+show("copied", pg.get_result())
+while pg.get_result() is not None:
+    pass
+show("parse", pg.prepare(b"s1", b"SELECT ssn FROM customers WHERE id = $1"))
+show("one", pg.exec_prepared(b"s1", [b"1"]))
+show("two", pg.exec_prepared(b"s1", [b"2"]))
+show("count", pg.exec_(b"SELECT count(*) FROM notes"))
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = succeeded(&out);
+    assert_shows(
+        &stdout,
+        &[
+            "copy True",
+            "copied ok",
+            "parse ok",
+            "one rows [REDACTED]",
+            "two rows [REDACTED]",
+            "count rows 2",
+        ],
+    );
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Each statement's outcome is its own: the two executions one row each, the count one.
+    let ev = events(g.audit_dir.path(), &g.keys);
+    let mut texts = std::collections::HashMap::new();
+    let mut outcomes = Vec::new();
+    for e in &ev {
+        match e {
+            AuditEventKind::CommandDecided {
+                command_id,
+                command,
+                ..
+            } => {
+                texts.insert(*command_id, command.text.clone());
+            }
+            AuditEventKind::CommandCompleted {
+                command_id,
+                rows,
+                error,
+                ..
+            } => outcomes.push((texts[command_id].clone(), *rows, error.clone())),
+            _ => {}
+        }
+    }
+    let copy = outcomes
+        .iter()
+        .find(|(t, ..)| t.starts_with("COPY"))
+        .expect("the COPY's outcome");
+    assert_eq!(copy.2, None, "{outcomes:#?}");
+    let count = outcomes
+        .iter()
+        .find(|(t, ..)| t.starts_with("SELECT count"))
+        .expect("the count's outcome");
+    assert_eq!((count.1, &count.2), (1, &None), "{outcomes:#?}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

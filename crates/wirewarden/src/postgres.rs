@@ -893,6 +893,10 @@ struct Answered {
     rejected: Vec<Rejection>,
     /// The responses relay stopped: nothing more will be answered.
     ended: bool,
+    /// A transaction ended after every change up to this number was answered: the portals
+    /// `Bind` made by then are gone (a portal lives in its transaction; only a cursor
+    /// declared `WITH HOLD` outlives it, and no `Bind` makes one).
+    portals_end: u64,
 }
 
 #[derive(Debug)]
@@ -1174,6 +1178,10 @@ struct Named {
     last: std::collections::HashMap<(Space, Bytes), u64>,
     /// Unanswered changes, oldest first, with what each name they touch meant before.
     undo: VecDeque<(u64, Vec<(Bytes, Before)>)>,
+    /// The number of the `Bind` that made each portal.
+    bound: std::collections::HashMap<Bytes, u64>,
+    /// The last [`Answered::portals_end`] taken.
+    portals_end: u64,
     /// What [`apply`](Self::apply) numbered, for the statement that carries it.
     effects: VecDeque<Effect>,
 }
@@ -1204,6 +1212,8 @@ impl Default for Named {
             through: 0,
             last: std::collections::HashMap::new(),
             undo: VecDeque::new(),
+            bound: std::collections::HashMap::new(),
+            portals_end: 0,
             effects: VecDeque::new(),
         }
     }
@@ -1324,9 +1334,13 @@ impl Named {
     /// a name it found taken when the gateway took it for free is ambiguous; a statement or
     /// cursor SQL named is forgotten by the classifier.
     fn catch_up(&mut self, answered: &StdMutex<Answered>, classifier: &mut Classifier) {
-        let (through, rejected) = match answered.lock() {
-            Ok(mut a) if a.through > self.through || !a.rejected.is_empty() => {
-                (a.through, std::mem::take(&mut a.rejected))
+        let (through, rejected, portals_end) = match answered.lock() {
+            Ok(mut a)
+                if a.through > self.through
+                    || !a.rejected.is_empty()
+                    || a.portals_end > self.portals_end =>
+            {
+                (a.through, std::mem::take(&mut a.rejected), a.portals_end)
             }
             _ => return,
         };
@@ -1371,6 +1385,19 @@ impl Named {
                 Some(Forget::Prepared(name)) => classifier.forget_prepared(&name),
                 Some(Forget::Cursor(name)) => classifier.forget_cursor(&name),
                 None => {}
+            }
+        }
+        if portals_end > self.portals_end {
+            self.portals_end = portals_end;
+            let ended: Vec<Bytes> = self
+                .bound
+                .iter()
+                .filter(|(_, seq)| **seq <= portals_end)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in ended {
+                self.bound.remove(&name);
+                self.portals.remove(&name);
             }
         }
         self.through = through;
@@ -1951,6 +1978,7 @@ impl Relay {
                     };
                     let seq = named.change(Space::Portal, &b.portal);
                     named.portals.insert(b.portal.clone(), portal);
+                    named.bound.insert(b.portal.clone(), seq);
                     self.track(&msg, Some(Item::Message(seq)))?;
                     out.extend_from_slice(frame.as_bytes());
                 }
@@ -2869,9 +2897,15 @@ impl Relay {
                     p.error.get_or_insert(upstream::describe(&shown));
                 }
             }
-            BackendMessage::ReadyForQuery(_) => {
+            BackendMessage::ReadyForQuery(status) => {
                 st.discarding = false;
                 st.plans = None;
+                if status == wirewarden_postgres::TransactionStatus::Idle
+                    && let Ok(mut a) = self.shared.answered.lock()
+                {
+                    // Every request before this one is answered, and nothing after it.
+                    a.portals_end = a.through;
+                }
                 st.out.extend_from_slice(frame.as_bytes());
             }
             BackendMessage::NoticeResponse(fields) => {

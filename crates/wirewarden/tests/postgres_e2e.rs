@@ -964,6 +964,53 @@ answers(1)
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// A portal lives in its transaction. Once the transaction ends, its name is free, and a
+/// function can open a cursor under it, which the gateway does not see: an `Execute` of the
+/// name would run that cursor, not the statement once bound there. It is decided as a fetch
+/// from a cursor the gateway does not know, and refused before it runs (rather than run
+/// under the old statement's decision, its rows withheld only because nothing described
+/// them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_ends_with_its_transaction() {
+    let g = gateway_with_masks(
+        None,
+        Arc::new(tokens()),
+        |s| s,
+        &notes_open_customers_strict(),
+        Some(strict_and_open("open")),
+    )
+    .await;
+    g.pg.psql(
+        "CREATE FUNCTION open_ssn(c refcursor) RETURNS refcursor LANGUAGE plpgsql AS \
+         $$ BEGIN OPEN c FOR SELECT ssn FROM customers ORDER BY id; RETURN c; END $$",
+    )
+    .unwrap();
+    let script = raw_script(
+        g.addr.port(),
+        r#"
+send(Q(b"BEGIN"))
+answers(1)
+send(P(b"n", b"SELECT body FROM notes"), B(b"p1", b"n"), E(b"p1"), S())
+answers(1)
+send(Q(b"COMMIT"))
+answers(1)
+print("--")
+send(Q(b"BEGIN"), Q(b"SELECT open_ssn('p1')"))
+answers(2)
+send(D(b"P", b"p1"), E(b"p1"), S())
+answers(1)
+send(Q(b"COMMIT"))
+answers(1)
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = succeeded(&out);
+    assert!(stdout.contains("row p1"), "{stdout}");
+    assert!(stdout.contains("error 42501"), "{stdout}");
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// A COPY FROM STDIN run with the extended protocol: the server ignores the `Sync` that
 /// libpq sends behind the `Execute` while it copies in, and answers the one sent after the
 /// data. The gateway counts the same way, so every later statement's outcome and masking

@@ -1,0 +1,536 @@
+//! What the session's statement and portal names mean, as the server made them: every
+//! change to a name is numbered with what the name meant before, the server's answer to it
+//! is read, and a change the server did not make is undone.
+
+use std::collections::VecDeque;
+use std::sync::Mutex as StdMutex;
+
+use bytes::Bytes;
+use wirewarden_sql::Classifier;
+
+use super::{Portal, Prepared};
+
+/// A change SQL makes to the session's names (`PREPARE`, `DEALLOCATE`, `DECLARE`,
+/// `CLOSE`, `DISCARD ALL`), run by a simple query or an execution: done when the server
+/// completes the statement with its command tag; not done if the statement failed or was
+/// skipped.
+#[derive(Debug)]
+pub(super) struct Effect {
+    /// The change's number, see [`Named`].
+    pub(super) seq: u64,
+    /// The command tag of the statement that makes it.
+    pub(super) tag: &'static str,
+    /// A name the classifier took for a statement or cursor, to forget if the change was
+    /// not done (a `PREPARE` or `DECLARE` of a name already taken fails on the server, which
+    /// keeps what the name had).
+    pub(super) forget: Option<Forget>,
+}
+
+/// A name the classifier must forget because the statement that gave it was not done.
+#[derive(Debug, Clone)]
+pub(super) enum Forget {
+    /// A statement SQL `PREPARE` named.
+    Prepared(String),
+    /// A cursor SQL `DECLARE` named.
+    Cursor(String),
+}
+
+/// A change to a name the server did not make.
+#[derive(Debug)]
+pub(super) struct Rejection {
+    /// The change's number.
+    pub(super) seq: u64,
+    /// What the classifier must forget.
+    pub(super) forget: Option<Forget>,
+    /// The server found the name taken (42P05, 42P03).
+    pub(super) taken: bool,
+}
+
+/// What the server answered about the session's changes to names, for the client side
+/// to catch up with (see [`Named`]).
+#[derive(Debug, Default)]
+pub(super) struct Answered {
+    /// Every change up to this number has been answered (done or not).
+    pub(super) through: u64,
+    /// Changes the server did not make, oldest first.
+    pub(super) rejected: Vec<Rejection>,
+    /// The responses relay stopped: nothing more will be answered.
+    pub(super) ended: bool,
+    /// A transaction ended after every change up to this number was answered: the portals
+    /// `Bind` made by then are gone (a portal lives in its transaction; only a cursor
+    /// declared `WITH HOLD` outlives it, and no `Bind` makes one).
+    pub(super) portals_end: u64,
+}
+
+/// The two namespaces of the server's names: prepared statements (`Parse`, SQL
+/// `PREPARE`) and portals (`Bind`, SQL `DECLARE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Space {
+    /// Prepared statements.
+    Statement,
+    /// Portals, cursors among them.
+    Portal,
+}
+
+/// The session's prepared statements and portals as the gateway knows them.
+///
+/// Every change to a name (a `Parse`, `Bind` or `Close`; SQL `PREPARE`, `DEALLOCATE`,
+/// `DECLARE`, `CLOSE`, `DISCARD ALL` when it runs) is numbered, with what the name meant
+/// before, and the server's answer to it read. The server makes a batch's changes (up to a
+/// `Sync`, or one simple query) in order until one fails, and skips the rest: what it did
+/// not make is undone, which leaves the names as the server has them. A
+/// change the server refused because the name was taken when the gateway took it for free
+/// leaves it [ambiguous](Portal::Ambiguous). A decision on a name changed in an earlier
+/// batch waits for that change's answer: within a batch, a decision taken on a change that
+/// fails is skipped with it, but a later batch runs whatever the name holds.
+pub(super) struct Named {
+    pub(super) statements: std::collections::HashMap<Bytes, Prepared>,
+    pub(super) portals: std::collections::HashMap<Bytes, Portal>,
+    /// Statement names whose last `Parse` was refused, which the server does not hold.
+    pub(super) refused: std::collections::HashSet<Bytes>,
+    /// Statement and portal names whose meaning on the server the gateway does not know:
+    /// see [`Portal::Ambiguous`].
+    pub(super) ambiguous_statements: std::collections::HashSet<Bytes>,
+    pub(super) ambiguous_portals: std::collections::HashSet<Bytes>,
+    /// The number the next change takes.
+    pub(super) next: u64,
+    /// The first number of the current batch: changes below it were sent before a `Sync`
+    /// or simple query.
+    pub(super) batch_start: u64,
+    /// Every change up to this number has been answered.
+    pub(super) through: u64,
+    /// The last unanswered change to each name.
+    pub(super) last: std::collections::HashMap<(Space, Bytes), u64>,
+    /// Unanswered changes, oldest first, with what each name they touch meant before.
+    pub(super) undo: VecDeque<(u64, Vec<(Bytes, Before)>)>,
+    /// The number of the `Bind` that made each portal.
+    pub(super) bound: std::collections::HashMap<Bytes, u64>,
+    /// The last [`Answered::portals_end`] taken.
+    pub(super) portals_end: u64,
+    /// What [`apply`](Self::apply) numbered, for the statement that carries it.
+    pub(super) effects: VecDeque<Effect>,
+}
+
+/// What a name meant before a change.
+pub(super) enum Before {
+    Statement {
+        prepared: Option<Prepared>,
+        refused: bool,
+        ambiguous: bool,
+    },
+    Portal {
+        portal: Option<Portal>,
+        ambiguous: bool,
+    },
+}
+
+impl Default for Named {
+    fn default() -> Self {
+        Named {
+            statements: std::collections::HashMap::new(),
+            portals: std::collections::HashMap::new(),
+            refused: std::collections::HashSet::new(),
+            ambiguous_statements: std::collections::HashSet::new(),
+            ambiguous_portals: std::collections::HashSet::new(),
+            next: 1,
+            batch_start: 1,
+            through: 0,
+            last: std::collections::HashMap::new(),
+            undo: VecDeque::new(),
+            bound: std::collections::HashMap::new(),
+            portals_end: 0,
+            effects: VecDeque::new(),
+        }
+    }
+}
+
+impl Named {
+    /// What `name` means now.
+    fn before(&self, space: Space, name: &Bytes) -> Before {
+        match space {
+            Space::Statement => Before::Statement {
+                prepared: self.statements.get(name).cloned(),
+                refused: self.refused.contains(name),
+                ambiguous: self.ambiguous_statements.contains(name),
+            },
+            Space::Portal => Before::Portal {
+                portal: self.portals.get(name).cloned(),
+                ambiguous: self.ambiguous_portals.contains(name),
+            },
+        }
+    }
+
+    /// Gives `name` back what it meant before a change.
+    fn restore(&mut self, name: Bytes, before: Before) {
+        fn set(set: &mut std::collections::HashSet<Bytes>, name: &Bytes, on: bool) {
+            if on {
+                set.insert(name.clone());
+            } else {
+                set.remove(name);
+            }
+        }
+        match before {
+            Before::Statement {
+                prepared,
+                refused,
+                ambiguous,
+            } => {
+                set(&mut self.refused, &name, refused);
+                set(&mut self.ambiguous_statements, &name, ambiguous);
+                match prepared {
+                    Some(p) => self.statements.insert(name, p),
+                    None => self.statements.remove(&name),
+                };
+            }
+            Before::Portal { portal, ambiguous } => {
+                set(&mut self.ambiguous_portals, &name, ambiguous);
+                match portal {
+                    Some(p) => self.portals.insert(name, p),
+                    None => self.portals.remove(&name),
+                };
+            }
+        }
+    }
+
+    /// Numbers a change to `name`, about to be made.
+    pub(super) fn change(&mut self, space: Space, name: &Bytes) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        let before = self.before(space, name);
+        self.undo.push_back((seq, vec![(name.clone(), before)]));
+        self.last.insert((space, name.clone()), seq);
+        seq
+    }
+
+    /// Numbers a change to every name of `spaces` the gateway knows (`DEALLOCATE ALL`,
+    /// `CLOSE ALL`, `DISCARD ALL`), about to be made.
+    pub(super) fn change_all(&mut self, spaces: &[Space]) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        let mut befores = Vec::new();
+        for space in spaces {
+            let names: std::collections::HashSet<Bytes> = match space {
+                Space::Statement => self
+                    .statements
+                    .keys()
+                    .chain(&self.ambiguous_statements)
+                    .chain(&self.refused)
+                    .cloned()
+                    .collect(),
+                Space::Portal => self
+                    .portals
+                    .keys()
+                    .chain(&self.ambiguous_portals)
+                    .cloned()
+                    .collect(),
+            };
+            for name in names {
+                befores.push((name.clone(), self.before(*space, &name)));
+                self.last.insert((*space, name), seq);
+            }
+        }
+        self.undo.push_back((seq, befores));
+        seq
+    }
+
+    /// A `Sync` or simple query ends the batch.
+    pub(super) fn end_batch(&mut self) {
+        self.batch_start = self.next;
+    }
+
+    /// The change of an earlier batch to `name` not yet answered, which a decision on that
+    /// name waits for.
+    pub(super) fn awaits(&self, space: Space, name: &Bytes) -> Option<u64> {
+        self.last
+            .get(&(space, name.clone()))
+            .copied()
+            .filter(|seq| *seq < self.batch_start && *seq > self.through)
+    }
+
+    /// The last change of an earlier batch, if it is not yet answered: SQL may name any
+    /// statement or cursor, so a simple query waits for every change before it.
+    pub(super) fn awaits_any(&self) -> Option<u64> {
+        let last = self.batch_start - 1;
+        (last > self.through).then_some(last)
+    }
+
+    /// Takes what the server answered: the changes it did not make are undone (a later
+    /// change to the same name, not yet answered, then follows what the name had before);
+    /// a name it found taken when the gateway took it for free is ambiguous; a statement or
+    /// cursor SQL named is forgotten by the classifier.
+    pub(super) fn catch_up(&mut self, answered: &StdMutex<Answered>, classifier: &mut Classifier) {
+        let (through, rejected, portals_end) = match answered.lock() {
+            Ok(mut a)
+                if a.through > self.through
+                    || !a.rejected.is_empty()
+                    || a.portals_end > self.portals_end =>
+            {
+                (a.through, std::mem::take(&mut a.rejected), a.portals_end)
+            }
+            _ => return,
+        };
+        for rejection in &rejected {
+            let Some(i) = self.undo.iter().position(|(seq, _)| *seq == rejection.seq) else {
+                continue;
+            };
+            let Some((_, befores)) = self.undo.remove(i) else {
+                continue;
+            };
+            for (name, mut before) in befores {
+                if rejection.taken {
+                    // The name holds what the gateway did not know of.
+                    before = match before {
+                        Before::Statement { .. } => Before::Statement {
+                            prepared: None,
+                            refused: false,
+                            ambiguous: true,
+                        },
+                        Before::Portal { .. } => Before::Portal {
+                            portal: None,
+                            ambiguous: true,
+                        },
+                    };
+                }
+                // A later change to the name, not yet answered, now follows what the name
+                // had before this one; with none, the name gets it back.
+                let statement = matches!(before, Before::Statement { .. });
+                let later = self.undo.iter_mut().skip(i).find_map(|(_, bs)| {
+                    bs.iter_mut().find(|(n, b)| {
+                        *n == name && matches!(b, Before::Statement { .. }) == statement
+                    })
+                });
+                match later {
+                    Some((_, b)) => *b = before,
+                    None => self.restore(name, before),
+                }
+            }
+        }
+        for rejection in rejected {
+            match rejection.forget {
+                Some(Forget::Prepared(name)) => classifier.forget_prepared(&name),
+                Some(Forget::Cursor(name)) => classifier.forget_cursor(&name),
+                None => {}
+            }
+        }
+        if portals_end > self.portals_end {
+            self.portals_end = portals_end;
+            let ended: Vec<Bytes> = self
+                .bound
+                .iter()
+                .filter(|(_, seq)| **seq <= portals_end)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in ended {
+                self.bound.remove(&name);
+                self.portals.remove(&name);
+            }
+        }
+        self.through = through;
+        while self.undo.front().is_some_and(|(seq, _)| *seq <= through) {
+            self.undo.pop_front();
+        }
+        self.last.retain(|_, seq| *seq > through);
+    }
+
+    /// Applies what SQL run upstream does to names, numbering each change for the server
+    /// to answer ([`effects`](Self::effects)): forgets what it deallocated or closed
+    /// (`DEALLOCATE`, `CLOSE`, `DISCARD ALL`), and forgets that a name's `Parse` was
+    /// refused once SQL `PREPARE` has given the server a statement of that name: a `Bind` to
+    /// it then runs that statement, which is decided.
+    pub(super) fn apply(&mut self, analysis: &wirewarden_sql::Analysis) {
+        for s in &analysis.statements {
+            use wirewarden_sql::PreparedEffect;
+            let (seq, tag, forget) = match &s.prepared {
+                Some(PreparedEffect::Prepare { name, .. }) => {
+                    let key = Bytes::copy_from_slice(name.as_bytes());
+                    let seq = self.change(Space::Statement, &key);
+                    self.refused.remove(&key);
+                    // The server kept the statement of our Parse (and failed the PREPARE),
+                    // or had none (and took the PREPARE's): which, the gateway cannot tell.
+                    if self.statements.remove(&key).is_some() {
+                        self.ambiguous_statements.insert(key);
+                    }
+                    (seq, "PREPARE", Some(Forget::Prepared(name.clone())))
+                }
+                Some(PreparedEffect::Deallocate { name: Some(name) }) => {
+                    let key = Bytes::copy_from_slice(name.as_bytes());
+                    let seq = self.change(Space::Statement, &key);
+                    self.statements.remove(&key);
+                    self.ambiguous_statements.remove(&key);
+                    (seq, "DEALLOCATE", None)
+                }
+                Some(PreparedEffect::Deallocate { name: None }) => {
+                    let seq = self.change_all(&[Space::Statement]);
+                    self.statements.clear();
+                    self.ambiguous_statements.clear();
+                    (seq, "DEALLOCATE ALL", None)
+                }
+                Some(PreparedEffect::DeclareCursor { name, .. }) => {
+                    let key = Bytes::copy_from_slice(name.as_bytes());
+                    let seq = self.change(Space::Portal, &key);
+                    if self.portals.remove(&key).is_some() {
+                        self.ambiguous_portals.insert(key);
+                    }
+                    (seq, "DECLARE CURSOR", Some(Forget::Cursor(name.clone())))
+                }
+                Some(PreparedEffect::CloseCursor { name: Some(name) }) => {
+                    let key = Bytes::copy_from_slice(name.as_bytes());
+                    let seq = self.change(Space::Portal, &key);
+                    self.portals.remove(&key);
+                    self.ambiguous_portals.remove(&key);
+                    (seq, "CLOSE CURSOR", None)
+                }
+                Some(PreparedEffect::CloseCursor { name: None }) => {
+                    let seq = self.change_all(&[Space::Portal]);
+                    self.portals.clear();
+                    self.ambiguous_portals.clear();
+                    (seq, "CLOSE CURSOR ALL", None)
+                }
+                _ if s.verb == "DISCARD ALL" => {
+                    let seq = self.change_all(&[Space::Statement, Space::Portal]);
+                    self.statements.clear();
+                    self.portals.clear();
+                    self.ambiguous_statements.clear();
+                    self.ambiguous_portals.clear();
+                    (seq, "DISCARD ALL", None)
+                }
+                _ => continue,
+            };
+            self.effects.push_back(Effect { seq, tag, forget });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(sql: &'static str) -> Prepared {
+        Prepared::Held(Bytes::from_static(sql.as_bytes()))
+    }
+
+    fn held_sql<'a>(named: &'a Named, name: &'static str) -> Option<&'a [u8]> {
+        match named.statements.get(&Bytes::from_static(name.as_bytes())) {
+            Some(Prepared::Held(sql)) => Some(sql),
+            _ => None,
+        }
+    }
+
+    fn answer(answered: &StdMutex<Answered>, through: u64, rejected: &[(u64, bool)]) {
+        let mut a = answered.lock().unwrap();
+        a.through = through;
+        a.rejected
+            .extend(rejected.iter().map(|(seq, taken)| Rejection {
+                seq: *seq,
+                forget: None,
+                taken: *taken,
+            }));
+    }
+
+    /// A `Parse` of `name` as the relay makes it.
+    fn parse(named: &mut Named, name: &'static str, sql: &'static str) -> u64 {
+        let key = Bytes::from_static(name.as_bytes());
+        let seq = named.change(Space::Statement, &key);
+        named.statements.insert(key, held(sql));
+        seq
+    }
+
+    fn close(named: &mut Named, name: &'static str) -> u64 {
+        let key = Bytes::from_static(name.as_bytes());
+        let seq = named.change(Space::Statement, &key);
+        named.statements.remove(&key);
+        seq
+    }
+
+    #[test]
+    fn a_change_the_server_did_not_make_is_undone() {
+        let answered = StdMutex::new(Answered::default());
+        let mut classifier = Classifier::new();
+        let mut named = Named::default();
+        let first = parse(&mut named, "s1", "SELECT 1");
+        named.end_batch();
+        let closed = close(&mut named, "s1");
+        named.end_batch();
+        // The close is of an earlier batch: a decision on s1 waits for its answer.
+        assert_eq!(
+            named.awaits(Space::Statement, &Bytes::from_static(b"s1")),
+            Some(closed)
+        );
+        answer(&answered, closed, &[(closed, false)]);
+        named.catch_up(&answered, &mut classifier);
+        assert_eq!(held_sql(&named, "s1"), Some(&b"SELECT 1"[..]));
+        assert_eq!(
+            named.awaits(Space::Statement, &Bytes::from_static(b"s1")),
+            None
+        );
+        assert!(named.undo.is_empty() && named.last.is_empty(), "{first}");
+    }
+
+    #[test]
+    fn a_later_change_follows_what_the_name_had_before_an_undone_one() {
+        let answered = StdMutex::new(Answered::default());
+        let mut classifier = Classifier::new();
+        let mut named = Named::default();
+        let first = parse(&mut named, "s1", "SELECT 1");
+        let closed = close(&mut named, "s1");
+        let second = parse(&mut named, "s1", "SELECT 2");
+        // The close was skipped; the second Parse is not answered yet.
+        answer(&answered, closed, &[(closed, false)]);
+        named.catch_up(&answered, &mut classifier);
+        assert_eq!(held_sql(&named, "s1"), Some(&b"SELECT 2"[..]));
+        // Then it fails too: the name has the first statement again.
+        answer(&answered, second, &[(second, false)]);
+        named.catch_up(&answered, &mut classifier);
+        assert_eq!(held_sql(&named, "s1"), Some(&b"SELECT 1"[..]), "{first}");
+        assert!(named.undo.is_empty());
+    }
+
+    #[test]
+    fn a_batch_skipped_after_its_first_change_leaves_that_change_alone() {
+        let answered = StdMutex::new(Answered::default());
+        let mut classifier = Classifier::new();
+        let mut named = Named::default();
+        let first = parse(&mut named, "s1", "SELECT 1");
+        let closed = close(&mut named, "s1");
+        let second = parse(&mut named, "s1", "SELECT 2");
+        answer(&answered, second, &[(closed, false), (second, false)]);
+        named.catch_up(&answered, &mut classifier);
+        assert_eq!(held_sql(&named, "s1"), Some(&b"SELECT 1"[..]), "{first}");
+    }
+
+    #[test]
+    fn a_name_the_server_found_taken_is_ambiguous() {
+        let answered = StdMutex::new(Answered::default());
+        let mut classifier = Classifier::new();
+        let mut named = Named::default();
+        let seq = parse(&mut named, "s1", "SELECT 1");
+        answer(&answered, seq, &[(seq, true)]);
+        named.catch_up(&answered, &mut classifier);
+        assert!(!named.statements.contains_key(&Bytes::from_static(b"s1")));
+        assert!(
+            named
+                .ambiguous_statements
+                .contains(&Bytes::from_static(b"s1"))
+        );
+    }
+
+    #[test]
+    fn an_undone_deallocate_all_gives_every_name_back() {
+        let answered = StdMutex::new(Answered::default());
+        let mut classifier = Classifier::new();
+        let mut named = Named::default();
+        let a = parse(&mut named, "a", "SELECT 1");
+        let b = parse(&mut named, "b", "SELECT 2");
+        answer(&answered, b, &[]);
+        named.catch_up(&answered, &mut classifier);
+        let analysis = classifier.classify_bytes(b"DEALLOCATE ALL");
+        named.apply(&analysis);
+        let effect = named.effects.pop_front().expect("an effect");
+        assert_eq!(effect.tag, "DEALLOCATE ALL");
+        assert!(named.statements.is_empty());
+        answer(&answered, effect.seq, &[(effect.seq, false)]);
+        named.catch_up(&answered, &mut classifier);
+        assert_eq!(held_sql(&named, "a"), Some(&b"SELECT 1"[..]), "{a}");
+        assert_eq!(held_sql(&named, "b"), Some(&b"SELECT 2"[..]));
+    }
+}

@@ -102,13 +102,36 @@ pub(super) struct Named {
     /// The last unanswered change to each name.
     pub(super) last: std::collections::HashMap<(Space, Bytes), u64>,
     /// Unanswered changes, oldest first, with what each name they touch meant before.
-    pub(super) undo: VecDeque<(u64, Vec<(Bytes, Before)>)>,
+    pub(super) undo: VecDeque<(u64, Befores)>,
     /// The number of the `Bind` that made each portal.
     pub(super) bound: std::collections::HashMap<Bytes, u64>,
     /// The last [`Answered::portals_end`] taken.
     pub(super) portals_end: u64,
     /// What [`apply`](Self::apply) numbered, for the statement that carries it.
     pub(super) effects: VecDeque<Effect>,
+}
+
+/// What the names one change touches meant before it: one name, but for `DEALLOCATE ALL`,
+/// `CLOSE ALL` and `DISCARD ALL` (kept without an allocation for the one).
+pub(super) enum Befores {
+    One((Bytes, Before)),
+    Many(Vec<(Bytes, Before)>),
+}
+
+impl Befores {
+    fn as_mut_slice(&mut self) -> &mut [(Bytes, Before)] {
+        match self {
+            Befores::One(one) => std::slice::from_mut(one),
+            Befores::Many(many) => many,
+        }
+    }
+
+    fn into_vec(self) -> Vec<(Bytes, Before)> {
+        match self {
+            Befores::One(one) => vec![one],
+            Befores::Many(many) => many,
+        }
+    }
 }
 
 /// What a name meant before a change.
@@ -197,7 +220,8 @@ impl Named {
         let seq = self.next;
         self.next += 1;
         let before = self.before(space, name);
-        self.undo.push_back((seq, vec![(name.clone(), before)]));
+        self.undo
+            .push_back((seq, Befores::One((name.clone(), before))));
         self.last.insert((space, name.clone()), seq);
         seq
     }
@@ -229,7 +253,7 @@ impl Named {
                 self.last.insert((*space, name), seq);
             }
         }
-        self.undo.push_back((seq, befores));
+        self.undo.push_back((seq, Befores::Many(befores)));
         seq
     }
 
@@ -276,7 +300,7 @@ impl Named {
             let Some((_, befores)) = self.undo.remove(i) else {
                 continue;
             };
-            for (name, mut before) in befores {
+            for (name, mut before) in befores.into_vec() {
                 if rejection.taken {
                     // The name holds what the gateway did not know of.
                     before = match before {
@@ -295,7 +319,7 @@ impl Named {
                 // had before this one; with none, the name gets it back.
                 let statement = matches!(before, Before::Statement { .. });
                 let later = self.undo.iter_mut().skip(i).find_map(|(_, bs)| {
-                    bs.iter_mut().find(|(n, b)| {
+                    bs.as_mut_slice().iter_mut().find(|(n, b)| {
                         *n == name && matches!(b, Before::Statement { .. }) == statement
                     })
                 });

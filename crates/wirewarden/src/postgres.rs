@@ -2455,6 +2455,7 @@ impl Relay {
                 let ours = fields
                     .message()
                     .is_some_and(|m| m.contains(self.shared.token.as_str()));
+                let at = head.and_then(|h| q.iter().position(|(id, _)| *id == h));
                 if ours
                     && let Some(i) = at
                     && let Some((_, Item::Refused { .. })) = q.get(i)

@@ -131,6 +131,9 @@ pub enum PreparedEffect {
         name: String,
         /// What its query does.
         statement: Prepared,
+        /// Declared `WITH HOLD`: it outlives the transaction that declared it (once that
+        /// commits); any other cursor ends with its transaction.
+        hold: bool,
     },
     /// `CLOSE name`, or `CLOSE ALL` when `name` is `None`.
     CloseCursor {
@@ -303,7 +306,9 @@ impl Classifier {
                 self.prepared.remove(n);
             }
             Some(PreparedEffect::Deallocate { name: None }) => self.prepared.clear(),
-            Some(PreparedEffect::DeclareCursor { name, statement }) => {
+            Some(PreparedEffect::DeclareCursor {
+                name, statement, ..
+            }) => {
                 self.cursors.insert(name.clone(), statement.clone());
             }
             Some(PreparedEffect::CloseCursor { name: Some(n) }) => {
@@ -1349,7 +1354,12 @@ fn classify_statement(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth:
                         objects: inner.objects.clone(),
                     };
                     out.extend(inner.objects);
-                    out.prepared = Some(PreparedEffect::DeclareCursor { name, statement });
+                    let hold = (2..f).any(|i| is_kw(toks, i, "with") && is_kw(toks, i + 1, "hold"));
+                    out.prepared = Some(PreparedEffect::DeclareCursor {
+                        name,
+                        statement,
+                        hold,
+                    });
                 }
                 _ => out.raise(Unknown),
             }

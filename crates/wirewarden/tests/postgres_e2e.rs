@@ -964,12 +964,13 @@ answers(1)
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
-/// A portal lives in its transaction. Once the transaction ends, its name is free, and a
-/// function can open a cursor under it, which the gateway does not see: an `Execute` of the
-/// name would run that cursor, not the statement once bound there. It is decided as a fetch
-/// from a cursor the gateway does not know, and refused before it runs (rather than run
-/// under the old statement's decision, its rows withheld only because nothing described
-/// them).
+/// A portal lives in its transaction, and so does a cursor not declared `WITH HOLD`. Once
+/// the transaction ends, the name is free, and a function can open a cursor under it, which
+/// the gateway does not see: an `Execute` of the name, or a `FETCH` from it, would read that
+/// cursor, not the statement once bound or declared there. It is decided as a fetch from a
+/// cursor the gateway does not know, and refused before it runs (rather than run under the
+/// old statement's decision: the protocol's rows were withheld only because nothing
+/// described them, and the `FETCH` showed an SSN through the notes query's open profile).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_portal_ends_with_its_transaction() {
     let g = gateway_with_masks(
@@ -1001,12 +1002,18 @@ send(D(b"P", b"p1"), E(b"p1"), S())
 answers(1)
 send(Q(b"COMMIT"))
 answers(1)
+print("--")
+send(Q(b"BEGIN"), Q(b"DECLARE c1 CURSOR FOR SELECT body FROM notes"), Q(b"COMMIT"))
+answers(3)
+send(Q(b"BEGIN"), Q(b"SELECT open_ssn('c1')"), Q(b"FETCH 1 FROM c1"), Q(b"COMMIT"))
+answers(4)
 "#,
     );
     let out = python(&script).await;
     let stdout = succeeded(&out);
     assert!(stdout.contains("row p1"), "{stdout}");
-    assert!(stdout.contains("error 42501"), "{stdout}");
+    assert!(stdout.contains("row c1"), "{stdout}");
+    assert_eq!(stdout.matches("error 42501").count(), 2, "{stdout}");
     assert!(!stdout.contains("123-45-6789"), "{stdout}");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }

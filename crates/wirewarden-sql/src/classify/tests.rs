@@ -537,6 +537,23 @@ fn a_fetch_reads_what_its_cursor_reads() {
 }
 
 #[test]
+fn a_cursor_declared_with_hold_says_so() {
+    let cl = Classifier::new();
+    let hold = |sql: &str| match &cl.classify(sql).statements[0].prepared {
+        Some(PreparedEffect::DeclareCursor { hold, .. }) => *hold,
+        other => panic!("{sql}: {other:?}"),
+    };
+    assert!(hold("DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT 1"));
+    assert!(hold("declare c binary cursor with hold for select 1"));
+    assert!(!hold("DECLARE c CURSOR FOR SELECT 1"));
+    assert!(!hold("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1"));
+    // Words of the query are not the cursor's.
+    assert!(!hold(
+        "DECLARE c CURSOR FOR WITH hold AS (SELECT 1) SELECT * FROM hold"
+    ));
+}
+
+#[test]
 fn multi_statement_text_takes_the_riskiest_part() {
     let sql = "SELECT 1; UPDATE t SET a = 1; GRANT x TO y; SELECT $$;$$";
     let a = Classifier::new().classify(sql);

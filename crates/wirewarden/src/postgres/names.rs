@@ -105,6 +105,9 @@ pub(super) struct Named {
     pub(super) undo: VecDeque<(u64, Befores)>,
     /// The number of the `Bind` that made each portal.
     pub(super) bound: std::collections::HashMap<Bytes, u64>,
+    /// The cursors SQL declared: the number of the `DECLARE`, and whether it was `WITH
+    /// HOLD`. One without ends with its transaction.
+    pub(super) cursors: std::collections::HashMap<String, (u64, bool)>,
     /// The last [`Answered::portals_end`] taken.
     pub(super) portals_end: u64,
     /// What [`apply`](Self::apply) numbered, for the statement that carries it.
@@ -161,6 +164,7 @@ impl Default for Named {
             last: std::collections::HashMap::new(),
             undo: VecDeque::new(),
             bound: std::collections::HashMap::new(),
+            cursors: std::collections::HashMap::new(),
             portals_end: 0,
             effects: VecDeque::new(),
         }
@@ -348,6 +352,16 @@ impl Named {
                 self.bound.remove(&name);
                 self.portals.remove(&name);
             }
+            let ended: Vec<String> = self
+                .cursors
+                .iter()
+                .filter(|(_, (seq, hold))| !hold && *seq <= portals_end)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in ended {
+                self.cursors.remove(&name);
+                classifier.forget_cursor(&name);
+            }
         }
         self.through = through;
         while self.undo.front().is_some_and(|(seq, _)| *seq <= through) {
@@ -389,9 +403,10 @@ impl Named {
                     self.ambiguous_statements.clear();
                     (seq, "DEALLOCATE ALL", None)
                 }
-                Some(PreparedEffect::DeclareCursor { name, .. }) => {
+                Some(PreparedEffect::DeclareCursor { name, hold, .. }) => {
                     let key = Bytes::copy_from_slice(name.as_bytes());
                     let seq = self.change(Space::Portal, &key);
+                    self.cursors.insert(name.clone(), (seq, *hold));
                     if self.portals.remove(&key).is_some() {
                         self.ambiguous_portals.insert(key);
                     }
@@ -402,18 +417,21 @@ impl Named {
                     let seq = self.change(Space::Portal, &key);
                     self.portals.remove(&key);
                     self.ambiguous_portals.remove(&key);
+                    self.cursors.remove(name);
                     (seq, "CLOSE CURSOR", None)
                 }
                 Some(PreparedEffect::CloseCursor { name: None }) => {
                     let seq = self.change_all(&[Space::Portal]);
                     self.portals.clear();
                     self.ambiguous_portals.clear();
+                    self.cursors.clear();
                     (seq, "CLOSE CURSOR ALL", None)
                 }
                 _ if s.verb == "DISCARD ALL" => {
                     let seq = self.change_all(&[Space::Statement, Space::Portal]);
                     self.statements.clear();
                     self.portals.clear();
+                    self.cursors.clear();
                     self.ambiguous_statements.clear();
                     self.ambiguous_portals.clear();
                     (seq, "DISCARD ALL", None)

@@ -556,6 +556,30 @@ mod tests {
         );
     }
 
+    /// The command tags a change waits for are the classifier's verbs for its statements,
+    /// which `wirewarden-sql`'s differential test holds to the tags the server reports.
+    #[test]
+    fn each_change_waits_for_its_statements_command_tag() {
+        let classifier = Classifier::new();
+        let mut named = Named::default();
+        for sql in [
+            "PREPARE q AS SELECT 1",
+            "DEALLOCATE q",
+            "DEALLOCATE PREPARE q",
+            "DEALLOCATE ALL",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "CLOSE c",
+            "CLOSE ALL",
+            "DISCARD ALL",
+        ] {
+            let analysis = classifier.classify_bytes(sql.as_bytes());
+            named.apply(&analysis);
+            let effect = named.effects.pop_front().expect(sql);
+            assert_eq!(effect.tag, analysis.statements[0].verb, "{sql}");
+            assert!(named.effects.is_empty(), "{sql}");
+        }
+    }
+
     #[test]
     fn an_undone_deallocate_all_gives_every_name_back() {
         let answered = StdMutex::new(Answered::default());

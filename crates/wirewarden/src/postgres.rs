@@ -1778,17 +1778,13 @@ impl Relay {
                         wirewarden_postgres::frontend::ObjectType::Statement => Space::Statement,
                         wirewarden_postgres::frontend::ObjectType::Portal => Space::Portal,
                     };
-                    let seq = named.change(space, name);
-                    match space {
-                        Space::Statement => {
-                            named.statements.remove(name);
-                            named.refused.remove(name);
-                            named.ambiguous_statements.remove(name);
-                        }
-                        Space::Portal => {
-                            named.portals.remove(name);
-                            named.ambiguous_portals.remove(name);
-                        }
+                    let seq = named.free(space, name);
+                    // A portal's name is a cursor's too: a `FETCH` from it is no longer
+                    // the declared query's.
+                    if space == Space::Portal
+                        && let Ok(name) = std::str::from_utf8(name)
+                    {
+                        classifier.forget_cursor(name);
                     }
                     self.track(&msg, Some(Item::Message(seq)))?;
                     out.extend_from_slice(frame.as_bytes());

@@ -179,6 +179,19 @@ fn notes_open_customers_strict() -> String {
     )
 }
 
+/// A gateway with [`notes_open_customers_strict`] and [`strict_and_open`], `open` the
+/// session's default.
+async fn notes_open_customers_strict_gateway() -> Gateway {
+    gateway_with_masks(
+        None,
+        Arc::new(tokens()),
+        |s| s,
+        &notes_open_customers_strict(),
+        Some(strict_and_open("open")),
+    )
+    .await
+}
+
 /// Two mask profiles: `strict` redacts the `ssn` column, `open` masks nothing; `default`
 /// is the session's. A row masked with the wrong one shows the SSN.
 fn strict_and_open(default: &str) -> wirewarden::mask::Engine {
@@ -934,14 +947,7 @@ async fn errors_notifications_and_copy_are_masked() {
 /// server does, so the next queries' rows are masked as their own statements say.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_the_server_skips_after_an_error_keeps_later_results_in_step() {
-    let g = gateway_with_masks(
-        None,
-        Arc::new(tokens()),
-        |s| s,
-        &notes_open_customers_strict(),
-        Some(strict_and_open("open")),
-    )
-    .await;
+    let g = notes_open_customers_strict_gateway().await;
     let script = raw_script(
         g.addr.port(),
         r#"
@@ -973,14 +979,7 @@ answers(1)
 /// described them, and the `FETCH` showed an SSN through the notes query's open profile).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_portal_ends_with_its_transaction() {
-    let g = gateway_with_masks(
-        None,
-        Arc::new(tokens()),
-        |s| s,
-        &notes_open_customers_strict(),
-        Some(strict_and_open("open")),
-    )
-    .await;
+    let g = notes_open_customers_strict_gateway().await;
     g.pg.psql(
         "CREATE FUNCTION open_ssn(c refcursor) RETURNS refcursor LANGUAGE plpgsql AS \
          $$ BEGIN OPEN c FOR SELECT ssn FROM customers ORDER BY id; RETURN c; END $$",
@@ -1529,14 +1528,7 @@ show("s3", pg.exec_prepared(b"s3", []))
 /// profile, never the discarded one's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_discarded_by_parse_and_taken_by_sql_prepare_runs_the_sql_statement() {
-    let g = gateway_with_masks(
-        None,
-        Arc::new(tokens()),
-        |s| s,
-        &notes_open_customers_strict(),
-        Some(strict_and_open("open")),
-    )
-    .await;
+    let g = notes_open_customers_strict_gateway().await;
     let script = psycopg_script(
         g.addr.port(),
         r#"
@@ -1579,14 +1571,7 @@ show("s2 again", pg.exec_prepared(b"s2", []))
 /// decision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelined_batch_waits_for_the_answer_to_the_change_it_rests_on() {
-    let g = gateway_with_masks(
-        None,
-        Arc::new(tokens()),
-        |s| s,
-        &notes_open_customers_strict(),
-        Some(strict_and_open("open")),
-    )
-    .await;
+    let g = notes_open_customers_strict_gateway().await;
     let script = psycopg_script(
         g.addr.port(),
         r#"
@@ -1741,14 +1726,7 @@ show("s1 third", pg.exec_prepared(b"s1", []))
 /// client tried to give it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_keeps_its_decision_when_the_server_does_not_change_it() {
-    let g = gateway_with_masks(
-        None,
-        Arc::new(tokens()),
-        |s| s,
-        &notes_open_customers_strict(),
-        Some(strict_and_open("open")),
-    )
-    .await;
+    let g = notes_open_customers_strict_gateway().await;
     let script = psycopg_script(
         g.addr.port(),
         r#"

@@ -261,6 +261,74 @@ impl Named {
         seq
     }
 
+    /// Numbers a change that frees `name` (`Close`, `DEALLOCATE`, `CLOSE`), and makes it.
+    pub(super) fn free(&mut self, space: Space, name: &Bytes) -> u64 {
+        let seq = self.change(space, name);
+        match space {
+            Space::Statement => {
+                self.statements.remove(name);
+                self.refused.remove(name);
+                self.ambiguous_statements.remove(name);
+            }
+            Space::Portal => {
+                self.portals.remove(name);
+                self.ambiguous_portals.remove(name);
+                self.bound.remove(name);
+                if let Ok(name) = std::str::from_utf8(name) {
+                    self.cursors.remove(name);
+                }
+            }
+        }
+        seq
+    }
+
+    /// Numbers a change that frees every name of `spaces` (`DEALLOCATE ALL`, `CLOSE ALL`,
+    /// `DISCARD ALL`), and makes it.
+    fn free_all(&mut self, spaces: &[Space]) -> u64 {
+        let seq = self.change_all(spaces);
+        for space in spaces {
+            match space {
+                Space::Statement => {
+                    self.statements.clear();
+                    self.refused.clear();
+                    self.ambiguous_statements.clear();
+                }
+                Space::Portal => {
+                    self.portals.clear();
+                    self.ambiguous_portals.clear();
+                    self.bound.clear();
+                    self.cursors.clear();
+                }
+            }
+        }
+        seq
+    }
+
+    /// Numbers a change that gives `name` a statement or cursor in SQL (`PREPARE`,
+    /// `DECLARE`), and makes it. If a `Parse` or `Bind` of the session holds the name, the
+    /// server fails the SQL and keeps that, or the gateway's record was stale and the SQL
+    /// took the name; the server's answer tells which, and until then the name is
+    /// ambiguous.
+    fn take_for_sql(&mut self, space: Space, name: &str) -> u64 {
+        let key = Bytes::copy_from_slice(name.as_bytes());
+        let seq = self.change(space, &key);
+        match space {
+            Space::Statement => {
+                self.refused.remove(&key);
+                if self.statements.remove(&key).is_some() {
+                    self.ambiguous_statements.insert(key);
+                }
+            }
+            Space::Portal => {
+                self.bound.remove(&key);
+                if self.portals.remove(&key).is_some() {
+                    self.ambiguous_portals.insert(key);
+                }
+            }
+        }
+        seq
+    }
+
     /// A `Sync` or simple query ends the batch.
     pub(super) fn end_batch(&mut self) {
         self.batch_start = self.next;
@@ -380,62 +448,33 @@ impl Named {
             use wirewarden_sql::PreparedEffect;
             let (seq, tag, forget) = match &s.prepared {
                 Some(PreparedEffect::Prepare { name, .. }) => {
-                    let key = Bytes::copy_from_slice(name.as_bytes());
-                    let seq = self.change(Space::Statement, &key);
-                    self.refused.remove(&key);
-                    // The server kept the statement of our Parse (and failed the PREPARE),
-                    // or had none (and took the PREPARE's): which, the gateway cannot tell.
-                    if self.statements.remove(&key).is_some() {
-                        self.ambiguous_statements.insert(key);
-                    }
+                    let seq = self.take_for_sql(Space::Statement, name);
                     (seq, "PREPARE", Some(Forget::Prepared(name.clone())))
                 }
                 Some(PreparedEffect::Deallocate { name: Some(name) }) => {
-                    let key = Bytes::copy_from_slice(name.as_bytes());
-                    let seq = self.change(Space::Statement, &key);
-                    self.statements.remove(&key);
-                    self.ambiguous_statements.remove(&key);
+                    let seq = self.free(Space::Statement, &Bytes::copy_from_slice(name.as_bytes()));
                     (seq, "DEALLOCATE", None)
                 }
                 Some(PreparedEffect::Deallocate { name: None }) => {
-                    let seq = self.change_all(&[Space::Statement]);
-                    self.statements.clear();
-                    self.ambiguous_statements.clear();
-                    (seq, "DEALLOCATE ALL", None)
+                    (self.free_all(&[Space::Statement]), "DEALLOCATE ALL", None)
                 }
                 Some(PreparedEffect::DeclareCursor { name, hold, .. }) => {
-                    let key = Bytes::copy_from_slice(name.as_bytes());
-                    let seq = self.change(Space::Portal, &key);
+                    let seq = self.take_for_sql(Space::Portal, name);
                     self.cursors.insert(name.clone(), (seq, *hold));
-                    if self.portals.remove(&key).is_some() {
-                        self.ambiguous_portals.insert(key);
-                    }
                     (seq, "DECLARE CURSOR", Some(Forget::Cursor(name.clone())))
                 }
                 Some(PreparedEffect::CloseCursor { name: Some(name) }) => {
-                    let key = Bytes::copy_from_slice(name.as_bytes());
-                    let seq = self.change(Space::Portal, &key);
-                    self.portals.remove(&key);
-                    self.ambiguous_portals.remove(&key);
-                    self.cursors.remove(name);
+                    let seq = self.free(Space::Portal, &Bytes::copy_from_slice(name.as_bytes()));
                     (seq, "CLOSE CURSOR", None)
                 }
                 Some(PreparedEffect::CloseCursor { name: None }) => {
-                    let seq = self.change_all(&[Space::Portal]);
-                    self.portals.clear();
-                    self.ambiguous_portals.clear();
-                    self.cursors.clear();
-                    (seq, "CLOSE CURSOR ALL", None)
+                    (self.free_all(&[Space::Portal]), "CLOSE CURSOR ALL", None)
                 }
-                _ if s.verb == "DISCARD ALL" => {
-                    let seq = self.change_all(&[Space::Statement, Space::Portal]);
-                    self.statements.clear();
-                    self.portals.clear();
-                    self.cursors.clear();
-                    self.ambiguous_statements.clear();
-                    self.ambiguous_portals.clear();
-                    (seq, "DISCARD ALL", None)
-                }
+                _ if s.verb == "DISCARD ALL" => (
+                    self.free_all(&[Space::Statement, Space::Portal]),
+                    "DISCARD ALL",
+                    None,
+                ),
                 _ => continue,
             };
             self.effects.push_back(Effect { seq, tag, forget });

@@ -262,6 +262,12 @@ impl Classifier {
         self.prepared.remove(name);
     }
 
+    /// Registers what a `FETCH` from the cursor `name` reads (to give a name back what it
+    /// read before a `DECLARE` the server did not run).
+    pub fn register_cursor(&mut self, name: &str, statement: Prepared) {
+        self.cursors.insert(name.to_owned(), statement);
+    }
+
     /// Forgets a cursor: a `FETCH` from it is then unknown. For a `DECLARE` the server did
     /// not run (it failed, or an earlier statement did), since the name keeps whatever it
     /// had, which the classifier cannot know.
@@ -290,8 +296,9 @@ impl Classifier {
         }
     }
 
-    /// Applies the effects of one statement sent to the server (see [`Classifier::record`]).
-    fn record_statement(&mut self, s: &Statement) {
+    /// Applies the effects of one statement sent to the server (see [`Classifier::record`]),
+    /// for a caller that looks at each statement's effect as it goes.
+    pub fn record_statement(&mut self, s: &Statement) {
         match &s.prepared {
             Some(PreparedEffect::Prepare { name, statement }) => {
                 // If the name is taken, the server keeps the old statement: keep the

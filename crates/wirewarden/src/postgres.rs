@@ -1249,8 +1249,7 @@ impl Relay {
         out: &mut BytesMut,
     ) -> Result<()> {
         if let Some(analysis) = run {
-            classifier.record(analysis);
-            named.apply(analysis);
+            named.apply(analysis, classifier);
         }
         if let Some(bound) = named.portals.get_mut(portal) {
             *bound = Portal::Running(profile.clone(), id, None);
@@ -1898,8 +1897,7 @@ impl Relay {
                         // `DEALLOCATE` frees one, a `DECLARE` opens a cursor) is applied at
                         // each execution.
                         if !prepare {
-                            classifier.record(&analysis);
-                            named.apply(&analysis);
+                            named.apply(&analysis, classifier);
                         }
                         if let (Some(kept), Some(decision)) = (kept, kept_decision) {
                             let effects = analysis
@@ -1930,8 +1928,7 @@ impl Relay {
                     .review(&command, command_id, rule, &reason, requirement, client)
                     .await;
                 if matches!(verdict, Verdict::Forward(..)) && !prepare {
-                    classifier.record(&analysis);
-                    named.apply(&analysis);
+                    named.apply(&analysis, classifier);
                 }
                 verdict
             }

@@ -20,19 +20,20 @@ pub(super) struct Effect {
     pub(super) seq: u64,
     /// The command tag of the statement that makes it.
     pub(super) tag: &'static str,
-    /// A name the classifier took for a statement or cursor, to forget if the change was
-    /// not done (a `PREPARE` or `DECLARE` of a name already taken fails on the server, which
-    /// keeps what the name had).
+    /// What the classifier had for the name a `PREPARE` or `DECLARE` gives, to give back if
+    /// the change was not made (a `PREPARE` or `DECLARE` of a name already taken fails on
+    /// the server, which keeps what the name had).
     pub(super) forget: Option<Forget>,
 }
 
-/// A name the classifier must forget because the statement that gave it was not done.
+/// A name whose classifier entry goes back to what it was, because the statement that
+/// changed it was not made.
 #[derive(Debug, Clone)]
 pub(super) enum Forget {
-    /// A statement SQL `PREPARE` named.
-    Prepared(String),
-    /// A cursor SQL `DECLARE` named.
-    Cursor(String),
+    /// A statement SQL `PREPARE` named, and what the name had before (nothing: forgotten).
+    Prepared(String, Option<wirewarden_sql::Prepared>),
+    /// A cursor SQL `DECLARE` named, and what the name read before.
+    Cursor(String, Option<wirewarden_sql::Prepared>),
 }
 
 /// A change to a name the server did not make.
@@ -401,10 +402,18 @@ impl Named {
                 }
             }
         }
-        for rejection in rejected {
+        // Newest first, so a name two statements of one text changed gets the first one's
+        // previous entry.
+        for rejection in rejected.into_iter().rev() {
             match rejection.forget {
-                Some(Forget::Prepared(name)) => classifier.forget_prepared(&name),
-                Some(Forget::Cursor(name)) => classifier.forget_cursor(&name),
+                Some(Forget::Prepared(name, Some(before))) => {
+                    classifier.register_prepared(&name, before);
+                }
+                Some(Forget::Prepared(name, None)) => classifier.forget_prepared(&name),
+                Some(Forget::Cursor(name, Some(before))) => {
+                    classifier.register_cursor(&name, before);
+                }
+                Some(Forget::Cursor(name, None)) => classifier.forget_cursor(&name),
                 None => {}
             }
         }
@@ -443,13 +452,25 @@ impl Named {
     /// (`DEALLOCATE`, `CLOSE`, `DISCARD ALL`), and forgets that a name's `Parse` was
     /// refused once SQL `PREPARE` has given the server a statement of that name: a `Bind` to
     /// it then runs that statement, which is decided.
-    pub(super) fn apply(&mut self, analysis: &wirewarden_sql::Analysis) {
+    pub(super) fn apply(
+        &mut self,
+        analysis: &wirewarden_sql::Analysis,
+        classifier: &mut Classifier,
+    ) {
         for s in &analysis.statements {
             use wirewarden_sql::PreparedEffect;
+            let before = match &s.prepared {
+                Some(PreparedEffect::Prepare { name, .. }) => classifier.prepared(name).cloned(),
+                Some(PreparedEffect::DeclareCursor { name, .. }) => {
+                    classifier.cursor(name).cloned()
+                }
+                _ => None,
+            };
+            classifier.record_statement(s);
             let (seq, tag, forget) = match &s.prepared {
                 Some(PreparedEffect::Prepare { name, .. }) => {
                     let seq = self.take_for_sql(Space::Statement, name);
-                    (seq, "PREPARE", Some(Forget::Prepared(name.clone())))
+                    (seq, "PREPARE", Some(Forget::Prepared(name.clone(), before)))
                 }
                 Some(PreparedEffect::Deallocate { name: Some(name) }) => {
                     let seq = self.free(Space::Statement, &Bytes::copy_from_slice(name.as_bytes()));
@@ -461,7 +482,11 @@ impl Named {
                 Some(PreparedEffect::DeclareCursor { name, hold, .. }) => {
                     let seq = self.take_for_sql(Space::Portal, name);
                     self.cursors.insert(name.clone(), (seq, *hold));
-                    (seq, "DECLARE CURSOR", Some(Forget::Cursor(name.clone())))
+                    (
+                        seq,
+                        "DECLARE CURSOR",
+                        Some(Forget::Cursor(name.clone(), before)),
+                    )
                 }
                 Some(PreparedEffect::CloseCursor { name: Some(name) }) => {
                     let seq = self.free(Space::Portal, &Bytes::copy_from_slice(name.as_bytes()));
@@ -599,7 +624,7 @@ mod tests {
     /// which `wirewarden-sql`'s differential test holds to the tags the server reports.
     #[test]
     fn each_change_waits_for_its_statements_command_tag() {
-        let classifier = Classifier::new();
+        let mut classifier = Classifier::new();
         let mut named = Named::default();
         for sql in [
             "PREPARE q AS SELECT 1",
@@ -612,7 +637,7 @@ mod tests {
             "DISCARD ALL",
         ] {
             let analysis = classifier.classify_bytes(sql.as_bytes());
-            named.apply(&analysis);
+            named.apply(&analysis, &mut classifier);
             let effect = named.effects.pop_front().expect(sql);
             assert_eq!(effect.tag, analysis.statements[0].verb, "{sql}");
             assert!(named.effects.is_empty(), "{sql}");
@@ -629,7 +654,7 @@ mod tests {
         answer(&answered, b, &[]);
         named.catch_up(&answered, &mut classifier);
         let analysis = classifier.classify_bytes(b"DEALLOCATE ALL");
-        named.apply(&analysis);
+        named.apply(&analysis, &mut classifier);
         let effect = named.effects.pop_front().expect("an effect");
         assert_eq!(effect.tag, "DEALLOCATE ALL");
         assert!(named.statements.is_empty());

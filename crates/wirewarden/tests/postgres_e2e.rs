@@ -1737,7 +1737,9 @@ show("sql prepare", pg.exec_(b"PREPARE q1 AS SELECT ssn FROM customers WHERE id 
 show("sql prepare taken", pg.exec_(b"PREPARE q1 AS SELECT body FROM notes"))
 show("sql execute", pg.exec_(b"EXECUTE q1"))
 show("declare", pg.exec_(b"DECLARE c CURSOR WITH HOLD FOR SELECT ssn FROM customers"))
-show("declare taken", pg.exec_(b"DECLARE c CURSOR WITH HOLD FOR SELECT body FROM notes"))
+show("begin", pg.exec_(b"BEGIN"))
+show("declare taken", pg.exec_(b"DECLARE c CURSOR FOR SELECT body FROM notes"))
+show("rollback", pg.exec_(b"ROLLBACK"))
 show("fetch", pg.exec_(b"FETCH 1 FROM c"))
 show("close skipped", pg.exec_(b"SELECT 1/0; CLOSE c"))
 show("fetch again", pg.exec_(b"FETCH 1 FROM c"))
@@ -1761,6 +1763,8 @@ show("fetch held", pg.exec_(b"FETCH 1 FROM h"))
             "sql execute rows [REDACTED]",
             "declare ok",
             "declare taken error 42P03",
+            "rollback ok",
+            // The cursor outlives that transaction: it is the first one, `WITH HOLD`.
             "fetch rows [REDACTED]",
             "close skipped error 22012",
             "fetch again error 42501",

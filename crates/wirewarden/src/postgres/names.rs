@@ -32,8 +32,13 @@ pub(super) struct Effect {
 pub(super) enum Forget {
     /// A statement SQL `PREPARE` named, and what the name had before (nothing: forgotten).
     Prepared(String, Option<wirewarden_sql::Prepared>),
-    /// A cursor SQL `DECLARE` named, and what the name read before.
-    Cursor(String, Option<wirewarden_sql::Prepared>),
+    /// A cursor SQL `DECLARE` named, what the name read before, and the record of the
+    /// cursor it named before (the number of its `DECLARE`, and whether it was `WITH HOLD`).
+    Cursor(
+        String,
+        Option<wirewarden_sql::Prepared>,
+        Option<(u64, bool)>,
+    ),
 }
 
 /// A change to a name the server did not make.
@@ -410,10 +415,16 @@ impl Named {
                     classifier.register_prepared(&name, before);
                 }
                 Some(Forget::Prepared(name, None)) => classifier.forget_prepared(&name),
-                Some(Forget::Cursor(name, Some(before))) => {
-                    classifier.register_cursor(&name, before);
+                Some(Forget::Cursor(name, before, record)) => {
+                    match before {
+                        Some(before) => classifier.register_cursor(&name, before),
+                        None => classifier.forget_cursor(&name),
+                    }
+                    match record {
+                        Some(record) => self.cursors.insert(name, record),
+                        None => self.cursors.remove(&name),
+                    };
                 }
-                Some(Forget::Cursor(name, None)) => classifier.forget_cursor(&name),
                 None => {}
             }
         }
@@ -480,13 +491,11 @@ impl Named {
                     (self.free_all(&[Space::Statement]), "DEALLOCATE ALL", None)
                 }
                 Some(PreparedEffect::DeclareCursor { name, hold, .. }) => {
+                    let record = self.cursors.get(name).copied();
                     let seq = self.take_for_sql(Space::Portal, name);
                     self.cursors.insert(name.clone(), (seq, *hold));
-                    (
-                        seq,
-                        "DECLARE CURSOR",
-                        Some(Forget::Cursor(name.clone(), before)),
-                    )
+                    let forget = Forget::Cursor(name.clone(), before, record);
+                    (seq, "DECLARE CURSOR", Some(forget))
                 }
                 Some(PreparedEffect::CloseCursor { name: Some(name) }) => {
                     let seq = self.free(Space::Portal, &Bytes::copy_from_slice(name.as_bytes()));

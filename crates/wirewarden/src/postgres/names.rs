@@ -99,23 +99,23 @@ pub(super) struct Named {
     pub(super) ambiguous_statements: std::collections::HashSet<Bytes>,
     pub(super) ambiguous_portals: std::collections::HashSet<Bytes>,
     /// The number the next change takes.
-    pub(super) next: u64,
+    next: u64,
     /// The first number of the current batch: changes below it were sent before a `Sync`
     /// or simple query.
-    pub(super) batch_start: u64,
+    batch_start: u64,
     /// Every change up to this number has been answered.
     pub(super) through: u64,
     /// The last unanswered change to each name.
-    pub(super) last: std::collections::HashMap<(Space, Bytes), u64>,
+    last: std::collections::HashMap<(Space, Bytes), u64>,
     /// Unanswered changes, oldest first, with what each name they touch meant before.
-    pub(super) undo: VecDeque<(u64, Befores)>,
+    undo: VecDeque<(u64, Befores)>,
     /// The number of the `Bind` that made each portal.
     pub(super) bound: std::collections::HashMap<Bytes, u64>,
     /// The cursors SQL declared: the number of the `DECLARE`, and whether it was `WITH
     /// HOLD`. One without ends with its transaction.
-    pub(super) cursors: std::collections::HashMap<String, (u64, bool)>,
+    cursors: std::collections::HashMap<String, (u64, bool)>,
     /// The last [`Answered::portals_end`] taken.
-    pub(super) portals_end: u64,
+    portals_end: u64,
     /// What [`apply`](Self::apply) numbered, for the statement that carries it.
     pub(super) effects: VecDeque<Effect>,
 }
@@ -123,7 +123,9 @@ pub(super) struct Named {
 /// What the names one change touches meant before it: one name, but for `DEALLOCATE ALL`,
 /// `CLOSE ALL` and `DISCARD ALL` (kept without an allocation for the one).
 pub(super) enum Befores {
+    /// The one name a change touches, and what it meant.
     One((Bytes, Before)),
+    /// Every name a change to all of them touches.
     Many(Vec<(Bytes, Before)>),
 }
 
@@ -145,11 +147,14 @@ impl Befores {
 
 /// What a name meant before a change.
 pub(super) enum Before {
+    /// A statement name: its statement, whether its last `Parse` was refused, whether it
+    /// was ambiguous.
     Statement {
         prepared: Option<Prepared>,
         refused: bool,
         ambiguous: bool,
     },
+    /// A portal name: its portal, whether it was ambiguous.
     Portal {
         portal: Option<Portal>,
         ambiguous: bool,

@@ -1109,6 +1109,50 @@ mod tests {
         assert_eq!(masked, Some(1), "{events:#?}");
     }
 
+    /// A simple query sent after an extended-protocol error, before `Sync`, is skipped by
+    /// the server and gets no answer of its own: the next query's rows are its own, masked
+    /// by its rule, and the skipped one is on record as not run.
+    #[test]
+    fn a_query_skipped_after_an_error_leaves_the_next_results_their_own() {
+        let mut client = BytesMut::new();
+        FrontendMessage::Bind(wirewarden_postgres::frontend::Bind {
+            portal: Bytes::new(),
+            statement: Bytes::from_static(b"nope"),
+            param_formats: vec![],
+            params: vec![],
+            result_formats: vec![],
+        })
+        .encode(&mut client)
+        .unwrap();
+        client.extend_from_slice(&query("SELECT 'skipped'"));
+        FrontendMessage::Sync.encode(&mut client).unwrap();
+        client.extend_from_slice(&query("SELECT ssn FROM people"));
+        let mut error = BytesMut::new();
+        BackendMessage::ErrorResponse(wirewarden_postgres::ErrorFields::new(
+            "ERROR",
+            "26000",
+            "prepared statement \"nope\" does not exist",
+        ))
+        .encode(&mut error)
+        .unwrap();
+        let ready = b"Z\0\0\0\x05I".to_vec();
+        let select = rows_of(PEOPLE_OID, 1, &["COLCANARY 123"]);
+        let (_, events) = run(&input(0xf0, &client, &[&error, &ready, &select]));
+        let outcomes: Vec<(u64, bool, u64)> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                AuditEventKind::CommandCompleted {
+                    rows,
+                    error,
+                    masked,
+                    ..
+                } => Some((*rows, error.is_some(), masked.total())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(outcomes, [(0, true, 0), (1, false, 1)], "{events:#?}");
+    }
+
     /// A server that answers a denied statement's replacement with rows: they belong to
     /// no forwarded statement, so no rule's profile applies to them, and they are withheld.
     #[test]

@@ -1084,10 +1084,11 @@ enum Portal {
     },
     /// Its statement's `Parse` was refused: the server fails the `Bind`.
     Refused,
-    /// Its name, or its statement's, may mean either of two things on the server (SQL
-    /// `PREPARE` or `DECLARE` took a name a `Parse` or `Bind` of this session used, or the
-    /// other way round), and the gateway does not read which one the server kept: its
-    /// executions are refused until the name is closed.
+    /// Its name, or its statement's, means on the server what the gateway does not know:
+    /// the server found the name taken when the gateway took it for free, or SQL `PREPARE`
+    /// or `DECLARE` gave a name a `Parse` or `Bind` of this session used (until the server
+    /// answers which one it kept), or the portal's name is a cursor's the session declared.
+    /// Its executions are refused until the name is closed.
     Ambiguous,
     /// A statement no `Parse` of this session made (SQL `PREPARE`).
     Elsewhere(Bytes),

@@ -1087,8 +1087,8 @@ enum Portal {
     /// Its name, or its statement's, means on the server what the gateway does not know:
     /// the server found the name taken when the gateway took it for free, or SQL `PREPARE`
     /// or `DECLARE` gave a name a `Parse` or `Bind` of this session used (until the server
-    /// answers which one it kept), or the portal's name is a cursor's the session declared.
-    /// Its executions are refused until the name is closed.
+    /// answers which one it kept). Its executions are refused until the name is closed (or,
+    /// for a portal, bound again).
     Ambiguous,
     /// A statement no `Parse` of this session made (SQL `PREPARE`).
     Elsewhere(Bytes),
@@ -1552,8 +1552,8 @@ impl Relay {
                 }
                 FrontendMessage::Bind(b) => {
                     named.catch_up(&self.shared.answered, &mut classifier);
-                    // What the statement is, and whether the portal's name is a cursor's (an
-                    // unnamed portal never is).
+                    // What the statement is (and what the portal's name holds, which the
+                    // classifier may have to forget).
                     let awaited = named.awaits(Space::Statement, &b.statement).max(
                         (!b.portal.is_empty())
                             .then(|| named.awaits(Space::Portal, &b.portal))
@@ -1563,14 +1563,15 @@ impl Relay {
                         self.answered(&mut named, &mut classifier, seq, (&mut out, &mut up))
                             .await?;
                     }
-                    let cursor = !b.portal.is_empty()
-                        && (named.ambiguous_portals.contains(&b.portal)
-                            || std::str::from_utf8(&b.portal)
-                                .is_ok_and(|n| classifier.cursor(n).is_some()));
+                    // A portal of that name (a cursor, say) makes the server fail this Bind
+                    // (42P03), and the name keeps it; the gateway then reads that the name
+                    // was taken. A Bind that succeeds found the name free: a cursor the
+                    // classifier knew by it is gone, and a `FETCH` from the name would read
+                    // this portal, so the classifier forgets it.
+                    if let Ok(name) = std::str::from_utf8(&b.portal) {
+                        classifier.forget_cursor(name);
+                    }
                     let portal = match named.statements.get_mut(&b.statement) {
-                        // A cursor of that name may be open: the server fails this Bind and
-                        // keeps the cursor, or takes it; which, the gateway cannot tell.
-                        _ if cursor => Portal::Ambiguous,
                         _ if named.ambiguous_statements.contains(&b.statement) => Portal::Ambiguous,
                         Some(Prepared::Decided { allowed, fresh }) if *fresh => {
                             *fresh = false;
@@ -1595,6 +1596,7 @@ impl Relay {
                     };
                     let seq = named.change(Space::Portal, &b.portal);
                     named.portals.insert(b.portal.clone(), portal);
+                    named.ambiguous_portals.remove(&b.portal);
                     named.bound.insert(b.portal.clone(), seq);
                     self.track(&msg, Some(Item::Message(seq)))?;
                     out.extend_from_slice(frame.as_bytes());

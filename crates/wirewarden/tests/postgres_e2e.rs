@@ -1017,6 +1017,43 @@ answers(4)
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// A `Bind` to a portal name a cursor holds fails on the server (42P03), which keeps the
+/// cursor: an `Execute` of the name in a later batch would fetch from the cursor, so it is
+/// refused, not run under the `Bind`'s decision. Once the cursor is closed, a `Bind` of the
+/// name makes a portal like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_to_a_cursors_name_does_not_take_it() {
+    let g = notes_open_customers_strict_gateway().await;
+    let script = raw_script(
+        g.addr.port(),
+        r#"
+send(Q(b"DECLARE c2 CURSOR WITH HOLD FOR SELECT ssn FROM customers ORDER BY id"))
+answers(1)
+print("--")
+send(P(b"n", b"SELECT body FROM notes"), B(b"c2", b"n"), E(b"c2"), S())
+answers(1)
+print("--")
+send(E(b"c2"), S())
+answers(1)
+print("--")
+send(Q(b"CLOSE c2"))
+answers(1)
+send(B(b"c2", b"n"), E(b"c2"), S())
+answers(1)
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = succeeded(&out);
+    let parts: Vec<&str> = stdout.split("--\n").collect();
+    assert_eq!(parts.len(), 4, "{stdout}");
+    assert!(parts[1].contains("error 42P03"), "{stdout}");
+    assert!(parts[2].contains("error 42P05"), "{stdout}");
+    assert!(parts[3].contains("done CLOSE CURSOR"), "{stdout}");
+    assert!(parts[3].contains("done SELECT 0"), "{stdout}");
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// A COPY FROM STDIN run with the extended protocol: the server ignores the `Sync` that
 /// libpq sends behind the `Execute` while it copies in, and answers the one sent after the
 /// data. The gateway counts the same way, so every later statement's outcome and masking

@@ -1318,15 +1318,20 @@ impl Relay {
         item
     }
 
-    /// Waits until the server has answered change `seq` (sending what is queued, so that it
-    /// can), then takes its answers.
-    async fn answered(
+    /// Takes what the server has answered about changes to names, then, if `awaited` names
+    /// a change a decision rests on that is not answered yet, waits for its answer (sending
+    /// what is queued, so that the server can answer).
+    async fn settle(
         &self,
         named: &mut Named,
         classifier: &mut Classifier,
-        seq: u64,
+        awaited: impl Fn(&Named) -> Option<u64>,
         (out, up): (&mut BytesMut, &mut WriteHalf<BoxIo>),
     ) -> Result<()> {
+        named.catch_up(&self.shared.answered, classifier);
+        let Some(seq) = awaited(named) else {
+            return Ok(());
+        };
         if !out.is_empty() {
             up.write_all(out).await.map_err(Error::upstream_io)?;
             out.clear();
@@ -1415,11 +1420,13 @@ impl Relay {
                         up.write_all(&out).await.map_err(Error::upstream_io)?;
                         out.clear();
                     }
-                    named.catch_up(&self.shared.answered, &mut classifier);
-                    if let Some(seq) = named.awaits_any() {
-                        self.answered(&mut named, &mut classifier, seq, (&mut out, &mut up))
-                            .await?;
-                    }
+                    self.settle(
+                        &mut named,
+                        &mut classifier,
+                        Named::awaits_any,
+                        (&mut out, &mut up),
+                    )
+                    .await?;
                     match self
                         .decide(
                             &mut classifier,
@@ -1455,13 +1462,13 @@ impl Relay {
                         out.clear();
                     }
                     // Whether the name is free rests on what the server answered.
-                    named.catch_up(&self.shared.answered, &mut classifier);
-                    if !p.name.is_empty()
-                        && let Some(seq) = named.awaits(Space::Statement, &p.name)
-                    {
-                        self.answered(&mut named, &mut classifier, seq, (&mut out, &mut up))
-                            .await?;
-                    }
+                    let awaited = |n: &Named| {
+                        (!p.name.is_empty())
+                            .then(|| n.awaits(Space::Statement, &p.name))
+                            .flatten()
+                    };
+                    self.settle(&mut named, &mut classifier, awaited, (&mut out, &mut up))
+                        .await?;
                     let mut kept = None;
                     let verdict = self
                         .decide(
@@ -1551,18 +1558,11 @@ impl Relay {
                     }
                 }
                 FrontendMessage::Bind(b) => {
-                    named.catch_up(&self.shared.answered, &mut classifier);
-                    // What the statement is (and what the portal's name holds, which the
-                    // classifier may have to forget).
-                    let awaited = named.awaits(Space::Statement, &b.statement).max(
-                        (!b.portal.is_empty())
-                            .then(|| named.awaits(Space::Portal, &b.portal))
-                            .flatten(),
-                    );
-                    if let Some(seq) = awaited {
-                        self.answered(&mut named, &mut classifier, seq, (&mut out, &mut up))
-                            .await?;
-                    }
+                    // What the statement is. What the portal's name held matters not: the
+                    // server's answer says whether this Bind took it.
+                    let awaited = |n: &Named| n.awaits(Space::Statement, &b.statement);
+                    self.settle(&mut named, &mut classifier, awaited, (&mut out, &mut up))
+                        .await?;
                     // A portal of that name (a cursor, say) makes the server fail this Bind
                     // (42P03), and the name keeps it; the gateway then reads that the name
                     // was taken. A Bind that succeeds found the name free: a cursor the
@@ -1602,18 +1602,19 @@ impl Relay {
                     out.extend_from_slice(frame.as_bytes());
                 }
                 FrontendMessage::Execute { portal, .. } => {
-                    named.catch_up(&self.shared.answered, &mut classifier);
-                    if let Some(seq) = named.awaits(Space::Portal, portal) {
-                        self.answered(&mut named, &mut classifier, seq, (&mut out, &mut up))
-                            .await?;
-                    }
+                    let awaited = |n: &Named| n.awaits(Space::Portal, portal);
+                    self.settle(&mut named, &mut classifier, awaited, (&mut out, &mut up))
+                        .await?;
                     let mut bound = named.portals.get(portal).cloned();
-                    if matches!(bound, None | Some(Portal::Elsewhere(_)))
-                        && let Some(seq) = named.awaits_any()
-                    {
+                    if matches!(bound, None | Some(Portal::Elsewhere(_))) {
                         // Decided as SQL, on what SQL gave the name.
-                        self.answered(&mut named, &mut classifier, seq, (&mut out, &mut up))
-                            .await?;
+                        self.settle(
+                            &mut named,
+                            &mut classifier,
+                            Named::awaits_any,
+                            (&mut out, &mut up),
+                        )
+                        .await?;
                         bound = named.portals.get(portal).cloned();
                     }
                     let (decide_sql, bound_params) = match bound {

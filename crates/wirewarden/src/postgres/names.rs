@@ -562,11 +562,18 @@ mod tests {
         seq
     }
 
+    /// Nothing answered, a classifier, and no names.
+    fn fresh() -> (StdMutex<Answered>, Classifier, Named) {
+        (
+            StdMutex::new(Answered::default()),
+            Classifier::new(),
+            Named::default(),
+        )
+    }
+
     #[test]
     fn a_change_the_server_did_not_make_is_undone() {
-        let answered = StdMutex::new(Answered::default());
-        let mut classifier = Classifier::new();
-        let mut named = Named::default();
+        let (answered, mut classifier, mut named) = fresh();
         let first = parse(&mut named, "s1", "SELECT 1");
         named.end_batch();
         let closed = close(&mut named, "s1");
@@ -588,9 +595,7 @@ mod tests {
 
     #[test]
     fn a_later_change_follows_what_the_name_had_before_an_undone_one() {
-        let answered = StdMutex::new(Answered::default());
-        let mut classifier = Classifier::new();
-        let mut named = Named::default();
+        let (answered, mut classifier, mut named) = fresh();
         let first = parse(&mut named, "s1", "SELECT 1");
         let closed = close(&mut named, "s1");
         let second = parse(&mut named, "s1", "SELECT 2");
@@ -607,9 +612,7 @@ mod tests {
 
     #[test]
     fn a_batch_skipped_after_its_first_change_leaves_that_change_alone() {
-        let answered = StdMutex::new(Answered::default());
-        let mut classifier = Classifier::new();
-        let mut named = Named::default();
+        let (answered, mut classifier, mut named) = fresh();
         let first = parse(&mut named, "s1", "SELECT 1");
         let closed = close(&mut named, "s1");
         let second = parse(&mut named, "s1", "SELECT 2");
@@ -620,9 +623,7 @@ mod tests {
 
     #[test]
     fn a_name_the_server_found_taken_is_ambiguous() {
-        let answered = StdMutex::new(Answered::default());
-        let mut classifier = Classifier::new();
-        let mut named = Named::default();
+        let (answered, mut classifier, mut named) = fresh();
         let seq = parse(&mut named, "s1", "SELECT 1");
         answer(&answered, seq, &[(seq, true)]);
         named.catch_up(&answered, &mut classifier);
@@ -660,9 +661,7 @@ mod tests {
 
     #[test]
     fn an_undone_deallocate_all_gives_every_name_back() {
-        let answered = StdMutex::new(Answered::default());
-        let mut classifier = Classifier::new();
-        let mut named = Named::default();
+        let (answered, mut classifier, mut named) = fresh();
         let a = parse(&mut named, "a", "SELECT 1");
         let b = parse(&mut named, "b", "SELECT 2");
         answer(&answered, b, &[]);

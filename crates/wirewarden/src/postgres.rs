@@ -2412,12 +2412,19 @@ impl Relay {
                     {
                         self.answer(e.seq, true, None);
                     }
+                    // A transaction's end or rollback, for the portals and cursors it made.
+                    if let Ok(mut a) = self.shared.answered.lock() {
+                        a.completed(tag);
+                    }
                 }
                 if !st.discarding {
                     st.out.extend_from_slice(frame.as_bytes());
                 }
             }
             BackendMessage::ErrorResponse(fields) => {
+                if let Ok(mut a) = self.shared.answered.lock() {
+                    a.failed();
+                }
                 let mut q = self
                     .shared
                     .queue
@@ -2515,11 +2522,8 @@ impl Relay {
             BackendMessage::ReadyForQuery(status) => {
                 st.discarding = false;
                 st.plans = None;
-                if status == wirewarden_postgres::TransactionStatus::Idle
-                    && let Ok(mut a) = self.shared.answered.lock()
-                {
-                    // Every request before this one is answered, and nothing after it.
-                    a.portals_end = a.through;
+                if let Ok(mut a) = self.shared.answered.lock() {
+                    a.ready(status == wirewarden_postgres::TransactionStatus::Idle);
                 }
                 st.out.extend_from_slice(frame.as_bytes());
             }

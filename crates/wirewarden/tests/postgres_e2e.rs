@@ -1017,6 +1017,69 @@ answers(4)
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// A rollback drops the cursors and portals its transaction made, `WITH HOLD` or not: a
+/// `ROLLBACK`, a `ROLLBACK TO SAVEPOINT` (both answered `ROLLBACK`), and an implicit
+/// transaction that fails. A function that opens a cursor of the same name afterwards gets
+/// a `FETCH` or `Execute` of it refused, not decided as the cursor the rollback dropped.
+/// What a transaction commits stays: `COMMIT` ends it, so an error after it in the same
+/// query text leaves the cursor, and it still reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_ends_with_the_transaction_that_rolls_it_back() {
+    let g = notes_open_customers_strict_gateway().await;
+    g.pg.psql(
+        "CREATE FUNCTION open_ssn(c refcursor) RETURNS refcursor LANGUAGE plpgsql AS \
+         $$ BEGIN OPEN c FOR SELECT ssn FROM customers ORDER BY id; RETURN c; END $$; \
+         INSERT INTO notes (body) VALUES ('a note')",
+    )
+    .unwrap();
+    let script = raw_script(
+        g.addr.port(),
+        r#"
+send(Q(b"BEGIN"), Q(b"DECLARE h1 CURSOR WITH HOLD FOR SELECT body FROM notes"), Q(b"ROLLBACK"))
+answers(3)
+send(Q(b"BEGIN"), Q(b"SELECT open_ssn('h1')"), Q(b"FETCH 1 FROM h1"), Q(b"COMMIT"))
+answers(4)
+print("--")
+send(Q(b"BEGIN"), Q(b"SAVEPOINT a"), Q(b"DECLARE s1 CURSOR FOR SELECT body FROM notes"))
+answers(3)
+send(Q(b"ROLLBACK TO a"), Q(b"SELECT open_ssn('s1')"), Q(b"FETCH 1 FROM s1"), Q(b"COMMIT"))
+answers(4)
+print("--")
+send(Q(b"DECLARE i1 CURSOR WITH HOLD FOR SELECT body FROM notes; SELECT 1/0"))
+answers(1)
+send(Q(b"BEGIN"), Q(b"SELECT open_ssn('i1')"), Q(b"FETCH 1 FROM i1"), Q(b"COMMIT"))
+answers(4)
+print("--")
+send(Q(b"BEGIN"), Q(b"SAVEPOINT a"))
+answers(2)
+send(P(b"n", b"SELECT body FROM notes"), B(b"p3", b"n"), E(b"p3"), S())
+answers(1)
+send(Q(b"ROLLBACK TO a"), Q(b"SELECT open_ssn('p3')"))
+answers(2)
+send(E(b"p3"), S())
+answers(1)
+send(Q(b"COMMIT"))
+answers(1)
+print("--")
+send(Q(b"BEGIN; DECLARE k1 CURSOR WITH HOLD FOR SELECT body FROM notes; COMMIT; SELECT 1/0"))
+answers(1)
+send(Q(b"FETCH 1 FROM k1"))
+answers(1)
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = succeeded(&out);
+    let parts: Vec<&str> = stdout.split("--\n").collect();
+    assert_eq!(parts.len(), 5, "{stdout}");
+    for (i, part) in parts.iter().take(4).enumerate() {
+        assert!(part.contains("error 42501"), "part {i}: {stdout}");
+    }
+    assert!(parts[4].contains("error 22012"), "{stdout}");
+    assert!(parts[4].contains("row a note"), "{stdout}");
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// A `Bind` to a portal name a cursor holds fails on the server (42P03), which keeps the
 /// cursor: an `Execute` of the name in a later batch would fetch from the cursor, so it is
 /// refused, not run under the `Bind`'s decision. Once the cursor is closed, a `Bind` of the

@@ -66,6 +66,64 @@ pub(super) struct Answered {
     /// `Bind` made by then are gone (a portal lives in its transaction; only a cursor
     /// declared `WITH HOLD` outlives it, and no `Bind` makes one).
     pub(super) portals_end: u64,
+    /// Rollbacks, oldest first: each dropped the portals and cursors the changes numbered
+    /// in `(from, to]` made, `WITH HOLD` or not.
+    pub(super) rolled_back: Vec<(u64, u64)>,
+    /// Every change up to this number was made before the transaction under way began.
+    txn_from: u64,
+    /// The server reported an error since the transaction under way began.
+    txn_failed: bool,
+}
+
+impl Answered {
+    /// The server completed a statement with `tag`. `COMMIT` ends the transaction and keeps
+    /// what it made (a failed transaction's `COMMIT` is answered `ROLLBACK`). `ROLLBACK`
+    /// ends it, or, as the answer to `ROLLBACK TO SAVEPOINT`, undoes part of it: the tag
+    /// does not tell which part, so the relay takes everything the transaction made as
+    /// dropped, which may take a cursor the server still holds (a `FETCH` from it is then
+    /// refused) but never leaves one it dropped.
+    pub(super) fn completed(&mut self, tag: &[u8]) {
+        match tag {
+            b"COMMIT" => {
+                self.txn_from = self.through;
+                self.txn_failed = false;
+            }
+            b"ROLLBACK" => {
+                self.roll_back();
+                self.txn_failed = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// The server reported an error: the transaction under way is rolled back, now if it
+    /// is implicit, or when the client ends it.
+    pub(super) fn failed(&mut self) {
+        self.txn_failed = true;
+    }
+
+    /// The server is ready for a query; `idle`, outside a transaction block, so the
+    /// transaction under way has ended: rolled back if an error came since it began
+    /// (an implicit transaction, or a transaction block whose `COMMIT` failed), committed
+    /// if not.
+    pub(super) fn ready(&mut self, idle: bool) {
+        if !idle {
+            return;
+        }
+        if self.txn_failed {
+            self.roll_back();
+            self.txn_failed = false;
+        }
+        // Every request before this one is answered, and nothing after it.
+        self.txn_from = self.through;
+        self.portals_end = self.through;
+    }
+
+    fn roll_back(&mut self) {
+        if self.through > self.txn_from {
+            self.rolled_back.push((self.txn_from, self.through));
+        }
+    }
 }
 
 /// The two namespaces of the server's names: prepared statements (`Parse`, SQL
@@ -116,6 +174,11 @@ pub(super) struct Named {
     cursors: std::collections::HashMap<String, (u64, bool)>,
     /// The last [`Answered::portals_end`] taken.
     portals_end: u64,
+    /// The rollbacks taken from [`Answered::rolled_back`], as `(from, to, until)`: the
+    /// portals and cursors the changes numbered in `(from, to]` made are gone. Kept while a
+    /// change numbered below `until` is unanswered, since undoing it gives a name back
+    /// what it had, which may be one of those.
+    dropped: Vec<(u64, u64, u64)>,
     /// What [`apply`](Self::apply) numbered, for the statement that carries it.
     pub(super) effects: VecDeque<Effect>,
 }
@@ -154,9 +217,10 @@ pub(super) enum Before {
         refused: bool,
         ambiguous: bool,
     },
-    /// A portal name: its portal, whether it was ambiguous.
+    /// A portal name: its portal and the number of the `Bind` that made it, whether it was
+    /// ambiguous.
     Portal {
-        portal: Option<Portal>,
+        portal: Option<(Portal, u64)>,
         ambiguous: bool,
     },
 }
@@ -177,6 +241,7 @@ impl Default for Named {
             bound: std::collections::HashMap::new(),
             cursors: std::collections::HashMap::new(),
             portals_end: 0,
+            dropped: Vec::new(),
             effects: VecDeque::new(),
         }
     }
@@ -192,7 +257,11 @@ impl Named {
                 ambiguous: self.ambiguous_statements.contains(name),
             },
             Space::Portal => Before::Portal {
-                portal: self.portals.get(name).cloned(),
+                portal: self
+                    .portals
+                    .get(name)
+                    .cloned()
+                    .zip(self.bound.get(name).copied()),
                 ambiguous: self.ambiguous_portals.contains(name),
             },
         }
@@ -222,10 +291,18 @@ impl Named {
             }
             Before::Portal { portal, ambiguous } => {
                 set(&mut self.ambiguous_portals, &name, ambiguous);
-                match portal {
-                    Some(p) => self.portals.insert(name, p),
-                    None => self.portals.remove(&name),
-                };
+                // A portal that ended with its transaction, or was rolled back, since the
+                // change is not given back.
+                match portal.filter(|(_, seq)| !self.gone(*seq, false)) {
+                    Some((p, seq)) => {
+                        self.portals.insert(name.clone(), p);
+                        self.bound.insert(name, seq);
+                    }
+                    None => {
+                        self.portals.remove(&name);
+                        self.bound.remove(&name);
+                    }
+                }
             }
         }
     }
@@ -366,16 +443,29 @@ impl Named {
     /// a name it found taken when the gateway took it for free is ambiguous; a statement or
     /// cursor SQL named is forgotten by the classifier.
     pub(super) fn catch_up(&mut self, answered: &StdMutex<Answered>, classifier: &mut Classifier) {
-        let (through, rejected, portals_end) = match answered.lock() {
+        let (through, rejected, portals_end, rolled_back) = match answered.lock() {
             Ok(mut a)
                 if a.through > self.through
                     || !a.rejected.is_empty()
-                    || a.portals_end > self.portals_end =>
+                    || a.portals_end > self.portals_end
+                    || !a.rolled_back.is_empty() =>
             {
-                (a.through, std::mem::take(&mut a.rejected), a.portals_end)
+                (
+                    a.through,
+                    std::mem::take(&mut a.rejected),
+                    a.portals_end,
+                    std::mem::take(&mut a.rolled_back),
+                )
             }
             _ => return,
         };
+        // What ended or was rolled back is known before anything is given back, so
+        // nothing gone is.
+        let ended = portals_end > self.portals_end || !rolled_back.is_empty();
+        self.portals_end = self.portals_end.max(portals_end);
+        let until = self.next;
+        self.dropped
+            .extend(rolled_back.into_iter().map(|(from, to)| (from, to, until)));
         for rejection in &rejected {
             let Some(i) = self.undo.iter().position(|(seq, _)| *seq == rejection.seq) else {
                 continue;
@@ -421,37 +511,45 @@ impl Named {
                 }
                 Some(Forget::Prepared(name, None)) => classifier.forget_prepared(&name),
                 Some(Forget::Cursor(name, before, record)) => {
-                    match before {
-                        Some(before) => classifier.register_cursor(&name, before),
-                        None => classifier.forget_cursor(&name),
-                    }
                     match record {
-                        Some(record) => self.cursors.insert(name, record),
-                        None => self.cursors.remove(&name),
-                    };
+                        // The cursor the name had before is gone as well.
+                        Some((seq, hold)) if self.gone(seq, hold) => {
+                            self.cursors.remove(&name);
+                            classifier.forget_cursor(&name);
+                        }
+                        record => {
+                            match record {
+                                Some(record) => self.cursors.insert(name.clone(), record),
+                                None => self.cursors.remove(&name),
+                            };
+                            match before {
+                                Some(before) => classifier.register_cursor(&name, before),
+                                None => classifier.forget_cursor(&name),
+                            }
+                        }
+                    }
                 }
                 None => {}
             }
         }
-        if portals_end > self.portals_end {
-            self.portals_end = portals_end;
-            let ended: Vec<Bytes> = self
+        if ended {
+            let gone: Vec<Bytes> = self
                 .bound
                 .iter()
-                .filter(|(_, seq)| **seq <= portals_end)
+                .filter(|(_, seq)| self.gone(**seq, false))
                 .map(|(name, _)| name.clone())
                 .collect();
-            for name in ended {
+            for name in gone {
                 self.bound.remove(&name);
                 self.portals.remove(&name);
             }
-            let ended: Vec<String> = self
+            let gone: Vec<String> = self
                 .cursors
                 .iter()
-                .filter(|(_, (seq, hold))| !hold && *seq <= portals_end)
+                .filter(|(_, (seq, hold))| self.gone(*seq, *hold))
                 .map(|(name, _)| name.clone())
                 .collect();
-            for name in ended {
+            for name in gone {
                 self.cursors.remove(&name);
                 classifier.forget_cursor(&name);
             }
@@ -461,6 +559,19 @@ impl Named {
             self.undo.pop_front();
         }
         self.last.retain(|_, seq| *seq > through);
+        // Every change that could give a name back a record of a rollback is answered.
+        self.dropped.retain(|(_, _, until)| *until > through + 1);
+    }
+
+    /// Whether the portal or cursor that change `seq` made is gone on the server: a
+    /// portal, or a cursor not declared `WITH HOLD`, whose transaction ended; any of them
+    /// if a rollback dropped it.
+    fn gone(&self, seq: u64, hold: bool) -> bool {
+        (!hold && seq <= self.portals_end)
+            || self
+                .dropped
+                .iter()
+                .any(|(from, to, _)| *from < seq && seq <= *to)
     }
 
     /// Applies what SQL run upstream does to names, numbering each change for the server
@@ -675,5 +786,135 @@ mod tests {
         named.catch_up(&answered, &mut classifier);
         assert_eq!(held_sql(&named, "a"), Some(&b"SELECT 1"[..]), "{a}");
         assert_eq!(held_sql(&named, "b"), Some(&b"SELECT 2"[..]));
+    }
+
+    /// `DECLARE` through [`Named::apply`], as the relay runs it: the effect it numbered.
+    fn declare(named: &mut Named, classifier: &mut Classifier, sql: &'static str) -> Effect {
+        let analysis = classifier.classify_bytes(sql.as_bytes());
+        named.apply(&analysis, classifier);
+        named.effects.pop_front().expect("an effect")
+    }
+
+    /// The server made change `seq`, as the relay answers it.
+    fn made(answered: &StdMutex<Answered>, seq: u64) {
+        let mut a = answered.lock().unwrap();
+        a.through = a.through.max(seq);
+    }
+
+    #[test]
+    fn a_rollback_drops_what_its_transaction_made_and_a_commit_keeps_it() {
+        let (answered, mut classifier, mut named) = fresh();
+        // Committed: kept.
+        let kept = declare(
+            &mut named,
+            &mut classifier,
+            "DECLARE k CURSOR WITH HOLD FOR SELECT 1",
+        );
+        made(&answered, kept.seq);
+        answered.lock().unwrap().completed(b"COMMIT");
+        // A later implicit transaction fails: what it made goes, what came before stays.
+        let lost = declare(
+            &mut named,
+            &mut classifier,
+            "DECLARE l CURSOR WITH HOLD FOR SELECT 2",
+        );
+        made(&answered, lost.seq);
+        answered.lock().unwrap().failed();
+        answered.lock().unwrap().ready(true);
+        named.catch_up(&answered, &mut classifier);
+        assert!(classifier.cursor("k").is_some());
+        assert!(classifier.cursor("l").is_none());
+        // A rollback inside a block (`ROLLBACK TO SAVEPOINT`) takes everything the block
+        // made, and the block goes on: a later commit keeps what came after.
+        answered.lock().unwrap().ready(false);
+        let a = declare(&mut named, &mut classifier, "DECLARE a CURSOR FOR SELECT 3");
+        made(&answered, a.seq);
+        answered.lock().unwrap().completed(b"ROLLBACK");
+        answered.lock().unwrap().ready(false);
+        let b = declare(
+            &mut named,
+            &mut classifier,
+            "DECLARE b CURSOR WITH HOLD FOR SELECT 4",
+        );
+        made(&answered, b.seq);
+        answered.lock().unwrap().completed(b"COMMIT");
+        answered.lock().unwrap().ready(true);
+        named.catch_up(&answered, &mut classifier);
+        assert!(classifier.cursor("a").is_none());
+        assert!(classifier.cursor("b").is_some());
+        assert!(classifier.cursor("k").is_some());
+        // An error after the commit, in the same query text, leaves the commit's cursors.
+        answered.lock().unwrap().failed();
+        answered.lock().unwrap().ready(true);
+        named.catch_up(&answered, &mut classifier);
+        assert!(classifier.cursor("b").is_some());
+        assert!(named.dropped.is_empty(), "{:?}", named.dropped);
+    }
+
+    /// A rollback is taken before the changes undone with it: a `DECLARE` the server did
+    /// not run gives its name back the cursor it had only if that cursor is still there.
+    #[test]
+    fn an_undone_declare_does_not_give_back_a_rolled_back_cursor() {
+        let (answered, mut classifier, mut named) = fresh();
+        let first = declare(
+            &mut named,
+            &mut classifier,
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        );
+        let second = declare(&mut named, &mut classifier, "DECLARE c CURSOR FOR SELECT 2");
+        {
+            let mut a = answered.lock().unwrap();
+            a.through = first.seq;
+            a.failed();
+            a.ready(true);
+            a.through = second.seq;
+            a.rejected.push(Rejection {
+                seq: second.seq,
+                forget: second.forget,
+                taken: false,
+            });
+        }
+        named.catch_up(&answered, &mut classifier);
+        assert!(classifier.cursor("c").is_none());
+        assert!(named.cursors.is_empty());
+        assert!(named.dropped.is_empty());
+    }
+
+    /// A `Bind` the server skipped gives its portal name back the portal it had only while
+    /// that portal's transaction lasts.
+    #[test]
+    fn an_undone_bind_does_not_give_back_a_portal_whose_transaction_ended() {
+        let (answered, mut classifier, mut named) = fresh();
+        let name = Bytes::from_static(b"p");
+        let bind = |named: &mut Named| {
+            let seq = named.change(Space::Portal, &name);
+            named.portals.insert(name.clone(), Portal::Refused);
+            named.bound.insert(name.clone(), seq);
+            seq
+        };
+        let first = bind(&mut named);
+        named.end_batch();
+        let second = bind(&mut named);
+        {
+            let mut a = answered.lock().unwrap();
+            a.through = first;
+            a.ready(true);
+        }
+        named.catch_up(&answered, &mut classifier);
+        // The second `Bind` holds the name; the server skipped it, after the first one's
+        // transaction ended.
+        assert!(named.portals.contains_key(&name));
+        {
+            let mut a = answered.lock().unwrap();
+            a.through = second;
+            a.rejected.push(Rejection {
+                seq: second,
+                forget: None,
+                taken: false,
+            });
+        }
+        named.catch_up(&answered, &mut classifier);
+        assert!(!named.portals.contains_key(&name));
+        assert!(!named.bound.contains_key(&name));
     }
 }

@@ -109,7 +109,8 @@ fn unknown_command(text: &str) -> Command {
     }
 }
 
-/// What a statement does to the session's named prepared statements.
+/// What a statement does to the session's names: its prepared statements, cursors and
+/// savepoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PreparedEffect {
@@ -139,6 +140,23 @@ pub enum PreparedEffect {
     CloseCursor {
         /// The name, or `None` for all.
         name: Option<String>,
+    },
+    /// `SAVEPOINT name`.
+    Savepoint {
+        /// The savepoint's name (folded like an identifier).
+        name: String,
+    },
+    /// `ROLLBACK TO [SAVEPOINT] name`: undoes what the transaction did since the newest
+    /// savepoint of that name (closing the cursors it declared), and keeps the savepoint.
+    RollbackToSavepoint {
+        /// The savepoint's name (folded like an identifier).
+        name: String,
+    },
+    /// `RELEASE [SAVEPOINT] name`: forgets the newest savepoint of that name and every
+    /// later one, and keeps what was done since.
+    ReleaseSavepoint {
+        /// The savepoint's name (folded like an identifier).
+        name: String,
     },
 }
 
@@ -322,7 +340,14 @@ impl Classifier {
                 self.cursors.remove(n);
             }
             Some(PreparedEffect::CloseCursor { name: None }) => self.cursors.clear(),
-            None => {}
+            // Which cursors a rollback closes is the server's answer to tell: see
+            // [`Classifier::forget_cursor`].
+            Some(
+                PreparedEffect::Savepoint { .. }
+                | PreparedEffect::RollbackToSavepoint { .. }
+                | PreparedEffect::ReleaseSavepoint { .. },
+            )
+            | None => {}
         }
         if s.verb == "DISCARD ALL" {
             // Deallocates every prepared statement and closes every cursor.
@@ -1471,6 +1496,32 @@ fn transaction(toks: &[Token<'_>], first: &str, out: &mut Out) {
     out.verb(verb);
     out.raise(Session);
     read_write_mode(toks, out);
+    // `SAVEPOINT name`, `RELEASE [SAVEPOINT] name`, `ROLLBACK [WORK | TRANSACTION] TO
+    // [SAVEPOINT] name` (`SAVEPOINT` is not reserved: it may be the name).
+    let savepoint_at = |i: usize| {
+        let i = if is_kw(toks, i, "savepoint") && toks.get(i + 1).and_then(Token::ident).is_some() {
+            i + 1
+        } else {
+            i
+        };
+        toks.get(i).and_then(Token::ident)
+    };
+    out.prepared = match first {
+        "savepoint" => toks
+            .get(1)
+            .and_then(Token::ident)
+            .map(|name| PreparedEffect::Savepoint { name }),
+        "release" => savepoint_at(1).map(|name| PreparedEffect::ReleaseSavepoint { name }),
+        "rollback" => {
+            let to = skip_kw(toks, 1, &["work", "transaction"]);
+            if is_kw(toks, to, "to") {
+                savepoint_at(to + 1).map(|name| PreparedEffect::RollbackToSavepoint { name })
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
 }
 
 /// `READ WRITE` transaction modes undo a read-only default the gateway may have set.

@@ -46,7 +46,7 @@ mod names;
 mod outbound;
 mod upstream;
 
-use names::{Answered, Effect, Forget, Named, Rejection, Space};
+use names::{Answered, Effect, Forget, Named, Rejection, Space, TxnOp};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -867,6 +867,8 @@ struct Pending {
     withheld: bool,
     /// The changes to names its statements make, in order, not yet answered.
     effects: VecDeque<Effect>,
+    /// What its statements do to the transaction, in order, not yet answered.
+    txn: VecDeque<TxnOp>,
 }
 
 #[derive(Debug)]
@@ -1314,6 +1316,7 @@ impl Relay {
         let mut item = self.pending(id, profile);
         if let Item::Command(p) = &mut item {
             p.effects = std::mem::take(&mut named.effects);
+            p.txn = std::mem::take(&mut named.txn);
         }
         item
     }
@@ -1362,6 +1365,7 @@ impl Relay {
             recording_truncated: false,
             withheld: false,
             effects: VecDeque::new(),
+            txn: VecDeque::new(),
         })
     }
 
@@ -2404,17 +2408,23 @@ impl Relay {
                         .queue
                         .lock()
                         .map_err(|_| Error::Config("queue poisoned".into()))?;
-                    if let Some(p) = head_command(&mut q, head)
-                        && p.effects
+                    let mut op = None;
+                    if let Some(p) = head_command(&mut q, head) {
+                        if p.effects
                             .front()
                             .is_some_and(|e| e.tag.as_bytes() == tag.as_ref())
-                        && let Some(e) = p.effects.pop_front()
-                    {
-                        self.answer(e.seq, true, None);
+                            && let Some(e) = p.effects.pop_front()
+                        {
+                            self.answer(e.seq, true, None);
+                        }
+                        if p.txn.front().is_some_and(|o| o.answered_by(tag)) {
+                            op = p.txn.pop_front();
+                        }
                     }
-                    // A transaction's end or rollback, for the portals and cursors it made.
+                    // A transaction's end, or a rollback, for the portals and cursors it
+                    // made.
                     if let Ok(mut a) = self.shared.answered.lock() {
-                        a.completed(tag);
+                        a.completed(tag, op);
                     }
                 }
                 if !st.discarding {
@@ -2729,6 +2739,7 @@ mod tests {
             recording_truncated: false,
             withheld: false,
             effects: VecDeque::new(),
+            txn: VecDeque::new(),
         };
         record(&mut p, 10, "12345");
         record(&mut p, 10, "67890");

@@ -1021,8 +1021,8 @@ answers(4)
 /// `ROLLBACK`, a `ROLLBACK TO SAVEPOINT` (both answered `ROLLBACK`), and an implicit
 /// transaction that fails. A function that opens a cursor of the same name afterwards gets
 /// a `FETCH` or `Execute` of it refused, not decided as the cursor the rollback dropped.
-/// What a transaction commits stays: `COMMIT` ends it, so an error after it in the same
-/// query text leaves the cursor, and it still reads.
+/// What a rollback keeps stays: a cursor declared before the savepoint rolled back to, and
+/// what a `COMMIT` ended, even with an error after it in the same query text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_ends_with_the_transaction_that_rolls_it_back() {
     let g = notes_open_customers_strict_gateway().await;
@@ -1040,9 +1040,11 @@ answers(3)
 send(Q(b"BEGIN"), Q(b"SELECT open_ssn('h1')"), Q(b"FETCH 1 FROM h1"), Q(b"COMMIT"))
 answers(4)
 print("--")
-send(Q(b"BEGIN"), Q(b"SAVEPOINT a"), Q(b"DECLARE s1 CURSOR FOR SELECT body FROM notes"))
+send(Q(b"BEGIN"), Q(b"DECLARE e1 CURSOR FOR SELECT body FROM notes"), Q(b"SAVEPOINT a"))
 answers(3)
-send(Q(b"ROLLBACK TO a"), Q(b"SELECT open_ssn('s1')"), Q(b"FETCH 1 FROM s1"), Q(b"COMMIT"))
+send(Q(b"DECLARE s1 CURSOR FOR SELECT body FROM notes"), Q(b"ROLLBACK TO a"))
+answers(2)
+send(Q(b"FETCH 1 FROM e1"), Q(b"SELECT open_ssn('s1')"), Q(b"FETCH 1 FROM s1"), Q(b"COMMIT"))
 answers(4)
 print("--")
 send(Q(b"DECLARE i1 CURSOR WITH HOLD FOR SELECT body FROM notes; SELECT 1/0"))
@@ -1052,7 +1054,7 @@ answers(4)
 print("--")
 send(Q(b"BEGIN"), Q(b"SAVEPOINT a"))
 answers(2)
-send(P(b"n", b"SELECT body FROM notes"), B(b"p3", b"n"), E(b"p3"), S())
+send(P(b"n", b"SELECT body FROM notes"), B(b"p3", b"n"), D(b"P", b"p3"), E(b"p3"), S())
 answers(1)
 send(Q(b"ROLLBACK TO a"), Q(b"SELECT open_ssn('p3')"))
 answers(2)
@@ -1074,6 +1076,8 @@ answers(1)
     for (i, part) in parts.iter().take(4).enumerate() {
         assert!(part.contains("error 42501"), "part {i}: {stdout}");
     }
+    // The cursor declared before the savepoint is still there, and reads.
+    assert!(parts[1].contains("row a note"), "{stdout}");
     assert!(parts[4].contains("error 22012"), "{stdout}");
     assert!(parts[4].contains("row a note"), "{stdout}");
     assert!(!stdout.contains("123-45-6789"), "{stdout}");

@@ -554,6 +554,41 @@ fn a_cursor_declared_with_hold_says_so() {
 }
 
 #[test]
+fn savepoints_are_named_as_the_server_names_them() {
+    let cl = Classifier::new();
+    let effect = |sql: &str| cl.classify(sql).statements[0].prepared.clone();
+    let set = |n: &str| Some(PreparedEffect::Savepoint { name: n.into() });
+    let back = |n: &str| Some(PreparedEffect::RollbackToSavepoint { name: n.into() });
+    let release = |n: &str| Some(PreparedEffect::ReleaseSavepoint { name: n.into() });
+    assert_eq!(effect("SAVEPOINT a"), set("a"));
+    assert_eq!(effect("savepoint \"B c\""), set("B c"));
+    assert_eq!(effect("SAVEPOINT Sp1"), set("sp1"));
+    assert_eq!(effect("ROLLBACK TO SAVEPOINT a"), back("a"));
+    assert_eq!(effect("rollback to a"), back("a"));
+    assert_eq!(effect("ROLLBACK WORK TO SAVEPOINT a"), back("a"));
+    assert_eq!(effect("ROLLBACK TRANSACTION TO \"A\""), back("A"));
+    // `SAVEPOINT` is not reserved: alone, it is the name.
+    assert_eq!(effect("ROLLBACK TO savepoint"), back("savepoint"));
+    assert_eq!(effect("RELEASE SAVEPOINT a"), release("a"));
+    assert_eq!(effect("RELEASE a"), release("a"));
+    assert_eq!(effect("RELEASE savepoint"), release("savepoint"));
+    for sql in [
+        "ROLLBACK",
+        "ABORT",
+        "ROLLBACK AND CHAIN",
+        "COMMIT",
+        "ROLLBACK TO",
+        "SAVEPOINT",
+    ] {
+        assert_eq!(effect(sql), None, "{sql}");
+    }
+    assert_eq!(
+        cl.classify("ROLLBACK TO SAVEPOINT a").statements[0].verb,
+        "ROLLBACK"
+    );
+}
+
+#[test]
 fn multi_statement_text_takes_the_riskiest_part() {
     let sql = "SELECT 1; UPDATE t SET a = 1; GRANT x TO y; SELECT $$;$$";
     let a = Classifier::new().classify(sql);

@@ -52,6 +52,32 @@ pub(super) struct Rejection {
     pub(super) taken: bool,
 }
 
+/// What a statement does to the transaction, read with the command tag that answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TxnOp {
+    /// `SAVEPOINT name`, answered `SAVEPOINT`.
+    Savepoint(String),
+    /// `ROLLBACK TO SAVEPOINT name`, answered `ROLLBACK`.
+    RollbackTo(String),
+    /// `RELEASE SAVEPOINT name`, answered `RELEASE`.
+    Release(String),
+    /// `COMMIT`, `ROLLBACK`, `PREPARE TRANSACTION`: answered `COMMIT`, `ROLLBACK` (a failed
+    /// transaction's `COMMIT` too) or `PREPARE TRANSACTION`.
+    End,
+}
+
+impl TxnOp {
+    /// Whether `tag` is the server's answer to a statement that does this.
+    pub(super) fn answered_by(&self, tag: &[u8]) -> bool {
+        match self {
+            TxnOp::Savepoint(_) => tag == b"SAVEPOINT",
+            TxnOp::RollbackTo(_) => tag == b"ROLLBACK",
+            TxnOp::Release(_) => tag == b"RELEASE",
+            TxnOp::End => matches!(tag, b"COMMIT" | b"ROLLBACK" | b"PREPARE TRANSACTION"),
+        }
+    }
+}
+
 /// What the server answered about the session's changes to names, for the client side
 /// to catch up with (see [`Named`]).
 #[derive(Debug, Default)]
@@ -73,24 +99,53 @@ pub(super) struct Answered {
     txn_from: u64,
     /// The server reported an error since the transaction under way began.
     txn_failed: bool,
+    /// The transaction's savepoints, oldest first: each name, and the changes made before
+    /// it (up to that number).
+    savepoints: Vec<(String, u64)>,
 }
 
 impl Answered {
-    /// The server completed a statement with `tag`. `COMMIT` ends the transaction and keeps
-    /// what it made (a failed transaction's `COMMIT` is answered `ROLLBACK`). `ROLLBACK`
-    /// ends it, or, as the answer to `ROLLBACK TO SAVEPOINT`, undoes part of it: the tag
-    /// does not tell which part, so the relay takes everything the transaction made as
-    /// dropped, which may take a cursor the server still holds (a `FETCH` from it is then
-    /// refused) but never leaves one it dropped.
-    pub(super) fn completed(&mut self, tag: &[u8]) {
-        match tag {
-            b"COMMIT" => {
-                self.txn_from = self.through;
+    /// The server completed a statement with `tag`, which does `op` to the transaction
+    /// (when the relay knows it). `COMMIT` ends the transaction and keeps what it made (a
+    /// failed transaction's `COMMIT` is answered `ROLLBACK`). `ROLLBACK` ends it and drops
+    /// what it made; as the answer to `ROLLBACK TO SAVEPOINT`, it drops what was made since
+    /// the savepoint. Without the savepoint (a statement the relay did not understand, a
+    /// savepoint it did not see set) everything the transaction made is taken as dropped:
+    /// that may take a cursor the server still holds (a `FETCH` from it is then refused),
+    /// but never leaves one it dropped.
+    pub(super) fn completed(&mut self, tag: &[u8], op: Option<TxnOp>) {
+        match (tag, op) {
+            (b"SAVEPOINT", Some(TxnOp::Savepoint(name))) => {
+                self.savepoints.push((name, self.through));
+            }
+            (b"RELEASE", Some(TxnOp::Release(name))) => {
+                if let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name) {
+                    self.savepoints.truncate(i);
+                }
+            }
+            (b"ROLLBACK", Some(TxnOp::RollbackTo(name))) => {
+                match self.savepoints.iter().rposition(|(n, _)| *n == name) {
+                    Some(i) => {
+                        let from = self.savepoints[i].1;
+                        self.savepoints.truncate(i + 1);
+                        if self.through > from {
+                            self.rolled_back.push((from, self.through));
+                        }
+                    }
+                    None => self.roll_back(),
+                }
                 self.txn_failed = false;
             }
-            b"ROLLBACK" => {
-                self.roll_back();
+            (b"COMMIT", _) => {
+                self.txn_from = self.through;
                 self.txn_failed = false;
+                self.savepoints.clear();
+            }
+            (b"ROLLBACK", _) => {
+                self.roll_back();
+                self.txn_from = self.through;
+                self.txn_failed = false;
+                self.savepoints.clear();
             }
             _ => {}
         }
@@ -117,6 +172,7 @@ impl Answered {
         // Every request before this one is answered, and nothing after it.
         self.txn_from = self.through;
         self.portals_end = self.through;
+        self.savepoints.clear();
     }
 
     fn roll_back(&mut self) {
@@ -181,6 +237,9 @@ pub(super) struct Named {
     dropped: Vec<(u64, u64, u64)>,
     /// What [`apply`](Self::apply) numbered, for the statement that carries it.
     pub(super) effects: VecDeque<Effect>,
+    /// What [`apply`](Self::apply) found the statements do to the transaction, for the
+    /// statement that carries them.
+    pub(super) txn: VecDeque<TxnOp>,
 }
 
 /// What the names one change touches meant before it: one name, but for `DEALLOCATE ALL`,
@@ -243,6 +302,7 @@ impl Default for Named {
             portals_end: 0,
             dropped: Vec::new(),
             effects: VecDeque::new(),
+            txn: VecDeque::new(),
         }
     }
 }
@@ -584,8 +644,35 @@ impl Named {
         analysis: &wirewarden_sql::Analysis,
         classifier: &mut Classifier,
     ) {
+        // A statement not understood might answer with a transaction's tag: the tags of
+        // a text with one are read without what the statements do (see
+        // [`Answered::completed`]).
+        let understood = analysis
+            .statements
+            .iter()
+            .all(|s| s.class != wirewarden_core::CommandClass::Unknown);
         for s in &analysis.statements {
             use wirewarden_sql::PreparedEffect;
+            let op = match &s.prepared {
+                Some(PreparedEffect::Savepoint { name }) => Some(TxnOp::Savepoint(name.clone())),
+                Some(PreparedEffect::RollbackToSavepoint { name }) => {
+                    Some(TxnOp::RollbackTo(name.clone()))
+                }
+                Some(PreparedEffect::ReleaseSavepoint { name }) => {
+                    Some(TxnOp::Release(name.clone()))
+                }
+                _ if matches!(
+                    s.verb.as_str(),
+                    "COMMIT" | "ROLLBACK" | "PREPARE TRANSACTION"
+                ) =>
+                {
+                    Some(TxnOp::End)
+                }
+                _ => None,
+            };
+            if understood && let Some(op) = op {
+                self.txn.push_back(op);
+            }
             let before = match &s.prepared {
                 Some(PreparedEffect::Prepare { name, .. }) => classifier.prepared(name).cloned(),
                 Some(PreparedEffect::DeclareCursor { name, .. }) => {
@@ -811,7 +898,10 @@ mod tests {
             "DECLARE k CURSOR WITH HOLD FOR SELECT 1",
         );
         made(&answered, kept.seq);
-        answered.lock().unwrap().completed(b"COMMIT");
+        answered
+            .lock()
+            .unwrap()
+            .completed(b"COMMIT", Some(TxnOp::End));
         // A later implicit transaction fails: what it made goes, what came before stays.
         let lost = declare(
             &mut named,
@@ -824,12 +914,16 @@ mod tests {
         named.catch_up(&answered, &mut classifier);
         assert!(classifier.cursor("k").is_some());
         assert!(classifier.cursor("l").is_none());
-        // A rollback inside a block (`ROLLBACK TO SAVEPOINT`) takes everything the block
-        // made, and the block goes on: a later commit keeps what came after.
+        // A rollback inside a block whose savepoint the relay does not know takes
+        // everything the block made, and the block goes on: a later commit keeps what came
+        // after.
         answered.lock().unwrap().ready(false);
         let a = declare(&mut named, &mut classifier, "DECLARE a CURSOR FOR SELECT 3");
         made(&answered, a.seq);
-        answered.lock().unwrap().completed(b"ROLLBACK");
+        answered
+            .lock()
+            .unwrap()
+            .completed(b"ROLLBACK", Some(TxnOp::RollbackTo("unseen".into())));
         answered.lock().unwrap().ready(false);
         let b = declare(
             &mut named,
@@ -837,7 +931,10 @@ mod tests {
             "DECLARE b CURSOR WITH HOLD FOR SELECT 4",
         );
         made(&answered, b.seq);
-        answered.lock().unwrap().completed(b"COMMIT");
+        answered
+            .lock()
+            .unwrap()
+            .completed(b"COMMIT", Some(TxnOp::End));
         answered.lock().unwrap().ready(true);
         named.catch_up(&answered, &mut classifier);
         assert!(classifier.cursor("a").is_none());
@@ -916,5 +1013,76 @@ mod tests {
         named.catch_up(&answered, &mut classifier);
         assert!(!named.portals.contains_key(&name));
         assert!(!named.bound.contains_key(&name));
+    }
+
+    /// `ROLLBACK TO SAVEPOINT` drops what was made since the savepoint, and keeps the
+    /// savepoint and what came before it; `RELEASE` forgets the savepoint and the later
+    /// ones, and keeps what they made.
+    #[test]
+    fn a_rollback_to_a_savepoint_drops_what_came_after_it() {
+        let (answered, mut classifier, mut named) = fresh();
+        let tell = |tag: &[u8], op: TxnOp| answered.lock().unwrap().completed(tag, Some(op));
+        let run = |named: &mut Named, classifier: &mut Classifier, sql: &'static str| {
+            let e = declare(named, classifier, sql);
+            made(&answered, e.seq);
+        };
+        answered.lock().unwrap().ready(false);
+        run(
+            &mut named,
+            &mut classifier,
+            "DECLARE before CURSOR FOR SELECT 1",
+        );
+        tell(b"SAVEPOINT", TxnOp::Savepoint("a".into()));
+        run(
+            &mut named,
+            &mut classifier,
+            "DECLARE inside CURSOR WITH HOLD FOR SELECT 2",
+        );
+        tell(b"SAVEPOINT", TxnOp::Savepoint("b".into()));
+        run(
+            &mut named,
+            &mut classifier,
+            "DECLARE deeper CURSOR FOR SELECT 3",
+        );
+        tell(b"RELEASE", TxnOp::Release("b".into()));
+        tell(b"ROLLBACK", TxnOp::RollbackTo("a".into()));
+        named.catch_up(&answered, &mut classifier);
+        assert!(classifier.cursor("before").is_some());
+        assert!(classifier.cursor("inside").is_none());
+        assert!(classifier.cursor("deeper").is_none());
+        // The savepoint stays: a second rollback to it drops what came since.
+        run(
+            &mut named,
+            &mut classifier,
+            "DECLARE again CURSOR FOR SELECT 4",
+        );
+        tell(b"ROLLBACK", TxnOp::RollbackTo("a".into()));
+        named.catch_up(&answered, &mut classifier);
+        assert!(classifier.cursor("again").is_none());
+        assert!(classifier.cursor("before").is_some());
+        // Released, it is gone: a rollback to it is to a savepoint the relay does not
+        // know, which drops everything the transaction made.
+        tell(b"RELEASE", TxnOp::Release("a".into()));
+        tell(b"ROLLBACK", TxnOp::RollbackTo("a".into()));
+        named.catch_up(&answered, &mut classifier);
+        assert!(classifier.cursor("before").is_none());
+    }
+
+    #[test]
+    fn a_text_with_a_statement_not_understood_says_nothing_of_its_transaction() {
+        let (_, mut classifier, mut named) = fresh();
+        let analysis = classifier.classify_bytes(b"SAVEPOINT a; ROLLBACK TO a; COMMIT");
+        named.apply(&analysis, &mut classifier);
+        assert_eq!(
+            named.txn.drain(..).collect::<Vec<_>>(),
+            [
+                TxnOp::Savepoint("a".into()),
+                TxnOp::RollbackTo("a".into()),
+                TxnOp::End
+            ]
+        );
+        let analysis = classifier.classify_bytes(b"ROLLBACK TO a; FETCH 1 FROM nowhere");
+        named.apply(&analysis, &mut classifier);
+        assert!(named.txn.is_empty());
     }
 }

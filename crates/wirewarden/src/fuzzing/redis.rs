@@ -15,7 +15,8 @@
 //!    value the mask profile detects never reaches the client or the recorded replies,
 //!    unless the party who would see it sent it itself. Nor does a value the server gives
 //!    for a command that declares a `secret:*` key, whatever the command (only the key
-//!    rule can hide it: no detector finds it), where answers follow commands one to one.
+//!    rule can hide it: no detector finds it), where answers follow commands one to one,
+//!    in a transaction's `EXEC` array element for element.
 //! 5. **Every outcome has its intent and the session its end**: each `CommandCompleted`
 //!    follows its own `CommandDecided`, no command completes twice, every allowed command
 //!    completes, and a session that started ends exactly once.
@@ -319,29 +320,37 @@ const KEY_CANARY: &[u8] = b"KEYCANARY";
 
 /// Whether [`KEY_CANARY`] may reach the client lawfully in this session, or the session
 /// is one where the check cannot tell which answer went with which command. It applies when
-/// each answer the server wrote is one frame, not a push, for the request it followed, in a
-/// session without subscriptions or transactions (whose replies do not follow one to one).
+/// each answer the server wrote is one frame, not a push, for the request it followed (an
+/// empty answer only after the last one written), in a session without subscriptions or
+/// `RESET`. In a transaction, a command answered `+QUEUED` has its answer in the `EXEC`
+/// array, element for element, as the server queued them.
 fn key_canary_may_show(input: &Input<'_>, upstream: &Upstream) -> bool {
+    if input.script_answers_login || contains(input.client, KEY_CANARY) {
+        return true;
+    }
     let mut client = BytesMut::from(input.client);
     let mut decoder = RequestDecoder::new(Limits::default());
-    let mut one_to_one = !input.script_answers_login;
     while let Ok(Some(req)) = decoder.decode(&mut client) {
-        one_to_one &= !matches!(
+        if matches!(
             req.name().to_ascii_uppercase().as_slice(),
-            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"MULTI" | b"EXEC" | b"RESET"
-        );
+            b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"RESET"
+        ) {
+            return true;
+        }
     }
-    let one_frame = |answer: &Bytes| {
+    let mut frames = Vec::new();
+    let mut silent = false;
+    for answer in &upstream.answers {
+        if answer.is_empty() {
+            silent = true;
+            continue;
+        }
         let mut buf = BytesMut::from(&answer[..]);
         let mut d = ReplyDecoder::new(Limits::default());
         match d.decode(&mut buf, RespVersion::Resp3) {
-            Ok(Some(f)) => !f.is_push() && buf.is_empty(),
-            _ => answer.is_empty(),
+            Ok(Some(f)) if !silent && !f.is_push() && buf.is_empty() => frames.push(f),
+            _ => return true,
         }
-    };
-    one_to_one &= upstream.answers.iter().all(one_frame);
-    if !one_to_one || contains(input.client, KEY_CANARY) {
-        return true;
     }
     let secret = |args: &[Bytes]| {
         wirewarden_redis::classify(args)
@@ -349,11 +358,53 @@ fn key_canary_may_show(input: &Input<'_>, upstream: &Upstream) -> bool {
             .objects_of(wirewarden_core::ObjectKind::Key)
             .any(|k| k.name.starts_with("secret:"))
     };
-    upstream
-        .requests
-        .iter()
-        .zip(&upstream.answers)
-        .any(|((args, _), answer)| contains(answer, KEY_CANARY) && !secret(args))
+    // What the server made of the transaction: in one, and whether each command it
+    // queued declares a `secret:*` key.
+    let mut in_multi = false;
+    let mut queued: Vec<bool> = Vec::new();
+    for ((args, _), frame) in upstream.requests.iter().zip(&frames) {
+        let name = args[0].to_ascii_uppercase();
+        let shows = contains(frame.raw(), KEY_CANARY);
+        let ends = matches!(name.as_slice(), b"EXEC" | b"DISCARD" | b"MULTI");
+        if in_multi && !ends {
+            if frame.simple_text() == Some(b"QUEUED") {
+                queued.push(secret(args));
+            } else if shows && !secret(args) {
+                return true;
+            }
+            continue;
+        }
+        match name.as_slice() {
+            b"MULTI" if !frame.is_error() => in_multi = true,
+            b"DISCARD" if !frame.is_error() => {
+                in_multi = false;
+                queued.clear();
+            }
+            b"EXEC" if in_multi => {
+                in_multi = false;
+                let queued = std::mem::take(&mut queued);
+                match frame.elements() {
+                    Ok(Some(elements)) => {
+                        let lawful = elements.iter().enumerate().any(|(i, element)| {
+                            contains(element, KEY_CANARY)
+                                && !queued.get(i).copied().unwrap_or(false)
+                        });
+                        if lawful {
+                            return true;
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(_) => return true,
+                }
+            }
+            _ => {}
+        }
+        if shows && !secret(args) {
+            return true;
+        }
+    }
+    false
 }
 
 fn check(input: &Input<'_>, received: &[u8], upstream: &Upstream, events: &[AuditEvent]) {
@@ -593,5 +644,81 @@ mod tests {
         // The check itself, fed a reply that carries the canary.
         let parsed = Input::parse(&[0, 0, 0]).unwrap();
         check(&parsed, b"$10\r\nLEAKCANARY\r\n", &Upstream::default(), &[]);
+    }
+
+    fn request(args: &[&'static [u8]]) -> (Vec<Bytes>, usize) {
+        (args.iter().map(|a| Bytes::from_static(a)).collect(), 0)
+    }
+
+    /// A transaction: `GET secret:a` and `GET plain` queued, answered in `EXEC`'s array.
+    fn transaction(elements: &'static [u8]) -> Upstream {
+        Upstream {
+            received: Vec::new(),
+            requests: vec![
+                request(&[b"MULTI"]),
+                request(&[b"GET", b"secret:a"]),
+                request(&[b"GET", b"plain"]),
+                request(&[b"EXEC"]),
+            ],
+            answers: vec![
+                Bytes::from_static(b"+OK\r\n"),
+                Bytes::from_static(b"+QUEUED\r\n"),
+                Bytes::from_static(b"+QUEUED\r\n"),
+                Bytes::from_static(elements),
+            ],
+        }
+    }
+
+    #[test]
+    fn in_a_transaction_each_exec_element_answers_its_own_command() {
+        let parsed = Input::parse(&[0, 0, 0]).unwrap();
+        let secret = transaction(b"*2\r\n$9\r\nKEYCANARY\r\n$1\r\nx\r\n");
+        assert!(!key_canary_may_show(&parsed, &secret));
+        let plain = transaction(b"*2\r\n$1\r\nx\r\n$9\r\nKEYCANARY\r\n");
+        assert!(key_canary_may_show(&parsed, &plain));
+        // A command the server did not queue is answered on its own.
+        let mut refused = transaction(b"*1\r\n$9\r\nKEYCANARY\r\n");
+        refused.answers[1] = Bytes::from_static(b"-ERR no\r\n");
+        assert!(key_canary_may_show(&parsed, &refused));
+        // An answer the server left out puts the rest out of step: the check stands aside.
+        let mut silent = transaction(b"*2\r\n$9\r\nKEYCANARY\r\n$1\r\nx\r\n");
+        silent.answers[1] = Bytes::new();
+        assert!(key_canary_may_show(&parsed, &silent));
+    }
+
+    #[test]
+    #[should_panic(expected = "a secret:* value reached the client")]
+    fn a_key_rule_bypass_in_a_transaction_is_caught() {
+        let parsed = Input::parse(&[0, 0, 0]).unwrap();
+        let upstream = transaction(b"*2\r\n$9\r\nKEYCANARY\r\n$1\r\nx\r\n");
+        check(
+            &parsed,
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$9\r\nKEYCANARY\r\n$1\r\nx\r\n",
+            &upstream,
+            &[],
+        );
+    }
+
+    /// Through the gateway: the element for `GET secret:a` is hidden by the key rule, the
+    /// other shown as the server sent it, and every check holds.
+    #[test]
+    fn a_transaction_through_the_gateway_hides_the_secret_keys_element() {
+        let client: &[u8] = b"*1\r\n$5\r\nMULTI\r\n*2\r\n$3\r\nGET\r\n$8\r\nsecret:a\r\n\
+              *2\r\n$3\r\nGET\r\n$5\r\nplain\r\n*1\r\n$4\r\nEXEC\r\n";
+        let events = run(&input(
+            0x40,
+            client,
+            &[
+                b"+OK\r\n",
+                b"+QUEUED\r\n",
+                b"+QUEUED\r\n",
+                b"*2\r\n$9\r\nKEYCANARY\r\n$5\r\nhello\r\n",
+            ],
+        ));
+        let completed = events
+            .iter()
+            .filter(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. }))
+            .count();
+        assert_eq!(completed, 4, "{events:#?}");
     }
 }

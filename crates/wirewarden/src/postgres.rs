@@ -2423,7 +2423,11 @@ impl Relay {
                     }
                     // A transaction's end, or a rollback, for the portals and cursors it
                     // made.
-                    if let Ok(mut a) = self.shared.answered.lock() {
+                    if matches!(
+                        tag.as_ref(),
+                        b"COMMIT" | b"ROLLBACK" | b"SAVEPOINT" | b"RELEASE"
+                    ) && let Ok(mut a) = self.shared.answered.lock()
+                    {
                         a.completed(tag, op);
                     }
                 }
@@ -2532,8 +2536,10 @@ impl Relay {
             BackendMessage::ReadyForQuery(status) => {
                 st.discarding = false;
                 st.plans = None;
-                if let Ok(mut a) = self.shared.answered.lock() {
-                    a.ready(status == wirewarden_postgres::TransactionStatus::Idle);
+                if status == wirewarden_postgres::TransactionStatus::Idle
+                    && let Ok(mut a) = self.shared.answered.lock()
+                {
+                    a.idle();
                 }
                 st.out.extend_from_slice(frame.as_bytes());
             }

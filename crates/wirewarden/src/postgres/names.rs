@@ -157,14 +157,10 @@ impl Answered {
         self.txn_failed = true;
     }
 
-    /// The server is ready for a query; `idle`, outside a transaction block, so the
-    /// transaction under way has ended: rolled back if an error came since it began
-    /// (an implicit transaction, or a transaction block whose `COMMIT` failed), committed
-    /// if not.
-    pub(super) fn ready(&mut self, idle: bool) {
-        if !idle {
-            return;
-        }
+    /// The server is ready for a query outside a transaction block, so the transaction
+    /// under way has ended: rolled back if an error came since it began (an implicit
+    /// transaction, or a transaction block whose `COMMIT` failed), committed if not.
+    pub(super) fn idle(&mut self) {
         if self.txn_failed {
             self.roll_back();
             self.txn_failed = false;
@@ -910,21 +906,19 @@ mod tests {
         );
         made(&answered, lost.seq);
         answered.lock().unwrap().failed();
-        answered.lock().unwrap().ready(true);
+        answered.lock().unwrap().idle();
         named.catch_up(&answered, &mut classifier);
         assert!(classifier.cursor("k").is_some());
         assert!(classifier.cursor("l").is_none());
         // A rollback inside a block whose savepoint the relay does not know takes
         // everything the block made, and the block goes on: a later commit keeps what came
         // after.
-        answered.lock().unwrap().ready(false);
         let a = declare(&mut named, &mut classifier, "DECLARE a CURSOR FOR SELECT 3");
         made(&answered, a.seq);
         answered
             .lock()
             .unwrap()
             .completed(b"ROLLBACK", Some(TxnOp::RollbackTo("unseen".into())));
-        answered.lock().unwrap().ready(false);
         let b = declare(
             &mut named,
             &mut classifier,
@@ -935,14 +929,14 @@ mod tests {
             .lock()
             .unwrap()
             .completed(b"COMMIT", Some(TxnOp::End));
-        answered.lock().unwrap().ready(true);
+        answered.lock().unwrap().idle();
         named.catch_up(&answered, &mut classifier);
         assert!(classifier.cursor("a").is_none());
         assert!(classifier.cursor("b").is_some());
         assert!(classifier.cursor("k").is_some());
         // An error after the commit, in the same query text, leaves the commit's cursors.
         answered.lock().unwrap().failed();
-        answered.lock().unwrap().ready(true);
+        answered.lock().unwrap().idle();
         named.catch_up(&answered, &mut classifier);
         assert!(classifier.cursor("b").is_some());
         assert!(named.dropped.is_empty(), "{:?}", named.dropped);
@@ -963,7 +957,7 @@ mod tests {
             let mut a = answered.lock().unwrap();
             a.through = first.seq;
             a.failed();
-            a.ready(true);
+            a.idle();
             a.through = second.seq;
             a.rejected.push(Rejection {
                 seq: second.seq,
@@ -995,7 +989,7 @@ mod tests {
         {
             let mut a = answered.lock().unwrap();
             a.through = first;
-            a.ready(true);
+            a.idle();
         }
         named.catch_up(&answered, &mut classifier);
         // The second `Bind` holds the name; the server skipped it, after the first one's
@@ -1026,7 +1020,6 @@ mod tests {
             let e = declare(named, classifier, sql);
             made(&answered, e.seq);
         };
-        answered.lock().unwrap().ready(false);
         run(
             &mut named,
             &mut classifier,

@@ -1022,7 +1022,8 @@ answers(4)
 /// transaction that fails. A function that opens a cursor of the same name afterwards gets
 /// a `FETCH` or `Execute` of it refused, not decided as the cursor the rollback dropped.
 /// What a rollback keeps stays: a cursor declared before the savepoint rolled back to, and
-/// what a `COMMIT` ended, even with an error after it in the same query text.
+/// what a `COMMIT` ended, even with an error after it in the same query text. A `COMMIT
+/// AND CHAIN` ends the transaction as a `COMMIT` does, though the session stays in a block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_ends_with_the_transaction_that_rolls_it_back() {
     let g = notes_open_customers_strict_gateway().await;
@@ -1063,6 +1064,11 @@ answers(1)
 send(Q(b"COMMIT"))
 answers(1)
 print("--")
+send(Q(b"BEGIN"), Q(b"DECLARE ch1 CURSOR FOR SELECT body FROM notes"), Q(b"COMMIT AND CHAIN"))
+answers(3)
+send(Q(b"SELECT open_ssn('ch1')"), Q(b"FETCH 1 FROM ch1"), Q(b"COMMIT"))
+answers(3)
+print("--")
 send(Q(b"BEGIN; DECLARE k1 CURSOR WITH HOLD FOR SELECT body FROM notes; COMMIT; SELECT 1/0"))
 answers(1)
 send(Q(b"FETCH 1 FROM k1"))
@@ -1072,14 +1078,14 @@ answers(1)
     let out = python(&script).await;
     let stdout = succeeded(&out);
     let parts: Vec<&str> = stdout.split("--\n").collect();
-    assert_eq!(parts.len(), 5, "{stdout}");
-    for (i, part) in parts.iter().take(4).enumerate() {
+    assert_eq!(parts.len(), 6, "{stdout}");
+    for (i, part) in parts.iter().take(5).enumerate() {
         assert!(part.contains("error 42501"), "part {i}: {stdout}");
     }
     // The cursor declared before the savepoint is still there, and reads.
     assert!(parts[1].contains("row a note"), "{stdout}");
-    assert!(parts[4].contains("error 22012"), "{stdout}");
-    assert!(parts[4].contains("row a note"), "{stdout}");
+    assert!(parts[5].contains("error 22012"), "{stdout}");
+    assert!(parts[5].contains("row a note"), "{stdout}");
     assert!(!stdout.contains("123-45-6789"), "{stdout}");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }

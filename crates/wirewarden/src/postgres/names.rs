@@ -106,8 +106,8 @@ pub(super) struct Answered {
 
 impl Answered {
     /// The server completed a statement with `tag`, which does `op` to the transaction
-    /// (when the relay knows it). `COMMIT` ends the transaction and keeps what it made (a
-    /// failed transaction's `COMMIT` is answered `ROLLBACK`). `ROLLBACK` ends it and drops
+    /// (when the relay knows it). `COMMIT` ends the transaction and keeps the `WITH HOLD`
+    /// cursors it made (a failed transaction's `COMMIT` is answered `ROLLBACK`). `ROLLBACK` ends it and drops
     /// what it made; as the answer to `ROLLBACK TO SAVEPOINT`, it drops what was made since
     /// the savepoint. Without the savepoint (a statement the relay did not understand, a
     /// savepoint it did not see set) everything the transaction made is taken as dropped:
@@ -136,14 +136,18 @@ impl Answered {
                 }
                 self.txn_failed = false;
             }
+            // The transaction is over, and with it its portals, though a `COMMIT AND
+            // CHAIN` or `ROLLBACK AND CHAIN` leaves the session in a block.
             (b"COMMIT", _) => {
                 self.txn_from = self.through;
+                self.portals_end = self.through;
                 self.txn_failed = false;
                 self.savepoints.clear();
             }
             (b"ROLLBACK", _) => {
                 self.roll_back();
                 self.txn_from = self.through;
+                self.portals_end = self.through;
                 self.txn_failed = false;
                 self.savepoints.clear();
             }
@@ -1077,5 +1081,26 @@ mod tests {
         let analysis = classifier.classify_bytes(b"ROLLBACK TO a; FETCH 1 FROM nowhere");
         named.apply(&analysis, &mut classifier);
         assert!(named.txn.is_empty());
+    }
+
+    /// `COMMIT AND CHAIN` ends the transaction, though the session stays in a block: its
+    /// cursors not declared `WITH HOLD` end with it.
+    #[test]
+    fn a_chained_commit_ends_the_transactions_cursors() {
+        let (answered, mut classifier, mut named) = fresh();
+        for sql in [
+            "DECLARE plain CURSOR FOR SELECT 1",
+            "DECLARE held CURSOR WITH HOLD FOR SELECT 2",
+        ] {
+            let e = declare(&mut named, &mut classifier, sql);
+            made(&answered, e.seq);
+        }
+        answered
+            .lock()
+            .unwrap()
+            .completed(b"COMMIT", Some(TxnOp::End));
+        named.catch_up(&answered, &mut classifier);
+        assert!(classifier.cursor("plain").is_none());
+        assert!(classifier.cursor("held").is_some());
     }
 }

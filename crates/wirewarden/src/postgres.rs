@@ -1908,11 +1908,8 @@ impl Relay {
                             named.apply(&analysis, classifier);
                         }
                         if let (Some(kept), Some(decision)) = (kept, kept_decision) {
-                            let effects = analysis
-                                .statements
-                                .iter()
-                                .any(|s| s.prepared.is_some() || s.verb == "DISCARD ALL")
-                                .then(|| Arc::new(analysis));
+                            let effects =
+                                names::acts_on_names(&analysis).then(|| Arc::new(analysis));
                             *kept = Some((command, decision, effects));
                         }
                         Verdict::Forward(profile, command_id)

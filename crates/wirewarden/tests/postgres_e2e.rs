@@ -1090,6 +1090,59 @@ answers(1)
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// A procedure that commits, called outside a transaction block, ends the transaction it
+/// runs in, and with it the portals bound before it in the same batch. A function can then
+/// open a cursor under one of their names; an `Execute` of the name is refused, not run
+/// under the decision of the statement bound there before. Portals bound after the call
+/// run as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_procedure_that_may_commit_ends_the_portals_bound_before_it() {
+    let policy = notes_open_customers_strict().replace(
+        "[[rule]]\nid = \"analysts-read-notes\"",
+        "[[rule]]\nid = \"analysts-call\"\ngroups = [\"analysts\"]\nverbs = [\"CALL\"]\n\
+         action = \"allow\"\n\n[[rule]]\nid = \"analysts-read-notes\"",
+    );
+    let g = gateway_with_masks(
+        None,
+        Arc::new(tokens()),
+        |s| s,
+        &policy,
+        Some(strict_and_open("open")),
+    )
+    .await;
+    g.pg.psql(
+        "CREATE FUNCTION open_ssn(c refcursor) RETURNS refcursor LANGUAGE plpgsql AS \
+         $$ BEGIN OPEN c FOR SELECT ssn FROM customers ORDER BY id; RETURN c; END $$; \
+         CREATE PROCEDURE tidy() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$; \
+         INSERT INTO notes (body) VALUES ('a note')",
+    )
+    .unwrap();
+    let script = raw_script(
+        g.addr.port(),
+        r#"
+send(P(b"n", b"SELECT body FROM notes"), B(b"p1", b"n"), D(b"P", b"p1"),
+     P(b"", b"CALL tidy()"), B(b"", b""), E(b""),
+     P(b"o", b"SELECT open_ssn('p1')"), B(b"", b"o"), D(b"P", b""), E(b""),
+     E(b"p1"), S())
+answers(1)
+print("--")
+send(P(b"", b"CALL tidy()"), B(b"", b""), E(b""),
+     B(b"p2", b"n"), D(b"P", b"p2"), E(b"p2"), S())
+answers(1)
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = succeeded(&out);
+    let parts: Vec<&str> = stdout.split("--\n").collect();
+    assert_eq!(parts.len(), 2, "{stdout}");
+    assert!(parts[0].contains("done CALL"), "{stdout}");
+    assert!(parts[0].contains("error 42501"), "{stdout}");
+    assert!(parts[1].contains("done CALL"), "{stdout}");
+    assert!(parts[1].contains("row a note"), "{stdout}");
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// A `Bind` to a portal name a cursor holds fails on the server (42P03), which keeps the
 /// cursor: an `Execute` of the name in a later batch would fetch from the cursor, so it is
 /// refused, not run under the `Bind`'s decision. Once the cursor is closed, a `Bind` of the

@@ -52,6 +52,16 @@ pub(super) struct Rejection {
     pub(super) taken: bool,
 }
 
+/// Whether running `analysis` does anything [`Named::apply`] follows: a change to a
+/// statement, cursor or savepoint name, `DISCARD ALL`, or a procedure or `DO` block (which
+/// may commit, and end the portals).
+pub(super) fn acts_on_names(analysis: &wirewarden_sql::Analysis) -> bool {
+    analysis
+        .statements
+        .iter()
+        .any(|s| s.prepared.is_some() || matches!(s.verb.as_str(), "DISCARD ALL" | "CALL" | "DO"))
+}
+
 /// What a statement does to the transaction, read with the command tag that answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum TxnOp {
@@ -230,6 +240,10 @@ pub(super) struct Named {
     cursors: std::collections::HashMap<String, (u64, bool)>,
     /// The last [`Answered::portals_end`] taken.
     portals_end: u64,
+    /// The portals `Bind` made up to this change may be gone: a procedure (`CALL`) or `DO`
+    /// block ran after them, and outside a transaction block it may commit, which ends
+    /// them.
+    binds_end: u64,
     /// The rollbacks taken from [`Answered::rolled_back`], as `(from, to, until)`: the
     /// portals and cursors the changes numbered in `(from, to]` made are gone. Kept while a
     /// change numbered below `until` is unanswered, since undoing it gives a name back
@@ -300,6 +314,7 @@ impl Default for Named {
             bound: std::collections::HashMap::new(),
             cursors: std::collections::HashMap::new(),
             portals_end: 0,
+            binds_end: 0,
             dropped: Vec::new(),
             effects: VecDeque::new(),
             txn: VecDeque::new(),
@@ -353,7 +368,7 @@ impl Named {
                 set(&mut self.ambiguous_portals, &name, ambiguous);
                 // A portal that ended with its transaction, or was rolled back, since the
                 // change is not given back.
-                match portal.filter(|(_, seq)| !self.gone(*seq, false)) {
+                match portal.filter(|(_, seq)| !self.bind_gone(*seq)) {
                     Some((p, seq)) => {
                         self.portals.insert(name.clone(), p);
                         self.bound.insert(name, seq);
@@ -596,7 +611,7 @@ impl Named {
             let gone: Vec<Bytes> = self
                 .bound
                 .iter()
-                .filter(|(_, seq)| self.gone(**seq, false))
+                .filter(|(_, seq)| self.bind_gone(**seq))
                 .map(|(name, _)| name.clone())
                 .collect();
             for name in gone {
@@ -623,6 +638,27 @@ impl Named {
         self.dropped.retain(|(_, _, until)| *until > through + 1);
     }
 
+    /// A procedure or `DO` block is about to run: outside a transaction block it may
+    /// commit, which ends every portal made before it, and a later `Execute` of one of
+    /// their names would run whatever took the name since (a cursor the procedure opened,
+    /// say). The gateway does not know whether it commits, nor, with requests in flight,
+    /// whether the session is in a block: those portals are forgotten now, before anything
+    /// later in the batch is decided. The unnamed portal is bound afresh for each
+    /// statement; a named one bound before the call and run after it is refused.
+    fn end_binds(&mut self) {
+        self.binds_end = self.next - 1;
+        let gone: Vec<Bytes> = self
+            .bound
+            .iter()
+            .filter(|(_, seq)| **seq <= self.binds_end)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.bound.remove(&name);
+            self.portals.remove(&name);
+        }
+    }
+
     /// Whether the portal or cursor that change `seq` made is gone on the server: a
     /// portal, or a cursor not declared `WITH HOLD`, whose transaction ended; any of them
     /// if a rollback dropped it.
@@ -632,6 +668,13 @@ impl Named {
                 .dropped
                 .iter()
                 .any(|(from, to, _)| *from < seq && seq <= *to)
+    }
+
+    /// Whether the portal `Bind` change `seq` made is gone on the server, or may be: as
+    /// [`gone`](Self::gone), and if a procedure or `DO` block that may have committed ran
+    /// after it.
+    fn bind_gone(&self, seq: u64) -> bool {
+        seq <= self.binds_end || self.gone(seq, false)
     }
 
     /// Applies what SQL run upstream does to names, numbering each change for the server
@@ -672,6 +715,9 @@ impl Named {
             };
             if understood && let Some(op) = op {
                 self.txn.push_back(op);
+            }
+            if matches!(s.verb.as_str(), "CALL" | "DO") {
+                self.end_binds();
             }
             let before = match &s.prepared {
                 Some(PreparedEffect::Prepare { name, .. }) => classifier.prepared(name).cloned(),
@@ -1102,5 +1148,42 @@ mod tests {
         named.catch_up(&answered, &mut classifier);
         assert!(classifier.cursor("plain").is_none());
         assert!(classifier.cursor("held").is_some());
+    }
+
+    /// A procedure or `DO` block may commit, which ends the portals bound before it: they
+    /// are forgotten when it is sent, and an undone change does not give one back.
+    #[test]
+    fn a_procedure_ends_the_portals_bound_before_it() {
+        let (answered, mut classifier, mut named) = fresh();
+        let name = Bytes::from_static(b"p");
+        let bind = |named: &mut Named| {
+            let seq = named.change(Space::Portal, &name);
+            named.portals.insert(name.clone(), Portal::Refused);
+            named.bound.insert(name.clone(), seq);
+            seq
+        };
+        bind(&mut named);
+        let rebound = bind(&mut named);
+        for sql in ["CALL tidy()", "DO $$ BEGIN COMMIT; END $$"] {
+            let analysis = classifier.classify_bytes(sql.as_bytes());
+            assert!(acts_on_names(&analysis), "{sql}");
+            named.apply(&analysis, &mut classifier);
+            assert!(!named.portals.contains_key(&name), "{sql}");
+        }
+        {
+            let mut a = answered.lock().unwrap();
+            a.through = rebound;
+            a.rejected.push(Rejection {
+                seq: rebound,
+                forget: None,
+                taken: false,
+            });
+        }
+        named.catch_up(&answered, &mut classifier);
+        assert!(!named.portals.contains_key(&name));
+        // A portal bound after the call is the session's like any other.
+        bind(&mut named);
+        assert!(named.portals.contains_key(&name));
+        assert!(!acts_on_names(&classifier.classify_bytes(b"SELECT 1")));
     }
 }

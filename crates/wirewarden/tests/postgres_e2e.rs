@@ -1073,12 +1073,22 @@ send(Q(b"BEGIN; DECLARE k1 CURSOR WITH HOLD FOR SELECT body FROM notes; COMMIT; 
 answers(1)
 send(Q(b"FETCH 1 FROM k1"))
 answers(1)
+print("--")
+send(Q(b"BEGIN"))
+answers(1)
+send(P(b"n5", b"SELECT body FROM notes"), B(b"p5", b"n5"), D(b"P", b"p5"),
+     P(b"", b"SAVEPOINT b"), B(b"", b""), E(b""), S())
+answers(1)
+send(P(b"", b"ROLLBACK TO SAVEPOINT b"), B(b"", b""), E(b""), E(b"p5"), S())
+answers(1)
+send(Q(b"COMMIT"))
+answers(1)
 "#,
     );
     let out = python(&script).await;
     let stdout = succeeded(&out);
     let parts: Vec<&str> = stdout.split("--\n").collect();
-    assert_eq!(parts.len(), 6, "{stdout}");
+    assert_eq!(parts.len(), 7, "{stdout}");
     for (i, part) in parts.iter().take(5).enumerate() {
         assert!(part.contains("error 42501"), "part {i}: {stdout}");
     }
@@ -1086,6 +1096,11 @@ answers(1)
     assert!(parts[1].contains("row a note"), "{stdout}");
     assert!(parts[5].contains("error 22012"), "{stdout}");
     assert!(parts[5].contains("row a note"), "{stdout}");
+    // A portal bound before the savepoint, the savepoint and the rollback in the extended
+    // protocol as JDBC sends them: the portal is still there, and runs.
+    assert!(parts[6].contains("done ROLLBACK"), "{stdout}");
+    assert!(parts[6].contains("row a note"), "{stdout}");
+    assert!(!parts[6].contains("error"), "{stdout}");
     assert!(!stdout.contains("123-45-6789"), "{stdout}");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }

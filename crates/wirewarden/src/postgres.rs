@@ -849,8 +849,9 @@ enum Item {
     },
     /// A `Parse`, `Bind` or `Close` that changes a name: made if it is done (its
     /// `ParseComplete`, `BindComplete` or `CloseComplete`), not if it failed or was skipped.
-    /// The number is the change's, see [`Named`].
-    Message(u64),
+    /// The number is the change's, see [`Named`]; with what the classifier must be given
+    /// back if it is not made (a `Bind` to a cursor's name, which the classifier forgot).
+    Message(u64, Option<Forget>),
 }
 
 #[derive(Debug)]
@@ -1525,7 +1526,7 @@ impl Relay {
                                 };
                                 named.statements.insert(p.name.clone(), prepared);
                             }
-                            self.track(&msg, Some(Item::Message(seq)))?;
+                            self.track(&msg, Some(Item::Message(seq, None)))?;
                             out.extend_from_slice(frame.as_bytes());
                         }
                         Verdict::HeldPerExecution => {
@@ -1535,7 +1536,7 @@ impl Relay {
                             named
                                 .statements
                                 .insert(p.name.clone(), Prepared::Held(p.query.clone()));
-                            self.track(&msg, Some(Item::Message(seq)))?;
+                            self.track(&msg, Some(Item::Message(seq, None)))?;
                             out.extend_from_slice(frame.as_bytes());
                         }
                         Verdict::Refuse { message, code } => {
@@ -1572,9 +1573,11 @@ impl Relay {
                     // was taken. A Bind that succeeds found the name free: a cursor the
                     // classifier knew by it is gone, and a `FETCH` from the name would read
                     // this portal, so the classifier forgets it.
-                    if let Ok(name) = std::str::from_utf8(&b.portal) {
+                    let forget = std::str::from_utf8(&b.portal).ok().and_then(|name| {
+                        let before = classifier.cursor(name).cloned()?;
                         classifier.forget_cursor(name);
-                    }
+                        Some(named.forget_cursor_for_bind(name, before))
+                    });
                     let portal = match named.statements.get_mut(&b.statement) {
                         _ if named.ambiguous_statements.contains(&b.statement) => Portal::Ambiguous,
                         Some(Prepared::Decided { allowed, fresh }) if *fresh => {
@@ -1602,7 +1605,7 @@ impl Relay {
                     named.portals.insert(b.portal.clone(), portal);
                     named.ambiguous_portals.remove(&b.portal);
                     named.bound.insert(b.portal.clone(), seq);
-                    self.track(&msg, Some(Item::Message(seq)))?;
+                    self.track(&msg, Some(Item::Message(seq, forget)))?;
                     out.extend_from_slice(frame.as_bytes());
                 }
                 FrontendMessage::Execute { portal, .. } => {
@@ -1793,7 +1796,7 @@ impl Relay {
                     {
                         classifier.forget_cursor(name);
                     }
-                    self.track(&msg, Some(Item::Message(seq)))?;
+                    self.track(&msg, Some(Item::Message(seq, None)))?;
                     out.extend_from_slice(frame.as_bytes());
                 }
                 FrontendMessage::Describe { .. }
@@ -2219,7 +2222,10 @@ impl Relay {
                     }
                     self.finish(st, p);
                 }
-                Item::Message(seq) => self.answer(seq, how == Finished::Done, None),
+                Item::Message(seq, forget) => {
+                    let done = how == Finished::Done;
+                    self.answer(seq, done, forget.filter(|_| !done));
+                }
                 // The placeholder fails, which is the change predicted; skipped, the name
                 // keeps what it had.
                 Item::Refused { change, .. } => {
@@ -2448,8 +2454,8 @@ impl Relay {
                     && let Some(i) = at
                 {
                     match &mut q[i].1 {
-                        Item::Message(seq) => {
-                            self.answer_with(*seq, false, None, true);
+                        Item::Message(seq, forget) => {
+                            self.answer_with(*seq, false, forget.take(), true);
                             q.remove(i);
                         }
                         Item::Command(p)

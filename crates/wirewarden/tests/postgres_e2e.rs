@@ -1160,8 +1160,9 @@ answers(1)
 
 /// A `Bind` to a portal name a cursor holds fails on the server (42P03), which keeps the
 /// cursor: an `Execute` of the name in a later batch would fetch from the cursor, so it is
-/// refused, not run under the `Bind`'s decision. Once the cursor is closed, a `Bind` of the
-/// name makes a portal like any other.
+/// refused, not run under the `Bind`'s decision; a `FETCH` from the cursor is decided as the
+/// cursor's query. Once the cursor is closed, a `Bind` of the name makes a portal like any
+/// other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bind_to_a_cursors_name_does_not_take_it() {
     let g = notes_open_customers_strict_gateway().await;
@@ -1176,6 +1177,8 @@ answers(1)
 print("--")
 send(E(b"c2"), S())
 answers(1)
+send(Q(b"FETCH 1 FROM c2"))
+answers(1)
 print("--")
 send(Q(b"CLOSE c2"))
 answers(1)
@@ -1189,6 +1192,8 @@ answers(1)
     assert_eq!(parts.len(), 4, "{stdout}");
     assert!(parts[1].contains("error 42P03"), "{stdout}");
     assert!(parts[2].contains("error 42P05"), "{stdout}");
+    // SQL reads the cursor the server kept, decided as its own query.
+    assert!(parts[2].contains("row [REDACTED]"), "{stdout}");
     assert!(parts[3].contains("done CLOSE CURSOR"), "{stdout}");
     assert!(parts[3].contains("done SELECT 0"), "{stdout}");
     assert!(!stdout.contains("123-45-6789"), "{stdout}");

@@ -638,6 +638,22 @@ impl Named {
         self.dropped.retain(|(_, _, until)| *until > through + 1);
     }
 
+    /// A `Bind` to `name` is about to be sent, and the classifier has forgotten the cursor
+    /// of that name (`before`), which a `Bind` that succeeds ends: what gives the cursor
+    /// back if the `Bind` is not made (the server keeps a cursor whose name a `Bind`
+    /// takes, 42P03).
+    pub(super) fn forget_cursor_for_bind(
+        &self,
+        name: &str,
+        before: wirewarden_sql::Prepared,
+    ) -> Forget {
+        Forget::Cursor(
+            name.to_owned(),
+            Some(before),
+            self.cursors.get(name).copied(),
+        )
+    }
+
     /// A procedure or `DO` block is about to run: outside a transaction block it may
     /// commit, which ends every portal made before it, and a later `Execute` of one of
     /// their names would run whatever took the name since (a cursor the procedure opened,

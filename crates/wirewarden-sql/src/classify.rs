@@ -427,6 +427,13 @@ impl Classifier {
                         .get_or_insert_with(|| self.clone())
                         .record_statement(&statement);
                 }
+                // A statement that may end or roll back the transaction (a `COMMIT`, a
+                // rollback, a procedure or `DO` block that may commit) may close cursors,
+                // and which it closes is the server's to tell: later statements of the
+                // text know none, and a `FETCH` among them is `Unknown`.
+                if ends_transaction(&statement) && n < final_statement {
+                    ahead.get_or_insert_with(|| self.clone()).cursors.clear();
+                }
                 Some(statement)
             })
             .collect();
@@ -1469,6 +1476,14 @@ fn classify_statement(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth:
         }
         _ => out.raise(Unknown),
     }
+}
+
+/// Whether `s` may end or roll back (part of) the transaction, and so close cursors.
+fn ends_transaction(s: &Statement) -> bool {
+    matches!(
+        s.verb.as_str(),
+        "COMMIT" | "ROLLBACK" | "PREPARE TRANSACTION" | "CALL" | "DO"
+    ) || matches!(s.prepared, Some(PreparedEffect::RollbackToSavepoint { .. }))
 }
 
 fn transaction(toks: &[Token<'_>], first: &str, out: &mut Out) {

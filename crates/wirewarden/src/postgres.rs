@@ -1296,19 +1296,69 @@ impl Relay {
     /// lock, so the responses side, which learns what became of each request from the
     /// tracker, always finds the item.
     fn track(&self, msg: &FrontendMessage, item: Option<Item>) -> Result<()> {
+        self.track_request(msg, item).map(|_| ())
+    }
+
+    /// [`track`](Self::track), returning the tracker's number for the request.
+    fn track_request(
+        &self,
+        msg: &FrontendMessage,
+        item: Option<Item>,
+    ) -> Result<Option<RequestId>> {
         let mut s = self
             .shared
             .session
             .lock()
             .map_err(|_| Error::Config("session state poisoned".into()))?;
         s.on_frontend(msg)?;
-        if let (Some(id), Some(item)) = (s.last_request(), item) {
+        let last = s.last_request();
+        if let (Some(id), Some(item)) = (last, item) {
             self.shared
                 .queue
                 .lock()
                 .map_err(|_| Error::Config("queue poisoned".into()))?
                 .push_back((id, item));
         }
+        Ok(last)
+    }
+
+    /// Waits until the server has answered every batch before the current one (up to its
+    /// `ReadyForQuery`, or its `Sync` skipped), and takes what it answered. A decision that
+    /// reads a portal or cursor made earlier rests on whether its transaction ended, which
+    /// only those answers tell: a transaction's end (a `COMMIT`, a rollback, an implicit
+    /// transaction that failed) sent in a batch still in flight would otherwise leave the
+    /// name decided as what it held before, while the server runs what took it since (a
+    /// cursor a function opened, say). Within the batch nothing can be waited for (the
+    /// server sends nothing before its `Sync`): see [`Named::boundary`].
+    async fn settle_batches(
+        &self,
+        named: &mut Named,
+        classifier: &mut Classifier,
+        (out, up): (&mut BytesMut, &mut WriteHalf<BoxIo>),
+    ) -> Result<()> {
+        named.catch_up(&self.shared.answered, classifier);
+        let Some(target) = named.batch_end else {
+            return Ok(());
+        };
+        let answered = |a: &Answered| a.finished_through.is_some_and(|f| f >= target);
+        if self.shared.answered.lock().is_ok_and(|a| answered(&a)) {
+            return Ok(());
+        }
+        if !out.is_empty() {
+            up.write_all(out).await.map_err(Error::upstream_io)?;
+            out.clear();
+        }
+        loop {
+            let wake = self.shared.answered_wake.notified();
+            match self.shared.answered.lock() {
+                Ok(a) if answered(&a) => break,
+                Ok(a) if a.ended => return Err(Error::Closed("upstream")),
+                Ok(_) => {}
+                Err(_) => return Err(Error::Config("answers poisoned".into())),
+            }
+            wake.await;
+        }
+        named.catch_up(&self.shared.answered, classifier);
         Ok(())
     }
 
@@ -1425,6 +1475,13 @@ impl Relay {
                         up.write_all(&out).await.map_err(Error::upstream_io)?;
                         out.clear();
                     }
+                    // A `FETCH` reads a cursor made earlier: what the batches in flight did
+                    // to it comes first. (A cheap look for the word, which may wait for
+                    // nothing it needs; never the other way.)
+                    if reads_cursor(sql) {
+                        self.settle_batches(&mut named, &mut classifier, (&mut out, &mut up))
+                            .await?;
+                    }
                     self.settle(
                         &mut named,
                         &mut classifier,
@@ -1444,7 +1501,7 @@ impl Relay {
                     {
                         Verdict::Forward(profile, id) => {
                             let command = self.command(id, profile, &mut named);
-                            self.track(&msg, Some(command))?;
+                            named.batch_end = self.track_request(&msg, Some(command))?;
                             out.extend_from_slice(frame.as_bytes());
                         }
                         Verdict::HeldPerExecution => unreachable!("held now, not deferred"),
@@ -1455,7 +1512,7 @@ impl Relay {
                                 code,
                                 change: None,
                             };
-                            self.track(&q, Some(refused))?;
+                            named.batch_end = self.track_request(&q, Some(refused))?;
                             q.encode(&mut out)?;
                         }
                     }
@@ -1465,6 +1522,10 @@ impl Relay {
                     if !out.is_empty() {
                         up.write_all(&out).await.map_err(Error::upstream_io)?;
                         out.clear();
+                    }
+                    if reads_cursor(&p.query) {
+                        self.settle_batches(&mut named, &mut classifier, (&mut out, &mut up))
+                            .await?;
                     }
                     // Whether the name is free rests on what the server answered.
                     let awaited = |n: &Named| {
@@ -1502,6 +1563,15 @@ impl Relay {
                                     quote_ident(&p.name)
                                 ),
                                 code: "42P05",
+                            }
+                        }
+                        // See the same refusal at `Execute`.
+                        Verdict::Forward(..) | Verdict::HeldPerExecution
+                            if named.boundary.is_some() && reads_cursor(&p.query) =>
+                        {
+                            Verdict::Refuse {
+                                message: "wirewarden: a FETCH prepared in the same batch after a statement that may end or roll back the transaction is refused; prepare it after that batch's Sync".into(),
+                                code: "42501",
                             }
                         }
                         verdict => verdict,
@@ -1580,7 +1650,11 @@ impl Relay {
                     });
                     let portal = match named.statements.get_mut(&b.statement) {
                         _ if named.ambiguous_statements.contains(&b.statement) => Portal::Ambiguous,
-                        Some(Prepared::Decided { allowed, fresh }) if *fresh => {
+                        // A `FETCH` reads whatever cursor has the name when it runs: it is
+                        // decided again at each execution, never on what its `Parse` saw.
+                        Some(Prepared::Decided { allowed, fresh })
+                            if *fresh && !reads_cursor(&allowed.sql) =>
+                        {
                             *fresh = false;
                             Portal::Running(
                                 allowed.profile.clone(),
@@ -1609,6 +1683,31 @@ impl Relay {
                     out.extend_from_slice(frame.as_bytes());
                 }
                 FrontendMessage::Execute { portal, .. } => {
+                    // A portal made in an earlier batch, a cursor, or a `FETCH`: whether
+                    // what it reads outlived the batches in flight is in their answers.
+                    let reads = match named.portals.get(portal) {
+                        Some(Portal::Again { allowed, .. }) => reads_cursor(&allowed.sql),
+                        Some(Portal::Held { sql, .. }) => reads_cursor(sql),
+                        _ => false,
+                    };
+                    if reads || !named.bound_in_this_batch(portal) {
+                        self.settle_batches(&mut named, &mut classifier, (&mut out, &mut up))
+                            .await?;
+                    }
+                    // Within the batch, after a statement that may end or roll back the
+                    // transaction, nothing can be waited for: what was made before it, and
+                    // any cursor, is refused until the batch is answered.
+                    if named
+                        .boundary
+                        .is_some_and(|b| reads || named.bound.get(portal).is_none_or(|s| *s < b))
+                    {
+                        let message = format!(
+                            "wirewarden: {} was made before a statement in the same batch that may end or roll back the transaction; run it after that batch's Sync",
+                            quote_ident(portal)
+                        );
+                        self.refuse_execute(&mut named, message, "42501", &mut out)?;
+                        continue;
+                    }
                     let awaited = |n: &Named| n.awaits(Space::Portal, portal);
                     self.settle(&mut named, &mut classifier, awaited, (&mut out, &mut up))
                         .await?;
@@ -1644,7 +1743,8 @@ impl Relay {
                             params,
                         }) => {
                             let now = Timestamp::now();
-                            let same = !self.principal.is_expired_at(now)
+                            let same = !reads_cursor(&allowed.sql)
+                                && !self.principal.is_expired_at(now)
                                 && self
                                     .proxy
                                     .pipeline
@@ -1753,7 +1853,7 @@ impl Relay {
                 }
                 FrontendMessage::Sync => {
                     named.end_batch();
-                    self.track(&msg, None)?;
+                    named.batch_end = self.track_request(&msg, None)?;
                     out.extend_from_slice(frame.as_bytes());
                 }
                 FrontendMessage::FunctionCall(_) => {
@@ -1770,7 +1870,7 @@ impl Relay {
                         change: None,
                     };
                     let q = FrontendMessage::Query(self.poison_sql());
-                    self.track(&q, Some(refused))?;
+                    named.batch_end = self.track_request(&q, Some(refused))?;
                     q.encode(&mut out)?;
                     named.end_batch();
                 }
@@ -2199,6 +2299,7 @@ impl Relay {
             .lock()
             .map_err(|_| Error::Config("queue poisoned".into()))?;
         let mut finished = std::mem::take(&mut st.finished);
+        let last = finished.iter().map(|(id, _)| *id).max();
         for (id, how) in finished.drain(..) {
             // In order, so nearly always the first.
             let Some(i) = q.iter().position(|(queued, _)| *queued == id) else {
@@ -2236,6 +2337,16 @@ impl Relay {
             }
         }
         st.finished = finished;
+        drop(q);
+        // Once what these requests did is taken (their answers relayed, their changes
+        // answered): a decision waiting for them reads it.
+        if let Some(last) = last
+            && let Ok(mut a) = self.shared.answered.lock()
+        {
+            a.finished_through = a.finished_through.max(Some(last));
+            drop(a);
+            self.shared.answered_wake.notify_one();
+        }
         Ok(())
     }
 
@@ -2652,6 +2763,11 @@ const WITHHELD_MESSAGE: &str =
     "wirewarden: the result was withheld because a value could not be masked";
 
 /// What the gateway queued for the request `head`, if it is a forwarded command.
+/// Whether SQL text may read a cursor (`FETCH`): the word anywhere, in any case.
+fn reads_cursor(sql: &[u8]) -> bool {
+    sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"fetch"))
+}
+
 fn head_command(
     q: &mut VecDeque<(RequestId, Item)>,
     head: Option<RequestId>,

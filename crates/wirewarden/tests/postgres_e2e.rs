@@ -1079,7 +1079,9 @@ answers(1)
 send(P(b"n5", b"SELECT body FROM notes"), B(b"p5", b"n5"), D(b"P", b"p5"),
      P(b"", b"SAVEPOINT b"), B(b"", b""), E(b""), S())
 answers(1)
-send(P(b"", b"ROLLBACK TO SAVEPOINT b"), B(b"", b""), E(b""), E(b"p5"), S())
+send(P(b"", b"ROLLBACK TO SAVEPOINT b"), B(b"", b""), E(b""), S())
+answers(1)
+send(E(b"p5"), S())
 answers(1)
 send(Q(b"COMMIT"))
 answers(1)
@@ -1097,7 +1099,8 @@ answers(1)
     assert!(parts[5].contains("error 22012"), "{stdout}");
     assert!(parts[5].contains("row a note"), "{stdout}");
     // A portal bound before the savepoint, the savepoint and the rollback in the extended
-    // protocol as JDBC sends them: the portal is still there, and runs.
+    // protocol as JDBC sends them, each batch after the last one's answer: the portal is
+    // still there, and runs.
     assert!(parts[6].contains("done ROLLBACK"), "{stdout}");
     assert!(parts[6].contains("row a note"), "{stdout}");
     assert!(!parts[6].contains("error"), "{stdout}");
@@ -1154,6 +1157,73 @@ answers(1)
     assert!(parts[0].contains("error 42501"), "{stdout}");
     assert!(parts[1].contains("done CALL"), "{stdout}");
     assert!(parts[1].contains("row a note"), "{stdout}");
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// A transaction's end sent with the statements after it, before any answer. A `FETCH`
+/// (or an `Execute` of a portal made earlier) waits until the batches before it are
+/// answered, since only the answers say whether the cursor outlived them; within one query
+/// text or one batch, where nothing can be waited for, a cursor or portal made before a
+/// statement that may end the transaction is refused. A prepared `FETCH` is decided at
+/// each execution on the cursor the name has then. Each case, run before, printed the SSN:
+/// a function opened a cursor under the old name, and the gateway decided on the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_waits_for_the_transactions_in_flight() {
+    let g = notes_open_customers_strict_gateway().await;
+    g.pg.psql(
+        "CREATE FUNCTION open_ssn(c refcursor) RETURNS refcursor LANGUAGE plpgsql AS \
+         $$ BEGIN OPEN c FOR SELECT ssn FROM customers ORDER BY id; RETURN c; END $$; \
+         INSERT INTO notes (body) VALUES ('a note')",
+    )
+    .unwrap();
+    let script = raw_script(
+        g.addr.port(),
+        r#"
+send(Q(b"BEGIN"), Q(b"DECLARE c1 CURSOR FOR SELECT body FROM notes"),
+     Q(b"SELECT pg_sleep(0.3)"), Q(b"COMMIT"),
+     Q(b"BEGIN"), Q(b"SELECT open_ssn('c1')"), Q(b"FETCH 1 FROM c1"), Q(b"COMMIT"))
+answers(8)
+print("--")
+send(Q(b"DECLARE h1 CURSOR WITH HOLD FOR SELECT body FROM notes; SELECT pg_sleep(0.3); SELECT 1/0"),
+     Q(b"BEGIN"), Q(b"SELECT open_ssn('h1')"), Q(b"FETCH 1 FROM h1"), Q(b"COMMIT"))
+answers(5)
+print("--")
+send(Q(b"BEGIN"), Q(b"DECLARE c2 CURSOR FOR SELECT body FROM notes"))
+answers(2)
+send(Q(b"COMMIT; BEGIN; SELECT open_ssn('c2'); FETCH 1 FROM c2; COMMIT"))
+answers(1)
+print("--")
+send(Q(b"BEGIN"))
+answers(1)
+send(P(b"n", b"SELECT body FROM notes"), B(b"p1", b"n"), D(b"P", b"p1"), S())
+answers(1)
+send(P(b"", b"COMMIT"), B(b"", b""), E(b""),
+     P(b"o", b"SELECT open_ssn('p1')"), B(b"", b"o"), D(b"P", b""), E(b""),
+     E(b"p1"), S())
+answers(1)
+print("--")
+send(Q(b"BEGIN"), Q(b"DECLARE c3 CURSOR FOR SELECT body FROM notes"))
+answers(2)
+send(P(b"f", b"FETCH 1 FROM c3"), B(b"", b"f"), D(b"P", b""), E(b""), S())
+answers(1)
+send(Q(b"COMMIT"), Q(b"BEGIN"), Q(b"SELECT open_ssn('c3')"))
+answers(3)
+send(B(b"", b"f"), D(b"P", b""), E(b""), S())
+answers(1)
+send(Q(b"COMMIT"))
+answers(1)
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = succeeded(&out);
+    let parts: Vec<&str> = stdout.split("--\n").collect();
+    assert_eq!(parts.len(), 5, "{stdout}");
+    for (i, part) in parts.iter().enumerate() {
+        assert!(part.contains("error 42501"), "part {i}: {stdout}");
+    }
+    // The prepared FETCH read its own cursor while it was there.
+    assert!(parts[4].contains("row a note"), "{stdout}");
     assert!(!stdout.contains("123-45-6789"), "{stdout}");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }

@@ -589,6 +589,41 @@ fn savepoints_are_named_as_the_server_names_them() {
 }
 
 #[test]
+fn a_fetch_after_the_end_of_a_transaction_in_the_same_text_is_not_understood() {
+    let mut cl = Classifier::new();
+    cl.record(&cl.classify("DECLARE c CURSOR WITH HOLD FOR SELECT a FROM t"));
+    let class = |cl: &Classifier, sql: &str| cl.classify(sql).statements.last().unwrap().class;
+    assert_eq!(class(&cl, "FETCH 1 FROM c"), Read);
+    for end in [
+        "COMMIT",
+        "END",
+        "ROLLBACK",
+        "ABORT",
+        "ROLLBACK TO SAVEPOINT s",
+        "CALL p()",
+    ] {
+        assert_eq!(
+            class(&cl, &format!("{end}; FETCH 1 FROM c")),
+            Unknown,
+            "{end}"
+        );
+    }
+    assert_eq!(
+        class(&cl, "DO $$ BEGIN COMMIT; END $$; FETCH 1 FROM c"),
+        Unknown
+    );
+    // A cursor declared after it, in the same text, is known.
+    assert_eq!(
+        class(
+            &cl,
+            "COMMIT; BEGIN; DECLARE d CURSOR FOR SELECT a FROM t; FETCH 1 FROM d"
+        ),
+        Read
+    );
+    assert_eq!(class(&cl, "SAVEPOINT s; FETCH 1 FROM c"), Read);
+}
+
+#[test]
 fn multi_statement_text_takes_the_riskiest_part() {
     let sql = "SELECT 1; UPDATE t SET a = 1; GRANT x TO y; SELECT $$;$$";
     let a = Classifier::new().classify(sql);

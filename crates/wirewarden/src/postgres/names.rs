@@ -109,6 +109,9 @@ pub(super) struct Answered {
     txn_from: u64,
     /// The server reported an error since the transaction under way began.
     txn_failed: bool,
+    /// Every request up to this one (the tracker's number) is finished and what its
+    /// answers did is taken.
+    pub(super) finished_through: Option<wirewarden_postgres::RequestId>,
     /// The transaction's savepoints, oldest first: each name, and the changes made before
     /// it (up to that number).
     savepoints: Vec<(String, u64)>,
@@ -254,6 +257,14 @@ pub(super) struct Named {
     /// What [`apply`](Self::apply) found the statements do to the transaction, for the
     /// statement that carries them.
     pub(super) txn: VecDeque<TxnOp>,
+    /// The request that ended the last batch (a `Sync` or simple query): a decision that
+    /// reads a portal or cursor made earlier waits until it is answered.
+    pub(super) batch_end: Option<wirewarden_postgres::RequestId>,
+    /// The number of the first change after a statement of the current batch that may
+    /// end or roll back the transaction (`COMMIT`, `ROLLBACK`, `ROLLBACK TO SAVEPOINT`,
+    /// `PREPARE TRANSACTION`, a procedure, a `DO` block). The server's answers come only
+    /// after the batch's `Sync`, so until then what was made before it is in doubt.
+    pub(super) boundary: Option<u64>,
 }
 
 /// What the names one change touches meant before it: one name, but for `DEALLOCATE ALL`,
@@ -318,6 +329,8 @@ impl Default for Named {
             dropped: Vec::new(),
             effects: VecDeque::new(),
             txn: VecDeque::new(),
+            batch_end: None,
+            boundary: None,
         }
     }
 }
@@ -492,9 +505,18 @@ impl Named {
         seq
     }
 
+    /// Whether the portal `name` was made by a `Bind` of the current batch (so no
+    /// transaction's end can come between, but one sent in the batch itself).
+    pub(super) fn bound_in_this_batch(&self, name: &Bytes) -> bool {
+        self.bound
+            .get(name)
+            .is_some_and(|seq| *seq >= self.batch_start)
+    }
+
     /// A `Sync` or simple query ends the batch.
     pub(super) fn end_batch(&mut self) {
         self.batch_start = self.next;
+        self.boundary = None;
     }
 
     /// The change of an earlier batch to `name` not yet answered, which a decision on that
@@ -729,6 +751,11 @@ impl Named {
                 }
                 _ => None,
             };
+            if matches!(op, Some(TxnOp::End | TxnOp::RollbackTo(_)))
+                || matches!(s.verb.as_str(), "CALL" | "DO")
+            {
+                self.boundary.get_or_insert(self.next);
+            }
             if understood && let Some(op) = op {
                 self.txn.push_back(op);
             }

@@ -1567,7 +1567,11 @@ impl Relay {
                         }
                         // See the same refusal at `Execute`.
                         Verdict::Forward(..) | Verdict::HeldPerExecution
-                            if named.boundary.is_some() && reads_cursor(&p.query) =>
+                            if named.boundary.is_some()
+                                && kept.as_ref().map_or_else(
+                                    || reads_cursor(&p.query),
+                                    |(command, ..)| is_fetch(command),
+                                ) =>
                         {
                             Verdict::Refuse {
                                 message: "wirewarden: a FETCH prepared in the same batch after a statement that may end or roll back the transaction is refused; prepare it after that batch's Sync".into(),
@@ -1653,7 +1657,7 @@ impl Relay {
                         // A `FETCH` reads whatever cursor has the name when it runs: it is
                         // decided again at each execution, never on what its `Parse` saw.
                         Some(Prepared::Decided { allowed, fresh })
-                            if *fresh && !reads_cursor(&allowed.sql) =>
+                            if *fresh && !is_fetch(&allowed.command) =>
                         {
                             *fresh = false;
                             Portal::Running(
@@ -1686,7 +1690,7 @@ impl Relay {
                     // A portal made in an earlier batch, a cursor, or a `FETCH`: whether
                     // what it reads outlived the batches in flight is in their answers.
                     let reads = match named.portals.get(portal) {
-                        Some(Portal::Again { allowed, .. }) => reads_cursor(&allowed.sql),
+                        Some(Portal::Again { allowed, .. }) => is_fetch(&allowed.command),
                         Some(Portal::Held { sql, .. }) => reads_cursor(sql),
                         _ => false,
                     };
@@ -1743,7 +1747,7 @@ impl Relay {
                             params,
                         }) => {
                             let now = Timestamp::now();
-                            let same = !reads_cursor(&allowed.sql)
+                            let same = !is_fetch(&allowed.command)
                                 && !self.principal.is_expired_at(now)
                                 && self
                                     .proxy
@@ -2763,9 +2767,16 @@ const WITHHELD_MESSAGE: &str =
     "wirewarden: the result was withheld because a value could not be masked";
 
 /// What the gateway queued for the request `head`, if it is a forwarded command.
-/// Whether SQL text may read a cursor (`FETCH`): the word anywhere, in any case.
+/// Whether SQL text may read a cursor (`FETCH`): the word anywhere, in any case (a cheap
+/// look before classifying, which may also find `FETCH FIRST` or a string; never misses).
 fn reads_cursor(sql: &[u8]) -> bool {
     sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"fetch"))
+}
+
+/// Whether a decided statement reads a cursor: a `FETCH`, which reads whatever cursor has
+/// its name when it runs.
+fn is_fetch(command: &Command) -> bool {
+    command.verb == "FETCH"
 }
 
 fn head_command(

@@ -1213,15 +1213,26 @@ send(B(b"", b"f"), D(b"P", b""), E(b""), S())
 answers(1)
 send(Q(b"COMMIT"))
 answers(1)
+print("--")
+send(Q(b"BEGIN"))
+answers(1)
+send(P(b"", b"COMMIT"), B(b"", b""), E(b""),
+     P(b"", b"SELECT body FROM notes FETCH FIRST 1 ROWS ONLY"), B(b"", b""), D(b"P", b""), E(b""),
+     S())
+answers(1)
 "#,
     );
     let out = python(&script).await;
     let stdout = succeeded(&out);
     let parts: Vec<&str> = stdout.split("--\n").collect();
-    assert_eq!(parts.len(), 5, "{stdout}");
-    for (i, part) in parts.iter().enumerate() {
+    assert_eq!(parts.len(), 6, "{stdout}");
+    for (i, part) in parts.iter().take(5).enumerate() {
         assert!(part.contains("error 42501"), "part {i}: {stdout}");
     }
+    // A query that only says `FETCH FIRST` reads no cursor, and runs after a `COMMIT` in
+    // its batch.
+    assert!(parts[5].contains("row a note"), "{stdout}");
+    assert!(!parts[5].contains("error"), "{stdout}");
     // The prepared FETCH read its own cursor while it was there.
     assert!(parts[4].contains("row a note"), "{stdout}");
     assert!(!stdout.contains("123-45-6789"), "{stdout}");

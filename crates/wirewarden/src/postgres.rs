@@ -1334,42 +1334,14 @@ impl Relay {
         &self,
         named: &mut Named,
         classifier: &mut Classifier,
-        (out, up): (&mut BytesMut, &mut WriteHalf<BoxIo>),
+        io: (&mut BytesMut, &mut WriteHalf<BoxIo>),
     ) -> Result<()> {
         named.catch_up(&self.shared.answered, classifier);
         let Some(target) = named.batch_end else {
             return Ok(());
         };
-        let answered = |a: &Answered| a.finished_through.is_some_and(|f| f >= target);
-        if self.shared.answered.lock().is_ok_and(|a| answered(&a)) {
-            return Ok(());
-        }
-        if !out.is_empty() {
-            up.write_all(out).await.map_err(Error::upstream_io)?;
-            out.clear();
-        }
-        loop {
-            let wake = self.shared.answered_wake.notified();
-            match self.shared.answered.lock() {
-                Ok(a) if answered(&a) => break,
-                Ok(a) if a.ended => return Err(Error::Closed("upstream")),
-                Ok(_) => {}
-                Err(_) => return Err(Error::Config("answers poisoned".into())),
-            }
-            wake.await;
-        }
-        named.catch_up(&self.shared.answered, classifier);
-        Ok(())
-    }
-
-    /// A forwarded command, carrying the changes to names its statements make.
-    fn command(&self, id: CommandId, profile: Arc<Profile>, named: &mut Named) -> Item {
-        let mut item = self.pending(id, profile);
-        if let Item::Command(p) = &mut item {
-            p.effects = std::mem::take(&mut named.effects);
-            p.txn = std::mem::take(&mut named.txn);
-        }
-        item
+        let answered = |_: &Named, a: &Answered| a.finished_through.is_some_and(|f| f >= target);
+        self.wait_until(named, classifier, answered, io).await
     }
 
     /// Takes what the server has answered about changes to names, then, if `awaited` names
@@ -1380,12 +1352,35 @@ impl Relay {
         named: &mut Named,
         classifier: &mut Classifier,
         awaited: impl Fn(&Named) -> Option<u64>,
-        (out, up): (&mut BytesMut, &mut WriteHalf<BoxIo>),
+        io: (&mut BytesMut, &mut WriteHalf<BoxIo>),
     ) -> Result<()> {
         named.catch_up(&self.shared.answered, classifier);
         let Some(seq) = awaited(named) else {
             return Ok(());
         };
+        self.wait_until(named, classifier, |n, _| n.through >= seq, io)
+            .await
+    }
+
+    /// Waits until `done` holds of the names, caught up with the server's answers, and of
+    /// the answers (sending what is queued first, so that the server can answer).
+    async fn wait_until(
+        &self,
+        named: &mut Named,
+        classifier: &mut Classifier,
+        done: impl Fn(&Named, &Answered) -> bool,
+        (out, up): (&mut BytesMut, &mut WriteHalf<BoxIo>),
+    ) -> Result<()> {
+        let holds = |named: &Named| {
+            self.shared
+                .answered
+                .lock()
+                .map_err(|_| Error::Config("answers poisoned".into()))
+                .map(|a| (done(named, &a), a.ended))
+        };
+        if holds(named)?.0 {
+            return Ok(());
+        }
         if !out.is_empty() {
             up.write_all(out).await.map_err(Error::upstream_io)?;
             out.clear();
@@ -1393,14 +1388,22 @@ impl Relay {
         loop {
             let wake = self.shared.answered_wake.notified();
             named.catch_up(&self.shared.answered, classifier);
-            if named.through >= seq {
-                return Ok(());
+            match holds(named)? {
+                (true, _) => return Ok(()),
+                (false, true) => return Err(Error::Closed("upstream")),
+                (false, false) => wake.await,
             }
-            if self.shared.answered.lock().map_or(true, |a| a.ended) {
-                return Err(Error::Closed("upstream"));
-            }
-            wake.await;
         }
+    }
+
+    /// A forwarded command, carrying the changes to names its statements make.
+    fn command(&self, id: CommandId, profile: Arc<Profile>, named: &mut Named) -> Item {
+        let mut item = self.pending(id, profile);
+        if let Item::Command(p) = &mut item {
+            p.effects = std::mem::take(&mut named.effects);
+            p.txn = std::mem::take(&mut named.txn);
+        }
+        item
     }
 
     fn pending(&self, id: CommandId, profile: Arc<Profile>) -> Item {

@@ -970,6 +970,15 @@ answers(1)
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// `open_ssn(c)` opens a cursor named `c` on `customers.ssn`: under a name the gateway
+/// still takes for a `notes` cursor or portal, what a confusion of names would read.
+const OPEN_SSN: &str = "CREATE FUNCTION open_ssn(c refcursor) RETURNS refcursor \
+     LANGUAGE plpgsql AS $$ BEGIN OPEN c FOR SELECT ssn FROM customers ORDER BY id; \
+     RETURN c; END $$";
+
+/// A row for `notes` queries to read (`row a note`).
+const A_NOTE: &str = "INSERT INTO notes (body) VALUES ('a note')";
+
 /// A portal lives in its transaction, and so does a cursor not declared `WITH HOLD`. Once
 /// the transaction ends, the name is free, and a function can open a cursor under it, which
 /// the gateway does not see: an `Execute` of the name, or a `FETCH` from it, would read that
@@ -980,11 +989,7 @@ answers(1)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_portal_ends_with_its_transaction() {
     let g = notes_open_customers_strict_gateway().await;
-    g.pg.psql(
-        "CREATE FUNCTION open_ssn(c refcursor) RETURNS refcursor LANGUAGE plpgsql AS \
-         $$ BEGIN OPEN c FOR SELECT ssn FROM customers ORDER BY id; RETURN c; END $$",
-    )
-    .unwrap();
+    g.pg.psql(OPEN_SSN).unwrap();
     let script = raw_script(
         g.addr.port(),
         r#"
@@ -1027,12 +1032,7 @@ answers(4)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_ends_with_the_transaction_that_rolls_it_back() {
     let g = notes_open_customers_strict_gateway().await;
-    g.pg.psql(
-        "CREATE FUNCTION open_ssn(c refcursor) RETURNS refcursor LANGUAGE plpgsql AS \
-         $$ BEGIN OPEN c FOR SELECT ssn FROM customers ORDER BY id; RETURN c; END $$; \
-         INSERT INTO notes (body) VALUES ('a note')",
-    )
-    .unwrap();
+    g.pg.psql(&format!("{OPEN_SSN}; {A_NOTE}")).unwrap();
     let script = raw_script(
         g.addr.port(),
         r#"
@@ -1128,12 +1128,10 @@ async fn a_procedure_that_may_commit_ends_the_portals_bound_before_it() {
         Some(strict_and_open("open")),
     )
     .await;
-    g.pg.psql(
-        "CREATE FUNCTION open_ssn(c refcursor) RETURNS refcursor LANGUAGE plpgsql AS \
-         $$ BEGIN OPEN c FOR SELECT ssn FROM customers ORDER BY id; RETURN c; END $$; \
-         CREATE PROCEDURE tidy() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$; \
-         INSERT INTO notes (body) VALUES ('a note')",
-    )
+    g.pg.psql(&format!(
+        "{OPEN_SSN}; CREATE PROCEDURE tidy() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$; \
+         {A_NOTE}"
+    ))
     .unwrap();
     let script = raw_script(
         g.addr.port(),
@@ -1171,12 +1169,7 @@ answers(1)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_waits_for_the_transactions_in_flight() {
     let g = notes_open_customers_strict_gateway().await;
-    g.pg.psql(
-        "CREATE FUNCTION open_ssn(c refcursor) RETURNS refcursor LANGUAGE plpgsql AS \
-         $$ BEGIN OPEN c FOR SELECT ssn FROM customers ORDER BY id; RETURN c; END $$; \
-         INSERT INTO notes (body) VALUES ('a note')",
-    )
-    .unwrap();
+    g.pg.psql(&format!("{OPEN_SSN}; {A_NOTE}")).unwrap();
     let script = raw_script(
         g.addr.port(),
         r#"

@@ -971,6 +971,11 @@ mod tests {
         named.effects.pop_front().expect("an effect")
     }
 
+    /// The server completed a statement that does `op` to the transaction with `tag`.
+    fn tell(answered: &StdMutex<Answered>, tag: &[u8], op: TxnOp) {
+        answered.lock().unwrap().completed(tag, Some(op));
+    }
+
     /// The server made change `seq`, as the relay answers it.
     fn made(answered: &StdMutex<Answered>, seq: u64) {
         let mut a = answered.lock().unwrap();
@@ -987,10 +992,7 @@ mod tests {
             "DECLARE k CURSOR WITH HOLD FOR SELECT 1",
         );
         made(&answered, kept.seq);
-        answered
-            .lock()
-            .unwrap()
-            .completed(b"COMMIT", Some(TxnOp::End));
+        tell(&answered, b"COMMIT", TxnOp::End);
         // A later implicit transaction fails: what it made goes, what came before stays.
         let lost = declare(
             &mut named,
@@ -1008,20 +1010,14 @@ mod tests {
         // after.
         let a = declare(&mut named, &mut classifier, "DECLARE a CURSOR FOR SELECT 3");
         made(&answered, a.seq);
-        answered
-            .lock()
-            .unwrap()
-            .completed(b"ROLLBACK", Some(TxnOp::RollbackTo("unseen".into())));
+        tell(&answered, b"ROLLBACK", TxnOp::RollbackTo("unseen".into()));
         let b = declare(
             &mut named,
             &mut classifier,
             "DECLARE b CURSOR WITH HOLD FOR SELECT 4",
         );
         made(&answered, b.seq);
-        answered
-            .lock()
-            .unwrap()
-            .completed(b"COMMIT", Some(TxnOp::End));
+        tell(&answered, b"COMMIT", TxnOp::End);
         answered.lock().unwrap().idle();
         named.catch_up(&answered, &mut classifier);
         assert!(classifier.cursor("a").is_none());
@@ -1108,7 +1104,6 @@ mod tests {
     #[test]
     fn a_rollback_to_a_savepoint_drops_what_came_after_it() {
         let (answered, mut classifier, mut named) = fresh();
-        let tell = |tag: &[u8], op: TxnOp| answered.lock().unwrap().completed(tag, Some(op));
         let run = |named: &mut Named, classifier: &mut Classifier, sql: &'static str| {
             let e = declare(named, classifier, sql);
             made(&answered, e.seq);
@@ -1118,20 +1113,20 @@ mod tests {
             &mut classifier,
             "DECLARE before CURSOR FOR SELECT 1",
         );
-        tell(b"SAVEPOINT", TxnOp::Savepoint("a".into()));
+        tell(&answered, b"SAVEPOINT", TxnOp::Savepoint("a".into()));
         run(
             &mut named,
             &mut classifier,
             "DECLARE inside CURSOR WITH HOLD FOR SELECT 2",
         );
-        tell(b"SAVEPOINT", TxnOp::Savepoint("b".into()));
+        tell(&answered, b"SAVEPOINT", TxnOp::Savepoint("b".into()));
         run(
             &mut named,
             &mut classifier,
             "DECLARE deeper CURSOR FOR SELECT 3",
         );
-        tell(b"RELEASE", TxnOp::Release("b".into()));
-        tell(b"ROLLBACK", TxnOp::RollbackTo("a".into()));
+        tell(&answered, b"RELEASE", TxnOp::Release("b".into()));
+        tell(&answered, b"ROLLBACK", TxnOp::RollbackTo("a".into()));
         named.catch_up(&answered, &mut classifier);
         assert!(classifier.cursor("before").is_some());
         assert!(classifier.cursor("inside").is_none());
@@ -1142,14 +1137,14 @@ mod tests {
             &mut classifier,
             "DECLARE again CURSOR FOR SELECT 4",
         );
-        tell(b"ROLLBACK", TxnOp::RollbackTo("a".into()));
+        tell(&answered, b"ROLLBACK", TxnOp::RollbackTo("a".into()));
         named.catch_up(&answered, &mut classifier);
         assert!(classifier.cursor("again").is_none());
         assert!(classifier.cursor("before").is_some());
         // Released, it is gone: a rollback to it is to a savepoint the relay does not
         // know, which drops everything the transaction made.
-        tell(b"RELEASE", TxnOp::Release("a".into()));
-        tell(b"ROLLBACK", TxnOp::RollbackTo("a".into()));
+        tell(&answered, b"RELEASE", TxnOp::Release("a".into()));
+        tell(&answered, b"ROLLBACK", TxnOp::RollbackTo("a".into()));
         named.catch_up(&answered, &mut classifier);
         assert!(classifier.cursor("before").is_none());
     }
@@ -1184,10 +1179,7 @@ mod tests {
             let e = declare(&mut named, &mut classifier, sql);
             made(&answered, e.seq);
         }
-        answered
-            .lock()
-            .unwrap()
-            .completed(b"COMMIT", Some(TxnOp::End));
+        tell(&answered, b"COMMIT", TxnOp::End);
         named.catch_up(&answered, &mut classifier);
         assert!(classifier.cursor("plain").is_none());
         assert!(classifier.cursor("held").is_some());

@@ -970,6 +970,13 @@ answers(1)
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// A script's output cut at each `print("--")`: `n` parts.
+fn parts_of(stdout: &str, n: usize) -> Vec<&str> {
+    let parts: Vec<&str> = stdout.split("--\n").collect();
+    assert_eq!(parts.len(), n, "{stdout}");
+    parts
+}
+
 /// `open_ssn(c)` opens a cursor named `c` on `customers.ssn`: under a name the gateway
 /// still takes for a `notes` cursor or portal, what a confusion of names would read.
 const OPEN_SSN: &str = "CREATE FUNCTION open_ssn(c refcursor) RETURNS refcursor \
@@ -1089,8 +1096,7 @@ answers(1)
     );
     let out = python(&script).await;
     let stdout = succeeded(&out);
-    let parts: Vec<&str> = stdout.split("--\n").collect();
-    assert_eq!(parts.len(), 7, "{stdout}");
+    let parts = parts_of(&stdout, 7);
     for (i, part) in parts.iter().take(5).enumerate() {
         assert!(part.contains("error 42501"), "part {i}: {stdout}");
     }
@@ -1149,8 +1155,7 @@ answers(1)
     );
     let out = python(&script).await;
     let stdout = succeeded(&out);
-    let parts: Vec<&str> = stdout.split("--\n").collect();
-    assert_eq!(parts.len(), 2, "{stdout}");
+    let parts = parts_of(&stdout, 2);
     assert!(parts[0].contains("done CALL"), "{stdout}");
     assert!(parts[0].contains("error 42501"), "{stdout}");
     assert!(parts[1].contains("done CALL"), "{stdout}");
@@ -1217,8 +1222,7 @@ answers(1)
     );
     let out = python(&script).await;
     let stdout = succeeded(&out);
-    let parts: Vec<&str> = stdout.split("--\n").collect();
-    assert_eq!(parts.len(), 6, "{stdout}");
+    let parts = parts_of(&stdout, 6);
     for (i, part) in parts.iter().take(5).enumerate() {
         assert!(part.contains("error 42501"), "part {i}: {stdout}");
     }
@@ -1262,8 +1266,7 @@ answers(1)
     );
     let out = python(&script).await;
     let stdout = succeeded(&out);
-    let parts: Vec<&str> = stdout.split("--\n").collect();
-    assert_eq!(parts.len(), 4, "{stdout}");
+    let parts = parts_of(&stdout, 4);
     assert!(parts[1].contains("error 42P03"), "{stdout}");
     assert!(parts[2].contains("error 42P05"), "{stdout}");
     // SQL reads the cursor the server kept, decided as its own query.

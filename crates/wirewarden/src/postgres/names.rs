@@ -1084,15 +1084,7 @@ mod tests {
         // The second `Bind` holds the name; the server skipped it, after the first one's
         // transaction ended.
         assert!(named.portals.contains_key(&name));
-        {
-            let mut a = answered.lock().unwrap();
-            a.through = second;
-            a.rejected.push(Rejection {
-                seq: second,
-                forget: None,
-                taken: false,
-            });
-        }
+        answer(&answered, second, &[(second, false)]);
         named.catch_up(&answered, &mut classifier);
         assert!(!named.portals.contains_key(&name));
         assert!(!named.bound.contains_key(&name));
@@ -1205,15 +1197,7 @@ mod tests {
             named.apply(&analysis, &mut classifier);
             assert!(!named.portals.contains_key(&name), "{sql}");
         }
-        {
-            let mut a = answered.lock().unwrap();
-            a.through = rebound;
-            a.rejected.push(Rejection {
-                seq: rebound,
-                forget: None,
-                taken: false,
-            });
-        }
+        answer(&answered, rebound, &[(rebound, false)]);
         named.catch_up(&answered, &mut classifier);
         assert!(!named.portals.contains_key(&name));
         // A portal bound after the call is the session's like any other.

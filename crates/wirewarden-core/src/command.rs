@@ -154,6 +154,14 @@ pub struct ObjectRef {
 }
 
 impl ObjectRef {
+    /// The name of the [`ObjectKind::Relation`] a codec reports for relations a command may
+    /// reach without naming them: a call to a function whose body it cannot see (a
+    /// user-defined function can read or write any table it likes). No SQL name renders as
+    /// `*` (a quoted `"*"` keeps its quotes), and no glob but one that matches every name
+    /// matches it, so a rule or grant that allows only some relations does not cover such a
+    /// command.
+    pub const ANY_RELATION: &'static str = "*";
+
     /// An object of `kind` named `name`, used with `access`.
     #[must_use]
     pub fn new(kind: ObjectKind, name: impl Into<String>, access: Access) -> Self {
@@ -162,6 +170,13 @@ impl ObjectRef {
             name: name.into(),
             access,
         }
+    }
+
+    /// Whether this stands for relations the command may reach without naming them (see
+    /// [`ObjectRef::ANY_RELATION`]).
+    #[must_use]
+    pub fn is_any_relation(&self) -> bool {
+        self.kind == ObjectKind::Relation && self.name == Self::ANY_RELATION
     }
 }
 

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use wirewarden_core::{CommandClass, Decision, ObjectKind, Protocol, ReviewRequirement, RuleId};
+use wirewarden_core::{
+    CommandClass, Decision, ObjectKind, ObjectRef, Protocol, ReviewRequirement, RuleId,
+};
 
 use crate::budget::{BudgetDef, BudgetStatus, Budgets};
 use crate::glob::Glob;
@@ -215,10 +217,15 @@ fn any_glob(globs: &[Glob], s: &str) -> bool {
 /// `pg_catalog.pg_read_file` and a quoted `"PG_READ_FILE"` may all name what a rule means. A
 /// restricting rule therefore matches relations and functions without regard to ASCII case,
 /// and a glob without a schema (no `.`) also matches the last part of a qualified name.
-/// Rules that allow keep exact matching, so this only ever makes the policy stricter.
+/// Rules that allow keep exact matching, so this only ever makes the policy stricter. The
+/// relations a call may reach unnamed ([`ObjectRef::ANY_RELATION`]) match every glob.
 fn restricts(globs: &[Glob], kind: ObjectKind, name: &str) -> bool {
     if !matches!(kind, ObjectKind::Relation | ObjectKind::Function) {
         return any_glob(globs, name);
+    }
+    if kind == ObjectKind::Relation && name == ObjectRef::ANY_RELATION {
+        // A function nobody can see into may reach any relation, this rule's among them.
+        return true;
     }
     let last = name.rsplit('.').next().unwrap_or(name);
     globs.iter().any(|g| {
@@ -288,8 +295,16 @@ impl Rule {
             let mut names = c.objects_of(*kind).map(|o| o.name.as_str());
             // Fail closed both ways: a rule that allows must cover every object of the
             // kind the command touches; a rule that restricts fires on any one of them.
+            // Relations reached through a function nobody can see into are covered by a
+            // glob that matches every name, or by a rule that also lists the functions it
+            // allows (each of which the command must then call).
             let ok = if widens {
-                names.all(|n| any_glob(globs, n))
+                names.all(|n| {
+                    any_glob(globs, n)
+                        || (*kind == ObjectKind::Relation
+                            && n == ObjectRef::ANY_RELATION
+                            && self.lists_functions())
+                })
             } else {
                 names.any(|n| restricts(globs, *kind, n))
             };
@@ -303,6 +318,10 @@ impl Rule {
             return false;
         }
         true
+    }
+
+    fn lists_functions(&self) -> bool {
+        self.objects.iter().any(|(k, _)| *k == ObjectKind::Function)
     }
 
     fn decision(&self) -> Decision {

@@ -13,6 +13,10 @@
 //!   can see; a user-defined function is assumed to do what its name does not say, so policy
 //!   should restrict the [`ObjectKind::Function`] objects it allows.
 //! - Calls to known dangerous functions raise the class (see `tables.rs`).
+//! - A statement that calls a function other than the built-ins known to read no relation
+//!   (`count`, `lower`, `now`, `jsonb_build_object`, … unqualified or in `pg_catalog`) also
+//!   reads and writes [`ObjectRef::ANY_RELATION`]: a user-defined function can reach any
+//!   table, so a policy that allows some relations does not thereby allow it.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -454,6 +458,7 @@ impl Classifier {
         if out.verb.is_none() {
             out.verb(first_word(toks));
         }
+        out.unseen_reach();
         out
     }
 }
@@ -550,6 +555,23 @@ impl Out {
     fn verb(&mut self, v: impl Into<String>) {
         if self.verb.is_none() {
             self.verb = Some(v.into());
+        }
+    }
+    /// A function the classifier cannot see into may read or write any relation: a
+    /// statement that calls one also touches [`ObjectRef::ANY_RELATION`], both ways.
+    fn unseen_reach(&mut self) {
+        let opaque = self
+            .objects
+            .iter()
+            .any(|o| o.kind == ObjectKind::Function && !tables::reaches_no_relation(&o.name));
+        if opaque {
+            for access in [Access::Read, Access::Write] {
+                self.obj(
+                    ObjectKind::Relation,
+                    ObjectRef::ANY_RELATION.to_owned(),
+                    access,
+                );
+            }
         }
     }
     fn obj(&mut self, kind: ObjectKind, name: String, access: Access) {

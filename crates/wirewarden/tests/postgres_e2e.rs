@@ -1917,6 +1917,95 @@ show("unknown", pg.exec_(b"FETCH ALL FROM nothing"))
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// A function can read tables its statement does not name. A rule that allows reads of
+/// notes used to allow `SELECT ssn_of(1)` too (the statement names no relation, and "every
+/// relation it names is a note" held vacuously), and the SSN went out under the notes
+/// rule's profile, which masks nothing. A call of a function the classifier cannot see into
+/// now touches every relation, which only a rule on every relation or one that lists the
+/// function covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_on_some_relations_does_not_allow_a_function_that_reads_others() {
+    // No rule for reads in general, and none that holds a read for review: what the rules
+    // on relations do not cover is refused.
+    let policy = r#"
+[[rule]]
+id = "analysts-note-lengths"
+groups = ["analysts"]
+max_class = "read"
+relations = ["*notes"]
+functions = ["note_len"]
+action = "allow"
+mask_profile = "open"
+
+[[rule]]
+id = "analysts-read-notes"
+groups = ["analysts"]
+max_class = "read"
+relations = ["*notes"]
+action = "allow"
+mask_profile = "open"
+
+[[rule]]
+id = "analysts-read-customers"
+groups = ["analysts"]
+max_class = "read"
+relations = ["*customers"]
+action = "allow"
+mask_profile = "strict"
+"#;
+    let g = gateway_with_masks(
+        None,
+        Arc::new(tokens()),
+        |s| s,
+        policy,
+        Some(strict_and_open("open")),
+    )
+    .await;
+    g.pg.psql(&format!(
+        "CREATE FUNCTION ssn_of(i int) RETURNS text LANGUAGE sql \
+         AS $$ SELECT ssn FROM customers WHERE id = i $$; \
+         CREATE FUNCTION note_len(b text) RETURNS int LANGUAGE sql AS $$ SELECT length(b) $$; \
+         {A_NOTE}"
+    ))
+    .unwrap();
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+show("ssn_of", pg.exec_(b"SELECT ssn_of(1)"))
+show("beside notes", pg.exec_(b"SELECT body, ssn_of(1) FROM notes"))
+show("extended", pg.exec_params(b"SELECT ssn_of($1::int)", [b"1"]))
+show("customers", pg.exec_(b"SELECT ssn FROM customers ORDER BY id"))
+show("built-ins", pg.exec_(b"SELECT count(*), max(lower(body)) FROM notes"))
+show("vouched", pg.exec_(b"SELECT note_len(body) FROM notes"))
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = succeeded(&out);
+    assert_shows(
+        &stdout,
+        &[
+            "ssn_of error 42501",
+            "beside notes error 42501",
+            "extended error 42501",
+            "customers rows [REDACTED] (2)",
+            "built-ins rows 1 (1)",
+            "vouched rows 6 (1)",
+        ],
+    );
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The trail says why: the refused call touched every relation.
+    let refused = events(g.audit_dir.path(), &g.keys)
+        .into_iter()
+        .filter(|k| {
+            matches!(k, AuditEventKind::CommandDecided { decision: Decision::Deny { .. }, command, .. }
+                if command.text.contains("ssn_of") && command.objects.iter().any(|o| o.is_any_relation()))
+        })
+        .count();
+    assert_eq!(refused, 3, "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// The server keeps a named statement until it is closed or deallocated and fails a
 /// `Parse` that reuses its name; the gateway keeps that statement's decision (here its mask
 /// profile) for the name, rather than the decision of the text the server refused, and

@@ -713,6 +713,9 @@ fn commands_carry_objects_and_digest() {
         vec![
             ObjectRef::new(ObjectKind::Function, "lo_get", Access::Execute),
             ObjectRef::new(ObjectKind::Relation, "docs", Access::Read),
+            // A large object is not a relation the statement names.
+            ObjectRef::new(ObjectKind::Relation, ObjectRef::ANY_RELATION, Access::Read),
+            ObjectRef::new(ObjectKind::Relation, ObjectRef::ANY_RELATION, Access::Write),
         ]
     );
     assert_eq!(
@@ -783,5 +786,75 @@ fn object_lists_are_bounded() {
     let sql = format!("SELECT {}; SELECT {}", fine.join(", "), fine.join(", "));
     let a = Classifier::new().classify(&sql);
     assert_eq!(a.class(), Read);
-    assert_eq!(a.to_command(&sql).objects.len(), 500);
+    // The 500 functions, and the relations they may reach without naming them.
+    assert_eq!(a.to_command(&sql).objects.len(), 502);
+}
+
+/// Whether a statement says it may reach relations it does not name.
+fn reaches_unnamed(sql: &str) -> bool {
+    let s = Classifier::new().classify(sql);
+    let any = |access| {
+        s.statements.iter().any(|st| {
+            st.objects.contains(&ObjectRef::new(
+                ObjectKind::Relation,
+                ObjectRef::ANY_RELATION,
+                access,
+            ))
+        })
+    };
+    let (read, write) = (any(Access::Read), any(Access::Write));
+    assert_eq!(read, write, "{sql}");
+    read
+}
+
+#[test]
+fn a_function_the_classifier_cannot_see_into_may_reach_any_relation() {
+    for sql in [
+        "SELECT open_ssn('c')",
+        "SELECT * FROM my_rows()",
+        "SELECT body, summarize(body) FROM notes",
+        "SELECT public.lower(body) FROM notes",
+        "SELECT \"LOWER\"(body) FROM notes",
+        "SELECT nextval('orders_id_seq')",
+        "SELECT lo_get(1)",
+        "SELECT query_to_xml('select * from customers', true, false, '')",
+        "CALL tidy()",
+        "INSERT INTO notes (body) VALUES (redact('x'))",
+        "CREATE TABLE t (a int DEFAULT next_id())",
+        "WITH x AS (SELECT f()) SELECT * FROM x",
+    ] {
+        assert!(reaches_unnamed(sql), "{sql}");
+    }
+    for sql in [
+        "SELECT count(*), lower(body), now() FROM notes",
+        "SELECT pg_catalog.upper(body), length(body) FROM notes",
+        "SELECT jsonb_build_object('id', id) FROM notes",
+        "SELECT coalesce(a, b), greatest(a, b) FROM t",
+        "SELECT row_number() OVER (ORDER BY id) FROM notes",
+        "SELECT * FROM generate_series(1, 3)",
+        "SELECT pg_sleep(0.1)",
+        "CREATE TABLE t (a int REFERENCES other (id))",
+        "SELECT 1",
+    ] {
+        assert!(!reaches_unnamed(sql), "{sql}");
+    }
+}
+
+#[test]
+fn a_prepared_statement_keeps_the_relations_its_functions_may_reach() {
+    let mut cl = Classifier::new();
+    cl.record(&cl.classify("PREPARE p AS SELECT open_ssn('c')"));
+    let a = cl.classify("EXECUTE p");
+    assert!(
+        a.statements[0]
+            .reads()
+            .any(|r| r == ObjectRef::ANY_RELATION)
+    );
+    cl.record(&cl.classify("PREPARE q AS SELECT lower(body) FROM notes"));
+    let a = cl.classify("EXECUTE q");
+    assert!(
+        !a.statements[0]
+            .reads()
+            .any(|r| r == ObjectRef::ANY_RELATION)
+    );
 }

@@ -357,6 +357,16 @@ fn encode_kind(kind: &AuditEventKind, w: &mut Writer) -> Result<()> {
                     w.u8(6);
                     w.str("end reason", reason)?;
                 }
+                SessionEndReason::SubscriptionWithdrawn {
+                    command_id,
+                    rule,
+                    reason,
+                } => {
+                    w.u8(7);
+                    w.id(command_id.as_bytes());
+                    w.str("rule", rule.as_str())?;
+                    w.str("end reason", reason)?;
+                }
                 _ => {
                     return Err(Error::Unsupported {
                         what: "session end reason",
@@ -717,6 +727,11 @@ fn decode_kind(r: &mut Reader<'_>) -> Result<AuditEventKind> {
                 6 => SessionEndReason::CredentialRevoked {
                     reason: r.str("end reason")?,
                 },
+                7 => SessionEndReason::SubscriptionWithdrawn {
+                    command_id: CommandId::from_uuid(r.uuid("command id")?),
+                    rule: RuleId::new(r.str("rule")?),
+                    reason: r.str("end reason")?,
+                },
                 tag => {
                     return Err(Error::InvalidTag {
                         what: "end reason",
@@ -1066,6 +1081,11 @@ mod tests {
             },
             SessionEndReason::CredentialRevoked {
                 reason: "invalid peer certificate: Revoked".into(),
+            },
+            SessionEndReason::SubscriptionWithdrawn {
+                command_id: CommandId::new(),
+                rule: RuleId::new("default"),
+                reason: "no rule allows this command".into(),
             },
         ] {
             let event = AuditEvent::new(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Command, CommandDigest, CommandId, Decision, EventId, GrantId, Principal, ReviewId,
-    ReviewRequirement, SessionId, Target, Timestamp,
+    ReviewRequirement, RuleId, SessionId, Target, Timestamp,
 };
 
 /// Which way bytes were flowing.
@@ -46,6 +46,18 @@ pub enum SessionEndReason {
     /// revocation lists that replaced those it was accepted under.
     CredentialRevoked {
         /// Why the credential is refused now (the TLS verifier's reason).
+        reason: String,
+    },
+    /// The gateway ended it because policy, asked again while a stream the session opened
+    /// (a Redis subscription, a Postgres `LISTEN`) was delivering, no longer allows it: a
+    /// grant it ran under expired or was revoked, a budget ran out, a rule's hours ended.
+    /// As a server ends a client whose permissions were withdrawn, the connection closes.
+    SubscriptionWithdrawn {
+        /// The command that opened the stream.
+        command_id: CommandId,
+        /// What decided now.
+        rule: RuleId,
+        /// Why it is refused now.
         reason: String,
     },
 }

@@ -46,12 +46,22 @@
 //!    whose intent could not be recorded is refused in its place in the reply order.
 //! 5. **Replies** are correlated with their commands ([`wirewarden_redis::Session`]), masked
 //!    (by the command's key and by content; each `EXEC` element with its own command's key;
-//!    push frames and pub/sub messages by content) and recorded: `CommandCompleted` with
-//!    elements, bytes, masked counts and duration, and a capped `Transcript` of the masked
-//!    reply. A reply that cannot be masked is replaced by an error reply. These outcome
-//!    records go to a per-session writer task: they need not be durable before the next
-//!    reply is relayed, and the writer appends what has queued up as one batch.
-//! 6. **The end.** Besides the client leaving or the upstream closing, the session ends
+//!    other push frames by content) and recorded: `CommandCompleted` with elements, bytes,
+//!    masked counts, duration and the capped masked reply. A reply that cannot be masked is
+//!    replaced by an error reply. These outcome records go to a per-session writer task:
+//!    they need not be durable before the next reply is relayed, and the writer appends
+//!    what has queued up as one batch.
+//! 6. **Subscriptions** run under the decision that allowed them. Each channel, pattern or
+//!    shard channel the server confirms keeps the decision of the command that subscribed:
+//!    its messages are masked with that decision's profile, recorded as `Transcript` events
+//!    of that command, and charged to the exfiltration budgets. The decision is taken again
+//!    at a message when it is older than [`RedisTarget::stream_recheck`] or a grant active
+//!    at the time has expired since: refused now (a grant revoked or expired, a budget
+//!    spent, a rule's hours over), the client gets `-ERR wirewarden: subscription
+//!    withdrawn: …` and the session ends ([`SessionEndReason::SubscriptionWithdrawn`]), as
+//!    the server ends a client whose ACL permissions were withdrawn. A subscription a
+//!    reviewer approved is not ended by a later decision that asks for review again.
+//! 7. **The end.** Besides the client leaving or the upstream closing, the session ends
 //!    when its credential expires (`SessionEndReason::CredentialExpired`) and when replaced
 //!    revocation lists refuse its client certificate (`CredentialRevoked`, through the
 //!    pipeline's [client certificate
@@ -60,6 +70,7 @@
 //!    when the client leaves, does not run: its review is cancelled.
 
 mod mask;
+mod stream;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -79,12 +90,14 @@ use wirewarden_core::{
 use wirewarden_identity::{AuthContext, Credential};
 use wirewarden_mask::Profile;
 use wirewarden_redis::{
-    Correlated, Frame, ReplyDecoder, Request, RequestDecoder, RespVersion, Session, Value, classify,
+    Correlated, Frame, OutOfBand, ReplyDecoder, Request, RequestDecoder, RespVersion, Session,
+    Value, classify,
 };
 
 pub use wirewarden_redis::{Limits, Risk};
 
 use self::mask::{Keys, Unmaskable};
+use self::stream::{Opened, Subscriptions};
 use crate::listen::{BoxIo, Dial};
 use crate::tls::{CertificateWatch, UpstreamTls};
 use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal, Secret};
@@ -222,6 +235,12 @@ pub struct RedisTarget {
     pub refused_risks: Risk,
     /// Cap on how much of each reply the session recording keeps, in bytes.
     pub record_limit: usize,
+    /// How old the decision a subscription runs under may be when one of its messages
+    /// arrives: older, and policy is asked again before the message goes out (as it is at
+    /// the first message after a grant active at that decision expired). A subscription
+    /// policy no longer allows ends the session
+    /// ([`SessionEndReason::SubscriptionWithdrawn`]). Default: one second.
+    pub stream_recheck: Duration,
     /// Failed `AUTH` attempts after which the connection is closed.
     pub max_auth_failures: u32,
     /// How long a connection may stay open without authenticating (TLS handshake included);
@@ -241,6 +260,7 @@ impl RedisTarget {
             limits: Limits::default(),
             refused_risks: DEFAULT_REFUSED_RISKS,
             record_limit: 16 * 1024,
+            stream_recheck: Duration::from_secs(1),
             max_auth_failures: 3,
             login_timeout: Duration::from_secs(30),
         }
@@ -883,6 +903,9 @@ impl RedisProxy {
             certificate,
             ended: None,
             expiry: crate::listen::credential_expiry(principal_expiry),
+            subscriptions: Subscriptions::default(),
+            stream_records: Vec::new(),
+            stream_charge: (0, 0),
         };
         let first = match finish {
             // The HELLO that authenticated goes upstream (without AUTH) as a command.
@@ -976,6 +999,8 @@ struct Pending {
     drops_queue: bool,
     /// Whether what it returns counts against exfiltration budgets.
     charged: bool,
+    /// The decision of a command that subscribes, for the subscriptions it opens.
+    opened: Option<Box<Opened>>,
 }
 
 /// A command that policy allowed, until it is forwarded.
@@ -990,6 +1015,8 @@ struct Allowed {
     charged: bool,
     /// Its intent record in [`Relay::intents`]; `None`: already on record.
     intent: Option<usize>,
+    /// The decision of a command that subscribes, for the subscriptions it opens.
+    opened: Option<Box<Opened>>,
 }
 
 /// What one request of a pipelined batch comes to, in order. The intents of the batch are
@@ -1011,6 +1038,8 @@ enum Verb {
     Discard,
     Reset,
     Mget,
+    /// `SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE`.
+    Subscribe,
     Other,
 }
 
@@ -1027,6 +1056,8 @@ impl Verb {
             Self::Reset
         } else if is(b"mget") {
             Self::Mget
+        } else if is(b"subscribe") || is(b"psubscribe") || is(b"ssubscribe") {
+            Self::Subscribe
         } else {
             Self::Other
         }
@@ -1152,6 +1183,13 @@ struct Relay<'p> {
     ended: Option<SessionEndReason>,
     /// Fires when the credential the session logged in with expires: the session ends.
     expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The channels, patterns and shard channels the server confirmed, with the decisions
+    /// their messages go out under.
+    subscriptions: Subscriptions,
+    /// The `Transcript` records of the messages relayed since the last flush.
+    stream_records: Vec<AuditEvent>,
+    /// Messages and bytes relayed since the last flush, for the budgets.
+    stream_charge: (u64, u64),
 }
 
 impl Relay<'_> {
@@ -1264,6 +1302,13 @@ impl Relay<'_> {
                 .pipeline
                 .charge(&self.principal, &self.target, p.elements, p.bytes);
         }
+        // Published messages count as what their subscription returned.
+        let (messages, bytes) = std::mem::take(&mut self.stream_charge);
+        if messages > 0 {
+            self.proxy
+                .pipeline
+                .charge(&self.principal, &self.target, messages, bytes);
+        }
         if !self.to_client.is_empty() {
             self.client.send(&self.to_client).await?;
             self.to_client.clear();
@@ -1279,6 +1324,7 @@ impl Relay<'_> {
             self.record_completion(p);
         }
         self.completed = completed;
+        self.outcome_batch.append(&mut self.stream_records);
         if !self.outcome_batch.is_empty() {
             let batch = std::mem::take(&mut self.outcome_batch);
             // The writer stops only when the session ends; a send can fail only then.
@@ -1489,6 +1535,15 @@ impl Relay<'_> {
             .pipeline()
             .decide(&self.principal, &self.target, &command, now)
             .await;
+        // A subscription keeps its decision, to take it again while messages arrive.
+        let opened = (verb == Verb::Subscribe).then(|| {
+            Box::new(Opened {
+                command: Arc::new(command.clone()),
+                reviewed: false,
+                decided: Instant::now(),
+                until: stream::earliest_expiry(&decided.grants),
+            })
+        });
         let evaluation = decided.evaluation;
         let keys = keys_of(&command, verb == Verb::Mget);
         let charged = command.class != CommandClass::Session;
@@ -1537,6 +1592,7 @@ impl Relay<'_> {
                             keys,
                             charged,
                             intent,
+                            opened,
                         }));
                     }
                     Err(_) => {
@@ -1592,6 +1648,13 @@ impl Relay<'_> {
                             keys,
                             charged,
                             intent: None,
+                            // The reviewers approved it: a later decision that asks for
+                            // review again does not end it.
+                            opened: opened.map(|mut o| {
+                                o.reviewed = true;
+                                o.decided = Instant::now();
+                                o
+                            }),
                         });
                     }
                     Err(message) => self.refuse(&message),
@@ -1664,6 +1727,7 @@ impl Relay<'_> {
             keys,
             charged,
             intent: _,
+            opened,
         } = allowed;
         let poisoned_exec = verb == Verb::Exec && self.client_multi && self.multi_poisoned;
         let tag = self.next_tag;
@@ -1689,7 +1753,7 @@ impl Relay<'_> {
                 self.client_multi = false;
                 self.multi_poisoned = false;
             }
-            Verb::Mget | Verb::Other => {}
+            Verb::Mget | Verb::Subscribe | Verb::Other => {}
         }
         let drops_queue = matches!(verb, Verb::Exec | Verb::Discard | Verb::Reset);
         let expects = self.session.on_request(forward.args(), tag);
@@ -1707,6 +1771,7 @@ impl Relay<'_> {
             truncated: false,
             drops_queue,
             charged,
+            opened,
         };
         if poisoned_exec {
             p.error = Some("EXECABORT: a queued command was denied".into());
@@ -1836,7 +1901,21 @@ impl Relay<'_> {
                     results,
                     aborted,
                 } => self.on_exec(tag, &frame, version, &results, aborted)?,
+                Correlated::OutOfBand(OutOfBand::Message) => {
+                    self.on_message(&frame, version).await;
+                    if self.ended.is_some() {
+                        // Policy withdrew a subscription: nothing more goes out.
+                        return Ok(());
+                    }
+                }
                 Correlated::OutOfBand(_) => {
+                    if !self.subscriptions.is_empty()
+                        && let Ok(v) = frame.value()
+                    {
+                        // A server-initiated `unsubscribe` push ends a subscription.
+                        let (id, profile) = (CommandId::new(), self.profile.clone());
+                        self.subscriptions.confirmed(&v, id, &profile, None);
+                    }
                     let profile = self.profile.clone();
                     let mut counts = MaskedCounts::new();
                     match self.masked(&profile, &Keys::None, &frame, version, &mut counts) {
@@ -1855,6 +1934,128 @@ impl Relay<'_> {
                     self.protocol_event(Direction::FromUpstream, &e).await;
                     return Err(protocol_error("upstream", e));
                 }
+            }
+        }
+    }
+
+    /// Relays a published message under its subscription's decision: taken again first if
+    /// it is due, masked with its profile, recorded as a `Transcript` of the command that
+    /// subscribed, and charged to the budgets. A message of no subscription the gateway saw
+    /// confirmed goes out under the session's profile, recorded without a command.
+    async fn on_message(&mut self, frame: &Frame, version: RespVersion) {
+        let raw = match frame.value() {
+            Ok(v) => v,
+            Err(_) => {
+                Metrics::add(&self.pipeline().metrics().results_withheld, 1);
+                return;
+            }
+        };
+        let every = self.proxy.config.stream_recheck;
+        let due = self
+            .subscriptions
+            .of_message(&raw)
+            .is_some_and(|s| s.due(Instant::now(), Timestamp::now(), every));
+        if due {
+            self.recheck(&raw).await;
+            if self.ended.is_some() {
+                return;
+            }
+        }
+        let (id, profile) = match self.subscriptions.of_message(&raw) {
+            Some(s) => (Some(s.id), s.profile.clone()),
+            None => (None, self.profile.clone()),
+        };
+        let mut counts = MaskedCounts::new();
+        let proxy = self.proxy;
+        let metrics = proxy.pipeline.metrics();
+        match mask::value(&profile, &Keys::None, &raw, version, &mut counts) {
+            Ok(masked) => {
+                let (bytes, shown) = match &masked {
+                    Some(m) => (m.to_bytes(), m),
+                    None => (frame.raw().clone(), &raw),
+                };
+                self.to_client.extend_from_slice(&bytes);
+                self.stream_charge.0 += 1;
+                self.stream_charge.1 += bytes.len() as u64;
+                let mut text = String::new();
+                let truncated = mask::render(shown, &mut text, self.proxy.config.record_limit);
+                self.stream_records.push(AuditEvent::new(
+                    Some(self.session_id),
+                    AuditEventKind::Transcript {
+                        command_id: id,
+                        direction: Direction::FromUpstream,
+                        elapsed_us: micros(self.started),
+                        text,
+                        truncated,
+                    },
+                ));
+                Metrics::add(&metrics.values_masked, counts.total());
+            }
+            // A message that cannot be masked is dropped: an error here would be read as
+            // the reply to a command.
+            Err(_) => Metrics::add(&metrics.results_withheld, 1),
+        }
+    }
+
+    /// Asks policy again about the command that opened the subscription `message` belongs
+    /// to. Still allowed: its messages go out under the new decision's profile. Refused
+    /// (or held for review, unless a reviewer approved the subscription): the client is
+    /// told why and the session ends, as the server ends a client whose permissions were
+    /// withdrawn.
+    async fn recheck(&mut self, message: &Value) {
+        let Some(s) = self.subscriptions.of_message(message) else {
+            return;
+        };
+        let (id, command, reviewed) = (s.id, s.opened.command.clone(), s.opened.reviewed);
+        let decided = self
+            .pipeline()
+            .decide(&self.principal, &self.target, &command, Timestamp::now())
+            .await;
+        let until = stream::earliest_expiry(&decided.grants);
+        let verdict = match decided.evaluation.decision {
+            Decision::Allow {
+                rule, mask_profile, ..
+            } => self
+                .pipeline()
+                .mask_profile(&self.target, &self.principal, mask_profile.as_deref())
+                .map(Some)
+                .map_err(|_| {
+                    (
+                        rule,
+                        "the mask profile of the subscription is missing".into(),
+                    )
+                }),
+            Decision::Review { .. } if reviewed => Ok(None),
+            Decision::Review { rule, reason, .. } => Err((
+                rule,
+                format!("{reason}; a subscription cannot wait for one"),
+            )),
+            Decision::Deny { rule, reason } => Err((rule, reason)),
+            _ => Err((
+                RuleId::new("unsupported"),
+                "unsupported decision".to_owned(),
+            )),
+        };
+        match verdict {
+            Ok(profile) => {
+                if let Some(s) = self.subscriptions.of_message(message) {
+                    if let Some(p) = profile {
+                        s.profile = p;
+                    }
+                    s.opened.decided = Instant::now();
+                    s.opened.until = until;
+                }
+            }
+            Err((rule, reason)) => {
+                let shown =
+                    format!("ERR wirewarden: subscription withdrawn: {reason} (rule {rule})");
+                self.to_client.extend_from_slice(&error_reply(&shown));
+                Metrics::add(&self.pipeline().metrics().commands_denied, 1);
+                self.ended = Some(SessionEndReason::SubscriptionWithdrawn {
+                    command_id: id,
+                    rule,
+                    reason,
+                });
             }
         }
     }
@@ -1940,6 +2141,13 @@ impl Relay<'_> {
             p.bytes += bytes.len() as u64;
         } else {
             let profile = p.profile.clone();
+            if (p.opened.is_some() || !self.subscriptions.is_empty())
+                && let Ok(v) = frame.value()
+            {
+                // A confirmation, read before masking: messages name the channel as sent.
+                self.subscriptions
+                    .confirmed(&v, p.id, &profile, p.opened.as_deref());
+            }
             match self.masked(&profile, &p.keys, frame, version, &mut p.masked) {
                 Ok((bytes, v)) => {
                     self.to_client.extend_from_slice(&bytes);

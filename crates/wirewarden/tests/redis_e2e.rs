@@ -6,7 +6,7 @@
 #![cfg(feature = "redis")]
 
 mod support;
-use support::{assert_verifies, events, text};
+use support::{assert_verifies, events, kinds_when, text};
 
 use std::net::SocketAddr;
 use std::process::Output;
@@ -16,10 +16,12 @@ use std::time::Duration;
 use wirewarden::Pipeline;
 use wirewarden::Secret;
 use wirewarden::audit::{AuditSink, VerifyKeys};
-use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
+use wirewarden::core::{AuditEventKind, CommandClass, Decision, Protocol, Target, Timestamp};
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
-use wirewarden::mask::{Engine, FieldRule, Limits as MaskLimits, Profile, Selector, Strategy};
-use wirewarden::policy::RuleEngine;
+use wirewarden::mask::{
+    CustomDetector, Engine, FieldRule, Limits as MaskLimits, Profile, Selector, Strategy,
+};
+use wirewarden::policy::{Grant, GrantScope, RuleEngine};
 use wirewarden::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
 use wirewarden_testkit::Redis;
 
@@ -57,6 +59,12 @@ fn tokens() -> StaticTokens {
                 ..token("brief", "tok-brief", "agent-4", &["agents"])
             },
             token("fresh", "tok-fresh", "agent-4", &["agents"]),
+            token(
+                "streamer",
+                "tok-streamer",
+                "agent-5",
+                &["agents", "streaming"],
+            ),
         ],
     })
     .unwrap()
@@ -80,6 +88,15 @@ async fn gateway_with(
     configure: impl FnOnce(&mut RedisTarget),
     wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
 ) -> Gateway {
+    gateway_with_rules("", configure, wrap).await
+}
+
+/// [`gateway_with`], and `rules` before the rule that lets agents read and write.
+async fn gateway_with_rules(
+    rules: &str,
+    configure: impl FnOnce(&mut RedisTarget),
+    wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
+) -> Gateway {
     let redis = tokio::task::spawn_blocking(|| {
         let r = Redis::builder().start().unwrap();
         r.cli(&["SET", "card", &format!("card {CARD} on file")])
@@ -99,7 +116,7 @@ async fn gateway_with(
     .unwrap();
     let (audit_dir, keys, sink) = support::audit_trail();
     let policy = format!(
-        "{DEFAULT_REDIS_POLICY}\n[[rule]]\nid = \"deletes-need-ops\"\nverbs = [\"DEL\"]\naction = \"review\"\nreviewers = [\"ops\"]\ntimeout = \"20s\"\n\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n\n[[budget]]\nid = \"elements\"\ngroups = [\"budgeted\"]\nmax_rows = 3\nwindow = \"1h\"\n"
+        "{DEFAULT_REDIS_POLICY}\n{rules}\n[[rule]]\nid = \"deletes-need-ops\"\nverbs = [\"DEL\"]\naction = \"review\"\nreviewers = [\"ops\"]\ntimeout = \"20s\"\n\n[[rule]]\nid = \"agents-data\"\ngroups = [\"agents\"]\nmax_class = \"write\"\naction = \"allow\"\n\n[[budget]]\nid = \"elements\"\ngroups = [\"budgeted\"]\nmax_rows = 3\nwindow = \"1h\"\n"
     );
     let masks = Engine::builder()
         .profile(
@@ -112,6 +129,11 @@ async fn gateway_with(
                     Selector::redis_key("secret:*"),
                     Strategy::redact(),
                 )),
+        )
+        // Redacts one code name, which `cache` lets through.
+        .profile(
+            Profile::builder("strict")
+                .custom(CustomDetector::dictionary("codename", ["bluebird"]).unwrap()),
         )
         .default_profile("cache")
         .build()
@@ -1080,5 +1102,286 @@ async fn a_key_rule_covers_commands_that_read_several_keys() {
     assert!(stdout.contains("[REDACTED]"), "{stdout}");
     // A set no rule covers, read alone, is as it is.
     assert!(stdout.lines().last() == Some("visible"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// Rules for the subscription tests: `alerts` under the strict profile; any other
+/// subscription is held for review, which a grant stands in for.
+const STREAM_RULES: &str = r#"
+[[rule]]
+id = "alerts-strict"
+groups = ["agents"]
+verbs = ["SUBSCRIBE"]
+channels = ["alerts"]
+action = "allow"
+mask_profile = "strict"
+
+[[rule]]
+id = "feeds-need-a-grant"
+verbs = ["SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"]
+action = "review"
+reviewers = ["ops"]
+timeout = "20s"
+
+[[budget]]
+id = "stream"
+groups = ["streaming"]
+max_rows = 12
+window = "1h"
+"#;
+
+/// A redis-py script for the subscription tests: `direct` publishes straight to the server,
+/// `r` is the agent's client through the gateway. After `body`, it publishes a tick on
+/// `feed` every 0.2 s and prints how many reached the client before the session ended.
+fn stream_script(g: &Gateway, body: &str) -> String {
+    format!(
+        r#"
+import time
+direct = redis.Redis(host='127.0.0.1', port={port}, username='{user}', password='{password}', decode_responses=True)
+ps = r.pubsub()
+{body}
+ps.subscribe('feed')
+m = ps.get_message(timeout=5)
+assert m and m['type'] == 'subscribe' and m['channel'] == 'feed', m
+ticks = 0
+try:
+    for i in range(150):
+        direct.publish('feed', f'tick {{i}}')
+        m = ps.get_message(timeout=0.2)
+        if m and m['type'] == 'message' and m['channel'] == 'feed':
+            ticks += 1
+        time.sleep(0.2)
+    print('never withdrawn after', ticks)
+except Exception as e:
+    print('withdrawn after', ticks, type(e).__name__, str(e).replace('\n', ' '))
+"#,
+        port = g._redis.addr().port(),
+        user = g._redis.user(),
+        password = g._redis.password(),
+    )
+}
+
+/// The reason the session of the subscription ended, and the command it names.
+fn withdrawn(kinds: &[AuditEventKind]) -> Option<(wirewarden::core::CommandId, String)> {
+    kinds.iter().find_map(|k| match k {
+        AuditEventKind::SessionEnded {
+            reason:
+                wirewarden::core::SessionEndReason::SubscriptionWithdrawn {
+                    command_id, rule, ..
+                },
+            ..
+        } => Some((*command_id, rule.as_str().to_owned())),
+        _ => None,
+    })
+}
+
+/// The messages recorded for the command `id`.
+fn transcripts(kinds: &[AuditEventKind], id: wirewarden::core::CommandId) -> Vec<&str> {
+    kinds
+        .iter()
+        .filter_map(|k| match k {
+            AuditEventKind::Transcript {
+                command_id: Some(c),
+                text,
+                ..
+            } if *c == id => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The id of the `SUBSCRIBE` of `channel`.
+fn subscribed(kinds: &[AuditEventKind], channel: &str) -> wirewarden::core::CommandId {
+    kinds
+        .iter()
+        .find_map(|k| match k {
+            AuditEventKind::CommandDecided {
+                command_id,
+                command,
+                ..
+            } if command.verb == "SUBSCRIBE" && command.text.contains(channel) => Some(*command_id),
+            _ => None,
+        })
+        .expect("the subscription was decided")
+}
+
+/// A subscription runs under the decision that allowed it: its messages are masked with
+/// that decision's profile (the session's default used to mask them), recorded in the
+/// trail as the command's transcript (they used not to be recorded at all), and once a
+/// grant the decision relied on has expired, the decision is taken again: refused now, the
+/// session ends, on record, as a server ends a client whose permissions were withdrawn.
+async fn subscriptions_run_under_their_decision(protocol: u8) {
+    let g = gateway_with_rules(STREAM_RULES, |_| {}, |s| s).await;
+    let grant = Grant::new(
+        "agent-1",
+        "cache",
+        GrantScope::up_to(CommandClass::Read),
+        Timestamp::now(),
+        Duration::from_secs(2),
+        "ops-lead",
+    )
+    .unwrap();
+    g.pipeline.grants().issue(grant).await.unwrap();
+    let script = stream_script(
+        &g,
+        r#"
+ps.subscribe('alerts')
+m = ps.get_message(timeout=5)
+assert m and m['type'] == 'subscribe', m
+direct.publish('alerts', 'project bluebird, ssn 123-45-6789')
+m = ps.get_message(timeout=5)
+print('alerts:', m['data'])
+"#,
+    );
+    let out = python(g.addr, protocol, &script).await;
+    let stdout = text(&out.stdout);
+    let alerts = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("alerts: "))
+        .unwrap_or_else(|| panic!("stdout: {stdout}\nstderr: {}", text(&out.stderr)));
+    assert!(alerts.starts_with("project "), "{alerts}");
+    assert!(
+        !alerts.contains("bluebird") && !alerts.contains(SSN),
+        "{alerts}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("withdrawn after "))
+        .unwrap_or_else(|| panic!("stdout: {stdout}\nstderr: {}", text(&out.stderr)));
+    let ticks: u32 = line.split(' ').nth(2).unwrap().parse().unwrap();
+    assert!(ticks >= 1, "{line}");
+    // The client is told why, then the connection closes.
+    assert!(
+        line.contains("subscription withdrawn") && line.contains("(rule feeds-need-a-grant)"),
+        "{line}"
+    );
+    let kinds = kinds_when(g.audit_dir.path(), &g.keys, |k| withdrawn(k).is_some()).await;
+    let (ended, rule) = withdrawn(&kinds).unwrap();
+    assert_eq!(ended, subscribed(&kinds, "feed"));
+    assert_eq!(rule, "feeds-need-a-grant");
+    let feed = transcripts(&kinds, ended);
+    assert!(feed.len() >= ticks as usize, "{feed:?}");
+    assert!(feed.iter().all(|t| t.contains("tick")), "{feed:?}");
+    let alerts = transcripts(&kinds, subscribed(&kinds, "alerts"));
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(
+        alerts[0].contains("project") && !alerts[0].contains("bluebird"),
+        "{alerts:?}"
+    );
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_run_under_their_decision_resp2() {
+    subscriptions_run_under_their_decision(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_run_under_their_decision_resp3() {
+    subscriptions_run_under_their_decision(3).await;
+}
+
+/// A grant revoked while its subscription streams stops the stream at the first message
+/// after the target's `stream_recheck` has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_ends_its_subscription() {
+    let g = gateway_with_rules(
+        STREAM_RULES,
+        |t| t.stream_recheck = Duration::from_millis(200),
+        |s| s,
+    )
+    .await;
+    let grant = Grant::new(
+        "agent-1",
+        "cache",
+        GrantScope::up_to(CommandClass::Read),
+        Timestamp::now(),
+        Duration::from_secs(3600),
+        "ops-lead",
+    )
+    .unwrap();
+    let id = grant.id;
+    g.pipeline.grants().issue(grant).await.unwrap();
+    let script = stream_script(&g, "");
+    let addr = g.addr;
+    let client = tokio::spawn(async move { python(addr, 3, &script).await });
+    // Once ticks are coming through, the grant is revoked.
+    let p = g.pipeline.clone();
+    support::events_when(&p, g.audit_dir.path(), &g.keys, |events| {
+        events.iter().any(
+            |e| matches!(&e.kind, AuditEventKind::Transcript { text, .. } if text.contains("tick")),
+        )
+    })
+    .await;
+    g.pipeline
+        .grants()
+        .revoke(id, "ops-lead", Timestamp::now())
+        .await
+        .unwrap();
+    let out = client.await.unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("withdrawn after "),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    let kinds = kinds_when(g.audit_dir.path(), &g.keys, |k| withdrawn(k).is_some()).await;
+    assert_eq!(
+        withdrawn(&kinds),
+        Some((subscribed(&kinds, "feed"), "feeds-need-a-grant".to_owned()))
+    );
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// Published messages count against the exfiltration budgets as what their subscription
+/// returned: once the budget is spent, the subscription is refused at its next decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_messages_spend_the_budget_of_their_subscriber() {
+    let g = gateway_with_rules(
+        STREAM_RULES,
+        |t| t.stream_recheck = Duration::from_millis(100),
+        |s| s,
+    )
+    .await;
+    let script = format!(
+        r#"
+import time
+s = redis.Redis(host='127.0.0.1', port=int(os.environ['PORT']), username='streamer', password='tok-streamer', protocol=int(os.environ['PROTO']), decode_responses=True, socket_timeout=20)
+direct = redis.Redis(host='127.0.0.1', port={port}, username='{user}', password='{password}', decode_responses=True)
+ps = s.pubsub()
+ps.subscribe('alerts')
+m = ps.get_message(timeout=5)
+assert m and m['type'] == 'subscribe', m
+ticks = 0
+try:
+    for i in range(100):
+        direct.publish('alerts', f'tick {{i}}')
+        m = ps.get_message(timeout=0.2)
+        if m and m['type'] == 'message':
+            ticks += 1
+        time.sleep(0.15)
+    print('never withdrawn after', ticks)
+except Exception as e:
+    print('withdrawn after', ticks, str(e))
+"#,
+        port = g._redis.addr().port(),
+        user = g._redis.user(),
+        password = g._redis.password(),
+    );
+    let out = python(g.addr, 3, &script).await;
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("withdrawn after "))
+        .unwrap_or_else(|| panic!("stdout: {stdout}\nstderr: {}", text(&out.stderr)));
+    let ticks: u32 = line.split(' ').nth(2).unwrap().parse().unwrap();
+    // The budget is 12 rows; the subscription's confirmation spent some of it.
+    assert!((1..12).contains(&ticks), "{line}");
+    assert!(line.contains("(rule budget:stream)"), "{line}");
+    let kinds = kinds_when(g.audit_dir.path(), &g.keys, |k| withdrawn(k).is_some()).await;
+    assert_eq!(
+        withdrawn(&kinds),
+        Some((subscribed(&kinds, "alerts"), "budget:stream".to_owned()))
+    );
     assert_verifies(g.audit_dir.path(), &g.keys);
 }

@@ -25,6 +25,8 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod secret;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod stream;
 pub mod tls;
 
 pub use error::{Error, Result};

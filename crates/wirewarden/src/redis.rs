@@ -61,6 +61,8 @@
 //!    withdrawn: …` and the session ends ([`SessionEndReason::SubscriptionWithdrawn`]), as
 //!    the server ends a client whose ACL permissions were withdrawn. A subscription a
 //!    reviewer approved is not ended by a later decision that asks for review again.
+//!    Subscribing inside `MULTI` is refused (rule `redis-subscribe-in-multi`): the
+//!    confirmations would come in `EXEC`'s reply, untied to the decision.
 //! 7. **The end.** Besides the client leaving or the upstream closing, the session ends
 //!    when its credential expires (`SessionEndReason::CredentialExpired`) and when replaced
 //!    revocation lists refuse its client certificate (`CredentialRevoked`, through the
@@ -97,8 +99,9 @@ use wirewarden_redis::{
 pub use wirewarden_redis::{Limits, Risk};
 
 use self::mask::{Keys, Unmaskable};
-use self::stream::{Opened, Subscriptions};
+use self::stream::Subscriptions;
 use crate::listen::{BoxIo, Dial};
+use crate::stream::Opened;
 use crate::tls::{CertificateWatch, UpstreamTls};
 use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal, Secret};
 
@@ -892,6 +895,7 @@ impl RedisProxy {
             next_tag: 0,
             commands: 0,
             client_multi: false,
+            multi_decided: false,
             quit: false,
             multi_poisoned: false,
             to_client: BytesMut::with_capacity(64 * 1024),
@@ -1164,6 +1168,9 @@ struct Relay<'p> {
     commands: u64,
     /// A `MULTI` was forwarded and no `EXEC`/`DISCARD`/`RESET` since.
     client_multi: bool,
+    /// A `MULTI` was decided and no `EXEC`/`DISCARD`/`RESET` since (ahead of
+    /// [`Relay::client_multi`], which follows what is forwarded).
+    multi_decided: bool,
     /// The client sent `QUIT`.
     quit: bool,
     /// A command of the open transaction was denied: `EXEC` must fail.
@@ -1433,6 +1440,13 @@ impl Relay<'_> {
         let classified = classify(req.args());
         let command = classified.command;
         let command_id = CommandId::new();
+        // Whether the client has a transaction open, as the commands decided so far say.
+        let in_multi = self.multi_decided;
+        match verb {
+            Verb::Multi => self.multi_decided = true,
+            Verb::Exec | Verb::Discard | Verb::Reset => self.multi_decided = false,
+            _ => {}
+        }
         let builtin = if name.eq_ignore_ascii_case(b"client")
             && req
                 .args()
@@ -1443,6 +1457,13 @@ impl Relay<'_> {
             Some((
                 "redis-client-reply",
                 "CLIENT REPLY is not allowed through the gateway",
+            ))
+        } else if verb == Verb::Subscribe && in_multi {
+            // Its confirmations would come in EXEC's reply, where the gateway does not tie
+            // a subscription to the decision its messages must go out under.
+            Some((
+                "redis-subscribe-in-multi",
+                "subscribing inside MULTI is not allowed through the gateway; subscribe outside the transaction",
             ))
         } else if verb == Verb::Reset {
             // RESET would log the upstream connection out of the gateway's own user.
@@ -1536,14 +1557,8 @@ impl Relay<'_> {
             .decide(&self.principal, &self.target, &command, now)
             .await;
         // A subscription keeps its decision, to take it again while messages arrive.
-        let opened = (verb == Verb::Subscribe).then(|| {
-            Box::new(Opened {
-                command: Arc::new(command.clone()),
-                reviewed: false,
-                decided: Instant::now(),
-                until: stream::earliest_expiry(&decided.grants),
-            })
-        });
+        let opened = (verb == Verb::Subscribe)
+            .then(|| Box::new(Opened::new(command.clone(), &decided.grants)));
         let evaluation = decided.evaluation;
         let keys = keys_of(&command, verb == Verb::Mget);
         let charged = command.class != CommandClass::Session;
@@ -1954,7 +1969,7 @@ impl Relay<'_> {
         let due = self
             .subscriptions
             .of_message(&raw)
-            .is_some_and(|s| s.due(Instant::now(), Timestamp::now(), every));
+            .is_some_and(|s| s.opened.due(Instant::now(), Timestamp::now(), every));
         if due {
             self.recheck(&raw).await;
             if self.ended.is_some() {
@@ -2006,44 +2021,22 @@ impl Relay<'_> {
         let Some(s) = self.subscriptions.of_message(message) else {
             return;
         };
-        let (id, command, reviewed) = (s.id, s.opened.command.clone(), s.opened.reviewed);
+        let (id, command) = (s.id, s.opened.command.clone());
         let decided = self
             .pipeline()
             .decide(&self.principal, &self.target, &command, Timestamp::now())
             .await;
-        let until = stream::earliest_expiry(&decided.grants);
-        let verdict = match decided.evaluation.decision {
-            Decision::Allow {
-                rule, mask_profile, ..
-            } => self
-                .pipeline()
-                .mask_profile(&self.target, &self.principal, mask_profile.as_deref())
-                .map(Some)
-                .map_err(|_| {
-                    (
-                        rule,
-                        "the mask profile of the subscription is missing".into(),
-                    )
-                }),
-            Decision::Review { .. } if reviewed => Ok(None),
-            Decision::Review { rule, reason, .. } => Err((
-                rule,
-                format!("{reason}; a subscription cannot wait for one"),
-            )),
-            Decision::Deny { rule, reason } => Err((rule, reason)),
-            _ => Err((
-                RuleId::new("unsupported"),
-                "unsupported decision".to_owned(),
-            )),
+        let proxy = self.proxy;
+        let Some(s) = self.subscriptions.of_message(message) else {
+            return;
         };
-        match verdict {
+        match s
+            .opened
+            .redecided(&proxy.pipeline, &self.target, &self.principal, decided)
+        {
             Ok(profile) => {
-                if let Some(s) = self.subscriptions.of_message(message) {
-                    if let Some(p) = profile {
-                        s.profile = p;
-                    }
-                    s.opened.decided = Instant::now();
-                    s.opened.until = until;
+                if let Some(p) = profile {
+                    s.profile = p;
                 }
             }
             Err((rule, reason)) => {

@@ -1385,3 +1385,31 @@ except Exception as e:
     );
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// A subscription opened inside `MULTI` would be confirmed in `EXEC`'s reply, where its
+/// messages could not be tied to the decision they must go out under: it is refused at
+/// queue time, and the transaction fails as the server fails one with a refused command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_inside_multi_is_refused() {
+    let g = gateway().await;
+    let out = cli(
+        g.addr,
+        &["-a", "tok-agent"],
+        "MULTI\nSET tx 1\nSUBSCRIBE news\nEXEC\nGET tx\nPING\n",
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    // redis-cli prints a nil as an empty line, and one after each error.
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_eq!(lines[0], "OK", "{stdout}");
+    assert_eq!(lines[1], "QUEUED", "{stdout}");
+    assert!(
+        lines[2].contains("(rule redis-subscribe-in-multi)"),
+        "{stdout}"
+    );
+    assert!(lines[3].starts_with("EXECABORT"), "{stdout}");
+    assert_eq!(lines[4], "PONG", "{stdout}");
+    // Nothing of the transaction ran.
+    assert_eq!(g.direct(&["EXISTS", "tx"]).trim(), "0");
+}

@@ -3,20 +3,17 @@
 //! decision that allowed the subscription, recorded, charged to budgets, and delivered only
 //! while policy still allows it.
 //!
-//! A subscription's decision is taken again when one of its messages arrives and the last
-//! decision is older than the target's `stream_recheck`, or a grant active at that decision
-//! has expired since: a revoked grant, a spent budget or a rule's hours that ended stop the
-//! stream within that interval, an expired grant at its first message after the expiry.
+//! When the decision is taken again: [`crate::stream`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wirewarden_core::{Command, CommandId, Timestamp};
+use wirewarden_core::CommandId;
 use wirewarden_mask::Profile;
-use wirewarden_policy::Grant;
 use wirewarden_redis::Value;
+
+use crate::stream::Opened;
 
 /// What a subscription is to: the three namespaces of Redis pub/sub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,21 +26,6 @@ pub(crate) enum Space {
     Shard,
 }
 
-/// The decision a subscribing command was forwarded under, kept with the command until its
-/// confirmations arrive.
-#[derive(Debug, Clone)]
-pub(crate) struct Opened {
-    /// The command as policy saw it, to decide again.
-    pub(crate) command: Arc<Command>,
-    /// Whether a reviewer approved it: a later decision that asks for review again does
-    /// not end it, the approval stands.
-    pub(crate) reviewed: bool,
-    /// When it was decided.
-    pub(crate) decided: Instant,
-    /// The earliest expiry of the grants active when it was decided.
-    pub(crate) until: Option<Timestamp>,
-}
-
 /// One channel, pattern or shard channel the server confirmed.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscription {
@@ -53,14 +35,6 @@ pub(crate) struct Subscription {
     pub(crate) profile: Arc<Profile>,
     /// The decision it runs under.
     pub(crate) opened: Opened,
-}
-
-impl Subscription {
-    /// Whether its decision must be taken again before a message at `now` goes out.
-    pub(crate) fn due(&self, now: Instant, wall: Timestamp, every: Duration) -> bool {
-        now.saturating_duration_since(self.opened.decided) >= every
-            || self.opened.until.is_some_and(|u| wall >= u)
-    }
 }
 
 /// The session's subscriptions.
@@ -120,11 +94,6 @@ impl Subscriptions {
     }
 }
 
-/// The earliest expiry among `grants`: a decision taken with them may change then.
-pub(crate) fn earliest_expiry(grants: &[Grant]) -> Option<Timestamp> {
-    grants.iter().map(|g| g.expires_at).min()
-}
-
 /// The lowercase first word of a pub/sub frame and the name after it.
 fn word_and_name(v: &Value) -> Option<(Vec<u8>, Bytes)> {
     let items = v.as_elements()?;
@@ -148,7 +117,7 @@ fn confirmation(word: &[u8]) -> Option<(Space, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wirewarden_core::{CommandClass, Protocol};
+    use wirewarden_core::{Command, CommandClass, Protocol};
 
     fn frame(words: &[&str]) -> Value {
         Value::Array(
@@ -160,20 +129,14 @@ mod tests {
     }
 
     fn opened() -> Opened {
-        Opened {
-            command: Arc::new(
-                Command::new(
-                    Protocol::Redis,
-                    "SUBSCRIBE",
-                    CommandClass::Read,
-                    "SUBSCRIBE a",
-                )
-                .unwrap(),
-            ),
-            reviewed: false,
-            decided: Instant::now(),
-            until: None,
-        }
+        let command = Command::new(
+            Protocol::Redis,
+            "SUBSCRIBE",
+            CommandClass::Read,
+            "SUBSCRIBE a",
+        )
+        .unwrap();
+        Opened::new(command, &[])
     }
 
     #[test]
@@ -219,27 +182,5 @@ mod tests {
         // A confirmation of a command that did not subscribe registers nothing.
         subs.confirmed(&frame(&["subscribe", "news", "1"]), a, &profile, None);
         assert!(subs.is_empty());
-    }
-
-    #[test]
-    fn a_decision_is_due_after_the_interval_or_a_grants_expiry() {
-        let profile = Arc::new(Profile::builder("p").build().unwrap());
-        let now = Instant::now();
-        let wall = Timestamp::now();
-        let mut s = Subscription {
-            id: CommandId::new(),
-            profile,
-            opened: Opened {
-                decided: now,
-                ..opened()
-            },
-        };
-        let second = Duration::from_secs(1);
-        assert!(!s.due(now, wall, second));
-        assert!(s.due(now + second, wall, second));
-        s.opened.until = Some(wall);
-        assert!(s.due(now, wall, second));
-        s.opened.until = wall.checked_add(second);
-        assert!(!s.due(now, wall, second));
     }
 }

@@ -1,0 +1,118 @@
+//! Streams a session opened (Redis subscriptions, PostgreSQL `LISTEN`): the decision a
+//! stream runs under, and when to take it again.
+//!
+//! A stream's messages arrive long after the command that opened it was decided. They go
+//! out under that command's decision (its mask profile), and the decision is taken again
+//! when a message arrives and the last decision is older than the target's recheck interval,
+//! or a grant active at that decision has expired since: a revoked grant, a spent budget or
+//! a rule's hours that ended stop the stream within that interval, an expired grant at its
+//! first message after the expiry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wirewarden_core::{Command, Decision, Principal, RuleId, Target, Timestamp};
+use wirewarden_mask::Profile;
+use wirewarden_policy::Grant;
+
+use crate::{Decided, Pipeline};
+
+/// The decision a command that opens a stream was forwarded under.
+#[derive(Debug, Clone)]
+pub(crate) struct Opened {
+    /// The command as policy saw it, to decide again.
+    pub(crate) command: Arc<Command>,
+    /// Whether a reviewer approved it: a later decision that asks for review again does
+    /// not end it, the approval stands.
+    pub(crate) reviewed: bool,
+    /// When it was decided.
+    pub(crate) decided: Instant,
+    /// The earliest expiry of the grants active when it was decided.
+    pub(crate) until: Option<Timestamp>,
+}
+
+impl Opened {
+    /// A stream opened by `command` now, under a decision that saw `grants`.
+    pub(crate) fn new(command: Command, grants: &[Grant]) -> Self {
+        Self {
+            command: Arc::new(command),
+            reviewed: false,
+            decided: Instant::now(),
+            until: earliest_expiry(grants),
+        }
+    }
+
+    /// Whether the decision must be taken again before a message at `now` goes out.
+    pub(crate) fn due(&self, now: Instant, wall: Timestamp, every: Duration) -> bool {
+        now.saturating_duration_since(self.decided) >= every
+            || self.until.is_some_and(|u| wall >= u)
+    }
+
+    /// Takes in a decision taken again: the new profile to mask with (`None`: keep the one
+    /// in use), or the rule and reason that refuse the stream now.
+    pub(crate) fn redecided(
+        &mut self,
+        pipeline: &Pipeline,
+        target: &Target,
+        principal: &Principal,
+        decided: Decided,
+    ) -> Result<Option<Arc<Profile>>, (RuleId, String)> {
+        let verdict = match decided.evaluation.decision {
+            Decision::Allow {
+                rule, mask_profile, ..
+            } => pipeline
+                .mask_profile(target, principal, mask_profile.as_deref())
+                .map(Some)
+                .map_err(|_| (rule, "the mask profile of the stream is missing".to_owned())),
+            Decision::Review { .. } if self.reviewed => Ok(None),
+            Decision::Review { rule, reason, .. } => {
+                Err((rule, format!("{reason}; a stream cannot wait for one")))
+            }
+            Decision::Deny { rule, reason } => Err((rule, reason)),
+            _ => Err((
+                RuleId::new("unsupported"),
+                "unsupported decision".to_owned(),
+            )),
+        };
+        if verdict.is_ok() {
+            self.decided = Instant::now();
+            self.until = earliest_expiry(&decided.grants);
+        }
+        verdict
+    }
+}
+
+/// The earliest expiry among `grants`: a decision taken with them may change then.
+fn earliest_expiry(grants: &[Grant]) -> Option<Timestamp> {
+    grants.iter().map(|g| g.expires_at).min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wirewarden_core::{CommandClass, Protocol};
+
+    #[test]
+    fn a_decision_is_due_after_the_interval_or_a_grants_expiry() {
+        let now = Instant::now();
+        let wall = Timestamp::now();
+        let command = Command::new(
+            Protocol::Redis,
+            "SUBSCRIBE",
+            CommandClass::Read,
+            "SUBSCRIBE a",
+        )
+        .unwrap();
+        let mut o = Opened {
+            decided: now,
+            ..Opened::new(command, &[])
+        };
+        let second = Duration::from_secs(1);
+        assert!(!o.due(now, wall, second));
+        assert!(o.due(now + second, wall, second));
+        o.until = Some(wall);
+        assert!(o.due(now, wall, second));
+        o.until = wall.checked_add(second);
+        assert!(!o.due(now, wall, second));
+    }
+}

@@ -32,7 +32,15 @@
 //!    `ApplicationChanged` record goes on the trail before the client sees the report, so
 //!    every statement the client sends after it is tied to the new name: an agent that
 //!    reuses a pooled connection names each tool call.
-//! 6. **The end.** Besides the client leaving or the upstream closing, the session ends
+//! 6. **`LISTEN`.** Each channel keeps the decision of the statement that started it:
+//!    its notifications are masked with that decision's profile, recorded as `Transcript`
+//!    events of that statement, and charged to the exfiltration budgets. The decision is
+//!    taken again at a notification when it is older than
+//!    [`PostgresTarget::stream_recheck`] or a grant active at the time has expired since;
+//!    refused now, the client reads a `FATAL` error (SQLSTATE `42501`) and the connection
+//!    closes ([`SessionEndReason::SubscriptionWithdrawn`]). A notification on a channel no
+//!    decision stands behind (a `LISTEN` run inside a function) is withheld.
+//! 7. **The end.** Besides the client leaving or the upstream closing, the session ends
 //!    when its credential expires (`SessionEndReason::CredentialExpired`) and when replaced
 //!    revocation lists refuse its client certificate (`CredentialRevoked`, through the
 //!    pipeline's [client certificate
@@ -42,6 +50,7 @@
 //!    leaves (the client is read while it waits), does not run: its review is cancelled.
 
 mod catalog;
+mod listens;
 mod names;
 mod outbound;
 mod upstream;
@@ -72,9 +81,11 @@ use wirewarden_postgres::{
 use wirewarden_sql::Classifier;
 
 use self::catalog::Catalog;
+use self::listens::Listens;
 use self::outbound::{ColumnPlan, Unmaskable};
 use self::upstream::BoxIo;
 use crate::listen::Dial;
+use crate::stream::Opened;
 use crate::tls::CertificateWatch;
 use crate::{Error, HeldCommand, Metrics, Pipeline, Result, ReviewRefusal};
 // Every proxy uses these; they live at the crate root and in `tls`, and are named here too
@@ -144,6 +155,12 @@ pub struct PostgresTarget {
     /// startup and authentication), and how long the gateway waits for its own upstream
     /// connection and login (default 60 s, PostgreSQL's `authentication_timeout`).
     pub login_timeout: Duration,
+    /// How old the decision a `LISTEN` runs under may be when one of its notifications
+    /// arrives: older, and policy is asked again before the notification goes out (as it
+    /// is at the first notification after a grant active at that decision expired). A
+    /// channel policy no longer allows ends the session, `FATAL` 42501
+    /// ([`SessionEndReason::SubscriptionWithdrawn`]). Default: one second.
+    pub stream_recheck: Duration,
 }
 
 impl PostgresTarget {
@@ -160,6 +177,7 @@ impl PostgresTarget {
             limits: Limits::default(),
             record_limit: 16 * 1024,
             login_timeout: Duration::from_secs(60),
+            stream_recheck: Duration::from_secs(1),
         }
     }
 }
@@ -769,6 +787,9 @@ impl PostgresProxy {
             commands: AtomicU64::new(0),
             answered: StdMutex::new(Answered::default()),
             answered_wake: tokio::sync::Notify::new(),
+            listens: StdMutex::new(Listens::default()),
+            withdrawn: StdMutex::new(None),
+            withdrawn_wake: tokio::sync::Notify::new(),
         });
         let (outcomes, rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(outcome_writer(self.pipeline.clone(), rx));
@@ -884,6 +905,13 @@ struct Shared {
     /// waiting on it.
     answered: StdMutex<Answered>,
     answered_wake: tokio::sync::Notify,
+    /// The channels the session listens on, with the decisions their notifications go out
+    /// under.
+    listens: StdMutex<Listens>,
+    /// Set, and `withdrawn_wake` woken, when policy no longer allows a channel the session
+    /// listens on: the session ends.
+    withdrawn: StdMutex<Option<SessionEndReason>>,
+    withdrawn_wake: tokio::sync::Notify,
 }
 
 /// What the session's audit writer task is sent.
@@ -1128,6 +1156,7 @@ impl Relay {
         };
         let mut revoked = None;
         let mut expired = false;
+        let mut withdrawn = None;
         let expiry = crate::listen::credential_expiry(relay.principal.expires_at);
         let commands = tokio::select! {
             commands = relay
@@ -1158,18 +1187,38 @@ impl Relay {
                 expired = true;
                 Ok(())
             }
+            () = relay.shared.withdrawn_wake.notified() => {
+                // Policy no longer allows a channel the session listens on: ended the same
+                // way, with the rule and reason (the notification was not relayed).
+                let mut w = client_w.lock().await;
+                down.abort();
+                let reason = relay.shared.withdrawn.lock().ok().and_then(|mut r| r.take());
+                let message = match &reason {
+                    Some(SessionEndReason::SubscriptionWithdrawn { rule, reason, .. }) => format!(
+                        "wirewarden: terminating connection: a channel this session listens on is no longer allowed: {reason} (rule {rule})"
+                    ),
+                    _ => "wirewarden: terminating connection: a channel this session listens on is no longer allowed".to_owned(),
+                };
+                let _ = send(&mut *w, &[fatal("42501", message)]).await;
+                let _ = w.shutdown().await;
+                withdrawn = reason;
+                Ok(())
+            }
         };
-        let reason = match (&commands, revoked) {
-            (_, Some(reason)) => SessionEndReason::CredentialRevoked { reason },
+        let reason = match (&commands, revoked, withdrawn) {
+            (_, Some(reason), _) => SessionEndReason::CredentialRevoked { reason },
             _ if expired => SessionEndReason::CredentialExpired,
-            (Ok(()), None) => SessionEndReason::ClientClosed,
-            (Err(e), None) => SessionEndReason::Error {
+            (_, None, Some(withdrawn)) => withdrawn,
+            (Ok(()), None, None) => SessionEndReason::ClientClosed,
+            (Err(e), None, None) => SessionEndReason::Error {
                 message: e.to_string(),
             },
         };
         let ended_here = matches!(
             reason,
-            SessionEndReason::CredentialRevoked { .. } | SessionEndReason::CredentialExpired
+            SessionEndReason::CredentialRevoked { .. }
+                | SessionEndReason::CredentialExpired
+                | SessionEndReason::SubscriptionWithdrawn { .. }
         );
         // Let the responses to what was sent drain before closing, then stop reading.
         let abort = down.abort_handle();
@@ -1963,12 +2012,15 @@ impl Relay {
         let command_id = CommandId::new();
         // A statement read in the turn the credential expired (the expiry timer ends the
         // session) is refused without asking policy, on record like any denial.
-        let (decision, policy_version) = if self.principal.is_expired_at(now) {
+        // What the statements do to the channels the session listens on, taken on with
+        // their decision if they go ahead.
+        let channels = listens::changes(&analysis);
+        let (decision, policy_version, mut opened) = if self.principal.is_expired_at(now) {
             let deny = Decision::Deny {
                 rule: wirewarden_core::RuleId::new("credential-expired"),
                 reason: "the credential of this session has expired".into(),
             };
-            (deny, "builtin".to_owned())
+            (deny, "builtin".to_owned(), None)
         } else {
             let decided = self
                 .proxy
@@ -1976,8 +2028,17 @@ impl Relay {
                 .decide(&self.principal, &self.target, &command, now)
                 .await;
             let version = decided.evaluation.policy_version.to_string();
-            (decided.evaluation.decision, version)
+            let opened =
+                (!channels.is_empty()).then(|| Opened::new(command.clone(), &decided.grants));
+            (decided.evaluation.decision, version, opened)
         };
+        if matches!(decision, Decision::Review { .. })
+            && let Some(o) = opened.as_mut()
+        {
+            // A reviewer approves it, or it does not run: a later decision that asks for
+            // review again does not end what they approved.
+            o.reviewed = true;
+        }
         if prepare && matches!(decision, Decision::Review { .. }) {
             return Verdict::HeldPerExecution;
         }
@@ -2007,7 +2068,7 @@ impl Relay {
             _ => Metrics::add(&metrics.commands_denied, 1),
         }
         let kept_decision = kept.is_some().then(|| decision.clone());
-        match decision {
+        let verdict = match decision {
             Decision::Allow { mask_profile, .. } => {
                 match self.proxy.pipeline.mask_profile(&self.target, &self.principal, mask_profile.as_deref()) {
                     Ok(profile) => {
@@ -2051,7 +2112,16 @@ impl Relay {
                 message: "wirewarden: unsupported decision".into(),
                 code: "42501",
             },
+        };
+        // `opened` is there exactly when the statements change the channels.
+        if let (Verdict::Forward(profile, id), Some(o)) = (&verdict, opened.as_mut()) {
+            // Decided now, after a review's wait.
+            o.decided = Instant::now();
+            if let Ok(mut l) = self.shared.listens.lock() {
+                l.apply(&channels, *id, profile, o);
+            }
         }
+        verdict
     }
 
     async fn review(
@@ -2192,6 +2262,65 @@ impl Relay {
             buf.reserve(64 * 1024);
             if up.read_buf(&mut buf).await.map_err(Error::upstream_io)? == 0 {
                 return Err(Error::Closed("upstream"));
+            }
+        }
+    }
+
+    /// The statement and profile a notification on `channel` goes out under, its decision
+    /// taken again first if it is due; `None` if the session holds no decision for the
+    /// channel. A channel policy refuses now ends the session: the error says so.
+    async fn listening(&self, channel: &[u8]) -> Result<Option<(CommandId, Arc<Profile>)>> {
+        let every = self.proxy.config.stream_recheck;
+        let due = {
+            let Ok(mut l) = self.shared.listens.lock() else {
+                return Ok(None);
+            };
+            let Some(c) = l.get_mut(channel) else {
+                return Ok(None);
+            };
+            if !c.opened.due(Instant::now(), Timestamp::now(), every) {
+                return Ok(Some((c.id, c.profile.clone())));
+            }
+            c.opened.command.clone()
+        };
+        let decided = self
+            .proxy
+            .pipeline
+            .decide(&self.principal, &self.target, &due, Timestamp::now())
+            .await;
+        let verdict = {
+            let Ok(mut l) = self.shared.listens.lock() else {
+                return Ok(None);
+            };
+            let Some(c) = l.get_mut(channel) else {
+                return Ok(None);
+            };
+            match c
+                .opened
+                .redecided(&self.proxy.pipeline, &self.target, &self.principal, decided)
+            {
+                Ok(profile) => {
+                    if let Some(p) = profile {
+                        c.profile = p;
+                    }
+                    Ok((c.id, c.profile.clone()))
+                }
+                Err((rule, reason)) => Err((c.id, rule, reason)),
+            }
+        };
+        match verdict {
+            Ok(found) => Ok(Some(found)),
+            Err((command_id, rule, reason)) => {
+                Metrics::add(&self.proxy.pipeline.metrics().commands_denied, 1);
+                if let Ok(mut w) = self.shared.withdrawn.lock() {
+                    *w = Some(SessionEndReason::SubscriptionWithdrawn {
+                        command_id,
+                        rule,
+                        reason,
+                    });
+                }
+                self.shared.withdrawn_wake.notify_one();
+                Err(Error::Closed("the gateway (a LISTEN policy withdrew)"))
             }
         }
     }
@@ -2677,6 +2806,11 @@ impl Relay {
                 channel,
                 payload,
             } => {
+                let Some((id, profile)) = self.listening(&channel).await? else {
+                    // No decision stands behind this channel: withheld.
+                    Metrics::add(&self.proxy.pipeline.metrics().results_withheld, 1);
+                    return Ok(());
+                };
                 let mut counts = MaskedCounts::new();
                 // The sender as this gateway named it; 0 for a session of another gateway.
                 let process_id = self
@@ -2686,12 +2820,46 @@ impl Relay {
                     .ok()
                     .and_then(|p| p.get(&process_id).copied())
                     .unwrap_or(0);
-                let payload =
-                    match outbound::mask_bytes_as_text(&self.profile, &payload, &mut counts) {
-                        Ok(None) => payload,
-                        Ok(Some(m)) => Bytes::from(m),
-                        Err(_) => Bytes::new(),
-                    };
+                let payload = match outbound::mask_bytes_as_text(&profile, &payload, &mut counts) {
+                    Ok(None) => payload,
+                    Ok(Some(m)) => Bytes::from(m),
+                    Err(_) => Bytes::new(),
+                };
+                Metrics::add(&self.proxy.pipeline.metrics().values_masked, counts.total());
+                // Charged as what the `LISTEN` returned, and recorded as its transcript.
+                self.proxy.pipeline.charge(
+                    &self.principal,
+                    &self.target,
+                    1,
+                    (channel.len() + payload.len()) as u64,
+                );
+                let mut text = format!(
+                    "notification on {:?} from {process_id}: ",
+                    String::from_utf8_lossy(&channel)
+                );
+                let limit = self.proxy.config.record_limit;
+                let shown = String::from_utf8_lossy(&payload);
+                let truncated = text.len() + shown.len() > limit;
+                let mut end = limit.saturating_sub(text.len()).min(shown.len());
+                while !shown.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.push_str(&shown[..end]);
+                let transcript = AuditEvent::new(
+                    Some(self.session_id),
+                    AuditEventKind::Transcript {
+                        command_id: Some(id),
+                        direction: Direction::FromUpstream,
+                        elapsed_us: u64::try_from(self.started.elapsed().as_micros())
+                            .unwrap_or(u64::MAX),
+                        text,
+                        truncated,
+                    },
+                );
+                let _ = self
+                    .outcomes
+                    .send(Outcome::Event(Box::new(transcript)))
+                    .await;
                 BackendMessage::NotificationResponse {
                     process_id,
                     channel,

@@ -2176,3 +2176,153 @@ async fn a_result_whose_columns_cannot_be_named_is_withheld() {
     );
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// A `LISTEN` runs under the decision that allowed it: its notifications are masked with
+/// that decision's profile (they used to get the session's), recorded as the statement's
+/// transcript (they used not to be recorded), and once a grant the decision relied on has
+/// expired, the decision is taken again: refused now, the session ends with `FATAL` 42501,
+/// on record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_runs_under_the_decision_that_allowed_it() {
+    let policy = r#"
+[[rule]]
+id = "alerts-strict"
+groups = ["analysts"]
+verbs = ["LISTEN"]
+channels = ["alerts"]
+action = "allow"
+mask_profile = "strict"
+
+[[rule]]
+id = "feeds-need-a-grant"
+verbs = ["LISTEN"]
+action = "review"
+reviewers = ["ops"]
+timeout = "20s"
+
+[[rule]]
+id = "analysts-notify"
+groups = ["analysts"]
+verbs = ["NOTIFY"]
+action = "allow"
+"#;
+    let g = gateway_with_masks(
+        None,
+        Arc::new(tokens()),
+        |s| s,
+        policy,
+        Some(strict_and_open("open")),
+    )
+    .await;
+    let grant = wirewarden::policy::Grant::new(
+        "analyst-1",
+        "crm",
+        wirewarden::policy::GrantScope::up_to(wirewarden::core::CommandClass::Read),
+        Timestamp::now(),
+        Duration::from_secs(2),
+        "ops-lead",
+    )
+    .unwrap();
+    g.pipeline.grants().issue(grant).await.unwrap();
+    let port = g.addr.port();
+    let script = format!(
+        r#"
+import time, psycopg
+def connect():
+    return psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
+conn, sender = connect(), connect()
+conn.execute("LISTEN alerts")
+sender.execute("NOTIFY alerts, 'ssn 123-45-6789'")
+for n in conn.notifies(timeout=5, stop_after=1):
+    print("alerts:", n.payload)
+conn.execute("LISTEN feed")
+ticks = 0
+try:
+    for i in range(150):
+        sender.execute(f"NOTIFY feed, 'tick {{i}}'")
+        for n in conn.notifies(timeout=0.2, stop_after=1):
+            if n.channel == "feed":
+                ticks += 1
+        time.sleep(0.2)
+    print("never withdrawn after", ticks)
+except Exception as e:
+    print("withdrawn after", ticks, type(e).__name__, str(e).replace("\n", " "))
+"#
+    );
+    let out = python(&script).await;
+    let stdout = text(&out.stdout);
+    let alerts = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("alerts: "))
+        .unwrap_or_else(|| panic!("stdout: {stdout}\nstderr: {}", text(&out.stderr)));
+    assert!(
+        alerts.starts_with("ssn ") && !alerts.contains("123-45-6789"),
+        "{alerts}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("withdrawn after "))
+        .unwrap_or_else(|| panic!("stdout: {stdout}\nstderr: {}", text(&out.stderr)));
+    let ticks: u32 = line.split(' ').nth(2).unwrap().parse().unwrap();
+    assert!(ticks >= 1, "{line}");
+    // The `FATAL` comes while the client is idle: libpq reports the closed connection.
+    assert!(line.contains("OperationalError"), "{line}");
+    let kinds = support::kinds_when(g.audit_dir.path(), &g.keys, |k| {
+        k.iter().any(|e| {
+            matches!(
+                e,
+                AuditEventKind::SessionEnded {
+                    reason: wirewarden::core::SessionEndReason::SubscriptionWithdrawn { .. },
+                    ..
+                }
+            )
+        })
+    })
+    .await;
+    let listen = |channel: &str| {
+        kinds
+            .iter()
+            .find_map(|k| match k {
+                AuditEventKind::CommandDecided {
+                    command_id,
+                    command,
+                    ..
+                } if command.text == format!("LISTEN {channel}") => Some(*command_id),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let transcripts = |id| -> Vec<&str> {
+        kinds
+            .iter()
+            .filter_map(|k| match k {
+                AuditEventKind::Transcript {
+                    command_id: Some(c),
+                    text,
+                    ..
+                } if *c == id => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (alerts_id, feed_id) = (listen("alerts"), listen("feed"));
+    let recorded = transcripts(alerts_id);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert!(
+        recorded[0].contains("\"alerts\"") && !recorded[0].contains("123-45-6789"),
+        "{recorded:?}"
+    );
+    assert!(transcripts(feed_id).len() >= ticks as usize);
+    let ended = kinds.iter().find_map(|k| match k {
+        AuditEventKind::SessionEnded {
+            reason:
+                wirewarden::core::SessionEndReason::SubscriptionWithdrawn {
+                    command_id, rule, ..
+                },
+            ..
+        } => Some((*command_id, rule.as_str().to_owned())),
+        _ => None,
+    });
+    assert_eq!(ended, Some((feed_id, "feeds-need-a-grant".to_owned())));
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

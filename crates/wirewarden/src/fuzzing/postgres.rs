@@ -4,8 +4,9 @@
 //! review (the harness's reviewer settles each at once: approved when the held text has an
 //! even length) and lets the harness's identity read with the mask profile `read`: the [`CANARY`](super::CANARY)
 //! detector and a column rule (`*ssn*` redacted). The session's own profile (for what no
-//! statement returns: notices, notifications) has the detector and not the rule, so a
-//! result masked with it instead of its rule's shows. An in-memory audit trail. The
+//! statement returns: notices) has the detector and not the rule, so a result masked with
+//! it instead of its rule's shows. Notifications go out under the decision of the `LISTEN`
+//! that started their channel, and are withheld on a channel no `LISTEN` started. An in-memory audit trail. The
 //! server side logs the gateway in with SCRAM-SHA-256 (or, if the input says so, answers
 //! the login from the script); the catalog connection the gateway opens to name result
 //! columns knows one table, `people` (`ssn`, `name`). After each session it checks:

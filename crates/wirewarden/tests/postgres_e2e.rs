@@ -2268,15 +2268,7 @@ except Exception as e:
     // The `FATAL` comes while the client is idle: libpq reports the closed connection.
     assert!(line.contains("OperationalError"), "{line}");
     let kinds = support::kinds_when(g.audit_dir.path(), &g.keys, |k| {
-        k.iter().any(|e| {
-            matches!(
-                e,
-                AuditEventKind::SessionEnded {
-                    reason: wirewarden::core::SessionEndReason::SubscriptionWithdrawn { .. },
-                    ..
-                }
-            )
-        })
+        support::withdrawn(k).is_some()
     })
     .await;
     let listen = |channel: &str| {
@@ -2292,37 +2284,15 @@ except Exception as e:
             })
             .unwrap()
     };
-    let transcripts = |id| -> Vec<&str> {
-        kinds
-            .iter()
-            .filter_map(|k| match k {
-                AuditEventKind::Transcript {
-                    command_id: Some(c),
-                    text,
-                    ..
-                } if *c == id => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
-    };
     let (alerts_id, feed_id) = (listen("alerts"), listen("feed"));
-    let recorded = transcripts(alerts_id);
+    let recorded = support::transcripts(&kinds, alerts_id);
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert!(
         recorded[0].contains("\"alerts\"") && !recorded[0].contains("123-45-6789"),
         "{recorded:?}"
     );
-    assert!(transcripts(feed_id).len() >= ticks as usize);
-    let ended = kinds.iter().find_map(|k| match k {
-        AuditEventKind::SessionEnded {
-            reason:
-                wirewarden::core::SessionEndReason::SubscriptionWithdrawn {
-                    command_id, rule, ..
-                },
-            ..
-        } => Some((*command_id, rule.as_str().to_owned())),
-        _ => None,
-    });
+    assert!(support::transcripts(&kinds, feed_id).len() >= ticks as usize);
+    let ended = support::withdrawn(&kinds);
     assert_eq!(ended, Some((feed_id, "feeds-need-a-grant".to_owned())));
     assert_verifies(g.audit_dir.path(), &g.keys);
 }

@@ -6,7 +6,7 @@
 #![cfg(feature = "redis")]
 
 mod support;
-use support::{assert_verifies, events, kinds_when, text};
+use support::{assert_verifies, events, kinds_when, text, transcripts, withdrawn};
 
 use std::net::SocketAddr;
 use std::process::Output;
@@ -1159,35 +1159,6 @@ except Exception as e:
         user = g._redis.user(),
         password = g._redis.password(),
     )
-}
-
-/// The reason the session of the subscription ended, and the command it names.
-fn withdrawn(kinds: &[AuditEventKind]) -> Option<(wirewarden::core::CommandId, String)> {
-    kinds.iter().find_map(|k| match k {
-        AuditEventKind::SessionEnded {
-            reason:
-                wirewarden::core::SessionEndReason::SubscriptionWithdrawn {
-                    command_id, rule, ..
-                },
-            ..
-        } => Some((*command_id, rule.as_str().to_owned())),
-        _ => None,
-    })
-}
-
-/// The messages recorded for the command `id`.
-fn transcripts(kinds: &[AuditEventKind], id: wirewarden::core::CommandId) -> Vec<&str> {
-    kinds
-        .iter()
-        .filter_map(|k| match k {
-            AuditEventKind::Transcript {
-                command_id: Some(c),
-                text,
-                ..
-            } if *c == id => Some(text.as_str()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The id of the `SUBSCRIBE` of `channel`.

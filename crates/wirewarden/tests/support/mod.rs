@@ -422,3 +422,33 @@ impl Interactive {
         assert!(status.success());
     }
 }
+
+/// The command whose subscription or `LISTEN` policy withdrew, ending the session, and
+/// the rule that refused it.
+pub(crate) fn withdrawn(kinds: &[AuditEventKind]) -> Option<(wirewarden::core::CommandId, String)> {
+    kinds.iter().find_map(|k| match k {
+        AuditEventKind::SessionEnded {
+            reason:
+                wirewarden::core::SessionEndReason::SubscriptionWithdrawn {
+                    command_id, rule, ..
+                },
+            ..
+        } => Some((*command_id, rule.as_str().to_owned())),
+        _ => None,
+    })
+}
+
+/// The messages recorded for the command `id`.
+pub(crate) fn transcripts(kinds: &[AuditEventKind], id: wirewarden::core::CommandId) -> Vec<&str> {
+    kinds
+        .iter()
+        .filter_map(|k| match k {
+            AuditEventKind::Transcript {
+                command_id: Some(c),
+                text,
+                ..
+            } if *c == id => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}

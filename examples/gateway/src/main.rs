@@ -141,7 +141,8 @@ enum GrantCmd {
         /// The riskiest class allowed.
         #[arg(long)]
         class: CommandClass,
-        /// Globs over objects (relations, keys) it covers; none means any.
+        /// Globs over objects (relations, keys) it covers; none means any. A statement
+        /// that calls a function that may read any table is covered only by `*`.
         #[arg(long = "object")]
         objects: Vec<String>,
         /// How long it lasts.

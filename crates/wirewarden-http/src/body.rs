@@ -32,6 +32,7 @@
 //! record separators are not JSON whitespace.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
@@ -106,6 +107,20 @@ pub enum BodyError {
     /// The masker was used after it failed or finished.
     #[error("body masker used after its end")]
     Finished,
+    /// The response outlived what it was allowed under (the credential of its session, the
+    /// grant that allowed it) and was cut there ([`Until`]).
+    #[error("response cut: {0}")]
+    Cut(String),
+}
+
+impl BodyError {
+    /// An error of the body a masker or counter reads: a cut stays a cut.
+    fn of_inner(e: BoxError) -> Self {
+        match e.downcast::<Self>() {
+            Ok(own) => *own,
+            Err(e) => Self::Upstream(e),
+        }
+    }
 }
 
 /// How a body ended, handed to the `done` callback of [`MaskedBody`] and [`CountingBody`].
@@ -954,7 +969,7 @@ where
                 Some(Ok(frame)) => frame,
                 Some(Err(e)) => {
                     *this.phase = Phase::Ended;
-                    let e = BodyError::Upstream(e.into());
+                    let e = BodyError::of_inner(e.into());
                     this.reporter.end(Some(e.to_string()));
                     return Poll::Ready(Some(Err(e)));
                 }
@@ -1116,7 +1131,7 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => {
-                let e = BodyError::Upstream(e.into());
+                let e = BodyError::of_inner(e.into());
                 this.reporter.end(Some(e.to_string()));
                 Poll::Ready(Some(Err(e)))
             }
@@ -1124,6 +1139,85 @@ where
                 this.reporter.end(None);
                 Poll::Ready(None)
             }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A body that ends, with [`BodyError::Cut`], at a deadline: a response streamed under a
+    /// credential or grant that expires does not outlive it. The client sees the response
+    /// break off (HTTP/1.1: the connection closes before the body's end; HTTP/2: the stream
+    /// is reset), never a clean end.
+    pub struct Until<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
+        reason: Option<String>,
+    }
+}
+
+impl<B> std::fmt::Debug for Until<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Until")
+            .field(
+                "deadline",
+                &self.deadline.as_ref().map(tokio::time::Sleep::deadline),
+            )
+            .field("reason", &self.reason)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Until<B> {
+    /// `inner`, cut at `at` (if any) for `reason`.
+    pub fn new(inner: B, at: Option<(std::time::Instant, String)>) -> Self {
+        let (deadline, reason) = match at {
+            Some((at, reason)) => (
+                Some(tokio::time::sleep_until(tokio::time::Instant::from_std(at))),
+                Some(reason),
+            ),
+            None => (None, None),
+        };
+        Self {
+            inner,
+            deadline,
+            reason,
+        }
+    }
+}
+
+impl<B> Body for Until<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut this = self.project();
+        if let Some(deadline) = this.deadline.as_mut().as_pin_mut()
+            && deadline.poll(cx).is_ready()
+        {
+            // Cut once; nothing more after that.
+            return Poll::Ready(this.reason.take().map(|r| Err(BodyError::Cut(r))));
+        }
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Err(e)) => Poll::Ready(Some(Err(BodyError::of_inner(e.into())))),
+            None => Poll::Ready(None),
         }
     }
 
@@ -1153,6 +1247,50 @@ mod tests {
 
     fn shape(ct: &str) -> Option<Shape> {
         shape_of(&headers(&[("content-type", ct)])).ok()
+    }
+
+    /// A body that sends `first` and then never ends.
+    fn endless(first: &'static str) -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
+        use futures_util::StreamExt;
+        let frame = Frame::data(Bytes::from_static(first.as_bytes()));
+        let frames = futures_util::stream::iter([Ok(frame)]);
+        http_body_util::StreamBody::new(frames.chain(futures_util::stream::pending()))
+    }
+
+    #[tokio::test]
+    async fn a_body_past_its_deadline_is_cut_once() {
+        use http_body_util::BodyExt;
+        let at = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        let mut body = std::pin::pin!(Until::new(
+            endless("tick"),
+            Some((at, "the grant expired".into()))
+        ));
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"tick");
+        match body.frame().await {
+            Some(Err(BodyError::Cut(why))) => assert_eq!(why, "the grant expired"),
+            other => panic!("{other:?}"),
+        }
+        assert!(body.frame().await.is_none());
+        // A cut keeps its kind through the masker's and the counter's reading of it.
+        let cut: BoxError = Box::new(BodyError::Cut("x".into()));
+        assert!(matches!(BodyError::of_inner(cut), BodyError::Cut(_)));
+        let other: BoxError = "reset".into();
+        assert!(matches!(BodyError::of_inner(other), BodyError::Upstream(_)));
+    }
+
+    #[tokio::test]
+    async fn a_body_without_a_deadline_or_done_before_it_is_untouched() {
+        use http_body_util::BodyExt;
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        for at in [None, Some((later, "never".to_owned()))] {
+            let body = Until::new(
+                http_body_util::Full::new(Bytes::from_static(b"all of it")),
+                at,
+            );
+            let bytes = body.collect().await.unwrap().to_bytes();
+            assert_eq!(&bytes[..], b"all of it");
+        }
     }
 
     #[test]

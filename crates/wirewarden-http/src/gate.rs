@@ -107,6 +107,10 @@ pub struct Forward {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Told how the exchange ended.
     pub on_complete: Option<OnComplete>,
+    /// When the response must end, and why (the credential of its session or the grant
+    /// that allowed it expires then): a body still streaming is cut there
+    /// ([`Until`](crate::body::Until)).
+    pub until: Option<(std::time::Instant, String)>,
 }
 
 impl Forward {
@@ -117,7 +121,17 @@ impl Forward {
             mask,
             headers: Vec::new(),
             on_complete: None,
+            until: None,
         }
+    }
+
+    /// Cuts the response at `at` for `reason`, or at the earlier deadline already set.
+    #[must_use]
+    pub fn until(mut self, at: std::time::Instant, reason: impl Into<String>) -> Self {
+        if self.until.as_ref().is_none_or(|(t, _)| at < *t) {
+            self.until = Some((at, reason.into()));
+        }
+        self
     }
 
     /// Adds a header to set on the upstream request (replacing any the client sent).
@@ -144,6 +158,7 @@ impl std::fmt::Debug for Forward {
                 &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("on_complete", &self.on_complete.is_some())
+            .field("until", &self.until)
             .finish()
     }
 }

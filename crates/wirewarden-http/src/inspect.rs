@@ -501,6 +501,7 @@ where
         mask,
         headers,
         on_complete,
+        until,
         ..
     } = forward;
     let completion = Completion {
@@ -549,6 +550,8 @@ where
     };
 
     let (mut rparts, rbody) = resp.into_parts();
+    // A response does not outlive what it was allowed under.
+    let rbody = body::Until::new(rbody, until);
     if strict::strip_hop_by_hop(&mut rparts.headers).is_err() {
         let r = Rejection::new(
             StatusCode::BAD_GATEWAY,

@@ -35,10 +35,12 @@
 //!    wrong name — is answered `502 upstream_unavailable`, counted and recorded as an
 //!    upstream failure ([`Pipeline::upstream_failed`]); no request byte is written to it.
 //! 5. **Response.** On a masked route (the default) headers and body are masked by the
-//!    session's profile while they stream — JSON by key rules and by content, text by
-//!    content, through gzip, deflate and brotli — and anything that cannot be masked is
-//!    refused rather than passed through. `CommandCompleted` records status errors, bytes,
-//!    masked counts and duration.
+//!    profile of the request's decision (the session's when the rule names none) while they
+//!    stream — JSON by key rules and by content, text and server-sent events by content,
+//!    through gzip, deflate and brotli — and anything that cannot be masked is refused
+//!    rather than passed through. A response still streaming when the session's credential
+//!    or the grant that allowed it expires is cut there (the client sees it break off).
+//!    `CommandCompleted` records status errors, bytes, masked counts and duration.
 
 mod gate;
 

@@ -146,6 +146,30 @@ async fn api(req: Request<Incoming>, log: Log) -> Result<Response<UpBody>, Infal
             r.body(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
                 .unwrap()
         }
+        ("GET", "/events") => {
+            // Server-sent events: `n` (the query, 50 by default) ticks, one every 100 ms,
+            // each with an email the profile tokenizes.
+            let n: u32 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("n="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(50);
+            let ticks = futures_util::stream::unfold(0u32, move |i| async move {
+                if i >= n {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let event = format!("data: tick {i} for {EMAIL}\n\n");
+                Some((Ok(Frame::data(Bytes::from(event))), i + 1))
+            });
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .body(StreamBody::new(ticks).boxed())
+                .unwrap()
+        }
         ("GET", "/export") => Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(full(format!("raw {SSN}")))
@@ -267,6 +291,14 @@ reviewers = [\"ops\"]
 timeout = \"20s\"
 
 [[rule]]
+id = \"events-need-a-grant\"
+subjects = [\"agent-2\"]
+paths = [\"/events\"]
+action = \"review\"
+reviewers = [\"ops\"]
+timeout = \"20s\"
+
+[[rule]]
 id = \"agents-read\"
 groups = [\"agents\"]
 max_class = \"read\"
@@ -309,7 +341,8 @@ action = \"allow\"
         .route(Route::new(Some(http::Method::DELETE), "/customers/{id}").unwrap())
         .route(Route::new(Some(http::Method::POST), "/customers/{id}/refund").unwrap())
         .route(Route::new(Some(http::Method::GET), "/export").unwrap())
-        .route(Route::new(Some(http::Method::GET), "/notes").unwrap());
+        .route(Route::new(Some(http::Method::GET), "/notes").unwrap())
+        .route(Route::new(Some(http::Method::GET), "/events").unwrap());
     let target = HttpTarget::new(
         Target::new("crm-api", Protocol::Http).unwrap(),
         format!("http://{upstream}"),
@@ -902,4 +935,91 @@ async fn a_new_user_agent_on_a_connection_renames_its_session() {
         .filter(|e| matches!(e.kind, AuditEventKind::ApplicationChanged { .. }))
         .count();
     assert_eq!(changes, 1);
+}
+
+/// What curl printed of a stream of `/events` with `token`, and whether it ended cleanly.
+async fn stream_events(g: &Gateway, token: &str, n: u32) -> (String, String, bool) {
+    let out = run(
+        "curl",
+        vec![
+            "-sS".into(),
+            "-N".into(),
+            "--max-time".into(),
+            "30".into(),
+            "-H".into(),
+            format!("Authorization: Bearer {token}"),
+            g.url(&format!("/events?n={n}")),
+        ],
+    )
+    .await;
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+/// The error the trail holds for the `/events` request that completed.
+async fn events_outcome(g: &Gateway) -> Option<String> {
+    let events = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |events| {
+        events
+            .iter()
+            .any(|e| matches!(e.kind, AuditEventKind::CommandCompleted { .. }))
+    })
+    .await;
+    support::outcome_error(&events, |command| command.text.starts_with("GET /events")).flatten()
+}
+
+/// A response a grant let through streams only while the grant lasts: past its expiry the
+/// body is cut (the client sees it break off, not end), and the outcome says why. Ticks
+/// sent before went out masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_with_the_grant_that_allowed_it() {
+    let g = gateway().await;
+    let grant = wirewarden::policy::Grant::new(
+        "agent-2",
+        "crm-api",
+        wirewarden::policy::GrantScope::up_to(wirewarden::core::CommandClass::Read),
+        Timestamp::now(),
+        Duration::from_secs(2),
+        "ops-lead",
+    )
+    .unwrap();
+    g.pipeline.grants().issue(grant).await.unwrap();
+    // 100 ticks take ten seconds.
+    let (stdout, stderr, clean) = stream_events(&g, "tok-other", 100).await;
+    assert!(!clean, "the stream ended cleanly: {stdout}");
+    assert!(stdout.contains("data: tick 0 for "), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("tick 99"), "{stdout}");
+    assert!(!stdout.contains(EMAIL), "{stdout}");
+    let error = events_outcome(&g).await;
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("response cut: the grant that allowed it expired")),
+        "{error:?}"
+    );
+    verify_dir(g.audit_dir.path(), &g.keys).unwrap();
+}
+
+/// A response streamed to a session whose credential expires is cut then, as a PostgreSQL
+/// or Redis session ends with its credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_with_the_credential_of_its_session() {
+    let g = gateway().await;
+    // `tok-brief` expires six seconds after the gateway starts; 200 ticks take twenty.
+    let (stdout, _, clean) = stream_events(&g, "tok-brief", 200).await;
+    assert!(!clean, "the stream ended cleanly: {stdout}");
+    assert!(stdout.contains("data: tick 0 for "), "{stdout}");
+    assert!(!stdout.contains("tick 199"), "{stdout}");
+    let error = events_outcome(&g).await;
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("response cut: the credential of this session expired")),
+        "{error:?}"
+    );
+    // A stream with no such deadline runs to its end.
+    let (stdout, stderr, clean) = stream_events(&g, AGENT_TOKEN, 5).await;
+    assert!(clean && stdout.contains("tick 4"), "{stdout}\n{stderr}");
 }

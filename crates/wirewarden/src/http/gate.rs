@@ -463,14 +463,24 @@ impl ConnectionGate {
         let command_id = CommandId::new();
         self.commands.fetch_add(1, Ordering::Relaxed);
         let metrics = self.pipeline.metrics();
-        let (decision, policy_version) = {
+        let (decision, policy_version, granted_until) = {
             let decided = self
                 .pipeline
                 .decide(&session.principal, &self.target, command, now)
                 .await;
+            // A request a grant let through may stream only while the grant lasts.
+            let granted_until = match &decided.evaluation.decided_by {
+                wirewarden_policy::DecidedBy::Grant { grant, .. } => decided
+                    .grants
+                    .iter()
+                    .find(|g| g.id == *grant)
+                    .map(|g| g.expires_at),
+                _ => None,
+            };
             (
                 decided.evaluation.decision,
                 decided.evaluation.policy_version.to_string(),
+                granted_until,
             )
         };
         let event = AuditEvent::new(
@@ -561,6 +571,7 @@ impl ConnectionGate {
         let pipeline = self.pipeline.clone();
         let target = self.target.clone();
         let session_id = session.id;
+        let expires_at = session.principal.expires_at;
         let mut forward = Forward::new(mask).on_complete(move |outcome: Outcome| {
             let metrics = pipeline.metrics();
             Metrics::add(&metrics.values_masked, outcome.masked.total());
@@ -592,6 +603,16 @@ impl ConnectionGate {
         });
         for (name, value) in self.inject.iter() {
             forward = forward.header(name.clone(), value.clone());
+        }
+        // The response ends, cut if it is still streaming, when the credential of its
+        // session or the grant that allowed it expires: as a PostgreSQL or Redis session
+        // ends with its credential, and a subscription with its grant.
+        let at = |t: Timestamp| Instant::now() + t.saturating_duration_since(Timestamp::now());
+        if let Some(t) = expires_at {
+            forward = forward.until(at(t), "the credential of this session expired");
+        }
+        if let Some(t) = granted_until {
+            forward = forward.until(at(t), "the grant that allowed it expired");
         }
         Ok(forward)
     }

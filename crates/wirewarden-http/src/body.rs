@@ -1151,17 +1151,61 @@ where
     }
 }
 
+/// One answer of a [`StreamCheck`]: `Ok` to go on, `Err(reason)` to cut the response.
+pub type StreamVerdict = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Asks whether a response may go on streaming.
+pub type StreamCheck = Arc<dyn Fn() -> StreamVerdict + Send + Sync>;
+
+/// A periodic [`StreamCheck`] of an [`Until`] body.
+struct Recheck {
+    every: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    check: StreamCheck,
+    running: Option<StreamVerdict>,
+}
+
+impl Recheck {
+    /// `Some(reason)` once a check refuses; pending checks wake the body's task.
+    fn poll_refused(&mut self, cx: &mut Context<'_>) -> Option<String> {
+        loop {
+            if let Some(running) = self.running.as_mut() {
+                match running.as_mut().poll(cx) {
+                    Poll::Pending => return None,
+                    Poll::Ready(Err(reason)) => {
+                        self.running = None;
+                        return Some(reason);
+                    }
+                    Poll::Ready(Ok(())) => {
+                        self.running = None;
+                        let next = tokio::time::Instant::now() + self.every;
+                        self.timer.as_mut().reset(next);
+                    }
+                }
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            self.running = Some((self.check)());
+        }
+    }
+}
+
 pin_project! {
-    /// A body that ends, with [`BodyError::Cut`], at a deadline: a response streamed under a
-    /// credential or grant that expires does not outlive it. The client sees the response
-    /// break off (HTTP/1.1: the connection closes before the body's end; HTTP/2: the stream
-    /// is reset), never a clean end.
+    /// A body that is cut, with [`BodyError::Cut`], at a deadline or when a periodic check
+    /// refuses it: a response streamed under a credential or grant that expires, or that
+    /// policy no longer allows, does not outlive it. The client sees the response break off
+    /// (HTTP/1.1: the connection closes before the body's end; HTTP/2: the stream is
+    /// reset), never a clean end. A response that ends before the first check costs a
+    /// timer, nothing more.
     pub struct Until<B> {
         #[pin]
         inner: B,
         #[pin]
         deadline: Option<tokio::time::Sleep>,
         reason: Option<String>,
+        recheck: Option<Recheck>,
+        cut: bool,
     }
 }
 
@@ -1173,6 +1217,8 @@ impl<B> std::fmt::Debug for Until<B> {
                 &self.deadline.as_ref().map(tokio::time::Sleep::deadline),
             )
             .field("reason", &self.reason)
+            .field("recheck", &self.recheck.as_ref().map(|r| r.every))
+            .field("cut", &self.cut)
             .finish_non_exhaustive()
     }
 }
@@ -1191,7 +1237,22 @@ impl<B> Until<B> {
             inner,
             deadline,
             reason,
+            recheck: None,
+            cut: false,
         }
+    }
+
+    /// Also asks `check` every `every` while the body streams (first after `every`), and
+    /// cuts it when the answer is a refusal.
+    #[must_use]
+    pub fn rechecked(mut self, every: std::time::Duration, check: StreamCheck) -> Self {
+        self.recheck = Some(Recheck {
+            every,
+            timer: Box::pin(tokio::time::sleep(every)),
+            check,
+            running: None,
+        });
+        self
     }
 }
 
@@ -1208,11 +1269,19 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
+        if *this.cut {
+            return Poll::Ready(None);
+        }
         if let Some(deadline) = this.deadline.as_mut().as_pin_mut()
             && deadline.poll(cx).is_ready()
         {
-            // Cut once; nothing more after that.
-            return Poll::Ready(this.reason.take().map(|r| Err(BodyError::Cut(r))));
+            *this.cut = true;
+            let reason = this.reason.take().unwrap_or_default();
+            return Poll::Ready(Some(Err(BodyError::Cut(reason))));
+        }
+        if let Some(reason) = this.recheck.as_mut().and_then(|r| r.poll_refused(cx)) {
+            *this.cut = true;
+            return Poll::Ready(Some(Err(BodyError::Cut(reason))));
         }
         match ready!(this.inner.poll_frame(cx)) {
             Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
@@ -1222,7 +1291,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.cut || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -1280,6 +1349,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_is_cut_when_a_check_refuses_it() {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let asked = Arc::new(AtomicU32::new(0));
+        let counter = asked.clone();
+        // Allowed at the first check, refused at the second.
+        let check: StreamCheck = Arc::new(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if n == 0 {
+                    Ok(())
+                } else {
+                    Err("the grant was revoked".to_owned())
+                }
+            })
+        });
+        let every = std::time::Duration::from_millis(20);
+        let mut body = std::pin::pin!(Until::new(endless("tick"), None).rechecked(every, check));
+        assert!(body.frame().await.unwrap().is_ok());
+        match body.frame().await {
+            Some(Err(BodyError::Cut(why))) => assert_eq!(why, "the grant was revoked"),
+            other => panic!("{other:?}"),
+        }
+        assert!(body.frame().await.is_none());
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn a_body_without_a_deadline_or_done_before_it_is_untouched() {
         use http_body_util::BodyExt;
         let later = std::time::Instant::now() + std::time::Duration::from_secs(3600);
@@ -1291,6 +1388,14 @@ mod tests {
             let bytes = body.collect().await.unwrap().to_bytes();
             assert_eq!(&bytes[..], b"all of it");
         }
+        // A body done before its first check is never checked.
+        let never: StreamCheck = Arc::new(|| panic!("checked a body that had ended"));
+        let body = Until::new(
+            http_body_util::Full::new(Bytes::from_static(b"short")),
+            None,
+        )
+        .rechecked(std::time::Duration::from_secs(1), never);
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"short");
     }
 
     #[test]

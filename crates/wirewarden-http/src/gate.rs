@@ -111,6 +111,9 @@ pub struct Forward {
     /// that allowed it expires then): a body still streaming is cut there
     /// ([`Until`](crate::body::Until)).
     pub until: Option<(std::time::Instant, String)>,
+    /// How often to ask, while the response streams, whether it may go on, and how: a
+    /// refusal cuts it ([`Until::rechecked`](crate::body::Until::rechecked)).
+    pub recheck: Option<(Duration, crate::body::StreamCheck)>,
 }
 
 impl Forward {
@@ -122,7 +125,15 @@ impl Forward {
             headers: Vec::new(),
             on_complete: None,
             until: None,
+            recheck: None,
         }
+    }
+
+    /// Asks `check` every `every` while the response streams; a refusal cuts it.
+    #[must_use]
+    pub fn rechecked(mut self, every: Duration, check: crate::body::StreamCheck) -> Self {
+        self.recheck = Some((every, check));
+        self
     }
 
     /// Cuts the response at `at` for `reason`, or at the earlier deadline already set.
@@ -159,6 +170,7 @@ impl std::fmt::Debug for Forward {
             )
             .field("on_complete", &self.on_complete.is_some())
             .field("until", &self.until)
+            .field("recheck", &self.recheck.as_ref().map(|(every, _)| every))
             .finish()
     }
 }

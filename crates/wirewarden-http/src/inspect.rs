@@ -502,6 +502,7 @@ where
         headers,
         on_complete,
         until,
+        recheck,
         ..
     } = forward;
     let completion = Completion {
@@ -551,7 +552,10 @@ where
 
     let (mut rparts, rbody) = resp.into_parts();
     // A response does not outlive what it was allowed under.
-    let rbody = body::Until::new(rbody, until);
+    let mut rbody = body::Until::new(rbody, until);
+    if let Some((every, check)) = recheck {
+        rbody = rbody.rechecked(every, check);
+    }
     if strict::strip_hop_by_hop(&mut rparts.headers).is_err() {
         let r = Rejection::new(
             StatusCode::BAD_GATEWAY,

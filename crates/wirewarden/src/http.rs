@@ -39,7 +39,9 @@
 //!    stream — JSON by key rules and by content, text and server-sent events by content,
 //!    through gzip, deflate and brotli — and anything that cannot be masked is refused
 //!    rather than passed through. A response still streaming when the session's credential
-//!    or the grant that allowed it expires is cut there (the client sees it break off).
+//!    or the grant that allowed it expires is cut there, and one that policy, asked again
+//!    every [`HttpTarget::stream_recheck`] while it streams, no longer allows (a grant
+//!    revoked, a budget spent) is cut then (the client sees it break off).
 //!    `CommandCompleted` records status errors, bytes, masked counts and duration.
 
 mod gate;
@@ -49,6 +51,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -109,6 +112,10 @@ pub struct HttpTarget {
     pub upstream_tls: Option<UpstreamTls>,
     /// TLS towards clients, if set (ALPN `h2` and `http/1.1` are added).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How often a response that is still streaming (server-sent events, a long download)
+    /// has its request decided again: refused now (a grant revoked, a budget spent, a
+    /// rule's hours over), the response is cut. Default: one second.
+    pub stream_recheck: Duration,
 }
 
 impl std::fmt::Debug for HttpTarget {
@@ -145,6 +152,7 @@ impl HttpTarget {
             upstream_settings: UpstreamSettings::default(),
             upstream_tls: None,
             tls: None,
+            stream_recheck: Duration::from_secs(1),
         }
     }
 
@@ -522,6 +530,7 @@ impl HttpProxy {
             peer,
             tls,
             certificate,
+            self.config.stream_recheck,
         ));
         let layer = InspectLayer::new(gate.clone(), (*self.routes).clone())
             .limits(self.config.limits.clone())

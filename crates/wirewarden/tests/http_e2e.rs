@@ -271,6 +271,15 @@ async fn gateway_tls(
     wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Gateway {
+    gateway_configured(wrap, tls, |_| {}).await
+}
+
+/// [`gateway_tls`], the target changed by `configure` first.
+async fn gateway_configured(
+    wrap: impl FnOnce(Arc<dyn AuditSink>) -> Arc<dyn AuditSink>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    configure: impl FnOnce(&mut HttpTarget),
+) -> Gateway {
     let log: Log = Arc::default();
     let upstream = start_upstream(log.clone()).await;
     let (audit_dir, keys, sink) = support::audit_trail();
@@ -354,6 +363,7 @@ action = \"allow\"
     );
     let mut target = target;
     target.tls = tls;
+    configure(&mut target);
     let proxy = HttpProxy::new(pipeline.clone(), target).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1022,4 +1032,59 @@ async fn a_stream_ends_with_the_credential_of_its_session() {
     // A stream with no such deadline runs to its end.
     let (stdout, stderr, clean) = stream_events(&g, AGENT_TOKEN, 5).await;
     assert!(clean && stdout.contains("tick 4"), "{stdout}\n{stderr}");
+}
+
+/// A response still streaming has its request decided again (here every 200 ms): once the
+/// grant that allowed it is revoked, it is cut, and the outcome says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_when_its_grant_is_revoked() {
+    let g = gateway_configured(
+        |s| s,
+        None,
+        |t| {
+            t.stream_recheck = Duration::from_millis(200);
+        },
+    )
+    .await;
+    let grant = wirewarden::policy::Grant::new(
+        "agent-2",
+        "crm-api",
+        wirewarden::policy::GrantScope::up_to(wirewarden::core::CommandClass::Read),
+        Timestamp::now(),
+        Duration::from_secs(3600),
+        "ops-lead",
+    )
+    .unwrap();
+    let id = grant.id;
+    g.pipeline.grants().issue(grant).await.unwrap();
+    let (audit_dir, keys) = (g.audit_dir.path().to_owned(), g.keys.clone());
+    let pipeline = g.pipeline.clone();
+    let revoke = tokio::spawn(async move {
+        // Revoked once the request is on record as allowed: its response is streaming.
+        support::events_when(&pipeline, &audit_dir, &keys, |events| {
+            events.iter().any(|e| {
+                matches!(&e.kind, AuditEventKind::CommandDecided { command, decision: Decision::Allow { .. }, .. }
+                    if command.text.starts_with("GET /events"))
+            })
+        })
+        .await;
+        pipeline
+            .grants()
+            .revoke(id, "ops-lead", Timestamp::now())
+            .await
+            .unwrap();
+    });
+    let (stdout, stderr, clean) = stream_events(&g, "tok-other", 100).await;
+    revoke.await.unwrap();
+    assert!(!clean, "the stream ended cleanly: {stdout}");
+    assert!(stdout.contains("data: tick 0 for "), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("tick 99"), "{stdout}");
+    let error = events_outcome(&g).await;
+    assert!(
+        error.as_deref().is_some_and(
+            |e| e.contains("response cut: ") && e.contains("(rule events-need-a-grant)")
+        ),
+        "{error:?}"
+    );
+    verify_dir(g.audit_dir.path(), &g.keys).unwrap();
 }

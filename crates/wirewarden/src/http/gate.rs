@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -14,6 +14,7 @@ use wirewarden_core::{
     AuditEvent, AuditEventKind, CommandId, Decision, Direction, Principal, RuleId,
     SessionEndReason, SessionId, Target, Timestamp,
 };
+use wirewarden_http::body::StreamCheck;
 use wirewarden_http::{Admission, Forward, Gate, Outcome, Rejection, Verdict};
 use wirewarden_identity::{AuthContext, Credential};
 
@@ -75,6 +76,8 @@ pub(crate) struct ConnectionGate {
     commands: std::sync::atomic::AtomicU64,
     /// Set when replaced revocation lists refused the connection's certificate: why.
     revoked: std::sync::OnceLock<String>,
+    /// How often a streaming response has its request decided again.
+    recheck: Duration,
 }
 
 /// The session key of a certificate connection's one identity: no token digest is all zero.
@@ -138,6 +141,7 @@ impl ConnectionGate {
         peer: Option<SocketAddr>,
         tls: bool,
         certificate: Option<CertificateLogin>,
+        recheck: Duration,
     ) -> Self {
         Self {
             pipeline,
@@ -146,6 +150,7 @@ impl ConnectionGate {
             peer,
             tls,
             certificate,
+            recheck,
             sessions: Mutex::new(HashMap::new()),
             same_identity: Mutex::new(std::collections::HashSet::new()),
             commands: std::sync::atomic::AtomicU64::new(0),
@@ -495,6 +500,8 @@ impl ConnectionGate {
         );
         // The intent is on record before anything is forwarded, or nothing is.
         let recorded = self.pipeline.record(&event).await;
+        // A reviewer's approval stands while the response streams.
+        let reviewed = matches!(decision, Decision::Review { .. });
         let mask_name = match decision {
             Decision::Allow { mask_profile, .. } => {
                 if recorded.is_err() {
@@ -572,6 +579,7 @@ impl ConnectionGate {
         let target = self.target.clone();
         let session_id = session.id;
         let expires_at = session.principal.expires_at;
+        let check_session = session.clone();
         let mut forward = Forward::new(mask).on_complete(move |outcome: Outcome| {
             let metrics = pipeline.metrics();
             Metrics::add(&metrics.values_masked, outcome.masked.total());
@@ -614,7 +622,36 @@ impl ConnectionGate {
         if let Some(t) = granted_until {
             forward = forward.until(at(t), "the grant that allowed it expired");
         }
-        Ok(forward)
+        // And while it streams, policy is asked again: refused now, it is cut.
+        let check: StreamCheck = {
+            let (pipeline, target) = (self.pipeline.clone(), self.target.clone());
+            let command = Arc::new(command.clone());
+            Arc::new(move || {
+                let (pipeline, target, command, session) = (
+                    pipeline.clone(),
+                    target.clone(),
+                    command.clone(),
+                    check_session.clone(),
+                );
+                Box::pin(async move {
+                    let decided = pipeline
+                        .decide(&session.principal, &target, &command, Timestamp::now())
+                        .await;
+                    match decided.evaluation.decision {
+                        Decision::Allow { .. } => Ok(()),
+                        Decision::Review { .. } if reviewed => Ok(()),
+                        Decision::Review { rule, reason, .. } => Err(format!(
+                            "{reason}; a streaming response cannot wait for one (rule {rule})"
+                        )),
+                        Decision::Deny { rule, reason } => {
+                            Err(format!("no longer allowed: {reason} (rule {rule})"))
+                        }
+                        _ => Err("unsupported decision".to_owned()),
+                    }
+                })
+            })
+        };
+        Ok(forward.rechecked(self.recheck, check))
     }
 }
 

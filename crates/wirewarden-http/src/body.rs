@@ -1157,53 +1157,51 @@ pub type StreamVerdict = Pin<Box<dyn Future<Output = Result<(), String>> + Send>
 /// Asks whether a response may go on streaming.
 pub type StreamCheck = Arc<dyn Fn() -> StreamVerdict + Send + Sync>;
 
-/// A periodic [`StreamCheck`] of an [`Until`] body.
+/// The periodic [`StreamCheck`] of an [`Until`] body.
 struct Recheck {
     every: std::time::Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// When the next check is due.
+    next: std::time::Instant,
     check: StreamCheck,
     running: Option<StreamVerdict>,
 }
 
 impl Recheck {
-    /// `Some(reason)` once a check refuses; pending checks wake the body's task.
-    fn poll_refused(&mut self, cx: &mut Context<'_>) -> Option<String> {
-        loop {
-            if let Some(running) = self.running.as_mut() {
-                match running.as_mut().poll(cx) {
-                    Poll::Pending => return None,
-                    Poll::Ready(Err(reason)) => {
-                        self.running = None;
-                        return Some(reason);
-                    }
-                    Poll::Ready(Ok(())) => {
-                        self.running = None;
-                        let next = tokio::time::Instant::now() + self.every;
-                        self.timer.as_mut().reset(next);
-                    }
-                }
-            }
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return None;
+    /// Whether the body may go on at `now`: `Ready(Err(reason))` once a check refuses,
+    /// `Pending` while a due check runs (its future wakes the body's task).
+    fn poll_go_on(
+        &mut self,
+        cx: &mut Context<'_>,
+        now: std::time::Instant,
+    ) -> Poll<Result<(), String>> {
+        if self.running.is_none() {
+            if now < self.next {
+                return Poll::Ready(Ok(()));
             }
             self.running = Some((self.check)());
         }
+        let Some(running) = self.running.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let answer = ready!(running.as_mut().poll(cx));
+        self.running = None;
+        self.next = std::time::Instant::now() + self.every;
+        Poll::Ready(answer)
     }
 }
 
 pin_project! {
-    /// A body that is cut, with [`BodyError::Cut`], at a deadline or when a periodic check
-    /// refuses it: a response streamed under a credential or grant that expires, or that
-    /// policy no longer allows, does not outlive it. The client sees the response break off
-    /// (HTTP/1.1: the connection closes before the body's end; HTTP/2: the stream is
-    /// reset), never a clean end. A response that ends before the first check costs a
-    /// timer, nothing more.
+    /// A body that is cut, with [`BodyError::Cut`], once it is past a deadline or a
+    /// periodic check refuses it: a response streamed under a credential or grant that
+    /// expires, or that policy no longer allows, does not outlive it. Both are looked at
+    /// whenever the body has more to send, before it is sent (no timer runs: a stream with
+    /// nothing to send sends nothing). The client sees the response break off (HTTP/1.1:
+    /// the connection closes before the body's end; HTTP/2: the stream is reset), never a
+    /// clean end.
     pub struct Until<B> {
         #[pin]
         inner: B,
-        #[pin]
-        deadline: Option<tokio::time::Sleep>,
-        reason: Option<String>,
+        deadline: Option<(std::time::Instant, String)>,
         recheck: Option<Recheck>,
         cut: bool,
     }
@@ -1212,11 +1210,7 @@ pin_project! {
 impl<B> std::fmt::Debug for Until<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Until")
-            .field(
-                "deadline",
-                &self.deadline.as_ref().map(tokio::time::Sleep::deadline),
-            )
-            .field("reason", &self.reason)
+            .field("deadline", &self.deadline)
             .field("recheck", &self.recheck.as_ref().map(|r| r.every))
             .field("cut", &self.cut)
             .finish_non_exhaustive()
@@ -1224,31 +1218,23 @@ impl<B> std::fmt::Debug for Until<B> {
 }
 
 impl<B> Until<B> {
-    /// `inner`, cut at `at` (if any) for `reason`.
+    /// `inner`, cut once past `at` (if any), for the reason given with it.
     pub fn new(inner: B, at: Option<(std::time::Instant, String)>) -> Self {
-        let (deadline, reason) = match at {
-            Some((at, reason)) => (
-                Some(tokio::time::sleep_until(tokio::time::Instant::from_std(at))),
-                Some(reason),
-            ),
-            None => (None, None),
-        };
         Self {
             inner,
-            deadline,
-            reason,
+            deadline: at,
             recheck: None,
             cut: false,
         }
     }
 
-    /// Also asks `check` every `every` while the body streams (first after `every`), and
-    /// cuts it when the answer is a refusal.
+    /// Also asks `check`, when the body has more to send and the last answer is `every`
+    /// old (first `every` after this), and cuts the body when the answer is a refusal.
     #[must_use]
     pub fn rechecked(mut self, every: std::time::Duration, check: StreamCheck) -> Self {
         self.recheck = Some(Recheck {
             every,
-            timer: Box::pin(tokio::time::sleep(every)),
+            next: std::time::Instant::now() + every,
             check,
             running: None,
         });
@@ -1268,20 +1254,24 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut this = self.project();
+        let this = self.project();
         if *this.cut {
             return Poll::Ready(None);
         }
-        if let Some(deadline) = this.deadline.as_mut().as_pin_mut()
-            && deadline.poll(cx).is_ready()
-        {
-            *this.cut = true;
-            let reason = this.reason.take().unwrap_or_default();
-            return Poll::Ready(Some(Err(BodyError::Cut(reason))));
-        }
-        if let Some(reason) = this.recheck.as_mut().and_then(|r| r.poll_refused(cx)) {
-            *this.cut = true;
-            return Poll::Ready(Some(Err(BodyError::Cut(reason))));
+        if this.deadline.is_some() || this.recheck.is_some() {
+            let now = std::time::Instant::now();
+            if let Some((at, reason)) = this.deadline.as_mut()
+                && now >= *at
+            {
+                *this.cut = true;
+                return Poll::Ready(Some(Err(BodyError::Cut(std::mem::take(reason)))));
+            }
+            if let Some(r) = this.recheck.as_mut()
+                && let Err(reason) = ready!(r.poll_go_on(cx, now))
+            {
+                *this.cut = true;
+                return Poll::Ready(Some(Err(BodyError::Cut(reason))));
+            }
         }
         match ready!(this.inner.poll_frame(cx)) {
             Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
@@ -1318,29 +1308,29 @@ mod tests {
         shape_of(&headers(&[("content-type", ct)])).ok()
     }
 
-    /// A body that sends `first` and then never ends.
-    fn endless(first: &'static str) -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
-        use futures_util::StreamExt;
-        let frame = Frame::data(Bytes::from_static(first.as_bytes()));
-        let frames = futures_util::stream::iter([Ok(frame)]);
-        http_body_util::StreamBody::new(frames.chain(futures_util::stream::pending()))
+    /// A body that sends `tick`, again and again.
+    fn ticking() -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
+        let frames =
+            futures_util::stream::repeat_with(|| Ok(Frame::data(Bytes::from_static(b"tick"))));
+        http_body_util::StreamBody::new(frames)
     }
 
     #[tokio::test]
     async fn a_body_past_its_deadline_is_cut_once() {
         use http_body_util::BodyExt;
-        let at = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        let past = std::time::Instant::now()
+            .checked_sub(std::time::Duration::from_millis(1))
+            .unwrap();
         let mut body = std::pin::pin!(Until::new(
-            endless("tick"),
-            Some((at, "the grant expired".into()))
+            ticking(),
+            Some((past, "the grant expired".into()))
         ));
-        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&first[..], b"tick");
         match body.frame().await {
             Some(Err(BodyError::Cut(why))) => assert_eq!(why, "the grant expired"),
             other => panic!("{other:?}"),
         }
         assert!(body.frame().await.is_none());
+        assert!(body.is_end_stream());
         // A cut keeps its kind through the masker's and the counter's reading of it.
         let cut: BoxError = Box::new(BodyError::Cut("x".into()));
         assert!(matches!(BodyError::of_inner(cut), BodyError::Cut(_)));
@@ -1358,6 +1348,7 @@ mod tests {
         let check: StreamCheck = Arc::new(move || {
             let n = counter.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
+                tokio::task::yield_now().await;
                 if n == 0 {
                     Ok(())
                 } else {
@@ -1365,8 +1356,9 @@ mod tests {
                 }
             })
         });
-        let every = std::time::Duration::from_millis(20);
-        let mut body = std::pin::pin!(Until::new(endless("tick"), None).rechecked(every, check));
+        // Due at every frame: the first goes out after an allow, the second is refused.
+        let mut body =
+            std::pin::pin!(Until::new(ticking(), None).rechecked(std::time::Duration::ZERO, check));
         assert!(body.frame().await.unwrap().is_ok());
         match body.frame().await {
             Some(Err(BodyError::Cut(why))) => assert_eq!(why, "the grant was revoked"),

@@ -108,11 +108,12 @@ pub struct Forward {
     /// Told how the exchange ended.
     pub on_complete: Option<OnComplete>,
     /// When the response must end, and why (the credential of its session or the grant
-    /// that allowed it expires then): a body still streaming is cut there
-    /// ([`Until`](crate::body::Until)).
+    /// that allowed it expires then): a body still streaming sends nothing more after it
+    /// and is cut ([`Until`](crate::body::Until)).
     pub until: Option<(std::time::Instant, String)>,
-    /// How often to ask, while the response streams, whether it may go on, and how: a
-    /// refusal cuts it ([`Until::rechecked`](crate::body::Until::rechecked)).
+    /// How often to ask, while the response streams, whether it may go on (at the next
+    /// data once the last answer is that old), and how: a refusal cuts it
+    /// ([`Until::rechecked`](crate::body::Until::rechecked)).
     pub recheck: Option<(Duration, crate::body::StreamCheck)>,
 }
 

@@ -38,10 +38,11 @@
 //!    profile of the request's decision (the session's when the rule names none) while they
 //!    stream — JSON by key rules and by content, text and server-sent events by content,
 //!    through gzip, deflate and brotli — and anything that cannot be masked is refused
-//!    rather than passed through. A response still streaming when the session's credential
-//!    or the grant that allowed it expires is cut there, and one that policy, asked again
-//!    every [`HttpTarget::stream_recheck`] while it streams, no longer allows (a grant
-//!    revoked, a budget spent) is cut then (the client sees it break off).
+//!    rather than passed through. A response still streaming sends nothing more once the
+//!    session's credential or the grant that allowed it has expired, nor once policy,
+//!    asked again when it has more to send and the last answer is
+//!    [`HttpTarget::stream_recheck`] old, no longer allows it (a grant revoked, a budget
+//!    spent): it is cut (the client sees it break off). No timer runs for this.
 //!    `CommandCompleted` records status errors, bytes, masked counts and duration.
 
 mod gate;
@@ -112,9 +113,10 @@ pub struct HttpTarget {
     pub upstream_tls: Option<UpstreamTls>,
     /// TLS towards clients, if set (ALPN `h2` and `http/1.1` are added).
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// How often a response that is still streaming (server-sent events, a long download)
-    /// has its request decided again: refused now (a grant revoked, a budget spent, a
-    /// rule's hours over), the response is cut. Default: one second.
+    /// How old the decision of a response that is still streaming (server-sent events, a
+    /// long download) may be when it has more to send: older, and its request is decided
+    /// again first. Refused now (a grant revoked, a budget spent, a rule's hours over), the
+    /// response is cut. Default: one second.
     pub stream_recheck: Duration,
 }
 

@@ -1958,6 +1958,11 @@ impl Relay<'_> {
     /// subscribed, and charged to the budgets. A message of no subscription the gateway saw
     /// confirmed goes out under the session's profile, recorded without a command.
     async fn on_message(&mut self, frame: &Frame, version: RespVersion) {
+        if self.ended.is_some() {
+            // The session is ending (a subscription withdrawn while a command waited for
+            // review, say): no message goes out any more.
+            return;
+        }
         let raw = match frame.value() {
             Ok(v) => v,
             Err(_) => {

@@ -1088,3 +1088,60 @@ async fn a_stream_ends_when_its_grant_is_revoked() {
     );
     verify_dir(g.audit_dir.path(), &g.keys).unwrap();
 }
+
+/// Over HTTP/2 the cut resets the stream: the client sees it end in error, not cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_is_reset_when_its_grant_expires() {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let chain = vec![cert.cert.der().clone()];
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let tls = wirewarden::tls::server_config(chain, key).unwrap();
+    let g = gateway_tls(|sink| sink, Some(tls)).await;
+    let grant = wirewarden::policy::Grant::new(
+        "agent-2",
+        "crm-api",
+        wirewarden::policy::GrantScope::up_to(wirewarden::core::CommandClass::Read),
+        Timestamp::now(),
+        Duration::from_secs(2),
+        "ops-lead",
+    )
+    .unwrap();
+    g.pipeline.grants().issue(grant).await.unwrap();
+    let port = g.addr.port();
+    let out = run(
+        "curl",
+        vec![
+            "-sS".into(),
+            "-N".into(),
+            "--http2".into(),
+            "--max-time".into(),
+            "30".into(),
+            "--cacert".into(),
+            ca.display().to_string(),
+            "--resolve".into(),
+            format!("localhost:{port}:127.0.0.1"),
+            "-H".into(),
+            "Authorization: Bearer tok-other".into(),
+            format!("https://localhost:{port}/events?n=100"),
+        ],
+    )
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "the stream ended cleanly: {stdout}");
+    assert!(stdout.contains("data: tick 0 for "), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("tick 99"), "{stdout}");
+    let error = events_outcome(&g).await;
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("response cut: the grant that allowed it expired")),
+        "{error:?}"
+    );
+}

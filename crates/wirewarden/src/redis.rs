@@ -1928,8 +1928,7 @@ impl Relay<'_> {
                         && let Ok(v) = frame.value()
                     {
                         // A server-initiated `unsubscribe` push ends a subscription.
-                        let (id, profile) = (CommandId::new(), self.profile.clone());
-                        self.subscriptions.confirmed(&v, id, &profile, None);
+                        self.subscriptions.confirmed(&v, None);
                     }
                     let profile = self.profile.clone();
                     let mut counts = MaskedCounts::new();
@@ -1970,18 +1969,19 @@ impl Relay<'_> {
                 return;
             }
         };
+        let key = Subscriptions::key_of_message(&raw);
         let every = self.proxy.config.stream_recheck;
-        let due = self
-            .subscriptions
-            .of_message(&raw)
+        let due = key
+            .as_ref()
+            .and_then(|k| self.subscriptions.get_mut(k))
             .is_some_and(|s| s.opened.due(Instant::now(), Timestamp::now(), every));
-        if due {
-            self.recheck(&raw).await;
+        if let (true, Some(key)) = (due, key.as_ref()) {
+            self.recheck(key).await;
             if self.ended.is_some() {
                 return;
             }
         }
-        let (id, profile) = match self.subscriptions.of_message(&raw) {
+        let (id, profile) = match key.as_ref().and_then(|k| self.subscriptions.get_mut(k)) {
             Some(s) => (Some(s.id), s.profile.clone()),
             None => (None, self.profile.clone()),
         };
@@ -2017,13 +2017,12 @@ impl Relay<'_> {
         }
     }
 
-    /// Asks policy again about the command that opened the subscription `message` belongs
-    /// to. Still allowed: its messages go out under the new decision's profile. Refused
+    /// Asks policy again about the command that opened the subscription `key`. Still allowed: its messages go out under the new decision's profile. Refused
     /// (or held for review, unless a reviewer approved the subscription): the client is
     /// told why and the session ends, as the server ends a client whose permissions were
     /// withdrawn.
-    async fn recheck(&mut self, message: &Value) {
-        let Some(s) = self.subscriptions.of_message(message) else {
+    async fn recheck(&mut self, key: &stream::Key) {
+        let Some(s) = self.subscriptions.get_mut(key) else {
             return;
         };
         let (id, command) = (s.id, s.opened.command.clone());
@@ -2032,7 +2031,7 @@ impl Relay<'_> {
             .decide(&self.principal, &self.target, &command, Timestamp::now())
             .await;
         let proxy = self.proxy;
-        let Some(s) = self.subscriptions.of_message(message) else {
+        let Some(s) = self.subscriptions.get_mut(key) else {
             return;
         };
         match s
@@ -2143,8 +2142,8 @@ impl Relay<'_> {
                 && let Ok(v) = frame.value()
             {
                 // A confirmation, read before masking: messages name the channel as sent.
-                self.subscriptions
-                    .confirmed(&v, p.id, &profile, p.opened.as_deref());
+                let opened = p.opened.as_deref().map(|o| (p.id, &profile, o));
+                self.subscriptions.confirmed(&v, opened);
             }
             match self.masked(&profile, &p.keys, frame, version, &mut p.masked) {
                 Ok((bytes, v)) => {

@@ -37,10 +37,13 @@ pub(crate) struct Subscription {
     pub(crate) opened: Opened,
 }
 
+/// What a published message or a confirmation names: the namespace and the name.
+pub(crate) type Key = (Space, Bytes);
+
 /// The session's subscriptions.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
-    open: HashMap<(Space, Bytes), Subscription>,
+    open: HashMap<Key, Subscription>,
 }
 
 impl Subscriptions {
@@ -50,68 +53,76 @@ impl Subscriptions {
     }
 
     /// Follows a confirmation (`subscribe`, `unsubscribe`, … with the name it confirms):
-    /// `opened` is the decision of the command it answers, if that command subscribes.
-    /// Anything else is left alone.
+    /// `opened` is the command it answers, its profile and its decision, if that command
+    /// subscribes. Anything else is left alone.
     pub(crate) fn confirmed(
         &mut self,
         v: &Value,
-        id: CommandId,
-        profile: &Arc<Profile>,
-        opened: Option<&Opened>,
+        opened: Option<(CommandId, &Arc<Profile>, &Opened)>,
     ) {
         let Some((word, name)) = word_and_name(v) else {
             return;
         };
-        let Some((space, add)) = confirmation(&word) else {
+        let Some((space, add)) = confirmation(word) else {
             return;
         };
-        if add {
-            if let Some(opened) = opened {
-                self.open.insert(
-                    (space, name),
-                    Subscription {
-                        id,
-                        profile: profile.clone(),
-                        opened: opened.clone(),
-                    },
-                );
+        match (add, opened) {
+            (true, Some((id, profile, opened))) => {
+                let s = Subscription {
+                    id,
+                    profile: profile.clone(),
+                    opened: opened.clone(),
+                };
+                self.open.insert((space, name.clone()), s);
             }
-        } else {
-            self.open.remove(&(space, name));
+            (true, None) => {}
+            (false, _) => {
+                self.open.remove(&(space, name.clone()));
+            }
         }
     }
 
-    /// The subscription a published message (`message`, `pmessage`, `smessage`) belongs to.
-    pub(crate) fn of_message(&mut self, v: &Value) -> Option<&mut Subscription> {
+    /// What a published message (`message`, `pmessage`, `smessage`) names.
+    pub(crate) fn key_of_message(v: &Value) -> Option<Key> {
         let (word, name) = word_and_name(v)?;
-        let space = match &word[..] {
-            b"message" => Space::Channel,
-            b"pmessage" => Space::Pattern,
-            b"smessage" => Space::Shard,
-            _ => return None,
+        let is = |w: &str| word.eq_ignore_ascii_case(w.as_bytes());
+        let space = if is("message") {
+            Space::Channel
+        } else if is("pmessage") {
+            Space::Pattern
+        } else if is("smessage") {
+            Space::Shard
+        } else {
+            return None;
         };
-        self.open.get_mut(&(space, name))
+        Some((space, name.clone()))
+    }
+
+    /// The subscription named `key`.
+    pub(crate) fn get_mut(&mut self, key: &Key) -> Option<&mut Subscription> {
+        self.open.get_mut(key)
     }
 }
 
-/// The lowercase first word of a pub/sub frame and the name after it.
-fn word_and_name(v: &Value) -> Option<(Vec<u8>, Bytes)> {
+/// The first word of a pub/sub frame and the name after it.
+fn word_and_name(v: &Value) -> Option<(&[u8], &Bytes)> {
     let items = v.as_elements()?;
-    let word = items.first()?.as_bytes()?.to_ascii_lowercase();
-    let name = items.get(1)?.as_bytes()?.clone();
-    Some((word, name))
+    Some((items.first()?.as_bytes()?, items.get(1)?.as_bytes()?))
 }
 
 fn confirmation(word: &[u8]) -> Option<(Space, bool)> {
-    Some(match word {
-        b"subscribe" => (Space::Channel, true),
-        b"unsubscribe" => (Space::Channel, false),
-        b"psubscribe" => (Space::Pattern, true),
-        b"punsubscribe" => (Space::Pattern, false),
-        b"ssubscribe" => (Space::Shard, true),
-        b"sunsubscribe" => (Space::Shard, false),
-        _ => return None,
-    })
+    const WORDS: [(&str, Space, bool); 6] = [
+        ("subscribe", Space::Channel, true),
+        ("unsubscribe", Space::Channel, false),
+        ("psubscribe", Space::Pattern, true),
+        ("punsubscribe", Space::Pattern, false),
+        ("ssubscribe", Space::Shard, true),
+        ("sunsubscribe", Space::Shard, false),
+    ];
+    WORDS
+        .iter()
+        .find(|(w, _, _)| word.eq_ignore_ascii_case(w.as_bytes()))
+        .map(|&(_, space, add)| (space, add))
 }
 
 #[cfg(test)]
@@ -126,6 +137,10 @@ mod tests {
                 .map(|w| Value::BulkString(Bytes::copy_from_slice(w.as_bytes())))
                 .collect(),
         )
+    }
+
+    fn of_message<'s>(subs: &'s mut Subscriptions, v: &Value) -> Option<&'s mut Subscription> {
+        subs.get_mut(&Subscriptions::key_of_message(v)?)
     }
 
     fn opened() -> Opened {
@@ -146,41 +161,34 @@ mod tests {
         let (a, p) = (CommandId::new(), CommandId::new());
         subs.confirmed(
             &frame(&["subscribe", "news", "1"]),
-            a,
-            &profile,
-            Some(&opened()),
+            Some((a, &profile, &opened())),
         );
         subs.confirmed(
             &frame(&["PSUBSCRIBE", "n*", "2"]),
-            p,
-            &profile,
-            Some(&opened()),
+            Some((p, &profile, &opened())),
         );
         assert_eq!(
-            subs.of_message(&frame(&["message", "news", "x"]))
+            of_message(&mut subs, &frame(&["message", "news", "x"]))
                 .unwrap()
                 .id,
             a
         );
         assert_eq!(
-            subs.of_message(&frame(&["pmessage", "n*", "news", "x"]))
+            of_message(&mut subs, &frame(&["pmessage", "n*", "news", "x"]))
                 .unwrap()
                 .id,
             p
         );
         // The pattern's own messages are not the channel's, nor a shard channel's.
-        assert!(
-            subs.of_message(&frame(&["smessage", "news", "x"]))
-                .is_none()
-        );
-        assert!(subs.of_message(&frame(&["message", "n*", "x"])).is_none());
-        subs.confirmed(&frame(&["unsubscribe", "news", "1"]), a, &profile, None);
-        assert!(subs.of_message(&frame(&["message", "news", "x"])).is_none());
+        assert!(of_message(&mut subs, &frame(&["smessage", "news", "x"])).is_none());
+        assert!(of_message(&mut subs, &frame(&["message", "n*", "x"])).is_none());
+        subs.confirmed(&frame(&["unsubscribe", "news", "1"]), None);
+        assert!(of_message(&mut subs, &frame(&["message", "news", "x"])).is_none());
         assert!(!subs.is_empty());
-        subs.confirmed(&frame(&["punsubscribe", "n*", "0"]), p, &profile, None);
+        subs.confirmed(&frame(&["punsubscribe", "n*", "0"]), None);
         assert!(subs.is_empty());
         // A confirmation of a command that did not subscribe registers nothing.
-        subs.confirmed(&frame(&["subscribe", "news", "1"]), a, &profile, None);
+        subs.confirmed(&frame(&["subscribe", "news", "1"]), None);
         assert!(subs.is_empty());
     }
 }

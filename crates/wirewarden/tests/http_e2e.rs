@@ -831,8 +831,13 @@ async fn smuggling_shapes_never_reach_the_upstream() {
         AuditEventKind::ProtocolError { error, .. } if error.starts_with("ambiguous_path"))));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_with_alpn_serves_http2_and_http1() {
+/// A server configuration for `localhost` with a fresh self-signed certificate, and the
+/// certificate's PEM file (in the returned directory) for clients to trust.
+fn self_signed_tls() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Arc<rustls::ServerConfig>,
+) {
     let cert =
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -841,6 +846,12 @@ async fn tls_with_alpn_serves_http2_and_http1() {
     let chain = vec![cert.cert.der().clone()];
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
     let tls = wirewarden::tls::server_config(chain, key).unwrap();
+    (dir, ca, tls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_alpn_serves_http2_and_http1() {
+    let (_dir, ca, tls) = self_signed_tls();
     let gw = gateway_tls(|sink| sink, Some(tls)).await;
     let url = format!("https://localhost:{}/customers/4", gw.addr.port());
     let ca = ca.display().to_string();
@@ -986,15 +997,7 @@ async fn events_outcome(g: &Gateway) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ends_with_the_grant_that_allowed_it() {
     let g = gateway().await;
-    let grant = wirewarden::policy::Grant::new(
-        "agent-2",
-        "crm-api",
-        wirewarden::policy::GrantScope::up_to(wirewarden::core::CommandClass::Read),
-        Timestamp::now(),
-        Duration::from_secs(2),
-        "ops-lead",
-    )
-    .unwrap();
+    let grant = support::read_grant("agent-2", "crm-api", Duration::from_secs(2));
     g.pipeline.grants().issue(grant).await.unwrap();
     // 100 ticks take ten seconds.
     let (stdout, stderr, clean) = stream_events(&g, "tok-other", 100).await;
@@ -1046,15 +1049,7 @@ async fn a_stream_ends_when_its_grant_is_revoked() {
         },
     )
     .await;
-    let grant = wirewarden::policy::Grant::new(
-        "agent-2",
-        "crm-api",
-        wirewarden::policy::GrantScope::up_to(wirewarden::core::CommandClass::Read),
-        Timestamp::now(),
-        Duration::from_secs(3600),
-        "ops-lead",
-    )
-    .unwrap();
+    let grant = support::read_grant("agent-2", "crm-api", Duration::from_secs(3600));
     let id = grant.id;
     g.pipeline.grants().issue(grant).await.unwrap();
     let (audit_dir, keys) = (g.audit_dir.path().to_owned(), g.keys.clone());
@@ -1092,24 +1087,9 @@ async fn a_stream_ends_when_its_grant_is_revoked() {
 /// Over HTTP/2 the cut resets the stream: the client sees it end in error, not cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_is_reset_when_its_grant_expires() {
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
-    let chain = vec![cert.cert.der().clone()];
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    let tls = wirewarden::tls::server_config(chain, key).unwrap();
+    let (_dir, ca, tls) = self_signed_tls();
     let g = gateway_tls(|sink| sink, Some(tls)).await;
-    let grant = wirewarden::policy::Grant::new(
-        "agent-2",
-        "crm-api",
-        wirewarden::policy::GrantScope::up_to(wirewarden::core::CommandClass::Read),
-        Timestamp::now(),
-        Duration::from_secs(2),
-        "ops-lead",
-    )
-    .unwrap();
+    let grant = support::read_grant("agent-2", "crm-api", Duration::from_secs(2));
     g.pipeline.grants().issue(grant).await.unwrap();
     let port = g.addr.port();
     let out = run(

@@ -2214,15 +2214,7 @@ action = "allow"
         Some(strict_and_open("open")),
     )
     .await;
-    let grant = wirewarden::policy::Grant::new(
-        "analyst-1",
-        "crm",
-        wirewarden::policy::GrantScope::up_to(wirewarden::core::CommandClass::Read),
-        Timestamp::now(),
-        Duration::from_secs(2),
-        "ops-lead",
-    )
-    .unwrap();
+    let grant = support::read_grant("analyst-1", "crm", Duration::from_secs(2));
     g.pipeline.grants().issue(grant).await.unwrap();
     let port = g.addr.port();
     let script = format!(

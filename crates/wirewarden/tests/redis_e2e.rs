@@ -16,12 +16,12 @@ use std::time::Duration;
 use wirewarden::Pipeline;
 use wirewarden::Secret;
 use wirewarden::audit::{AuditSink, VerifyKeys};
-use wirewarden::core::{AuditEventKind, CommandClass, Decision, Protocol, Target, Timestamp};
+use wirewarden::core::{AuditEventKind, Decision, Protocol, Target, Timestamp};
 use wirewarden::identity::{StaticToken, StaticTokens, StaticTokensConfig, TokenHash};
 use wirewarden::mask::{
     CustomDetector, Engine, FieldRule, Limits as MaskLimits, Profile, Selector, Strategy,
 };
-use wirewarden::policy::{Grant, GrantScope, RuleEngine};
+use wirewarden::policy::RuleEngine;
 use wirewarden::redis::{DEFAULT_REDIS_POLICY, RedisProxy, RedisTarget, RedisUpstream};
 use wirewarden_testkit::Redis;
 
@@ -1183,15 +1183,7 @@ fn subscribed(kinds: &[AuditEventKind], channel: &str) -> wirewarden::core::Comm
 /// session ends, on record, as a server ends a client whose permissions were withdrawn.
 async fn subscriptions_run_under_their_decision(protocol: u8) {
     let g = gateway_with_rules(STREAM_RULES, |_| {}, |s| s).await;
-    let grant = Grant::new(
-        "agent-1",
-        "cache",
-        GrantScope::up_to(CommandClass::Read),
-        Timestamp::now(),
-        Duration::from_secs(2),
-        "ops-lead",
-    )
-    .unwrap();
+    let grant = support::read_grant("agent-1", "cache", Duration::from_secs(2));
     g.pipeline.grants().issue(grant).await.unwrap();
     let script = stream_script(
         &g,
@@ -1262,15 +1254,7 @@ async fn a_revoked_grant_ends_its_subscription() {
         |s| s,
     )
     .await;
-    let grant = Grant::new(
-        "agent-1",
-        "cache",
-        GrantScope::up_to(CommandClass::Read),
-        Timestamp::now(),
-        Duration::from_secs(3600),
-        "ops-lead",
-    )
-    .unwrap();
+    let grant = support::read_grant("agent-1", "cache", Duration::from_secs(3600));
     let id = grant.id;
     g.pipeline.grants().issue(grant).await.unwrap();
     let script = stream_script(&g, "");

@@ -452,3 +452,20 @@ pub(crate) fn transcripts(kinds: &[AuditEventKind], id: wirewarden::core::Comman
         })
         .collect()
 }
+
+/// A grant of reads to `subject` on `target` from now, for `lasts`, issued by `ops-lead`.
+pub(crate) fn read_grant(
+    subject: &str,
+    target: &str,
+    lasts: Duration,
+) -> wirewarden::policy::Grant {
+    wirewarden::policy::Grant::new(
+        subject,
+        target,
+        wirewarden::policy::GrantScope::up_to(wirewarden::core::CommandClass::Read),
+        Timestamp::now(),
+        lasts,
+        "ops-lead",
+    )
+    .unwrap()
+}

@@ -25,7 +25,7 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod secret;
-#[cfg(any(feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "postgres", feature = "redis", feature = "http"))]
 mod stream;
 pub mod tls;
 

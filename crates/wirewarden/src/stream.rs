@@ -1,5 +1,6 @@
-//! Streams a session opened (Redis subscriptions, PostgreSQL `LISTEN`): the decision a
-//! stream runs under, and when to take it again.
+//! Streams a session opened (Redis subscriptions, PostgreSQL `LISTEN`, a streaming HTTP
+//! response): the decision a stream runs under, when to take it again, and what a decision
+//! taken again means for it.
 //!
 //! A stream's messages arrive long after the command that opened it was decided. They go
 //! out under that command's decision (its mask profile), and the decision is taken again
@@ -8,17 +9,25 @@
 //! a rule's hours that ended stop the stream within that interval, an expired grant at its
 //! first message after the expiry.
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
 use std::sync::Arc;
+#[cfg(any(feature = "postgres", feature = "redis"))]
 use std::time::{Duration, Instant};
 
-use wirewarden_core::{Command, Decision, Principal, RuleId, Target, Timestamp};
+#[cfg(any(feature = "postgres", feature = "redis"))]
+use wirewarden_core::{Command, Principal, Target, Timestamp};
+use wirewarden_core::{Decision, RuleId};
+#[cfg(any(feature = "postgres", feature = "redis"))]
 use wirewarden_mask::Profile;
+#[cfg(any(feature = "postgres", feature = "redis"))]
 use wirewarden_policy::Grant;
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
 use crate::{Decided, Pipeline};
 
 /// The decision a command that opens a stream was forwarded under.
 #[derive(Debug, Clone)]
+#[cfg(any(feature = "postgres", feature = "redis"))]
 pub(crate) struct Opened {
     /// The command as policy saw it, to decide again.
     pub(crate) command: Arc<Command>,
@@ -31,6 +40,7 @@ pub(crate) struct Opened {
     pub(crate) until: Option<Timestamp>,
 }
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
 impl Opened {
     /// A stream opened by `command` now, under a decision that saw `grants`.
     pub(crate) fn new(command: Command, grants: &[Grant]) -> Self {
@@ -57,22 +67,18 @@ impl Opened {
         principal: &Principal,
         decided: Decided,
     ) -> Result<Option<Arc<Profile>>, (RuleId, String)> {
-        let verdict = match decided.evaluation.decision {
-            Decision::Allow {
-                rule, mask_profile, ..
-            } => pipeline
-                .mask_profile(target, principal, mask_profile.as_deref())
-                .map(Some)
-                .map_err(|_| (rule, "the mask profile of the stream is missing".to_owned())),
-            Decision::Review { .. } if self.reviewed => Ok(None),
-            Decision::Review { rule, reason, .. } => {
-                Err((rule, format!("{reason}; a stream cannot wait for one")))
-            }
-            Decision::Deny { rule, reason } => Err((rule, reason)),
-            _ => Err((
-                RuleId::new("unsupported"),
-                "unsupported decision".to_owned(),
-            )),
+        let verdict = match refusal(&decided.evaluation.decision, self.reviewed) {
+            Some(refused) => Err(refused),
+            None => match decided.evaluation.decision {
+                Decision::Allow {
+                    rule, mask_profile, ..
+                } => pipeline
+                    .mask_profile(target, principal, mask_profile.as_deref())
+                    .map(Some)
+                    .map_err(|_| (rule, "the mask profile of the stream is missing".to_owned())),
+                // Approved by a reviewer, and held for review again: the approval stands.
+                _ => Ok(None),
+            },
         };
         if verdict.is_ok() {
             self.decided = Instant::now();
@@ -82,12 +88,69 @@ impl Opened {
     }
 }
 
+/// Whether a decision taken again refuses a stream already running: the rule and reason if
+/// it does. An allow lets it go on, and so does a review of a stream a reviewer approved
+/// (`reviewed`); a stream cannot wait for a review, so any other review refuses it.
+pub(crate) fn refusal(decision: &Decision, reviewed: bool) -> Option<(RuleId, String)> {
+    match decision {
+        Decision::Allow { .. } => None,
+        Decision::Review { .. } if reviewed => None,
+        Decision::Review { rule, reason, .. } => Some((
+            rule.clone(),
+            format!("{reason}; a stream cannot wait for one"),
+        )),
+        Decision::Deny { rule, reason } => Some((rule.clone(), reason.clone())),
+        _ => Some((
+            RuleId::new("unsupported"),
+            "unsupported decision".to_owned(),
+        )),
+    }
+}
+
 /// The earliest expiry among `grants`: a decision taken with them may change then.
+#[cfg(any(feature = "postgres", feature = "redis"))]
 fn earliest_expiry(grants: &[Grant]) -> Option<Timestamp> {
     grants.iter().map(|g| g.expires_at).min()
 }
 
 #[cfg(test)]
+mod refusal_tests {
+    use super::*;
+    use std::time::Duration;
+    use wirewarden_core::ReviewRequirement;
+
+    #[test]
+    fn a_stream_goes_on_under_an_allow_or_an_approval_that_stands() {
+        let allow = Decision::Allow {
+            rule: RuleId::new("r"),
+            mask_profile: None,
+        };
+        assert_eq!(refusal(&allow, false), None);
+        let review = Decision::Review {
+            rule: RuleId::new("held"),
+            reason: "needs a dba".into(),
+            requirement: ReviewRequirement::one_of("dba", Duration::from_secs(60)),
+        };
+        assert_eq!(refusal(&review, true), None);
+        assert_eq!(
+            refusal(&review, false),
+            Some((
+                RuleId::new("held"),
+                "needs a dba; a stream cannot wait for one".into()
+            ))
+        );
+        let deny = Decision::Deny {
+            rule: RuleId::new("budget:x"),
+            reason: "spent".into(),
+        };
+        assert_eq!(
+            refusal(&deny, true),
+            Some((RuleId::new("budget:x"), "spent".into()))
+        );
+    }
+}
+
+#[cfg(all(test, any(feature = "postgres", feature = "redis")))]
 mod tests {
     use super::*;
     use wirewarden_core::{CommandClass, Protocol};

@@ -637,16 +637,11 @@ impl ConnectionGate {
                     let decided = pipeline
                         .decide(&session.principal, &target, &command, Timestamp::now())
                         .await;
-                    match decided.evaluation.decision {
-                        Decision::Allow { .. } => Ok(()),
-                        Decision::Review { .. } if reviewed => Ok(()),
-                        Decision::Review { rule, reason, .. } => Err(format!(
-                            "{reason}; a streaming response cannot wait for one (rule {rule})"
-                        )),
-                        Decision::Deny { rule, reason } => {
+                    match crate::stream::refusal(&decided.evaluation.decision, reviewed) {
+                        None => Ok(()),
+                        Some((rule, reason)) => {
                             Err(format!("no longer allowed: {reason} (rule {rule})"))
                         }
-                        _ => Err("unsupported decision".to_owned()),
                     }
                 })
             })

@@ -1194,16 +1194,22 @@ pin_project! {
     /// A body that is cut, with [`BodyError::Cut`], once it is past a deadline or a
     /// periodic check refuses it: a response streamed under a credential or grant that
     /// expires, or that policy no longer allows, does not outlive it. Both are looked at
-    /// whenever the body has more to send, before it is sent (no timer runs: a stream with
-    /// nothing to send sends nothing). The client sees the response break off (HTTP/1.1:
-    /// the connection closes before the body's end; HTTP/2: the stream is reset), never a
-    /// clean end.
+    /// whenever the body has more to send, before it is sent. A body that has sent a frame
+    /// and then waits for its next one (an idle event stream) arms one timer, for the
+    /// deadline or the next check, so that it is cut then rather than at its next frame;
+    /// a body that arrives without waiting never creates one. The client sees the response
+    /// break off (HTTP/1.1: the connection closes before the body's end; HTTP/2: the stream
+    /// is reset), never a clean end.
     pub struct Until<B> {
         #[pin]
         inner: B,
         deadline: Option<(std::time::Instant, String)>,
         recheck: Option<Recheck>,
         cut: bool,
+        // Whether a frame went out: only then does waiting for the next one arm `idle`.
+        sent: bool,
+        // Wakes an idle body at its deadline or next check.
+        idle: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
@@ -1225,6 +1231,21 @@ impl<B> Until<B> {
             deadline: at,
             recheck: None,
             cut: false,
+            sent: false,
+            idle: None,
+        }
+    }
+
+    /// When an idle body must be looked at again: its deadline, or its next check (a check
+    /// asked for with no interval is left to the next frame), whichever comes first.
+    fn wake_at(
+        deadline: Option<&(std::time::Instant, String)>,
+        recheck: Option<&Recheck>,
+    ) -> Option<std::time::Instant> {
+        let check = recheck.filter(|r| !r.every.is_zero()).map(|r| r.next);
+        match (deadline.map(|d| d.0), check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -1254,29 +1275,69 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.project();
-        if *this.cut {
-            return Poll::Ready(None);
-        }
-        if this.deadline.is_some() || this.recheck.is_some() {
-            let now = std::time::Instant::now();
-            if let Some((at, reason)) = this.deadline.as_mut()
-                && now >= *at
-            {
-                *this.cut = true;
-                return Poll::Ready(Some(Err(BodyError::Cut(std::mem::take(reason)))));
+        let mut this = self.project();
+        // The instant a timer that fired in this call was set for: it counts as come, so
+        // that what it was armed for is done and the loop cannot spin on it.
+        let mut fired: Option<std::time::Instant> = None;
+        loop {
+            if *this.cut {
+                return Poll::Ready(None);
             }
-            if let Some(r) = this.recheck.as_mut()
-                && let Err(reason) = ready!(r.poll_go_on(cx, now))
-            {
-                *this.cut = true;
-                return Poll::Ready(Some(Err(BodyError::Cut(reason))));
+            let limited = this.deadline.is_some() || this.recheck.is_some();
+            if limited {
+                let now = std::time::Instant::now();
+                let now = fired.map_or(now, |f| now.max(f));
+                if let Some((at, reason)) = this.deadline.as_mut()
+                    && now >= *at
+                {
+                    *this.cut = true;
+                    *this.idle = None;
+                    return Poll::Ready(Some(Err(BodyError::Cut(std::mem::take(reason)))));
+                }
+                if let Some(r) = this.recheck.as_mut()
+                    && let Err(reason) = ready!(r.poll_go_on(cx, now))
+                {
+                    *this.cut = true;
+                    *this.idle = None;
+                    return Poll::Ready(Some(Err(BodyError::Cut(reason))));
+                }
             }
-        }
-        match ready!(this.inner.poll_frame(cx)) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
-            Some(Err(e)) => Poll::Ready(Some(Err(BodyError::of_inner(e.into())))),
-            None => Poll::Ready(None),
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *this.sent = true;
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(BodyError::of_inner(e.into()))));
+                }
+                Poll::Ready(None) => {
+                    *this.idle = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {}
+            }
+            // Waiting for the next frame: a stream that has started is woken at its
+            // deadline or next check, to be cut then if it must be.
+            let wake = if limited && *this.sent {
+                Self::wake_at(this.deadline.as_ref(), this.recheck.as_ref())
+            } else {
+                None
+            };
+            let Some(at) = wake else {
+                return Poll::Pending;
+            };
+            let at = tokio::time::Instant::from_std(at);
+            let idle = this
+                .idle
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if idle.deadline() != at {
+                idle.as_mut().reset(at);
+            }
+            if idle.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Due: looked at again from the top.
+            fired = Some(at.into_std());
         }
     }
 
@@ -1366,6 +1427,94 @@ mod tests {
         }
         assert!(body.frame().await.is_none());
         assert_eq!(asked.load(Ordering::SeqCst), 2);
+    }
+
+    /// A body that sends one `tick` and then waits for ever, as an idle event stream does.
+    fn one_tick_then_idle() -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
+        let first = futures_util::stream::once(async {
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"tick")))
+        });
+        let frames = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+        http_body_util::StreamBody::new(frames)
+    }
+
+    #[tokio::test]
+    async fn an_idle_body_is_cut_at_its_deadline_not_at_its_next_frame() {
+        use http_body_util::BodyExt;
+        let at = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        let mut body = std::pin::pin!(Until::new(
+            one_tick_then_idle(),
+            Some((at, "the grant expired".into()))
+        ));
+        assert!(body.frame().await.unwrap().is_ok());
+        // No frame ever comes: without the timer this would wait for ever.
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), body.frame())
+            .await
+            .expect("the idle body was never cut");
+        match next {
+            Some(Err(BodyError::Cut(why))) => assert_eq!(why, "the grant expired"),
+            other => panic!("{other:?}"),
+        }
+        assert!(std::time::Instant::now() >= at);
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_idle_body_is_checked_on_time_and_cut_when_refused() {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let asked = Arc::new(AtomicU32::new(0));
+        let counter = asked.clone();
+        // Allowed twice, refused at the third check.
+        let check: StreamCheck = Arc::new(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if n < 2 {
+                    Ok(())
+                } else {
+                    Err("revoked".to_owned())
+                }
+            })
+        });
+        let mut body = std::pin::pin!(
+            Until::new(one_tick_then_idle(), None)
+                .rechecked(std::time::Duration::from_millis(20), check)
+        );
+        assert!(body.frame().await.unwrap().is_ok());
+        let next = tokio::time::timeout(std::time::Duration::from_secs(30), body.frame())
+            .await
+            .expect("the idle body was never checked");
+        match next {
+            Some(Err(BodyError::Cut(why))) => assert_eq!(why, "revoked"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_waiting_for_its_first_frame_arms_no_timer() {
+        use http_body_util::BodyExt;
+        let at = std::time::Instant::now() + std::time::Duration::from_millis(20);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let late = futures_util::stream::once(async move {
+            let _ = rx.await;
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"late")))
+        });
+        let mut body = Box::pin(Until::new(
+            http_body_util::StreamBody::new(late),
+            Some((at, "expired".into())),
+        ));
+        // Nothing has gone out: waiting for the first frame arms nothing; the deadline is
+        // looked at when that frame is ready.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(body.as_mut().poll_frame(&mut cx).is_pending());
+        assert!(body.idle.is_none());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tx.send(()).unwrap();
+        match body.frame().await {
+            Some(Err(BodyError::Cut(why))) => assert_eq!(why, "expired"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

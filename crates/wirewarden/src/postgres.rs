@@ -36,8 +36,9 @@
 //!    its notifications are masked with that decision's profile, recorded as `Transcript`
 //!    events of that statement, and charged to the exfiltration budgets. The decision is
 //!    taken again at a notification when it is older than
-//!    [`PostgresTarget::stream_recheck`] or a grant active at the time has expired since;
-//!    refused now, the client reads a `FATAL` error (SQLSTATE `42501`) and the connection
+//!    [`PostgresTarget::stream_recheck`] or a grant active at the time has expired since,
+//!    and, when no notification comes, at that interval or that expiry (a timer armed only
+//!    while the session listens); refused now, the client reads a `FATAL` error (SQLSTATE `42501`) and the connection
 //!    closes ([`SessionEndReason::SubscriptionWithdrawn`]). A notification on a channel no
 //!    decision stands behind (a `LISTEN` run inside a function) is withheld.
 //! 7. **The end.** Besides the client leaving or the upstream closing, the session ends
@@ -157,8 +158,9 @@ pub struct PostgresTarget {
     pub login_timeout: Duration,
     /// How old the decision a `LISTEN` runs under may be when one of its notifications
     /// arrives: older, and policy is asked again before the notification goes out (as it
-    /// is at the first notification after a grant active at that decision expired). A
-    /// channel policy no longer allows ends the session, `FATAL` 42501
+    /// is when a grant active at that decision expires). A channel with no notification is
+    /// decided again at this interval too, so a revocation ends it within it. A channel
+    /// policy no longer allows ends the session, `FATAL` 42501
     /// ([`SessionEndReason::SubscriptionWithdrawn`]). Default: one second.
     pub stream_recheck: Duration,
 }
@@ -790,6 +792,7 @@ impl PostgresProxy {
             listens: StdMutex::new(Listens::default()),
             withdrawn: StdMutex::new(None),
             withdrawn_wake: tokio::sync::Notify::new(),
+            listens_changed: tokio::sync::Notify::new(),
         });
         let (outcomes, rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(outcome_writer(self.pipeline.clone(), rx));
@@ -912,6 +915,9 @@ struct Shared {
     /// listens on: the session ends.
     withdrawn: StdMutex<Option<SessionEndReason>>,
     withdrawn_wake: tokio::sync::Notify,
+    /// Woken when a statement changed the channels: the timer for channels with no
+    /// notification is set again.
+    listens_changed: tokio::sync::Notify,
 }
 
 /// What the session's audit writer task is sent.
@@ -1187,6 +1193,7 @@ impl Relay {
                 expired = true;
                 Ok(())
             }
+            never = relay.idle_listens() => match never {},
             () = relay.shared.withdrawn_wake.notified() => {
                 // Policy no longer allows a channel the session listens on: ended the same
                 // way, with the rule and reason (the notification was not relayed).
@@ -2120,6 +2127,7 @@ impl Relay {
             if let Ok(mut l) = self.shared.listens.lock() {
                 l.apply(&channels, *id, profile, o);
             }
+            self.shared.listens_changed.notify_one();
         }
         verdict
     }
@@ -2321,6 +2329,45 @@ impl Relay {
                 }
                 self.shared.withdrawn_wake.notify_one();
                 Err(Error::Closed("the gateway (a LISTEN policy withdrew)"))
+            }
+        }
+    }
+
+    /// Takes again, on time, the decisions of channels no notification brings: a grant's
+    /// expiry or a revocation ends the session then, not at the next notification (which
+    /// may never come). Sleeps while the session listens on nothing. A refusal wakes the
+    /// session's end (`withdrawn_wake`); this never returns.
+    async fn idle_listens(&self) -> std::convert::Infallible {
+        let every = self.proxy.config.stream_recheck;
+        let mut timer = None;
+        loop {
+            let next = self
+                .shared
+                .listens
+                .lock()
+                .ok()
+                .and_then(|l| l.next_due(every));
+            match next {
+                None => timer = None,
+                Some(at) => crate::stream::arm(&mut timer, at),
+            }
+            tokio::select! {
+                () = crate::stream::wake(&mut timer) => {
+                    timer = None;
+                    let due = self
+                        .shared
+                        .listens
+                        .lock()
+                        .map(|l| l.due(Instant::now(), Timestamp::now(), every))
+                        .unwrap_or_default();
+                    for channel in due {
+                        if self.listening(channel.as_bytes()).await.is_err() {
+                            // Withdrawn: the session is ending.
+                            return std::future::pending().await;
+                        }
+                    }
+                }
+                () = self.shared.listens_changed.notified() => {}
             }
         }
     }

@@ -56,7 +56,8 @@
 //!    its messages are masked with that decision's profile, recorded as `Transcript` events
 //!    of that command, and charged to the exfiltration budgets. The decision is taken again
 //!    at a message when it is older than [`RedisTarget::stream_recheck`] or a grant active
-//!    at the time has expired since: refused now (a grant revoked or expired, a budget
+//!    at the time has expired since, and, when no message comes, at that interval or that
+//!    expiry (a timer armed only while the session has subscriptions): refused now (a grant revoked or expired, a budget
 //!    spent, a rule's hours over), the client gets `-ERR wirewarden: subscription
 //!    withdrawn: …` and the session ends ([`SessionEndReason::SubscriptionWithdrawn`]), as
 //!    the server ends a client whose ACL permissions were withdrawn. A subscription a
@@ -239,9 +240,10 @@ pub struct RedisTarget {
     /// Cap on how much of each reply the session recording keeps, in bytes.
     pub record_limit: usize,
     /// How old the decision a subscription runs under may be when one of its messages
-    /// arrives: older, and policy is asked again before the message goes out (as it is at
-    /// the first message after a grant active at that decision expired). A subscription
-    /// policy no longer allows ends the session
+    /// arrives: older, and policy is asked again before the message goes out (as it is
+    /// when a grant active at that decision expires). A subscription with no message is
+    /// decided again at this interval too, so a revocation ends it within it. A
+    /// subscription policy no longer allows ends the session
     /// ([`SessionEndReason::SubscriptionWithdrawn`]). Default: one second.
     pub stream_recheck: Duration,
     /// Failed `AUTH` attempts after which the connection is closed.
@@ -908,6 +910,7 @@ impl RedisProxy {
             ended: None,
             expiry: crate::listen::credential_expiry(principal_expiry),
             subscriptions: Subscriptions::default(),
+            stream_wake: None,
             stream_records: Vec::new(),
             stream_charge: (0, 0),
         };
@@ -1193,6 +1196,9 @@ struct Relay<'p> {
     /// The channels, patterns and shard channels the server confirmed, with the decisions
     /// their messages go out under.
     subscriptions: Subscriptions,
+    /// Wakes the session when a subscription's decision falls due with no message to
+    /// bring it: armed only while there are subscriptions.
+    stream_wake: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// The `Transcript` records of the messages relayed since the last flush.
     stream_records: Vec<AuditEvent>,
     /// Messages and bytes relayed since the last flush, for the budgets.
@@ -1253,6 +1259,9 @@ impl Relay<'_> {
             }
             client_buf.reserve(16 * 1024);
             self.up_buf.reserve(64 * 1024);
+            if !self.subscriptions.is_empty() || self.stream_wake.is_some() {
+                self.arm_stream_wake();
+            }
             tokio::select! {
                 n = self.client.io.read_buf(&mut client_buf), if client_open && !self.quit => {
                     if n.map_err(Error::client_io)? == 0 {
@@ -1275,6 +1284,10 @@ impl Relay<'_> {
                     let _ = self.client.io.shutdown().await;
                     let _ = self.up.shutdown().await;
                     return Ok(SessionEndReason::CredentialRevoked { reason });
+                }
+                () = crate::stream::wake(&mut self.stream_wake) => {
+                    self.stream_wake = None;
+                    self.recheck_idle().await;
                 }
                 n = self.up.read_buf(&mut self.up_buf) => {
                     if n.map_err(Error::upstream_io)? == 0 {
@@ -2039,8 +2052,12 @@ impl Relay<'_> {
             .redecided(&proxy.pipeline, &self.target, &self.principal, decided)
         {
             Ok(profile) => {
-                if let Some(p) = profile {
-                    s.profile = p;
+                // The command's other channels run under the same decision.
+                let opened = s.opened.clone();
+                let profile = profile.unwrap_or_else(|| s.profile.clone());
+                for s in self.subscriptions.of_command(id) {
+                    s.opened = opened.clone();
+                    s.profile = profile.clone();
                 }
             }
             Err((rule, reason)) => {
@@ -2053,6 +2070,32 @@ impl Relay<'_> {
                     rule,
                     reason,
                 });
+            }
+        }
+    }
+
+    /// Arms (or moves) the timer that wakes the session when a subscription's decision
+    /// falls due without a message; disarms it once there are none.
+    fn arm_stream_wake(&mut self) {
+        match self
+            .subscriptions
+            .next_due(self.proxy.config.stream_recheck)
+        {
+            None => self.stream_wake = None,
+            Some(at) => crate::stream::arm(&mut self.stream_wake, at),
+        }
+    }
+
+    /// Takes again the decisions of the subscriptions that fell due with no message.
+    async fn recheck_idle(&mut self) {
+        let every = self.proxy.config.stream_recheck;
+        let due = self
+            .subscriptions
+            .due(Instant::now(), Timestamp::now(), every);
+        for key in due {
+            self.recheck(&key).await;
+            if self.ended.is_some() {
+                break;
             }
         }
     }

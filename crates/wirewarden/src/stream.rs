@@ -58,6 +58,20 @@ impl Opened {
             || self.until.is_some_and(|u| wall >= u)
     }
 
+    /// When the decision is next due (see [`Opened::due`]) if no message comes first: an
+    /// idle stream is woken then, so that a grant's expiry or a revocation ends it on time
+    /// rather than at its next message.
+    pub(crate) fn due_at(&self, every: Duration) -> Instant {
+        let by_age = self.decided + every;
+        match self.until {
+            Some(u) => {
+                let wall = Timestamp::now();
+                by_age.min(Instant::now() + u.saturating_duration_since(wall))
+            }
+            None => by_age,
+        }
+    }
+
     /// Takes in a decision taken again: the new profile to mask with (`None`: keep the one
     /// in use), or the rule and reason that refuse the stream now.
     pub(crate) fn redecided(
@@ -85,6 +99,26 @@ impl Opened {
             self.until = earliest_expiry(&decided.grants);
         }
         verdict
+    }
+}
+
+/// Sets `timer` to fire at `at`: armed if it is not, moved if it is set for another time.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn arm(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>, at: Instant) {
+    let at = tokio::time::Instant::from_std(at);
+    match timer {
+        Some(t) if t.deadline() == at => {}
+        Some(t) => t.as_mut().reset(at),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+}
+
+/// Completes when `timer` fires; never when it is not armed.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) async fn wake(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -177,5 +211,28 @@ mod tests {
         assert!(o.due(now, wall, second));
         o.until = wall.checked_add(second);
         assert!(!o.due(now, wall, second));
+    }
+
+    #[test]
+    fn an_idle_stream_is_woken_at_the_interval_or_a_grants_expiry() {
+        let command = Command::new(
+            Protocol::Redis,
+            "SUBSCRIBE",
+            CommandClass::Read,
+            "SUBSCRIBE a",
+        )
+        .unwrap();
+        let mut o = Opened::new(command, &[]);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(o.due_at(hour), o.decided + hour);
+        // A grant ending in a minute: woken then, long before the interval.
+        o.until = Timestamp::now().checked_add(Duration::from_secs(60));
+        let at = o.due_at(hour);
+        let from_now = at.saturating_duration_since(Instant::now());
+        assert!(from_now <= Duration::from_secs(60), "{from_now:?}");
+        assert!(from_now >= Duration::from_secs(50), "{from_now:?}");
+        // One already over: due now.
+        o.until = Timestamp::now().checked_sub(Duration::from_secs(1));
+        assert!(o.due_at(hour) <= Instant::now());
     }
 }

@@ -147,20 +147,24 @@ async fn api(req: Request<Incoming>, log: Log) -> Result<Response<UpBody>, Infal
                 .unwrap()
         }
         ("GET", "/events") => {
-            // Server-sent events: `n` (the query, 50 by default) ticks, one every 100 ms,
-            // each with an email the profile tokenizes.
-            let n: u32 = req
-                .uri()
-                .query()
-                .and_then(|q| q.strip_prefix("n="))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(50);
-            let ticks = futures_util::stream::unfold(0u32, move |i| async move {
+            // Server-sent events: `n` (the query, 50 by default) ticks, one every `gap`
+            // milliseconds (100 by default), each with an email the profile tokenizes.
+            let param = |name: &str, default: u64| -> u64 {
+                req.uri()
+                    .query()
+                    .unwrap_or("")
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default)
+            };
+            let (n, gap) = (param("n", 50), Duration::from_millis(param("gap", 100)));
+            let ticks = futures_util::stream::unfold(0u64, move |i| async move {
                 if i >= n {
                     return None;
                 }
                 if i > 0 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(gap).await;
                 }
                 let event = format!("data: tick {i} for {EMAIL}\n\n");
                 Some((Ok(Frame::data(Bytes::from(event))), i + 1))
@@ -1005,6 +1009,49 @@ async fn a_stream_ends_with_the_grant_that_allowed_it() {
     assert!(stdout.contains("data: tick 0 for "), "{stdout}\n{stderr}");
     assert!(!stdout.contains("tick 99"), "{stdout}");
     assert!(!stdout.contains(EMAIL), "{stdout}");
+    let error = events_outcome(&g).await;
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("response cut: the grant that allowed it expired")),
+        "{error:?}"
+    );
+    verify_dir(g.audit_dir.path(), &g.keys).unwrap();
+}
+
+/// A stream that waits for its next event when its grant expires is cut then, not when
+/// (if ever) that event comes: the client is not left holding a response no decision
+/// stands behind, and the trail says when it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_is_cut_when_its_grant_expires() {
+    let g = gateway().await;
+    let grant = support::read_grant("agent-2", "crm-api", Duration::from_secs(2));
+    g.pipeline.grants().issue(grant).await.unwrap();
+    // One tick, then the next an hour later.
+    let out = run(
+        "curl",
+        vec![
+            "-sS".into(),
+            "-N".into(),
+            "--max-time".into(),
+            "30".into(),
+            "-H".into(),
+            "Authorization: Bearer tok-other".into(),
+            g.url("/events?n=2&gap=3600000"),
+        ],
+    )
+    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("data: tick 0 for "), "{stdout}\n{stderr}");
+    // curl's 28 is its own timeout: the stream would still be open.
+    assert!(
+        !out.status.success() && out.status.code() != Some(28),
+        "{:?}: {stdout}\n{stderr}",
+        out.status
+    );
     let error = events_outcome(&g).await;
     assert!(
         error

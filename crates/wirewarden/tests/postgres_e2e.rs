@@ -2288,3 +2288,72 @@ except Exception as e:
     assert_eq!(ended, Some((feed_id, "feeds-need-a-grant".to_owned())));
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// A `LISTEN` that brings no notification still ends when the grant that allowed it does:
+/// the decision is taken again on time, not at a notification that may never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_listen_ends_with_its_grant() {
+    let policy = r#"
+[[rule]]
+id = "feeds-need-a-grant"
+verbs = ["LISTEN"]
+action = "review"
+reviewers = ["ops"]
+timeout = "20s"
+"#;
+    let g = gateway_with_masks(
+        None,
+        Arc::new(tokens()),
+        |s| s,
+        policy,
+        Some(strict_and_open("open")),
+    )
+    .await;
+    let grant = support::read_grant("analyst-1", "crm", Duration::from_secs(2));
+    g.pipeline.grants().issue(grant).await.unwrap();
+    let port = g.addr.port();
+    let script = format!(
+        r#"
+import psycopg
+conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
+conn.execute("LISTEN feed")
+try:
+    for _ in range(60):
+        for n in conn.notifies(timeout=0.5, stop_after=1):
+            print("unexpected:", n)
+    print("never withdrawn")
+except Exception as e:
+    print("withdrawn:", type(e).__name__, str(e).replace("\n", " "))
+"#
+    );
+    let out = python(&script).await;
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("withdrawn: OperationalError")),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    let kinds = support::kinds_when(g.audit_dir.path(), &g.keys, |k| {
+        support::withdrawn(k).is_some()
+    })
+    .await;
+    let listen = kinds
+        .iter()
+        .find_map(|k| match k {
+            AuditEventKind::CommandDecided {
+                command_id,
+                command,
+                ..
+            } if command.text == "LISTEN feed" => Some(*command_id),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        support::withdrawn(&kinds),
+        Some((listen, "feeds-need-a-grant".to_owned()))
+    );
+    assert!(support::transcripts(&kinds, listen).is_empty());
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

@@ -1288,6 +1288,50 @@ async fn a_revoked_grant_ends_its_subscription() {
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// A subscription that brings no message still ends when the grant that allowed it does,
+/// as Redis ends a client whose channel permissions an ACL change withdrew: the gateway
+/// takes the decision again on time, not at the next message (which may never come).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscription_ends_with_its_grant() {
+    let g = gateway_with_rules(STREAM_RULES, |_| {}, |s| s).await;
+    let grant = support::read_grant("agent-1", "cache", Duration::from_secs(2));
+    g.pipeline.grants().issue(grant).await.unwrap();
+    let script = r#"
+ps = r.pubsub()
+ps.subscribe('feed', 'news')
+for _ in range(2):
+    m = ps.get_message(timeout=5)
+    assert m and m['type'] == 'subscribe', m
+try:
+    for _ in range(60):
+        m = ps.get_message(timeout=0.5)
+        assert m is None, m
+    print('never withdrawn')
+except Exception as e:
+    print('withdrawn:', type(e).__name__, str(e).replace('\n', ' '))
+"#;
+    let out = python(g.addr, 2, script).await;
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("withdrawn: "))
+        .unwrap_or_else(|| panic!("stdout: {stdout}\nstderr: {}", text(&out.stderr)));
+    assert!(
+        line.contains("subscription withdrawn") && line.contains("(rule feeds-need-a-grant)"),
+        "{line}"
+    );
+    let kinds = kinds_when(g.audit_dir.path(), &g.keys, |k| withdrawn(k).is_some()).await;
+    let subscribe = subscribed(&kinds, "feed");
+    assert_eq!(subscribe, subscribed(&kinds, "news"));
+    assert_eq!(
+        withdrawn(&kinds),
+        Some((subscribe, "feeds-need-a-grant".to_owned()))
+    );
+    // Nothing was published: nothing was relayed.
+    assert!(transcripts(&kinds, subscribe).is_empty());
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// Published messages count against the exfiltration budgets as what their subscription
 /// returned: once the budget is spent, the subscription is refused at its next decision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

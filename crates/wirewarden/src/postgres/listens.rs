@@ -11,8 +11,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use wirewarden_core::{CommandId, ObjectKind};
+use wirewarden_core::{CommandId, ObjectKind, Timestamp};
 use wirewarden_mask::Profile;
 use wirewarden_sql::Analysis;
 
@@ -99,6 +100,21 @@ impl Listens {
                 Change::UnlistenAll => self.open.clear(),
             }
         }
+    }
+
+    /// When the first decision falls due if no notification comes (see
+    /// [`Opened::due_at`]); `None` when the session listens on nothing.
+    pub(crate) fn next_due(&self, every: Duration) -> Option<Instant> {
+        self.open.values().map(|l| l.opened.due_at(every)).min()
+    }
+
+    /// The channels whose decision is due at `now`.
+    pub(crate) fn due(&self, now: Instant, wall: Timestamp, every: Duration) -> Vec<String> {
+        self.open
+            .iter()
+            .filter(|(_, l)| l.opened.due(now, wall, every))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// The channel named `channel` as the server sends it.

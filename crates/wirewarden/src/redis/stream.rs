@@ -7,9 +7,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wirewarden_core::CommandId;
+use wirewarden_core::{CommandId, Timestamp};
 use wirewarden_mask::Profile;
 use wirewarden_redis::Value;
 
@@ -101,6 +102,31 @@ impl Subscriptions {
     /// The subscription named `key`.
     pub(crate) fn get_mut(&mut self, key: &Key) -> Option<&mut Subscription> {
         self.open.get_mut(key)
+    }
+
+    /// When the first decision falls due if no message comes (see
+    /// [`Opened::due_at`]); `None` without subscriptions.
+    pub(crate) fn next_due(&self, every: Duration) -> Option<Instant> {
+        self.open.values().map(|s| s.opened.due_at(every)).min()
+    }
+
+    /// The subscriptions whose decision is due at `now`, one per command that subscribed
+    /// (its channels share its decision).
+    pub(crate) fn due(&self, now: Instant, wall: Timestamp, every: Duration) -> Vec<Key> {
+        let mut keys: Vec<(CommandId, &Key)> = self
+            .open
+            .iter()
+            .filter(|(_, s)| s.opened.due(now, wall, every))
+            .map(|(k, s)| (s.id, k))
+            .collect();
+        keys.sort_unstable_by_key(|(id, _)| *id);
+        keys.dedup_by_key(|(id, _)| *id);
+        keys.into_iter().map(|(_, k)| k.clone()).collect()
+    }
+
+    /// Every subscription the command `id` opened.
+    pub(crate) fn of_command(&mut self, id: CommandId) -> impl Iterator<Item = &mut Subscription> {
+        self.open.values_mut().filter(move |s| s.id == id)
     }
 }
 

@@ -782,7 +782,16 @@ impl PostgresProxy {
         tracker.on_backend(&BackendMessage::ReadyForQuery(up.status))?;
         // The responses side learns from the tracker what became of each request.
         tracker.report_finished(true);
+        // The lexing the server starts the session with (a database or role may have
+        // `standard_conforming_strings` off): the classifier starts from it.
+        let scs = up
+            .parameters
+            .iter()
+            .rev()
+            .find(|(n, _)| n.as_ref() == b"standard_conforming_strings")
+            .map_or(Scs::On, |(_, v)| Scs::reported(v));
         let shared = Arc::new(Shared {
+            scs: std::sync::atomic::AtomicU8::new(scs as u8),
             session: StdMutex::new(tracker),
             queue: StdMutex::new(VecDeque::new()),
             token: poison_token(),
@@ -898,6 +907,9 @@ struct Pending {
 
 #[derive(Debug)]
 struct Shared {
+    /// The `standard_conforming_strings` the classifier lexes under ([`Scs`]): the
+    /// responses side checks every value the server reports against it.
+    scs: std::sync::atomic::AtomicU8,
     session: StdMutex<Session>,
     /// What the gateway keeps for the answers to requests, by the tracker's number (see
     /// [`Relay::track`]); taken when the tracker reports the request finished.
@@ -918,6 +930,54 @@ struct Shared {
     /// Woken when a statement changed the channels: the timer for channels with no
     /// notification is set again.
     listens_changed: tokio::sync::Notify,
+}
+
+/// The `standard_conforming_strings` the classifier lexes under, shared with the
+/// responses side as a byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Scs {
+    /// Changed by a statement the server has not answered: text is lexed both ways.
+    Unknown = 0,
+    Off = 1,
+    On = 2,
+}
+
+impl Scs {
+    fn of(b: u8) -> Self {
+        match b {
+            1 => Self::Off,
+            2 => Self::On,
+            _ => Self::Unknown,
+        }
+    }
+
+    fn known(v: Option<bool>) -> Self {
+        match v {
+            Some(true) => Self::On,
+            Some(false) => Self::Off,
+            None => Self::Unknown,
+        }
+    }
+
+    /// A value as the server reports it (`on` or `off`).
+    fn reported(v: &[u8]) -> Self {
+        if v.eq_ignore_ascii_case(b"off") {
+            Self::Off
+        } else {
+            Self::On
+        }
+    }
+}
+
+/// Whether running `st` may change `standard_conforming_strings` (`SET`, `RESET`,
+/// `set_config`, `RESET ALL`).
+fn changes_lexing(st: &wirewarden_sql::Statement) -> bool {
+    st.verb == "RESET ALL"
+        || st.objects.iter().any(|o| {
+            o.kind == wirewarden_core::ObjectKind::Setting
+                && o.name == "standard_conforming_strings"
+        })
 }
 
 /// What the session's audit writer task is sent.
@@ -1488,7 +1548,11 @@ impl Relay {
         mut up: WriteHalf<BoxIo>,
         client_w: ClientWriter,
     ) -> Result<()> {
-        let mut classifier = Classifier::new();
+        let mut classifier = Classifier::with_options(wirewarden_sql::LexOptions {
+            standard_conforming_strings: Scs::of(self.shared.scs.load(Ordering::Acquire))
+                != Scs::Off,
+            ..wirewarden_sql::LexOptions::default()
+        });
         let mut out = BytesMut::with_capacity(64 * 1024);
         let mut named = Named::default();
         loop {
@@ -2008,6 +2072,16 @@ impl Relay {
         let now = Timestamp::now();
         let text = String::from_utf8_lossy(sql);
         let analysis = classifier.classify_bytes(sql);
+        if prepare {
+            // A prepared statement that changes how text lexes may run at any Execute:
+            // from now on the classifier lexes text both ways and refuses what splits
+            // differently. Its other effects wait for an execution.
+            for st in &analysis.statements {
+                if st.prepared.is_none() && st.verb != "DISCARD ALL" && changes_lexing(st) {
+                    classifier.record_statement(st);
+                }
+            }
+        }
         let mut command = analysis.to_command(&text);
         if command.verb.is_empty() {
             command.verb = "UNKNOWN".into();
@@ -2120,6 +2194,11 @@ impl Relay {
                 code: "42501",
             },
         };
+        // Before anything is forwarded, the responses side learns how text is now lexed.
+        self.shared.scs.store(
+            Scs::known(classifier.standard_conforming_strings()) as u8,
+            Ordering::Release,
+        );
         // `opened` is there exactly when the statements change the channels.
         if let (Verdict::Forward(profile, id), Some(o)) = (&verdict, opened.as_mut()) {
             // Decided now, after a review's wait.
@@ -2265,6 +2344,9 @@ impl Relay {
                 st.out.clear();
             }
             if let Some(e) = failed {
+                // The client reads the FATAL error, then the connection closes, as the
+                // server's would: a client waiting for the rest of a response stops.
+                let _ = client_w.lock().await.shutdown().await;
                 return Err(e);
             }
             buf.reserve(64 * 1024);
@@ -2930,6 +3012,23 @@ impl Relay {
                 }
                 if name.as_ref() == b"application_name" {
                     self.on_application(st, &value).await;
+                }
+                if name.as_ref() == b"standard_conforming_strings" {
+                    // A change no statement the gateway classified announced (a function
+                    // that calls set_config): statements decided since were lexed another
+                    // way than the server lexes them.
+                    let expected = Scs::of(self.shared.scs.load(Ordering::Acquire));
+                    if expected != Scs::Unknown && expected != Scs::reported(&value) {
+                        BackendMessage::ErrorResponse(ErrorFields::new(
+                            "FATAL",
+                            "42501",
+                            "wirewarden: terminating connection: standard_conforming_strings changed without a statement the gateway decided changing it",
+                        ))
+                        .encode(&mut st.out)?;
+                        return Err(Error::Config(
+                            "standard_conforming_strings changed unannounced".into(),
+                        ));
+                    }
                 }
                 let mut counts = MaskedCounts::new();
                 match outbound::mask_bytes_as_text(&self.profile, &value, &mut counts) {

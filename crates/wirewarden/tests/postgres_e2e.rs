@@ -2357,3 +2357,93 @@ except Exception as e:
     assert!(support::transcripts(&kinds, listen).is_empty());
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// With `standard_conforming_strings` off, a backslash in a plain string escapes the quote:
+/// text the gateway lexed the other way would hide what the server runs. The gateway lexes
+/// as the server does: from the value the server reports at login (a database can set it
+/// off), and, once a statement changes it (in the extended protocol too, where it runs at
+/// an `Execute` the gateway does not decide again), both ways, refusing text that reads
+/// differently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_lexed_as_the_server_lexes_them() {
+    let policy = r#"
+[[rule]]
+id = "analysts-read-notes"
+groups = ["analysts"]
+max_class = "read"
+relations = ["*notes"]
+action = "allow"
+
+[[rule]]
+id = "analysts-flip"
+groups = ["analysts"]
+max_class = "read"
+functions = ["flip"]
+action = "allow"
+"#;
+    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, policy).await;
+    g.pg.psql(A_NOTE).unwrap();
+    // Changed in the extended protocol, then used in either protocol.
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+show("set", pg.exec_params(b"SET standard_conforming_strings = off", []))
+show("simple", pg.exec_(b"SELECT '\\' ', ssn FROM customers --'"))
+show("extended", pg.exec_params(b"SELECT '\\' ', ssn FROM customers --'", []))
+show("notes", pg.exec_(b"SELECT body FROM notes"))
+"#,
+    );
+    let stdout = succeeded(&python(&script).await);
+    assert_shows(
+        &stdout,
+        &[
+            "set ok",
+            "simple error 42501",
+            "extended error 42501",
+            "notes rows a note (1)",
+        ],
+    );
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    // Off for the whole database: the session starts lexing that way.
+    g.pg.psql("ALTER DATABASE app SET standard_conforming_strings = off")
+        .unwrap();
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+show("hidden delete", pg.exec_(b"SELECT 'x\\' '; DELETE FROM notes; --'"))
+show("notes", pg.exec_(b"SELECT body FROM notes"))
+"#,
+    );
+    let stdout = succeeded(&python(&script).await);
+    assert_shows(
+        &stdout,
+        &["hidden delete error 42501", "notes rows a note (1)"],
+    );
+    // Changed where no statement says so (inside a function): what the gateway decided
+    // since may have been lexed the other way, so the session ends.
+    g.pg.psql(
+        "ALTER DATABASE app RESET standard_conforming_strings; \
+         CREATE FUNCTION flip() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+         PERFORM set_config('standard_conforming_strings', 'off', false); RETURN 1; END $$",
+    )
+    .unwrap();
+    let script = raw_script(
+        g.addr.port(),
+        r#"
+send(Q(b"SELECT flip()"))
+try:
+    answers(1)
+except SystemExit as e:
+    print(e)
+"#,
+    );
+    let out = python(&script).await;
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("error 42501\nclosed"),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(!stdout.contains("ready"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

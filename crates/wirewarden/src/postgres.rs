@@ -3084,16 +3084,19 @@ const WITHHELD_MESSAGE: &str =
     "wirewarden: the result was withheld because a value could not be masked";
 
 /// What the gateway queued for the request `head`, if it is a forwarded command.
-/// Whether SQL text may read a cursor (`FETCH`): the word anywhere, in any case (a cheap
-/// look before classifying, which may also find `FETCH FIRST` or a string; never misses).
+/// Whether SQL text may run what a name holds when it runs: a `FETCH` reads a cursor, an
+/// `EXECUTE` (also inside `EXPLAIN` or `CREATE TABLE … AS`) a prepared statement. The words
+/// anywhere, in any case (a cheap look before classifying, which may also find `FETCH
+/// FIRST` or a string; never misses).
 fn reads_cursor(sql: &[u8]) -> bool {
     sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"fetch"))
+        || sql.windows(7).any(|w| w.eq_ignore_ascii_case(b"execute"))
 }
 
-/// Whether a decided statement reads a cursor: a `FETCH`, which reads whatever cursor has
-/// its name when it runs.
+/// Whether a decided statement runs what a name holds when it runs (see [`reads_cursor`]):
+/// it is decided again at each execution, never on what the name held at its `Parse`.
 fn is_fetch(command: &Command) -> bool {
-    command.verb == "FETCH"
+    matches!(command.verb.as_str(), "FETCH" | "EXECUTE") || reads_cursor(command.text.as_bytes())
 }
 
 fn head_command(

@@ -2447,3 +2447,43 @@ except SystemExit as e:
     assert!(!stdout.contains("ready"), "{stdout}");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// `EXECUTE p` runs what `p` names when it runs: prepared with `Parse`, it is decided
+/// again at each execution, so a statement prepared under the name since (here one that
+/// reads what policy refuses) does not run under the decision the old one had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_runs_under_a_decision_on_what_its_name_holds_now() {
+    let policy = r#"
+[[rule]]
+id = "analysts-read-notes"
+groups = ["analysts"]
+max_class = "read"
+relations = ["*notes"]
+action = "allow"
+"#;
+    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, policy).await;
+    g.pg.psql(A_NOTE).unwrap();
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+show("prepare", pg.exec_(b"PREPARE p AS SELECT body FROM notes"))
+show("parse", pg.prepare(b"s1", b"EXECUTE p"))
+show("first", pg.exec_prepared(b"s1", []))
+show("deallocate", pg.exec_(b"DEALLOCATE p"))
+show("again", pg.exec_(b"PREPARE p AS SELECT ssn FROM customers"))
+show("direct", pg.exec_(b"EXECUTE p"))
+show("s1", pg.exec_prepared(b"s1", []))
+"#,
+    );
+    let stdout = succeeded(&python(&script).await);
+    assert_shows(
+        &stdout,
+        &[
+            "first rows a note (1)",
+            "direct error 42501",
+            "s1 error 42501",
+        ],
+    );
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

@@ -2487,3 +2487,40 @@ show("s1", pg.exec_prepared(b"s1", []))
     assert!(!stdout.contains("123-45-6789"), "{stdout}");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// COPY's data names no column, so a profile with column rules cannot be applied to it:
+/// such a COPY is withheld (content detection alone would let a name or an unformatted
+/// number through), while one under a profile without column rules goes out masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_out_under_column_rules_is_withheld() {
+    let g = notes_open_customers_strict_gateway().await;
+    g.pg.psql(A_NOTE).unwrap();
+    let script = format!(
+        r#"
+import psycopg
+conn = psycopg.connect(host="127.0.0.1", port={port}, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
+cur = conn.cursor()
+for label, sql in [("customers", "COPY customers (id, ssn) TO STDOUT"), ("query", "COPY (SELECT ssn FROM customers) TO STDOUT WITH CSV"), ("notes", "COPY notes (body) TO STDOUT")]:
+    try:
+        with cur.copy(sql) as copy:
+            print(label, "copy", b"".join(bytes(b) for b in copy).decode().strip())
+    except psycopg.Error as e:
+        print(label, "error", e.sqlstate)
+cur.execute("SELECT ssn FROM customers ORDER BY id")
+print("after", cur.fetchone()[0])
+"#,
+        port = g.addr.port()
+    );
+    let stdout = succeeded(&python(&script).await);
+    assert_shows(
+        &stdout,
+        &[
+            "customers error XX000",
+            "query error XX000",
+            "notes copy a note",
+            "after [REDACTED]",
+        ],
+    );
+    assert!(!stdout.contains("123-45-6789"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

@@ -343,6 +343,13 @@ pub(crate) fn mask_copy_data(
     binary: bool,
     counts: &mut MaskedCounts,
 ) -> Result<Option<Vec<u8>>, Unmaskable> {
+    if profile.has_column_rules() {
+        // COPY's data names no column: a rule for `customers.name` could not be applied to
+        // the field that holds the name, and content detection alone would let it out.
+        return Err(Unmaskable(
+            "COPY output names no columns, and the mask profile has column rules".into(),
+        ));
+    }
     if binary {
         // Binary COPY is a framed stream we do not rewrite: scan it, and withhold it if
         // anything is found.

@@ -118,7 +118,13 @@ impl fmt::Display for GrantScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.max_class.as_str())?;
         if !self.objects.is_empty() {
-            write!(f, " on {}", self.objects.join(", "))?;
+            // An empty glob matches no name: "on nothing" but commands that touch none.
+            let shown: Vec<&str> = self
+                .objects
+                .iter()
+                .map(|g| if g.is_empty() { "\"\"" } else { g.as_str() })
+                .collect();
+            write!(f, " on {}", shown.join(", "))?;
         }
         Ok(())
     }

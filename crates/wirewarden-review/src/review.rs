@@ -208,6 +208,10 @@ pub struct Review {
     pub command_text: String,
     /// The command's class (the class a grant issued on approval allows at most).
     pub class: CommandClass,
+    /// The names of the relations, keys and paths the command touches: a grant issued on
+    /// approval covers these and no others (see [`Review::grant_scope`]).
+    #[serde(default)]
+    pub objects: Vec<String>,
     /// The rule that asked for review.
     pub rule: RuleId,
     /// Why review is needed.
@@ -298,6 +302,7 @@ impl Review {
             binding,
             command_text: command_text.into(),
             class,
+            objects: Vec::new(),
             rule,
             reason: reason.into(),
             requirement,
@@ -314,6 +319,30 @@ impl Review {
     pub fn with_approval_ttl(mut self, ttl: Duration) -> Self {
         self.approval_ttl_secs = ttl.as_secs().max(1);
         self
+    }
+
+    /// Sets the names of the relations, keys and paths the held command touches, which
+    /// bound the grant an approval may issue.
+    #[must_use]
+    pub fn with_objects(mut self, objects: Vec<String>) -> Self {
+        self.objects = objects;
+        self
+    }
+
+    /// What a grant issued on approving this review covers: commands up to the held
+    /// command's class, on the objects it touches. A reviewer saw one command; the grant
+    /// lets its requester run commands like it without asking again, not any command of
+    /// that class on the target. A command that touched no object yields a grant for
+    /// commands that touch none (its scope's one glob is empty, which matches no name).
+    /// Object names are taken as globs: a name with `*` or `?` (a relation the command may
+    /// reach through a function, written `*`) covers what it matches.
+    #[must_use]
+    pub fn grant_scope(&self) -> wirewarden_policy::GrantScope {
+        let scope = wirewarden_policy::GrantScope::up_to(self.class);
+        if self.objects.is_empty() {
+            return scope.on("");
+        }
+        self.objects.iter().fold(scope, |s, o| s.on(o.clone()))
     }
 
     /// What the review means at `now`.
@@ -509,6 +538,33 @@ mod tests {
         )
         .unwrap()
         .with_approval_ttl(Duration::from_secs(10))
+    }
+
+    #[test]
+    fn a_grant_covers_what_the_held_command_touched_and_no_more() {
+        use wirewarden_core::{Access, Command, ObjectKind, ObjectRef};
+        let cmd = |text: &str, keys: &[&str]| {
+            keys.iter().fold(
+                Command::new(Protocol::Redis, "DEL", CommandClass::Write, text).unwrap(),
+                |c, k| c.with_object(ObjectRef::new(ObjectKind::Key, *k, Access::Write)),
+            )
+        };
+        let mut r = review(1);
+        r.class = CommandClass::Write;
+        // Nothing touched: commands that touch nothing, none that touch a key.
+        let scope = r.grant_scope();
+        assert!(scope.covers(&cmd("PING", &[])));
+        assert!(!scope.covers(&cmd("DEL a", &["a"])));
+        assert_eq!(scope.to_string(), "write on \"\"");
+        let r = r.with_objects(vec!["session:1".into(), "session:2".into()]);
+        let scope = r.grant_scope();
+        assert!(scope.covers(&cmd("DEL session:2", &["session:2"])));
+        assert!(!scope.covers(&cmd("DEL session:3", &["session:3"])));
+        assert!(!scope.covers(&cmd("DEL session:1 other", &["session:1", "other"])));
+        // Never beyond the held command's class.
+        let admin =
+            Command::new(Protocol::Redis, "FLUSHALL", CommandClass::Admin, "FLUSHALL").unwrap();
+        assert!(!scope.covers(&admin));
     }
 
     fn approve(who: &str, scope: ApprovalScope) -> Operation {

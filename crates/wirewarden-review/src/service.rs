@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wirewarden_core::{
-    AuditEvent, AuditEventKind, Command, CommandId, Principal, ReviewId, ReviewOutcome,
+    AuditEvent, AuditEventKind, Command, CommandId, ObjectKind, Principal, ReviewId, ReviewOutcome,
     ReviewRequirement, RuleId, Target, Timestamp,
 };
-use wirewarden_policy::{Grant, GrantScope, GrantStore};
+use wirewarden_policy::{Grant, GrantStore};
 
 use crate::notify::{Notification, Notifier};
 use crate::review::{
@@ -118,7 +118,20 @@ impl Reviews {
             requirement,
             now,
         )?
-        .with_approval_ttl(self.approval_ttl);
+        .with_approval_ttl(self.approval_ttl)
+        .with_objects(
+            command
+                .objects
+                .iter()
+                .filter(|o| {
+                    matches!(
+                        o.kind,
+                        ObjectKind::Relation | ObjectKind::Key | ObjectKind::Path
+                    )
+                })
+                .map(|o| o.name.clone())
+                .collect(),
+        );
         self.store.submit(&review).await?;
         let event = AuditEvent::new(
             None,
@@ -175,7 +188,7 @@ impl Reviews {
                 let issued = match Grant::new(
                     review.binding.requester.clone(),
                     review.binding.target.name.clone(),
-                    GrantScope::up_to(review.class),
+                    review.grant_scope(),
                     now,
                     Duration::from_secs(secs),
                     review.approvers().join(","),

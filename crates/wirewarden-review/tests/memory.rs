@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wirewarden_core::{
-    AuditEventKind, AuthMethod, Command, CommandClass, CommandId, Decision, Principal, Protocol,
-    ReviewOutcome, Target, Timestamp,
+    Access, AuditEventKind, AuthMethod, Command, CommandClass, CommandId, Decision, ObjectKind,
+    ObjectRef, Principal, Protocol, ReviewOutcome, Target, Timestamp,
 };
 use wirewarden_policy::{
     DecidedBy, GrantError, GrantStore, MemoryGrantStore, PolicyEngine, Request, RuleEngine,
@@ -57,13 +57,16 @@ timeout = "10m"
     let grants = Arc::new(MemoryGrantStore::new());
     let reviews = Reviews::new(Arc::new(MemoryReviewStore::new()), grants.clone());
     let crm = Target::new("crm", Protocol::Postgres).unwrap();
-    let update = Command::new(
-        Protocol::Postgres,
-        "UPDATE",
-        CommandClass::Write,
-        "UPDATE t SET a = 1",
-    )
-    .unwrap();
+    let write_on = |relation: &str, text: &str| {
+        Command::new(Protocol::Postgres, "UPDATE", CommandClass::Write, text)
+            .unwrap()
+            .with_object(ObjectRef::new(
+                ObjectKind::Relation,
+                relation,
+                Access::Write,
+            ))
+    };
+    let update = write_on("public.t", "UPDATE t SET a = 1");
     let now = Timestamp::now();
 
     let eval = engine.evaluate(&Request::new(&agent(), &crm, &update, now));
@@ -143,6 +146,8 @@ timeout = "10m"
     let grant = second.grant.unwrap();
     assert_eq!(grant.subject, "agent-7");
     assert_eq!(grant.scope.max_class, CommandClass::Write);
+    // Limited to what the reviewers saw the command touch.
+    assert_eq!(grant.scope.objects, ["public.t"]);
     assert_eq!(grant.issued_by, "alice,bob");
 
     // The held command is released once.
@@ -158,19 +163,18 @@ timeout = "10m"
         })
     ));
 
-    // Later writes go through under the grant, until it expires.
-    let other_update = Command::new(
-        Protocol::Postgres,
-        "UPDATE",
-        CommandClass::Write,
-        "UPDATE t SET a = 2",
-    )
-    .unwrap();
+    // Later writes to the same relation go through under the grant, until it expires;
+    // writes to others are still held.
+    let other_update = write_on("public.t", "UPDATE t SET a = 2");
     let later = now.checked_add(Duration::from_secs(600)).unwrap();
     let active = grants.active("agent-7", "crm", later).await.unwrap();
     let eval =
         engine.evaluate(&Request::new(&agent(), &crm, &other_update, later).with_grants(&active));
     assert!(matches!(eval.decided_by, DecidedBy::Grant { grant: g, .. } if g == grant.id));
+    let elsewhere = write_on("public.accounts", "UPDATE accounts SET a = 2");
+    let eval =
+        engine.evaluate(&Request::new(&agent(), &crm, &elsewhere, later).with_grants(&active));
+    assert_eq!(eval.decision.outcome(), "review");
     let expired_at = now.checked_add(Duration::from_secs(1_800)).unwrap();
     let eval = engine
         .evaluate(&Request::new(&agent(), &crm, &other_update, expired_at).with_grants(&active));
@@ -388,13 +392,16 @@ impl GrantStore for Unavailable {
 async fn a_failed_grant_keeps_the_approval_and_its_audit_event() {
     let reviews = Reviews::new(Arc::new(MemoryReviewStore::new()), Arc::new(Unavailable));
     let crm = Target::new("crm", Protocol::Postgres).unwrap();
-    let update = Command::new(
-        Protocol::Postgres,
-        "UPDATE",
-        CommandClass::Write,
-        "UPDATE t SET a = 1",
-    )
-    .unwrap();
+    let write_on = |relation: &str, text: &str| {
+        Command::new(Protocol::Postgres, "UPDATE", CommandClass::Write, text)
+            .unwrap()
+            .with_object(ObjectRef::new(
+                ObjectKind::Relation,
+                relation,
+                Access::Write,
+            ))
+    };
+    let update = write_on("public.t", "UPDATE t SET a = 1");
     let now = Timestamp::now();
     let held = reviews
         .request(

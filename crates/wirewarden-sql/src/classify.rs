@@ -742,7 +742,8 @@ fn qualified_name(toks: &[Token<'_>], i: usize) -> Option<(String, String, usize
     Some((rendered, last, j))
 }
 
-/// CTE names visible at some point of a statement.
+/// CTE names visible at some point of a statement, as identifier values (folded as the
+/// server folds them, unrendered).
 #[derive(Debug, Default)]
 struct Scope<'p> {
     names: Vec<String>,
@@ -794,9 +795,11 @@ fn relation_at(
     scope: &Scope<'_>,
     out: &mut Out,
 ) -> Option<usize> {
-    let (name, _, mut j) = qualified_name(toks, i)?;
-    let unqualified = !name.contains('.');
-    if !(unqualified && scope.contains(&name) && access == Access::Read) {
+    let (name, last, mut j) = qualified_name(toks, i)?;
+    // A CTE is named by one identifier: compare its value as the server folds it, never
+    // the rendered form (`"Secret"` is the table Secret, not a CTE named `"Secret"`).
+    let unqualified = name_end(toks, i) == Some(i.saturating_add(1));
+    if !(unqualified && scope.contains(&last) && access == Access::Read) {
         out.obj(ObjectKind::Relation, name, access);
     }
     if toks

@@ -858,3 +858,38 @@ fn a_prepared_statement_keeps_the_relations_its_functions_may_reach() {
             .any(|r| r == ObjectRef::ANY_RELATION)
     );
 }
+
+#[test]
+fn a_cte_hides_only_the_name_the_server_resolves_to_it() {
+    // The CTE's name is the value `"Secret"`, quotes included; `"Secret"` is the table Secret.
+    assert_eq!(
+        reads(r#"WITH """Secret""" AS (SELECT 1) SELECT * FROM "Secret""#),
+        vec!["\"Secret\""]
+    );
+    assert_eq!(
+        reads(r#"WITH """Secret""" AS (SELECT 1) SELECT * FROM """Secret""""#),
+        Vec::<String>::new()
+    );
+    // Unquoted folds to lowercase: `Secret` is `secret`, not the CTE `"Secret"`.
+    assert_eq!(
+        reads(r#"WITH "Secret" AS (SELECT 1) SELECT * FROM Secret"#),
+        vec!["secret"]
+    );
+    assert_eq!(
+        reads(r#"WITH "Secret" AS (SELECT 1) SELECT * FROM "Secret""#),
+        Vec::<String>::new()
+    );
+    // The same name however it is written.
+    assert_eq!(
+        reads(r#"WITH secret AS (SELECT 1) SELECT * FROM "secret", SECRET, U&"secr\0065t""#),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        reads(r#"WITH "a.b" AS (SELECT 1) SELECT * FROM "a.b", a.b"#),
+        vec!["a.b"]
+    );
+    assert_eq!(
+        reads(r#"WITH RECURSIVE """x""" AS (SELECT 1) TABLE "x""#),
+        vec!["x"]
+    );
+}

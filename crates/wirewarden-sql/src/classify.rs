@@ -975,17 +975,10 @@ fn analyze_query(toks: &[Token<'_>], scope: &Scope<'_>, out: &mut Out) -> Option
     let main_kw = kw(rest, lead)?;
     let mut frame = Frame::default();
     let (main, start) = match main_kw.as_str() {
-        "select" | "values" => {
+        // `TABLE name` is read by the scan, as it is where it follows UNION or INSERT.
+        "select" | "values" | "table" => {
             out.raise(Read);
             (Main::Select, 0)
-        }
-        "table" if lead == 0 => {
-            out.raise(Read);
-            let j = skip_kw(rest, 1, &["only"]);
-            (
-                Main::Select,
-                relation_at(rest, j, Access::Read, scope, out)?,
-            )
         }
         "insert" if lead == 0 => {
             out.raise(Write);
@@ -1113,6 +1106,20 @@ fn scan_query(
             TokenKind::Ident | TokenKind::QuotedIdent | TokenKind::UnicodeIdent { .. } => {
                 let word = kw(toks, i);
                 let top = *stack.last()?;
+                if word.as_deref() == Some("table") {
+                    // `TABLE [ONLY] name [*]` is a query wherever it stands: a statement, an
+                    // operand of UNION, INTERSECT or EXCEPT, the source of an INSERT, a
+                    // parenthesised subquery. TABLE is reserved, so it is nothing else here.
+                    let j = skip_kw(toks, i.saturating_add(1), &["only"]);
+                    if toks.get(j).is_some_and(|t| {
+                        t.kind == TokenKind::Ident && tables::is_reserved_keyword(&Kw::new(t.text))
+                    }) {
+                        return None;
+                    }
+                    i = relation_at(toks, j, Access::Read, scope, out)?;
+                    set_top(&mut stack, false, false);
+                    continue;
+                }
                 match word.as_deref() {
                     Some("from") if depth0 && !is_kw(toks, i.wrapping_sub(1), "distinct") => {
                         set_top(&mut stack, true, true);

@@ -893,3 +893,62 @@ fn a_cte_hides_only_the_name_the_server_resolves_to_it() {
         vec!["x"]
     );
 }
+
+#[test]
+fn table_reads_its_relation_wherever_it_stands() {
+    for op in [
+        "UNION",
+        "UNION ALL",
+        "UNION DISTINCT",
+        "INTERSECT",
+        "INTERSECT ALL",
+        "EXCEPT",
+        "EXCEPT DISTINCT",
+    ] {
+        let sql = format!("SELECT 1, 'a' {op} TABLE secret");
+        assert_eq!(reads(&sql), vec!["secret"], "{sql}");
+        assert_eq!(class(&sql), Read, "{sql}");
+    }
+    assert_eq!(reads("SELECT 1 UNION TABLE ONLY secret"), vec!["secret"]);
+    assert_eq!(reads("SELECT 1 UNION TABLE s.secret *"), vec!["s.secret"]);
+    assert_eq!(reads("SELECT 1 UNION (TABLE secret)"), vec!["secret"]);
+    assert_eq!(
+        reads("TABLE a UNION TABLE b EXCEPT TABLE c"),
+        vec!["a", "b", "c"]
+    );
+    assert_eq!(reads("(TABLE a) UNION (TABLE b)"), vec!["a", "b"]);
+    assert_eq!(reads("TABLE ONLY \"Secret\""), vec!["\"Secret\""]);
+    let s = one("INSERT INTO sink TABLE secret");
+    assert_eq!((s.class, s.verb.as_str()), (Write, "INSERT"));
+    assert_eq!(s.writes().collect::<Vec<_>>(), vec!["sink"]);
+    assert_eq!(s.reads().collect::<Vec<_>>(), vec!["secret"]);
+    assert_eq!(reads("INSERT INTO sink (a) TABLE secret"), vec!["secret"]);
+    assert_eq!(reads("INSERT INTO sink (TABLE secret)"), vec!["secret"]);
+    assert_eq!(
+        reads("INSERT INTO sink SELECT 1 UNION TABLE secret"),
+        vec!["secret"]
+    );
+    assert_eq!(
+        reads("WITH c AS (TABLE secret) SELECT * FROM c"),
+        vec!["secret"]
+    );
+    assert_eq!(
+        reads("WITH c AS (SELECT 1) SELECT 1 UNION TABLE c"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        reads("SELECT * FROM t WHERE a IN (SELECT 1 UNION TABLE secret)"),
+        vec!["t", "secret"]
+    );
+    assert_eq!(reads("CREATE TABLE c AS TABLE secret"), vec!["secret"]);
+    assert_eq!(
+        reads("DECLARE c CURSOR FOR SELECT 1 UNION TABLE secret"),
+        vec!["secret"]
+    );
+    // TABLE without a name, or with a reserved word for one, is not understood.
+    for sql in ["SELECT 1 UNION TABLE", "SELECT 1 UNION TABLE select", "TABLE ONLY"] {
+        assert_eq!(class(sql), Unknown, "{sql}");
+    }
+    // SELECT INTO TABLE is not a TABLE query.
+    assert_eq!(reads("SELECT * INTO TABLE copy FROM secret"), vec!["secret"]);
+}

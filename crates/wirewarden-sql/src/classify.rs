@@ -1747,21 +1747,7 @@ fn explain(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth: usize) {
             out.raise(Unknown);
             return;
         };
-        // (ANALYZE [bool], VERBOSE, …): ANALYZE counts unless its value is false/off/0.
-        let mut j = 2usize;
-        while j < close {
-            if is_kw(toks, j, "analyze") || is_kw(toks, j, "analyse") {
-                let v = toks.get(j.saturating_add(1));
-                let off = v.is_some_and(|t| {
-                    matches!(
-                        t.text.to_ascii_lowercase().as_str(),
-                        "false" | "off" | "0" | "'false'" | "'off'" | "'0'" | "no"
-                    )
-                });
-                analyze |= !off;
-            }
-            j = j.saturating_add(1);
-        }
+        analyze = explain_analyzes(toks.get(2..close).unwrap_or(&[]));
         i = close.saturating_add(1);
     } else {
         while let Some(w) = kw(toks, i) {
@@ -1794,6 +1780,51 @@ fn explain(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth: usize) {
     };
     out.raise(class);
     out.extend(inner.objects);
+}
+
+/// Whether an `EXPLAIN (…)` option list (the tokens between the parentheses) may run the
+/// statement. Options are `name [value]` separated by commas; the server matches the name
+/// `analyze` after folding, whether written unquoted, quoted or as `U&"…"`, and takes the
+/// last ANALYZE given. Any ANALYZE option whose value is not certainly false, and any list
+/// not read to the end, counts as ANALYZE: a wrong guess then overstates the class.
+fn explain_analyzes(toks: &[Token<'_>]) -> bool {
+    let mut analyze = false;
+    for option in toks.split(|t| t.kind == TokenKind::Comma) {
+        let Some(name) = option.first().and_then(Token::ident) else {
+            return true;
+        };
+        // `"ANALYZE"` and `"analyse"` are options the server rejects: nothing runs, but
+        // taking them as ANALYZE is the side to err on.
+        if !(name.eq_ignore_ascii_case("analyze") || name.eq_ignore_ascii_case("analyse")) {
+            continue;
+        }
+        let off = match option.get(1..) {
+            Some([]) => false,
+            Some([value]) => is_false_option(value),
+            Some([sign, value]) => {
+                sign.kind == TokenKind::Op
+                    && matches!(sign.text, "-" | "+")
+                    && value.kind == TokenKind::Number
+                    && is_false_option(value)
+            }
+            _ => false,
+        };
+        analyze |= !off;
+    }
+    analyze
+}
+
+/// Whether an option value is one the server reads as the Boolean false (`defGetBoolean`):
+/// the integer 0, or `false` or `off` in any case, as a keyword, identifier or string.
+fn is_false_option(t: &Token<'_>) -> bool {
+    let text = match t.kind {
+        TokenKind::Number => {
+            return !t.text.is_empty() && t.text.bytes().all(|b| b == b'0');
+        }
+        TokenKind::String(_) => t.string_value(),
+        _ => t.ident(),
+    };
+    text.is_some_and(|v| v.eq_ignore_ascii_case("false") || v.eq_ignore_ascii_case("off"))
 }
 
 fn copy(toks: &[Token<'_>], out: &mut Out) {

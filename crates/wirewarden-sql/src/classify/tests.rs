@@ -952,3 +952,60 @@ fn table_reads_its_relation_wherever_it_stands() {
     // SELECT INTO TABLE is not a TABLE query.
     assert_eq!(reads("SELECT * INTO TABLE copy FROM secret"), vec!["secret"]);
 }
+
+#[test]
+fn explain_options_are_read_as_the_server_reads_them() {
+    // Option names are identifiers: quoted and Unicode spellings of `analyze` are ANALYZE.
+    for options in [
+        "\"analyze\"",
+        "U&\"analyz\\0065\"",
+        "analyze true",
+        "ANALYZE ON",
+        "analyze 1",
+        "analyze \"true\"",
+        "analyze 'on'",
+        "verbose, \"analyze\"",
+        "analyze false, analyze",
+        "\"analyze\" off, analyze on",
+        // The server takes the last; any ANALYZE that may run counts.
+        "analyze, analyze false",
+        // Not what the server accepts; then overstating is the safe side.
+        "\"ANALYZE\"",
+        "\"analyse\"",
+        "analyze 'no'",
+        "analyze '0'",
+        "analyze 0.0",
+        "analyze false false",
+        "analyze - - 0",
+        "analyze false,",
+        ", analyze false",
+        "1, analyze false",
+    ] {
+        let sql = format!("EXPLAIN ({options}) UPDATE t SET a = 1");
+        assert_eq!(class(&sql), Write, "{sql}");
+        assert_eq!(writes(&sql), vec!["t"], "{sql}");
+    }
+    for options in [
+        "analyze false",
+        "ANALYZE OFF",
+        "analyze 0",
+        "analyze 00",
+        "analyze -0",
+        "analyze \"off\"",
+        "analyze \"FALSE\"",
+        "analyze 'OFF'",
+        "analyze E'false'",
+        "\"analyze\" false, verbose, costs off",
+        "U&\"analyze\" false, format json",
+        "verbose",
+        "format 'json'",
+    ] {
+        let sql = format!("EXPLAIN ({options}) DELETE FROM t");
+        assert_eq!(class(&sql), Read, "{sql}");
+        assert_eq!(writes(&sql), vec!["t"], "{sql}");
+    }
+    assert_eq!(class("EXPLAIN ANALYZE VERBOSE DELETE FROM t"), Write);
+    assert_eq!(class("EXPLAIN VERBOSE DELETE FROM t"), Read);
+    assert_eq!(class("EXPLAIN (ANALYZE) (SELECT * FROM t FOR UPDATE)"), Write);
+    assert_eq!(class("EXPLAIN (ANALYZE UPDATE t SET a = 1"), Unknown);
+}

@@ -845,6 +845,94 @@ fn function_call(toks: &[Token<'_>], name: String, last: &str, args: usize, out:
     out.obj(ObjectKind::Function, name, Access::Execute);
 }
 
+/// Whether the unquoted word at `i`, followed by `(`, is grammar rather than a call of a
+/// function of that name. Reserved words and those that cannot name a function are
+/// grammar (or a type); a word that may name a function is grammar only where the
+/// server's grammar takes it as such (`FILTER (` after a call, `FETCH FIRST (`,
+/// `GROUP BY CUBE (`, `ON CONFLICT (`, an UPDATE's `SET (`…), and a call everywhere else:
+/// `first(x)` may be any user's function. `set_clause` says whether a `SET (` of UPDATE
+/// or ALTER may stand here.
+fn keyword_call_is_syntax(toks: &[Token<'_>], i: usize, set_clause: bool) -> bool {
+    let Some(w) = kw(toks, i) else {
+        return false;
+    };
+    let prev = i.checked_sub(1).and_then(|p| toks.get(p));
+    let prev_kw = |words: &[&str]| {
+        prev.filter(|p| p.kind == TokenKind::Ident)
+            .is_some_and(|p| words.iter().any(|w| p.text.eq_ignore_ascii_case(w)))
+    };
+    let after_paren = prev.is_some_and(|p| p.kind == TokenKind::RParen);
+    match w.as_str() {
+        // Infix operators after an operand; at the start of an expression, a call.
+        "like" | "ilike" | "overlaps" | "join" => prev.is_some_and(ends_operand),
+        w if tables::is_type_function_keyword(w) => false,
+        w if tables::is_reserved_keyword(w) || tables::is_column_name_keyword(w) => true,
+        "filter" | "over" | "include" => after_paren,
+        "first" | "next" => prev_kw(&["fetch"]),
+        "by" => prev_kw(&["order", "group", "partition"]),
+        "cube" | "rollup" => prev_kw(&["by"]),
+        "sets" => prev_kw(&["grouping"]),
+        "conflict" => prev_kw(&["on"]),
+        "key" => prev_kw(&["primary", "foreign"]),
+        "materialized" => prev_kw(&["as", "not"]),
+        "varying" => prev_kw(&["character", "char", "bit", "nchar"]),
+        // `UPDATE t [AS] x SET (a, b) = …`, `ALTER TABLE t SET (…)`.
+        "set" => set_clause && prev.is_some_and(ends_set_target),
+        _ => false,
+    }
+}
+
+/// Whether a token can end an operand, so that a following `LIKE (` is the operator.
+fn ends_operand(t: &Token<'_>) -> bool {
+    match t.kind {
+        TokenKind::Ident => {
+            let w = Kw::new(t.text);
+            !tables::is_reserved_keyword(&w) || matches!(w.as_str(), "null" | "true" | "false")
+        }
+        TokenKind::QuotedIdent
+        | TokenKind::UnicodeIdent { .. }
+        | TokenKind::String(_)
+        | TokenKind::Number
+        | TokenKind::Param
+        | TokenKind::RParen
+        | TokenKind::RBracket => true,
+        _ => false,
+    }
+}
+
+/// Whether a token can end the target of an UPDATE or ALTER (`update`, a name, `*`), so
+/// that a following `SET (` is its SET clause and not a call of `set`.
+fn ends_set_target(t: &Token<'_>) -> bool {
+    match t.kind {
+        TokenKind::Ident => {
+            let w = Kw::new(t.text);
+            w == "update"
+                || !(tables::is_reserved_keyword(&w)
+                    || tables::is_column_name_keyword(&w)
+                    // Words an expression may follow.
+                    || matches!(
+                        w.as_str(),
+                        "by" | "escape"
+                            | "zone"
+                            | "document"
+                            | "content"
+                            | "ref"
+                            | "value"
+                            | "first"
+                            | "next"
+                            | "rows"
+                            | "range"
+                            | "groups"
+                            | "set"
+                            | ""
+                    ))
+        }
+        TokenKind::QuotedIdent | TokenKind::UnicodeIdent { .. } => true,
+        TokenKind::Op => t.text == "*",
+        _ => false,
+    }
+}
+
 /// Scans tokens for function calls only (DDL bodies, option lists, EXECUTE arguments).
 fn scan_functions(toks: &[Token<'_>], out: &mut Out) {
     let mut i = 0usize;
@@ -854,9 +942,7 @@ fn scan_functions(toks: &[Token<'_>], out: &mut Out) {
             continue;
         }
         if let Some((name, last, j)) = qualified_name(toks, i) {
-            let bare_kw = toks.get(i).is_some_and(|t| t.kind == TokenKind::Ident)
-                && !name.contains('.')
-                && tables::is_non_function_keyword(&last);
+            let bare_kw = j == i.saturating_add(1) && keyword_call_is_syntax(toks, i, true);
             let declared = i > 0
                 && kw(toks, i.saturating_sub(1)).is_some_and(|w| {
                     matches!(
@@ -1126,7 +1212,8 @@ fn scan_query(
                         i = i.saturating_add(1);
                         continue;
                     }
-                    Some("join") if top.from => {
+                    // `FROM join(x)` calls a function named join.
+                    Some("join") if top.from && !top.expect_item => {
                         set_top(&mut stack, true, true);
                         i = i.saturating_add(1);
                         continue;
@@ -1193,9 +1280,17 @@ fn scan_query(
                 }
                 let j = name_end(toks, i)?;
                 let is_call = kind_at(toks, j) == Some(TokenKind::LParen);
+                // An unquoted keyword: what it is depends on what follows. Before `(`, it is
+                // grammar or a call of a function of that name; otherwise it is a relation
+                // where one is expected unless PostgreSQL reserves it (`FROM position`,
+                // `JOIN key` name tables).
                 let bare_kw = t.kind == TokenKind::Ident
                     && j == i.saturating_add(1)
-                    && word.as_deref().is_some_and(tables::is_non_function_keyword);
+                    && if is_call {
+                        keyword_call_is_syntax(toks, i, main != Main::Select)
+                    } else {
+                        word.as_deref().is_some_and(tables::is_reserved_keyword)
+                    };
                 if bare_kw {
                     set_top(&mut stack, top.from, false);
                     i = j;

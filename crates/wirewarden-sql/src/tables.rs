@@ -423,130 +423,52 @@ pub(crate) fn is_type_function_keyword(w: &str) -> bool {
     )
 }
 
-/// Unquoted words that are followed by `(` without being function calls.
-pub(crate) fn is_non_function_keyword(w: &str) -> bool {
+/// Keywords that may name a relation or column but never an unqualified function
+/// (`pg_get_keywords()` category `C`): followed by `(` they are grammar (`position(a IN b)`,
+/// `extract(…)`, `coalesce(…)`, `xmlelement(…)`) or a type (`numeric(10, 2)`).
+pub(crate) fn is_column_name_keyword(w: &str) -> bool {
     matches!(
         w,
-        "all"
-            | "and"
-            | "any"
-            | "array"
-            | "as"
-            | "asc"
-            | "between"
+        "between"
             | "bigint"
             | "bit"
             | "boolean"
-            | "breadth"
-            | "by"
-            | "case"
-            | "cast"
             | "char"
             | "character"
-            | "check"
             | "coalesce"
-            | "collate"
-            | "conflict"
-            | "constraint"
-            | "cube"
-            | "current"
-            | "cycle"
             | "dec"
             | "decimal"
-            | "default"
-            | "depth"
-            | "desc"
-            | "distinct"
-            | "do"
-            | "double"
-            | "else"
-            | "end"
-            | "escape"
-            | "except"
-            | "exclude"
             | "exists"
             | "extract"
-            | "filter"
-            | "first"
             | "float"
-            | "for"
-            | "foreign"
-            | "from"
             | "greatest"
-            | "group"
             | "grouping"
-            | "having"
-            | "ilike"
-            | "in"
-            | "include"
+            | "inout"
             | "int"
             | "integer"
-            | "intersect"
             | "interval"
-            | "into"
-            | "is"
-            | "join"
-            | "key"
-            | "last"
-            | "lateral"
             | "least"
-            | "like"
-            | "limit"
-            | "materialized"
             | "national"
             | "nchar"
+            | "none"
             | "normalize"
-            | "not"
             | "nullif"
-            | "nulls"
             | "numeric"
-            | "offset"
-            | "on"
-            | "only"
-            | "or"
-            | "order"
-            | "over"
+            | "out"
             | "overlay"
-            | "partition"
             | "position"
             | "precision"
-            | "primary"
             | "real"
-            | "recursive"
-            | "references"
-            | "returning"
-            | "returns"
-            | "rollup"
             | "row"
-            | "rows"
-            | "search"
-            | "select"
-            | "set"
-            | "sets"
-            | "similar"
+            | "setof"
             | "smallint"
-            | "some"
             | "substring"
-            | "table"
-            | "tablesample"
-            | "then"
             | "time"
             | "timestamp"
-            | "to"
             | "treat"
             | "trim"
-            | "union"
-            | "unique"
-            | "using"
             | "values"
             | "varchar"
-            | "varying"
-            | "view"
-            | "when"
-            | "where"
-            | "window"
-            | "with"
-            | "within"
             | "xmlattributes"
             | "xmlconcat"
             | "xmlelement"
@@ -558,10 +480,6 @@ pub(crate) fn is_non_function_keyword(w: &str) -> bool {
             | "xmlroot"
             | "xmlserialize"
             | "xmltable"
-            | "language"
-            | "immutable"
-            | "stable"
-            | "volatile"
     )
 }
 
@@ -851,6 +769,22 @@ mod tests {
         for f in REACHES_NO_RELATION {
             assert_eq!(function_class(f, f), None, "{f} raises the class");
             assert!(!f.contains(['.', '"']), "{f}");
+        }
+    }
+
+    #[test]
+    fn keyword_categories_do_not_overlap() {
+        for w in ["position", "values", "time", "xmltable", "coalesce"] {
+            assert!(is_column_name_keyword(w) && !is_reserved_keyword(w), "{w}");
+        }
+        for w in ["left", "join", "like", "verbose"] {
+            assert!(is_type_function_keyword(w) && is_reserved_keyword(w), "{w}");
+            assert!(!is_column_name_keyword(w), "{w}");
+        }
+        for w in [
+            "first", "key", "filter", "view", "data", "name", "text", "update", "cube",
+        ] {
+            assert!(!is_reserved_keyword(w) && !is_column_name_keyword(w), "{w}");
         }
     }
 

@@ -946,11 +946,18 @@ fn table_reads_its_relation_wherever_it_stands() {
         vec!["secret"]
     );
     // TABLE without a name, or with a reserved word for one, is not understood.
-    for sql in ["SELECT 1 UNION TABLE", "SELECT 1 UNION TABLE select", "TABLE ONLY"] {
+    for sql in [
+        "SELECT 1 UNION TABLE",
+        "SELECT 1 UNION TABLE select",
+        "TABLE ONLY",
+    ] {
         assert_eq!(class(sql), Unknown, "{sql}");
     }
     // SELECT INTO TABLE is not a TABLE query.
-    assert_eq!(reads("SELECT * INTO TABLE copy FROM secret"), vec!["secret"]);
+    assert_eq!(
+        reads("SELECT * INTO TABLE copy FROM secret"),
+        vec!["secret"]
+    );
 }
 
 #[test]
@@ -1006,6 +1013,98 @@ fn explain_options_are_read_as_the_server_reads_them() {
     }
     assert_eq!(class("EXPLAIN ANALYZE VERBOSE DELETE FROM t"), Write);
     assert_eq!(class("EXPLAIN VERBOSE DELETE FROM t"), Read);
-    assert_eq!(class("EXPLAIN (ANALYZE) (SELECT * FROM t FOR UPDATE)"), Write);
+    assert_eq!(
+        class("EXPLAIN (ANALYZE) (SELECT * FROM t FOR UPDATE)"),
+        Write
+    );
     assert_eq!(class("EXPLAIN (ANALYZE UPDATE t SET a = 1"), Unknown);
+}
+
+#[test]
+fn tables_named_like_unreserved_keywords_are_relations() {
+    for name in [
+        "position", "key", "first", "last", "view", "rows", "filter", "language", "time",
+        "interval", "names", "data", "value", "type", "name", "text", "values", "row", "update",
+        "cube", "set", "exists", "xmltable", "by", "over",
+    ] {
+        for (sql, read) in [
+            (format!("SELECT * FROM {name}"), true),
+            (format!("SELECT * FROM t JOIN {name} ON true"), true),
+            (format!("SELECT * FROM t, {name} x WHERE a = 1"), true),
+            (format!("SELECT * FROM ONLY {name}"), true),
+            (
+                format!("SELECT * FROM t WHERE a IN (SELECT a FROM {name})"),
+                true,
+            ),
+            (format!("TABLE {name}"), true),
+            (format!("SELECT 1 UNION TABLE {name}"), true),
+            (format!("UPDATE t SET a = 1 FROM {name}"), true),
+            (format!("DELETE FROM t USING {name}"), true),
+            (
+                format!("MERGE INTO t USING {name} ON true WHEN MATCHED THEN DELETE"),
+                true,
+            ),
+            (format!("COPY {name} TO STDOUT"), true),
+            (format!("INSERT INTO {name} VALUES (1)"), false),
+            (format!("UPDATE {name} SET a = 1"), false),
+            (format!("DELETE FROM {name}"), false),
+            (format!("TRUNCATE {name}"), false),
+            (format!("LOCK TABLE {name}"), false),
+            (format!("COPY {name} FROM STDIN"), false),
+        ] {
+            let got = if read { reads(&sql) } else { writes(&sql) };
+            assert!(got.iter().any(|r| r == name), "{sql}: {got:?}");
+        }
+    }
+    // Reserved words cannot name a table unquoted; quoted, they can.
+    assert_eq!(reads("SELECT * FROM t CROSS JOIN u"), vec!["t", "u"]);
+    assert_eq!(reads("SELECT * FROM \"select\""), vec!["select"]);
+}
+
+#[test]
+fn functions_named_like_unreserved_keywords_are_calls() {
+    for f in [
+        "first", "last", "filter", "cube", "rollup", "key", "over", "view", "set", "by", "like",
+        "ilike", "join", "data", "value", "name", "rows", "conflict", "varying",
+    ] {
+        for sql in [
+            format!("SELECT {f}(x) FROM t"),
+            format!("SELECT 1 WHERE {f}(1) = 1"),
+            format!("SELECT * FROM {f}(1)"),
+            format!("SELECT a, {f}(1) FROM t ORDER BY {f}(2)"),
+            format!("UPDATE t SET a = {f}(1)"),
+        ] {
+            assert!(functions(&sql).iter().any(|g| g == f), "{sql}");
+            assert!(reaches_unnamed(&sql), "{sql}");
+        }
+    }
+    // Where the grammar takes the word, it is not a call.
+    for sql in [
+        "SELECT count(*) FILTER (WHERE a) FROM t",
+        "SELECT rank() OVER (ORDER BY a) FROM t",
+        "SELECT a FROM t GROUP BY CUBE (a, b)",
+        "SELECT a FROM t GROUP BY ROLLUP (a)",
+        "SELECT a FROM t GROUP BY GROUPING SETS ((a), (b))",
+        "SELECT a FROM t ORDER BY (a) FETCH FIRST (1) ROWS ONLY",
+        "SELECT a FROM t OFFSET 1 FETCH NEXT (2) ROWS ONLY",
+        "SELECT position('a' IN b), extract(year FROM d), substring(b FROM 1) FROM t",
+        "SELECT overlay(b PLACING 'x' FROM 1), trim(BOTH FROM b), treat(b AS text) FROM t",
+        "SELECT coalesce(a, b), nullif(a, b), greatest(a), least(a) FROM t",
+        "SELECT xmlelement(NAME x, xmlattributes(a AS b)), xmlforest(a) FROM t",
+        "SELECT cast(a AS numeric(10, 2)), a::character varying(3), b::bit varying(2) FROM t",
+        "SELECT * FROM t WHERE a LIKE ('%' || b) AND (a, b) OVERLAPS (c, d)",
+        "SELECT * FROM t WHERE EXISTS (SELECT 1) AND a = ANY (ARRAY[1]) AND row(a) IS NULL",
+        "SELECT * FROM (a JOIN b USING (id)) JOIN (c JOIN d ON true) ON true",
+        "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET (a, b) = (1, 2)",
+        "UPDATE t SET (a, b) = (1, 2)",
+        "UPDATE t AS x SET (a) = ROW(1)",
+        "UPDATE \"T\" * SET (a) = (1)",
+        "WITH x AS MATERIALIZED (SELECT 1) SELECT * FROM x",
+        "ALTER TABLE t SET (fillfactor = 50)",
+        "CREATE TABLE t (a int, PRIMARY KEY (a), FOREIGN KEY (a) REFERENCES u (id))",
+    ] {
+        assert!(!reaches_unnamed(sql), "{sql}: {:?}", one(sql).objects);
+    }
+    // Not after BY: taken as a call, which overstates what it reaches.
+    assert!(reaches_unnamed("SELECT a FROM t GROUP BY a, CUBE (b)"));
 }

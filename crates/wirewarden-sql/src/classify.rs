@@ -2137,8 +2137,9 @@ fn create(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth: usize) {
     out.verb(verb_of("CREATE", words));
     out.raise(class);
     let mut j = skip_kw(toks, after, &["concurrently"]);
-    if is_kw(toks, j, "if") {
-        j = skip_kw(toks, j, &["if", "not", "exists"]);
+    // `IF` is not reserved: `CREATE TABLE if (…)` creates the table if.
+    if is_kw(toks, j, "if") && is_kw(toks, j + 1, "not") && is_kw(toks, j + 2, "exists") {
+        j += 3;
     }
     let name = qualified_name(toks, j).filter(|_| !is_kw(toks, j, "on"));
     if let (Some((n, _, _)), Some(kind)) = (&name, name_kind(nk)) {
@@ -2306,8 +2307,9 @@ fn drop_statement(toks: &[Token<'_>], out: &mut Out) {
     // Dropping code does not run it.
     out.raise(if class == Code { Schema } else { class });
     let mut j = skip_kw(toks, after, &["concurrently"]);
-    if is_kw(toks, j, "if") {
-        j = skip_kw(toks, j, &["if", "exists"]);
+    // `DROP TABLE if` drops the table if.
+    if is_kw(toks, j, "if") && is_kw(toks, j + 1, "exists") {
+        j += 2;
     }
     if let Some(kind) = name_kind(nk) {
         name_list(toks, j, kind, Access::Define, out);

@@ -1108,3 +1108,23 @@ fn functions_named_like_unreserved_keywords_are_calls() {
     // Not after BY: taken as a call, which overstates what it reaches.
     assert!(reaches_unnamed("SELECT a FROM t GROUP BY a, CUBE (b)"));
 }
+
+#[test]
+fn a_table_named_if_is_named() {
+    let defines = |sql: &str| -> Vec<String> {
+        one(sql)
+            .objects
+            .iter()
+            .filter(|o| o.kind == ObjectKind::Relation && o.access == Access::Define)
+            .map(|o| o.name.clone())
+            .collect()
+    };
+    assert_eq!(defines("DROP TABLE if"), vec!["if"]);
+    assert_eq!(
+        defines("DROP TABLE IF EXISTS if, exists"),
+        vec!["if", "exists"]
+    );
+    assert_eq!(defines("CREATE TABLE if (a int)"), vec!["if"]);
+    assert_eq!(defines("CREATE TABLE IF NOT EXISTS if (a int)"), vec!["if"]);
+    assert_eq!(defines("CREATE TABLE if AS SELECT 1"), vec!["if"]);
+}

@@ -15,7 +15,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hyper::Method;
 use serde_json::json;
 use wirewarden::Pipeline;
-use wirewarden::audit::{LogReader, OcsfExporter, Transcript, to_json_line, verify_dir};
+use wirewarden::audit::{
+    Checkpoint, LogReader, OcsfExporter, Transcript, VerifyOptions, to_json_line, verify_dir_with,
+};
 use wirewarden::core::{CommandClass, SessionId};
 use wirewarden::http::HttpProxy;
 use wirewarden::identity::StaticTokens;
@@ -70,8 +72,15 @@ enum Cmd {
 enum AuditCmd {
     /// Check the chain, signatures and segments. Exit status 1 if anything is damaged, 3 if
     /// the log is intact but holds records of a newer event encoding this version cannot
-    /// read.
-    Verify,
+    /// read. When intact, also prints the latest checkpoint as `checkpoint <hex>`: kept
+    /// where the log's host cannot write and given back with `--trusted-checkpoint`, it
+    /// catches records cut from the end together with the checkpoints that covered them.
+    Verify {
+        /// A checkpoint an earlier `verify` printed (its hex, or a file holding it): the
+        /// log must still hold every record it covers.
+        #[arg(long, value_name = "HEX|FILE")]
+        trusted_checkpoint: Option<String>,
+    },
     /// Print a readable transcript of one session.
     Replay {
         /// The session id.
@@ -389,9 +398,20 @@ async fn audit(config: &Config, cmd: AuditCmd) -> Result<ExitCode, BoxError> {
     let keys = config.verify_keys()?;
     let dir = config.audit_dir();
     match cmd {
-        AuditCmd::Verify => {
-            let report = verify_dir(&dir, &keys)?;
+        AuditCmd::Verify { trusted_checkpoint } => {
+            let mut opts = VerifyOptions::default();
+            if let Some(t) = trusted_checkpoint {
+                let text = match std::fs::read_to_string(&t) {
+                    Ok(file) => file.trim().to_owned(),
+                    Err(_) => t,
+                };
+                opts = opts.with_trusted_checkpoint(Checkpoint::from_hex(&text)?);
+            }
+            let report = verify_dir_with(&dir, &keys, &opts)?;
             out(&report);
+            if let (true, Some(c)) = (report.is_ok(), &report.last_checkpoint) {
+                out(format!("checkpoint {}", c.to_hex()));
+            }
             Ok(ExitCode::from(report.exit_status()))
         }
         AuditCmd::Replay { session, follow } => {

@@ -529,6 +529,32 @@ fn the_readme_quick_start_works_as_written() {
         text(&verify.stdout),
         text(&verify.stderr)
     );
+    // The checkpoint it prints, kept elsewhere, catches the trail cut together with the
+    // checkpoints that covered it, which a verify of the directory alone cannot.
+    let stdout = text(&verify.stdout);
+    let checkpoint = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("checkpoint "))
+        .unwrap_or_else(|| panic!("no checkpoint printed: {stdout}"))
+        .to_owned();
+    let against = format!("wirewarden-gateway audit verify --trusted-checkpoint {checkpoint}");
+    let verify = sh(root, &against, &[]);
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    let dir = root.join(string(audit, "dir"));
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let verify = sh(root, &against, &[]);
+    assert_eq!(
+        verify.status.code(),
+        Some(1),
+        "{}{}",
+        text(&verify.stdout),
+        text(&verify.stderr)
+    );
 }
 
 /// The parser finds blocks by the paragraph that introduces them, not by position.

@@ -2524,3 +2524,52 @@ print("after", cur.fetchone()[0])
     assert!(!stdout.contains("123-45-6789"), "{stdout}");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// A rule on a table's column reaches it read through a view: the server names the view as
+/// the column's source, and the gateway traces the view's columns to the table columns
+/// they read. A view column it cannot trace (renamed, computed) is withheld under a profile
+/// with column rules, never passed on masked by content alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_rules_follow_a_view_to_its_table() {
+    use wirewarden::mask::{Engine, FieldRule, Profile, Selector, Strategy};
+    let masks = Engine::builder()
+        .profile(Profile::builder("names").rule(FieldRule::new(
+            Selector::column("customers.name"),
+            Strategy::redact(),
+        )))
+        .default_profile("names")
+        .build()
+        .unwrap();
+    let g = gateway_with_masks(None, Arc::new(tokens()), |s| s, POLICY, Some(masks)).await;
+    let role = g.pg.user().to_owned();
+    g.pg.psql(&format!(
+        "CREATE VIEW people AS SELECT id, name FROM customers; \
+         CREATE VIEW renamed AS SELECT id, name AS who FROM customers; \
+         CREATE VIEW of_people AS SELECT name FROM people; \
+         GRANT SELECT ON people, renamed, of_people TO \"{role}\""
+    ))
+    .unwrap();
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+show("table", pg.exec_(b"SELECT name FROM customers ORDER BY id"))
+show("view", pg.exec_(b"SELECT name FROM people ORDER BY id"))
+show("view ids", pg.exec_(b"SELECT id FROM people ORDER BY id"))
+show("renamed", pg.exec_(b"SELECT who FROM renamed ORDER BY id"))
+show("nested", pg.exec_(b"SELECT name FROM of_people"))
+"#,
+    );
+    let stdout = succeeded(&python(&script).await);
+    assert_shows(
+        &stdout,
+        &[
+            "table rows [REDACTED] (2)",
+            "view rows [REDACTED] (2)",
+            "view ids rows 1 (2)",
+            "renamed error XX000",
+            "nested error XX000",
+        ],
+    );
+    assert!(!stdout.contains("Ada Lovelace"), "{stdout}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

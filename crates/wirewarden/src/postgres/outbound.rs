@@ -78,16 +78,16 @@ pub(crate) fn plan(fields: &[FieldDescription], catalog: &Catalog) -> Vec<Column
         .iter()
         .map(|f| {
             let known = catalog.get(f.table_oid);
-            let unresolved = f.table_oid != 0 && known.is_none();
-            let (table, column) = match known {
-                Some(t) if f.table_oid != 0 => (
-                    (!t.name.is_empty()).then(|| t.name.clone()),
-                    t.columns
-                        .get(&f.column_id)
-                        .cloned()
-                        .unwrap_or_else(|| String::from_utf8_lossy(&f.name).into_owned()),
+            let alias = || String::from_utf8_lossy(&f.name).into_owned();
+            // A view column whose table column cannot be told counts as not looked up.
+            let source = known.as_ref().and_then(|t| t.source(f.column_id));
+            let unresolved = f.table_oid != 0 && source.is_none();
+            let (table, column) = match source {
+                Some((table, column)) if f.table_oid != 0 => (
+                    table.map(str::to_owned),
+                    column.map_or_else(alias, str::to_owned),
                 ),
-                _ => (None, String::from_utf8_lossy(&f.name).into_owned()),
+                _ => (None, alias()),
             };
             let pg_type = Type::from_oid(f.type_oid);
             ColumnPlan {

@@ -413,13 +413,14 @@ const COLUMN_CANARY: &[u8] = b"COLCANARY";
 fn catalog_answer(sql: &[u8]) -> BytesMut {
     let text = String::from_utf8_lossy(sql);
     let asked = text
-        .split_once("IN (")
+        .split_once("c.oid IN (")
         .and_then(|(_, rest)| rest.split_once(')'))
         .is_some_and(|(list, _)| list.split(',').any(|o| o.trim() == PEOPLE_OID.to_string()));
     let mut out = Vec::new();
     if asked {
         for (attnum, name) in [("1", "ssn"), ("2", "name")] {
-            let cells = [PEOPLE_OID.to_string().as_str(), "people", attnum, name]
+            // Its oid, name, the column's number and name, and whether it is a view.
+            let cells = [PEOPLE_OID.to_string().as_str(), "people", attnum, name, "f"]
                 .iter()
                 .map(|c| Some(c.as_bytes().to_vec()))
                 .collect::<Vec<_>>();

@@ -10,8 +10,9 @@
 //!   ambiguous becomes a [`Rejection`] for that request, and the connection is closed after
 //!   it. [`crate::server::serve_connection`] wires it in.
 //! - [`check_request`] checks what reaches the service (HTTP/1 and HTTP/2): framing headers,
-//!   upgrades and `CONNECT`, absolute-form targets against `Host`, header count and size,
-//!   declared body size. [`strip_hop_by_hop`] then removes the headers that belong to one
+//!   upgrades and `CONNECT`, method and target overrides (`X-HTTP-Method-Override`,
+//!   `X-Original-URL`, `?_method=` …), absolute-form targets against `Host`, header count and
+//!   size, declared body size. [`strip_hop_by_hop`] then removes the headers that belong to one
 //!   connection only, refusing a `Connection` header that tries to remove a header the
 //!   gateway must keep control of.
 
@@ -115,6 +116,16 @@ fn upgrade_refused() -> Rejection {
     )
 }
 
+fn override_refused(what: &str) -> Rejection {
+    Rejection::new(
+        StatusCode::BAD_REQUEST,
+        "method_override",
+        format!(
+            "{what} would make the upstream act on another method or target than the one decided on"
+        ),
+    )
+}
+
 fn connect_refused() -> Rejection {
     Rejection::new(
         StatusCode::NOT_IMPLEMENTED,
@@ -142,7 +153,12 @@ pub(crate) fn body_too_large(limit: u64) -> Rejection {
 /// and `CONNECT` (501: the bytes after them cannot be inspected); more than one `Host`, a
 /// missing `Host` on HTTP/1.1, an absolute-form target whose authority is not `Host`; more
 /// header fields or bytes than the limits allow (431); a target over
-/// [`Limits::max_uri_bytes`] (414).
+/// [`Limits::max_uri_bytes`] (414); a method or target override (400 `method_override`):
+/// `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`, `X-Original-Method`,
+/// `X-Forwarded-Method`, `X-Original-URL`, `X-Rewrite-URL`, `X-Original-URI`,
+/// `X-Forwarded-URI`, `X-Forwarded-Path` or `X-Envoy-Original-Path` (any case, `_` for `-`,
+/// any value), or a `_method` query parameter, by which the upstream would carry out another
+/// request than the one the policy decided on.
 ///
 /// # Errors
 /// The [`Rejection`] to send instead of forwarding.
@@ -154,6 +170,12 @@ pub fn check_request(parts: &http::request::Parts, limits: &Limits) -> Result<()
     }
     if headers.contains_key(header::UPGRADE) || headers.contains_key("http2-settings") {
         return Err(upgrade_refused());
+    }
+    if let Some(name) = headers.keys().find(|n| is_override_header(n)) {
+        return Err(override_refused(&format!("header {}", name.as_str())));
+    }
+    if parts.uri.query().is_some_and(has_method_param) {
+        return Err(override_refused("query parameter _method"));
     }
 
     // Head size, counted the way HTTP/2 counts a header list (RFC 9113 §6.5.2).
@@ -243,6 +265,98 @@ pub fn check_request(parts: &http::request::Parts, limits: &Limits) -> Result<()
         return Err(malformed("userinfo in the request target"));
     }
     Ok(())
+}
+
+// === overrides ===
+
+/// Headers by which an upstream framework or server takes its method or target from the
+/// request instead of the request line, so that policy would decide on one request and the
+/// upstream carry out another:
+///
+/// - the method: `X-HTTP-Method-Override` (Express `method-override`, Symfony and Laravel,
+///   ASP.NET, Ktor, Jersey, Google APIs), `X-HTTP-Method` (OData, SharePoint),
+///   `X-Method-Override` (Express `method-override`, ArangoDB); `X-Original-Method` and
+///   `X-Forwarded-Method`, which nginx `auth_request` setups and Traefik's forward
+///   authentication hand to the service that decides;
+/// - the target: `X-Original-URL` and `X-Rewrite-URL` (Symfony and Zend behind IIS URL
+///   Rewrite), `X-Original-URI` and `X-Forwarded-URI` (nginx `auth_request`, Traefik, nginx
+///   ingress), `X-Forwarded-Path` and `X-Envoy-Original-Path`.
+const OVERRIDE_HEADERS: [&str; 11] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-forwarded-method",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-envoy-original-path",
+];
+
+/// Whether `name` is one of [`OVERRIDE_HEADERS`], in any case and with `_` for `-`: CGI,
+/// PHP, Rack and WSGI servers read both spellings into the same `HTTP_X_…` variable.
+fn is_override_header(name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    OVERRIDE_HEADERS.iter().any(|o| {
+        o.len() == name.len()
+            && o.bytes().zip(name).all(|(a, &b)| {
+                let b = if b == b'_' { b'-' } else { b };
+                a == b.to_ascii_lowercase()
+            })
+    })
+}
+
+/// Whether the query holds a `_method` (or `_method_override`) parameter, the method
+/// override that Symfony and Laravel read from the query of a `POST`, Spring's
+/// `HiddenHttpMethodFilter` reads from any parameter of a `POST`, Jersey's
+/// `OverrideMethodFilter` from the query of a `GET` or `POST`, and wai-extra from a `GET`.
+/// Names are compared as those servers see them: percent-decoded, `+` as a space, ASCII case
+/// ignored, and as PHP registers them (leading spaces dropped, `.`, ` ` and `[` read as
+/// `_`, anything from a later `[` on being an array index).
+fn has_method_param(query: &str) -> bool {
+    query.split(['&', ';']).any(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        let decoded = percent_decode_lossy(name.as_bytes());
+        let name = decoded.trim_start_matches(' ');
+        let mut chars = name.chars();
+        if !matches!(chars.next(), Some('_' | '.' | ' ' | '[')) {
+            return false;
+        }
+        let rest = chars.as_str();
+        let rest = rest
+            .find('[')
+            .map_or(rest, |i| rest.get(..i).unwrap_or(rest));
+        let rest = rest.trim_end_matches(' ');
+        rest.eq_ignore_ascii_case("method") || rest.eq_ignore_ascii_case("method_override")
+    })
+}
+
+/// Percent-decodes `b` with `+` as a space; a malformed escape stays as it is.
+fn percent_decode_lossy(b: &[u8]) -> String {
+    let hex = |c: u8| char::from(c).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                b.get(i + 1).and_then(|&h| hex(h)),
+                b.get(i + 2).and_then(|&l| hex(l)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'%'));
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `1*DIGIT`, at most 19 digits (no overflow), nothing else: no sign, no spaces, no list.
@@ -1082,6 +1196,81 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(check_request(&parts(r), &l).unwrap_err().status, 414);
+    }
+
+    #[test]
+    fn method_and_target_overrides_are_refused() {
+        let l = Limits::default();
+        for name in [
+            "X-HTTP-Method-Override",
+            "x-http-method",
+            "X-Method-Override",
+            "X-Original-Method",
+            "X-Forwarded-Method",
+            "X-Original-URL",
+            "X-Rewrite-URL",
+            "X-Original-URI",
+            "X-Forwarded-Uri",
+            "X-Forwarded-Path",
+            "X-Envoy-Original-Path",
+            "X_HTTP_METHOD_OVERRIDE",
+            "x-http_method-override",
+        ] {
+            for value in ["DELETE", "", "/admin/users"] {
+                let r = http::Request::get("/customers/1")
+                    .header("host", "x")
+                    .header(name, value)
+                    .body(())
+                    .unwrap();
+                let err = check_request(&parts(r), &l).unwrap_err();
+                assert_eq!(
+                    (err.status.as_u16(), err.code),
+                    (400, "method_override"),
+                    "{name}"
+                );
+            }
+        }
+        for query in [
+            "_method=DELETE",
+            "a=1&_method=DELETE",
+            "a=1;_METHOD=put",
+            "_method",
+            "%5Fmethod=DELETE",
+            "%5fmethod=DELETE",
+            ".method=DELETE",
+            "+_method=DELETE",
+            "%20.method=DELETE",
+            "[method=DELETE",
+            "_method[]=DELETE",
+            "_method_override=DELETE",
+        ] {
+            let r = http::Request::post(format!("/customers/1?{query}"))
+                .header("host", "x")
+                .body(())
+                .unwrap();
+            let err = check_request(&parts(r), &l).unwrap_err();
+            assert_eq!(
+                (err.status.as_u16(), err.code),
+                (400, "method_override"),
+                "{query}"
+            );
+        }
+        // Near misses pass.
+        for query in [
+            "method=DELETE",
+            "q=_method",
+            "x_method=1",
+            "_methods=1",
+            "a=%5Fmethod",
+        ] {
+            let r = http::Request::get(format!("/customers/1?{query}"))
+                .header("host", "x")
+                .header("x-http-method-overrides", "1")
+                .header("x-forwarded-for", "10.0.0.1")
+                .body(())
+                .unwrap();
+            assert!(check_request(&parts(r), &l).is_ok(), "{query}");
+        }
     }
 
     #[test]

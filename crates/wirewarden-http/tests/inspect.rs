@@ -476,3 +476,45 @@ async fn http2_header_lists_over_the_limit_never_reach_the_upstream() {
     assert_eq!(json(&body)["error"]["code"], "header_too_large");
     assert!(upstream.take().is_empty());
 }
+
+#[tokio::test]
+async fn method_and_target_overrides_never_reach_the_upstream() {
+    let upstream = start_upstream().await;
+    let gate = TestGate::default();
+    let front = start_front(upstream.addr, gate.clone(), Limits::default()).await;
+
+    for h2 in [false, true] {
+        for (header, value) in [
+            ("x-http-method-override", "DELETE"),
+            ("X-HTTP-Method", "DELETE"),
+            ("X-Method-Override", "PUT"),
+            ("X-Original-URL", "/admin/users/7"),
+            ("X-Rewrite-URL", "/admin/users/7"),
+        ] {
+            let req = get(front, "/customers/1")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header(header, value)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let (status, headers, body) = send(h2, req).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{header} h2={h2}");
+            assert_eq!(headers["content-type"], "application/json");
+            assert_eq!(json(&body)["error"]["code"], "method_override");
+        }
+        let req = Request::post(format!("http://{front}/public/x?_method=DELETE"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, _, body) = send(h2, req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json(&body)["error"]["code"], "method_override");
+    }
+    assert!(upstream.take().is_empty(), "nothing was forwarded");
+    assert!(
+        gate.admitted.lock().unwrap().is_empty(),
+        "refused before the gate"
+    );
+    let refused = gate.refused.lock().unwrap().clone();
+    assert_eq!(refused.len(), 12);
+    assert!(refused.iter().all(|r| r.0 == "method_override"));
+}

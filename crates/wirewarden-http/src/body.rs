@@ -16,13 +16,21 @@
 //! | `application/json`, `application/*+json` | streaming, one document ([`JsonStream::new`]) |
 //! | `application/x-ndjson`, `application/ndjson`, `application/jsonl`, `application/x-jsonlines` | streaming, one document per line ([`JsonStream::new`] for each line) |
 //! | `text/event-stream` | event by event (each up to [`BodyLimits::max_text_body`]): the data lines of an event joined and masked together, other lines one by one |
-//! | `text/*`, `application/xml`, `application/*+xml`, `application/x-www-form-urlencoded`, `application/javascript` | buffered whole up to [`BodyLimits::max_text_body`], then [`Profile::mask_text`] |
+//! | `application/x-www-form-urlencoded` | streaming, pair by pair (each up to [`BodyLimits::max_text_body`]): names and values percent-decoded and masked as the member and value of a one-member JSON object, so JSON-path rules such as `$.card` or `$..password` apply by name; a changed pair is re-encoded, the others pass byte for byte |
+//! | `text/*`, `application/xml`, `application/*+xml`, `application/javascript` | buffered whole up to [`BodyLimits::max_text_body`], then [`Profile::mask_text`] |
 //! | anything else, or no `Content-Type` on a response with a body | refused |
 //!
 //! JSON must be UTF-8 (RFC 8259), so a JSON type with another charset is refused. Text is
 //! masked as UTF-8 unless it declares `iso-8859-1`, `latin1` or `windows-1252`, which are
 //! masked as bytes (their digits, `@` and letters are ASCII); any other charset is refused,
 //! since a detector would not recognise its digits (UTF-16, say).
+//!
+//! A form body is read as browsers and servers read it (the WHATWG URL standard's
+//! `application/x-www-form-urlencoded` parser): pairs split on `&`, name and value split on
+//! the first `=`, `+` a space, `%XX` a byte, the bytes UTF-8. A masker that matched the encoded bytes would miss
+//! `card=4111+1111+1111+1111` and `email=ada%40example.com`, so a malformed escape (`%4`,
+//! `%zz`) or bytes that are not UTF-8 once decoded end the body with
+//! [`BodyError::InvalidForm`] rather than pass unread; so does a `charset` other than UTF-8.
 //!
 //! JSON Lines are held to one document per line, as NDJSON and JSON Lines define them:
 //! several values on a line are refused, because scalars separated by spaces
@@ -95,6 +103,13 @@ pub enum BodyError {
     /// The masker refused the content (invalid JSON, invalid UTF-8, a value too large …).
     #[error("body cannot be masked: {0}")]
     Mask(#[from] wirewarden_mask::Error),
+    /// A form body (`application/x-www-form-urlencoded`) cannot be read: a malformed
+    /// percent-escape, or a name or value that is not UTF-8 once decoded.
+    #[error("form body cannot be masked: {reason}")]
+    InvalidForm {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A text body, which is masked whole, is larger than allowed.
     #[error("text body exceeds {limit} bytes")]
     TextTooLarge {
@@ -408,6 +423,8 @@ enum Shape {
     Text { utf8: bool },
     /// Server-sent events, masked event by event.
     Events,
+    /// `application/x-www-form-urlencoded`, masked pair by pair.
+    Form,
 }
 
 fn shape_of(headers: &HeaderMap) -> Result<Shape, Rejection> {
@@ -460,11 +477,15 @@ fn shape_of(headers: &HeaderMap) -> Result<Shape, Rejection> {
                 "event streams in a charset other than UTF-8 cannot be masked",
             )),
         },
-        ("text", _)
-        | (
-            "application",
-            "xml" | "x-www-form-urlencoded" | "javascript" | "x-javascript" | "ecmascript",
-        ) => text_charset(charset.as_deref()),
+        ("application", "x-www-form-urlencoded") => match charset.as_deref() {
+            None | Some("utf-8" | "utf8" | "us-ascii" | "ascii") => Ok(Shape::Form),
+            Some(_) => Err(unmaskable(
+                "forms in a charset other than UTF-8 cannot be masked",
+            )),
+        },
+        ("text", _) | ("application", "xml" | "javascript" | "x-javascript" | "ecmascript") => {
+            text_charset(charset.as_deref())
+        }
         ("application", s) if s.ends_with("+xml") => text_charset(charset.as_deref()),
         _ => Err(refuse()),
     }
@@ -497,6 +518,10 @@ enum Content {
     },
     /// Decoded bytes after the last complete event.
     Events {
+        buf: Vec<u8>,
+    },
+    /// Decoded bytes after the last `&`: the start of a pair still arriving.
+    Form {
         buf: Vec<u8>,
     },
 }
@@ -533,6 +558,7 @@ impl std::fmt::Debug for BodyMasker {
                     Content::Lines { .. } => "json lines",
                     Content::Text { .. } => "text",
                     Content::Events { .. } => "events",
+                    Content::Form { .. } => "form",
                 },
             )
             .field("open", &self.open)
@@ -559,6 +585,7 @@ impl BodyMasker {
                 utf8,
             },
             Shape::Events => Content::Events { buf: Vec::new() },
+            Shape::Form => Content::Form { buf: Vec::new() },
         };
         Self {
             profile,
@@ -707,6 +734,34 @@ impl BodyMasker {
                     mask_events(&self.profile, &events, &mut self.masked, counts)?;
                 }
             }
+            Content::Form { buf } => {
+                // Complete pairs go out now; the pair after the last `&` waits for its end.
+                let (done, rest) = if buf.is_empty() {
+                    let end = if last {
+                        decoded.len()
+                    } else {
+                        memchr::memrchr(b'&', decoded).map_or(0, |i| i + 1)
+                    };
+                    decoded.split_at(end)
+                } else {
+                    buf.extend_from_slice(decoded);
+                    let end = if last {
+                        buf.len()
+                    } else {
+                        memchr::memrchr(b'&', buf).map_or(0, |i| i + 1)
+                    };
+                    let pairs: Vec<u8> = buf.drain(..end).collect();
+                    mask_form(&self.profile, &pairs, &mut self.masked, counts)?;
+                    (&[][..], &[][..])
+                };
+                mask_form(&self.profile, done, &mut self.masked, counts)?;
+                buf.extend_from_slice(rest);
+                if buf.len() > self.max_text_body {
+                    return Err(BodyError::TextTooLarge {
+                        limit: self.max_text_body,
+                    });
+                }
+            }
         }
         if identity {
             return Ok(Bytes::from(std::mem::take(&mut self.masked)));
@@ -718,6 +773,146 @@ impl BodyMasker {
             self.encoder.finish(&mut out)?;
         }
         Ok(Bytes::from(out))
+    }
+}
+
+// === forms ===
+
+/// Masks complete `application/x-www-form-urlencoded` pairs (`a=1&b=2`, separators kept).
+/// Each pair is decoded and masked as the one-member JSON object `{name: value}`, so the
+/// profile's JSON-path rules select values by name and its detectors read names and values
+/// as a client will; a pair that comes back unchanged is written byte for byte, a changed
+/// name or value is written encoded again (a value a rule turns into `null` becomes empty).
+fn mask_form(
+    profile: &Profile,
+    pairs: &[u8],
+    out: &mut Vec<u8>,
+    counts: &mut MaskedCounts,
+) -> Result<(), BodyError> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    for (i, pair) in pairs.split(|&b| b == b'&').enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        mask_pair(profile, pair, out, counts)?;
+    }
+    Ok(())
+}
+
+fn mask_pair(
+    profile: &Profile,
+    pair: &[u8],
+    out: &mut Vec<u8>,
+    counts: &mut MaskedCounts,
+) -> Result<(), BodyError> {
+    if pair.is_empty() {
+        return Ok(());
+    }
+    let (raw_name, raw_value) = match memchr::memchr(b'=', pair) {
+        Some(eq) => (
+            pair.get(..eq).unwrap_or_default(),
+            Some(pair.get(eq + 1..).unwrap_or_default()),
+        ),
+        None => (pair, None),
+    };
+    let name = form_decode(raw_name)?;
+    let value = form_decode(raw_value.unwrap_or_default())?;
+    let mut object = serde_json::Map::new();
+    object.insert(name.clone().into_owned(), serde_json::Value::from(&*value));
+    let doc = serde_json::Value::Object(object).to_string();
+    let masked = match profile.mask_json(&Field::Unknown, Cow::Borrowed(&doc), counts)? {
+        Some(Cow::Borrowed(_)) => {
+            out.extend_from_slice(pair);
+            return Ok(());
+        }
+        Some(Cow::Owned(m)) => m,
+        // The whole pair is withheld.
+        None => return Ok(()),
+    };
+    let unreadable = || BodyError::InvalidForm {
+        reason: "a masked pair is not a one-member object",
+    };
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&masked).map_err(|_| unreadable())?;
+    let mut members = object.into_iter();
+    let (Some((new_name, new_value)), None) = (members.next(), members.next()) else {
+        return Err(unreadable());
+    };
+    let new_value = match new_value {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    if new_name == name {
+        out.extend_from_slice(raw_name);
+    } else {
+        form_encode(&new_name, out);
+    }
+    if let Some(raw_value) = raw_value {
+        out.push(b'=');
+        if new_value == value {
+            out.extend_from_slice(raw_value);
+        } else {
+            form_encode(&new_value, out);
+        }
+    } else if !new_value.is_empty() {
+        out.push(b'=');
+        form_encode(&new_value, out);
+    }
+    Ok(())
+}
+
+/// Decodes one name or value of a form: `+` is a space, `%XX` a byte, and the result must be
+/// UTF-8. Borrowed when there is nothing to decode.
+fn form_decode(raw: &[u8]) -> Result<Cow<'_, str>, BodyError> {
+    let not_utf8 = || BodyError::InvalidForm {
+        reason: "a name or value is not UTF-8 once decoded",
+    };
+    if !raw.iter().any(|b| matches!(b, b'+' | b'%')) {
+        return std::str::from_utf8(raw)
+            .map(Cow::Borrowed)
+            .map_err(|_| not_utf8());
+    }
+    let hex = |b: Option<&u8>| b.and_then(|&b| char::from(b).to_digit(16));
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        match b {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let (Some(hi), Some(lo)) = (hex(raw.get(i + 1)), hex(raw.get(i + 2))) else {
+                    return Err(BodyError::InvalidForm {
+                        reason: "a malformed percent-escape",
+                    });
+                };
+                bytes.push(u8::try_from(hi * 16 + lo).map_err(|_| not_utf8())?);
+                i += 2;
+            }
+            b => bytes.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(bytes)
+        .map(Cow::Owned)
+        .map_err(|_| not_utf8())
+}
+
+/// Encodes a name or value as the `application/x-www-form-urlencoded` serializer does:
+/// ASCII letters, digits and `*-._` as they are, a space as `+`, every other byte as `%XX`.
+fn form_encode(text: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text.as_bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => out.push(b),
+            b' ' => out.push(b'+'),
+            b => {
+                out.push(b'%');
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xF)]);
+            }
+        }
     }
 }
 
@@ -1562,6 +1757,18 @@ mod tests {
             shape("application/soap+xml"),
             Some(Shape::Text { utf8: true })
         );
+        assert_eq!(
+            shape("application/x-www-form-urlencoded"),
+            Some(Shape::Form)
+        );
+        assert_eq!(
+            shape("application/x-www-form-urlencoded; charset=UTF-8"),
+            Some(Shape::Form)
+        );
+        assert_eq!(
+            shape("application/x-www-form-urlencoded; charset=latin1"),
+            None
+        );
         assert_eq!(shape("application/octet-stream"), None);
         assert_eq!(shape("application/jsonx"), None);
         assert_eq!(shape("json"), None);
@@ -1580,6 +1787,41 @@ mod tests {
         assert!(!m.contains("4111"), "{m}");
         let m = msg("x/alice@example.com");
         assert!(!m.contains("alice"), "{m}");
+    }
+
+    #[test]
+    fn form_names_and_values_decode_and_encode_as_browsers_do() {
+        assert_eq!(form_decode(b"a+b%20c%2B").unwrap(), "a b c+");
+        assert!(matches!(
+            form_decode(b"plain").unwrap(),
+            Cow::Borrowed("plain")
+        ));
+        assert_eq!(form_decode(b"%E2%82%AC").unwrap(), "€");
+        for bad in [&b"%"[..], b"%4", b"%4g", b"%FF", b"\xff"] {
+            assert!(form_decode(bad).is_err(), "{bad:?}");
+        }
+        let mut out = Vec::new();
+        form_encode("a b+c/ä*-._~", &mut out);
+        assert_eq!(out, b"a+b%2Bc%2F%C3%A4*-._%7E");
+    }
+
+    #[test]
+    fn form_pairs_are_masked_by_name_rules() {
+        let p = Profile::builder("t")
+            .rule(wirewarden_mask::FieldRule::new(
+                wirewarden_mask::Selector::json_path("$.token").unwrap(),
+                wirewarden_mask::Strategy::redact(),
+            ))
+            .build()
+            .unwrap();
+        let mut out = Vec::new();
+        let mut counts = MaskedCounts::new();
+        mask_form(&p, b"TOKEN=abc&token&id=7&", &mut out, &mut counts).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "TOKEN=%5BREDACTED%5D&token=%5BREDACTED%5D&id=7&"
+        );
+        assert_eq!(counts.0["json_path:$.token"], 2);
     }
 
     #[test]

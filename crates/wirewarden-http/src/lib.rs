@@ -11,8 +11,9 @@
 //!   and strips hop-by-hop headers;
 //! - [`route`] matches a request to a route template and builds its [`Command`];
 //! - [`body`] masks response bodies (JSON by key rules and by content, split values across
-//!   chunks included; gzip, deflate and brotli decoded and re-encoded under size and ratio
-//!   caps) and refuses what it cannot mask;
+//!   chunks included; forms pair by pair on their decoded names and values; gzip, deflate
+//!   and brotli decoded and re-encoded under size and ratio caps) and refuses what it cannot
+//!   mask;
 //! - [`inspect`] composes them as a [`tower::Layer`] in front of any upstream service.
 //!
 //! [`Command`]: wirewarden_core::Command

@@ -321,6 +321,118 @@ fn text_bodies_are_masked_whole() {
 }
 
 #[test]
+fn form_bodies_are_masked_on_their_decoded_pairs() {
+    let body = "card=4111+1111+1111+1111&email=ada%40example.com&ssn2=123%2D45%2D6789\
+                &note=see+you&password=hunter2&a%2Fb=x%2Fy&&flag";
+    for coding in CODINGS {
+        let wire = compress(coding, body.as_bytes());
+        for seed in 1..40 {
+            let mut m = masker_for(coding, "application/x-www-form-urlencoded");
+            let (out, counts) = run(&mut m, &chunks(&wire, seed, 9)).unwrap();
+            let plain = String::from_utf8(decompress(coding, &out)).unwrap();
+            let pairs: Vec<&str> = plain.split('&').collect();
+            assert_eq!(pairs.len(), 8, "{plain}");
+            for (pair, name) in pairs
+                .iter()
+                .zip(["card=", "email=", "ssn2=", "", "password="])
+            {
+                assert!(pair.starts_with(name), "{plain}");
+            }
+            for pii in ["4111", "ada", "%40", "6789", "hunter"] {
+                assert!(!plain.contains(pii), "{pii} survived: {plain}");
+            }
+            // Unchanged pairs go out byte for byte, encoded as they came.
+            assert_eq!(pairs[3], "note=see+you");
+            assert_eq!(&pairs[5..], ["a%2Fb=x%2Fy", "", "flag"]);
+            // A changed value is encoded again, and decodes to the masked value.
+            assert_eq!(pairs[1], "email=%5BREDACTED%5D");
+            assert_eq!(counts.0["email"], 1, "{counts:?}");
+            assert_eq!(counts.0["json_path:$..password"], 1, "{counts:?}");
+            assert_eq!(counts.total(), 4, "{counts:?}");
+        }
+    }
+}
+
+#[test]
+fn form_names_are_masked_and_pairs_split_anywhere() {
+    let body = "ada%40example.com=1&x=4111111111111111";
+    for split in 0..=body.len() {
+        let mut m = masker_for(Coding::Identity, "application/x-www-form-urlencoded");
+        let (a, b) = body.as_bytes().split_at(split);
+        let (out, _) = run(&mut m, &[a, b]).unwrap();
+        let plain = String::from_utf8(out).unwrap();
+        assert!(!plain.contains("ada") && !plain.contains("4111"), "{plain}");
+        assert!(plain.ends_with("=1&x=%5BREDACTED%5D"), "{plain}");
+    }
+}
+
+#[test]
+fn unreadable_forms_are_not_passed_through() {
+    for body in [
+        &b"card=4111%201111%201111%201111%"[..],
+        b"card=4111%2",
+        b"card=%zz4111111111111111",
+        b"card=4111111111111111%FF",
+        b"card\xff=1",
+        b"a=%C0%AE",
+    ] {
+        let mut m = masker_for(Coding::Identity, "application/x-www-form-urlencoded");
+        let err = run(&mut m, &[body]).unwrap_err();
+        assert!(
+            matches!(err, BodyError::InvalidForm { .. }),
+            "{}: {err:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // A form in another charset is refused before anything is sent.
+    assert!(
+        refusal(
+            StatusCode::OK,
+            Method::GET,
+            &[(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=iso-8859-1"
+            )]
+        )
+        .is_some()
+    );
+}
+
+#[test]
+fn a_form_pair_over_the_text_limit_fails() {
+    let mut parts = head(
+        StatusCode::OK,
+        &[("content-type", "application/x-www-form-urlencoded")],
+    );
+    let limits = BodyLimits {
+        max_text_body: 1000,
+        ..BodyLimits::default()
+    };
+    let mut m = mask_response_head(
+        &profile(),
+        &Method::GET,
+        &mut parts,
+        &limits,
+        &mut MaskedCounts::new(),
+    )
+    .unwrap()
+    .unwrap();
+    let mut counts = MaskedCounts::new();
+    // Complete pairs stream out whatever the body's length.
+    for _ in 0..10 {
+        let out = m
+            .push(&[b'a', b'=', b'1', b'&'].repeat(100), &mut counts)
+            .unwrap();
+        assert_eq!(out.len(), 400);
+    }
+    assert!(m.push(&[b'a'; 600], &mut counts).unwrap().is_empty());
+    assert!(matches!(
+        m.push(&[b'a'; 600], &mut counts),
+        Err(BodyError::TextTooLarge { limit: 1000 })
+    ));
+}
+
+#[test]
 fn event_streams_are_masked_event_by_event() {
     let mut m = masker_for(Coding::Identity, "text/event-stream");
     let mut counts = MaskedCounts::new();

@@ -17,7 +17,8 @@
 //! | `application/x-ndjson`, `application/ndjson`, `application/jsonl`, `application/x-jsonlines` | streaming, one document per line ([`JsonStream::new`] for each line) |
 //! | `text/event-stream` | event by event (each up to [`BodyLimits::max_text_body`]): the data lines of an event joined and masked together, other lines one by one |
 //! | `application/x-www-form-urlencoded` | streaming, pair by pair (each up to [`BodyLimits::max_text_body`]): names and values percent-decoded and masked as the member and value of a one-member JSON object, so JSON-path rules such as `$.card` or `$..password` apply by name; a changed pair is re-encoded, the others pass byte for byte |
-//! | `text/*`, `application/xml`, `application/*+xml`, `application/javascript` | buffered whole up to [`BodyLimits::max_text_body`], then [`Profile::mask_text`] |
+//! | `text/html`, `text/xml`, `application/xml`, `*/*+xml` | as text, then looked at again with its character references decoded (below) |
+//! | `text/*`, `application/javascript` | buffered whole up to [`BodyLimits::max_text_body`], then [`Profile::mask_text`] |
 //! | anything else, or no `Content-Type` on a response with a body | refused |
 //!
 //! JSON must be UTF-8 (RFC 8259), so a JSON type with another charset is refused. Text is
@@ -31,6 +32,21 @@
 //! `card=4111+1111+1111+1111` and `email=ada%40example.com`, so a malformed escape (`%4`,
 //! `%zz`) or bytes that are not UTF-8 once decoded end the body with
 //! [`BodyError::InvalidForm`] rather than pass unread; so does a `charset` other than UTF-8.
+//!
+//! XML and HTML spell characters as references too: `ada&#64;example.com`,
+//! `&#x31;23-45-6789` and `4111&nbsp;1111&nbsp;1111&nbsp;1111` reach a reader as an email,
+//! an SSN and a card number, but no detector sees them in the bytes. After masking, such a
+//! body is read again with its numeric references (decimal and hex, with or without `;`,
+//! the windows-1252 reading of `&#128;`–`&#159;` included) and the named references of
+//! the characters detectors read (the five XML ones, `&commat;`, `&period;`, `&num;`,
+//! `&plus;`, `&lowbar;`, `&hyphen;`, `&dash;`, `&ndash;`, `&minus;`, `&nbsp;` and the other
+//! spaces, zero-width characters …) decoded; when a value the profile finds there is made
+//! of a reference in part or whole, the body ends with [`BodyError::CharacterReference`].
+//! The body is refused rather than masked on its decoded text and encoded again: which
+//! characters of a masked value were references is not knowable once it is replaced, and a
+//! reference nobody hides a value behind (`&amp;`, `&lt;`, `&#39;`, `&nbsp;` between
+//! words) costs nothing this way. Field rules do not apply to this second reading (a JSON
+//! document in an HTML attribute, quoted as `&quot;`, is read by the detectors only).
 //!
 //! JSON Lines are held to one document per line, as NDJSON and JSON Lines define them:
 //! several values on a line are refused, because scalars separated by spaces
@@ -110,6 +126,11 @@ pub enum BodyError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// An XML or HTML body in which a value the profile masks is written, in part or whole,
+    /// as character references (`ada&#64;example.com`, `&#x31;23-45-6789`): it cannot be
+    /// masked where it stands, so the body is refused.
+    #[error("a value in the body is hidden behind character references")]
+    CharacterReference,
     /// A text body, which is masked whole, is larger than allowed.
     #[error("text body exceeds {limit} bytes")]
     TextTooLarge {
@@ -419,8 +440,9 @@ enum Shape {
     Json,
     /// One JSON document per line.
     JsonLines,
-    /// Text, masked whole; `utf8` false for a single-byte ASCII-compatible charset.
-    Text { utf8: bool },
+    /// Text, masked whole; `utf8` false for a single-byte ASCII-compatible charset, `markup`
+    /// true for XML and HTML, whose character references are looked behind.
+    Text { utf8: bool, markup: bool },
     /// Server-sent events, masked event by event.
     Events,
     /// `application/x-www-form-urlencoded`, masked pair by pair.
@@ -483,19 +505,27 @@ fn shape_of(headers: &HeaderMap) -> Result<Shape, Rejection> {
                 "forms in a charset other than UTF-8 cannot be masked",
             )),
         },
-        ("text", _) | ("application", "xml" | "javascript" | "x-javascript" | "ecmascript") => {
-            text_charset(charset.as_deref())
+        ("text", "html" | "xml") | ("application", "xml") => text_charset(charset.as_deref(), true),
+        ("text" | "application", s) if s.ends_with("+xml") => {
+            text_charset(charset.as_deref(), true)
         }
-        ("application", s) if s.ends_with("+xml") => text_charset(charset.as_deref()),
+        ("text", _) | ("application", "javascript" | "x-javascript" | "ecmascript") => {
+            text_charset(charset.as_deref(), false)
+        }
         _ => Err(refuse()),
     }
 }
 
-fn text_charset(charset: Option<&str>) -> Result<Shape, Rejection> {
+fn text_charset(charset: Option<&str>, markup: bool) -> Result<Shape, Rejection> {
     match charset {
-        None | Some("utf-8" | "utf8" | "us-ascii" | "ascii") => Ok(Shape::Text { utf8: true }),
+        None | Some("utf-8" | "utf8" | "us-ascii" | "ascii") => {
+            Ok(Shape::Text { utf8: true, markup })
+        }
         Some("iso-8859-1" | "latin1" | "iso_8859-1" | "windows-1252" | "cp1252") => {
-            Ok(Shape::Text { utf8: false })
+            Ok(Shape::Text {
+                utf8: false,
+                markup,
+            })
         }
         Some(_) => Err(unmaskable(
             "text in a charset other than UTF-8, ASCII or Latin-1 cannot be masked",
@@ -515,6 +545,7 @@ enum Content {
     Text {
         buf: Vec<u8>,
         utf8: bool,
+        markup: bool,
     },
     /// Decoded bytes after the last complete event.
     Events {
@@ -580,9 +611,10 @@ impl BodyMasker {
                 line: Box::new(JsonStream::new(Arc::clone(&profile))),
                 has_value: false,
             },
-            Shape::Text { utf8 } => Content::Text {
+            Shape::Text { utf8, markup } => Content::Text {
                 buf: Vec::new(),
                 utf8,
+                markup,
             },
             Shape::Events => Content::Events { buf: Vec::new() },
             Shape::Form => Content::Form { buf: Vec::new() },
@@ -693,7 +725,7 @@ impl BodyMasker {
                     line.finish(&mut self.masked, counts)?;
                 }
             }
-            Content::Text { buf, utf8 } => {
+            Content::Text { buf, utf8, markup } => {
                 if buf.len().saturating_add(decoded.len()) > self.max_text_body {
                     return Err(BodyError::TextTooLarge {
                         limit: self.max_text_body,
@@ -713,6 +745,9 @@ impl BodyMasker {
                         Cow::Borrowed(&whole),
                         counts,
                     )? {
+                        if *markup && crate::markup::references_hide_a_value(&self.profile, &m) {
+                            return Err(BodyError::CharacterReference);
+                        }
                         self.masked.extend_from_slice(&m);
                     }
                 }
@@ -1747,15 +1782,38 @@ mod tests {
         );
         assert_eq!(shape("application/json; charset=iso-8859-1"), None);
         assert_eq!(shape("application/x-ndjson"), Some(Shape::JsonLines));
-        assert_eq!(shape("text/plain"), Some(Shape::Text { utf8: true }));
+        assert_eq!(
+            shape("text/plain"),
+            Some(Shape::Text {
+                utf8: true,
+                markup: false
+            })
+        );
+        for ct in [
+            "text/html",
+            "text/xml",
+            "application/xml",
+            "application/rss+xml",
+        ] {
+            assert!(
+                matches!(shape(ct), Some(Shape::Text { markup: true, .. })),
+                "{ct}"
+            );
+        }
         assert_eq!(
             shape("text/plain; charset=latin1"),
-            Some(Shape::Text { utf8: false })
+            Some(Shape::Text {
+                utf8: false,
+                markup: false
+            })
         );
         assert_eq!(shape("text/plain; charset=utf-7"), None);
         assert_eq!(
             shape("application/soap+xml"),
-            Some(Shape::Text { utf8: true })
+            Some(Shape::Text {
+                utf8: true,
+                markup: true
+            })
         );
         assert_eq!(
             shape("application/x-www-form-urlencoded"),

@@ -22,6 +22,7 @@ pub mod body;
 pub mod encoding;
 mod gate;
 pub mod inspect;
+mod markup;
 mod rejection;
 pub mod route;
 pub mod server;

@@ -433,6 +433,63 @@ fn a_form_pair_over_the_text_limit_fails() {
 }
 
 #[test]
+fn markup_that_hides_a_value_behind_character_references_is_refused() {
+    for (ct, body) in [
+        ("application/xml", "<r><ssn>&#x31;23-45-6789</ssn></r>"),
+        (
+            "text/xml; charset=utf-8",
+            "<r><to>ada&#64;example.com</to></r>",
+        ),
+        (
+            "application/atom+xml",
+            "<feed><card>4111&#x20;1111 1111 1111</card></feed>",
+        ),
+        ("text/html", "<p>&#49;23-45-6789</p>"),
+        (
+            "text/html; charset=windows-1252",
+            "<p>ada&commat;example&period;com</p>",
+        ),
+        ("text/html", "<p>4111&nbsp;1111&nbsp;1111&nbsp;1111</p>"),
+    ] {
+        for coding in CODINGS {
+            let wire = compress(coding, body.as_bytes());
+            let mut m = masker_for(coding, ct);
+            let err = run(&mut m, &chunks(&wire, 3, 5)).unwrap_err();
+            assert!(
+                matches!(err, BodyError::CharacterReference),
+                "{ct} {coding:?}: {err:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ordinary_character_references_pass() {
+    let body = format!(
+        "<p title=\"Tom &amp; Jerry\">&lt;b&gt; don&#39;t &quot;quote&quot;&nbsp;me \
+         &copy; 2024 &mdash; card {CARD}</p>"
+    );
+    for ct in ["text/html", "application/xhtml+xml"] {
+        let mut m = masker_for(Coding::Identity, ct);
+        let (out, counts) = run(&mut m, &[body.as_bytes()]).unwrap();
+        let plain = String::from_utf8(out).unwrap();
+        assert_clean(&plain);
+        assert!(
+            plain.starts_with(
+                "<p title=\"Tom &amp; Jerry\">&lt;b&gt; don&#39;t &quot;quote&quot;&nbsp;me \
+                 &copy; 2024 &mdash; card "
+            ),
+            "{plain}"
+        );
+        assert_eq!(counts.total(), 1);
+    }
+    // Plain text has no character references: `&#64;` there is what it says.
+    let mut m = masker_for(Coding::Identity, "text/plain");
+    let (out, _) = run(&mut m, &[b"write to ada&#64;example.com"]).unwrap();
+    assert_eq!(out, b"write to ada&#64;example.com");
+}
+
+#[test]
 fn event_streams_are_masked_event_by_event() {
     let mut m = masker_for(Coding::Identity, "text/event-stream");
     let mut counts = MaskedCounts::new();

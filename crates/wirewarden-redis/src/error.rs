@@ -107,6 +107,15 @@ pub enum Error {
         /// Where the NUL was found.
         offset: usize,
     },
+    /// Replies that can no longer be tied to the commands they answer: an `EXEC` reply whose
+    /// elements do not match the commands queued, or that answers a queued pub/sub command
+    /// (the server writes one reply per channel where `EXEC` counts one). A relay must end
+    /// the connection: any later reply could be paired with the wrong command.
+    #[error("replies out of step with their commands: {what}")]
+    OutOfStep {
+        /// What did not match.
+        what: &'static str,
+    },
 }
 
 impl Error {

@@ -12,6 +12,11 @@
 //! - **`MONITOR`** turns the connection into a stream of simple strings.
 //! - **`CLIENT REPLY OFF|SKIP`** suppress replies.
 //!
+//! A pub/sub command queued in a transaction breaks the first rule: `EXEC` counts it as one
+//! result, then the server writes one reply per channel, so every reply after it is shifted.
+//! Such an `EXEC` reply, and one whose elements do not match the queue, is an
+//! [`Error::OutOfStep`](crate::Error::OutOfStep): the connection cannot be relayed further.
+//!
 //! Server state (in a transaction, subscribed, protocol version) is advanced by the replies,
 //! not by the requests, so a pipeline whose `MULTI` or `HELLO` fails is still matched
 //! correctly.
@@ -346,7 +351,11 @@ impl<T: Clone> Session<T> {
     /// Matches one reply frame (decoded with [`Session::reply_version`]) to what it answers.
     ///
     /// # Errors
-    /// Only if the frame's typed view cannot be built, which frames from
+    /// [`Error::OutOfStep`] when an `EXEC` reply cannot be tied to the commands queued
+    /// (more or fewer elements, a push frame among them, a queued pub/sub command whose
+    /// replies the server writes one per channel): the connection must be closed, since
+    /// every later reply may be paired with the wrong command. Otherwise only if the
+    /// frame's typed view cannot be built, which frames from
     /// [`ReplyDecoder`](crate::ReplyDecoder) never cause.
     pub fn on_reply(&mut self, frame: &Frame) -> Result<Correlated<T>> {
         // RESP3 push frames never answer a command, except pub/sub confirmations.
@@ -431,12 +440,43 @@ impl<T: Clone> Session<T> {
                 }
                 let elements = frame.elements()?;
                 let Some(elements) = elements else {
+                    // `EXECABORT`, or a null when a watched key changed; anything else
+                    // answers something other than this EXEC.
+                    if !(frame.is_error() || frame.kind() == FrameKind::Null) {
+                        return Err(Error::OutOfStep {
+                            what: "EXEC answered with neither results, an error nor a null",
+                        });
+                    }
                     return Ok(Correlated::Exec {
                         tag: p.tag,
                         results: Vec::new(),
                         aborted: true,
                     });
                 };
+                // Fail closed: the elements are paired with the queued commands by position
+                // only, so any doubt about that pairing ends the connection.
+                if elements.len() != queued.len() {
+                    return Err(Error::OutOfStep {
+                        what: "EXEC reply with more or fewer elements than commands queued",
+                    });
+                }
+                if queued
+                    .iter()
+                    .any(|q| matches!(q.kind, Kind::Subscribe { .. }))
+                {
+                    // One reply per channel inside an EXEC that counts one per command: the
+                    // replies after it are shifted by the difference.
+                    return Err(Error::OutOfStep {
+                        what: "EXEC of a queued subscribe or unsubscribe",
+                    });
+                }
+                if elements.iter().any(|el| el.first() == Some(&b'>')) {
+                    // A push frame answers no queued command (RESP3 pub/sub confirmations
+                    // arrive so inside EXEC).
+                    return Err(Error::OutOfStep {
+                        what: "push frame inside an EXEC reply",
+                    });
+                }
                 let mut results = Vec::with_capacity(queued.len());
                 for (q, el) in queued.into_iter().zip(elements.iter()) {
                     if let Kind::Hello(Some(v)) = q.kind
@@ -653,6 +693,82 @@ mod tests {
         c.send("GET a");
         let got = c.recv(b"-NOPERM no\r\n$1\r\n1\r\n");
         assert_eq!(got, vec![reply(19), reply(20)]);
+    }
+
+    /// Decodes `bytes` as replies until one fails to correlate; that error.
+    fn out_of_step(c: &mut Conn, bytes: &[u8]) -> Error {
+        let mut buf = BytesMut::from(bytes);
+        let mut d = ReplyDecoder::default();
+        correlate_all(&mut c.s, &mut d, &mut buf).unwrap_err()
+    }
+
+    #[test]
+    fn an_exec_reply_that_does_not_match_its_queue_is_out_of_step() {
+        // What a server answers to `UNSUBSCRIBE a b` and `GET secret` inside a transaction:
+        // EXEC counts two results, then writes one reply per channel and GET's value after
+        // the array, where it would be taken for the next command's reply.
+        let mut c = Conn::new();
+        for l in [
+            "MULTI",
+            "UNSUBSCRIBE a b",
+            "GET secret",
+            "EXEC",
+            "GET public",
+        ] {
+            c.send(l);
+        }
+        let e = out_of_step(
+            &mut c,
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n\
+              *3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n$6\r\nhunter\r\n",
+        );
+        assert!(matches!(e, Error::OutOfStep { .. }), "{e:?}");
+
+        // The same in RESP3: the confirmations are push frames inside the array.
+        let mut c = Conn::new();
+        c.send("HELLO 3");
+        c.recv(b"%0\r\n");
+        for l in [
+            "MULTI",
+            "PUNSUBSCRIBE a b",
+            "HGETALL secret",
+            "EXEC",
+            "PING",
+        ] {
+            c.send(l);
+        }
+        let e = out_of_step(
+            &mut c,
+            b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n>3\r\n$12\r\npunsubscribe\r\n$1\r\na\r\n:0\r\n\
+              >3\r\n$12\r\npunsubscribe\r\n$1\r\nb\r\n:0\r\n%1\r\n$1\r\nf\r\n$2\r\nv1\r\n",
+        );
+        assert!(matches!(e, Error::OutOfStep { .. }), "{e:?}");
+
+        // More or fewer elements than commands queued.
+        for reply in [
+            &b"+OK\r\n+QUEUED\r\n*2\r\n$1\r\n1\r\n$1\r\n2\r\n"[..],
+            b"+OK\r\n+QUEUED\r\n*0\r\n",
+            b"+OK\r\n+QUEUED\r\n+OK\r\n",
+        ] {
+            let mut c = Conn::new();
+            for l in ["MULTI", "GET a", "EXEC"] {
+                c.send(l);
+            }
+            let e = out_of_step(&mut c, reply);
+            assert!(matches!(e, Error::OutOfStep { .. }), "{e:?}");
+        }
+        // A push frame in place of a result.
+        let mut c = Conn::new();
+        c.send("HELLO 3");
+        c.recv(b"%0\r\n");
+        for l in ["MULTI", "GET a", "EXEC"] {
+            c.send(l);
+        }
+        let e = out_of_step(
+            &mut c,
+            b"+OK\r\n+QUEUED\r\n*1\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\na\r\n",
+        );
+        assert!(matches!(e, Error::OutOfStep { .. }), "{e:?}");
     }
 
     #[test]

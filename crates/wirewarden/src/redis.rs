@@ -62,8 +62,13 @@
 //!    withdrawn: …` and the session ends ([`SessionEndReason::SubscriptionWithdrawn`]), as
 //!    the server ends a client whose ACL permissions were withdrawn. A subscription a
 //!    reviewer approved is not ended by a later decision that asks for review again.
-//!    Subscribing inside `MULTI` is refused (rule `redis-subscribe-in-multi`): the
-//!    confirmations would come in `EXEC`'s reply, untied to the decision.
+//!    Subscribing or unsubscribing inside `MULTI` is refused (rule
+//!    `redis-subscribe-in-multi`): inside `EXEC` the server writes one reply per channel
+//!    where `EXEC` counts one per command, so the replies after it would answer (and be
+//!    masked as) the wrong commands, and a subscription would come untied to its decision.
+//!    Should such a transaction run anyway, or any `EXEC` reply not match the commands
+//!    queued, or a reply arrive that no command is owed, the session ends before that reply
+//!    goes out ([`wirewarden_redis::Error::OutOfStep`]).
 //! 7. **The end.** Besides the client leaving or the upstream closing, the session ends
 //!    when its credential expires (`SessionEndReason::CredentialExpired`) and when replaced
 //!    revocation lists refuse its client certificate (`CredentialRevoked`, through the
@@ -1047,6 +1052,8 @@ enum Verb {
     Mget,
     /// `SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE`.
     Subscribe,
+    /// `UNSUBSCRIBE`, `PUNSUBSCRIBE`, `SUNSUBSCRIBE`.
+    Unsubscribe,
     Other,
 }
 
@@ -1065,6 +1072,8 @@ impl Verb {
             Self::Mget
         } else if is(b"subscribe") || is(b"psubscribe") || is(b"ssubscribe") {
             Self::Subscribe
+        } else if is(b"unsubscribe") || is(b"punsubscribe") || is(b"sunsubscribe") {
+            Self::Unsubscribe
         } else {
             Self::Other
         }
@@ -1471,12 +1480,14 @@ impl Relay<'_> {
                 "redis-client-reply",
                 "CLIENT REPLY is not allowed through the gateway",
             ))
-        } else if verb == Verb::Subscribe && in_multi {
-            // Its confirmations would come in EXEC's reply, where the gateway does not tie
-            // a subscription to the decision its messages must go out under.
+        } else if matches!(verb, Verb::Subscribe | Verb::Unsubscribe) && in_multi {
+            // Inside EXEC the server writes one reply per channel where EXEC's header
+            // counts one per command: the replies after it would answer the wrong
+            // commands (and be masked as theirs). A subscription would also come untied to
+            // the decision its messages must go out under.
             Some((
                 "redis-subscribe-in-multi",
-                "subscribing inside MULTI is not allowed through the gateway; subscribe outside the transaction",
+                "subscribing or unsubscribing inside MULTI is not allowed through the gateway; do it outside the transaction",
             ))
         } else if verb == Verb::Reset {
             // RESET would log the upstream connection out of the gateway's own user.
@@ -1781,7 +1792,7 @@ impl Relay<'_> {
                 self.client_multi = false;
                 self.multi_poisoned = false;
             }
-            Verb::Mget | Verb::Subscribe | Verb::Other => {}
+            Verb::Mget | Verb::Subscribe | Verb::Unsubscribe | Verb::Other => {}
         }
         let drops_queue = matches!(verb, Verb::Exec | Verb::Discard | Verb::Reset);
         let expects = self.session.on_request(forward.args(), tag);
@@ -1914,10 +1925,15 @@ impl Relay<'_> {
                     return Err(protocol_error("upstream", e));
                 }
             };
-            let corr = self
-                .session
-                .on_reply(&frame)
-                .map_err(|e| protocol_error("upstream", e))?;
+            let corr = match self.session.on_reply(&frame) {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of step: nothing from here on can be tied to its command, so
+                    // nothing more goes out; the session ends.
+                    self.protocol_event(Direction::FromUpstream, &e).await;
+                    return Err(protocol_error("upstream", e));
+                }
+            };
             match corr {
                 Correlated::Reply {
                     tag,
@@ -2240,6 +2256,16 @@ impl Relay<'_> {
             .elements()
             .map_err(|e| protocol_error("upstream", e))?
             .unwrap_or_default();
+        if elements.len() != results.len() {
+            // The correlator refuses such a reply; an element without its command would
+            // otherwise be masked without its key.
+            return Err(protocol_error(
+                "upstream",
+                wirewarden_redis::Error::OutOfStep {
+                    what: "EXEC reply with more or fewer elements than commands queued",
+                },
+            ));
+        }
         let mut out: Vec<Bytes> = Vec::with_capacity(elements.len());
         let mut changed = false;
         for (i, raw) in elements.iter().enumerate() {

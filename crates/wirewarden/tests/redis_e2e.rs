@@ -1412,3 +1412,55 @@ async fn a_subscription_inside_multi_is_refused() {
     // Nothing of the transaction ran.
     assert_eq!(g.direct(&["EXISTS", "tx"]).trim(), "0");
 }
+
+/// Sends `bytes` on a fresh connection and reads what comes back until the gateway closes
+/// the connection or `wait` passes.
+async fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut got)).await;
+    text(&got)
+}
+
+/// Inside `EXEC` the server answers `UNSUBSCRIBE a b` with one reply per channel while
+/// `EXEC` counts one per command: the next command's value came after the array, was taken
+/// for the reply of the command after `EXEC` and masked under that command's key (no rule),
+/// so a `secret:*` value went out in clear. Unsubscribing inside `MULTI` is refused now, in
+/// RESP2 and RESP3, and the commands after the transaction get their own replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribing_inside_multi_is_refused_and_replies_stay_in_step() {
+    let g = gateway().await;
+    g.direct(&["HSET", "secret:h", "token", "hunter2-in-a-hash"]);
+    let got = exchange(
+        g.addr,
+        b"AUTH tok-agent\r\nMULTI\r\nUNSUBSCRIBE a b\r\nGET secret:api\r\nEXEC\r\nXREAD BLOCK 2000 STREAMS nosuchstream $\r\nGET plain\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(!got.contains("hunter2"), "{got}");
+    assert!(
+        got.starts_with("+OK\r\n+OK\r\n-ERR wirewarden: subscribing or unsubscribing inside MULTI"),
+        "{got}"
+    );
+    assert!(
+        got.ends_with(
+            "(rule redis-subscribe-in-multi)\r\n+QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n*-1\r\n$5\r\nhello\r\n"
+        ),
+        "{got}"
+    );
+    let got = exchange(
+        g.addr,
+        b"HELLO 3 AUTH agent tok-agent\r\nMULTI\r\nPUNSUBSCRIBE a b\r\nHGETALL secret:h\r\nEXEC\r\nXREAD BLOCK 2000 STREAMS nosuchstream $\r\nGET plain\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(!got.contains("hunter2"), "{got}");
+    assert!(
+        got.contains("(rule redis-subscribe-in-multi)\r\n+QUEUED\r\n-EXECABORT"),
+        "{got}"
+    );
+    assert!(got.ends_with("_\r\n$5\r\nhello\r\n"), "{got}");
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

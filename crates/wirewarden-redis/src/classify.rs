@@ -48,6 +48,12 @@ bitset! {
         INCOMPLETE_KEYS = 10 => "incomplete_keys",
         /// Carries a password or credential (redacted in the command text).
         CREDENTIALS = 11 => "credentials",
+        /// Returns a piece of a value, or facts about its bits, rather than the value
+        /// (`GETRANGE`, `SUBSTR`, `GETBIT`, `BITFIELD`, `BITFIELD_RO`, `BITPOS`, `BITCOUNT`
+        /// over a range, `LCS`). A piece cannot be masked: content detectors see a card
+        /// number or a JSON document only whole, and a piece of one matches nothing, so the
+        /// value can be read out piece by piece in clear.
+        PARTIAL_VALUE = 12 => "partial_value",
     }
 }
 
@@ -262,6 +268,18 @@ fn extra_risk(name: &str) -> Risk {
             Risk::UNDECLARED_KEYS
         }
         n if n.starts_with("module") => Risk::WHOLE_SERVER,
+        "getrange" | "substr" | "getbit" | "bitfield" | "bitfield_ro" | "bitpos" | "lcs" => {
+            Risk::PARTIAL_VALUE
+        }
+        _ => Risk::EMPTY,
+    }
+}
+
+/// Risks that depend on the arguments, not only on the command.
+fn argument_risk(name: &str, args: &[Bytes]) -> Risk {
+    match name {
+        // `BITCOUNT key start end [BYTE|BIT]`: over a range of one bit, it is that bit.
+        "bitcount" if args.len() > 2 => Risk::PARTIAL_VALUE,
         _ => Risk::EMPTY,
     }
 }
@@ -659,7 +677,7 @@ pub fn classify(args: &[Bytes]) -> Classified {
             if !secrets.is_empty() {
                 risk = Risk::of(&[risk, Risk::CREDENTIALS]);
             }
-            risk = Risk::of(&[risk, extra_risk(s.name)]);
+            risk = Risk::of(&[risk, extra_risk(s.name), argument_risk(s.name, args)]);
             let mut class = base_class(s);
             if s.name == "hello" && !secrets.is_empty() {
                 class = CommandClass::Privilege;
@@ -829,6 +847,32 @@ mod tests {
         let cl = c(&["ZUNIONSTORE", "out", "2", "a", "b", "WEIGHTS", "1", "2"]);
         let names: Vec<_> = keys(&cl).into_iter().map(|k| k.0).collect();
         assert_eq!(names, vec!["out", "a", "b"]);
+    }
+
+    #[test]
+    fn partial_reads_are_marked() {
+        for args in [
+            &["GETRANGE", "k", "0", "3"][..],
+            &["substr", "k", "0", "3"],
+            &["GETBIT", "k", "7"],
+            &["BITFIELD", "k", "GET", "u8", "0"],
+            &["BITFIELD", "k", "SET", "u8", "0", "1"],
+            &["BITFIELD_RO", "k", "GET", "u8", "0"],
+            &["BITPOS", "k", "1"],
+            &["BITCOUNT", "k", "0", "0"],
+            &["BITCOUNT", "k", "5", "5", "BIT"],
+            &["LCS", "a", "b"],
+        ] {
+            assert!(c(args).risk.contains(Risk::PARTIAL_VALUE), "{args:?}");
+        }
+        for args in [
+            &["GET", "k"][..],
+            &["BITCOUNT", "k"],
+            &["STRLEN", "k"],
+            &["SETRANGE", "k", "0", "x"],
+        ] {
+            assert!(!c(args).risk.contains(Risk::PARTIAL_VALUE), "{args:?}");
+        }
     }
 
     #[test]

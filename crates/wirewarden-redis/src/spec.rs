@@ -26,6 +26,12 @@ macro_rules! bitset {
                 Self(bits)
             }
 
+            /// `self` without the members of `other`.
+            #[must_use]
+            pub const fn without(self, other: Self) -> Self {
+                Self(self.0 & !other.0)
+            }
+
             /// True if every member of `other` is in `self`.
             #[must_use]
             pub const fn contains(self, other: Self) -> bool {

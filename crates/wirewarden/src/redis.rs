@@ -190,14 +190,23 @@ reason = "the command is not understood"
 "#;
 
 /// The risks refused by default before policy is asked: scripting, undeclared keys, the
-/// whole server, serialized values and remote transfers. Policy may be written without
-/// knowing about them; these commands never reach it.
+/// whole server, serialized values, remote transfers and partial reads. Policy may be
+/// written without knowing about them; these commands never reach it.
+///
+/// Partial reads ([`Risk::PARTIAL_VALUE`]: `GETRANGE`, `SUBSTR`, `GETBIT`, `BITFIELD`,
+/// `BITFIELD_RO`, `BITPOS`, `BITCOUNT` over a range, `LCS`) are refused here rather than by a
+/// rule of [`DEFAULT_REDIS_POLICY`] because no profile can mask them: a content detector
+/// sees a card number, an SSN or a JSON document only whole, and a piece of one matches
+/// nothing, so the value could be read out piece by piece in clear. A target whose values
+/// need no masking can allow them:
+/// `refused_risks = DEFAULT_REFUSED_RISKS.without(Risk::PARTIAL_VALUE)`.
 pub const DEFAULT_REFUSED_RISKS: Risk = Risk::of(&[
     Risk::SCRIPTING,
     Risk::UNDECLARED_KEYS,
     Risk::WHOLE_SERVER,
     Risk::SERIALIZED,
     Risk::REMOTE,
+    Risk::PARTIAL_VALUE,
 ]);
 
 /// How the gateway reaches and logs in to the upstream Redis server.
@@ -240,7 +249,8 @@ pub struct RedisTarget {
     /// Decoder limits for both directions.
     pub limits: Limits,
     /// Commands carrying any of these risks are denied before policy is asked (rule id
-    /// `redis-risk`). Default: [`DEFAULT_REFUSED_RISKS`].
+    /// `redis-risk`). Default: [`DEFAULT_REFUSED_RISKS`], which refuses partial reads
+    /// ([`Risk::PARTIAL_VALUE`]) since no profile can mask a piece of a value.
     pub refused_risks: Risk,
     /// Cap on how much of each reply the session recording keeps, in bytes.
     pub record_limit: usize,

@@ -1464,3 +1464,50 @@ async fn unsubscribing_inside_multi_is_refused_and_replies_stay_in_step() {
     assert!(got.ends_with("_\r\n$5\r\nhello\r\n"), "{got}");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// A piece of a value passes every content detector, since a piece of a card number or of
+/// a JSON document matches nothing: `GETRANGE card 5 12` used to read a card number out in
+/// clear, eight digits at a time. Partial reads are refused by default before policy; a
+/// target whose values need no masking can allow them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_reads_are_refused_by_default() {
+    use wirewarden::redis::{DEFAULT_REFUSED_RISKS, Risk};
+    let g = gateway().await;
+    let mut raw = Raw::connect(g.addr).await;
+    assert_eq!(
+        bulk(&raw.call(&["AUTH", "tok-agent"]).await).as_deref(),
+        Some("OK")
+    );
+    for command in [
+        &["GETRANGE", "card", "5", "12"][..],
+        &["SUBSTR", "ssn", "4", "6"],
+        &["GETBIT", "card", "41"],
+        &["BITFIELD", "card", "GET", "u8", "40"],
+        &["BITFIELD_RO", "card", "GET", "u8", "40"],
+        &["BITPOS", "card", "1", "5", "5"],
+        &["BITCOUNT", "card", "41", "41", "BIT"],
+        &["LCS", "card", "ssn"],
+    ] {
+        match raw.call(command).await {
+            wirewarden_redis::Value::SimpleError(e) => {
+                let e = text(&e);
+                assert!(
+                    e.contains("partial_value") && e.ends_with("(rule redis-risk)"),
+                    "{command:?}: {e}"
+                );
+            }
+            other => panic!("{command:?}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        bulk(&raw.call(&["GET", "plain"]).await).as_deref(),
+        Some("hello")
+    );
+    let g = gateway_with(
+        |t| t.refused_risks = DEFAULT_REFUSED_RISKS.without(Risk::PARTIAL_VALUE),
+        |s| s,
+    )
+    .await;
+    let out = cli(g.addr, &["-a", "tok-agent"], "GETRANGE plain 0 1\n").await;
+    assert_eq!(text(&out.stdout).trim(), "he");
+}

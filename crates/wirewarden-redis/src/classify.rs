@@ -67,6 +67,52 @@ pub struct Classified {
     pub risk: Risk,
     /// The command or subcommand entry, if the table knows it.
     pub spec: Option<&'static CommandSpec>,
+    /// The keys the command copies data between, if it reads some keys and writes what it
+    /// read into others.
+    pub flow: Option<Flow>,
+}
+
+/// Data a command moves from one key into another (`COPY`, `RENAME`, `LMOVE`, `SMOVE`,
+/// `BITOP`, `SUNIONSTORE`, `PFMERGE`, `GEORADIUS … STORE`, `SORT … STORE` …): found from the
+/// key specs, as a spec whose keys the command reads (`access`) and another spec whose keys
+/// it writes into (`insert`, `update`, `OW`). A key of both (the destination of `PFMERGE`)
+/// is in both lists. Commands that read and write the same keys (`LMPOP`, `SET … GET`,
+/// `XREADGROUP`) move nothing between keys and have none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Keys whose data is read.
+    pub sources: Vec<Bytes>,
+    /// Keys written with it.
+    pub destinations: Vec<Bytes>,
+}
+
+/// Key-spec flags of a key whose data the command reads.
+const SOURCE: KeySpecFlags = KeySpecFlags::ACCESS;
+/// Key-spec flags of a key the command puts data into.
+const DESTINATION: KeySpecFlags =
+    KeySpecFlags::of(&[KeySpecFlags::OW, KeySpecFlags::INSERT, KeySpecFlags::UPDATE]);
+
+/// The flow of a command whose keys `idx` found: `(argument, flags, spec)`.
+fn flow_of(args: &[Bytes], idx: &[(usize, KeySpecFlags, usize)]) -> Option<Flow> {
+    let moves = idx.iter().any(|(_, from, a)| {
+        from.intersects(SOURCE)
+            && idx
+                .iter()
+                .any(|(_, to, b)| a != b && to.intersects(DESTINATION))
+    });
+    if !moves {
+        return None;
+    }
+    let keys = |want: KeySpecFlags| {
+        idx.iter()
+            .filter(|(_, f, _)| f.intersects(want) && !f.contains(KeySpecFlags::NOT_KEY))
+            .filter_map(|(i, _, _)| args.get(*i).cloned())
+            .collect::<Vec<_>>()
+    };
+    Some(Flow {
+        sources: keys(SOURCE),
+        destinations: keys(DESTINATION),
+    })
 }
 
 /// Longest argument shown in full in the command text; longer ones are cut and their size
@@ -307,12 +353,17 @@ fn push_key(cmd: &mut Command, kind: ObjectKind, name: &[u8], flags: KeySpecFlag
     }
 }
 
-/// The server's `getKeysUsingKeySpecs`: the argument indexes of keys, with their spec flags.
+/// The server's `getKeysUsingKeySpecs`: the argument indexes of keys, with their spec's flags
+/// and its index.
 /// Returns false if some spec could not be applied (unknown, or arguments out of range).
-fn key_indexes(spec: &CommandSpec, args: &[Bytes], out: &mut Vec<(usize, KeySpecFlags)>) -> bool {
+fn key_indexes(
+    spec: &CommandSpec,
+    args: &[Bytes],
+    out: &mut Vec<(usize, KeySpecFlags, usize)>,
+) -> bool {
     let argc = i64::try_from(args.len()).unwrap_or(i64::MAX);
     let mut complete = true;
-    for ks in spec.key_specs {
+    for (n, ks) in spec.key_specs.iter().enumerate() {
         if ks.flags.contains(KeySpecFlags::INCOMPLETE) {
             complete = false;
         }
@@ -402,7 +453,7 @@ fn key_indexes(spec: &CommandSpec, args: &[Bytes], out: &mut Vec<(usize, KeySpec
         let mut i = first;
         while i <= last {
             if let Ok(i) = usize::try_from(i) {
-                out.push((i, ks.flags));
+                out.push((i, ks.flags, n));
             }
             i += step;
         }
@@ -412,7 +463,8 @@ fn key_indexes(spec: &CommandSpec, args: &[Bytes], out: &mut Vec<(usize, KeySpec
 
 /// `SORT key [BY pattern] [LIMIT offset count] [GET pattern …] [ASC|DESC] [ALPHA]
 /// [STORE destination]`: the server's `sortGetKeys`.
-fn sort_keys(cmd: &mut Command, args: &[Bytes], risk: &mut Risk) {
+fn sort_keys(cmd: &mut Command, args: &[Bytes], risk: &mut Risk) -> Option<Flow> {
+    let mut flow = None;
     if let Some(k) = args.get(1) {
         push_key(
             cmd,
@@ -438,12 +490,17 @@ fn sort_keys(cmd: &mut Command, args: &[Bytes], risk: &mut Risk) {
                     dest,
                     KeySpecFlags::of(&[KeySpecFlags::OW, KeySpecFlags::UPDATE]),
                 );
+                flow = args.get(1).map(|source| Flow {
+                    sources: vec![source.clone()],
+                    destinations: vec![dest.clone()],
+                });
             }
             i += 2;
         } else {
             i += 1;
         }
     }
+    flow
 }
 
 /// `MIGRATE host port key|"" db timeout [COPY] [REPLACE] [AUTH pw | AUTH2 user pw]
@@ -701,16 +758,18 @@ pub fn classify(args: &[Bytes]) -> Classified {
         digest,
     };
 
+    let mut flow = None;
     if let Some(s) = spec {
         match s.name {
-            "sort" | "sort_ro" => sort_keys(&mut command, args, &mut risk),
+            "sort" | "sort_ro" => flow = sort_keys(&mut command, args, &mut risk),
             "migrate" => migrate_keys(&mut command, args),
             _ => {
                 let mut idx = Vec::new();
                 if !key_indexes(s, args, &mut idx) {
                     risk = Risk::of(&[risk, Risk::INCOMPLETE_KEYS]);
                 }
-                for (i, flags) in idx {
+                flow = flow_of(args, &idx);
+                for (i, flags, _) in idx {
                     let Some(k) = args.get(i) else { continue };
                     let kind = if flags.contains(KeySpecFlags::NOT_KEY) {
                         ObjectKind::Channel
@@ -728,6 +787,7 @@ pub fn classify(args: &[Bytes]) -> Classified {
         command,
         risk,
         spec,
+        flow,
     }
 }
 
@@ -872,6 +932,82 @@ mod tests {
             &["SETRANGE", "k", "0", "x"],
         ] {
             assert!(!c(args).risk.contains(Risk::PARTIAL_VALUE), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn commands_that_copy_between_keys_have_a_flow() {
+        let flow = |args: &[&str]| c(args).flow;
+        let names = |v: &[Bytes]| v.iter().map(|b| lossy(b)).collect::<Vec<_>>();
+        for (args, sources, destinations) in [
+            (&["COPY", "a", "b"][..], &["a"][..], &["b"][..]),
+            (&["RENAME", "a", "b"], &["a"], &["b"]),
+            (&["RENAMENX", "a", "b"], &["a"], &["b"]),
+            (&["BITOP", "OR", "d", "a", "b"], &["a", "b"], &["d"]),
+            (&["LMOVE", "a", "b", "LEFT", "LEFT"], &["a"], &["b"]),
+            (&["BLMOVE", "a", "b", "LEFT", "LEFT", "0"], &["a"], &["b"]),
+            (&["RPOPLPUSH", "a", "b"], &["a"], &["b"]),
+            (&["BRPOPLPUSH", "a", "b", "0"], &["a"], &["b"]),
+            (&["SMOVE", "a", "b", "m"], &["a"], &["b"]),
+            (&["SUNIONSTORE", "d", "a", "b"], &["a", "b"], &["d"]),
+            (&["SINTERSTORE", "d", "a"], &["a"], &["d"]),
+            (&["SDIFFSTORE", "d", "a"], &["a"], &["d"]),
+            (&["ZUNIONSTORE", "d", "2", "a", "b"], &["a", "b"], &["d"]),
+            (&["ZINTERSTORE", "d", "1", "a"], &["a"], &["d"]),
+            (&["ZDIFFSTORE", "d", "1", "a"], &["a"], &["d"]),
+            (&["ZRANGESTORE", "d", "a", "0", "-1"], &["a"], &["d"]),
+            (&["PFMERGE", "d", "a"], &["d", "a"], &["d"]),
+            (
+                &[
+                    "GEOSEARCHSTORE",
+                    "d",
+                    "a",
+                    "FROMMEMBER",
+                    "m",
+                    "BYRADIUS",
+                    "1",
+                    "km",
+                ],
+                &["a"],
+                &["d"],
+            ),
+            (
+                &["GEORADIUS", "a", "0", "0", "1", "km", "STORE", "d"],
+                &["a"],
+                &["d"],
+            ),
+            (
+                &["GEORADIUSBYMEMBER", "a", "m", "1", "km", "STOREDIST", "d"],
+                &["a"],
+                &["d"],
+            ),
+            (&["SORT", "a", "STORE", "d"], &["a"], &["d"]),
+        ] {
+            let f = flow(args).unwrap_or_else(|| panic!("{args:?}"));
+            assert_eq!(names(&f.sources), sources, "{args:?}");
+            assert_eq!(names(&f.destinations), destinations, "{args:?}");
+        }
+        for args in [
+            &["GET", "a"][..],
+            &["SET", "a", "1", "GET"],
+            &["MSET", "a", "1", "b", "2"],
+            &["LMPOP", "2", "a", "b", "LEFT"],
+            &["SUNION", "a", "b"],
+            &["GEORADIUS", "a", "0", "0", "1", "km"],
+            &[
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "STREAMS",
+                "a",
+                "b",
+                ">",
+                ">",
+            ],
+            &["SORT", "a"],
+        ] {
+            assert_eq!(flow(args), None, "{args:?}");
         }
     }
 

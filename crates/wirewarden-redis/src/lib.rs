@@ -16,7 +16,7 @@ mod value;
 mod wire;
 
 pub use bytes;
-pub use classify::{Classified, Risk, classify};
+pub use classify::{Classified, Flow, Risk, classify};
 #[cfg(feature = "codec")]
 pub use codec::{CodecError, ReplyCodec, RequestCodec};
 pub use error::{Error, Result};

@@ -39,7 +39,13 @@
 //!    `-ERR wirewarden: <reason> (rule <id>)`, and the connection stays usable; a command
 //!    denied inside `MULTI` makes the `EXEC` answer `-EXECABORT` (the gateway sends `DISCARD`
 //!    upstream), exactly as the server treats a command rejected at queue time. A command
-//!    held for review waits for the replies already due, then for the reviewers. The
+//!    held for review waits for the replies already due, then for the reviewers. A command
+//!    that reads some keys and writes what it read into others (`COPY`, `RENAME`, `LMOVE`,
+//!    `BITOP`, `SUNIONSTORE`, `PFMERGE` …, found from the key specs:
+//!    [`wirewarden_redis::Flow`]) is refused before policy (rule `redis-copy-across-mask`)
+//!    when a destination is not covered by the same key rule as every source that has one,
+//!    under the session's mask profile and the one its decision masks with: a value must
+//!    not leave the rule that masks it for a key read in clear. The
 //!    commands of one read (a pipeline) are decided in order and their intents appended
 //!    together, so in fsync mode one `fdatasync` of the audit trail covers the whole
 //!    pipeline; none of it is forwarded before its own intent is on record, and a command
@@ -96,10 +102,10 @@ use wirewarden_core::{
     Timestamp,
 };
 use wirewarden_identity::{AuthContext, Credential};
-use wirewarden_mask::Profile;
+use wirewarden_mask::{Field, Profile};
 use wirewarden_redis::{
-    Correlated, Frame, OutOfBand, ReplyDecoder, Request, RequestDecoder, RespVersion, Session,
-    Value, classify,
+    Correlated, Flow, Frame, OutOfBand, ReplyDecoder, Request, RequestDecoder, RespVersion,
+    Session, Value, classify,
 };
 
 pub use wirewarden_redis::{Limits, Risk};
@@ -1470,6 +1476,7 @@ impl Relay<'_> {
         let name = req.name();
         let verb = Verb::of(name);
         let classified = classify(req.args());
+        let flow = classified.flow;
         let command = classified.command;
         let command_id = CommandId::new();
         // Whether the client has a transaction open, as the commands decided so far say.
@@ -1505,6 +1512,11 @@ impl Relay<'_> {
                 "redis-reset",
                 "RESET is not allowed through the gateway; reconnect instead",
             ))
+        } else if flow
+            .as_ref()
+            .is_some_and(|f| crosses_mask(&self.profile, f))
+        {
+            Some((COPY_RULE, COPY_REASON))
         } else {
             None
         };
@@ -1530,7 +1542,7 @@ impl Relay<'_> {
                 "builtin".into(),
             );
         } else {
-            self.decide(req, verb, command, command_id).await?;
+            self.decide(req, verb, command, command_id, flow).await?;
         }
         if self.steps.len() >= STEP_BATCH {
             self.commit().await;
@@ -1572,6 +1584,7 @@ impl Relay<'_> {
         verb: Verb,
         command: Command,
         command_id: CommandId,
+        flow: Option<Flow>,
     ) -> Result<()> {
         let now = Timestamp::now();
         if self.principal.is_expired_at(now) {
@@ -1626,6 +1639,24 @@ impl Relay<'_> {
                     &self.principal,
                     mask_profile.as_deref(),
                 ) {
+                    // The profile the decision masks with may have key rules the session's
+                    // has not: data may only move between keys it treats alike too.
+                    Ok(profile)
+                        if !Arc::ptr_eq(&profile, &self.profile)
+                            && flow.as_ref().is_some_and(|f| crosses_mask(&profile, f)) =>
+                    {
+                        let policy_version = evaluation.policy_version.as_str().to_owned();
+                        let AuditEventKind::CommandDecided { command, .. } = event.kind else {
+                            return Ok(());
+                        };
+                        self.deny(
+                            command,
+                            command_id,
+                            RuleId::new(COPY_RULE),
+                            COPY_REASON.into(),
+                            policy_version,
+                        );
+                    }
                     Ok(profile) => {
                         self.intents.push(event);
                         let intent = Some(self.intents.len() - 1);
@@ -2387,6 +2418,28 @@ fn record(p: &mut Pending, v: &Value, limit: usize) {
     if mask::render(v, &mut p.recording, limit) {
         p.truncated = true;
     }
+}
+
+/// The rule of the built-in refusal of a command that would copy data out of its mask.
+const COPY_RULE: &str = "redis-copy-across-mask";
+const COPY_REASON: &str = "the command would copy values into a key the mask profile treats differently; copy only between keys the same key rule covers";
+
+/// Whether `flow` would move a value out of the key rule that masks it under `profile`: some
+/// source key has a key rule, and some destination is not covered by that same rule (a key
+/// with another rule, or none, would then hand the value out masked differently or in
+/// clear). Sources without a rule constrain nothing: their values are masked by content
+/// wherever they go, and a destination with a rule masks them more.
+fn crosses_mask(profile: &Profile, flow: &Flow) -> bool {
+    let rule = |k: &Bytes| profile.rule_for(&Field::RedisKey(k));
+    let mut ruled = flow.sources.iter().filter_map(rule).peekable();
+    if ruled.peek().is_none() {
+        return false;
+    }
+    ruled.any(|source| {
+        flow.destinations
+            .iter()
+            .any(|d| !rule(d).is_some_and(|r| std::ptr::eq(r, source)))
+    })
 }
 
 /// The key the values of a reply belong to: the one key of a single-key command, each key of

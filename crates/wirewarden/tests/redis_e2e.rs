@@ -1093,7 +1093,7 @@ async fn a_key_rule_covers_commands_that_read_several_keys() {
     let out = cli(
         g.addr,
         &["-a", "tok-agent"],
-        "SUNION plain:set secret:set\nLMOVE secret:list moved LEFT RIGHT\nLMPOP 2 list secret:list LEFT\nXREAD COUNT 5 STREAMS secret:stream 0\nSMEMBERS plain:set\n",
+        "SUNION plain:set secret:set\nLMOVE secret:list secret:moved LEFT RIGHT\nLMPOP 2 list secret:list LEFT\nXREAD COUNT 5 STREAMS secret:stream 0\nSMEMBERS plain:set\n",
     )
     .await;
     let stdout = text(&out.stdout);
@@ -1510,4 +1510,72 @@ async fn partial_reads_are_refused_by_default() {
     .await;
     let out = cli(g.addr, &["-a", "tok-agent"], "GETRANGE plain 0 1\n").await;
     assert_eq!(text(&out.stdout).trim(), "he");
+}
+
+/// A write that reads some keys and writes others moved values out of the key rule that
+/// masks them: `BITOP OR pubcopy secret:api` then `GET pubcopy` read the value in clear.
+/// Data may only move between keys the session's mask profile treats alike: out of
+/// `secret:*` is refused (in a transaction too), within it and between unmasked keys is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_do_not_copy_values_out_of_their_mask() {
+    let g = gateway().await;
+    g.direct(&["RPUSH", "secret:list", "hunter2-first", "hunter2-second"]);
+    g.direct(&["SADD", "secret:set", "hunter2-in-a-set"]);
+    g.direct(&["ZADD", "secret:z", "1", "hunter2-in-a-zset"]);
+    g.direct(&["SADD", "plain:set", "visible"]);
+    let refused = [
+        "BITOP OR pubcopy secret:api",
+        "LMOVE secret:list publist LEFT LEFT",
+        "RPOPLPUSH secret:list publist",
+        "SMOVE secret:set pubset hunter2-in-a-set",
+        "RENAME secret:api pubkey",
+        "RENAMENX secret:api pubkey",
+        "SUNIONSTORE pubset plain:set secret:set",
+        "SINTERSTORE pubset secret:set",
+        "SDIFFSTORE pubset secret:set",
+        "ZUNIONSTORE pubz 1 secret:z",
+        "ZRANGESTORE pubz secret:z 0 -1",
+        "PFMERGE pubhll secret:api",
+    ];
+    let mut script = refused.join("\n");
+    script.push_str(
+        "\nMULTI\nBITOP OR pubcopy secret:api\nEXEC\nGET pubcopy\nLRANGE publist 0 -1\n\
+         LMOVE secret:list secret:other LEFT LEFT\nSUNIONSTORE plain:copy plain:set\n\
+         BITOP OR secret:new plain\n",
+    );
+    let out = cli(g.addr, &["-a", "tok-agent"], &script).await;
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
+    for (i, command) in refused.iter().enumerate() {
+        assert!(
+            lines[i].ends_with("(rule redis-copy-across-mask)"),
+            "{command}: {stdout}"
+        );
+    }
+    let rest = &lines[refused.len()..];
+    assert_eq!(rest[0], "OK", "{stdout}");
+    assert!(
+        rest[1].ends_with("(rule redis-copy-across-mask)"),
+        "{stdout}"
+    );
+    assert!(rest[2].starts_with("EXECABORT"), "{stdout}");
+    // GET pubcopy and LRANGE publist print empty lines; LMOVE within `secret:*` runs, masked.
+    assert_eq!(rest[3], "[REDACTED]", "{stdout}");
+    assert_eq!(rest[4], "1", "{stdout}");
+    // Into `secret:*` runs (its reply, a length, is masked by the key rule to a nil).
+    assert_eq!(rest.len(), 5, "{stdout}");
+    assert_eq!(g.direct(&["GET", "secret:new"]).trim(), "hello");
+    for key in ["pubcopy", "publist", "pubset", "pubkey", "pubz", "pubhll"] {
+        assert_eq!(g.direct(&["EXISTS", key]).trim(), "0", "{key}");
+    }
+    assert_eq!(g.direct(&["EXISTS", "secret:api"]).trim(), "1");
+    assert_eq!(g.direct(&["LLEN", "secret:other"]).trim(), "1");
+    let kinds = events(g.audit_dir.path(), &g.keys);
+    assert!(kinds.iter().any(|k| matches!(
+        k,
+        AuditEventKind::CommandDecided { decision: Decision::Deny { rule, .. }, .. }
+            if rule.as_str() == "redis-copy-across-mask"
+    )));
+    assert_verifies(g.audit_dir.path(), &g.keys);
 }

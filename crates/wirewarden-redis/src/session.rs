@@ -77,6 +77,12 @@ pub enum Correlated<T> {
         /// True when the command expects no further replies (false for the first
         /// confirmations of a multi-channel `SUBSCRIBE`).
         complete: bool,
+        /// True when this reply is a pub/sub confirmation (`subscribe`, `unsubscribe`, …
+        /// with the name it confirms): a RESP3 push, or an array answering a pending
+        /// (un)subscribe command. Any other reply, whatever it holds, confirms nothing: an
+        /// ordinary command can return an array that reads like a confirmation
+        /// (`COMMAND GETKEYS MSET unsubscribe 1 news 1`).
+        confirms: bool,
     },
     /// The reply to `EXEC`.
     Exec {
@@ -423,6 +429,7 @@ impl<T: Clone> Session<T> {
                 tag: p.tag,
                 queued,
                 complete: true,
+                confirms: false,
             });
         }
 
@@ -436,6 +443,7 @@ impl<T: Clone> Session<T> {
                         tag: p.tag,
                         queued: false,
                         complete: true,
+                        confirms: false,
                     });
                 }
                 let elements = frame.elements()?;
@@ -515,6 +523,7 @@ impl<T: Clone> Session<T> {
             tag: p.tag,
             queued: false,
             complete: true,
+            confirms: false,
         })
     }
 
@@ -544,6 +553,7 @@ impl<T: Clone> Session<T> {
                 tag: p.tag,
                 queued: false,
                 complete: true,
+                confirms: true,
             };
         }
         let Some(p) = self.pending.front_mut() else {
@@ -556,6 +566,7 @@ impl<T: Clone> Session<T> {
             tag: p.tag.clone(),
             queued: false,
             complete: false,
+            confirms: true,
         }
     }
 }
@@ -616,6 +627,16 @@ mod tests {
             tag,
             queued: false,
             complete: true,
+            confirms: false,
+        }
+    }
+
+    fn confirmation(tag: usize) -> Correlated<usize> {
+        Correlated::Reply {
+            tag,
+            queued: false,
+            complete: true,
+            confirms: true,
         }
     }
 
@@ -624,6 +645,7 @@ mod tests {
             tag,
             queued: true,
             complete: true,
+            confirms: false,
         }
     }
 
@@ -802,9 +824,10 @@ mod tests {
                 Correlated::Reply {
                     tag: 1,
                     queued: false,
-                    complete: false
+                    complete: false,
+                    confirms: true,
                 },
-                reply(1),
+                confirmation(1),
                 Correlated::OutOfBand(OutOfBand::Message)
             ]
         );
@@ -817,11 +840,11 @@ mod tests {
         );
         assert_eq!(got.len(), 3);
         assert_eq!(got[0], reply(2));
-        assert_eq!(got[2], reply(3));
+        assert_eq!(got[2], confirmation(3));
         assert!(!c.s.is_subscribed());
         c.send("UNSUBSCRIBE");
         let got = c.recv(b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n");
-        assert_eq!(got, vec![reply(4)]);
+        assert_eq!(got, vec![confirmation(4)]);
     }
 
     #[test]
@@ -838,12 +861,29 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                reply(2),
+                confirmation(2),
                 Correlated::OutOfBand(OutOfBand::Message),
                 Correlated::OutOfBand(OutOfBand::Push),
                 reply(3)
             ]
         );
+    }
+
+    /// Only a reply the correlator ties to a pending (un)subscribe confirms anything: an
+    /// ordinary command's array that reads like a confirmation does not.
+    #[test]
+    fn an_ordinary_reply_never_confirms() {
+        let mut c = Conn::new();
+        c.send("HELLO 3");
+        c.recv(b"%0\r\n");
+        c.send("SUBSCRIBE news");
+        c.send("COMMAND GETKEYS MSET unsubscribe 1 news 1");
+        let got = c.recv(
+            b">3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n\
+              *2\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n",
+        );
+        assert_eq!(got, vec![confirmation(2), reply(3)]);
+        assert!(c.s.is_subscribed());
     }
 
     #[test]

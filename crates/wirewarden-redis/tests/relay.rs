@@ -104,7 +104,7 @@ async fn relay_one(client: TcpStream, upstream: SocketAddr, log: Log) {
                 let mut out = BytesMut::new();
                 while let Some(frame) = replies.decode(&mut sbuf, session.reply_version()).unwrap() {
                     let ev = match session.on_reply(&frame).unwrap() {
-                        Correlated::Reply { tag, queued, complete } => {
+                        Correlated::Reply { tag, queued, complete, .. } => {
                             Event::Reply { verb: tag, queued, complete }
                         }
                         Correlated::Exec { results, aborted, .. } => Event::Exec { results, aborted },

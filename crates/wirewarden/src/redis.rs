@@ -1980,7 +1980,8 @@ impl Relay<'_> {
                     tag,
                     queued,
                     complete,
-                } => self.on_reply(tag, &frame, version, queued, complete)?,
+                    confirms,
+                } => self.on_reply(tag, &frame, version, queued, complete, confirms)?,
                 Correlated::Exec {
                     tag,
                     results,
@@ -2205,6 +2206,9 @@ impl Relay<'_> {
         }
     }
 
+    /// Relays the reply (or one of the replies) of the command `tag`. `confirms`: the
+    /// correlator took it for a pub/sub confirmation, the only kind of reply that opens or
+    /// ends a subscription.
     fn on_reply(
         &mut self,
         tag: u64,
@@ -2212,6 +2216,7 @@ impl Relay<'_> {
         version: RespVersion,
         queued: bool,
         complete: bool,
+        confirms: bool,
     ) -> Result<()> {
         self.front_is(tag)?;
         let rewrite = match self.slots.front() {
@@ -2238,9 +2243,11 @@ impl Relay<'_> {
             p.bytes += bytes.len() as u64;
         } else {
             let profile = p.profile.clone();
-            if (p.opened.is_some() || !self.subscriptions.is_empty())
-                && let Ok(v) = frame.value()
-            {
+            // Only what the correlator tied to a pending (un)subscribe: an ordinary
+            // command's reply can read like a confirmation (`COMMAND GETKEYS MSET
+            // unsubscribe 1 news 1`) and must not end a subscription's record, whose
+            // messages would then go out without their decision taken again.
+            if confirms && let Ok(v) = frame.value() {
                 // A confirmation, read before masking: messages name the channel as sent.
                 let opened = p.opened.as_deref().map(|o| (p.id, &profile, o));
                 self.subscriptions.confirmed(&v, opened);
@@ -2290,7 +2297,7 @@ impl Relay<'_> {
         self.queued.retain(|t| !results.contains(t));
         if aborted {
             self.drop_queue("transaction aborted");
-            let _ = self.on_reply(tag, frame, version, false, true);
+            let _ = self.on_reply(tag, frame, version, false, true, false);
             return Ok(());
         }
         let elements = frame

@@ -1579,3 +1579,67 @@ async fn writes_do_not_copy_values_out_of_their_mask() {
     )));
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// An ordinary command's reply that reads like a pub/sub confirmation
+/// (`COMMAND GETKEYS MSET unsubscribe 1 feed 1` answers `unsubscribe`, `feed`) used to drop
+/// the subscription's record: its messages then went out under the session's profile and a
+/// revoked grant no longer ended it. Only the correlator's confirmations count now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_reads_like_an_unsubscribe_does_not_end_a_subscription() {
+    let g = gateway_with_rules(
+        STREAM_RULES,
+        |t| t.stream_recheck = Duration::from_millis(200),
+        |s| s,
+    )
+    .await;
+    let grant = support::read_grant("agent-1", "cache", Duration::from_secs(3600));
+    let id = grant.id;
+    g.pipeline.grants().issue(grant).await.unwrap();
+    let mut raw = Raw::connect(g.addr).await;
+    raw.version = wirewarden_redis::RespVersion::Resp3;
+    let hello = raw
+        .call(&["HELLO", "3", "AUTH", "agent", "tok-agent"])
+        .await;
+    assert!(
+        matches!(hello, wirewarden_redis::Value::Map(_)),
+        "{hello:?}"
+    );
+    let confirmed = raw.call(&["SUBSCRIBE", "feed"]).await;
+    assert!(
+        matches!(confirmed, wirewarden_redis::Value::Push(_)),
+        "{confirmed:?}"
+    );
+    let keys = raw
+        .call(&[
+            "COMMAND",
+            "GETKEYS",
+            "MSET",
+            "unsubscribe",
+            "1",
+            "feed",
+            "1",
+        ])
+        .await;
+    assert!(
+        matches!(&keys, wirewarden_redis::Value::Array(k) if k.len() == 2),
+        "{keys:?}"
+    );
+    g.pipeline
+        .grants()
+        .revoke(id, "ops-lead", Timestamp::now())
+        .await
+        .unwrap();
+    // The subscription is still on record: its decision is taken again, and ends it.
+    let ended = raw.reply().await;
+    assert!(
+        matches!(&ended, wirewarden_redis::Value::SimpleError(e)
+            if text(e).contains("subscription withdrawn") && text(e).contains("(rule feeds-need-a-grant)")),
+        "{ended:?}"
+    );
+    let kinds = kinds_when(g.audit_dir.path(), &g.keys, |k| withdrawn(k).is_some()).await;
+    assert_eq!(
+        withdrawn(&kinds),
+        Some((subscribed(&kinds, "feed"), "feeds-need-a-grant".to_owned()))
+    );
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

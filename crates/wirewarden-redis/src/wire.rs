@@ -72,6 +72,20 @@ impl Limits {
         max_inline_len: 64 << 10,
     };
 
+    /// Limits for a client that has not authenticated yet, as the server keeps for its own
+    /// unauthenticated clients (at most 10 arguments of 16 KiB each): until it logs in, a
+    /// client may send a login and little else, so nothing it sends should make the reader
+    /// hold more than a login needs. A bulk may be 64 KiB, enough for `AUTH` or `HELLO …
+    /// AUTH` with a JWT of many claims; ten arguments cover `HELLO 3 AUTH user token
+    /// SETNAME name`.
+    pub const UNAUTHENTICATED: Self = Self {
+        max_frame_len: 96 << 10,
+        max_bulk_len: 64 << 10,
+        max_elements: 10,
+        max_depth: 64,
+        max_inline_len: 16 << 10,
+    };
+
     /// Sets [`Limits::max_frame_len`].
     #[must_use]
     pub const fn with_max_frame_len(mut self, n: usize) -> Self {

@@ -22,7 +22,10 @@
 //!    `-WRONGPASS` and the connection closed: a client that presented a certificate is never
 //!    offered a password login instead. Any other client authenticates with a token. Until
 //!    it does, only `AUTH`, `HELLO … AUTH` and `QUIT` are accepted; everything else is
-//!    answered `-NOAUTH`, as the server does. The token or JWT in the password slot is
+//!    answered `-NOAUTH`, as the server does; requests are read with
+//!    [`RedisTarget::login_limits`] (as tight as the server's own for unauthenticated
+//!    clients), so a larger one is a protocol error before its payload is read. The token
+//!    or JWT in the password slot is
 //!    verified by the pipeline's identity provider; a wrong one gets `-WRONGPASS` and an
 //!    `AuthenticationFailed` audit event. The name in `HELLO … AUTH … SETNAME <name>` is the
 //!    session's application in `SessionStarted` (what `application_name` is for PostgreSQL),
@@ -252,8 +255,13 @@ pub struct RedisTarget {
     /// presents a verified certificate with it alone; the verifier decides whether one is
     /// required.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Decoder limits for both directions.
+    /// Decoder limits for both directions, once the client has authenticated.
     pub limits: Limits,
+    /// Decoder limits for what a client sends before it has authenticated: a larger
+    /// request is answered `-ERR Protocol error: …` and the connection closed before its
+    /// payload is read, so an anonymous client cannot make the gateway hold memory.
+    /// Default: [`Limits::UNAUTHENTICATED`] (10 arguments, 64 KiB each: room for a JWT).
+    pub login_limits: Limits,
     /// Commands carrying any of these risks are denied before policy is asked (rule id
     /// `redis-risk`). Default: [`DEFAULT_REFUSED_RISKS`], which refuses partial reads
     /// ([`Risk::PARTIAL_VALUE`]) since no profile can mask a piece of a value.
@@ -284,6 +292,7 @@ impl RedisTarget {
             upstream,
             tls: None,
             limits: Limits::default(),
+            login_limits: Limits::UNAUTHENTICATED,
             refused_risks: DEFAULT_REFUSED_RISKS,
             record_limit: 16 * 1024,
             stream_recheck: Duration::from_secs(1),
@@ -612,10 +621,12 @@ impl RedisProxy {
             }
             None => (Box::new(stream), false, None),
         };
+        // Tight limits until the client has proved an identity; the session's from then on
+        // (`Relay::run`).
         let mut client = Client {
             io,
             buf: BytesMut::with_capacity(16 * 1024),
-            decoder: RequestDecoder::new(self.config.limits),
+            decoder: RequestDecoder::new(self.config.login_limits),
             tls,
         };
         // Taken before the chain maps to an identity: lists replaced from here on are
@@ -1236,9 +1247,13 @@ impl Relay<'_> {
     }
 
     async fn run(&mut self) -> Result<SessionEndReason> {
+        // Logged in: the session's limits replace the login's. A fresh decoder scans what is
+        // buffered from its start, so a request pipelined behind the login is read with
+        // them.
         let limit = self.proxy.config.limits;
         let mut client_buf = std::mem::take(&mut self.client.buf);
-        let mut decoder = std::mem::replace(&mut self.client.decoder, RequestDecoder::new(limit));
+        let mut decoder = RequestDecoder::new(limit);
+        self.client.decoder = RequestDecoder::new(limit);
         let mut client_open = true;
         loop {
             // Every complete request, in order.

@@ -1643,3 +1643,66 @@ async fn a_reply_that_reads_like_an_unsubscribe_does_not_end_a_subscription() {
     );
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// Before it logs in, a client could declare a 500 MB argument and the gateway buffered it
+/// (three such connections took the gateway from 36 MB to 960 MB). Until login the limits
+/// are the server's own for unauthenticated clients, near enough: the declaration alone is
+/// refused with a protocol error and the connection closed, no payload read. A login with a
+/// long token still works, and once logged in the session's limits apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_client_cannot_make_the_gateway_buffer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = gateway().await;
+    for hostile in [
+        &b"*1\r\n$500000000\r\n"[..],
+        b"*2\r\n$4\r\nAUTH\r\n$70000\r\n",
+        b"*11\r\n",
+    ] {
+        // The payload is never sent: the refusal comes on the declaration alone.
+        let got = exchange(g.addr, hostile, Duration::from_secs(10)).await;
+        assert!(got.starts_with("-ERR Protocol error: "), "{got}");
+        assert_eq!(got.matches("\r\n").count(), 1, "{got}");
+    }
+    // An inline line that never ends.
+    let got = exchange(g.addr, &[b'A'; 20 << 10], Duration::from_secs(10)).await;
+    assert!(
+        got.starts_with("-ERR Protocol error: too big inline"),
+        "{got}"
+    );
+    // The connection is closed, not left waiting for the rest.
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    s.write_all(b"*1\r\n$500000000\r\n").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    // A long token is a wrong password, not a protocol error.
+    let long = "x".repeat(8 << 10);
+    let mut raw = Raw::connect(g.addr).await;
+    let wrong = raw
+        .call(&["HELLO", "3", "AUTH", "agent", &long, "SETNAME", "n"])
+        .await;
+    assert!(
+        matches!(&wrong, wirewarden_redis::Value::SimpleError(e) if text(e).starts_with("WRONGPASS")),
+        "{wrong:?}"
+    );
+    assert_eq!(
+        bulk(&raw.call(&["AUTH", "tok-agent"]).await).as_deref(),
+        Some("OK")
+    );
+    let value = "v".repeat(200 << 10);
+    assert_eq!(
+        bulk(&raw.call(&["SET", "large", &value]).await).as_deref(),
+        Some("OK")
+    );
+    assert_eq!(
+        bulk(&raw.call(&["STRLEN", "large"]).await),
+        None,
+        "an integer"
+    );
+    assert_eq!(
+        g.direct(&["STRLEN", "large"]).trim(),
+        (200 << 10).to_string()
+    );
+}

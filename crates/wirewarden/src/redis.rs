@@ -25,9 +25,11 @@
 //!    answered `-NOAUTH`, as the server does; requests are read with
 //!    [`RedisTarget::login_limits`] (as tight as the server's own for unauthenticated
 //!    clients), so a larger one is a protocol error before its payload is read. The token
-//!    or JWT in the password slot is
-//!    verified by the pipeline's identity provider; a wrong one gets `-WRONGPASS` and an
-//!    `AuthenticationFailed` audit event. The name in `HELLO … AUTH … SETNAME <name>` is the
+//!    or JWT in the password slot is verified by the pipeline's identity provider; a wrong
+//!    one gets `-WRONGPASS` and an `AuthenticationFailed` audit event. A later `AUTH` with a
+//!    wrong credential, or with another identity's (answered the same `-WRONGPASS`, on
+//!    record as what it was), counts against [`RedisTarget::max_auth_failures`] as before
+//!    login: the session ends at the limit. The name in `HELLO … AUTH … SETNAME <name>` is the
 //!    session's application in `SessionStarted` (what `application_name` is for PostgreSQL),
 //!    so a client can say which run or tool call it is in the handshake itself. A later
 //!    `CLIENT SETNAME` or `HELLO … SETNAME` (the only way a certificate session, which starts
@@ -275,7 +277,9 @@ pub struct RedisTarget {
     /// subscription policy no longer allows ends the session
     /// ([`SessionEndReason::SubscriptionWithdrawn`]). Default: one second.
     pub stream_recheck: Duration,
-    /// Failed `AUTH` attempts after which the connection is closed.
+    /// Failed `AUTH` attempts after which the connection is closed: before login, and
+    /// again within a session (a wrong credential, or another identity's, which is answered
+    /// as wrong).
     pub max_auth_failures: u32,
     /// How long a connection may stay open without authenticating (TLS handshake included);
     /// also how long the gateway waits for its own upstream connection, TLS handshake and
@@ -931,6 +935,7 @@ impl RedisProxy {
             client_multi: false,
             multi_decided: false,
             quit: false,
+            auth_failures: 0,
             multi_poisoned: false,
             to_client: BytesMut::with_capacity(64 * 1024),
             to_upstream: BytesMut::with_capacity(64 * 1024),
@@ -1212,6 +1217,8 @@ struct Relay<'p> {
     multi_decided: bool,
     /// The client sent `QUIT`.
     quit: bool,
+    /// Failed `AUTH` attempts in this session (see [`RedisTarget::max_auth_failures`]).
+    auth_failures: u32,
     /// A command of the open transaction was denied: `EXEC` must fail.
     multi_poisoned: bool,
     to_client: BytesMut,
@@ -1890,11 +1897,31 @@ impl Relay<'_> {
     /// A mid-session `AUTH`: only as the same identity, whose fresh credential then renews
     /// the session's (its groups, attributes, and the expiry at which the session ends),
     /// on record as `CredentialRenewed` first; refused if that cannot be recorded.
+    ///
+    /// Another identity's valid credential is answered exactly as a wrong one
+    /// (`-WRONGPASS`), so the session is no oracle for which tokens are valid; the trail
+    /// records what it was. Failures count against [`RedisTarget::max_auth_failures`], as
+    /// before login: the session ends at the limit, once the replies owed before it are
+    /// sent.
     async fn reauth_login(&mut self, login: &Login) -> Bytes {
         // What came before the AUTH was decided under the old credential: it is settled
         // (recorded and forwarded) first, so the trail keeps the order.
         self.commit().await;
-        match self.proxy.verify(login, None).await {
+        let verified = self.proxy.verify(login, None).await;
+        if let Ok(p) = &verified
+            && p.subject != self.principal.subject
+        {
+            let reason = format!(
+                "a valid credential of {} on a session of {}: a session keeps the identity it authenticated with (answered as a wrong password)",
+                p.subject, self.principal.subject
+            );
+            let mut event = self
+                .proxy
+                .auth_failed(None, login.user.as_deref(), "token", reason);
+            event.session = Some(self.session_id);
+            let _ = self.pipeline().record(&event).await;
+        }
+        match verified {
             Ok(p) if p.subject == self.principal.subject => {
                 let renewed = AuditEvent::new(
                     Some(self.session_id),
@@ -1909,10 +1936,18 @@ impl Relay<'_> {
                 self.principal = p;
                 Bytes::from_static(b"+OK\r\n")
             }
-            Ok(_) => error_reply(
-                "ERR wirewarden: a session keeps the identity it authenticated with; reconnect to change it",
-            ),
-            Err(_) => Bytes::from_static(WRONGPASS),
+            Ok(_) | Err(_) => {
+                self.auth_failures += 1;
+                if self.auth_failures >= self.proxy.config.max_auth_failures {
+                    // The replies owed before this AUTH go out first; the refusal follows
+                    // them and the session ends.
+                    let _ = self.drain().await;
+                    self.ended = Some(SessionEndReason::Error {
+                        message: format!("{} failed AUTH attempts", self.auth_failures),
+                    });
+                }
+                Bytes::from_static(WRONGPASS)
+            }
         }
     }
 

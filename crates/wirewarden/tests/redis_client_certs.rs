@@ -293,27 +293,31 @@ async fn a_mapped_certificate_is_the_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_after_a_certificate_login_keeps_the_identity() {
     let g = gateway(ClientCertMode::Optional, CLIENT_CN).await;
-    // The token is agent-1's: the certificate's session cannot become it.
+    // The token is agent-1's: the certificate's session cannot become it. It is answered
+    // as a wrong token (no oracle for which tokens are valid); the trail says what it was.
     let out = cli(&g, true, &[], "AUTH tok-agent\nGET plain\n").await;
     let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains("keeps the identity it authenticated with"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("WRONGPASS"), "{stdout}");
     assert!(stdout.trim_end().ends_with("hello"), "{stdout}");
-    // HELLO … AUTH likewise, from redis-py.
+    // HELLO … AUTH likewise, from redis-py (which drops a connection whose login failed
+    // and tries again on a new one).
     let out = python(
         &g,
         3,
-        "try:\n    r.execute_command('HELLO', '3', 'AUTH', 'agent', 'tok-agent')\n    raise SystemExit('HELLO AUTH as another identity was accepted')\nexcept redis.ResponseError as e:\n    assert 'keeps the identity' in str(e), e\nassert r.get('plain') == 'hello'",
+        "try:\n    r.execute_command('HELLO', '3', 'AUTH', 'agent', 'tok-agent')\n    raise SystemExit('HELLO AUTH as another identity was accepted')\nexcept redis.AuthenticationError as e:\n    assert 'invalid username-password pair' in str(e), e\nassert r.get('plain') == 'hello'",
     )
     .await;
     ok(&out);
     assert_verifies(g.audit_dir.path(), &g.keys);
     let kinds = events(g.audit_dir.path(), &g.keys);
     let sessions = sessions(&kinds);
-    assert_eq!(sessions.len(), 2, "{kinds:?}");
+    assert!(sessions.len() >= 2, "{kinds:?}");
     assert!(sessions.iter().all(|(s, _)| s == CLIENT_CN), "{sessions:?}");
+    let refused = kinds
+        .iter()
+        .filter(|k| matches!(k, AuditEventKind::AuthenticationFailed { reason, .. } if reason.contains("keeps the identity")))
+        .count();
+    assert!(refused >= 2, "{refused}");
 }
 
 /// A certificate session starts before the client speaks, so the name it gives itself

@@ -1706,3 +1706,64 @@ async fn an_unauthenticated_client_cannot_make_the_gateway_buffer() {
         (200 << 10).to_string()
     );
 }
+
+/// Inside a session, failed `AUTH` attempts were unlimited, and another identity's valid
+/// token got a different answer than a wrong one (an oracle for which tokens are valid).
+/// Now both are `-WRONGPASS` (the trail says which it was), and failures count against
+/// `max_auth_failures` as before login: at the limit, the replies owed go out, then the
+/// refusal, and the session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_reauthentication_is_no_oracle_and_is_limited() {
+    use tokio::io::AsyncReadExt;
+    let g = gateway().await;
+    let mut raw = Raw::connect(g.addr).await;
+    assert_eq!(
+        bulk(&raw.call(&["AUTH", "tok-agent"]).await).as_deref(),
+        Some("OK")
+    );
+    let other = raw.call(&["AUTH", "other", "tok-other"]).await;
+    let wrong = raw.call(&["AUTH", "other", "not-a-token"]).await;
+    assert!(
+        matches!(&wrong, wirewarden_redis::Value::SimpleError(e) if text(e).starts_with("WRONGPASS")),
+        "{wrong:?}"
+    );
+    assert_eq!(other, wrong);
+    // The third failure, pipelined behind a read: the read's reply, then the refusal, then
+    // the connection closes.
+    raw.send(&["GET", "plain"]).await;
+    raw.send(&["HELLO", "3", "AUTH", "agent", "still-wrong"])
+        .await;
+    raw.send(&["GET", "plain"]).await;
+    assert_eq!(bulk(&raw.reply().await).as_deref(), Some("hello"));
+    assert_eq!(raw.reply().await, wrong);
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), raw.stream.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes the session")
+        .unwrap();
+    assert!(raw.buf.is_empty() && rest.is_empty(), "{rest:?}");
+    let kinds = kinds_when(g.audit_dir.path(), &g.keys, |k| {
+        k.iter()
+            .any(|k| matches!(k, AuditEventKind::SessionEnded { .. }))
+    })
+    .await;
+    assert!(kinds.iter().any(|k| matches!(
+        k,
+        AuditEventKind::AuthenticationFailed { reason, .. }
+            if reason.contains("agent-2") && reason.contains("session of agent-1")
+    )));
+    assert!(kinds.iter().any(|k| matches!(
+        k,
+        AuditEventKind::SessionEnded {
+            reason: wirewarden::core::SessionEndReason::Error { message },
+            ..
+        } if message.contains("failed AUTH")
+    )));
+    // The GET after the last AUTH never ran: one GET decided.
+    let gets = kinds
+        .iter()
+        .filter(|k| matches!(k, AuditEventKind::CommandDecided { command, .. } if command.verb == "GET"))
+        .count();
+    assert_eq!(gets, 1);
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

@@ -154,6 +154,13 @@ type TagMap<V> = HashMap<u64, V, BuildHasherDefault<TagHasher>>;
 /// cannot see into (`DUMP`, `RESTORE`, `MIGRATE`), `SORT` (its `BY`/`GET` options read keys
 /// it does not name) and commands nobody classified. Put your own `allow` rules after these:
 /// the first matching rule decides.
+///
+/// Some refusals come before any rule and do not depend on these: the risks of
+/// [`DEFAULT_REFUSED_RISKS`] (partial reads among them), a write that would copy values out
+/// of the key rule that masks them (`redis-copy-across-mask`: `RENAME`, `LMOVE`, `BITOP`,
+/// every `*STORE` … between keys the session's mask profile treats differently), and
+/// subscribing or unsubscribing inside `MULTI`. `COPY` is denied here as well, whatever the
+/// keys.
 pub const DEFAULT_REDIS_POLICY: &str = r#"
 [[rule]]
 id = "redis-no-scripting"

@@ -2289,11 +2289,14 @@ impl Relay<'_> {
         }
         let limit = self.proxy.config.record_limit;
         let Some(mut p) = self.pending.remove(&tag) else {
-            self.to_client.extend_from_slice(frame.raw());
-            if complete {
-                self.complete_front();
-            }
-            return Ok(());
+            // A slot and its command go in together and leave together: a reply with no
+            // command to mask it as is out of step, and never relayed unread.
+            return Err(protocol_error(
+                "upstream",
+                wirewarden_redis::Error::OutOfStep {
+                    what: "a reply to no recorded command",
+                },
+            ));
         };
         if let Some(bytes) = rewrite {
             self.to_client.extend_from_slice(&bytes);

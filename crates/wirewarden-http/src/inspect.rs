@@ -328,6 +328,8 @@ struct Checked {
 fn check(parts: &mut http::request::Parts, config: &Config) -> Result<Checked, Rejection> {
     strict::check_request(parts, &config.limits)?;
     strict::strip_hop_by_hop(&mut parts.headers)?;
+    let client = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+    strict::own_forwarding(&mut parts.headers, client);
     let (command, route) = config.routes.command(&parts.method, &parts.uri)?;
     let bearer = take_bearer(&mut parts.headers)?;
     Ok(Checked {

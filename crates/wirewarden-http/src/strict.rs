@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 use crate::Rejection;
@@ -452,6 +452,58 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), Rejection> {
         headers.remove(name);
     }
     Ok(())
+}
+
+// === forwarding headers ===
+
+/// Headers that tell an upstream who the client is or how it reached the proxy: an
+/// upstream that trusts them for an address allow-list, rate limits or its logs must get
+/// them from the gateway, never from the client.
+const FORWARDING: [&str; 16] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-original-forwarded-for",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+];
+
+/// Removes what the client said about where it came from (the [`FORWARDING`] headers, in
+/// any case, `_` read as `-` as CGI-style servers read it) and, when the client's address
+/// is known, sets `X-Forwarded-For` to it: the gateway is the one hop the upstream sees,
+/// so it alone says who its client was.
+pub fn own_forwarding(headers: &mut HeaderMap, client: Option<std::net::IpAddr>) {
+    let foreign: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            FORWARDING.iter().any(|f| {
+                n.len() == f.len()
+                    && n.bytes()
+                        .zip(f.bytes())
+                        .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+            })
+        })
+        .cloned()
+        .collect();
+    for name in foreign {
+        headers.remove(name);
+    }
+    if let Some(ip) = client
+        && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+    {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
 }
 
 // === Http1Scanner ===
@@ -947,6 +999,33 @@ fn split_header(line: &[u8]) -> Result<(&[u8], &[u8]), Rejection> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_gateway_says_where_its_client_came_from() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("X_Real_IP", "10.0.0.2"),
+            ("forwarded", "for=10.0.0.3"),
+            ("true-client-ip", "10.0.0.4"),
+            ("x-forwarded-host", "admin.internal"),
+            ("x-client", "kept"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        own_forwarding(&mut h, Some("127.0.0.9".parse().unwrap()));
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(h["x-client"], "kept");
+        // No address known: nothing said at all.
+        own_forwarding(&mut h, None);
+        assert!(h.get("x-forwarded-for").is_none());
+    }
+
     use super::*;
 
     fn parts(raw: http::Request<()>) -> http::request::Parts {

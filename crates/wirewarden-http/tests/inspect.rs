@@ -37,6 +37,8 @@ async fn bearer_is_removed_and_the_upstream_credential_injected() {
         .header("connection", "x-hop")
         .header("x-hop", "for the gateway only")
         .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-real-ip", "10.1.2.3")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let (status, headers, body) = send(false, req).await;
@@ -61,6 +63,10 @@ async fn bearer_is_removed_and_the_upstream_credential_injected() {
     for hop in ["x-hop", "keep-alive"] {
         assert!(h.get(hop).is_none(), "hop-by-hop {hop} was forwarded");
     }
+    // Where the client came from is the gateway's to say.
+    assert!(h.get("x-real-ip").is_none());
+    let forwarded_for: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(forwarded_for, vec!["127.0.0.1"]);
 
     let admitted = gate.admitted.lock().unwrap().clone();
     assert_eq!(admitted.len(), 1);

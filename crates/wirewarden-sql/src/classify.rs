@@ -1337,6 +1337,48 @@ fn find_kw_depth0(toks: &[Token<'_>], from: usize, word: &str) -> Option<usize> 
     None
 }
 
+/// A table named as the grammar's `relation_expr` at `i`: `name`, `name *`, `ONLY name` or
+/// `ONLY ( name )`. Its rendered name and the index after it.
+fn relation_expr(toks: &[Token<'_>], i: usize) -> Option<(String, usize)> {
+    // ONLY is reserved: unquoted, it never names a table.
+    if is_kw(toks, i, "only") {
+        let j = i + 1;
+        if kind_at(toks, j) == Some(TokenKind::LParen) {
+            let (n, _, k) = qualified_name(toks, j + 1)?;
+            return (kind_at(toks, k) == Some(TokenKind::RParen)).then(|| (n, k + 1));
+        }
+        let (n, _, k) = qualified_name(toks, j)?;
+        return Some((n, k));
+    }
+    let (n, _, mut k) = qualified_name(toks, i)?;
+    if toks
+        .get(k)
+        .is_some_and(|t| t.kind == TokenKind::Op && t.text == "*")
+    {
+        k += 1;
+    }
+    Some((n, k))
+}
+
+/// The tables of a `TRUNCATE` or `LOCK` (the grammar's `relation_expr_list`) from `i`, each
+/// recorded as written; `Unknown` if none can be read.
+fn relation_expr_list(toks: &[Token<'_>], mut i: usize, access: Access, out: &mut Out) {
+    let mut any = false;
+    while let Some((n, j)) = relation_expr(toks, i) {
+        out.obj(ObjectKind::Relation, n, access);
+        any = true;
+        i = j;
+        if kind_at(toks, i) == Some(TokenKind::Comma) {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if !any || kind_at(toks, i) == Some(TokenKind::Comma) {
+        out.raise(Unknown);
+    }
+}
+
 /// A comma-separated list of names from `i` until a non-name, each recorded as `kind`.
 fn name_list(
     toks: &[Token<'_>],
@@ -1467,14 +1509,14 @@ fn classify_statement(cl: &Classifier, toks: &[Token<'_>], out: &mut Out, depth:
         "truncate" => {
             out.verb("TRUNCATE TABLE");
             out.raise(Write);
-            let j = skip_kw(toks, 1, &["table", "only"]);
-            name_list(toks, j, ObjectKind::Relation, Access::Write, out);
+            let j = if is_kw(toks, 1, "table") { 2 } else { 1 };
+            relation_expr_list(toks, j, Access::Write, out);
         }
         "lock" => {
             out.verb("LOCK TABLE");
             out.raise(Write);
-            let j = skip_kw(toks, 1, &["table", "only"]);
-            name_list(toks, j, ObjectKind::Relation, Access::Write, out);
+            let j = if is_kw(toks, 1, "table") { 2 } else { 1 };
+            relation_expr_list(toks, j, Access::Write, out);
         }
         "grant" | "revoke" => grant(toks, &first, out),
         "reassign" => {

@@ -190,6 +190,8 @@ CREATE TABLE secrets (id int, s text);
 CREATE TABLE orders (id int, old bool);
 CREATE TABLE \"Mixed Case\" (id int);
 CREATE TABLE \"select\" (id int);
+CREATE TABLE if (id int);
+CREATE TABLE tablespace (id int);
 CREATE SEQUENCE seq;
 CREATE ROLE reader NOLOGIN;
 CREATE FUNCTION f(x int) RETURNS int LANGUAGE sql AS $$ SELECT x + 1 $$;
@@ -308,6 +310,8 @@ const CORPUS: &[&str] = &[
     "CREATE INDEX d1_n ON d1 (lower(n))",
     "CREATE UNIQUE INDEX IF NOT EXISTS d1_n2 ON d1 USING btree (n)",
     "ALTER TABLE d1 ADD COLUMN extra int DEFAULT 0",
+    "BEGIN; LOCK TABLE ONLY (if), tablespace IN SHARE MODE; COMMIT",
+    "TRUNCATE if, ONLY (tablespace)",
     "CREATE VIEW v1 AS SELECT * FROM secrets",
     "CREATE OR REPLACE VIEW v1 AS SELECT * FROM secrets",
     "CREATE SCHEMA s1",

@@ -1128,3 +1128,18 @@ fn a_table_named_if_is_named() {
     assert_eq!(defines("CREATE TABLE IF NOT EXISTS if (a int)"), vec!["if"]);
     assert_eq!(defines("CREATE TABLE if AS SELECT 1"), vec!["if"]);
 }
+
+#[test]
+fn truncate_and_lock_read_only_before_each_table() {
+    assert_eq!(
+        writes("TRUNCATE a, ONLY secret, b * RESTART IDENTITY"),
+        vec!["a", "secret", "b"]
+    );
+    assert_eq!(writes("TRUNCATE TABLE ONLY (secret)"), vec!["secret"]);
+    assert_eq!(
+        writes("LOCK TABLE ONLY (secret), other IN SHARE MODE"),
+        vec!["secret", "other"]
+    );
+    assert_eq!(class("TRUNCATE TABLE only"), Unknown);
+    assert_eq!(class("LOCK ONLY (a, b)"), Unknown);
+}

@@ -2311,13 +2311,54 @@ fn alter(toks: &[Token<'_>], out: &mut Out) {
         _ => class,
     };
     out.raise(class);
-    let j = skip_kw(
-        toks,
-        after,
-        &["if", "exists", "only", "all", "in", "tablespace"],
-    );
-    if let (Some((n, _, _)), Some(kind)) = (qualified_name(toks, j), name_kind(nk)) {
+    // Only the grammar's own sequences are skipped: `IF`, `EXISTS` and `TABLESPACE` are not
+    // reserved, so `ALTER TABLE if RENAME TO x` renames the table if.
+    let mut j = after;
+    if is_kw(toks, j, "if") && is_kw(toks, j + 1, "exists") {
+        j += 2;
+    }
+    let mut name_end = None;
+    if is_kw(toks, j, "all") {
+        // `ALTER TABLE|INDEX|MATERIALIZED VIEW ALL IN TABLESPACE ts …` moves every relation
+        // in `ts`; `ALTER ROLE ALL` names no role. `ALL` is reserved: never a name.
+        if nk == NameKind::Relation {
+            if is_kw(toks, j + 1, "in") && is_kw(toks, j + 2, "tablespace") {
+                out.obj(
+                    ObjectKind::Relation,
+                    ObjectRef::ANY_RELATION.to_owned(),
+                    Access::Define,
+                );
+            } else {
+                out.raise(Unknown);
+            }
+        }
+    } else if nk == NameKind::Relation {
+        if let Some((n, k)) = relation_expr(toks, j) {
+            out.obj(ObjectKind::Relation, n, Access::Define);
+            name_end = Some(k);
+        } else {
+            // A relation this does not read could be any.
+            out.raise(Unknown);
+        }
+    } else if let (Some((n, _, k)), Some(kind)) = (qualified_name(toks, j), name_kind(nk)) {
         out.obj(kind, n, Access::Define);
+        name_end = Some(k);
+    }
+    if let Some(k) = name_end
+        && matches!(words, ["table"] | ["foreign", "table"] | ["index"])
+    {
+        partition_and_parent(toks, k, out);
+    }
+    if matches!(words, ["trigger"] | ["policy"] | ["rule"])
+        && let Some(on) = find_kw_depth0(toks, after, "on")
+        && let Some((n, _)) = relation_expr(toks, on + 1)
+    {
+        // `ALTER TRIGGER|POLICY|RULE name ON table …` changes what happens on that table.
+        out.obj(ObjectKind::Relation, n, Access::Define);
+    }
+    if matches!(words, ["table"] | ["foreign", "table"]) {
+        // `ADD … REFERENCES other` reads other to validate the rows.
+        like_and_references(toks, out);
     }
     let has = |w: &str| find_kw_depth0(toks, after, w).is_some();
     if has("owner")
@@ -2333,6 +2374,43 @@ fn alter(toks: &[Token<'_>], out: &mut Out) {
     }
     // ADD COLUMN … DEFAULT f() runs f for every existing row.
     scan_functions(toks, out);
+}
+
+/// `ATTACH PARTITION p`, `DETACH PARTITION p` and `[NO] INHERIT parent` of an ALTER TABLE
+/// whose name ends at `i`: they touch a second relation.
+fn partition_and_parent(toks: &[Token<'_>], i: usize, out: &mut Out) {
+    if (is_kw(toks, i, "attach") || is_kw(toks, i, "detach")) && is_kw(toks, i + 1, "partition") {
+        if let Some((n, _, _)) = qualified_name(toks, i + 2) {
+            out.obj(ObjectKind::Relation, n, Access::Define);
+        } else {
+            out.raise(Unknown);
+        }
+        return;
+    }
+    // Actions are a comma-separated list: INHERIT starts one.
+    let mut depth: usize = 0;
+    for (k, t) in toks.iter().enumerate().skip(i) {
+        match t.kind {
+            TokenKind::LParen | TokenKind::LBracket => depth = depth.saturating_add(1),
+            TokenKind::RParen | TokenKind::RBracket => depth = depth.saturating_sub(1),
+            _ if depth == 0 && t.is_kw("inherit") => {
+                let prev = if k > 0 && is_kw(toks, k - 1, "no") {
+                    k - 1
+                } else {
+                    k
+                };
+                let starts =
+                    prev == i || kind_at(toks, prev.wrapping_sub(1)) == Some(TokenKind::Comma);
+                if starts {
+                    match qualified_name(toks, k + 1) {
+                        Some((n, _, _)) => out.obj(ObjectKind::Relation, n, Access::Define),
+                        None => out.raise(Unknown),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn drop_statement(toks: &[Token<'_>], out: &mut Out) {

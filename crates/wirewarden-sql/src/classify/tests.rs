@@ -1129,6 +1129,104 @@ fn a_table_named_if_is_named() {
     assert_eq!(defines("CREATE TABLE if AS SELECT 1"), vec!["if"]);
 }
 
+fn defines(sql: &str) -> Vec<String> {
+    one(sql)
+        .objects
+        .iter()
+        .filter(|o| o.kind == ObjectKind::Relation && o.access == Access::Define)
+        .map(|o| o.name.clone())
+        .collect()
+}
+
+#[test]
+fn alter_names_a_table_named_like_its_optional_words() {
+    assert_eq!(defines("ALTER TABLE if RENAME TO x"), vec!["if"]);
+    assert_eq!(defines("ALTER TABLE IF EXISTS if RENAME TO x"), vec!["if"]);
+    assert_eq!(
+        defines("ALTER TABLE exists ADD COLUMN c int"),
+        vec!["exists"]
+    );
+    assert_eq!(
+        defines("ALTER TABLE tablespace ADD COLUMN c int"),
+        vec!["tablespace"]
+    );
+    assert_eq!(
+        defines("ALTER TABLE IF EXISTS ONLY t * ADD COLUMN c int"),
+        vec!["t"]
+    );
+    assert_eq!(
+        defines("ALTER TABLE ONLY (secret) RENAME TO x"),
+        vec!["secret"]
+    );
+    assert_eq!(
+        defines("ALTER FOREIGN TABLE IF EXISTS ONLY (secret) RENAME TO x"),
+        vec!["secret"]
+    );
+    assert_eq!(defines("ALTER SEQUENCE if RESTART"), vec!["if"]);
+    assert_eq!(
+        defines("ALTER VIEW tablespace RENAME TO x"),
+        vec!["tablespace"]
+    );
+    assert_eq!(
+        defines("ALTER MATERIALIZED VIEW if RENAME TO x"),
+        vec!["if"]
+    );
+    assert_eq!(
+        defines("ALTER INDEX IF EXISTS exists RENAME TO x"),
+        vec!["exists"]
+    );
+    // Every relation in the tablespace, none of them named.
+    for sql in [
+        "ALTER TABLE ALL IN TABLESPACE ts SET TABLESPACE ts2",
+        "ALTER INDEX ALL IN TABLESPACE ts OWNED BY r SET TABLESPACE ts2 NOWAIT",
+        "ALTER MATERIALIZED VIEW ALL IN TABLESPACE ts SET TABLESPACE ts2",
+    ] {
+        assert_eq!(defines(sql), vec![ObjectRef::ANY_RELATION], "{sql}");
+    }
+    // ALL names no role.
+    let s = one("ALTER ROLE ALL SET work_mem = '1MB'");
+    assert!(
+        !s.objects.iter().any(|o| o.kind == ObjectKind::Role),
+        "{s:?}"
+    );
+    // A relation that cannot be read is not taken as none.
+    assert_eq!(class("ALTER TABLE ONLY (a, b) RENAME TO x"), Unknown);
+    assert_eq!(class("ALTER TABLE ALL RENAME TO x"), Unknown);
+}
+
+#[test]
+fn alter_names_the_other_relations_it_touches() {
+    assert_eq!(
+        defines("ALTER TABLE t ATTACH PARTITION secret FOR VALUES IN (1)"),
+        vec!["t", "secret"]
+    );
+    assert_eq!(
+        defines("ALTER TABLE t DETACH PARTITION secret CONCURRENTLY"),
+        vec!["t", "secret"]
+    );
+    assert_eq!(
+        defines("ALTER TABLE t NO INHERIT secret, INHERIT other"),
+        vec!["t", "secret", "other"]
+    );
+    assert_eq!(defines("ALTER TABLE t ADD COLUMN inherit int"), vec!["t"]);
+    assert_eq!(
+        reads("ALTER TABLE t ADD FOREIGN KEY (a) REFERENCES secret (id)"),
+        vec!["secret"]
+    );
+    assert_eq!(
+        defines("ALTER TRIGGER tr ON secret RENAME TO x"),
+        vec!["secret"]
+    );
+    assert_eq!(
+        defines("ALTER POLICY p ON secret RENAME TO x"),
+        vec!["secret"]
+    );
+    assert_eq!(
+        defines("ALTER RULE r ON secret RENAME TO x"),
+        vec!["secret"]
+    );
+}
+
 #[test]
 fn truncate_and_lock_read_only_before_each_table() {
     assert_eq!(

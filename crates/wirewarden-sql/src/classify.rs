@@ -1718,14 +1718,33 @@ fn read_write_mode(toks: &[Token<'_>], out: &mut Out) {
     }
 }
 
-/// A setting name at `i` (possibly `a.b`), lowercased as the server folds it.
+/// A setting name at `i` (possibly `a.b`) as the server looks it up: by the value of each
+/// part, quoted or not, with ASCII letters lowercased (`"Search_Path"` is `search_path`).
+/// Returns the index after it too.
+fn setting_name_at(toks: &[Token<'_>], i: usize) -> Option<(String, usize)> {
+    let end = name_end(toks, i)?;
+    let mut name = String::new();
+    let mut k = i;
+    while k < end {
+        if k > i {
+            name.push('.');
+        }
+        name.push_str(&toks.get(k)?.ident()?.to_ascii_lowercase());
+        k += 2;
+    }
+    Some((name, end))
+}
+
 fn setting_name(toks: &[Token<'_>], i: usize) -> Option<String> {
-    let (name, _, _) = qualified_name(toks, i)?;
-    Some(name)
+    setting_name_at(toks, i).map(|(name, _)| name)
 }
 
 fn set_statement(toks: &[Token<'_>], out: &mut Out) {
-    let i = skip_kw(toks, 1, &["session", "local"]);
+    // `SESSION` and `LOCAL` are not reserved: in `SET local.x = 1` LOCAL starts the name.
+    let modifier = (is_kw(toks, 1, "session") || is_kw(toks, 1, "local"))
+        && !is_setting_assignment(toks, 1)
+        && kind_at(toks, 2) != Some(TokenKind::Dot);
+    let i = if modifier { 2 } else { 1 };
     // `SET SESSION AUTHORIZATION` / `SET SESSION CHARACTERISTICS` start with SESSION too.
     let i = if is_kw(toks, 1, "session")
         && (is_kw(toks, 2, "authorization") || is_kw(toks, 2, "characteristics"))
@@ -1807,15 +1826,26 @@ fn set_statement(toks: &[Token<'_>], out: &mut Out) {
             out.raise(Session);
             out.obj(ObjectKind::Setting, "xmloption".to_owned(), Access::Write);
         }
-        _ => match setting_name(toks, i) {
-            Some(name) => {
+        _ => match setting_name_at(toks, i) {
+            Some((name, end)) => {
                 out.verb("SET");
                 let class = tables::setting_class(&name);
                 out.raise(class);
-                if name == "session_authorization" {
-                    out.verb = Some("SET SESSION AUTHORIZATION".to_owned());
-                }
+                // `SET "ROLE" = x` sets the same setting as `SET ROLE x`.
+                let verb = match name.as_str() {
+                    "role" => Some("SET ROLE"),
+                    "session_authorization" => Some("SET SESSION AUTHORIZATION"),
+                    _ => None,
+                };
                 out.obj(ObjectKind::Setting, name, Access::Write);
+                if let Some(verb) = verb {
+                    out.verb = Some(verb.to_owned());
+                    if is_setting_assignment(toks, end.saturating_sub(1))
+                        && let Some(r) = role_at(toks, end.saturating_add(1))
+                    {
+                        out.obj(ObjectKind::Role, r, Access::Define);
+                    }
+                }
                 // The value may call functions only in odd cases; check anyway.
                 scan_functions(toks.get(i.saturating_add(1)..).unwrap_or(&[]), out);
             }
@@ -2289,7 +2319,12 @@ fn alter(toks: &[Token<'_>], out: &mut Out) {
     if is_kw(toks, 1, "system") {
         out.verb("ALTER SYSTEM");
         out.raise(Admin);
-        let j = skip_kw(toks, 2, &["set", "reset"]);
+        // `SET` is not reserved: `ALTER SYSTEM SET set.x = 1` sets `set.x`.
+        let j = if is_kw(toks, 2, "set") || is_kw(toks, 2, "reset") {
+            3
+        } else {
+            2
+        };
         if let Some(n) = setting_name(toks, j) {
             out.obj(ObjectKind::Setting, n, Access::Write);
         }

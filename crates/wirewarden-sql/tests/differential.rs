@@ -284,6 +284,9 @@ const CORPUS: &[&str] = &[
     "SET TIME ZONE 'UTC'",
     "SET search_path TO public",
     "SHOW work_mem",
+    "SET \"Search_Path\" = public",
+    "SHOW \"Search_Path\"",
+    "RESET \"Search_Path\"",
     "RESET statement_timeout",
     "SET ROLE reader; RESET ROLE",
     "SET SESSION AUTHORIZATION reader; RESET SESSION AUTHORIZATION",
@@ -473,6 +476,39 @@ fn standard_conforming_strings_off_matches_the_server() {
     // Unicode strings are refused by both.
     assert!(client.simple_query("SELECT U&'x'").error.is_some());
     assert!(classifier.classify("SELECT U&'x'").error.is_some());
+}
+
+/// The server finds a setting by its name whatever the case, quoted or not: so must we.
+#[test]
+fn quoted_setting_names_name_the_settings() {
+    let pg = Postgres::builder().start().expect("postgres starts");
+    let mut client = Client::connect(&pg);
+    for (set, show, value) in [
+        (
+            "SET \"STANDARD_CONFORMING_STRINGS\" = off",
+            "SHOW standard_conforming_strings",
+            "off",
+        ),
+        (
+            "SET \"Search_Path\" = pg_catalog",
+            "SHOW search_path",
+            "pg_catalog",
+        ),
+        ("SET \"App\".\"Tenant\" = '7'", "SHOW app.tenant", "7"),
+    ] {
+        let reply = client.simple_query(set);
+        assert!(reply.error.is_none(), "{set:?}: {:?}", reply.error);
+        let reply = client.simple_query(show);
+        assert_eq!(reply.rows, [Some(value.to_owned())], "{show:?}");
+        let classifier = Classifier::new();
+        let setting = |sql: &str| {
+            let a = classifier.classify(sql);
+            let cmd = a.to_command(sql);
+            assert_ne!(cmd.class, CommandClass::Unknown, "{sql:?}");
+            cmd.objects.into_iter().map(|o| o.name).collect::<Vec<_>>()
+        };
+        assert_eq!(setting(set), setting(show), "{set:?}");
+    }
 }
 
 /// A statement classified `Read` or `Session` must not write: run inside a transaction, it

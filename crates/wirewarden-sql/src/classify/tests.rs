@@ -1241,3 +1241,73 @@ fn truncate_and_lock_read_only_before_each_table() {
     assert_eq!(class("TRUNCATE TABLE only"), Unknown);
     assert_eq!(class("LOCK ONLY (a, b)"), Unknown);
 }
+
+fn settings(sql: &str) -> Vec<String> {
+    one(sql)
+        .objects
+        .iter()
+        .filter(|o| o.kind == ObjectKind::Setting)
+        .map(|o| o.name.clone())
+        .collect()
+}
+
+#[test]
+fn setting_names_are_compared_as_the_server_looks_them_up() {
+    // The server finds a setting by its name's value, whatever its case, quoted or not.
+    for (sql, class_, name) in [
+        (
+            "SET \"STANDARD_CONFORMING_STRINGS\" = off",
+            Session,
+            "standard_conforming_strings",
+        ),
+        ("SET \"Search_Path\" = x", Privilege, "search_path"),
+        ("SET LOCAL \"Search_Path\" TO x", Privilege, "search_path"),
+        ("SET SESSION \"Work_Mem\" = '1MB'", Session, "work_mem"),
+        ("RESET \"Search_Path\"", Privilege, "search_path"),
+        ("SHOW \"Search_Path\"", Session, "search_path"),
+        ("SET U&\"search\\005Fpath\" = x", Privilege, "search_path"),
+        ("SET \"App\".\"Tenant\" = 1", Privilege, "app.tenant"),
+        ("SET \"App.Tenant\" = 1", Privilege, "app.tenant"),
+        (
+            "ALTER SYSTEM SET \"Log_Statement\" = 'none'",
+            Admin,
+            "log_statement",
+        ),
+        ("ALTER SYSTEM RESET \"Work_Mem\"", Admin, "work_mem"),
+        (
+            "SELECT set_config('Search_Path', 'x', false)",
+            Privilege,
+            "search_path",
+        ),
+    ] {
+        let s = one(sql);
+        assert_eq!(s.class, class_, "{sql}");
+        assert_eq!(settings(sql), vec![name], "{sql}");
+    }
+    // `SET "role" = x` is SET ROLE however it is spelled.
+    let s = one("SET \"ROLE\" TO admin");
+    assert_eq!((s.class, s.verb.as_str()), (Privilege, "SET ROLE"));
+    assert!(
+        s.objects
+            .iter()
+            .any(|o| o.kind == ObjectKind::Role && o.name == "admin"),
+        "{s:?}"
+    );
+    // SESSION, LOCAL and SET are not reserved: they may start a setting's name.
+    assert_eq!(settings("SET local.tenant = 1"), vec!["local.tenant"]);
+    assert_eq!(class("SET session.tenant = 1"), Privilege);
+    assert_eq!(
+        settings("SET SESSION local.tenant TO 1"),
+        vec!["local.tenant"]
+    );
+    assert_eq!(settings("ALTER SYSTEM SET set.x = 1"), vec!["set.x"]);
+}
+
+#[test]
+fn a_quoted_standard_conforming_strings_makes_it_unknown() {
+    let mut cl = Classifier::new();
+    assert_eq!(cl.standard_conforming_strings(), Some(true));
+    let a = cl.classify("SET \"STANDARD_CONFORMING_STRINGS\" = off");
+    cl.record(&a);
+    assert_eq!(cl.standard_conforming_strings(), None);
+}

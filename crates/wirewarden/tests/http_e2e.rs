@@ -964,6 +964,17 @@ async fn a_new_user_agent_on_a_connection_renames_its_session() {
 
 /// What curl printed of a stream of `/events` with `token`, and whether it ended cleanly.
 async fn stream_events(g: &Gateway, token: &str, n: u32) -> (String, String, bool) {
+    let (stdout, stderr, status) = stream_events_with(g, token, &format!("n={n}")).await;
+    (stdout, stderr, status.success())
+}
+
+/// What curl printed of a stream of `/events?{query}` with `token` (given 30 s), and how it
+/// exited.
+async fn stream_events_with(
+    g: &Gateway,
+    token: &str,
+    query: &str,
+) -> (String, String, std::process::ExitStatus) {
     let out = run(
         "curl",
         vec![
@@ -973,14 +984,14 @@ async fn stream_events(g: &Gateway, token: &str, n: u32) -> (String, String, boo
             "30".into(),
             "-H".into(),
             format!("Authorization: Bearer {token}"),
-            g.url(&format!("/events?n={n}")),
+            g.url(&format!("/events?{query}")),
         ],
     )
     .await;
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.success(),
+        out.status,
     )
 }
 
@@ -1028,29 +1039,12 @@ async fn an_idle_stream_is_cut_when_its_grant_expires() {
     let grant = support::read_grant("agent-2", "crm-api", Duration::from_secs(2));
     g.pipeline.grants().issue(grant).await.unwrap();
     // One tick, then the next an hour later.
-    let out = run(
-        "curl",
-        vec![
-            "-sS".into(),
-            "-N".into(),
-            "--max-time".into(),
-            "30".into(),
-            "-H".into(),
-            "Authorization: Bearer tok-other".into(),
-            g.url("/events?n=2&gap=3600000"),
-        ],
-    )
-    .await;
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr, status) = stream_events_with(&g, "tok-other", "n=2&gap=3600000").await;
     assert!(stdout.contains("data: tick 0 for "), "{stdout}\n{stderr}");
     // curl's 28 is its own timeout: the stream would still be open.
     assert!(
-        !out.status.success() && out.status.code() != Some(28),
-        "{:?}: {stdout}\n{stderr}",
-        out.status
+        !status.success() && status.code() != Some(28),
+        "{status:?}: {stdout}\n{stderr}"
     );
     let error = events_outcome(&g).await;
     assert!(

@@ -2177,6 +2177,21 @@ async fn a_result_whose_columns_cannot_be_named_is_withheld() {
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// The id of the decided statement whose text is `text`.
+fn decided_id(kinds: &[AuditEventKind], text: &str) -> wirewarden::core::CommandId {
+    kinds
+        .iter()
+        .find_map(|k| match k {
+            AuditEventKind::CommandDecided {
+                command_id,
+                command,
+                ..
+            } if command.text == text => Some(*command_id),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no decision of {text}"))
+}
+
 /// A `LISTEN` runs under the decision that allowed it: its notifications are masked with
 /// that decision's profile (they used to get the session's), recorded as the statement's
 /// transcript (they used not to be recorded), and once a grant the decision relied on has
@@ -2263,19 +2278,7 @@ except Exception as e:
         support::withdrawn(k).is_some()
     })
     .await;
-    let listen = |channel: &str| {
-        kinds
-            .iter()
-            .find_map(|k| match k {
-                AuditEventKind::CommandDecided {
-                    command_id,
-                    command,
-                    ..
-                } if command.text == format!("LISTEN {channel}") => Some(*command_id),
-                _ => None,
-            })
-            .unwrap()
-    };
+    let listen = |channel: &str| decided_id(&kinds, &format!("LISTEN {channel}"));
     let (alerts_id, feed_id) = (listen("alerts"), listen("feed"));
     let recorded = support::transcripts(&kinds, alerts_id);
     assert_eq!(recorded.len(), 1, "{recorded:?}");
@@ -2339,17 +2342,7 @@ except Exception as e:
         support::withdrawn(k).is_some()
     })
     .await;
-    let listen = kinds
-        .iter()
-        .find_map(|k| match k {
-            AuditEventKind::CommandDecided {
-                command_id,
-                command,
-                ..
-            } if command.text == "LISTEN feed" => Some(*command_id),
-            _ => None,
-        })
-        .unwrap();
+    let listen = decided_id(&kinds, "LISTEN feed");
     assert_eq!(
         support::withdrawn(&kinds),
         Some((listen, "feeds-need-a-grant".to_owned()))
@@ -2357,6 +2350,17 @@ except Exception as e:
     assert!(support::transcripts(&kinds, listen).is_empty());
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// Reads of the notes table, and nothing else: a statement that reads another relation is
+/// refused.
+const READ_NOTES: &str = r#"
+[[rule]]
+id = "analysts-read-notes"
+groups = ["analysts"]
+max_class = "read"
+relations = ["*notes"]
+action = "allow"
+"#;
 
 /// With `standard_conforming_strings` off, a backslash in a plain string escapes the quote:
 /// text the gateway lexed the other way would hide what the server runs. The gateway lexes
@@ -2366,22 +2370,11 @@ except Exception as e:
 /// differently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_are_lexed_as_the_server_lexes_them() {
-    let policy = r#"
-[[rule]]
-id = "analysts-read-notes"
-groups = ["analysts"]
-max_class = "read"
-relations = ["*notes"]
-action = "allow"
-
-[[rule]]
-id = "analysts-flip"
-groups = ["analysts"]
-max_class = "read"
-functions = ["flip"]
-action = "allow"
-"#;
-    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, policy).await;
+    let policy = format!(
+        "{READ_NOTES}\n[[rule]]\nid = \"analysts-flip\"\ngroups = [\"analysts\"]\n\
+         max_class = \"read\"\nfunctions = [\"flip\"]\naction = \"allow\"\n"
+    );
+    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, &policy).await;
     g.pg.psql(A_NOTE).unwrap();
     // Changed in the extended protocol, then used in either protocol.
     let script = psycopg_script(
@@ -2453,15 +2446,7 @@ except SystemExit as e:
 /// reads what policy refuses) does not run under the decision the old one had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execute_runs_under_a_decision_on_what_its_name_holds_now() {
-    let policy = r#"
-[[rule]]
-id = "analysts-read-notes"
-groups = ["analysts"]
-max_class = "read"
-relations = ["*notes"]
-action = "allow"
-"#;
-    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, policy).await;
+    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, READ_NOTES).await;
     g.pg.psql(A_NOTE).unwrap();
     let script = psycopg_script(
         g.addr.port(),

@@ -1161,6 +1161,17 @@ except Exception as e:
     )
 }
 
+/// Waits for the session's end to be on record, and checks that the subscription of
+/// `channel` ended it under `rule` and that the trail verifies.
+async fn assert_withdrawn(g: &Gateway, channel: &str, rule: &str) {
+    let kinds = kinds_when(g.audit_dir.path(), &g.keys, |k| withdrawn(k).is_some()).await;
+    assert_eq!(
+        withdrawn(&kinds),
+        Some((subscribed(&kinds, channel), rule.to_owned()))
+    );
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// The id of the `SUBSCRIBE` of `channel`.
 fn subscribed(kinds: &[AuditEventKind], channel: &str) -> wirewarden::core::CommandId {
     kinds
@@ -1280,12 +1291,7 @@ async fn a_revoked_grant_ends_its_subscription() {
         "stdout: {stdout}\nstderr: {}",
         text(&out.stderr)
     );
-    let kinds = kinds_when(g.audit_dir.path(), &g.keys, |k| withdrawn(k).is_some()).await;
-    assert_eq!(
-        withdrawn(&kinds),
-        Some((subscribed(&kinds, "feed"), "feeds-need-a-grant".to_owned()))
-    );
-    assert_verifies(g.audit_dir.path(), &g.keys);
+    assert_withdrawn(&g, "feed", "feeds-need-a-grant").await;
 }
 
 /// A subscription that brings no message still ends when the grant that allowed it does,
@@ -1377,12 +1383,7 @@ except Exception as e:
     // The budget is 12 rows; the subscription's confirmation spent some of it.
     assert!((1..12).contains(&ticks), "{line}");
     assert!(line.contains("(rule budget:stream)"), "{line}");
-    let kinds = kinds_when(g.audit_dir.path(), &g.keys, |k| withdrawn(k).is_some()).await;
-    assert_eq!(
-        withdrawn(&kinds),
-        Some((subscribed(&kinds, "alerts"), "budget:stream".to_owned()))
-    );
-    assert_verifies(g.audit_dir.path(), &g.keys);
+    assert_withdrawn(&g, "alerts", "budget:stream").await;
 }
 
 /// A subscription opened inside `MULTI` would be confirmed in `EXEC`'s reply, where its
@@ -1636,12 +1637,7 @@ async fn a_reply_that_reads_like_an_unsubscribe_does_not_end_a_subscription() {
             if text(e).contains("subscription withdrawn") && text(e).contains("(rule feeds-need-a-grant)")),
         "{ended:?}"
     );
-    let kinds = kinds_when(g.audit_dir.path(), &g.keys, |k| withdrawn(k).is_some()).await;
-    assert_eq!(
-        withdrawn(&kinds),
-        Some((subscribed(&kinds, "feed"), "feeds-need-a-grant".to_owned()))
-    );
-    assert_verifies(g.audit_dir.path(), &g.keys);
+    assert_withdrawn(&g, "feed", "feeds-need-a-grant").await;
 }
 
 /// Before it logs in, a client could declare a 500 MB argument and the gateway buffered it

@@ -478,10 +478,11 @@ const FORWARDING: [&str; 16] = [
     "x-cluster-client-ip",
 ];
 
-/// Removes what the client said about where it came from (the [`FORWARDING`] headers, in
-/// any case, `_` read as `-` as CGI-style servers read it) and, when the client's address
-/// is known, sets `X-Forwarded-For` to it: the gateway is the one hop the upstream sees,
-/// so it alone says who its client was.
+/// Removes what the client said about where it came from (`Forwarded`, `X-Forwarded-For`,
+/// `-Host`, `-Proto`, `X-Real-IP`, `True-Client-IP` and the rest of their family, in any
+/// case, `_` read as `-` as CGI-style servers read it) and, when the client's address is
+/// known, sets `X-Forwarded-For` to it: the gateway is the one hop the upstream sees, so it
+/// alone says who its client was.
 pub fn own_forwarding(headers: &mut HeaderMap, client: Option<std::net::IpAddr>) {
     let foreign: Vec<HeaderName> = headers
         .keys()

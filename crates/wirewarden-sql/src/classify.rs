@@ -51,6 +51,16 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// Whether running it may change `standard_conforming_strings`, and so how the text
+    /// after it lexes: a `SET`, `RESET` or `set_config` of it, `RESET ALL`, `DISCARD ALL`.
+    #[must_use]
+    pub fn changes_lexing(&self) -> bool {
+        self.objects
+            .iter()
+            .any(|o| o.kind == ObjectKind::Setting && o.name == "standard_conforming_strings")
+            || matches!(self.verb.as_str(), "RESET ALL" | "DISCARD ALL")
+    }
+
     fn names(&self, kind: ObjectKind, access: Access) -> impl Iterator<Item = &str> {
         self.objects
             .iter()
@@ -267,6 +277,14 @@ impl Classifier {
         self.scs = Some(on);
     }
 
+    /// Makes `standard_conforming_strings` unknown, so text is lexed both ways until
+    /// [`Classifier::set_standard_conforming_strings`]: for a statement that may change it
+    /// ([`Statement::changes_lexing`]) at a time the classifier does not see, such as a
+    /// prepared statement's later execution.
+    pub fn forget_standard_conforming_strings(&mut self) {
+        self.scs = None;
+    }
+
     /// Whether `standard_conforming_strings` is known, and its value.
     #[must_use]
     pub fn standard_conforming_strings(&self) -> Option<bool> {
@@ -358,12 +376,7 @@ impl Classifier {
             self.prepared.clear();
             self.cursors.clear();
         }
-        let touches_scs = s
-            .objects
-            .iter()
-            .any(|o| o.kind == ObjectKind::Setting && o.name == "standard_conforming_strings")
-            || matches!(s.verb.as_str(), "RESET ALL" | "DISCARD ALL");
-        if touches_scs {
+        if s.changes_lexing() {
             self.scs = None;
         }
     }

@@ -970,16 +970,6 @@ impl Scs {
     }
 }
 
-/// Whether running `st` may change `standard_conforming_strings` (`SET`, `RESET`,
-/// `set_config`, `RESET ALL`).
-fn changes_lexing(st: &wirewarden_sql::Statement) -> bool {
-    st.verb == "RESET ALL"
-        || st.objects.iter().any(|o| {
-            o.kind == wirewarden_core::ObjectKind::Setting
-                && o.name == "standard_conforming_strings"
-        })
-}
-
 /// What the session's audit writer task is sent.
 enum Outcome {
     Event(Box<AuditEvent>),
@@ -1601,7 +1591,7 @@ impl Relay {
                     // A `FETCH` reads a cursor made earlier: what the batches in flight did
                     // to it comes first. (A cheap look for the word, which may wait for
                     // nothing it needs; never the other way.)
-                    if reads_cursor(sql) {
+                    if names_resolved_at_run(sql) {
                         self.settle_batches(&mut named, &mut classifier, (&mut out, &mut up))
                             .await?;
                     }
@@ -1646,7 +1636,7 @@ impl Relay {
                         up.write_all(&out).await.map_err(Error::upstream_io)?;
                         out.clear();
                     }
-                    if reads_cursor(&p.query) {
+                    if names_resolved_at_run(&p.query) {
                         self.settle_batches(&mut named, &mut classifier, (&mut out, &mut up))
                             .await?;
                     }
@@ -1692,8 +1682,8 @@ impl Relay {
                         Verdict::Forward(..) | Verdict::HeldPerExecution
                             if named.boundary.is_some()
                                 && kept.as_ref().map_or_else(
-                                    || reads_cursor(&p.query),
-                                    |(command, ..)| is_fetch(command),
+                                    || names_resolved_at_run(&p.query),
+                                    |(command, ..)| resolves_at_run(command),
                                 ) =>
                         {
                             Verdict::Refuse {
@@ -1780,7 +1770,7 @@ impl Relay {
                         // A `FETCH` reads whatever cursor has the name when it runs: it is
                         // decided again at each execution, never on what its `Parse` saw.
                         Some(Prepared::Decided { allowed, fresh })
-                            if *fresh && !is_fetch(&allowed.command) =>
+                            if *fresh && !resolves_at_run(&allowed.command) =>
                         {
                             *fresh = false;
                             Portal::Running(
@@ -1813,8 +1803,8 @@ impl Relay {
                     // A portal made in an earlier batch, a cursor, or a `FETCH`: whether
                     // what it reads outlived the batches in flight is in their answers.
                     let reads = match named.portals.get(portal) {
-                        Some(Portal::Again { allowed, .. }) => is_fetch(&allowed.command),
-                        Some(Portal::Held { sql, .. }) => reads_cursor(sql),
+                        Some(Portal::Again { allowed, .. }) => resolves_at_run(&allowed.command),
+                        Some(Portal::Held { sql, .. }) => names_resolved_at_run(sql),
                         _ => false,
                     };
                     if reads || !named.bound_in_this_batch(portal) {
@@ -1870,7 +1860,7 @@ impl Relay {
                             params,
                         }) => {
                             let now = Timestamp::now();
-                            let same = !is_fetch(&allowed.command)
+                            let same = !resolves_at_run(&allowed.command)
                                 && !self.principal.is_expired_at(now)
                                 && self
                                     .proxy
@@ -2076,10 +2066,8 @@ impl Relay {
             // A prepared statement that changes how text lexes may run at any Execute:
             // from now on the classifier lexes text both ways and refuses what splits
             // differently. Its other effects wait for an execution.
-            for st in &analysis.statements {
-                if st.prepared.is_none() && st.verb != "DISCARD ALL" && changes_lexing(st) {
-                    classifier.record_statement(st);
-                }
+            if analysis.statements.iter().any(|st| st.changes_lexing()) {
+                classifier.forget_standard_conforming_strings();
             }
         }
         let mut command = analysis.to_command(&text);
@@ -3088,15 +3076,16 @@ const WITHHELD_MESSAGE: &str =
 /// `EXECUTE` (also inside `EXPLAIN` or `CREATE TABLE … AS`) a prepared statement. The words
 /// anywhere, in any case (a cheap look before classifying, which may also find `FETCH
 /// FIRST` or a string; never misses).
-fn reads_cursor(sql: &[u8]) -> bool {
+fn names_resolved_at_run(sql: &[u8]) -> bool {
     sql.windows(5).any(|w| w.eq_ignore_ascii_case(b"fetch"))
         || sql.windows(7).any(|w| w.eq_ignore_ascii_case(b"execute"))
 }
 
-/// Whether a decided statement runs what a name holds when it runs (see [`reads_cursor`]):
+/// Whether a decided statement runs what a name holds when it runs (see [`names_resolved_at_run`]):
 /// it is decided again at each execution, never on what the name held at its `Parse`.
-fn is_fetch(command: &Command) -> bool {
-    matches!(command.verb.as_str(), "FETCH" | "EXECUTE") || reads_cursor(command.text.as_bytes())
+fn resolves_at_run(command: &Command) -> bool {
+    matches!(command.verb.as_str(), "FETCH" | "EXECUTE")
+        || names_resolved_at_run(command.text.as_bytes())
 }
 
 fn head_command(

@@ -145,6 +145,15 @@ impl ChainKey {
         hex(&self.key)
     }
 
+    /// A key for another purpose derived from this one (BLAKE3 `derive_key` under
+    /// `context`, which names that purpose), so whoever keeps the trail keeps one secret. The
+    /// same key and context always give the same key; different contexts give unrelated
+    /// ones, and none of them reveals the chain key.
+    #[must_use]
+    pub fn derive_key(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.key)
+    }
+
     fn key_bytes(&self) -> &[u8; 32] {
         &self.key
     }
@@ -902,6 +911,22 @@ mod tests {
 
     fn key() -> ChainKey {
         ChainKey::new("k1", [7; 32]).unwrap()
+    }
+
+    #[test]
+    fn derived_keys_depend_on_key_and_context_and_are_not_the_key() {
+        let k = key();
+        let a = k.derive_key("purpose a");
+        assert_eq!(a, k.derive_key("purpose a"));
+        assert_ne!(a, k.derive_key("purpose b"));
+        assert_ne!(
+            a,
+            ChainKey::new("k1", [8; 32])
+                .unwrap()
+                .derive_key("purpose a")
+        );
+        assert_ne!(a, *k.key_bytes());
+        assert_eq!(a, blake3::derive_key("purpose a", &[7; 32]));
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod secret;
 #[cfg(any(feature = "postgres", feature = "redis", feature = "http"))]
 mod stream;
 pub mod tls;
+pub mod trail;
 
 pub use error::{Error, Result};
 pub use hold::{HeldCommand, PendingReview, ReviewRefusal};

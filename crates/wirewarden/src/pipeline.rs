@@ -5,6 +5,7 @@
 //! is type-state: [`PipelineBuilder::build`] exists only once an audit sink was given, so a
 //! pipeline that records nothing does not compile.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use wirewarden_policy::{
 use wirewarden_review::{MemoryReviewStore, Reviews};
 
 use crate::tls::{CertificateWatch, ClientCertVerification};
+use crate::trail::CommandMasker;
 use crate::{Error, Metrics, Result};
 
 /// Marks a [`PipelineBuilder`] that has no audit sink yet; it has no `build` method.
@@ -38,6 +40,7 @@ pub struct PipelineBuilder<A> {
     budgets: Option<Arc<Budgets>>,
     max_review_wait: Duration,
     certificates: Option<Arc<ClientCertVerification>>,
+    trail: Option<(Option<String>, [u8; 32])>,
     audit: A,
 }
 
@@ -92,6 +95,17 @@ impl<A> PipelineBuilder<A> {
         self
     }
 
+    /// Masks what the trail records of commands (see [`crate::trail`]): each command's text
+    /// with the mask profile named `profile` (`None`: the engine's default profile), and
+    /// every command digest it records keyed with `digest_key`. Off by default: the trail
+    /// then keeps command texts as sent. What is decided, reviewed and approved does not
+    /// change.
+    #[must_use]
+    pub fn mask_commands_in_trail(mut self, profile: Option<&str>, digest_key: [u8; 32]) -> Self {
+        self.trail = Some((profile.map(str::to_owned), digest_key));
+        self
+    }
+
     /// The audit sink. Required: without it there is no `build`.
     pub fn audit(self, sink: Arc<dyn AuditSink>) -> PipelineBuilder<Arc<dyn AuditSink>> {
         PipelineBuilder {
@@ -103,6 +117,7 @@ impl<A> PipelineBuilder<A> {
             budgets: self.budgets,
             max_review_wait: self.max_review_wait,
             certificates: self.certificates,
+            trail: self.trail,
             audit: sink,
         }
     }
@@ -112,7 +127,8 @@ impl PipelineBuilder<Arc<dyn AuditSink>> {
     /// Builds the pipeline.
     ///
     /// # Errors
-    /// [`Error::Config`] if the default mask engine cannot be built.
+    /// [`Error::Config`] if the default mask engine cannot be built, or the profile
+    /// [`mask_commands_in_trail`](Self::mask_commands_in_trail) names does not exist.
     pub fn build(self) -> Result<Pipeline> {
         let grants = self
             .grants
@@ -128,7 +144,21 @@ impl PipelineBuilder<Arc<dyn AuditSink>> {
                     .map_err(|e| Error::Config(e.to_string()))?,
             ),
         };
+        let trail = match self.trail {
+            None => None,
+            Some((profile, key)) => {
+                let profile = match profile {
+                    Some(name) => masks
+                        .profile(&name)
+                        .map_err(|e| Error::Config(format!("command masking in the trail: {e}")))?
+                        .clone(),
+                    None => masks.default_profile().clone(),
+                };
+                Some(CommandMasker::new(profile, key))
+            }
+        };
         Ok(Pipeline {
+            trail,
             identity: self.identity,
             policy: self.policy,
             grants,
@@ -155,6 +185,7 @@ pub struct Pipeline {
     budgets: Option<Arc<Budgets>>,
     max_review_wait: Duration,
     certificates: Option<Arc<ClientCertVerification>>,
+    trail: Option<CommandMasker>,
     metrics: Metrics,
 }
 
@@ -182,6 +213,7 @@ impl Pipeline {
             budgets: None,
             max_review_wait: Duration::from_secs(3600),
             certificates: None,
+            trail: None,
             audit: NoAuditSink,
         }
     }
@@ -244,8 +276,9 @@ impl Pipeline {
     /// [`Error::Audit`]: the caller must refuse whatever the event was recording the intent
     /// of.
     pub async fn record(&self, event: &AuditEvent) -> Result<()> {
+        let masked = self.trail.as_ref().and_then(|m| m.event(event));
         self.audit
-            .append(event)
+            .append(masked.as_ref().unwrap_or(event))
             .await
             .map(|_| ())
             .map_err(Error::Audit)
@@ -259,7 +292,8 @@ impl Pipeline {
         if events.is_empty() {
             return 0;
         }
-        recorded(events, self.audit.append_batch(events).await)
+        let events = self.for_trail(events);
+        recorded(&events, self.audit.append_batch(&events).await)
     }
 
     /// Records `events` in order without waiting for them to be stored (see
@@ -271,7 +305,23 @@ impl Pipeline {
         if events.is_empty() {
             return 0;
         }
-        recorded(events, self.audit.append_batch_unawaited(events).await)
+        let events = self.for_trail(events);
+        recorded(&events, self.audit.append_batch_unawaited(&events).await)
+    }
+
+    /// `events` as the trail keeps them (see [`Self::command_masker`]).
+    fn for_trail<'a>(&self, events: &'a [AuditEvent]) -> Cow<'a, [AuditEvent]> {
+        match &self.trail {
+            Some(m) => m.events(events),
+            None => Cow::Borrowed(events),
+        }
+    }
+
+    /// What masks the commands this pipeline records, if the trail masks them
+    /// ([`PipelineBuilder::mask_commands_in_trail`]).
+    #[must_use]
+    pub fn command_masker(&self) -> Option<&CommandMasker> {
+        self.trail.as_ref()
     }
 
     /// Counts and records an upstream connection or login that failed, so an operator sees

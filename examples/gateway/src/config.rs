@@ -154,6 +154,27 @@ pub(crate) struct AuditConfig {
     pub(crate) chain_key_file: PathBuf,
     /// File holding the 64-hex Ed25519 seed that signs checkpoints.
     pub(crate) signing_key_file: PathBuf,
+    /// Mask command texts in the trail and key their digests (`wirewarden::trail`): `true`
+    /// with the masking engine's default profile, a string with the profile of that name.
+    /// Default `false`: texts are kept as sent. The digest key is derived from the chain key.
+    #[serde(default)]
+    pub(crate) mask_commands: MaskCommands,
+}
+
+/// `[audit] mask_commands`: off, on with the default profile, or on with a named one.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub(crate) enum MaskCommands {
+    /// `true` or `false`.
+    Switch(bool),
+    /// A profile of the masking file.
+    Profile(String),
+}
+
+impl Default for MaskCommands {
+    fn default() -> Self {
+        Self::Switch(false)
+    }
 }
 
 fn default_durability() -> DurabilityConfig {
@@ -452,6 +473,21 @@ impl Config {
         let signer = CheckpointSigner::from_hex(seed.trim())
             .map_err(|e| self.error(format!("audit.signing_key_file: {e}")))?;
         Ok((chain, signer))
+    }
+
+    /// Whether the trail masks command texts, and with which profile (`Some(None)`: the
+    /// default one), with the key its digests are keyed with.
+    pub(crate) fn trail_masking(&self) -> Result<Option<(Option<&str>, [u8; 32])>> {
+        let profile = match &self.audit.mask_commands {
+            MaskCommands::Switch(false) => return Ok(None),
+            MaskCommands::Switch(true) => None,
+            MaskCommands::Profile(name) => Some(name.as_str()),
+        };
+        let (chain, _) = self.audit_keys()?;
+        Ok(Some((
+            profile,
+            chain.derive_key(wirewarden::trail::TRAIL_DIGEST_KEY_CONTEXT),
+        )))
     }
 
     pub(crate) fn verify_keys(&self) -> Result<VerifyKeys> {
@@ -1218,6 +1254,29 @@ mod tests {
         assert!(e.contains("write_delay_ms"), "{e}");
         let c = audit_config(dir.path(), "keep_page_cache = true\n").unwrap();
         assert!(c.audit.keep_page_cache);
+    }
+
+    #[test]
+    fn command_masking_in_the_trail_is_off_on_or_a_named_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = audit_config(dir.path(), "").unwrap();
+        assert_eq!(c.trail_masking().unwrap(), None);
+        let c = audit_config(dir.path(), "mask_commands = false\n").unwrap();
+        assert_eq!(c.trail_masking().unwrap(), None);
+        let on = audit_config(dir.path(), "mask_commands = true\n").unwrap();
+        let (profile, key) = on.trail_masking().unwrap().unwrap();
+        assert_eq!(profile, None);
+        let (chain, _) = on.audit_keys().unwrap();
+        assert_eq!(
+            key,
+            chain.derive_key(wirewarden::trail::TRAIL_DIGEST_KEY_CONTEXT)
+        );
+        let named = audit_config(dir.path(), "mask_commands = \"pci\"\n").unwrap();
+        assert_eq!(named.trail_masking().unwrap(), Some((Some("pci"), key)));
+        let e = audit_config(dir.path(), "mask_commands = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mask_commands"), "{e}");
     }
 
     #[test]

@@ -277,6 +277,9 @@ async fn serve(config: Config) -> Result<ExitCode, BoxError> {
     if let Some(m) = config.masking()? {
         builder = builder.masking(m);
     }
+    if let Some((profile, key)) = config.trail_masking()? {
+        builder = builder.mask_commands_in_trail(profile, key);
+    }
     if let Some(w) = config.review.max_wait_secs {
         builder = builder.max_review_wait(Duration::from_secs(w));
     }

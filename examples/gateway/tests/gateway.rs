@@ -110,6 +110,11 @@ impl Gateway {
 }
 
 fn start() -> Gateway {
+    start_with("")
+}
+
+/// A gateway whose `[audit]` table also holds `audit_extra`.
+fn start_with(audit_extra: &str) -> Gateway {
     let pg = Postgres::builder().seed_sql(SEED).start().unwrap();
     let redis = Redis::start().unwrap();
     redis
@@ -154,7 +159,7 @@ dir = "audit"
 durability = "fsync"
 chain_key_file = "chain.key"
 signing_key_file = "signing.key"
-
+{audit_extra}
 [[target]]
 name = "crm"
 protocol = "postgres"
@@ -228,6 +233,43 @@ password = {{ env = "REDIS_PASSWORD" }}
     wait_port(redis_port);
     wait_port(admin_port);
     g
+}
+
+/// The first pending review, once one appears (`review list`).
+fn next_review(g: &Gateway) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let list = g.cli(&["review", "list"]);
+        assert!(list.status.success(), "{}", text(&list.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        if let Some(review) = v["reviews"].get(0) {
+            return review.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no review appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops the gateway with SIGTERM and waits for a clean exit.
+fn stop(g: &mut Gateway) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &g.child.id().to_string()])
+        .status();
+    let status = wait_exit(&mut g.child);
+    assert!(status.success(), "{status:?}");
+}
+
+/// The trail's events, as `audit export --format jsonl` gives them.
+fn exported(g: &Gateway) -> Vec<serde_json::Value> {
+    let export = g.cli(&["audit", "export", "--format", "jsonl"]);
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    text(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn token(g: &Gateway) -> String {
@@ -304,20 +346,8 @@ fn the_gateway_end_to_end() {
             .output()
             .unwrap()
     });
-    let start = Instant::now();
-    let id = loop {
-        let list = g.cli(&["review", "list"]);
-        assert!(list.status.success(), "{}", text(&list.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-        if let Some(id) = v["reviews"].get(0).and_then(|r| r["id"].as_str()) {
-            break id.to_owned();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no review appeared"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let review = next_review(&g);
+    let id = review["id"].as_str().unwrap().to_owned();
     let self_approval = g.cli(&[
         "review",
         "approve",
@@ -384,12 +414,8 @@ fn the_gateway_end_to_end() {
     );
 
     // Graceful shutdown, then the audit trail verifies and replays.
-    let _ = Command::new("kill")
-        .args(["-TERM", &g.child.id().to_string()])
-        .status();
     let mut g = g;
-    let status = wait_exit(&mut g.child);
-    assert!(status.success(), "{status:?}");
+    stop(&mut g);
     let verify = g.cli(&["audit", "verify"]);
     assert!(
         verify.status.success(),
@@ -397,11 +423,7 @@ fn the_gateway_end_to_end() {
         text(&verify.stdout),
         text(&verify.stderr)
     );
-    let export = g.cli(&["audit", "export", "--format", "jsonl"]);
-    let events: Vec<serde_json::Value> = text(&export.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = exported(&g);
     let session = events
         .iter()
         .find(|e| e["type"] == "session_started")
@@ -522,11 +544,7 @@ fn the_offline_agent_is_tied_to_its_steps_in_the_audit_trail() {
         .trim()
         .to_owned();
 
-    let export = g.cli(&["audit", "export", "--format", "jsonl"]);
-    let events: Vec<serde_json::Value> = text(&export.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = exported(&g);
     // Each tool call opened its own session, named by the run and the tool-call id.
     for call in ["call_lookup", "call_cleanup"] {
         let app = format!("agent run={run} call={call}");
@@ -566,4 +584,117 @@ fn the_offline_agent_is_tied_to_its_steps_in_the_audit_trail() {
         "the cache tool read the session: {stdout}"
     );
     assert!(!stdout.contains("4111 1111 1111 1111"), "{stdout}");
+}
+
+#[test]
+fn command_texts_in_the_trail_are_masked_when_the_config_asks() {
+    let mut g = start_with("mask_commands = true\n");
+    let tok = token(&g);
+    let card = "4111 1111 1111 1111";
+
+    // A read whose text carries a card number and an email address.
+    let read = format!(
+        "SELECT count(*) FROM customers WHERE card = '{card}' OR email = 'ada@example.com'"
+    );
+    let out = g.psql(&tok, &[&read]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "1");
+
+    // A write held for review: the reviewer sees what was sent, in clear.
+    let write = format!("INSERT INTO notes (body) VALUES ('card {card}')");
+    let (port, tok2, sql) = (g.pg_port, tok.clone(), write.clone());
+    let writer = std::thread::spawn(move || {
+        Command::new("psql")
+            .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-U", "analyst", "-d", "app", "-c", &sql])
+            .env("PGPASSWORD", tok2)
+            .env("PGSSLMODE", "disable")
+            .output()
+            .unwrap()
+    });
+    let review = next_review(&g);
+    assert_eq!(review["command_text"], write.as_str(), "{review}");
+    let id = review["id"].as_str().unwrap();
+    let approve = g.cli(&["review", "approve", id, "--as", "dba-1", "--group", "dba"]);
+    assert!(approve.status.success(), "{}", text(&approve.stdout));
+    let out = writer.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A Redis key that names a person.
+    let out = Command::new("redis-cli")
+        .args(["-p", &g.redis_port.to_string(), "--no-auth-warning"])
+        .args(["--user", "analyst", "--pass", &tok])
+        .args(["GET", "user:ada@example.com"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("wirewarden"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    stop(&mut g);
+    let verify = g.cli(&["audit", "verify"]);
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    let events = exported(&g);
+    let trail: String = events.iter().map(ToString::to_string).collect();
+    for secret in [card, "ada@example.com"] {
+        assert!(!trail.contains(secret), "{secret} is in the trail");
+    }
+    let decided: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["type"] == "command_decided")
+        .collect();
+    let texts: Vec<&str> = decided
+        .iter()
+        .map(|e| e["command"]["text"].as_str().unwrap())
+        .collect();
+    // What was done stays readable; the card keeps its last four, as the profile says.
+    assert!(
+        texts.iter().any(
+            |t| t.starts_with("SELECT count(*) FROM customers WHERE card = '")
+                && t.contains("1111'")
+        ),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.starts_with("GET user:")),
+        "{texts:?}"
+    );
+
+    // The trail's digests are keyed with a key derived from the chain key: the held
+    // command's decision and its review request carry the same keyed digest, and it is the
+    // keyed form of the digest the review bound its approval to.
+    let chain = std::fs::read_to_string(g.dir.path().join("chain.key")).unwrap();
+    let mut parts = chain.split_whitespace();
+    let chain = wirewarden::audit::ChainKey::from_hex(parts.next().unwrap(), parts.next().unwrap())
+        .unwrap();
+    let masker = wirewarden::trail::CommandMasker::new(
+        std::sync::Arc::new(wirewarden::mask::Profile::builder("any").build().unwrap()),
+        chain.derive_key(wirewarden::trail::TRAIL_DIGEST_KEY_CONTEXT),
+    );
+    let bound: wirewarden::core::CommandDigest = review["binding"]["digest"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let keyed = masker.trail_digest(&bound).to_string();
+    let requested = events
+        .iter()
+        .find(|e| e["type"] == "review_requested")
+        .unwrap();
+    assert_eq!(requested["digest"], keyed.as_str(), "{requested}");
+    let held = decided
+        .iter()
+        .find(|e| e["command_id"] == requested["command_id"])
+        .unwrap();
+    assert_eq!(held["command"]["digest"], keyed.as_str(), "{held}");
+    assert!(
+        held["command"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("INSERT INTO notes (body) VALUES ('card "),
+        "{held}"
+    );
 }

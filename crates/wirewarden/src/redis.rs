@@ -86,7 +86,12 @@
 //!    pipeline's [client certificate
 //!    verification](crate::PipelineBuilder::client_cert_verification)); the connection is
 //!    closed, as the server closes a killed client. A command waiting for review then, or
-//!    when the client leaves, does not run: its review is cancelled.
+//!    when the client leaves, does not run: its review is cancelled. An upstream that sends
+//!    a frame the codec refuses, or a reply no command can be tied to, ends the session as
+//!    well: nothing of it or after it is relayed, every command still owed a reply is
+//!    answered in order with `-ERR wirewarden: the upstream sent an invalid reply; …` (one
+//!    such line when none is owed), the error is recorded as a `ProtocolError` from the
+//!    upstream, and the connection closes.
 
 mod mask;
 mod stream;
@@ -519,6 +524,27 @@ const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is 
 /// working session.
 /// The outcome of a forwarded command whose reply never came because the session ended.
 const UNANSWERED: &str = "no reply: the session ended before it came; the command may have run";
+
+/// The answer to each command still owed a reply when the upstream sends an invalid one (a
+/// frame the decoder refuses, or a reply no command can be tied to); the connection then
+/// closes.
+const INVALID_REPLY: &str =
+    "ERR wirewarden: the upstream sent an invalid reply; the connection is closed";
+/// The start of the outcome of a command unanswered because the upstream sent an invalid
+/// reply, and of the session's end reason then.
+const INVALID_REPLY_OUTCOME: &str = "the upstream sent an invalid reply";
+
+/// The error a session ends with once the upstream sent an invalid reply: `why` is the
+/// codec's or the correlator's typed error, as text.
+fn upstream_invalid_error(why: &str) -> Error {
+    Error::Io {
+        peer: "upstream",
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{INVALID_REPLY_OUTCOME}: {why}"),
+        ),
+    }
+}
 
 const CERT_REFUSED: &[u8] = b"-WRONGPASS client certificate not accepted or user is disabled.\r\n";
 
@@ -957,6 +983,7 @@ impl RedisProxy {
             stream_wake: None,
             stream_records: Vec::new(),
             stream_charge: (0, 0),
+            upstream_invalid: None,
         };
         let first = match finish {
             // The HELLO that authenticated goes upstream (without AUTH) as a command.
@@ -978,9 +1005,12 @@ impl RedisProxy {
             Err(e) => Err(e),
         };
         metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
-        let reason = match &outcome {
-            Ok(r) => r.clone(),
-            Err(e) => SessionEndReason::Error {
+        let reason = match (&outcome, &relay.upstream_invalid) {
+            (Ok(r), _) => r.clone(),
+            (Err(_), Some(why)) => SessionEndReason::Error {
+                message: format!("{INVALID_REPLY_OUTCOME}: {why}"),
+            },
+            (Err(e), None) => SessionEndReason::Error {
                 message: e.to_string(),
             },
         };
@@ -1253,6 +1283,9 @@ struct Relay<'p> {
     stream_records: Vec<AuditEvent>,
     /// Messages and bytes relayed since the last flush, for the budgets.
     stream_charge: (u64, u64),
+    /// Set when the upstream sent an invalid reply (the typed error, as text): the owed
+    /// commands were answered with errors and the session ends; nothing more is read.
+    upstream_invalid: Option<String>,
 }
 
 impl Relay<'_> {
@@ -2010,29 +2043,27 @@ impl Relay<'_> {
     // === replies ===
 
     async fn on_upstream_bytes(&mut self) -> Result<()> {
+        if let Some(why) = &self.upstream_invalid {
+            // Answered and on record when it came: nothing the upstream sends after an
+            // invalid reply is read.
+            return Err(upstream_invalid_error(why));
+        }
+        match self.relay_replies().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.on_invalid_reply(e).await),
+        }
+    }
+
+    /// Relays every complete reply in the upstream buffer, in order. An error: the upstream
+    /// sent a frame the decoder refuses, or one the correlator cannot tie to a command; it
+    /// has not been relayed, nor anything after it.
+    async fn relay_replies(&mut self) -> std::result::Result<(), wirewarden_redis::Error> {
         loop {
             let version = self.session.reply_version();
-            let frame = match self.replies.decode(&mut self.up_buf, version) {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    self.protocol_event(Direction::FromUpstream, &e).await;
-                    self.to_client.extend_from_slice(
-                        b"-ERR wirewarden: the upstream sent an invalid reply\r\n",
-                    );
-                    return Err(protocol_error("upstream", e));
-                }
+            let Some(frame) = self.replies.decode(&mut self.up_buf, version)? else {
+                return Ok(());
             };
-            let corr = match self.session.on_reply(&frame) {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of step: nothing from here on can be tied to its command, so
-                    // nothing more goes out; the session ends.
-                    self.protocol_event(Direction::FromUpstream, &e).await;
-                    return Err(protocol_error("upstream", e));
-                }
-            };
-            match corr {
+            match self.session.on_reply(&frame)? {
                 Correlated::Reply {
                     tag,
                     queued,
@@ -2069,15 +2100,63 @@ impl Relay<'_> {
                     Metrics::add(&self.pipeline().metrics().values_masked, counts.total());
                 }
                 _ => {
-                    let e = wirewarden_redis::Error::Unexpected {
+                    return Err(wirewarden_redis::Error::Unexpected {
                         what: "reply nothing was waiting for",
                         offset: 0,
-                    };
-                    self.protocol_event(Direction::FromUpstream, &e).await;
-                    return Err(protocol_error("upstream", e));
+                    });
                 }
             }
         }
+    }
+
+    /// The upstream sent a frame the decoder refuses or a reply that cannot be tied to its
+    /// command: from here on no reply can be, so the session ends. Nothing of that frame or
+    /// after it is relayed; the replies relayed before it were whole and placed.
+    ///
+    /// Every command still owed a reply is answered, in order, with an `-ERR` (and the
+    /// gateway's own replies queued between them go out in their places), then the
+    /// connection closes. One error per owed command rather than a single line: a
+    /// pipelining client reads each of its replies in turn, and an `-ERR` for each tells it
+    /// these commands failed, where a short stream reads as a dropped connection that a
+    /// client may retry on a fresh one (the commands may have run). When nothing is owed (a
+    /// frame nobody asked for, a subscriber's message) one `-ERR` still goes out before the
+    /// close, as the server itself writes an error to a client it drops. Commands staged and
+    /// not yet written upstream are not sent: the upstream gets nothing more.
+    async fn on_invalid_reply(&mut self, e: wirewarden_redis::Error) -> Error {
+        self.protocol_event(Direction::FromUpstream, &e).await;
+        let why = e.to_string();
+        self.up_buf.clear();
+        self.to_upstream.clear();
+        let reply = error_reply(INVALID_REPLY);
+        let outcome =
+            format!("no reply: {INVALID_REPLY_OUTCOME} ({why}); the command may have run");
+        let mut answered = false;
+        while let Some(slot) = self.slots.pop_front() {
+            match slot {
+                Slot::Upstream { tag, .. } => {
+                    self.to_client.extend_from_slice(&reply);
+                    answered = true;
+                    if let Some(mut p) = self.pending.remove(&tag) {
+                        p.error.get_or_insert_with(|| outcome.clone());
+                        p.bytes += reply.len() as u64;
+                        self.completed.push(p);
+                    }
+                }
+                Slot::Local(b) => self.to_client.extend_from_slice(&b),
+            }
+        }
+        if !answered {
+            self.to_client.extend_from_slice(&reply);
+        }
+        // Commands the server queued: their results would have come with `EXEC`.
+        self.drop_queue(&outcome);
+        // Best effort: the client may be gone too; the session ends either way.
+        let _ = self.flush().await;
+        let _ = self.client.io.shutdown().await;
+        let _ = self.up.shutdown().await;
+        let error = upstream_invalid_error(&why);
+        self.upstream_invalid = Some(why);
+        error
     }
 
     /// Relays a published message under its subscription's decision: taken again first if
@@ -2231,16 +2310,13 @@ impl Relay<'_> {
         }
     }
 
-    fn front_is(&self, tag: u64) -> Result<()> {
+    fn front_is(&self, tag: u64) -> std::result::Result<(), wirewarden_redis::Error> {
         match self.slots.front() {
             Some(Slot::Upstream { tag: t, .. }) if *t == tag => Ok(()),
-            _ => Err(protocol_error(
-                "upstream",
-                wirewarden_redis::Error::Unexpected {
-                    what: "reply out of order",
-                    offset: 0,
-                },
-            )),
+            _ => Err(wirewarden_redis::Error::Unexpected {
+                what: "reply out of order",
+                offset: 0,
+            }),
         }
     }
 
@@ -2274,7 +2350,7 @@ impl Relay<'_> {
         queued: bool,
         complete: bool,
         confirms: bool,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), wirewarden_redis::Error> {
         self.front_is(tag)?;
         let rewrite = match self.slots.front() {
             Some(Slot::Upstream { rewrite, .. }) => rewrite.clone(),
@@ -2291,12 +2367,9 @@ impl Relay<'_> {
         let Some(mut p) = self.pending.remove(&tag) else {
             // A slot and its command go in together and leave together: a reply with no
             // command to mask it as is out of step, and never relayed unread.
-            return Err(protocol_error(
-                "upstream",
-                wirewarden_redis::Error::OutOfStep {
-                    what: "a reply to no recorded command",
-                },
-            ));
+            return Err(wirewarden_redis::Error::OutOfStep {
+                what: "a reply to no recorded command",
+            });
         };
         if let Some(bytes) = rewrite {
             self.to_client.extend_from_slice(&bytes);
@@ -2351,7 +2424,7 @@ impl Relay<'_> {
         version: RespVersion,
         results: &[u64],
         aborted: bool,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), wirewarden_redis::Error> {
         self.front_is(tag)?;
         let limit = self.proxy.config.record_limit;
         self.queued.retain(|t| !results.contains(t));
@@ -2360,19 +2433,13 @@ impl Relay<'_> {
             let _ = self.on_reply(tag, frame, version, false, true, false);
             return Ok(());
         }
-        let elements = frame
-            .elements()
-            .map_err(|e| protocol_error("upstream", e))?
-            .unwrap_or_default();
+        let elements = frame.elements()?.unwrap_or_default();
         if elements.len() != results.len() {
             // The correlator refuses such a reply; an element without its command would
             // otherwise be masked without its key.
-            return Err(protocol_error(
-                "upstream",
-                wirewarden_redis::Error::OutOfStep {
-                    what: "EXEC reply with more or fewer elements than commands queued",
-                },
-            ));
+            return Err(wirewarden_redis::Error::OutOfStep {
+                what: "EXEC reply with more or fewer elements than commands queued",
+            });
         }
         let mut out: Vec<Bytes> = Vec::with_capacity(elements.len());
         let mut changed = false;

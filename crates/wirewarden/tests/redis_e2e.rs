@@ -1763,3 +1763,182 @@ async fn failed_reauthentication_is_no_oracle_and_is_limited() {
     assert_eq!(gets, 1);
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// An upstream that is not a Redis server, for replies a real one never sends: it logs the
+/// gateway in (`+OK` to its `AUTH`, then `after_login`), then answers `GET` with `bad`,
+/// `PING` with `+PONG` and any other command with `+OK`. Its replies are held until `batch`
+/// commands have come, so a pipeline reaches it whole however the gateway read it.
+async fn hostile_upstream(
+    after_login: &'static [u8],
+    bad: &'static [u8],
+    batch: usize,
+) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut decoder =
+                    wirewarden_redis::RequestDecoder::new(wirewarden_redis::Limits::default());
+                let mut buf = bytes::BytesMut::new();
+                let mut held = Vec::new();
+                let mut commands = 0;
+                loop {
+                    while let Ok(Some(req)) = decoder.decode(&mut buf) {
+                        let name = req.name().to_ascii_uppercase();
+                        if name == b"AUTH" {
+                            held.extend_from_slice(b"+OK\r\n");
+                            held.extend_from_slice(after_login);
+                            if s.write_all(&held).await.is_err() {
+                                return;
+                            }
+                            held.clear();
+                            continue;
+                        }
+                        held.extend_from_slice(match &name[..] {
+                            b"GET" => bad,
+                            b"PING" => b"+PONG\r\n",
+                            _ => b"+OK\r\n",
+                        });
+                        commands += 1;
+                        if commands >= batch {
+                            if s.write_all(&held).await.is_err() {
+                                return;
+                            }
+                            held.clear();
+                        }
+                    }
+                    if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// What the gateway answers each command still owed a reply when the upstream sends an
+/// invalid one.
+const INVALID_REPLY: &str =
+    "-ERR wirewarden: the upstream sent an invalid reply; the connection is closed";
+
+/// The upstream sent a frame the decoder refuses: the session ended, but the client was never
+/// told — the `-ERR` was left unsent when the connection closed. Now every command still owed
+/// a reply gets one, in order (the gateway's own denial between them in its place), nothing
+/// of the bad read goes out (not even the valid reply behind the bad one), the upstream's
+/// error is on record, each unanswered command has an outcome saying so, and the session's
+/// end says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_upstream_reply_is_answered_in_order_and_ends_the_session() {
+    // The upstream answers PING, GET, PING with `+PONG`, a negative bulk length, `+PONG`.
+    let up = hostile_upstream(b"", b"$-5\r\n", 3).await;
+    let g = gateway_with(|t| t.upstream.addr = up.to_string(), |sink| sink).await;
+    let got = exchange(
+        g.addr,
+        b"AUTH tok-agent\r\nPING\r\nGET plain\r\nFLUSHALL\r\nPING\r\n",
+        Duration::from_secs(20),
+    )
+    .await;
+    let lines: Vec<&str> = got.split_terminator("\r\n").collect();
+    assert_eq!(lines.len(), 5, "{got}");
+    assert_eq!(&lines[..3], ["+OK", "+PONG", INVALID_REPLY], "{got}");
+    assert!(
+        lines[3].starts_with("-ERR wirewarden: ") && lines[3].contains("(rule redis-"),
+        "{got}"
+    );
+    assert_eq!(lines[4], INVALID_REPLY, "{got}");
+
+    let trail = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |e| {
+        !support::end_reasons(e).is_empty()
+    })
+    .await;
+    let session = trail
+        .iter()
+        .find(|e| matches!(e.kind, AuditEventKind::SessionStarted { .. }))
+        .and_then(|e| e.session);
+    assert!(session.is_some());
+    assert!(
+        trail.iter().any(|e| e.session == session
+            && matches!(
+                &e.kind,
+                AuditEventKind::ProtocolError {
+                    direction: wirewarden::core::Direction::FromUpstream,
+                    error,
+                } if error.contains("bulk length")
+            )),
+        "{trail:?}"
+    );
+    let get = support::outcome_error(&trail, |c| c.verb == "GET").flatten();
+    assert!(
+        get.as_deref()
+            .is_some_and(|e| e.contains("the upstream sent an invalid reply")),
+        "{get:?}"
+    );
+    assert!(matches!(
+        &support::end_reasons(&trail)[..],
+        [wirewarden::core::SessionEndReason::Error { message }]
+            if message.starts_with("the upstream sent an invalid reply: ")
+    ));
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// The same through real clients: redis-cli prints the error for the command whose reply was
+/// over the gateway's limits, and redis-py raises it as a `ResponseError` (a reply), not a
+/// `ConnectionError`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_see_the_error_for_an_invalid_upstream_reply() {
+    // A bulk string declared longer than the limits allow.
+    let up = hostile_upstream(b"", b"$600000000\r\n", 1).await;
+    let g = gateway_with(|t| t.upstream.addr = up.to_string(), |sink| sink).await;
+    let out = cli(g.addr, &["-a", "tok-agent"], "PING\nGET plain\n").await;
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines, ["PONG", &INVALID_REPLY[1..]], "{stdout}");
+
+    // An array of more elements than the limits allow.
+    let up = hostile_upstream(b"", b"*5000000\r\n", 1).await;
+    let g = gateway_with(|t| t.upstream.addr = up.to_string(), |sink| sink).await;
+    let out = python(
+        g.addr,
+        2,
+        "try:\n    r.get('plain')\n    print('NO ERROR')\nexcept redis.ResponseError as e:\n    print('REPLY', e)",
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("REPLY {}\nDONE", &INVALID_REPLY["-ERR ".len()..])),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    let trail = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |e| {
+        !support::end_reasons(e).is_empty()
+    })
+    .await;
+    assert!(trail.iter().any(|e| matches!(
+        &e.kind,
+        AuditEventKind::ProtocolError { error, .. } if error.contains("elements exceed the limit")
+    )));
+}
+
+/// A reply nothing asked for (the upstream speaks first) cannot be tied to a command: it is
+/// not relayed; the client, owed nothing, still gets one error before the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unasked_upstream_reply_is_not_relayed() {
+    let up = hostile_upstream(b"$6\r\nsecret\r\n", b"", 1).await;
+    let g = gateway_with(|t| t.upstream.addr = up.to_string(), |sink| sink).await;
+    let got = exchange(g.addr, b"AUTH tok-agent\r\n", Duration::from_secs(20)).await;
+    assert_eq!(got, format!("+OK\r\n{INVALID_REPLY}\r\n"));
+    let trail = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |e| {
+        !support::end_reasons(e).is_empty()
+    })
+    .await;
+    assert!(trail.iter().any(|e| matches!(
+        &e.kind,
+        AuditEventKind::ProtocolError {
+            direction: wirewarden::core::Direction::FromUpstream,
+            error,
+        } if error.contains("reply nothing was waiting for")
+    )));
+}

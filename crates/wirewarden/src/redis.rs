@@ -24,7 +24,12 @@
 //!    it does, only `AUTH`, `HELLO … AUTH` and `QUIT` are accepted; everything else is
 //!    answered `-NOAUTH`, as the server does; requests are read with
 //!    [`RedisTarget::login_limits`] (as tight as the server's own for unauthenticated
-//!    clients), so a larger one is a protocol error before its payload is read. The token
+//!    clients), so a larger one is a protocol error before its payload is read. What was
+//!    refused before login goes on record once per connection, however much the client
+//!    sent (how many requests, which commands of the command table; other words are only
+//!    counted): an `AuthenticationFailed` (method `none`, with the client's address) when
+//!    the connection ends without a login, a `ProtocolError` from the client with the
+//!    session's start when it logs in after all. The token
 //!    or JWT in the password slot is verified by the pipeline's identity provider; a wrong
 //!    one gets `-WRONGPASS` and an `AuthenticationFailed` audit event. A later `AUTH` with a
 //!    wrong credential, or with another identity's (answered the same `-WRONGPASS`, on
@@ -515,6 +520,85 @@ struct LoggedIn {
     application: Option<String>,
 }
 
+/// What a client was refused before it authenticated — requests answered `-NOAUTH`, an
+/// `AUTH` or `HELLO` the server would reject before checking a credential, a request the
+/// login limits refuse — kept as one summary, so the connection leaves one record however
+/// much it sends: an anonymous client must not make a durable trail write (and sync) once
+/// per request. Failed credentials are not counted here: each is its own
+/// `AuthenticationFailed`, and [`RedisTarget::max_auth_failures`] of them end the
+/// connection.
+#[derive(Debug, Default)]
+struct Refusals {
+    /// Requests refused.
+    count: u64,
+    /// The first distinct commands refused (by their name in the command table), with how
+    /// often each was. Names nobody knows are only counted: the trail keeps no word the
+    /// client chose, which might be a secret typed in the wrong place.
+    commands: Vec<(&'static str, u64)>,
+    /// The protocol error that refused a request (over the login limits, or malformed) and
+    /// closed the connection.
+    protocol: Option<String>,
+}
+
+impl Refusals {
+    /// Distinct commands named at most; others are only counted.
+    const NAMED: usize = 8;
+
+    /// A request named `name` was refused.
+    fn refused(&mut self, name: &[u8]) {
+        self.count = self.count.saturating_add(1);
+        let Some(spec) = wirewarden_redis::lookup(name) else {
+            return;
+        };
+        if let Some((_, n)) = self.commands.iter_mut().find(|(c, _)| *c == spec.name) {
+            *n = n.saturating_add(1);
+        } else if self.commands.len() < Self::NAMED {
+            self.commands.push((spec.name, 1));
+        }
+    }
+
+    /// The decoder refused a request, answered with the server's protocol error.
+    fn protocol_error(&mut self, e: &wirewarden_redis::Error) {
+        self.count = self.count.saturating_add(1);
+        self.protocol = Some(e.to_string());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// `3 requests refused before authentication: GET x2, PING`, with how many were not
+    /// named, and the protocol error if one ended the connection.
+    fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let plural = if self.count == 1 { "" } else { "s" };
+        let mut s = format!(
+            "{} request{plural} refused before authentication",
+            self.count
+        );
+        for (i, (command, n)) in self.commands.iter().enumerate() {
+            s.push_str(if i == 0 { ": " } else { ", " });
+            s.push_str(&command.to_ascii_uppercase());
+            if *n > 1 {
+                let _ = write!(s, " x{n}");
+            }
+        }
+        let named: u64 = self.commands.iter().map(|(_, n)| n).sum();
+        let others = self
+            .count
+            .saturating_sub(named)
+            .saturating_sub(u64::from(self.protocol.is_some()));
+        if others > 0 {
+            let sep = if self.commands.is_empty() { ": " } else { ", " };
+            let _ = write!(s, "{sep}{others} other");
+        }
+        if let Some(e) = &self.protocol {
+            let _ = write!(s, "; a request refused with a protocol error: {e}");
+        }
+        s
+    }
+}
+
 const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
 const HELLO_NOAUTH: &str = "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
@@ -557,13 +641,23 @@ struct Client {
 
 impl Client {
     async fn next(&mut self) -> Result<Option<Request>> {
+        self.next_or_refused()
+            .await?
+            .map_err(|e| protocol_error("client", e))
+    }
+
+    /// The next request; `Ok(Err(_))`: one the decoder refused, already answered with the
+    /// server's protocol error.
+    async fn next_or_refused(
+        &mut self,
+    ) -> Result<std::result::Result<Option<Request>, wirewarden_redis::Error>> {
         loop {
             match self.decoder.decode(&mut self.buf) {
-                Ok(Some(r)) => return Ok(Some(r)),
+                Ok(Some(r)) => return Ok(Ok(Some(r))),
                 Ok(None) => {}
                 Err(e) => {
                     let _ = self.io.write_all(&e.to_reply()).await;
-                    return Err(protocol_error("client", e));
+                    return Ok(Err(e));
                 }
             }
             self.buf.reserve(16 * 1024);
@@ -574,7 +668,7 @@ impl Client {
                 .map_err(Error::client_io)?
                 == 0
             {
-                return Ok(None);
+                return Ok(Ok(None));
             }
         }
     }
@@ -672,19 +766,62 @@ impl RedisProxy {
             Some(chain) => self.pipeline.certificate_watch(chain),
             None => CertificateWatch::inert(),
         };
+        let mut refused = Refusals::default();
         let login = tokio::time::timeout_at(deadline, async {
             match chain {
                 Some(chain) => self.certificate_login(&mut client, peer, chain).await,
-                None => self.login(&mut client, peer).await,
+                None => self.login(&mut client, peer, &mut refused).await,
             }
-        });
-        let Some(login) = login
-            .await
-            .map_err(|_| Error::Authentication("no AUTH within the login timeout".into()))??
-        else {
-            return Ok(());
+        })
+        .await;
+        let login = match login {
+            Ok(Ok(Some(login))) => login,
+            Ok(Ok(None)) => {
+                self.unauthenticated_end(peer, &refused, "the client left")
+                    .await;
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                let end = if refused.protocol.is_some() {
+                    "closed after the protocol error".to_owned()
+                } else {
+                    e.to_string()
+                };
+                self.unauthenticated_end(peer, &refused, &end).await;
+                return Err(e);
+            }
+            Err(_) => {
+                let why = "no AUTH within the login timeout";
+                self.unauthenticated_end(peer, &refused, why).await;
+                return Err(Error::Authentication(why.into()));
+            }
         };
-        self.session(client, peer, login, certificate).await
+        self.session(client, peer, login, certificate, refused)
+            .await
+    }
+
+    /// Records what a connection that ended without authenticating was refused, as one
+    /// `AuthenticationFailed` (method `none`: it presented no credential that was accepted)
+    /// with the client's address; nothing when it was refused nothing (a failed credential
+    /// is on record already).
+    async fn unauthenticated_end(&self, peer: Option<SocketAddr>, refused: &Refusals, end: &str) {
+        if refused.is_empty() {
+            return;
+        }
+        let event = AuditEvent::new(
+            None,
+            AuditEventKind::AuthenticationFailed {
+                target: self.config.target.clone(),
+                client_addr: peer.map(|p| p.to_string()),
+                user: None,
+                method: "none".to_owned(),
+                reason: format!(
+                    "{}; the connection ended unauthenticated: {end}",
+                    refused.summary()
+                ),
+            },
+        );
+        let _ = self.pipeline.record(&event).await;
     }
 
     fn auth_failed(
@@ -772,11 +909,17 @@ impl RedisProxy {
         &self,
         client: &mut Client,
         peer: Option<SocketAddr>,
+        refused: &mut Refusals,
     ) -> Result<Option<LoggedIn>> {
         let mut failures = 0u32;
         loop {
-            let Some(req) = client.next().await? else {
-                return Ok(None);
+            let req = match client.next_or_refused().await? {
+                Ok(Some(req)) => req,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    refused.protocol_error(&e);
+                    return Err(protocol_error("client", e));
+                }
             };
             let name = lower(req.name());
             match &name[..] {
@@ -802,13 +945,18 @@ impl RedisProxy {
                         }
                     },
                     Parsed::PlainHello => {
+                        refused.refused(req.name());
                         client.send(&error_reply(&HELLO_NOAUTH[1..])).await?;
                     }
                     Parsed::Invalid(reply) => {
+                        refused.refused(req.name());
                         client.send(&error_reply(&reply[1..])).await?;
                     }
                 },
-                _ => client.send(NOAUTH).await?,
+                _ => {
+                    refused.refused(req.name());
+                    client.send(NOAUTH).await?;
+                }
             }
         }
     }
@@ -881,6 +1029,7 @@ impl RedisProxy {
         peer: Option<SocketAddr>,
         login: LoggedIn,
         certificate: CertificateWatch,
+        refused: Refusals,
     ) -> Result<()> {
         let LoggedIn {
             principal,
@@ -928,7 +1077,24 @@ impl RedisProxy {
                 tls: client.tls,
             },
         );
-        if let Err(e) = self.pipeline.record(&started).await {
+        // What the client was refused before it logged in: one record of the session (whose
+        // start has its address), appended with the start.
+        let recorded = if refused.is_empty() {
+            self.pipeline.record(&started).await
+        } else {
+            let before_login = AuditEvent::new(
+                Some(session_id),
+                AuditEventKind::ProtocolError {
+                    direction: Direction::FromClient,
+                    error: refused.summary(),
+                },
+            );
+            match self.pipeline.record_batch(&[started, before_login]).await {
+                0 => Err(Error::Audit("the session's start was not recorded".into())),
+                _ => Ok(()),
+            }
+        };
+        if let Err(e) = recorded {
             client
                 .send(b"-ERR wirewarden audit trail unavailable\r\n")
                 .await?;
@@ -2599,6 +2765,43 @@ mod tests {
     use wirewarden_core::{AuthMethod, Protocol};
     use wirewarden_policy::{PolicyEngine, Request as PolicyRequest, RuleEngine};
     use wirewarden_redis::COMMANDS;
+
+    /// The summary of what a client was refused before login names known commands only,
+    /// at most [`Refusals::NAMED`] of them, and counts the rest.
+    #[test]
+    fn refusals_before_login_name_known_commands_and_count_the_rest() {
+        let mut r = Refusals::default();
+        assert!(r.is_empty());
+        r.refused(b"get");
+        r.refused(b"GET");
+        r.refused(b"tok-typed-as-a-command");
+        assert_eq!(
+            r.summary(),
+            "3 requests refused before authentication: GET x2, 1 other"
+        );
+        let mut r = Refusals::default();
+        for name in COMMANDS.iter().take(Refusals::NAMED + 2) {
+            r.refused(name.name.as_bytes());
+        }
+        r.refused(b"\r\nnot-a-command");
+        r.protocol_error(&wirewarden_redis::Error::TooManyElements {
+            count: 11,
+            limit: 10,
+        });
+        let summary = r.summary();
+        assert!(
+            summary.starts_with("12 requests refused before authentication: "),
+            "{summary}"
+        );
+        assert_eq!(summary.matches(", ").count(), Refusals::NAMED, "{summary}");
+        assert!(
+            summary.ends_with(
+                ", 3 other; a request refused with a protocol error: invalid multibulk length: 11 elements exceed the limit of 10"
+            ),
+            "{summary}"
+        );
+        assert!(!summary.contains("not-a-command"), "{summary}");
+    }
 
     #[test]
     fn tag_hashes_are_distinct_and_spread_over_the_high_bits() {

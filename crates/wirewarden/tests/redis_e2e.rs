@@ -1942,3 +1942,128 @@ async fn an_unasked_upstream_reply_is_not_relayed() {
         } if error.contains("reply nothing was waiting for")
     )));
 }
+
+/// Requests refused before login (`-NOAUTH`, a `HELLO` without `AUTH`, a request over the
+/// login limits) left nothing in the trail. Now a connection leaves one record of them,
+/// however many there were, with the client's address: an `AuthenticationFailed` (method
+/// `none`) when it never logs in, a `ProtocolError` of its session when it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_login_leave_one_record_per_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = gateway().await;
+
+    // 53 refused requests, then the client leaves.
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let many = s.local_addr().unwrap().to_string();
+    let mut burst = "GET plain\r\n".repeat(50);
+    // A word that is no command is counted, not written down: it might be a secret.
+    burst.push_str("PING\r\nHELLO 3\r\ntok-agent\r\n");
+    s.write_all(burst.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    assert_eq!(text(&got).matches("-NOAUTH ").count(), 53);
+
+    // A request over the login limits: refused, and the connection closed.
+    let mut s = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let big = s.local_addr().unwrap().to_string();
+    s.write_all(b"*1\r\n$500000000\r\n").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    assert!(text(&got).starts_with("-ERR Protocol error: "));
+
+    // A refusal, then a login.
+    let mut raw = Raw::connect(g.addr).await;
+    let late = raw.stream.local_addr().unwrap().to_string();
+    let refused = raw.call(&["PING"]).await;
+    assert!(
+        matches!(&refused, wirewarden_redis::Value::SimpleError(e) if text(e).starts_with("NOAUTH")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        bulk(&raw.call(&["AUTH", "tok-agent"]).await).as_deref(),
+        Some("OK")
+    );
+    assert_eq!(
+        bulk(&raw.call(&["GET", "plain"]).await).as_deref(),
+        Some("hello")
+    );
+    drop(raw);
+
+    // A login with nothing refused adds none.
+    let out = cli(g.addr, &["-a", "tok-agent"], "GET plain\n").await;
+    assert_eq!(text(&out.stdout).trim(), "hello");
+
+    let unauthenticated = |e: &wirewarden::core::AuditEvent, addr: &str| match &e.kind {
+        AuditEventKind::AuthenticationFailed {
+            client_addr,
+            method,
+            reason,
+            ..
+        } if client_addr.as_deref() == Some(addr) => Some((method.clone(), reason.clone())),
+        _ => None,
+    };
+    let trail = support::events_when(&g.pipeline, g.audit_dir.path(), &g.keys, |e| {
+        support::end_reasons(e).len() == 2
+            && e.iter().any(|e| unauthenticated(e, &many).is_some())
+            && e.iter().any(|e| unauthenticated(e, &big).is_some())
+    })
+    .await;
+    let of_many: Vec<_> = trail
+        .iter()
+        .filter_map(|e| unauthenticated(e, &many))
+        .collect();
+    let [(method, reason)] = &of_many[..] else {
+        panic!("one record for the connection: {of_many:?}");
+    };
+    assert_eq!(method, "none");
+    assert!(
+        reason.starts_with(
+            "53 requests refused before authentication: GET x50, PING, HELLO, 1 other;"
+        ) && reason.ends_with("the connection ended unauthenticated: the client left"),
+        "{reason}"
+    );
+    let of_big: Vec<_> = trail
+        .iter()
+        .filter_map(|e| unauthenticated(e, &big))
+        .collect();
+    let [(_, reason)] = &of_big[..] else {
+        panic!("one record for the connection: {of_big:?}");
+    };
+    assert!(
+        reason.starts_with("1 request refused before authentication; a request refused with a protocol error: invalid bulk length"),
+        "{reason}"
+    );
+    // The session that logged in after a refusal has it on record, once; the clean one not.
+    let session = trail.iter().find_map(|e| match &e.kind {
+        AuditEventKind::SessionStarted { client_addr, .. }
+            if client_addr.as_deref() == Some(&late) =>
+        {
+            e.session
+        }
+        _ => None,
+    });
+    assert!(session.is_some(), "{trail:?}");
+    let before_login: Vec<_> = trail
+        .iter()
+        .filter_map(|e| match &e.kind {
+            AuditEventKind::ProtocolError {
+                direction: wirewarden::core::Direction::FromClient,
+                error,
+            } => Some((e.session, error.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        before_login,
+        [(session, "1 request refused before authentication: PING")]
+    );
+    assert!(!trail.iter().any(|e| unauthenticated(e, &late).is_some()));
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}

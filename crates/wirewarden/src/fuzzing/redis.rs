@@ -584,6 +584,85 @@ mod tests {
         super::super::assert_expired_denial(&audit.events(), "GET", 1);
     }
 
+    /// An invalid reply in the middle of a pipeline (the `invalid_reply_mid_pipeline` seed):
+    /// every check holds, and the upstream's error and the session's end are on record.
+    #[test]
+    fn an_invalid_reply_mid_pipeline_passes_every_check() {
+        let events = run(&input(
+            0xf0,
+            b"GET a\r\nGET b\r\nFLUSHALL\r\nGET c\r\n",
+            &[b"$1\r\nx\r\n", b"$-5\r\n", b"$1\r\ny\r\n"],
+        ));
+        assert!(
+            events.iter().any(|e| matches!(
+                &e.kind,
+                AuditEventKind::ProtocolError {
+                    direction: wirewarden_core::Direction::FromUpstream,
+                    ..
+                }
+            )),
+            "{events:#?}"
+        );
+        assert!(
+            events.iter().any(|e| matches!(
+                &e.kind,
+                AuditEventKind::SessionEnded {
+                    reason: wirewarden_core::SessionEndReason::Error { message },
+                    ..
+                } if message.starts_with("the upstream sent an invalid reply")
+            )),
+            "{events:#?}"
+        );
+    }
+
+    /// Requests refused before login (the `refused_then_login` seed, and the same client
+    /// leaving instead of logging in): every check holds, and the refusals are on record
+    /// once.
+    #[test]
+    fn refusals_before_login_pass_every_check() {
+        let events = run(&input(
+            0xf3,
+            b"PING\r\nHELLO 3\r\nAUTH tok-fuzz-7c1f9e2a\r\nGET k\r\n",
+            &[b"$1\r\nv\r\n"],
+        ));
+        let refused: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                AuditEventKind::ProtocolError {
+                    direction: wirewarden_core::Direction::FromClient,
+                    error,
+                } => Some(error.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            ["2 requests refused before authentication: PING, HELLO"],
+            "{events:#?}"
+        );
+        let events = run(&input(0xf3, b"PING\r\nGET k\r\n", &[]));
+        let refused: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                AuditEventKind::AuthenticationFailed {
+                    method,
+                    reason,
+                    client_addr,
+                    ..
+                } if method == "none" => Some((reason.as_str(), client_addr.as_deref())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            refused,
+            [(
+                "2 requests refused before authentication: PING, GET; the connection ended unauthenticated: the client left",
+                Some("192.0.2.7:40000")
+            )],
+            "{events:#?}"
+        );
+    }
+
     #[test]
     #[should_panic(expected = "a denied command reached the server")]
     fn a_denied_command_upstream_is_caught() {

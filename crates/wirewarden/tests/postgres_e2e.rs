@@ -2558,3 +2558,59 @@ show("nested", pg.exec_(b"SELECT name FROM of_people"))
     assert!(!stdout.contains("Ada Lovelace"), "{stdout}");
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
+
+/// An error can quote the value that caused it: `SELECT name::int` fails with `invalid
+/// input syntax for type integer: "Ada Lovelace"`, a read any rule allowing reads lets
+/// through. Under a profile with column rules such an error keeps its SQLSTATE and gets the
+/// condition's name for a message; errors about the statement's own words keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_do_not_quote_values_column_rules_mask() {
+    use wirewarden::mask::{Engine, FieldRule, Profile, Selector, Strategy};
+    let masks = Engine::builder()
+        .profile(Profile::builder("names").rule(FieldRule::new(
+            Selector::column("customers.name"),
+            Strategy::redact(),
+        )))
+        .default_profile("names")
+        .build()
+        .unwrap();
+    let g = gateway_with_masks(None, Arc::new(tokens()), |s| s, POLICY, Some(masks)).await;
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+show("cast", pg.exec_(b"SELECT name::int FROM customers ORDER BY id"))
+show("date", pg.exec_(b"SELECT to_date(name, 'YYYY-MM-DD') FROM customers ORDER BY id"))
+show("typo", pg.exec_(b"SELECT nme FROM customers"))
+show("zero", pg.exec_(b"SELECT 1/0"))
+show("after", pg.exec_(b"SELECT count(*) FROM customers"))
+"#,
+    );
+    let stdout = succeeded(&python(&script).await);
+    assert_shows(
+        &stdout,
+        &[
+            "cast error 22P02 ERROR:  invalid text representation (wirewarden:",
+            "date error 22007",
+            "typo error 42703 ERROR:  column \"nme\" does not exist",
+            "zero error 22012 ERROR:  division by zero (wirewarden:",
+            "after rows 2 (1)",
+        ],
+    );
+    assert!(!stdout.contains("Ada"), "{stdout}");
+    // The trail keeps the errors as the client saw them.
+    let errors = |kinds: &[AuditEventKind]| -> Vec<String> {
+        kinds
+            .iter()
+            .filter_map(|k| match k {
+                AuditEventKind::CommandCompleted {
+                    error: Some(error), ..
+                } => Some(error.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let kinds = support::kinds_when(g.audit_dir.path(), &g.keys, |k| errors(k).len() >= 4).await;
+    let errors = errors(&kinds);
+    assert!(errors.iter().any(|e| e.contains("22P02")), "{errors:?}");
+    assert!(errors.iter().all(|e| !e.contains("Ada")), "{errors:?}");
+}

@@ -273,11 +273,22 @@ pub(crate) fn mask_row(
 }
 
 /// Masks the text fields of an ErrorResponse or NoticeResponse. `None` when unchanged.
+///
+/// Content detectors find a card number in a message, not a name: under a profile with
+/// column rules, an error of a class whose messages quote the values of rows (see
+/// [`quotes_values`]: `invalid input syntax for type integer: "Ada Lovelace"` for
+/// `SELECT name::int`, a unique violation's `Key (name)=(…)`, a check's `Failing row
+/// contains (…)`) would hand out what the rules mask in rows, and the gateway cannot tell
+/// which column a quoted value came from. Such an error keeps its SQLSTATE, severity and
+/// the names of its schema, table, column, type and constraint (masked by content like any
+/// text); its message becomes the condition the SQLSTATE names, and its detail, hint,
+/// context and internal query are dropped.
 pub(crate) fn mask_error_fields(
     profile: &Profile,
     fields: &ErrorFields,
     counts: &mut MaskedCounts,
 ) -> Result<Option<ErrorFields>, Unmaskable> {
+    let withhold = profile.has_column_rules() && quotes_values(fields.get(b'C'));
     let mut changed = false;
     let mut out = Vec::with_capacity(fields.fields.len());
     for (code, value) in &fields.fields {
@@ -286,6 +297,23 @@ pub(crate) fn mask_error_fields(
         if fixed_vocabulary(*code, value) {
             out.push((*code, value.clone()));
             continue;
+        }
+        if withhold {
+            match code {
+                b'M' => {
+                    changed = true;
+                    out.push((
+                        *code,
+                        bytes::Bytes::from(withheld_message(fields.get(b'C'))),
+                    ));
+                    continue;
+                }
+                b'D' | b'H' | b'W' | b'q' => {
+                    changed = true;
+                    continue;
+                }
+                _ => {}
+            }
         }
         match mask_bytes_as_text(profile, value, counts)? {
             Some(masked) => {
@@ -296,6 +324,62 @@ pub(crate) fn mask_error_fields(
         }
     }
     Ok(changed.then_some(ErrorFields { fields: out }))
+}
+
+/// Whether an error with SQLSTATE `code` may quote values of the rows a statement read:
+/// data exceptions (22: a value that does not convert, is out of range, does not match a
+/// format), integrity and check-option violations (23, 44: the key or the failing row),
+/// errors a function raises (P0, 2F, 38, 39: any text the function chose), foreign-data
+/// errors (HV) and internal errors (XX). An error without a well-formed SQLSTATE counts as
+/// one. The others (syntax, names, permissions, transactions, resources) quote the
+/// statement's own words, not stored values.
+pub(crate) fn quotes_values(code: Option<&bytes::Bytes>) -> bool {
+    match code {
+        Some(c) if is_sqlstate(c) => matches!(
+            &c[..2],
+            b"22" | b"23" | b"44" | b"P0" | b"2F" | b"38" | b"39" | b"HV" | b"XX"
+        ),
+        _ => true,
+    }
+}
+
+/// The message an error of SQLSTATE `code` is given when its own is withheld: the
+/// condition the code names (its class when it is not one of the common ones) and why.
+fn withheld_message(code: Option<&bytes::Bytes>) -> String {
+    let code = code.map(|c| String::from_utf8_lossy(c).into_owned());
+    let condition = match code.as_deref() {
+        Some("22P02") => "invalid text representation",
+        Some("22003") => "numeric value out of range",
+        Some("22007") => "invalid datetime format",
+        Some("22008") => "datetime field overflow",
+        Some("22001") => "string data right truncation",
+        Some("22012") => "division by zero",
+        Some("22023") => "invalid parameter value",
+        Some("22021") => "character not in repertoire",
+        Some("2201B") => "invalid regular expression",
+        Some("22P05") => "untranslatable character",
+        Some("23505") => "unique violation",
+        Some("23503") => "foreign key violation",
+        Some("23502") => "not null violation",
+        Some("23514") => "check violation",
+        Some("23P01") => "exclusion violation",
+        Some("44000") => "with check option violation",
+        Some("P0001") => "raise exception",
+        Some("P0002") => "no data found",
+        Some("P0003") => "too many rows",
+        Some(c) if c.starts_with("22") => "data exception",
+        Some(c) if c.starts_with("23") => "integrity constraint violation",
+        Some(c) if c.starts_with("P0") => "PL/pgSQL error",
+        Some(c) if c.starts_with("2F") => "SQL routine exception",
+        Some(c) if c.starts_with("38") => "external routine exception",
+        Some(c) if c.starts_with("39") => "external routine invocation exception",
+        Some(c) if c.starts_with("HV") => "foreign data wrapper error",
+        _ => "internal error",
+    };
+    format!(
+        "{condition} (wirewarden: the server's message is withheld, it may quote a value \
+         this session's column rules mask)"
+    )
 }
 
 /// Whether `value` is a SQLSTATE: five digits or upper-case letters.
@@ -439,6 +523,65 @@ mod tests {
         assert!(fixed_vocabulary(b'C', b"XX000"));
         assert!(!fixed_vocabulary(b'C', b"xx000"));
         assert!(!fixed_vocabulary(b'V', b"FEHLER"));
+    }
+
+    #[test]
+    fn under_column_rules_errors_that_quote_values_keep_only_their_condition() {
+        let ruled = Profile::builder("ruled")
+            .rule(FieldRule::new(Selector::column("name"), Strategy::redact()))
+            .build()
+            .unwrap();
+        let plain = Profile::builder("plain").build().unwrap();
+        let name = "Ada Lovelace";
+        let conversion = ErrorFields::new(
+            "ERROR",
+            "22P02",
+            format!("invalid input syntax for type integer: \"{name}\""),
+        )
+        .with(b'V', "ERROR")
+        .with(b'W', format!("SQL function \"f\" statement 1: {name}"));
+        let unique = ErrorFields::new("ERROR", "23505", "duplicate key value")
+            .with(b'D', format!("Key (name)=({name}) already exists."))
+            .with(b'H', name)
+            .with(b'q', format!("SELECT '{name}'"))
+            .with(b't', "customers")
+            .with(b'n', "customers_name_key");
+        let mut counts = MaskedCounts::new();
+        for fields in [&conversion, &unique] {
+            let masked = mask_error_fields(&ruled, fields, &mut counts)
+                .unwrap()
+                .expect("withheld");
+            assert!(!format!("{masked:?}").contains(name), "{masked:?}");
+            assert_eq!(masked.code(), fields.code());
+            let message = String::from_utf8_lossy(masked.get(b'M').unwrap()).into_owned();
+            assert!(message.contains("wirewarden"), "{message}");
+            for gone in [b'D', b'H', b'W', b'q'] {
+                assert!(masked.get(gone).is_none());
+            }
+            // Without column rules, content masking alone applies: a name is no detected
+            // value, so the message stands.
+            assert!(mask_error_fields(&plain, fields, &mut counts).unwrap().is_none());
+        }
+        let masked = mask_error_fields(&ruled, &unique, &mut counts)
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(masked.get(b'M').unwrap()).starts_with("unique violation")
+        );
+        assert_eq!(masked.get(b't').map(|b| &b[..]), Some(&b"customers"[..]));
+        assert_eq!(
+            masked.get(b'n').map(|b| &b[..]),
+            Some(&b"customers_name_key"[..])
+        );
+        // Errors about the statement's own words keep their message.
+        let undefined = ErrorFields::new("ERROR", "42703", "column \"nme\" does not exist")
+            .with(b'H', "Perhaps you meant to reference the column \"customers.name\".");
+        assert!(mask_error_fields(&ruled, &undefined, &mut counts).unwrap().is_none());
+        // No SQLSTATE, or a malformed one: counted as quoting values.
+        assert!(quotes_values(None));
+        assert!(quotes_values(Some(&bytes::Bytes::from_static(b"bogus"))));
+        assert!(quotes_values(Some(&bytes::Bytes::from_static(b"XX000"))));
+        assert!(!quotes_values(Some(&bytes::Bytes::from_static(b"42P01"))));
     }
 
     #[test]

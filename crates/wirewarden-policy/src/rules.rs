@@ -94,6 +94,8 @@ struct RawRule {
     #[serde(default)]
     channels: Vec<String>,
     #[serde(default)]
+    require_objects: bool,
+    #[serde(default)]
     days: Option<Vec<String>>,
     #[serde(default)]
     hours: Option<String>,
@@ -183,8 +185,17 @@ struct Rule {
     #[serde(skip)]
     verb_patterns: Vec<Glob>,
     objects: Vec<(ObjectKind, Vec<Glob>)>,
+    /// An allow rule with it matches only commands that touch at least one object of each
+    /// kind it lists. Left out of the policy version when off, so existing rule sets keep
+    /// theirs.
+    #[serde(skip_serializing_if = "is_false")]
+    require_objects: bool,
     when: Option<TimeWindow>,
     outcome: Outcome,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Whether `glob` can match a name whose first byte is `first`: a pattern that starts with a
@@ -299,12 +310,14 @@ impl Rule {
             // glob that matches every name, or by a rule that also lists the functions it
             // allows (each of which the command must then call).
             let ok = if widens {
+                let mut touched = false;
                 names.all(|n| {
+                    touched = true;
                     any_glob(globs, n)
                         || (*kind == ObjectKind::Relation
                             && n == ObjectRef::ANY_RELATION
                             && self.lists_functions())
-                })
+                }) && (touched || !self.require_objects)
             } else {
                 names.any(|n| restricts(globs, *kind, n))
             };
@@ -425,6 +438,30 @@ fn compile_rule(raw: RawRule) -> Result<Rule> {
             }
         }
     };
+    if raw.require_objects {
+        if !matches!(outcome, Outcome::Allow { .. }) {
+            return Err(invalid(
+                "`require_objects` applies to allow rules (a deny or review rule fires only on \
+                 an object it lists)"
+                    .into(),
+            ));
+        }
+        if [
+            &raw.relations,
+            &raw.keys,
+            &raw.paths,
+            &raw.functions,
+            &raw.channels,
+        ]
+        .iter()
+        .all(|v| v.is_empty())
+        {
+            return Err(invalid(
+                "`require_objects` needs `relations`, `keys`, `paths`, `functions` or `channels`"
+                    .into(),
+            ));
+        }
+    }
     let mut protocols = raw.protocols;
     protocols.sort();
     protocols.dedup();
@@ -464,6 +501,7 @@ fn compile_rule(raw: RawRule) -> Result<Rule> {
         verb_names,
         verb_patterns,
         objects,
+        require_objects: raw.require_objects,
         when,
         outcome,
     })

@@ -518,3 +518,77 @@ fn unrouted_requests_are_unknown_and_only_rules_naming_unknown_take_them() {
     );
     assert_eq!(decided(&d), ("unrouted", "review"));
 }
+
+/// An allow rule's object lists pass a command that touches no object of the kind (it
+/// covers every one of none): `relations = ["notes"]` allows `SELECT 1`, and would allow a
+/// statement whose relation the classifier missed. `require_objects = true` makes such a
+/// rule match only commands that touch at least one object of each kind it lists.
+#[test]
+fn allow_rules_can_require_the_objects_they_list() {
+    let policy = |require: bool| {
+        format!(
+            r#"
+[[rule]]
+id = "notes"
+groups = ["analysts"]
+max_class = "read"
+relations = ["notes"]
+require_objects = {require}
+action = "allow"
+"#
+        )
+    };
+    let pg = target(Protocol::Postgres);
+    let on = |relations: &[&str], functions: &[&str]| {
+        let mut c = Command::new(Protocol::Postgres, "SELECT", CommandClass::Read, "SELECT …")
+            .unwrap();
+        for r in relations {
+            c.push_object(ObjectRef::new(ObjectKind::Relation, *r, Access::Read));
+        }
+        for f in functions {
+            c.push_object(ObjectRef::new(ObjectKind::Function, *f, Access::Execute));
+        }
+        c
+    };
+    let vacuous = engine(&policy(false));
+    let strict = engine(&policy(true));
+    for (command, loose, required) in [
+        (on(&[], &[]), "allow", "deny"),
+        (on(&[], &["now"]), "allow", "deny"),
+        (on(&["notes"], &[]), "allow", "allow"),
+        (on(&["notes", "customers"], &[]), "deny", "deny"),
+        (on(&["customers"], &[]), "deny", "deny"),
+    ] {
+        assert_eq!(
+            decide(&vacuous, &analyst(), &pg, &command).outcome(),
+            loose,
+            "{:?}",
+            command.objects
+        );
+        assert_eq!(
+            decide(&strict, &analyst(), &pg, &command).outcome(),
+            required,
+            "{:?}",
+            command.objects
+        );
+    }
+    // Off, the rule set's version is what it was before the option existed.
+    let without = policy(false).replace("require_objects = false\n", "");
+    assert_eq!(engine(&without).version(), vacuous.version());
+    assert_ne!(strict.version(), vacuous.version());
+
+    // Only an allow rule can widen on an object it does not see, and the option needs a list.
+    for (bad, says) in [
+        (
+            "[[rule]]\nid = \"r\"\nrelations = [\"x\"]\nrequire_objects = true\naction = \"deny\"\n",
+            "applies to allow rules",
+        ),
+        (
+            "[[rule]]\nid = \"r\"\nrequire_objects = true\naction = \"allow\"\n",
+            "needs `relations`",
+        ),
+    ] {
+        let e = RuleEngine::from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains(says), "{e}");
+    }
+}

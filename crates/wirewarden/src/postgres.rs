@@ -39,8 +39,10 @@
 //!    [`PostgresTarget::stream_recheck`] or a grant active at the time has expired since,
 //!    and, when no notification comes, at that interval or that expiry (a timer armed only
 //!    while the session listens); refused now, the client reads a `FATAL` error (SQLSTATE `42501`) and the connection
-//!    closes ([`SessionEndReason::SubscriptionWithdrawn`]). A notification on a channel no
-//!    decision stands behind (a `LISTEN` run inside a function) is withheld.
+//!    closes ([`SessionEndReason::SubscriptionWithdrawn`]). A channel counts once the server
+//!    completed its `LISTEN` and the transaction committed; one that failed or rolled back
+//!    (to a savepoint too) leaves no channel, and `UNLISTEN` likewise. A notification on a
+//!    channel no decision stands behind (a `LISTEN` run inside a function) is withheld.
 //! 7. **The end.** Besides the client leaving or the upstream closing, the session ends
 //!    when its credential expires (`SessionEndReason::CredentialExpired`) and when replaced
 //!    revocation lists refuse its client certificate (`CredentialRevoked`, through the
@@ -82,7 +84,7 @@ use wirewarden_postgres::{
 use wirewarden_sql::Classifier;
 
 use self::catalog::Catalog;
-use self::listens::Listens;
+use self::listens::{Listening, Listens};
 use self::outbound::{ColumnPlan, Unmaskable};
 use self::upstream::BoxIo;
 use crate::listen::Dial;
@@ -903,6 +905,9 @@ struct Pending {
     effects: VecDeque<Effect>,
     /// What its statements do to the transaction, in order, not yet answered.
     txn: VecDeque<TxnOp>,
+    /// What its statements do to the channels the session listens on, with the decision
+    /// they were allowed under, not yet answered.
+    channels: Option<Box<listens::Staged>>,
 }
 
 #[derive(Debug)]
@@ -921,14 +926,15 @@ struct Shared {
     answered: StdMutex<Answered>,
     answered_wake: tokio::sync::Notify,
     /// The channels the session listens on, with the decisions their notifications go out
-    /// under.
+    /// under, and the changes to them the transaction under way made: written by the
+    /// responses side as the server answers.
     listens: StdMutex<Listens>,
     /// Set, and `withdrawn_wake` woken, when policy no longer allows a channel the session
     /// listens on: the session ends.
     withdrawn: StdMutex<Option<SessionEndReason>>,
     withdrawn_wake: tokio::sync::Notify,
-    /// Woken when a statement changed the channels: the timer for channels with no
-    /// notification is set again.
+    /// Woken when a committed transaction changed the channels: the timer for channels
+    /// with no notification is set again.
     listens_changed: tokio::sync::Notify,
 }
 
@@ -1047,8 +1053,8 @@ enum Ask<'a> {
 }
 
 /// What a `Parse` policy allowed keeps for its executions: the command and decision, to
-/// decide later executions again, and what the statement does to names when it runs.
-type Kept = (Command, Decision, Option<Arc<wirewarden_sql::Analysis>>);
+/// decide later executions again, and what the statement does when it runs.
+type Kept = (Command, Decision, Option<Arc<Runs>>);
 
 /// The parameters `Bind` gives one execution.
 struct Bound<'a> {
@@ -1127,9 +1133,18 @@ struct Allowed {
     sql: Bytes,
     command: Command,
     decision: Decision,
-    /// What the statement does to names when it runs (`PREPARE`, `DECLARE` …), if
-    /// anything: applied at each execution, not at `Parse`, which runs nothing.
-    effects: Option<Arc<wirewarden_sql::Analysis>>,
+    /// What the statement does when it runs, if anything: applied at each execution, not
+    /// at `Parse`, which runs nothing.
+    effects: Option<Arc<Runs>>,
+}
+
+/// What a statement a `Parse` prepared does when it runs, besides returning rows.
+struct Runs {
+    /// To names (`PREPARE`, `DECLARE` …), if anything: see [`Named::apply`].
+    names: Option<wirewarden_sql::Analysis>,
+    /// To the channels the session listens on (`LISTEN`, `UNLISTEN`, `DISCARD ALL`), with
+    /// the decision the `Parse` took: each execution carries it for the server's answer.
+    channels: Option<listens::Staged>,
 }
 
 /// A statement prepared by this session's `Parse`, as the gateway decided it.
@@ -1148,13 +1163,9 @@ enum Prepared {
 enum Portal {
     /// Runs under this profile and intent: the first execution of a statement just
     /// allowed, or an execution decided (or approved) on its own. A later `Execute` fetches
-    /// more of its rows; it runs nothing new. The statement's effects on names, if it has
-    /// any, until its first `Execute` applies them.
-    Running(
-        Arc<Profile>,
-        CommandId,
-        Option<Arc<wirewarden_sql::Analysis>>,
-    ),
+    /// more of its rows; it runs nothing new. What the statement does to names and
+    /// channels, if anything, until its first `Execute` carries it.
+    Running(Arc<Profile>, CommandId, Option<Arc<Runs>>),
     /// A later execution of an allowed statement, and the parameters bound: decided again
     /// at `Execute`, since policy may say otherwise by now (a budget spent, a grant or a
     /// time window over). While it decides the same, it runs under the statement's intent.
@@ -1343,9 +1354,9 @@ impl Relay {
     /// execution's rows, and runs nothing new; one of a cursor (a portal no `Bind` made) is
     /// another `FETCH`, decided again.
     ///
-    /// `run` is what the statement does to names, applied now that it runs; what
-    /// [`decide`](Self::decide) applied is in `named` already. The execution carries those
-    /// changes for the server's answer.
+    /// `run` is what the statement does to names and channels, applied now that it runs;
+    /// what [`decide`](Self::decide) applied or staged is in `named` already. The execution
+    /// carries those changes for the server's answer.
     #[allow(clippy::too_many_arguments)]
     fn run_portal(
         &self,
@@ -1353,13 +1364,18 @@ impl Relay {
         classifier: &mut Classifier,
         portal: &Bytes,
         (profile, id): (Arc<Profile>, CommandId),
-        run: Option<&wirewarden_sql::Analysis>,
+        run: Option<&Runs>,
         msg: &FrontendMessage,
         frame: &Frame,
         out: &mut BytesMut,
     ) -> Result<()> {
-        if let Some(analysis) = run {
-            named.apply(analysis, classifier);
+        if let Some(run) = run {
+            if let Some(analysis) = &run.names {
+                named.apply(analysis, classifier);
+            }
+            if let Some(staged) = &run.channels {
+                named.channels = Some(Box::new(staged.clone()));
+            }
         }
         if let Some(bound) = named.portals.get_mut(portal) {
             *bound = Portal::Running(profile.clone(), id, None);
@@ -1502,12 +1518,14 @@ impl Relay {
         }
     }
 
-    /// A forwarded command, carrying the changes to names its statements make.
+    /// A forwarded command, carrying the changes to names and channels its statements
+    /// make.
     fn command(&self, id: CommandId, profile: Arc<Profile>, named: &mut Named) -> Item {
         let mut item = self.pending(id, profile);
         if let Item::Command(p) = &mut item {
             p.effects = std::mem::take(&mut named.effects);
             p.txn = std::mem::take(&mut named.txn);
+            p.channels = named.channels.take();
         }
         item
     }
@@ -1526,6 +1544,7 @@ impl Relay {
             withheld: false,
             effects: VecDeque::new(),
             txn: VecDeque::new(),
+            channels: None,
         })
     }
 
@@ -2081,8 +2100,8 @@ impl Relay {
         let command_id = CommandId::new();
         // A statement read in the turn the credential expired (the expiry timer ends the
         // session) is refused without asking policy, on record like any denial.
-        // What the statements do to the channels the session listens on, taken on with
-        // their decision if they go ahead.
+        // What the statements do to the channels the session listens on, carried with
+        // their decision if they go ahead, and made when the server commits them.
         let channels = listens::changes(&analysis);
         let (decision, policy_version, mut opened) = if self.principal.is_expired_at(now) {
             let deny = Decision::Deny {
@@ -2148,8 +2167,17 @@ impl Relay {
                             named.apply(&analysis, classifier);
                         }
                         if let (Some(kept), Some(decision)) = (kept, kept_decision) {
-                            let effects =
-                                names::acts_on_names(&analysis).then(|| Arc::new(analysis));
+                            let staged = opened.clone().map(|opened| listens::Staged {
+                                changes: channels.iter().cloned().collect(),
+                                opened,
+                            });
+                            let names = names::acts_on_names(&analysis).then_some(analysis);
+                            let effects = (names.is_some() || staged.is_some()).then(|| {
+                                Arc::new(Runs {
+                                    names,
+                                    channels: staged,
+                                })
+                            });
                             *kept = Some((command, decision, effects));
                         }
                         Verdict::Forward(profile, command_id)
@@ -2187,14 +2215,17 @@ impl Relay {
             Scs::known(classifier.standard_conforming_strings()) as u8,
             Ordering::Release,
         );
-        // `opened` is there exactly when the statements change the channels.
-        if let (Verdict::Forward(profile, id), Some(o)) = (&verdict, opened.as_mut()) {
+        // `opened` is there exactly when the statements change the channels. What runs now
+        // carries them (a `Parse` keeps them for its executions, above).
+        if let (Verdict::Forward(..), Some(mut opened)) = (&verdict, opened)
+            && !prepare
+        {
             // Decided now, after a review's wait.
-            o.decided = Instant::now();
-            if let Ok(mut l) = self.shared.listens.lock() {
-                l.apply(&channels, *id, profile, o);
-            }
-            self.shared.listens_changed.notify_one();
+            opened.decided = Instant::now();
+            named.channels = Some(Box::new(listens::Staged {
+                changes: channels.into(),
+                opened,
+            }));
         }
         verdict
     }
@@ -2341,6 +2372,20 @@ impl Relay {
             if up.read_buf(&mut buf).await.map_err(Error::upstream_io)? == 0 {
                 return Err(Error::Closed("upstream"));
             }
+        }
+    }
+
+    /// The server is outside any transaction: the changes to channels the last one made
+    /// are made if it committed, dropped if not, and the timer for channels with no
+    /// notification is set again if they changed.
+    fn between_transactions(&self) {
+        let changed = self
+            .shared
+            .listens
+            .lock()
+            .is_ok_and(|mut l| l.between_transactions());
+        if changed {
+            self.shared.listens_changed.notify_one();
         }
     }
 
@@ -2787,6 +2832,32 @@ impl Relay {
                         if p.txn.front().is_some_and(|o| o.answered_by(tag)) {
                             op = p.txn.pop_front();
                         }
+                        // A change to the channels the server completed: made when its
+                        // transaction commits.
+                        if let Some(staged) = p.channels.as_mut()
+                            && staged.changes.front().is_some_and(|c| c.answered_by(tag))
+                            && let Some(change) = staged.changes.pop_front()
+                            && let Ok(mut l) = self.shared.listens.lock()
+                        {
+                            let listening = Listening {
+                                id: p.id,
+                                profile: p.profile.clone(),
+                                opened: staged.opened.clone(),
+                            };
+                            l.completed(change, listening);
+                        }
+                    }
+                    if matches!(
+                        tag.as_ref(),
+                        b"COMMIT"
+                            | b"ROLLBACK"
+                            | b"SAVEPOINT"
+                            | b"RELEASE"
+                            | b"PREPARE TRANSACTION"
+                    ) && let Ok(mut l) = self.shared.listens.lock()
+                        && l.transaction(tag, op.as_ref())
+                    {
+                        self.shared.listens_changed.notify_one();
                     }
                     // A transaction's end, or a rollback, for the portals and cursors it
                     // made.
@@ -2805,6 +2876,9 @@ impl Relay {
             BackendMessage::ErrorResponse(fields) => {
                 if let Ok(mut a) = self.shared.answered.lock() {
                     a.failed();
+                }
+                if let Ok(mut l) = self.shared.listens.lock() {
+                    l.failed();
                 }
                 let mut q = self
                     .shared
@@ -2903,10 +2977,11 @@ impl Relay {
             BackendMessage::ReadyForQuery(status) => {
                 st.discarding = false;
                 st.plans = None;
-                if status == wirewarden_postgres::TransactionStatus::Idle
-                    && let Ok(mut a) = self.shared.answered.lock()
-                {
-                    a.idle();
+                if status == wirewarden_postgres::TransactionStatus::Idle {
+                    if let Ok(mut a) = self.shared.answered.lock() {
+                        a.idle();
+                    }
+                    self.between_transactions();
                 }
                 st.out.extend_from_slice(frame.as_bytes());
             }
@@ -2923,6 +2998,9 @@ impl Relay {
                 channel,
                 payload,
             } => {
+                // The server sends notifications only outside a transaction: what the last
+                // one did to the channels is settled.
+                self.between_transactions();
                 let Some((id, profile)) = self.listening(&channel).await? else {
                     // No decision stands behind this channel: withheld.
                     Metrics::add(&self.proxy.pipeline.metrics().results_withheld, 1);
@@ -3185,6 +3263,7 @@ mod tests {
             withheld: false,
             effects: VecDeque::new(),
             txn: VecDeque::new(),
+            channels: None,
         };
         record(&mut p, 10, "12345");
         record(&mut p, 10, "67890");

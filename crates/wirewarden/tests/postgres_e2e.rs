@@ -2351,6 +2351,131 @@ except Exception as e:
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// `LISTEN` needs a grant; reads (and transaction control) are allowed without one.
+const LISTEN_NEEDS_A_GRANT: &str = r#"
+[[rule]]
+id = "feeds-need-a-grant"
+verbs = ["LISTEN"]
+action = "review"
+reviewers = ["ops"]
+timeout = "20s"
+
+[[rule]]
+id = "analysts-read"
+groups = ["analysts"]
+max_class = "read"
+action = "allow"
+"#;
+
+/// A `LISTEN` the server did not make leaves no channel behind: one it refused (in a
+/// failed transaction), one rolled back, one rolled back to a savepoint, and one whose
+/// implicit transaction failed. Once the grant that allowed them has expired, the session
+/// goes on (it used to end, for channels the server was not listening on), and the server
+/// listens on nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_that_failed_or_rolled_back_does_not_end_with_its_grant() {
+    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, LISTEN_NEEDS_A_GRANT).await;
+    let grant = support::read_grant("analyst-1", "crm", Duration::from_secs(2));
+    g.pipeline.grants().issue(grant).await.unwrap();
+    let body = r#"
+import time
+conn.execute("BEGIN")
+for sql in ("SELECT 1/0", "LISTEN refused"):
+    show(sql, pg.exec_(sql.encode()))
+conn.execute("ROLLBACK")
+conn.execute("BEGIN")
+conn.execute("LISTEN rolled_back")
+conn.execute("ROLLBACK")
+conn.execute("BEGIN")
+conn.execute("SAVEPOINT s")
+conn.execute("LISTEN to_savepoint")
+conn.execute("ROLLBACK TO SAVEPOINT s")
+conn.execute("COMMIT")
+show("implicit", pg.exec_(b"LISTEN implicit; SELECT 1/0"))
+# Past the grant's expiry, and the decision it would be taken again at.
+time.sleep(4)
+try:
+    rows = conn.execute("SELECT count(*) FROM pg_listening_channels()").fetchall()
+    print("listening on", rows[0][0])
+except Exception as e:
+    print("ended:", type(e).__name__, str(e).replace("\n", " "))
+"#;
+    let out = python(&psycopg_script(g.addr.port(), body)).await;
+    let stdout = text(&out.stdout);
+    let context = || format!("stdout: {stdout}\nstderr: {}", text(&out.stderr));
+    assert!(
+        stdout.contains("LISTEN refused error 25P02"),
+        "{}",
+        context()
+    );
+    assert!(stdout.contains("implicit error 22012"), "{}", context());
+    assert!(
+        stdout.lines().any(|l| l == "listening on 0"),
+        "{}",
+        context()
+    );
+    let kinds = support::kinds_when(g.audit_dir.path(), &g.keys, |k| {
+        k.iter()
+            .any(|k| matches!(k, AuditEventKind::SessionEnded { .. }))
+    })
+    .await;
+    for channel in ["refused", "rolled_back", "to_savepoint"] {
+        decided_id(&kinds, &format!("LISTEN {channel}"));
+    }
+    assert_eq!(support::withdrawn(&kinds), None);
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
+/// A `LISTEN` committed in a transaction block, and one made in a transaction that rolled
+/// back to a savepoint taken after it, still end with the grant that allowed them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_committed_in_a_transaction_ends_with_its_grant() {
+    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, LISTEN_NEEDS_A_GRANT).await;
+    let grant = support::read_grant("analyst-1", "crm", Duration::from_secs(2));
+    g.pipeline.grants().issue(grant).await.unwrap();
+    let body = r#"
+conn.execute("BEGIN")
+conn.execute("LISTEN kept")
+conn.execute("SAVEPOINT s")
+conn.execute("LISTEN dropped")
+conn.execute("ROLLBACK TO SAVEPOINT s")
+conn.execute("COMMIT")
+print("listening on", conn.execute("SELECT count(*) FROM pg_listening_channels()").fetchall()[0][0])
+try:
+    for _ in range(60):
+        for n in conn.notifies(timeout=0.5, stop_after=1):
+            print("unexpected:", n)
+    print("never withdrawn")
+except Exception as e:
+    print("withdrawn:", type(e).__name__, str(e).replace("\n", " "))
+"#;
+    let out = python(&psycopg_script(g.addr.port(), body)).await;
+    let stdout = text(&out.stdout);
+    let context = || format!("stdout: {stdout}\nstderr: {}", text(&out.stderr));
+    assert!(
+        stdout.lines().any(|l| l == "listening on 1"),
+        "{}",
+        context()
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("withdrawn: OperationalError")),
+        "{}",
+        context()
+    );
+    let kinds = support::kinds_when(g.audit_dir.path(), &g.keys, |k| {
+        support::withdrawn(k).is_some()
+    })
+    .await;
+    let kept = decided_id(&kinds, "LISTEN kept");
+    assert_eq!(
+        support::withdrawn(&kinds),
+        Some((kept, "feeds-need-a-grant".to_owned()))
+    );
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// Reads of the notes table, and nothing else: a statement that reads another relation is
 /// refused.
 const READ_NOTES: &str = r#"

@@ -257,6 +257,10 @@ pub(super) struct Named {
     /// What [`apply`](Self::apply) found the statements do to the transaction, for the
     /// statement that carries them.
     pub(super) txn: VecDeque<TxnOp>,
+    /// What the statement just allowed to run does to the channels the session listens on,
+    /// with its decision, for the execution that carries it (staged here beside
+    /// [`effects`](Self::effects) and [`txn`](Self::txn), and taken with them).
+    pub(super) channels: Option<Box<super::listens::Staged>>,
     /// The request that ended the last batch (a `Sync` or simple query): a decision that
     /// reads a portal or cursor made earlier waits until it is answered.
     pub(super) batch_end: Option<wirewarden_postgres::RequestId>,
@@ -329,6 +333,7 @@ impl Default for Named {
             dropped: Vec::new(),
             effects: VecDeque::new(),
             txn: VecDeque::new(),
+            channels: None,
             batch_end: None,
             boundary: None,
         }

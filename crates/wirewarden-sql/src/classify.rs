@@ -824,6 +824,37 @@ fn relation_at(
     Some(j)
 }
 
+/// A table named as the grammar's `relation_expr` at `i` (`name`, `name *`, `ONLY name` or
+/// `ONLY ( name )`), recorded as [`relation_at`] records it; the index after it. `None` for
+/// what the grammar does not allow there (`ONLY name *`, `ONLY ( name * )`, `ONLY ((name))`).
+fn relation_expr_at(
+    toks: &[Token<'_>],
+    i: usize,
+    access: Access,
+    scope: &Scope<'_>,
+    out: &mut Out,
+) -> Option<usize> {
+    // ONLY is reserved: unquoted, it never names a table.
+    if !is_kw(toks, i, "only") {
+        return relation_at(toks, i, access, scope, out);
+    }
+    let i = i.saturating_add(1);
+    let parens = kind_at(toks, i) == Some(TokenKind::LParen);
+    let at = if parens { i.saturating_add(1) } else { i };
+    let (_, _, end) = qualified_name(toks, at)?;
+    let after = if parens {
+        (kind_at(toks, end) == Some(TokenKind::RParen)).then(|| end.saturating_add(1))?
+    } else {
+        // `ONLY name *` is a syntax error: only one of the two may be said.
+        (!toks
+            .get(end)
+            .is_some_and(|t| t.kind == TokenKind::Op && t.text == "*"))
+        .then_some(end)?
+    };
+    relation_at(toks, at, access, scope, out)?;
+    Some(after)
+}
+
 fn skip_kw(toks: &[Token<'_>], mut i: usize, words: &[&str]) -> usize {
     while words.iter().any(|w| is_kw(toks, i, w)) {
         i = i.saturating_add(1);
@@ -1091,10 +1122,9 @@ fn analyze_query(toks: &[Token<'_>], scope: &Scope<'_>, out: &mut Out) -> Option
         }
         "update" if lead == 0 => {
             out.raise(Write);
-            let j = skip_kw(rest, 1, &["only"]);
             (
                 Main::Update,
-                relation_at(rest, j, Access::Write, scope, out)?,
+                relation_expr_at(rest, 1, Access::Write, scope, out)?,
             )
         }
         "delete" if lead == 0 => {
@@ -1102,10 +1132,9 @@ fn analyze_query(toks: &[Token<'_>], scope: &Scope<'_>, out: &mut Out) -> Option
             if !is_kw(rest, 1, "from") {
                 return None;
             }
-            let j = skip_kw(rest, 2, &["only"]);
             (
                 Main::Delete,
-                relation_at(rest, j, Access::Write, scope, out)?,
+                relation_expr_at(rest, 2, Access::Write, scope, out)?,
             )
         }
         "merge" if lead == 0 => {
@@ -1113,8 +1142,7 @@ fn analyze_query(toks: &[Token<'_>], scope: &Scope<'_>, out: &mut Out) -> Option
             if !is_kw(rest, 1, "into") {
                 return None;
             }
-            let j = skip_kw(rest, 2, &["only"]);
-            let mut j = relation_at(rest, j, Access::Write, scope, out)?;
+            let mut j = relation_expr_at(rest, 2, Access::Write, scope, out)?;
             // [AS] alias, then USING <source>.
             j = skip_kw(rest, j, &["as"]);
             if !is_kw(rest, j, "using") {
@@ -1206,16 +1234,18 @@ fn scan_query(
                 let word = kw(toks, i);
                 let top = *stack.last()?;
                 if word.as_deref() == Some("table") {
-                    // `TABLE [ONLY] name [*]` is a query wherever it stands: a statement, an
-                    // operand of UNION, INTERSECT or EXCEPT, the source of an INSERT, a
-                    // parenthesised subquery. TABLE is reserved, so it is nothing else here.
-                    let j = skip_kw(toks, i.saturating_add(1), &["only"]);
-                    if toks.get(j).is_some_and(|t| {
+                    // `TABLE name [*]`, `TABLE ONLY name` or `TABLE ONLY (name)` is a query
+                    // wherever it stands: a statement, an operand of UNION, INTERSECT or
+                    // EXCEPT, the source of an INSERT, a parenthesised subquery. TABLE is
+                    // reserved, so it is nothing else here.
+                    let j = i.saturating_add(1);
+                    let name = skip_kw(toks, j, &["only"]);
+                    if toks.get(name).is_some_and(|t| {
                         t.kind == TokenKind::Ident && tables::is_reserved_keyword(&Kw::new(t.text))
                     }) {
                         return None;
                     }
-                    i = relation_at(toks, j, Access::Read, scope, out)?;
+                    i = relation_expr_at(toks, j, Access::Read, scope, out)?;
                     set_top(&mut stack, false, false);
                     continue;
                 }

@@ -318,6 +318,12 @@ const CORPUS: &[&str] = &[
     "ALTER TABLE ONLY (tablespace) ADD COLUMN z int",
     "BEGIN; LOCK TABLE ONLY (if), tablespace IN SHARE MODE; COMMIT",
     "TRUNCATE if, ONLY (tablespace)",
+    "UPDATE ONLY (u) SET w = 'o' WHERE id = 1",
+    "UPDATE ONLY (public.u) AS x SET w = t.v FROM t WHERE x.id = t.id",
+    "DELETE FROM ONLY (u) WHERE id = 1",
+    "DELETE FROM ONLY (u) x USING t WHERE x.id = t.id",
+    "MERGE INTO ONLY (u) USING t ON u.id = t.id WHEN MATCHED THEN DO NOTHING",
+    "TABLE ONLY (t)",
     "CREATE VIEW v1 AS SELECT * FROM secrets",
     "CREATE OR REPLACE VIEW v1 AS SELECT * FROM secrets",
     "CREATE SCHEMA s1",
@@ -448,6 +454,33 @@ fn texts_the_server_cannot_lex_are_unknown() {
             analysis.error.is_some(),
             "{sql:?}: we should fail to lex, the server did ({msg})"
         );
+    }
+}
+
+/// `relation_expr` forms the grammar refuses in a DML target (it lexes them): the server
+/// fails them as syntax errors, and they are not understood here either.
+const REFUSED_TARGETS: &[&str] = &[
+    "UPDATE ONLY u * SET w = 'x'",
+    "UPDATE ONLY (u *) SET w = 'x'",
+    "UPDATE ONLY ((u)) SET w = 'x'",
+    "DELETE FROM ONLY u * WHERE true",
+    "TABLE ONLY (t *)",
+];
+
+#[test]
+fn dml_targets_the_grammar_refuses_are_unknown() {
+    let pg = Postgres::builder().start().expect("postgres starts");
+    let mut client = Client::connect(&pg);
+    let fixture = client.simple_query(FIXTURE);
+    assert!(fixture.error.is_none(), "fixture: {:?}", fixture.error);
+    for sql in REFUSED_TARGETS {
+        let reply = client.simple_query(sql);
+        let (code, msg) = reply
+            .error
+            .unwrap_or_else(|| panic!("server accepted {sql:?}"));
+        assert_eq!(code, "42601", "{sql:?}: {msg}");
+        let analysis = Classifier::new().classify(sql);
+        assert_eq!(analysis.class(), CommandClass::Unknown, "{sql:?}");
     }
 }
 

@@ -1311,3 +1311,48 @@ fn a_quoted_standard_conforming_strings_makes_it_unknown() {
     cl.record(&a);
     assert_eq!(cl.standard_conforming_strings(), None);
 }
+
+/// `relation_expr` as DML writes it: `ONLY ( name )` is a table like `ONLY name`, and what
+/// the grammar refuses there (`ONLY name *`, a star or a second pair of parentheses inside)
+/// is not understood.
+#[test]
+fn only_in_parentheses_names_the_table() {
+    assert_eq!(writes("UPDATE ONLY (secret) SET a = 1"), vec!["secret"]);
+    assert_eq!(class("UPDATE ONLY (secret) SET a = 1"), Write);
+    assert_eq!(
+        writes("UPDATE ONLY (public.secret) AS s SET a = 1 FROM other WHERE s.id = other.id"),
+        vec!["public.secret"]
+    );
+    assert_eq!(
+        reads("UPDATE ONLY (secret) s SET a = 1 FROM other WHERE s.id = other.id"),
+        vec!["other"]
+    );
+    assert_eq!(
+        writes("DELETE FROM ONLY (secret) WHERE id = 1"),
+        vec!["secret"]
+    );
+    let s = one("DELETE FROM ONLY (secret) AS s USING other WHERE s.id = other.id");
+    assert_eq!(s.class, Write);
+    assert_eq!(s.writes().collect::<Vec<_>>(), vec!["secret"]);
+    assert_eq!(s.reads().collect::<Vec<_>>(), vec!["other"]);
+    assert_eq!(
+        writes("MERGE INTO ONLY (secret) USING other ON true WHEN MATCHED THEN DO NOTHING"),
+        vec!["secret"]
+    );
+    assert_eq!(reads("TABLE ONLY (secret)"), vec!["secret"]);
+    assert_eq!(reads("SELECT 1 UNION TABLE ONLY (secret)"), vec!["secret"]);
+    assert_eq!(writes("UPDATE ONLY secret SET a = 1"), vec!["secret"]);
+    assert_eq!(writes("UPDATE secret * SET a = 1"), vec!["secret"]);
+    for sql in [
+        "UPDATE ONLY secret * SET a = 1",
+        "UPDATE ONLY (secret *) SET a = 1",
+        "UPDATE ONLY ((secret)) SET a = 1",
+        "UPDATE ONLY (secret SET a = 1",
+        "UPDATE ONLY (secret, other) SET a = 1",
+        "DELETE FROM ONLY secret * WHERE true",
+        "DELETE FROM ONLY () WHERE true",
+        "TABLE ONLY (secret *)",
+    ] {
+        assert_eq!(class(sql), Unknown, "{sql}");
+    }
+}

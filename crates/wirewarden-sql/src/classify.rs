@@ -53,12 +53,19 @@ pub struct Statement {
 impl Statement {
     /// Whether running it may change `standard_conforming_strings`, and so how the text
     /// after it lexes: a `SET`, `RESET` or `set_config` of it, `RESET ALL`, `DISCARD ALL`.
+    ///
+    /// What writes the setting counts ([`Access::Write`]: the session's value, or the
+    /// server's with `ALTER SYSTEM`, which a reload applies to this session too). A default
+    /// stored for a role or database (`ALTER ROLE … SET`, `ALTER DATABASE … SET`) is
+    /// [`Access::Define`]: it applies to sessions that start later, never to this one, so
+    /// this session's text lexes as before.
     #[must_use]
     pub fn changes_lexing(&self) -> bool {
-        self.objects
-            .iter()
-            .any(|o| o.kind == ObjectKind::Setting && o.name == "standard_conforming_strings")
-            || matches!(self.verb.as_str(), "RESET ALL" | "DISCARD ALL")
+        self.objects.iter().any(|o| {
+            o.kind == ObjectKind::Setting
+                && o.access == Access::Write
+                && o.name == "standard_conforming_strings"
+        }) || matches!(self.verb.as_str(), "RESET ALL" | "DISCARD ALL")
     }
 
     fn names(&self, kind: ObjectKind, access: Access) -> impl Iterator<Item = &str> {
@@ -2438,6 +2445,9 @@ fn alter(toks: &[Token<'_>], out: &mut Out) {
         // `ADD … REFERENCES other` reads other to validate the rows.
         like_and_references(toks, out);
     }
+    if let Some(k) = stored_setting_at(toks, after, words) {
+        set_reset_clause(toks, k, out);
+    }
     let has = |w: &str| find_kw_depth0(toks, after, w).is_some();
     if has("owner")
         || (has("security") && matches!(words, ["function"] | ["procedure"] | ["routine"]))
@@ -2452,6 +2462,78 @@ fn alter(toks: &[Token<'_>], out: &mut Out) {
     }
     // ADD COLUMN … DEFAULT f() runs f for every existing row.
     scan_functions(toks, out);
+}
+
+/// Where the `SET` or `RESET` of an `ALTER ROLE|USER role_spec [IN DATABASE db]` or `ALTER
+/// DATABASE name` that stores a setting's default starts, the object type's words ending
+/// at `after`; `None` for the other forms (`ALTER DATABASE … SET TABLESPACE` moves the
+/// database). Role and database names are one token, so the clause is found by position:
+/// a role named `set` is not taken for the clause.
+fn stored_setting_at(toks: &[Token<'_>], after: usize, words: &[&str]) -> Option<usize> {
+    let mut k = after.saturating_add(1);
+    match words {
+        ["role"] | ["user"] => {
+            if is_kw(toks, k, "in") && is_kw(toks, k.saturating_add(1), "database") {
+                k = k.saturating_add(3);
+            }
+        }
+        ["database"] => {
+            let next = k.saturating_add(1);
+            if is_kw(toks, k, "set")
+                && is_kw(toks, next, "tablespace")
+                && !is_setting_assignment(toks, next)
+            {
+                return None;
+            }
+        }
+        _ => return None,
+    }
+    (is_kw(toks, k, "set") || is_kw(toks, k, "reset")).then_some(k)
+}
+
+/// The grammar's `SetResetClause` at `k` (its `SET` or `RESET`), as `ALTER ROLE` and `ALTER
+/// DATABASE` use it: the default it stores for later sessions is recorded as the setting,
+/// [`Access::Define`] rather than [`Access::Write`], since it does not change the session
+/// that runs it (see [`Statement::changes_lexing`]), and raises the class as setting it
+/// would. The forms that store nothing (`SET TRANSACTION …`, `RESET ALL`) name none; a
+/// setting that cannot be named is not understood.
+fn set_reset_clause(toks: &[Token<'_>], k: usize, out: &mut Out) {
+    let i = k.saturating_add(1);
+    let next = i.saturating_add(1);
+    // The SQL-standard forms are keywords followed by a value; `names = x`, `schema.x = 1`
+    // or `role FROM CURRENT` are the generic form of a setting so named.
+    let special = !is_setting_assignment(toks, i)
+        && kind_at(toks, next) != Some(TokenKind::Dot)
+        && !is_kw(toks, next, "from");
+    let word = kw(toks, i).unwrap_or_default();
+    let fixed = |name: &str| Some(Some(name.to_owned()));
+    let name = match word.as_str() {
+        "time" if special && is_kw(toks, next, "zone") => fixed("timezone"),
+        "session" if special && is_kw(toks, next, "authorization") => {
+            fixed("session_authorization")
+        }
+        _ if is_kw(toks, k, "reset") => match word.as_str() {
+            "all" if special => Some(None),
+            "transaction" if special && is_kw(toks, next, "isolation") => {
+                fixed("transaction_isolation")
+            }
+            _ => setting_name(toks, i).map(Some),
+        },
+        "transaction" | "session" if special => Some(None),
+        "names" if special => fixed("client_encoding"),
+        "schema" if special => fixed("search_path"),
+        "xml" if special && is_kw(toks, next, "option") => fixed("xmloption"),
+        "role" if special => fixed("role"),
+        _ => setting_name(toks, i).map(Some),
+    };
+    match name {
+        Some(Some(name)) => {
+            out.raise(tables::setting_class(&name));
+            out.obj(ObjectKind::Setting, name, Access::Define);
+        }
+        Some(None) => {}
+        None => out.raise(Unknown),
+    }
 }
 
 /// `ATTACH PARTITION p`, `DETACH PARTITION p` and `[NO] INHERIT parent` of an ALTER TABLE

@@ -25,6 +25,8 @@ struct Reply {
     /// SQLSTATE of the ErrorResponse, if any.
     error: Option<(String, String)>,
     empty: bool,
+    /// The settings the server reported (ParameterStatus), name and value.
+    params: Vec<(String, String)>,
 }
 
 struct Client {
@@ -120,6 +122,11 @@ impl Client {
                 b'D' => reply.rows.push(first_cell(&body)),
                 b'E' => reply.error = Some(error_fields(&body)),
                 b'I' => reply.empty = true,
+                b'S' => {
+                    let mut parts = body[..].split(|b| *b == 0).map(cstr);
+                    let name = parts.next().unwrap_or_default();
+                    reply.params.push((name, parts.next().unwrap_or_default()));
+                }
                 b'G' => {
                     // COPY FROM STDIN: send no data.
                     let mut out = BytesMut::new();
@@ -318,6 +325,14 @@ const CORPUS: &[&str] = &[
     "ALTER TABLE ONLY (tablespace) ADD COLUMN z int",
     "BEGIN; LOCK TABLE ONLY (if), tablespace IN SHARE MODE; COMMIT",
     "TRUNCATE if, ONLY (tablespace)",
+    "ALTER ROLE reader SET search_path = public",
+    "ALTER USER reader SET \"Statement_Timeout\" TO 1000",
+    "ALTER ROLE reader IN DATABASE postgres SET work_mem TO '1MB'",
+    "ALTER ROLE ALL IN DATABASE postgres SET work_mem = '2MB'",
+    "ALTER ROLE reader SET TIME ZONE 'UTC'",
+    "ALTER ROLE reader RESET TIME ZONE",
+    "ALTER ROLE reader SET search_path FROM CURRENT",
+    "ALTER ROLE reader RESET ALL",
     "UPDATE ONLY (u) SET w = 'o' WHERE id = 1",
     "UPDATE ONLY (public.u) AS x SET w = t.v FROM t WHERE x.id = t.id",
     "DELETE FROM ONLY (u) WHERE id = 1",
@@ -542,6 +557,56 @@ fn quoted_setting_names_name_the_settings() {
         };
         assert_eq!(setting(set), setting(show), "{set:?}");
     }
+}
+
+/// `ALTER DATABASE … SET` and `ALTER ROLE … SET` store a default for sessions that start
+/// later: the server leaves the session that runs them as it was (no ParameterStatus, the
+/// same `SHOW`), and a new session starts with the default. The classifier names the
+/// setting without taking it for a change to how this session lexes.
+#[test]
+fn stored_defaults_apply_to_later_sessions_only() {
+    let pg = Postgres::builder().start().expect("postgres starts");
+    let mut client = Client::connect(&pg);
+    let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    for sql in [
+        format!(
+            "ALTER DATABASE {} SET standard_conforming_strings = off",
+            quoted(pg.database())
+        ),
+        format!(
+            "ALTER ROLE {} IN DATABASE {} SET standard_conforming_strings TO off",
+            quoted(pg.superuser()),
+            quoted(pg.database())
+        ),
+    ] {
+        let reply = client.simple_query(&sql);
+        assert!(reply.error.is_none(), "{sql:?}: {:?}", reply.error);
+        assert!(
+            !reply
+                .params
+                .iter()
+                .any(|(name, _)| name == "standard_conforming_strings"),
+            "{sql:?}: {:?}",
+            reply.params
+        );
+        let analysis = Classifier::new().classify(&sql);
+        let [s] = analysis.statements.as_slice() else {
+            panic!("{sql:?}: {analysis:?}");
+        };
+        assert_ne!(s.class, CommandClass::Unknown, "{sql:?}");
+        assert!(!s.changes_lexing(), "{sql:?}");
+        assert!(
+            s.objects
+                .iter()
+                .any(|o| o.name == "standard_conforming_strings"),
+            "{sql:?}: {:?}",
+            s.objects
+        );
+    }
+    let show = "SHOW standard_conforming_strings";
+    assert_eq!(client.simple_query(show).rows, [Some("on".to_owned())]);
+    let mut later = Client::connect(&pg);
+    assert_eq!(later.simple_query(show).rows, [Some("off".to_owned())]);
 }
 
 /// A statement classified `Read` or `Session` must not write: run inside a transaction, it

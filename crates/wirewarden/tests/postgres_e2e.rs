@@ -2566,6 +2566,58 @@ except SystemExit as e:
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// `ALTER DATABASE … SET standard_conforming_strings = off` stores a default for sessions
+/// that start later: the session that runs it goes on lexing as the server does for it
+/// (on), where it used to lex both ways and refuse text that reads differently; a later
+/// session starts lexing off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_default_changes_how_later_sessions_lex_not_this_one() {
+    let policy = format!(
+        "{READ_NOTES}\n[[rule]]\nid = \"analysts-alter-database\"\ngroups = [\"analysts\"]\n\
+         verbs = [\"ALTER DATABASE\"]\naction = \"allow\"\n"
+    );
+    let g = gateway_with_policy(None, Arc::new(tokens()), |s| s, &policy).await;
+    g.pg.psql(A_NOTE).unwrap();
+    let script = psycopg_script(
+        g.addr.port(),
+        r#"
+show("alter", pg.exec_(b"ALTER DATABASE app SET standard_conforming_strings = off"))
+show("this session", pg.exec_(b"SELECT 'a\\' || body FROM notes"))
+later = psycopg.connect(host="127.0.0.1", port=conn.info.port, user="analyst", password="tok-analyst", dbname="app", sslmode="disable", autocommit=True)
+show("later session", later.pgconn.exec_(b"SELECT 'a\\'b' || body FROM notes"))
+"#,
+    );
+    let stdout = succeeded(&python(&script).await);
+    assert_shows(
+        &stdout,
+        &[
+            "alter ok",
+            "this session rows a\\a note (1)",
+            "later session rows a'ba note (1)",
+        ],
+    );
+    let altered = |k: &AuditEventKind| matches!(k, AuditEventKind::CommandDecided { command, .. } if command.verb == "ALTER DATABASE");
+    let kinds = support::kinds_when(g.audit_dir.path(), &g.keys, |k| k.iter().any(altered)).await;
+    let setting = kinds.iter().find_map(|k| match k {
+        AuditEventKind::CommandDecided { command, .. } if command.verb == "ALTER DATABASE" => {
+            command
+                .objects
+                .iter()
+                .find(|o| o.kind == wirewarden::core::ObjectKind::Setting)
+                .map(|o| (o.name.clone(), o.access))
+        }
+        _ => None,
+    });
+    assert_eq!(
+        setting,
+        Some((
+            "standard_conforming_strings".to_owned(),
+            wirewarden::core::Access::Define
+        ))
+    );
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// `EXECUTE p` runs what `p` names when it runs: prepared with `Parse`, it is decided
 /// again at each execution, so a statement prepared under the name since (here one that
 /// reads what policy refuses) does not run under the decision the old one had.

@@ -1356,3 +1356,97 @@ fn only_in_parentheses_names_the_table() {
         assert_eq!(class(sql), Unknown, "{sql}");
     }
 }
+
+fn stored(sql: &str) -> Vec<(String, Access)> {
+    one(sql)
+        .objects
+        .into_iter()
+        .filter(|o| o.kind == ObjectKind::Setting)
+        .map(|o| (o.name, o.access))
+        .collect()
+}
+
+/// `ALTER ROLE … SET` and `ALTER DATABASE … SET` store a default for later sessions: the
+/// setting is named (policy sees it) as defined, not written, so it says nothing of how this
+/// session lexes; the class rises as setting it would.
+#[test]
+fn stored_defaults_name_their_setting() {
+    let define = |name: &str| vec![(name.to_owned(), Access::Define)];
+    assert_eq!(
+        stored("ALTER ROLE r SET search_path = public"),
+        define("search_path")
+    );
+    assert_eq!(
+        stored("ALTER USER r SET \"Search_Path\" TO public"),
+        define("search_path")
+    );
+    assert_eq!(
+        stored("ALTER ROLE ALL IN DATABASE d SET work_mem TO '1MB'"),
+        define("work_mem")
+    );
+    assert_eq!(
+        stored("ALTER ROLE CURRENT_USER SET search_path FROM CURRENT"),
+        define("search_path")
+    );
+    assert_eq!(stored("ALTER ROLE r SET x.y = 1"), define("x.y"));
+    assert_eq!(
+        stored("ALTER ROLE r SET TIME ZONE 'UTC'"),
+        define("timezone")
+    );
+    assert_eq!(
+        stored("ALTER ROLE r SET NAMES 'UTF8'"),
+        define("client_encoding")
+    );
+    assert_eq!(
+        stored("ALTER ROLE r SET SCHEMA 'public'"),
+        define("search_path")
+    );
+    assert_eq!(stored("ALTER ROLE r SET ROLE admin"), define("role"));
+    assert_eq!(
+        stored("ALTER ROLE r SET SESSION AUTHORIZATION admin"),
+        define("session_authorization")
+    );
+    assert_eq!(
+        stored("ALTER ROLE r SET XML OPTION document"),
+        define("xmloption")
+    );
+    assert_eq!(
+        stored("ALTER ROLE r RESET search_path"),
+        define("search_path")
+    );
+    assert_eq!(stored("ALTER ROLE r RESET TIME ZONE"), define("timezone"));
+    // A role named like the clause's keywords is the role.
+    assert_eq!(stored("ALTER ROLE set SET names = 1"), define("names"));
+    assert_eq!(stored("ALTER ROLE r RESET ALL"), vec![]);
+    assert_eq!(
+        stored("ALTER ROLE r SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+        vec![]
+    );
+    assert_eq!(stored("ALTER ROLE r WITH LOGIN"), vec![]);
+    let s = one("ALTER DATABASE d SET standard_conforming_strings = off");
+    assert_eq!(s.class, Admin);
+    assert!(!s.changes_lexing());
+    assert_eq!(
+        stored("ALTER DATABASE d SET standard_conforming_strings = off"),
+        define("standard_conforming_strings")
+    );
+    assert!(!one("ALTER ROLE r RESET standard_conforming_strings").changes_lexing());
+    // `SET TABLESPACE` moves the database; `SET tablespace = x` is the generic form.
+    assert_eq!(stored("ALTER DATABASE d SET TABLESPACE ts"), vec![]);
+    assert_eq!(
+        stored("ALTER DATABASE d SET tablespace TO x"),
+        define("tablespace")
+    );
+    // As setting it: a search path is a privilege matter, preloaded libraries run code,
+    // and a setting not known is not understood.
+    assert_eq!(class("ALTER ROLE r SET search_path = public"), Privilege);
+    assert_eq!(
+        class("ALTER ROLE r SET session_preload_libraries = 'x'"),
+        Code
+    );
+    assert_eq!(class("ALTER DATABASE d SET no_such_setting = 1"), Unknown);
+    assert_eq!(class("ALTER ROLE r SET"), Unknown);
+    // `ALTER SYSTEM` writes the server's value, which a reload gives this session too.
+    assert!(one("ALTER SYSTEM SET standard_conforming_strings = off").changes_lexing());
+    assert!(one("SET standard_conforming_strings = off").changes_lexing());
+}

@@ -94,6 +94,8 @@ struct RawRule {
     #[serde(default)]
     channels: Vec<String>,
     #[serde(default)]
+    settings: Vec<String>,
+    #[serde(default)]
     require_objects: bool,
     #[serde(default)]
     days: Option<Vec<String>>,
@@ -452,12 +454,14 @@ fn compile_rule(raw: RawRule) -> Result<Rule> {
             &raw.paths,
             &raw.functions,
             &raw.channels,
+            &raw.settings,
         ]
         .iter()
         .all(|v| v.is_empty())
         {
             return Err(invalid(
-                "`require_objects` needs `relations`, `keys`, `paths`, `functions` or `channels`"
+                "`require_objects` needs `relations`, `keys`, `paths`, `functions`, `channels` \
+                 or `settings`"
                     .into(),
             ));
         }
@@ -471,6 +475,7 @@ fn compile_rule(raw: RawRule) -> Result<Rule> {
         (ObjectKind::Path, raw.paths),
         (ObjectKind::Function, raw.functions),
         (ObjectKind::Channel, raw.channels),
+        (ObjectKind::Setting, raw.settings),
     ]
     .into_iter()
     .filter(|(_, v)| !v.is_empty())

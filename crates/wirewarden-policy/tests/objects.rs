@@ -540,8 +540,8 @@ action = "allow"
     };
     let pg = target(Protocol::Postgres);
     let on = |relations: &[&str], functions: &[&str]| {
-        let mut c = Command::new(Protocol::Postgres, "SELECT", CommandClass::Read, "SELECT …")
-            .unwrap();
+        let mut c =
+            Command::new(Protocol::Postgres, "SELECT", CommandClass::Read, "SELECT …").unwrap();
         for r in relations {
             c.push_object(ObjectRef::new(ObjectKind::Relation, *r, Access::Read));
         }
@@ -591,4 +591,53 @@ action = "allow"
         let e = RuleEngine::from_toml(bad).unwrap_err().to_string();
         assert!(e.contains(says), "{e}");
     }
+}
+
+/// `settings` matches the server settings a statement sets, shows or stores (`SET`,
+/// `set_config`, `SHOW`, `ALTER ROLE … SET`), named in lower case as the classifier reports
+/// them.
+#[test]
+fn settings_match_the_settings_a_statement_names() {
+    let e = engine(
+        r#"
+[[rule]]
+id = "no-role-switch"
+settings = ["role", "session_authorization"]
+action = "deny"
+
+[[rule]]
+id = "timeouts"
+groups = ["analysts"]
+max_class = "privilege"
+settings = ["*_timeout"]
+require_objects = true
+action = "allow"
+"#,
+    );
+    let pg = target(Protocol::Postgres);
+    let set = |name: &str, access: Access| {
+        let mut c =
+            Command::new(Protocol::Postgres, "SET", CommandClass::Session, "SET …").unwrap();
+        c.push_object(ObjectRef::new(ObjectKind::Setting, name, access));
+        c
+    };
+    let d = decide(&e, &analyst(), &pg, &set("role", Access::Write));
+    assert_eq!(decided(&d), ("no-role-switch", "deny"));
+    let d = decide(
+        &e,
+        &analyst(),
+        &pg,
+        &set("statement_timeout", Access::Write),
+    );
+    assert_eq!(decided(&d), ("timeouts", "allow"));
+    let d = decide(
+        &e,
+        &analyst(),
+        &pg,
+        &set("statement_timeout", Access::Define),
+    );
+    assert_eq!(decided(&d), ("timeouts", "allow"));
+    let d = decide(&e, &analyst(), &pg, &set("search_path", Access::Write));
+    assert_eq!(d.outcome(), "deny");
+    assert_ne!(d.rule().as_str(), "timeouts");
 }

@@ -560,23 +560,31 @@ mod tests {
             }
             // Without column rules, content masking alone applies: a name is no detected
             // value, so the message stands.
-            assert!(mask_error_fields(&plain, fields, &mut counts).unwrap().is_none());
+            assert!(
+                mask_error_fields(&plain, fields, &mut counts)
+                    .unwrap()
+                    .is_none()
+            );
         }
         let masked = mask_error_fields(&ruled, &unique, &mut counts)
             .unwrap()
             .unwrap();
-        assert!(
-            String::from_utf8_lossy(masked.get(b'M').unwrap()).starts_with("unique violation")
-        );
+        assert!(String::from_utf8_lossy(masked.get(b'M').unwrap()).starts_with("unique violation"));
         assert_eq!(masked.get(b't').map(|b| &b[..]), Some(&b"customers"[..]));
         assert_eq!(
             masked.get(b'n').map(|b| &b[..]),
             Some(&b"customers_name_key"[..])
         );
         // Errors about the statement's own words keep their message.
-        let undefined = ErrorFields::new("ERROR", "42703", "column \"nme\" does not exist")
-            .with(b'H', "Perhaps you meant to reference the column \"customers.name\".");
-        assert!(mask_error_fields(&ruled, &undefined, &mut counts).unwrap().is_none());
+        let undefined = ErrorFields::new("ERROR", "42703", "column \"nme\" does not exist").with(
+            b'H',
+            "Perhaps you meant to reference the column \"customers.name\".",
+        );
+        assert!(
+            mask_error_fields(&ruled, &undefined, &mut counts)
+                .unwrap()
+                .is_none()
+        );
         // No SQLSTATE, or a malformed one: counted as quoting values.
         assert!(quotes_values(None));
         assert!(quotes_values(Some(&bytes::Bytes::from_static(b"bogus"))));

@@ -361,6 +361,10 @@ struct Login {
     /// For `HELLO … SETNAME <name>`: the client's name, which becomes the session's
     /// application in the audit trail (as `application_name` does for PostgreSQL).
     name: Option<String>,
+    /// The user name or password was not UTF-8 (both are kept lossily decoded): no identity
+    /// provider is asked, and the attempt fails like any wrong credential — answered
+    /// `-WRONGPASS`, recorded, and counted against `max_auth_failures`.
+    unreadable: bool,
 }
 
 /// Longest client name kept as a session's application; longer names are cut (PostgreSQL
@@ -419,31 +423,24 @@ enum Parsed {
 
 fn parse_login(args: &[Bytes]) -> Parsed {
     let name = lower(args.first().map(|a| &a[..]).unwrap_or_default());
-    let text = |b: &Bytes| String::from_utf8(b.to_vec()).ok();
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    let unreadable = |parts: &[&Bytes]| parts.iter().any(|b| std::str::from_utf8(b).is_err());
     if name == b"auth" {
         return match args {
-            [_, pass] => text(pass).map_or(
-                Parsed::Invalid("-WRONGPASS invalid username-password pair or user is disabled."),
-                |password| {
-                    Parsed::Login(Login {
-                        user: None,
-                        password,
-                        hello: None,
-                        name: None,
-                    })
-                },
-            ),
-            [_, user, pass] => match (text(user), text(pass)) {
-                (Some(u), Some(password)) => Parsed::Login(Login {
-                    user: Some(u),
-                    password,
-                    hello: None,
-                    name: None,
-                }),
-                _ => Parsed::Invalid(
-                    "-WRONGPASS invalid username-password pair or user is disabled.",
-                ),
-            },
+            [_, pass] => Parsed::Login(Login {
+                user: None,
+                password: text(pass),
+                hello: None,
+                name: None,
+                unreadable: unreadable(&[pass]),
+            }),
+            [_, user, pass] => Parsed::Login(Login {
+                user: Some(text(user)),
+                password: text(pass),
+                hello: None,
+                name: None,
+                unreadable: unreadable(&[user, pass]),
+            }),
             _ => Parsed::Invalid("-ERR wrong number of arguments for 'auth' command"),
         };
     }
@@ -463,12 +460,7 @@ fn parse_login(args: &[Bytes]) -> Parsed {
         let opt = lower(a);
         match (&opt[..], args.get(i + 1), args.get(i + 2)) {
             (b"auth", Some(u), Some(p)) => {
-                let (Some(user), Some(password)) = (text(u), text(p)) else {
-                    return Parsed::Invalid(
-                        "-WRONGPASS invalid username-password pair or user is disabled.",
-                    );
-                };
-                login = Some((user, password));
+                login = Some((text(u), text(p), unreadable(&[u, p])));
                 i += 3;
             }
             (b"setname", Some(n), _) => {
@@ -489,11 +481,12 @@ fn parse_login(args: &[Bytes]) -> Parsed {
         }
     }
     match login {
-        Some((user, password)) => Parsed::Login(Login {
+        Some((user, password, unreadable)) => Parsed::Login(Login {
             user: Some(user),
             password,
             hello: Some(forward),
             name,
+            unreadable,
         }),
         None => Parsed::PlainHello,
     }
@@ -858,12 +851,19 @@ impl RedisProxy {
         login: &Login,
         peer: Option<SocketAddr>,
     ) -> std::result::Result<Principal, String> {
-        let credential = Credential::password(login.user.as_deref(), login.password.clone());
-        let ctx = self.auth_context(peer);
-        match self.pipeline.authenticate(&credential, &ctx).await {
+        let verified = if login.unreadable {
+            Err("the user name or password is not valid UTF-8".to_owned())
+        } else {
+            let credential = Credential::password(login.user.as_deref(), login.password.clone());
+            let ctx = self.auth_context(peer);
+            self.pipeline
+                .authenticate(&credential, &ctx)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match verified {
             Ok(p) => Ok(p),
-            Err(e) => {
-                let reason = e.to_string();
+            Err(reason) => {
                 let _ = self
                     .pipeline
                     .record(&self.auth_failed(peer, login.user.as_deref(), "token", reason.clone()))
@@ -1686,6 +1686,7 @@ impl Relay<'_> {
                             password: login.password.clone(),
                             hello: None,
                             name: None,
+                            unreadable: login.unreadable,
                         })
                         .await;
                     if reply.first() == Some(&b'-') {
@@ -3001,5 +3002,27 @@ mod tests {
             Parsed::Invalid(_)
         ));
         assert!(matches!(parse_login(&a("AUTH a b c")), Parsed::Invalid(_)));
+        assert!(!unreadable_login(&a("AUTH tok")));
+        let bad = |parts: &[&[u8]]| -> Vec<Bytes> {
+            parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()
+        };
+        for args in [
+            bad(&[b"AUTH", b"\xfftok"]),
+            bad(&[b"AUTH", b"\xffu", b"tok"]),
+            bad(&[b"HELLO", b"3", b"AUTH", b"u", b"\xc3("]),
+        ] {
+            assert!(unreadable_login(&args), "{args:?}");
+        }
+    }
+
+    /// Whether `args` parse to a login whose credential is not UTF-8.
+    fn unreadable_login(args: &[Bytes]) -> bool {
+        matches!(
+            parse_login(args),
+            Parsed::Login(Login {
+                unreadable: true,
+                ..
+            })
+        )
     }
 }

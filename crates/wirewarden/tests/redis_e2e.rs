@@ -1764,6 +1764,37 @@ async fn failed_reauthentication_is_no_oracle_and_is_limited() {
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
+/// A user name or password that is not UTF-8 cannot be a credential: it is answered like a
+/// wrong one, recorded as a failed login, and counted towards `max_auth_failures` (it used
+/// to be answered and forgotten, an unlimited and unrecorded guess).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_that_is_not_utf8_is_a_failed_login() {
+    let g = gateway().await;
+    let auth = b"*2\r\n$4\r\nAUTH\r\n$3\r\n\xfftk\r\n";
+    let hello = b"*5\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$5\r\nagent\r\n$2\r\n\xc3(\r\n";
+    let mut sent = Vec::new();
+    sent.extend_from_slice(auth);
+    sent.extend_from_slice(hello);
+    sent.extend_from_slice(auth);
+    sent.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+    let got = exchange(g.addr, &sent, Duration::from_secs(10)).await;
+    assert_eq!(got.matches("-WRONGPASS").count(), 3, "{got}");
+    // The third failure ends the connection: the PING after it is never answered.
+    assert!(!got.contains("PONG") && !got.contains("NOAUTH"), "{got}");
+    let kinds = kinds_when(g.audit_dir.path(), &g.keys, |k| {
+        k.iter()
+            .filter(|k| matches!(k, AuditEventKind::AuthenticationFailed { reason, .. } if reason.contains("not valid UTF-8")))
+            .count()
+            == 3
+    })
+    .await;
+    assert!(kinds.iter().any(|k| matches!(
+        k,
+        AuditEventKind::AuthenticationFailed { user: Some(user), .. } if user == "agent"
+    )));
+    assert_verifies(g.audit_dir.path(), &g.keys);
+}
+
 /// An upstream that is not a Redis server, for replies a real one never sends: it logs the
 /// gateway in (`+OK` to its `AUTH`, then `after_login`), then answers `GET` with `bad`,
 /// `PING` with `+PONG` and any other command with `+OK`. Its replies are held until `batch`

@@ -9,7 +9,13 @@
 //!    other scheme is refused with 401, so the upstream never sees the client's credential;
 //! 4. the request body is read ahead, up to [`Limits::max_bound_body`], and bound into the
 //!    command's digest (so an approval covers exactly this body) and shown after the request
-//!    line in its text; a longer body streams after the decision and the text says so;
+//!    line in its text; a longer body streams after the decision and the text says so. A
+//!    body a server would read as a form is scanned for a `_method` field
+//!    ([`FormScanner`]): found in what was read ahead, the request is refused with
+//!    `400 method_override` before the gate is asked; found in the part that streams after
+//!    the decision, the body forwarded upstream ends there with an error (the bytes that
+//!    would complete it are held back until the scanner has seen them), so the upstream
+//!    never receives a complete request, and the client gets the same `400`;
 //! 5. [`Gate::admit`]: identity, policy (a review holds the request here), intent audit;
 //! 6. on [`Verdict::Forward`], the gate's headers (the upstream credential) replace the
 //!    client's, the body is capped at [`Limits::max_body_bytes`] while it streams, and the
@@ -20,10 +26,11 @@
 //!
 //! Every refusal is a JSON [`Rejection`]; the service itself never fails.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -40,6 +47,7 @@ use crate::body::{self, BodyLimits, BodyReport};
 use crate::gate::{Admission, Forward, Gate, OnComplete, Outcome, Verdict};
 use crate::route::{RouteMatch, Routes};
 use crate::server::PeerAddr;
+use crate::strict::form::FormScanner;
 use crate::strict::{self, Limits};
 
 /// The body of every response the layer sends.
@@ -149,7 +157,79 @@ pub struct RequestBody<B> {
     head: Option<Bytes>,
     trailers: Option<HeaderMap>,
     rest: Option<Pin<Box<B>>>,
+    form: Option<FormScan>,
 }
+
+/// The scan of a form body's streamed part for a method override field.
+struct FormScan {
+    scanner: FormScanner,
+    /// Bytes that may end an undecided field name, held back until it is decided.
+    held: VecDeque<Bytes>,
+    held_len: usize,
+    /// Bytes decided on, to forward before anything else.
+    ready: VecDeque<Bytes>,
+    /// Set when a method override field is found; the caller answers with it.
+    refused: Arc<OnceLock<Rejection>>,
+}
+
+impl FormScan {
+    /// Takes `data` in and moves to `ready` what the scanner no longer needs held.
+    fn push(&mut self, data: Bytes) -> Result<(), Rejection> {
+        let undecided = self.scanner.feed(&data)?;
+        self.held_len = self.held_len.saturating_add(data.len());
+        self.held.push_back(data);
+        self.release(undecided);
+        Ok(())
+    }
+
+    /// Moves held bytes to `ready` until at most `keep` are held (zero-copy splits).
+    fn release(&mut self, keep: usize) {
+        while self.held_len > keep {
+            let excess = self.held_len.saturating_sub(keep);
+            let Some(front) = self.held.front_mut() else {
+                break;
+            };
+            if front.len() <= excess {
+                let len = front.len();
+                if let Some(b) = self.held.pop_front() {
+                    self.ready.push_back(b);
+                }
+                self.held_len = self.held_len.saturating_sub(len);
+            } else {
+                self.ready.push_back(front.split_to(excess));
+                self.held_len = self.held_len.saturating_sub(excess);
+            }
+        }
+    }
+
+    /// The body ended: releases everything, or records the refusal.
+    fn finish(&mut self) -> Result<(), Rejection> {
+        self.scanner.finish()?;
+        self.release(0);
+        Ok(())
+    }
+
+    fn refuse(&mut self, r: Rejection) -> BoxError {
+        self.held.clear();
+        self.ready.clear();
+        self.held_len = 0;
+        let _ = self.refused.set(r);
+        Box::new(FormRefused)
+    }
+}
+
+/// The error a request body ends with when its streamed part carries a method override
+/// field: the upstream sees the body cut short, never complete.
+#[derive(Debug)]
+struct FormRefused;
+
+impl std::fmt::Display for FormRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body carries a method override field")
+    }
+}
+
+impl std::error::Error for FormRefused {}
 
 impl<B> RequestBody<B> {
     /// Whether the whole body was read before the decision (and so bound to the command).
@@ -164,6 +244,7 @@ impl<B> std::fmt::Debug for RequestBody<B> {
         f.debug_struct("RequestBody")
             .field("head", &self.head.as_ref().map(Bytes::len))
             .field("streaming", &self.rest.is_some())
+            .field("form_scanned", &self.form.is_some())
             .finish()
     }
 }
@@ -177,32 +258,86 @@ where
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        if let Some(head) = self.head.take()
+        let this = self.get_mut();
+        if let Some(head) = this.head.take()
             && !head.is_empty()
         {
             return Poll::Ready(Some(Ok(http_body::Frame::data(head))));
         }
-        if let Some(rest) = self.rest.as_mut() {
-            return rest.as_mut().poll_frame(cx).map_err(Into::into);
+        let Some(form) = this.form.as_mut() else {
+            if let Some(rest) = this.rest.as_mut() {
+                return rest.as_mut().poll_frame(cx).map_err(Into::into);
+            }
+            return Poll::Ready(
+                this.trailers
+                    .take()
+                    .map(|t| Ok(http_body::Frame::trailers(t))),
+            );
+        };
+        loop {
+            if let Some(data) = form.ready.pop_front() {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+            }
+            let Some(rest) = this.rest.as_mut() else {
+                return Poll::Ready(
+                    this.trailers
+                        .take()
+                        .map(|t| Ok(http_body::Frame::trailers(t))),
+                );
+            };
+            let ended = match std::task::ready!(rest.as_mut().poll_frame(cx)) {
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        if let Err(r) = form.push(data) {
+                            this.rest = None;
+                            return Poll::Ready(Some(Err(form.refuse(r))));
+                        }
+                        false
+                    }
+                    Err(frame) => {
+                        // Trailers come last: the body's data has ended.
+                        if let Ok(t) = frame.into_trailers() {
+                            this.trailers = Some(t);
+                        }
+                        true
+                    }
+                },
+                None => true,
+            };
+            if ended {
+                this.rest = None;
+                if let Err(r) = form.finish() {
+                    this.trailers = None;
+                    return Poll::Ready(Some(Err(form.refuse(r))));
+                }
+            }
         }
-        Poll::Ready(
-            self.trailers
-                .take()
-                .map(|t| Ok(http_body::Frame::trailers(t))),
-        )
     }
 
     fn is_end_stream(&self) -> bool {
         self.head.as_ref().is_none_or(Bytes::is_empty)
+            && self
+                .form
+                .as_ref()
+                .is_none_or(|f| f.ready.is_empty() && f.held.is_empty())
             && self.trailers.is_none()
             && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        let head = self.head.as_ref().map_or(0, Bytes::len) as u64;
+        let waiting = self.form.as_ref().map_or(0, |f| {
+            f.held_len
+                .saturating_add(f.ready.iter().map(Bytes::len).sum::<usize>())
+        });
+        let head = self
+            .head
+            .as_ref()
+            .map_or(0, Bytes::len)
+            .saturating_add(waiting) as u64;
         match &self.rest {
             None => http_body::SizeHint::with_exact(head),
             Some(r) => {
@@ -238,6 +373,7 @@ where
             head: None,
             trailers: None,
             rest: None,
+            form: None,
         });
     }
     let mut body = Box::pin(body);
@@ -290,6 +426,7 @@ where
             head: Some(head),
             trailers,
             rest: None,
+            form: None,
         })
     } else {
         command.text = format!(
@@ -301,8 +438,41 @@ where
             head: Some(head),
             trailers: None,
             rest: Some(body),
+            form: None,
         })
     }
+}
+
+/// Scans a form body for a method override field: a bound body whole, now; the part read
+/// ahead of a longer one now, and the rest as it streams (recording a refusal in
+/// `refused`), its undecided tail held back.
+///
+/// # Errors
+/// `400 method_override` for a field found in what was read ahead.
+fn scan_form<B>(
+    mut body: RequestBody<B>,
+    mut scanner: FormScanner,
+    refused: &Arc<OnceLock<Rejection>>,
+) -> Result<RequestBody<B>, Rejection> {
+    let head = body.head.take().unwrap_or_default();
+    let undecided = scanner.feed(&head)?;
+    if body.is_bound() {
+        scanner.finish()?;
+        body.head = Some(head);
+        return Ok(body);
+    }
+    let mut head = head;
+    let held = head.split_off(head.len().saturating_sub(undecided));
+    let held_len = held.len();
+    body.head = Some(head);
+    body.form = Some(FormScan {
+        scanner,
+        held: VecDeque::from([held]),
+        held_len,
+        ready: VecDeque::new(),
+        refused: Arc::clone(refused),
+    });
+    Ok(body)
 }
 
 fn boxed<T>(body: T) -> ResponseBody
@@ -467,6 +637,18 @@ where
         }
     };
     let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
+    // A body a server would read as a form is scanned for a method override field.
+    let form = if req_body.is_end_stream() {
+        None
+    } else {
+        match FormScanner::for_request(&parts.headers) {
+            Ok(f) => f,
+            Err(r) => {
+                gate.refused(&r, peer).await;
+                return reject(r);
+            }
+        }
+    };
     let mut checked = checked;
     let req_body =
         match bind_body(req_body, &mut checked.command, config.limits.max_bound_body).await {
@@ -485,6 +667,17 @@ where
                 return reject(r);
             }
         };
+    let refused = Arc::new(OnceLock::new());
+    let req_body = match form {
+        None => req_body,
+        Some(scanner) => match scan_form(req_body, scanner, &refused) {
+            Ok(b) => b,
+            Err(r) => {
+                gate.refused(&r, peer).await;
+                return reject(r);
+            }
+        },
+    };
     let start = Instant::now();
     let verdict = gate
         .admit(
@@ -534,7 +727,16 @@ where
     let method: Method = parts.method.clone();
     let limit = usize::try_from(config.limits.max_body_bytes).unwrap_or(usize::MAX);
     let upstream_req = Request::from_parts(parts, Limited::new(req_body, limit));
-    let resp = match inner.oneshot(upstream_req).await {
+    let result = inner.oneshot(upstream_req).await;
+    if let Some(r) = refused.get() {
+        // The body was cut short for a method override field: whatever the upstream made
+        // of an incomplete request is dropped.
+        drop(result);
+        let r = r.clone();
+        completion.fail(r.status, r.to_string());
+        return reject(r);
+    }
+    let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             let e: BoxError = e.into();
@@ -717,6 +919,80 @@ mod tests {
             b.text
                 .ends_with(&format!("… ({} bytes in all)", long.len()))
         );
+    }
+
+    fn form_scanner() -> FormScanner {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        FormScanner::for_request(&h).unwrap().unwrap()
+    }
+
+    /// Binds and scans `parts` as a form with a read-ahead limit of `max`; returns the
+    /// refusal before the decision, or the bytes forwarded, whether the body completed, and
+    /// the refusal recorded while it streamed.
+    async fn scanned(
+        parts: &[&'static str],
+        max: usize,
+    ) -> Result<(Vec<u8>, bool, Option<&'static str>), &'static str> {
+        let mut c = post();
+        let body = bind_body(chunks(parts), &mut c, max).await.unwrap();
+        let refused = Arc::new(OnceLock::new());
+        let mut body = scan_form(body, form_scanner(), &refused).map_err(|r| r.code)?;
+        let mut out = Vec::new();
+        let complete = loop {
+            match body.frame().await {
+                None => break true,
+                Some(Err(e)) => {
+                    assert!(e.is::<FormRefused>());
+                    break false;
+                }
+                Some(Ok(f)) => out.extend_from_slice(&f.into_data().unwrap()),
+            }
+        };
+        Ok((out, complete, refused.get().map(|r| r.code)))
+    }
+
+    #[tokio::test]
+    async fn a_method_field_is_refused_before_the_decision_or_cuts_the_body() {
+        // Read ahead whole: refused before the gate is asked.
+        assert_eq!(
+            scanned(&["note=hi&_met", "hod=DELETE"], 1024).await,
+            Err("method_override")
+        );
+        // In the part read ahead of a long body: refused before the gate too.
+        assert_eq!(
+            scanned(&["_method=DELETE&", "note=0123456789"], 4).await,
+            Err("method_override")
+        );
+        // In the streamed part, split anywhere, at the very end included: the body stops
+        // with an error and what went out is never the whole body.
+        let body = "note=0123456789&x=1&_method";
+        for at in 16..body.len() {
+            let (a, b) = body.split_at(at);
+            let a: &'static str = Box::leak(a.to_owned().into_boxed_str());
+            let b: &'static str = Box::leak(b.to_owned().into_boxed_str());
+            let (out, complete, refused) =
+                scanned(&["note=0123456789", a.get(15..).unwrap(), b], 8)
+                    .await
+                    .unwrap();
+            assert!(!complete, "split at {at}");
+            assert_eq!(refused, Some("method_override"));
+            assert!(out.len() < body.len(), "split at {at}: {}", out.len());
+            assert!(body.as_bytes().starts_with(&out));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_clean_form_streams_intact_in_the_pieces_it_came_in() {
+        let (out, complete, refused) = scanned(&["note=0123", "456789&_met", "a=1&_", "x=2"], 4)
+            .await
+            .unwrap();
+        assert!(complete);
+        assert_eq!(refused, None);
+        assert_eq!(out, b"note=0123456789&_meta=1&_x=2");
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //!   size, declared body size. [`strip_hop_by_hop`] then removes the headers that belong to one
 //!   connection only, refusing a `Connection` header that tries to remove a header the
 //!   gateway must keep control of.
+//!
+//! A method override can also come in a form body (`_method=DELETE`): [`form::FormScanner`]
+//! finds it while the body streams.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -23,6 +26,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 use crate::Rejection;
+
+pub mod form;
 
 /// Limits shared by the server settings ([`crate::server::builder`]), the raw-byte scanner
 /// and [`check_request`].
@@ -312,51 +317,14 @@ fn is_override_header(name: &HeaderName) -> bool {
 /// override that Symfony and Laravel read from the query of a `POST`, Spring's
 /// `HiddenHttpMethodFilter` reads from any parameter of a `POST`, Jersey's
 /// `OverrideMethodFilter` from the query of a `GET` or `POST`, and wai-extra from a `GET`.
-/// Names are compared as those servers see them: percent-decoded, `+` as a space, ASCII case
-/// ignored, and as PHP registers them (leading spaces dropped, `.`, ` ` and `[` read as
-/// `_`, anything from a later `[` on being an array index).
+/// Names are compared as those servers see them ([`form::NameMatcher`]): percent-decoded,
+/// `+` as a space, ASCII case ignored, and as PHP registers them (leading spaces dropped,
+/// `.`, ` ` and `[` read as `_`, anything from a later `[` on being an array index).
 fn has_method_param(query: &str) -> bool {
     query.split(['&', ';']).any(|pair| {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        let decoded = percent_decode_lossy(name.as_bytes());
-        let name = decoded.trim_start_matches(' ');
-        let mut chars = name.chars();
-        if !matches!(chars.next(), Some('_' | '.' | ' ' | '[')) {
-            return false;
-        }
-        let rest = chars.as_str();
-        let rest = rest
-            .find('[')
-            .map_or(rest, |i| rest.get(..i).unwrap_or(rest));
-        let rest = rest.trim_end_matches(' ');
-        rest.eq_ignore_ascii_case("method") || rest.eq_ignore_ascii_case("method_override")
+        form::is_method_field(name.as_bytes())
     })
-}
-
-/// Percent-decodes `b` with `+` as a space; a malformed escape stays as it is.
-fn percent_decode_lossy(b: &[u8]) -> String {
-    let hex = |c: u8| char::from(c).to_digit(16);
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                b.get(i + 1).and_then(|&h| hex(h)),
-                b.get(i + 2).and_then(|&l| hex(l)),
-            ) {
-                (Some(h), Some(l)) => {
-                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'%'));
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `1*DIGIT`, at most 19 digits (no overflow), nothing else: no sign, no spaces, no list.

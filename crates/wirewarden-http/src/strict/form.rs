@@ -35,7 +35,9 @@ use http::header::{self, HeaderMap};
 
 use crate::Rejection;
 
-/// Most bytes of one multipart part's header block (from its delimiter to the blank line).
+/// Most bytes of one multipart part's header block (from its delimiter to the blank line),
+/// and most bytes of a urlencoded field name left undecided (`_method` and a run of
+/// spaces, say): what the caller holds back stays bounded.
 pub const MAX_PART_HEAD: usize = 16 * 1024;
 
 /// Longest multipart boundary accepted (RFC 2046 allows 70 characters).
@@ -367,7 +369,8 @@ impl FormScanner {
     ///
     /// # Errors
     /// `400 method_override` at the first method override field; `400 malformed_request`
-    /// for a multipart part header block over [`MAX_PART_HEAD`] bytes. The scanner is not
+    /// for a multipart part header block, or an undecided field name, over
+    /// [`MAX_PART_HEAD`] bytes. The scanner is not
     /// to be fed after an error.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<usize, Rejection> {
         let start = self.offset;
@@ -378,9 +381,16 @@ impl FormScanner {
             Kind::UrlEncoded(u) => u.feed(start, chunk)?,
             Kind::Multipart(m) => m.feed(start, chunk)?,
         };
-        Ok(held_from.map_or(0, |from| {
+        let undecided = held_from.map_or(0, |from| {
             usize::try_from(self.offset.saturating_sub(from)).unwrap_or(usize::MAX)
-        }))
+        });
+        // A multipart header block has its own bound, checked as it is read.
+        if matches!(self.kind, Kind::UrlEncoded(_)) && undecided > MAX_PART_HEAD {
+            return Err(unreadable_form(format!(
+                "a form field name undecided after {MAX_PART_HEAD} bytes"
+            )));
+        }
+        Ok(undecided)
     }
 
     /// Ends the body.
@@ -798,6 +808,11 @@ mod tests {
         assert_eq!(s.feed(b"ta").unwrap(), 0);
         assert_eq!(s.feed(b"&  _meth").unwrap(), 7);
         assert!(s.feed(b"od=DELETE").is_err());
+        // What is held stays bounded.
+        let mut s = scanner(FORM);
+        assert_eq!(s.feed(b"a=1&_method").unwrap(), 7);
+        let spaces = vec![b'+'; MAX_PART_HEAD];
+        assert_eq!(s.feed(&spaces).unwrap_err().code, "malformed_request");
     }
 
     const MULTIPART: Option<&str> = Some("multipart/form-data; boundary=XyZ");

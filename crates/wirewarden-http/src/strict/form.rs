@@ -302,8 +302,9 @@ impl FormScanner {
                     .unwrap_or_default()
                     .trim()
                     .to_ascii_lowercase();
-                let mut charset = None;
+                let mut charsets = Vec::new();
                 let mut boundaries = Vec::new();
+                let mut extended_boundary = false;
                 for p in params {
                     let Some((k, v)) = p.split_once('=') else {
                         continue;
@@ -315,22 +316,33 @@ impl FormScanner {
                         .and_then(|v| v.strip_suffix('"'))
                         .unwrap_or(v);
                     match k.as_str() {
-                        "charset" => charset = Some(v.to_ascii_lowercase()),
+                        "charset" | "charset*" => charsets.push(v.to_ascii_lowercase()),
                         "boundary" => boundaries.push(v.to_owned()),
+                        // RFC 2231 would give another boundary than the one read here.
+                        "boundary*" => extended_boundary = true,
                         _ => {}
                     }
                 }
                 let kind = if essence == "application/x-www-form-urlencoded" {
                     Kind::UrlEncoded(UrlEncoded::new())
                 } else if essence.starts_with("multipart/") {
+                    if extended_boundary {
+                        return Err(unreadable_form("an extended multipart boundary"));
+                    }
                     let [boundary] = boundaries.as_slice() else {
                         return Err(unreadable_form(
                             "a multipart body needs exactly one boundary",
                         ));
                     };
-                    if boundary.is_empty() || boundary.len() > MAX_BOUNDARY {
+                    // RFC 2046 `bchars`: a quote, `;` or a backslash left over means the
+                    // parameter was not read as a server would read it.
+                    let bchar = |b: u8| b.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&b);
+                    if boundary.is_empty()
+                        || boundary.len() > MAX_BOUNDARY
+                        || !boundary.bytes().all(bchar)
+                    {
                         return Err(unreadable_form(format!(
-                            "a multipart boundary must have 1 to {MAX_BOUNDARY} bytes"
+                            "a multipart boundary must be 1 to {MAX_BOUNDARY} of the characters RFC 2046 allows"
                         )));
                     }
                     let mut delimiter = b"--".to_vec();
@@ -344,7 +356,9 @@ impl FormScanner {
                 } else {
                     return Ok(None);
                 };
-                kind.check_charset(charset.as_deref())?
+                charsets
+                    .iter()
+                    .try_fold(kind, |kind, c| kind.check_charset(c))?
             }
         };
         let coded = headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
@@ -419,12 +433,9 @@ impl FormScanner {
 }
 
 impl Kind {
-    /// `self`, when `charset` (if any) is one whose bytes spell ASCII as ASCII does.
-    fn check_charset(self, charset: Option<&str>) -> Result<Self, Rejection> {
-        let Some(c) = charset else {
-            return Ok(self);
-        };
-        let c = c.trim();
+    /// `self`, when `charset` is one whose bytes spell ASCII as ASCII does.
+    fn check_charset(self, charset: &str) -> Result<Self, Rejection> {
+        let c = charset.trim();
         let ascii_compatible = matches!(
             c,
             "utf-8"
@@ -917,6 +928,19 @@ mod tests {
             for_type("application/x-www-form-urlencoded; charset=utf-16le"),
             Err("unsupported_form")
         );
+        assert_eq!(
+            for_type("application/x-www-form-urlencoded; charset=utf-16; charset=utf-8"),
+            Err("unsupported_form")
+        );
+        // A boundary read otherwise by a server that knows quoted strings, or RFC 2231.
+        for ct in [
+            "multipart/form-data; boundary=\"a;b\"",
+            "multipart/form-data; boundary=\"a\\\"b\"",
+            "multipart/form-data; boundary*=utf-8''abc",
+            "multipart/form-data; boundary=abc; boundary*=utf-8''abc",
+        ] {
+            assert_eq!(for_type(ct), Err("malformed_request"), "{ct}");
+        }
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
         assert_eq!(

@@ -78,15 +78,7 @@ impl CommandMasker {
     #[must_use]
     pub fn command(&self, command: &Command) -> Command {
         let mut out = command.clone();
-        out.digest = self.trail_digest(&command.digest);
-        for o in &mut out.objects {
-            if let Some(name) = self.masked(&o.name) {
-                o.name = name;
-            }
-        }
-        if let Some(text) = self.text(command, &out.objects) {
-            out.text = text;
-        }
+        self.mask_command(&mut out);
         out
     }
 
@@ -94,51 +86,24 @@ impl CommandMasker {
     /// and goes to the trail as it is.
     #[must_use]
     pub fn event(&self, event: &AuditEvent) -> Option<AuditEvent> {
-        let kind = match &event.kind {
-            AuditEventKind::CommandDecided {
-                command_id,
-                subject,
-                command,
-                decision,
-                policy_version,
-            } => AuditEventKind::CommandDecided {
-                command_id: *command_id,
-                subject: subject.clone(),
-                command: self.command(command),
-                decision: decision.clone(),
-                policy_version: policy_version.clone(),
-            },
-            AuditEventKind::ReviewRequested {
-                review_id,
-                command_id,
-                digest,
-                requester,
-                target,
-                reason,
-                requirement,
-            } => AuditEventKind::ReviewRequested {
-                review_id: *review_id,
-                command_id: *command_id,
-                digest: self.trail_digest(digest),
-                requester: requester.clone(),
-                target: target.clone(),
-                reason: reason.clone(),
-                requirement: requirement.clone(),
-            },
-            _ => return None,
-        };
-        Some(AuditEvent {
-            id: event.id,
-            time: event.time,
-            session: event.session,
-            kind,
-        })
+        if !Self::event_changes(event) {
+            return None;
+        }
+        let mut out = event.clone();
+        match &mut out.kind {
+            AuditEventKind::CommandDecided { command, .. } => self.mask_command(command),
+            AuditEventKind::ReviewRequested { digest, .. } => {
+                *digest = self.trail_digest(digest);
+            }
+            _ => {}
+        }
+        Some(out)
     }
 
     /// `events` as the trail keeps them: borrowed when none of them records a command.
     #[must_use]
     pub fn events<'a>(&self, events: &'a [AuditEvent]) -> Cow<'a, [AuditEvent]> {
-        let Some(first) = events.iter().position(|e| self.event_changes(e)) else {
+        let Some(first) = events.iter().position(Self::event_changes) else {
             return Cow::Borrowed(events);
         };
         let mut out = Vec::with_capacity(events.len());
@@ -149,47 +114,50 @@ impl CommandMasker {
         Cow::Owned(out)
     }
 
-    fn event_changes(&self, event: &AuditEvent) -> bool {
+    fn event_changes(event: &AuditEvent) -> bool {
         matches!(
             event.kind,
             AuditEventKind::CommandDecided { .. } | AuditEventKind::ReviewRequested { .. }
         )
     }
 
-    /// The masked text, or `None` when the text stands as it is. `shown` are the command's
-    /// objects as the trail keeps them.
-    fn text(&self, command: &Command, shown: &[ObjectRef]) -> Option<String> {
-        let verb = &command.verb;
+    /// Masks `command` in place: its digest keyed, its object names and text masked.
+    fn mask_command(&self, command: &mut Command) {
+        command.digest = self.trail_digest(&command.digest);
         // A key rule masks the values stored under its keys whole, and a command's
         // arguments past its keys may be such values (`SET session:1 {...}`, `HSET`,
-        // `XADD`): content detectors would miss what only the rule knows to mask.
-        let covered = command.objects.iter().find_map(|o| {
-            (o.kind == ObjectKind::Key)
-                .then(|| self.profile.rule_for(&Field::RedisKey(o.name.as_bytes())))
-                .flatten()
-        });
-        if let Some(rule) = covered {
-            let (mut raw, mut kept) = (String::new(), String::new());
-            for (o, k) in command.objects.iter().zip(shown) {
-                if o.kind == ObjectKind::Key {
-                    raw.push(' ');
-                    raw.push_str(&o.name);
-                    kept.push(' ');
-                    kept.push_str(&k.name);
+        // `XADD`): content detectors would miss what only the rule knows to mask. Looked
+        // up on the names as sent, before they are masked.
+        let covered = command
+            .objects
+            .iter()
+            .filter(|o| o.kind == ObjectKind::Key)
+            .find_map(|o| self.profile.rule_for(&Field::RedisKey(o.name.as_bytes())))
+            .map(|rule| rule.entity.clone());
+        let sent = key_names(&command.objects);
+        for o in &mut command.objects {
+            if let Some(name) = self.masked(&o.name) {
+                o.name = name;
+            }
+        }
+        let verb = &command.verb;
+        let text = match covered {
+            Some(entity) => {
+                let kept = key_names(&command.objects);
+                // Nothing but the verb and the keys: nothing under the rule was sent.
+                if command.text.strip_prefix(verb.as_str()) == Some(sent.as_str()) {
+                    (kept != sent).then(|| format!("{verb}{kept}"))
+                } else {
+                    Some(format!("{verb}{kept} (arguments withheld: {entity})"))
                 }
             }
-            // Nothing but the verb and the keys: nothing under the rule was sent.
-            if command.text.strip_prefix(verb.as_str()) == Some(raw.as_str()) {
-                return (kept != raw).then(|| format!("{verb}{kept}"));
-            }
-            return Some(format!(
-                "{verb}{kept} (arguments withheld: {})",
-                rule.entity
-            ));
-        }
-        match self.mask(&command.text) {
-            Ok(masked) => masked,
-            Err(why) => Some(format!("{verb} (text {why})")),
+            None => match self.mask(&command.text) {
+                Ok(masked) => masked,
+                Err(why) => Some(format!("{verb} (text {why})")),
+            },
+        };
+        if let Some(text) = text {
+            command.text = text;
         }
     }
 
@@ -216,6 +184,15 @@ impl CommandMasker {
             Err(e) => Err(format!("withheld: {e}")),
         }
     }
+}
+
+/// The names of the keys among `objects`, each after a space.
+fn key_names(objects: &[ObjectRef]) -> String {
+    objects
+        .iter()
+        .filter(|o| o.kind == ObjectKind::Key)
+        .flat_map(|o| [" ", o.name.as_str()])
+        .collect()
 }
 
 #[cfg(test)]

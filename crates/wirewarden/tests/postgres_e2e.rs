@@ -2687,12 +2687,9 @@ print("after", cur.fetchone()[0])
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
-/// A rule on a table's column reaches it read through a view: the server names the view as
-/// the column's source, and the gateway traces the view's columns to the table columns
-/// they read. A view column it cannot trace (renamed, computed) is withheld under a profile
-/// with column rules, never passed on masked by content alone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn column_rules_follow_a_view_to_its_table() {
+/// A gateway with [`POLICY`] whose one mask profile redacts `customers.name`: a column rule
+/// that content detectors alone would not reproduce.
+async fn names_redacted_gateway() -> Gateway {
     use wirewarden::mask::{Engine, FieldRule, Profile, Selector, Strategy};
     let masks = Engine::builder()
         .profile(Profile::builder("names").rule(FieldRule::new(
@@ -2702,7 +2699,16 @@ async fn column_rules_follow_a_view_to_its_table() {
         .default_profile("names")
         .build()
         .unwrap();
-    let g = gateway_with_masks(None, Arc::new(tokens()), |s| s, POLICY, Some(masks)).await;
+    gateway_with_masks(None, Arc::new(tokens()), |s| s, POLICY, Some(masks)).await
+}
+
+/// A rule on a table's column reaches it read through a view: the server names the view as
+/// the column's source, and the gateway traces the view's columns to the table columns
+/// they read. A view column it cannot trace (renamed, computed) is withheld under a profile
+/// with column rules, never passed on masked by content alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_rules_follow_a_view_to_its_table() {
+    let g = names_redacted_gateway().await;
     let role = g.pg.user().to_owned();
     g.pg.psql(&format!(
         "CREATE VIEW people AS SELECT id, name FROM customers; \
@@ -2742,16 +2748,7 @@ show("nested", pg.exec_(b"SELECT name FROM of_people"))
 /// condition's name for a message; errors about the statement's own words keep theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_do_not_quote_values_column_rules_mask() {
-    use wirewarden::mask::{Engine, FieldRule, Profile, Selector, Strategy};
-    let masks = Engine::builder()
-        .profile(Profile::builder("names").rule(FieldRule::new(
-            Selector::column("customers.name"),
-            Strategy::redact(),
-        )))
-        .default_profile("names")
-        .build()
-        .unwrap();
-    let g = gateway_with_masks(None, Arc::new(tokens()), |s| s, POLICY, Some(masks)).await;
+    let g = names_redacted_gateway().await;
     let script = psycopg_script(
         g.addr.port(),
         r#"

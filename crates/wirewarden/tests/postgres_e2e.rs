@@ -2749,9 +2749,23 @@ show("nested", pg.exec_(b"SELECT name FROM of_people"))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_do_not_quote_values_column_rules_mask() {
     let g = names_redacted_gateway().await;
+    // Routines that pass a name out in a notice and in an error whose SQLSTATE they chose.
+    let role = g.pg.user().to_owned();
+    g.pg.psql(&format!(
+        "CREATE FUNCTION whisper() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+           RAISE NOTICE '%', (SELECT name FROM customers WHERE id = 1); RETURN 1; END $$; \
+         CREATE FUNCTION shout() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+           RAISE EXCEPTION USING ERRCODE = '42000', \
+             MESSAGE = (SELECT name FROM customers WHERE id = 1); END $$; \
+         GRANT EXECUTE ON FUNCTION whisper(), shout() TO \"{role}\""
+    ))
+    .unwrap();
     let script = psycopg_script(
         g.addr.port(),
         r#"
+conn.add_notice_handler(lambda d: print("notice", d.sqlstate, d.message_primary))
+show("whisper", pg.exec_(b"SELECT whisper()"))
+show("shout", pg.exec_(b"SELECT shout()"))
 show("cast", pg.exec_(b"SELECT name::int FROM customers ORDER BY id"))
 show("date", pg.exec_(b"SELECT to_date(name, 'YYYY-MM-DD') FROM customers ORDER BY id"))
 show("typo", pg.exec_(b"SELECT nme FROM customers"))
@@ -2768,6 +2782,8 @@ show("after", pg.exec_(b"SELECT count(*) FROM customers"))
             "typo error 42703 ERROR:  column \"nme\" does not exist",
             "zero error 22012 ERROR:  division by zero (wirewarden:",
             "after rows 2 (1)",
+            "notice 00000 notice raised inside a routine (wirewarden:",
+            "shout error 42000 ERROR:  error raised inside a routine (wirewarden:",
         ],
     );
     assert!(!stdout.contains("Ada"), "{stdout}");
@@ -2783,7 +2799,7 @@ show("after", pg.exec_(b"SELECT count(*) FROM customers"))
             })
             .collect()
     };
-    let kinds = support::kinds_when(g.audit_dir.path(), &g.keys, |k| errors(k).len() >= 4).await;
+    let kinds = support::kinds_when(g.audit_dir.path(), &g.keys, |k| errors(k).len() >= 5).await;
     let errors = errors(&kinds);
     assert!(errors.iter().any(|e| e.contains("22P02")), "{errors:?}");
     assert!(errors.iter().all(|e| !e.contains("Ada")), "{errors:?}");

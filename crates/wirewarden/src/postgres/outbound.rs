@@ -278,8 +278,9 @@ pub(crate) fn mask_row(
 /// column rules, an error of a class whose messages quote the values of rows (see
 /// [`quotes_values`]: `invalid input syntax for type integer: "Ada Lovelace"` for
 /// `SELECT name::int`, a unique violation's `Key (name)=(…)`, a check's `Failing row
-/// contains (…)`) would hand out what the rules mask in rows, and the gateway cannot tell
-/// which column a quoted value came from. Such an error keeps its SQLSTATE, severity and
+/// contains (…)`), or an error or notice raised inside a routine (it has a context field:
+/// `RAISE NOTICE '%', name` chooses any text and any SQLSTATE), would hand out what the
+/// rules mask in rows, and the gateway cannot tell which column a quoted value came from. Such an error keeps its SQLSTATE, severity and
 /// the names of its schema, table, column, type and constraint (masked by content like any
 /// text); its message becomes the condition the SQLSTATE names, and its detail, hint,
 /// context and internal query are dropped.
@@ -288,7 +289,11 @@ pub(crate) fn mask_error_fields(
     fields: &ErrorFields,
     counts: &mut MaskedCounts,
 ) -> Result<Option<ErrorFields>, Unmaskable> {
-    let withhold = profile.has_column_rules() && quotes_values(fields.get(b'C'));
+    // A context (`W`) means the message was raised inside a routine (`RAISE` in PL/pgSQL,
+    // an error in a SQL function) or names a bound parameter: a routine chooses its
+    // SQLSTATE and its text, so the class says nothing there.
+    let withhold = profile.has_column_rules()
+        && (quotes_values(fields.get(b'C')) || fields.get(b'W').is_some());
     let mut changed = false;
     let mut out = Vec::with_capacity(fields.fields.len());
     for (code, value) in &fields.fields {
@@ -374,7 +379,11 @@ fn withheld_message(code: Option<&bytes::Bytes>) -> String {
         Some(c) if c.starts_with("38") => "external routine exception",
         Some(c) if c.starts_with("39") => "external routine invocation exception",
         Some(c) if c.starts_with("HV") => "foreign data wrapper error",
-        _ => "internal error",
+        Some(c) if c.starts_with("XX") => "internal error",
+        Some("00000") => "notice raised inside a routine",
+        Some(c) if c.starts_with("01") => "warning raised inside a routine",
+        Some(_) => "error raised inside a routine",
+        None => "error",
     };
     format!(
         "{condition} (wirewarden: the server's message is withheld, it may quote a value \
@@ -574,6 +583,35 @@ mod tests {
         assert_eq!(
             masked.get(b'n').map(|b| &b[..]),
             Some(&b"customers_name_key"[..])
+        );
+        // Raised inside a routine: its class is the routine's choice.
+        for (code, severity) in [
+            ("00000", "NOTICE"),
+            ("42000", "ERROR"),
+            ("01000", "WARNING"),
+        ] {
+            let raised = ErrorFields::new(severity, code, name)
+                .with(b'W', "PL/pgSQL function leak() line 3 at RAISE");
+            let masked = mask_error_fields(&ruled, &raised, &mut counts)
+                .unwrap()
+                .expect("withheld");
+            assert!(!format!("{masked:?}").contains(name), "{masked:?}");
+            assert!(
+                String::from_utf8_lossy(masked.get(b'M').unwrap()).contains("inside a routine")
+            );
+            assert!(
+                mask_error_fields(&plain, &raised, &mut counts)
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        // The server's own notice, outside any routine, keeps its text.
+        let skipping =
+            ErrorFields::new("NOTICE", "42P07", "relation \"t\" already exists, skipping");
+        assert!(
+            mask_error_fields(&ruled, &skipping, &mut counts)
+                .unwrap()
+                .is_none()
         );
         // Errors about the statement's own words keep their message.
         let undefined = ErrorFields::new("ERROR", "42703", "column \"nme\" does not exist").with(

@@ -107,6 +107,7 @@ dir = "audit"
 durability = "fsync"
 chain_key_file = "chain.key"
 signing_key_file = "signing.key"
+mask_commands = true   # what agents send is masked in the trail too
 
 [[target]]
 name = "crm"
@@ -206,8 +207,9 @@ PGPASSWORD="$UPSTREAM_PASSWORD" psql -X -h 127.0.0.1 -p "$PG_PORT" -U wirewarden
 say "2. The agent tries to drop the table. Policy refuses it, and the same session carries on."
 run agent_psql -c "DROP TABLE customers" -c "SELECT count(*) AS customers_still_there FROM customers" || true
 
-say "3. The agent writes a note. Writes need a DBA: the statement is held for review..."
-agent_psql -c "INSERT INTO notes (customer, body) VALUES (1, 'called about the invoice')" \
+say "3. The agent writes a note (with the card number the customer read out). Writes need a"
+say "   DBA: the statement is held for review, and the reviewer sees exactly what was sent..."
+agent_psql -c "INSERT INTO notes (customer, body) VALUES (1, 'refund to card 4111 1111 1111 1111')" \
   -c "SELECT id, customer, body FROM notes" >"$work/held.out" 2>&1 &
 writer=$!
 review=
@@ -258,5 +260,15 @@ events = [json.loads(l) for l in sys.stdin]
 print(next(e["session"] for e in events if e["type"] == "session_started" and "call=call_lookup" in (e.get("application") or "")))')
 say "   Replay of the agent's lookup, exactly as the agent saw it:"
 run "$GW" -c "$cfg/gateway.toml" audit replay "$session"
+say "   What agents sent is in the trail masked too (mask_commands): the held INSERT as recorded,"
+say "   its digest keyed so a masked card number cannot be guessed back from it:"
+"$GW" -c "$cfg/gateway.toml" audit export --format jsonl | python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line)
+    if e["type"] == "command_decided" and e["command"]["verb"] == "INSERT":
+        print("   " + e["command"]["text"])
+        print("   digest " + e["command"]["digest"])
+        break'
 
 say "Done. Everything above ran against real servers; they are removed now."

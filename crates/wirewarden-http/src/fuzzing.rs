@@ -153,16 +153,21 @@ pub fn body(data: &[u8]) {
     };
     // The card numbers of the input, by their digits, must not be card numbers of the output.
     // (Comparing raw text would be wrong: a long run of digits that is no card number goes
-    // out as it is, and it may contain the text of a shorter card found elsewhere.)
-    let input_cards = cards(&plain_in);
-    for card in cards(&plain_out) {
-        assert!(
-            !input_cards.contains(&card),
-            "card number {card:?} went out in clear"
-        );
+    // out as it is, and it may contain the text of a shorter card found elsewhere.) A form
+    // is not read as raw text: `%20111152011111` is a space and thirteen digits, and its
+    // raw digits are no card anyone reads out of it.
+    let form = content_type == "application/x-www-form-urlencoded";
+    if !form {
+        let input_cards = cards(&plain_in);
+        for card in cards(&plain_out) {
+            assert!(
+                !input_cards.contains(&card),
+                "card number {card:?} went out in clear"
+            );
+        }
     }
     // A form is read by its decoded names and values, pair by pair, as a server reads it.
-    if content_type == "application/x-www-form-urlencoded" {
+    if form {
         let input_cards = form_cards(&plain_in);
         for card in form_cards(&plain_out) {
             assert!(

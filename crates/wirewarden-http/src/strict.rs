@@ -28,6 +28,7 @@ use http::{Method, StatusCode, Version};
 use crate::Rejection;
 
 pub mod form;
+pub mod json;
 
 /// Limits shared by the server settings ([`crate::server::builder`]), the raw-byte scanner
 /// and [`check_request`].

@@ -179,6 +179,15 @@ impl NameMatcher {
         }
     }
 
+    /// Reads the next character of a name whose escapes are already decoded (a JSON key):
+    /// no percent-decoding, `+` is itself. Anything not ASCII is to be passed as a byte of
+    /// `0x80` or above.
+    pub fn push_decoded(&mut self, c: u8) {
+        if self.is_undecided() {
+            self.decoded(c);
+        }
+    }
+
     /// Reads each byte of `bytes`.
     pub fn push_all(&mut self, bytes: &[u8]) {
         for &b in bytes {
@@ -435,28 +444,7 @@ impl FormScanner {
 impl Kind {
     /// `self`, when `charset` is one whose bytes spell ASCII as ASCII does.
     fn check_charset(self, charset: &str) -> Result<Self, Rejection> {
-        let c = charset.trim();
-        let ascii_compatible = matches!(
-            c,
-            "utf-8"
-                | "utf8"
-                | "us-ascii"
-                | "ascii"
-                | "latin1"
-                | "shift_jis"
-                | "euc-jp"
-                | "euc-kr"
-                | "gb2312"
-                | "gbk"
-                | "gb18030"
-                | "big5"
-                | "koi8-r"
-                | "koi8-u"
-        ) || c.starts_with("iso-8859-")
-            || c.starts_with("iso_8859-")
-            || c.starts_with("windows-125")
-            || c.starts_with("cp125");
-        if ascii_compatible {
+        if is_ascii_compatible(charset) {
             Ok(self)
         } else {
             Err(unsupported_form(
@@ -464,6 +452,31 @@ impl Kind {
             ))
         }
     }
+}
+
+/// Whether `charset` (lowercase) is one whose bytes spell ASCII as ASCII does.
+pub(crate) fn is_ascii_compatible(charset: &str) -> bool {
+    let c = charset.trim();
+    matches!(
+        c,
+        "utf-8"
+            | "utf8"
+            | "us-ascii"
+            | "ascii"
+            | "latin1"
+            | "shift_jis"
+            | "euc-jp"
+            | "euc-kr"
+            | "gb2312"
+            | "gbk"
+            | "gb18030"
+            | "big5"
+            | "koi8-r"
+            | "koi8-u"
+    ) || c.starts_with("iso-8859-")
+        || c.starts_with("iso_8859-")
+        || c.starts_with("windows-125")
+        || c.starts_with("cp125")
 }
 
 impl UrlEncoded {

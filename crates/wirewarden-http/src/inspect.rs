@@ -11,7 +11,8 @@
 //!    command's digest (so an approval covers exactly this body) and shown after the request
 //!    line in its text; a longer body streams after the decision and the text says so. A
 //!    body a server would read as a form is scanned for a `_method` field
-//!    ([`FormScanner`]): found in what was read ahead, the request is refused with
+//!    ([`FormScanner`]), one it would read as JSON for a top-level `_method` key
+//!    ([`JsonScanner`]): found in what was read ahead, the request is refused with
 //!    `400 method_override` before the gate is asked; found in the part that streams after
 //!    the decision, the body forwarded upstream ends there with an error (the bytes that
 //!    would complete it are held back until the scanner has seen them), so the upstream
@@ -48,6 +49,7 @@ use crate::gate::{Admission, Forward, Gate, OnComplete, Outcome, Verdict};
 use crate::route::{RouteMatch, Routes};
 use crate::server::PeerAddr;
 use crate::strict::form::FormScanner;
+use crate::strict::json::JsonScanner;
 use crate::strict::{self, Limits};
 
 /// The body of every response the layer sends.
@@ -160,10 +162,41 @@ pub struct RequestBody<B> {
     form: Option<FormScan>,
 }
 
-/// The scan of a form body's streamed part for a method override field.
+/// The scanners that look for a method override in a request body: a body can be read both
+/// as a form and as JSON (`multipart/related; type="application/json"`), by different
+/// servers.
+#[derive(Debug)]
+struct MethodScanner {
+    form: Option<FormScanner>,
+    json: Option<JsonScanner>,
+}
+
+impl MethodScanner {
+    /// The scanners for a request with these headers, or `None` when no server would read
+    /// its body for a method override.
+    fn for_request(headers: &HeaderMap) -> Result<Option<Self>, Rejection> {
+        let form = FormScanner::for_request(headers)?;
+        let json = JsonScanner::for_request(headers)?;
+        Ok((form.is_some() || json.is_some()).then_some(Self { form, json }))
+    }
+
+    /// Feeds both; how many bytes at the end either still needs held.
+    fn feed(&mut self, chunk: &[u8]) -> Result<usize, Rejection> {
+        let form = self.form.as_mut().map_or(Ok(0), |f| f.feed(chunk))?;
+        let json = self.json.as_mut().map_or(Ok(0), |j| j.feed(chunk))?;
+        Ok(form.max(json))
+    }
+
+    fn finish(&mut self) -> Result<(), Rejection> {
+        self.form.as_mut().map_or(Ok(()), FormScanner::finish)?;
+        self.json.as_mut().map_or(Ok(()), JsonScanner::finish)
+    }
+}
+
+/// The scan of a body's streamed part for a method override field or key.
 struct FormScan {
-    scanner: FormScanner,
-    /// Bytes that may end an undecided field name, held back until it is decided.
+    scanner: MethodScanner,
+    /// Bytes that may end an undecided field name or key, held back until it is decided.
     held: VecDeque<Bytes>,
     held_len: usize,
     /// Bytes decided on, to forward before anything else.
@@ -443,15 +476,15 @@ where
     }
 }
 
-/// Scans a form body for a method override field: a bound body whole, now; the part read
+/// Scans a form or JSON body for a method override: a bound body whole, now; the part read
 /// ahead of a longer one now, and the rest as it streams (recording a refusal in
 /// `refused`), its undecided tail held back.
 ///
 /// # Errors
-/// `400 method_override` for a field found in what was read ahead.
+/// `400 method_override` for a field or key found in what was read ahead.
 fn scan_form<B>(
     mut body: RequestBody<B>,
-    mut scanner: FormScanner,
+    mut scanner: MethodScanner,
     refused: &Arc<OnceLock<Rejection>>,
 ) -> Result<RequestBody<B>, Rejection> {
     let head = body.head.take().unwrap_or_default();
@@ -637,11 +670,11 @@ where
         }
     };
     let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0);
-    // A body a server would read as a form is scanned for a method override field.
+    // A body a server would read as a form or as JSON is scanned for a method override.
     let form = if req_body.is_end_stream() {
         None
     } else {
-        match FormScanner::for_request(&parts.headers) {
+        match MethodScanner::for_request(&parts.headers) {
             Ok(f) => f,
             Err(r) => {
                 gate.refused(&r, peer).await;
@@ -921,13 +954,13 @@ mod tests {
         );
     }
 
-    fn form_scanner() -> FormScanner {
+    fn form_scanner() -> MethodScanner {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-        FormScanner::for_request(&h).unwrap().unwrap()
+        MethodScanner::for_request(&h).unwrap().unwrap()
     }
 
     /// Binds and scans `parts` as a form with a read-ahead limit of `max`; returns the

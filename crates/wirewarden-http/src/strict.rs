@@ -16,8 +16,9 @@
 //!   connection only, refusing a `Connection` header that tries to remove a header the
 //!   gateway must keep control of.
 //!
-//! A method override can also come in a form body (`_method=DELETE`): [`form::FormScanner`]
-//! finds it while the body streams.
+//! A method override can also come in a form body (`_method=DELETE`) or as a top-level key of
+//! a JSON body (`{"_method":"DELETE"}`): [`form::FormScanner`] and [`json::JsonScanner`] find
+//! it while the body streams.
 
 use std::collections::VecDeque;
 use std::time::Duration;

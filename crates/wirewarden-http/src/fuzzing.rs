@@ -53,8 +53,8 @@ fn profile() -> &'static Arc<Profile> {
 
 /// Masks a response body built from `data`. The first byte picks the coding (low two bits)
 /// and whether the rest is taken as already encoded (bit 2: a hostile stream) or as the
-/// plain body to encode first; the second byte picks the media type ([`TYPES`]: JSON, JSON
-/// Lines, text, Latin-1 text, a form, HTML, XML, Latin-1 HTML); the third seeds the chunk
+/// plain body to encode first; the second byte picks the media type (JSON, JSON Lines,
+/// text, Latin-1 text, a form, HTML, XML, Latin-1 HTML); the third seeds the chunk
 /// sizes. Asserts that nothing panics, that an accepted body's output decodes, and that no
 /// card number found in the plain input is a card number of the output: in its bytes, in
 /// the decoded names and values of a form, and in the text of markup with its numeric

@@ -159,7 +159,7 @@ pub struct RequestBody<B> {
     head: Option<Bytes>,
     trailers: Option<HeaderMap>,
     rest: Option<Pin<Box<B>>>,
-    form: Option<FormScan>,
+    scan: Option<OverrideScan>,
 }
 
 /// The scanners that look for a method override in a request body: a body can be read both
@@ -194,7 +194,7 @@ impl MethodScanner {
 }
 
 /// The scan of a body's streamed part for a method override field or key.
-struct FormScan {
+struct OverrideScan {
     scanner: MethodScanner,
     /// Bytes that may end an undecided field name or key, held back until it is decided.
     held: VecDeque<Bytes>,
@@ -205,7 +205,7 @@ struct FormScan {
     refused: Arc<OnceLock<Rejection>>,
 }
 
-impl FormScan {
+impl OverrideScan {
     /// Takes `data` in and moves to `ready` what the scanner no longer needs held.
     fn push(&mut self, data: Bytes) -> Result<(), Rejection> {
         let undecided = self.scanner.feed(&data)?;
@@ -247,22 +247,22 @@ impl FormScan {
         self.ready.clear();
         self.held_len = 0;
         let _ = self.refused.set(r);
-        Box::new(FormRefused)
+        Box::new(OverrideRefused)
     }
 }
 
 /// The error a request body ends with when its streamed part carries a method override
 /// field: the upstream sees the body cut short, never complete.
 #[derive(Debug)]
-struct FormRefused;
+struct OverrideRefused;
 
-impl std::fmt::Display for FormRefused {
+impl std::fmt::Display for OverrideRefused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("the request body carries a method override field")
     }
 }
 
-impl std::error::Error for FormRefused {}
+impl std::error::Error for OverrideRefused {}
 
 impl<B> RequestBody<B> {
     /// Whether the whole body was read before the decision (and so bound to the command).
@@ -277,7 +277,7 @@ impl<B> std::fmt::Debug for RequestBody<B> {
         f.debug_struct("RequestBody")
             .field("head", &self.head.as_ref().map(Bytes::len))
             .field("streaming", &self.rest.is_some())
-            .field("form_scanned", &self.form.is_some())
+            .field("override_scanned", &self.scan.is_some())
             .finish()
     }
 }
@@ -300,7 +300,7 @@ where
         {
             return Poll::Ready(Some(Ok(http_body::Frame::data(head))));
         }
-        let Some(form) = this.form.as_mut() else {
+        let Some(form) = this.scan.as_mut() else {
             if let Some(rest) = this.rest.as_mut() {
                 return rest.as_mut().poll_frame(cx).map_err(Into::into);
             }
@@ -354,7 +354,7 @@ where
     fn is_end_stream(&self) -> bool {
         self.head.as_ref().is_none_or(Bytes::is_empty)
             && self
-                .form
+                .scan
                 .as_ref()
                 .is_none_or(|f| f.ready.is_empty() && f.held.is_empty())
             && self.trailers.is_none()
@@ -362,7 +362,7 @@ where
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        let waiting = self.form.as_ref().map_or(0, |f| {
+        let waiting = self.scan.as_ref().map_or(0, |f| {
             f.held_len
                 .saturating_add(f.ready.iter().map(Bytes::len).sum::<usize>())
         });
@@ -406,7 +406,7 @@ where
             head: None,
             trailers: None,
             rest: None,
-            form: None,
+            scan: None,
         });
     }
     let mut body = Box::pin(body);
@@ -459,7 +459,7 @@ where
             head: Some(head),
             trailers,
             rest: None,
-            form: None,
+            scan: None,
         })
     } else {
         command.text = format!(
@@ -471,7 +471,7 @@ where
             head: Some(head),
             trailers: None,
             rest: Some(body),
-            form: None,
+            scan: None,
         })
     }
 }
@@ -482,7 +482,7 @@ where
 ///
 /// # Errors
 /// `400 method_override` for a field or key found in what was read ahead.
-fn scan_form<B>(
+fn scan_for_override<B>(
     mut body: RequestBody<B>,
     mut scanner: MethodScanner,
     refused: &Arc<OnceLock<Rejection>>,
@@ -498,7 +498,7 @@ fn scan_form<B>(
     let held = head.split_off(head.len().saturating_sub(undecided));
     let held_len = held.len();
     body.head = Some(head);
-    body.form = Some(FormScan {
+    body.scan = Some(OverrideScan {
         scanner,
         held: VecDeque::from([held]),
         held_len,
@@ -703,7 +703,7 @@ where
     let refused = Arc::new(OnceLock::new());
     let req_body = match form {
         None => req_body,
-        Some(scanner) => match scan_form(req_body, scanner, &refused) {
+        Some(scanner) => match scan_for_override(req_body, scanner, &refused) {
             Ok(b) => b,
             Err(r) => {
                 gate.refused(&r, peer).await;
@@ -973,13 +973,13 @@ mod tests {
         let mut c = post();
         let body = bind_body(chunks(parts), &mut c, max).await.unwrap();
         let refused = Arc::new(OnceLock::new());
-        let mut body = scan_form(body, form_scanner(), &refused).map_err(|r| r.code)?;
+        let mut body = scan_for_override(body, form_scanner(), &refused).map_err(|r| r.code)?;
         let mut out = Vec::new();
         let complete = loop {
             match body.frame().await {
                 None => break true,
                 Some(Err(e)) => {
-                    assert!(e.is::<FormRefused>());
+                    assert!(e.is::<OverrideRefused>());
                     break false;
                 }
                 Some(Ok(f)) => out.extend_from_slice(&f.into_data().unwrap()),

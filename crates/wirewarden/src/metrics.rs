@@ -28,6 +28,9 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     /// Upstream connections or logins that failed (the client's session could not start).
     pub upstream_failures: AtomicU64,
+    /// Requests refused before their client authenticated (answered `-NOAUTH` and the
+    /// like), counted when the connection's summary is recorded.
+    pub refused_before_login: AtomicU64,
 }
 
 impl Metrics {
@@ -40,7 +43,7 @@ impl Metrics {
     #[must_use]
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "wirewarden_sessions_started_total",
                 "Sessions that authenticated.",
@@ -91,6 +94,11 @@ impl Metrics {
                 "Upstream connections or logins that failed.",
                 &self.upstream_failures,
             ),
+            (
+                "wirewarden_refused_before_login_total",
+                "Requests refused before their client authenticated.",
+                &self.refused_before_login,
+            ),
         ];
         for (name, help, c) in counters {
             let _ = writeln!(
@@ -123,6 +131,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("wirewarden_sessions_active 2\n"), "{text}");
+        assert!(
+            text.contains("wirewarden_refused_before_login_total 0\n"),
+            "{text}"
+        );
         assert_eq!(text.matches("# TYPE").count(), 11);
     }
 }

@@ -801,6 +801,7 @@ impl RedisProxy {
         if refused.is_empty() {
             return;
         }
+        Metrics::add(&self.pipeline.metrics().refused_before_login, refused.count);
         let event = AuditEvent::new(
             None,
             AuditEventKind::AuthenticationFailed {
@@ -810,6 +811,34 @@ impl RedisProxy {
                 method: "none".to_owned(),
                 reason: format!(
                     "{}; the connection ended unauthenticated: {end}",
+                    refused.summary()
+                ),
+            },
+        );
+        let _ = self.pipeline.record(&event).await;
+    }
+
+    /// Records what a client was refused before it logged in when its session then did not
+    /// start (`why`): with no session to carry it, as a protocol error of its own, naming
+    /// the client and who it logged in as. Nothing when it was refused nothing.
+    async fn refused_before_no_session(
+        &self,
+        peer: Option<SocketAddr>,
+        principal: &Principal,
+        refused: &Refusals,
+        why: &str,
+    ) {
+        if refused.is_empty() {
+            return;
+        }
+        let client = peer.map_or_else(|| "a client".to_owned(), |p| format!("client {p}"));
+        let event = AuditEvent::new(
+            None,
+            AuditEventKind::ProtocolError {
+                direction: Direction::FromClient,
+                error: format!(
+                    "{client} (logged in as {}): {}; the session did not start: {why}",
+                    principal.subject,
                     refused.summary()
                 ),
             },
@@ -1037,6 +1066,9 @@ impl RedisProxy {
             application,
         } = login;
         let target = self.config.target.clone();
+        if !refused.is_empty() {
+            Metrics::add(&self.pipeline.metrics().refused_before_login, refused.count);
+        }
         // Bounded: a TLS upstream that never answers the ClientHello (a plaintext Redis
         // waits for a newline the hello may not contain) would otherwise hold the client.
         let connected = crate::listen::upstream_within(
@@ -1051,6 +1083,13 @@ impl RedisProxy {
                 self.pipeline
                     .upstream_failed(&target, &self.config.upstream.addr, &e)
                     .await;
+                self.refused_before_no_session(
+                    peer,
+                    &principal,
+                    &refused,
+                    "the upstream could not be reached",
+                )
+                .await;
                 client
                     .send(b"-ERR wirewarden could not reach the upstream server\r\n")
                     .await?;
@@ -1060,6 +1099,13 @@ impl RedisProxy {
         let profile = match self.pipeline.mask_profile(&target, &principal, None) {
             Ok(p) => p,
             Err(e) => {
+                self.refused_before_no_session(
+                    peer,
+                    &principal,
+                    &refused,
+                    "its mask profile is missing",
+                )
+                .await;
                 client
                     .send(b"-ERR wirewarden mask profile unavailable\r\n")
                     .await?;

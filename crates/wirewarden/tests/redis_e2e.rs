@@ -1071,6 +1071,34 @@ async fn an_unreachable_upstream_is_counted_and_on_record() {
             .any(|k| matches!(k, AuditEventKind::SessionStarted { .. })),
         "no session starts without an upstream"
     );
+
+    // A client refused before it logged in, whose session then could not start: what it
+    // was refused is on record all the same.
+    let got = exchange(
+        g.addr,
+        b"PING\r\nAUTH tok-agent\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(got.starts_with("-NOAUTH "), "{got}");
+    assert!(got.contains("could not reach the upstream"), "{got}");
+    let recorded = kinds_when(g.audit_dir.path(), &g.keys, |k| {
+        k.iter().any(|k| matches!(
+            k,
+            AuditEventKind::ProtocolError { error, .. }
+                if error.contains("1 request refused before authentication: PING")
+                    && error.contains("logged in as agent-1")
+                    && error.ends_with("the session did not start: the upstream could not be reached")
+        ))
+    })
+    .await;
+    assert!(!recorded.is_empty());
+    assert_eq!(
+        metrics
+            .refused_before_login
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert_verifies(g.audit_dir.path(), &g.keys);
 }
 
@@ -2070,6 +2098,14 @@ async fn refusals_before_login_leave_one_record_per_connection() {
     assert!(
         reason.starts_with("1 request refused before authentication; a request refused with a protocol error: invalid bulk length"),
         "{reason}"
+    );
+    // Every refused request is counted once, whichever record carries it.
+    assert_eq!(
+        g.pipeline
+            .metrics()
+            .refused_before_login
+            .load(std::sync::atomic::Ordering::Relaxed),
+        55
     );
     // The session that logged in after a refusal has it on record, once; the clean one not.
     let session = trail.iter().find_map(|e| match &e.kind {

@@ -135,6 +135,6 @@ mod tests {
             text.contains("wirewarden_refused_before_login_total 0\n"),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE").count(), 11);
+        assert_eq!(text.matches("# TYPE").count(), 12);
     }
 }

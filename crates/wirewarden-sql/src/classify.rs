@@ -2448,6 +2448,9 @@ fn alter(toks: &[Token<'_>], out: &mut Out) {
     if let Some(k) = stored_setting_at(toks, after, words) {
         set_reset_clause(toks, k, out);
     }
+    if matches!(words, ["function"] | ["procedure"] | ["routine"]) {
+        routine_settings(toks, after, out);
+    }
     let has = |w: &str| find_kw_depth0(toks, after, w).is_some();
     if has("owner")
         || (has("security") && matches!(words, ["function"] | ["procedure"] | ["routine"]))
@@ -2462,6 +2465,35 @@ fn alter(toks: &[Token<'_>], out: &mut Out) {
     }
     // ADD COLUMN … DEFAULT f() runs f for every existing row.
     scan_functions(toks, out);
+}
+
+/// The settings an `ALTER FUNCTION|PROCEDURE|ROUTINE name [(args)] action …` stores for
+/// the routine's runs: each `SET x = v`, `SET x FROM CURRENT` and `RESET x` among its
+/// actions, recorded as [`set_reset_clause`] records a role's default ([`Access::Define`]:
+/// they apply while the routine runs, not to the session that alters it). `SET SCHEMA s`
+/// moves the routine to another schema and stores nothing; `RESET ALL` names none. The name
+/// and its argument list are skipped first, so a routine named `set` is not a clause.
+fn routine_settings(toks: &[Token<'_>], after: usize, out: &mut Out) {
+    let Some((_, _, mut i)) = qualified_name(toks, after) else {
+        return;
+    };
+    let mut depth = 0usize;
+    while let Some(t) = toks.get(i) {
+        match t.kind {
+            TokenKind::LParen | TokenKind::LBracket => depth = depth.saturating_add(1),
+            TokenKind::RParen | TokenKind::RBracket => depth = depth.saturating_sub(1),
+            _ if depth > 0 => {}
+            _ if is_kw(toks, i, "reset") => set_reset_clause(toks, i, out),
+            _ if is_kw(toks, i, "set") => {
+                let next = i.saturating_add(1);
+                if !is_kw(toks, next, "schema") || is_setting_assignment(toks, next) {
+                    set_reset_clause(toks, i, out);
+                }
+            }
+            _ => {}
+        }
+        i = i.saturating_add(1);
+    }
 }
 
 /// Where the `SET` or `RESET` of an `ALTER ROLE|USER role_spec [IN DATABASE db]` or `ALTER

@@ -1431,6 +1431,26 @@ fn stored_defaults_name_their_setting() {
         define("standard_conforming_strings")
     );
     assert!(!one("ALTER ROLE r RESET standard_conforming_strings").changes_lexing());
+    // A routine stores settings for its runs; `SET SCHEMA` moves it.
+    assert_eq!(
+        stored("ALTER FUNCTION f(int, text) SET search_path = public"),
+        define("search_path")
+    );
+    assert_eq!(
+        stored("ALTER PROCEDURE p() SECURITY INVOKER SET work_mem TO '1MB' RESET x.y"),
+        vec![
+            ("work_mem".to_owned(), Access::Define),
+            ("x.y".to_owned(), Access::Define)
+        ]
+    );
+    assert_eq!(
+        stored("ALTER ROUTINE s.set(set int) SET standard_conforming_strings FROM CURRENT"),
+        define("standard_conforming_strings")
+    );
+    assert!(!one("ALTER FUNCTION f() SET standard_conforming_strings = off").changes_lexing());
+    assert_eq!(stored("ALTER FUNCTION f() SET SCHEMA other"), vec![]);
+    assert_eq!(stored("ALTER FUNCTION f() RESET ALL"), vec![]);
+    assert_eq!(stored("ALTER FUNCTION f() RENAME TO g"), vec![]);
     // `SET TABLESPACE` moves the database; `SET tablespace = x` is the generic form.
     assert_eq!(stored("ALTER DATABASE d SET TABLESPACE ts"), vec![]);
     assert_eq!(

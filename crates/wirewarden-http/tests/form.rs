@@ -2,6 +2,8 @@
 //! on where the chunks break, it agrees with reading the whole body pair by pair, and the
 //! bytes it says to hold back always include the body's end while a name is undecided.
 
+mod pieces;
+
 use http::{HeaderMap, HeaderValue, header};
 use proptest::prelude::*;
 use wirewarden_http::strict::form::{FormScanner, is_method_field};
@@ -19,21 +21,13 @@ fn scan(
     body: &[u8],
     cuts: &[usize],
 ) -> (Result<(), &'static str>, Vec<usize>) {
-    let mut s = scanner(content_type);
-    let mut held = Vec::new();
-    let mut at = 0;
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
-    points.sort_unstable();
-    points.push(body.len());
-    for p in points {
-        let piece = &body[at..p];
-        at = p;
-        match s.feed(piece) {
-            Ok(n) => held.push(n),
-            Err(r) => return (Err(r.code), held),
-        }
-    }
-    (s.finish().map_err(|r| r.code), held)
+    pieces::in_pieces(
+        &mut scanner(content_type),
+        body,
+        cuts,
+        FormScanner::feed,
+        FormScanner::finish,
+    )
 }
 
 /// Bodies made of the bytes that matter to the name reading, so that overrides are common.

@@ -3,6 +3,8 @@
 //! says to hold back always include the body's end while a key is undecided. Arbitrary bytes,
 //! JSON or not, are read the same way whatever the chunking.
 
+mod pieces;
+
 use http::{HeaderMap, HeaderValue, header};
 use proptest::prelude::*;
 use wirewarden_http::strict::form::NameMatcher;
@@ -20,21 +22,13 @@ fn scanner() -> JsonScanner {
 /// Feeds `body` in the pieces `cuts` gives; the verdict, and for each piece the number of
 /// bytes held back after it.
 fn scan(body: &[u8], cuts: &[usize]) -> (Result<(), &'static str>, Vec<usize>) {
-    let mut s = scanner();
-    let mut held = Vec::new();
-    let mut at = 0;
-    let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
-    points.sort_unstable();
-    points.push(body.len());
-    for p in points {
-        let piece = &body[at..p];
-        at = p;
-        match s.feed(piece) {
-            Ok(n) => held.push(n),
-            Err(r) => return (Err(r.code), held),
-        }
-    }
-    (s.finish().map_err(|r| r.code), held)
+    pieces::in_pieces(
+        &mut scanner(),
+        body,
+        cuts,
+        JsonScanner::feed,
+        JsonScanner::finish,
+    )
 }
 
 /// JSON string literals, as on the wire, that spell the override or come close.

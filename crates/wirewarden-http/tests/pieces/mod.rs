@@ -5,7 +5,7 @@ use wirewarden_http::Rejection;
 /// Feeds `body` to `scanner` in the pieces `cuts` gives (each cut taken modulo the body's
 /// length plus one, in order), then ends it: the verdict (a refusal's code), and for each
 /// piece the number of bytes the scanner held back after it.
-pub fn in_pieces<S>(
+pub(crate) fn in_pieces<S>(
     scanner: &mut S,
     body: &[u8],
     cuts: &[usize],

@@ -845,19 +845,17 @@ fn relation_expr_at(
     if !is_kw(toks, i, "only") {
         return relation_at(toks, i, access, scope, out);
     }
-    let i = i.saturating_add(1);
-    let parens = kind_at(toks, i) == Some(TokenKind::LParen);
-    let at = if parens { i.saturating_add(1) } else { i };
-    let (_, _, end) = qualified_name(toks, at)?;
-    let after = if parens {
-        (kind_at(toks, end) == Some(TokenKind::RParen)).then(|| end.saturating_add(1))?
-    } else {
-        // `ONLY name *` is a syntax error: only one of the two may be said.
-        (!toks
-            .get(end)
-            .is_some_and(|t| t.kind == TokenKind::Op && t.text == "*"))
-        .then_some(end)?
-    };
+    let (_, after) = relation_expr(toks, i)?;
+    let parens = kind_at(toks, i.saturating_add(1)) == Some(TokenKind::LParen);
+    // `ONLY name *` is a syntax error: only one of the two may be said.
+    if !parens
+        && toks
+            .get(after)
+            .is_some_and(|t| t.kind == TokenKind::Op && t.text == "*")
+    {
+        return None;
+    }
+    let at = i.saturating_add(if parens { 2 } else { 1 });
     relation_at(toks, at, access, scope, out)?;
     Some(after)
 }
